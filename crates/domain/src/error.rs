@@ -1,0 +1,41 @@
+use thiserror::Error;
+
+/// Why a domain command was refused. The variant says how an adapter should
+/// answer: `Invalid` is bad input (HTTP 422), `InvalidTransition` and
+/// `Conflict` are state conflicts (HTTP 409). None of them is worth retrying
+/// unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DomainError {
+    /// A field of the input is invalid; `field` names it (a dotted path, e.g.
+    /// `cohort.and[1].value` or `pipeline.stages[0].reviewers`).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The command is not allowed in the object's current state.
+    #[error("cannot {action} {object} in state {state}")]
+    InvalidTransition {
+        object: &'static str,
+        action: &'static str,
+        state: String,
+    },
+    /// The command conflicts with what already happened (a stage already
+    /// closed, a reviewer who already decided).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl DomainError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The field a validation error names, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}

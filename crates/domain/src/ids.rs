@@ -1,0 +1,61 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A user (a person or a service account).
+    UserId
+);
+string_id!(
+    /// A research environment.
+    EnvironmentId
+);
+string_id!(
+    /// An access request.
+    RequestId
+);
+string_id!(
+    /// A research project created from an approved request.
+    ProjectId
+);
+
+/// Milliseconds since the Unix epoch, UTC. The domain never reads a clock:
+/// callers pass `now` in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const MILLIS_PER_DAY: i64 = 86_400_000;
+
+    pub fn plus_days(self, days: u32) -> Self {
+        Self(self.0 + i64::from(days) * Self::MILLIS_PER_DAY)
+    }
+}

@@ -1,0 +1,354 @@
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DomainError;
+
+/// The type of a dataset field, as the cohort filter language sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    Integer,
+    Float,
+    Boolean,
+    String,
+    /// A calendar date; filter literals are written `YYYY-MM-DD`.
+    Date,
+    /// A type the filter language cannot compare (lists, structs, binary):
+    /// still dispensable, never filterable.
+    Other,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Integer => "integer",
+            Self::Float => "float",
+            Self::Boolean => "boolean",
+            Self::String => "string",
+            Self::Date => "date",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// A table of the inventory, stored as one or more Parquet files in the
+/// source object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Object paths of the Parquet files, relative to the source store.
+    pub locations: Vec<String>,
+    /// The entity key column, e.g. `participant_id`.
+    pub key: String,
+    pub fields: Vec<Field>,
+}
+
+impl Dataset {
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+/// A field of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FieldRef {
+    pub dataset: String,
+    pub field: String,
+}
+
+/// A named set of fields that a request selects as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCollection {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub fields: Vec<FieldRef>,
+}
+
+/// One version of an environment's data inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Assigned by the environment when the inventory is set; 1 for the first.
+    #[serde(default)]
+    pub version: u32,
+    pub datasets: Vec<Dataset>,
+    /// The dataset cohort filters run on (one row per entity).
+    pub cohort_dataset: String,
+    pub collections: Vec<DataCollection>,
+    /// The fields whose aggregates the showcase may show before any request.
+    #[serde(default)]
+    pub showcase: Vec<FieldRef>,
+}
+
+impl Inventory {
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+
+    pub fn cohort(&self) -> Option<&Dataset> {
+        self.dataset(&self.cohort_dataset)
+    }
+
+    pub fn collection(&self, name: &str) -> Option<&DataCollection> {
+        self.collections.iter().find(|c| c.name == name)
+    }
+
+    /// Checks that the inventory is internally consistent. Errors name the
+    /// offending field as `inventory.<path>`.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.datasets.is_empty() {
+            return Err(DomainError::invalid(
+                "inventory.datasets",
+                "at least one dataset is required",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, dataset) in self.datasets.iter().enumerate() {
+            let path = format!("inventory.datasets[{i}]");
+            check_name(&format!("{path}.name"), &dataset.name)?;
+            if !names.insert(dataset.name.as_str()) {
+                return Err(DomainError::invalid(
+                    format!("{path}.name"),
+                    format!("duplicate dataset name {:?}", dataset.name),
+                ));
+            }
+            if dataset.locations.is_empty() || dataset.locations.iter().any(|l| l.trim().is_empty())
+            {
+                return Err(DomainError::invalid(
+                    format!("{path}.locations"),
+                    "at least one non-empty Parquet location is required",
+                ));
+            }
+            let mut fields = BTreeSet::new();
+            for (j, field) in dataset.fields.iter().enumerate() {
+                check_name(&format!("{path}.fields[{j}].name"), &field.name)?;
+                if !fields.insert(field.name.as_str()) {
+                    return Err(DomainError::invalid(
+                        format!("{path}.fields[{j}].name"),
+                        format!("duplicate field {:?}", field.name),
+                    ));
+                }
+            }
+            if dataset.field(&dataset.key).is_none() {
+                return Err(DomainError::invalid(
+                    format!("{path}.key"),
+                    format!("key column {:?} is not a field of the dataset", dataset.key),
+                ));
+            }
+        }
+        if self.cohort().is_none() {
+            return Err(DomainError::invalid(
+                "inventory.cohort_dataset",
+                format!("no dataset named {:?}", self.cohort_dataset),
+            ));
+        }
+        let mut collections = BTreeSet::new();
+        for (i, collection) in self.collections.iter().enumerate() {
+            let path = format!("inventory.collections[{i}]");
+            check_name(&format!("{path}.name"), &collection.name)?;
+            if !collections.insert(collection.name.as_str()) {
+                return Err(DomainError::invalid(
+                    format!("{path}.name"),
+                    format!("duplicate collection {:?}", collection.name),
+                ));
+            }
+            if collection.fields.is_empty() {
+                return Err(DomainError::invalid(
+                    format!("{path}.fields"),
+                    "a collection needs at least one field",
+                ));
+            }
+            for (j, field) in collection.fields.iter().enumerate() {
+                self.check_ref(&format!("{path}.fields[{j}]"), field)?;
+            }
+        }
+        for (i, field) in self.showcase.iter().enumerate() {
+            let path = format!("inventory.showcase[{i}]");
+            let dataset = self.check_ref(&path, field)?;
+            if dataset.key == field.field {
+                return Err(DomainError::invalid(
+                    path,
+                    "the entity key is an identifier and cannot be in the showcase",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_ref(&self, path: &str, field: &FieldRef) -> Result<&Dataset, DomainError> {
+        let dataset = self.dataset(&field.dataset).ok_or_else(|| {
+            DomainError::invalid(
+                format!("{path}.dataset"),
+                format!("no dataset named {:?}", field.dataset),
+            )
+        })?;
+        if dataset.field(&field.field).is_none() {
+            return Err(DomainError::invalid(
+                format!("{path}.field"),
+                format!("dataset {:?} has no field {:?}", field.dataset, field.field),
+            ));
+        }
+        Ok(dataset)
+    }
+}
+
+/// Names of datasets, fields, collections and stages: non-empty, at most 128
+/// characters, no control characters (they end up in object keys and logs).
+pub(crate) fn check_name(path: &str, name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() {
+        return Err(DomainError::invalid(path, "must not be empty"));
+    }
+    if name.chars().count() > 128 {
+        return Err(DomainError::invalid(path, "must be at most 128 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            path,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn field(name: &str, field_type: FieldType) -> Field {
+        Field {
+            name: name.into(),
+            field_type,
+            description: String::new(),
+        }
+    }
+
+    fn r(dataset: &str, field: &str) -> FieldRef {
+        FieldRef {
+            dataset: dataset.into(),
+            field: field.into(),
+        }
+    }
+
+    /// A small valid inventory: participants (cohort) + diagnoses.
+    pub(crate) fn inventory() -> Inventory {
+        Inventory {
+            version: 0,
+            datasets: vec![
+                Dataset {
+                    name: "participants".into(),
+                    description: String::new(),
+                    locations: vec!["participants.parquet".into()],
+                    key: "participant_id".into(),
+                    fields: vec![
+                        field("participant_id", FieldType::Integer),
+                        field("sex", FieldType::String),
+                        field("age", FieldType::Integer),
+                        field("bmi", FieldType::Float),
+                        field("smoker", FieldType::Boolean),
+                        field("recruited_on", FieldType::Date),
+                        field("genotype_array", FieldType::Other),
+                    ],
+                },
+                Dataset {
+                    name: "diagnoses".into(),
+                    description: String::new(),
+                    locations: vec!["diagnoses.parquet".into()],
+                    key: "participant_id".into(),
+                    fields: vec![
+                        field("participant_id", FieldType::Integer),
+                        field("icd10", FieldType::String),
+                    ],
+                },
+            ],
+            cohort_dataset: "participants".into(),
+            collections: vec![
+                DataCollection {
+                    name: "demographics".into(),
+                    description: String::new(),
+                    fields: vec![r("participants", "sex"), r("participants", "age")],
+                },
+                DataCollection {
+                    name: "hospital".into(),
+                    description: String::new(),
+                    fields: vec![r("diagnoses", "icd10")],
+                },
+            ],
+            showcase: vec![r("participants", "sex")],
+        }
+    }
+
+    #[test]
+    fn valid_inventory_passes() {
+        inventory().validate().unwrap();
+    }
+
+    #[test]
+    fn each_inconsistency_names_its_field() {
+        type Breaker = fn(&mut Inventory);
+        let cases: Vec<(Breaker, &str)> = vec![
+            (|i| i.datasets.clear(), "inventory.datasets"),
+            (
+                |i| i.datasets[1].name = "participants".into(),
+                "inventory.datasets[1].name",
+            ),
+            (
+                |i| i.datasets[0].locations.clear(),
+                "inventory.datasets[0].locations",
+            ),
+            (
+                |i| i.datasets[0].key = "eid".into(),
+                "inventory.datasets[0].key",
+            ),
+            (
+                |i| i.datasets[0].fields.push(field("sex", FieldType::String)),
+                "inventory.datasets[0].fields[7].name",
+            ),
+            (
+                |i| i.cohort_dataset = "nope".into(),
+                "inventory.cohort_dataset",
+            ),
+            (
+                |i| i.collections[1].fields[0].field = "nope".into(),
+                "inventory.collections[1].fields[0].field",
+            ),
+            (
+                |i| i.collections[0].fields[0].dataset = "nope".into(),
+                "inventory.collections[0].fields[0].dataset",
+            ),
+            (
+                |i| i.collections[1].name = "demographics".into(),
+                "inventory.collections[1].name",
+            ),
+            (
+                |i| i.collections[0].fields.clear(),
+                "inventory.collections[0].fields",
+            ),
+            (
+                |i| i.showcase[0].field = "participant_id".into(),
+                "inventory.showcase[0]",
+            ),
+            (
+                |i| i.datasets[0].name = "bad\u{0}name".into(),
+                "inventory.datasets[0].name",
+            ),
+        ];
+        for (breaker, expected) in cases {
+            let mut inv = inventory();
+            breaker(&mut inv);
+            let err = inv.validate().unwrap_err();
+            assert_eq!(err.field(), Some(expected), "{err}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The governance domain of tre, as plain Rust with no I/O.
+//!
+//! Everything a custodian's rules decide lives here: the lifecycles of
+//! [`Environment`], [`AccessRequest`] and [`Project`], the review
+//! [`ReviewPipeline`] and its stage rules, the [`authorize`] function that
+//! encodes who may do what (including separation of duties), the cohort
+//! filter language ([`cohort`]) and the hash chain of the audit log
+//! ([`audit`]).
+//!
+//! A command takes the current state and returns the new state plus the
+//! [`Effect`]s to perform; adapters (the SQL store, the job runtime, the HTTP
+//! API) perform them. This crate must never depend on tokio, sqlx, apalis or
+//! object_store, and never reads individual-level rows.
+
+pub mod audit;
+pub mod authz;
+pub mod cohort;
+mod effect;
+mod environment;
+mod error;
+mod ids;
+mod inventory;
+mod people;
+mod pipeline;
+mod project;
+mod request;
+
+pub use authz::{Action, Denied, Object, authorize};
+pub use effect::Effect;
+pub use environment::{
+    Environment, EnvironmentCommand, EnvironmentState, NewEnvironment, Policies, Visibility,
+};
+pub use error::DomainError;
+pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
+pub use inventory::{DataCollection, Dataset, Field, FieldRef, FieldType, Inventory};
+pub use people::{Actor, Principal};
+pub use pipeline::{DecisionRule, ReviewPipeline, ReviewStage, StageOutcome, Vote, tally};
+pub use project::{Project, ProjectCommand, ProjectState};
+pub use request::{
+    AccessRequest, Decision, DecisionInput, NewRequest, RequestCommand, RequestContext,
+    RequestState, RequestTransition, RequestUpdate, Verdict,
+};

@@ -1,0 +1,44 @@
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::UserId;
+
+/// The authenticated caller of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub id: UserId,
+    /// Platform admins create environments and manage users; they have no
+    /// power inside an environment unless they are also one of its admins.
+    pub platform_admin: bool,
+    /// Groups the user belongs to; environments may authorize whole groups.
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+}
+
+impl Actor {
+    pub fn user(id: impl Into<String>) -> Self {
+        Self {
+            id: UserId(id.into()),
+            platform_admin: false,
+            groups: BTreeSet::new(),
+        }
+    }
+}
+
+/// Who an environment authorizes: one user, or every member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Principal {
+    User(UserId),
+    Group(String),
+}
+
+impl Principal {
+    pub fn includes(&self, actor: &Actor) -> bool {
+        match self {
+            Self::User(id) => *id == actor.id,
+            Self::Group(group) => actor.groups.contains(group),
+        }
+    }
+}

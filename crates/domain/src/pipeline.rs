@@ -1,0 +1,330 @@
+//! Review pipelines: ordered stages, each with reviewers and a decision rule.
+//!
+//! How a stage closes, for a stage with `n` current reviewers of whom `k` must
+//! approve (`any`: k = 1, `all`: k = n, `quorum(q)`: k = q):
+//! - a `reject` marked final by a current reviewer closes it at once as
+//!   **rejected** (a veto: the request ends);
+//! - `k` approvals close it as **approved** (the request moves to the next
+//!   stage, or is approved after the last);
+//! - once `k` approvals can no longer be reached (more than `n - k` votes
+//!   against: `return`, or `reject` not marked final) it closes as
+//!   **returned** (the request goes to `in_revision`);
+//! - otherwise it stays open. A stage with no reviewers, or fewer than its
+//!   quorum, stays open: it blocks rather than silently passing.
+//!
+//! Only votes of the stage's *current* reviewers count: reviewer changes after
+//! publish apply to stages not yet decided.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::check_name;
+use crate::{DomainError, UserId};
+
+/// How many approvals close a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionRule {
+    /// One approval decides.
+    Any,
+    /// Every current reviewer must approve.
+    All,
+    /// At least this many approvals.
+    Quorum(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewStage {
+    /// Stable identifier, unique in the pipeline (e.g. `access-committee`).
+    pub id: String,
+    pub name: String,
+    pub reviewers: BTreeSet<UserId>,
+    pub rule: DecisionRule,
+}
+
+impl ReviewStage {
+    /// Approvals needed to pass with the current reviewers.
+    pub fn approvals_needed(&self) -> usize {
+        match self.rule {
+            DecisionRule::Any => 1,
+            DecisionRule::All => self.reviewers.len().max(1),
+            DecisionRule::Quorum(k) => k as usize,
+        }
+    }
+
+    /// Whether the stage can ever pass with its current reviewers.
+    pub fn is_satisfiable(&self) -> bool {
+        !self.reviewers.is_empty() && self.approvals_needed() <= self.reviewers.len()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewPipeline {
+    pub stages: Vec<ReviewStage>,
+}
+
+impl ReviewPipeline {
+    /// Checks that stage ids are unique and names and rules are well formed.
+    /// Allowed in draft with missing reviewers; see [`Self::validate_for_publish`].
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let mut ids = BTreeSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let path = format!("pipeline.stages[{i}]");
+            check_name(&format!("{path}.id"), &stage.id)?;
+            check_name(&format!("{path}.name"), &stage.name)?;
+            if !ids.insert(stage.id.as_str()) {
+                return Err(DomainError::invalid(
+                    format!("{path}.id"),
+                    format!("duplicate stage id {:?}", stage.id),
+                ));
+            }
+            if stage.rule == DecisionRule::Quorum(0) {
+                return Err(DomainError::invalid(
+                    format!("{path}.rule"),
+                    "a quorum needs at least one approval",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What publishing requires: at least one stage, every stage with at least
+    /// one reviewer and no more required approvals than reviewers.
+    pub fn validate_for_publish(&self) -> Result<(), DomainError> {
+        self.validate()?;
+        if self.stages.is_empty() {
+            return Err(DomainError::invalid(
+                "pipeline.stages",
+                "at least one review stage is required",
+            ));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.reviewers.is_empty() {
+                return Err(DomainError::invalid(
+                    format!("pipeline.stages[{i}].reviewers"),
+                    "every stage needs at least one reviewer",
+                ));
+            }
+            if !stage.is_satisfiable() {
+                return Err(DomainError::invalid(
+                    format!("pipeline.stages[{i}].rule"),
+                    format!(
+                        "quorum of {} exceeds the {} reviewers",
+                        stage.approvals_needed(),
+                        stage.reviewers.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Same stages (ids, names, rules, order), whatever the reviewers: the
+    /// structure that publishing freezes.
+    pub fn same_structure(&self, other: &Self) -> bool {
+        self.stages.len() == other.stages.len()
+            && self
+                .stages
+                .iter()
+                .zip(&other.stages)
+                .all(|(a, b)| a.id == b.id && a.name == b.name && a.rule == b.rule)
+    }
+
+    /// Every user who reviews any stage.
+    pub fn is_reviewer(&self, user: &UserId) -> bool {
+        self.stages.iter().any(|s| s.reviewers.contains(user))
+    }
+}
+
+/// One reviewer's vote on a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vote {
+    Approve,
+    /// `return`, or `reject` not marked final.
+    Against,
+    /// `reject` marked final.
+    Veto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageOutcome {
+    Open,
+    Approved,
+    Returned,
+    Rejected,
+}
+
+/// Decides a stage from the votes cast so far (see the module docs).
+pub fn tally<'a>(
+    stage: &ReviewStage,
+    votes: impl IntoIterator<Item = (&'a UserId, Vote)>,
+) -> StageOutcome {
+    let (mut approvals, mut against) = (0usize, 0usize);
+    for (reviewer, vote) in votes {
+        if !stage.reviewers.contains(reviewer) {
+            continue;
+        }
+        match vote {
+            Vote::Veto => return StageOutcome::Rejected,
+            Vote::Approve => approvals += 1,
+            Vote::Against => against += 1,
+        }
+    }
+    if !stage.is_satisfiable() {
+        return StageOutcome::Open;
+    }
+    let needed = stage.approvals_needed();
+    if approvals >= needed {
+        StageOutcome::Approved
+    } else if against > stage.reviewers.len() - needed {
+        StageOutcome::Returned
+    } else {
+        StageOutcome::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(rule: DecisionRule, reviewers: &[&str]) -> ReviewStage {
+        ReviewStage {
+            id: "s".into(),
+            name: "S".into(),
+            reviewers: reviewers.iter().map(|r| UserId::from(*r)).collect(),
+            rule,
+        }
+    }
+
+    fn run(rule: DecisionRule, reviewers: &[&str], votes: &[(&str, Vote)]) -> StageOutcome {
+        let ids: Vec<(UserId, Vote)> = votes.iter().map(|(u, v)| (UserId::from(*u), *v)).collect();
+        tally(&stage(rule, reviewers), ids.iter().map(|(u, v)| (u, *v)))
+    }
+
+    use DecisionRule::*;
+    use StageOutcome::*;
+    use Vote::*;
+
+    #[test]
+    fn tally_table() {
+        let abc = &["a", "b", "c"];
+        let cases: Vec<(DecisionRule, &[&str], Vec<(&str, Vote)>, StageOutcome)> = vec![
+            (Any, abc, vec![], Open),
+            (Any, abc, vec![("a", Approve)], Approved),
+            (Any, abc, vec![("a", Against)], Open),
+            (Any, abc, vec![("a", Against), ("b", Against)], Open),
+            (
+                Any,
+                abc,
+                vec![("a", Against), ("b", Against), ("c", Against)],
+                Returned,
+            ),
+            (Any, abc, vec![("a", Against), ("b", Approve)], Approved),
+            (Any, abc, vec![("a", Veto)], Rejected),
+            (All, abc, vec![("a", Approve), ("b", Approve)], Open),
+            (
+                All,
+                abc,
+                vec![("a", Approve), ("b", Approve), ("c", Approve)],
+                Approved,
+            ),
+            (All, abc, vec![("a", Approve), ("b", Against)], Returned),
+            (All, abc, vec![("a", Approve), ("b", Veto)], Rejected),
+            (Quorum(2), abc, vec![("a", Approve)], Open),
+            (
+                Quorum(2),
+                abc,
+                vec![("a", Approve), ("c", Approve)],
+                Approved,
+            ),
+            (Quorum(2), abc, vec![("a", Against)], Open),
+            (
+                Quorum(2),
+                abc,
+                vec![("a", Against), ("b", Against)],
+                Returned,
+            ),
+            (Quorum(2), abc, vec![("a", Against), ("b", Approve)], Open),
+            (Quorum(2), abc, vec![("a", Veto), ("b", Approve)], Rejected),
+            // votes of people who are no longer reviewers do not count
+            (Any, abc, vec![("z", Approve)], Open),
+            (Any, abc, vec![("z", Veto)], Open),
+            // a stage that cannot pass blocks instead of passing
+            (Any, &[], vec![("a", Approve)], Open),
+            (
+                Quorum(4),
+                abc,
+                vec![("a", Approve), ("b", Approve), ("c", Approve)],
+                Open,
+            ),
+        ];
+        for (rule, reviewers, votes, expected) in cases {
+            assert_eq!(
+                run(rule, reviewers, &votes),
+                expected,
+                "{rule:?} {reviewers:?} {votes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_requires_reviewers_and_satisfiable_rules() {
+        let empty = ReviewPipeline::default();
+        assert_eq!(
+            empty.validate_for_publish().unwrap_err().field(),
+            Some("pipeline.stages")
+        );
+        let no_reviewers = ReviewPipeline {
+            stages: vec![stage(Any, &[])],
+        };
+        assert_eq!(
+            no_reviewers.validate_for_publish().unwrap_err().field(),
+            Some("pipeline.stages[0].reviewers")
+        );
+        let quorum = ReviewPipeline {
+            stages: vec![stage(Quorum(3), &["a", "b"])],
+        };
+        assert_eq!(
+            quorum.validate_for_publish().unwrap_err().field(),
+            Some("pipeline.stages[0].rule")
+        );
+        let zero = ReviewPipeline {
+            stages: vec![stage(Quorum(0), &["a"])],
+        };
+        assert_eq!(
+            zero.validate().unwrap_err().field(),
+            Some("pipeline.stages[0].rule")
+        );
+        let dup = ReviewPipeline {
+            stages: vec![stage(Any, &["a"]), stage(All, &["b"])],
+        };
+        assert_eq!(
+            dup.validate().unwrap_err().field(),
+            Some("pipeline.stages[1].id")
+        );
+    }
+
+    #[test]
+    fn structure_ignores_reviewers_only() {
+        let a = ReviewPipeline {
+            stages: vec![stage(Any, &["a"])],
+        };
+        let mut b = a.clone();
+        b.stages[0].reviewers.insert(UserId::from("x"));
+        assert!(a.same_structure(&b));
+        b.stages[0].rule = All;
+        assert!(!a.same_structure(&b));
+        let mut c = a.clone();
+        c.stages.push(stage(All, &["b"]));
+        assert!(!a.same_structure(&c));
+    }
+
+    #[test]
+    fn rule_serializes_as_documented() {
+        assert_eq!(serde_json::to_string(&Any).unwrap(), "\"any\"");
+        assert_eq!(serde_json::to_string(&Quorum(2)).unwrap(), "{\"quorum\":2}");
+        let r: DecisionRule = serde_json::from_str("{\"quorum\":3}").unwrap();
+        assert_eq!(r, Quorum(3));
+    }
+}

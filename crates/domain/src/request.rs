@@ -1,0 +1,1011 @@
+//! Access requests and their lifecycle.
+//!
+//! ```text
+//! draft --submit--> in_review(0) --stage approved--> in_review(1) ... --last stage approved--> approved
+//!                   in_review(s) --stage returned--> in_revision --submit--> in_review(0)
+//!                   in_review(s) --final reject--> rejected
+//! draft | in_review | in_revision --withdraw (owner)--> withdrawn
+//! approved --revoke (environment admin)--> revoked
+//! approved --expire (system, when the duration ends)--> expired
+//! ```
+//! | state | who moves it out |
+//! |---|---|
+//! | `draft` | the owner: `submit`, `withdraw` |
+//! | `in_review` | reviewers of the current stage: `decide`; the owner: `withdraw` |
+//! | `in_revision` | the owner: `submit` (restarts at stage 1), `withdraw` |
+//! | `approved` | environment admins: `revoke`; the scheduler: `expire` |
+//! | `rejected`, `withdrawn`, `revoked`, `expired` | nobody: final |
+//!
+//! Each submission starts a new *round*; decisions belong to a (round, stage)
+//! and every one keeps reviewer, stage, verdict, comment and time.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    DomainError, Effect, Environment, EnvironmentId, EnvironmentState, RequestId, StageOutcome,
+    Timestamp, UserId, Vote, cohort, tally,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RequestState {
+    Draft,
+    /// Waiting on the stage with this index (0-based) of the pipeline.
+    InReview {
+        stage: usize,
+    },
+    InRevision,
+    Approved,
+    Rejected,
+    Withdrawn,
+    Revoked,
+    Expired,
+}
+
+impl RequestState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::InReview { .. } => "in_review",
+            Self::InRevision => "in_revision",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Withdrawn => "withdrawn",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Rejected | Self::Withdrawn | Self::Revoked | Self::Expired
+        )
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InReview { stage } => write!(f, "in_review(stage {})", stage + 1),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// What a researcher fills in for a new draft.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    pub title: String,
+    #[serde(default)]
+    pub purpose: String,
+    /// A cohort filter (see [`cohort`]); `null` selects everyone.
+    #[serde(default)]
+    pub cohort: Value,
+    #[serde(default)]
+    pub collections: BTreeSet<String>,
+    #[serde(default)]
+    pub collaborators: BTreeSet<UserId>,
+    /// Requested access duration; 0 = not chosen yet (required to submit).
+    #[serde(default)]
+    pub duration_days: u32,
+}
+
+/// A partial edit of a draft or a request in revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestUpdate {
+    pub title: Option<String>,
+    pub purpose: Option<String>,
+    pub cohort: Option<Value>,
+    pub collections: Option<BTreeSet<String>>,
+    pub duration_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Reject,
+    /// Return for revision.
+    Return,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Reject => "reject",
+            Self::Return => "return",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionInput {
+    /// The stage index the reviewer is deciding (guards against deciding a
+    /// stage that closed meanwhile).
+    pub stage: usize,
+    pub verdict: Verdict,
+    /// With `reject`: end the request instead of returning it for revision.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// A recorded decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub round: u32,
+    pub stage: usize,
+    pub stage_id: String,
+    pub reviewer: UserId,
+    pub verdict: Verdict,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub comment: String,
+    pub at: Timestamp,
+}
+
+impl Decision {
+    pub fn vote(&self) -> Vote {
+        match (self.verdict, self.is_final) {
+            (Verdict::Approve, _) => Vote::Approve,
+            (Verdict::Reject, true) => Vote::Veto,
+            _ => Vote::Against,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: RequestId,
+    pub environment_id: EnvironmentId,
+    pub owner: UserId,
+    pub collaborators: BTreeSet<UserId>,
+    pub title: String,
+    pub purpose: String,
+    pub cohort: Value,
+    pub collections: BTreeSet<String>,
+    pub duration_days: u32,
+    #[serde(flatten)]
+    pub state: RequestState,
+    /// Submissions so far; decisions belong to a round.
+    pub round: u32,
+    pub created_at: Timestamp,
+    pub submitted_at: Option<Timestamp>,
+    pub approved_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    /// The inventory version the request was last submitted against.
+    pub inventory_version: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestCommand {
+    Update(RequestUpdate),
+    SetCollaborators(BTreeSet<UserId>),
+    Submit,
+    Decide(DecisionInput),
+    Withdraw,
+    Revoke { reason: String },
+    Expire,
+}
+
+impl RequestCommand {
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Update(_) => "request.update",
+            Self::SetCollaborators(_) => "request.set_collaborators",
+            Self::Submit => "request.submit",
+            Self::Decide(_) => "request.decide",
+            Self::Withdraw => "request.withdraw",
+            Self::Revoke { .. } => "request.revoke",
+            Self::Expire => "request.expire",
+        }
+    }
+}
+
+/// What a command needs to know besides the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    pub environment: &'a Environment,
+    pub actor: &'a UserId,
+    pub now: Timestamp,
+    /// Decisions already recorded for the current round and stage.
+    pub stage_decisions: &'a [Decision],
+}
+
+/// The result of a command: the new request, the decision to record (for
+/// `decide`) and the effects to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTransition {
+    pub request: AccessRequest,
+    pub decision: Option<Decision>,
+    pub effects: Vec<Effect>,
+}
+
+const MAX_TITLE: usize = 300;
+const MAX_TEXT: usize = 20_000;
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), DomainError> {
+    if required && value.trim().is_empty() {
+        return Err(DomainError::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(DomainError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err(DomainError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl AccessRequest {
+    /// A new draft. The environment must be published (drafts may be written
+    /// during maintenance; submitting waits until it is active again).
+    pub fn create(
+        id: RequestId,
+        environment: &Environment,
+        owner: &UserId,
+        new: NewRequest,
+        now: Timestamp,
+    ) -> Result<Self, DomainError> {
+        if environment.state == EnvironmentState::Draft {
+            return Err(DomainError::InvalidTransition {
+                object: "environment",
+                action: "create requests in",
+                state: environment.state.to_string(),
+            });
+        }
+        let request = Self {
+            id,
+            environment_id: environment.id.clone(),
+            owner: owner.clone(),
+            collaborators: new.collaborators,
+            title: new.title,
+            purpose: new.purpose,
+            cohort: new.cohort,
+            collections: new.collections,
+            duration_days: new.duration_days,
+            state: RequestState::Draft,
+            round: 0,
+            created_at: now,
+            submitted_at: None,
+            approved_at: None,
+            expires_at: None,
+            inventory_version: None,
+        };
+        request.validate(environment, false)?;
+        Ok(request)
+    }
+
+    /// Owner and collaborators.
+    pub fn is_requester(&self, user: &UserId) -> bool {
+        self.owner == *user || self.collaborators.contains(user)
+    }
+
+    /// Checks the contents against the environment's current inventory and
+    /// policies; `complete` additionally requires what submission needs.
+    pub fn validate(&self, environment: &Environment, complete: bool) -> Result<(), DomainError> {
+        check_text("title", &self.title, MAX_TITLE, true)?;
+        check_text("purpose", &self.purpose, MAX_TEXT, complete)?;
+        if self.collaborators.contains(&self.owner) {
+            return Err(DomainError::invalid(
+                "collaborators",
+                "the owner cannot also be a collaborator",
+            ));
+        }
+        if self.collaborators.len() > 100 {
+            return Err(DomainError::invalid(
+                "collaborators",
+                "at most 100 collaborators",
+            ));
+        }
+        let max_days = environment.policies.max_request_days;
+        if self.duration_days > max_days || (complete && self.duration_days == 0) {
+            return Err(DomainError::invalid(
+                "duration_days",
+                format!("must be between 1 and {max_days} days (the environment's limit)"),
+            ));
+        }
+        let inventory = environment.inventory.as_ref().ok_or_else(|| {
+            DomainError::invalid("environment", "the environment has no inventory")
+        })?;
+        if complete && self.collections.is_empty() {
+            return Err(DomainError::invalid(
+                "collections",
+                "select at least one data collection",
+            ));
+        }
+        if let Some(unknown) = self
+            .collections
+            .iter()
+            .find(|c| inventory.collection(c).is_none())
+        {
+            return Err(DomainError::invalid(
+                "collections",
+                format!("no data collection named {unknown:?}"),
+            ));
+        }
+        let cohort_dataset = inventory.cohort().ok_or_else(|| {
+            DomainError::invalid("environment", "the inventory has no cohort dataset")
+        })?;
+        cohort::parse_optional(&self.cohort, cohort_dataset)?;
+        Ok(())
+    }
+
+    fn refuse(&self, command: &RequestCommand) -> DomainError {
+        DomainError::InvalidTransition {
+            object: "request",
+            action: command.action().trim_start_matches("request."),
+            state: self.state.to_string(),
+        }
+    }
+
+    /// Applies a command. Authorization is checked separately by
+    /// [`crate::authorize`]; this checks state, content and the stage rules.
+    pub fn apply(
+        &self,
+        command: RequestCommand,
+        ctx: RequestContext<'_>,
+    ) -> Result<RequestTransition, DomainError> {
+        use RequestState as S;
+        let env = ctx.environment;
+        let mut next = self.clone();
+        let mut effects = Vec::new();
+        let mut decision = None;
+        match (&command, self.state) {
+            (RequestCommand::Update(update), S::Draft | S::InRevision) => {
+                let update = update.clone();
+                if let Some(v) = update.title {
+                    next.title = v;
+                }
+                if let Some(v) = update.purpose {
+                    next.purpose = v;
+                }
+                if let Some(v) = update.cohort {
+                    next.cohort = v;
+                }
+                if let Some(v) = update.collections {
+                    next.collections = v;
+                }
+                if let Some(v) = update.duration_days {
+                    next.duration_days = v;
+                }
+                next.validate(env, false)?;
+            }
+            (RequestCommand::SetCollaborators(users), S::Draft | S::InRevision) => {
+                next.collaborators = users.clone();
+                next.validate(env, false)?;
+            }
+            (RequestCommand::Submit, S::Draft | S::InRevision) => {
+                if env.state != EnvironmentState::Active {
+                    return Err(DomainError::InvalidTransition {
+                        object: "environment",
+                        action: "submit requests to",
+                        state: env.state.to_string(),
+                    });
+                }
+                next.validate(env, true)?;
+                if env.pipeline.stages.is_empty() {
+                    return Err(DomainError::invalid(
+                        "environment",
+                        "the environment has no review stages",
+                    ));
+                }
+                next.round += 1;
+                next.state = S::InReview { stage: 0 };
+                next.submitted_at = Some(ctx.now);
+                next.inventory_version = env.inventory.as_ref().map(|i| i.version);
+                effects.push(Effect::NotifyReviewers {
+                    request: self.id.clone(),
+                    round: next.round,
+                    stage: 0,
+                });
+            }
+            (RequestCommand::Decide(input), S::InReview { stage }) => {
+                if input.stage != stage {
+                    return Err(DomainError::Conflict(format!(
+                        "stage {} is not open for decisions: the request is at stage {}",
+                        input.stage + 1,
+                        stage + 1
+                    )));
+                }
+                let pipeline_stage = env.pipeline.stages.get(stage).ok_or_else(|| {
+                    DomainError::Conflict(format!("the pipeline has no stage {}", stage + 1))
+                })?;
+                if !pipeline_stage.reviewers.contains(ctx.actor) {
+                    return Err(DomainError::Conflict(format!(
+                        "{} is not a reviewer of stage {:?}",
+                        ctx.actor, pipeline_stage.id
+                    )));
+                }
+                if ctx.stage_decisions.iter().any(|d| d.reviewer == *ctx.actor) {
+                    return Err(DomainError::Conflict(format!(
+                        "{} has already decided stage {:?} in this round",
+                        ctx.actor, pipeline_stage.id
+                    )));
+                }
+                check_text(
+                    "comment",
+                    &input.comment,
+                    MAX_TEXT,
+                    input.verdict != Verdict::Approve,
+                )?;
+                if input.is_final && input.verdict != Verdict::Reject {
+                    return Err(DomainError::invalid(
+                        "final",
+                        "only a rejection can be final",
+                    ));
+                }
+                let recorded = Decision {
+                    round: self.round,
+                    stage,
+                    stage_id: pipeline_stage.id.clone(),
+                    reviewer: ctx.actor.clone(),
+                    verdict: input.verdict,
+                    is_final: input.is_final,
+                    comment: input.comment.clone(),
+                    at: ctx.now,
+                };
+                let votes = ctx
+                    .stage_decisions
+                    .iter()
+                    .chain(std::iter::once(&recorded))
+                    .map(|d| (&d.reviewer, d.vote()));
+                let outcome = tally(pipeline_stage, votes);
+                let notify_owner = |outcome: &str| Effect::NotifyOwner {
+                    request: self.id.clone(),
+                    round: self.round,
+                    outcome: outcome.to_owned(),
+                };
+                match outcome {
+                    StageOutcome::Open => {}
+                    StageOutcome::Approved if stage + 1 < env.pipeline.stages.len() => {
+                        next.state = S::InReview { stage: stage + 1 };
+                        effects.push(Effect::NotifyReviewers {
+                            request: self.id.clone(),
+                            round: self.round,
+                            stage: stage + 1,
+                        });
+                    }
+                    StageOutcome::Approved => {
+                        let expires_at = ctx.now.plus_days(self.duration_days);
+                        next.state = S::Approved;
+                        next.approved_at = Some(ctx.now);
+                        next.expires_at = Some(expires_at);
+                        effects.push(notify_owner("approved"));
+                        effects.push(Effect::ScheduleExpiry {
+                            request: self.id.clone(),
+                            at: expires_at,
+                        });
+                    }
+                    StageOutcome::Returned => {
+                        next.state = S::InRevision;
+                        effects.push(notify_owner("returned"));
+                    }
+                    StageOutcome::Rejected => {
+                        next.state = S::Rejected;
+                        effects.push(notify_owner("rejected"));
+                    }
+                }
+                decision = Some(recorded);
+            }
+            (RequestCommand::Withdraw, S::Draft | S::InReview { .. } | S::InRevision) => {
+                next.state = S::Withdrawn;
+            }
+            (RequestCommand::Revoke { reason }, S::Approved) => {
+                check_text("reason", reason, MAX_TEXT, true)?;
+                next.state = S::Revoked;
+                effects.push(Effect::RevokeProjects {
+                    request: self.id.clone(),
+                });
+            }
+            (RequestCommand::Expire, S::Approved) => {
+                if self.expires_at.is_some_and(|at| ctx.now < at) {
+                    return Err(DomainError::Conflict(format!(
+                        "request {} has not reached its expiry yet",
+                        self.id
+                    )));
+                }
+                next.state = S::Expired;
+                effects.push(Effect::RevokeProjects {
+                    request: self.id.clone(),
+                });
+            }
+            _ => return Err(self.refuse(&command)),
+        }
+        Ok(RequestTransition {
+            request: next,
+            decision,
+            effects,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::environment::tests::active;
+    use crate::{EnvironmentCommand, Visibility};
+
+    pub(crate) fn draft(env: &Environment) -> AccessRequest {
+        AccessRequest::create(
+            "req".into(),
+            env,
+            &"owner".into(),
+            NewRequest {
+                title: "Obesity and diabetes".into(),
+                purpose: "Study BMI trajectories".into(),
+                cohort: json!({"field": "age", "op": ">=", "value": 40}),
+                collections: BTreeSet::from(["demographics".into()]),
+                collaborators: BTreeSet::from(["collab".into()]),
+                duration_days: 30,
+            },
+            Timestamp(1_000),
+        )
+        .unwrap()
+    }
+
+    pub(crate) struct Walk {
+        pub(crate) env: Environment,
+        pub(crate) request: AccessRequest,
+        pub(crate) decisions: Vec<Decision>,
+        pub(crate) effects: Vec<Effect>,
+    }
+
+    impl Walk {
+        pub(crate) fn new() -> Self {
+            let env = active();
+            let request = draft(&env);
+            Self {
+                env,
+                request,
+                decisions: vec![],
+                effects: vec![],
+            }
+        }
+
+        pub(crate) fn run(
+            &mut self,
+            actor: &str,
+            command: RequestCommand,
+        ) -> Result<(), DomainError> {
+            let actor = UserId::from(actor);
+            let stage_decisions: Vec<Decision> = match self.request.state {
+                RequestState::InReview { stage } => self
+                    .decisions
+                    .iter()
+                    .filter(|d| d.round == self.request.round && d.stage == stage)
+                    .cloned()
+                    .collect(),
+                _ => vec![],
+            };
+            let t = self.request.apply(
+                command,
+                RequestContext {
+                    environment: &self.env,
+                    actor: &actor,
+                    now: Timestamp(10_000),
+                    stage_decisions: &stage_decisions,
+                },
+            )?;
+            self.request = t.request;
+            self.decisions.extend(t.decision);
+            self.effects = t.effects;
+            Ok(())
+        }
+
+        pub(crate) fn decide(
+            &mut self,
+            reviewer: &str,
+            stage: usize,
+            verdict: Verdict,
+            is_final: bool,
+        ) -> Result<(), DomainError> {
+            self.run(
+                reviewer,
+                RequestCommand::Decide(DecisionInput {
+                    stage,
+                    verdict,
+                    is_final,
+                    comment: if verdict == Verdict::Approve {
+                        String::new()
+                    } else {
+                        "needs work".into()
+                    },
+                }),
+            )
+        }
+    }
+
+    fn in_state(state: &str) -> Walk {
+        let mut w = Walk::new();
+        let approve_all = |w: &mut Walk| {
+            w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+            w.decide("rev2a", 1, Verdict::Approve, false).unwrap();
+            w.decide("rev2b", 1, Verdict::Approve, false).unwrap();
+        };
+        match state {
+            "draft" => {}
+            "in_review" => w.run("owner", RequestCommand::Submit).unwrap(),
+            "in_revision" => {
+                w.run("owner", RequestCommand::Submit).unwrap();
+                w.decide("rev1", 0, Verdict::Return, false).unwrap();
+            }
+            "approved" => {
+                w.run("owner", RequestCommand::Submit).unwrap();
+                approve_all(&mut w);
+            }
+            "rejected" => {
+                w.run("owner", RequestCommand::Submit).unwrap();
+                w.decide("rev1", 0, Verdict::Reject, true).unwrap();
+            }
+            "withdrawn" => w.run("owner", RequestCommand::Withdraw).unwrap(),
+            "revoked" | "expired" => {
+                w.run("owner", RequestCommand::Submit).unwrap();
+                approve_all(&mut w);
+                let cmd = if state == "revoked" {
+                    RequestCommand::Revoke {
+                        reason: "breach".into(),
+                    }
+                } else {
+                    RequestCommand::Expire
+                };
+                w.request.expires_at = Some(Timestamp(0));
+                w.run("admin", cmd).unwrap();
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(w.request.state.name(), state);
+        w
+    }
+
+    /// Every (state, command) pair; decisions use the reviewer of stage 1.
+    #[test]
+    fn transition_table() {
+        let states = [
+            "draft",
+            "in_review",
+            "in_revision",
+            "approved",
+            "rejected",
+            "withdrawn",
+            "revoked",
+            "expired",
+        ];
+        let commands: Vec<(RequestCommand, [&str; 8])> = vec![
+            (
+                RequestCommand::Update(RequestUpdate {
+                    title: Some("New".into()),
+                    ..Default::default()
+                }),
+                ["draft", "-", "in_revision", "-", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::SetCollaborators(BTreeSet::new()),
+                ["draft", "-", "in_revision", "-", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::Submit,
+                ["in_review", "-", "in_review", "-", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::Decide(DecisionInput {
+                    stage: 0,
+                    verdict: Verdict::Approve,
+                    is_final: false,
+                    comment: String::new(),
+                }),
+                ["-", "in_review", "-", "-", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::Withdraw,
+                [
+                    "withdrawn",
+                    "withdrawn",
+                    "withdrawn",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ],
+            ),
+            (
+                RequestCommand::Revoke {
+                    reason: "misuse".into(),
+                },
+                ["-", "-", "-", "revoked", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::Expire,
+                ["-", "-", "-", "expired", "-", "-", "-", "-"],
+            ),
+        ];
+        for (command, expected) in commands {
+            for (state, expected) in states.iter().zip(expected) {
+                let mut w = in_state(state);
+                w.request.expires_at = Some(Timestamp(0));
+                let actor = match command {
+                    RequestCommand::Decide(_) => "rev1",
+                    RequestCommand::Revoke { .. } | RequestCommand::Expire => "admin",
+                    _ => "owner",
+                };
+                let result = w.run(actor, command.clone());
+                if expected == "-" {
+                    assert!(
+                        matches!(result, Err(DomainError::InvalidTransition { .. })),
+                        "{} from {state} should be refused: {result:?}",
+                        command.action()
+                    );
+                } else {
+                    result.unwrap_or_else(|e| panic!("{} from {state}: {e}", command.action()));
+                    assert_eq!(
+                        w.request.state.name(),
+                        expected,
+                        "{} from {state}",
+                        command.action()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_stage_review_to_approval_with_effects() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
+        assert_eq!(w.request.round, 1);
+        assert_eq!(w.request.inventory_version, Some(1));
+        assert_eq!(w.effects[0].key(), "notify_reviewers:req:1:0");
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 1 });
+        assert_eq!(w.effects[0].key(), "notify_reviewers:req:1:1");
+        w.decide("rev2a", 1, Verdict::Approve, false).unwrap();
+        assert_eq!(
+            w.request.state,
+            RequestState::InReview { stage: 1 },
+            "quorum(2) needs two"
+        );
+        assert!(w.effects.is_empty());
+        w.decide("rev2c", 1, Verdict::Approve, false).unwrap();
+        assert_eq!(w.request.state, RequestState::Approved);
+        assert_eq!(w.request.expires_at, Some(Timestamp(10_000).plus_days(30)));
+        let keys: Vec<String> = w.effects.iter().map(Effect::key).collect();
+        assert_eq!(keys, ["notify_owner:req:1:approved", "schedule_expiry:req"]);
+        assert_eq!(w.decisions.len(), 3);
+    }
+
+    #[test]
+    fn return_then_resubmit_restarts_at_stage_one_in_a_new_round() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        w.decide("rev2a", 1, Verdict::Return, false).unwrap();
+        assert_eq!(
+            w.request.state,
+            RequestState::InReview { stage: 1 },
+            "one return of three"
+        );
+        w.decide("rev2b", 1, Verdict::Reject, false).unwrap();
+        assert_eq!(
+            w.request.state,
+            RequestState::InRevision,
+            "quorum(2) unreachable"
+        );
+        assert_eq!(w.effects[0].key(), "notify_owner:req:1:returned");
+        w.run(
+            "owner",
+            RequestCommand::Update(RequestUpdate {
+                purpose: Some("Clarified".into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
+        assert_eq!(w.request.round, 2);
+        // rev1 decided in round 1; may decide again in round 2
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 1 });
+    }
+
+    #[test]
+    fn final_rejection_ends_the_request() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        w.decide("rev2a", 1, Verdict::Reject, true).unwrap();
+        assert_eq!(w.request.state, RequestState::Rejected);
+        assert_eq!(w.effects[0].key(), "notify_owner:req:1:rejected");
+        assert!(matches!(
+            w.run("owner", RequestCommand::Submit),
+            Err(DomainError::InvalidTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn closed_stage_double_vote_and_wrong_reviewer_are_conflicts() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        // stage 1 closed: deciding it again is a conflict naming the stages
+        let err = w.decide("rev1", 0, Verdict::Approve, false).unwrap_err();
+        assert!(
+            matches!(&err, DomainError::Conflict(m) if m.contains("stage 1 is not open")),
+            "{err}"
+        );
+        w.decide("rev2a", 1, Verdict::Approve, false).unwrap();
+        let err = w.decide("rev2a", 1, Verdict::Approve, false).unwrap_err();
+        assert!(
+            matches!(&err, DomainError::Conflict(m) if m.contains("already decided")),
+            "{err}"
+        );
+        let err = w.decide("rev1", 1, Verdict::Approve, false).unwrap_err();
+        assert!(
+            matches!(&err, DomainError::Conflict(m) if m.contains("not a reviewer")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn decision_input_is_validated() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        let err = w
+            .run(
+                "rev1",
+                RequestCommand::Decide(DecisionInput {
+                    stage: 0,
+                    verdict: Verdict::Return,
+                    is_final: false,
+                    comment: " ".into(),
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(err.field(), Some("comment"), "a return must explain itself");
+        let err = w
+            .run(
+                "rev1",
+                RequestCommand::Decide(DecisionInput {
+                    stage: 0,
+                    verdict: Verdict::Approve,
+                    is_final: true,
+                    comment: String::new(),
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(err.field(), Some("final"));
+        assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
+    }
+
+    #[test]
+    fn submission_checks_environment_and_contents() {
+        let mut w = Walk::new();
+        w.env = w.env.apply(EnvironmentCommand::EnterMaintenance).unwrap();
+        let err = w.run("owner", RequestCommand::Submit).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DomainError::InvalidTransition {
+                    object: "environment",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let mut w = Walk::new();
+        w.request.duration_days = 0;
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("duration_days")
+        );
+        w.request.duration_days = 366;
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("duration_days")
+        );
+        w.request.duration_days = 30;
+        w.request.collections.clear();
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("collections")
+        );
+        w.request.collections.insert("genomes".into());
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("collections")
+        );
+        w.request.collections = BTreeSet::from(["demographics".into()]);
+        w.request.purpose.clear();
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("purpose")
+        );
+        w.request.purpose = "ok".into();
+        w.request.cohort = json!({"field": "nope", "op": "is_null"});
+        assert_eq!(
+            w.run("owner", RequestCommand::Submit).unwrap_err().field(),
+            Some("cohort.field")
+        );
+        assert_eq!(w.request.state, RequestState::Draft);
+    }
+
+    #[test]
+    fn drafts_need_a_published_environment_and_sane_fields() {
+        let env = crate::environment::tests::draft();
+        let err = AccessRequest::create(
+            "r".into(),
+            &env,
+            &"o".into(),
+            NewRequest {
+                title: "t".into(),
+                ..Default::default()
+            },
+            Timestamp(0),
+        )
+        .unwrap_err();
+        assert!(matches!(err, DomainError::InvalidTransition { .. }));
+        let env = active()
+            .apply(EnvironmentCommand::SetVisibility(Visibility::Public))
+            .unwrap();
+        let create = |new: NewRequest| {
+            AccessRequest::create("r".into(), &env, &"o".into(), new, Timestamp(0))
+        };
+        assert_eq!(
+            create(NewRequest::default()).unwrap_err().field(),
+            Some("title")
+        );
+        let err = create(NewRequest {
+            title: "x".repeat(301),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field(), Some("title"));
+        let err = create(NewRequest {
+            title: "t".into(),
+            collaborators: BTreeSet::from(["o".into()]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field(), Some("collaborators"));
+        let ok = create(NewRequest {
+            title: "Ünïcödé ✓ 研究".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.state, RequestState::Draft);
+    }
+
+    #[test]
+    fn expiry_waits_for_the_date() {
+        let mut w = in_state("approved");
+        w.request.expires_at = Some(Timestamp(20_000));
+        let err = w.run("system", RequestCommand::Expire).unwrap_err();
+        assert!(matches!(err, DomainError::Conflict(_)));
+        w.request.expires_at = Some(Timestamp(10_000));
+        w.run("system", RequestCommand::Expire).unwrap();
+        assert_eq!(w.request.state, RequestState::Expired);
+        assert_eq!(w.effects[0].key(), "revoke_projects:req");
+    }
+}
