@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn tally_table() {
         let abc = &["a", "b", "c"];
-        let cases: Vec<(DecisionRule, &[&str], Vec<(&str, Vote)>, StageOutcome)> = vec![
+        type Case<'a> = (DecisionRule, &'a [&'a str], Vec<(&'a str, Vote)>, StageOutcome);
+        let cases: Vec<Case<'_>> = vec![
             (Any, abc, vec![], Open),
             (Any, abc, vec![("a", Approve)], Approved),
             (Any, abc, vec![("a", Against)], Open),
