@@ -22,6 +22,9 @@ pub struct AuditEvent {
     pub action: String,
     pub object_type: String,
     pub object_id: String,
+    /// The environment the object belongs to (empty for platform events), so
+    /// an environment's admins can read its part of the log.
+    pub environment_id: String,
     /// JSON text, hashed exactly as stored.
     pub details: String,
     /// Trace id of the call that caused it (HTTP request id, job id), if any.
@@ -40,6 +43,7 @@ pub fn event_hash(
     action: &str,
     object_type: &str,
     object_id: &str,
+    environment_id: &str,
     details: &str,
     trace_id: &str,
     prev_hash: &str,
@@ -53,6 +57,7 @@ pub fn event_hash(
         action,
         object_type,
         object_id,
+        environment_id,
         details,
         trace_id,
         prev_hash,
@@ -72,6 +77,7 @@ impl AuditEvent {
             &self.action,
             &self.object_type,
             &self.object_id,
+            &self.environment_id,
             &self.details,
             &self.trace_id,
             &self.prev_hash,
@@ -180,6 +186,7 @@ mod tests {
                     action: "request.submit".into(),
                     object_type: "request".into(),
                     object_id: format!("r{seq}"),
+                    environment_id: "env".into(),
                     details: "{}".into(),
                     trace_id: String::new(),
                     prev_hash: prev.clone(),
@@ -249,8 +256,8 @@ mod tests {
 
     #[test]
     fn field_boundaries_matter() {
-        let a = event_hash(1, 1, "ab", "c", "", "", "", "", GENESIS_HASH);
-        let b = event_hash(1, 1, "a", "bc", "", "", "", "", GENESIS_HASH);
+        let a = event_hash(1, 1, "ab", "c", "", "", "", "", "", GENESIS_HASH);
+        let b = event_hash(1, 1, "a", "bc", "", "", "", "", "", GENESIS_HASH);
         assert_ne!(a, b);
     }
 }

@@ -209,7 +209,12 @@ mod tests {
     #[test]
     fn tally_table() {
         let abc = &["a", "b", "c"];
-        type Case<'a> = (DecisionRule, &'a [&'a str], Vec<(&'a str, Vote)>, StageOutcome);
+        type Case<'a> = (
+            DecisionRule,
+            &'a [&'a str],
+            Vec<(&'a str, Vote)>,
+            StageOutcome,
+        );
         let cases: Vec<Case<'_>> = vec![
             (Any, abc, vec![], Open),
             (Any, abc, vec![("a", Approve)], Approved),

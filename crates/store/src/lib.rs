@@ -1,1 +1,249 @@
-pub fn x() {}
+//! The SQL store of tre: the source of truth for state, review history, the
+//! audit log and the job outbox.
+//!
+//! One code path serves SQLite (the embedded default) and PostgreSQL
+//! (production), chosen at start-up by the database URL through sqlx's `Any`
+//! driver. Every command runs in one transaction that loads the aggregate,
+//! checks authorization and the transition in the pure domain, writes the new
+//! state with an optimistic version check, records decisions, writes effects
+//! to the outbox and appends a hash-chained audit event. A concurrent writer
+//! makes the version check fail; the command is then retried from a fresh
+//! read, so concurrent decisions on one stage are counted exactly once.
+//!
+//! The store never reads individual-level data.
+
+mod audit;
+mod environments;
+mod error;
+mod outbox;
+mod projects;
+mod requests;
+mod users;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
+use tre_domain::{Actor, Timestamp};
+
+pub use audit::{AuditQuery, AuditReport};
+pub use error::StoreError;
+pub use outbox::OutboxJob;
+pub use requests::HistoryEntry;
+pub use users::{NewUser, User};
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Who is calling, and the trace id recorded with every audit event the call
+/// causes (an HTTP request id, a job id, a CLI invocation id).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub actor: Actor,
+    pub trace_id: String,
+}
+
+impl Caller {
+    pub fn new(actor: Actor, trace_id: impl Into<String>) -> Self {
+        Self {
+            actor,
+            trace_id: trace_id.into(),
+        }
+    }
+}
+
+/// Connection settings. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://PATH` or `postgres://...`. No default here; the CLI defaults
+    /// to `sqlite://.tre/tre.db`.
+    pub url: String,
+    /// Most pooled connections. Default: 10 (SQLite: 4, since writers
+    /// serialise anyway).
+    pub max_connections: Option<u32>,
+    /// How long to wait for a connection. Default: 10 s.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The store: a pool on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+type Tx = Transaction<'static, sqlx::Any>;
+
+pub(crate) fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp(millis)
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    let own = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0002_append_only_audit.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0002_append_only_audit.sql"),
+    };
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "core tables".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/common.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "append-only audit log".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(own).into_sql_str(),
+            false,
+        ),
+    ])
+}
+
+impl Store {
+    /// Connects (creating the SQLite file and its folder when missing). Does
+    /// not migrate: call [`Store::migrate`].
+    pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = options.url.as_str();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Config(format!(
+                "database url must start with sqlite: or postgres:// (got {url:?})"
+            )));
+        };
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if path != ":memory:" && !path.is_empty() {
+                if let Some(parent) = std::path::Path::new(&path).parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Config(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                if !url.contains('?') {
+                    url.push_str("?mode=rwc");
+                }
+            }
+        }
+        let connect_options: AnyConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid database url: {e}")))?;
+        let max = options.max_connections.unwrap_or(match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 10,
+        });
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the one writer; writers
+                        // wait for each other instead of failing at once.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_options)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Applies pending migrations. Safe to run concurrently and repeatedly.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator(self.backend).run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Connects and migrates.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(&StoreOptions::new(url)).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a write transaction. On SQLite `BEGIN IMMEDIATE` takes the
+    /// write lock up front, so a transaction never fails half-way when it
+    /// upgrades from reading to writing.
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Runs a command transaction, retrying it from scratch (with jittered
+    /// exponential backoff) when a concurrent writer got there first.
+    pub(crate) async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(2))
+                    .with_max_delay(Duration::from_millis(200))
+                    .with_max_times(30)
+                    .with_jitter(),
+            )
+            .when(StoreError::is_write_conflict)
+            .await
+    }
+}

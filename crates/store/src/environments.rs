@@ -1,0 +1,238 @@
+//! Environments: creation by platform admins, configuration and state changes
+//! by their admins, discovery by their authorized users.
+
+use serde_json::json;
+use sqlx::{Executor, Row};
+use tre_domain::{
+    Action, Environment, EnvironmentCommand, EnvironmentId, NewEnvironment, Object, Principal,
+    authorize,
+};
+
+use crate::audit::{self, AuditRecord};
+use crate::{Caller, Store, StoreError, Tx, new_id, now};
+
+fn decode(id: &str, doc: &str) -> Result<Environment, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        object: "environment",
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(env: &Environment) -> String {
+    serde_json::to_string(env).expect("environments serialize")
+}
+
+/// A summary of a command for the audit log: what changed, never data.
+fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
+    match command {
+        EnvironmentCommand::UpdateDetails { name, description } => {
+            json!({"name": name, "description_changed": description.is_some()})
+        }
+        EnvironmentCommand::SetInventory(inventory) => json!({
+            "datasets": inventory.datasets.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            "collections": inventory.collections.iter().map(|c| &c.name).collect::<Vec<_>>(),
+        }),
+        EnvironmentCommand::SetPipeline(pipeline) => json!({"stages": pipeline.stages}),
+        EnvironmentCommand::SetMembers(members) => json!({"members": members}),
+        EnvironmentCommand::SetAdmins(admins) => json!({"admins": admins}),
+        EnvironmentCommand::SetPolicies(policies) => json!({"policies": policies}),
+        EnvironmentCommand::SetVisibility(v) => json!({"visibility": v}),
+        EnvironmentCommand::Publish
+        | EnvironmentCommand::EnterMaintenance
+        | EnvironmentCommand::Reactivate => {
+            json!({})
+        }
+    }
+}
+
+impl Store {
+    pub(crate) async fn load_environment<'e, E>(
+        &self,
+        executor: E,
+        id: &EnvironmentId,
+    ) -> Result<(Environment, i64), StoreError>
+    where
+        E: Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query("SELECT doc, version FROM environments WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(executor)
+            .await?
+            .ok_or_else(|| StoreError::not_found("environment", id.as_str()))?;
+        let doc: String = row.try_get(0)?;
+        Ok((decode(id.as_str(), &doc)?, row.try_get(1)?))
+    }
+
+    async fn save_environment(
+        tx: &mut Tx,
+        env: &Environment,
+        version: i64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE environments SET name = $1, state = $2, visibility = $3, doc = $4, version = version + 1, updated_at = $5 \
+             WHERE id = $6 AND version = $7",
+        )
+        .bind(&env.name)
+        .bind(env.state.as_str())
+        .bind(env.visibility.as_str())
+        .bind(encode(env))
+        .bind(now().0)
+        .bind(env.id.as_str())
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::WriteConflict(format!("environment {}", env.id)));
+        }
+        Ok(())
+    }
+
+    /// Creates an environment in `draft` (platform admins only).
+    pub async fn create_environment(
+        &self,
+        caller: &Caller,
+        new: NewEnvironment,
+    ) -> Result<Environment, StoreError> {
+        authorize(&caller.actor, Action::CreateEnvironment, &Object::Platform)
+            .map_err(StoreError::Forbidden)?;
+        self.ensure_users_exist(&new.admins, "admins").await?;
+        let env = Environment::create(EnvironmentId(new_id()), &caller.actor.id, new)?;
+        let at = now();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO environments (id, name, state, visibility, doc, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        )
+        .bind(env.id.as_str())
+        .bind(&env.name)
+        .bind(env.state.as_str())
+        .bind(env.visibility.as_str())
+        .bind(encode(&env))
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: caller.actor.id.as_str(),
+                action: "environment.create",
+                object_type: "environment",
+                object_id: env.id.as_str(),
+                environment_id: env.id.as_str(),
+                details: json!({"name": env.name, "admins": env.admins}),
+                trace_id: &caller.trace_id,
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(env)
+    }
+
+    /// An environment the caller may discover.
+    pub async fn environment(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+    ) -> Result<Environment, StoreError> {
+        let (env, _) = self.load_environment(&self.pool, id).await?;
+        authorize(
+            &caller.actor,
+            Action::DiscoverEnvironment,
+            &Object::Environment(&env),
+        )
+        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        Ok(env)
+    }
+
+    /// The resource center: every environment the caller may discover, by name.
+    pub async fn list_environments(&self, caller: &Caller) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY name, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let doc: String = row.try_get(1)?;
+            let env = decode(&id, &doc)?;
+            if authorize(
+                &caller.actor,
+                Action::DiscoverEnvironment,
+                &Object::Environment(&env),
+            )
+            .is_ok()
+            {
+                out.push(env);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Configures an environment or changes its state (its admins only).
+    pub async fn configure_environment(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        command: EnvironmentCommand,
+    ) -> Result<Environment, StoreError> {
+        // Users named by the command must exist; checked outside the write
+        // transaction (users are never deleted).
+        match &command {
+            EnvironmentCommand::SetAdmins(admins) => {
+                self.ensure_users_exist(admins, "admins").await?;
+            }
+            EnvironmentCommand::SetPipeline(pipeline) => {
+                for (i, stage) in pipeline.stages.iter().enumerate() {
+                    self.ensure_users_exist(
+                        &stage.reviewers,
+                        &format!("pipeline.stages[{i}].reviewers"),
+                    )
+                    .await?;
+                }
+            }
+            EnvironmentCommand::SetMembers(members) => {
+                let users = members.iter().filter_map(|m| match m {
+                    Principal::User(u) => Some(u),
+                    Principal::Group(_) => None,
+                });
+                self.ensure_users_exist(users, "members").await?;
+            }
+            _ => {}
+        }
+        self.retrying(|| async {
+            let mut tx = self.begin().await?;
+            let (env, version) = self.load_environment(&mut *tx, id).await?;
+            let action = if command.changes_state() {
+                Action::ChangeEnvironmentState
+            } else {
+                Action::ConfigureEnvironment
+            };
+            authorize(&caller.actor, action, &Object::Environment(&env))
+                .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+            let next = env.apply(command.clone())?;
+            Self::save_environment(&mut tx, &next, version).await?;
+            let mut details = audit_details(&command);
+            if command.changes_state() {
+                details = json!({"from": env.state, "to": next.state});
+            }
+            audit::append(
+                &mut tx,
+                AuditRecord {
+                    actor: caller.actor.id.as_str(),
+                    action: command.action(),
+                    object_type: "environment",
+                    object_id: id.as_str(),
+                    environment_id: id.as_str(),
+                    details,
+                    trace_id: &caller.trace_id,
+                },
+                now(),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(next)
+        })
+        .await
+    }
+}

@@ -1,0 +1,81 @@
+use thiserror::Error;
+use tre_domain::{Denied, DomainError};
+
+/// Errors of the store. [`StoreError::is_retryable`] says whether trying the
+/// same call again may succeed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The object does not exist, or the caller may not know it exists.
+    #[error("{object} {id} not found")]
+    NotFound { object: &'static str, id: String },
+    /// The caller is not allowed to do this.
+    #[error("forbidden: {}", .0.reason)]
+    Forbidden(Denied),
+    /// The domain refused the command (bad input, illegal transition, conflict).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// A concurrent writer changed the object first (retried internally; seen
+    /// only when retries are exhausted).
+    #[error("concurrent update of {0}; try again")]
+    WriteConflict(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A stored document could not be read back.
+    #[error("stored {object} {id} is unreadable: {message}")]
+    Corrupt {
+        object: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn not_found(object: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            object,
+            id: id.into(),
+        }
+    }
+
+    /// Refusals that must not reveal the object become "not found".
+    pub(crate) fn denied(object: &'static str, id: &str, denied: Denied) -> Self {
+        if denied.conceal {
+            Self::not_found(object, id)
+        } else {
+            Self::Forbidden(denied)
+        }
+    }
+
+    /// A lost optimistic-concurrency race, or the database's own
+    /// serialization / lock errors: the whole transaction may be retried.
+    pub fn is_write_conflict(&self) -> bool {
+        match self {
+            Self::WriteConflict(_) => true,
+            Self::Database(sqlx::Error::Database(db)) => {
+                let code = db.code();
+                // PostgreSQL serialization_failure, deadlock_detected;
+                // SQLite BUSY (5) and LOCKED (6) with extended codes.
+                matches!(
+                    code.as_deref(),
+                    Some("40001" | "40P01" | "5" | "6" | "517" | "261" | "262")
+                ) || db.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a caller may retry the same call unchanged.
+    pub fn is_retryable(&self) -> bool {
+        self.is_write_conflict()
+            || matches!(
+                self,
+                Self::Database(
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+                )
+            )
+    }
+}

@@ -1,0 +1,88 @@
+//! The job outbox: effects written in the same transaction as the state
+//! change that asks for them. The job runtime relays due rows to the queue
+//! and marks them done; until then they stay here, so losing the queue loses
+//! no work.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use tre_domain::{Effect, Timestamp};
+
+use crate::{Store, StoreError, Tx};
+
+/// One stored job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxJob {
+    /// The deterministic idempotency key (see [`Effect::key`]).
+    pub key: String,
+    pub kind: String,
+    pub payload: Value,
+    /// `pending` until the job runtime finishes it.
+    pub state: String,
+    pub attempts: i64,
+    pub due_at: i64,
+    pub created_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// Writes effects inside the caller's transaction. An effect whose key is
+/// already stored is not written again.
+pub(crate) async fn enqueue(
+    tx: &mut Tx,
+    effects: &[Effect],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for effect in effects {
+        let payload = serde_json::to_string(effect).expect("effects serialize");
+        sqlx::query(
+            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, $5, $5) ON CONFLICT (job_key) DO NOTHING",
+        )
+        .bind(effect.key())
+        .bind(effect.kind())
+        .bind(payload)
+        .bind(effect.due_at().unwrap_or(now).0)
+        .bind(now.0)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Jobs in the outbox, oldest first; `state` filters (e.g. `pending`).
+    pub async fn outbox_jobs(
+        &self,
+        state: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OutboxJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT job_key, kind, payload, state, attempts, due_at, created_at, last_error FROM outbox \
+             WHERE ($1 = '' OR state = $1) ORDER BY created_at, job_key LIMIT $2",
+        )
+        .bind(state.unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("job_key")?;
+                let payload: String = row.try_get("payload")?;
+                Ok(OutboxJob {
+                    payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+                        object: "outbox job",
+                        id: key.clone(),
+                        message: e.to_string(),
+                    })?,
+                    key,
+                    kind: row.try_get("kind")?,
+                    state: row.try_get("state")?,
+                    attempts: row.try_get("attempts")?,
+                    due_at: row.try_get("due_at")?,
+                    created_at: row.try_get("created_at")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+}

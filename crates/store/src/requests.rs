@@ -1,0 +1,401 @@
+//! Access requests: drafts, submission, stage decisions, withdrawal,
+//! revocation and expiry, each in one transaction with its audit event and
+//! outbox jobs.
+
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{Executor, Row};
+use tre_domain::{
+    AccessRequest, Action, Actor, Decision, DecisionInput, DomainError, EnvironmentId, NewRequest,
+    Object, RequestCommand, RequestContext, RequestId, RequestState, UserId, Verdict, authorize,
+};
+
+use crate::audit::{self, AuditRecord};
+use crate::{Caller, Store, StoreError, Tx, new_id, now, outbox};
+
+fn decode(id: &str, doc: &str) -> Result<AccessRequest, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        object: "request",
+        id: id.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(request: &AccessRequest) -> String {
+    serde_json::to_string(request).expect("requests serialize")
+}
+
+/// One line of a request's history: a state change or a decision, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub details: serde_json::Value,
+}
+
+fn parse_verdict(s: &str) -> Option<Verdict> {
+    [Verdict::Approve, Verdict::Reject, Verdict::Return]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+}
+
+impl Store {
+    pub(crate) async fn load_request<'e, E>(
+        &self,
+        executor: E,
+        id: &RequestId,
+    ) -> Result<(AccessRequest, i64), StoreError>
+    where
+        E: Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query("SELECT doc, version FROM requests WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(executor)
+            .await?
+            .ok_or_else(|| StoreError::not_found("request", id.as_str()))?;
+        let doc: String = row.try_get(0)?;
+        Ok((decode(id.as_str(), &doc)?, row.try_get(1)?))
+    }
+
+    async fn stage_decisions(
+        tx: &mut Tx,
+        request: &AccessRequest,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let RequestState::InReview { stage } = request.state else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT stage_id, reviewer_id, verdict, is_final, comment, decided_at FROM decisions \
+             WHERE request_id = $1 AND round = $2 AND stage = $3 ORDER BY decided_at, reviewer_id",
+        )
+        .bind(request.id.as_str())
+        .bind(i64::from(request.round))
+        .bind(stage as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let verdict: String = row.try_get("verdict")?;
+                Ok(Decision {
+                    round: request.round,
+                    stage,
+                    stage_id: row.try_get("stage_id")?,
+                    reviewer: UserId(row.try_get("reviewer_id")?),
+                    verdict: parse_verdict(&verdict).ok_or_else(|| StoreError::Corrupt {
+                        object: "decision",
+                        id: request.id.to_string(),
+                        message: format!("unknown verdict {verdict:?}"),
+                    })?,
+                    is_final: row.try_get::<i64, _>("is_final")? != 0,
+                    comment: row.try_get("comment")?,
+                    at: tre_domain::Timestamp(row.try_get("decided_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Checks that collaborators exist and may use the environment.
+    async fn check_collaborators(
+        &self,
+        request: &AccessRequest,
+        env: &tre_domain::Environment,
+    ) -> Result<(), StoreError> {
+        for user in self
+            .ensure_users_exist(&request.collaborators, "collaborators")
+            .await?
+        {
+            if !env.is_authorized_user(&user.actor()) {
+                return Err(DomainError::Invalid {
+                    field: "collaborators".into(),
+                    message: format!("{} is not an authorized user of the environment", user.id),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a draft request (authorized users of the environment).
+    pub async fn create_request(
+        &self,
+        caller: &Caller,
+        environment_id: &EnvironmentId,
+        new: NewRequest,
+    ) -> Result<AccessRequest, StoreError> {
+        let (env, _) = self.load_environment(&self.pool, environment_id).await?;
+        authorize(
+            &caller.actor,
+            Action::CreateRequest,
+            &Object::Environment(&env),
+        )
+        .map_err(|d| StoreError::denied("environment", environment_id.as_str(), d))?;
+        let at = now();
+        let request = AccessRequest::create(RequestId(new_id()), &env, &caller.actor.id, new, at)?;
+        self.check_collaborators(&request, &env).await?;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO requests (id, environment_id, owner_id, state, doc, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        )
+        .bind(request.id.as_str())
+        .bind(env.id.as_str())
+        .bind(request.owner.as_str())
+        .bind(request.state.name())
+        .bind(encode(&request))
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: caller.actor.id.as_str(),
+                action: "request.create",
+                object_type: "request",
+                object_id: request.id.as_str(),
+                environment_id: env.id.as_str(),
+                details: json!({"title": request.title, "collaborators": request.collaborators}),
+                trace_id: &caller.trace_id,
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(request)
+    }
+
+    /// A request the caller may see. Callers who may see the request but not
+    /// its data selection (environment admins who do not review) get the
+    /// cohort replaced by `{"redacted": true}` and no collections.
+    pub async fn request(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+    ) -> Result<AccessRequest, StoreError> {
+        let (mut request, _) = self.load_request(&self.pool, id).await?;
+        let (env, _) = self
+            .load_environment(&self.pool, &request.environment_id)
+            .await?;
+        let object = Object::Request {
+            environment: &env,
+            request: &request,
+        };
+        authorize(&caller.actor, Action::ViewRequest, &object)
+            .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
+        if authorize(&caller.actor, Action::ViewRequestSelection, &object).is_err() {
+            request.cohort = json!({"redacted": true});
+            request.collections.clear();
+        }
+        Ok(request)
+    }
+
+    /// Applies a command of the owner (update, collaborators, submit,
+    /// withdraw), a reviewer (decide) or an environment admin (revoke).
+    pub async fn request_command(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+        command: RequestCommand,
+    ) -> Result<AccessRequest, StoreError> {
+        let action = match command {
+            RequestCommand::Update(_)
+            | RequestCommand::SetCollaborators(_)
+            | RequestCommand::Submit
+            | RequestCommand::Withdraw => Action::EditRequest,
+            RequestCommand::Decide(_) => Action::DecideRequest,
+            RequestCommand::Revoke { .. } => Action::RevokeRequest,
+            RequestCommand::Expire => {
+                return Err(StoreError::Forbidden(tre_domain::Denied {
+                    reason: "requests expire by the scheduler only",
+                    conceal: false,
+                }));
+            }
+        };
+        self.run_request_command(Some((caller, action)), &caller.trace_id, id, command)
+            .await
+    }
+
+    /// Records a reviewer's decision on the request's current stage.
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+        input: DecisionInput,
+    ) -> Result<AccessRequest, StoreError> {
+        self.request_command(caller, id, RequestCommand::Decide(input))
+            .await
+    }
+
+    /// Moves an approved request past its end date to `expired` (the
+    /// scheduler's job; acts as `system`).
+    pub async fn expire_request(
+        &self,
+        id: &RequestId,
+        trace_id: &str,
+    ) -> Result<AccessRequest, StoreError> {
+        self.run_request_command(None, trace_id, id, RequestCommand::Expire)
+            .await
+    }
+
+    async fn run_request_command(
+        &self,
+        authorized: Option<(&Caller, Action)>,
+        trace_id: &str,
+        id: &RequestId,
+        command: RequestCommand,
+    ) -> Result<AccessRequest, StoreError> {
+        let system = Actor::user("system");
+        let actor = authorized.map_or(&system, |(c, _)| &c.actor);
+        let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
+        self.retrying(|| async {
+            let mut tx = self.begin().await?;
+            let (request, version) = self.load_request(&mut *tx, id).await?;
+            let (env, _) = self.load_environment(&mut *tx, &request.environment_id).await?;
+            if let Some((caller, action)) = authorized {
+                authorize(
+                    &caller.actor,
+                    action,
+                    &Object::Request {
+                        environment: &env,
+                        request: &request,
+                    },
+                )
+                .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
+            }
+            let stage_decisions = Self::stage_decisions(&mut tx, &request).await?;
+            let at = now();
+            let transition = request.apply(
+                command.clone(),
+                RequestContext {
+                    environment: &env,
+                    actor: &actor.id,
+                    now: at,
+                    stage_decisions: &stage_decisions,
+                },
+            )?;
+            let next = transition.request;
+            if collaborators_changed {
+                self.check_collaborators(&next, &env).await?;
+            }
+            let updated = sqlx::query(
+                "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+            )
+            .bind(next.state.name())
+            .bind(encode(&next))
+            .bind(at.0)
+            .bind(id.as_str())
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::WriteConflict(format!("request {id}")));
+            }
+            if let Some(d) = &transition.decision {
+                sqlx::query(
+                    "INSERT INTO decisions (request_id, round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(id.as_str())
+                .bind(i64::from(d.round))
+                .bind(d.stage as i64)
+                .bind(&d.stage_id)
+                .bind(d.reviewer.as_str())
+                .bind(d.verdict.as_str())
+                .bind(i64::from(d.is_final))
+                .bind(&d.comment)
+                .bind(d.at.0)
+                .execute(&mut *tx)
+                .await?;
+            }
+            outbox::enqueue(&mut tx, &transition.effects, at).await?;
+            let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
+            if let Some(d) = &transition.decision {
+                details["decision"] = json!({
+                    "stage": d.stage, "stage_id": d.stage_id, "verdict": d.verdict,
+                    "final": d.is_final, "comment": d.comment,
+                });
+            }
+            if let RequestCommand::Revoke { reason } = &command {
+                details["reason"] = json!(reason);
+            }
+            audit::append(
+                &mut tx,
+                AuditRecord {
+                    actor: actor.id.as_str(),
+                    action: command.action(),
+                    object_type: "request",
+                    object_id: id.as_str(),
+                    environment_id: env.id.as_str(),
+                    details,
+                    trace_id,
+                },
+                at,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Every decision of a request (all rounds), in order.
+    pub async fn decisions(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+    ) -> Result<Vec<Decision>, StoreError> {
+        self.request(caller, id).await?;
+        let rows = sqlx::query(
+            "SELECT round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at FROM decisions \
+             WHERE request_id = $1 ORDER BY round, stage, decided_at, reviewer_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let verdict: String = row.try_get("verdict")?;
+                Ok(Decision {
+                    round: row.try_get::<i64, _>("round")? as u32,
+                    stage: row.try_get::<i64, _>("stage")? as usize,
+                    stage_id: row.try_get("stage_id")?,
+                    reviewer: UserId(row.try_get("reviewer_id")?),
+                    verdict: parse_verdict(&verdict).unwrap_or(Verdict::Return),
+                    is_final: row.try_get::<i64, _>("is_final")? != 0,
+                    comment: row.try_get("comment")?,
+                    at: tre_domain::Timestamp(row.try_get("decided_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// The request's history from the audit log: every state change and
+    /// decision, with actor and time, in order.
+    pub async fn request_history(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.request(caller, id).await?;
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, details FROM audit_events WHERE object_type = 'request' AND object_id = $1 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let details: String = row.try_get("details")?;
+                Ok(HistoryEntry {
+                    seq: row.try_get("seq")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    details: serde_json::from_str(&details)
+                        .unwrap_or(serde_json::Value::String(details)),
+                })
+            })
+            .collect()
+    }
+}

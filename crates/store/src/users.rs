@@ -1,0 +1,206 @@
+//! Users, groups and API tokens. Tokens are random, shown once, and stored
+//! only as their SHA-256.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tre_domain::{Action, Actor, DomainError, Object, UserId, authorize};
+
+use crate::audit::{self, AuditRecord};
+use crate::{Caller, Store, StoreError, now};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    /// The immutable handle: 1 to 64 of `A-Z a-z 0-9 . _ - @`.
+    pub id: String,
+    #[serde(default)]
+    pub platform_admin: bool,
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub platform_admin: bool,
+    pub groups: BTreeSet<String>,
+    pub created_at: i64,
+}
+
+impl User {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            id: self.id.clone(),
+            platform_admin: self.platform_admin,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
+fn validate(new: &NewUser) -> Result<(), DomainError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if new.id.is_empty() || new.id.len() > 64 || !new.id.chars().all(ok_char) {
+        return Err(DomainError::Invalid {
+            field: "name".into(),
+            message: "must be 1 to 64 characters of A-Z a-z 0-9 . _ - @".into(),
+        });
+    }
+    if let Some(bad) = new
+        .groups
+        .iter()
+        .find(|g| g.is_empty() || g.len() > 64 || !g.chars().all(ok_char))
+    {
+        return Err(DomainError::Invalid {
+            field: "groups".into(),
+            message: format!("invalid group name {bad:?}"),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+    format!("tre_{}", hex::encode(bytes))
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
+    let id: String = row.try_get("id")?;
+    let groups: String = row.try_get("groups_json")?;
+    Ok(User {
+        groups: serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
+            object: "user",
+            id: id.clone(),
+            message: e.to_string(),
+        })?,
+        id: UserId(id),
+        platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    /// Creates a user on behalf of a platform admin; returns the user and
+    /// their API token, which is not stored and cannot be shown again.
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        new: NewUser,
+    ) -> Result<(User, String), StoreError> {
+        authorize(&caller.actor, Action::ManageUsers, &Object::Platform)
+            .map_err(StoreError::Forbidden)?;
+        self.insert_user(caller.actor.id.as_str(), &caller.trace_id, new)
+            .await
+    }
+
+    /// Creates a user as the operator (someone with direct database access,
+    /// e.g. through the `tre` CLI): how the first platform admin is made.
+    pub async fn bootstrap_user(
+        &self,
+        new: NewUser,
+        trace_id: &str,
+    ) -> Result<(User, String), StoreError> {
+        self.insert_user("operator", trace_id, new).await
+    }
+
+    async fn insert_user(
+        &self,
+        actor: &str,
+        trace_id: &str,
+        new: NewUser,
+    ) -> Result<(User, String), StoreError> {
+        validate(&new)?;
+        let token = new_token();
+        let at = now();
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, platform_admin, groups_json, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(i64::from(new.platform_admin))
+        .bind(serde_json::to_string(&new.groups).expect("groups serialize"))
+        .bind(hash_token(&token))
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(DomainError::Conflict(format!("user {:?} already exists", new.id)).into());
+        }
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor,
+                action: "user.create",
+                object_type: "user",
+                object_id: &new.id,
+                environment_id: "",
+                details: json!({"platform_admin": new.platform_admin, "groups": new.groups}),
+                trace_id,
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((
+            User {
+                id: UserId(new.id),
+                platform_admin: new.platform_admin,
+                groups: new.groups,
+                created_at: at.0,
+            },
+            token,
+        ))
+    }
+
+    /// The actor a bearer token belongs to, if any.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, platform_admin, groups_json, created_at FROM users WHERE token_hash = $1",
+        )
+        .bind(hash_token(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| user_from_row(&r).map(|u| u.actor()))
+            .transpose()
+    }
+
+    pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, platform_admin, groups_json, created_at FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| user_from_row(&r)).transpose()
+    }
+
+    /// Fails with a validation error naming `field` unless every user exists.
+    pub(crate) async fn ensure_users_exist<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a UserId>,
+        field: &str,
+    ) -> Result<Vec<User>, StoreError> {
+        let mut users = Vec::new();
+        for id in ids {
+            match self.user(id.as_str()).await? {
+                Some(user) => users.push(user),
+                None => {
+                    return Err(DomainError::Invalid {
+                        field: field.into(),
+                        message: format!("no user {id:?}"),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(users)
+    }
+}
