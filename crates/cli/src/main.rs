@@ -1,1 +1,437 @@
-fn main() {}
+//! `tre`: the one binary of the Trusted Research Environment backend.
+
+mod config;
+mod demo;
+mod envfile;
+mod fixtures;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tre_domain::{EnvironmentCommand, EnvironmentId, Visibility};
+use tre_store::{AuditQuery, Caller, NewUser, Store, StoreError};
+
+use crate::config::{FlagSettings, Settings};
+use crate::envfile::EnvironmentFile;
+
+#[derive(Debug, Parser)]
+#[command(name = "tre", version, about = "Trusted Research Environment backend")]
+struct Cli {
+    /// Config file (default: ./tre.toml when present; env TRE_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Database URL (env TRE_DATABASE_URL; default sqlite://.tre/tre.db).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Source object store folder that dataset locations are relative to
+    /// (env TRE_SOURCE_STORE; default: the working directory).
+    #[arg(long, global = true)]
+    source_store: Option<String>,
+    /// Object store folder for project buckets (env TRE_OBJECT_STORE;
+    /// default .tre/objects).
+    #[arg(long, global = true)]
+    object_store: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply database migrations (every command also does this first).
+    Migrate,
+    /// Show the effective configuration and where each value came from.
+    Config,
+    /// Manage users and API tokens.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Create, configure and publish research environments.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// The synthetic biobank fixtures.
+    #[command(subcommand)]
+    Fixtures(FixturesCommand),
+    /// Walk a request through a two-stage review on the configured store.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create a user; prints their API token (shown once) as the last line.
+    Add {
+        name: String,
+        #[arg(long)]
+        platform_admin: bool,
+        /// Group memberships (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Acting {
+    /// The user to act as (the CLI has database access; it applies that
+    /// user's permissions and records them in the audit log).
+    #[arg(long = "as", value_name = "USER")]
+    acting_as: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VisibilityArg {
+    Private,
+    Public,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCommand {
+    /// Create an environment from a TOML or JSON definition file.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        /// Publish it right away.
+        #[arg(long)]
+        publish: bool,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// Apply the sections present in a definition file.
+    Configure {
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// draft -> active.
+    Publish {
+        id: String,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// active -> maintenance.
+    Maintenance {
+        id: String,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// maintenance -> active (a staged inventory becomes current).
+    Reactivate {
+        id: String,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// Make an environment public or private.
+    Visibility {
+        id: String,
+        visibility: VisibilityArg,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// The environments the user may discover.
+    List {
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// One environment, as JSON.
+    Show {
+        id: String,
+        #[command(flatten)]
+        acting: Acting,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; exits 1 and names the first broken event.
+    Verify,
+    /// List events as JSON lines.
+    List {
+        /// Only this environment's events (its admins may read them).
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        acting: Acting,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FixturesCommand {
+    /// (Re)generate the synthetic biobank Parquet files.
+    Generate {
+        #[arg(long, default_value = "fixtures/data")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        participants: usize,
+        #[arg(long, default_value_t = 20_061_313)]
+        seed: u64,
+    },
+}
+
+fn trace_id() -> String {
+    format!("cli-{}-{}", std::process::id(), uuid_like())
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}")
+}
+
+async fn caller(store: &Store, acting: &Acting) -> Result<Caller> {
+    let user = store.user(&acting.acting_as).await?.ok_or_else(|| {
+        anyhow!(
+            "--as: no user {:?}; create one with `tre users add {}`",
+            acting.acting_as,
+            acting.acting_as
+        )
+    })?;
+    Ok(Caller::new(user.actor(), trace_id()))
+}
+
+/// Store errors as a person should read them.
+fn explain(err: StoreError) -> anyhow::Error {
+    match err {
+        StoreError::Domain(tre_domain::DomainError::Invalid { field, message }) => {
+            anyhow!("invalid {field}: {message}")
+        }
+        other => anyhow!(other),
+    }
+}
+
+async fn open(settings: &Settings) -> Result<Store> {
+    let store = Store::open(&settings.database_url)
+        .await
+        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    Ok(store)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let flags = FlagSettings {
+        config: cli.config.clone(),
+        database_url: cli.database_url.clone(),
+        source_store: cli.source_store.clone(),
+        object_store: cli.object_store.clone(),
+    };
+    let settings = Settings::load(&flags, |k| std::env::var(k).ok())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Config => {
+            println!("database_url = {:?}", settings.database_url);
+            println!("source_store = {:?}", settings.source_store);
+            println!("object_store = {:?}", settings.object_store);
+            println!("log = {:?}", settings.log);
+            for (key, source) in &settings.sources {
+                println!("# {key}: {source}");
+            }
+        }
+        Command::Fixtures(FixturesCommand::Generate {
+            out,
+            participants,
+            seed,
+        }) => {
+            for path in fixtures::generate(&out, participants, seed)? {
+                println!("wrote {}", path.display());
+            }
+        }
+        Command::Migrate => {
+            let store = open(&settings).await?;
+            store.close().await;
+            println!("migrated {}", settings.database_url);
+        }
+        Command::Users(UsersCommand::Add {
+            name,
+            platform_admin,
+            groups,
+        }) => {
+            let store = open(&settings).await?;
+            let (user, token) = store
+                .bootstrap_user(
+                    NewUser {
+                        id: name,
+                        platform_admin,
+                        groups: groups.into_iter().collect(),
+                    },
+                    &trace_id(),
+                )
+                .await
+                .map_err(explain)?;
+            println!(
+                "created user {}{}; API token (shown once):",
+                user.id,
+                if user.platform_admin {
+                    " (platform admin)"
+                } else {
+                    ""
+                }
+            );
+            println!("{token}");
+        }
+        Command::Env(command) => env_command(&settings, command).await?,
+        Command::Audit(AuditCommand::Verify) => {
+            let store = open(&settings).await?;
+            let report = store.verify_audit().await?;
+            match report.broken {
+                None => println!(
+                    "audit log intact: {} events verified (head {})",
+                    report.checked, report.head_seq
+                ),
+                Some(broken) => {
+                    println!("audit log BROKEN: {broken}");
+                    println!("{} events verified before the break", report.checked);
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Command::Audit(AuditCommand::List {
+            environment,
+            after,
+            limit,
+            acting,
+        }) => {
+            let store = open(&settings).await?;
+            let caller = caller(&store, &acting).await?;
+            let query = AuditQuery {
+                environment: environment.map(EnvironmentId),
+                object_id: None,
+                after_seq: after,
+                limit,
+            };
+            for event in store.audit_events(&caller, &query).await.map_err(explain)? {
+                println!("{}", serde_json::to_string(&event)?);
+            }
+        }
+        Command::Demo => demo::run(&settings).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn env_command(settings: &Settings, command: EnvCommand) -> Result<()> {
+    let store = open(settings).await?;
+    let state_change =
+        |id: String, acting: Acting, command: EnvironmentCommand| (id, acting, command);
+    let (id, acting, command) = match command {
+        EnvCommand::Create {
+            file,
+            publish,
+            acting,
+        } => {
+            let caller = caller(&store, &acting).await?;
+            let definition = EnvironmentFile::read(&file)?;
+            let new = definition.new_environment()?;
+            let commands = definition.commands(|l| settings.source_path(l), true)?;
+            let env = store
+                .create_environment(&caller, new)
+                .await
+                .map_err(explain)?;
+            for command in commands {
+                store
+                    .configure_environment(&caller, &env.id, command)
+                    .await
+                    .map_err(explain)?;
+            }
+            if publish {
+                store
+                    .configure_environment(&caller, &env.id, EnvironmentCommand::Publish)
+                    .await
+                    .map_err(explain)?;
+            }
+            let env = store.environment(&caller, &env.id).await.map_err(explain)?;
+            println!(
+                "created environment {} ({}), state {}",
+                env.name, env.id, env.state
+            );
+            println!("{}", env.id);
+            return Ok(());
+        }
+        EnvCommand::Configure { id, file, acting } => {
+            let caller = caller(&store, &acting).await?;
+            let definition = EnvironmentFile::read(&file)?;
+            let id = EnvironmentId(id);
+            for command in definition.commands(|l| settings.source_path(l), false)? {
+                let action = command.action();
+                store
+                    .configure_environment(&caller, &id, command)
+                    .await
+                    .map_err(explain)?;
+                println!("applied {action}");
+            }
+            return Ok(());
+        }
+        EnvCommand::Publish { id, acting } => state_change(id, acting, EnvironmentCommand::Publish),
+        EnvCommand::Maintenance { id, acting } => {
+            state_change(id, acting, EnvironmentCommand::EnterMaintenance)
+        }
+        EnvCommand::Reactivate { id, acting } => {
+            state_change(id, acting, EnvironmentCommand::Reactivate)
+        }
+        EnvCommand::Visibility {
+            id,
+            visibility,
+            acting,
+        } => {
+            let visibility = match visibility {
+                VisibilityArg::Private => Visibility::Private,
+                VisibilityArg::Public => Visibility::Public,
+            };
+            state_change(id, acting, EnvironmentCommand::SetVisibility(visibility))
+        }
+        EnvCommand::List { acting } => {
+            let caller = caller(&store, &acting).await?;
+            for env in store.list_environments(&caller).await.map_err(explain)? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    env.id,
+                    env.state,
+                    env.visibility.as_str(),
+                    env.name
+                );
+            }
+            return Ok(());
+        }
+        EnvCommand::Show { id, acting } => {
+            let caller = caller(&store, &acting).await?;
+            let env = store
+                .environment(&caller, &EnvironmentId(id))
+                .await
+                .map_err(explain)?;
+            println!("{}", serde_json::to_string_pretty(&env)?);
+            return Ok(());
+        }
+    };
+    let caller = caller(&store, &acting).await?;
+    let env = store
+        .configure_environment(&caller, &EnvironmentId(id), command)
+        .await
+        .map_err(explain)?;
+    println!(
+        "environment {} is {} ({})",
+        env.id,
+        env.state,
+        env.visibility.as_str()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -349,6 +349,23 @@ impl AccessRequest {
         Ok(())
     }
 
+    /// Whether `stage` is the stage now open for decisions. A decision that
+    /// arrives after its stage closed is a conflict, not a permission issue.
+    pub fn check_stage_open(&self, stage: usize) -> Result<(), DomainError> {
+        match self.state {
+            RequestState::InReview { stage: open } if open == stage => Ok(()),
+            RequestState::InReview { stage: open } => Err(DomainError::Conflict(format!(
+                "stage {} is not open for decisions: the request is at stage {}",
+                stage + 1,
+                open + 1
+            ))),
+            state => Err(DomainError::Conflict(format!(
+                "stage {} is closed: the request is {state}",
+                stage + 1
+            ))),
+        }
+    }
+
     fn refuse(&self, command: &RequestCommand) -> DomainError {
         DomainError::InvalidTransition {
             object: "request",
@@ -419,13 +436,7 @@ impl AccessRequest {
                 });
             }
             (RequestCommand::Decide(input), S::InReview { stage }) => {
-                if input.stage != stage {
-                    return Err(DomainError::Conflict(format!(
-                        "stage {} is not open for decisions: the request is at stage {}",
-                        input.stage + 1,
-                        stage + 1
-                    )));
-                }
+                self.check_stage_open(input.stage)?;
                 let pipeline_stage = env.pipeline.stages.get(stage).ok_or_else(|| {
                     DomainError::Conflict(format!("the pipeline has no stage {}", stage + 1))
                 })?;
@@ -865,6 +876,22 @@ pub(crate) mod tests {
             matches!(&err, DomainError::Conflict(m) if m.contains("not a reviewer")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn stages_close_for_good() {
+        let w = in_state("approved");
+        let err = w.request.check_stage_open(1).unwrap_err();
+        assert!(
+            matches!(&err, DomainError::Conflict(m) if m.contains("closed: the request is approved")),
+            "{err}"
+        );
+        let w = in_state("in_review");
+        assert!(w.request.check_stage_open(0).is_ok());
+        assert!(matches!(
+            w.request.check_stage_open(1),
+            Err(DomainError::Conflict(_))
+        ));
     }
 
     #[test]

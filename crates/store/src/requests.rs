@@ -252,6 +252,21 @@ impl Store {
             let mut tx = self.begin().await?;
             let (request, version) = self.load_request(&mut *tx, id).await?;
             let (env, _) = self.load_environment(&mut *tx, &request.environment_id).await?;
+            if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) = (authorized, &command) {
+                // A reviewer of this environment who may see the request is
+                // told plainly that the stage closed (a conflict), before the
+                // current-stage rule would refuse them.
+                let object = Object::Request {
+                    environment: &env,
+                    request: &request,
+                };
+                if env.pipeline.is_reviewer(&caller.actor.id)
+                    && !request.is_requester(&caller.actor.id)
+                    && authorize(&caller.actor, Action::ViewRequest, &object).is_ok()
+                {
+                    request.check_stage_open(input.stage)?;
+                }
+            }
             if let Some((caller, action)) = authorized {
                 authorize(
                     &caller.actor,

@@ -659,7 +659,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::Forbidden(_) | StoreError::Domain(_)),
+        matches!(&err, StoreError::Domain(DomainError::Conflict(m)) if m.contains("closed")),
         "{err}"
     );
 

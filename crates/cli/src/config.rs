@@ -1,0 +1,226 @@
+//! Settings, layered: built-in defaults, then a config file, then `TRE_*`
+//! environment variables, then command-line flags. Validated once at start-up;
+//! errors name the setting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Effective settings. Each field documents its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// `TRE_DATABASE_URL`, `--database-url`. SQL database, the source of
+    /// truth: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    /// Default: `sqlite://.tre/tre.db` (embedded).
+    pub database_url: String,
+    /// `TRE_SOURCE_STORE`, `--source-store`. The custodian's source object
+    /// store that inventory dataset locations are relative to (a local
+    /// folder). Default: `.` (the working directory).
+    pub source_store: String,
+    /// `TRE_OBJECT_STORE`, `--object-store`. Where project buckets are
+    /// created (a local folder). Default: `.tre/objects`.
+    pub object_store: String,
+    /// `TRE_LOG`. Log filter (tracing `EnvFilter` syntax). Default: `warn`.
+    pub log: String,
+    /// Where each value came from, for `tre config show`.
+    #[serde(skip)]
+    pub sources: Vec<(&'static str, String)>,
+}
+
+/// The config file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    source_store: Option<String>,
+    object_store: Option<String>,
+    log: Option<String>,
+}
+
+/// Values given as flags.
+#[derive(Debug, Default, Clone)]
+pub struct FlagSettings {
+    pub config: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub source_store: Option<String>,
+    pub object_store: Option<String>,
+}
+
+impl Settings {
+    fn defaults() -> Self {
+        Self {
+            database_url: "sqlite://.tre/tre.db".into(),
+            source_store: ".".into(),
+            object_store: ".tre/objects".into(),
+            log: "warn".into(),
+            sources: vec![
+                ("database_url", "default".into()),
+                ("source_store", "default".into()),
+                ("object_store", "default".into()),
+                ("log", "default".into()),
+            ],
+        }
+    }
+
+    fn set(&mut self, key: &'static str, value: String, source: &str) {
+        match key {
+            "database_url" => self.database_url = value,
+            "source_store" => self.source_store = value,
+            "object_store" => self.object_store = value,
+            "log" => self.log = value,
+            _ => unreachable!("unknown setting {key}"),
+        }
+        if let Some(entry) = self.sources.iter_mut().find(|(k, _)| *k == key) {
+            entry.1 = source.to_owned();
+        }
+    }
+
+    /// Resolves the layers. The config file is `--config`, else `TRE_CONFIG`,
+    /// else `./tre.toml` when it exists; a named file that is missing is an
+    /// error.
+    pub fn load(flags: &FlagSettings, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut settings = Self::defaults();
+        let (path, required) = match (&flags.config, env("TRE_CONFIG")) {
+            (Some(p), _) => (p.clone(), true),
+            (None, Some(p)) => (PathBuf::from(p), true),
+            (None, None) => (PathBuf::from("tre.toml"), false),
+        };
+        if required || path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("config: cannot read {}", path.display()))?;
+            let file: FileSettings = toml::from_str(&text).with_context(|| {
+                format!("config: {} is not a valid tre config file", path.display())
+            })?;
+            let source = format!("file {}", path.display());
+            for (key, value) in [
+                ("database_url", file.database_url),
+                ("source_store", file.source_store),
+                ("object_store", file.object_store),
+                ("log", file.log),
+            ] {
+                if let Some(v) = value {
+                    settings.set(key, v, &source);
+                }
+            }
+        }
+        for (key, var) in [
+            ("database_url", "TRE_DATABASE_URL"),
+            ("source_store", "TRE_SOURCE_STORE"),
+            ("object_store", "TRE_OBJECT_STORE"),
+            ("log", "TRE_LOG"),
+        ] {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                settings.set(key, v, &format!("env {var}"));
+            }
+        }
+        for (key, flag, value) in [
+            ("database_url", "--database-url", &flags.database_url),
+            ("source_store", "--source-store", &flags.source_store),
+            ("object_store", "--object-store", &flags.object_store),
+        ] {
+            if let Some(v) = value {
+                settings.set(key, v.clone(), &format!("flag {flag}"));
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            bail!("database_url: must start with sqlite:// or postgres:// (got {url:?})");
+        }
+        for (key, value) in [
+            ("source_store", &self.source_store),
+            ("object_store", &self.object_store),
+        ] {
+            if value.trim().is_empty() {
+                bail!("{key}: must not be empty");
+            }
+            if value.contains("://") {
+                bail!("{key}: only local folders are supported so far (got {value:?})");
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| anyhow::anyhow!("log: {e}"))?;
+        Ok(())
+    }
+
+    /// A path inside the source store.
+    pub fn source_path(&self, location: &str) -> PathBuf {
+        Path::new(&self.source_store).join(location)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("tre-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tre.toml");
+        std::fs::write(&file, "database_url = \"sqlite://from-file.db\"\nsource_store = \"file-src\"\nlog = \"info\"\n").unwrap();
+        let flags = FlagSettings {
+            config: Some(file.clone()),
+            source_store: Some("flag-src".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(
+            &flags,
+            env(&[
+                ("TRE_DATABASE_URL", "postgres://env/db"),
+                ("TRE_SOURCE_STORE", "env-src"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database_url, "postgres://env/db", "env beats file");
+        assert_eq!(s.source_store, "flag-src", "flag beats env");
+        assert_eq!(s.log, "info", "file beats default");
+        assert_eq!(s.object_store, ".tre/objects", "default");
+        let sources: HashMap<_, _> = s.sources.iter().cloned().collect();
+        assert_eq!(sources["database_url"], "env TRE_DATABASE_URL");
+        assert_eq!(sources["source_store"], "flag --source-store");
+        assert!(sources["log"].starts_with("file "));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let flags = FlagSettings::default();
+        let err = Settings::load(&flags, env(&[("TRE_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().starts_with("database_url:"), "{err}");
+        let err = Settings::load(&flags, env(&[("TRE_OBJECT_STORE", "s3://bucket")])).unwrap_err();
+        assert!(err.to_string().starts_with("object_store:"), "{err}");
+        let err = Settings::load(&flags, env(&[("TRE_LOG", "[[[")])).unwrap_err();
+        assert!(err.to_string().starts_with("log:"), "{err}");
+        let missing = FlagSettings {
+            config: Some("/nonexistent/tre.toml".into()),
+            ..Default::default()
+        };
+        let err = Settings::load(&missing, env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("config:"), "{err}");
+    }
+
+    #[test]
+    fn nothing_set_means_embedded_defaults() {
+        let s = Settings::load(&FlagSettings::default(), env(&[])).unwrap();
+        assert_eq!(s.database_url, "sqlite://.tre/tre.db");
+    }
+}

@@ -1,0 +1,335 @@
+//! `tre demo`: the whole story on the configured store (by default the
+//! embedded SQLite file): a custodian creates and publishes the fixture
+//! environment, a researcher discovers it and asks for a cohort with a
+//! collaborator, two review stages decide (with a return for revision and a
+//! refused conflict of interest), the approved request becomes a project with
+//! its dispense job queued, and the audit chain is verified.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tre_domain::{
+    AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, RequestCommand, RequestUpdate,
+    Verdict,
+};
+use tre_store::{Caller, NewUser, Store, StoreError};
+
+use crate::config::Settings;
+use crate::envfile::EnvironmentFile;
+
+pub const ENVIRONMENT_FILE: &str = "fixtures/environments/biobank.toml";
+
+/// Gets or creates a demo user.
+async fn person(
+    store: &Store,
+    id: &str,
+    platform_admin: bool,
+    groups: &[&str],
+    trace: &str,
+) -> Result<Caller> {
+    let user = match store.user(id).await? {
+        Some(user) => user,
+        None => {
+            let new = NewUser {
+                id: id.into(),
+                platform_admin,
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            };
+            store.bootstrap_user(new, trace).await?.0
+        }
+    };
+    Ok(Caller::new(user.actor(), trace))
+}
+
+fn show(request: &AccessRequest) -> String {
+    format!("{} (round {})", request.state, request.round)
+}
+
+fn decide(stage: usize, verdict: Verdict, comment: &str) -> DecisionInput {
+    DecisionInput {
+        stage,
+        verdict,
+        is_final: false,
+        comment: comment.into(),
+    }
+}
+
+pub async fn run(settings: &Settings) -> Result<()> {
+    if !Path::new(ENVIRONMENT_FILE).exists() {
+        bail!("{ENVIRONMENT_FILE} not found: run `tre demo` from the repository root");
+    }
+    let store = Store::open(&settings.database_url)
+        .await
+        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let trace = format!("demo-{}", std::process::id());
+    println!("tre demo on {}\n", settings.database_url);
+
+    println!("1. People");
+    let platform = person(&store, "platform-ops", true, &[], &trace).await?;
+    let custodian = person(&store, "custodian", false, &[], &trace).await?;
+    let alice = person(&store, "alice", false, &["researchers"], &trace).await?;
+    let bob = person(&store, "bob", false, &["researchers"], &trace).await?;
+    let carol = person(&store, "carol", false, &[], &trace).await?;
+    let dave = person(&store, "dave", false, &[], &trace).await?;
+    let erin = person(&store, "erin", false, &[], &trace).await?;
+    let frank = person(&store, "frank", false, &[], &trace).await?;
+    println!(
+        "   platform-ops (platform admin), custodian (environment admin), alice (researcher),"
+    );
+    println!(
+        "   bob (alice's collaborator, also on the access committee), carol (access committee),"
+    );
+    println!("   dave, erin, frank (custodian sign-off, quorum of 2)\n");
+
+    println!("2. The custodian's environment");
+    let definition = EnvironmentFile::read(Path::new(ENVIRONMENT_FILE))?;
+    let env = store
+        .create_environment(&platform, definition.new_environment()?)
+        .await?;
+    println!(
+        "   platform-ops created {:?} ({}) in draft, admin: custodian",
+        env.name, env.id
+    );
+    for command in definition.commands(|l| settings.source_path(l), true)? {
+        store
+            .configure_environment(&custodian, &env.id, command)
+            .await?;
+    }
+    let env = store
+        .configure_environment(&custodian, &env.id, EnvironmentCommand::Publish)
+        .await?;
+    let inventory = env
+        .inventory
+        .as_ref()
+        .context("the fixture environment has an inventory")?;
+    for dataset in &inventory.datasets {
+        println!(
+            "   dataset {:<18} {} fields, {} file(s), key {}",
+            dataset.name,
+            dataset.fields.len(),
+            dataset.locations.len(),
+            dataset.key
+        );
+    }
+    let collections: Vec<&str> = inventory
+        .collections
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    println!("   collections: {}", collections.join(", "));
+    for stage in &env.pipeline.stages {
+        let reviewers: Vec<&str> = stage.reviewers.iter().map(|r| r.as_str()).collect();
+        println!(
+            "   review stage {:?}: {:?}, reviewers {}",
+            stage.name,
+            stage.rule,
+            reviewers.join(", ")
+        );
+    }
+    println!(
+        "   custodian published it: {} (inventory version {})\n",
+        env.state, inventory.version
+    );
+
+    println!("3. Resource center");
+    let visible = store.list_environments(&alice).await?;
+    println!(
+        "   alice can discover {} environment(s), including {:?}",
+        visible.len(),
+        env.name
+    );
+    let outsider = store.list_environments(&carol).await?;
+    println!(
+        "   carol (not an authorized user) can discover {} of them\n",
+        outsider.iter().filter(|e| e.id == env.id).count()
+    );
+
+    println!("4. Access request");
+    let cohort = json!({"and": [
+        {"field": "age_at_recruitment", "op": "between", "low": 40, "high": 69},
+        {"field": "bmi", "op": ">=", "value": 30},
+    ]});
+    let draft = store
+        .create_request(
+            &alice,
+            &env.id,
+            NewRequest {
+                title: "Obesity and incident type 2 diabetes".into(),
+                purpose:
+                    "Estimate the association between baseline BMI and incident type 2 diabetes."
+                        .into(),
+                cohort: cohort.clone(),
+                collections: BTreeSet::from(["baseline".into(), "hospital_records".into()]),
+                collaborators: BTreeSet::from(["bob".into()]),
+                duration_days: 365,
+            },
+        )
+        .await?;
+    println!("   alice drafted {} with cohort {cohort}", draft.id);
+    let bad = store
+        .request_command(
+            &alice,
+            &draft.id,
+            RequestCommand::Update(RequestUpdate {
+                cohort: Some(json!({"field": "weight", "op": ">", "value": 100})),
+                ..Default::default()
+            }),
+        )
+        .await;
+    if let Err(StoreError::Domain(e)) = bad {
+        println!("   a filter on an unknown field is refused: {e}");
+    }
+    let request = store
+        .request_command(&alice, &draft.id, RequestCommand::Submit)
+        .await?;
+    println!("   alice submitted it: {}", show(&request));
+
+    println!("\n5. Review, round 1");
+    match store
+        .decide(&bob, &request.id, decide(0, Verdict::Approve, ""))
+        .await
+    {
+        Err(StoreError::Forbidden(denied)) => {
+            println!("   bob tries to approve: refused ({})", denied.reason)
+        }
+        other => bail!("separation of duties failed: {other:?}"),
+    }
+    let r = store
+        .decide(
+            &carol,
+            &request.id,
+            decide(0, Verdict::Approve, "Scientifically sound."),
+        )
+        .await?;
+    println!("   carol approves stage 1: {}", show(&r));
+    let r = store
+        .decide(&dave, &request.id, decide(1, Verdict::Approve, ""))
+        .await?;
+    println!("   dave approves stage 2: {}", show(&r));
+    let r = store
+        .decide(
+            &erin,
+            &request.id,
+            decide(
+                1,
+                Verdict::Return,
+                "Restrict to participants without diabetes at baseline.",
+            ),
+        )
+        .await?;
+    println!("   erin returns it: {}", show(&r));
+    let r = store
+        .decide(
+            &frank,
+            &request.id,
+            decide(1, Verdict::Return, "Agree with erin."),
+        )
+        .await?;
+    println!("   frank returns it too, quorum unreachable: {}", show(&r));
+
+    println!("\n6. Revision");
+    let narrowed = json!({"and": [
+        {"field": "age_at_recruitment", "op": "between", "low": 40, "high": 69},
+        {"field": "bmi", "op": ">=", "value": 30},
+        {"field": "diabetes", "op": "=", "value": false},
+    ]});
+    store
+        .request_command(
+            &alice,
+            &request.id,
+            RequestCommand::Update(RequestUpdate {
+                cohort: Some(narrowed),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    let r = store
+        .request_command(&alice, &request.id, RequestCommand::Submit)
+        .await?;
+    println!(
+        "   alice excludes baseline diabetes and resubmits: {}",
+        show(&r)
+    );
+
+    println!("\n7. Review, round 2");
+    let r = store
+        .decide(&carol, &request.id, decide(0, Verdict::Approve, ""))
+        .await?;
+    println!("   carol approves stage 1: {}", show(&r));
+    let r = store
+        .decide(
+            &erin,
+            &request.id,
+            decide(1, Verdict::Approve, "Thank you."),
+        )
+        .await?;
+    println!("   erin approves stage 2: {}", show(&r));
+    let r = store
+        .decide(&frank, &request.id, decide(1, Verdict::Approve, ""))
+        .await?;
+    println!("   frank approves stage 2: {}", show(&r));
+    match store
+        .decide(&dave, &request.id, decide(1, Verdict::Approve, ""))
+        .await
+    {
+        Err(e) => println!("   dave is too late, the stage has closed: {e}"),
+        Ok(_) => bail!("a closed stage accepted a decision"),
+    }
+
+    println!("\n8. Project");
+    match store.create_project(&custodian, &request.id).await {
+        Err(e) => println!("   the custodian cannot create it: {e}"),
+        Ok(_) => bail!("an admin created a project"),
+    }
+    let project = store.create_project(&bob, &request.id).await?;
+    println!(
+        "   bob creates project {}: {} from inventory version {}, members {}",
+        project.id,
+        project.state,
+        project.inventory_version,
+        project
+            .members
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let jobs = store.outbox_jobs(Some("pending"), 1000).await?;
+    let ours: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.key.contains(request.id.as_str()) || j.key.contains(project.id.as_str()))
+        .collect();
+    println!("   jobs waiting in the outbox for the job runtime:");
+    for job in ours {
+        println!("     {}", job.key);
+    }
+
+    println!("\n9. History and audit");
+    for entry in store.request_history(&alice, &request.id).await? {
+        let to = entry.details["to"]["state"].as_str().unwrap_or("");
+        let decision = &entry.details["decision"];
+        let detail = if decision.is_object() {
+            format!(
+                "{} stage {} -> {to}",
+                decision["verdict"].as_str().unwrap_or(""),
+                decision["stage"].as_u64().unwrap_or(0) + 1
+            )
+        } else {
+            to.to_owned()
+        };
+        println!(
+            "   #{:<4} {:<8} {:<26} {detail}",
+            entry.seq, entry.actor, entry.action
+        );
+    }
+    let report = store.verify_audit().await?;
+    match report.broken {
+        None => println!("   audit chain intact: {} events verified", report.checked),
+        Some(broken) => bail!("audit chain broken: {broken}"),
+    }
+    store.close().await;
+    println!("\nDone. Inspect with: tre audit verify; tre env list --as alice");
+    Ok(())
+}

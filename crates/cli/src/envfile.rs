@@ -1,0 +1,269 @@
+//! Environment definition files (TOML or JSON): what an admin writes to
+//! create or configure an environment. Dataset fields and their types are
+//! read from the Parquet files themselves, so the file cannot drift from the
+//! data; it only adds descriptions.
+//!
+//! ```toml
+//! name = "Synthetic Biobank"
+//! admins = ["custodian"]
+//! members = [{ group = "researchers" }, { user = "alice" }]
+//! visibility = "private"
+//! [policies]
+//! min_cell_size = 10
+//! [inventory]
+//! cohort_dataset = "participants"
+//! showcase = ["participants.sex"]
+//! [[inventory.datasets]]
+//! name = "participants"
+//! key = "participant_id"
+//! locations = ["fixtures/data/participants.parquet"]
+//! [[inventory.collections]]
+//! name = "demographics"
+//! fields = ["participants.sex", "participants.age_at_recruitment"]
+//! [[pipeline.stages]]
+//! id = "committee"
+//! name = "Access committee"
+//! reviewers = ["carol"]
+//! rule = "any"          # or "all", or { quorum = 2 }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Deserialize;
+use tre_domain::{
+    DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, FieldType, Inventory,
+    NewEnvironment, Policies, Principal, ReviewPipeline, UserId, Visibility,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentFile {
+    /// Required to create; ignored when configuring.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub admins: Option<BTreeSet<UserId>>,
+    pub members: Option<BTreeSet<Principal>>,
+    pub visibility: Option<Visibility>,
+    pub policies: Option<Policies>,
+    pub inventory: Option<InventoryFile>,
+    pub pipeline: Option<ReviewPipeline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryFile {
+    pub cohort_dataset: String,
+    pub datasets: Vec<DatasetFile>,
+    #[serde(default)]
+    pub collections: Vec<CollectionFile>,
+    /// `dataset.field` names.
+    #[serde(default)]
+    pub showcase: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub key: String,
+    pub locations: Vec<String>,
+    /// Optional descriptions by field name.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionFile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// `dataset.field` names.
+    pub fields: Vec<String>,
+}
+
+impl EnvironmentFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid environment file", path.display()))
+        } else {
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid environment file", path.display()))
+        }
+    }
+
+    pub fn new_environment(&self) -> Result<NewEnvironment> {
+        Ok(NewEnvironment {
+            name: self
+                .name
+                .clone()
+                .ok_or_else(|| anyhow!("name: required to create an environment"))?,
+            description: self.description.clone().unwrap_or_default(),
+            admins: self.admins.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The configuration commands the file asks for, in an order that works
+    /// for a draft: details, admins, members, policies, inventory, pipeline,
+    /// visibility. `source` resolves dataset locations.
+    pub fn commands(
+        &self,
+        source: impl Fn(&str) -> std::path::PathBuf,
+        creating: bool,
+    ) -> Result<Vec<EnvironmentCommand>> {
+        let mut commands = Vec::new();
+        if !creating && (self.name.is_some() || self.description.is_some()) {
+            commands.push(EnvironmentCommand::UpdateDetails {
+                name: self.name.clone(),
+                description: self.description.clone(),
+            });
+        }
+        if let (false, Some(admins)) = (creating, &self.admins) {
+            commands.push(EnvironmentCommand::SetAdmins(admins.clone()));
+        }
+        if let Some(members) = &self.members {
+            commands.push(EnvironmentCommand::SetMembers(members.clone()));
+        }
+        if let Some(policies) = &self.policies {
+            commands.push(EnvironmentCommand::SetPolicies(policies.clone()));
+        }
+        if let Some(inventory) = &self.inventory {
+            commands.push(EnvironmentCommand::SetInventory(inventory.build(source)?));
+        }
+        if let Some(pipeline) = &self.pipeline {
+            commands.push(EnvironmentCommand::SetPipeline(pipeline.clone()));
+        }
+        if let Some(visibility) = self.visibility {
+            commands.push(EnvironmentCommand::SetVisibility(visibility));
+        }
+        Ok(commands)
+    }
+}
+
+fn field_ref(path: &str, name: &str) -> Result<FieldRef> {
+    let (dataset, field) = name
+        .split_once('.')
+        .ok_or_else(|| anyhow!("{path}: expected \"dataset.field\", got {name:?}"))?;
+    Ok(FieldRef {
+        dataset: dataset.into(),
+        field: field.into(),
+    })
+}
+
+/// How the cohort filter language sees an Arrow type.
+pub fn field_type(data_type: &DataType) -> FieldType {
+    match data_type {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => FieldType::Integer,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            FieldType::Float
+        }
+        DataType::Boolean => FieldType::Boolean,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => FieldType::String,
+        DataType::Date32 | DataType::Date64 => FieldType::Date,
+        _ => FieldType::Other,
+    }
+}
+
+/// The fields of a Parquet file, from its footer.
+pub fn parquet_fields(path: &Path) -> Result<Vec<(String, FieldType)>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), field_type(f.data_type())))
+        .collect())
+}
+
+impl InventoryFile {
+    pub fn build(&self, source: impl Fn(&str) -> std::path::PathBuf) -> Result<Inventory> {
+        let mut datasets = Vec::new();
+        for (i, d) in self.datasets.iter().enumerate() {
+            let mut schema: Option<Vec<(String, FieldType)>> = None;
+            for location in &d.locations {
+                let fields = parquet_fields(&source(location))
+                    .with_context(|| format!("inventory.datasets[{i}].locations: {location}"))?;
+                match &schema {
+                    None => schema = Some(fields),
+                    Some(first) if *first != fields => bail!(
+                        "inventory.datasets[{i}].locations: {location} has a different schema from {}",
+                        d.locations[0]
+                    ),
+                    Some(_) => {}
+                }
+            }
+            let schema = schema.unwrap_or_default();
+            if let Some(unknown) = d
+                .fields
+                .keys()
+                .find(|k| !schema.iter().any(|(n, _)| n == *k))
+            {
+                bail!("inventory.datasets[{i}].fields: {unknown:?} is not a column of the dataset");
+            }
+            datasets.push(Dataset {
+                name: d.name.clone(),
+                description: d.description.clone(),
+                locations: d.locations.clone(),
+                key: d.key.clone(),
+                fields: schema
+                    .into_iter()
+                    .map(|(name, field_type)| Field {
+                        description: d.fields.get(&name).cloned().unwrap_or_default(),
+                        name,
+                        field_type,
+                    })
+                    .collect(),
+            });
+        }
+        let collections = self
+            .collections
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(DataCollection {
+                    name: c.name.clone(),
+                    description: c.description.clone(),
+                    fields: c
+                        .fields
+                        .iter()
+                        .map(|f| field_ref(&format!("inventory.collections[{i}].fields"), f))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let showcase = self
+            .showcase
+            .iter()
+            .map(|f| field_ref("inventory.showcase", f))
+            .collect::<Result<_>>()?;
+        let inventory = Inventory {
+            version: 0,
+            datasets,
+            cohort_dataset: self.cohort_dataset.clone(),
+            collections,
+            showcase,
+        };
+        inventory.validate()?;
+        Ok(inventory)
+    }
+}
