@@ -1,1 +1,446 @@
+//! End-to-end tests of the `tre` binary: run it as a user would, on the
+//! embedded default (SQLite) and on PostgreSQL, and check what it prints,
+//! what it stores and how it fails.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn unique() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Runs `tre` from the repository root with a clean `TRE_*` environment.
+fn tre(database_url: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
+    command.current_dir(repo_root()).args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRE_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("TRE_DATABASE_URL", database_url);
+    command.output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stdout(&output)
+}
+
+fn sqlite_url() -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("tre-cli-{}", unique()));
+    let url = format!("sqlite://{}/tre.db", dir.display());
+    (dir, url)
+}
+
+/// A fresh PostgreSQL database, or `None` (skipped with a message) when no
+/// server answers and CI is not set.
+fn postgres_url() -> Option<String> {
+    let admin = std::env::var("TRE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("tre_cli_{}", unique().replace('-', "_"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let created = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        Ok::<_, sqlx::Error>(())
+    });
+    match created {
+        Ok(()) => Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0)),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: PostgreSQL test: no server at {admin} ({e})");
+            None
+        }
+        Err(e) => panic!("PostgreSQL is required when CI is set: {e}"),
+    }
+}
+
+/// Executes raw SQL against the test database (to play the attacker).
+fn sql(database_url: &str, statements: &[&str]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(database_url).await.unwrap();
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+fn demo_then_tamper(url: &str, disable_trigger: &str) {
+    let out = ok(tre(url, &["demo"]));
+    assert!(
+        out.contains("bob tries to approve: refused (separation of duties"),
+        "{out}"
+    );
+    assert!(
+        out.contains("frank returns it too, quorum unreachable: in_revision (round 1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("frank approves stage 2: approved (round 2)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dave is too late, the stage has closed"),
+        "{out}"
+    );
+    assert!(out.contains("dispense:"), "{out}");
+    assert!(out.contains("audit chain intact"), "{out}");
+    // the demo can run again on the same store (users are reused)
+    let again = ok(tre(url, &["demo"]));
+    assert!(again.contains("approved (round 2)"));
+
+    let verified = ok(tre(url, &["audit", "verify"]));
+    assert!(verified.starts_with("audit log intact:"), "{verified}");
+
+    // alter one row behind the application's back
+    sql(
+        url,
+        &[
+            disable_trigger,
+            "UPDATE audit_events SET details = '{\"to\":\"approved\"}' WHERE seq = 7",
+        ],
+    );
+    let broken = tre(url, &["audit", "verify"]);
+    assert_eq!(broken.status.code(), Some(1), "{}", stdout(&broken));
+    let text = stdout(&broken);
+    assert!(
+        text.contains("audit log BROKEN: event 7 was altered"),
+        "{text}"
+    );
+    assert!(
+        text.contains("6 events verified before the break"),
+        "{text}"
+    );
+}
+
+#[test]
+fn demo_and_audit_verify_on_the_embedded_default() {
+    let (dir, url) = sqlite_url();
+    demo_then_tamper(&url, "DROP TRIGGER audit_events_no_update");
+    // deleting the newest events is caught by the head
+    let (dir2, url2) = sqlite_url();
+    ok(tre(&url2, &["demo"]));
+    sql(
+        &url2,
+        &[
+            "DROP TRIGGER audit_events_no_delete",
+            "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+        ],
+    );
+    let broken = tre(&url2, &["audit", "verify"]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        stdout(&broken).contains("newest events deleted"),
+        "{}",
+        stdout(&broken)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(dir2);
+}
+
+#[test]
+fn demo_and_audit_verify_on_postgres() {
+    let Some(url) = postgres_url() else { return };
+    demo_then_tamper(
+        &url,
+        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only",
+    );
+}
+
+#[test]
+fn users_add_prints_the_token_last_and_refuses_bad_names() {
+    let (dir, url) = sqlite_url();
+    let out = ok(tre(&url, &["users", "add", "ops", "--platform-admin"]));
+    let token = out.lines().last().unwrap();
+    assert!(token.starts_with("tre_") && token.len() == 68, "{out}");
+    assert!(out.contains("(platform admin)"));
+    let out = ok(tre(
+        &url,
+        &[
+            "users",
+            "add",
+            "alice",
+            "--group",
+            "researchers",
+            "--group",
+            "epi",
+        ],
+    ));
+    assert_ne!(out.lines().last().unwrap(), token);
+
+    let dup = tre(&url, &["users", "add", "alice"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        stderr(&dup).contains("user \"alice\" already exists"),
+        "{}",
+        stderr(&dup)
+    );
+    let bad = tre(&url, &["users", "add", "robert'); drop table users;--"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("invalid name:"), "{}", stderr(&bad));
+    let usage = tre(&url, &["users", "add"]);
+    assert_eq!(usage.status.code(), Some(2), "clap usage errors exit 2");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn environments_from_a_definition_file() {
+    let (dir, url) = sqlite_url();
+    ok(tre(&url, &["users", "add", "ops", "--platform-admin"]));
+    for user in ["custodian", "carol", "bob", "dave", "erin", "frank"] {
+        ok(tre(&url, &["users", "add", user]));
+    }
+    ok(tre(
+        &url,
+        &["users", "add", "alice", "--group", "researchers"],
+    ));
+    ok(tre(&url, &["users", "add", "outsider"]));
+
+    // only platform admins create
+    let refused = tre(
+        &url,
+        &[
+            "env",
+            "create",
+            "--file",
+            "fixtures/environments/biobank.toml",
+            "--as",
+            "alice",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("forbidden"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let out = ok(tre(
+        &url,
+        &[
+            "env",
+            "create",
+            "--file",
+            "fixtures/environments/biobank.toml",
+            "--as",
+            "ops",
+        ],
+    ));
+    let id = out.lines().last().unwrap().to_owned();
+    assert!(out.contains("state draft"), "{out}");
+    // a draft is invisible to researchers
+    assert_eq!(ok(tre(&url, &["env", "list", "--as", "alice"])).trim(), "");
+    let shown = ok(tre(&url, &["env", "show", &id, "--as", "custodian"]));
+    let env: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        env["inventory"]["datasets"][0]["fields"][10]["name"],
+        "diabetes"
+    );
+    assert_eq!(
+        env["inventory"]["datasets"][0]["fields"][10]["type"],
+        "boolean"
+    );
+    assert_eq!(
+        env["inventory"]["datasets"][1]["locations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(env["pipeline"]["stages"][1]["rule"]["quorum"], 2);
+
+    // the platform admin is not the environment's admin
+    let refused = tre(&url, &["env", "publish", &id, "--as", "ops"]);
+    assert!(
+        stderr(&refused).contains("not found"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        ok(tre(&url, &["env", "publish", &id, "--as", "custodian"]))
+            .contains("is active (private)")
+    );
+    assert!(ok(tre(&url, &["env", "list", "--as", "alice"])).contains("Synthetic Biobank"));
+    assert!(stderr(&tre(&url, &["env", "show", &id, "--as", "outsider"])).contains("not found"));
+    assert!(
+        ok(tre(
+            &url,
+            &["env", "visibility", &id, "public", "--as", "custodian"]
+        ))
+        .contains("(public)")
+    );
+    assert!(ok(tre(&url, &["env", "list", "--as", "outsider"])).contains("Synthetic Biobank"));
+    assert!(
+        ok(tre(&url, &["env", "maintenance", &id, "--as", "custodian"])).contains("is maintenance")
+    );
+    assert!(ok(tre(&url, &["env", "reactivate", &id, "--as", "custodian"])).contains("is active"));
+    let refused = tre(&url, &["env", "reactivate", &id, "--as", "custodian"]);
+    assert!(
+        stderr(&refused).contains("cannot reactivate environment in state active"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // a definition with a wrong field is refused with its path, and changes nothing
+    let bad_file = dir.join("bad.toml");
+    let text = std::fs::read_to_string(repo_root().join("fixtures/environments/biobank.toml"))
+        .unwrap()
+        .replace("\"participants.townsend_index\"", "\"participants.income\"");
+    std::fs::write(&bad_file, text).unwrap();
+    let before = ok(tre(&url, &["env", "list", "--as", "ops"]));
+    let bad = tre(
+        &url,
+        &[
+            "env",
+            "create",
+            "--file",
+            bad_file.to_str().unwrap(),
+            "--as",
+            "ops",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("inventory.collections[1].fields[0].field: dataset \"participants\" has no field \"income\""),
+        "{}",
+        stderr(&bad)
+    );
+    // validated before anything is written: no new environment
+    assert_eq!(ok(tre(&url, &["env", "list", "--as", "ops"])), before);
+    let events = ok(tre(
+        &url,
+        &["audit", "list", "--as", "ops", "--limit", "1000"],
+    ));
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("environment.create"))
+            .count(),
+        1
+    );
+
+    let missing = tre(
+        &url,
+        &["env", "create", "--file", "nope.toml", "--as", "ops"],
+    );
+    assert!(
+        stderr(&missing).contains("cannot read nope.toml"),
+        "{}",
+        stderr(&missing)
+    );
+    let unknown_user = tre(&url, &["env", "list", "--as", "nobody"]);
+    assert!(
+        stderr(&unknown_user).contains("--as: no user \"nobody\""),
+        "{}",
+        stderr(&unknown_user)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn configuration_layers_and_errors() {
+    let (dir, url) = sqlite_url();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tre.toml");
+    std::fs::write(
+        &file,
+        "database_url = \"sqlite://ignored.db\"\nobject_store = \"from-file\"\n",
+    )
+    .unwrap();
+    let out = ok(tre(
+        &url,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--source-store",
+            "/data",
+            "config",
+        ],
+    ));
+    assert!(out.contains(&format!("database_url = {url:?}")), "{out}");
+    assert!(out.contains("source_store = \"/data\""), "{out}");
+    assert!(out.contains("object_store = \"from-file\""), "{out}");
+    assert!(
+        out.contains("# database_url: env TRE_DATABASE_URL"),
+        "{out}"
+    );
+
+    let bad = tre("mysql://localhost/x", &["config"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("database_url: must start with sqlite:// or postgres://"),
+        "{}",
+        stderr(&bad)
+    );
+    std::fs::write(&file, "databse_url = \"typo\"\n").unwrap();
+    let typo = tre(&url, &["--config", file.to_str().unwrap(), "config"]);
+    assert!(
+        stderr(&typo).contains("unknown field `databse_url`"),
+        "{}",
+        stderr(&typo)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn checked_in_fixtures_are_what_the_generator_makes() {
+    let (dir, url) = sqlite_url();
+    let out = dir.join("data");
+    ok(tre(&url, &["fixtures", "generate", "--out", out.to_str().unwrap()]));
+    let mut compared = 0;
+    for entry in std::fs::read_dir(repo_root().join("fixtures/data")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(out.join(name)).unwrap(),
+            "{} differs from a fresh `tre fixtures generate`; regenerate the fixtures",
+            path.display()
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -289,10 +289,8 @@ pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBu
             for _ in 0..n {
                 let weights: Vec<(&str, f64)> = DIAGNOSES
                     .iter()
-                    .filter(|d| {
-                        !(d.0 == "C50.9" && person.sex == "M")
-                            && !(d.0 == "C61" && person.sex == "F")
-                    })
+                    // no breast cancer in men, no prostate cancer in women
+                    .filter(|d| !matches!((d.0, person.sex), ("C50.9", "M") | ("C61", "F")))
                     .map(|d| (d.0, d.2 + if person.diabetes { d.3 } else { 0.0 }))
                     .collect();
                 let icd = rng.weighted(&weights);

@@ -327,30 +327,38 @@ async fn env_command(settings: &Settings, command: EnvCommand) -> Result<()> {
             publish,
             acting,
         } => {
+            // Provision, then hand over: the platform admin creates and
+            // configures the environment, then makes the file's admins its
+            // admins (every step audited). A platform admin has no power in
+            // an environment once handed over.
             let caller = caller(&store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
-            let new = definition.new_environment()?;
-            let commands = definition.commands(|l| settings.source_path(l), true)?;
-            let env = store
+            let mut new = definition.new_environment()?;
+            let admins = std::mem::take(&mut new.admins);
+            let mut commands = definition.commands(|l| settings.source_path(l), true)?;
+            if publish {
+                commands.push(EnvironmentCommand::Publish);
+            }
+            if !admins.is_empty() {
+                commands.push(EnvironmentCommand::SetAdmins(admins));
+            }
+            let mut env = store
                 .create_environment(&caller, new)
                 .await
                 .map_err(explain)?;
             for command in commands {
-                store
+                env = store
                     .configure_environment(&caller, &env.id, command)
                     .await
                     .map_err(explain)?;
             }
-            if publish {
-                store
-                    .configure_environment(&caller, &env.id, EnvironmentCommand::Publish)
-                    .await
-                    .map_err(explain)?;
-            }
-            let env = store.environment(&caller, &env.id).await.map_err(explain)?;
+            let admins: Vec<&str> = env.admins.iter().map(|a| a.as_str()).collect();
             println!(
-                "created environment {} ({}), state {}",
-                env.name, env.id, env.state
+                "created environment {} ({}), state {}, admins {}",
+                env.name,
+                env.id,
+                env.state,
+                admins.join(", ")
             );
             println!("{}", env.id);
             return Ok(());
