@@ -428,7 +428,10 @@ fn configuration_layers_and_errors() {
 fn checked_in_fixtures_are_what_the_generator_makes() {
     let (dir, url) = sqlite_url();
     let out = dir.join("data");
-    ok(tre(&url, &["fixtures", "generate", "--out", out.to_str().unwrap()]));
+    ok(tre(
+        &url,
+        &["fixtures", "generate", "--out", out.to_str().unwrap()],
+    ));
     let mut compared = 0;
     for entry in std::fs::read_dir(repo_root().join("fixtures/data")).unwrap() {
         let path = entry.unwrap().path();
