@@ -15,6 +15,8 @@
 mod audit;
 mod environments;
 mod error;
+mod jobs;
+mod notifications;
 mod outbox;
 mod projects;
 mod requests;
@@ -30,6 +32,8 @@ use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
 pub use error::StoreError;
+pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
+pub use notifications::{Delivery, Notification};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
 pub use users::{NewUser, User};
@@ -119,6 +123,13 @@ fn migrator(backend: Backend) -> Migrator {
             "append-only audit log".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(own).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "job leases, notifications, deliveries".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0003_job_leases.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -49,6 +49,25 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
+pub(crate) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<OutboxJob, StoreError> {
+    let key: String = row.try_get("job_key")?;
+    let payload: String = row.try_get("payload")?;
+    Ok(OutboxJob {
+        payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+            object: "outbox job",
+            id: key.clone(),
+            message: e.to_string(),
+        })?,
+        key,
+        kind: row.try_get("kind")?,
+        state: row.try_get("state")?,
+        attempts: row.try_get("attempts")?,
+        due_at: row.try_get("due_at")?,
+        created_at: row.try_get("created_at")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
 impl Store {
     /// Jobs in the outbox, oldest first; `state` filters (e.g. `pending`).
     pub async fn outbox_jobs(
@@ -64,25 +83,17 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let key: String = row.try_get("job_key")?;
-                let payload: String = row.try_get("payload")?;
-                Ok(OutboxJob {
-                    payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-                        object: "outbox job",
-                        id: key.clone(),
-                        message: e.to_string(),
-                    })?,
-                    key,
-                    kind: row.try_get("kind")?,
-                    state: row.try_get("state")?,
-                    attempts: row.try_get("attempts")?,
-                    due_at: row.try_get("due_at")?,
-                    created_at: row.try_get("created_at")?,
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect()
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// One stored job.
+    pub async fn job(&self, key: &str) -> Result<Option<OutboxJob>, StoreError> {
+        let row = sqlx::query(
+            "SELECT job_key, kind, payload, state, attempts, due_at, created_at, last_error FROM outbox WHERE job_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
     }
 }

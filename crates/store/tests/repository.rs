@@ -7,85 +7,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tre_domain::{
-    Actor, DataCollection, Dataset, DecisionInput, DecisionRule, DomainError, EnvironmentCommand,
-    EnvironmentId, EnvironmentState, Field, FieldRef, FieldType, Inventory, NewEnvironment,
-    NewRequest, Principal, RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline,
-    ReviewStage, Verdict,
+    DecisionInput, DecisionRule, DomainError, EnvironmentCommand, EnvironmentState, NewEnvironment,
+    NewRequest, RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline, Verdict,
 };
 use tre_store::{AuditQuery, Backend, Caller, NewUser, Store, StoreError};
-
-struct TestDb {
-    store: Store,
-    cleanup: Cleanup,
-}
-
-enum Cleanup {
-    Sqlite(std::path::PathBuf),
-    Postgres { admin_url: String, name: String },
-}
-
-fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-impl TestDb {
-    async fn sqlite() -> Self {
-        let dir = std::env::temp_dir().join(format!("tre-test-{}", unique()));
-        let store = Store::open(&format!("sqlite://{}/tre.db", dir.display()))
-            .await
-            .unwrap();
-        Self {
-            store,
-            cleanup: Cleanup::Sqlite(dir),
-        }
-    }
-
-    async fn postgres() -> Option<Self> {
-        use sqlx::Connection;
-        let admin_url = std::env::var("TRE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(conn) => conn,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!(
-                    "SKIPPED: PostgreSQL half of the suite: no server at {admin_url} ({e}); set CI=1 to make this a failure"
-                );
-                return None;
-            }
-            Err(e) => panic!("PostgreSQL is required when CI is set: {admin_url}: {e}"),
-        };
-        let name = format!("tre_test_{}", unique());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        let store = Store::open(&format!("{base}/{name}")).await.unwrap();
-        Some(Self {
-            store,
-            cleanup: Cleanup::Postgres { admin_url, name },
-        })
-    }
-
-    async fn finish(self) {
-        self.store.close().await;
-        match self.cleanup {
-            Cleanup::Sqlite(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Cleanup::Postgres { admin_url, name } => {
-                use sqlx::Connection;
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            }
-        }
-    }
-}
+use tre_testkit::{caller, inventory, new_request, stage, user, world};
 
 /// Runs each listed test on both backends.
 macro_rules! on_both_backends {
@@ -94,7 +20,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let db = super::TestDb::sqlite().await;
+                    let db = tre_testkit::TestDb::sqlite().await;
                     super::$name(&db.store).await;
                     db.finish().await;
                 }
@@ -104,7 +30,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(db) = super::TestDb::postgres().await else { return };
+                    let Some(db) = tre_testkit::TestDb::postgres().await else { return };
                     super::$name(&db.store).await;
                     db.finish().await;
                 }
@@ -123,172 +49,6 @@ on_both_backends!(
     concurrent_decisions_count_once,
     expiry_and_revocation,
 );
-
-fn caller(id: &str) -> Caller {
-    Caller::new(Actor::user(id), format!("test-{id}"))
-}
-
-async fn user(store: &Store, id: &str, groups: &[&str]) -> Caller {
-    let (user, _) = store
-        .bootstrap_user(
-            NewUser {
-                id: id.into(),
-                platform_admin: false,
-                groups: groups.iter().map(|g| g.to_string()).collect(),
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    Caller::new(user.actor(), format!("test-{id}"))
-}
-
-fn field(name: &str, field_type: FieldType) -> Field {
-    Field {
-        name: name.into(),
-        field_type,
-        description: String::new(),
-    }
-}
-
-fn inventory() -> Inventory {
-    let r = |d: &str, f: &str| FieldRef {
-        dataset: d.into(),
-        field: f.into(),
-    };
-    Inventory {
-        version: 0,
-        datasets: vec![
-            Dataset {
-                name: "participants".into(),
-                description: String::new(),
-                locations: vec!["participants.parquet".into()],
-                key: "participant_id".into(),
-                fields: vec![
-                    field("participant_id", FieldType::Integer),
-                    field("sex", FieldType::String),
-                    field("age", FieldType::Integer),
-                ],
-            },
-            Dataset {
-                name: "diagnoses".into(),
-                description: String::new(),
-                locations: vec!["diagnoses.parquet".into()],
-                key: "participant_id".into(),
-                fields: vec![
-                    field("participant_id", FieldType::Integer),
-                    field("icd10", FieldType::String),
-                ],
-            },
-        ],
-        cohort_dataset: "participants".into(),
-        collections: vec![
-            DataCollection {
-                name: "demographics".into(),
-                description: String::new(),
-                fields: vec![r("participants", "sex"), r("participants", "age")],
-            },
-            DataCollection {
-                name: "hospital".into(),
-                description: String::new(),
-                fields: vec![r("diagnoses", "icd10")],
-            },
-        ],
-        showcase: vec![r("participants", "sex")],
-    }
-}
-
-fn stage(id: &str, reviewers: &[&str], rule: DecisionRule) -> ReviewStage {
-    ReviewStage {
-        id: id.into(),
-        name: id.to_uppercase(),
-        reviewers: reviewers.iter().map(|r| (*r).into()).collect(),
-        rule,
-    }
-}
-
-/// The cast and a published environment: stage 1 `any` of rev1 (and
-/// `collab`, to test separation of duties), stage 2 `quorum(2)` of three.
-struct World {
-    platform: Caller,
-    admin: Caller,
-    owner: Caller,
-    collab: Caller,
-    outsider: Caller,
-    env: EnvironmentId,
-}
-
-async fn world(store: &Store, stage1: &[&str], stage2: &[&str], quorum: u32) -> World {
-    let (platform, token) = store
-        .bootstrap_user(
-            NewUser {
-                id: "platform".into(),
-                platform_admin: true,
-                groups: BTreeSet::new(),
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    assert!(token.starts_with("tre_"));
-    let platform = Caller::new(platform.actor(), "test-platform");
-    let admin = user(store, "admin", &[]).await;
-    let owner = user(store, "owner", &["researchers"]).await;
-    let collab = user(store, "collab", &["researchers"]).await;
-    let outsider = user(store, "outsider", &[]).await;
-    for r in stage1.iter().chain(stage2) {
-        if store.user(r).await.unwrap().is_none() {
-            user(store, r, &[]).await;
-        }
-    }
-    let env = store
-        .create_environment(
-            &platform,
-            NewEnvironment {
-                name: "Biobank".into(),
-                description: "test".into(),
-                admins: BTreeSet::from(["admin".into()]),
-            },
-        )
-        .await
-        .unwrap();
-    let configure = [
-        EnvironmentCommand::SetInventory(inventory()),
-        EnvironmentCommand::SetPipeline(ReviewPipeline {
-            stages: vec![
-                stage("committee", stage1, DecisionRule::Any),
-                stage("custodian", stage2, DecisionRule::Quorum(quorum)),
-            ],
-        }),
-        EnvironmentCommand::SetMembers(BTreeSet::from([Principal::Group("researchers".into())])),
-        EnvironmentCommand::Publish,
-    ];
-    for command in configure {
-        store
-            .configure_environment(&admin, &env.id, command)
-            .await
-            .unwrap();
-    }
-    World {
-        platform,
-        admin,
-        owner,
-        collab,
-        outsider,
-        env: env.id,
-    }
-}
-
-fn new_request() -> NewRequest {
-    NewRequest {
-        title: "BMI and type 2 diabetes".into(),
-        purpose: "Association study".into(),
-        cohort: json!({"and": [{"field": "age", "op": ">=", "value": 40}, {"field": "sex", "op": "in", "values": ["F", "M"]}]}),
-        collections: BTreeSet::from(["demographics".into(), "hospital".into()]),
-        collaborators: BTreeSet::from(["collab".into()]),
-        duration_days: 90,
-    }
-}
 
 fn decision(stage: usize, verdict: Verdict, is_final: bool) -> DecisionInput {
     DecisionInput {
@@ -420,7 +180,7 @@ async fn users_and_tokens(store: &Store) {
 
 async fn environment_lifecycle_and_discovery(store: &Store) {
     let w = world(store, &["rev1"], &["rev2a", "rev2b", "rev2c"], 2).await;
-    let member = user(store, "member", &["researchers"]).await;
+    let member = user(store, "member", false, &["researchers"]).await;
 
     // only platform admins create environments
     let err = store

@@ -1,0 +1,226 @@
+//! The Redis queue, through apalis-redis 1.0.0. Known sharp edges of that
+//! version, and what this module does about each (pinned by tests in
+//! `tests/apalis_edges.rs`):
+//! - `connect()` uses a 500 ms response timeout after which a worker's
+//!   polling fails and it stops: we build the connection ourselves with
+//!   [`RedisQueueOptions::response_timeout`], and serving restarts a worker
+//!   that ends in error.
+//! - `missed_heartbeats` defaults to 10 (not the documented 2), and the
+//!   heartbeat to 30 s: we set both explicitly.
+//! - A worker name reused within the heartbeat window is a fatal error: names
+//!   are unique per process (pool, host, pid, random).
+//! - Duplicate suppression by idempotency key needs `idempotency_ttl`; we do
+//!   not rely on it: duplicates are harmless because claims happen in SQL.
+//! - `vacuum()` can delete a task still waiting to retry: never called;
+//!   storage retries ignore `max_attempts`: not used (attempts live in SQL).
+//! - Redis Cluster is not supported; standalone Redis (and Sentinel) is.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::{error, info, warn};
+
+use crate::queue::{BoxFuture, JobMessage};
+use crate::{Executor, JobQueue, Pool, QueueError, Shutdown};
+
+/// Settings of the Redis queue. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct RedisQueueOptions {
+    /// `redis://HOST:PORT/DB`. No default.
+    pub url: String,
+    /// Prefix of every queue name (`{namespace}:{pool}`), so several
+    /// deployments or tests share one Redis. Default: `tre`.
+    pub namespace: String,
+    /// How often workers report they are alive. Default: 5 s.
+    pub heartbeat: Duration,
+    /// Missed heartbeats before a worker's messages are re-enqueued by
+    /// apalis (the SQL lease recovers the job independently). Default: 3.
+    pub missed_heartbeats: usize,
+    /// Redis response timeout (apalis's own connect uses 500 ms). Default: 10 s.
+    pub response_timeout: Duration,
+    /// Messages fetched per poll. Default: 10.
+    pub batch_size: usize,
+}
+
+impl RedisQueueOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: "tre".into(),
+            heartbeat: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            response_timeout: Duration::from_secs(10),
+            batch_size: 10,
+        }
+    }
+}
+
+/// Job keys dispatched through Redis lists managed by apalis.
+#[derive(Clone)]
+pub struct RedisQueue {
+    conn: ConnectionManager,
+    options: RedisQueueOptions,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// A worker name no other process uses: pool, host, pid and randomness.
+pub(crate) fn unique_worker_name(pool: Pool) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{pool}-{host}-{}-{nanos:08x}", std::process::id())
+}
+
+struct PoolState {
+    executor: Arc<Executor>,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+async fn handle(message: JobMessage, state: Data<Arc<PoolState>>) -> Result<(), BoxDynError> {
+    state
+        .in_flight
+        .lock()
+        .expect("lock")
+        .insert(message.key.clone());
+    // Every outcome is recorded in SQL; apalis only sees success, so its own
+    // retry machinery never runs.
+    state.executor.execute(&message.key, &message.kind).await;
+    state.in_flight.lock().expect("lock").remove(&message.key);
+    Ok(())
+}
+
+impl RedisQueue {
+    /// Connects with our own timeouts (see the module docs).
+    pub async fn connect(options: RedisQueueOptions) -> Result<Self, QueueError> {
+        let client = redis::Client::open(options.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.response_timeout))
+            .set_number_of_retries(6);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self { conn, options })
+    }
+
+    pub fn options(&self) -> &RedisQueueOptions {
+        &self.options
+    }
+
+    /// The apalis configuration of a pool's queue.
+    pub fn apalis_config(&self, pool: Pool) -> apalis_redis::Config {
+        apalis_redis::Config::default()
+            .queue(format!("{}:{pool}", self.options.namespace))
+            .heartbeat_interval(self.options.heartbeat)
+            .missed_heartbeats(self.options.missed_heartbeats)
+            .batch_size(self.options.batch_size)
+    }
+
+    fn storage(&self, pool: Pool) -> RedisStorage<JobMessage> {
+        RedisStorage::new(self.conn.clone()).with_config(self.apalis_config(pool))
+    }
+
+    /// The connection (for health checks and tests).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+impl JobQueue for RedisQueue {
+    fn dispatch(&self, pool: Pool, message: JobMessage) -> BoxFuture<'_, Result<(), QueueError>> {
+        let mut storage = self.storage(pool);
+        Box::pin(async move {
+            storage
+                .push(message)
+                .await
+                .map_err(|e| QueueError::Other(format!("push to {pool}: {e}")))
+        })
+    }
+
+    fn serve(
+        &self,
+        pool: Pool,
+        concurrency: usize,
+        executor: Arc<Executor>,
+        mut shutdown: Shutdown,
+        drain: Duration,
+    ) -> BoxFuture<'static, Result<(), QueueError>> {
+        let queue = self.clone();
+        Box::pin(async move {
+            let state = Arc::new(PoolState {
+                executor: executor.clone(),
+                in_flight: Mutex::new(HashSet::new()),
+            });
+            // A worker that ends in error (e.g. Redis went away) is restarted
+            // under a new name until shutdown.
+            while !*shutdown.borrow() {
+                let name = unique_worker_name(pool);
+                info!(%pool, worker = %name, concurrency, "serving pool from Redis");
+                let worker = WorkerBuilder::new(name.as_str())
+                    .backend(queue.storage(pool))
+                    .data(state.clone())
+                    .concurrency(concurrency.max(1))
+                    .build(handle);
+                let mut stop = shutdown.clone();
+                let signal = async move {
+                    while !*stop.borrow() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<(), std::io::Error>(())
+                };
+                match worker.run_until(signal).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        error!(%pool, worker = %name, error = %e, "worker stopped with an error; restarting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
+            }
+            // apalis has stopped taking messages; let in-flight jobs finish,
+            // then release what is left so another worker takes it at once.
+            let deadline = tokio::time::Instant::now() + drain;
+            while !state.in_flight.lock().expect("lock").is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left: Vec<String> = state
+                .in_flight
+                .lock()
+                .expect("lock")
+                .iter()
+                .cloned()
+                .collect();
+            for key in left {
+                if let Err(e) = executor.store().release_job(&key, executor.worker()).await {
+                    warn!(job = %key, error = %e, "could not release job; its lease will expire");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+}

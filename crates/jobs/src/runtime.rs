@@ -1,0 +1,188 @@
+//! Background maintenance, each a named component with its own log target:
+//! the relay (outbox -> queue) and the reconciler (recovers what the queue
+//! or a worker lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use tre_domain::Timestamp;
+use tre_store::Store;
+
+use crate::queue::JobMessage;
+use crate::{JobPolicy, JobQueue, Shutdown};
+
+/// Timing of the runtime. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// How often the relay looks for due jobs. Default: 200 ms.
+    pub relay_interval: Duration,
+    /// Most jobs the relay hands over per pass. Default: 500.
+    pub relay_batch: u32,
+    /// How often the reconciler runs. Default: 5 s.
+    pub reconcile_interval: Duration,
+    /// A job queued this long without being claimed is taken to be lost by
+    /// the queue and handed over again (a duplicate is harmless). Default: 60 s.
+    pub requeue_after: Duration,
+    /// Added to a job's timeout to make its lease. Default: 30 s.
+    pub lease_grace: Duration,
+    /// How long a stopping worker waits for in-flight jobs. Default: 30 s.
+    pub drain: Duration,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            relay_interval: Duration::from_millis(200),
+            relay_batch: 500,
+            reconcile_interval: Duration::from_secs(5),
+            requeue_after: Duration::from_secs(60),
+            lease_grace: Duration::from_secs(30),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+}
+
+/// Hands due outbox jobs to the queue.
+#[derive(Clone)]
+pub struct Relay {
+    store: Store,
+    queue: Arc<dyn JobQueue>,
+    policies: Arc<Vec<JobPolicy>>,
+    batch: u32,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("batch", &self.batch).finish()
+    }
+}
+
+impl Relay {
+    pub fn new(store: Store, queue: Arc<dyn JobQueue>, policies: &[JobPolicy], batch: u32) -> Self {
+        Self {
+            store,
+            queue,
+            policies: Arc::new(policies.to_vec()),
+            batch,
+        }
+    }
+
+    /// One pass: returns how many jobs were handed over.
+    pub async fn run_once(&self) -> Result<usize, tre_store::StoreError> {
+        let due = self.store.due_jobs(now(), self.batch).await?;
+        let mut sent = 0;
+        for (key, kind) in due {
+            let Some(policy) = self.policies.iter().find(|p| p.kind == kind) else {
+                debug!(target: "tre::relay", job = %key, %kind, "no policy for this kind; left pending");
+                continue;
+            };
+            // Dispatch first, then mark: a crash in between only duplicates
+            // a message, which the SQL claim makes harmless.
+            let message = JobMessage {
+                key: key.clone(),
+                kind,
+            };
+            match self.queue.dispatch(policy.pool, message).await {
+                Ok(()) => {
+                    self.store.mark_queued(&key, now()).await?;
+                    sent += 1;
+                }
+                Err(e) => {
+                    warn!(target: "tre::relay", job = %key, error = %e, "queue refused a job; will try again");
+                    break;
+                }
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Hands back lost and orphaned jobs.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    store: Store,
+    requeue_after: Duration,
+}
+
+impl Reconciler {
+    pub fn new(store: Store, requeue_after: Duration) -> Self {
+        Self {
+            store,
+            requeue_after,
+        }
+    }
+
+    /// One pass: returns how many jobs were recovered.
+    pub async fn run_once(&self) -> Result<u64, tre_store::StoreError> {
+        let now = now();
+        let cutoff = Timestamp(now.0 - self.requeue_after.as_millis() as i64);
+        let recovered = self.store.recover_jobs(cutoff, now).await?;
+        if recovered > 0 {
+            info!(target: "tre::reconciler", recovered, "handed lost or orphaned jobs back to the relay");
+        }
+        Ok(recovered)
+    }
+}
+
+async fn tick(interval: Duration, shutdown: &mut Shutdown) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => !*shutdown.borrow(),
+        _ = shutdown.changed() => false,
+    }
+}
+
+/// Starts the relay and the reconciler until shutdown. With a queue whose
+/// messages do not outlive the process, everything queued before is handed
+/// back first.
+pub async fn spawn_maintenance(
+    store: Store,
+    queue: Arc<dyn JobQueue>,
+    policies: &[JobPolicy],
+    options: &RuntimeOptions,
+    shutdown: Shutdown,
+) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
+    if !queue.is_durable() {
+        let recovered = store.recover_jobs(now(), now()).await?;
+        if recovered > 0 {
+            info!(target: "tre::reconciler", recovered, "embedded queue starting: handed back jobs queued before");
+        }
+    }
+    let relay = Relay::new(store.clone(), queue, policies, options.relay_batch);
+    let reconciler = Reconciler::new(store, options.requeue_after);
+    let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
+    let mut stop = shutdown.clone();
+    let relay_task = tokio::spawn(async move {
+        loop {
+            match relay.run_once().await {
+                Ok(n) if n > 0 => debug!(target: "tre::relay", sent = n, "relayed"),
+                Ok(_) => {}
+                Err(e) => warn!(target: "tre::relay", error = %e, "relay pass failed"),
+            }
+            if !tick(relay_every, &mut stop).await {
+                break;
+            }
+        }
+    });
+    let mut stop = shutdown;
+    let reconcile_task = tokio::spawn(async move {
+        loop {
+            if let Err(e) = reconciler.run_once().await {
+                warn!(target: "tre::reconciler", error = %e, "reconcile pass failed");
+            }
+            if !tick(reconcile_every, &mut stop).await {
+                break;
+            }
+        }
+    });
+    Ok(vec![relay_task, reconcile_task])
+}

@@ -1,0 +1,455 @@
+//! Test support: each test owns its world. A fresh database (SQLite file or
+//! PostgreSQL database), a private `redis-server` on its own port, a real
+//! local HTTP receiver for webhooks, and a published environment with the
+//! usual cast.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tre_domain::{
+    Actor, DataCollection, Dataset, DecisionRule, EnvironmentCommand, EnvironmentId, Field,
+    FieldRef, FieldType, Inventory, NewEnvironment, Principal, ReviewPipeline, ReviewStage,
+};
+use tre_store::{Caller, NewUser, Store};
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A database of the test's own.
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(std::path::PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+/// The admin connection for creating test databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TRE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(format!("tre-test-{}", unique()));
+        let url = format!("sqlite://{}/tre.db", dir.display());
+        let store = Store::open(&url).await.expect("open sqlite");
+        Self {
+            store,
+            url,
+            cleanup: Cleanup::Sqlite(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database; `None` (with a message) when no server
+    /// answers and `CI` is not set.
+    pub async fn postgres() -> Option<Self> {
+        use sqlx::Connection;
+        let admin_url = postgres_admin_url();
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL test: no server at {admin_url} ({e}); set CI=1 to make this a failure"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL is required when CI is set: {admin_url}: {e}"),
+        };
+        let name = format!("tre_test_{}", unique());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("a database url");
+        let url = format!("{base}/{name}");
+        let store = Store::open(&url).await.expect("open postgres");
+        Some(Self {
+            store,
+            url,
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+
+    pub async fn finish(self) {
+        self.store.close().await;
+        match self.cleanup {
+            Cleanup::Sqlite(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A `redis-server` of the test's own (no persistence), stopped on drop.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl TestRedis {
+    /// Starts one, or returns `None` (with a message) when `redis-server` is
+    /// not installed and `CI` is not set.
+    pub fn start() -> Option<Self> {
+        let port = free_port();
+        let mut redis = Self { port, child: None };
+        match redis.spawn() {
+            Ok(()) => Some(redis),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: Redis test: cannot start redis-server ({e})");
+                None
+            }
+            Err(e) => panic!("redis-server is required when CI is set: {e}"),
+        }
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(std::io::Error::other("redis-server did not start"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (losing everything, as without persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn().expect("restart redis-server");
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server on the loopback interface that records each
+/// request and answers with the next scripted status (then 200), optionally
+/// after a delay.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    pub async fn start(statuses: Vec<u16>, delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log = received.clone();
+        let statuses = Arc::new(Mutex::new(statuses.into_iter()));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    break;
+                };
+                let log = log.clone();
+                let statuses = statuses.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_end, length) = loop {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            break (i + 4, length);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let headers = head
+                        .lines()
+                        .skip(1)
+                        .filter_map(|l| {
+                            l.split_once(':')
+                                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        })
+                        .collect();
+                    let status = statuses.lock().expect("lock").next().unwrap_or(200);
+                    tokio::time::sleep(delay).await;
+                    log.lock().expect("lock").push(Received {
+                        headers,
+                        body: buf[head_end..head_end + length].to_vec(),
+                    });
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Self {
+            url,
+            received,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn caller(id: &str) -> Caller {
+    Caller::new(Actor::user(id), format!("test-{id}"))
+}
+
+/// Creates a user (or returns the existing one) as a caller.
+pub async fn user(store: &Store, id: &str, platform_admin: bool, groups: &[&str]) -> Caller {
+    if let Some(user) = store.user(id).await.expect("user") {
+        return Caller::new(user.actor(), format!("test-{id}"));
+    }
+    let (user, _) = store
+        .bootstrap_user(
+            NewUser {
+                id: id.into(),
+                platform_admin,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            },
+            "test",
+        )
+        .await
+        .expect("bootstrap user");
+    Caller::new(user.actor(), format!("test-{id}"))
+}
+
+fn field(name: &str, field_type: FieldType) -> Field {
+    Field {
+        name: name.into(),
+        field_type,
+        description: String::new(),
+    }
+}
+
+/// A small inventory: participants (cohort) and diagnoses.
+pub fn inventory() -> Inventory {
+    let r = |d: &str, f: &str| FieldRef {
+        dataset: d.into(),
+        field: f.into(),
+    };
+    Inventory {
+        version: 0,
+        datasets: vec![
+            Dataset {
+                name: "participants".into(),
+                description: String::new(),
+                locations: vec!["participants.parquet".into()],
+                key: "participant_id".into(),
+                fields: vec![
+                    field("participant_id", FieldType::Integer),
+                    field("sex", FieldType::String),
+                    field("age", FieldType::Integer),
+                ],
+            },
+            Dataset {
+                name: "diagnoses".into(),
+                description: String::new(),
+                locations: vec!["diagnoses.parquet".into()],
+                key: "participant_id".into(),
+                fields: vec![
+                    field("participant_id", FieldType::Integer),
+                    field("icd10", FieldType::String),
+                ],
+            },
+        ],
+        cohort_dataset: "participants".into(),
+        collections: vec![
+            DataCollection {
+                name: "demographics".into(),
+                description: String::new(),
+                fields: vec![r("participants", "sex"), r("participants", "age")],
+            },
+            DataCollection {
+                name: "hospital".into(),
+                description: String::new(),
+                fields: vec![r("diagnoses", "icd10")],
+            },
+        ],
+        showcase: vec![r("participants", "sex")],
+    }
+}
+
+pub fn stage(id: &str, reviewers: &[&str], rule: DecisionRule) -> ReviewStage {
+    ReviewStage {
+        id: id.into(),
+        name: id.to_uppercase(),
+        reviewers: reviewers.iter().map(|r| (*r).into()).collect(),
+        rule,
+    }
+}
+
+/// The cast and a published environment: stage 1 `any` of `stage1`, stage 2
+/// `quorum(quorum)` of `stage2`; `owner` and `collab` are in group
+/// `researchers`, which the environment authorizes.
+pub struct World {
+    pub platform: Caller,
+    pub admin: Caller,
+    pub owner: Caller,
+    pub collab: Caller,
+    pub outsider: Caller,
+    pub env: EnvironmentId,
+}
+
+pub async fn world(store: &Store, stage1: &[&str], stage2: &[&str], quorum: u32) -> World {
+    let platform = user(store, "platform", true, &[]).await;
+    let admin = user(store, "admin", false, &[]).await;
+    let owner = user(store, "owner", false, &["researchers"]).await;
+    let collab = user(store, "collab", false, &["researchers"]).await;
+    let outsider = user(store, "outsider", false, &[]).await;
+    for r in stage1.iter().chain(stage2) {
+        user(store, r, false, &[]).await;
+    }
+    let env = store
+        .create_environment(
+            &platform,
+            NewEnvironment {
+                name: "Biobank".into(),
+                description: "test".into(),
+                admins: BTreeSet::from(["admin".into()]),
+            },
+        )
+        .await
+        .expect("create environment");
+    let configure = [
+        EnvironmentCommand::SetInventory(inventory()),
+        EnvironmentCommand::SetPipeline(ReviewPipeline {
+            stages: vec![
+                stage("committee", stage1, DecisionRule::Any),
+                stage("custodian", stage2, DecisionRule::Quorum(quorum)),
+            ],
+        }),
+        EnvironmentCommand::SetMembers(BTreeSet::from([Principal::Group("researchers".into())])),
+        EnvironmentCommand::Publish,
+    ];
+    for command in configure {
+        store
+            .configure_environment(&admin, &env.id, command)
+            .await
+            .expect("configure");
+    }
+    World {
+        platform,
+        admin,
+        owner,
+        collab,
+        outsider,
+        env: env.id,
+    }
+}
+
+/// A valid request body.
+pub fn new_request() -> tre_domain::NewRequest {
+    tre_domain::NewRequest {
+        title: "BMI and type 2 diabetes".into(),
+        purpose: "Association study".into(),
+        cohort: serde_json::json!({"and": [{"field": "age", "op": ">=", "value": 40}, {"field": "sex", "op": "in", "values": ["F", "M"]}]}),
+        collections: BTreeSet::from(["demographics".into(), "hospital".into()]),
+        collaborators: BTreeSet::from(["collab".into()]),
+        duration_days: 90,
+    }
+}

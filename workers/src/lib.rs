@@ -1,0 +1,182 @@
+//! Worker pools: which job kinds each pool runs, its default concurrency and
+//! each kind's limits, and [`run`], the worker process used by `tre worker`
+//! and by `tre demo` (embedded).
+//!
+//! | pool | jobs | default concurrency |
+//! |---|---|---|
+//! | `notify` | `notify_reviewers`, `notify_owner` | 8 |
+//! | `review` | `schedule_expiry`, `revoke_projects` | 4 |
+//! | `dispense` | `dispense`, `deprovision` (handlers arrive with dispensing) | 2 |
+//!
+//! Operators scale each pool separately: `tre worker --pools notify
+//! --concurrency 16` on some machines, `--pools dispense` on others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+use tre_jobs::{
+    Executor, JobPolicy, JobQueue, Metrics, Pool, RuntimeOptions, Shutdown, spawn_maintenance,
+};
+use tre_store::Store;
+use tre_workflows::{Notifier, RequestWorkflow, WebhookConfig};
+
+/// A pool's definition.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSpec {
+    pub pool: Pool,
+    pub default_concurrency: usize,
+    pub description: &'static str,
+}
+
+pub const POOLS: [PoolSpec; 3] = [
+    PoolSpec {
+        pool: Pool::Notify,
+        default_concurrency: 8,
+        description: "notifications: inboxes, webhooks",
+    },
+    PoolSpec {
+        pool: Pool::Review,
+        default_concurrency: 4,
+        description: "review workflow follow-ups: expiry, revocation",
+    },
+    PoolSpec {
+        pool: Pool::Dispense,
+        default_concurrency: 2,
+        description: "dispensing data into project buckets",
+    },
+];
+
+const fn policy(
+    kind: &'static str,
+    pool: Pool,
+    max_attempts: i64,
+    timeout_s: u64,
+    base_ms: u64,
+    max_s: u64,
+) -> JobPolicy {
+    JobPolicy {
+        kind,
+        pool,
+        max_attempts,
+        timeout: Duration::from_secs(timeout_s),
+        backoff_base: Duration::from_millis(base_ms),
+        backoff_max: Duration::from_secs(max_s),
+    }
+}
+
+/// Every job kind's policy.
+pub fn policies() -> Vec<JobPolicy> {
+    vec![
+        policy("notify_reviewers", Pool::Notify, 8, 30, 1_000, 600),
+        policy("notify_owner", Pool::Notify, 8, 30, 1_000, 600),
+        policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
+        policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
+        policy("dispense", Pool::Dispense, 10, 3_600, 10_000, 1_800),
+        policy("deprovision", Pool::Dispense, 10, 600, 10_000, 1_800),
+    ]
+}
+
+/// What a worker process runs. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Pools to serve. Default: all.
+    pub pools: Vec<Pool>,
+    /// Concurrency per pool. Default: each pool's own.
+    pub concurrency: Option<usize>,
+    /// Also run the relay and reconciler. Default: true (every worker does;
+    /// several relays only duplicate messages, which claims make harmless).
+    pub maintenance: bool,
+    pub runtime: RuntimeOptions,
+    /// Default: [`policies`].
+    pub policies: Vec<JobPolicy>,
+    /// Default: none (inbox only).
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            pools: Pool::ALL.to_vec(),
+            concurrency: None,
+            maintenance: true,
+            runtime: RuntimeOptions::default(),
+            policies: policies(),
+            webhook: None,
+        }
+    }
+}
+
+/// A unique worker name: host, pid, random.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{nanos:08x}", std::process::id())
+}
+
+/// The executor with every handler this build has.
+pub fn executor(store: Store, options: &WorkerOptions, metrics: Arc<Metrics>) -> Executor {
+    let mut executor = Executor::new(
+        store,
+        worker_name(),
+        &options.policies,
+        options.runtime.lease_grace,
+        metrics,
+    );
+    executor.register(Arc::new(RequestWorkflow::new(Notifier::new(
+        options.webhook.clone(),
+    ))));
+    executor
+}
+
+/// Runs a worker until `shutdown`: serves the pools, and (by default) the
+/// relay and reconciler. Returns when every pool has drained.
+pub async fn run(
+    store: Store,
+    queue: Arc<dyn JobQueue>,
+    options: WorkerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let executor = Arc::new(executor(store.clone(), &options, metrics));
+    let mut tasks = Vec::new();
+    if options.maintenance {
+        tasks.extend(
+            spawn_maintenance(
+                store,
+                queue.clone(),
+                &options.policies,
+                &options.runtime,
+                shutdown.clone(),
+            )
+            .await?,
+        );
+    }
+    let mut pools = Vec::new();
+    for pool in &options.pools {
+        let spec = POOLS
+            .iter()
+            .find(|s| s.pool == *pool)
+            .expect("every pool has a spec");
+        let concurrency = options.concurrency.unwrap_or(spec.default_concurrency);
+        info!(pool = %pool, concurrency, worker = executor.worker(), "starting pool");
+        pools.push(tokio::spawn(queue.serve(
+            *pool,
+            concurrency,
+            executor.clone(),
+            shutdown.clone(),
+            options.runtime.drain,
+        )));
+    }
+    for pool in pools {
+        pool.await??;
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The request workflow as jobs: what happens after each command of an
+//! access request. See `README.md` in this folder for the graph.
+//!
+//! | job kind | made by | does |
+//! |---|---|---|
+//! | `notify_reviewers` | submit; a stage approved | asks the stage's reviewers (minus requesters) to review; alerts the environment's admins when the stage cannot pass |
+//! | `notify_owner` | a round's outcome | tells owner and collaborators: approved, returned, rejected |
+//! | `schedule_expiry` | approval (due at the end date) | moves the request to `expired` |
+//! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
+//!
+//! Every handler is idempotent: inbox rows and deliveries are keyed by the
+//! job key, and state changes that already happened are treated as done.
+
+mod notify;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Deserialize;
+use tre_domain::{DomainError, Effect, ProjectCommand, ProjectState, RequestId, RequestState};
+use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_store::{ClaimedJob, StoreError};
+
+pub use notify::{Notifier, WebhookConfig, signature};
+
+/// Handlers of the request workflow.
+#[derive(Debug, Clone)]
+pub struct RequestWorkflow {
+    notifier: Notifier,
+}
+
+impl RequestWorkflow {
+    pub fn new(notifier: Notifier) -> Self {
+        Self { notifier }
+    }
+
+    pub const KINDS: [&'static str; 4] = [
+        "notify_reviewers",
+        "notify_owner",
+        "schedule_expiry",
+        "revoke_projects",
+    ];
+}
+
+fn payload(job: &ClaimedJob) -> Result<Effect, JobError> {
+    Effect::deserialize(&job.payload)
+        .map_err(|e| JobError::Permanent(format!("unreadable job payload: {e}")))
+}
+
+/// A state change that already happened (or can no longer happen) is done.
+fn already_done(e: &StoreError) -> bool {
+    matches!(e, StoreError::Domain(DomainError::InvalidTransition { .. }))
+}
+
+async fn expire(ctx: &JobContext, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
+    match ctx.store.expire_request(request, &job.key).await {
+        Ok(_) => Ok(()),
+        Err(e) if already_done(&e) => Ok(()),
+        // not yet due (clocks differ): try again later
+        Err(StoreError::Domain(DomainError::Conflict(m))) => Err(JobError::Transient(m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn revoke_projects(
+    ctx: &JobContext,
+    job: &ClaimedJob,
+    request: &RequestId,
+) -> Result<(), JobError> {
+    let Some(project) = ctx.store.system_project_of_request(request).await? else {
+        return Ok(());
+    };
+    let command = match ctx.store.system_request(request).await?.state {
+        RequestState::Expired => ProjectCommand::Expire,
+        _ => ProjectCommand::Revoke,
+    };
+    if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
+        return Ok(());
+    }
+    match ctx
+        .store
+        .project_command(&project.id, command, &job.key)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if already_done(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl JobHandler for RequestWorkflow {
+    fn kinds(&self) -> Vec<&'static str> {
+        Self::KINDS.to_vec()
+    }
+
+    fn handle<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        Box::pin(async move {
+            match payload(job)? {
+                Effect::NotifyReviewers {
+                    request,
+                    round,
+                    stage,
+                } => {
+                    self.notifier
+                        .reviewers(ctx, job, &request, round, stage)
+                        .await
+                }
+                Effect::NotifyOwner {
+                    request,
+                    round,
+                    outcome,
+                } => {
+                    self.notifier
+                        .owner(ctx, job, &request, round, &outcome)
+                        .await
+                }
+                Effect::ScheduleExpiry { request, .. } => expire(ctx, job, &request).await,
+                Effect::RevokeProjects { request } => revoke_projects(ctx, job, &request).await,
+                other => Err(JobError::Permanent(format!(
+                    "{} is not a request workflow job",
+                    other.kind()
+                ))),
+            }
+        })
+    }
+}
