@@ -31,6 +31,13 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
+/// What a notification says.
+struct Message<'a> {
+    kind: &'a str,
+    subject: &'a str,
+    body: &'a str,
+}
+
 /// Sends notifications to inboxes and the webhook.
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -74,11 +81,14 @@ impl Notifier {
         ctx: &JobContext,
         job: &ClaimedJob,
         users: &[UserId],
-        kind: &str,
         request: &AccessRequest,
-        subject: &str,
-        body: &str,
+        message: Message<'_>,
     ) -> Result<(), JobError> {
+        let Message {
+            kind,
+            subject,
+            body,
+        } = message;
         for user in users {
             ctx.store
                 .add_notification(&Notification {
@@ -209,16 +219,12 @@ impl Notifier {
                 pipeline_stage.name,
                 reviewers.len()
             );
-            self.inbox(
-                ctx,
-                job,
-                &admins,
-                "stage_blocked",
-                &request,
-                &subject,
-                &body,
-            )
-            .await?;
+            let message = Message {
+                kind: "stage_blocked",
+                subject: &subject,
+                body: &body,
+            };
+            self.inbox(ctx, job, &admins, &request, message).await?;
             return self
                 .webhook(
                     ctx,
@@ -235,16 +241,12 @@ impl Notifier {
             stage + 1,
             pipeline_stage.name
         );
-        self.inbox(
-            ctx,
-            job,
-            &reviewers,
-            "review_requested",
-            &request,
-            &subject,
-            &body,
-        )
-        .await?;
+        let message = Message {
+            kind: "review_requested",
+            subject: &subject,
+            body: &body,
+        };
+        self.inbox(ctx, job, &reviewers, &request, message).await?;
         self.webhook(
             ctx,
             job,
@@ -275,16 +277,13 @@ impl Notifier {
             "approved" => "You may now create the project.".to_owned(),
             _ => "See its history for the reviewers' comments.".to_owned(),
         };
-        self.inbox(
-            ctx,
-            job,
-            &people,
-            &format!("request_{outcome}"),
-            &request,
-            &subject,
-            &body,
-        )
-        .await?;
+        let kind = format!("request_{outcome}");
+        let message = Message {
+            kind: &kind,
+            subject: &subject,
+            body: &body,
+        };
+        self.inbox(ctx, job, &people, &request, message).await?;
         self.webhook(
             ctx,
             job,
