@@ -1,0 +1,536 @@
+//! The job runtime against real services: SQLite and PostgreSQL for the
+//! outbox, a private redis-server for dispatch, a real HTTP receiver for
+//! webhooks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tre_domain::{DecisionInput, RequestCommand, Verdict};
+use tre_jobs::{
+    EmbeddedQueue, Executor, JobQueue, Metrics, RedisQueue, RedisQueueOptions, Relay,
+    RuntimeOptions,
+};
+use tre_store::Store;
+use tre_testkit::{TestDb, TestRedis, WebhookReceiver, caller, new_request, world};
+use tre_workers::{WorkerOptions, policies};
+use tre_workflows::{WebhookConfig, signature};
+
+const SECRET: &str = "s3cret-shared-with-the-receiver";
+
+fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
+    let mut policies = policies();
+    for p in &mut policies {
+        p.max_attempts = 3;
+        p.timeout = Duration::from_secs(5);
+        p.backoff_base = Duration::from_millis(20);
+        p.backoff_max = Duration::from_millis(100);
+    }
+    WorkerOptions {
+        runtime: RuntimeOptions {
+            relay_interval: Duration::from_millis(20),
+            reconcile_interval: Duration::from_millis(100),
+            requeue_after: Duration::from_millis(700),
+            lease_grace: Duration::from_millis(500),
+            drain: Duration::from_secs(2),
+            ..RuntimeOptions::default()
+        },
+        policies,
+        webhook: webhook.map(|w| WebhookConfig {
+            url: w.url.clone(),
+            secret: SECRET.into(),
+            timeout: Duration::from_secs(5),
+        }),
+        ..WorkerOptions::default()
+    }
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+fn start(store: &Store, queue: Arc<dyn JobQueue>, options: WorkerOptions) -> Running {
+    let (stop, shutdown) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
+    let store = store.clone();
+    let m = metrics.clone();
+    let task = tokio::spawn(async move {
+        tre_workers::run(store, queue, options, m, shutdown)
+            .await
+            .expect("worker runs");
+    });
+    Running {
+        stop,
+        task,
+        metrics,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> Arc<Metrics> {
+        self.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+        self.metrics
+    }
+}
+
+/// Polls until `check` holds (bounded; the bound is not a speed target).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn inbox_kinds(store: &Store, user: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = store
+        .inbox(&user.into(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.kind)
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+fn decide(stage: usize) -> DecisionInput {
+    DecisionInput {
+        stage,
+        verdict: Verdict::Approve,
+        is_final: false,
+        comment: String::new(),
+    }
+}
+
+fn verify_signatures(receiver: &WebhookReceiver) -> Vec<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| {
+            let ts: i64 = r.header("x-tre-timestamp").unwrap().parse().unwrap();
+            assert_eq!(
+                r.header("x-tre-signature").unwrap(),
+                signature(SECRET, ts, &r.body),
+                "signature verifies"
+            );
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["delivery"].as_str(), r.header("x-tre-delivery"));
+            body["event"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+async fn workflow_by_jobs(store: &Store) {
+    let w = world(store, &["rev1"], &["rev2a", "rev2b", "rev2c"], 2).await;
+    let receiver = WebhookReceiver::start(vec![], Duration::ZERO).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(Some(&receiver)),
+    );
+
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    eventually("rev1 is asked to review", || async {
+        inbox_kinds(store, "rev1").await == ["review_requested"]
+    })
+    .await;
+    assert!(
+        inbox_kinds(store, "rev2a").await.is_empty(),
+        "stage 2 is not asked yet"
+    );
+
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    for r in ["rev2a", "rev2b", "rev2c"] {
+        eventually("stage 2 is asked", || async {
+            inbox_kinds(store, r).await == ["review_requested"]
+        })
+        .await;
+    }
+    store
+        .decide(&caller("rev2a"), &request.id, decide(1))
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev2c"), &request.id, decide(1))
+        .await
+        .unwrap();
+    for r in ["owner", "collab"] {
+        eventually("requesters hear of the approval", || async {
+            inbox_kinds(store, r).await == ["request_approved"]
+        })
+        .await;
+    }
+    // every job of the workflow ran once; expiry waits for its date
+    let jobs = store.outbox_jobs(None, 100).await.unwrap();
+    for job in &jobs {
+        let expected = if job.kind == "schedule_expiry" {
+            "pending"
+        } else {
+            "done"
+        };
+        assert_eq!(job.state, expected, "{job:?}");
+        assert!(job.attempts <= 1, "{job:?}");
+    }
+    let mut events = verify_signatures(&receiver);
+    events.sort();
+    assert_eq!(
+        events,
+        ["request_approved", "review_requested", "review_requested"]
+    );
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.get("notify_reviewers", "succeeded"), 2);
+    assert_eq!(metrics.get("notify_owner", "succeeded"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_by_jobs_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    workflow_by_jobs(&db.store).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_by_jobs_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    workflow_by_jobs(&db.store).await;
+    db.finish().await;
+}
+
+async fn retries_and_dead_letters(store: &Store) {
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    // the receiver fails every time: 3 attempts, then dead with the last error
+    let failing = WebhookReceiver::start(vec![503; 20], Duration::ZERO).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(Some(&failing)),
+    );
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    let key = format!("notify_reviewers:{}:1:0", request.id);
+    eventually("the job is dead", || async {
+        store.job(&key).await.unwrap().unwrap().state == "dead"
+    })
+    .await;
+    let job = store.job(&key).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 3);
+    let error = job.last_error.unwrap();
+    assert!(
+        error.contains("503") && error.contains("attempt 3 of 3"),
+        "{error}"
+    );
+    let deliveries = store.deliveries(&key).await.unwrap();
+    assert_eq!(deliveries.len(), 3);
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.status == "failed" && d.detail.contains("503"))
+    );
+    assert_eq!(failing.received().len(), 3);
+    // the inbox was written once, whatever the retries
+    assert_eq!(inbox_kinds(store, "rev1").await, ["review_requested"]);
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.get("notify_reviewers", "retried"), 2);
+    assert_eq!(metrics.get("notify_reviewers", "dead"), 1);
+
+    // a receiver that refuses the request (4xx) is not retried
+    let refusing = WebhookReceiver::start(vec![400; 20], Duration::ZERO).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(Some(&refusing)),
+    );
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    let key2 = format!("notify_reviewers:{}:1:1", request.id);
+    eventually("the job is dead", || async {
+        store.job(&key2).await.unwrap().unwrap().state == "dead"
+    })
+    .await;
+    let job = store.job(&key2).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 1);
+    assert!(job.last_error.unwrap().starts_with("permanent: webhook"));
+    worker.stop().await;
+
+    // an operator retries both dead jobs once the receiver works: the one
+    // for the current stage is delivered; the one for stage 1, which has
+    // closed meanwhile, completes without asking anybody again
+    let healthy = WebhookReceiver::start(vec![], Duration::ZERO).await;
+    assert!(
+        store
+            .retry_dead_job(&key, tre_domain::Timestamp(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .retry_dead_job(&key2, tre_domain::Timestamp(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .retry_dead_job(&key2, tre_domain::Timestamp(0))
+            .await
+            .unwrap(),
+        "only dead jobs"
+    );
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(Some(&healthy)),
+    );
+    for k in [&key, &key2] {
+        eventually("the retried job is done", || async {
+            store.job(k).await.unwrap().unwrap().state == "done"
+        })
+        .await;
+    }
+    let received = healthy.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].header("x-tre-delivery"),
+        Some(format!("{key2}:webhook").as_str())
+    );
+    assert_eq!(
+        store
+            .deliveries(&key2)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .status,
+        "delivered"
+    );
+    assert_eq!(
+        store.deliveries(&key).await.unwrap().len(),
+        3,
+        "the stale notification was not sent"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_dead_letters_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    retries_and_dead_letters(&db.store).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_dead_letters_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    retries_and_dead_letters(&db.store).await;
+    db.finish().await;
+}
+
+/// Losing everything in Redis loses no work: the outbox is the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushall_and_restart_lose_no_work() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let receiver = WebhookReceiver::start(vec![], Duration::ZERO).await;
+    let options = fast_options(Some(&receiver));
+    let queue = Arc::new(
+        RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+            .await
+            .unwrap(),
+    );
+
+    let submit = |n: usize| {
+        let w = &w;
+        async move {
+            for _ in 0..n {
+                let r = store
+                    .create_request(&w.owner, &w.env, new_request())
+                    .await
+                    .unwrap();
+                store
+                    .request_command(&w.owner, &r.id, RequestCommand::Submit)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    // five jobs handed to Redis, then Redis loses them all
+    submit(5).await;
+    let relay = Relay::new(store.clone(), queue.clone(), &options.policies, 100);
+    assert_eq!(relay.run_once().await.unwrap(), 5);
+    assert_eq!(store.job_counts().await.unwrap().queued, 5);
+    let mut conn = queue.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "messages are in Redis");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+
+    let worker = start(store, queue.clone(), options.clone());
+    eventually("the five lost jobs are done", || async {
+        store.job_counts().await.unwrap().done == 5
+    })
+    .await;
+
+    // Redis restarts empty (no persistence) while the worker runs
+    redis.restart();
+    submit(3).await;
+    eventually("the three new jobs are done", || async {
+        store.job_counts().await.unwrap().done == 8
+    })
+    .await;
+    let metrics = worker.stop().await;
+
+    // exactly once in effect: one inbox row and one webhook per job
+    assert_eq!(store.inbox(&"rev1".into(), 100).await.unwrap().len(), 8);
+    let deliveries: std::collections::BTreeSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("x-tre-delivery").unwrap().to_owned())
+        .collect();
+    assert_eq!(deliveries.len(), 8);
+    assert_eq!(metrics.get("notify_reviewers", "succeeded"), 8);
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.queued, counts.running, counts.dead),
+        (0, 0, 0, 0)
+    );
+    drop(redis);
+    db.finish().await;
+}
+
+/// Many workers receiving the same key run it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_run_a_job_once() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let receiver = WebhookReceiver::start(vec![], Duration::from_millis(100)).await;
+    let options = fast_options(Some(&receiver));
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    let key = format!("notify_reviewers:{}:1:0", request.id);
+    let executors: Vec<Arc<Executor>> = (0..6)
+        .map(|_| {
+            Arc::new(tre_workers::executor(
+                store.clone(),
+                &options,
+                Arc::new(Metrics::default()),
+            ))
+        })
+        .collect();
+    let runs: Vec<_> = executors
+        .iter()
+        .map(|e| {
+            let (e, key) = (e.clone(), key.clone());
+            tokio::spawn(async move { e.execute(&key, "notify_reviewers").await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for run in runs {
+        outcomes.push(run.await.unwrap());
+    }
+    let succeeded = outcomes
+        .iter()
+        .filter(|o| **o == tre_jobs::ExecOutcome::Succeeded)
+        .count();
+    assert_eq!(succeeded, 1, "{outcomes:?}");
+    assert_eq!(receiver.received().len(), 1);
+    // a late redelivery is a no-op
+    assert_eq!(
+        executors[0].execute(&key, "notify_reviewers").await,
+        tre_jobs::ExecOutcome::Skipped
+    );
+    db.finish().await;
+}
+
+/// A stage nobody may decide alerts the environment's admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_stage_alerts_admins() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    // stage 1's only reviewer collaborates on the request
+    let w = world(store, &["collab"], &["rev2a"], 1).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    eventually("the admin is alerted", || async {
+        inbox_kinds(store, "admin").await == ["stage_blocked"]
+    })
+    .await;
+    assert!(
+        inbox_kinds(store, "collab").await.is_empty(),
+        "a requester is never asked to review"
+    );
+    let alert = &store.inbox(&"admin".into(), 10).await.unwrap()[0];
+    assert!(
+        alert
+            .body
+            .contains("needs 1 approval(s) but has 0 eligible reviewer(s)"),
+        "{}",
+        alert.body
+    );
+    worker.stop().await;
+    db.finish().await;
+}
