@@ -447,3 +447,188 @@ fn checked_in_fixtures_are_what_the_generator_makes() {
     assert_eq!(compared, 4);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `tre worker` process against PostgreSQL and a private Redis.
+struct WorkerProcess {
+    child: std::process::Child,
+}
+
+impl WorkerProcess {
+    fn start(database_url: &str, redis_url: &str, webhook_url: &str, extra: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
+        command.current_dir(repo_root());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TRE_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("TRE_DATABASE_URL", database_url)
+            .env("TRE_REDIS_URL", redis_url)
+            .env("TRE_WEBHOOK_URL", webhook_url)
+            .env("TRE_WEBHOOK_SECRET", "0123456789abcdef-test")
+            .args([
+                "worker",
+                "--pools",
+                "notify",
+                "--reconcile-interval-ms",
+                "200",
+                "--requeue-after-ms",
+                "1000",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Self {
+            child: command.spawn().unwrap(),
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, seconds: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A worker killed with SIGKILL in the middle of a job: its lease expires
+/// and another worker process finishes the job. Nothing is lost, and the
+/// effect is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_is_finished_by_another() {
+    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, world};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    // every webhook answer takes 2 s: long enough to kill the worker mid-job
+    let receiver = WebhookReceiver::start(vec![], std::time::Duration::from_secs(2)).await;
+    let lease = ["--job-timeout-ms", "4000", "--lease-grace-ms", "500"];
+    let first = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
+
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
+        .await
+        .unwrap();
+    let key = format!("notify_reviewers:{}:1:0", request.id);
+    wait_for("the first worker is mid-job", 30, || async {
+        receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(store.job(&key).await.unwrap().unwrap().state, "running");
+    first.signal("-KILL");
+    drop(first);
+
+    let second = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
+    wait_for("another worker finishes the job", 60, || async {
+        store.job(&key).await.unwrap().unwrap().state == "done"
+    })
+    .await;
+    let job = store.job(&key).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 2, "the killed attempt counts");
+    // at-least-once towards the receiver (same delivery id twice, which
+    // receivers deduplicate), exactly once in the store
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("x-tre-delivery").unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == format!("{key}:webhook")),
+        "{ids:?}"
+    );
+    let delivered: Vec<_> = store
+        .deliveries(&key)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.status == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(store.inbox(&"rev1".into(), 10).await.unwrap().len(), 1);
+    drop(second);
+    db.finish().await;
+}
+
+/// SIGTERM lets the in-flight job finish within the drain deadline, then the
+/// worker exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_jobs() {
+    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, world};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let receiver = WebhookReceiver::start(vec![], std::time::Duration::from_millis(1500)).await;
+    let mut worker = WorkerProcess::start(
+        &db.url,
+        &redis.url(),
+        &receiver.url,
+        &["--drain-ms", "10000"],
+    );
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
+        .await
+        .unwrap();
+    let key = format!("notify_reviewers:{}:1:0", request.id);
+    wait_for("the job is in flight", 30, || async {
+        receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    worker.signal("-TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = worker.child.wait().unwrap();
+        drop(worker);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    let job = store.job(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempts),
+        ("done", 1),
+        "finished, not abandoned"
+    );
+    db.finish().await;
+}

@@ -23,6 +23,16 @@ pub struct Settings {
     pub object_store: String,
     /// `TRE_LOG`. Log filter (tracing `EnvFilter` syntax). Default: `warn`.
     pub log: String,
+    /// `TRE_REDIS_URL`, `--redis-url`. Queue for the job runtime
+    /// (`redis://HOST:PORT/DB`; standalone Redis, not Cluster). Default:
+    /// none, which means the embedded in-process queue.
+    pub redis_url: Option<String>,
+    /// `TRE_WEBHOOK_URL`. Where notifications are POSTed. Default: none.
+    pub webhook_url: Option<String>,
+    /// `TRE_WEBHOOK_SECRET`. HMAC-SHA256 key for webhook signatures (at
+    /// least 16 characters; required with a webhook URL). Default: none.
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
     /// Where each value came from, for `tre config show`.
     #[serde(skip)]
     pub sources: Vec<(&'static str, String)>,
@@ -36,6 +46,9 @@ struct FileSettings {
     source_store: Option<String>,
     object_store: Option<String>,
     log: Option<String>,
+    redis_url: Option<String>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 /// Values given as flags.
@@ -45,6 +58,7 @@ pub struct FlagSettings {
     pub database_url: Option<String>,
     pub source_store: Option<String>,
     pub object_store: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Settings {
@@ -54,11 +68,17 @@ impl Settings {
             source_store: ".".into(),
             object_store: ".tre/objects".into(),
             log: "warn".into(),
+            redis_url: None,
+            webhook_url: None,
+            webhook_secret: None,
             sources: vec![
                 ("database_url", "default".into()),
                 ("source_store", "default".into()),
                 ("object_store", "default".into()),
                 ("log", "default".into()),
+                ("redis_url", "default".into()),
+                ("webhook_url", "default".into()),
+                ("webhook_secret", "default".into()),
             ],
         }
     }
@@ -69,6 +89,9 @@ impl Settings {
             "source_store" => self.source_store = value,
             "object_store" => self.object_store = value,
             "log" => self.log = value,
+            "redis_url" => self.redis_url = Some(value),
+            "webhook_url" => self.webhook_url = Some(value),
+            "webhook_secret" => self.webhook_secret = Some(value),
             _ => unreachable!("unknown setting {key}"),
         }
         if let Some(entry) = self.sources.iter_mut().find(|(k, _)| *k == key) {
@@ -98,6 +121,9 @@ impl Settings {
                 ("source_store", file.source_store),
                 ("object_store", file.object_store),
                 ("log", file.log),
+                ("redis_url", file.redis_url),
+                ("webhook_url", file.webhook_url),
+                ("webhook_secret", file.webhook_secret),
             ] {
                 if let Some(v) = value {
                     settings.set(key, v, &source);
@@ -109,6 +135,9 @@ impl Settings {
             ("source_store", "TRE_SOURCE_STORE"),
             ("object_store", "TRE_OBJECT_STORE"),
             ("log", "TRE_LOG"),
+            ("redis_url", "TRE_REDIS_URL"),
+            ("webhook_url", "TRE_WEBHOOK_URL"),
+            ("webhook_secret", "TRE_WEBHOOK_SECRET"),
         ] {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 settings.set(key, v, &format!("env {var}"));
@@ -118,6 +147,7 @@ impl Settings {
             ("database_url", "--database-url", &flags.database_url),
             ("source_store", "--source-store", &flags.source_store),
             ("object_store", "--object-store", &flags.object_store),
+            ("redis_url", "--redis-url", &flags.redis_url),
         ] {
             if let Some(v) = value {
                 settings.set(key, v.clone(), &format!("flag {flag}"));
@@ -222,5 +252,46 @@ mod tests {
     fn nothing_set_means_embedded_defaults() {
         let s = Settings::load(&FlagSettings::default(), env(&[])).unwrap();
         assert_eq!(s.database_url, "sqlite://.tre/tre.db");
+        assert_eq!(s.redis_url, None, "embedded queue");
+    }
+
+    #[test]
+    fn webhook_and_redis_settings_are_checked() {
+        let flags = FlagSettings::default();
+        let err = Settings::load(&flags, env(&[("TRE_WEBHOOK_URL", "http://x")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("webhook_secret: required"),
+            "{err}"
+        );
+        let err = Settings::load(
+            &flags,
+            env(&[
+                ("TRE_WEBHOOK_URL", "http://x"),
+                ("TRE_WEBHOOK_SECRET", "short"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("webhook_secret: must be at least 16"),
+            "{err}"
+        );
+        let err = Settings::load(
+            &flags,
+            env(&[
+                ("TRE_WEBHOOK_URL", "ftp://x"),
+                ("TRE_WEBHOOK_SECRET", "0123456789abcdef"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("webhook_url:"), "{err}");
+        let err = Settings::load(&flags, env(&[("TRE_REDIS_URL", "localhost:6379")])).unwrap_err();
+        assert!(err.to_string().starts_with("redis_url:"), "{err}");
+        let ok = Settings::load(
+            &flags,
+            env(&[("TRE_REDIS_URL", "redis://127.0.0.1:6379/0")]),
+        )
+        .unwrap();
+        assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379/0"));
     }
 }

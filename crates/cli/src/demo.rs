@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -14,7 +16,9 @@ use tre_domain::{
     AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, RequestCommand, RequestUpdate,
     Verdict,
 };
+use tre_jobs::{Metrics, RuntimeOptions};
 use tre_store::{Caller, NewUser, Store, StoreError};
+use tre_workers::WorkerOptions;
 
 use crate::config::Settings;
 use crate::envfile::EnvironmentFile;
@@ -43,6 +47,30 @@ async fn person(
     Ok(Caller::new(user.actor(), trace))
 }
 
+/// Waits for a job to finish, then says what it left in people's inboxes.
+async fn after_job(store: &Store, key: &str, people: &[&str]) -> Result<()> {
+    for _ in 0..400 {
+        match store.job(key).await?.map(|j| j.state) {
+            Some(state) if state == "done" => {
+                for person in people {
+                    let inbox = store.inbox(&(*person).into(), 1).await?;
+                    if let Some(n) = inbox.first() {
+                        println!(
+                            "     job {} -> {person}'s inbox: {:?}",
+                            key.split(':').next().unwrap_or(key),
+                            n.subject
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            Some(state) if state == "dead" => bail!("job {key} failed"),
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    bail!("job {key} did not finish; is a worker running?")
+}
+
 fn show(request: &AccessRequest) -> String {
     format!("{} (round {})", request.state, request.round)
 }
@@ -64,7 +92,36 @@ pub async fn run(settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
     let trace = format!("demo-{}", std::process::id());
-    println!("tre demo on {}\n", settings.database_url);
+    println!(
+        "tre demo on {}, jobs on the {} queue\n",
+        settings.database_url,
+        if settings.redis_url.is_some() {
+            "redis"
+        } else {
+            "embedded"
+        }
+    );
+
+    // Every step after a command runs as a durable job: start a worker in
+    // this process (the same code `tre worker` runs).
+    let queue = crate::worker::queue(settings).await?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let options = WorkerOptions {
+        runtime: RuntimeOptions {
+            relay_interval: Duration::from_millis(20),
+            ..RuntimeOptions::default()
+        },
+        webhook: crate::worker::webhook(settings),
+        ..WorkerOptions::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let worker = tokio::spawn(tre_workers::run(
+        store.clone(),
+        queue,
+        options,
+        metrics.clone(),
+        shutdown,
+    ));
 
     println!("1. People");
     let platform = person(&store, "platform-ops", true, &[], &trace).await?;
@@ -185,6 +242,9 @@ pub async fn run(settings: &Settings) -> Result<()> {
         .request_command(&alice, &draft.id, RequestCommand::Submit)
         .await?;
     println!("   alice submitted it: {}", show(&request));
+    let id = request.id.clone();
+    after_job(&store, &format!("notify_reviewers:{id}:1:0"), &["carol"]).await?;
+    println!("     (bob reviews for this stage too, but as alice's collaborator he is not asked)");
 
     println!("\n5. Review, round 1");
     match store
@@ -228,6 +288,12 @@ pub async fn run(settings: &Settings) -> Result<()> {
         )
         .await?;
     println!("   frank returns it too, quorum unreachable: {}", show(&r));
+    after_job(
+        &store,
+        &format!("notify_owner:{id}:1:returned"),
+        &["alice", "bob"],
+    )
+    .await?;
 
     println!("\n6. Revision");
     let narrowed = json!({"and": [
@@ -270,6 +336,12 @@ pub async fn run(settings: &Settings) -> Result<()> {
         .decide(&frank, &request.id, decide(1, Verdict::Approve, ""))
         .await?;
     println!("   frank approves stage 2: {}", show(&r));
+    after_job(
+        &store,
+        &format!("notify_owner:{id}:2:approved"),
+        &["alice", "bob"],
+    )
+    .await?;
     match store
         .decide(&dave, &request.id, decide(1, Verdict::Approve, ""))
         .await
@@ -296,16 +368,27 @@ pub async fn run(settings: &Settings) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let jobs = store.outbox_jobs(Some("pending"), 1000).await?;
-    let ours: Vec<_> = jobs
-        .iter()
+    let _ = store.job(&format!("dispense:{}", project.id)).await?;
+    let ours: Vec<_> = store
+        .outbox_jobs(None, 10_000)
+        .await?
+        .into_iter()
         .filter(|j| j.key.contains(request.id.as_str()) || j.key.contains(project.id.as_str()))
         .collect();
-    println!("   jobs waiting in the outbox for the job runtime:");
+    println!("   the request's jobs in the outbox (the SQL record every job runs from):");
     for job in ours {
-        println!("     {}", job.key);
+        let note = match (job.kind.as_str(), job.state.as_str()) {
+            ("schedule_expiry", _) => " (due when access ends)",
+            ("dispense", "pending" | "queued") => {
+                " (waits for a dispense worker: dispensing is the next milestone)"
+            }
+            _ => "",
+        };
+        println!(
+            "     {:<8} attempts {}  {}{note}",
+            job.state, job.attempts, job.key
+        );
     }
-
     println!("\n9. History and audit");
     for entry in store.request_history(&alice, &request.id).await? {
         let to = entry.details["to"]["state"].as_str().unwrap_or("");
@@ -329,6 +412,13 @@ pub async fn run(settings: &Settings) -> Result<()> {
         None => println!("   audit chain intact: {} events verified", report.checked),
         Some(broken) => bail!("audit chain broken: {broken}"),
     }
+    let _ = stop.send(true);
+    worker.await?.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+    println!(
+        "   jobs run by the embedded worker: {} notify_reviewers, {} notify_owner",
+        metrics.get("notify_reviewers", "succeeded"),
+        metrics.get("notify_owner", "succeeded")
+    );
     store.close().await;
     println!("\nDone. Inspect with: tre audit verify; tre env list --as alice");
     Ok(())

@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod envfile;
 mod fixtures;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ struct Cli {
     /// default .tre/objects).
     #[arg(long, global = true)]
     object_store: Option<String>,
+    /// Redis for the job queue (env TRE_REDIS_URL; default: embedded queue).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +61,11 @@ enum Command {
     Fixtures(FixturesCommand),
     /// Walk a request through a two-stage review on the configured store.
     Demo,
+    /// Run a worker: serve job pools until SIGTERM.
+    Worker(worker::WorkerArgs),
+    /// Inspect and retry jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +172,22 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Jobs with their state, attempts and last error (JSON lines).
+    List {
+        /// pending, queued, running, done or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Counts per state.
+    Stats,
+    /// Put a dead job back in the queue with fresh attempts.
+    Retry { key: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum FixturesCommand {
     /// (Re)generate the synthetic biobank Parquet files.
     Generate {
@@ -220,6 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         database_url: cli.database_url.clone(),
         source_store: cli.source_store.clone(),
         object_store: cli.object_store.clone(),
+        redis_url: cli.redis_url.clone(),
     };
     let settings = Settings::load(&flags, |k| std::env::var(k).ok())?;
     tracing_subscriber::fmt()
@@ -232,6 +258,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("source_store = {:?}", settings.source_store);
             println!("object_store = {:?}", settings.object_store);
             println!("log = {:?}", settings.log);
+            println!("redis_url = {:?}", settings.redis_url);
+            println!("webhook_url = {:?}", settings.webhook_url);
+            println!(
+                "webhook_secret = {}",
+                if settings.webhook_secret.is_some() {
+                    "(set)"
+                } else {
+                    "(none)"
+                }
+            );
             for (key, source) in &settings.sources {
                 println!("# {key}: {source}");
             }
@@ -313,6 +349,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Demo => demo::run(&settings).await?,
+        Command::Worker(args) => worker::run(&settings, args).await?,
+        Command::Jobs(command) => {
+            let store = open(&settings).await?;
+            match command {
+                JobsCommand::List { state, limit } => {
+                    const STATES: [&str; 5] = ["pending", "queued", "running", "done", "dead"];
+                    if let Some(s) = &state
+                        && !STATES.contains(&s.as_str())
+                    {
+                        anyhow::bail!("--state: expected one of {}", STATES.join(", "));
+                    }
+                    for job in store.outbox_jobs(state.as_deref(), limit).await? {
+                        println!("{}", serde_json::to_string(&job)?);
+                    }
+                }
+                JobsCommand::Stats => {
+                    println!("{}", serde_json::to_string(&store.job_counts().await?)?)
+                }
+                JobsCommand::Retry { key } => {
+                    let now = tre_domain::Timestamp(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)?
+                            .as_millis() as i64,
+                    );
+                    if store.retry_dead_job(&key, now).await? {
+                        println!("job {key} is pending again");
+                    } else {
+                        anyhow::bail!("no dead job {key:?}");
+                    }
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -203,6 +203,8 @@ impl Received {
 pub struct WebhookReceiver {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Requests whose body has arrived (before any delay and answer).
+    pub arrived: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -213,6 +215,8 @@ impl WebhookReceiver {
             .expect("bind");
         let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let arrived: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let arrivals = arrived.clone();
         let log = received.clone();
         let statuses = Arc::new(Mutex::new(statuses.into_iter()));
         let task = tokio::spawn(async move {
@@ -222,6 +226,7 @@ impl WebhookReceiver {
                 };
                 let log = log.clone();
                 let statuses = statuses.clone();
+                let arrivals = arrivals.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -265,6 +270,7 @@ impl WebhookReceiver {
                         })
                         .collect();
                     let status = statuses.lock().expect("lock").next().unwrap_or(200);
+                    arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(delay).await;
                     log.lock().expect("lock").push(Received {
                         headers,
@@ -280,6 +286,7 @@ impl WebhookReceiver {
         Self {
             url,
             received,
+            arrived,
             task,
         }
     }

@@ -1,0 +1,167 @@
+//! `tre worker`: serves job pools until SIGTERM or Ctrl-C, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use clap::Args;
+use tokio::sync::watch;
+use tracing::info;
+use tre_jobs::{
+    EmbeddedQueue, JobQueue, Metrics, Pool, RedisQueue, RedisQueueOptions, RuntimeOptions,
+};
+use tre_store::Store;
+use tre_workers::WorkerOptions;
+use tre_workflows::WebhookConfig;
+
+use crate::config::Settings;
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Pools to serve, comma-separated: notify, review, dispense.
+    #[arg(long, value_delimiter = ',', default_value = "notify,review,dispense")]
+    pools: Vec<String>,
+    /// Jobs run at once per pool (default: each pool's own, see workers/).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Do not run the relay and reconciler in this process.
+    #[arg(long)]
+    no_maintenance: bool,
+    /// Added to a job's timeout to make its lease (how long a crashed
+    /// worker's job waits before another takes it).
+    #[arg(long, default_value_t = 30_000)]
+    lease_grace_ms: u64,
+    /// A job queued this long without a claim is handed to the queue again.
+    #[arg(long, default_value_t = 60_000)]
+    requeue_after_ms: u64,
+    #[arg(long, default_value_t = 5_000)]
+    reconcile_interval_ms: u64,
+    /// On SIGTERM, how long in-flight jobs may finish before they are released.
+    #[arg(long, default_value_t = 30_000)]
+    drain_ms: u64,
+    /// Override every job kind's timeout.
+    #[arg(long)]
+    job_timeout_ms: Option<u64>,
+}
+
+pub fn webhook(settings: &Settings) -> Option<WebhookConfig> {
+    match (&settings.webhook_url, &settings.webhook_secret) {
+        (Some(url), Some(secret)) => Some(WebhookConfig {
+            url: url.clone(),
+            secret: secret.clone(),
+            timeout: Duration::from_secs(10),
+        }),
+        _ => None,
+    }
+}
+
+pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
+    Ok(match &settings.redis_url {
+        Some(url) => Arc::new(
+            RedisQueue::connect(RedisQueueOptions::new(url.clone()))
+                .await
+                .with_context(|| format!("redis_url: cannot connect to {url}"))?,
+        ),
+        None => Arc::new(EmbeddedQueue::default()),
+    })
+}
+
+async fn metrics_page(State((metrics, store)): State<(Arc<Metrics>, Store)>) -> String {
+    let depth = store.job_counts().await.unwrap_or_default();
+    metrics.render(&depth)
+}
+
+/// Flips the shutdown flag on SIGTERM or Ctrl-C.
+fn on_signal(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => info!("interrupt: stopping"),
+        }
+        let _ = stop.send(true);
+    });
+}
+
+pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
+    let mut pools = Vec::new();
+    for name in &args.pools {
+        match Pool::parse(name.trim()) {
+            Some(pool) if !pools.contains(&pool) => pools.push(pool),
+            Some(_) => {}
+            None => bail!("--pools: unknown pool {name:?}; expected notify, review or dispense"),
+        }
+    }
+    if args.concurrency == Some(0) {
+        bail!("--concurrency: must be at least 1");
+    }
+    let store = Store::open(&settings.database_url)
+        .await
+        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let queue = queue(settings).await?;
+    let mut policies = tre_workers::policies();
+    if let Some(ms) = args.job_timeout_ms {
+        for p in &mut policies {
+            p.timeout = Duration::from_millis(ms);
+        }
+    }
+    let options = WorkerOptions {
+        pools: pools.clone(),
+        concurrency: args.concurrency,
+        maintenance: !args.no_maintenance,
+        runtime: RuntimeOptions {
+            lease_grace: Duration::from_millis(args.lease_grace_ms),
+            requeue_after: Duration::from_millis(args.requeue_after_ms),
+            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
+            drain: Duration::from_millis(args.drain_ms),
+            ..RuntimeOptions::default()
+        },
+        policies,
+        webhook: webhook(settings),
+    };
+    let (stop, shutdown) = watch::channel(false);
+    on_signal(stop);
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
+        let app = Router::new()
+            .route("/metrics", get(metrics_page))
+            .with_state((metrics.clone(), store.clone()));
+        let mut stop_metrics = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_metrics.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+        println!("metrics at http://{addr}/metrics");
+    }
+    let names: Vec<&str> = pools.iter().map(|p| p.as_str()).collect();
+    println!(
+        "worker serving {} on the {} queue (pid {})",
+        names.join(","),
+        if settings.redis_url.is_some() {
+            "redis"
+        } else {
+            "embedded"
+        },
+        std::process::id()
+    );
+    tre_workers::run(store.clone(), queue, options, metrics, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+    store.close().await;
+    println!("worker stopped");
+    Ok(())
+}
