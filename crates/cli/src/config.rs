@@ -178,6 +178,26 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| anyhow::anyhow!("log: {e}"))?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            bail!(
+                "redis_url: must start with redis:// or rediss:// (got {url:?}); Redis Cluster is not supported"
+            );
+        }
+        match (&self.webhook_url, &self.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    bail!("webhook_url: must start with http:// or https:// (got {url:?})");
+                }
+                if secret.chars().count() < 16 {
+                    bail!("webhook_secret: must be at least 16 characters");
+                }
+            }
+            (Some(_), None) => bail!("webhook_secret: required when webhook_url is set"),
+            (None, Some(_)) => bail!("webhook_url: required when webhook_secret is set"),
+            (None, None) => {}
+        }
         Ok(())
     }
 
