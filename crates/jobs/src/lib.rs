@@ -29,6 +29,6 @@ pub use error::{JobError, QueueError};
 pub use executor::{ExecOutcome, Executor, JobContext, JobHandler};
 pub use metrics::Metrics;
 pub use policy::{JobPolicy, Pool};
-pub use queue::{EmbeddedQueue, JobQueue, Shutdown};
+pub use queue::{EmbeddedQueue, JobMessage, JobQueue, Shutdown};
 pub use redis_queue::{RedisQueue, RedisQueueOptions};
 pub use runtime::{Reconciler, Relay, RuntimeOptions, spawn_maintenance};

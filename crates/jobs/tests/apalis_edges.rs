@@ -1,0 +1,147 @@
+//! Known sharp edges of apalis 1.0.0 / apalis-redis 1.0.0, reproduced against
+//! a real Redis and pinned here. When an upgrade fixes or changes one of
+//! them, its test fails: revisit what `redis_queue.rs` does about it.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use tre_jobs::{JobMessage, Pool, RedisQueue, RedisQueueOptions};
+use tre_testkit::TestRedis;
+
+fn message(key: &str) -> JobMessage {
+    JobMessage {
+        key: key.into(),
+        kind: "notify_owner".into(),
+    }
+}
+
+/// `missed_heartbeats` defaults to 10 (the docs say 2) and the heartbeat to
+/// 30 s, so a dead worker's messages would wait five minutes: we set both.
+#[tokio::test]
+async fn heartbeat_defaults_are_not_what_the_docs_say() {
+    let defaults = apalis_redis::Config::default();
+    assert_eq!(defaults.missed_heartbeats, 10);
+    assert_eq!(defaults.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(defaults.idempotency_ttl, None);
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let queue = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let ours = queue.apalis_config(Pool::Notify);
+    assert_eq!(ours.missed_heartbeats, 3);
+    assert_eq!(ours.heartbeat_interval, Duration::from_secs(5));
+}
+
+async fn pushed_twice(redis: &TestRedis, ttl: Option<Duration>) -> i64 {
+    let queue = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let config = queue
+        .apalis_config(Pool::Notify)
+        .queue(format!("edges-{}", tre_testkit::unique()))
+        .idempotency_ttl(ttl);
+    let mut storage: RedisStorage<JobMessage> =
+        RedisStorage::new(queue.connection()).with_config(config.clone());
+    for _ in 0..2 {
+        let task = TaskBuilder::new(message("same"))
+            .idempotency_key("same-key")
+            .build();
+        let _ = storage.push_task(task).await;
+    }
+    let mut conn = queue.connection();
+    redis::cmd("HLEN")
+        .arg(config.job_data_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Duplicate suppression by idempotency key works only with a TTL; by
+/// default every duplicate is stored. We never rely on it: claims in SQL
+/// make duplicates harmless.
+#[tokio::test]
+async fn idempotency_keys_need_a_ttl() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    assert_eq!(
+        pushed_twice(&redis, None).await,
+        2,
+        "without a TTL both copies are stored"
+    );
+    assert_eq!(
+        pushed_twice(&redis, Some(Duration::from_secs(60))).await,
+        1,
+        "with a TTL the second is dropped"
+    );
+}
+
+/// `apalis_redis::connect` answers slow commands with a timeout after 500 ms;
+/// our connection waits as configured.
+#[tokio::test]
+async fn apalis_connect_times_out_after_500ms_ours_does_not() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mut theirs = apalis_redis::connect(redis.url()).await.unwrap();
+    // BLPOP on an empty list answers after its 1 s timeout
+    let slow: Result<Option<(String, String)>, _> = redis::cmd("BLPOP")
+        .arg("nothing-here")
+        .arg(1)
+        .query_async(&mut theirs)
+        .await;
+    assert!(
+        slow.is_err(),
+        "apalis's own connection gives up after 500 ms"
+    );
+    let ours = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let mut ours = ours.connection();
+    let slow: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg("nothing-here")
+        .arg(1)
+        .query_async(&mut ours)
+        .await
+        .unwrap();
+    assert_eq!(slow, None);
+}
+
+/// Two workers with one name on one queue: the second fails. Worker names
+/// are therefore unique per process (pool, host, pid, random).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_worker_name_is_fatal() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let queue = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let config = queue
+        .apalis_config(Pool::Review)
+        .queue(format!("edges-{}", tre_testkit::unique()));
+    async fn noop(_: JobMessage) -> Result<(), BoxDynError> {
+        Ok(())
+    }
+    let first = WorkerBuilder::new("same-name")
+        .backend(RedisStorage::<JobMessage>::new(queue.connection()).with_config(config.clone()))
+        .build(noop);
+    let running = tokio::spawn(first.run_until(async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<(), std::io::Error>(())
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = WorkerBuilder::new("same-name")
+        .backend(RedisStorage::<JobMessage>::new(queue.connection()).with_config(config))
+        .build(noop);
+    let result = tokio::time::timeout(Duration::from_secs(4), second.run()).await;
+    match result {
+        Ok(Err(e)) => eprintln!("second worker refused as expected: {e}"),
+        Ok(Ok(())) => panic!("a second worker with the same name ran"),
+        Err(_) => panic!("a second worker with the same name is still running"),
+    }
+    running.abort();
+}
