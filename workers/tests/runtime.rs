@@ -534,3 +534,104 @@ async fn blocked_stage_alerts_admins() {
     worker.stop().await;
     db.finish().await;
 }
+
+/// The scheduled expiry: when access ends, the request expires and its
+/// project is revoked, which queues the deprovisioning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_runs_when_due_and_revokes_the_project() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    let approved = store
+        .decide(&caller("rev2a"), &request.id, decide(1))
+        .await
+        .unwrap();
+    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let key = format!("schedule_expiry:{}", request.id);
+    let job = store.job(&key).await.unwrap().unwrap();
+    assert_eq!(
+        job.due_at,
+        approved.expires_at.unwrap().0,
+        "due when access ends"
+    );
+
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.job(&key).await.unwrap().unwrap().state,
+        "pending",
+        "not before its time"
+    );
+    worker.stop().await;
+
+    // let time pass: the end date is now in the past
+    let mut doc = store.system_request(&request.id).await.unwrap();
+    doc.expires_at = Some(tre_domain::Timestamp(1));
+    sqlx_update(store, &doc).await;
+    assert!(
+        store
+            .retry_dead_job(&key, tre_domain::Timestamp(0))
+            .await
+            .is_ok()
+    );
+    sqlx::query("UPDATE outbox SET due_at = 1 WHERE job_key = $1")
+        .bind(&key)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    eventually("the request expires", || async {
+        store.system_request(&request.id).await.unwrap().state == tre_domain::RequestState::Expired
+    })
+    .await;
+    eventually("its project is expired", || async {
+        store.project(&w.owner, &project.id).await.unwrap().state
+            == tre_domain::ProjectState::Expired
+    })
+    .await;
+    let deprovision = store
+        .job(&format!("deprovision:{}", project.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ["pending", "queued"].contains(&deprovision.state.as_str()),
+        "waits for a dispense worker: {deprovision:?}"
+    );
+    let history = store.request_history(&w.owner, &request.id).await.unwrap();
+    assert_eq!(history.last().unwrap().action, "request.expire");
+    assert_eq!(history.last().unwrap().actor, "system");
+    assert_eq!(history.last().unwrap().details["to"]["state"], "expired");
+    worker.stop().await;
+    db.finish().await;
+}
+
+async fn sqlx_update(store: &Store, request: &tre_domain::AccessRequest) {
+    sqlx::query("UPDATE requests SET doc = $1 WHERE id = $2")
+        .bind(serde_json::to_string(request).unwrap())
+        .bind(request.id.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
