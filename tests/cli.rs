@@ -596,11 +596,13 @@ async fn sigterm_drains_in_flight_jobs() {
     let store = &db.store;
     let w = world(store, &["rev1"], &["rev2a"], 1).await;
     let receiver = WebhookReceiver::start(vec![], std::time::Duration::from_millis(1500)).await;
+    let port = tre_testkit::free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
     let mut worker = WorkerProcess::start(
         &db.url,
         &redis.url(),
         &receiver.url,
-        &["--drain-ms", "10000"],
+        &["--drain-ms", "10000", "--metrics-listen", &listen],
     );
     let request = store
         .create_request(&w.owner, &w.env, new_request())
@@ -615,6 +617,17 @@ async fn sigterm_drains_in_flight_jobs() {
         receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
+    // the worker's Prometheus endpoint shows the job in flight
+    let metrics = http_get(&listen, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("tre_jobs_total{kind=\"notify_reviewers\",outcome=\"started\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tre_jobs_queue_depth{state=\"running\"} 1"),
+        "{metrics}"
+    );
     worker.signal("-TERM");
     let status = tokio::task::spawn_blocking(move || {
         let status = worker.child.wait().unwrap();
@@ -631,4 +644,18 @@ async fn sigterm_drains_in_flight_jobs() {
         "finished, not abandoned"
     );
     db.finish().await;
+}
+
+/// A plain HTTP/1.1 GET over a real socket.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

@@ -4,7 +4,7 @@
 //!
 //! | pool | jobs | default concurrency |
 //! |---|---|---|
-//! | `notify` | `notify_reviewers`, `notify_owner` | 8 |
+//! | `notify` | `notify_reviewers`, `stage_reminder`, `notify_owner` | 8 |
 //! | `review` | `schedule_expiry`, `revoke_projects` | 4 |
 //! | `dispense` | `dispense`, `deprovision` (handlers arrive with dispensing) | 2 |
 //!
@@ -19,7 +19,7 @@ use tre_jobs::{
     Executor, JobPolicy, JobQueue, Metrics, Pool, RuntimeOptions, Shutdown, spawn_maintenance,
 };
 use tre_store::Store;
-use tre_workflows::{Notifier, RequestWorkflow, WebhookConfig};
+use tre_workflows::{EmailConfig, Notifier, RequestWorkflow, WebhookConfig};
 
 /// A pool's definition.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,7 @@ const fn policy(
 pub fn policies() -> Vec<JobPolicy> {
     vec![
         policy("notify_reviewers", Pool::Notify, 8, 30, 1_000, 600),
+        policy("stage_reminder", Pool::Notify, 8, 30, 1_000, 600),
         policy("notify_owner", Pool::Notify, 8, 30, 1_000, 600),
         policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
         policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
@@ -92,6 +93,8 @@ pub struct WorkerOptions {
     pub policies: Vec<JobPolicy>,
     /// Default: none (inbox only).
     pub webhook: Option<WebhookConfig>,
+    /// Default: none (no email).
+    pub email: Option<EmailConfig>,
 }
 
 impl Default for WorkerOptions {
@@ -103,6 +106,7 @@ impl Default for WorkerOptions {
             runtime: RuntimeOptions::default(),
             policies: policies(),
             webhook: None,
+            email: None,
         }
     }
 }
@@ -118,8 +122,17 @@ pub fn worker_name() -> String {
     format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
-/// The executor with every handler this build has.
-pub fn executor(store: Store, options: &WorkerOptions, metrics: Arc<Metrics>) -> Executor {
+/// The executor with every handler this build has. Fails (naming the
+/// setting) when the email settings are malformed.
+pub fn executor(
+    store: Store,
+    options: &WorkerOptions,
+    metrics: Arc<Metrics>,
+) -> Result<Executor, String> {
+    let mut notifier = Notifier::new(options.webhook.clone());
+    if let Some(email) = &options.email {
+        notifier = notifier.with_email(email)?;
+    }
     let mut executor = Executor::new(
         store,
         worker_name(),
@@ -127,10 +140,8 @@ pub fn executor(store: Store, options: &WorkerOptions, metrics: Arc<Metrics>) ->
         options.runtime.lease_grace,
         metrics,
     );
-    executor.register(Arc::new(RequestWorkflow::new(Notifier::new(
-        options.webhook.clone(),
-    ))));
-    executor
+    executor.register(Arc::new(RequestWorkflow::new(notifier)));
+    Ok(executor)
 }
 
 /// Runs a worker until `shutdown`: serves the pools, and (by default) the
@@ -142,7 +153,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let executor = Arc::new(executor(store.clone(), &options, metrics));
+    let executor = Arc::new(executor(store.clone(), &options, metrics)?);
     let mut tasks = Vec::new();
     if options.maintenance {
         tasks.extend(

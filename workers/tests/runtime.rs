@@ -463,11 +463,10 @@ async fn concurrent_claims_run_a_job_once() {
     let key = format!("notify_reviewers:{}:1:0", request.id);
     let executors: Vec<Arc<Executor>> = (0..6)
         .map(|_| {
-            Arc::new(tre_workers::executor(
-                store.clone(),
-                &options,
-                Arc::new(Metrics::default()),
-            ))
+            Arc::new(
+                tre_workers::executor(store.clone(), &options, Arc::new(Metrics::default()))
+                    .unwrap(),
+            )
         })
         .collect();
     let runs: Vec<_> = executors
@@ -634,4 +633,181 @@ async fn sqlx_update(store: &Store, request: &tre_domain::AccessRequest) {
         .execute(store.pool())
         .await
         .unwrap();
+}
+
+/// With a review SLA, reviewers who have not decided are reminded when the
+/// stage has waited that long; a stage decided in time reminds nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_sla_reminds_reviewers_who_have_not_decided() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a", "rev2b", "rev2c"], 2).await;
+    let policies = tre_domain::Policies {
+        review_sla_hours: Some(72),
+        ..tre_domain::Policies::default()
+    };
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            tre_domain::EnvironmentCommand::SetPolicies(policies),
+        )
+        .await
+        .unwrap();
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev2a"), &request.id, decide(1))
+        .await
+        .unwrap();
+    let stage1 = format!("stage_reminder:{}:1:0", request.id);
+    let stage2 = format!("stage_reminder:{}:1:1", request.id);
+    let due = store.job(&stage2).await.unwrap().unwrap().due_at;
+    assert!(
+        due > store.job(&stage1).await.unwrap().unwrap().due_at,
+        "each stage its own deadline"
+    );
+    // 72 hours pass
+    sqlx::query("UPDATE outbox SET due_at = 1 WHERE kind = 'stage_reminder'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    for key in [&stage1, &stage2] {
+        eventually("the reminder ran", || async {
+            store.job(key).await.unwrap().unwrap().state == "done"
+        })
+        .await;
+    }
+    worker.stop().await;
+    let reminded = |user: &'static str| async move {
+        store
+            .inbox(&user.into(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.kind == "review_reminder")
+            .count()
+    };
+    assert_eq!(reminded("rev1").await, 0, "stage 1 was decided in time");
+    assert_eq!(reminded("rev2a").await, 0, "rev2a has decided");
+    assert_eq!(reminded("rev2b").await, 1);
+    assert_eq!(reminded("rev2c").await, 1);
+    db.finish().await;
+}
+
+/// Email over SMTP to recipients with an address, once per recipient and
+/// event, logged; people without an address get their inbox only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_emailed_through_smtp() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let store = &db.store;
+    for (id, email) in [
+        ("rev1", "rev1@reviewers.example"),
+        ("owner", "owner@uni.example"),
+    ] {
+        let groups = if id == "owner" {
+            vec!["researchers".to_string()]
+        } else {
+            vec![]
+        };
+        store
+            .bootstrap_user(
+                tre_store::NewUser {
+                    id: id.into(),
+                    platform_admin: false,
+                    groups: groups.into_iter().collect(),
+                    email: Some(email.into()),
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+    }
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let sink = tre_testkit::SmtpSink::start().await;
+    let mut options = fast_options(None);
+    options.email = Some(tre_workflows::EmailConfig {
+        url: sink.url(),
+        from: "Biobank TRE <tre@biobank.example>".into(),
+    });
+    let worker = start(store, Arc::new(EmbeddedQueue::default()), options);
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    eventually("the reviewer's email", || async { sink.mails().len() == 1 }).await;
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev2a"), &request.id, decide(1))
+        .await
+        .unwrap();
+    eventually("the owner's email", || async { sink.mails().len() == 2 }).await;
+    let approved = format!("notify_owner:{}:1:approved", request.id);
+    eventually("the owner's job is done", || async {
+        store.job(&approved).await.unwrap().unwrap().state == "done"
+    })
+    .await;
+    worker.stop().await;
+    let mails = sink.mails();
+    let to_reviewer = mails
+        .iter()
+        .find(|m| m.to == ["rev1@reviewers.example"])
+        .expect("the reviewer's email");
+    assert_eq!(to_reviewer.from, "tre@biobank.example");
+    assert!(
+        to_reviewer
+            .data
+            .contains("Subject: Review requested: BMI and type 2 diabetes"),
+        "{}",
+        to_reviewer.data
+    );
+    let to_owner = mails
+        .iter()
+        .find(|m| m.to == ["owner@uni.example"])
+        .expect("the owner's email");
+    assert!(
+        to_owner.data.contains("Subject: Your request was approved"),
+        "{}",
+        to_owner.data
+    );
+    assert_eq!(
+        mails.len(),
+        2,
+        "rev2a and collab have no address: inbox only"
+    );
+    assert_eq!(inbox_kinds(store, "collab").await, ["request_approved"]);
+    let logged = store
+        .deliveries(&format!("notify_reviewers:{}:1:0:rev1:email", request.id))
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(
+        (logged[0].channel.as_str(), logged[0].status.as_str()),
+        ("email", "delivered")
+    );
+    db.finish().await;
 }

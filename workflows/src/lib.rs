@@ -4,6 +4,7 @@
 //! | job kind | made by | does |
 //! |---|---|---|
 //! | `notify_reviewers` | submit; a stage approved | asks the stage's reviewers (minus requesters) to review; alerts the environment's admins when the stage cannot pass |
+//! | `stage_reminder` | a stage opened, with a review SLA (due when it ends) | reminds the stage's reviewers who have not decided, if the stage is still open |
 //! | `notify_owner` | a round's outcome | tells owner and collaborators: approved, returned, rejected |
 //! | `schedule_expiry` | approval (due at the end date) | moves the request to `expired` |
 //! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
@@ -21,7 +22,7 @@ use tre_domain::{DomainError, Effect, ProjectCommand, ProjectState, RequestId, R
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, StoreError};
 
-pub use notify::{Notifier, WebhookConfig, signature};
+pub use notify::{EmailConfig, Notifier, WebhookConfig, signature};
 
 /// Handlers of the request workflow.
 #[derive(Debug, Clone)]
@@ -34,8 +35,9 @@ impl RequestWorkflow {
         Self { notifier }
     }
 
-    pub const KINDS: [&'static str; 4] = [
+    pub const KINDS: [&'static str; 5] = [
         "notify_reviewers",
+        "stage_reminder",
         "notify_owner",
         "schedule_expiry",
         "revoke_projects",
@@ -109,6 +111,12 @@ impl JobHandler for RequestWorkflow {
                         .reviewers(ctx, job, &request, round, stage)
                         .await
                 }
+                Effect::StageReminder {
+                    request,
+                    round,
+                    stage,
+                    ..
+                } => self.notifier.remind(ctx, job, &request, round, stage).await,
                 Effect::NotifyOwner {
                     request,
                     round,

@@ -1,6 +1,9 @@
 //! Notifications: every one goes to the recipient's inbox in SQL (their
-//! review queue, for reviewers); with a webhook configured, each event is
-//! also POSTed as JSON, signed with HMAC-SHA256, and every attempt is logged.
+//! review queue, for reviewers); with an SMTP server configured, also by
+//! email to recipients who have an address; with a webhook configured, each
+//! event is also POSTed as JSON, signed with HMAC-SHA256. Every attempt to
+//! reach an outside channel is logged, and one that succeeded is never
+//! repeated by a retried job.
 //!
 //! Webhook requests carry:
 //! - `X-Tre-Event`: e.g. `review_requested`;
@@ -13,6 +16,8 @@
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
+use lettre::message::Mailbox;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 use tracing::info;
@@ -31,6 +36,31 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
+/// Where email goes. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (plain, for a local relay), `smtp://host:587?tls=required`
+    /// (STARTTLS) or `smtps://host:465`, with optional `user:password@`. No default.
+    pub url: String,
+    /// The sender, e.g. `Biobank TRE <tre@biobank.example>`. No default.
+    pub from: String,
+}
+
+struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    target: String,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("target", &self.target)
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
 /// What a notification says.
 struct Message<'a> {
     kind: &'a str,
@@ -43,6 +73,7 @@ struct Message<'a> {
 pub struct Notifier {
     webhook: Option<WebhookConfig>,
     http: reqwest::Client,
+    email: Option<std::sync::Arc<Email>>,
 }
 
 /// `sha256=` + hex HMAC-SHA256 of `"{timestamp}.{body}"`.
@@ -73,7 +104,96 @@ impl Notifier {
             .user_agent(concat!("tre/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("an HTTP client with default settings builds");
-        Self { webhook, http }
+        Self {
+            webhook,
+            http,
+            email: None,
+        }
+    }
+
+    /// Also sends email through an SMTP server. Fails on a malformed URL or
+    /// sender (checked at start-up, not at the first notification).
+    pub fn with_email(mut self, config: &EmailConfig) -> Result<Self, String> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url)
+            .map_err(|e| format!("smtp_url: {e}"))?
+            .timeout(Some(Duration::from_secs(15)))
+            .build();
+        let from: Mailbox = config.from.parse().map_err(|e| format!("smtp_from: {e}"))?;
+        let target = config
+            .url
+            .rsplit('@')
+            .next()
+            .unwrap_or(&config.url)
+            .to_owned();
+        self.email = Some(std::sync::Arc::new(Email {
+            transport,
+            from,
+            target,
+        }));
+        Ok(self)
+    }
+
+    /// Emails one recipient once: a delivery that already succeeded is skipped.
+    async fn email(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        user: &UserId,
+        message: &Message<'_>,
+    ) -> Result<(), JobError> {
+        let Some(email) = &self.email else {
+            return Ok(());
+        };
+        let Some(address) = ctx.store.user(user.as_str()).await?.and_then(|u| u.email) else {
+            return Ok(());
+        };
+        let key = format!("{}:{user}:email", job.key);
+        if ctx.store.was_delivered(&key).await? {
+            return Ok(());
+        }
+        let to: Mailbox = match address.parse() {
+            Ok(to) => to,
+            Err(e) => {
+                return Err(JobError::Permanent(format!(
+                    "address of {user} is invalid: {e}"
+                )));
+            }
+        };
+        let mail = lettre::Message::builder()
+            .from(email.from.clone())
+            .to(to)
+            .subject(message.subject)
+            .header(lettre::message::header::ContentType::TEXT_PLAIN)
+            .body(format!(
+                "{}\n\n-- \nThis message was sent by tre. Delivery {key}.\n",
+                message.body
+            ))
+            .map_err(|e| JobError::Permanent(format!("cannot build the email: {e}")))?;
+        let sent = email.transport.send(mail).await;
+        let (status, detail, error) = match sent {
+            Ok(response) => ("delivered", format!("{:?}", response.code()), None),
+            Err(e) => {
+                let message = format!("smtp {}: {e}", email.target);
+                let error = if e.is_permanent() {
+                    JobError::Permanent(message)
+                } else {
+                    JobError::Transient(message)
+                };
+                ("failed", e.to_string(), Some(error))
+            }
+        };
+        ctx.store
+            .record_delivery(&Delivery {
+                key,
+                attempt: 0,
+                channel: "email".into(),
+                target: address,
+                status: status.into(),
+                detail,
+                at: now_ms(),
+            })
+            .await?;
+        error.map_or(Ok(()), Err)
     }
 
     async fn inbox(
@@ -84,24 +204,20 @@ impl Notifier {
         request: &AccessRequest,
         message: Message<'_>,
     ) -> Result<(), JobError> {
-        let Message {
-            kind,
-            subject,
-            body,
-        } = message;
         for user in users {
             ctx.store
                 .add_notification(&Notification {
                     key: format!("{}:{user}", job.key),
                     user_id: user.clone(),
-                    kind: kind.to_owned(),
+                    kind: message.kind.to_owned(),
                     request_id: Some(request.id.to_string()),
-                    subject: subject.to_owned(),
-                    body: body.to_owned(),
+                    subject: message.subject.to_owned(),
+                    body: message.body.to_owned(),
                     created_at: now_ms(),
                     read_at: None,
                 })
                 .await?;
+            self.email(ctx, job, user, &message).await?;
         }
         Ok(())
     }
@@ -252,6 +368,70 @@ impl Notifier {
             job,
             "review_requested",
             json!({"request": request.id, "environment": env.id, "round": round, "stage": pipeline_stage.id, "reviewers": reviewers}),
+        )
+        .await
+    }
+
+    /// Reminds the stage's reviewers who have not decided yet, if the stage
+    /// is still open (the review SLA has passed).
+    pub async fn remind(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        request_id: &RequestId,
+        round: u32,
+        stage: usize,
+    ) -> Result<(), JobError> {
+        let request = ctx.store.system_request(request_id).await?;
+        if request.round != round || request.state != (RequestState::InReview { stage }) {
+            return Ok(()); // decided in time
+        }
+        let env = ctx
+            .store
+            .system_environment(&request.environment_id)
+            .await?;
+        let Some(pipeline_stage) = env.pipeline.stages.get(stage) else {
+            return Err(JobError::Permanent(format!(
+                "the pipeline has no stage {}",
+                stage + 1
+            )));
+        };
+        let decided: Vec<UserId> = ctx
+            .store
+            .system_decisions(request_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.round == round && d.stage == stage)
+            .map(|d| d.reviewer)
+            .collect();
+        let waiting: Vec<UserId> = pipeline_stage
+            .reviewers
+            .iter()
+            .filter(|r| !request.is_requester(r) && !decided.contains(r))
+            .cloned()
+            .collect();
+        let hours = env.policies.review_sla_hours.unwrap_or(0);
+        let subject = format!(
+            "Reminder: review waiting for {hours} hours: {}",
+            request.title
+        );
+        let body = format!(
+            "Request {} has waited at stage {} ({}) longer than the environment's review time of {hours} hours.",
+            request.id,
+            stage + 1,
+            pipeline_stage.name
+        );
+        let message = Message {
+            kind: "review_reminder",
+            subject: &subject,
+            body: &body,
+        };
+        self.inbox(ctx, job, &waiting, &request, message).await?;
+        self.webhook(
+            ctx,
+            job,
+            "review_reminder",
+            json!({"request": request.id, "round": round, "stage": pipeline_stage.id, "reviewers": waiting}),
         )
         .await
     }

@@ -33,6 +33,14 @@ pub struct Settings {
     /// least 16 characters; required with a webhook URL). Default: none.
     #[serde(skip)]
     pub webhook_secret: Option<String>,
+    /// `TRE_SMTP_URL`. SMTP server for email notifications:
+    /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required` or
+    /// `smtps://host:465`. Default: none (no email).
+    #[serde(skip)]
+    pub smtp_url: Option<String>,
+    /// `TRE_SMTP_FROM`. The sender of notification emails, e.g.
+    /// `Biobank TRE <tre@biobank.example>`; required with `smtp_url`.
+    pub smtp_from: Option<String>,
     /// Where each value came from, for `tre config show`.
     #[serde(skip)]
     pub sources: Vec<(&'static str, String)>,
@@ -49,6 +57,8 @@ struct FileSettings {
     redis_url: Option<String>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
 }
 
 /// Values given as flags.
@@ -71,6 +81,8 @@ impl Settings {
             redis_url: None,
             webhook_url: None,
             webhook_secret: None,
+            smtp_url: None,
+            smtp_from: None,
             sources: vec![
                 ("database_url", "default".into()),
                 ("source_store", "default".into()),
@@ -79,6 +91,8 @@ impl Settings {
                 ("redis_url", "default".into()),
                 ("webhook_url", "default".into()),
                 ("webhook_secret", "default".into()),
+                ("smtp_url", "default".into()),
+                ("smtp_from", "default".into()),
             ],
         }
     }
@@ -92,6 +106,8 @@ impl Settings {
             "redis_url" => self.redis_url = Some(value),
             "webhook_url" => self.webhook_url = Some(value),
             "webhook_secret" => self.webhook_secret = Some(value),
+            "smtp_url" => self.smtp_url = Some(value),
+            "smtp_from" => self.smtp_from = Some(value),
             _ => unreachable!("unknown setting {key}"),
         }
         if let Some(entry) = self.sources.iter_mut().find(|(k, _)| *k == key) {
@@ -124,6 +140,8 @@ impl Settings {
                 ("redis_url", file.redis_url),
                 ("webhook_url", file.webhook_url),
                 ("webhook_secret", file.webhook_secret),
+                ("smtp_url", file.smtp_url),
+                ("smtp_from", file.smtp_from),
             ] {
                 if let Some(v) = value {
                     settings.set(key, v, &source);
@@ -138,6 +156,8 @@ impl Settings {
             ("redis_url", "TRE_REDIS_URL"),
             ("webhook_url", "TRE_WEBHOOK_URL"),
             ("webhook_secret", "TRE_WEBHOOK_SECRET"),
+            ("smtp_url", "TRE_SMTP_URL"),
+            ("smtp_from", "TRE_SMTP_FROM"),
         ] {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 settings.set(key, v, &format!("env {var}"));
@@ -197,6 +217,14 @@ impl Settings {
             (Some(_), None) => bail!("webhook_secret: required when webhook_url is set"),
             (None, Some(_)) => bail!("webhook_url: required when webhook_secret is set"),
             (None, None) => {}
+        }
+        if let Some(url) = &self.smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                bail!("smtp_url: must start with smtp:// or smtps://");
+            }
+            if self.smtp_from.is_none() {
+                bail!("smtp_from: required when smtp_url is set");
+            }
         }
         Ok(())
     }
@@ -307,6 +335,18 @@ mod tests {
         assert!(err.to_string().starts_with("webhook_url:"), "{err}");
         let err = Settings::load(&flags, env(&[("TRE_REDIS_URL", "localhost:6379")])).unwrap_err();
         assert!(err.to_string().starts_with("redis_url:"), "{err}");
+        let err =
+            Settings::load(&flags, env(&[("TRE_SMTP_URL", "smtp://127.0.0.1:25")])).unwrap_err();
+        assert!(err.to_string().starts_with("smtp_from: required"), "{err}");
+        let err = Settings::load(
+            &flags,
+            env(&[
+                ("TRE_SMTP_URL", "mail.example:25"),
+                ("TRE_SMTP_FROM", "t@x.org"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("smtp_url:"), "{err}");
         let ok = Settings::load(
             &flags,
             env(&[("TRE_REDIS_URL", "redis://127.0.0.1:6379/0")]),

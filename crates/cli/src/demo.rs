@@ -37,6 +37,7 @@ async fn person(
         Some(user) => user,
         None => {
             let new = NewUser {
+                email: None,
                 id: id.into(),
                 platform_admin,
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
@@ -112,6 +113,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
             ..RuntimeOptions::default()
         },
         webhook: crate::worker::webhook(settings),
+        email: crate::worker::email(settings),
         ..WorkerOptions::default()
     };
     let metrics = Arc::new(Metrics::default());

@@ -1,5 +1,6 @@
 //! `tre`: the one binary of the Trusted Research Environment backend.
 
+mod bench;
 mod config;
 mod demo;
 mod envfile;
@@ -66,6 +67,9 @@ enum Command {
     /// Inspect and retry jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +82,9 @@ enum UsersCommand {
         /// Group memberships (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Where email notifications go.
+        #[arg(long)]
+        email: Option<String>,
     },
 }
 
@@ -169,6 +176,12 @@ enum AuditCommand {
         #[command(flatten)]
         acting: Acting,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Throughput and latency of no-op jobs through the queue.
+    Queue(bench::QueueBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,11 +303,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             name,
             platform_admin,
             groups,
+            email,
         }) => {
             let store = open(&settings).await?;
             let (user, token) = store
                 .bootstrap_user(
                     NewUser {
+                        email,
                         id: name,
                         platform_admin,
                         groups: groups.into_iter().collect(),
@@ -350,6 +365,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo => demo::run(&settings).await?,
         Command::Worker(args) => worker::run(&settings, args).await?,
+        Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
         Command::Jobs(command) => {
             let store = open(&settings).await?;
             match command {

@@ -16,7 +16,7 @@ use tre_jobs::{
 };
 use tre_store::Store;
 use tre_workers::WorkerOptions;
-use tre_workflows::WebhookConfig;
+use tre_workflows::{EmailConfig, WebhookConfig};
 
 use crate::config::Settings;
 
@@ -57,6 +57,16 @@ pub fn webhook(settings: &Settings) -> Option<WebhookConfig> {
             url: url.clone(),
             secret: secret.clone(),
             timeout: Duration::from_secs(10),
+        }),
+        _ => None,
+    }
+}
+
+pub fn email(settings: &Settings) -> Option<EmailConfig> {
+    match (&settings.smtp_url, &settings.smtp_from) {
+        (Some(url), Some(from)) => Some(EmailConfig {
+            url: url.clone(),
+            from: from.clone(),
         }),
         _ => None,
     }
@@ -126,6 +136,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         },
         policies,
         webhook: webhook(settings),
+        email: email(settings),
     };
     let (stop, shutdown) = watch::channel(false);
     on_signal(stop);

@@ -17,6 +17,14 @@ pub enum Effect {
         round: u32,
         stage: usize,
     },
+    /// Remind the stage's reviewers who have not decided yet, when the stage
+    /// is still open at `at` (the environment's review SLA).
+    StageReminder {
+        request: RequestId,
+        round: u32,
+        stage: usize,
+        at: Timestamp,
+    },
     /// Tell the owner (and collaborators) how a round ended:
     /// `approved`, `returned` or `rejected`.
     NotifyOwner {
@@ -38,6 +46,7 @@ impl Effect {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NotifyReviewers { .. } => "notify_reviewers",
+            Self::StageReminder { .. } => "stage_reminder",
             Self::NotifyOwner { .. } => "notify_owner",
             Self::ScheduleExpiry { .. } => "schedule_expiry",
             Self::RevokeProjects { .. } => "revoke_projects",
@@ -54,6 +63,12 @@ impl Effect {
                 round,
                 stage,
             } => format!("notify_reviewers:{request}:{round}:{stage}"),
+            Self::StageReminder {
+                request,
+                round,
+                stage,
+                ..
+            } => format!("stage_reminder:{request}:{round}:{stage}"),
             Self::NotifyOwner {
                 request,
                 round,
@@ -69,7 +84,7 @@ impl Effect {
     /// When the job becomes due; `None` means now.
     pub fn due_at(&self) -> Option<Timestamp> {
         match self {
-            Self::ScheduleExpiry { at, .. } => Some(*at),
+            Self::ScheduleExpiry { at, .. } | Self::StageReminder { at, .. } => Some(*at),
             _ => None,
         }
     }

@@ -221,6 +221,31 @@ pub struct RequestContext<'a> {
     pub stage_decisions: &'a [Decision],
 }
 
+/// The jobs that opening `stage` asks for: notify its reviewers now, and,
+/// with a review SLA, remind them when it has waited that long.
+fn stage_opened(
+    env: &Environment,
+    request: &RequestId,
+    round: u32,
+    stage: usize,
+    now: Timestamp,
+) -> Vec<Effect> {
+    let mut effects = vec![Effect::NotifyReviewers {
+        request: request.clone(),
+        round,
+        stage,
+    }];
+    if let Some(hours) = env.policies.review_sla_hours {
+        effects.push(Effect::StageReminder {
+            request: request.clone(),
+            round,
+            stage,
+            at: Timestamp(now.0 + i64::from(hours) * 3_600_000),
+        });
+    }
+    effects
+}
+
 /// The result of a command: the new request, the decision to record (for
 /// `decide`) and the effects to enqueue.
 #[derive(Debug, Clone, PartialEq)]
@@ -429,11 +454,7 @@ impl AccessRequest {
                 next.state = S::InReview { stage: 0 };
                 next.submitted_at = Some(ctx.now);
                 next.inventory_version = env.inventory.as_ref().map(|i| i.version);
-                effects.push(Effect::NotifyReviewers {
-                    request: self.id.clone(),
-                    round: next.round,
-                    stage: 0,
-                });
+                effects.extend(stage_opened(env, &self.id, next.round, 0, ctx.now));
             }
             (RequestCommand::Decide(input), S::InReview { stage }) => {
                 self.check_stage_open(input.stage)?;
@@ -489,11 +510,7 @@ impl AccessRequest {
                     StageOutcome::Open => {}
                     StageOutcome::Approved if stage + 1 < env.pipeline.stages.len() => {
                         next.state = S::InReview { stage: stage + 1 };
-                        effects.push(Effect::NotifyReviewers {
-                            request: self.id.clone(),
-                            round: self.round,
-                            stage: stage + 1,
-                        });
+                        effects.extend(stage_opened(env, &self.id, self.round, stage + 1, ctx.now));
                     }
                     StageOutcome::Approved => {
                         let expires_at = ctx.now.plus_days(self.duration_days);
@@ -838,6 +855,26 @@ pub(crate) mod tests {
         // rev1 decided in round 1; may decide again in round 2
         w.decide("rev1", 0, Verdict::Approve, false).unwrap();
         assert_eq!(w.request.state, RequestState::InReview { stage: 1 });
+    }
+
+    #[test]
+    fn a_review_sla_schedules_a_reminder_for_each_stage_opened() {
+        let mut w = Walk::new();
+        w.env.policies.review_sla_hours = Some(48);
+        w.run("owner", RequestCommand::Submit).unwrap();
+        let keys: Vec<String> = w.effects.iter().map(Effect::key).collect();
+        assert_eq!(keys, ["notify_reviewers:req:1:0", "stage_reminder:req:1:0"]);
+        assert_eq!(
+            w.effects[1].due_at(),
+            Some(Timestamp(10_000 + 48 * 3_600_000))
+        );
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        let keys: Vec<String> = w.effects.iter().map(Effect::key).collect();
+        assert_eq!(keys, ["notify_reviewers:req:1:1", "stage_reminder:req:1:1"]);
+        // without an SLA there is no reminder
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        assert_eq!(w.effects.len(), 1);
     }
 
     #[test]

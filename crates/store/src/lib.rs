@@ -132,6 +132,13 @@ fn migrator(backend: Backend) -> Migrator {
             sqlx::AssertSqlSafe(include_str!("../migrations/0003_job_leases.sql")).into_sql_str(),
             false,
         ),
+        Migration::new(
+            4,
+            "user email".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0004_user_email.sql")).into_sql_str(),
+            false,
+        ),
     ])
 }
 

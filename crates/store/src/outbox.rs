@@ -86,6 +86,29 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// Enqueues a job of any kind under a caller-chosen idempotency key;
+    /// false when a job with that key exists already. (Commands enqueue
+    /// their effects themselves; this is for other services and tools.)
+    pub async fn enqueue_job(
+        &self,
+        kind: &str,
+        key: &str,
+        payload: &Value,
+        due: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) ON CONFLICT (job_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(due.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// One stored job.
     pub async fn job(&self, key: &str) -> Result<Option<OutboxJob>, StoreError> {
         let row = sqlx::query(

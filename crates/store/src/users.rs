@@ -20,6 +20,9 @@ pub struct NewUser {
     pub platform_admin: bool,
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// Where email notifications go; none: inbox (and webhooks) only.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,6 +30,7 @@ pub struct User {
     pub id: UserId,
     pub platform_admin: bool,
     pub groups: BTreeSet<String>,
+    pub email: Option<String>,
     pub created_at: i64,
 }
 
@@ -58,6 +62,21 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
             message: format!("invalid group name {bad:?}"),
         });
     }
+    if let Some(email) = &new.email {
+        let plausible = email.len() <= 254
+            && email
+                .split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+            && !email
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
+        if !plausible {
+            return Err(DomainError::Invalid {
+                field: "email".into(),
+                message: format!("{email:?} is not an email address"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -82,6 +101,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
         })?,
         id: UserId(id),
         platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+        email: row.try_get("email")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -121,7 +141,7 @@ impl Store {
         let at = now();
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO users (id, platform_admin, groups_json, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO users (id, platform_admin, groups_json, token_hash, created_at, email) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&new.id)
@@ -129,6 +149,7 @@ impl Store {
         .bind(serde_json::to_string(&new.groups).expect("groups serialize"))
         .bind(hash_token(&token))
         .bind(at.0)
+        .bind(new.email.clone())
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -154,6 +175,7 @@ impl Store {
                 id: UserId(new.id),
                 platform_admin: new.platform_admin,
                 groups: new.groups,
+                email: new.email,
                 created_at: at.0,
             },
             token,
@@ -163,7 +185,7 @@ impl Store {
     /// The actor a bearer token belongs to, if any.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at FROM users WHERE token_hash = $1",
+            "SELECT id, platform_admin, groups_json, created_at, email FROM users WHERE token_hash = $1",
         )
         .bind(hash_token(token))
         .fetch_optional(&self.pool)
@@ -174,7 +196,7 @@ impl Store {
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at FROM users WHERE id = $1",
+            "SELECT id, platform_admin, groups_json, created_at, email FROM users WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)

@@ -82,6 +82,7 @@ async fn users_and_tokens(store: &Store) {
     let (admin, token) = store
         .bootstrap_user(
             NewUser {
+                email: None,
                 id: "root".into(),
                 platform_admin: true,
                 groups: BTreeSet::new(),
@@ -110,6 +111,7 @@ async fn users_and_tokens(store: &Store) {
         .create_user(
             &root,
             NewUser {
+                email: None,
                 id: "alice@uni.example".into(),
                 platform_admin: false,
                 groups: BTreeSet::from(["epi".into()]),
@@ -126,6 +128,7 @@ async fn users_and_tokens(store: &Store) {
         .create_user(
             &alice,
             NewUser {
+                email: None,
                 id: "mallory".into(),
                 platform_admin: true,
                 groups: BTreeSet::new(),
@@ -139,6 +142,7 @@ async fn users_and_tokens(store: &Store) {
     let err = store
         .bootstrap_user(
             NewUser {
+                email: None,
                 id: "root".into(),
                 platform_admin: false,
                 groups: BTreeSet::new(),
@@ -161,6 +165,7 @@ async fn users_and_tokens(store: &Store) {
         let err = store
             .bootstrap_user(
                 NewUser {
+                    email: None,
                     id: bad.into(),
                     platform_admin: false,
                     groups: BTreeSet::new(),

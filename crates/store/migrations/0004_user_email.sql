@@ -1,0 +1,2 @@
+-- Where email notifications go (optional).
+ALTER TABLE users ADD COLUMN email TEXT;
