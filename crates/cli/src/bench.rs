@@ -99,18 +99,27 @@ async fn queue_run(
     let started = Instant::now();
     match pace {
         None => {
-            for chunk in (0..jobs).collect::<Vec<_>>().chunks(1000) {
-                let batch: Vec<JobMessage> = chunk
-                    .iter()
+            // keep at most `window` messages outstanding, as the relay does
+            // (a backlog of ~8,000 due tasks kills apalis-redis 1.0.0 workers)
+            let window = 2_000;
+            let mut pushed = 0;
+            while pushed < jobs {
+                while pushed - sink.done.load(Ordering::SeqCst) >= window {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                let n = (jobs - pushed).min(500);
+                let batch: Vec<JobMessage> = (0..n)
                     .map(|_| JobMessage {
                         key: "-".into(),
                         kind: "bench".into(),
+                        attempt: 0,
                     })
                     .collect();
                 storage
                     .push_bulk(batch)
                     .await
                     .map_err(|e| anyhow::anyhow!("push: {e}"))?;
+                pushed += n;
             }
         }
         Some(every) => {
@@ -122,6 +131,7 @@ async fn queue_run(
                     .push(JobMessage {
                         key,
                         kind: "bench".into(),
+                        attempt: 0,
                     })
                     .await
                     .map_err(|e| anyhow::anyhow!("push: {e}"))?;

@@ -25,6 +25,10 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct JobMessage {
     pub key: String,
     pub kind: String,
+    /// Attempts made before this dispatch: with the key, it identifies the
+    /// dispatch, so the queue can drop a re-dispatch of the same attempt.
+    #[serde(default)]
+    pub attempt: i64,
 }
 
 /// A queue that dispatches job keys to worker pools.

@@ -9,8 +9,14 @@
 //!   heartbeat to 30 s: we set both explicitly.
 //! - A worker name reused within the heartbeat window is a fatal error: names
 //!   are unique per process (pool, host, pid, random).
-//! - Duplicate suppression by idempotency key needs `idempotency_ttl`; we do
-//!   not rely on it: duplicates are harmless because claims happen in SQL.
+//! - Duplicate suppression by idempotency key needs `idempotency_ttl`: we set
+//!   it, and key each dispatch by job and attempt, so the reconciler's
+//!   re-dispatch of a job whose message still waits (a pool without workers)
+//!   does not pile up copies. Correctness never depends on it: claims happen
+//!   in SQL.
+//! - A backlog of about 8,000 due tasks makes `fetch_next` fail ("too many
+//!   results to unpack") and the worker die, again at every restart: the
+//!   relay keeps each pool's backlog under `max_queued_per_pool`.
 //! - `vacuum()` can delete a task still waiting to retry: never called;
 //!   storage retries ignore `max_attempts`: not used (attempts live in SQL).
 //! - Redis Cluster is not supported; standalone Redis (and Sentinel) is.
@@ -44,6 +50,10 @@ pub struct RedisQueueOptions {
     pub response_timeout: Duration,
     /// Messages fetched per poll. Default: 10.
     pub batch_size: usize,
+    /// How long a dispatch's idempotency key is kept: a re-dispatch of the
+    /// same job attempt within it is dropped while the first message
+    /// exists. Default: 10 minutes.
+    pub idempotency_ttl: Duration,
 }
 
 impl RedisQueueOptions {
@@ -55,6 +65,7 @@ impl RedisQueueOptions {
             missed_heartbeats: 3,
             response_timeout: Duration::from_secs(10),
             batch_size: 10,
+            idempotency_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -129,6 +140,7 @@ impl RedisQueue {
             .heartbeat_interval(self.options.heartbeat)
             .missed_heartbeats(self.options.missed_heartbeats)
             .batch_size(self.options.batch_size)
+            .idempotency_ttl(Some(self.options.idempotency_ttl))
     }
 
     fn storage(&self, pool: Pool) -> RedisStorage<JobMessage> {
@@ -145,8 +157,10 @@ impl JobQueue for RedisQueue {
     fn dispatch(&self, pool: Pool, message: JobMessage) -> BoxFuture<'_, Result<(), QueueError>> {
         let mut storage = self.storage(pool);
         Box::pin(async move {
+            let dispatch = format!("{}#{}", message.key, message.attempt);
+            let task = TaskBuilder::new(message).idempotency_key(dispatch).build();
             storage
-                .push(message)
+                .push_task(task)
                 .await
                 .map_err(|e| QueueError::Other(format!("push to {pool}: {e}")))
         })

@@ -2,6 +2,7 @@
 //! the relay (outbox -> queue) and the reconciler (recovers what the queue
 //! or a worker lost).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tre_domain::Timestamp;
 use tre_store::Store;
 
 use crate::queue::JobMessage;
-use crate::{JobPolicy, JobQueue, Shutdown};
+use crate::{JobPolicy, JobQueue, Pool, Shutdown};
 
 /// Timing of the runtime. Every field documents its default.
 #[derive(Debug, Clone)]
@@ -20,6 +21,11 @@ pub struct RuntimeOptions {
     pub relay_interval: Duration,
     /// Most jobs the relay hands over per pass. Default: 500.
     pub relay_batch: u32,
+    /// Most jobs per pool handed to the queue and not yet claimed. Keeps the
+    /// queue's backlog bounded when a pool's workers are down or slow
+    /// (apalis-redis 1.0.0 workers fail on a backlog of about 8,000 due
+    /// tasks). Default: 2,000.
+    pub max_queued_per_pool: i64,
     /// How often the reconciler runs. Default: 5 s.
     pub reconcile_interval: Duration,
     /// A job queued this long without being claimed is taken to be lost by
@@ -36,6 +42,7 @@ impl Default for RuntimeOptions {
         Self {
             relay_interval: Duration::from_millis(200),
             relay_batch: 500,
+            max_queued_per_pool: 2_000,
             reconcile_interval: Duration::from_secs(5),
             requeue_after: Duration::from_secs(60),
             lease_grace: Duration::from_secs(30),
@@ -59,6 +66,7 @@ pub struct Relay {
     queue: Arc<dyn JobQueue>,
     policies: Arc<Vec<JobPolicy>>,
     batch: u32,
+    max_queued_per_pool: i64,
 }
 
 impl std::fmt::Debug for Relay {
@@ -74,27 +82,54 @@ impl Relay {
             queue,
             policies: Arc::new(policies.to_vec()),
             batch,
+            max_queued_per_pool: RuntimeOptions::default().max_queued_per_pool,
         }
+    }
+
+    /// Caps the jobs per pool handed over and not yet claimed.
+    pub fn with_max_queued_per_pool(mut self, max: i64) -> Self {
+        self.max_queued_per_pool = max;
+        self
     }
 
     /// One pass: returns how many jobs were handed over.
     pub async fn run_once(&self) -> Result<usize, tre_store::StoreError> {
         let due = self.store.due_jobs(now(), self.batch).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // what each pool may still take
+        let mut room: HashMap<Pool, i64> = Pool::ALL
+            .iter()
+            .map(|p| (*p, self.max_queued_per_pool))
+            .collect();
+        for (kind, queued) in self.store.queued_by_kind().await? {
+            if let Some(policy) = self.policies.iter().find(|p| p.kind == kind) {
+                *room.entry(policy.pool).or_default() -= queued;
+            }
+        }
         let mut sent = 0;
-        for (key, kind) in due {
+        for (key, kind, attempt) in due {
             let Some(policy) = self.policies.iter().find(|p| p.kind == kind) else {
                 debug!(target: "tre::relay", job = %key, %kind, "no policy for this kind; left pending");
                 continue;
             };
+            let left = room.entry(policy.pool).or_default();
+            if *left <= 0 {
+                continue; // the pool's backlog is full: wait for its workers
+            }
             // Dispatch first, then mark: a crash in between only duplicates
             // a message, which the SQL claim makes harmless.
             let message = JobMessage {
                 key: key.clone(),
                 kind,
+                attempt,
             };
             match self.queue.dispatch(policy.pool, message).await {
                 Ok(()) => {
-                    self.store.mark_queued(&key, now()).await?;
+                    if self.store.mark_queued(&key, now()).await? {
+                        *left -= 1;
+                    }
                     sent += 1;
                 }
                 Err(e) => {
@@ -157,7 +192,8 @@ pub async fn spawn_maintenance(
             info!(target: "tre::reconciler", recovered, "embedded queue starting: handed back jobs queued before");
         }
     }
-    let relay = Relay::new(store.clone(), queue, policies, options.relay_batch);
+    let relay = Relay::new(store.clone(), queue, policies, options.relay_batch)
+        .with_max_queued_per_pool(options.max_queued_per_pool);
     let reconciler = Reconciler::new(store, options.requeue_after);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
     let mut stop = shutdown.clone();

@@ -13,6 +13,7 @@ fn message(key: &str) -> JobMessage {
     JobMessage {
         key: key.into(),
         kind: "notify_owner".into(),
+        attempt: 0,
     }
 }
 
@@ -144,4 +145,99 @@ async fn a_reused_worker_name_is_fatal() {
         Err(_) => panic!("a second worker with the same name is still running"),
     }
     running.abort();
+}
+
+/// A backlog of about 8,000 due tasks makes the worker's fetch script fail
+/// ("too many results to unpack") and the worker stop, and it would fail
+/// the same way after every restart. The relay keeps each pool's backlog
+/// under `max_queued_per_pool` (2,000 by default) so this never happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_9000_due_tasks_kills_the_worker() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let queue = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let config = queue
+        .apalis_config(Pool::Notify)
+        .queue(format!("edges-{}", tre_testkit::unique()));
+    let mut storage: RedisStorage<JobMessage> =
+        RedisStorage::new(queue.connection()).with_config(config.clone());
+    for chunk in 0..9 {
+        let batch: Vec<JobMessage> = (0..1000)
+            .map(|i| message(&format!("{chunk}-{i}")))
+            .collect();
+        storage.push_bulk(batch).await.unwrap();
+    }
+    async fn noop(_: JobMessage) -> Result<(), BoxDynError> {
+        Ok(())
+    }
+    let worker = WorkerBuilder::new(format!("backlog-{}", tre_testkit::unique()).as_str())
+        .backend(RedisStorage::<JobMessage>::new(queue.connection()).with_config(config))
+        .build(noop);
+    let result = tokio::time::timeout(Duration::from_secs(20), worker.run()).await;
+    match result {
+        Ok(Err(e)) => assert!(e.to_string().contains("too many results to unpack"), "{e}"),
+        other => panic!("the worker survived a 9,000-task backlog: {other:?}"),
+    }
+}
+
+/// Our relay: a pool without workers gets at most `max_queued_per_pool`
+/// jobs, and re-dispatches of jobs whose messages still wait are dropped, so
+/// the Redis backlog does not grow however long the pool stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_workers_keeps_a_bounded_backlog() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let db = tre_testkit::TestDb::sqlite().await;
+    let store = &db.store;
+    for i in 0..30 {
+        store
+            .enqueue_job(
+                "dispense",
+                &format!("dispense:p{i}"),
+                &serde_json::json!({}),
+                tre_domain::Timestamp(0),
+            )
+            .await
+            .unwrap();
+    }
+    let queue = std::sync::Arc::new(
+        RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+            .await
+            .unwrap(),
+    );
+    let policies = [tre_jobs::JobPolicy {
+        kind: "dispense",
+        pool: Pool::Dispense,
+        max_attempts: 3,
+        timeout: Duration::from_secs(60),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(10),
+    }];
+    let relay = tre_jobs::Relay::new(store.clone(), queue.clone(), &policies, 100)
+        .with_max_queued_per_pool(10);
+    let reconciler = tre_jobs::Reconciler::new(store.clone(), Duration::ZERO);
+    let data_hash = queue.apalis_config(Pool::Dispense).job_data_hash();
+    let mut conn = queue.connection();
+    for _cycle in 0..5 {
+        relay.run_once().await.unwrap();
+        assert_eq!(
+            store.job_counts().await.unwrap().queued,
+            10,
+            "at most 10 handed over"
+        );
+        let stored: i64 = redis::cmd("HLEN")
+            .arg(&data_hash)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, 10, "no copies pile up in Redis");
+        // nobody claims them: the reconciler takes them for lost
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        reconciler.run_once().await.unwrap();
+    }
+    db.finish().await;
 }

@@ -50,19 +50,31 @@ pub struct JobCounts {
 }
 
 impl Store {
-    /// Pending jobs that are due, oldest first: what the relay hands to the queue.
+    /// Pending jobs that are due, oldest first, with their attempts so far:
+    /// what the relay hands to the queue.
     pub async fn due_jobs(
         &self,
         now: Timestamp,
         limit: u32,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT job_key, kind FROM outbox WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, job_key LIMIT $2",
+            "SELECT job_key, kind, attempts FROM outbox WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, job_key LIMIT $2",
         )
         .bind(now.0)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// How many jobs of each kind are queued but not yet claimed.
+    pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT kind, COUNT(*) FROM outbox WHERE state = 'queued' GROUP BY kind")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
@@ -238,10 +250,12 @@ impl Store {
     }
 
     /// Gives back a job this worker holds but did not finish (graceful
-    /// shutdown): `pending` again, and the interrupted attempt not counted.
+    /// shutdown): `pending` again at once. The interrupted attempt counts,
+    /// so the next dispatch is a new one (see the Redis queue's idempotency
+    /// keys) and a job that keeps outliving shutdowns still runs out.
     pub async fn release_job(&self, key: &str, worker: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL \
+            "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL \
              WHERE job_key = $1 AND state = 'running' AND lease_owner = $2",
         )
         .bind(key)
