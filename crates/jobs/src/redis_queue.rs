@@ -19,6 +19,10 @@
 //!   relay keeps each pool's backlog under `max_queued_per_pool`.
 //! - `vacuum()` can delete a task still waiting to retry: never called;
 //!   storage retries ignore `max_attempts`: not used (attempts live in SQL).
+//! - After a fetch finds the queue empty, a worker parks until its next
+//!   heartbeat: jobs wait up to the heartbeat interval (5 s here) at low
+//!   load. Workers therefore poll with a short interval that backs off while
+//!   idle ([`RedisQueueOptions::poll_interval`]).
 //! - Redis Cluster is not supported; standalone Redis (and Sentinel) is.
 
 use std::collections::HashSet;
@@ -50,6 +54,12 @@ pub struct RedisQueueOptions {
     pub response_timeout: Duration,
     /// Messages fetched per poll. Default: 10.
     pub batch_size: usize,
+    /// How often an idle worker looks for work at first; it backs off while
+    /// nothing comes, up to `max_poll_interval`. Default: 1 ms.
+    pub poll_interval: Duration,
+    /// Default: 10 ms (the longest an idle worker takes to notice a job; an
+    /// idle worker costs Redis about 100 small scripts a second per pool).
+    pub max_poll_interval: Duration,
     /// How long a dispatch's idempotency key is kept: a re-dispatch of the
     /// same job attempt within it is dropped while the first message
     /// exists. Default: 10 minutes.
@@ -66,6 +76,8 @@ impl RedisQueueOptions {
             response_timeout: Duration::from_secs(10),
             batch_size: 10,
             idempotency_ttl: Duration::from_secs(600),
+            poll_interval: Duration::from_millis(1),
+            max_poll_interval: Duration::from_millis(10),
         }
     }
 }
@@ -185,8 +197,12 @@ impl JobQueue for RedisQueue {
             while !*shutdown.borrow() {
                 let name = unique_worker_name(pool);
                 info!(%pool, worker = %name, concurrency, "serving pool from Redis");
+                let backend = queue.storage(pool).poll_with_backoff(
+                    queue.options.poll_interval,
+                    BackoffConfig::new(queue.options.max_poll_interval),
+                );
                 let worker = WorkerBuilder::new(name.as_str())
-                    .backend(queue.storage(pool))
+                    .backend(backend)
                     .data(state.clone())
                     .concurrency(concurrency.max(1))
                     .build(handle);

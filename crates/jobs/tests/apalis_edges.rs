@@ -241,3 +241,50 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
     }
     db.finish().await;
 }
+
+/// Once a fetch finds the queue empty, a worker parks until its next
+/// heartbeat, so a job pushed to an idle worker waits for it. Our workers
+/// poll with a short, backing-off interval (`RedisQueueOptions::poll_interval`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_sleeps_until_its_heartbeat() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let queue = RedisQueue::connect(RedisQueueOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let config = queue
+        .apalis_config(Pool::Notify)
+        .queue(format!("edges-{}", tre_testkit::unique()))
+        .heartbeat_interval(Duration::from_secs(4));
+    let seen = Arc::new(AtomicUsize::new(0));
+    async fn count(_: JobMessage, seen: Data<Arc<AtomicUsize>>) -> Result<(), BoxDynError> {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    let worker = WorkerBuilder::new(format!("idle-{}", tre_testkit::unique()).as_str())
+        .backend(RedisStorage::<JobMessage>::new(queue.connection()).with_config(config.clone()))
+        .data(seen.clone())
+        .build(count);
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(500)).await; // the worker finds the queue empty
+    let mut storage: RedisStorage<JobMessage> =
+        RedisStorage::new(queue.connection()).with_config(config);
+    storage.push(message("late")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "still parked: nothing wakes it before the heartbeat"
+    );
+    for _ in 0..80 {
+        if seen.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the heartbeat wakes it");
+    running.abort();
+}
