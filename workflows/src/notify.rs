@@ -21,7 +21,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 use tracing::info;
-use tre_domain::{AccessRequest, Environment, RequestId, RequestState, UserId};
+use tre_domain::{AccessRequest, Environment, RequestId, RequestState, ReviewStage, UserId};
 use tre_jobs::{JobContext, JobError};
 use tre_store::{ClaimedJob, Delivery, Notification};
 
@@ -84,6 +84,29 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The request, its environment and the stage, while `stage` of `round` is
+/// the one open for decisions; `None` once it has closed.
+async fn open_stage(
+    ctx: &JobContext,
+    request_id: &RequestId,
+    round: u32,
+    stage: usize,
+) -> Result<Option<(AccessRequest, Environment, ReviewStage)>, JobError> {
+    let request = ctx.store.system_request(request_id).await?;
+    if request.round != round || request.state != (RequestState::InReview { stage }) {
+        return Ok(None);
+    }
+    let env = ctx
+        .store
+        .system_environment(&request.environment_id)
+        .await?;
+    let pipeline_stage =
+        env.pipeline.stages.get(stage).cloned().ok_or_else(|| {
+            JobError::Permanent(format!("the pipeline has no stage {}", stage + 1))
+        })?;
+    Ok(Some((request, env, pipeline_stage)))
 }
 
 fn now_ms() -> i64 {
@@ -305,20 +328,13 @@ impl Notifier {
         round: u32,
         stage: usize,
     ) -> Result<(), JobError> {
-        let request = ctx.store.system_request(request_id).await?;
-        if request.round != round || request.state != (RequestState::InReview { stage }) {
-            return Ok(()); // the stage closed before we got here: nothing to ask
-        }
-        let env: Environment = ctx
-            .store
-            .system_environment(&request.environment_id)
-            .await?;
-        let Some(pipeline_stage) = env.pipeline.stages.get(stage) else {
-            return Err(JobError::Permanent(format!(
-                "the pipeline has no stage {}",
-                stage + 1
-            )));
+        // a stage that closed before we got here: nothing to ask
+        let Some((request, env, pipeline_stage)) =
+            open_stage(ctx, request_id, round, stage).await?
+        else {
+            return Ok(());
         };
+        let pipeline_stage = &pipeline_stage;
         let reviewers: Vec<UserId> = pipeline_stage
             .reviewers
             .iter()
@@ -382,19 +398,11 @@ impl Notifier {
         round: u32,
         stage: usize,
     ) -> Result<(), JobError> {
-        let request = ctx.store.system_request(request_id).await?;
-        if request.round != round || request.state != (RequestState::InReview { stage }) {
-            return Ok(()); // decided in time
-        }
-        let env = ctx
-            .store
-            .system_environment(&request.environment_id)
-            .await?;
-        let Some(pipeline_stage) = env.pipeline.stages.get(stage) else {
-            return Err(JobError::Permanent(format!(
-                "the pipeline has no stage {}",
-                stage + 1
-            )));
+        // a stage decided in time: nobody to remind
+        let Some((request, env, pipeline_stage)) =
+            open_stage(ctx, request_id, round, stage).await?
+        else {
+            return Ok(());
         };
         let decided: Vec<UserId> = ctx
             .store

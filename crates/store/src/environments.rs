@@ -9,19 +9,7 @@ use tre_domain::{
 };
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, new_id, now};
-
-fn decode(id: &str, doc: &str) -> Result<Environment, StoreError> {
-    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
-        object: "environment",
-        id: id.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-fn encode(env: &Environment) -> String {
-    serde_json::to_string(env).expect("environments serialize")
-}
+use crate::{Caller, Store, StoreError, Tx, docs, new_id, now};
 
 /// A summary of a command for the audit log: what changed, never data.
 fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
@@ -55,13 +43,13 @@ impl Store {
     where
         E: Executor<'e, Database = sqlx::Any>,
     {
-        let row = sqlx::query("SELECT doc, version FROM environments WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(executor)
-            .await?
-            .ok_or_else(|| StoreError::not_found("environment", id.as_str()))?;
-        let doc: String = row.try_get(0)?;
-        Ok((decode(id.as_str(), &doc)?, row.try_get(1)?))
+        docs::load(
+            executor,
+            "SELECT doc, version FROM environments WHERE id = $1",
+            "environment",
+            id.as_str(),
+        )
+        .await
     }
 
     async fn save_environment(
@@ -76,7 +64,7 @@ impl Store {
         .bind(&env.name)
         .bind(env.state.as_str())
         .bind(env.visibility.as_str())
-        .bind(encode(env))
+        .bind(docs::encode(env))
         .bind(now().0)
         .bind(env.id.as_str())
         .bind(version)
@@ -108,7 +96,7 @@ impl Store {
         .bind(&env.name)
         .bind(env.state.as_str())
         .bind(env.visibility.as_str())
-        .bind(encode(&env))
+        .bind(docs::encode(&env))
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
@@ -155,7 +143,7 @@ impl Store {
         for row in rows {
             let id: String = row.try_get(0)?;
             let doc: String = row.try_get(1)?;
-            let env = decode(&id, &doc)?;
+            let env = docs::decode("environment", &id, &doc)?;
             if authorize(
                 &caller.actor,
                 Action::DiscoverEnvironment,

@@ -134,11 +134,7 @@ impl Store {
         Ok(Some(ClaimedJob {
             key: key.to_owned(),
             kind: row.try_get("kind")?,
-            payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-                object: "job",
-                id: key.to_owned(),
-                message: e.to_string(),
-            })?,
+            payload: crate::docs::decode("job", key, &payload)?,
             attempt: row.try_get("attempts")?,
             lease_until: row.try_get("lease_until")?,
         }))

@@ -13,6 +13,7 @@
 //! The store never reads individual-level data.
 
 mod audit;
+mod docs;
 mod environments;
 mod error;
 mod jobs;

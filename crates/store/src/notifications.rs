@@ -156,11 +156,7 @@ impl Store {
         row.map(|r| {
             let id: String = r.try_get(0)?;
             let doc: String = r.try_get(1)?;
-            serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt {
-                object: "project",
-                id,
-                message: e.to_string(),
-            })
+            crate::docs::decode("project", &id, &doc)
         })
         .transpose()
     }

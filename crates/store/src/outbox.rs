@@ -53,11 +53,7 @@ pub(crate) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<OutboxJob, StoreEr
     let key: String = row.try_get("job_key")?;
     let payload: String = row.try_get("payload")?;
     Ok(OutboxJob {
-        payload: serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-            object: "outbox job",
-            id: key.clone(),
-            message: e.to_string(),
-        })?,
+        payload: crate::docs::decode("outbox job", &key, &payload)?,
         key,
         kind: row.try_get("kind")?,
         state: row.try_get("state")?,

@@ -2,23 +2,10 @@
 //! the job runtime.
 
 use serde_json::json;
-use sqlx::Row;
 use tre_domain::{Action, Object, Project, ProjectCommand, ProjectId, RequestId, authorize};
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, new_id, now, outbox};
-
-fn decode(id: &str, doc: &str) -> Result<Project, StoreError> {
-    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
-        object: "project",
-        id: id.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-fn encode(project: &Project) -> String {
-    serde_json::to_string(project).expect("projects serialize")
-}
+use crate::{Caller, Store, StoreError, docs, new_id, now, outbox};
 
 impl Store {
     /// Creates the project of an approved request and enqueues its dispense.
@@ -53,7 +40,7 @@ impl Store {
         .bind(request_id.as_str())
         .bind(env.id.as_str())
         .bind(project.state.as_str())
-        .bind(encode(&project))
+        .bind(docs::encode(&project))
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
@@ -83,13 +70,13 @@ impl Store {
     }
 
     async fn load_project(&self, id: &ProjectId) -> Result<(Project, i64), StoreError> {
-        let row = sqlx::query("SELECT doc, version FROM projects WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::not_found("project", id.as_str()))?;
-        let doc: String = row.try_get(0)?;
-        Ok((decode(id.as_str(), &doc)?, row.try_get(1)?))
+        docs::load(
+            &self.pool,
+            "SELECT doc, version FROM projects WHERE id = $1",
+            "project",
+            id.as_str(),
+        )
+        .await
     }
 
     /// A project its members may see (nobody else, admins included).
@@ -120,7 +107,7 @@ impl Store {
                 "UPDATE projects SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
             )
             .bind(next.state.as_str())
-            .bind(encode(&next))
+            .bind(docs::encode(&next))
             .bind(at.0)
             .bind(id.as_str())
             .bind(version)

@@ -11,19 +11,7 @@ use tre_domain::{
 };
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, new_id, now, outbox};
-
-fn decode(id: &str, doc: &str) -> Result<AccessRequest, StoreError> {
-    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
-        object: "request",
-        id: id.to_owned(),
-        message: e.to_string(),
-    })
-}
-
-fn encode(request: &AccessRequest) -> String {
-    serde_json::to_string(request).expect("requests serialize")
-}
+use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
 
 /// One line of a request's history: a state change or a decision, in order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,13 +38,13 @@ impl Store {
     where
         E: Executor<'e, Database = sqlx::Any>,
     {
-        let row = sqlx::query("SELECT doc, version FROM requests WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(executor)
-            .await?
-            .ok_or_else(|| StoreError::not_found("request", id.as_str()))?;
-        let doc: String = row.try_get(0)?;
-        Ok((decode(id.as_str(), &doc)?, row.try_get(1)?))
+        docs::load(
+            executor,
+            "SELECT doc, version FROM requests WHERE id = $1",
+            "request",
+            id.as_str(),
+        )
+        .await
     }
 
     async fn stage_decisions(
@@ -143,7 +131,7 @@ impl Store {
         .bind(env.id.as_str())
         .bind(request.owner.as_str())
         .bind(request.state.name())
-        .bind(encode(&request))
+        .bind(docs::encode(&request))
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
@@ -297,7 +285,7 @@ impl Store {
                 "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
             )
             .bind(next.state.name())
-            .bind(encode(&next))
+            .bind(docs::encode(&next))
             .bind(at.0)
             .bind(id.as_str())
             .bind(version)

@@ -94,11 +94,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
     let id: String = row.try_get("id")?;
     let groups: String = row.try_get("groups_json")?;
     Ok(User {
-        groups: serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
-            object: "user",
-            id: id.clone(),
-            message: e.to_string(),
-        })?,
+        groups: crate::docs::decode("user", &id, &groups)?,
         id: UserId(id),
         platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
         email: row.try_get("email")?,
