@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod envfile;
 mod fixtures;
+mod serve;
 mod worker;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ enum Command {
     Fixtures(FixturesCommand),
     /// Walk a request through a two-stage review on the configured store.
     Demo,
+    /// Serve the HTTP API (and, without Redis, the embedded job runtime).
+    Serve(serve::ServeArgs),
     /// Run a worker: serve job pools until SIGTERM.
     Worker(worker::WorkerArgs),
     /// Inspect and retry jobs.
@@ -365,6 +368,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo => demo::run(&settings).await?,
         Command::Worker(args) => worker::run(&settings, args).await?,
+        Command::Serve(args) => serve::run(&settings, args).await?,
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
         Command::Jobs(command) => {
             let store = open(&settings).await?;

@@ -89,7 +89,7 @@ async fn metrics_page(State((metrics, store)): State<(Arc<Metrics>, Store)>) -> 
 }
 
 /// Flips the shutdown flag on SIGTERM or Ctrl-C.
-fn on_signal(stop: watch::Sender<bool>) {
+pub fn on_signal(stop: watch::Sender<bool>) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal handler");

@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::{Executor, Row};
 use tre_domain::{
     Action, Environment, EnvironmentCommand, EnvironmentId, NewEnvironment, Object, Principal,
-    authorize,
+    UserId, authorize,
 };
 
 use crate::audit::{self, AuditRecord};
@@ -180,11 +180,16 @@ impl Store {
                 }
             }
             EnvironmentCommand::SetMembers(members) => {
-                let users = members.iter().filter_map(|m| match m {
-                    Principal::User(u) => Some(u),
-                    Principal::Group(_) => None,
-                });
-                self.ensure_users_exist(users, "members").await?;
+                // collected first: a closure held across the await would make the
+                // future's `Send` bound not general enough for axum handlers
+                let users: Vec<UserId> = members
+                    .iter()
+                    .filter_map(|m| match m {
+                        Principal::User(u) => Some(u.clone()),
+                        Principal::Group(_) => None,
+                    })
+                    .collect();
+                self.ensure_users_exist(&users, "members").await?;
             }
             _ => {}
         }

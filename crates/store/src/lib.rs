@@ -16,6 +16,7 @@ mod audit;
 mod docs;
 mod environments;
 mod error;
+mod idempotency;
 mod jobs;
 mod notifications;
 mod outbox;
@@ -33,6 +34,7 @@ use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
 pub use error::StoreError;
+pub use idempotency::IdempotentStart;
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use notifications::{Delivery, Notification};
 pub use outbox::OutboxJob;
@@ -138,6 +140,13 @@ fn migrator(backend: Backend) -> Migrator {
             "user email".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0004_user_email.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            5,
+            "idempotency keys".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0005_idempotency.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -1,0 +1,90 @@
+//! One error shape for every endpoint:
+//! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::error;
+use tre_domain::DomainError;
+use tre_store::StoreError;
+
+/// An error answer. `code` is stable; clients branch on it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { object, id } => Self::not_found(&format!("{object} {id}")),
+            StoreError::Forbidden(denied) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", denied.reason)
+            }
+            StoreError::Domain(DomainError::Invalid { field, message }) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
+            }
+            StoreError::Domain(e @ DomainError::InvalidTransition { .. }) => {
+                Self::new(StatusCode::CONFLICT, "invalid_state", e.to_string())
+            }
+            StoreError::Domain(DomainError::Conflict(m)) => {
+                Self::new(StatusCode::CONFLICT, "conflict", m)
+            }
+            StoreError::WriteConflict(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
+            other => {
+                error!(error = %other, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
+            }
+        }
+    }
+}

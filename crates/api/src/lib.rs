@@ -1,0 +1,83 @@
+//! The HTTP API of tre, under `/v1`: what every user and other services
+//! touch. Handlers are thin: they authenticate, parse, and call the store,
+//! which authorizes and applies the domain's rules in one transaction.
+//!
+//! Every endpoint answers errors as `{"error": {"code", "message",
+//! "field"}}`; every POST accepts an `Idempotency-Key`; every response
+//! carries `x-request-id` (the caller's, or a new one), which is also the
+//! trace id of the audit events the call causes.
+
+mod error;
+mod extract;
+mod idempotency;
+mod routes;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tracing::Instrument;
+use tre_store::Store;
+
+pub use error::ApiError;
+pub use extract::{Auth, Body, parse};
+
+/// Largest request body accepted. 1 MiB: inventories with many fields fit.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Checks the job queue for `/readyz`; none for the embedded queue.
+    pub queue_ready: Option<fn() -> bool>,
+}
+
+/// The request id: the caller's `x-request-id` when it is sane, else new.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
+        .layer(middleware::from_fn(request_id))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// How long graceful shutdown waits by default.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

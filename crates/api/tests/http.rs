@@ -1,0 +1,561 @@
+//! The API over real HTTP: a server on a random port, a real client, a real
+//! database (PostgreSQL when it answers, else SQLite).
+
+use std::collections::BTreeMap;
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tre_api::AppState;
+use tre_store::NewUser;
+use tre_testkit::TestDb;
+
+struct Api {
+    base: String,
+    client: Client,
+    tokens: BTreeMap<&'static str, String>,
+    db: TestDb,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = match TestDb::postgres().await {
+            Some(db) => db,
+            None => TestDb::sqlite().await,
+        };
+        let mut tokens = BTreeMap::new();
+        for (name, platform, groups) in [
+            ("platform", true, vec![]),
+            ("admin", false, vec![]),
+            ("owner", false, vec!["researchers"]),
+            ("collab", false, vec!["researchers"]),
+            ("member", false, vec!["researchers"]),
+            ("outsider", false, vec![]),
+            ("rev1", false, vec![]),
+            ("rev2a", false, vec![]),
+            ("rev2b", false, vec![]),
+        ] {
+            let (_, token) = db
+                .store
+                .bootstrap_user(
+                    NewUser {
+                        id: name.into(),
+                        platform_admin: platform,
+                        groups: groups.into_iter().map(String::from).collect(),
+                        email: None,
+                    },
+                    "test",
+                )
+                .await
+                .unwrap();
+            tokens.insert(name, token);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState {
+            store: db.store.clone(),
+            queue_ready: None,
+        };
+        let server = tokio::spawn(async move {
+            tre_api::serve(listener, state, std::future::pending())
+                .await
+                .unwrap();
+        });
+        Self {
+            base,
+            client: Client::new(),
+            tokens,
+            db,
+            _server: server,
+        }
+    }
+
+    async fn call(
+        &self,
+        who: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = self.tokens.get(who) {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn ok(&self, who: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(who, method.clone(), path, body).await;
+        assert!(
+            status.is_success(),
+            "{method} {path} as {who}: {status} {value}"
+        );
+        value
+    }
+}
+
+fn inventory() -> Value {
+    serde_json::to_value(tre_testkit::inventory()).unwrap()
+}
+
+/// A published environment; returns its id.
+async fn published(api: &Api) -> String {
+    let env = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/environments",
+            Some(json!({"name": "Biobank", "admins": ["admin"]})),
+        )
+        .await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/inventory"),
+        Some(inventory()),
+    )
+    .await;
+    let pipeline = json!({"stages": [
+        {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
+        {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a", "rev2b"], "rule": {"quorum": 2}},
+    ]});
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/pipeline"),
+        Some(pipeline),
+    )
+    .await;
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/members"),
+        Some(json!({"members": [{"group": "researchers"}]})),
+    )
+    .await;
+    let env = api
+        .ok(
+            "admin",
+            Method::POST,
+            &format!("/v1/environments/{id}/publish"),
+            None,
+        )
+        .await;
+    assert_eq!(env["state"], "active");
+    id
+}
+
+fn request_body(env: &str) -> Value {
+    json!({
+        "environment_id": env,
+        "title": "BMI and diabetes",
+        "purpose": "Association study",
+        "cohort": {"field": "age", "op": ">=", "value": 40},
+        "collections": ["demographics"],
+        "collaborators": ["collab"],
+        "duration_days": 90,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_over_http() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+
+    // the resource center shows it to members, not outsiders
+    let listed = api
+        .ok("member", Method::GET, "/v1/environments", None)
+        .await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let listed = api
+        .ok("outsider", Method::GET, "/v1/environments", None)
+        .await;
+    assert!(listed["items"].as_array().unwrap().is_empty());
+
+    let created = api
+        .call(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await;
+    assert_eq!(created.0, StatusCode::CREATED, "{}", created.1);
+    let id = created.1["id"].as_str().unwrap().to_owned();
+    let r = api
+        .ok(
+            "owner",
+            Method::POST,
+            &format!("/v1/requests/{id}/submit"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r["state"].as_str(), r["stage"].as_u64()),
+        (Some("in_review"), Some(0))
+    );
+
+    let decide = |stage: u64, decision: &str| json!({"stage": stage, "decision": decision, "comment": "see notes"});
+    let path = format!("/v1/requests/{id}/decisions");
+    api.ok("rev1", Method::POST, &path, Some(decide(0, "approve")))
+        .await;
+    // the custodians return it: quorum(2) of two is unreachable after one return
+    let r = api
+        .ok("rev2a", Method::POST, &path, Some(decide(1, "return")))
+        .await;
+    assert_eq!(r["state"], "in_revision");
+    api.ok(
+        "owner",
+        Method::PATCH,
+        &format!("/v1/requests/{id}"),
+        Some(json!({"purpose": "Clarified"})),
+    )
+    .await;
+    let r = api
+        .ok(
+            "owner",
+            Method::POST,
+            &format!("/v1/requests/{id}/submit"),
+            None,
+        )
+        .await;
+    assert_eq!(r["round"], 2);
+    api.ok("rev1", Method::POST, &path, Some(decide(0, "approve")))
+        .await;
+    api.ok("rev2a", Method::POST, &path, Some(decide(1, "approve")))
+        .await;
+    let r = api
+        .ok("rev2b", Method::POST, &path, Some(decide(1, "approve")))
+        .await;
+    assert_eq!(r["state"], "approved");
+
+    let history = api
+        .ok(
+            "collab",
+            Method::GET,
+            &format!("/v1/requests/{id}/history"),
+            None,
+        )
+        .await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 9);
+    let decisions = api.ok("owner", Method::GET, &path, None).await;
+    assert_eq!(decisions["items"].as_array().unwrap().len(), 5);
+
+    let (status, project) = api
+        .call(
+            "collab",
+            Method::POST,
+            &format!("/v1/requests/{id}/projects"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    let pid = project["id"].as_str().unwrap();
+    assert_eq!(
+        api.ok("owner", Method::GET, &format!("/v1/projects/{pid}"), None)
+            .await["state"],
+        "provisioning"
+    );
+    // admins cannot see project data, nor learn it exists
+    assert_eq!(
+        api.call("admin", Method::GET, &format!("/v1/projects/{pid}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    // the audit log, for the environment's admins
+    let audit = api
+        .ok(
+            "admin",
+            Method::GET,
+            &format!("/v1/audit?environment={env}&limit=500"),
+            None,
+        )
+        .await;
+    assert!(audit["items"].as_array().unwrap().len() >= 15);
+    assert_eq!(
+        api.call(
+            "owner",
+            Method::GET,
+            &format!("/v1/audit?environment={env}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert!(api.db.store.verify_audit().await.unwrap().broken.is_none());
+    api.db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_one_shape_and_change_nothing() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let before = api
+        .db
+        .store
+        .audit_events(&tre_testkit::caller("platform"), &Default::default())
+        .await;
+    let url = format!("{}/v1/requests", api.base);
+    let token = api.tokens["owner"].clone();
+    let error = |v: &Value| {
+        (
+            v["error"]["code"].as_str().unwrap_or("").to_owned(),
+            v["error"]["field"].clone(),
+        )
+    };
+
+    // 401 without or with a bad token
+    let (status, body) = api
+        .call("nobody", Method::GET, "/v1/environments", None)
+        .await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let r = api
+        .client
+        .get(format!("{}/v1/environments", api.base))
+        .bearer_auth("tre_forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // 415 wrong content type
+    let r = api
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .body("title=x")
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error(&r.json().await.unwrap()).0, "unsupported_media_type");
+    // 400 malformed JSON
+    let r = api
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"title\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error(&r.json().await.unwrap()).0, "malformed_json");
+    // 413 over the body limit
+    let huge = json!({"environment_id": env, "title": "x".repeat(2 << 20)});
+    let (status, body) = api
+        .call("owner", Method::POST, "/v1/requests", Some(huge))
+        .await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+    // 422 naming the field: wrong type, missing field, unknown cohort field, deep tree
+    let cases = [
+        (
+            json!({"environment_id": env, "title": "t", "duration_days": "ninety"}),
+            "duration_days",
+        ),
+        (json!({"environment_id": env}), "title"),
+        (json!({"title": "t"}), "environment_id"),
+        (
+            json!({"environment_id": env, "title": "t", "colour": "red"}),
+            "colour",
+        ),
+        (
+            json!({"environment_id": env, "title": "t", "cohort": {"field": "bmi", "op": ">", "value": 1}}),
+            "cohort.field",
+        ),
+        (
+            json!({"environment_id": env, "title": "t", "cohort": {"and": [{"field": "age", "op": "=", "value": "x"}]}}),
+            "cohort.and[0].value",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = api
+            .call("owner", Method::POST, "/v1/requests", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    let mut deep = json!({"field": "age", "op": "=", "value": 1});
+    for _ in 0..40 {
+        deep = json!({"not": deep});
+    }
+    let (status, answer) = api
+        .call(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(json!({"environment_id": env, "title": "t", "cohort": deep})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    // 404 for what the caller may not know of; 404 JSON for unknown routes
+    assert_eq!(
+        api.call(
+            "outsider",
+            Method::GET,
+            &format!("/v1/environments/{env}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = api.call("owner", Method::GET, "/v1/nope", None).await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    // nothing above was written
+    let after = api
+        .db
+        .store
+        .audit_events(&tre_testkit::caller("platform"), &Default::default())
+        .await;
+    assert_eq!(before.map(|e| e.len()).ok(), after.map(|e| e.len()).ok());
+
+    // SQL metacharacters and unicode are just text
+    let tricky = "Robert'); DROP TABLE requests;-- ✓ 研究";
+    let mut body = request_body(&env);
+    body["title"] = json!(tricky);
+    let (status, created) = api
+        .call("owner", Method::POST, "/v1/requests", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        api.ok("owner", Method::GET, &format!("/v1/requests/{id}"), None)
+            .await["title"],
+        tricky
+    );
+
+    // 403 separation of duties, 409 for a closed stage
+    api.ok(
+        "owner",
+        Method::POST,
+        &format!("/v1/requests/{id}/submit"),
+        None,
+    )
+    .await;
+    let path = format!("/v1/requests/{id}/decisions");
+    let approve = |stage: u64| Some(json!({"stage": stage, "decision": "approve"}));
+    let (status, body) = api.call("collab", Method::POST, &path, approve(0)).await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    api.ok("rev1", Method::POST, &path, approve(0)).await;
+    let (status, body) = api.call("rev1", Method::POST, &path, approve(0)).await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::CONFLICT, "conflict"),
+        "{body}"
+    );
+    // 409 for an illegal transition
+    let (status, body) = api
+        .call(
+            "admin",
+            Method::POST,
+            &format!("/v1/environments/{env}/publish"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, error(&body).0.as_str()),
+        (StatusCode::CONFLICT, "invalid_state")
+    );
+    api.db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_request_ids() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let post = |key: &str, body: Value| {
+        api.client
+            .post(format!("{}/v1/requests", api.base))
+            .bearer_auth(&api.tokens["owner"])
+            .header("idempotency-key", key)
+            .header("x-request-id", "trace-123")
+            .json(&body)
+    };
+    let first = post("k1", request_body(&env)).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(first.headers()["x-request-id"], "trace-123");
+    let first: Value = first.json().await.unwrap();
+    let again = post("k1", request_body(&env)).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        first["id"], again["id"],
+        "the same request, not a second one"
+    );
+    let mut other = request_body(&env);
+    other["title"] = json!("Something else");
+    let reused = post("k1", other).send().await.unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reused: Value = reused.json().await.unwrap();
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
+    assert_eq!(reused["error"]["field"], "Idempotency-Key");
+    // keys are per user: another user's k1 is a new call
+    let theirs = api
+        .client
+        .post(format!("{}/v1/requests", api.base))
+        .bearer_auth(&api.tokens["member"])
+        .header("idempotency-key", "k1")
+        .json(&request_body(&env))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    // one audit event for the owner's request, carrying the request id
+    let id = first["id"].as_str().unwrap();
+    let events = api
+        .db
+        .store
+        .request_history(
+            &tre_testkit::caller("owner"),
+            &tre_domain::RequestId(id.into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    let audit = api
+        .ok(
+            "admin",
+            Method::GET,
+            &format!("/v1/audit?environment={env}&object={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(audit["items"][0]["trace_id"], "trace-123");
+    // health
+    assert_eq!(
+        api.ok("nobody", Method::GET, "/healthz", None).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        api.ok("nobody", Method::GET, "/readyz", None).await["database"],
+        true
+    );
+    api.db.finish().await;
+}

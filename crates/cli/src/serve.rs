@@ -1,0 +1,77 @@
+//! `tre serve`: the HTTP API. With no Redis configured, it also runs the
+//! embedded job runtime in the same process (the embedded default is one
+//! process); with Redis, run `tre worker` fleets beside it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio::sync::watch;
+use tre_api::AppState;
+use tre_jobs::Metrics;
+use tre_store::Store;
+use tre_workers::WorkerOptions;
+
+use crate::config::Settings;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
+    let store = Store::open(&settings.database_url)
+        .await
+        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
+    let (stop, shutdown) = watch::channel(false);
+    crate::worker::on_signal(stop);
+    let embedded = settings.redis_url.is_none();
+    let worker = if embedded {
+        let queue = crate::worker::queue(settings).await?;
+        let options = WorkerOptions {
+            webhook: crate::worker::webhook(settings),
+            email: crate::worker::email(settings),
+            ..WorkerOptions::default()
+        };
+        Some(tokio::spawn(tre_workers::run(
+            store.clone(),
+            queue,
+            options,
+            Arc::new(Metrics::default()),
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
+    println!(
+        "tre API on http://{} ({}; jobs {})",
+        listener.local_addr()?,
+        settings.database_url,
+        if embedded {
+            "run in this process"
+        } else {
+            "run by tre worker fleets on Redis"
+        }
+    );
+    let state = AppState {
+        store: store.clone(),
+        queue_ready: None,
+    };
+    let mut stop_api = shutdown.clone();
+    tre_api::serve(listener, state, async move {
+        let _ = stop_api.wait_for(|s| *s).await;
+    })
+    .await?;
+    if let Some(worker) = worker {
+        worker.await?.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+    }
+    store.close().await;
+    println!("tre API stopped");
+    Ok(())
+}
