@@ -185,7 +185,14 @@ async fn workflow_by_jobs(store: &Store) {
         })
         .await;
     }
-    // every job of the workflow ran once; expiry waits for its date
+    // every job of the workflow ran once; expiry waits for its date (the
+    // inbox row is written before the webhook, so wait for the jobs too)
+    eventually("every due job is done", || async {
+        let jobs = store.outbox_jobs(None, 100).await.unwrap();
+        jobs.iter()
+            .all(|j| j.kind == "schedule_expiry" || j.state == "done")
+    })
+    .await;
     let jobs = store.outbox_jobs(None, 100).await.unwrap();
     for job in &jobs {
         let expected = if job.kind == "schedule_expiry" {

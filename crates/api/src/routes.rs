@@ -14,7 +14,7 @@ use tre_domain::{
     Policies, Principal, ProjectId, RequestCommand, RequestId, RequestUpdate, ReviewPipeline,
     UserId, Verdict, Visibility,
 };
-use tre_store::AuditQuery;
+use tre_store::{AuditQuery, RequestRole};
 
 use crate::{ApiError, AppState, Auth, Body};
 
@@ -40,7 +40,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/v1/environments/{id}/{transition}",
             post(change_environment_state),
         )
-        .route("/v1/requests", post(create_request))
+        .route("/v1/requests", post(create_request).get(list_requests))
+        .route("/v1/reviews", get(review_queue))
+        .route("/v1/projects", get(list_projects))
+        .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/requests/{id}", get(get_request).patch(update_request))
         .route("/v1/requests/{id}/collaborators", put(put_collaborators))
         .route("/v1/requests/{id}/history", get(request_history))
@@ -488,4 +491,114 @@ async fn audit(
     let items = state.store.audit_events(&caller, &query).await?;
     let next = items.last().map(|e| e.seq);
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestQuery {
+    role: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+const STATES: [&str; 8] = [
+    "draft",
+    "in_review",
+    "in_revision",
+    "approved",
+    "rejected",
+    "withdrawn",
+    "revoked",
+    "expired",
+];
+
+fn limit(limit: Option<usize>) -> Result<usize> {
+    let limit = limit.unwrap_or(50);
+    if (1..=200).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "must be between 1 and 200",
+        )
+        .with_field("limit"))
+    }
+}
+
+fn query<T>(
+    q: std::result::Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+}
+
+/// The caller's requests: `role=owner|collaborator|reviewer` (all when
+/// absent), `state=...`, paged by `limit` and `cursor`.
+async fn list_requests(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    q: std::result::Result<Query<RequestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    let role = match q.role.as_deref() {
+        None => None,
+        Some(r) => Some(RequestRole::parse(r).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "expected owner, collaborator or reviewer",
+            )
+            .with_field("role")
+        })?),
+    };
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("expected one of {}", STATES.join(", ")),
+        )
+        .with_field("state"));
+    }
+    let page = state
+        .store
+        .list_requests(
+            &caller,
+            role,
+            q.state.as_deref(),
+            q.cursor.as_deref().unwrap_or(""),
+            limit(q.limit)?,
+        )
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+/// Requests waiting on a stage the caller reviews and has not decided.
+async fn review_queue(State(state): State<AppState>, Auth(caller): Auth) -> Result<Response> {
+    Ok(Json(json!({"items": state.store.review_queue(&caller).await?})).into_response())
+}
+
+async fn list_projects(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    q: std::result::Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    let page = state
+        .store
+        .list_projects(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+/// A job (state, attempts, last error), for the user whose call started it.
+async fn get_job(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(state.store.job_for(&caller, &id).await?).into_response())
 }

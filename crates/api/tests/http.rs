@@ -206,6 +206,72 @@ async fn full_lifecycle_over_http() {
         (Some("in_review"), Some(0))
     );
 
+    // the review queue: rev1 has it; stage 2's reviewers not yet
+    let queue = api.ok("rev1", Method::GET, "/v1/reviews", None).await;
+    assert_eq!(queue["items"][0]["id"], id.as_str());
+    assert!(
+        api.ok("rev2a", Method::GET, "/v1/reviews", None).await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // lists by role and state
+    let mine = api
+        .ok(
+            "owner",
+            Method::GET,
+            "/v1/requests?role=owner&state=in_review",
+            None,
+        )
+        .await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    let theirs = api
+        .ok(
+            "collab",
+            Method::GET,
+            "/v1/requests?role=collaborator",
+            None,
+        )
+        .await;
+    assert_eq!(theirs["items"][0]["id"], id.as_str());
+    assert!(
+        api.ok("collab", Method::GET, "/v1/requests?role=owner", None)
+            .await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let reviewing = api
+        .ok("rev2a", Method::GET, "/v1/requests?role=reviewer", None)
+        .await;
+    assert_eq!(reviewing["items"].as_array().unwrap().len(), 1);
+    assert!(
+        api.ok("outsider", Method::GET, "/v1/requests", None).await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (status, body) = api
+        .call("owner", Method::GET, "/v1/requests?role=boss", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("role"))
+    );
+    // the job its submission started, for the owner only
+    let job = format!("notify_reviewers:{id}:1:0");
+    assert_eq!(
+        api.ok("owner", Method::GET, &format!("/v1/jobs/{job}"), None)
+            .await["state"],
+        "pending"
+    );
+    assert_eq!(
+        api.call("rev1", Method::GET, &format!("/v1/jobs/{job}"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
     let decide = |stage: u64, decision: &str| json!({"stage": stage, "decision": decision, "comment": "see notes"});
     let path = format!("/v1/requests/{id}/decisions");
     api.ok("rev1", Method::POST, &path, Some(decide(0, "approve")))
@@ -262,6 +328,14 @@ async fn full_lifecycle_over_http() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{project}");
     let pid = project["id"].as_str().unwrap();
+    let projects = api.ok("owner", Method::GET, "/v1/projects", None).await;
+    assert_eq!(projects["items"][0]["id"], pid);
+    assert!(
+        api.ok("admin", Method::GET, "/v1/projects", None).await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         api.ok("owner", Method::GET, &format!("/v1/projects/{pid}"), None)
             .await["state"],

@@ -18,6 +18,7 @@ mod environments;
 mod error;
 mod idempotency;
 mod jobs;
+mod lists;
 mod notifications;
 mod outbox;
 mod projects;
@@ -36,6 +37,7 @@ pub use audit::{AuditQuery, AuditReport};
 pub use error::StoreError;
 pub use idempotency::IdempotentStart;
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
+pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
@@ -147,6 +149,13 @@ fn migrator(backend: Backend) -> Migrator {
             "idempotency keys".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0005_idempotency.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            6,
+            "request participants, job creators".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0006_participants.sql")).into_sql_str(),
             false,
         ),
     ])

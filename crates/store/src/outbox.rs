@@ -30,19 +30,21 @@ pub struct OutboxJob {
 pub(crate) async fn enqueue(
     tx: &mut Tx,
     effects: &[Effect],
+    created_by: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     for effect in effects {
         let payload = serde_json::to_string(effect).expect("effects serialize");
         sqlx::query(
-            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'pending', 0, $4, $5, $5) ON CONFLICT (job_key) DO NOTHING",
+            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at, created_by) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, $5, $5, $6) ON CONFLICT (job_key) DO NOTHING",
         )
         .bind(effect.key())
         .bind(effect.kind())
         .bind(payload)
         .bind(effect.due_at().unwrap_or(now).0)
         .bind(now.0)
+        .bind(created_by)
         .execute(&mut **tx)
         .await?;
     }

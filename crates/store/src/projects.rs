@@ -50,7 +50,7 @@ impl Store {
             ))
             .into());
         }
-        outbox::enqueue(&mut tx, &[effect], at).await?;
+        outbox::enqueue(&mut tx, &[effect], caller.actor.id.as_str(), at).await?;
         audit::append(
             &mut tx,
             AuditRecord {
@@ -116,7 +116,7 @@ impl Store {
             if updated.rows_affected() == 0 {
                 return Err(StoreError::WriteConflict(format!("project {id}")));
             }
-            outbox::enqueue(&mut tx, &effects, at).await?;
+            outbox::enqueue(&mut tx, &effects, "", at).await?;
             audit::append(
                 &mut tx,
                 AuditRecord {

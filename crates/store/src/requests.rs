@@ -29,6 +29,27 @@ fn parse_verdict(s: &str) -> Option<Verdict> {
         .find(|v| v.as_str() == s)
 }
 
+/// Rewrites who takes part in a request (owner and collaborators).
+async fn write_participants(tx: &mut Tx, request: &AccessRequest) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM request_participants WHERE request_id = $1")
+        .bind(request.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    let people = std::iter::once((&request.owner, "owner"))
+        .chain(request.collaborators.iter().map(|c| (c, "collaborator")));
+    for (user, role) in people {
+        sqlx::query(
+            "INSERT INTO request_participants (request_id, user_id, role) VALUES ($1, $2, $3)",
+        )
+        .bind(request.id.as_str())
+        .bind(user.as_str())
+        .bind(role)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub(crate) async fn load_request<'e, E>(
         &self,
@@ -135,6 +156,7 @@ impl Store {
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
+        write_participants(&mut tx, &request).await?;
         audit::append(
             &mut tx,
             AuditRecord {
@@ -235,6 +257,8 @@ impl Store {
     ) -> Result<AccessRequest, StoreError> {
         let system = Actor::user("system");
         let actor = authorized.map_or(&system, |(c, _)| &c.actor);
+        // who started the jobs this command queues (empty: the system)
+        let creator: &str = authorized.map_or("", |(c, _)| c.actor.id.as_str());
         let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
         self.retrying(|| async {
             let mut tx = self.begin().await?;
@@ -311,7 +335,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            outbox::enqueue(&mut tx, &transition.effects, at).await?;
+            if collaborators_changed {
+                write_participants(&mut tx, &next).await?;
+            }
+            outbox::enqueue(&mut tx, &transition.effects, creator, at).await?;
             let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
             if let Some(d) = &transition.decision {
                 details["decision"] = json!({

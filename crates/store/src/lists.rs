@@ -1,0 +1,197 @@
+//! Lists for people: a user's requests by role, their review queue, their
+//! projects, and the jobs their calls started. Ordered by id (time-ordered
+//! UUIDs), paged with `after` (the last id seen) and `limit`.
+
+use serde::Serialize;
+use sqlx::Row;
+use tre_domain::{AccessRequest, Action, Object, Project, RequestState, authorize};
+
+use crate::{Caller, OutboxJob, Store, StoreError, docs};
+
+/// Which of the caller's requests to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestRole {
+    Owner,
+    Collaborator,
+    /// Requests in environments where the caller reviews a stage (submitted ones).
+    Reviewer,
+}
+
+impl RequestRole {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Self::Owner),
+            "collaborator" => Some(Self::Collaborator),
+            "reviewer" => Some(Self::Reviewer),
+            _ => None,
+        }
+    }
+}
+
+/// One page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; none on the last.
+    pub next_cursor: Option<String>,
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = (items.len() > limit).then(|| id(&items[limit - 1]));
+    items.truncate(limit);
+    Page { items, next_cursor }
+}
+
+impl Store {
+    async fn requests_where(
+        &self,
+        sql: &'static str,
+        bind: &str,
+        after: &str,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let rows = sqlx::query(sql)
+            .bind(bind)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                let doc: String = r.try_get(1)?;
+                docs::decode("request", &id, &doc)
+            })
+            .collect()
+    }
+
+    /// The caller's requests in `role` (all roles when none), optionally in
+    /// one state (`draft`, `in_review`, ...), each as the caller may see it.
+    pub async fn list_requests(
+        &self,
+        caller: &Caller,
+        role: Option<RequestRole>,
+        state: Option<&str>,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<AccessRequest>, StoreError> {
+        let me = caller.actor.id.as_str();
+        let mut found = Vec::new();
+        if matches!(
+            role,
+            None | Some(RequestRole::Owner | RequestRole::Collaborator)
+        ) {
+            let sql = match role {
+                Some(RequestRole::Owner) => {
+                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
+                     WHERE p.user_id = $1 AND p.role = 'owner' AND r.id > $2 ORDER BY r.id"
+                }
+                Some(RequestRole::Collaborator) => {
+                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
+                     WHERE p.user_id = $1 AND p.role = 'collaborator' AND r.id > $2 ORDER BY r.id"
+                }
+                _ => {
+                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
+                     WHERE p.user_id = $1 AND r.id > $2 ORDER BY r.id"
+                }
+            };
+            found.extend(self.requests_where(sql, me, after).await?);
+        }
+        if matches!(role, None | Some(RequestRole::Reviewer)) {
+            for env in self.list_all_environments().await? {
+                if !env.pipeline.is_reviewer(&caller.actor.id) {
+                    continue;
+                }
+                let sql = "SELECT id, doc FROM requests WHERE environment_id = $1 AND state <> 'draft' AND id > $2 ORDER BY id";
+                for request in self.requests_where(sql, env.id.as_str(), after).await? {
+                    if !found.iter().any(|r: &AccessRequest| r.id == request.id) {
+                        found.push(request);
+                    }
+                }
+            }
+        }
+        found.retain(|r| state.is_none_or(|s| r.state.name() == s));
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit + 1);
+        let mut visible = Vec::new();
+        for request in found {
+            // each as `request()` shows it (admins and reviewers: redactions apply)
+            visible.push(self.request(caller, &request.id).await?);
+        }
+        Ok(page(visible, limit, |r| r.id.to_string()))
+    }
+
+    /// The caller's review queue: requests waiting on a stage the caller
+    /// reviews and has not decided in this round.
+    pub async fn review_queue(&self, caller: &Caller) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut queue = Vec::new();
+        for env in self.list_all_environments().await? {
+            if !env.pipeline.is_reviewer(&caller.actor.id) {
+                continue;
+            }
+            let sql = "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review' AND id > $2 ORDER BY id";
+            for request in self.requests_where(sql, env.id.as_str(), "").await? {
+                let object = Object::Request {
+                    environment: &env,
+                    request: &request,
+                };
+                if authorize(&caller.actor, Action::DecideRequest, &object).is_err() {
+                    continue;
+                }
+                let RequestState::InReview { stage } = request.state else {
+                    continue;
+                };
+                let decided = self.system_decisions(&request.id).await?.iter().any(|d| {
+                    d.round == request.round && d.stage == stage && d.reviewer == caller.actor.id
+                });
+                if !decided {
+                    queue.push(request);
+                }
+            }
+        }
+        Ok(queue)
+    }
+
+    /// The projects the caller is a member of.
+    pub async fn list_projects(
+        &self,
+        caller: &Caller,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<Project>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pr.id, pr.doc FROM projects pr JOIN request_participants p ON p.request_id = pr.request_id \
+             WHERE p.user_id = $1 AND pr.id > $2 ORDER BY pr.id",
+        )
+        .bind(caller.actor.id.as_str())
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut projects: Vec<Project> = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                let doc: String = r.try_get(1)?;
+                docs::decode("project", &id, &doc)
+            })
+            .collect::<Result<_, StoreError>>()?;
+        projects
+            .retain(|p| authorize(&caller.actor, Action::ViewProject, &Object::Project(p)).is_ok());
+        projects.truncate(limit + 1);
+        Ok(page(projects, limit, |p| p.id.to_string()))
+    }
+
+    /// A job, for the user whose call created it (anyone else: not found).
+    pub async fn job_for(&self, caller: &Caller, key: &str) -> Result<OutboxJob, StoreError> {
+        let row = sqlx::query("SELECT created_by FROM outbox WHERE job_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) if r.try_get::<String, _>(0)? == caller.actor.id.as_str() => self
+                .job(key)
+                .await?
+                .ok_or_else(|| StoreError::not_found("job", key)),
+            _ => Err(StoreError::not_found("job", key)),
+        }
+    }
+}
