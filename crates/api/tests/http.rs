@@ -633,3 +633,249 @@ async fn idempotency_keys_and_request_ids() {
     );
     api.db.finish().await;
 }
+
+/// Every route as every role. `A`: allowed (any answer but 401/403/404),
+/// `F`: 403, `H`: 404 (existence concealed). Mutating routes carry bodies
+/// that change nothing for the allowed roles (a same-value edit, or a
+/// 409/422 that comes after authorization), so cells do not interfere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_over_http() {
+    let mut api = Api::start().await;
+    // a service account: a platform admin used by another system
+    let (_, service) = api
+        .db
+        .store
+        .bootstrap_user(
+            NewUser {
+                id: "service".into(),
+                platform_admin: true,
+                groups: Default::default(),
+                email: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    api.tokens.insert("service", service);
+    let env = published(&api).await;
+
+    // R: in review at stage 1; P: approved, with a project
+    let r = api
+        .ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.ok(
+        "owner",
+        Method::POST,
+        &format!("/v1/requests/{r}/submit"),
+        None,
+    )
+    .await;
+    let p = api
+        .ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.ok(
+        "owner",
+        Method::POST,
+        &format!("/v1/requests/{p}/submit"),
+        None,
+    )
+    .await;
+    let approve = |stage: u64| Some(json!({"stage": stage, "decision": "approve"}));
+    api.ok(
+        "rev1",
+        Method::POST,
+        &format!("/v1/requests/{p}/decisions"),
+        approve(0),
+    )
+    .await;
+    api.ok(
+        "rev2a",
+        Method::POST,
+        &format!("/v1/requests/{p}/decisions"),
+        approve(1),
+    )
+    .await;
+    api.ok(
+        "rev2b",
+        Method::POST,
+        &format!("/v1/requests/{p}/decisions"),
+        approve(1),
+    )
+    .await;
+    let project = api
+        .ok(
+            "owner",
+            Method::POST,
+            &format!("/v1/requests/{p}/projects"),
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = format!("notify_reviewers:{r}:1:0");
+    let pipeline = json!({"stages": [
+        {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
+        {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a", "rev2b"], "rule": {"quorum": 2}},
+    ]});
+
+    const ROLES: [&str; 9] = [
+        "platform", "service", "admin", "member", "outsider", "owner", "collab", "rev1", "rev2a",
+    ];
+    let e = |suffix: &str| format!("/v1/environments/{env}{suffix}");
+    let q = |suffix: &str| format!("/v1/requests/{r}{suffix}");
+    let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/environments".into(),
+            Some(json!({"name": "Other"})),
+            "AAFFFFFFF",
+        ),
+        (Method::GET, "/v1/environments".into(), None, "AAAAAAAAA"),
+        (Method::GET, e(""), None, "HHAAHAAHH"),
+        (
+            Method::PATCH,
+            e(""),
+            Some(json!({"name": "Biobank"})),
+            "HHAFHFFHH",
+        ),
+        (Method::PUT, e("/inventory"), Some(inventory()), "HHAFHFFHH"),
+        (Method::PUT, e("/pipeline"), Some(pipeline), "HHAFHFFHH"),
+        (
+            Method::PUT,
+            e("/members"),
+            Some(json!({"members": [{"group": "researchers"}]})),
+            "HHAFHFFHH",
+        ),
+        (
+            Method::PUT,
+            e("/admins"),
+            Some(json!({"admins": ["admin"]})),
+            "HHAFHFFHH",
+        ),
+        (Method::PUT, e("/policies"), Some(json!({})), "HHAFHFFHH"),
+        (
+            Method::PUT,
+            e("/visibility"),
+            Some(json!({"visibility": "private"})),
+            "HHAFHFFHH",
+        ),
+        (Method::POST, e("/reactivate"), None, "HHAFHFFHH"),
+        (
+            Method::POST,
+            "/v1/requests".into(),
+            Some(request_body(&env)),
+            "HHFAHAAHH",
+        ),
+        (Method::GET, "/v1/requests".into(), None, "AAAAAAAAA"),
+        (Method::GET, "/v1/reviews".into(), None, "AAAAAAAAA"),
+        (Method::GET, "/v1/projects".into(), None, "AAAAAAAAA"),
+        (Method::GET, q(""), None, "HHAHHAAAA"),
+        (
+            Method::PATCH,
+            q(""),
+            Some(json!({"title": "BMI and diabetes"})),
+            "HHFHHAFFF",
+        ),
+        (Method::POST, q("/submit"), None, "HHFHHAFFF"),
+        (
+            Method::PUT,
+            q("/collaborators"),
+            Some(json!({"collaborators": ["collab"]})),
+            "HHFHHAFFF",
+        ),
+        (Method::GET, q("/history"), None, "HHAHHAAAA"),
+        (Method::GET, q("/decisions"), None, "HHAHHAAAA"),
+        // a return without a comment: 422 once authorized
+        (
+            Method::POST,
+            q("/decisions"),
+            Some(json!({"stage": 0, "decision": "return"})),
+            "HHFHHFFAF",
+        ),
+        (Method::POST, q("/projects"), None, "HHFHHAAFF"),
+        (
+            Method::POST,
+            q("/revoke"),
+            Some(json!({"reason": "misuse"})),
+            "HHAHHFFFF",
+        ),
+        (
+            Method::GET,
+            format!("/v1/projects/{project}"),
+            None,
+            "HHHHHAAHH",
+        ),
+        (Method::GET, "/v1/audit".into(), None, "AAFFFFFFF"),
+        (
+            Method::GET,
+            format!("/v1/audit?environment={env}"),
+            None,
+            "AAAFHFFHH",
+        ),
+        (Method::GET, format!("/v1/jobs/{job}"), None, "HHHHHAHHH"),
+    ];
+    let mut failures = Vec::new();
+    for (method, path, body, expected) in &cases {
+        // without a token: 401, whatever the route
+        let (status, _) = api.call("nobody", method.clone(), path, body.clone()).await;
+        if status != StatusCode::UNAUTHORIZED {
+            failures.push(format!("{method} {path} without a token: {status}"));
+        }
+        let mut got = String::new();
+        for role in ROLES {
+            let (status, answer) = api.call(role, method.clone(), path, body.clone()).await;
+            assert!(
+                !status.is_server_error(),
+                "{method} {path} as {role}: {status} {answer}"
+            );
+            got.push(match status {
+                StatusCode::FORBIDDEN => 'F',
+                StatusCode::NOT_FOUND => 'H',
+                StatusCode::UNAUTHORIZED => 'U',
+                _ => 'A',
+            });
+        }
+        if got != *expected {
+            failures.push(format!(
+                "{method} {path}: expected {expected}, got {got} ({})",
+                ROLES.join(" ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    // nothing above changed the request under review
+    let request = api.ok("owner", Method::GET, &q(""), None).await;
+    assert_eq!(
+        (request["state"].as_str(), request["round"].as_u64()),
+        (Some("in_review"), Some(1))
+    );
+    assert!(
+        api.db
+            .store
+            .decisions(
+                &tre_testkit::caller("owner"),
+                &tre_domain::RequestId(r.clone())
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    api.db.finish().await;
+}
