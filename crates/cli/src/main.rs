@@ -1,6 +1,7 @@
 //! `tre`: the one binary of the Trusted Research Environment backend.
 
 mod bench;
+mod bench_api;
 mod config;
 mod demo;
 mod envfile;
@@ -185,6 +186,8 @@ enum AuditCommand {
 enum BenchCommand {
     /// Throughput and latency of no-op jobs through the queue.
     Queue(bench::QueueBenchArgs),
+    /// Submissions per second over HTTP, with p50/p99 latency.
+    Api(bench_api::ApiBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,6 +373,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker::run(&settings, args).await?,
         Command::Serve(args) => serve::run(&settings, args).await?,
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
+        Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await?,
         Command::Jobs(command) => {
             let store = open(&settings).await?;
             match command {

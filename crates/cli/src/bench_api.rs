@@ -1,0 +1,192 @@
+//! `tre bench api`: submissions over real HTTP against an API served in
+//! this process on a scratch database: each iteration is `POST /v1/requests`
+//! then `POST /v1/requests/{id}/submit`, at rising concurrency. Figures, not
+//! assertions: run it on a release build.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+use tre_domain::{EnvironmentCommand, Inventory, NewEnvironment, Principal, ReviewPipeline};
+use tre_store::{Caller, NewUser, Store};
+
+#[derive(Debug, Args)]
+pub struct ApiBenchArgs {
+    /// Scratch database (default: a temporary SQLite file). Never point this
+    /// at a database holding real data.
+    #[arg(long)]
+    scratch_database_url: Option<String>,
+    /// Seconds per concurrency level.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels (client tasks), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    levels: Vec<usize>,
+}
+
+async fn user(
+    store: &Store,
+    id: &str,
+    platform_admin: bool,
+    group: Option<&str>,
+) -> Result<(Caller, String)> {
+    let (user, token) = store
+        .bootstrap_user(
+            NewUser {
+                id: id.into(),
+                platform_admin,
+                groups: group.into_iter().map(String::from).collect(),
+                email: None,
+            },
+            "bench",
+        )
+        .await?;
+    Ok((Caller::new(user.actor(), "bench"), token))
+}
+
+/// A published environment with a one-field cohort dataset.
+async fn environment(store: &Store) -> Result<(String, String)> {
+    let (platform, _) = user(store, "bench-platform", true, None).await?;
+    let (admin, _) = user(store, "bench-admin", false, None).await?;
+    user(store, "bench-reviewer", false, None).await?;
+    let (_, token) = user(store, "bench-researcher", false, Some("bench")).await?;
+    let env = store
+        .create_environment(
+            &platform,
+            NewEnvironment {
+                name: "Bench".into(),
+                description: String::new(),
+                admins: ["bench-admin".into()].into(),
+            },
+        )
+        .await?;
+    let inventory: Inventory = serde_json::from_value(json!({
+        "datasets": [{"name": "people", "locations": ["people.parquet"], "key": "id",
+                      "fields": [{"name": "id", "type": "integer"}, {"name": "age", "type": "integer"}]}],
+        "cohort_dataset": "people",
+        "collections": [{"name": "all", "fields": [{"dataset": "people", "field": "age"}]}],
+    }))?;
+    let pipeline: ReviewPipeline = serde_json::from_value(json!({
+        "stages": [{"id": "s1", "name": "Committee", "reviewers": ["bench-reviewer"], "rule": "any"}]
+    }))?;
+    for command in [
+        EnvironmentCommand::SetInventory(inventory),
+        EnvironmentCommand::SetPipeline(pipeline),
+        EnvironmentCommand::SetMembers([Principal::Group("bench".into())].into()),
+        EnvironmentCommand::Publish,
+    ] {
+        store
+            .configure_environment(&admin, &env.id, command)
+            .await?;
+    }
+    Ok((env.id.0, token))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: ApiBenchArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("tre-bench-api-{}", std::process::id()));
+    let url = args
+        .scratch_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.display()));
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    let (env, token) = environment(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = tre_api::AppState {
+        store: store.clone(),
+        queue_ready: None,
+    };
+    let server = tokio::spawn(tre_api::serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    println!(
+        "tre bench api: POST /v1/requests + submit over HTTP on {} ({} cores), {} s per level",
+        if url.starts_with("sqlite") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        },
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.seconds
+    );
+    let body = json!({"environment_id": env, "title": "Bench", "purpose": "Load", "cohort": {"field": "age", "op": ">=", "value": 40},
+                      "collections": ["all"], "duration_days": 30});
+    let (mut best, mut best_p99) = (0.0f64, f64::NAN);
+    for &level in &args.levels {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..level.max(1) {
+            let (client, base, token, body, stop) = (
+                client.clone(),
+                base.clone(),
+                token.clone(),
+                body.clone(),
+                stop.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let created: serde_json::Value = client
+                        .post(format!("{base}/v1/requests"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    let id = created["id"].as_str().unwrap_or_default().to_owned();
+                    client
+                        .post(format!("{base}/v1/requests/{id}/submit"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    latencies.push(started.elapsed());
+                }
+                Ok::<_, reqwest::Error>(latencies)
+            }));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let rate = latencies.len() as f64 / elapsed;
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        println!(
+            "  {level:>3} clients: {rate:>7.0} submissions/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms"
+        );
+        if rate > best {
+            best = rate;
+            best_p99 = p99;
+        }
+    }
+    if best == 0.0 {
+        bail!("no submission completed");
+    }
+    server.abort();
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+    println!("req_per_s={best:.0} p99_ms={best_p99:.2}");
+    Ok(())
+}
