@@ -10,6 +10,7 @@
 mod error;
 mod extract;
 mod idempotency;
+mod openapi;
 mod routes;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tre_store::Store;
 
 pub use error::ApiError;
 pub use extract::{Auth, Body, parse};
+pub use openapi::spec as openapi;
 
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.
 pub const BODY_LIMIT: usize = 1 << 20;

@@ -3,9 +3,10 @@
 use std::collections::BTreeSet;
 
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, patch, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,41 +19,279 @@ use tre_store::{AuditQuery, RequestRole};
 
 use crate::{ApiError, AppState, Auth, Body};
 
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(
+/// One operation of the API. The router and `/openapi.json` are both built
+/// from [`endpoints`], so the documentation cannot drift from the routes.
+pub(crate) struct Endpoint {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) summary: &'static str,
+    /// The JSON body it takes, by name (documented as an object).
+    pub(crate) body: Option<&'static str>,
+    /// Whether it needs a bearer token.
+    pub(crate) auth: bool,
+    handler: MethodRouter<AppState>,
+}
+
+fn op(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    Endpoint {
+        auth: !path.ends_with("z") && path != "/openapi.json",
+        method,
+        path,
+        summary,
+        body,
+        handler,
+    }
+}
+
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        op(M::GET, "/healthz", "The process is up", None, get(healthz)),
+        op(
+            M::GET,
+            "/readyz",
+            "The database (and queue) answer",
+            None,
+            get(readyz),
+        ),
+        op(
+            M::GET,
+            "/openapi.json",
+            "This document",
+            None,
+            get(crate::openapi::document),
+        ),
+        op(
+            M::POST,
             "/v1/environments",
-            post(create_environment).get(list_environments),
-        )
-        .route(
+            "Create an environment (platform admins)",
+            Some("NewEnvironment"),
+            post(create_environment),
+        ),
+        op(
+            M::GET,
+            "/v1/environments",
+            "The resource center: environments the caller may discover",
+            None,
+            get(list_environments),
+        ),
+        op(
+            M::GET,
             "/v1/environments/{id}",
-            get(get_environment).patch(update_environment),
-        )
-        .route("/v1/environments/{id}/inventory", put(put_inventory))
-        .route("/v1/environments/{id}/pipeline", put(put_pipeline))
-        .route("/v1/environments/{id}/members", put(put_members))
-        .route("/v1/environments/{id}/admins", put(put_admins))
-        .route("/v1/environments/{id}/policies", put(put_policies))
-        .route("/v1/environments/{id}/visibility", put(put_visibility))
-        .route(
-            "/v1/environments/{id}/{transition}",
-            post(change_environment_state),
-        )
-        .route("/v1/requests", post(create_request).get(list_requests))
-        .route("/v1/reviews", get(review_queue))
-        .route("/v1/projects", get(list_projects))
-        .route("/v1/jobs/{id}", get(get_job))
-        .route("/v1/requests/{id}", get(get_request).patch(update_request))
-        .route("/v1/requests/{id}/collaborators", put(put_collaborators))
-        .route("/v1/requests/{id}/history", get(request_history))
-        .route("/v1/requests/{id}/decisions", post(decide).get(decisions))
-        .route("/v1/requests/{id}/projects", post(create_project))
-        .route("/v1/requests/{id}/{transition}", post(change_request_state))
-        .route("/v1/projects/{id}", get(get_project))
-        .route("/v1/audit", get(audit))
+            "One environment",
+            None,
+            get(get_environment),
+        ),
+        op(
+            M::PATCH,
+            "/v1/environments/{id}",
+            "Rename or describe (admins)",
+            Some("EnvironmentDetails"),
+            patch(update_environment),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/inventory",
+            "Set (draft) or stage (maintenance) the inventory",
+            Some("Inventory"),
+            put(put_inventory),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/pipeline",
+            "Set the review pipeline (only reviewers after publish)",
+            Some("ReviewPipeline"),
+            put(put_pipeline),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/members",
+            "Set the authorized users and groups",
+            Some("Members"),
+            put(put_members),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/admins",
+            "Set the environment's admins",
+            Some("Admins"),
+            put(put_admins),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/policies",
+            "Set the custodian's policies",
+            Some("Policies"),
+            put(put_policies),
+        ),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/visibility",
+            "Make public or private",
+            Some("Visibility"),
+            put(put_visibility),
+        ),
+        op(
+            M::POST,
+            "/v1/environments/{id}/publish",
+            "draft -> active",
+            None,
+            post(publish),
+        ),
+        op(
+            M::POST,
+            "/v1/environments/{id}/maintenance",
+            "active -> maintenance",
+            None,
+            post(maintenance),
+        ),
+        op(
+            M::POST,
+            "/v1/environments/{id}/reactivate",
+            "maintenance -> active",
+            None,
+            post(reactivate),
+        ),
+        op(
+            M::POST,
+            "/v1/requests",
+            "Draft an access request",
+            Some("NewRequest"),
+            post(create_request),
+        ),
+        op(
+            M::GET,
+            "/v1/requests",
+            "The caller's requests by role and state",
+            None,
+            get(list_requests),
+        ),
+        op(
+            M::GET,
+            "/v1/requests/{id}",
+            "One request",
+            None,
+            get(get_request),
+        ),
+        op(
+            M::PATCH,
+            "/v1/requests/{id}",
+            "Edit a draft or a request in revision (owner)",
+            Some("RequestUpdate"),
+            patch(update_request),
+        ),
+        op(
+            M::PUT,
+            "/v1/requests/{id}/collaborators",
+            "Set the collaborators (owner)",
+            Some("Collaborators"),
+            put(put_collaborators),
+        ),
+        op(
+            M::POST,
+            "/v1/requests/{id}/submit",
+            "Submit or resubmit (owner)",
+            None,
+            post(submit),
+        ),
+        op(
+            M::POST,
+            "/v1/requests/{id}/withdraw",
+            "Withdraw (owner)",
+            None,
+            post(withdraw),
+        ),
+        op(
+            M::POST,
+            "/v1/requests/{id}/revoke",
+            "Revoke an approved request (admins)",
+            Some("Revocation"),
+            post(revoke),
+        ),
+        op(
+            M::GET,
+            "/v1/requests/{id}/history",
+            "State changes and decisions, in order",
+            None,
+            get(request_history),
+        ),
+        op(
+            M::POST,
+            "/v1/requests/{id}/decisions",
+            "Decide the current stage (its reviewers)",
+            Some("Decision"),
+            post(decide),
+        ),
+        op(
+            M::GET,
+            "/v1/requests/{id}/decisions",
+            "Every decision of the request",
+            None,
+            get(decisions),
+        ),
+        op(
+            M::POST,
+            "/v1/requests/{id}/projects",
+            "Create the project of an approved request",
+            None,
+            post(create_project),
+        ),
+        op(
+            M::GET,
+            "/v1/reviews",
+            "The caller's review queue",
+            None,
+            get(review_queue),
+        ),
+        op(
+            M::GET,
+            "/v1/projects",
+            "The caller's projects",
+            None,
+            get(list_projects),
+        ),
+        op(
+            M::GET,
+            "/v1/projects/{id}",
+            "One project (members only)",
+            None,
+            get(get_project),
+        ),
+        op(
+            M::GET,
+            "/v1/jobs/{id}",
+            "A job the caller's call started",
+            None,
+            get(get_job),
+        ),
+        op(
+            M::GET,
+            "/v1/audit",
+            "Audit events (environment or platform admins)",
+            None,
+            get(audit),
+        ),
+    ]
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, e| router.route(e.path, e.handler))
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -276,18 +515,28 @@ async fn put_visibility(
     .await
 }
 
-async fn change_environment_state(
+async fn publish(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    Path((id, transition)): Path<(String, String)>,
+    Path(id): Path<String>,
 ) -> Result<Response> {
-    let command = match transition.as_str() {
-        "publish" => EnvironmentCommand::Publish,
-        "maintenance" => EnvironmentCommand::EnterMaintenance,
-        "reactivate" => EnvironmentCommand::Reactivate,
-        _ => return Err(ApiError::not_found("route")),
-    };
-    configure(&state, &caller, id, command).await
+    configure(&state, &caller, id, EnvironmentCommand::Publish).await
+}
+
+async fn maintenance(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    configure(&state, &caller, id, EnvironmentCommand::EnterMaintenance).await
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
 }
 
 /// `{environment_id, ...NewRequest}`. Parsed in two steps (not with
@@ -376,24 +625,37 @@ struct Revocation {
     reason: String,
 }
 
-async fn change_request_state(
+async fn submit(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    Path((id, transition)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    Path(id): Path<String>,
 ) -> Result<Response> {
-    let cmd = match transition.as_str() {
-        "submit" => RequestCommand::Submit,
-        "withdraw" => RequestCommand::Withdraw,
-        "revoke" => {
-            let body: Revocation = crate::parse(&body)?;
-            RequestCommand::Revoke {
-                reason: body.reason,
-            }
-        }
-        _ => return Err(ApiError::not_found("route")),
-    };
-    command(&state, &caller, id, cmd).await
+    command(&state, &caller, id, RequestCommand::Submit).await
+}
+
+async fn withdraw(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    command(&state, &caller, id, RequestCommand::Withdraw).await
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<Revocation>,
+) -> Result<Response> {
+    command(
+        &state,
+        &caller,
+        id,
+        RequestCommand::Revoke {
+            reason: body.reason,
+        },
+    )
+    .await
 }
 
 async fn request_history(

@@ -879,3 +879,47 @@ async fn authorization_matrix_over_http() {
     );
     api.db.finish().await;
 }
+
+/// `/openapi.json` documents every operation, each documented operation is
+/// routed, and what is not routed answers in the one error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_routes() {
+    let api = Api::start().await;
+    let spec = api.ok("nobody", Method::GET, "/openapi.json", None).await;
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert_eq!(spec, tre_api::openapi(), "served as built");
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            assert!(
+                operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{method} {path}"
+            );
+            let concrete = path.replace("{id}", "no-such-id");
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let (status, body) = api
+                .call("owner", method.clone(), &concrete, Some(json!({})))
+                .await;
+            let unrouted =
+                status == StatusCode::NOT_FOUND && body["error"]["message"] == "route not found";
+            assert!(!unrouted, "{method} {path} is documented but not routed");
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
+    }
+    assert!(operations >= 33, "{operations}");
+    // what is not routed answers in the error shape
+    let (status, body) = api
+        .call("owner", Method::DELETE, "/v1/environments", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    let (status, body) = api.call("owner", Method::GET, "/v2/anything", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    api.db.finish().await;
+}
