@@ -659,3 +659,57 @@ fn http_get(addr: &str, path: &str) -> String {
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// `tre serve` on the embedded default: answers over HTTP, shuts down
+/// cleanly on SIGTERM.
+#[test]
+fn serve_answers_and_stops_on_sigterm() {
+    let (dir, url) = sqlite_url();
+    let token = ok(tre(&url, &["users", "add", "ops", "--platform-admin"]));
+    let token = token.lines().last().unwrap().to_owned();
+    let addr = format!("127.0.0.1:{}", tre_testkit::free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
+    command.current_dir(repo_root());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRE_") {
+            command.env_remove(key);
+        }
+    }
+    let mut server = command
+        .env("TRE_DATABASE_URL", &url)
+        .args(["serve", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut health = String::new();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            health = http_get(&addr, "/healthz");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // an authenticated call over the wire
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let body = r#"{"name": "Served"}"#;
+    write!(
+        stream,
+        "POST /v1/environments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert!(response.contains("\"state\":\"draft\""), "{response}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -10,6 +10,7 @@
 mod error;
 mod extract;
 mod idempotency;
+mod metrics;
 mod openapi;
 mod routes;
 
@@ -36,6 +37,18 @@ pub struct AppState {
     pub store: Store,
     /// Checks the job queue for `/readyz`; none for the embedded queue.
     pub queue_ready: Option<fn() -> bool>,
+    /// Request counters and durations for `/metrics`.
+    pub metrics: std::sync::Arc<metrics::HttpMetrics>,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            queue_ready: None,
+            metrics: std::sync::Arc::default(),
+        }
+    }
 }
 
 /// The request id: the caller's `x-request-id` when it is sane, else new.
@@ -64,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::layer,
         ))
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

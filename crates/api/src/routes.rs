@@ -40,7 +40,7 @@ fn op(
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
     Endpoint {
-        auth: !path.ends_with("z") && path != "/openapi.json",
+        auth: !matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/metrics"),
         method,
         path,
         summary,
@@ -66,6 +66,13 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "This document",
             None,
             get(crate::openapi::document),
+        ),
+        op(
+            M::GET,
+            "/metrics",
+            "Prometheus metrics",
+            None,
+            get(crate::metrics::page),
         ),
         op(
             M::POST,

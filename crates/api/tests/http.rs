@@ -53,10 +53,7 @@ impl Api {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState {
-            store: db.store.clone(),
-            queue_ready: None,
-        };
+        let state = AppState::new(db.store.clone());
         let server = tokio::spawn(async move {
             tre_api::serve(listener, state, std::future::pending())
                 .await

@@ -105,10 +105,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     let (env, token) = environment(&store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = tre_api::AppState {
-        store: store.clone(),
-        queue_ready: None,
-    };
+    let state = tre_api::AppState::new(store.clone());
     let server = tokio::spawn(tre_api::serve(listener, state, std::future::pending()));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)

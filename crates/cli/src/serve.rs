@@ -59,10 +59,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
             "run by tre worker fleets on Redis"
         }
     );
-    let state = AppState {
-        store: store.clone(),
-        queue_ready: None,
-    };
+    let state = AppState::new(store.clone());
     let mut stop_api = shutdown.clone();
     tre_api::serve(listener, state, async move {
         let _ = stop_api.wait_for(|s| *s).await;
