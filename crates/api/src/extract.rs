@@ -59,13 +59,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                     .next()
                     .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
             });
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/json",
-            ));
-        }
+        // read the body first, whatever we answer: a body left unread on a
+        // kept-alive connection would be taken for the next request
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -77,44 +72,51 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
             }
         })?;
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
+        }
         parse(&bytes).map(Body)
     }
 }
 
 /// Parses JSON, naming the path of a value that does not fit.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // malformed JSON is a 400 whatever its fields would have been
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            e.to_string(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(value) => Ok(value),
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_json",
-                    inner.to_string(),
-                ))
-            } else {
-                // a missing field is reported at its parent, with its name
-                // in the message: name the field itself
-                let message = inner.to_string();
-                let missing = message
-                    .strip_prefix("missing field `")
-                    .and_then(|rest| rest.split('`').next());
-                let field = match (path.as_str(), missing) {
-                    (".", Some(name)) => name.to_owned(),
-                    (parent, Some(name)) => format!("{parent}.{name}"),
-                    (".", None) => "body".to_owned(),
-                    (_, None) => path,
-                };
-                Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid",
-                    inner.to_string(),
-                )
-                .with_field(field))
-            }
+            // the syntax was checked above: whatever fails now is data that
+            // does not fit (serde_json calls some of it "syntax"). A missing
+            // field is reported at its parent, with its name in the message:
+            // name the field itself.
+            let message = inner.to_string();
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let field = match (path.as_str(), missing) {
+                (".", Some(name)) => name.to_owned(),
+                (parent, Some(name)) => format!("{parent}.{name}"),
+                (".", None) => "body".to_owned(),
+                (_, None) => path,
+            };
+            Err(
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                    .with_field(field),
+            )
         }
     }
 }

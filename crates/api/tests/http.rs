@@ -429,7 +429,7 @@ async fn errors_have_one_shape_and_change_nothing() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error(&r.json().await.unwrap()).0, "malformed_json");
     // 413 over the body limit
-    let huge = json!({"environment_id": env, "title": "x".repeat(2 << 20)});
+    let huge = json!({"environment_id": env, "title": "x".repeat(tre_api::BODY_LIMIT)});
     let (status, body) = api
         .call("owner", Method::POST, "/v1/requests", Some(huge))
         .await;
@@ -917,6 +917,119 @@ async fn openapi_matches_the_routes() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    api.db.finish().await;
+}
+
+/// Every endpoint that takes a body, fed bad bodies: the right status, the
+/// error shape, and nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_everywhere() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let r = api
+        .ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spec = tre_api::openapi();
+    let before = api.db.store.verify_audit().await.unwrap().head_seq;
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("requestBody").is_none() {
+                continue;
+            }
+            checked += 1;
+            let url = format!(
+                "{}{}",
+                api.base,
+                path.replace(
+                    "{id}",
+                    if path.starts_with("/v1/requests") {
+                        &r
+                    } else {
+                        &env
+                    }
+                )
+            );
+            let method: Method = method.to_uppercase().parse().unwrap();
+            // the most privileged plausible caller, so authorization is not what refuses
+            let who = if path == "/v1/environments" {
+                "platform"
+            } else if path.starts_with("/v1/environments") {
+                "admin"
+            } else {
+                "owner"
+            };
+            let send = |content_type: &'static str, body: Vec<u8>| {
+                api.client
+                    .request(method.clone(), &url)
+                    .bearer_auth(&api.tokens[who])
+                    .header("content-type", content_type)
+                    .body(body)
+            };
+            let cases: Vec<(&str, Vec<u8>, StatusCode)> = vec![
+                (
+                    "text/plain",
+                    b"{}".to_vec(),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ),
+                (
+                    "application/json",
+                    b"{\"a\": ".to_vec(),
+                    StatusCode::BAD_REQUEST,
+                ),
+                (
+                    "application/json",
+                    b"[1, 2]".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/json",
+                    b"{\"no_such_field\": \"x\", \"title\": \"x\", \"name\": \"x\"}".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/json",
+                    vec![b' '; tre_api::BODY_LIMIT + 1024],
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                ),
+            ];
+            for (content_type, body, expected) in cases {
+                let response = send(content_type, body.clone()).send().await.unwrap();
+                let status = response.status();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                assert_eq!(
+                    status,
+                    expected,
+                    "{method} {path} with {content_type} {:?}: {answer}",
+                    String::from_utf8_lossy(&body[..body.len().min(60)])
+                );
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{method} {path}: {answer}"
+                );
+                if status == StatusCode::UNPROCESSABLE_ENTITY {
+                    assert!(
+                        answer["error"]["field"].is_string(),
+                        "{method} {path}: a 422 names a field: {answer}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 13, "endpoints with bodies");
+    assert_eq!(
+        api.db.store.verify_audit().await.unwrap().head_seq,
+        before,
+        "nothing was written"
     );
     api.db.finish().await;
 }

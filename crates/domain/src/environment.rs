@@ -138,6 +138,7 @@ impl Policies {
 
 /// What a platform admin provides to create an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEnvironment {
     pub name: String,
     #[serde(default)]

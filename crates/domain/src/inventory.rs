@@ -33,6 +33,7 @@ impl FieldType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Field {
     pub name: String,
     #[serde(rename = "type")]
@@ -44,6 +45,7 @@ pub struct Field {
 /// A table of the inventory, stored as one or more Parquet files in the
 /// source object store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Dataset {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -63,6 +65,7 @@ impl Dataset {
 
 /// A field of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FieldRef {
     pub dataset: String,
     pub field: String,
@@ -70,6 +73,7 @@ pub struct FieldRef {
 
 /// A named set of fields that a request selects as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataCollection {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -79,6 +83,7 @@ pub struct DataCollection {
 
 /// One version of an environment's data inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Inventory {
     /// Assigned by the environment when the inventory is set; 1 for the first.
     #[serde(default)]

@@ -35,6 +35,7 @@ pub enum DecisionRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReviewStage {
     /// Stable identifier, unique in the pipeline (e.g. `access-committee`).
     pub id: String,
@@ -60,6 +61,7 @@ impl ReviewStage {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReviewPipeline {
     pub stages: Vec<ReviewStage>,
 }

@@ -127,6 +127,7 @@ impl Verdict {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DecisionInput {
     /// The stage index the reviewer is deciding (guards against deciding a
     /// stage that closed meanwhile).
