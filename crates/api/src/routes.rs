@@ -284,6 +284,13 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             None,
             get(audit),
         ),
+        op(
+            M::GET,
+            "/v1/notifications",
+            "The caller's inbox, newest first",
+            None,
+            get(notifications),
+        ),
     ]
 }
 
@@ -870,4 +877,24 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response> {
     Ok(Json(state.store.job_for(&caller, &id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    limit: Option<usize>,
+}
+
+/// The caller's notifications (review requests, outcomes, reminders).
+async fn notifications(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    q: std::result::Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    let items = state
+        .store
+        .inbox(&caller.actor.id, limit(q.limit)? as u32)
+        .await?;
+    Ok(Json(json!({"items": items})).into_response())
 }

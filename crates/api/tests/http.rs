@@ -783,6 +783,7 @@ async fn authorization_matrix_over_http() {
         (Method::GET, "/v1/requests".into(), None, "AAAAAAAAA"),
         (Method::GET, "/v1/reviews".into(), None, "AAAAAAAAA"),
         (Method::GET, "/v1/projects".into(), None, "AAAAAAAAA"),
+        (Method::GET, "/v1/notifications".into(), None, "AAAAAAAAA"),
         (Method::GET, q(""), None, "HHAHHAAAA"),
         (
             Method::PATCH,
@@ -1031,5 +1032,112 @@ async fn bad_bodies_everywhere() {
         before,
         "nothing was written"
     );
+    api.db.finish().await;
+}
+
+/// The API with a worker fleet on Redis: the lifecycle's follow-up steps
+/// run as jobs, and people read their notifications through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_workers_people_are_notified() {
+    let Some(redis) = tre_testkit::TestRedis::start() else {
+        return;
+    };
+    let api = Api::start().await;
+    let queue = std::sync::Arc::new(
+        tre_jobs::RedisQueue::connect(tre_jobs::RedisQueueOptions::new(redis.url()))
+            .await
+            .unwrap(),
+    );
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let mut options = tre_workers::WorkerOptions::default();
+    options.runtime.relay_interval = std::time::Duration::from_millis(20);
+    let worker = tokio::spawn(tre_workers::run(
+        api.db.store.clone(),
+        queue,
+        options,
+        std::sync::Arc::new(tre_jobs::Metrics::default()),
+        shutdown,
+    ));
+    let env = published(&api).await;
+    let id = api
+        .ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.ok(
+        "owner",
+        Method::POST,
+        &format!("/v1/requests/{id}/submit"),
+        None,
+    )
+    .await;
+    let inbox = |who: &'static str| {
+        let api = &api;
+        async move {
+            api.ok(who, Method::GET, "/v1/notifications", None).await["items"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let mut asked = Vec::new();
+    for _ in 0..200 {
+        asked = inbox("rev1").await;
+        if !asked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(asked.len(), 1, "the stage 1 reviewer is asked");
+    assert_eq!(asked[0]["kind"], "review_requested");
+    assert_eq!(asked[0]["request_id"], id.as_str());
+    assert!(
+        inbox("collab").await.is_empty(),
+        "requesters are not asked to review"
+    );
+    let path = format!("/v1/requests/{id}/decisions");
+    api.ok(
+        "rev1",
+        Method::POST,
+        &path,
+        Some(json!({"stage": 0, "decision": "approve"})),
+    )
+    .await;
+    api.ok(
+        "rev2a",
+        Method::POST,
+        &path,
+        Some(json!({"stage": 1, "decision": "reject", "final": true, "comment": "Out of scope"})),
+    )
+    .await;
+    let mut told = Vec::new();
+    for _ in 0..200 {
+        told = inbox("collab").await;
+        if !told.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(told[0]["kind"], "request_rejected");
+    let job = api
+        .ok(
+            "owner",
+            Method::GET,
+            &format!("/v1/jobs/notify_reviewers:{id}:1:0"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_i64()),
+        (Some("done"), Some(1))
+    );
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
     api.db.finish().await;
 }
