@@ -852,9 +852,19 @@ async fn list_requests(
     Ok(Json(page).into_response())
 }
 
-/// Requests waiting on a stage the caller reviews and has not decided.
-async fn review_queue(State(state): State<AppState>, Auth(caller): Auth) -> Result<Response> {
-    Ok(Json(json!({"items": state.store.review_queue(&caller).await?})).into_response())
+/// Requests waiting on a stage the caller reviews and has not decided,
+/// paged by `limit` and `cursor`.
+async fn review_queue(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    q: std::result::Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    let page = state
+        .store
+        .review_queue(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 async fn list_projects(

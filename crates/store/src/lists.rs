@@ -121,15 +121,20 @@ impl Store {
     }
 
     /// The caller's review queue: requests waiting on a stage the caller
-    /// reviews and has not decided in this round.
-    pub async fn review_queue(&self, caller: &Caller) -> Result<Vec<AccessRequest>, StoreError> {
+    /// reviews and has not decided in this round, by id from `after`.
+    pub async fn review_queue(
+        &self,
+        caller: &Caller,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<AccessRequest>, StoreError> {
         let mut queue = Vec::new();
         for env in self.list_all_environments().await? {
             if !env.pipeline.is_reviewer(&caller.actor.id) {
                 continue;
             }
             let sql = "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review' AND id > $2 ORDER BY id";
-            for request in self.requests_where(sql, env.id.as_str(), "").await? {
+            for request in self.requests_where(sql, env.id.as_str(), after).await? {
                 let object = Object::Request {
                     environment: &env,
                     request: &request,
@@ -148,7 +153,9 @@ impl Store {
                 }
             }
         }
-        Ok(queue)
+        queue.sort_by(|a, b| a.id.cmp(&b.id));
+        queue.truncate(limit + 1);
+        Ok(page(queue, limit, |r| r.id.to_string()))
     }
 
     /// The projects the caller is a member of.
