@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use tre_domain::{
 };
 use tre_store::{AuditQuery, RequestRole};
 
+use crate::extract::Params;
 use crate::{ApiError, AppState, Auth, Body};
 
 /// One operation of the API. The router and `/openapi.json` are both built
@@ -349,19 +350,9 @@ async fn create_environment(
 async fn list_environments(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    page: std::result::Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    Params(page): Params<Page>,
 ) -> Result<Json<serde_json::Value>> {
-    let Query(page) =
-        page.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let limit = page.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "must be between 1 and 200",
-        )
-        .with_field("limit"));
-    }
+    let limit = limit(page.limit)?;
     let mut all = state.store.list_environments(&caller).await?;
     all.sort_by(|a, b| a.id.cmp(&b.id));
     let items: Vec<_> = all
@@ -754,10 +745,8 @@ struct AuditParams {
 async fn audit(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    params: std::result::Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<AuditParams>,
 ) -> Result<Response> {
-    let Query(params) =
-        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     let query = AuditQuery {
         environment: params.environment.map(EnvironmentId),
         object_id: params.object,
@@ -803,21 +792,13 @@ fn limit(limit: Option<usize>) -> Result<usize> {
     }
 }
 
-fn query<T>(
-    q: std::result::Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
-}
-
 /// The caller's requests: `role=owner|collaborator|reviewer` (all when
 /// absent), `state=...`, paged by `limit` and `cursor`.
 async fn list_requests(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    q: std::result::Result<Query<RequestQuery>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<RequestQuery>,
 ) -> Result<Response> {
-    let q = query(q)?;
     let role = match q.role.as_deref() {
         None => None,
         Some(r) => Some(RequestRole::parse(r).ok_or_else(|| {
@@ -857,9 +838,8 @@ async fn list_requests(
 async fn review_queue(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    q: std::result::Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<Page>,
 ) -> Result<Response> {
-    let q = query(q)?;
     let page = state
         .store
         .review_queue(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
@@ -870,9 +850,8 @@ async fn review_queue(
 async fn list_projects(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    q: std::result::Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<Page>,
 ) -> Result<Response> {
-    let q = query(q)?;
     let page = state
         .store
         .list_projects(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
@@ -899,9 +878,8 @@ struct InboxQuery {
 async fn notifications(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    q: std::result::Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+    Params(q): Params<InboxQuery>,
 ) -> Result<Response> {
-    let q = query(q)?;
     let items = state
         .store
         .inbox(&caller.actor.id, limit(q.limit)? as u32)
