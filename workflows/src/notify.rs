@@ -23,7 +23,7 @@ use sha2::Sha256;
 use tracing::info;
 use tre_domain::{AccessRequest, Environment, RequestId, RequestState, ReviewStage, UserId};
 use tre_jobs::{JobContext, JobError};
-use tre_store::{ClaimedJob, Delivery, Notification};
+use tre_store::{ClaimedJob, Delivery, Notification, now};
 
 /// Where webhooks go. Every field documents its default.
 #[derive(Debug, Clone)]
@@ -107,12 +107,6 @@ async fn open_stage(
             JobError::Permanent(format!("the pipeline has no stage {}", stage + 1))
         })?;
     Ok(Some((request, env, pipeline_stage)))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Notifier {
@@ -213,7 +207,7 @@ impl Notifier {
                 target: address,
                 status: status.into(),
                 detail,
-                at: now_ms(),
+                at: now().0,
             })
             .await?;
         error.map_or(Ok(()), Err)
@@ -236,7 +230,7 @@ impl Notifier {
                     request_id: Some(request.id.to_string()),
                     subject: message.subject.to_owned(),
                     body: message.body.to_owned(),
-                    created_at: now_ms(),
+                    created_at: now().0,
                     read_at: None,
                 })
                 .await?;
@@ -262,7 +256,7 @@ impl Notifier {
         }
         let body = serde_json::to_vec(&json!({"event": event, "delivery": key, "data": data}))
             .expect("json");
-        let timestamp = now_ms() / 1000;
+        let timestamp = now().0 / 1000;
         let sent = self
             .http
             .post(&hook.url)
@@ -306,7 +300,7 @@ impl Notifier {
                 target: hook.url.clone(),
                 status: status.into(),
                 detail,
-                at: now_ms(),
+                at: now().0,
             })
             .await?;
         match error {

@@ -392,12 +392,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(&store.job_counts().await?)?)
                 }
                 JobsCommand::Retry { key } => {
-                    let now = tre_domain::Timestamp(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)?
-                            .as_millis() as i64,
-                    );
-                    if store.retry_dead_job(&key, now).await? {
+                    if store.retry_dead_job(&key, tre_store::now()).await? {
                         println!("job {key} is pending again");
                     } else {
                         anyhow::bail!("no dead job {key:?}");

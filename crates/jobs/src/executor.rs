@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{Instrument, info, info_span, warn};
 use tre_domain::Timestamp;
-use tre_store::{ClaimedJob, FailOutcome, Store};
+use tre_store::{ClaimedJob, FailOutcome, Store, now};
 
 use crate::{JobError, JobPolicy, Metrics, Pool};
 
@@ -44,14 +44,6 @@ pub enum ExecOutcome {
     Skipped,
     /// The worker lost its lease while running (took longer than the lease).
     LeaseLost,
-}
-
-fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    )
 }
 
 /// Runs jobs for the handlers registered with it.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use tre_domain::Timestamp;
-use tre_store::Store;
+use tre_store::{Store, now};
 
 use crate::queue::JobMessage;
 use crate::{JobPolicy, JobQueue, Pool, Shutdown};
@@ -49,14 +49,6 @@ impl Default for RuntimeOptions {
             drain: Duration::from_secs(30),
         }
     }
-}
-
-pub(crate) fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    )
 }
 
 /// Hands due outbox jobs to the queue.

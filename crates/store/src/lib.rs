@@ -99,7 +99,8 @@ pub struct Store {
 
 type Tx = Transaction<'static, sqlx::Any>;
 
-pub(crate) fn now() -> Timestamp {
+/// The wall clock as a [`Timestamp`]: the one clock every crate reads.
+pub fn now() -> Timestamp {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
