@@ -17,6 +17,7 @@ use std::time::Duration;
 use tracing::info;
 use tre_jobs::{
     Executor, JobPolicy, JobQueue, Metrics, Pool, RuntimeOptions, Shutdown, spawn_maintenance,
+    worker_name,
 };
 use tre_store::Store;
 use tre_workflows::{EmailConfig, Notifier, RequestWorkflow, WebhookConfig};
@@ -109,17 +110,6 @@ impl Default for WorkerOptions {
             email: None,
         }
     }
-}
-
-/// A unique worker name: host, pid, random.
-pub fn worker_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
 /// The executor with every handler this build has. Fails (naming the

@@ -30,5 +30,5 @@ pub use executor::{ExecOutcome, Executor, JobContext, JobHandler};
 pub use metrics::Metrics;
 pub use policy::{JobPolicy, Pool};
 pub use queue::{EmbeddedQueue, JobMessage, JobQueue, Shutdown};
-pub use redis_queue::{RedisQueue, RedisQueueOptions};
+pub use redis_queue::{RedisQueue, RedisQueueOptions, worker_name};
 pub use runtime::{Reconciler, Relay, RuntimeOptions, spawn_maintenance};

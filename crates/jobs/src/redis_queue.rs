@@ -97,8 +97,9 @@ impl std::fmt::Debug for RedisQueue {
     }
 }
 
-/// A worker name no other process uses: pool, host, pid and randomness.
-pub(crate) fn unique_worker_name(pool: Pool) -> String {
+/// A name no other worker uses: host, pid and randomness (apalis treats a
+/// reused name as fatal; it is also the owner of SQL leases).
+pub fn worker_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -108,7 +109,7 @@ pub(crate) fn unique_worker_name(pool: Pool) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{pool}-{host}-{}-{nanos:08x}", std::process::id())
+    format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
 struct PoolState {
@@ -195,7 +196,7 @@ impl JobQueue for RedisQueue {
             // A worker that ends in error (e.g. Redis went away) is restarted
             // under a new name until shutdown.
             while !*shutdown.borrow() {
-                let name = unique_worker_name(pool);
+                let name = format!("{pool}-{}", worker_name());
                 info!(%pool, worker = %name, concurrency, "serving pool from Redis");
                 let backend = queue.storage(pool).poll_with_backoff(
                     queue.options.poll_interval,
