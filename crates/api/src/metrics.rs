@@ -91,16 +91,7 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
         );
     }
     if let Ok(depth) = state.store.job_counts().await {
-        out.push_str("# HELP tre_jobs_queue_depth Jobs in the outbox by state.\n# TYPE tre_jobs_queue_depth gauge\n");
-        for (s, n) in [
-            ("pending", depth.pending),
-            ("queued", depth.queued),
-            ("running", depth.running),
-            ("done", depth.done),
-            ("dead", depth.dead),
-        ] {
-            let _ = writeln!(out, "tre_jobs_queue_depth{{state=\"{s}\"}} {n}");
-        }
+        out.push_str(&depth.to_prometheus());
     }
     out
 }

@@ -85,13 +85,6 @@ async fn environment(store: &Store) -> Result<(String, String)> {
     Ok((env.id.0, token))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
-
 pub async fn run(args: ApiBenchArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("tre-bench-api-{}", std::process::id()));
@@ -169,7 +162,10 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort();
         let rate = latencies.len() as f64 / elapsed;
-        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        let (p50, p99) = (
+            crate::bench::percentile(&latencies, 0.5),
+            crate::bench::percentile(&latencies, 0.99),
+        );
         println!(
             "  {level:>3} clients: {rate:>7.0} submissions/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms"
         );

@@ -87,16 +87,7 @@ impl Metrics {
                 h.count
             );
         }
-        out.push_str("# HELP tre_jobs_queue_depth Jobs in the outbox by state.\n# TYPE tre_jobs_queue_depth gauge\n");
-        for (state, n) in [
-            ("pending", depth.pending),
-            ("queued", depth.queued),
-            ("running", depth.running),
-            ("done", depth.done),
-            ("dead", depth.dead),
-        ] {
-            let _ = writeln!(out, "tre_jobs_queue_depth{{state=\"{state}\"}} {n}");
-        }
+        out.push_str(&depth.to_prometheus());
         out
     }
 }

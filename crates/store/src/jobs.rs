@@ -49,6 +49,25 @@ pub struct JobCounts {
     pub dead: i64,
 }
 
+impl JobCounts {
+    /// The counts as the Prometheus gauge `tre_jobs_queue_depth{state}`.
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP tre_jobs_queue_depth Jobs in the outbox by state.\n# TYPE tre_jobs_queue_depth gauge\n",
+        );
+        for (state, n) in [
+            ("pending", self.pending),
+            ("queued", self.queued),
+            ("running", self.running),
+            ("done", self.done),
+            ("dead", self.dead),
+        ] {
+            out.push_str(&format!("tre_jobs_queue_depth{{state=\"{state}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
 impl Store {
     /// Pending jobs that are due, oldest first, with their attempts so far:
     /// what the relay hands to the queue.
