@@ -351,22 +351,16 @@ async fn list_environments(
     State(state): State<AppState>,
     Auth(caller): Auth,
     Params(page): Params<Page>,
-) -> Result<Json<serde_json::Value>> {
-    let limit = limit(page.limit)?;
-    let mut all = state.store.list_environments(&caller).await?;
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let items: Vec<_> = all
-        .into_iter()
-        .filter(|e| {
-            page.cursor
-                .as_ref()
-                .is_none_or(|c| e.id.0.as_str() > c.as_str())
-        })
-        .take(limit + 1)
-        .collect();
-    let next = (items.len() > limit).then(|| items[limit - 1].id.clone());
-    let items: Vec<_> = items.into_iter().take(limit).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next})))
+) -> Result<Response> {
+    let page = state
+        .store
+        .environments_page(
+            &caller,
+            page.cursor.as_deref().unwrap_or(""),
+            limit(page.limit)?,
+        )
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 async fn get_environment(

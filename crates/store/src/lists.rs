@@ -4,8 +4,11 @@
 
 use serde::Serialize;
 use sqlx::Row;
-use tre_domain::{AccessRequest, Action, Object, Project, RequestState, authorize};
+use std::collections::BTreeMap;
 
+use tre_domain::{AccessRequest, Action, Environment, Object, Project, RequestState, authorize};
+
+use crate::requests::as_seen_by;
 use crate::{Caller, OutboxJob, Store, StoreError, docs};
 
 /// Which of the caller's requests to list.
@@ -112,12 +115,39 @@ impl Store {
         found.retain(|r| state.is_none_or(|s| r.state.name() == s));
         found.sort_by(|a, b| a.id.cmp(&b.id));
         found.truncate(limit + 1);
+        // each as `request()` shows it (redactions apply), loading each
+        // environment once
+        let mut environments = BTreeMap::new();
         let mut visible = Vec::new();
         for request in found {
-            // each as `request()` shows it (admins and reviewers: redactions apply)
-            visible.push(self.request(caller, &request.id).await?);
+            if !environments.contains_key(&request.environment_id) {
+                let (env, _) = self
+                    .load_environment(&self.pool, &request.environment_id)
+                    .await?;
+                environments.insert(request.environment_id.clone(), env);
+            }
+            visible.push(as_seen_by(
+                caller,
+                &environments[&request.environment_id],
+                request,
+            )?);
         }
         Ok(page(visible, limit, |r| r.id.to_string()))
+    }
+
+    /// The resource center, by id from `after`: environments the caller may
+    /// discover.
+    pub async fn environments_page(
+        &self,
+        caller: &Caller,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<Environment>, StoreError> {
+        let mut found = self.list_environments(caller).await?;
+        found.retain(|e| e.id.as_str() > after);
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit + 1);
+        Ok(page(found, limit, |e| e.id.to_string()))
     }
 
     /// The caller's review queue: requests waiting on a stage the caller

@@ -29,6 +29,27 @@ fn parse_verdict(s: &str) -> Option<Verdict> {
         .find(|v| v.as_str() == s)
 }
 
+/// The request as `caller` may see it: refused (or concealed) without the
+/// right to view it; with the cohort replaced by `{"redacted": true}` and no
+/// collections for those who may see it but not its data selection.
+pub(crate) fn as_seen_by(
+    caller: &Caller,
+    env: &tre_domain::Environment,
+    mut request: AccessRequest,
+) -> Result<AccessRequest, StoreError> {
+    let object = Object::Request {
+        environment: env,
+        request: &request,
+    };
+    authorize(&caller.actor, Action::ViewRequest, &object)
+        .map_err(|d| StoreError::denied("request", request.id.as_str(), d))?;
+    if authorize(&caller.actor, Action::ViewRequestSelection, &object).is_err() {
+        request.cohort = json!({"redacted": true});
+        request.collections.clear();
+    }
+    Ok(request)
+}
+
 /// Rewrites who takes part in a request (owner and collaborators).
 async fn write_participants(tx: &mut Tx, request: &AccessRequest) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM request_participants WHERE request_id = $1")
@@ -183,21 +204,11 @@ impl Store {
         caller: &Caller,
         id: &RequestId,
     ) -> Result<AccessRequest, StoreError> {
-        let (mut request, _) = self.load_request(&self.pool, id).await?;
+        let (request, _) = self.load_request(&self.pool, id).await?;
         let (env, _) = self
             .load_environment(&self.pool, &request.environment_id)
             .await?;
-        let object = Object::Request {
-            environment: &env,
-            request: &request,
-        };
-        authorize(&caller.actor, Action::ViewRequest, &object)
-            .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
-        if authorize(&caller.actor, Action::ViewRequestSelection, &object).is_err() {
-            request.cohort = json!({"redacted": true});
-            request.collections.clear();
-        }
-        Ok(request)
+        as_seen_by(caller, &env, request)
     }
 
     /// Applies a command of the owner (update, collaborators, submit,
