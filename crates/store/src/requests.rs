@@ -23,6 +23,25 @@ pub struct HistoryEntry {
     pub details: serde_json::Value,
 }
 
+/// A stored decision; an unknown verdict is corrupt data, never a guess.
+fn decision_from_row(row: &sqlx::any::AnyRow, request: &RequestId) -> Result<Decision, StoreError> {
+    let verdict: String = row.try_get("verdict")?;
+    Ok(Decision {
+        round: row.try_get::<i64, _>("round")? as u32,
+        stage: row.try_get::<i64, _>("stage")? as usize,
+        stage_id: row.try_get("stage_id")?,
+        reviewer: UserId(row.try_get("reviewer_id")?),
+        verdict: parse_verdict(&verdict).ok_or_else(|| StoreError::Corrupt {
+            object: "decision",
+            id: request.to_string(),
+            message: format!("unknown verdict {verdict:?}"),
+        })?,
+        is_final: row.try_get::<i64, _>("is_final")? != 0,
+        comment: row.try_get("comment")?,
+        at: tre_domain::Timestamp(row.try_get("decided_at")?),
+    })
+}
+
 fn parse_verdict(s: &str) -> Option<Verdict> {
     [Verdict::Approve, Verdict::Reject, Verdict::Return]
         .into_iter()
@@ -97,7 +116,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT stage_id, reviewer_id, verdict, is_final, comment, decided_at FROM decisions \
+            "SELECT round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at FROM decisions \
              WHERE request_id = $1 AND round = $2 AND stage = $3 ORDER BY decided_at, reviewer_id",
         )
         .bind(request.id.as_str())
@@ -106,23 +125,7 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?;
         rows.iter()
-            .map(|row| {
-                let verdict: String = row.try_get("verdict")?;
-                Ok(Decision {
-                    round: request.round,
-                    stage,
-                    stage_id: row.try_get("stage_id")?,
-                    reviewer: UserId(row.try_get("reviewer_id")?),
-                    verdict: parse_verdict(&verdict).ok_or_else(|| StoreError::Corrupt {
-                        object: "decision",
-                        id: request.id.to_string(),
-                        message: format!("unknown verdict {verdict:?}"),
-                    })?,
-                    is_final: row.try_get::<i64, _>("is_final")? != 0,
-                    comment: row.try_get("comment")?,
-                    at: tre_domain::Timestamp(row.try_get("decided_at")?),
-                })
-            })
+            .map(|row| decision_from_row(row, &request.id))
             .collect()
     }
 
@@ -400,21 +403,7 @@ impl Store {
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let verdict: String = row.try_get("verdict")?;
-                Ok(Decision {
-                    round: row.try_get::<i64, _>("round")? as u32,
-                    stage: row.try_get::<i64, _>("stage")? as usize,
-                    stage_id: row.try_get("stage_id")?,
-                    reviewer: UserId(row.try_get("reviewer_id")?),
-                    verdict: parse_verdict(&verdict).unwrap_or(Verdict::Return),
-                    is_final: row.try_get::<i64, _>("is_final")? != 0,
-                    comment: row.try_get("comment")?,
-                    at: tre_domain::Timestamp(row.try_get("decided_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| decision_from_row(row, id)).collect()
     }
 
     /// The request's history from the audit log: every state change and
