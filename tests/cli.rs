@@ -23,16 +23,22 @@ fn unique() -> String {
     )
 }
 
-/// Runs `tre` from the repository root with a clean `TRE_*` environment.
-fn tre(database_url: &str, args: &[&str]) -> Output {
+/// `tre`, to run from the repository root with no `TRE_*` setting inherited.
+fn tre_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
-    command.current_dir(repo_root()).args(args);
+    command.current_dir(repo_root());
     for (key, _) in std::env::vars() {
         if key.starts_with("TRE_") {
             command.env_remove(key);
         }
     }
-    command.env("TRE_DATABASE_URL", database_url);
+    command
+}
+
+/// Runs `tre` from the repository root with a clean `TRE_*` environment.
+fn tre(database_url: &str, args: &[&str]) -> Output {
+    let mut command = tre_command();
+    command.args(args).env("TRE_DATABASE_URL", database_url);
     command.output().unwrap()
 }
 
@@ -455,13 +461,7 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn start(database_url: &str, redis_url: &str, webhook_url: &str, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
-        command.current_dir(repo_root());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("TRE_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = tre_command();
         command
             .env("TRE_DATABASE_URL", database_url)
             .env("TRE_REDIS_URL", redis_url)
@@ -668,13 +668,7 @@ fn serve_answers_and_stops_on_sigterm() {
     let token = ok(tre(&url, &["users", "add", "ops", "--platform-admin"]));
     let token = token.lines().last().unwrap().to_owned();
     let addr = format!("127.0.0.1:{}", tre_testkit::free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
-    command.current_dir(repo_root());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TRE_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = tre_command();
     let mut server = command
         .env("TRE_DATABASE_URL", &url)
         .args(["serve", "--listen", &addr])
