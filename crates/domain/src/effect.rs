@@ -36,8 +36,19 @@ pub enum Effect {
     ScheduleExpiry { request: RequestId, at: Timestamp },
     /// Deprovision every project of a revoked or expired request.
     RevokeProjects { request: RequestId },
-    /// Extract the approved subset into the project's bucket.
-    Dispense { project: ProjectId },
+    /// Plan the dispense of a project (cohort, units) and queue its units.
+    /// `round` counts retries: a retried dispense is new work.
+    Dispense { project: ProjectId, round: u32 },
+    /// Extract one unit (dataset x source file x row groups) of a planned
+    /// dispense into its deterministic object.
+    DispenseUnit {
+        project: ProjectId,
+        round: u32,
+        unit: u32,
+    },
+    /// Verify a dispense whose units are all done, write its manifest and
+    /// mark the project ready.
+    FinishDispense { project: ProjectId, round: u32 },
     /// Remove the project's data.
     Deprovision { project: ProjectId },
 }
@@ -51,6 +62,8 @@ impl Effect {
             Self::ScheduleExpiry { .. } => "schedule_expiry",
             Self::RevokeProjects { .. } => "revoke_projects",
             Self::Dispense { .. } => "dispense",
+            Self::DispenseUnit { .. } => "dispense_unit",
+            Self::FinishDispense { .. } => "finish_dispense",
             Self::Deprovision { .. } => "deprovision",
         }
     }
@@ -76,7 +89,15 @@ impl Effect {
             } => format!("notify_owner:{request}:{round}:{outcome}"),
             Self::ScheduleExpiry { request, .. } => format!("schedule_expiry:{request}"),
             Self::RevokeProjects { request } => format!("revoke_projects:{request}"),
-            Self::Dispense { project } => format!("dispense:{project}"),
+            Self::Dispense { project, round } => format!("dispense:{project}:{round}"),
+            Self::DispenseUnit {
+                project,
+                round,
+                unit,
+            } => format!("dispense_unit:{project}:{round}:{unit}"),
+            Self::FinishDispense { project, round } => {
+                format!("finish_dispense:{project}:{round}")
+            }
             Self::Deprovision { project } => format!("deprovision:{project}"),
         }
     }

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod authz;
 pub mod cohort;
+pub mod dispense;
 mod effect;
 mod environment;
 mod error;

@@ -75,6 +75,9 @@ pub struct Project {
     pub created_at: Timestamp,
     /// Why the last dispense failed.
     pub failure: Option<String>,
+    /// Dispense attempts after the first: each `retry` starts a new round.
+    #[serde(default)]
+    pub dispense_round: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +131,7 @@ impl Project {
         members.insert(request.owner.clone());
         let effect = Effect::Dispense {
             project: id.clone(),
+            round: 0,
         };
         Ok((
             Self {
@@ -140,6 +144,7 @@ impl Project {
                 created_by: by.clone(),
                 created_at: now,
                 failure: None,
+                dispense_round: 0,
             },
             effect,
         ))
@@ -162,8 +167,10 @@ impl Project {
             }
             (C::Retry, S::Failed) => {
                 next.state = S::Dispensing;
+                next.dispense_round += 1;
                 effects.push(Effect::Dispense {
                     project: self.id.clone(),
+                    round: next.dispense_round,
                 });
             }
             (C::Revoke | C::Expire, S::Provisioning | S::Dispensing | S::Ready | S::Failed) => {
@@ -230,7 +237,7 @@ mod tests {
         assert_eq!(p.state, ProjectState::Provisioning);
         assert_eq!(p.members, BTreeSet::from(["owner".into(), "collab".into()]));
         assert_eq!(p.inventory_version, 1);
-        assert_eq!(effect.key(), "dispense:p");
+        assert_eq!(effect.key(), "dispense:p:0");
         let mut w = Walk::new();
         let err = Project::create(
             "p".into(),
@@ -336,7 +343,8 @@ mod tests {
         assert_eq!(
             effects,
             vec![Effect::Dispense {
-                project: "p".into()
+                project: "p".into(),
+                round: 1
             }]
         );
         let (p, _) = p.apply(ProjectCommand::MarkReady).unwrap();

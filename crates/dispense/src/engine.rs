@@ -1,0 +1,410 @@
+//! The dispensing steps, each a function of the plan and the stores: the
+//! cohort, the plan, one unit, the manifest, and removal.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_schema::{ArrowError, Field as ArrowField, Schema, SchemaRef};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::{AsyncArrowWriter, ProjectionMask};
+use parquet::basic::Compression;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use parquet::file::properties::WriterProperties;
+use parquet::file::statistics::Statistics;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::io::{HashingWriter, StoreReader};
+use tre_domain::Inventory;
+use tre_domain::cohort::Expr;
+use tre_domain::dispense::DatasetSelection;
+
+use crate::keys::{CohortKeys, Membership, Pseudonymiser};
+use crate::manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
+use crate::plan::{DispensePlan, SourceFile, Unit};
+use crate::{DispenseError, filter};
+
+/// Rows per record batch read from sources.
+const BATCH_ROWS: usize = 64 * 1024;
+/// Rows per row group written (bounds the writer's memory).
+const OUT_ROW_GROUP_ROWS: usize = 256 * 1024;
+
+fn location(path: &str) -> Result<Path, DispenseError> {
+    Path::parse(path).map_err(|e| DispenseError::data(format!("bad object path {path:?}: {e}")))
+}
+
+/// The object prefix of a project in the destination store.
+pub fn project_prefix(project: &str) -> Path {
+    Path::from(project)
+}
+
+fn project_object(project: &str, relative: &str) -> Result<Path, DispenseError> {
+    location(&format!("{project}/{relative}"))
+}
+
+async fn reader_builder(
+    source: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<ParquetRecordBatchStreamBuilder<StoreReader>, DispenseError> {
+    let reader = StoreReader::new(source.clone(), location(path)?);
+    Ok(ParquetRecordBatchStreamBuilder::new_with_options(
+        reader,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .await?)
+}
+
+fn root_indices(schema: &Schema, names: &[&str], location: &str) -> Result<Vec<usize>, DispenseError> {
+    names
+        .iter()
+        .map(|name| {
+            schema.index_of(name).map_err(|_| {
+                DispenseError::data(format!("{location} has no column {name:?}"))
+            })
+        })
+        .collect()
+}
+
+/// The entity keys of the cohort: rows of the cohort dataset where the
+/// filter is true (every row for no filter).
+pub async fn cohort_keys(
+    source: &Arc<dyn ObjectStore>,
+    inventory: &Inventory,
+    expr: Option<&Expr>,
+) -> Result<CohortKeys, DispenseError> {
+    let dataset = inventory
+        .cohort()
+        .ok_or_else(|| DispenseError::data("the inventory has no cohort dataset"))?;
+    let mut columns: Vec<&str> = vec![dataset.key.as_str()];
+    if let Some(expr) = expr {
+        columns.extend(expr.fields().into_iter().filter(|f| *f != dataset.key));
+    }
+    let mut parts = Vec::new();
+    let mut key_type = None;
+    for path in &dataset.locations {
+        let builder = reader_builder(source, path).await?;
+        let indices = root_indices(builder.schema(), &columns, path)?;
+        key_type = Some(builder.schema().field(indices[0]).data_type().clone());
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let mut stream = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()?;
+        while let Some(batch) = stream.try_next().await? {
+            let keys = batch
+                .column_by_name(&dataset.key)
+                .expect("projected")
+                .clone();
+            let selected = match expr {
+                Some(expr) => filter::evaluate(expr, &batch, dataset)?,
+                None => BooleanArray::from(vec![true; batch.num_rows()]),
+            };
+            parts.push((keys, selected));
+        }
+    }
+    let key_type = key_type.ok_or_else(|| {
+        DispenseError::data(format!("cohort dataset {:?} has no files", dataset.name))
+    })?;
+    CohortKeys::collect(parts, &key_type)
+}
+
+/// The row counts of each row group of each of the selected datasets' files.
+pub async fn source_files(
+    source: &Arc<dyn ObjectStore>,
+    inventory: &Inventory,
+    selection: &[DatasetSelection],
+) -> Result<Vec<(String, Vec<SourceFile>)>, DispenseError> {
+    let mut out = Vec::new();
+    for selected in selection {
+        let dataset = inventory.dataset(&selected.dataset).ok_or_else(|| {
+            DispenseError::data(format!("dataset {:?} is not in the inventory", selected.dataset))
+        })?;
+        let mut files = Vec::new();
+        for path in &dataset.locations {
+            let builder = reader_builder(source, path).await?;
+            let mut names = vec![selected.key.as_str()];
+            names.extend(selected.fields.iter().map(String::as_str));
+            root_indices(builder.schema(), &names, path)?;
+            files.push(SourceFile {
+                location: path.clone(),
+                row_groups: builder
+                    .metadata()
+                    .row_groups()
+                    .iter()
+                    .map(|g| g.num_rows() as u64)
+                    .collect(),
+            });
+        }
+        out.push((selected.dataset.clone(), files));
+    }
+    Ok(out)
+}
+
+/// What a finished unit wrote: its idempotent checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOutput {
+    pub unit: u32,
+    /// Relative to the project's prefix.
+    pub object: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The unit's source, read and filtered: the rows whose key is in the
+/// cohort (the semi-join, pushed into the Parquet reader as a row filter,
+/// after skipping row groups whose key statistics rule the cohort out),
+/// only the key and the approved fields.
+pub struct UnitJob<'a> {
+    pub plan: &'a DispensePlan,
+    pub unit: &'a Unit,
+    pub membership: Arc<Membership>,
+    pub pseudonymiser: Option<&'a Pseudonymiser>,
+}
+
+impl UnitJob<'_> {
+    /// Writes the unit's object (rewriting it if it exists) and returns its
+    /// checkpoint. Memory stays bounded: batches stream from the reader to
+    /// a multipart upload.
+    pub async fn run(
+        &self,
+        source: &Arc<dyn ObjectStore>,
+        dest: &Arc<dyn ObjectStore>,
+    ) -> Result<UnitOutput, DispenseError> {
+        let unit = self.unit;
+        let selected = self.plan.dataset(&unit.dataset).ok_or_else(|| {
+            DispenseError::data(format!("unit {} names unplanned dataset {:?}", unit.index, unit.dataset))
+        })?;
+        let builder = reader_builder(source, &unit.location).await?;
+        let mut names = vec![selected.key.as_str()];
+        names.extend(selected.fields.iter().map(String::as_str));
+        let indices = root_indices(builder.schema(), &names, &unit.location)?;
+        let out_schema = self.output_schema(builder.schema(), &indices, &selected.key);
+        let row_groups = self.pruned_row_groups(builder.metadata(), indices[0]);
+
+        let key_mask = ProjectionMask::roots(builder.parquet_schema(), [indices[0]]);
+        let membership = self.membership.clone();
+        let predicate = ArrowPredicateFn::new(key_mask, move |batch: RecordBatch| {
+            membership
+                .mask(batch.column(0))
+                .map_err(|e| ArrowError::ComputeError(e.to_string()))
+        });
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
+        let mut stream = builder
+            .with_projection(mask)
+            .with_row_groups(row_groups)
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+
+        let object = unit.object();
+        let (sink, digest) =
+            HashingWriter::new(dest.clone(), project_object(&self.plan.project, &object)?);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(OUT_ROW_GROUP_ROWS))
+            .set_created_by("tre".into())
+            .build();
+        let mut writer = AsyncArrowWriter::try_new(sink, out_schema.clone(), Some(props))?;
+        let mut rows = 0u64;
+        while let Some(batch) = stream.try_next().await? {
+            let batch = self.shape(&batch, &out_schema, &names)?;
+            rows += batch.num_rows() as u64;
+            writer.write(&batch).await?;
+        }
+        writer.close().await?;
+        let (sha256, bytes) = std::mem::take(&mut *digest.lock().expect("not poisoned")).finish();
+        Ok(UnitOutput {
+            unit: unit.index,
+            object,
+            rows,
+            bytes,
+            sha256,
+        })
+    }
+
+    fn output_schema(&self, source: &Schema, indices: &[usize], key: &str) -> SchemaRef {
+        let fields = indices.iter().map(|&i| {
+            let field = source.field(i);
+            if field.name() == key && self.pseudonymiser.is_some() {
+                ArrowField::new(key, arrow_schema::DataType::Utf8, field.is_nullable())
+            } else {
+                ArrowField::new(field.name(), field.data_type().clone(), field.is_nullable())
+            }
+        });
+        Arc::new(Schema::new(fields.collect::<Vec<_>>()))
+    }
+
+    /// The unit's row groups minus those whose key range misses the cohort.
+    fn pruned_row_groups(&self, metadata: &ParquetMetaData, key_column: usize) -> Vec<usize> {
+        self.unit
+            .row_groups
+            .iter()
+            .copied()
+            .filter(|&g| {
+                let Some(group) = metadata.row_groups().get(g) else {
+                    return true; // the read reports the bad index
+                };
+                let leaf = metadata
+                    .file_metadata()
+                    .schema_descr()
+                    .root_schema()
+                    .get_fields()
+                    .get(key_column)
+                    .map(|_| key_column);
+                let range = leaf
+                    .and_then(|c| group.columns().get(c))
+                    .and_then(|c| c.statistics())
+                    .and_then(|s| match s {
+                        Statistics::Int32(s) => Some((*s.min_opt()? as i64, *s.max_opt()? as i64)),
+                        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
+                        _ => None,
+                    });
+                range.is_none_or(|(min, max)| self.membership.may_contain_range(min, max))
+            })
+            .collect()
+    }
+
+    /// Orders columns as planned and replaces the key by pseudonyms.
+    fn shape(
+        &self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+        names: &[&str],
+    ) -> Result<RecordBatch, DispenseError> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| DispenseError::data(format!("column {name:?} vanished")))?;
+            columns.push(match (i, self.pseudonymiser) {
+                (0, Some(p)) => p.column(column)?,
+                _ => column.clone(),
+            });
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// Checks every unit's object (size, a readable footer, its row count),
+/// removes objects under the project's prefix that no unit wrote (leftovers
+/// of an older plan), and writes the manifest last. Returns the manifest
+/// and the SHA-256 of its bytes as stored.
+pub async fn finish(
+    dest: &Arc<dyn ObjectStore>,
+    plan: &DispensePlan,
+    outputs: &[UnitOutput],
+) -> Result<(Manifest, String), DispenseError> {
+    let project = &plan.project;
+    let mut datasets = Vec::new();
+    for selected in &plan.datasets {
+        let mut files = Vec::new();
+        let mut schema: Option<Vec<ColumnSchema>> = None;
+        for unit in plan.units.iter().filter(|u| u.dataset == selected.dataset) {
+            let output = outputs.iter().find(|o| o.unit == unit.index).ok_or_else(|| {
+                DispenseError::Verify(format!("unit {} has no checkpoint", unit.index))
+            })?;
+            let path = project_object(project, &output.object)?;
+            let meta = dest.head(&path).await?;
+            if meta.size != output.bytes {
+                return Err(DispenseError::Verify(format!(
+                    "{path}: {} bytes stored, {} written",
+                    meta.size, output.bytes
+                )));
+            }
+            let builder = ParquetRecordBatchStreamBuilder::new(
+                StoreReader::new(dest.clone(), path.clone()),
+            )
+            .await?;
+            let rows = builder.metadata().file_metadata().num_rows() as u64;
+            if rows != output.rows {
+                return Err(DispenseError::Verify(format!(
+                    "{path}: {rows} rows stored, {} written",
+                    output.rows
+                )));
+            }
+            let columns = ColumnSchema::of(builder.schema());
+            match &schema {
+                None => schema = Some(columns),
+                Some(s) if *s != columns => {
+                    return Err(DispenseError::Verify(format!(
+                        "{path}: schema differs from the dataset's other parts"
+                    )));
+                }
+                Some(_) => {}
+            }
+            files.push(ManifestFile {
+                path: output.object.clone(),
+                rows: output.rows,
+                bytes: output.bytes,
+                sha256: output.sha256.clone(),
+            });
+        }
+        datasets.push(ManifestDataset {
+            name: selected.dataset.clone(),
+            key: selected.key.clone(),
+            fields: selected.fields.clone(),
+            schema: schema.unwrap_or_default(),
+            rows: files.iter().map(|f| f.rows).sum(),
+            files,
+        });
+    }
+    let manifest = Manifest {
+        project: plan.project.clone(),
+        request: plan.request.clone(),
+        environment: plan.environment.clone(),
+        inventory_version: plan.inventory_version,
+        cohort_filter: plan.cohort_filter.clone(),
+        cohort_size: plan.cohort_size,
+        pseudonymised: plan.pseudonymised,
+        datasets,
+    };
+
+    let expected: BTreeSet<String> = outputs.iter().map(|o| o.object.clone()).collect();
+    let prefix = project_prefix(project);
+    let stray: Vec<Path> = dest
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_filter(|p| {
+            let relative = p.as_ref().strip_prefix(&format!("{project}/")).unwrap_or("");
+            futures::future::ready(!expected.contains(relative))
+        })
+        .try_collect()
+        .await?;
+    for path in stray {
+        tracing::info!(object = %path, "removing an object no unit of the plan wrote");
+        dest.delete(&path).await?;
+    }
+
+    let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let path = project_object(project, Manifest::OBJECT)?;
+    dest.put(&path, PutPayload::from(bytes.clone())).await?;
+    let stored = dest.get(&path).await?.bytes().await?;
+    if stored.as_ref() != bytes.as_slice() {
+        return Err(DispenseError::Verify(format!("{path} reads back different bytes")));
+    }
+    Ok((manifest, sha))
+}
+
+/// Removes every object of the project; returns how many there were.
+pub async fn deprovision(dest: &Arc<dyn ObjectStore>, project: &str) -> Result<u64, DispenseError> {
+    let prefix = project_prefix(project);
+    let paths: Vec<Path> = dest.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
+    let count = paths.len() as u64;
+    let mut deletes = futures::stream::iter(paths)
+        .map(|p| {
+            let dest = dest.clone();
+            async move { dest.delete(&p).await }
+        })
+        .buffer_unordered(8);
+    while let Some(result) = deletes.next().await {
+        match result {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(count)
+}

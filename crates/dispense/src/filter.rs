@@ -1,0 +1,225 @@
+//! Evaluates a checked cohort filter over record batches of the cohort
+//! dataset with Arrow kernels, in SQL's three-valued logic: a comparison
+//! with a null is unknown, `not unknown` is unknown, and a row is in the
+//! cohort only when the filter is true (so `bmi >= 30` and `not (bmi >= 30)`
+//! both leave out participants whose BMI is missing; `is_null` finds them).
+
+use std::sync::Arc;
+
+use arrow_arith::boolean::{and_kleene, is_null, not, or_kleene};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, Scalar,
+    StringArray,
+};
+use arrow_ord::cmp;
+use arrow_schema::DataType;
+use tre_domain::cohort::{CmpOp, Expr, Literal};
+use tre_domain::{Dataset, FieldType};
+
+use crate::DispenseError;
+
+/// The filter's truth value for every row of `batch` (null = unknown).
+pub fn evaluate(
+    expr: &Expr,
+    batch: &RecordBatch,
+    dataset: &Dataset,
+) -> Result<BooleanArray, DispenseError> {
+    Evaluator { batch, dataset }.eval(expr)
+}
+
+struct Evaluator<'a> {
+    batch: &'a RecordBatch,
+    dataset: &'a Dataset,
+}
+
+impl Evaluator<'_> {
+    fn eval(&self, expr: &Expr) -> Result<BooleanArray, DispenseError> {
+        Ok(match expr {
+            Expr::And(children) => self.fold(children, and_kleene)?,
+            Expr::Or(children) => self.fold(children, or_kleene)?,
+            Expr::Not(child) => not(&self.eval(child)?)?,
+            Expr::IsNull { field } => is_null(self.column(field)?.as_ref())?,
+            Expr::Compare { field, op, value } => self.compare(field, *op, value)?,
+            Expr::In { field, values } => {
+                let mut acc: Option<BooleanArray> = None;
+                for value in values {
+                    let eq = self.compare(field, CmpOp::Eq, value)?;
+                    acc = Some(match acc {
+                        None => eq,
+                        Some(a) => or_kleene(&a, &eq)?,
+                    });
+                }
+                acc.ok_or_else(|| DispenseError::data("empty in list"))?
+            }
+            Expr::Between { field, low, high } => and_kleene(
+                &self.compare(field, CmpOp::Ge, low)?,
+                &self.compare(field, CmpOp::Le, high)?,
+            )?,
+        })
+    }
+
+    fn fold(
+        &self,
+        children: &[Expr],
+        op: fn(&BooleanArray, &BooleanArray) -> Result<BooleanArray, arrow_schema::ArrowError>,
+    ) -> Result<BooleanArray, DispenseError> {
+        let mut iter = children.iter();
+        let first = iter
+            .next()
+            .ok_or_else(|| DispenseError::data("empty and/or"))?;
+        let mut acc = self.eval(first)?;
+        for child in iter {
+            acc = op(&acc, &self.eval(child)?)?;
+        }
+        Ok(acc)
+    }
+
+    fn column(&self, field: &str) -> Result<&ArrayRef, DispenseError> {
+        self.batch.column_by_name(field).ok_or_else(|| {
+            DispenseError::data(format!(
+                "cohort dataset {:?} has no column {field:?}",
+                self.dataset.name
+            ))
+        })
+    }
+
+    fn compare(&self, field: &str, op: CmpOp, value: &Literal) -> Result<BooleanArray, DispenseError> {
+        let field_type = self
+            .dataset
+            .field(field)
+            .map(|f| f.field_type)
+            .ok_or_else(|| DispenseError::data(format!("unknown field {field:?}")))?;
+        let column = self.column(field)?;
+        // one comparable type per pair: integers meet float bounds as floats
+        let (target, scalar): (DataType, ArrayRef) = match (field_type, value) {
+            (FieldType::Integer, Literal::Integer(i)) => {
+                (DataType::Int64, Arc::new(Int64Array::from(vec![*i])))
+            }
+            (FieldType::Integer | FieldType::Float, Literal::Float(f)) => {
+                (DataType::Float64, Arc::new(Float64Array::from(vec![*f])))
+            }
+            (FieldType::Float, Literal::Integer(i)) => {
+                (DataType::Float64, Arc::new(Float64Array::from(vec![*i as f64])))
+            }
+            (FieldType::Boolean, Literal::Boolean(b)) => {
+                (DataType::Boolean, Arc::new(BooleanArray::from(vec![*b])))
+            }
+            (FieldType::String, Literal::String(s)) => (
+                DataType::Utf8,
+                Arc::new(StringArray::from(vec![s.as_str()])),
+            ),
+            (FieldType::Date, Literal::Date(d)) => {
+                (DataType::Date32, Arc::new(Date32Array::from(vec![*d])))
+            }
+            (t, v) => {
+                return Err(DispenseError::data(format!(
+                    "field {field:?} ({}) cannot be compared with {v:?}",
+                    t.as_str()
+                )));
+            }
+        };
+        let left = if column.data_type() == &target {
+            column.clone()
+        } else {
+            arrow_cast::cast(column, &target)?
+        };
+        let right = Scalar::new(scalar);
+        Ok(match op {
+            CmpOp::Eq => cmp::eq(&left, &right)?,
+            CmpOp::Ne => cmp::neq(&left, &right)?,
+            CmpOp::Lt => cmp::lt(&left, &right)?,
+            CmpOp::Le => cmp::lt_eq(&left, &right)?,
+            CmpOp::Gt => cmp::gt(&left, &right)?,
+            CmpOp::Ge => cmp::gt_eq(&left, &right)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, Int32Array};
+    use arrow_schema::{Field as ArrowField, Schema};
+    use serde_json::json;
+    use tre_domain::Field;
+
+    fn dataset() -> Dataset {
+        let f = |name: &str, t| Field {
+            name: name.into(),
+            field_type: t,
+            description: String::new(),
+        };
+        Dataset {
+            name: "people".into(),
+            description: String::new(),
+            locations: vec![],
+            key: "id".into(),
+            fields: vec![
+                f("id", FieldType::Integer),
+                f("age", FieldType::Integer),
+                f("bmi", FieldType::Float),
+                f("sex", FieldType::String),
+            ],
+        }
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Schema::new(vec![
+            ArrowField::new("id", DataType::Int32, false),
+            ArrowField::new("age", DataType::Int32, true),
+            ArrowField::new("bmi", DataType::Float64, true),
+            ArrowField::new("sex", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int32Array::from(vec![1, 2, 3, 4])),
+                Arc::new(Int32Array::from(vec![Some(40), Some(55), None, Some(70)])),
+                Arc::new(Float64Array::from(vec![Some(31.0), None, Some(22.5), Some(30.0)])),
+                Arc::new(StringArray::from(vec![Some("F"), Some("M"), Some("F"), None])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(filter: serde_json::Value) -> Vec<Option<bool>> {
+        let ds = dataset();
+        let expr = tre_domain::cohort::parse(&filter, &ds).unwrap();
+        evaluate(&expr, &batch(), &ds).unwrap().iter().collect()
+    }
+
+    #[test]
+    fn three_valued_logic() {
+        let ge = json!({"field": "bmi", "op": ">=", "value": 30});
+        assert_eq!(rows(ge.clone()), [Some(true), None, Some(false), Some(true)]);
+        assert_eq!(rows(json!({"not": ge})), [Some(false), None, Some(true), Some(false)]);
+        assert_eq!(
+            rows(json!({"or": [{"field": "bmi", "op": ">=", "value": 30}, {"field": "age", "op": ">", "value": 50}]})),
+            [Some(true), Some(true), None, Some(true)]
+        );
+        assert_eq!(
+            rows(json!({"field": "bmi", "op": "is_null"})),
+            [Some(false), Some(true), Some(false), Some(false)]
+        );
+    }
+
+    #[test]
+    fn operators() {
+        assert_eq!(
+            rows(json!({"field": "age", "op": "between", "low": 40, "high": 55})),
+            [Some(true), Some(true), None, Some(false)]
+        );
+        assert_eq!(
+            rows(json!({"field": "age", "op": "<", "value": 55.5})),
+            [Some(true), Some(true), None, Some(false)]
+        );
+        assert_eq!(
+            rows(json!({"field": "sex", "op": "in", "values": ["M", "X"]})),
+            [Some(false), Some(true), Some(false), None]
+        );
+        assert_eq!(
+            rows(json!({"field": "sex", "op": "!=", "value": "F"})),
+            [Some(false), Some(true), Some(false), None]
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! Dispensing: writes into a project's prefix of the destination object
+//! store exactly the approved rows and columns of the inventory's Parquet
+//! datasets, pseudonymised per project, with a manifest written last.
+//!
+//! The job runtime drives it in three steps (see `workflows`): plan (the
+//! cohort's keys, the units), units (each writes one deterministic object
+//! and is checkpointed in SQL), finish (verify, manifest). Every step is a
+//! function of the stored plan, so any step can run again, anywhere.
+
+mod engine;
+mod error;
+pub mod filter;
+mod io;
+pub mod keys;
+mod manifest;
+pub mod plan;
+pub mod stores;
+
+pub use engine::{UnitJob, UnitOutput, cohort_keys, deprovision, finish, project_prefix, source_files};
+pub use error::DispenseError;
+pub use keys::{CohortKeys, Membership, Pseudonymiser};
+pub use manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
+pub use plan::{DispensePlan, SourceFile, Unit};

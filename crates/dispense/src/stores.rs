@@ -1,0 +1,87 @@
+//! Object stores from settings: a local folder (the embedded default) or
+//! S3 / MinIO as `s3://BUCKET[/PREFIX]`, configured by the standard
+//! `AWS_*` variables (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP=true` for a local
+//! MinIO). Requests are path-style unless
+//! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use crate::DispenseError;
+
+/// Opens the store that `url` names; `setting` names it in errors.
+pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseError> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(DispenseError::Config(format!(
+                "{setting}: s3:// needs a bucket name (got {url:?})"
+            )));
+        }
+        // reqwest is built with rustls but no default crypto provider
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry_config())
+            .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(60)));
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| DispenseError::Config(format!("{setting}: {e}")))?;
+        let prefix = prefix.trim_matches('/');
+        return Ok(if prefix.is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        });
+    }
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(DispenseError::Config(format!(
+            "{setting}: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {url:?})"
+        )));
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    std::fs::create_dir_all(path)
+        .map_err(|e| DispenseError::Config(format!("{setting}: cannot create {path:?}: {e}")))?;
+    let store = LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| DispenseError::Config(format!("{setting}: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// Transient S3 errors (5xx, timeouts, throttling, resets) are retried by
+/// the client with jittered exponential backoff before a unit fails; the
+/// job runtime retries the unit after that.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 8,
+        retry_timeout: Duration::from_secs(120),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_name_the_setting() {
+        let err = open("gs://x", "object_store").unwrap_err().to_string();
+        assert!(err.starts_with("object_store:"), "{err}");
+        let err = open("s3://", "source_store").unwrap_err().to_string();
+        assert!(err.starts_with("source_store:"), "{err}");
+    }
+}
