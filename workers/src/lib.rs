@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `notify` | `notify_reviewers`, `stage_reminder`, `notify_owner` | 8 |
 //! | `review` | `schedule_expiry`, `revoke_projects` | 4 |
-//! | `dispense` | `dispense`, `deprovision` (handlers arrive with dispensing) | 2 |
+//! | `dispense` | `dispense` (plan), `dispense_unit`, `finish_dispense`, `deprovision` | 2 |
 //!
 //! Operators scale each pool separately: `tre worker --pools notify
 //! --concurrency 16` on some machines, `--pools dispense` on others.
@@ -20,7 +20,9 @@ use tre_jobs::{
     worker_name,
 };
 use tre_store::Store;
-use tre_workflows::{EmailConfig, Notifier, RequestWorkflow, WebhookConfig};
+use tre_workflows::{
+    DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow, WebhookConfig,
+};
 
 /// A pool's definition.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +76,9 @@ pub fn policies() -> Vec<JobPolicy> {
         policy("notify_owner", Pool::Notify, 8, 30, 1_000, 600),
         policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
         policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
-        policy("dispense", Pool::Dispense, 10, 3_600, 10_000, 1_800),
+        policy("dispense", Pool::Dispense, 10, 600, 2_000, 600),
+        policy("dispense_unit", Pool::Dispense, 10, 3_600, 1_000, 300),
+        policy("finish_dispense", Pool::Dispense, 10, 600, 1_000, 300),
         policy("deprovision", Pool::Dispense, 10, 600, 10_000, 1_800),
     ]
 }
@@ -96,6 +100,9 @@ pub struct WorkerOptions {
     pub webhook: Option<WebhookConfig>,
     /// Default: none (no email).
     pub email: Option<EmailConfig>,
+    /// Object stores for dispensing. Default: none, and then dispensing
+    /// jobs wait for a worker that has them.
+    pub dispense: Option<DispenseConfig>,
 }
 
 impl Default for WorkerOptions {
@@ -108,6 +115,7 @@ impl Default for WorkerOptions {
             policies: policies(),
             webhook: None,
             email: None,
+            dispense: None,
         }
     }
 }
@@ -131,6 +139,9 @@ pub fn executor(
         metrics,
     );
     executor.register(Arc::new(RequestWorkflow::new(notifier)));
+    if let Some(dispense) = &options.dispense {
+        executor.register(Arc::new(DispenseWorkflow::new(dispense.clone())));
+    }
     Ok(executor)
 }
 

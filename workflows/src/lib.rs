@@ -12,6 +12,7 @@
 //! Every handler is idempotent: inbox rows and deliveries are keyed by the
 //! job key, and state changes that already happened are treated as done.
 
+mod dispense;
 mod notify;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use tre_domain::{DomainError, Effect, ProjectCommand, ProjectState, RequestId, R
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, StoreError};
 
+pub use dispense::{DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
 pub use notify::{EmailConfig, Notifier, WebhookConfig, signature};
 
 /// Handlers of the request workflow.

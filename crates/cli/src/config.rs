@@ -15,11 +15,13 @@ pub struct Settings {
     /// Default: `sqlite://.tre/tre.db` (embedded).
     pub database_url: String,
     /// `TRE_SOURCE_STORE`, `--source-store`. The custodian's source object
-    /// store that inventory dataset locations are relative to (a local
-    /// folder). Default: `.` (the working directory).
+    /// store that inventory dataset locations are relative to: a local
+    /// folder, `file://PATH` or `s3://BUCKET[/PREFIX]` (S3 settings from the
+    /// standard `AWS_*` variables). Default: `.` (the working directory).
     pub source_store: String,
-    /// `TRE_OBJECT_STORE`, `--object-store`. Where project buckets are
-    /// created (a local folder). Default: `.tre/objects`.
+    /// `TRE_OBJECT_STORE`, `--object-store`. Where project data is
+    /// dispensed, one prefix per project: a local folder, `file://PATH` or
+    /// `s3://BUCKET[/PREFIX]`. Default: `.tre/objects`.
     pub object_store: String,
     /// `TRE_LOG`. Log filter (tracing `EnvFilter` syntax). Default: `warn`.
     pub log: String,
@@ -192,8 +194,11 @@ impl Settings {
             if value.trim().is_empty() {
                 bail!("{key}: must not be empty");
             }
-            if value.contains("://") {
-                bail!("{key}: only local folders are supported so far (got {value:?})");
+            if value.contains("://") && !value.starts_with("s3://") && !value.starts_with("file://")
+            {
+                bail!(
+                    "{key}: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {value:?})"
+                );
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
@@ -284,7 +289,7 @@ mod tests {
         let flags = FlagSettings::default();
         let err = Settings::load(&flags, env(&[("TRE_DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().starts_with("database_url:"), "{err}");
-        let err = Settings::load(&flags, env(&[("TRE_OBJECT_STORE", "s3://bucket")])).unwrap_err();
+        let err = Settings::load(&flags, env(&[("TRE_OBJECT_STORE", "gs://bucket")])).unwrap_err();
         assert!(err.to_string().starts_with("object_store:"), "{err}");
         let err = Settings::load(&flags, env(&[("TRE_LOG", "[[[")])).unwrap_err();
         assert!(err.to_string().starts_with("log:"), "{err}");

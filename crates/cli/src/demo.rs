@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tre_domain::{
-    AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, RequestCommand, RequestUpdate,
-    Verdict,
+    AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, ProjectState, RequestCommand,
+    RequestUpdate, Verdict,
 };
 use tre_jobs::{Metrics, RuntimeOptions};
 use tre_store::{Caller, NewUser, Store, StoreError};
@@ -114,6 +114,10 @@ pub async fn run(settings: &Settings) -> Result<()> {
         },
         webhook: crate::worker::webhook(settings),
         email: crate::worker::email(settings),
+        dispense: Some(crate::worker::dispense(
+            settings,
+            tre_workflows::DEFAULT_UNIT_ROWS,
+        )?),
         ..WorkerOptions::default()
     };
     let metrics = Arc::new(Metrics::default());
@@ -370,27 +374,27 @@ pub async fn run(settings: &Settings) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let _ = store.job(&format!("dispense:{}", project.id)).await?;
-    let ours: Vec<_> = store
-        .outbox_jobs(None, 10_000)
-        .await?
-        .into_iter()
-        .filter(|j| j.key.contains(request.id.as_str()) || j.key.contains(project.id.as_str()))
-        .collect();
-    println!("   the request's jobs in the outbox (the SQL record every job runs from):");
-    for job in ours {
-        let note = match (job.kind.as_str(), job.state.as_str()) {
-            ("schedule_expiry", _) => " (due when access ends)",
-            ("dispense", "pending" | "queued") => {
-                " (waits for a dispense worker: dispensing is the next milestone)"
-            }
-            _ => "",
-        };
-        println!(
-            "     {:<8} attempts {}  {}{note}",
-            job.state, job.attempts, job.key
+    println!("   dispensing the approved rows and columns into its prefix of the object store:");
+    let project = crate::projects::watch(&store, &project.id, Duration::from_secs(600)).await?;
+    if project.state != ProjectState::Ready {
+        bail!(
+            "the dispense ended {}: {}",
+            project.state,
+            project.failure.unwrap_or_default()
         );
     }
+    let manifest = crate::projects::manifest(&store, &project.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a ready project without a manifest"))?;
+    println!(
+        "   project {} is ready: {} rows, {} at {}/{}/",
+        project.id,
+        manifest.rows(),
+        crate::projects::human_bytes(manifest.bytes()),
+        settings.object_store.trim_end_matches('/'),
+        project.id
+    );
+    crate::projects::print_summary(&manifest);
     println!("\n9. History and audit");
     for entry in store.request_history(&alice, &request.id).await? {
         let to = entry.details["to"]["state"].as_str().unwrap_or("");

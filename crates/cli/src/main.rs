@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod envfile;
 mod fixtures;
+mod projects;
 mod serve;
 mod worker;
 
@@ -71,6 +72,9 @@ enum Command {
     /// Inspect and retry jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Watch, show and retry project dispenses.
+    #[command(subcommand)]
+    Projects(projects::ProjectsCommand),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -374,6 +378,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::run(&settings, args).await?,
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await?,
+        Command::Projects(command) => {
+            let store = open(&settings).await?;
+            projects::run(&store, command).await?;
+        }
         Command::Jobs(command) => {
             let store = open(&settings).await?;
             match command {

@@ -37,6 +37,10 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
         let options = WorkerOptions {
             webhook: crate::worker::webhook(settings),
             email: crate::worker::email(settings),
+            dispense: Some(crate::worker::dispense(
+                settings,
+                tre_workflows::DEFAULT_UNIT_ROWS,
+            )?),
             ..WorkerOptions::default()
         };
         Some(tokio::spawn(tre_workers::run(

@@ -16,7 +16,7 @@ use tre_jobs::{
 };
 use tre_store::Store;
 use tre_workers::WorkerOptions;
-use tre_workflows::{EmailConfig, WebhookConfig};
+use tre_workflows::{DispenseConfig, EmailConfig, WebhookConfig};
 
 use crate::config::Settings;
 
@@ -49,6 +49,22 @@ pub struct WorkerArgs {
     /// Override every job kind's timeout.
     #[arg(long)]
     job_timeout_ms: Option<u64>,
+    /// Source rows per dispense unit (whole row groups): smaller units
+    /// spread a big dispense over more workers.
+    #[arg(long, default_value_t = tre_workflows::DEFAULT_UNIT_ROWS)]
+    unit_rows: u64,
+}
+
+/// The object stores dispensing reads from and writes to.
+pub fn dispense(settings: &Settings, unit_rows: u64) -> Result<DispenseConfig> {
+    if unit_rows == 0 {
+        bail!("--unit-rows: must be at least 1");
+    }
+    Ok(DispenseConfig {
+        source: tre_dispense::stores::open(&settings.source_store, "source_store")?,
+        dest: tre_dispense::stores::open(&settings.object_store, "object_store")?,
+        unit_rows,
+    })
 }
 
 pub fn webhook(settings: &Settings) -> Option<WebhookConfig> {
@@ -137,6 +153,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         policies,
         webhook: webhook(settings),
         email: email(settings),
+        dispense: Some(dispense(settings, args.unit_rows)?),
     };
     let (stop, shutdown) = watch::channel(false);
     on_signal(stop);

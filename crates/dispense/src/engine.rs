@@ -59,13 +59,17 @@ async fn reader_builder(
     .await?)
 }
 
-fn root_indices(schema: &Schema, names: &[&str], location: &str) -> Result<Vec<usize>, DispenseError> {
+fn root_indices(
+    schema: &Schema,
+    names: &[&str],
+    location: &str,
+) -> Result<Vec<usize>, DispenseError> {
     names
         .iter()
         .map(|name| {
-            schema.index_of(name).map_err(|_| {
-                DispenseError::data(format!("{location} has no column {name:?}"))
-            })
+            schema
+                .index_of(name)
+                .map_err(|_| DispenseError::data(format!("{location} has no column {name:?}")))
         })
         .collect()
 }
@@ -91,7 +95,10 @@ pub async fn cohort_keys(
         let indices = root_indices(builder.schema(), &columns, path)?;
         key_type = Some(builder.schema().field(indices[0]).data_type().clone());
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let mut stream = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()?;
+        let mut stream = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
         while let Some(batch) = stream.try_next().await? {
             let keys = batch
                 .column_by_name(&dataset.key)
@@ -119,7 +126,10 @@ pub async fn source_files(
     let mut out = Vec::new();
     for selected in selection {
         let dataset = inventory.dataset(&selected.dataset).ok_or_else(|| {
-            DispenseError::data(format!("dataset {:?} is not in the inventory", selected.dataset))
+            DispenseError::data(format!(
+                "dataset {:?} is not in the inventory",
+                selected.dataset
+            ))
         })?;
         let mut files = Vec::new();
         for path in &dataset.locations {
@@ -175,7 +185,10 @@ impl UnitJob<'_> {
     ) -> Result<UnitOutput, DispenseError> {
         let unit = self.unit;
         let selected = self.plan.dataset(&unit.dataset).ok_or_else(|| {
-            DispenseError::data(format!("unit {} names unplanned dataset {:?}", unit.index, unit.dataset))
+            DispenseError::data(format!(
+                "unit {} names unplanned dataset {:?}",
+                unit.index, unit.dataset
+            ))
         })?;
         let builder = reader_builder(source, &unit.location).await?;
         let mut names = vec![selected.key.as_str()];
@@ -303,9 +316,12 @@ pub async fn finish(
         let mut files = Vec::new();
         let mut schema: Option<Vec<ColumnSchema>> = None;
         for unit in plan.units.iter().filter(|u| u.dataset == selected.dataset) {
-            let output = outputs.iter().find(|o| o.unit == unit.index).ok_or_else(|| {
-                DispenseError::Verify(format!("unit {} has no checkpoint", unit.index))
-            })?;
+            let output = outputs
+                .iter()
+                .find(|o| o.unit == unit.index)
+                .ok_or_else(|| {
+                    DispenseError::Verify(format!("unit {} has no checkpoint", unit.index))
+                })?;
             let path = project_object(project, &output.object)?;
             let meta = dest.head(&path).await?;
             if meta.size != output.bytes {
@@ -314,10 +330,9 @@ pub async fn finish(
                     meta.size, output.bytes
                 )));
             }
-            let builder = ParquetRecordBatchStreamBuilder::new(
-                StoreReader::new(dest.clone(), path.clone()),
-            )
-            .await?;
+            let builder =
+                ParquetRecordBatchStreamBuilder::new(StoreReader::new(dest.clone(), path.clone()))
+                    .await?;
             let rows = builder.metadata().file_metadata().num_rows() as u64;
             if rows != output.rows {
                 return Err(DispenseError::Verify(format!(
@@ -368,7 +383,10 @@ pub async fn finish(
         .list(Some(&prefix))
         .map_ok(|m| m.location)
         .try_filter(|p| {
-            let relative = p.as_ref().strip_prefix(&format!("{project}/")).unwrap_or("");
+            let relative = p
+                .as_ref()
+                .strip_prefix(&format!("{project}/"))
+                .unwrap_or("");
             futures::future::ready(!expected.contains(relative))
         })
         .try_collect()
@@ -384,7 +402,9 @@ pub async fn finish(
     dest.put(&path, PutPayload::from(bytes.clone())).await?;
     let stored = dest.get(&path).await?.bytes().await?;
     if stored.as_ref() != bytes.as_slice() {
-        return Err(DispenseError::Verify(format!("{path} reads back different bytes")));
+        return Err(DispenseError::Verify(format!(
+            "{path} reads back different bytes"
+        )));
     }
     Ok((manifest, sha))
 }
@@ -392,7 +412,11 @@ pub async fn finish(
 /// Removes every object of the project; returns how many there were.
 pub async fn deprovision(dest: &Arc<dyn ObjectStore>, project: &str) -> Result<u64, DispenseError> {
     let prefix = project_prefix(project);
-    let paths: Vec<Path> = dest.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
+    let paths: Vec<Path> = dest
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
     let count = paths.len() as u64;
     let mut deletes = futures::stream::iter(paths)
         .map(|p| {

@@ -83,7 +83,12 @@ impl Evaluator<'_> {
         })
     }
 
-    fn compare(&self, field: &str, op: CmpOp, value: &Literal) -> Result<BooleanArray, DispenseError> {
+    fn compare(
+        &self,
+        field: &str,
+        op: CmpOp,
+        value: &Literal,
+    ) -> Result<BooleanArray, DispenseError> {
         let field_type = self
             .dataset
             .field(field)
@@ -98,9 +103,10 @@ impl Evaluator<'_> {
             (FieldType::Integer | FieldType::Float, Literal::Float(f)) => {
                 (DataType::Float64, Arc::new(Float64Array::from(vec![*f])))
             }
-            (FieldType::Float, Literal::Integer(i)) => {
-                (DataType::Float64, Arc::new(Float64Array::from(vec![*i as f64])))
-            }
+            (FieldType::Float, Literal::Integer(i)) => (
+                DataType::Float64,
+                Arc::new(Float64Array::from(vec![*i as f64])),
+            ),
             (FieldType::Boolean, Literal::Boolean(b)) => {
                 (DataType::Boolean, Arc::new(BooleanArray::from(vec![*b])))
             }
@@ -175,8 +181,18 @@ mod tests {
             vec![
                 Arc::new(Int32Array::from(vec![1, 2, 3, 4])),
                 Arc::new(Int32Array::from(vec![Some(40), Some(55), None, Some(70)])),
-                Arc::new(Float64Array::from(vec![Some(31.0), None, Some(22.5), Some(30.0)])),
-                Arc::new(StringArray::from(vec![Some("F"), Some("M"), Some("F"), None])),
+                Arc::new(Float64Array::from(vec![
+                    Some(31.0),
+                    None,
+                    Some(22.5),
+                    Some(30.0),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("F"),
+                    Some("M"),
+                    Some("F"),
+                    None,
+                ])),
             ],
         )
         .unwrap()
@@ -191,10 +207,18 @@ mod tests {
     #[test]
     fn three_valued_logic() {
         let ge = json!({"field": "bmi", "op": ">=", "value": 30});
-        assert_eq!(rows(ge.clone()), [Some(true), None, Some(false), Some(true)]);
-        assert_eq!(rows(json!({"not": ge})), [Some(false), None, Some(true), Some(false)]);
         assert_eq!(
-            rows(json!({"or": [{"field": "bmi", "op": ">=", "value": 30}, {"field": "age", "op": ">", "value": 50}]})),
+            rows(ge.clone()),
+            [Some(true), None, Some(false), Some(true)]
+        );
+        assert_eq!(
+            rows(json!({"not": ge})),
+            [Some(false), None, Some(true), Some(false)]
+        );
+        assert_eq!(
+            rows(
+                json!({"or": [{"field": "bmi", "op": ">=", "value": 30}, {"field": "age", "op": ">", "value": 50}]})
+            ),
             [Some(true), Some(true), None, Some(true)]
         );
         assert_eq!(

@@ -98,11 +98,7 @@ fn as_text(a: &ArrayRef) -> Result<ArrayRef, DispenseError> {
 /// range when keys are dense enough, else a hash set.
 #[derive(Debug)]
 pub enum Membership {
-    Bitmap {
-        min: i64,
-        max: i64,
-        bits: Vec<u64>,
-    },
+    Bitmap { min: i64, max: i64, bits: Vec<u64> },
     IntSet(HashSet<i64>),
     Text(HashSet<String>),
 }

@@ -16,7 +16,9 @@ mod manifest;
 pub mod plan;
 pub mod stores;
 
-pub use engine::{UnitJob, UnitOutput, cohort_keys, deprovision, finish, project_prefix, source_files};
+pub use engine::{
+    UnitJob, UnitOutput, cohort_keys, deprovision, finish, project_prefix, source_files,
+};
 pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
 pub use manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};

@@ -130,14 +130,25 @@ mod tests {
     fn whole_row_groups_up_to_the_target() {
         let got = units(
             &[
-                ("a".into(), vec![file("a0", &[40, 40, 40]), file("a1", &[200])]),
+                (
+                    "a".into(),
+                    vec![file("a0", &[40, 40, 40]), file("a1", &[200])],
+                ),
                 ("b".into(), vec![file("b0", &[])]),
             ],
             100,
         );
         let summary: Vec<_> = got
             .iter()
-            .map(|u| (u.index, u.object(), u.location.as_str(), u.row_groups.clone(), u.source_rows))
+            .map(|u| {
+                (
+                    u.index,
+                    u.object(),
+                    u.location.as_str(),
+                    u.row_groups.clone(),
+                    u.source_rows,
+                )
+            })
             .collect();
         assert_eq!(
             summary,

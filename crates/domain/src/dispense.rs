@@ -144,7 +144,11 @@ mod tests {
             ]
         );
         let only_demo = selection(&inventory(), &names(&["demo"])).unwrap();
-        assert_eq!(only_demo.len(), 1, "datasets no collection touches are left out");
+        assert_eq!(
+            only_demo.len(),
+            1,
+            "datasets no collection touches are left out"
+        );
         assert!(!only_demo[0].fields.contains(&"postcode".to_owned()));
     }
 

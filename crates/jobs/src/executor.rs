@@ -30,6 +30,18 @@ pub trait JobHandler: Send + Sync + 'static {
         job: &'a ClaimedJob,
         ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
+
+    /// Called once a job of this handler is dead-lettered (after the dead
+    /// letter is recorded), e.g. to mark what it was working on failed.
+    /// Best effort: a crash in between leaves it to an operator.
+    fn on_dead<'a>(
+        &'a self,
+        _job: &'a ClaimedJob,
+        _message: &'a str,
+        _ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
 }
 
 /// The outcome of [`Executor::execute`].
@@ -45,6 +57,12 @@ pub enum ExecOutcome {
     /// The worker lost its lease while running (took longer than the lease).
     LeaseLost,
 }
+
+/// Jobs whose timeout exceeds this renew their lease while they run.
+const LONG_JOB: Duration = Duration::from_secs(120);
+/// How often a long job renews its lease (which lasts three beats plus the
+/// grace).
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Runs jobs for the handlers registered with it.
 pub struct Executor {
@@ -116,6 +134,40 @@ impl Executor {
         self.handlers.contains_key(kind)
     }
 
+    /// Drives `run`, renewing the lease every `heartbeat` meanwhile.
+    async fn with_heartbeat<F: Future>(
+        &self,
+        key: &str,
+        heartbeat: Option<Duration>,
+        lease: Duration,
+        run: F,
+    ) -> F::Output {
+        let Some(beat) = heartbeat else {
+            return run.await;
+        };
+        let renew = async {
+            loop {
+                tokio::time::sleep(beat).await;
+                let until = Timestamp(now().0 + lease.as_millis() as i64);
+                match self
+                    .ctx
+                    .store
+                    .extend_lease(key, &self.ctx.worker, until)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => warn!(job = key, "lease lost while running"),
+                    Err(e) => warn!(job = key, error = %e, "could not renew the lease"),
+                }
+            }
+        };
+        tokio::pin!(run);
+        tokio::select! {
+            out = &mut run => out,
+            _ = renew => unreachable!("the heartbeat never ends"),
+        }
+    }
+
     /// Runs the job with this key if it is due and free. Never fails: every
     /// outcome is recorded in SQL (a store error leaves the lease to expire,
     /// and the reconciler hands the job on).
@@ -125,7 +177,14 @@ impl Executor {
             self.metrics.count(kind, "skipped");
             return ExecOutcome::Skipped;
         };
-        let lease = policy.timeout + self.lease_grace;
+        // Short jobs hold their lease for their whole timeout; long ones
+        // (dispensing) hold a short lease renewed by a heartbeat, so a
+        // crashed worker's job is handed on within seconds, not hours.
+        let heartbeat = (policy.timeout > LONG_JOB).then_some(HEARTBEAT);
+        let lease = match heartbeat {
+            Some(beat) => beat * 3 + self.lease_grace,
+            None => policy.timeout + self.lease_grace,
+        };
         let store = &self.ctx.store;
         let claimed = match store
             .claim_job(
@@ -157,16 +216,14 @@ impl Executor {
         async {
             self.metrics.count(kind, "started");
             let started = Instant::now();
-            let result =
-                match tokio::time::timeout(policy.timeout, handler.handle(&claimed, &self.ctx))
-                    .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(JobError::Transient(format!(
-                        "timed out after {:?}",
-                        policy.timeout
-                    ))),
-                };
+            let run = tokio::time::timeout(policy.timeout, handler.handle(&claimed, &self.ctx));
+            let result = match self.with_heartbeat(key, heartbeat, lease, run).await {
+                Ok(result) => result,
+                Err(_) => Err(JobError::Transient(format!(
+                    "timed out after {:?}",
+                    policy.timeout
+                ))),
+            };
             self.metrics.observe(kind, started.elapsed());
             match result {
                 Ok(()) => match store.complete_job(key, &self.ctx.worker, now()).await {
@@ -215,6 +272,7 @@ impl Executor {
                             self.metrics.count(kind, "failed");
                             self.metrics.count(kind, "dead");
                             warn!(error = %message, "job dead-lettered");
+                            handler.on_dead(&claimed, &message, &self.ctx).await;
                             ExecOutcome::Dead(message)
                         }
                         Ok(FailOutcome::LeaseLost) => ExecOutcome::LeaseLost,

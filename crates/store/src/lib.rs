@@ -13,6 +13,7 @@
 //! The store never reads individual-level data.
 
 mod audit;
+mod dispensing;
 mod docs;
 mod environments;
 mod error;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
 use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
+pub use dispensing::{DispenseProgress, NewPlan, StoredPlan, UnitCheckpoint};
 pub use error::StoreError;
 pub use idempotency::IdempotentStart;
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
@@ -157,6 +159,13 @@ fn migrator(backend: Backend) -> Migrator {
             "request participants, job creators".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0006_participants.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            7,
+            "dispense plans and unit checkpoints".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0007_dispense.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -69,7 +69,7 @@ impl Store {
         Ok(project)
     }
 
-    async fn load_project(&self, id: &ProjectId) -> Result<(Project, i64), StoreError> {
+    pub(crate) async fn load_project(&self, id: &ProjectId) -> Result<(Project, i64), StoreError> {
         docs::load(
             &self.pool,
             "SELECT doc, version FROM projects WHERE id = $1",

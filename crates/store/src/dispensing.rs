@@ -1,0 +1,358 @@
+//! Dispense plans, unit checkpoints and progress (used by the job runtime;
+//! the plan and cohort are opaque JSON here, owned by `tre-dispense`).
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use tre_domain::{Effect, ProjectId};
+
+use crate::audit::{self, AuditRecord};
+use crate::{Store, StoreError, docs, now, outbox};
+
+/// A plan to store; see [`Store::save_dispense_plan`].
+#[derive(Debug)]
+pub struct NewPlan<'a> {
+    pub project: &'a ProjectId,
+    pub environment: &'a str,
+    pub plan: &'a Value,
+    /// JSON text of the cohort's keys.
+    pub cohort: &'a str,
+    pub secret: &'a str,
+    /// `(unit, source rows)` for each unit.
+    pub units: &'a [(u32, u64)],
+    /// What the audit event records about the plan.
+    pub summary: Value,
+    pub trace_id: &'a str,
+}
+
+/// A stored plan.
+#[derive(Debug, Clone)]
+pub struct StoredPlan {
+    pub plan: Value,
+    /// JSON text of the cohort's keys.
+    pub cohort: String,
+    pub secret: String,
+    pub units_total: i64,
+    pub units_done: i64,
+    pub manifest: Option<Value>,
+    pub manifest_sha256: Option<String>,
+}
+
+/// A finished unit: what it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitCheckpoint {
+    pub unit: u32,
+    pub object: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// How far a dispense has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DispenseProgress {
+    pub units_done: u64,
+    pub units_total: u64,
+    /// Source rows scanned by finished units, and in all.
+    pub source_rows_done: u64,
+    pub source_rows_total: u64,
+    /// Rows and bytes written by finished units.
+    pub rows_out: u64,
+    pub bytes_out: u64,
+}
+
+fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+impl Store {
+    /// Stores a project's plan and its units, unless one is stored already:
+    /// the first plan wins and is returned either way.
+    pub async fn save_dispense_plan(&self, new: NewPlan<'_>) -> Result<StoredPlan, StoreError> {
+        let at = now();
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO dispense_plans (project_id, plan, cohort, secret, units_total, units_done, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (project_id) DO NOTHING",
+        )
+        .bind(new.project.as_str())
+        .bind(new.plan.to_string())
+        .bind(new.cohort)
+        .bind(new.secret)
+        .bind(new.units.len() as i64)
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            for (unit, source_rows) in new.units {
+                sqlx::query(
+                    "INSERT INTO dispense_units (project_id, unit, source_rows) VALUES ($1, $2, $3)",
+                )
+                .bind(new.project.as_str())
+                .bind(i64::from(*unit))
+                .bind(*source_rows as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            audit::append(
+                &mut tx,
+                AuditRecord {
+                    actor: "system",
+                    action: "project.plan_dispense",
+                    object_type: "project",
+                    object_id: new.project.as_str(),
+                    environment_id: new.environment,
+                    details: new.summary,
+                    trace_id: new.trace_id,
+                },
+                at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.dispense_plan(new.project)
+            .await?
+            .ok_or_else(|| StoreError::not_found("dispense plan", new.project.as_str()))
+    }
+
+    pub async fn dispense_plan(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Option<StoredPlan>, StoreError> {
+        let row = sqlx::query(
+            "SELECT plan, cohort, secret, units_total, units_done, manifest, manifest_sha256 \
+             FROM dispense_plans WHERE project_id = $1",
+        )
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let plan: String = row.try_get("plan")?;
+        let manifest: Option<String> = row.try_get("manifest")?;
+        Ok(Some(StoredPlan {
+            plan: docs::decode("dispense plan", project.as_str(), &plan)?,
+            cohort: row.try_get("cohort")?,
+            secret: row.try_get("secret")?,
+            units_total: row.try_get("units_total")?,
+            units_done: row.try_get("units_done")?,
+            manifest: manifest
+                .map(|m| docs::decode("manifest", project.as_str(), &m))
+                .transpose()?,
+            manifest_sha256: row.try_get("manifest_sha256")?,
+        }))
+    }
+
+    /// Queues a job for every unfinished unit of the plan in dispense
+    /// round `round` (the finish job when none is left). Returns how many
+    /// units were queued.
+    pub async fn queue_dispense_units(
+        &self,
+        project: &ProjectId,
+        round: u32,
+    ) -> Result<usize, StoreError> {
+        let at = now();
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "SELECT unit FROM dispense_units WHERE project_id = $1 AND done_at IS NULL ORDER BY unit",
+        )
+        .bind(project.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let effects: Vec<Effect> = if rows.is_empty() {
+            vec![Effect::FinishDispense {
+                project: project.clone(),
+                round,
+            }]
+        } else {
+            rows.iter()
+                .map(|r| {
+                    Ok(Effect::DispenseUnit {
+                        project: project.clone(),
+                        round,
+                        unit: r.try_get::<i64, _>(0)? as u32,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?
+        };
+        outbox::enqueue(&mut tx, &effects, "", at).await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Records a finished unit once: a repeated completion (a unit run
+    /// twice) changes nothing and returns false. The completion that
+    /// finishes the plan queues the finish job, in the same transaction.
+    pub async fn complete_dispense_unit(
+        &self,
+        project: &ProjectId,
+        round: u32,
+        done: &UnitCheckpoint,
+    ) -> Result<bool, StoreError> {
+        let at = now();
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE dispense_units SET object = $1, rows_out = $2, bytes = $3, sha256 = $4, done_at = $5 \
+             WHERE project_id = $6 AND unit = $7 AND done_at IS NULL",
+        )
+        .bind(&done.object)
+        .bind(done.rows as i64)
+        .bind(done.bytes as i64)
+        .bind(&done.sha256)
+        .bind(at.0)
+        .bind(project.as_str())
+        .bind(i64::from(done.unit))
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        // the row lock serializes concurrent completions: exactly one sees
+        // the last unit counted
+        let row = sqlx::query(
+            "UPDATE dispense_plans SET units_done = units_done + 1 WHERE project_id = $1 \
+             RETURNING units_done, units_total",
+        )
+        .bind(project.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let (done_count, total): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if done_count >= total {
+            let finish = Effect::FinishDispense {
+                project: project.clone(),
+                round,
+            };
+            outbox::enqueue(&mut tx, &[finish], "", at).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The checkpoints of the finished units, by unit.
+    pub async fn dispense_checkpoints(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<UnitCheckpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT unit, object, rows_out, bytes, sha256 FROM dispense_units \
+             WHERE project_id = $1 AND done_at IS NOT NULL ORDER BY unit",
+        )
+        .bind(project.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnitCheckpoint {
+                    unit: r.try_get::<i64, _>("unit")? as u32,
+                    object: r.try_get("object")?,
+                    rows: to_u64(r.try_get("rows_out")?),
+                    bytes: to_u64(r.try_get("bytes")?),
+                    sha256: r.try_get("sha256")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether one unit is checkpointed.
+    pub async fn dispense_unit_done(
+        &self,
+        project: &ProjectId,
+        unit: u32,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM dispense_units WHERE project_id = $1 AND unit = $2 AND done_at IS NOT NULL",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Stores the verified manifest (before the project is marked ready).
+    pub async fn save_manifest(
+        &self,
+        project: &ProjectId,
+        manifest: &Value,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dispense_plans SET manifest = $1, manifest_sha256 = $2 WHERE project_id = $3",
+        )
+        .bind(manifest.to_string())
+        .bind(sha256)
+        .bind(project.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Progress of a project's dispense (zero before it is planned).
+    pub async fn dispense_progress(
+        &self,
+        project: &ProjectId,
+    ) -> Result<DispenseProgress, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS units_total, \
+             CAST(COALESCE(SUM(CASE WHEN done_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS units_done, \
+             CAST(COALESCE(SUM(source_rows), 0) AS BIGINT) AS source_rows_total, \
+             CAST(COALESCE(SUM(CASE WHEN done_at IS NOT NULL THEN source_rows ELSE 0 END), 0) AS BIGINT) AS source_rows_done, \
+             CAST(COALESCE(SUM(rows_out), 0) AS BIGINT) AS rows_out, \
+             CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS bytes_out \
+             FROM dispense_units WHERE project_id = $1",
+        )
+        .bind(project.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let get =
+            |name: &str| -> Result<u64, StoreError> { Ok(to_u64(row.try_get::<i64, _>(name)?)) };
+        Ok(DispenseProgress {
+            units_done: get("units_done")?,
+            units_total: get("units_total")?,
+            source_rows_done: get("source_rows_done")?,
+            source_rows_total: get("source_rows_total")?,
+            rows_out: get("rows_out")?,
+            bytes_out: get("bytes_out")?,
+        })
+    }
+
+    /// Appends a system event about a project to the audit log (e.g. its
+    /// data removed).
+    pub async fn audit_project_event(
+        &self,
+        project: &ProjectId,
+        action: &str,
+        details: Value,
+        trace_id: &str,
+    ) -> Result<(), StoreError> {
+        let environment: String = sqlx::query("SELECT environment_id FROM projects WHERE id = $1")
+            .bind(project.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", project.as_str()))?
+            .try_get(0)?;
+        let at = now();
+        let mut tx = self.begin().await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: "system",
+                action,
+                object_type: "project",
+                object_id: project.as_str(),
+                environment_id: &environment,
+                details: json!(details),
+                trace_id,
+            },
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A project without authorization (system use; see
+    /// [`Store::system_request`]).
+    pub async fn system_project(&self, id: &ProjectId) -> Result<tre_domain::Project, StoreError> {
+        Ok(self.load_project(id).await?.0)
+    }
+}

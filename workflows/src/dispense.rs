@@ -1,0 +1,420 @@
+//! Dispensing as jobs. `dispense` plans (cohort keys, units, secret) and
+//! queues one `dispense_unit` per unit; each unit writes its object and
+//! checkpoints in SQL; the unit that completes the plan queues
+//! `finish_dispense`, which verifies, writes the manifest and marks the
+//! project ready. `deprovision` removes a revoked or expired project's data.
+//! A job that dies marks the project `failed`; `tre projects retry` starts
+//! a new round that runs only the unfinished units.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use object_store::ObjectStore;
+use serde_json::json;
+use tracing::{info, warn};
+use tre_dispense::{CohortKeys, DispenseError, DispensePlan, Membership, Pseudonymiser, UnitJob};
+use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState, cohort, dispense};
+use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_store::{ClaimedJob, NewPlan, UnitCheckpoint};
+
+use crate::{already_done, payload};
+
+/// Where dispensing reads and writes, and how it splits the work.
+#[derive(Clone)]
+pub struct DispenseConfig {
+    /// The custodian's store that inventory locations are relative to.
+    pub source: Arc<dyn ObjectStore>,
+    /// Where project prefixes are created.
+    pub dest: Arc<dyn ObjectStore>,
+    /// Source rows per unit (whole row groups). Default 1,000,000.
+    pub unit_rows: u64,
+}
+
+impl std::fmt::Debug for DispenseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispenseConfig")
+            .field("source", &self.source.to_string())
+            .field("dest", &self.dest.to_string())
+            .field("unit_rows", &self.unit_rows)
+            .finish()
+    }
+}
+
+pub const DEFAULT_UNIT_ROWS: u64 = 1_000_000;
+
+/// A plan as a unit needs it, decoded once per worker.
+struct Loaded {
+    plan: DispensePlan,
+    membership: Arc<Membership>,
+    pseudonymiser: Option<Pseudonymiser>,
+}
+
+/// Handlers of the dispensing jobs.
+pub struct DispenseWorkflow {
+    config: DispenseConfig,
+    plans: Mutex<HashMap<ProjectId, Arc<Loaded>>>,
+}
+
+impl std::fmt::Debug for DispenseWorkflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispenseWorkflow")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Plans decoded and kept per worker (a unit needs the cohort's keys).
+const CACHED_PLANS: usize = 8;
+
+fn dispense_error(e: DispenseError) -> JobError {
+    if e.is_transient() {
+        JobError::Transient(e.to_string())
+    } else {
+        JobError::Permanent(e.to_string())
+    }
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> JobError {
+    JobError::Permanent(format!("stored {what} is unreadable: {e}"))
+}
+
+impl DispenseWorkflow {
+    pub const KINDS: [&'static str; 4] = [
+        "dispense",
+        "dispense_unit",
+        "finish_dispense",
+        "deprovision",
+    ];
+
+    pub fn new(config: DispenseConfig) -> Self {
+        Self {
+            config,
+            plans: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a job of `round` should still act on the project: not once
+    /// it is revoked, expired or ready, nor for a round a retry replaced.
+    fn live(project: &tre_domain::Project, round: u32) -> bool {
+        !matches!(
+            project.state,
+            ProjectState::Revoked | ProjectState::Expired | ProjectState::Ready
+        ) && round >= project.dispense_round
+            && !(project.state == ProjectState::Failed && round == project.dispense_round)
+    }
+
+    async fn plan(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        id: &ProjectId,
+        round: u32,
+    ) -> Result<(), JobError> {
+        let store = &ctx.store;
+        let project = store.system_project(id).await?;
+        if !Self::live(&project, round) {
+            return Ok(());
+        }
+        if project.state == ProjectState::Provisioning {
+            match store
+                .project_command(id, ProjectCommand::StartDispensing, &job.key)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if already_done(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if store.dispense_plan(id).await?.is_none() {
+            self.make_plan(ctx, job, &project).await?;
+        }
+        let queued = store.queue_dispense_units(id, round).await?;
+        info!(project = %id, units = queued, round, "dispense queued");
+        Ok(())
+    }
+
+    async fn make_plan(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        project: &tre_domain::Project,
+    ) -> Result<(), JobError> {
+        let store = &ctx.store;
+        let request = store.system_request(&project.request_id).await?;
+        let env = store.system_environment(&project.environment_id).await?;
+        let inventory = env
+            .inventory
+            .as_ref()
+            .ok_or_else(|| JobError::Permanent("the environment has no inventory".into()))?;
+        let selection = dispense::selection(inventory, &request.collections)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        let cohort_dataset = inventory
+            .cohort()
+            .ok_or_else(|| JobError::Permanent("the inventory has no cohort dataset".into()))?;
+        let expr = cohort::parse_optional(&request.cohort, cohort_dataset)
+            .map_err(|e| JobError::Permanent(format!("cohort filter: {e}")))?;
+        let source = &self.config.source;
+        let keys = tre_dispense::cohort_keys(source, inventory, expr.as_ref())
+            .await
+            .map_err(dispense_error)?;
+        let files = tre_dispense::source_files(source, inventory, &selection)
+            .await
+            .map_err(dispense_error)?;
+        let units = tre_dispense::plan::units(&files, self.config.unit_rows.max(1));
+        let plan = DispensePlan {
+            project: project.id.to_string(),
+            request: project.request_id.to_string(),
+            environment: project.environment_id.to_string(),
+            inventory_version: inventory.version,
+            cohort_filter: request.cohort.clone(),
+            cohort_size: keys.len() as u64,
+            pseudonymised: env.policies.pseudonymise,
+            datasets: selection,
+            units,
+        };
+        let secret = if plan.pseudonymised {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| JobError::Transient(format!("no randomness: {e}")))?;
+            hex::encode(bytes)
+        } else {
+            String::new()
+        };
+        let plan_json = serde_json::to_value(&plan).expect("plans serialize");
+        let cohort_json = serde_json::to_string(&keys).expect("keys serialize");
+        let units: Vec<(u32, u64)> = plan
+            .units
+            .iter()
+            .map(|u| (u.index, u.source_rows))
+            .collect();
+        store
+            .save_dispense_plan(NewPlan {
+                project: &project.id,
+                environment: project.environment_id.as_str(),
+                plan: &plan_json,
+                cohort: &cohort_json,
+                secret: &secret,
+                units: &units,
+                summary: json!({
+                    "inventory_version": plan.inventory_version,
+                    "cohort_size": plan.cohort_size,
+                    "units": plan.units.len(),
+                    "source_rows": plan.source_rows(),
+                    "datasets": plan.datasets,
+                    "pseudonymised": plan.pseudonymised,
+                }),
+                trace_id: &job.key,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The stored plan, decoded (cached per worker).
+    async fn loaded(&self, ctx: &JobContext, id: &ProjectId) -> Result<Arc<Loaded>, JobError> {
+        if let Some(hit) = self.plans.lock().expect("not poisoned").get(id) {
+            return Ok(hit.clone());
+        }
+        let stored = ctx
+            .store
+            .dispense_plan(id)
+            .await?
+            .ok_or_else(|| JobError::Permanent(format!("project {id} has no dispense plan")))?;
+        let plan: DispensePlan =
+            serde_json::from_value(stored.plan).map_err(|e| corrupt("dispense plan", e))?;
+        let keys: CohortKeys =
+            serde_json::from_str(&stored.cohort).map_err(|e| corrupt("cohort", e))?;
+        let pseudonymiser = if plan.pseudonymised {
+            let secret = hex::decode(&stored.secret)
+                .map_err(|e| JobError::Permanent(format!("stored pseudonym key: {e}")))?;
+            Some(Pseudonymiser::new(&secret))
+        } else {
+            None
+        };
+        let loaded = Arc::new(Loaded {
+            membership: Arc::new(Membership::new(&keys)),
+            plan,
+            pseudonymiser,
+        });
+        let mut plans = self.plans.lock().expect("not poisoned");
+        if plans.len() >= CACHED_PLANS {
+            plans.clear();
+        }
+        plans.insert(id.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn unit(
+        &self,
+        ctx: &JobContext,
+        id: &ProjectId,
+        round: u32,
+        index: u32,
+    ) -> Result<(), JobError> {
+        let store = &ctx.store;
+        if store.dispense_unit_done(id, index).await? {
+            return Ok(());
+        }
+        let project = store.system_project(id).await?;
+        if !Self::live(&project, round) {
+            return Ok(());
+        }
+        let loaded = self.loaded(ctx, id).await?;
+        let unit = loaded
+            .plan
+            .units
+            .get(index as usize)
+            .ok_or_else(|| JobError::Permanent(format!("the plan has no unit {index}")))?;
+        let output = UnitJob {
+            plan: &loaded.plan,
+            unit,
+            membership: loaded.membership.clone(),
+            pseudonymiser: loaded.pseudonymiser.as_ref(),
+        }
+        .run(&self.config.source, &self.config.dest)
+        .await
+        .map_err(|e| match dispense_error(e) {
+            JobError::Transient(m) => JobError::Transient(format!("unit {index}: {m}")),
+            JobError::Permanent(m) => JobError::Permanent(format!("unit {index}: {m}")),
+        })?;
+        store
+            .complete_dispense_unit(
+                id,
+                round,
+                &UnitCheckpoint {
+                    unit: output.unit,
+                    object: output.object,
+                    rows: output.rows,
+                    bytes: output.bytes,
+                    sha256: output.sha256,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        id: &ProjectId,
+        round: u32,
+    ) -> Result<(), JobError> {
+        let store = &ctx.store;
+        let project = store.system_project(id).await?;
+        if !Self::live(&project, round) {
+            return Ok(());
+        }
+        let loaded = self.loaded(ctx, id).await?;
+        let checkpoints = store.dispense_checkpoints(id).await?;
+        let outputs: Vec<tre_dispense::UnitOutput> = checkpoints
+            .into_iter()
+            .map(|c| tre_dispense::UnitOutput {
+                unit: c.unit,
+                object: c.object,
+                rows: c.rows,
+                bytes: c.bytes,
+                sha256: c.sha256,
+            })
+            .collect();
+        let (manifest, sha) = tre_dispense::finish(&self.config.dest, &loaded.plan, &outputs)
+            .await
+            .map_err(dispense_error)?;
+        let manifest_json = serde_json::to_value(&manifest).expect("manifests serialize");
+        store.save_manifest(id, &manifest_json, &sha).await?;
+        match store
+            .project_command(id, ProjectCommand::MarkReady, &job.key)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if already_done(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        info!(project = %id, rows = manifest.rows(), bytes = manifest.bytes(), "project ready");
+        Ok(())
+    }
+
+    async fn deprovision(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        id: &ProjectId,
+    ) -> Result<(), JobError> {
+        let removed = tre_dispense::deprovision(&self.config.dest, id.as_str())
+            .await
+            .map_err(dispense_error)?;
+        ctx.store
+            .audit_project_event(
+                id,
+                "project.data_removed",
+                json!({"objects": removed}),
+                &job.key,
+            )
+            .await?;
+        info!(project = %id, objects = removed, "project data removed");
+        Ok(())
+    }
+}
+
+impl JobHandler for DispenseWorkflow {
+    fn kinds(&self) -> Vec<&'static str> {
+        Self::KINDS.to_vec()
+    }
+
+    fn handle<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        Box::pin(async move {
+            match payload(job)? {
+                Effect::Dispense { project, round } => self.plan(ctx, job, &project, round).await,
+                Effect::DispenseUnit {
+                    project,
+                    round,
+                    unit,
+                } => self.unit(ctx, &project, round, unit).await,
+                Effect::FinishDispense { project, round } => {
+                    self.finish(ctx, job, &project, round).await
+                }
+                Effect::Deprovision { project } => self.deprovision(ctx, job, &project).await,
+                other => Err(JobError::Permanent(format!(
+                    "{} is not a dispensing job",
+                    other.kind()
+                ))),
+            }
+        })
+    }
+
+    /// A dispensing job that dies fails its project, with the reason.
+    fn on_dead<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        message: &'a str,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let project = match payload(job) {
+                Ok(
+                    Effect::Dispense { project, .. }
+                    | Effect::DispenseUnit { project, .. }
+                    | Effect::FinishDispense { project, .. },
+                ) => project,
+                _ => return,
+            };
+            let reason = format!("{}: {message}", job.kind);
+            match ctx
+                .store
+                .project_command(&project, ProjectCommand::MarkFailed { reason }, &job.key)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if already_done(&e) => {}
+                Err(e) => {
+                    warn!(project = %project, error = %e, "could not mark the project failed")
+                }
+            }
+        })
+    }
+}
