@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use object_store::ObjectStore;
 use serde_json::json;
 use tracing::{info, warn};
-use tre_dispense::{CohortKeys, DispenseError, DispensePlan, Membership, Pseudonymiser, UnitJob};
-use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState, cohort, dispense};
+use tre_dispense::{
+    CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, UnitJob,
+};
+use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState};
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, NewPlan, UnitCheckpoint};
 
@@ -148,32 +150,21 @@ impl DispenseWorkflow {
             .inventory
             .as_ref()
             .ok_or_else(|| JobError::Permanent("the environment has no inventory".into()))?;
-        let selection = dispense::selection(inventory, &request.collections)
-            .map_err(|e| JobError::Permanent(e.to_string()))?;
-        let cohort_dataset = inventory
-            .cohort()
-            .ok_or_else(|| JobError::Permanent("the inventory has no cohort dataset".into()))?;
-        let expr = cohort::parse_optional(&request.cohort, cohort_dataset)
-            .map_err(|e| JobError::Permanent(format!("cohort filter: {e}")))?;
-        let source = &self.config.source;
-        let keys = tre_dispense::cohort_keys(source, inventory, expr.as_ref())
-            .await
-            .map_err(dispense_error)?;
-        let files = tre_dispense::source_files(source, inventory, &selection)
-            .await
-            .map_err(dispense_error)?;
-        let units = tre_dispense::plan::units(&files, self.config.unit_rows.max(1));
-        let plan = DispensePlan {
-            project: project.id.to_string(),
-            request: project.request_id.to_string(),
-            environment: project.environment_id.to_string(),
-            inventory_version: inventory.version,
-            cohort_filter: request.cohort.clone(),
-            cohort_size: keys.len() as u64,
-            pseudonymised: env.policies.pseudonymise,
-            datasets: selection,
-            units,
-        };
+        let (plan, keys) = tre_dispense::make_plan(
+            &self.config.source,
+            PlanInput {
+                project: project.id.as_str(),
+                request: project.request_id.as_str(),
+                environment: project.environment_id.as_str(),
+                inventory,
+                collections: &request.collections,
+                cohort_filter: &request.cohort,
+                pseudonymise: env.policies.pseudonymise,
+                unit_rows: self.config.unit_rows,
+            },
+        )
+        .await
+        .map_err(dispense_error)?;
         let secret = if plan.pseudonymised {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes)

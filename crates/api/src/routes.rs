@@ -267,7 +267,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         op(
             M::GET,
             "/v1/projects/{id}",
-            "One project (members only)",
+            "One project (members only): state, dispense progress (units, rows, bytes) and, once ready, its manifest",
             None,
             get(get_project),
         ),
@@ -724,7 +724,19 @@ async fn get_project(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(state.store.project(&caller, &ProjectId(id)).await?).into_response())
+    let id = ProjectId(id);
+    let project = state.store.project(&caller, &id).await?;
+    let progress = state.store.dispense_progress(&id).await?;
+    let manifest = match state.store.dispense_plan(&id).await? {
+        Some(plan) => plan.manifest,
+        None => None,
+    };
+    // the project's fields, plus how far its dispense got and, once ready,
+    // its manifest
+    let mut body = serde_json::to_value(&project).expect("projects serialize");
+    body["progress"] = serde_json::to_value(&progress).expect("progress serializes");
+    body["manifest"] = manifest.unwrap_or(serde_json::Value::Null);
+    Ok(Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,12 +28,9 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Deserialize;
 use tre_domain::{
     DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, FieldType, Inventory,
@@ -161,47 +158,13 @@ fn field_ref(path: &str, name: &str) -> Result<FieldRef> {
     })
 }
 
-/// How the cohort filter language sees an Arrow type.
-pub fn field_type(data_type: &DataType) -> FieldType {
-    match data_type {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64 => FieldType::Integer,
-        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
-            FieldType::Float
-        }
-        DataType::Boolean => FieldType::Boolean,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => FieldType::String,
-        DataType::Date32 | DataType::Date64 => FieldType::Date,
-        _ => FieldType::Other,
-    }
-}
-
-/// The fields of a Parquet file, from its footer.
-pub fn parquet_fields(path: &Path) -> Result<Vec<(String, FieldType)>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
-    Ok(builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| (f.name().clone(), field_type(f.data_type())))
-        .collect())
-}
-
 impl InventoryFile {
     pub fn build(&self, source: impl Fn(&str) -> std::path::PathBuf) -> Result<Inventory> {
         let mut datasets = Vec::new();
         for (i, d) in self.datasets.iter().enumerate() {
             let mut schema: Option<Vec<(String, FieldType)>> = None;
             for location in &d.locations {
-                let fields = parquet_fields(&source(location))
+                let fields = tre_dispense::schema::parquet_fields(&source(location))
                     .with_context(|| format!("inventory.datasets[{i}].locations: {location}"))?;
                 match &schema {
                     None => schema = Some(fields),

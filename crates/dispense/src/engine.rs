@@ -432,3 +432,76 @@ pub async fn deprovision(dest: &Arc<dyn ObjectStore>, project: &str) -> Result<u
     }
     Ok(count)
 }
+
+/// What a plan is made from.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    pub project: &'a str,
+    pub request: &'a str,
+    pub environment: &'a str,
+    /// The environment's active inventory.
+    pub inventory: &'a Inventory,
+    pub collections: &'a BTreeSet<String>,
+    /// The approved cohort filter (`null`: everyone).
+    pub cohort_filter: &'a serde_json::Value,
+    pub pseudonymise: bool,
+    /// Source rows per unit.
+    pub unit_rows: u64,
+}
+
+/// Evaluates the cohort and splits the approved datasets into units.
+pub async fn make_plan(
+    source: &Arc<dyn ObjectStore>,
+    input: PlanInput<'_>,
+) -> Result<(DispensePlan, CohortKeys), DispenseError> {
+    let inventory = input.inventory;
+    let selection = tre_domain::dispense::selection(inventory, input.collections)
+        .map_err(|e| DispenseError::data(e.to_string()))?;
+    let cohort_dataset = inventory
+        .cohort()
+        .ok_or_else(|| DispenseError::data("the inventory has no cohort dataset"))?;
+    let expr = tre_domain::cohort::parse_optional(input.cohort_filter, cohort_dataset)
+        .map_err(|e| DispenseError::data(format!("cohort filter: {e}")))?;
+    let keys = cohort_keys(source, inventory, expr.as_ref()).await?;
+    let files = source_files(source, inventory, &selection).await?;
+    let plan = DispensePlan {
+        project: input.project.to_owned(),
+        request: input.request.to_owned(),
+        environment: input.environment.to_owned(),
+        inventory_version: inventory.version,
+        cohort_filter: input.cohort_filter.clone(),
+        cohort_size: keys.len() as u64,
+        pseudonymised: input.pseudonymise,
+        datasets: selection,
+        units: crate::plan::units(&files, input.unit_rows.max(1)),
+    };
+    Ok((plan, keys))
+}
+
+/// Runs every unit (`concurrency` at a time) and finishes: a whole dispense
+/// in one process, without checkpoints (benchmarks, reference runs).
+pub async fn run_all(
+    source: &Arc<dyn ObjectStore>,
+    dest: &Arc<dyn ObjectStore>,
+    plan: &DispensePlan,
+    keys: &CohortKeys,
+    secret: Option<&[u8]>,
+    concurrency: usize,
+) -> Result<(Manifest, String), DispenseError> {
+    let membership = Arc::new(Membership::new(keys));
+    let pseudonymiser = secret.map(Pseudonymiser::new);
+    let outputs: Vec<UnitOutput> = futures::stream::iter(&plan.units)
+        .map(|unit| {
+            let job = UnitJob {
+                plan,
+                unit,
+                membership: membership.clone(),
+                pseudonymiser: pseudonymiser.as_ref(),
+            };
+            async move { job.run(source, dest).await }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    finish(dest, plan, &outputs).await
+}

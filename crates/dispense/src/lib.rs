@@ -14,10 +14,12 @@ mod io;
 pub mod keys;
 mod manifest;
 pub mod plan;
+pub mod schema;
 pub mod stores;
 
 pub use engine::{
-    UnitJob, UnitOutput, cohort_keys, deprovision, finish, project_prefix, source_files,
+    PlanInput, UnitJob, UnitOutput, cohort_keys, deprovision, finish, make_plan, project_prefix,
+    run_all, source_files,
 };
 pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};

@@ -58,6 +58,33 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
     Ok(Arc::new(store))
 }
 
+/// An S3-compatible store with explicit settings (path-style), for callers
+/// that must not read the process environment (tests with several servers).
+pub fn s3(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<Arc<dyn ObjectStore>, DispenseError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(bucket)
+        .with_access_key_id(access_key)
+        .with_secret_access_key(secret_key)
+        .with_region("us-east-1")
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_retry(retry_config())
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(Duration::from_secs(60))
+                .with_allow_http(endpoint.starts_with("http://")),
+        )
+        .build()
+        .map_err(|e| DispenseError::Config(format!("object store: {e}")))?;
+    Ok(Arc::new(store))
+}
+
 /// Transient S3 errors (5xx, timeouts, throttling, resets) are retried by
 /// the client with jittered exponential backoff before a unit fails; the
 /// job runtime retries the unit after that.

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use object_store::ObjectStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tre_domain::{
     Actor, DataCollection, Dataset, DecisionRule, EnvironmentCommand, EnvironmentId, Field,
@@ -404,6 +405,17 @@ pub struct World {
 }
 
 pub async fn world(store: &Store, stage1: &[&str], stage2: &[&str], quorum: u32) -> World {
+    world_with(store, inventory(), stage1, stage2, quorum).await
+}
+
+/// [`world`] with another inventory.
+pub async fn world_with(
+    store: &Store,
+    inventory: Inventory,
+    stage1: &[&str],
+    stage2: &[&str],
+    quorum: u32,
+) -> World {
     let platform = user(store, "platform", true, &[]).await;
     let admin = user(store, "admin", false, &[]).await;
     let owner = user(store, "owner", false, &["researchers"]).await;
@@ -424,7 +436,7 @@ pub async fn world(store: &Store, stage1: &[&str], stage2: &[&str], quorum: u32)
         .await
         .expect("create environment");
     let configure = [
-        EnvironmentCommand::SetInventory(inventory()),
+        EnvironmentCommand::SetInventory(inventory),
         EnvironmentCommand::SetPipeline(ReviewPipeline {
             stages: vec![
                 stage("committee", stage1, DecisionRule::Any),
@@ -566,5 +578,213 @@ impl SmtpSink {
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The repository root (fixtures are relative to it).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The synthetic biobank of `fixtures/data` (fields read from the Parquet
+/// footers under `root`), with collections `baseline` and `hospital`
+/// approved in tests, and `deprivation` and `prescriptions` that tests
+/// leave unapproved.
+pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -> Inventory {
+    let r = |d: &str, f: &str| FieldRef {
+        dataset: d.into(),
+        field: f.into(),
+    };
+    let datasets = datasets
+        .iter()
+        .map(|(name, locations)| {
+            let fields = tre_dispense::schema::parquet_fields(&root.join(locations[0]))
+                .expect("fixture footer")
+                .into_iter()
+                .map(|(name, t)| field(&name, t))
+                .collect();
+            Dataset {
+                name: (*name).into(),
+                description: String::new(),
+                locations: locations.iter().map(|l| (*l).to_owned()).collect(),
+                key: "participant_id".into(),
+                fields,
+            }
+        })
+        .collect();
+    let collection = |name: &str, fields: Vec<FieldRef>| DataCollection {
+        name: name.into(),
+        description: String::new(),
+        fields,
+    };
+    Inventory {
+        version: 0,
+        datasets,
+        cohort_dataset: "participants".into(),
+        collections: vec![
+            collection(
+                "baseline",
+                vec![
+                    r("participants", "sex"),
+                    r("participants", "age_at_recruitment"),
+                    r("participants", "bmi"),
+                    r("participants", "diabetes"),
+                    r("participants", "recruitment_date"),
+                    r("participants", "smoking_status"),
+                ],
+            ),
+            collection(
+                "hospital",
+                vec![
+                    r("hospital_episodes", "admission_date"),
+                    r("hospital_episodes", "icd10"),
+                    r("hospital_episodes", "length_of_stay_days"),
+                ],
+            ),
+            collection("deprivation", vec![r("participants", "townsend_index")]),
+            collection("prescriptions", vec![r("prescriptions", "drug")]),
+        ],
+        showcase: vec![r("participants", "sex")],
+    }
+}
+
+/// The checked-in fixture files, by dataset.
+pub const BIOBANK: [(&str, &[&str]); 3] = [
+    ("participants", &["fixtures/data/participants.parquet"]),
+    (
+        "hospital_episodes",
+        &[
+            "fixtures/data/hospital_episodes-0.parquet",
+            "fixtures/data/hospital_episodes-1.parquet",
+        ],
+    ),
+    ("prescriptions", &["fixtures/data/prescriptions.parquet"]),
+];
+
+/// Creates, submits and approves (stage 1 `rev1`, stage 2 `rev2`) a request
+/// of `w.owner` with `collab`, then creates its project as the owner.
+pub async fn approved_project(
+    store: &Store,
+    w: &World,
+    cohort: serde_json::Value,
+    collections: &[&str],
+) -> tre_domain::Project {
+    let request = store
+        .create_request(
+            &w.owner,
+            &w.env,
+            tre_domain::NewRequest {
+                cohort,
+                collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+                ..new_request()
+            },
+        )
+        .await
+        .expect("create request");
+    store
+        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
+        .await
+        .expect("submit");
+    for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
+        store
+            .decide(
+                &caller(reviewer),
+                &request.id,
+                tre_domain::DecisionInput {
+                    stage,
+                    verdict: tre_domain::Verdict::Approve,
+                    is_final: false,
+                    comment: String::new(),
+                },
+            )
+            .await
+            .expect("approve");
+    }
+    store
+        .create_project(&w.owner, &request.id)
+        .await
+        .expect("create project")
+}
+
+/// An S3-compatible server (s3s-fs over a temporary folder) served by this
+/// process on a random port, with signature checks on. Buckets are
+/// folders: `bucket` exists from the start.
+pub struct S3Server {
+    pub endpoint: String,
+    pub bucket: String,
+    pub dir: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub const S3_ACCESS_KEY: &str = "tre-test";
+pub const S3_SECRET_KEY: &str = "tre-test-secret-key";
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("tre-s3-{}", unique()));
+        let bucket = "tre-projects".to_owned();
+        std::fs::create_dir_all(dir.join(&bucket)).expect("bucket folder");
+        let fs = s3s_fs::FileSystem::new(&dir).expect("s3s-fs");
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                // without it each GET on a kept-alive connection waits ~22 ms
+                let _ = socket.set_nodelay(true);
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint,
+            bucket,
+            dir,
+            task,
+        }
+    }
+
+    /// A client of the bucket, through `endpoint` (e.g. a proxy in front).
+    pub fn store_via(&self, endpoint: &str) -> Arc<dyn ObjectStore> {
+        tre_dispense::stores::s3(endpoint, &self.bucket, S3_ACCESS_KEY, S3_SECRET_KEY)
+            .expect("s3 client")
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store_via(&self.endpoint)
+    }
+
+    /// The `AWS_*` variables that point a `tre` process at this server
+    /// (with `TRE_OBJECT_STORE=s3://BUCKET`).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("TRE_OBJECT_STORE", format!("s3://{}", self.bucket)),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

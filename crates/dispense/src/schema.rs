@@ -1,0 +1,49 @@
+//! How the inventory sees Parquet files: field types from the footer.
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tre_domain::FieldType;
+
+use crate::DispenseError;
+
+/// How the cohort filter language sees an Arrow type.
+pub fn field_type(data_type: &DataType) -> FieldType {
+    match data_type {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => FieldType::Integer,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 | DataType::Decimal128(..) => {
+            FieldType::Float
+        }
+        DataType::Boolean => FieldType::Boolean,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => FieldType::String,
+        DataType::Date32 | DataType::Date64 => FieldType::Date,
+        _ => FieldType::Other,
+    }
+}
+
+/// The fields of a local Parquet file, from its footer.
+pub fn parquet_fields(path: &Path) -> Result<Vec<(String, FieldType)>, DispenseError> {
+    let file = File::open(path)
+        .map_err(|e| DispenseError::data(format!("cannot open {}: {e}", path.display())))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        DispenseError::data(format!(
+            "{} is not a readable Parquet file: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), field_type(f.data_type())))
+        .collect())
+}
