@@ -511,3 +511,157 @@ async fn dispensed_rows_and_columns_equal_an_independent_computation() {
     }
     let _ = std::fs::remove_dir_all(folder);
 }
+
+/// A TCP proxy in front of the S3 server that misbehaves by connection:
+/// answers 500, resets at once, resets mid-transfer, or stalls before
+/// forwarding. Returns its endpoint and a count of faults injected.
+async fn faulty_proxy(upstream: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let faults = Arc::new(AtomicUsize::new(0));
+    let counter = faults.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            n += 1;
+            let mode = n % 5;
+            let upstream = upstream.clone();
+            let faults = counter.clone();
+            tokio::spawn(async move {
+                match mode {
+                    0 => {
+                        faults.fetch_add(1, Ordering::Relaxed);
+                        let mut buf = [0u8; 1024];
+                        let _ = client.read(&mut buf).await;
+                        let _ = client
+                            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                    }
+                    1 => {
+                        faults.fetch_add(1, Ordering::Relaxed);
+                        let _ = client.set_zero_linger();
+                        drop(client); // RST
+                    }
+                    _ => {
+                        if mode == 2 {
+                            faults.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        let _ = server.set_nodelay(true);
+                        let _ = client.set_nodelay(true);
+                        if mode == 3 {
+                            // forward, then cut the connection mid-stream
+                            faults.fetch_add(1, Ordering::Relaxed);
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(150),
+                                tokio::io::copy_bidirectional(&mut client, &mut server),
+                            )
+                            .await;
+                            let _ = client.set_zero_linger();
+                        } else {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, faults)
+}
+
+/// Through a proxy that returns 500s, resets connections and stalls, the
+/// dispense still completes with the right data. Two projects of the same
+/// cohort get unrelated pseudonyms; revoking one removes its data, with an
+/// audit event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("PostgreSQL not reachable: skipped");
+        return;
+    };
+    let store = &db.store;
+    let s3 = S3Server::start().await;
+    let (endpoint, faults) = faulty_proxy(&s3.endpoint).await;
+    let dest = s3.store_via(&endpoint);
+    let inventory = biobank_inventory(&repo_root(), &BIOBANK);
+    let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;
+    let cohort = json!({"field": "diabetes", "op": "=", "value": true});
+    let a = approved_project(store, &w, cohort.clone(), &["baseline", "hospital"]).await;
+    let b = approved_project(store, &w, cohort.clone(), &["baseline", "hospital"]).await;
+    let worker = start(store, options(dest.clone(), 1_000));
+    let direct = s3.store();
+    let mut keys = Vec::new();
+    for project in [&a, &b] {
+        let done = settled(store, project).await;
+        assert_eq!(done.state, ProjectState::Ready, "{done:?}");
+        let plan = store.dispense_plan(&project.id).await.unwrap().unwrap();
+        let want = expected(&cohort, &APPROVED, &hex::decode(&plan.secret).unwrap());
+        let got = dispensed(store, &direct, project).await;
+        assert!(got == want, "data differ after faults");
+        let ids: BTreeSet<String> = got["participants"]
+            .1
+            .iter()
+            .map(|r| r["participant_id"].to_string())
+            .collect();
+        keys.push(ids);
+    }
+    assert!(
+        faults.load(std::sync::atomic::Ordering::Relaxed) >= 4,
+        "the proxy injected faults"
+    );
+    assert_eq!(keys[0].len(), keys[1].len(), "same cohort");
+    assert!(
+        keys[0].is_disjoint(&keys[1]),
+        "pseudonyms never repeat across projects"
+    );
+
+    // revocation: the request is revoked, its project deprovisioned
+    store
+        .request_command(
+            &w.admin,
+            &a.request_id,
+            tre_domain::RequestCommand::Revoke {
+                reason: "consent withdrawn".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let prefix = ObjectPath::from(a.id.as_str());
+    let mut removed = false;
+    for _ in 0..2400 {
+        let left: Vec<_> = direct.list(Some(&prefix)).try_collect().await.unwrap();
+        let audit = store
+            .audit_events(
+                &w.platform,
+                &tre_store::AuditQuery {
+                    object_id: Some(a.id.to_string()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        if left.is_empty() && audit.iter().any(|e| e.action == "project.data_removed") {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(removed, "revoked project's objects removed and audited");
+    let other: Vec<_> = direct
+        .list(Some(&ObjectPath::from(b.id.as_str())))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(!other.is_empty(), "the other project keeps its data");
+    worker.stop().await;
+    db.finish().await;
+}
