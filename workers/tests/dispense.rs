@@ -562,13 +562,19 @@ async fn faulty_proxy(upstream: &str) -> (String, Arc<std::sync::atomic::AtomicU
                             // forward, then cut the connection mid-stream
                             faults.fetch_add(1, Ordering::Relaxed);
                             let _ = tokio::time::timeout(
-                                Duration::from_millis(150),
+                                Duration::from_millis(60),
                                 tokio::io::copy_bidirectional(&mut client, &mut server),
                             )
                             .await;
                             let _ = client.set_zero_linger();
                         } else {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            // kept-alive connections are recycled too, so
+                            // faults keep coming for the whole dispense
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(120),
+                                tokio::io::copy_bidirectional(&mut client, &mut server),
+                            )
+                            .await;
                         }
                     }
                 }
@@ -614,10 +620,9 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
             .collect();
         keys.push(ids);
     }
-    assert!(
-        faults.load(std::sync::atomic::Ordering::Relaxed) >= 4,
-        "the proxy injected faults"
-    );
+    let injected = faults.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("faults injected: {injected}");
+    assert!(injected >= 4, "the proxy injected only {injected} faults");
     assert_eq!(keys[0].len(), keys[1].len(), "same cohort");
     assert!(
         keys[0].is_disjoint(&keys[1]),
