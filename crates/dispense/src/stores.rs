@@ -28,8 +28,9 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .with_retry(retry_config())
-            .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(60)));
+            // client options (AWS_ALLOW_HTTP, timeouts) come from the
+            // environment: replacing them here would drop those
+            .with_retry(retry_config());
         if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
