@@ -565,7 +565,11 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         Err(StoreError::NotFound { .. })
     ));
     let jobs = store.outbox_jobs(Some("pending"), 100).await.unwrap();
-    assert!(jobs.iter().any(|j| j.key == format!("dispense:{}", project.id) && j.payload["kind"] == "dispense"));
+    assert!(
+        jobs.iter()
+            .any(|j| j.key == format!("dispense:{}:0", project.id)
+                && j.payload["kind"] == "dispense")
+    );
 
     // the job runtime moves the project
     let p = store
