@@ -21,7 +21,7 @@ use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState};
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, NewPlan, UnitCheckpoint};
 
-use crate::{already_done, payload};
+use crate::{move_project, payload};
 
 /// Where dispensing reads and writes, and how it splits the work.
 #[derive(Clone)]
@@ -120,14 +120,7 @@ impl DispenseWorkflow {
             return Ok(());
         }
         if project.state == ProjectState::Provisioning {
-            match store
-                .project_command(id, ProjectCommand::StartDispensing, &job.key)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if already_done(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
+            move_project(ctx, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
         if store.dispense_plan(id).await?.is_none() {
             self.make_plan(ctx, job, &project).await?;
@@ -314,14 +307,7 @@ impl DispenseWorkflow {
             .map_err(dispense_error)?;
         let manifest_json = serde_json::to_value(&manifest).expect("manifests serialize");
         store.save_manifest(id, &manifest_json, &sha).await?;
-        match store
-            .project_command(id, ProjectCommand::MarkReady, &job.key)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if already_done(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
+        move_project(ctx, id, ProjectCommand::MarkReady, &job.key).await?;
         info!(project = %id, rows = manifest.rows(), bytes = manifest.bytes(), "project ready");
         Ok(())
     }
@@ -395,16 +381,9 @@ impl JobHandler for DispenseWorkflow {
                 _ => return,
             };
             let reason = format!("{}: {message}", job.kind);
-            match ctx
-                .store
-                .project_command(&project, ProjectCommand::MarkFailed { reason }, &job.key)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if already_done(&e) => {}
-                Err(e) => {
-                    warn!(project = %project, error = %e, "could not mark the project failed")
-                }
+            let failed = ProjectCommand::MarkFailed { reason };
+            if let Err(e) = move_project(ctx, &project, failed, &job.key).await {
+                warn!(project = %project, error = %e, "could not mark the project failed");
             }
         })
     }

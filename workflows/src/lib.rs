@@ -19,7 +19,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde::Deserialize;
-use tre_domain::{DomainError, Effect, ProjectCommand, ProjectState, RequestId, RequestState};
+use tre_domain::{
+    DomainError, Effect, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState,
+};
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, StoreError};
 
@@ -56,6 +58,21 @@ fn already_done(e: &StoreError) -> bool {
     matches!(e, StoreError::Domain(DomainError::InvalidTransition { .. }))
 }
 
+/// Moves a project for the job runtime; a move that already happened (or
+/// can no longer happen) counts as done.
+async fn move_project(
+    ctx: &JobContext,
+    project: &ProjectId,
+    command: ProjectCommand,
+    trace_id: &str,
+) -> Result<(), StoreError> {
+    match ctx.store.project_command(project, command, trace_id).await {
+        Ok(_) => Ok(()),
+        Err(e) if already_done(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn expire(ctx: &JobContext, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
     match ctx.store.expire_request(request, &job.key).await {
         Ok(_) => Ok(()),
@@ -81,15 +98,7 @@ async fn revoke_projects(
     if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
         return Ok(());
     }
-    match ctx
-        .store
-        .project_command(&project.id, command, &job.key)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if already_done(&e) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(move_project(ctx, &project.id, command, &job.key).await?)
 }
 
 impl JobHandler for RequestWorkflow {
