@@ -148,7 +148,7 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
     let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
     let plan: DispensePlan = serde_json::from_value(stored.plan.clone()).unwrap();
     let keys: CohortKeys = serde_json::from_str(&stored.cohort).unwrap();
-    let secret = hex_decode(&stored.secret);
+    let secret = hex::decode(&stored.secret).unwrap();
     let source = tre_dispense::stores::open(root.to_str().unwrap(), "source").unwrap();
     let reference_dir = root.join("reference");
     let reference = tre_dispense::stores::open(reference_dir.to_str().unwrap(), "dest").unwrap();
@@ -194,11 +194,4 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
     }
     db.finish().await;
     let _ = std::fs::remove_dir_all(root);
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }

@@ -195,7 +195,7 @@ impl UnitJob<'_> {
         names.extend(selected.fields.iter().map(String::as_str));
         let indices = root_indices(builder.schema(), &names, &unit.location)?;
         let out_schema = self.output_schema(builder.schema(), &indices, &selected.key);
-        let row_groups = self.pruned_row_groups(builder.metadata(), indices[0]);
+        let row_groups = self.pruned_row_groups(builder.metadata(), &selected.key);
 
         let key_mask = ProjectionMask::roots(builder.parquet_schema(), [indices[0]]);
         let membership = self.membership.clone();
@@ -251,24 +251,26 @@ impl UnitJob<'_> {
     }
 
     /// The unit's row groups minus those whose key range misses the cohort.
-    fn pruned_row_groups(&self, metadata: &ParquetMetaData, key_column: usize) -> Vec<usize> {
+    fn pruned_row_groups(&self, metadata: &ParquetMetaData, key: &str) -> Vec<usize> {
+        // the key's leaf column (a root index differs once a column nests)
+        let Some(leaf) = metadata
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == [key])
+        else {
+            return self.unit.row_groups.clone();
+        };
         self.unit
             .row_groups
             .iter()
             .copied()
             .filter(|&g| {
-                let Some(group) = metadata.row_groups().get(g) else {
-                    return true; // the read reports the bad index
-                };
-                let leaf = metadata
-                    .file_metadata()
-                    .schema_descr()
-                    .root_schema()
-                    .get_fields()
-                    .get(key_column)
-                    .map(|_| key_column);
-                let range = leaf
-                    .and_then(|c| group.columns().get(c))
+                let range = metadata
+                    .row_groups()
+                    .get(g) // a bad index is left for the read to report
+                    .and_then(|group| group.columns().get(leaf))
                     .and_then(|c| c.statistics())
                     .and_then(|s| match s {
                         Statistics::Int32(s) => Some((*s.min_opt()? as i64, *s.max_opt()? as i64)),
