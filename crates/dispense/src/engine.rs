@@ -14,8 +14,9 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::{AsyncArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -131,22 +132,31 @@ pub async fn source_files(
                 selected.dataset
             ))
         })?;
-        let mut files = Vec::new();
-        for path in &dataset.locations {
-            let builder = reader_builder(source, path).await?;
-            let mut names = vec![selected.key.as_str()];
-            names.extend(selected.fields.iter().map(String::as_str));
-            root_indices(builder.schema(), &names, path)?;
-            files.push(SourceFile {
-                location: path.clone(),
-                row_groups: builder
-                    .metadata()
-                    .row_groups()
-                    .iter()
-                    .map(|g| g.num_rows() as u64)
-                    .collect(),
-            });
-        }
+        // footers only (no page index), several at a time, in order
+        let reads: Vec<_> = dataset
+            .locations
+            .iter()
+            .map(|path| async move {
+                let reader = StoreReader::new(source.clone(), location(path)?);
+                let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+                let mut names = vec![selected.key.as_str()];
+                names.extend(selected.fields.iter().map(String::as_str));
+                root_indices(builder.schema(), &names, path)?;
+                Ok::<_, DispenseError>(SourceFile {
+                    location: path.clone(),
+                    row_groups: builder
+                        .metadata()
+                        .row_groups()
+                        .iter()
+                        .map(|g| g.num_rows() as u64)
+                        .collect(),
+                })
+            })
+            .collect();
+        let files: Vec<SourceFile> = futures::stream::iter(reads)
+            .buffered(8)
+            .try_collect()
+            .await?;
         out.push((selected.dataset.clone(), files));
     }
     Ok(out)
@@ -215,12 +225,19 @@ impl UnitJob<'_> {
         let object = unit.object();
         let (sink, digest) =
             HashingWriter::new(dest.clone(), project_object(&self.plan.project, &object)?);
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(OUT_ROW_GROUP_ROWS))
-            .set_created_by("tre".into())
-            .build();
-        let mut writer = AsyncArrowWriter::try_new(sink, out_schema.clone(), Some(props))?;
+            .set_created_by("tre".into());
+        if self.pseudonymiser.is_some() {
+            // min/max of random pseudonyms prune nothing, and cost two
+            // comparisons per row
+            props = props.set_column_statistics_enabled(
+                ColumnPath::from(selected.key.as_str()),
+                EnabledStatistics::None,
+            );
+        }
+        let mut writer = AsyncArrowWriter::try_new(sink, out_schema.clone(), Some(props.build()))?;
         let mut rows = 0u64;
         while let Some(batch) = stream.try_next().await? {
             let batch = self.shape(&batch, &out_schema, &names)?;
@@ -315,34 +332,28 @@ pub async fn finish(
     let project = &plan.project;
     let mut datasets = Vec::new();
     for selected in &plan.datasets {
-        let mut files = Vec::new();
-        let mut schema: Option<Vec<ColumnSchema>> = None;
+        let mut outputs_of = Vec::new();
         for unit in plan.units.iter().filter(|u| u.dataset == selected.dataset) {
-            let output = outputs
-                .iter()
-                .find(|o| o.unit == unit.index)
-                .ok_or_else(|| {
-                    DispenseError::Verify(format!("unit {} has no checkpoint", unit.index))
-                })?;
-            let path = project_object(project, &output.object)?;
-            let meta = dest.head(&path).await?;
-            if meta.size != output.bytes {
-                return Err(DispenseError::Verify(format!(
-                    "{path}: {} bytes stored, {} written",
-                    meta.size, output.bytes
-                )));
-            }
-            let builder =
-                ParquetRecordBatchStreamBuilder::new(StoreReader::new(dest.clone(), path.clone()))
-                    .await?;
-            let rows = builder.metadata().file_metadata().num_rows() as u64;
-            if rows != output.rows {
-                return Err(DispenseError::Verify(format!(
-                    "{path}: {rows} rows stored, {} written",
-                    output.rows
-                )));
-            }
-            let columns = ColumnSchema::of(builder.schema());
+            outputs_of.push(
+                outputs
+                    .iter()
+                    .find(|o| o.unit == unit.index)
+                    .ok_or_else(|| {
+                        DispenseError::Verify(format!("unit {} has no checkpoint", unit.index))
+                    })?,
+            );
+        }
+        // several objects checked at a time, results in unit order
+        let checks: Vec<_> = outputs_of
+            .iter()
+            .map(|output| verify_object(dest, project, output))
+            .collect();
+        let schemas: Vec<(String, Vec<ColumnSchema>)> = futures::stream::iter(checks)
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut schema: Option<Vec<ColumnSchema>> = None;
+        for (path, columns) in schemas {
             match &schema {
                 None => schema = Some(columns),
                 Some(s) if *s != columns => {
@@ -352,13 +363,16 @@ pub async fn finish(
                 }
                 Some(_) => {}
             }
-            files.push(ManifestFile {
+        }
+        let files: Vec<ManifestFile> = outputs_of
+            .iter()
+            .map(|output| ManifestFile {
                 path: output.object.clone(),
                 rows: output.rows,
                 bytes: output.bytes,
                 sha256: output.sha256.clone(),
-            });
-        }
+            })
+            .collect();
         datasets.push(ManifestDataset {
             name: selected.dataset.clone(),
             key: selected.key.clone(),
@@ -409,6 +423,33 @@ pub async fn finish(
         )));
     }
     Ok((manifest, sha))
+}
+
+/// Checks one unit's object as stored: its size, a readable footer, its
+/// row count. Returns its path and column schema.
+async fn verify_object(
+    dest: &Arc<dyn ObjectStore>,
+    project: &str,
+    output: &UnitOutput,
+) -> Result<(String, Vec<ColumnSchema>), DispenseError> {
+    let path = project_object(project, &output.object)?;
+    let meta = dest.head(&path).await?;
+    if meta.size != output.bytes {
+        return Err(DispenseError::Verify(format!(
+            "{path}: {} bytes stored, {} written",
+            meta.size, output.bytes
+        )));
+    }
+    let builder =
+        ParquetRecordBatchStreamBuilder::new(StoreReader::new(dest.clone(), path.clone())).await?;
+    let rows = builder.metadata().file_metadata().num_rows() as u64;
+    if rows != output.rows {
+        return Err(DispenseError::Verify(format!(
+            "{path}: {rows} rows stored, {} written",
+            output.rows
+        )));
+    }
+    Ok((path.to_string(), ColumnSchema::of(builder.schema())))
 }
 
 /// Removes every object of the project; returns how many there were.
@@ -480,8 +521,9 @@ pub async fn make_plan(
     Ok((plan, keys))
 }
 
-/// Runs every unit (`concurrency` at a time) and finishes: a whole dispense
-/// in one process, without checkpoints (benchmarks, reference runs).
+/// Runs every unit (`concurrency` at a time, each a task of its own so
+/// they decode and encode on every core) and finishes: a whole dispense in
+/// one process, without checkpoints (benchmarks, reference runs).
 pub async fn run_all(
     source: &Arc<dyn ObjectStore>,
     dest: &Arc<dyn ObjectStore>,
@@ -492,18 +534,130 @@ pub async fn run_all(
 ) -> Result<(Manifest, String), DispenseError> {
     let membership = Arc::new(Membership::new(keys));
     let pseudonymiser = secret.map(Pseudonymiser::new);
-    let outputs: Vec<UnitOutput> = futures::stream::iter(&plan.units)
-        .map(|unit| {
-            let job = UnitJob {
-                plan,
-                unit,
-                membership: membership.clone(),
-                pseudonymiser: pseudonymiser.as_ref(),
-            };
-            async move { job.run(source, dest).await }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
+    let shared = Arc::new(plan.clone());
+    let mut pending = 0..plan.units.len();
+    let mut running = tokio::task::JoinSet::new();
+    let mut outputs = Vec::with_capacity(plan.units.len());
+    loop {
+        while running.len() < concurrency.max(1) {
+            let Some(index) = pending.next() else { break };
+            let (plan, membership, pseudonymiser) =
+                (shared.clone(), membership.clone(), pseudonymiser.clone());
+            let (source, dest) = (source.clone(), dest.clone());
+            running.spawn(async move {
+                let job = UnitJob {
+                    plan: &plan,
+                    unit: &plan.units[index],
+                    membership,
+                    pseudonymiser: pseudonymiser.as_ref(),
+                };
+                job.run(&source, &dest).await
+            });
+        }
+        match running.join_next().await {
+            Some(done) => {
+                outputs.push(done.map_err(|e| DispenseError::data(format!("unit task: {e}")))??)
+            }
+            None => break,
+        }
+    }
     finish(dest, plan, &outputs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{Int64Array, StringArray};
+    use object_store::memory::InMemory;
+    use parquet::arrow::ArrowWriter;
+
+    /// A file sorted by key, four row groups of 100 keys (1..=400), and a
+    /// cohort in groups 0 and 2 only: groups 1 and 3 are never read, and
+    /// the unit still writes exactly the cohort's rows.
+    #[tokio::test]
+    async fn row_groups_outside_the_cohort_are_skipped() {
+        let schema = Arc::new(Schema::new(vec![
+            ArrowField::new("id", arrow_schema::DataType::Int64, false),
+            ArrowField::new("x", arrow_schema::DataType::Utf8, false),
+        ]));
+        let ids: Vec<i64> = (1..=400).collect();
+        let xs: Vec<String> = ids.iter().map(|i| format!("x{i}")).collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(xs)),
+            ],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
+            .put(&Path::from("src/t.parquet"), PutPayload::from(bytes))
+            .await
+            .unwrap();
+
+        let cohort: Vec<i64> = (5..=20).chain(250..=260).collect();
+        let plan = DispensePlan {
+            project: "p".into(),
+            request: "r".into(),
+            environment: "e".into(),
+            inventory_version: 1,
+            cohort_filter: serde_json::Value::Null,
+            cohort_size: cohort.len() as u64,
+            pseudonymised: false,
+            datasets: vec![DatasetSelection {
+                dataset: "t".into(),
+                key: "id".into(),
+                fields: vec!["x".into()],
+            }],
+            units: vec![Unit {
+                index: 0,
+                dataset: "t".into(),
+                part: 0,
+                location: "src/t.parquet".into(),
+                row_groups: vec![0, 1, 2, 3],
+                source_rows: 400,
+            }],
+        };
+        for keys in [
+            CohortKeys::Int(cohort.clone()),
+            // the same keys far apart: a hash set, not a bitmap
+            CohortKeys::Int(cohort.iter().copied().chain([1 << 50]).collect()),
+        ] {
+            let job = UnitJob {
+                plan: &plan,
+                unit: &plan.units[0],
+                membership: Arc::new(Membership::new(&keys)),
+                pseudonymiser: None,
+            };
+            let builder = reader_builder(&store, "src/t.parquet").await.unwrap();
+            assert_eq!(builder.metadata().num_row_groups(), 4);
+            assert_eq!(job.pruned_row_groups(builder.metadata(), "id"), [0, 2]);
+
+            let output = job.run(&store, &store).await.unwrap();
+            assert_eq!(output.rows, cohort.len() as u64);
+            let written = reader_builder(&store, &format!("p/{}", output.object))
+                .await
+                .unwrap()
+                .build()
+                .unwrap();
+            let batches: Vec<RecordBatch> = written.try_collect().await.unwrap();
+            let got: Vec<i64> = batches
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            assert_eq!(got, cohort);
+            let x = batches[0].column(1).as_string::<i32>();
+            assert_eq!(x.value(0), "x5");
+        }
+    }
 }

@@ -1,13 +1,14 @@
 //! The cohort's entity keys, membership tests over key columns, and the
 //! per-project pseudonyms that replace keys in dispensed tables.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, BooleanArray};
+use arrow_buffer::BooleanBuffer;
 use arrow_schema::DataType;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -98,8 +99,16 @@ fn as_text(a: &ArrayRef) -> Result<ArrayRef, DispenseError> {
 /// range when keys are dense enough, else a hash set.
 #[derive(Debug)]
 pub enum Membership {
-    Bitmap { min: i64, max: i64, bits: Vec<u64> },
-    IntSet(HashSet<i64>),
+    Bitmap {
+        min: i64,
+        max: i64,
+        bits: Vec<u64>,
+    },
+    /// Sparse keys: a hash set for rows, the sorted keys for ranges.
+    IntSet {
+        set: HashSet<i64>,
+        sorted: Vec<i64>,
+    },
     Text(HashSet<String>),
 }
 
@@ -109,7 +118,10 @@ const MAX_BITMAP_BITS: u64 = 1 << 30;
 impl Membership {
     pub fn new(keys: &CohortKeys) -> Self {
         match keys {
-            CohortKeys::Int(v) if v.is_empty() => Self::IntSet(HashSet::new()),
+            CohortKeys::Int(v) if v.is_empty() => Self::IntSet {
+                set: HashSet::new(),
+                sorted: Vec::new(),
+            },
             CohortKeys::Int(v) => {
                 let (min, max) = (v[0], v[v.len() - 1]);
                 let span = max.abs_diff(min) + 1;
@@ -122,7 +134,10 @@ impl Membership {
                     }
                     Self::Bitmap { min, max, bits }
                 } else {
-                    Self::IntSet(v.iter().copied().collect())
+                    Self::IntSet {
+                        set: v.iter().copied().collect(),
+                        sorted: v.clone(),
+                    }
                 }
             }
             CohortKeys::Text(v) => Self::Text(v.iter().cloned().collect()),
@@ -131,14 +146,8 @@ impl Membership {
 
     fn contains_int(&self, k: i64) -> bool {
         match self {
-            Self::Bitmap { min, max, bits } => {
-                if k < *min || k > *max {
-                    return false;
-                }
-                let i = (k - min) as u64;
-                bits[(i / 64) as usize] & (1 << (i % 64)) != 0
-            }
-            Self::IntSet(set) => set.contains(&k),
+            Self::Bitmap { min, max, bits } => bit_set(*min, *max, bits, k),
+            Self::IntSet { set, .. } => set.contains(&k),
             Self::Text(_) => false,
         }
     }
@@ -157,28 +166,68 @@ impl Membership {
                 let keys = as_int64(keys)?;
                 let keys = keys.as_primitive::<Int64Type>();
                 let values = keys.values();
-                Ok(match keys.nulls() {
-                    None => values.iter().map(|&k| Some(self.contains_int(k))).collect(),
-                    Some(nulls) => values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &k)| Some(nulls.is_valid(i) && self.contains_int(k)))
-                        .collect(),
-                })
+                // bit-packed directly, one loop per kind: this runs on every
+                // source row
+                let found = match self {
+                    Self::Bitmap { min, max, bits } => {
+                        BooleanBuffer::collect_bool(values.len(), |i| {
+                            bit_set(*min, *max, bits, values[i])
+                        })
+                    }
+                    _ => {
+                        BooleanBuffer::collect_bool(values.len(), |i| self.contains_int(values[i]))
+                    }
+                };
+                Ok(BooleanArray::new(
+                    match keys.nulls() {
+                        None => found,
+                        Some(nulls) => &found & nulls.inner(),
+                    },
+                    None,
+                ))
             }
         }
     }
 
-    /// Whether any cohort key can lie in `[min, max]` (row-group statistics).
-    pub fn may_contain_range(&self, min: i64, max: i64) -> bool {
+    /// Whether any cohort key lies in `[lo, hi]` (a row group's key
+    /// statistics): exact for integer keys, so a row group between two
+    /// parts of a cohort is skipped too.
+    pub fn may_contain_range(&self, lo: i64, hi: i64) -> bool {
         match self {
-            Self::Bitmap {
-                min: lo, max: hi, ..
-            } => !(max < *lo || min > *hi),
-            Self::IntSet(set) => !set.is_empty(),
+            Self::Bitmap { min, max, bits } => {
+                let (lo, hi) = (lo.max(*min), hi.min(*max));
+                if lo > hi {
+                    return false;
+                }
+                let (a, b) = (lo.abs_diff(*min), hi.abs_diff(*min));
+                let (first, last) = ((a / 64) as usize, (b / 64) as usize);
+                (first..=last).any(|w| {
+                    let mut word = bits[w];
+                    if w == first {
+                        word &= !0u64 << (a % 64);
+                    }
+                    if w == last {
+                        word &= !0u64 >> (63 - b % 64);
+                    }
+                    word != 0
+                })
+            }
+            Self::IntSet { sorted, .. } => {
+                let i = sorted.partition_point(|&k| k < lo);
+                i < sorted.len() && sorted[i] <= hi
+            }
             Self::Text(_) => true,
         }
     }
+}
+
+#[inline(always)]
+fn bit_set(min: i64, max: i64, bits: &[u64], k: i64) -> bool {
+    if k < min || k > max {
+        return false;
+    }
+    let at = k.abs_diff(min);
+    bits[(at / 64) as usize] & (1 << (at % 64)) != 0
 }
 
 /// Replaces entity keys by keyed pseudonyms: the first 128 bits of
@@ -205,25 +254,69 @@ impl Pseudonymiser {
     }
 
     pub fn pseudonym(&self, key: &str) -> String {
+        let hex = self.pseudonym_hex(key);
+        String::from_utf8(hex.to_vec()).expect("hex is ASCII")
+    }
+
+    fn pseudonym_hex(&self, key: &str) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(key.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(&mac.finalize().into_bytes()[..16], &mut hex)
+            .expect("16 bytes fill 32 hex digits");
+        hex
     }
 
     /// A text column of pseudonyms for a key column (nulls stay null).
+    /// Each distinct key of the column is hashed once: event tables repeat
+    /// a participant's key on many rows.
     pub fn column(&self, keys: &ArrayRef) -> Result<ArrayRef, DispenseError> {
-        let text = as_text(keys)?;
-        let text = text.as_string::<i32>();
-        let mut out = StringBuilder::with_capacity(text.len(), text.len() * 32);
-        for i in 0..text.len() {
-            if text.is_valid(i) {
-                out.append_value(self.pseudonym(text.value(i)));
-            } else {
-                out.append_null();
-            }
+        let n = keys.len();
+        let mut out = StringBuilder::with_capacity(n, n * 32);
+        if is_integer(keys.data_type()) {
+            let ints = as_int64(keys)?;
+            let ints = ints.as_primitive::<Int64Type>();
+            let rows = (0..n).map(|i| ints.is_valid(i).then(|| KeyRef::Int(ints.value(i))));
+            self.fill(rows, &mut out);
+        } else {
+            let text = as_text(keys)?;
+            let text = text.as_string::<i32>();
+            let rows = (0..n).map(|i| text.is_valid(i).then(|| KeyRef::Text(text.value(i))));
+            self.fill(rows, &mut out);
         }
         Ok(Arc::new(out.finish()))
     }
+
+    fn fill<'k>(&self, rows: impl Iterator<Item = Option<KeyRef<'k>>>, out: &mut StringBuilder) {
+        let mut seen: HashMap<KeyRef<'k>, [u8; 32]> = HashMap::new();
+        // rows of one key usually come together: the last one is at hand
+        let mut last: Option<(KeyRef<'k>, [u8; 32])> = None;
+        for key in rows {
+            let Some(key) = key else {
+                out.append_null();
+                continue;
+            };
+            let hex = match last {
+                Some((k, hex)) if k == key => hex,
+                _ => {
+                    let hex = *seen.entry(key).or_insert_with(|| match key {
+                        KeyRef::Int(k) => self.pseudonym_hex(&k.to_string()),
+                        KeyRef::Text(k) => self.pseudonym_hex(k),
+                    });
+                    last = Some((key, hex));
+                    hex
+                }
+            };
+            out.append_value(std::str::from_utf8(&hex).expect("hex is ASCII"));
+        }
+    }
+}
+
+/// A key of one row, borrowed from its column.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Int(i64),
+    Text(&'a str),
 }
 
 #[cfg(test)]
@@ -261,11 +354,32 @@ mod tests {
         let got: Vec<bool> = m.mask(&probe).unwrap().iter().map(|b| b.unwrap()).collect();
         assert_eq!(got, [false, true, true, false, false, true, false]);
         let m = Membership::new(&sparse);
-        assert!(matches!(m, Membership::IntSet(_)));
+        assert!(matches!(m, Membership::IntSet { .. }));
         let got: Vec<bool> = m.mask(&probe).unwrap().iter().map(|b| b.unwrap()).collect();
         assert_eq!(got, [true, false, true, false, false, false, true]);
         assert!(!Membership::new(&dense).may_contain_range(1000, 2000));
         assert!(Membership::new(&dense).may_contain_range(-5, 0));
+    }
+
+    #[test]
+    fn ranges_are_exact() {
+        // two clumps with a gap, crossing word boundaries; dense and sparse
+        let keys: Vec<i64> = (100..130).chain(300..301).chain(1000..1064).collect();
+        let sparse: Vec<i64> = keys.iter().map(|k| k * 1_000_000).collect();
+        for (keys, scale) in [(keys, 1), (sparse, 1_000_000)] {
+            let m = Membership::new(&CohortKeys::Int(keys.clone()));
+            for lo in (-70..1200).step_by(7) {
+                for width in [0, 1, 5, 63, 64, 65, 200, 5000] {
+                    let (lo, hi) = (lo * scale, (lo + width) * scale);
+                    let truth = keys.iter().any(|k| (lo..=hi).contains(k));
+                    assert_eq!(m.may_contain_range(lo, hi), truth, "[{lo}, {hi}] {m:?}");
+                }
+            }
+        }
+        assert!(matches!(
+            Membership::new(&CohortKeys::Int((100..130).collect())),
+            Membership::Bitmap { .. }
+        ));
     }
 
     #[test]
