@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
@@ -156,6 +157,12 @@ fn write(
     Ok(())
 }
 
+/// Rows per row group: small groups for the checked-in fixtures (so tests
+/// meet several), at most about eight groups for generated large ones.
+fn group_rows(rows: usize, small: usize) -> usize {
+    small.max(rows.div_ceil(8))
+}
+
 /// Writes the fixture files into `out` and returns their paths.
 pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -263,7 +270,12 @@ pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBu
     ];
     let mut written = Vec::new();
     let participants_path = out.join("participants.parquet");
-    write(&participants_path, schema, columns, 1024)?;
+    write(
+        &participants_path,
+        schema,
+        columns,
+        group_rows(participants, 1024),
+    )?;
     written.push(participants_path);
 
     // Hospital episodes, in two files (a dataset may span several).
@@ -329,7 +341,13 @@ pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBu
             Arc::new(stay.finish()),
         ];
         let path = out.join(format!("hospital_episodes-{part}.parquet"));
-        write(&path, episodes_schema.clone(), columns, 2048)?;
+        let rows = columns[0].len();
+        write(
+            &path,
+            episodes_schema.clone(),
+            columns,
+            group_rows(rows, 2048),
+        )?;
         written.push(path);
     }
 
@@ -370,9 +388,165 @@ pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBu
         Arc::new(quantity.finish()),
     ];
     let path = out.join("prescriptions.parquet");
-    write(&path, schema, columns, 4096)?;
+    let rows = columns[0].len();
+    write(&path, schema, columns, group_rows(rows, 4096))?;
     written.push(path);
     Ok(written)
+}
+
+/// (Read v2 code, measurement unit and its normal range, or none for a
+/// coded event without a value, weight)
+const GP_CODES: [(&str, Option<(&str, f64, f64)>, f64); 12] = [
+    ("246..", Some(("mmHg", 110.0, 160.0)), 8.0),
+    ("22K..", Some(("kg/m2", 19.0, 38.0)), 4.0),
+    ("44J3.", Some(("umol/L", 55.0, 130.0)), 5.0),
+    ("42W5.", Some(("mmol/mol", 30.0, 75.0)), 3.0),
+    ("44P..", Some(("mmol/L", 3.0, 7.5)), 4.0),
+    ("137R.", None, 2.0),
+    ("1371.", None, 2.0),
+    ("G20..", None, 1.5),
+    ("C10F.", None, 1.0),
+    ("H33..", None, 1.0),
+    ("9N1y.", None, 6.0),
+    ("8B3S.", None, 3.0),
+];
+
+const PROVIDERS: [&str; 4] = ["England (Vision)", "England (TPP)", "Scotland", "Wales"];
+
+/// Participants per GP events file.
+const EVENT_FILE_PARTICIPANTS: usize = 250_000;
+/// Rows per record batch handed to the writer (the generator never holds
+/// more than this).
+const EVENT_BATCH_ROWS: usize = 64 * 1024;
+
+/// Writes `gp_events-NNN.parquet` files: primary-care events (a Read v2
+/// code, a date, a value for measurements) for participants `1_000_001..`,
+/// `per_participant` events each on average, sorted by participant as
+/// extracts come, 250,000 participants per file and 1M-row row groups.
+/// Streams: memory stays flat however many rows. Files are written on two
+/// threads, each from its own seed, so the output does not depend on the
+/// thread count.
+pub fn generate_events(
+    out: &Path,
+    participants: usize,
+    per_participant: u64,
+    seed: u64,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let files = participants.div_ceil(EVENT_FILE_PARTICIPANTS);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let written = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let file = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if file >= files {
+                            return Ok(());
+                        }
+                        let first = file * EVENT_FILE_PARTICIPANTS;
+                        let last = (first + EVENT_FILE_PARTICIPANTS).min(participants);
+                        let path = out.join(format!("gp_events-{file:03}.parquet"));
+                        events_file(&path, first..last, per_participant, seed ^ file as u64)?;
+                        written.lock().expect("not poisoned").push(path);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("generator thread")?;
+        }
+        Ok(())
+    })?;
+    let mut written = written.into_inner().expect("not poisoned");
+    written.sort();
+    Ok(written)
+}
+
+#[derive(Default)]
+struct EventColumns {
+    pid: Int64Builder,
+    eid: Int64Builder,
+    day: Date32Builder,
+    code: StringBuilder,
+    value: Float64Builder,
+    unit: StringBuilder,
+    provider: StringBuilder,
+}
+
+impl EventColumns {
+    fn finish(&mut self, schema: &Arc<Schema>) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.pid.finish()),
+            Arc::new(self.eid.finish()),
+            Arc::new(self.day.finish()),
+            Arc::new(self.code.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.unit.finish()),
+            Arc::new(self.provider.finish()),
+        ];
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+fn events_file(
+    path: &Path,
+    people: std::ops::Range<usize>,
+    per_participant: u64,
+    seed: u64,
+) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("participant_id", DataType::Int64, false),
+        Field::new("event_id", DataType::Int64, false),
+        Field::new("event_date", DataType::Date32, false),
+        Field::new("code", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("unit", DataType::Utf8, true),
+        Field::new("provider", DataType::Utf8, false),
+    ]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1024 * 1024))
+        .set_created_by("tre fixtures".into())
+        .build();
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+    let mut rng = Rng(seed);
+    let weights: Vec<(&str, f64)> = GP_CODES.iter().map(|c| (c.0, c.2)).collect();
+    let (start, end) = (i64::from(date(1990, 1, 1)), i64::from(date(2022, 12, 31)));
+    let mut b = EventColumns::default();
+    for i in people {
+        let id = 1_000_001 + i as i64;
+        let from = PROVIDERS[rng.below(PROVIDERS.len() as u64) as usize];
+        let n = rng.below(2 * per_participant + 1);
+        for j in 0..n {
+            let c = rng.weighted(&weights);
+            let measured = GP_CODES.iter().find(|g| g.0 == c).and_then(|g| g.1);
+            b.pid.append_value(id);
+            b.eid.append_value(id * 1000 + j as i64);
+            b.day.append_value(rng.range(start, end) as i32);
+            b.code.append_value(c);
+            match measured {
+                Some((u, lo, hi)) => {
+                    let tenths = rng.range((lo * 10.0) as i64, (hi * 10.0) as i64);
+                    b.value.append_value(tenths as f64 / 10.0);
+                    b.unit.append_value(u);
+                }
+                None => {
+                    b.value.append_null();
+                    b.unit.append_null();
+                }
+            }
+            b.provider.append_value(from);
+            if b.pid.len() == EVENT_BATCH_ROWS {
+                writer.write(&b.finish(&schema)?)?;
+            }
+        }
+    }
+    writer.write(&b.finish(&schema)?)?;
+    writer.close()?;
+    Ok(())
 }
 
 #[cfg(test)]

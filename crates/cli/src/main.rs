@@ -223,6 +223,10 @@ enum FixturesCommand {
         participants: usize,
         #[arg(long, default_value_t = 20_061_313)]
         seed: u64,
+        /// Also write `gp_events-NNN.parquet`: this many primary-care events
+        /// per participant on average, streamed (for benchmarks; 0: none).
+        #[arg(long, default_value_t = 0)]
+        events_per_participant: u64,
     },
 }
 
@@ -302,8 +306,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             out,
             participants,
             seed,
+            events_per_participant,
         }) => {
-            for path in fixtures::generate(&out, participants, seed)? {
+            let mut written = fixtures::generate(&out, participants, seed)?;
+            if events_per_participant > 0 {
+                written.extend(fixtures::generate_events(
+                    &out,
+                    participants,
+                    events_per_participant,
+                    seed,
+                )?);
+            }
+            for path in written {
                 println!("wrote {}", path.display());
             }
         }
