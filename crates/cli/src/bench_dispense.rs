@@ -16,15 +16,22 @@ use crate::projects::human_bytes;
 
 #[derive(Debug, Args)]
 pub struct DispenseBenchArgs {
-    /// Size: 250,000 participants (and their hospital episodes) per unit.
+    /// Size: 250,000 participants and their events per unit of scale.
     #[arg(long, default_value_t = 1)]
     scale: usize,
+    /// Mean primary-care events per participant (25M event rows per unit
+    /// of scale at the default).
+    #[arg(long, default_value_t = 100)]
+    events_per_participant: u64,
     /// Where generated data and outputs go (reused across runs).
     #[arg(long, default_value = ".tre/bench-dispense")]
     dir: PathBuf,
     /// Source rows per unit.
     #[arg(long, default_value_t = 1_000_000)]
     unit_rows: u64,
+    /// Runs of each engine (alternating); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 const CENTRE: &str = "Leeds";
@@ -42,57 +49,57 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    let meta = e.metadata().ok();
-                    match meta {
-                        Some(m) if m.is_dir() => dir_bytes(&e.path()),
-                        Some(m) => m.len(),
-                        None => 0,
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-const PARTICIPANT_FIELDS: [&str; 6] = [
-    "sex",
-    "age_at_recruitment",
-    "recruitment_date",
-    "bmi",
-    "smoking_status",
-    "diabetes",
+/// The approved collection: about half the fields of each dataset
+/// (dataset, its files' name prefix, fields besides the key).
+const SELECTED: [(&str, &[&str]); 3] = [
+    (
+        "participants",
+        &[
+            "sex",
+            "age_at_recruitment",
+            "recruitment_date",
+            "bmi",
+            "smoking_status",
+            "diabetes",
+        ],
+    ),
+    ("hospital_episodes", &["admission_date", "icd10"]),
+    ("gp_events", &["event_date", "code", "value"]),
 ];
-const EPISODE_FIELDS: [&str; 2] = ["admission_date", "icd10"];
 
 const PYTHON: &str = r#"
-import sys, time, os
+import sys, time, os, json
 engine, data, out, centre = sys.argv[1:5]
-p_fields = sys.argv[5].split(',')
-e_fields = sys.argv[6].split(',')
+selected = json.loads(sys.argv[5])
 os.makedirs(out, exist_ok=True)
 participants = f"{data}/participants.parquet"
-episodes = f"{data}/hospital_episodes-*.parquet"
-t = time.perf_counter()
 if engine == "duckdb":
     import duckdb
-    con = duckdb.connect()
-    cohort = f"(SELECT participant_id FROM '{participants}' WHERE recruitment_centre = '{centre}')"
-    for name, src, fields in [("participants", participants, p_fields), ("hospital_episodes", episodes, e_fields)]:
-        cols = ", ".join(["participant_id"] + fields)
-        con.execute(f"COPY (SELECT {cols} FROM '{src}' WHERE participant_id IN {cohort}) TO '{out}/{name}.parquet' (FORMAT parquet)")
 else:
     import polars as pl
+t = time.perf_counter()  # after the import: only the work is timed
+if engine == "duckdb":
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    cohort = f"(SELECT participant_id FROM '{participants}' WHERE recruitment_centre = '{centre}')"
+    for name, fields in selected:
+        cols = ", ".join(["participant_id"] + fields)
+        con.execute(f"COPY (SELECT {cols} FROM '{data}/{name}*.parquet' WHERE participant_id IN {cohort}) TO '{out}/{name}.parquet' (FORMAT parquet)")
+else:
     cohort = pl.scan_parquet(participants).filter(pl.col("recruitment_centre") == centre).select("participant_id")
-    for name, src, fields in [("participants", participants, p_fields), ("hospital_episodes", episodes, e_fields)]:
-        pl.scan_parquet(src).join(cohort, on="participant_id", how="semi").select(["participant_id"] + fields).sink_parquet(f"{out}/{name}.parquet")
+    for name, fields in selected:
+        pl.scan_parquet(f"{data}/{name}*.parquet").join(cohort, on="participant_id", how="semi").select(["participant_id"] + fields).sink_parquet(f"{out}/{name}.parquet")
 print(time.perf_counter() - t)
 "#;
+
+fn show(v: Option<f64>) -> String {
+    v.map_or("n/a".to_owned(), |s| format!("{s:.3}"))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 
 fn baseline(engine: &str, data: &Path, out: &Path) -> Option<f64> {
     let output = Command::new("python3")
@@ -100,8 +107,7 @@ fn baseline(engine: &str, data: &Path, out: &Path) -> Option<f64> {
         .arg(data)
         .arg(out)
         .arg(CENTRE)
-        .arg(PARTICIPANT_FIELDS.join(","))
-        .arg(EPISODE_FIELDS.join(","))
+        .arg(serde_json::to_string(&SELECTED).unwrap_or_default())
         .output()
         .ok()?;
     if !output.status.success() {
@@ -114,7 +120,13 @@ fn baseline(engine: &str, data: &Path, out: &Path) -> Option<f64> {
         );
         return None;
     }
-    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    // the last line: engines may print progress before it
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub async fn run(args: DispenseBenchArgs) -> Result<()> {
@@ -123,15 +135,18 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
     }
     let root = args.dir.join(format!("scale-{}", args.scale));
     let data = root.join("fixtures/data");
-    if !data.join("participants.parquet").exists() {
+    let participants = args.scale * 250_000;
+    if !data.join("gp_events-000.parquet").exists() {
         println!(
-            "generating {} participants into {}",
-            args.scale * 250_000,
+            "generating {participants} participants, ~{} events each, into {}",
+            args.events_per_participant,
             data.display()
         );
         let status = Command::new(std::env::current_exe()?)
             .args(["fixtures", "generate", "--participants"])
-            .arg((args.scale * 250_000).to_string())
+            .arg(participants.to_string())
+            .arg("--events-per-participant")
+            .arg(args.events_per_participant.to_string())
             .arg("--out")
             .arg(&data)
             .status()
@@ -140,57 +155,44 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
             bail!("fixture generation failed");
         }
     }
-    let locations = |prefix: &str| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&data)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(prefix) && n.ends_with(".parquet"))
-            .map(|n| format!("fixtures/data/{n}"))
-            .collect();
-        v.sort();
-        v
-    };
-    let participants = locations("participants");
-    let episodes = locations("hospital_episodes");
-    let field = |path: &str| -> Result<Vec<tre_domain::Field>> {
-        Ok(tre_dispense::schema::parquet_fields(&root.join(path))?
-            .into_iter()
-            .map(|(name, field_type)| tre_domain::Field {
-                name,
-                field_type,
-                description: String::new(),
-            })
-            .collect())
-    };
-    let r = |d: &str, f: &str| tre_domain::FieldRef {
-        dataset: d.into(),
-        field: f.into(),
-    };
-    let mut fields: Vec<tre_domain::FieldRef> = PARTICIPANT_FIELDS
-        .iter()
-        .map(|f| r("participants", f))
-        .collect();
-    fields.extend(EPISODE_FIELDS.iter().map(|f| r("hospital_episodes", f)));
+    let mut source_bytes = 0;
+    let mut datasets = Vec::new();
+    let mut fields = Vec::new();
+    for (name, selected) in SELECTED {
+        let mut locations = Vec::new();
+        for entry in std::fs::read_dir(&data)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(name) && file.ends_with(".parquet") {
+                source_bytes += entry.metadata()?.len();
+                locations.push(format!("fixtures/data/{file}"));
+            }
+        }
+        locations.sort();
+        let first = locations
+            .first()
+            .with_context(|| format!("no {name} files in {}", data.display()))?;
+        datasets.push(tre_domain::Dataset {
+            name: name.into(),
+            description: String::new(),
+            fields: tre_dispense::schema::parquet_fields(&root.join(first))?
+                .into_iter()
+                .map(|(name, field_type)| tre_domain::Field {
+                    name,
+                    field_type,
+                    description: String::new(),
+                })
+                .collect(),
+            locations,
+            key: "participant_id".into(),
+        });
+        fields.extend(selected.iter().map(|f| tre_domain::FieldRef {
+            dataset: name.into(),
+            field: (*f).into(),
+        }));
+    }
     let inventory = tre_domain::Inventory {
         version: 1,
-        datasets: vec![
-            tre_domain::Dataset {
-                name: "participants".into(),
-                description: String::new(),
-                fields: field(&participants[0])?,
-                locations: participants,
-                key: "participant_id".into(),
-            },
-            tre_domain::Dataset {
-                name: "hospital_episodes".into(),
-                description: String::new(),
-                fields: field(&episodes[0])?,
-                locations: episodes,
-                key: "participant_id".into(),
-            },
-        ],
+        datasets,
         cohort_dataset: "participants".into(),
         collections: vec![tre_domain::DataCollection {
             name: "half".into(),
@@ -199,51 +201,83 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
         }],
         showcase: vec![],
     };
-    let source_bytes = dir_bytes(&data);
     let out = root.join("out");
-    let _ = std::fs::remove_dir_all(&out);
     let source = tre_dispense::stores::open(root.to_str().unwrap_or("."), "source")?;
-    let dest = tre_dispense::stores::open(out.join("tre").to_str().unwrap_or("."), "dest")?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // two units per core: one decodes while the other waits on a read
+    let concurrency = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
 
-    let started = Instant::now();
-    let (plan, keys) = tre_dispense::make_plan(
-        &source,
-        tre_dispense::PlanInput {
-            project: "bench",
-            request: "bench",
-            environment: "bench",
-            inventory: &inventory,
-            collections: &BTreeSet::from(["half".to_owned()]),
-            cohort_filter: &json!({"field": "recruitment_centre", "op": "=", "value": CENTRE}),
-            pseudonymise: true,
-            unit_rows: args.unit_rows,
-        },
-    )
-    .await?;
-    let (manifest, _) =
-        tre_dispense::run_all(&source, &dest, &plan, &keys, Some(&[7u8; 32]), cores).await?;
-    let tre_s = started.elapsed().as_secs_f64();
-    let rss = peak_rss_mb();
+    // Runs alternate between the engines so that a busy moment of the
+    // machine does not fall on one of them only; medians are reported.
+    let (mut tre, mut plans, mut duckdb, mut polars) = (vec![], vec![], vec![], vec![]);
+    let mut last = None;
+    let mut rss = 0.0;
+    for run in 1..=args.runs.max(1) {
+        let _ = std::fs::remove_dir_all(&out);
+        let dest = tre_dispense::stores::open(out.join("tre").to_str().unwrap_or("."), "dest")?;
+        let started = Instant::now();
+        let (plan, keys) = tre_dispense::make_plan(
+            &source,
+            tre_dispense::PlanInput {
+                project: "bench",
+                request: "bench",
+                environment: "bench",
+                inventory: &inventory,
+                collections: &BTreeSet::from(["half".to_owned()]),
+                cohort_filter: &json!({"field": "recruitment_centre", "op": "=", "value": CENTRE}),
+                pseudonymise: true,
+                unit_rows: args.unit_rows,
+            },
+        )
+        .await?;
+        let plan_s = started.elapsed().as_secs_f64();
+        let (manifest, _) =
+            tre_dispense::run_all(&source, &dest, &plan, &keys, Some(&[7u8; 32]), concurrency)
+                .await?;
+        let tre_s = started.elapsed().as_secs_f64();
+        if run == 1 {
+            // the high-water mark of one dispense (later runs only add what
+            // the allocator keeps between runs)
+            rss = peak_rss_mb();
+        }
+        let d = baseline("duckdb", &data, &out.join("duckdb"));
+        let p = baseline("polars", &data, &out.join("polars"));
+        println!(
+            "run {run}: tre {tre_s:.3} s (plan {plan_s:.3} s), duckdb {} s, polars {} s",
+            show(d),
+            show(p)
+        );
+        tre.push(tre_s);
+        plans.push(plan_s);
+        duckdb.extend(d);
+        polars.extend(p);
+        last = Some((plan, manifest));
+    }
+    let (plan, manifest) = last.expect("at least one run");
+    let (tre_s, plan_s) = (median(&mut tre), median(&mut plans));
+    let (duckdb, polars) = (
+        (!duckdb.is_empty()).then(|| median(&mut duckdb)),
+        (!polars.is_empty()).then(|| median(&mut polars)),
+    );
     let rows_out = manifest.rows();
     println!(
         "tre:    {:.3} s for {} units, cohort {} of {} participants, {} rows out ({}) from {} of Parquet: {:.0} rows/s out, {:.1} MB/s read",
         tre_s,
         plan.units.len(),
         plan.cohort_size,
-        args.scale * 250_000,
+        participants,
         rows_out,
         human_bytes(manifest.bytes()),
         human_bytes(source_bytes),
         rows_out as f64 / tre_s,
         source_bytes as f64 / 1e6 / tre_s,
     );
-    println!("        peak RSS {rss:.0} MiB (whole process)");
-    let duckdb = baseline("duckdb", &data, &out.join("duckdb"));
-    let polars = baseline("polars", &data, &out.join("polars"));
-    let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |s| format!("{s:.3}"));
+    println!(
+        "        plan (cohort, footers) {plan_s:.3} s, units and manifest {:.3} s; peak RSS {rss:.0} MiB (whole process, first run)",
+        tre_s - plan_s
+    );
     println!("duckdb: {} s (same semi-join, no pseudonyms)", show(duckdb));
     println!("polars: {} s (same semi-join, no pseudonyms)", show(polars));
+    println!("(medians of {} runs)", args.runs.max(1));
     println!(
         "tre_s={tre_s:.3} duckdb_s={} polars_s={} peak_rss_mb={rss:.0} rows_out={rows_out}",
         show(duckdb),
