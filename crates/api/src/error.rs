@@ -9,6 +9,13 @@ use tracing::error;
 use tre_domain::DomainError;
 use tre_store::StoreError;
 
+/// The code of a call that lost the race for its idempotency key.
+pub(crate) const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+
+/// The `code` of an error response, as a response extension.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub(crate) &'static str);
+
 /// An error answer. `code` is stable; clients branch on it.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -56,7 +63,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let code = self.code;
+        let mut response = (self.status, Json(self.body())).into_response();
+        // for the middleware layers, which see responses, not errors
+        response.extensions_mut().insert(ErrorCode(code));
+        response
     }
 }
 
@@ -77,6 +88,12 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", m)
             }
             StoreError::WriteConflict(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
+            // answered by the idempotency layer with the other call's answer
+            StoreError::IdempotencyConflict => Self::new(
+                StatusCode::CONFLICT,
+                IDEMPOTENCY_CONFLICT,
+                "another call with this Idempotency-Key did the work",
+            ),
             other => {
                 error!(error = %other, "internal error");
                 Self::new(

@@ -1,8 +1,11 @@
-//! `Idempotency-Key` on POSTs: the first response is stored in SQL (per
-//! user and key) and replayed to retries with the same method, path and
-//! body; the same key with another call is refused (422). A call still in
-//! progress answers 409. Server errors are not stored, so a retry redoes
-//! the work.
+//! `Idempotency-Key` on POSTs: the key is claimed in SQL (per user) in the
+//! same transaction as the call's work (see `tre_store::idempotency`), and
+//! the first response is stored and replayed to retries with the same
+//! method, path and body; the same key with another call is refused (422).
+//! A call whose answer is being recorded answers 409; one whose process
+//! died after its work committed is answered with the object it touched
+//! (`idempotent-replayed: recovered`). Server errors are not stored; a
+//! retry after one redoes the work unless the work had committed.
 
 use axum::body::{Body as RawBody, to_bytes};
 use axum::extract::{Request, State};
@@ -10,8 +13,9 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use tre_store::{IdempotentStart, now};
+use tre_store::{IdempotencyClaim, IdempotentStart, now, with_idempotency_key};
 
+use crate::error::{ErrorCode, IDEMPOTENCY_CONFLICT};
 use crate::{ApiError, AppState, BODY_LIMIT};
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -68,63 +72,109 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     hasher.update(parts.uri.path());
     hasher.update(b"\n");
     hasher.update(&bytes);
-    let hash = hex::encode(hasher.finalize());
-    match state
+    let claim = IdempotencyClaim {
+        user,
+        key,
+        request_hash: hex::encode(hasher.finalize()),
+        nonce: uuid::Uuid::new_v4().to_string(),
+    };
+    if let Some(answer) = earlier_answer(&state, &claim).await {
+        return answer;
+    }
+    let response = with_idempotency_key(
+        claim.clone(),
+        next.run(Request::from_parts(parts, RawBody::from(bytes))),
+    )
+    .await;
+    if response
+        .extensions()
+        .get::<ErrorCode>()
+        .is_some_and(|c| c.0 == IDEMPOTENCY_CONFLICT)
+    {
+        // a concurrent call with this key did the work first
+        if let Some(answer) = earlier_answer(&state, &claim).await {
+            return answer;
+        }
+    }
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    if let Err(e) = state
         .store
-        .start_idempotent(&user, &key, &hash, now())
+        .finish_idempotent(
+            &claim,
+            parts.status.as_u16(),
+            &String::from_utf8_lossy(&body),
+            now(),
+        )
         .await
     {
-        Ok(IdempotentStart::Proceed) => {}
+        tracing::warn!(error = %e, "could not record the idempotent response");
+    }
+    Response::from_parts(parts, RawBody::from(body))
+}
+
+/// How long a call's answer may take to be recorded after its work
+/// committed; past it, the process serving it is taken for dead.
+const ANSWER_GRACE_MS: i64 = 10_000;
+
+/// The answer owed to a call whose key was used before, if it was.
+async fn earlier_answer(state: &AppState, claim: &IdempotencyClaim) -> Option<Response> {
+    let start = state
+        .store
+        .start_idempotent(&claim.user, &claim.key, &claim.request_hash)
+        .await;
+    match start {
+        Ok(IdempotentStart::Proceed) => None,
         Ok(IdempotentStart::Replay { status, response }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut replay = (status, response).into_response();
-            replay
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            replay
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return replay;
+            Some(replayed((status, response).into_response(), "true"))
         }
-        Ok(IdempotentStart::Mismatch) => {
-            return ApiError::new(
+        Ok(IdempotentStart::Mismatch) => Some(
+            ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for a different request",
             )
             .with_field("Idempotency-Key")
-            .into_response();
+            .into_response(),
+        ),
+        Ok(IdempotentStart::Committed {
+            object_type,
+            object_id,
+            since,
+        }) => {
+            if now().0 - since.0 < ANSWER_GRACE_MS {
+                return Some(
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "in_progress",
+                        "a request with this Idempotency-Key is still running",
+                    )
+                    .into_response(),
+                );
+            }
+            // the first call's process died between its commit and its
+            // answer: the work is done; say which object it touched
+            let body = serde_json::json!({
+                "id": object_id,
+                "object": object_type,
+                "recovered": true,
+            });
+            Some(replayed(
+                (StatusCode::OK, body.to_string()).into_response(),
+                "recovered",
+            ))
         }
-        Ok(IdempotentStart::InProgress) => {
-            return ApiError::new(
-                StatusCode::CONFLICT,
-                "in_progress",
-                "a request with this Idempotency-Key is still running",
-            )
-            .into_response();
-        }
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => Some(ApiError::from(e).into_response()),
     }
-    let response = next
-        .run(Request::from_parts(parts, RawBody::from(bytes)))
-        .await;
-    let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let stored = if parts.status.is_server_error() {
-        state.store.abandon_idempotent(&user, &key).await
-    } else {
-        state
-            .store
-            .finish_idempotent(
-                &user,
-                &key,
-                parts.status.as_u16(),
-                &String::from_utf8_lossy(&body),
-            )
-            .await
-    };
-    if let Err(e) = stored {
-        tracing::warn!(error = %e, "could not record the idempotent response");
-    }
-    Response::from_parts(parts, RawBody::from(body))
+}
+
+fn replayed(mut response: Response, how: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static(how));
+    response
 }

@@ -1,7 +1,7 @@
 //! The API over real HTTP: a server on a random port, a real client, a real
 //! database (PostgreSQL when it answers, else SQLite).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -628,6 +628,93 @@ async fn idempotency_keys_and_request_ids() {
         api.ok("nobody", Method::GET, "/readyz", None).await["database"],
         true
     );
+    api.db.finish().await;
+}
+
+/// The key is claimed with the work: concurrent calls with one key do the
+/// work once; a call whose process died between its commit and recording
+/// its answer is answered with the object it made, not made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_survives_races_and_lost_answers() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let body = request_body(&env);
+    let post = || {
+        api.client
+            .post(format!("{}/v1/requests", api.base))
+            .bearer_auth(&api.tokens["owner"])
+            .header("idempotency-key", "race")
+            .json(&body)
+            .send()
+    };
+    let owned = || async {
+        api.ok("owner", Method::GET, "/v1/requests?role=owner", None)
+            .await["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // eight at once: one request made; every answer is it, or "in progress"
+    let answers = futures::future::join_all((0..8).map(|_| post())).await;
+    let mut ids = BTreeSet::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        let status = answer.status();
+        let json: Value = answer.json().await.unwrap();
+        match status {
+            StatusCode::CREATED => {
+                ids.insert(json["id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::CONFLICT => assert_eq!(json["error"]["code"], "in_progress", "{json}"),
+            other => panic!("{other}: {json}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(owned().await, 1);
+    let id = ids.into_iter().next().unwrap();
+
+    // the answer was lost: the state a crash after the commit leaves
+    let pool = sqlx::AnyPool::connect(&api.db.url).await.unwrap();
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = 0, response = '' WHERE idempotency_key = 'race'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // just now: the first call may still be answering
+    let answer = post().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::CONFLICT);
+    // long ago: its process died; the work stands and is not redone
+    sqlx::query("UPDATE idempotency_keys SET created_at = created_at - 60000 WHERE idempotency_key = 'race'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let answer = post().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["idempotent-replayed"], "recovered");
+    let json: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (json["id"].as_str(), json["object"].as_str()),
+        (Some(id.as_str()), Some("request"))
+    );
+    assert_eq!(owned().await, 1, "not made twice");
+    // a refusal (no work) is recorded and replayed too
+    let mut bad = request_body(&env);
+    bad["collections"] = json!(["no such collection"]);
+    let refuse = || {
+        api.client
+            .post(format!("{}/v1/requests", api.base))
+            .bearer_auth(&api.tokens["owner"])
+            .header("idempotency-key", "refused")
+            .json(&bad)
+            .send()
+    };
+    let first = refuse().await.unwrap();
+    assert_eq!(first.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let again = refuse().await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    pool.close().await;
     api.db.finish().await;
 }
 

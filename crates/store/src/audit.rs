@@ -66,6 +66,8 @@ pub(crate) async fn append(
         .bind(hash)
         .execute(&mut **tx)
         .await?;
+    // the HTTP call's idempotency key commits with its work
+    crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await?;
     Ok(seq)
 }
 

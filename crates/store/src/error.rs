@@ -18,6 +18,10 @@ pub enum StoreError {
     /// only when retries are exhausted).
     #[error("concurrent update of {0}; try again")]
     WriteConflict(String),
+    /// Another call with the same idempotency key committed its work first;
+    /// this call's transaction was rolled back.
+    #[error("another call with this idempotency key did the work")]
+    IdempotencyConflict,
     #[error("configuration: {0}")]
     Config(String),
     /// A stored document could not be read back.

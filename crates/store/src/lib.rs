@@ -37,7 +37,7 @@ use tre_domain::{Actor, Timestamp};
 pub use audit::{AuditQuery, AuditReport};
 pub use dispensing::{DispenseProgress, NewPlan, StoredPlan, UnitCheckpoint};
 pub use error::StoreError;
-pub use idempotency::IdempotentStart;
+pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
@@ -166,6 +166,14 @@ fn migrator(backend: Backend) -> Migrator {
             "dispense plans and unit checkpoints".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0007_dispense.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            8,
+            "idempotency keys claimed with the work".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0008_idempotency_claims.sql"))
+                .into_sql_str(),
             false,
         ),
     ])
