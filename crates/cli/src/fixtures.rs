@@ -394,9 +394,12 @@ pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBu
     Ok(written)
 }
 
+/// A measurement's unit and range of values.
+type Measure = (&'static str, f64, f64);
+
 /// (Read v2 code, measurement unit and its normal range, or none for a
 /// coded event without a value, weight)
-const GP_CODES: [(&str, Option<(&str, f64, f64)>, f64); 12] = [
+const GP_CODES: [(&str, Option<Measure>, f64); 12] = [
     ("246..", Some(("mmHg", 110.0, 160.0)), 8.0),
     ("22K..", Some(("kg/m2", 19.0, 38.0)), 4.0),
     ("44J3.", Some(("umol/L", 55.0, 130.0)), 5.0),
