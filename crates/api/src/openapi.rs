@@ -1,13 +1,24 @@
 //! `/openapi.json`: OpenAPI 3.1, built from the same endpoint table as the
-//! router (see `routes::endpoints`).
+//! router (see `routes::endpoints`); request bodies are the JSON Schemas of
+//! the very types the handlers deserialize (schemars).
 
 use axum::Json;
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use crate::routes::endpoints;
 
 /// The document.
 pub fn spec() -> Value {
+    // bodies as JSON Schema 2020-12 (OpenAPI 3.1's dialect), as they are
+    // deserialized, with shared definitions under components
+    let mut generator = SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
     let mut paths: Map<String, Value> = Map::new();
     for e in endpoints() {
         let mut operation = json!({
@@ -29,7 +40,7 @@ pub fn spec() -> Value {
         if let Some(body) = e.body {
             operation["requestBody"] = json!({
                 "required": true,
-                "content": {"application/json": {"schema": {"type": "object", "title": body}}},
+                "content": {"application/json": {"schema": body(&mut generator)}},
             });
         }
         if e.method == axum::http::Method::POST {
@@ -47,6 +58,14 @@ pub fn spec() -> Value {
         let entry = paths.entry(e.path.to_owned()).or_insert_with(|| json!({}));
         entry[e.method.as_str().to_ascii_lowercase()] = operation;
     }
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}},
+        }}}),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "tre", "version": env!("CARGO_PKG_VERSION"),
@@ -54,10 +73,7 @@ pub fn spec() -> Value {
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}},
-            }}}},
+            "schemas": schemas,
         },
         "paths": paths,
     })

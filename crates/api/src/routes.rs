@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, patch, post, put};
 use axum::{Json, Router};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::json;
 use tre_domain::{
@@ -26,18 +27,26 @@ pub(crate) struct Endpoint {
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     pub(crate) summary: &'static str,
-    /// The JSON body it takes, by name (documented as an object).
-    pub(crate) body: Option<&'static str>,
+    /// The JSON Schema of the body it takes.
+    pub(crate) body: Option<BodySchema>,
     /// Whether it needs a bearer token.
     pub(crate) auth: bool,
     handler: MethodRouter<AppState>,
+}
+
+/// Registers a body's schema (and those it refers to) with the generator
+/// and returns a reference to it.
+pub(crate) type BodySchema = fn(&mut SchemaGenerator) -> Schema;
+
+fn body<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
 }
 
 fn op(
     method: Method,
     path: &'static str,
     summary: &'static str,
-    body: Option<&'static str>,
+    body: Option<BodySchema>,
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
     Endpoint {
@@ -79,7 +88,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::POST,
             "/v1/environments",
             "Create an environment (platform admins)",
-            Some("NewEnvironment"),
+            Some(body::<NewEnvironment>),
             post(create_environment),
         ),
         op(
@@ -100,49 +109,49 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::PATCH,
             "/v1/environments/{id}",
             "Rename or describe (admins)",
-            Some("EnvironmentDetails"),
+            Some(body::<EnvironmentDetails>),
             patch(update_environment),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/inventory",
             "Set (draft) or stage (maintenance) the inventory",
-            Some("Inventory"),
+            Some(body::<Inventory>),
             put(put_inventory),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/pipeline",
             "Set the review pipeline (only reviewers after publish)",
-            Some("ReviewPipeline"),
+            Some(body::<ReviewPipeline>),
             put(put_pipeline),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/members",
             "Set the authorized users and groups",
-            Some("Members"),
+            Some(body::<Members>),
             put(put_members),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/admins",
             "Set the environment's admins",
-            Some("Admins"),
+            Some(body::<Admins>),
             put(put_admins),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/policies",
             "Set the custodian's policies",
-            Some("Policies"),
+            Some(body::<Policies>),
             put(put_policies),
         ),
         op(
             M::PUT,
             "/v1/environments/{id}/visibility",
             "Make public or private",
-            Some("Visibility"),
+            Some(body::<VisibilityBody>),
             put(put_visibility),
         ),
         op(
@@ -170,7 +179,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::POST,
             "/v1/requests",
             "Draft an access request",
-            Some("NewRequest"),
+            Some(body::<CreateRequestBody>),
             post(create_request),
         ),
         op(
@@ -191,14 +200,14 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::PATCH,
             "/v1/requests/{id}",
             "Edit a draft or a request in revision (owner)",
-            Some("RequestUpdate"),
+            Some(body::<RequestUpdate>),
             patch(update_request),
         ),
         op(
             M::PUT,
             "/v1/requests/{id}/collaborators",
             "Set the collaborators (owner)",
-            Some("Collaborators"),
+            Some(body::<Collaborators>),
             put(put_collaborators),
         ),
         op(
@@ -219,7 +228,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::POST,
             "/v1/requests/{id}/revoke",
             "Revoke an approved request (admins)",
-            Some("Revocation"),
+            Some(body::<Revocation>),
             post(revoke),
         ),
         op(
@@ -233,7 +242,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             M::POST,
             "/v1/requests/{id}/decisions",
             "Decide the current stage (its reviewers)",
-            Some("Decision"),
+            Some(body::<DecisionBody>),
             post(decide),
         ),
         op(
@@ -386,7 +395,7 @@ async fn configure(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EnvironmentDetails {
     name: Option<String>,
@@ -436,7 +445,7 @@ async fn put_pipeline(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Members {
     members: BTreeSet<Principal>,
@@ -457,7 +466,7 @@ async fn put_members(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Admins {
     admins: BTreeSet<UserId>,
@@ -493,7 +502,7 @@ async fn put_policies(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct VisibilityBody {
     visibility: Visibility,
@@ -536,6 +545,19 @@ async fn reactivate(
     Path(id): Path<String>,
 ) -> Result<Response> {
     configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
+}
+
+// The body of `POST /v1/requests`, for the API document only: the handler
+// parses it in two steps (`#[serde(flatten)]` loses the path of a field
+// that does not fit).
+/// A new draft access request to an environment.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct CreateRequestBody {
+    /// The environment the request is made to.
+    environment_id: String,
+    #[serde(flatten)]
+    request: NewRequest,
 }
 
 /// `{environment_id, ...NewRequest}`. Parsed in two steps (not with
@@ -597,7 +619,7 @@ async fn update_request(
     command(&state, &caller, id, RequestCommand::Update(update)).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Collaborators {
     collaborators: BTreeSet<UserId>,
@@ -618,7 +640,7 @@ async fn put_collaborators(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Revocation {
     reason: String,
@@ -670,7 +692,7 @@ async fn request_history(
 
 /// `{stage, decision: approve|reject|return, comment, final?}`; `stage` is
 /// the 0-based index the request shows in its `stage` field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
     stage: usize,

@@ -993,6 +993,90 @@ async fn openapi_matches_the_routes() {
         }
     }
     assert!(operations >= 33, "{operations}");
+    // every body is a JSON Schema in components, as the handler reads it
+    let schemas = spec["components"]["schemas"].as_object().unwrap();
+    let resolve = |schema: &Value| -> Value {
+        match schema["$ref"].as_str() {
+            Some(r) => {
+                let name = r.strip_prefix("#/components/schemas/").expect(r);
+                schemas
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{r} undefined"))
+                    .clone()
+            }
+            None => schema.clone(),
+        }
+    };
+    let mut bodies = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(body) = operation.get("requestBody") else {
+                continue;
+            };
+            bodies += 1;
+            let schema = resolve(&body["content"]["application/json"]["schema"]);
+            assert_eq!(schema["type"], "object", "{method} {path}: {schema}");
+            assert!(
+                schema["properties"]
+                    .as_object()
+                    .is_some_and(|p| !p.is_empty()),
+                "{method} {path}: {schema}"
+            );
+        }
+    }
+    assert!(bodies >= 13, "{bodies}");
+    // every reference anywhere resolves
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&spec, &mut all);
+    for r in &all {
+        resolve(&json!({"$ref": r}));
+    }
+    // what clients rely on, spelled out
+    let create = &schemas["CreateRequestBody"];
+    let required: Vec<&str> = create["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        required.contains(&"environment_id") && required.contains(&"title"),
+        "{create}"
+    );
+    assert!(
+        create["properties"]["cohort"]
+            .to_string()
+            .contains("#/components/schemas/CohortFilter")
+    );
+    let filter = &schemas["CohortFilter"];
+    assert_eq!(filter["oneOf"].as_array().unwrap().len(), 7, "{filter}");
+    assert!(
+        filter
+            .to_string()
+            .contains("#/components/schemas/CohortFilter"),
+        "recursive"
+    );
+    let verdict = resolve(&schemas["DecisionBody"]["properties"]["decision"]);
+    assert!(
+        verdict.to_string().contains("approve") && verdict.to_string().contains("return"),
+        "{verdict}"
+    );
+    assert_eq!(
+        schemas["Inventory"]["additionalProperties"], false,
+        "unknown fields are refused"
+    );
     // what is not routed answers in the error shape
     let (status, body) = api
         .call("owner", Method::DELETE, "/v1/environments", None)

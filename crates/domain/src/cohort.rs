@@ -27,6 +27,46 @@ use serde_json::{Map, Value};
 
 use crate::{Dataset, DomainError, FieldType};
 
+/// The JSON Schema of a cohort filter node, for API documents (the
+/// filter itself travels as JSON and is checked by [`parse`]).
+pub struct FilterSchema;
+
+impl schemars::JsonSchema for FilterSchema {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CohortFilter".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let node = generator.subschema_for::<Self>();
+        let scalar = schemars::json_schema!({"type": ["string", "number", "boolean"]});
+        let field = schemars::json_schema!({"type": "string", "description": "a field of the cohort dataset"});
+        schemars::json_schema!({
+            "description": format!(
+                "A filter over the cohort dataset: and/or/not nodes over predicates. \
+                 At most {MAX_DEPTH} levels and {MAX_NODES} nodes; dates are YYYY-MM-DD; \
+                 ordering operators do not apply to booleans."
+            ),
+            "oneOf": [
+                {"type": "object", "required": ["and"], "additionalProperties": false,
+                 "properties": {"and": {"type": "array", "minItems": 1, "items": node}}},
+                {"type": "object", "required": ["or"], "additionalProperties": false,
+                 "properties": {"or": {"type": "array", "minItems": 1, "items": node}}},
+                {"type": "object", "required": ["not"], "additionalProperties": false,
+                 "properties": {"not": node}},
+                {"type": "object", "required": ["field", "op", "value"], "additionalProperties": false,
+                 "properties": {"field": field, "op": {"enum": ["=", "!=", "<", "<=", ">", ">="]}, "value": scalar}},
+                {"type": "object", "required": ["field", "op", "values"], "additionalProperties": false,
+                 "properties": {"field": field, "op": {"const": "in"},
+                                "values": {"type": "array", "minItems": 1, "maxItems": MAX_IN_VALUES, "items": scalar}}},
+                {"type": "object", "required": ["field", "op", "low", "high"], "additionalProperties": false,
+                 "properties": {"field": field, "op": {"const": "between"}, "low": scalar, "high": scalar}},
+                {"type": "object", "required": ["field", "op"], "additionalProperties": false,
+                 "properties": {"field": field, "op": {"const": "is_null"}}}
+            ]
+        })
+    }
+}
+
 /// Deepest nesting of `and`/`or`/`not`.
 pub const MAX_DEPTH: usize = 16;
 /// Most nodes (predicates and logical operators) in one filter.

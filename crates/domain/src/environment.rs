@@ -53,7 +53,9 @@ impl fmt::Display for EnvironmentState {
 
 /// Who can discover a published environment. Publishing and making public
 /// are separate acts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Only its authorized users (and admins).
@@ -83,7 +85,7 @@ fn default_max_request_days() -> u32 {
 }
 
 /// The custodian's rules that hold inside every project of the environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policies {
     /// Replace entity keys by per-project pseudonyms when dispensing.
@@ -137,7 +139,7 @@ impl Policies {
 }
 
 /// What a platform admin provides to create an environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEnvironment {
     pub name: String,

@@ -23,7 +23,7 @@ use crate::inventory::check_name;
 use crate::{DomainError, UserId};
 
 /// How many approvals close a stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionRule {
     /// One approval decides.
@@ -34,7 +34,7 @@ pub enum DecisionRule {
     Quorum(u32),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewStage {
     /// Stable identifier, unique in the pipeline (e.g. `access-committee`).
@@ -60,7 +60,7 @@ impl ReviewStage {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewPipeline {
     pub stages: Vec<ReviewStage>,

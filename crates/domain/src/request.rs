@@ -78,14 +78,16 @@ impl fmt::Display for RequestState {
 }
 
 /// What a researcher fills in for a new draft.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRequest {
     pub title: String,
     #[serde(default)]
     pub purpose: String,
-    /// A cohort filter (see [`cohort`]); `null` selects everyone.
+    /// A cohort filter (the `cohort` module's language); `null` selects
+    /// everyone.
     #[serde(default)]
+    #[schemars(with = "Option<crate::cohort::FilterSchema>")]
     pub cohort: Value,
     #[serde(default)]
     pub collections: BTreeSet<String>,
@@ -97,17 +99,18 @@ pub struct NewRequest {
 }
 
 /// A partial edit of a draft or a request in revision.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestUpdate {
     pub title: Option<String>,
     pub purpose: Option<String>,
+    #[schemars(with = "Option<crate::cohort::FilterSchema>")]
     pub cohort: Option<Value>,
     pub collections: Option<BTreeSet<String>>,
     pub duration_days: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Approve,
