@@ -25,6 +25,18 @@ pub struct ApiBenchArgs {
     /// Concurrency levels (client tasks), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     levels: Vec<usize>,
+    /// Drive a running API (e.g. `tre serve` on PostgreSQL and Redis)
+    /// instead of one served in this process on a scratch database. Needs
+    /// --token and --request-body.
+    #[arg(long, requires_all = ["token", "request_body"], conflicts_with = "scratch_database_url")]
+    url: Option<String>,
+    /// With --url: the bearer token of a user who may submit requests.
+    #[arg(long)]
+    token: Option<String>,
+    /// With --url: a JSON file with the `POST /v1/requests` body (an
+    /// `environment_id` the token's user may submit to, collections, ...).
+    #[arg(long)]
+    request_body: Option<std::path::PathBuf>,
 }
 
 async fn user(
@@ -85,8 +97,19 @@ async fn environment(store: &Store) -> Result<(String, String)> {
     Ok((env.id.0, token))
 }
 
-pub async fn run(args: ApiBenchArgs) -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+type ServerTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Where the load goes: an API served here on a scratch database, or one
+/// running elsewhere.
+struct Target {
+    base: String,
+    token: String,
+    body: serde_json::Value,
+    what: String,
+    local: Option<(ServerTask, Store, std::path::PathBuf)>,
+}
+
+async fn local_target(args: &ApiBenchArgs) -> Result<Target> {
     let dir = std::env::temp_dir().join(format!("tre-bench-api-{}", std::process::id()));
     let url = args
         .scratch_database_url
@@ -100,21 +123,74 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     let state = tre_api::AppState::new(store.clone());
     let server = tokio::spawn(tre_api::serve(listener, state, std::future::pending()));
+    Ok(Target {
+        base,
+        token,
+        body: json!({"environment_id": env, "title": "Bench", "purpose": "Load", "cohort": {"field": "age", "op": ">=", "value": 40},
+                     "collections": ["all"], "duration_days": 30}),
+        what: format!(
+            "a server in this process on {}",
+            if url.starts_with("sqlite") {
+                "SQLite"
+            } else {
+                "PostgreSQL"
+            }
+        ),
+        local: Some((server, store, dir)),
+    })
+}
+
+fn remote_target(args: &ApiBenchArgs, url: &str) -> Result<Target> {
+    let path = args
+        .request_body
+        .as_ref()
+        .context("--request-body is required with --url")?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--request-body: cannot read {}", path.display()))?;
+    let body: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--request-body: {} is not JSON", path.display()))?;
+    if body
+        .get("environment_id")
+        .and_then(|v| v.as_str())
+        .is_none()
+    {
+        bail!(
+            "--request-body: {} has no \"environment_id\"",
+            path.display()
+        );
+    }
+    Ok(Target {
+        base: url.trim_end_matches('/').to_owned(),
+        token: args
+            .token
+            .clone()
+            .context("--token is required with --url")?,
+        body,
+        what: url.to_owned(),
+        local: None,
+    })
+}
+
+pub async fn run(args: ApiBenchArgs) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let target = match &args.url {
+        Some(url) => remote_target(&args, url)?,
+        None => local_target(&args).await?,
+    };
+    let (base, token, body) = (
+        target.base.clone(),
+        target.token.clone(),
+        target.body.clone(),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
     println!(
-        "tre bench api: POST /v1/requests + submit over HTTP on {} ({} cores), {} s per level",
-        if url.starts_with("sqlite") {
-            "SQLite"
-        } else {
-            "PostgreSQL"
-        },
+        "tre bench api: POST /v1/requests + submit over HTTP against {} ({} cores here), {} s per level",
+        target.what,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         args.seconds
     );
-    let body = json!({"environment_id": env, "title": "Bench", "purpose": "Load", "cohort": {"field": "age", "op": ">=", "value": 40},
-                      "collections": ["all"], "duration_days": 30});
     let (mut best, mut best_p99) = (0.0f64, f64::NAN);
     for &level in &args.levels {
         let stop = Arc::new(AtomicBool::new(false));
@@ -177,9 +253,11 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     if best == 0.0 {
         bail!("no submission completed");
     }
-    server.abort();
-    store.close().await;
-    let _ = std::fs::remove_dir_all(dir);
+    if let Some((server, store, dir)) = target.local {
+        server.abort();
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
     println!("req_per_s={best:.0} p99_ms={best_p99:.2}");
     Ok(())
 }
