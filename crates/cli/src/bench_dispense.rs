@@ -50,7 +50,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// The approved collection: about half the fields of each dataset
-/// (dataset, its files' name prefix, fields besides the key).
+/// (dataset, which is also its files' name prefix; fields besides the key).
 const SELECTED: [(&str, &[&str]); 3] = [
     (
         "participants",
