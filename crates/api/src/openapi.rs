@@ -21,10 +21,14 @@ pub fn spec() -> Value {
         .into_generator();
     let mut paths: Map<String, Value> = Map::new();
     for e in endpoints() {
+        let success = match e.response {
+            Some(schema) => json!(schema(&mut generator)),
+            None => json!({"type": "object"}),
+        };
         let mut operation = json!({
             "summary": e.summary,
             "responses": {
-                "2XX": {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "2XX": {"description": "success", "content": {"application/json": {"schema": success}}},
                 "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });

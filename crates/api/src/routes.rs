@@ -11,12 +11,13 @@ use axum::{Json, Router};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::json;
+use tre_domain::{AccessRequest, Environment, Project};
 use tre_domain::{
     DecisionInput, EnvironmentCommand, EnvironmentId, Inventory, NewEnvironment, NewRequest,
     Policies, Principal, ProjectId, RequestCommand, RequestId, RequestUpdate, ReviewPipeline,
     UserId, Verdict, Visibility,
 };
-use tre_store::{AuditQuery, RequestRole};
+use tre_store::{AuditQuery, Page as ListPage, RequestRole};
 
 use crate::extract::Params;
 use crate::{ApiError, AppState, Auth, Body};
@@ -29,6 +30,8 @@ pub(crate) struct Endpoint {
     pub(crate) summary: &'static str,
     /// The JSON Schema of the body it takes.
     pub(crate) body: Option<BodySchema>,
+    /// The JSON Schema of its success answer (else: an object).
+    pub(crate) response: Option<BodySchema>,
     /// Whether it needs a bearer token.
     pub(crate) auth: bool,
     handler: MethodRouter<AppState>,
@@ -55,7 +58,16 @@ fn op(
         path,
         summary,
         body,
+        response: None,
         handler,
+    }
+}
+
+impl Endpoint {
+    /// Documents what it answers on success.
+    fn returns(mut self, schema: BodySchema) -> Self {
+        self.response = Some(schema);
+        self
     }
 }
 
@@ -90,147 +102,168 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "Create an environment (platform admins)",
             Some(body::<NewEnvironment>),
             post(create_environment),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::GET,
             "/v1/environments",
             "The resource center: environments the caller may discover",
             None,
             get(list_environments),
-        ),
+        )
+        .returns(body::<ListPage<Environment>>),
         op(
             M::GET,
             "/v1/environments/{id}",
             "One environment",
             None,
             get(get_environment),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PATCH,
             "/v1/environments/{id}",
             "Rename or describe (admins)",
             Some(body::<EnvironmentDetails>),
             patch(update_environment),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/inventory",
             "Set (draft) or stage (maintenance) the inventory",
             Some(body::<Inventory>),
             put(put_inventory),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/pipeline",
             "Set the review pipeline (only reviewers after publish)",
             Some(body::<ReviewPipeline>),
             put(put_pipeline),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/members",
             "Set the authorized users and groups",
             Some(body::<Members>),
             put(put_members),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/admins",
             "Set the environment's admins",
             Some(body::<Admins>),
             put(put_admins),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/policies",
             "Set the custodian's policies",
             Some(body::<Policies>),
             put(put_policies),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/visibility",
             "Make public or private",
             Some(body::<VisibilityBody>),
             put(put_visibility),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::POST,
             "/v1/environments/{id}/publish",
             "draft -> active",
             None,
             post(publish),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::POST,
             "/v1/environments/{id}/maintenance",
             "active -> maintenance",
             None,
             post(maintenance),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::POST,
             "/v1/environments/{id}/reactivate",
             "maintenance -> active",
             None,
             post(reactivate),
-        ),
+        )
+        .returns(body::<Environment>),
         op(
             M::POST,
             "/v1/requests",
             "Draft an access request",
             Some(body::<CreateRequestBody>),
             post(create_request),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::GET,
             "/v1/requests",
             "The caller's requests by role and state",
             None,
             get(list_requests),
-        ),
+        )
+        .returns(body::<ListPage<AccessRequest>>),
         op(
             M::GET,
             "/v1/requests/{id}",
             "One request",
             None,
             get(get_request),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::PATCH,
             "/v1/requests/{id}",
             "Edit a draft or a request in revision (owner)",
             Some(body::<RequestUpdate>),
             patch(update_request),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::PUT,
             "/v1/requests/{id}/collaborators",
             "Set the collaborators (owner)",
             Some(body::<Collaborators>),
             put(put_collaborators),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::POST,
             "/v1/requests/{id}/submit",
             "Submit or resubmit (owner)",
             None,
             post(submit),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::POST,
             "/v1/requests/{id}/withdraw",
             "Withdraw (owner)",
             None,
             post(withdraw),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::POST,
             "/v1/requests/{id}/revoke",
             "Revoke an approved request (admins)",
             Some(body::<Revocation>),
             post(revoke),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::GET,
             "/v1/requests/{id}/history",
@@ -244,7 +277,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "Decide the current stage (its reviewers)",
             Some(body::<DecisionBody>),
             post(decide),
-        ),
+        )
+        .returns(body::<AccessRequest>),
         op(
             M::GET,
             "/v1/requests/{id}/decisions",
@@ -258,21 +292,24 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "Create the project of an approved request",
             None,
             post(create_project),
-        ),
+        )
+        .returns(body::<Project>),
         op(
             M::GET,
             "/v1/reviews",
             "The caller's review queue",
             None,
             get(review_queue),
-        ),
+        )
+        .returns(body::<ListPage<AccessRequest>>),
         op(
             M::GET,
             "/v1/projects",
             "The caller's projects",
             None,
             get(list_projects),
-        ),
+        )
+        .returns(body::<ListPage<Project>>),
         op(
             M::GET,
             "/v1/projects/{id}",

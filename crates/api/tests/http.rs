@@ -1093,6 +1093,214 @@ async fn openapi_matches_the_routes() {
     api.db.finish().await;
 }
 
+/// A small JSON Schema checker (the keywords schemars emits): `$ref`,
+/// `type`, `const`, `enum`, `properties`, `required`,
+/// `additionalProperties: false`, `items`, `oneOf`, `anyOf`, `allOf`.
+fn conforms(schema: &Value, value: &Value, spec: &Value, path: &str) -> Result<(), String> {
+    if schema == &Value::Bool(true) {
+        return Ok(());
+    }
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        let target = &spec["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{path}: {r} undefined"));
+        }
+        return conforms(target, value, spec, path);
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let is = |t: &str| match t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        return Err(format!("{path}: {value} is not {types:?}"));
+    }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        return Err(format!("{path}: {value} is not {c}"));
+    }
+    if let Some(Value::Array(options)) = schema.get("enum")
+        && !options.contains(value)
+    {
+        return Err(format!("{path}: {value} is not one of {options:?}"));
+    }
+    if let (Some(props), Value::Object(fields)) = (schema["properties"].as_object(), value) {
+        for (key, sub) in props {
+            if let Some(v) = fields.get(key) {
+                conforms(sub, v, spec, &format!("{path}.{key}"))?;
+            }
+        }
+        for key in schema["required"].as_array().into_iter().flatten() {
+            let key = key.as_str().unwrap_or_default();
+            if !fields.contains_key(key) {
+                return Err(format!("{path}: {key} is required"));
+            }
+        }
+        if schema["additionalProperties"] == false
+            && let Some(extra) = fields.keys().find(|k| !props.contains_key(*k))
+        {
+            return Err(format!("{path}: {extra} is not allowed"));
+        }
+    }
+    if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
+        for (i, v) in values.iter().enumerate() {
+            conforms(items, v, spec, &format!("{path}[{i}]"))?;
+        }
+    }
+    for all in schema["allOf"].as_array().into_iter().flatten() {
+        conforms(all, value, spec, path)?;
+    }
+    if let Some(any) = schema["anyOf"].as_array()
+        && !any.iter().any(|s| conforms(s, value, spec, path).is_ok())
+    {
+        return Err(format!("{path}: {value} matches no anyOf branch"));
+    }
+    if let Some(one) = schema["oneOf"].as_array() {
+        let matching = one
+            .iter()
+            .filter(|s| conforms(s, value, spec, path).is_ok())
+            .count();
+        if matching != 1 {
+            return Err(format!("{path}: {value} matches {matching} oneOf branches"));
+        }
+    }
+    Ok(())
+}
+
+/// Real bodies and real answers against what `/openapi.json` says of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_schemas_match_real_traffic() {
+    let api = Api::start().await;
+    let spec = tre_api::openapi();
+    let documented = |method: &str, path: &str, part: &str| -> Value {
+        let op = &spec["paths"][path][method];
+        match part {
+            "body" => op["requestBody"]["content"]["application/json"]["schema"].clone(),
+            _ => op["responses"]["2XX"]["content"]["application/json"]["schema"].clone(),
+        }
+    };
+    let check = |schema: Value, value: &Value, what: &str| {
+        assert!(schema.is_object(), "{what} undocumented");
+        if let Err(e) = conforms(&schema, value, &spec, what) {
+            panic!("{what}: {e}\n{value}");
+        }
+    };
+    // the checker refuses what it should
+    let body_schema = documented("post", "/v1/requests", "body");
+    assert!(
+        conforms(
+            &body_schema,
+            &json!({"title": "no environment"}),
+            &spec,
+            "x"
+        )
+        .is_err()
+    );
+    assert!(
+        conforms(
+            &body_schema,
+            &json!({"environment_id": "e", "title": "t", "cohort": {"nand": []}}),
+            &spec,
+            "x"
+        )
+        .is_err()
+    );
+
+    let env = published(&api).await;
+    let environment = api
+        .ok(
+            "admin",
+            Method::GET,
+            &format!("/v1/environments/{env}"),
+            None,
+        )
+        .await;
+    check(
+        documented("get", "/v1/environments/{id}", "2xx"),
+        &environment,
+        "GET environment",
+    );
+    let mut wrong = environment.clone();
+    wrong["state"] = json!("bogus");
+    let env_schema = documented("get", "/v1/environments/{id}", "2xx");
+    assert!(conforms(&env_schema, &wrong, &spec, "x").is_err());
+    wrong = environment.clone();
+    wrong["admins"] = json!("admin");
+    assert!(conforms(&env_schema, &wrong, &spec, "x").is_err());
+    let listed = api.ok("owner", Method::GET, "/v1/environments", None).await;
+    check(
+        documented("get", "/v1/environments", "2xx"),
+        &listed,
+        "GET environments",
+    );
+
+    let body = request_body(&env);
+    check(body_schema.clone(), &body, "POST /v1/requests body");
+    let created = api
+        .ok("owner", Method::POST, "/v1/requests", Some(body))
+        .await;
+    check(
+        documented("post", "/v1/requests", "2xx"),
+        &created,
+        "POST /v1/requests",
+    );
+    let id = created["id"].as_str().unwrap();
+    let submitted = api
+        .ok(
+            "owner",
+            Method::POST,
+            &format!("/v1/requests/{id}/submit"),
+            None,
+        )
+        .await;
+    check(
+        documented("post", "/v1/requests/{id}/submit", "2xx"),
+        &submitted,
+        "submit",
+    );
+    assert_eq!(submitted["state"], "in_review");
+    let mut wrong = submitted.clone();
+    wrong["state"] = json!("in_review_forever");
+    let request_schema = documented("post", "/v1/requests/{id}/submit", "2xx");
+    assert!(conforms(&request_schema, &wrong, &spec, "x").is_err());
+    wrong = submitted.clone();
+    wrong.as_object_mut().unwrap().remove("owner");
+    assert!(conforms(&request_schema, &wrong, &spec, "x").is_err());
+    let listed = api
+        .ok("owner", Method::GET, "/v1/requests?role=owner", None)
+        .await;
+    check(
+        documented("get", "/v1/requests", "2xx"),
+        &listed,
+        "GET requests",
+    );
+    let queue = api.ok("rev1", Method::GET, "/v1/reviews", None).await;
+    check(
+        documented("get", "/v1/reviews", "2xx"),
+        &queue,
+        "GET reviews",
+    );
+    let decision = json!({"stage": 0, "decision": "approve", "comment": "fine"});
+    check(
+        documented("post", "/v1/requests/{id}/decisions", "body"),
+        &decision,
+        "decision body",
+    );
+    api.db.finish().await;
+}
+
 /// Every endpoint that takes a body, fed bad bodies: the right status, the
 /// error shape, and nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::inventory::check_name;
 use crate::{Actor, DomainError, EnvironmentId, Inventory, Principal, ReviewPipeline, UserId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EnvironmentState {
     /// Being configured by its admins; invisible to users.
@@ -150,7 +150,7 @@ pub struct NewEnvironment {
     pub admins: BTreeSet<UserId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Environment {
     pub id: EnvironmentId,
     pub name: String,

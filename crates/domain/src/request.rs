@@ -30,7 +30,7 @@ use crate::{
     Timestamp, UserId, Vote, cohort, tally,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RequestState {
     Draft,
@@ -167,7 +167,7 @@ impl Decision {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccessRequest {
     pub id: RequestId,
     pub environment_id: EnvironmentId,
@@ -175,6 +175,7 @@ pub struct AccessRequest {
     pub collaborators: BTreeSet<UserId>,
     pub title: String,
     pub purpose: String,
+    #[schemars(with = "Option<crate::cohort::FilterSchema>")]
     pub cohort: Value,
     pub collections: BTreeSet<String>,
     pub duration_days: u32,

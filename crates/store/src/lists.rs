@@ -33,7 +33,8 @@ impl RequestRole {
 }
 
 /// One page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "PageOf{T}")]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `after` for the next page; none on the last.
