@@ -45,27 +45,37 @@ pub(crate) async fn append(
         record.trace_id,
         &prev_hash,
     );
-    sqlx::query(
+    // PostgreSQL takes the event and the new head in one statement (one
+    // round trip fewer on every command); SQLite in two
+    let postgres = tx.backend_name() == "PostgreSQL";
+    let insert = if postgres {
+        "WITH event AS (INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING hash) \
+         UPDATE audit_head SET hash = (SELECT hash FROM event) WHERE id = 1"
+    } else {
         "INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(seq)
-    .bind(at.0)
-    .bind(record.actor)
-    .bind(record.action)
-    .bind(record.object_type)
-    .bind(record.object_id)
-    .bind(record.environment_id)
-    .bind(details)
-    .bind(record.trace_id)
-    .bind(prev_hash)
-    .bind(&hash)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    };
+    sqlx::query(insert)
+        .bind(seq)
+        .bind(at.0)
+        .bind(record.actor)
+        .bind(record.action)
+        .bind(record.object_type)
+        .bind(record.object_id)
+        .bind(record.environment_id)
+        .bind(details)
+        .bind(record.trace_id)
+        .bind(prev_hash)
+        .bind(&hash)
         .execute(&mut **tx)
         .await?;
+    if !postgres {
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(hash)
+            .execute(&mut **tx)
+            .await?;
+    }
     // the HTTP call's idempotency key commits with its work
     crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await?;
     Ok(seq)

@@ -69,12 +69,19 @@ pub(crate) fn as_seen_by(
     Ok(request)
 }
 
-/// Rewrites who takes part in a request (owner and collaborators).
-async fn write_participants(tx: &mut Tx, request: &AccessRequest) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM request_participants WHERE request_id = $1")
-        .bind(request.id.as_str())
-        .execute(&mut **tx)
-        .await?;
+/// Writes who takes part in a request (owner and collaborators), replacing
+/// what was there unless the request is `new`.
+async fn write_participants(
+    tx: &mut Tx,
+    request: &AccessRequest,
+    new: bool,
+) -> Result<(), StoreError> {
+    if !new {
+        sqlx::query("DELETE FROM request_participants WHERE request_id = $1")
+            .bind(request.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
     let people = std::iter::once((&request.owner, "owner"))
         .chain(request.collaborators.iter().map(|c| (c, "collaborator")));
     for (user, role) in people {
@@ -180,7 +187,7 @@ impl Store {
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
-        write_participants(&mut tx, &request).await?;
+        write_participants(&mut tx, &request, true).await?;
         audit::append(
             &mut tx,
             AuditRecord {
@@ -350,7 +357,7 @@ impl Store {
                 .await?;
             }
             if collaborators_changed {
-                write_participants(&mut tx, &next).await?;
+                write_participants(&mut tx, &next, false).await?;
             }
             outbox::enqueue(&mut tx, &transition.effects, creator, at).await?;
             let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
