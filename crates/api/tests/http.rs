@@ -1179,125 +1179,157 @@ fn conforms(schema: &Value, value: &Value, spec: &Value, path: &str) -> Result<(
     Ok(())
 }
 
-/// Real bodies and real answers against what `/openapi.json` says of them.
+/// What `/openapi.json` says of an operation's body (`"body"`) or its
+/// success answer (anything else).
+fn documented(spec: &Value, method: &Method, template: &str, part: &str) -> Value {
+    let op = &spec["paths"][template][method.as_str().to_lowercase()];
+    let schema = match part {
+        "body" => &op["requestBody"]["content"]["application/json"]["schema"],
+        _ => &op["responses"]["2XX"]["content"]["application/json"]["schema"],
+    };
+    assert!(
+        schema.is_object(),
+        "{method} {template}: {part} undocumented"
+    );
+    schema.clone()
+}
+
+/// Calls `path` (an instance of `template`) and checks the answer against
+/// the document; returns the answer.
+async fn documented_call(
+    api: &Api,
+    spec: &Value,
+    who: &str,
+    method: Method,
+    template: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    if let Some(body) = &body {
+        let schema = documented(spec, &method, template, "body");
+        if let Err(e) = conforms(&schema, body, spec, "body") {
+            panic!("{method} {template} body: {e}\n{body}");
+        }
+    }
+    let answer = api.ok(who, method.clone(), path, body).await;
+    let schema = documented(spec, &method, template, "answer");
+    if let Err(e) = conforms(&schema, &answer, spec, "answer") {
+        panic!("{method} {template} answer: {e}\n{answer}");
+    }
+    answer
+}
+
+/// Real bodies and real answers against what `/openapi.json` says of them,
+/// and wrong ones refused by the same check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_schemas_match_real_traffic() {
     let api = Api::start().await;
     let spec = tre_api::openapi();
-    let documented = |method: &str, path: &str, part: &str| -> Value {
-        let op = &spec["paths"][path][method];
-        match part {
-            "body" => op["requestBody"]["content"]["application/json"]["schema"].clone(),
-            _ => op["responses"]["2XX"]["content"]["application/json"]["schema"].clone(),
-        }
+    let refused = |method: Method, template: &str, part: &str, value: Value| {
+        let schema = documented(&spec, &method, template, part);
+        assert!(
+            conforms(&schema, &value, &spec, "x").is_err(),
+            "{method} {template} {part} took {value}"
+        );
     };
-    let check = |schema: Value, value: &Value, what: &str| {
-        assert!(schema.is_object(), "{what} undocumented");
-        if let Err(e) = conforms(&schema, value, &spec, what) {
-            panic!("{what}: {e}\n{value}");
-        }
-    };
-    // the checker refuses what it should
-    let body_schema = documented("post", "/v1/requests", "body");
-    assert!(
-        conforms(
-            &body_schema,
-            &json!({"title": "no environment"}),
-            &spec,
-            "x"
-        )
-        .is_err()
+    refused(
+        Method::POST,
+        "/v1/requests",
+        "body",
+        json!({"title": "no environment"}),
     );
-    assert!(
-        conforms(
-            &body_schema,
-            &json!({"environment_id": "e", "title": "t", "cohort": {"nand": []}}),
-            &spec,
-            "x"
-        )
-        .is_err()
+    refused(
+        Method::POST,
+        "/v1/requests",
+        "body",
+        json!({"environment_id": "e", "title": "t", "cohort": {"nand": []}}),
     );
-
     let env = published(&api).await;
-    let environment = api
-        .ok(
-            "admin",
-            Method::GET,
-            &format!("/v1/environments/{env}"),
-            None,
-        )
-        .await;
-    check(
-        documented("get", "/v1/environments/{id}", "2xx"),
-        &environment,
-        "GET environment",
-    );
-    let mut wrong = environment.clone();
-    wrong["state"] = json!("bogus");
-    let env_schema = documented("get", "/v1/environments/{id}", "2xx");
-    assert!(conforms(&env_schema, &wrong, &spec, "x").is_err());
-    wrong = environment.clone();
-    wrong["admins"] = json!("admin");
-    assert!(conforms(&env_schema, &wrong, &spec, "x").is_err());
-    let listed = api.ok("owner", Method::GET, "/v1/environments", None).await;
-    check(
-        documented("get", "/v1/environments", "2xx"),
-        &listed,
-        "GET environments",
-    );
-
-    let body = request_body(&env);
-    check(body_schema.clone(), &body, "POST /v1/requests body");
-    let created = api
-        .ok("owner", Method::POST, "/v1/requests", Some(body))
-        .await;
-    check(
-        documented("post", "/v1/requests", "2xx"),
-        &created,
-        "POST /v1/requests",
-    );
+    let path = format!("/v1/environments/{env}");
+    let environment = documented_call(
+        &api,
+        &spec,
+        "admin",
+        Method::GET,
+        "/v1/environments/{id}",
+        &path,
+        None,
+    )
+    .await;
+    for (field, wrong) in [("state", json!("bogus")), ("admins", json!("admin"))] {
+        let mut value = environment.clone();
+        value[field] = wrong;
+        refused(Method::GET, "/v1/environments/{id}", "answer", value);
+    }
+    documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::GET,
+        "/v1/environments",
+        "/v1/environments",
+        None,
+    )
+    .await;
+    let created = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::POST,
+        "/v1/requests",
+        "/v1/requests",
+        Some(request_body(&env)),
+    )
+    .await;
     let id = created["id"].as_str().unwrap();
-    let submitted = api
-        .ok(
-            "owner",
-            Method::POST,
-            &format!("/v1/requests/{id}/submit"),
-            None,
-        )
-        .await;
-    check(
-        documented("post", "/v1/requests/{id}/submit", "2xx"),
-        &submitted,
-        "submit",
-    );
+    let submitted = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::POST,
+        "/v1/requests/{id}/submit",
+        &format!("/v1/requests/{id}/submit"),
+        None,
+    )
+    .await;
     assert_eq!(submitted["state"], "in_review");
-    let mut wrong = submitted.clone();
-    wrong["state"] = json!("in_review_forever");
-    let request_schema = documented("post", "/v1/requests/{id}/submit", "2xx");
-    assert!(conforms(&request_schema, &wrong, &spec, "x").is_err());
-    wrong = submitted.clone();
-    wrong.as_object_mut().unwrap().remove("owner");
-    assert!(conforms(&request_schema, &wrong, &spec, "x").is_err());
-    let listed = api
-        .ok("owner", Method::GET, "/v1/requests?role=owner", None)
-        .await;
-    check(
-        documented("get", "/v1/requests", "2xx"),
-        &listed,
-        "GET requests",
-    );
-    let queue = api.ok("rev1", Method::GET, "/v1/reviews", None).await;
-    check(
-        documented("get", "/v1/reviews", "2xx"),
-        &queue,
-        "GET reviews",
-    );
-    let decision = json!({"stage": 0, "decision": "approve", "comment": "fine"});
-    check(
-        documented("post", "/v1/requests/{id}/decisions", "body"),
-        &decision,
-        "decision body",
-    );
+    let mut value = submitted.clone();
+    value["state"] = json!("in_review_forever");
+    refused(Method::POST, "/v1/requests/{id}/submit", "answer", value);
+    let mut value = submitted.clone();
+    value.as_object_mut().unwrap().remove("owner");
+    refused(Method::POST, "/v1/requests/{id}/submit", "answer", value);
+    documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::GET,
+        "/v1/requests",
+        "/v1/requests?role=owner",
+        None,
+    )
+    .await;
+    documented_call(
+        &api,
+        &spec,
+        "rev1",
+        Method::GET,
+        "/v1/reviews",
+        "/v1/reviews",
+        None,
+    )
+    .await;
+    let decided = documented_call(
+        &api,
+        &spec,
+        "rev1",
+        Method::POST,
+        "/v1/requests/{id}/decisions",
+        &format!("/v1/requests/{id}/decisions"),
+        Some(json!({"stage": 0, "decision": "approve", "comment": "fine"})),
+    )
+    .await;
+    assert_eq!(decided["id"], created["id"]);
     api.db.finish().await;
 }
 
