@@ -174,14 +174,7 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
         datasets.push(tre_domain::Dataset {
             name: name.into(),
             description: String::new(),
-            fields: tre_dispense::schema::parquet_fields(&root.join(first))?
-                .into_iter()
-                .map(|(name, field_type)| tre_domain::Field {
-                    name,
-                    field_type,
-                    description: String::new(),
-                })
-                .collect(),
+            fields: tre_dispense::schema::parquet_fields(&root.join(first))?,
             locations,
             key: "participant_id".into(),
         });

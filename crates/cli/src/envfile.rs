@@ -33,8 +33,8 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use tre_domain::{
-    DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, FieldType, Inventory,
-    NewEnvironment, Policies, Principal, ReviewPipeline, UserId, Visibility,
+    DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, Inventory, NewEnvironment,
+    Policies, Principal, ReviewPipeline, UserId, Visibility,
 };
 
 #[derive(Debug, Deserialize)]
@@ -162,7 +162,7 @@ impl InventoryFile {
     pub fn build(&self, source: impl Fn(&str) -> std::path::PathBuf) -> Result<Inventory> {
         let mut datasets = Vec::new();
         for (i, d) in self.datasets.iter().enumerate() {
-            let mut schema: Option<Vec<(String, FieldType)>> = None;
+            let mut schema: Option<Vec<Field>> = None;
             for location in &d.locations {
                 let fields = tre_dispense::schema::parquet_fields(&source(location))
                     .with_context(|| format!("inventory.datasets[{i}].locations: {location}"))?;
@@ -179,7 +179,7 @@ impl InventoryFile {
             if let Some(unknown) = d
                 .fields
                 .keys()
-                .find(|k| !schema.iter().any(|(n, _)| n == *k))
+                .find(|k| !schema.iter().any(|f| f.name == **k))
             {
                 bail!("inventory.datasets[{i}].fields: {unknown:?} is not a column of the dataset");
             }
@@ -190,10 +190,9 @@ impl InventoryFile {
                 key: d.key.clone(),
                 fields: schema
                     .into_iter()
-                    .map(|(name, field_type)| Field {
-                        description: d.fields.get(&name).cloned().unwrap_or_default(),
-                        name,
-                        field_type,
+                    .map(|f| Field {
+                        description: d.fields.get(&f.name).cloned().unwrap_or_default(),
+                        ..f
                     })
                     .collect(),
             });

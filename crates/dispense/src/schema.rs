@@ -5,7 +5,7 @@ use std::path::Path;
 
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tre_domain::FieldType;
+use tre_domain::{Field, FieldType};
 
 use crate::DispenseError;
 
@@ -30,8 +30,9 @@ pub fn field_type(data_type: &DataType) -> FieldType {
     }
 }
 
-/// The fields of a local Parquet file, from its footer.
-pub fn parquet_fields(path: &Path) -> Result<Vec<(String, FieldType)>, DispenseError> {
+/// The fields of a local Parquet file, from its footer, as an inventory
+/// lists them (without descriptions).
+pub fn parquet_fields(path: &Path) -> Result<Vec<Field>, DispenseError> {
     let file = File::open(path)
         .map_err(|e| DispenseError::data(format!("cannot open {}: {e}", path.display())))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
@@ -44,6 +45,10 @@ pub fn parquet_fields(path: &Path) -> Result<Vec<(String, FieldType)>, DispenseE
         .schema()
         .fields()
         .iter()
-        .map(|f| (f.name().clone(), field_type(f.data_type())))
+        .map(|f| Field {
+            name: f.name().clone(),
+            field_type: field_type(f.data_type()),
+            description: String::new(),
+        })
         .collect())
 }

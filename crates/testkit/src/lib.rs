@@ -599,10 +599,7 @@ pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -
         .iter()
         .map(|(name, locations)| {
             let fields = tre_dispense::schema::parquet_fields(&root.join(locations[0]))
-                .expect("fixture footer")
-                .into_iter()
-                .map(|(name, t)| field(&name, t))
-                .collect();
+                .expect("fixture footer");
             Dataset {
                 name: (*name).into(),
                 description: String::new(),
