@@ -270,7 +270,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "State changes and decisions, in order",
             None,
             get(request_history),
-        ),
+        )
+        .returns(body::<Items<tre_store::HistoryEntry>>),
         op(
             M::POST,
             "/v1/requests/{id}/decisions",
@@ -285,7 +286,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "Every decision of the request",
             None,
             get(decisions),
-        ),
+        )
+        .returns(body::<Items<tre_domain::Decision>>),
         op(
             M::POST,
             "/v1/requests/{id}/projects",
@@ -323,21 +325,24 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "A job the caller's call started",
             None,
             get(get_job),
-        ),
+        )
+        .returns(body::<tre_store::OutboxJob>),
         op(
             M::GET,
             "/v1/audit",
             "Audit events (environment or platform admins)",
             None,
             get(audit),
-        ),
+        )
+        .returns(body::<AuditPage>),
         op(
             M::GET,
             "/v1/notifications",
             "The caller's inbox, newest first",
             None,
             get(notifications),
-        ),
+        )
+        .returns(body::<Items<tre_store::Notification>>),
     ]
 }
 
@@ -582,6 +587,23 @@ async fn reactivate(
     Path(id): Path<String>,
 ) -> Result<Response> {
     configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
+}
+
+/// A list answered whole, for the API document only.
+#[derive(JsonSchema)]
+#[schemars(rename = "ListOf{T}")]
+#[allow(dead_code)]
+struct Items<T> {
+    items: Vec<T>,
+}
+
+/// A page of the audit log, for the API document only.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct AuditPage {
+    items: Vec<tre_domain::audit::AuditEvent>,
+    /// Pass as `after` for the next page; none when the page is empty.
+    next_cursor: Option<i64>,
 }
 
 // The body of `POST /v1/requests`, for the API document only: the handler

@@ -1330,6 +1330,49 @@ async fn documented_schemas_match_real_traffic() {
     )
     .await;
     assert_eq!(decided["id"], created["id"]);
+    let history = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::GET,
+        "/v1/requests/{id}/history",
+        &format!("/v1/requests/{id}/history"),
+        None,
+    )
+    .await;
+    assert!(history["items"].as_array().unwrap().len() >= 3, "{history}");
+    let decisions = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::GET,
+        "/v1/requests/{id}/decisions",
+        &format!("/v1/requests/{id}/decisions"),
+        None,
+    )
+    .await;
+    assert_eq!(decisions["items"][0]["verdict"], "approve");
+    let audit = documented_call(
+        &api,
+        &spec,
+        "admin",
+        Method::GET,
+        "/v1/audit",
+        &format!("/v1/audit?environment={env}"),
+        None,
+    )
+    .await;
+    assert!(!audit["items"].as_array().unwrap().is_empty());
+    documented_call(
+        &api,
+        &spec,
+        "rev1",
+        Method::GET,
+        "/v1/notifications",
+        "/v1/notifications",
+        None,
+    )
+    .await;
     api.db.finish().await;
 }
 

@@ -144,7 +144,7 @@ pub struct DecisionInput {
 }
 
 /// A recorded decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Decision {
     pub round: u32,
     pub stage: usize,

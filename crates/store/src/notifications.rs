@@ -7,7 +7,7 @@ use tre_domain::{AccessRequest, Environment, EnvironmentId, Project, RequestId, 
 
 use crate::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Notification {
     /// Deterministic: the job key and the recipient, so a redelivered job
     /// writes each notification once.

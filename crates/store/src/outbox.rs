@@ -11,7 +11,7 @@ use tre_domain::{Effect, Timestamp};
 use crate::{Store, StoreError, Tx};
 
 /// One stored job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct OutboxJob {
     /// The deterministic idempotency key (see [`Effect::key`]).
     pub key: String,

@@ -14,7 +14,7 @@ use crate::audit::{self, AuditRecord};
 use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
 
 /// One line of a request's history: a state change or a decision, in order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
     pub seq: i64,
     pub at: i64,
