@@ -18,11 +18,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tre_dispense::Manifest;
 use tre_domain::{Project, ProjectState};
-use tre_jobs::{EmbeddedQueue, Metrics, RuntimeOptions};
+use tre_jobs::EmbeddedQueue;
 use tre_store::Store;
 use tre_testkit::{
     BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, repo_root, world_with,
@@ -30,7 +28,13 @@ use tre_testkit::{
 use tre_workers::{WorkerOptions, policies};
 use tre_workflows::DispenseConfig;
 
+mod common;
+
+use common::{fast_runtime, start};
+
 type Row = BTreeMap<String, Value>;
+/// How long a stopped worker may take to drain its unit jobs.
+const STOP_WITHIN: Duration = Duration::from_secs(20);
 
 fn options(dest: Arc<dyn ObjectStore>, unit_rows: u64) -> WorkerOptions {
     let mut policies = policies();
@@ -40,14 +44,7 @@ fn options(dest: Arc<dyn ObjectStore>, unit_rows: u64) -> WorkerOptions {
         p.backoff_max = Duration::from_millis(200);
     }
     WorkerOptions {
-        runtime: RuntimeOptions {
-            relay_interval: Duration::from_millis(20),
-            reconcile_interval: Duration::from_millis(100),
-            requeue_after: Duration::from_millis(700),
-            lease_grace: Duration::from_millis(500),
-            drain: Duration::from_secs(2),
-            ..RuntimeOptions::default()
-        },
+        runtime: fast_runtime(),
         policies,
         dispense: Some(DispenseConfig {
             source: tre_dispense::stores::open(repo_root().to_str().unwrap(), "source_store")
@@ -56,39 +53,6 @@ fn options(dest: Arc<dyn ObjectStore>, unit_rows: u64) -> WorkerOptions {
             unit_rows,
         }),
         ..WorkerOptions::default()
-    }
-}
-
-struct Running {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-fn start(store: &Store, options: WorkerOptions) -> Running {
-    let (stop, shutdown) = watch::channel(false);
-    let store = store.clone();
-    let task = tokio::spawn(async move {
-        let queue = Arc::new(EmbeddedQueue::default());
-        tre_workers::run(
-            store,
-            queue,
-            options,
-            Arc::new(Metrics::default()),
-            shutdown,
-        )
-        .await
-        .expect("worker runs");
-    });
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("stops in time")
-            .unwrap();
     }
 }
 
@@ -192,37 +156,24 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 /// SQL's three-valued logic, row by row.
 fn eval(filter: &Value, row: &Row) -> Option<bool> {
     let obj = filter.as_object().unwrap();
-    if let Some(children) = obj.get("and") {
-        let vals: Vec<_> = children
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| eval(c, row))
-            .collect();
-        if vals.contains(&Some(false)) {
-            return Some(false);
+    // `and` is decided by a false child, `or` by a true one; else unknown
+    // if any child is
+    for (key, decisive) in [("and", false), ("or", true)] {
+        if let Some(children) = obj.get(key) {
+            let vals: Vec<_> = children
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| eval(c, row))
+                .collect();
+            return if vals.contains(&Some(decisive)) {
+                Some(decisive)
+            } else if vals.contains(&None) {
+                None
+            } else {
+                Some(!decisive)
+            };
         }
-        return if vals.contains(&None) {
-            None
-        } else {
-            Some(true)
-        };
-    }
-    if let Some(children) = obj.get("or") {
-        let vals: Vec<_> = children
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| eval(c, row))
-            .collect();
-        if vals.contains(&Some(true)) {
-            return Some(true);
-        }
-        return if vals.contains(&None) {
-            None
-        } else {
-            Some(false)
-        };
     }
     if let Some(child) = obj.get("not") {
         return eval(child, row).map(|b| !b);
@@ -326,13 +277,10 @@ async fn dispensed(
         .try_collect()
         .await
         .unwrap();
-    let mut wanted: BTreeSet<String> = manifest
-        .datasets
-        .iter()
-        .flat_map(|d| &d.files)
-        .map(|f| format!("{}/{}", project.id, f.path))
+    let wanted: BTreeSet<String> = manifest
+        .objects()
+        .map(|o| format!("{}/{o}", project.id))
         .collect();
-    wanted.insert(format!("{}/manifest.json", project.id));
     assert_eq!(
         listed, wanted,
         "exactly the manifest's files and the manifest"
@@ -474,7 +422,11 @@ async fn dispensed_rows_and_columns_equal_an_independent_computation() {
             projects.push((label, cohort, project));
         }
         // small units: several parts per dataset
-        let worker = start(store, options(dest.clone(), 1_000));
+        let worker = start(
+            store,
+            Arc::new(EmbeddedQueue::default()),
+            options(dest.clone(), 1_000),
+        );
         for (label, cohort, project) in &projects {
             let done = settled(store, project).await;
             assert_eq!(done.state, ProjectState::Ready, "{name}/{label}: {done:?}");
@@ -506,7 +458,7 @@ async fn dispensed_rows_and_columns_equal_an_independent_computation() {
                 ),
             }
         }
-        worker.stop().await;
+        worker.stop(STOP_WITHIN).await;
         db.finish().await;
     }
     let _ = std::fs::remove_dir_all(folder);
@@ -603,7 +555,11 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
     let cohort = json!({"field": "diabetes", "op": "=", "value": true});
     let a = approved_project(store, &w, cohort.clone(), &["baseline", "hospital"]).await;
     let b = approved_project(store, &w, cohort.clone(), &["baseline", "hospital"]).await;
-    let worker = start(store, options(dest.clone(), 1_000));
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        options(dest.clone(), 1_000),
+    );
     let direct = s3.store();
     let mut keys = Vec::new();
     for project in [&a, &b] {
@@ -667,6 +623,6 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
         .await
         .unwrap();
     assert!(!other.is_empty(), "the other project keeps its data");
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
     db.finish().await;
 }

@@ -5,19 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tre_domain::{DecisionInput, RequestCommand, Verdict};
-use tre_jobs::{
-    EmbeddedQueue, Executor, JobQueue, Metrics, RedisQueue, RedisQueueOptions, Relay,
-    RuntimeOptions,
-};
+use tre_jobs::{EmbeddedQueue, Executor, Metrics, RedisQueue, RedisQueueOptions, Relay};
 use tre_store::Store;
 use tre_testkit::{TestDb, TestRedis, WebhookReceiver, caller, new_request, world};
 use tre_workers::{WorkerOptions, policies};
 use tre_workflows::{WebhookConfig, signature};
 
+mod common;
+
+use common::{fast_runtime, start};
+
 const SECRET: &str = "s3cret-shared-with-the-receiver";
+/// How long a stopped worker may take to drain.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
 
 fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
     let mut policies = policies();
@@ -28,14 +29,7 @@ fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
         p.backoff_max = Duration::from_millis(100);
     }
     WorkerOptions {
-        runtime: RuntimeOptions {
-            relay_interval: Duration::from_millis(20),
-            reconcile_interval: Duration::from_millis(100),
-            requeue_after: Duration::from_millis(700),
-            lease_grace: Duration::from_millis(500),
-            drain: Duration::from_secs(2),
-            ..RuntimeOptions::default()
-        },
+        runtime: fast_runtime(),
         policies,
         webhook: webhook.map(|w| WebhookConfig {
             url: w.url.clone(),
@@ -43,40 +37,6 @@ fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
             timeout: Duration::from_secs(5),
         }),
         ..WorkerOptions::default()
-    }
-}
-
-struct Running {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    metrics: Arc<Metrics>,
-}
-
-fn start(store: &Store, queue: Arc<dyn JobQueue>, options: WorkerOptions) -> Running {
-    let (stop, shutdown) = watch::channel(false);
-    let metrics = Arc::new(Metrics::default());
-    let store = store.clone();
-    let m = metrics.clone();
-    let task = tokio::spawn(async move {
-        tre_workers::run(store, queue, options, m, shutdown)
-            .await
-            .expect("worker runs");
-    });
-    Running {
-        stop,
-        task,
-        metrics,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> Arc<Metrics> {
-        self.stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("stops in time")
-            .unwrap();
-        self.metrics
     }
 }
 
@@ -209,7 +169,7 @@ async fn workflow_by_jobs(store: &Store) {
         events,
         ["request_approved", "review_requested", "review_requested"]
     );
-    let metrics = worker.stop().await;
+    let metrics = worker.stop(STOP_WITHIN).await;
     assert_eq!(metrics.get("notify_reviewers", "succeeded"), 2);
     assert_eq!(metrics.get("notify_owner", "succeeded"), 1);
 }
@@ -269,7 +229,7 @@ async fn retries_and_dead_letters(store: &Store) {
     assert_eq!(failing.received().len(), 3);
     // the inbox was written once, whatever the retries
     assert_eq!(inbox_kinds(store, "rev1").await, ["review_requested"]);
-    let metrics = worker.stop().await;
+    let metrics = worker.stop(STOP_WITHIN).await;
     assert_eq!(metrics.get("notify_reviewers", "retried"), 2);
     assert_eq!(metrics.get("notify_reviewers", "dead"), 1);
 
@@ -292,7 +252,7 @@ async fn retries_and_dead_letters(store: &Store) {
     let job = store.job(&key2).await.unwrap().unwrap();
     assert_eq!(job.attempts, 1);
     assert!(job.last_error.unwrap().starts_with("permanent: webhook"));
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
 
     // an operator retries both dead jobs once the receiver works: the one
     // for the current stage is delivered; the one for stage 1, which has
@@ -349,7 +309,7 @@ async fn retries_and_dead_letters(store: &Store) {
         3,
         "the stale notification was not sent"
     );
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +389,7 @@ async fn redis_flushall_and_restart_lose_no_work() {
         store.job_counts().await.unwrap().done == 8
     })
     .await;
-    let metrics = worker.stop().await;
+    let metrics = worker.stop(STOP_WITHIN).await;
 
     // exactly once in effect: one inbox row and one webhook per job
     assert_eq!(store.inbox(&"rev1".into(), 100).await.unwrap().len(), 8);
@@ -537,7 +497,7 @@ async fn blocked_stage_alerts_admins() {
         "{}",
         alert.body
     );
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
     db.finish().await;
 }
 
@@ -584,7 +544,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         "pending",
         "not before its time"
     );
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
 
     // let time pass: the end date is now in the past
     let mut doc = store.system_request(&request.id).await.unwrap();
@@ -629,7 +589,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     assert_eq!(history.last().unwrap().action, "request.expire");
     assert_eq!(history.last().unwrap().actor, "system");
     assert_eq!(history.last().unwrap().details["to"]["state"], "expired");
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
     db.finish().await;
 }
 
@@ -700,7 +660,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
         })
         .await;
     }
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
     let reminded = |user: &'static str| async move {
         store
             .inbox(&user.into(), 10)
@@ -778,7 +738,7 @@ async fn notifications_are_emailed_through_smtp() {
         store.job(&approved).await.unwrap().unwrap().state == "done"
     })
     .await;
-    worker.stop().await;
+    worker.stop(STOP_WITHIN).await;
     let mails = sink.mails();
     let to_reviewer = mails
         .iter()

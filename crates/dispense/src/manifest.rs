@@ -27,11 +27,18 @@ impl Manifest {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.datasets
-            .iter()
-            .flat_map(|d| &d.files)
-            .map(|f| f.bytes)
-            .sum()
+        self.files().map(|f| f.bytes).sum()
+    }
+
+    /// Every data file it lists, dataset by dataset.
+    pub fn files(&self) -> impl Iterator<Item = &ManifestFile> {
+        self.datasets.iter().flat_map(|d| &d.files)
+    }
+
+    /// Every object a finished dispense leaves under the project's prefix
+    /// (relative paths): the data files and the manifest itself.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        self.files().map(|f| f.path.as_str()).chain([Self::OBJECT])
     }
 }
 
