@@ -19,7 +19,7 @@ use tre_dispense::{
 };
 use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, NewPlan, UnitCheckpoint};
+use tre_store::{ClaimedJob, NewPlan};
 
 use crate::{move_project, payload};
 
@@ -97,14 +97,20 @@ impl DispenseWorkflow {
         }
     }
 
-    /// Whether a job of `round` should still act on the project: not once
+    /// The project, if a job of `round` should still act on it: not once
     /// it is revoked, expired or ready, nor for a round a retry replaced.
-    fn live(project: &tre_domain::Project, round: u32) -> bool {
-        !matches!(
+    async fn live(
+        ctx: &JobContext,
+        id: &ProjectId,
+        round: u32,
+    ) -> Result<Option<tre_domain::Project>, JobError> {
+        let project = ctx.store.system_project(id).await?;
+        let live = !matches!(
             project.state,
             ProjectState::Revoked | ProjectState::Expired | ProjectState::Ready
         ) && round >= project.dispense_round
-            && !(project.state == ProjectState::Failed && round == project.dispense_round)
+            && !(project.state == ProjectState::Failed && round == project.dispense_round);
+        Ok(live.then_some(project))
     }
 
     async fn plan(
@@ -115,10 +121,9 @@ impl DispenseWorkflow {
         round: u32,
     ) -> Result<(), JobError> {
         let store = &ctx.store;
-        let project = store.system_project(id).await?;
-        if !Self::live(&project, round) {
+        let Some(project) = Self::live(ctx, id, round).await? else {
             return Ok(());
-        }
+        };
         if project.state == ProjectState::Provisioning {
             move_project(ctx, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
@@ -240,8 +245,7 @@ impl DispenseWorkflow {
         if store.dispense_unit_done(id, index).await? {
             return Ok(());
         }
-        let project = store.system_project(id).await?;
-        if !Self::live(&project, round) {
+        if Self::live(ctx, id, round).await?.is_none() {
             return Ok(());
         }
         let loaded = self.loaded(ctx, id).await?;
@@ -262,19 +266,7 @@ impl DispenseWorkflow {
             JobError::Transient(m) => JobError::Transient(format!("unit {index}: {m}")),
             JobError::Permanent(m) => JobError::Permanent(format!("unit {index}: {m}")),
         })?;
-        store
-            .complete_dispense_unit(
-                id,
-                round,
-                &UnitCheckpoint {
-                    unit: output.unit,
-                    object: output.object,
-                    rows: output.rows,
-                    bytes: output.bytes,
-                    sha256: output.sha256,
-                },
-            )
-            .await?;
+        store.complete_dispense_unit(id, round, &output).await?;
         Ok(())
     }
 
@@ -286,22 +278,11 @@ impl DispenseWorkflow {
         round: u32,
     ) -> Result<(), JobError> {
         let store = &ctx.store;
-        let project = store.system_project(id).await?;
-        if !Self::live(&project, round) {
+        if Self::live(ctx, id, round).await?.is_none() {
             return Ok(());
         }
         let loaded = self.loaded(ctx, id).await?;
-        let checkpoints = store.dispense_checkpoints(id).await?;
-        let outputs: Vec<tre_dispense::UnitOutput> = checkpoints
-            .into_iter()
-            .map(|c| tre_dispense::UnitOutput {
-                unit: c.unit,
-                object: c.object,
-                rows: c.rows,
-                bytes: c.bytes,
-                sha256: c.sha256,
-            })
-            .collect();
+        let outputs = store.dispense_checkpoints(id).await?;
         let (manifest, sha) = tre_dispense::finish(&self.config.dest, &loaded.plan, &outputs)
             .await
             .map_err(dispense_error)?;

@@ -17,13 +17,12 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::io::{HashingWriter, StoreReader};
 use tre_domain::Inventory;
 use tre_domain::cohort::Expr;
-use tre_domain::dispense::DatasetSelection;
+use tre_domain::dispense::{DatasetSelection, UnitOutput};
 
 use crate::keys::{CohortKeys, Membership, Pseudonymiser};
 use crate::manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
@@ -160,17 +159,6 @@ pub async fn source_files(
         out.push((selected.dataset.clone(), files));
     }
     Ok(out)
-}
-
-/// What a finished unit wrote: its idempotent checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitOutput {
-    pub unit: u32,
-    /// Relative to the project's prefix.
-    pub object: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
 }
 
 /// The unit's source, read and filtered: the rows whose key is in the

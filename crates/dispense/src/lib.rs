@@ -18,10 +18,11 @@ pub mod schema;
 pub mod stores;
 
 pub use engine::{
-    PlanInput, UnitJob, UnitOutput, cohort_keys, deprovision, finish, make_plan, project_prefix,
-    run_all, source_files,
+    PlanInput, UnitJob, cohort_keys, deprovision, finish, make_plan, project_prefix, run_all,
+    source_files,
 };
 pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
 pub use manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
 pub use plan::{DispensePlan, SourceFile, Unit};
+pub use tre_domain::dispense::UnitOutput;

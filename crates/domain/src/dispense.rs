@@ -17,6 +17,18 @@ pub struct DatasetSelection {
     pub fields: Vec<String>,
 }
 
+/// What a finished dispense unit wrote: its idempotent checkpoint, made
+/// by the engine and kept by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOutput {
+    pub unit: u32,
+    /// Relative to the project's prefix.
+    pub object: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
 /// The datasets and fields of the approved `collections`, in the
 /// inventory's dataset order. A collection or field the inventory no longer
 /// has is an error naming it: dispensing never guesses.

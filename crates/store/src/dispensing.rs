@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Row;
+use tre_domain::dispense::UnitOutput;
 use tre_domain::{Effect, ProjectId};
 
 use crate::audit::{self, AuditRecord};
@@ -36,16 +37,6 @@ pub struct StoredPlan {
     pub units_done: i64,
     pub manifest: Option<Value>,
     pub manifest_sha256: Option<String>,
-}
-
-/// A finished unit: what it wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnitCheckpoint {
-    pub unit: u32,
-    pub object: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
 }
 
 /// How far a dispense has got.
@@ -186,7 +177,7 @@ impl Store {
         &self,
         project: &ProjectId,
         round: u32,
-        done: &UnitCheckpoint,
+        done: &UnitOutput,
     ) -> Result<bool, StoreError> {
         let at = now();
         let mut tx = self.begin().await?;
@@ -231,7 +222,7 @@ impl Store {
     pub async fn dispense_checkpoints(
         &self,
         project: &ProjectId,
-    ) -> Result<Vec<UnitCheckpoint>, StoreError> {
+    ) -> Result<Vec<UnitOutput>, StoreError> {
         let rows = sqlx::query(
             "SELECT unit, object, rows_out, bytes, sha256 FROM dispense_units \
              WHERE project_id = $1 AND done_at IS NOT NULL ORDER BY unit",
@@ -241,7 +232,7 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(UnitCheckpoint {
+                Ok(UnitOutput {
                     unit: r.try_get::<i64, _>("unit")? as u32,
                     object: r.try_get("object")?,
                     rows: to_u64(r.try_get("rows_out")?),

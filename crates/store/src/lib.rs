@@ -35,7 +35,7 @@ use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
 use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
-pub use dispensing::{DispenseProgress, NewPlan, StoredPlan, UnitCheckpoint};
+pub use dispensing::{DispenseProgress, NewPlan, StoredPlan};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
