@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use tre_domain::Actor;
 use tre_store::Caller;
 
 use crate::{ApiError, AppState, RequestId};
@@ -14,6 +15,11 @@ use crate::{ApiError, AppState, RequestId};
 /// The authenticated caller, with the request id as trace id.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Caller);
+
+/// The caller a middleware layer already authenticated from this request's
+/// bearer token.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated(pub(crate) Actor);
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
@@ -27,11 +33,14 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
-        let actor = state
-            .store
-            .authenticate(token)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?;
+        let actor = match parts.extensions.get::<Authenticated>() {
+            Some(known) => known.0.clone(),
+            None => state
+                .store
+                .authenticate(token)
+                .await?
+                .ok_or_else(ApiError::unauthorized)?,
+        };
         let trace = parts
             .extensions
             .get::<RequestId>()

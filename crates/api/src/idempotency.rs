@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tre_store::{IdempotencyClaim, IdempotentStart, now, with_idempotency_key};
 
 use crate::error::{ErrorCode, IDEMPOTENCY_CONFLICT};
+use crate::extract::Authenticated;
 use crate::{ApiError, AppState, BODY_LIMIT};
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -46,15 +47,18 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let user = match token {
+    let actor = match token {
         Some(t) => match state.store.authenticate(&t).await {
-            Ok(Some(actor)) => actor.id,
+            Ok(Some(actor)) => actor,
             Ok(None) => return next.run(req).await,
             Err(e) => return ApiError::from(e).into_response(),
         },
         None => return next.run(req).await,
     };
-    let (parts, body) = req.into_parts();
+    let user = actor.id.clone();
+    let (mut parts, body) = req.into_parts();
+    // the handler's `Auth` takes the caller from here, not from a second lookup
+    parts.extensions.insert(Authenticated(actor));
     let bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(_) => {

@@ -83,6 +83,8 @@ pub fn spec() -> Value {
     })
 }
 
+/// Served as built once: the document cannot change while the process runs.
 pub(crate) async fn document() -> Json<Value> {
-    Json(spec())
+    static SPEC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(SPEC.get_or_init(spec).clone())
 }
