@@ -1,12 +1,29 @@
-//! Appending to and verifying the hash-chained audit log.
+//! Appending to, sealing and verifying the hash-chained audit log.
+//!
+//! A command writes its event to `audit_pending` inside its own transaction
+//! ([`append`]): the event commits with the work or not at all, and no
+//! command waits on another's. The **sealer** then moves committed events
+//! into `audit_events` in batches, oldest first: under the `audit_head` lock
+//! it numbers them, chains each to the one before by its hash, and deletes
+//! them from `audit_pending`, in one transaction. Every process that writes
+//! runs a sealer task (woken after each commit, and once a second for events
+//! a crashed process left); readers of the log seal first, so they see
+//! every event committed before they asked.
+//!
+//! Events of one object keep their order: a command on an object starts
+//! after the one before it committed, so its pending row is newer.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{AnyPool, Row};
+use tokio::sync::Notify;
 use tre_domain::audit::{AuditEvent, ChainBreak, ChainVerifier, event_hash};
 use tre_domain::{Action, EnvironmentId, Object, Timestamp, authorize};
 
-use crate::{Caller, Store, StoreError, Tx};
+use crate::{Backend, Caller, Store, StoreError, Tx};
 
 /// What an audit event says happened.
 pub(crate) struct AuditRecord<'a> {
@@ -19,66 +36,213 @@ pub(crate) struct AuditRecord<'a> {
     pub(crate) trace_id: &'a str,
 }
 
-/// Appends one event to the chain inside the caller's transaction. Called
-/// last in every command: the head row it updates is the one lock all
-/// commands share, so it is held only until commit.
+/// Writes one event inside the caller's transaction, for the sealer to
+/// chain once it commits (see [`Store::commit`]).
 pub(crate) async fn append(
     tx: &mut Tx,
     record: AuditRecord<'_>,
     at: Timestamp,
-) -> Result<i64, StoreError> {
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await?;
-    let seq: i64 = head.try_get(0)?;
-    let prev_hash: String = head.try_get(1)?;
-    let details = record.details.to_string();
-    let hash = event_hash(
-        seq,
-        at.0,
-        record.actor,
-        record.action,
-        record.object_type,
-        record.object_id,
-        record.environment_id,
-        &details,
-        record.trace_id,
-        &prev_hash,
-    );
-    // PostgreSQL takes the event and the new head in one statement (one
-    // round trip fewer on every command); SQLite in two
-    let postgres = tx.backend_name() == "PostgreSQL";
-    let insert = if postgres {
-        "WITH event AS (INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING hash) \
-         UPDATE audit_head SET hash = (SELECT hash FROM event) WHERE id = 1"
-    } else {
-        "INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    };
-    sqlx::query(insert)
-        .bind(seq)
-        .bind(at.0)
-        .bind(record.actor)
-        .bind(record.action)
-        .bind(record.object_type)
-        .bind(record.object_id)
-        .bind(record.environment_id)
-        .bind(details)
-        .bind(record.trace_id)
-        .bind(prev_hash)
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
-    if !postgres {
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(hash)
-            .execute(&mut **tx)
-            .await?;
-    }
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_pending (at, actor, action, object_type, object_id, environment_id, details, trace_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(at.0)
+    .bind(record.actor)
+    .bind(record.action)
+    .bind(record.object_type)
+    .bind(record.object_id)
+    .bind(record.environment_id)
+    .bind(record.details.to_string())
+    .bind(record.trace_id)
+    .execute(&mut **tx)
+    .await?;
     // the HTTP call's idempotency key commits with its work
-    crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await?;
-    Ok(seq)
+    crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await
+}
+
+/// Most events one sealing transaction chains.
+const SEAL_BATCH: usize = 200;
+
+/// Chains up to [`SEAL_BATCH`] committed pending events; how many it did.
+async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreError> {
+    let mut tx = crate::begin(pool, backend).await?;
+    // the head's row lock (SQLite: the write lock BEGIN IMMEDIATE took)
+    // makes sealers take turns, in this process and in every other one
+    let head = sqlx::query(match backend {
+        Backend::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+    })
+    .fetch_one(&mut *tx)
+    .await?;
+    let (mut seq, mut prev_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
+    let rows = sqlx::query(
+        "SELECT id, at, actor, action, object_type, object_id, environment_id, details, trace_id \
+         FROM audit_pending ORDER BY id LIMIT $1",
+    )
+    .bind(SEAL_BATCH as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(0);
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        ids.push(row.try_get::<i64, _>("id")?.to_string());
+        seq += 1;
+        let mut event = AuditEvent {
+            seq,
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            object_type: row.try_get("object_type")?,
+            object_id: row.try_get("object_id")?,
+            environment_id: row.try_get("environment_id")?,
+            details: row.try_get("details")?,
+            trace_id: row.try_get("trace_id")?,
+            prev_hash: std::mem::take(&mut prev_hash),
+            hash: String::new(),
+        };
+        event.hash = event_hash(
+            event.seq,
+            event.at,
+            &event.actor,
+            &event.action,
+            &event.object_type,
+            &event.object_id,
+            &event.environment_id,
+            &event.details,
+            &event.trace_id,
+            &event.prev_hash,
+        );
+        prev_hash.clone_from(&event.hash);
+        events.push(event);
+    }
+    let values = (0..events.len())
+        .map(|i| {
+            let p = (1..=11)
+                .map(|j| format!("${}", i * 11 + j))
+                .collect::<Vec<_>>();
+            format!("({})", p.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {values}");
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in &events {
+        insert = insert
+            .bind(e.seq)
+            .bind(e.at)
+            .bind(e.actor.as_str())
+            .bind(e.action.as_str())
+            .bind(e.object_type.as_str())
+            .bind(e.object_id.as_str())
+            .bind(e.environment_id.as_str())
+            .bind(e.details.as_str())
+            .bind(e.trace_id.as_str())
+            .bind(e.prev_hash.as_str())
+            .bind(e.hash.as_str());
+    }
+    insert.execute(&mut *tx).await?;
+    // by id, never by range: an id below the newest may belong to a
+    // transaction that commits only now, and is not sealed yet
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM audit_pending WHERE id IN ({})",
+        ids.join(", ")
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(prev_hash)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Seals until nothing committed is pending.
+async fn seal_all(pool: &AnyPool, backend: Backend) -> Result<usize, StoreError> {
+    let mut sealed = 0;
+    loop {
+        let n = seal_batch(pool, backend).await?;
+        sealed += n;
+        if n < SEAL_BATCH {
+            return Ok(sealed);
+        }
+    }
+}
+
+/// The process's sealer task, shared by the clones of a [`Store`].
+#[derive(Debug, Default)]
+pub(crate) struct Sealer {
+    wake: Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How often a sealer looks for events nobody woke it for (left by a
+/// process that died between its commit and its sealing).
+const SEAL_TICK: Duration = Duration::from_secs(1);
+
+/// How long a woken sealer waits for more commits before sealing.
+const SEAL_GATHER: Duration = Duration::from_millis(5);
+
+async fn seal_loop(pool: AnyPool, backend: Backend, sealer: Weak<Sealer>) {
+    loop {
+        {
+            // ends within a tick of the last Store clone going away
+            let Some(sealer) = sealer.upgrade() else {
+                return;
+            };
+            let _ = tokio::time::timeout(SEAL_TICK, sealer.wake.notified()).await;
+        }
+        // a commit under load is followed by others: seal them together
+        tokio::time::sleep(SEAL_GATHER).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = seal_all(&pool, backend).await {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "audit sealing failed; retrying on the next commit or tick");
+        }
+    }
+}
+
+impl Store {
+    /// Commits a command's transaction and wakes the sealer for its audit
+    /// event.
+    pub(crate) async fn commit(&self, tx: Tx) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.audit_written();
+        Ok(())
+    }
+
+    fn audit_written(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut task = self.sealer.task.lock().unwrap_or_else(|e| e.into_inner());
+        // (re)started when missing: a runtime that ended took it along
+        if task.as_ref().is_none_or(|t| t.is_finished()) {
+            *task = Some(runtime.spawn(seal_loop(
+                self.pool.clone(),
+                self.backend,
+                Arc::downgrade(&self.sealer),
+            )));
+        }
+        drop(task);
+        self.sealer.wake.notify_one();
+    }
+
+    /// Chains every committed pending event now; how many. Readers of the
+    /// log call it first, so they see every event committed before.
+    pub async fn seal_audit(&self) -> Result<usize, StoreError> {
+        seal_all(&self.pool, self.backend).await
+    }
 }
 
 /// The result of checking the whole chain.
@@ -125,10 +289,11 @@ fn event_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEvent, StoreError> {
 const EVENT_COLUMNS: &str = "seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash";
 
 impl Store {
-    /// Walks the whole chain in order and reports the first broken link.
-    /// Events appended while it runs are beyond the head it read first and
+    /// Seals what is pending, then walks the whole chain in order and
+    /// reports the first broken link. Events appended while it runs are beyond the head it read first and
     /// are left for the next run.
     pub async fn verify_audit(&self) -> Result<AuditReport, StoreError> {
+        self.seal_audit().await?;
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
@@ -189,6 +354,7 @@ impl Store {
                 None
             }
         };
+        self.seal_audit().await?;
         let limit = i64::from(if query.limit == 0 {
             100
         } else {

@@ -100,7 +100,7 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         self.dispense_plan(new.project)
             .await?
             .ok_or_else(|| StoreError::not_found("dispense plan", new.project.as_str()))
@@ -337,7 +337,7 @@ impl Store {
             at,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 

@@ -114,7 +114,7 @@ impl Store {
             at,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(env)
     }
 
@@ -237,7 +237,7 @@ impl Store {
                 now(),
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(next)
         })
         .await

@@ -6,7 +6,8 @@
 //! driver. Every command runs in one transaction that loads the aggregate,
 //! checks authorization and the transition in the pure domain, writes the new
 //! state with an optimistic version check, records decisions, writes effects
-//! to the outbox and appends a hash-chained audit event. A concurrent writer
+//! to the outbox and writes an audit event, which a sealer then hash-chains
+//! off the commit path (see the `audit` module). A concurrent writer
 //! makes the version check fail; the command is then retried from a fresh
 //! read, so concurrent decisions on one stage are counted exactly once.
 //!
@@ -43,7 +44,7 @@ pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
-pub use users::{NewUser, User};
+pub use users::{NewUser, TOKEN_CACHE_TTL, User};
 
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,8 @@ impl StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    sealer: std::sync::Arc<audit::Sealer>,
+    tokens: std::sync::Arc<users::TokenCache>,
 }
 
 type Tx = Transaction<'static, sqlx::Any>;
@@ -114,9 +117,15 @@ pub(crate) fn new_id() -> String {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let own = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0002_append_only_audit.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0002_append_only_audit.sql"),
+    let (own, pending) = match backend {
+        Backend::Sqlite => (
+            include_str!("../migrations/sqlite/0002_append_only_audit.sql"),
+            include_str!("../migrations/sqlite/0009_audit_pending.sql"),
+        ),
+        Backend::Postgres => (
+            include_str!("../migrations/postgres/0002_append_only_audit.sql"),
+            include_str!("../migrations/postgres/0009_audit_pending.sql"),
+        ),
     };
     Migrator::with_migrations(vec![
         Migration::new(
@@ -176,7 +185,22 @@ fn migrator(backend: Backend) -> Migrator {
                 .into_sql_str(),
             false,
         ),
+        Migration::new(
+            9,
+            "audit events sealed off the commit path".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(pending).into_sql_str(),
+            false,
+        ),
     ])
+}
+
+/// Begins a write transaction (see [`Store::begin`]).
+async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx, StoreError> {
+    Ok(match backend {
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => pool.begin().await?,
+    })
 }
 
 impl Store {
@@ -239,7 +263,12 @@ impl Store {
             })
             .connect_with(connect_options)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            sealer: Default::default(),
+            tokens: Default::default(),
+        })
     }
 
     /// Applies pending migrations. Safe to run concurrently and repeatedly.
@@ -277,10 +306,7 @@ impl Store {
     /// write lock up front, so a transaction never fails half-way when it
     /// upgrades from reading to writing.
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        })
+        begin(&self.pool, self.backend).await
     }
 
     /// Runs a command transaction, retrying it from scratch (with jittered

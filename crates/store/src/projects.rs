@@ -65,7 +65,7 @@ impl Store {
             at,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(project)
     }
 
@@ -131,7 +131,7 @@ impl Store {
                 at,
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(next)
         })
         .await

@@ -115,6 +115,32 @@ impl Store {
         .await
     }
 
+    /// A request and the environment it belongs to, in one round trip.
+    pub(crate) async fn load_request_in_environment<'e, E>(
+        &self,
+        executor: E,
+        id: &RequestId,
+    ) -> Result<(AccessRequest, i64, tre_domain::Environment), StoreError>
+    where
+        E: Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query(
+            "SELECT r.doc, r.version, e.doc FROM requests r JOIN environments e ON e.id = r.environment_id WHERE r.id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await?
+        .ok_or_else(|| StoreError::not_found("request", id.as_str()))?;
+        let request: AccessRequest =
+            docs::decode("request", id.as_str(), &row.try_get::<String, _>(0)?)?;
+        let env = docs::decode(
+            "environment",
+            request.environment_id.as_str(),
+            &row.try_get::<String, _>(2)?,
+        )?;
+        Ok((request, row.try_get(1)?, env))
+    }
+
     async fn stage_decisions(
         tx: &mut Tx,
         request: &AccessRequest,
@@ -202,7 +228,7 @@ impl Store {
             at,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(request)
     }
 
@@ -214,10 +240,7 @@ impl Store {
         caller: &Caller,
         id: &RequestId,
     ) -> Result<AccessRequest, StoreError> {
-        let (request, _) = self.load_request(&self.pool, id).await?;
-        let (env, _) = self
-            .load_environment(&self.pool, &request.environment_id)
-            .await?;
+        let (request, _, env) = self.load_request_in_environment(&self.pool, id).await?;
         as_seen_by(caller, &env, request)
     }
 
@@ -283,8 +306,7 @@ impl Store {
         let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
         self.retrying(|| async {
             let mut tx = self.begin().await?;
-            let (request, version) = self.load_request(&mut *tx, id).await?;
-            let (env, _) = self.load_environment(&mut *tx, &request.environment_id).await?;
+            let (request, version, env) = self.load_request_in_environment(&mut *tx, id).await?;
             if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) = (authorized, &command) {
                 // A reviewer of this environment who may see the request is
                 // told plainly that the stage closed (a conflict), before the
@@ -384,7 +406,7 @@ impl Store {
                 at,
             )
             .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             Ok(next)
         })
         .await
@@ -421,6 +443,7 @@ impl Store {
         id: &RequestId,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         self.request(caller, id).await?;
+        self.seal_audit().await?;
         let rows = sqlx::query(
             "SELECT seq, at, actor, action, details FROM audit_events WHERE object_type = 'request' AND object_id = $1 ORDER BY seq",
         )

@@ -1,7 +1,9 @@
 //! Users, groups and API tokens. Tokens are random, shown once, and stored
 //! only as their SHA-256.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -78,6 +80,39 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
         }
     }
     Ok(())
+}
+
+/// How long a found token's actor is reused without asking the database.
+/// A user, their groups and their token never change once created (there is
+/// no update or revocation), so this only bounds how long a row removed by
+/// hand keeps working in a running process.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Most tokens kept; a full cache starts again empty.
+const TOKEN_CACHE_SIZE: usize = 10_000;
+
+/// Actors of recently used tokens, by token hash, shared by a store's
+/// clones: every API call authenticates, and the lookup was a database
+/// round trip per call. Unknown tokens are never kept.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache(Mutex<HashMap<String, (Actor, Instant)>>);
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<Actor> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(actor, _)| actor.clone())
+    }
+
+    fn put(&self, hash: String, actor: Actor) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= TOKEN_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(hash, (actor, Instant::now()));
+    }
 }
 
 pub(crate) fn hash_token(token: &str) -> String {
@@ -165,7 +200,7 @@ impl Store {
             at,
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok((
             User {
                 id: UserId(new.id),
@@ -178,16 +213,26 @@ impl Store {
         ))
     }
 
-    /// The actor a bearer token belongs to, if any.
+    /// The actor a bearer token belongs to, if any. Found tokens are kept
+    /// for [`TOKEN_CACHE_TTL`] (see [`TokenCache`]).
     pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
+        let hash = hash_token(token);
+        if let Some(actor) = self.tokens.get(&hash) {
+            return Ok(Some(actor));
+        }
         let row = sqlx::query(
             "SELECT id, platform_admin, groups_json, created_at, email FROM users WHERE token_hash = $1",
         )
-        .bind(hash_token(token))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| user_from_row(&r).map(|u| u.actor()))
-            .transpose()
+        let actor = row
+            .map(|r| user_from_row(&r).map(|u| u.actor()))
+            .transpose()?;
+        if let Some(actor) = &actor {
+            self.tokens.put(hash, actor.clone());
+        }
+        Ok(actor)
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
