@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tre_domain::audit::{AuditEvent, ChainBreak, ChainVerifier, event_hash};
 use tre_domain::{Action, EnvironmentId, Object, Timestamp, authorize};
 
+use crate::writes::Insert;
 use crate::{Backend, Caller, Store, StoreError, Tx};
 
 /// What an audit event says happened.
@@ -36,6 +37,24 @@ pub(crate) struct AuditRecord<'a> {
     pub(crate) trace_id: &'a str,
 }
 
+/// The insert of one event into `audit_pending`.
+pub(crate) fn pending_insert(record: &AuditRecord<'_>, at: Timestamp) -> Insert {
+    Insert::new(
+        "INSERT INTO audit_pending (at, actor, action, object_type, object_id, environment_id, details, trace_id)",
+        "",
+    )
+    .row(vec![
+        at.0.into(),
+        record.actor.into(),
+        record.action.into(),
+        record.object_type.into(),
+        record.object_id.into(),
+        record.environment_id.into(),
+        record.details.to_string().into(),
+        record.trace_id.into(),
+    ])
+}
+
 /// Writes one event inside the caller's transaction, for the sealer to
 /// chain once it commits (see [`Store::commit`]).
 pub(crate) async fn append(
@@ -43,20 +62,7 @@ pub(crate) async fn append(
     record: AuditRecord<'_>,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_pending (at, actor, action, object_type, object_id, environment_id, details, trace_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(at.0)
-    .bind(record.actor)
-    .bind(record.action)
-    .bind(record.object_type)
-    .bind(record.object_id)
-    .bind(record.environment_id)
-    .bind(record.details.to_string())
-    .bind(record.trace_id)
-    .execute(&mut **tx)
-    .await?;
+    pending_insert(&record, at).execute(tx).await?;
     // the HTTP call's idempotency key commits with its work
     crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await
 }
@@ -221,7 +227,7 @@ impl Store {
         Ok(())
     }
 
-    fn audit_written(&self) {
+    pub(crate) fn audit_written(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

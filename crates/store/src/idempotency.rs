@@ -40,6 +40,11 @@ pub async fn with_idempotency_key<F: Future>(claim: IdempotencyClaim, call: F) -
     CLAIM.scope(claim, call).await
 }
 
+/// Whether the call being served has a key to claim.
+pub(crate) fn claiming() -> bool {
+    CLAIM.try_with(|_| ()).is_ok()
+}
+
 /// What to do with a call carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotentStart {

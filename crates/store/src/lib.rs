@@ -3,13 +3,15 @@
 //!
 //! One code path serves SQLite (the embedded default) and PostgreSQL
 //! (production), chosen at start-up by the database URL through sqlx's `Any`
-//! driver. Every command runs in one transaction that loads the aggregate,
-//! checks authorization and the transition in the pure domain, writes the new
-//! state with an optimistic version check, records decisions, writes effects
-//! to the outbox and writes an audit event, which a sealer then hash-chains
-//! off the commit path (see the `audit` module). A concurrent writer
-//! makes the version check fail; the command is then retried from a fresh
-//! read, so concurrent decisions on one stage are counted exactly once.
+//! driver. Every command loads the aggregate, checks authorization and the
+//! transition in the pure domain, then writes atomically: the new state with
+//! an optimistic version check, decisions, effects to the outbox and an audit
+//! event, which a sealer then hash-chains off the commit path (see the
+//! `audit` module). A concurrent writer makes the version check fail; the
+//! command is then retried from a fresh read, so concurrent decisions on one
+//! stage are counted exactly once. The hot commands (request create, submit,
+//! decide, ...) hand their writes to `writes`, which makes them one statement
+//! on PostgreSQL.
 //!
 //! The store never reads individual-level data.
 
@@ -26,6 +28,7 @@ mod outbox;
 mod projects;
 mod requests;
 mod users;
+mod writes;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

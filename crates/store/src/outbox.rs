@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 use tre_domain::{Effect, Timestamp};
 
+use crate::writes::Insert;
 use crate::{Store, StoreError, Tx};
 
 /// One stored job.
@@ -25,30 +26,40 @@ pub struct OutboxJob {
     pub last_error: Option<String>,
 }
 
-/// Writes effects inside the caller's transaction. An effect whose key is
-/// already stored is not written again.
+/// The insert of `effects`; an effect whose key is already stored is not
+/// written again.
+pub(crate) fn insert(effects: &[Effect], created_by: &str, now: Timestamp) -> Insert {
+    effects.iter().fold(
+        Insert::new(
+            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at, created_by)",
+            "ON CONFLICT (job_key) DO NOTHING",
+        ),
+        |insert, effect| {
+            insert.row(vec![
+                effect.key().into(),
+                effect.kind().into(),
+                serde_json::to_string(effect)
+                    .expect("effects serialize")
+                    .into(),
+                "pending".into(),
+                0.into(),
+                effect.due_at().unwrap_or(now).0.into(),
+                now.0.into(),
+                now.0.into(),
+                created_by.into(),
+            ])
+        },
+    )
+}
+
+/// Writes effects inside the caller's transaction (see [`insert`]).
 pub(crate) async fn enqueue(
     tx: &mut Tx,
     effects: &[Effect],
     created_by: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    for effect in effects {
-        let payload = serde_json::to_string(effect).expect("effects serialize");
-        sqlx::query(
-            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at, created_by) \
-             VALUES ($1, $2, $3, 'pending', 0, $4, $5, $5, $6) ON CONFLICT (job_key) DO NOTHING",
-        )
-        .bind(effect.key())
-        .bind(effect.kind())
-        .bind(payload)
-        .bind(effect.due_at().unwrap_or(now).0)
-        .bind(now.0)
-        .bind(created_by)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    insert(effects, created_by, now).execute(tx).await
 }
 
 pub(crate) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<OutboxJob, StoreError> {

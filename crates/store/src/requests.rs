@@ -10,8 +10,9 @@ use tre_domain::{
     Object, RequestCommand, RequestContext, RequestId, RequestState, UserId, Verdict, authorize,
 };
 
-use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
+use crate::audit::AuditRecord;
+use crate::writes::{Insert, Statement, Writes};
+use crate::{Caller, Store, StoreError, docs, new_id, now, outbox};
 
 /// One line of a request's history: a state change or a decision, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
@@ -69,32 +70,23 @@ pub(crate) fn as_seen_by(
     Ok(request)
 }
 
-/// Writes who takes part in a request (owner and collaborators), replacing
-/// what was there unless the request is `new`.
-async fn write_participants(
-    tx: &mut Tx,
-    request: &AccessRequest,
-    new: bool,
-) -> Result<(), StoreError> {
-    if !new {
-        sqlx::query("DELETE FROM request_participants WHERE request_id = $1")
-            .bind(request.id.as_str())
-            .execute(&mut **tx)
-            .await?;
-    }
-    let people = std::iter::once((&request.owner, "owner"))
-        .chain(request.collaborators.iter().map(|c| (c, "collaborator")));
-    for (user, role) in people {
-        sqlx::query(
-            "INSERT INTO request_participants (request_id, user_id, role) VALUES ($1, $2, $3)",
+/// The insert of who takes part in a request: owner and collaborators.
+fn participants(request: &AccessRequest) -> Insert {
+    std::iter::once((&request.owner, "owner"))
+        .chain(request.collaborators.iter().map(|c| (c, "collaborator")))
+        .fold(
+            Insert::new(
+                "INSERT INTO request_participants (request_id, user_id, role)",
+                "",
+            ),
+            |insert, (user, role)| {
+                insert.row(vec![
+                    request.id.as_str().into(),
+                    user.as_str().into(),
+                    role.into(),
+                ])
+            },
         )
-        .bind(request.id.as_str())
-        .bind(user.as_str())
-        .bind(role)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
 
 impl Store {
@@ -141,10 +133,7 @@ impl Store {
         Ok((request, row.try_get(1)?, env))
     }
 
-    async fn stage_decisions(
-        tx: &mut Tx,
-        request: &AccessRequest,
-    ) -> Result<Vec<Decision>, StoreError> {
+    async fn stage_decisions(&self, request: &AccessRequest) -> Result<Vec<Decision>, StoreError> {
         let RequestState::InReview { stage } = request.state else {
             return Ok(Vec::new());
         };
@@ -155,7 +144,7 @@ impl Store {
         .bind(request.id.as_str())
         .bind(i64::from(request.round))
         .bind(stage as i64)
-        .fetch_all(&mut **tx)
+        .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| decision_from_row(row, &request.id))
@@ -200,35 +189,35 @@ impl Store {
         let at = now();
         let request = AccessRequest::create(RequestId(new_id()), &env, &caller.actor.id, new, at)?;
         self.check_collaborators(&request, &env).await?;
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO requests (id, environment_id, owner_id, state, doc, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        let audit = AuditRecord {
+            actor: caller.actor.id.as_str(),
+            action: "request.create",
+            object_type: "request",
+            object_id: request.id.as_str(),
+            environment_id: env.id.as_str(),
+            details: json!({"title": request.title, "collaborators": request.collaborators}),
+            trace_id: &caller.trace_id,
+        };
+        let row = Insert::new(
+            "INSERT INTO requests (id, environment_id, owner_id, state, doc, version, created_at, updated_at)",
+            "",
         )
-        .bind(request.id.as_str())
-        .bind(env.id.as_str())
-        .bind(request.owner.as_str())
-        .bind(request.state.name())
-        .bind(docs::encode(&request))
-        .bind(at.0)
-        .execute(&mut *tx)
-        .await?;
-        write_participants(&mut tx, &request, true).await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: caller.actor.id.as_str(),
-                action: "request.create",
-                object_type: "request",
-                object_id: request.id.as_str(),
-                environment_id: env.id.as_str(),
-                details: json!({"title": request.title, "collaborators": request.collaborators}),
-                trace_id: &caller.trace_id,
-            },
-            at,
+        .row(vec![
+            request.id.as_str().into(),
+            env.id.as_str().into(),
+            request.owner.as_str().into(),
+            request.state.name().into(),
+            docs::encode(&request).into(),
+            1.into(),
+            at.0.into(),
+            at.0.into(),
+        ]);
+        self.write(
+            Writes::new(audit, at)
+                .insert(row)
+                .insert(participants(&request)),
         )
         .await?;
-        self.commit(tx).await?;
         Ok(request)
     }
 
@@ -305,8 +294,7 @@ impl Store {
         let creator: &str = authorized.map_or("", |(c, _)| c.actor.id.as_str());
         let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
         self.retrying(|| async {
-            let mut tx = self.begin().await?;
-            let (request, version, env) = self.load_request_in_environment(&mut *tx, id).await?;
+            let (request, version, env) = self.load_request_in_environment(&self.pool, id).await?;
             if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) = (authorized, &command) {
                 // A reviewer of this environment who may see the request is
                 // told plainly that the stage closed (a conflict), before the
@@ -333,7 +321,7 @@ impl Store {
                 )
                 .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
             }
-            let stage_decisions = Self::stage_decisions(&mut tx, &request).await?;
+            let stage_decisions = self.stage_decisions(&request).await?;
             let at = now();
             let transition = request.apply(
                 command.clone(),
@@ -348,40 +336,6 @@ impl Store {
             if collaborators_changed {
                 self.check_collaborators(&next, &env).await?;
             }
-            let updated = sqlx::query(
-                "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
-            )
-            .bind(next.state.name())
-            .bind(docs::encode(&next))
-            .bind(at.0)
-            .bind(id.as_str())
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                return Err(StoreError::WriteConflict(format!("request {id}")));
-            }
-            if let Some(d) = &transition.decision {
-                sqlx::query(
-                    "INSERT INTO decisions (request_id, round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(id.as_str())
-                .bind(i64::from(d.round))
-                .bind(d.stage as i64)
-                .bind(&d.stage_id)
-                .bind(d.reviewer.as_str())
-                .bind(d.verdict.as_str())
-                .bind(i64::from(d.is_final))
-                .bind(&d.comment)
-                .bind(d.at.0)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if collaborators_changed {
-                write_participants(&mut tx, &next, false).await?;
-            }
-            outbox::enqueue(&mut tx, &transition.effects, creator, at).await?;
             let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
             if let Some(d) = &transition.decision {
                 details["decision"] = json!({
@@ -392,21 +346,55 @@ impl Store {
             if let RequestCommand::Revoke { reason } = &command {
                 details["reason"] = json!(reason);
             }
-            audit::append(
-                &mut tx,
-                AuditRecord {
-                    actor: actor.id.as_str(),
-                    action: command.action(),
-                    object_type: "request",
-                    object_id: id.as_str(),
-                    environment_id: env.id.as_str(),
-                    details,
-                    trace_id,
-                },
-                at,
-            )
-            .await?;
-            self.commit(tx).await?;
+            let audit = AuditRecord {
+                actor: actor.id.as_str(),
+                action: command.action(),
+                object_type: "request",
+                object_id: id.as_str(),
+                environment_id: env.id.as_str(),
+                details,
+                trace_id,
+            };
+            let update = Statement {
+                sql: "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+                args: vec![
+                    next.state.name().into(),
+                    docs::encode(&next).into(),
+                    at.0.into(),
+                    id.as_str().into(),
+                    version.into(),
+                ],
+            };
+            let mut writes = Writes::new(audit, at).guard(update, format!("request {id}"));
+            if let Some(d) = &transition.decision {
+                writes = writes.insert(
+                    Insert::new(
+                        "INSERT INTO decisions (request_id, round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at)",
+                        "",
+                    )
+                    .row(vec![
+                        id.as_str().into(),
+                        i64::from(d.round).into(),
+                        (d.stage as i64).into(),
+                        d.stage_id.clone().into(),
+                        d.reviewer.as_str().into(),
+                        d.verdict.as_str().into(),
+                        i64::from(d.is_final).into(),
+                        d.comment.clone().into(),
+                        d.at.0.into(),
+                    ]),
+                );
+            }
+            if collaborators_changed {
+                writes = writes
+                    .statement(Statement {
+                        sql: "DELETE FROM request_participants WHERE request_id = $1",
+                        args: vec![id.as_str().into()],
+                    })
+                    .insert(participants(&next));
+            }
+            self.write(writes.insert(outbox::insert(&transition.effects, creator, at)))
+                .await?;
             Ok(next)
         })
         .await

@@ -50,6 +50,24 @@ on_both_backends!(
     expiry_and_revocation,
 );
 
+// These need the database's url, to open a second store as another process
+// would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_audit_events_are_sealed_off_the_commit_path() {
+    let db = tre_testkit::TestDb::sqlite().await;
+    audit_events_are_sealed_off_the_commit_path(&db).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_events_are_sealed_off_the_commit_path() {
+    let Some(db) = tre_testkit::TestDb::postgres().await else {
+        return;
+    };
+    audit_events_are_sealed_off_the_commit_path(&db).await;
+    db.finish().await;
+}
+
 fn decision(stage: usize, verdict: Verdict, is_final: bool) -> DecisionInput {
     DecisionInput {
         stage,
@@ -1018,4 +1036,95 @@ async fn expiry_and_revocation(store: &Store) {
     assert_eq!(history.last().unwrap().actor, "system");
     assert_eq!(history.last().unwrap().action, "request.expire");
     assert_audit_intact(store).await;
+}
+
+/// Waits (at most 10 s) until no committed audit event waits for sealing.
+async fn until_sealed(store: &Store) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(store, "SELECT COUNT(*) FROM audit_pending").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending audit events were not sealed within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a", "rev2b"], 1).await;
+    // eight writers at once, none of them reading the log
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, owner, env) = (store.clone(), w.owner.clone(), w.env.clone());
+        writers.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..5 {
+                let r = store
+                    .create_request(&owner, &env, new_request())
+                    .await
+                    .unwrap();
+                store
+                    .request_command(&owner, &r.id, RequestCommand::Submit)
+                    .await
+                    .unwrap();
+                ids.push(r.id);
+            }
+            ids
+        });
+    }
+    let ids: Vec<RequestId> = writers.join_all().await.into_iter().flatten().collect();
+    assert_eq!(ids.len(), 40);
+    // the process's sealer chains them in the background
+    until_sealed(store).await;
+
+    // a pending event is never edited
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_pending (at, actor, action, object_type, object_id, environment_id, details, trace_id) \
+         VALUES (1, 'someone', 'request.create', 'request', 'r-x', '', '{}', 't')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert!(
+        sqlx::query("UPDATE audit_pending SET actor = 'mallory'")
+            .execute(&mut *tx)
+            .await
+            .is_err()
+    );
+    drop(tx);
+
+    // an event whose process died between its commit and its sealing: the
+    // next tick of a running sealer chains it, unasked
+    sqlx::query(
+        "INSERT INTO audit_pending (at, actor, action, object_type, object_id, environment_id, details, trace_id) \
+         VALUES (1, 'ghost', 'request.create', 'request', 'r-ghost', '', '{}', 'crashed')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    until_sealed(store).await;
+
+    // another process sees the whole chain intact, and each request's
+    // events in the order they happened
+    let other = Store::open(&db.url).await.unwrap();
+    let report = other.verify_audit().await.unwrap();
+    assert!(report.broken.is_none(), "{report:?}");
+    assert_eq!(report.checked as i64, report.head_seq);
+    assert_eq!(
+        count(&other, "SELECT COUNT(*) FROM audit_events WHERE trace_id = 'crashed'").await,
+        1
+    );
+    for id in &ids {
+        let actions: Vec<String> = other
+            .request_history(&w.owner, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.action)
+            .collect();
+        assert_eq!(actions, ["request.create", "request.submit"], "{id}");
+    }
+    other.close().await;
 }
