@@ -193,7 +193,7 @@ pub(crate) struct Sealer {
 const SEAL_TICK: Duration = Duration::from_secs(1);
 
 /// How long a woken sealer waits for more commits before sealing.
-const SEAL_GATHER: Duration = Duration::from_millis(5);
+const SEAL_GATHER: Duration = Duration::from_millis(20);
 
 async fn seal_loop(pool: AnyPool, backend: Backend, sealer: Weak<Sealer>) {
     loop {

@@ -16,6 +16,7 @@
 //! The store never reads individual-level data.
 
 mod audit;
+mod cache;
 mod dispensing;
 mod docs;
 mod environments;
@@ -102,7 +103,14 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     sealer: std::sync::Arc<audit::Sealer>,
-    tokens: std::sync::Arc<users::TokenCache>,
+    /// Actors by token hash (see [`Store::authenticate`]).
+    tokens: std::sync::Arc<cache::Recent<Actor>>,
+    /// Environments by id, with their version (see
+    /// [`Store::create_request`]).
+    environments: std::sync::Arc<cache::Recent<(std::sync::Arc<tre_domain::Environment>, i64)>>,
+    /// Requests by id, as last written or read by a command here (see
+    /// `requests`).
+    requests: std::sync::Arc<cache::Recent<std::sync::Arc<requests::Stored>>>,
 }
 
 type Tx = Transaction<'static, sqlx::Any>;
@@ -270,7 +278,12 @@ impl Store {
             pool,
             backend,
             sealer: Default::default(),
-            tokens: Default::default(),
+            tokens: std::sync::Arc::new(cache::Recent::new(
+                TOKEN_CACHE_TTL,
+                users::TOKEN_CACHE_SIZE,
+            )),
+            environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),
+            requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
         })
     }
 

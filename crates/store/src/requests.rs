@@ -11,7 +11,7 @@ use tre_domain::{
 };
 
 use crate::audit::AuditRecord;
-use crate::writes::{Insert, Statement, Writes};
+use crate::writes::{Guard, Insert, Statement, Writes};
 use crate::{Caller, Store, StoreError, docs, new_id, now, outbox};
 
 /// One line of a request's history: a state change or a decision, in order.
@@ -89,7 +89,78 @@ fn participants(request: &AccessRequest) -> Insert {
         )
 }
 
+/// A request as stored: the document exactly as the database holds it,
+/// and its version.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    request: AccessRequest,
+    version: i64,
+    doc: String,
+}
+
+/// What a command on a request decides on: the stored request and its
+/// environment, each at a version the command's write is guarded by.
+struct Loaded {
+    stored: std::sync::Arc<Stored>,
+    env: std::sync::Arc<tre_domain::Environment>,
+    env_version: i64,
+}
+
 impl Store {
+    /// The request and its environment for a command: as this store last
+    /// wrote or read them when it still has them, else read in one round
+    /// trip. Either way the command's update is guarded by the request's
+    /// version and exact document and the environment's version, so a copy
+    /// that is no longer current fails the write (and the command is redone
+    /// from a fresh read) instead of deciding on old facts.
+    async fn load_for_command(&self, id: &RequestId) -> Result<Loaded, StoreError> {
+        if let Some(stored) = self.requests.get(id.as_str())
+            && let Some((env, env_version)) = self
+                .environments
+                .get(stored.request.environment_id.as_str())
+        {
+            return Ok(Loaded {
+                stored,
+                env,
+                env_version,
+            });
+        }
+        let row = sqlx::query(
+            "SELECT r.doc, r.version, e.doc, e.version FROM requests r JOIN environments e ON e.id = r.environment_id WHERE r.id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("request", id.as_str()))?;
+        let doc: String = row.try_get(0)?;
+        let request: AccessRequest = docs::decode("request", id.as_str(), &doc)?;
+        let env: tre_domain::Environment = docs::decode(
+            "environment",
+            request.environment_id.as_str(),
+            &row.try_get::<String, _>(2)?,
+        )?;
+        let stored = std::sync::Arc::new(Stored {
+            request,
+            version: row.try_get(1)?,
+            doc,
+        });
+        let env_version: i64 = row.try_get(3)?;
+        let env = std::sync::Arc::new(env);
+        self.environments
+            .put(env.id.0.clone(), (env.clone(), env_version));
+        self.requests.put(id.0.clone(), stored.clone());
+        Ok(Loaded {
+            stored,
+            env,
+            env_version,
+        })
+    }
+
+    fn forget_request(&self, id: &RequestId, env: &EnvironmentId) {
+        self.requests.forget(id.as_str());
+        self.environments.forget(env.as_str());
+    }
+
     pub(crate) async fn load_request<'e, E>(
         &self,
         executor: E,
@@ -173,22 +244,47 @@ impl Store {
     }
 
     /// Creates a draft request (authorized users of the environment).
+    ///
+    /// The environment is checked as the store last read it (a cached
+    /// document), and the request is written only if the environment is
+    /// still at that version; if it changed, it is read again and the whole
+    /// check redone. So a draft is never created against an environment
+    /// that has since closed, changed its members or its inventory.
     pub async fn create_request(
         &self,
         caller: &Caller,
         environment_id: &EnvironmentId,
         new: NewRequest,
     ) -> Result<AccessRequest, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, environment_id).await?;
+        self.retrying(|| async {
+            let (env, version) = self.cached_environment(environment_id).await?;
+            let created = self
+                .create_request_in(caller, &env, version, new.clone())
+                .await;
+            if created.as_ref().is_err_and(StoreError::is_write_conflict) {
+                self.environments.forget(environment_id.as_str());
+            }
+            created
+        })
+        .await
+    }
+
+    async fn create_request_in(
+        &self,
+        caller: &Caller,
+        env: &tre_domain::Environment,
+        env_version: i64,
+        new: NewRequest,
+    ) -> Result<AccessRequest, StoreError> {
         authorize(
             &caller.actor,
             Action::CreateRequest,
-            &Object::Environment(&env),
+            &Object::Environment(env),
         )
-        .map_err(|d| StoreError::denied("environment", environment_id.as_str(), d))?;
+        .map_err(|d| StoreError::denied("environment", env.id.as_str(), d))?;
         let at = now();
-        let request = AccessRequest::create(RequestId(new_id()), &env, &caller.actor.id, new, at)?;
-        self.check_collaborators(&request, &env).await?;
+        let request = AccessRequest::create(RequestId(new_id()), env, &caller.actor.id, new, at)?;
+        self.check_collaborators(&request, env).await?;
         let audit = AuditRecord {
             actor: caller.actor.id.as_str(),
             action: "request.create",
@@ -198,6 +294,11 @@ impl Store {
             details: json!({"title": request.title, "collaborators": request.collaborators}),
             trace_id: &caller.trace_id,
         };
+        let unchanged = Statement {
+            sql: "SELECT 1 FROM environments WHERE id = $1 AND version = $2",
+            args: vec![env.id.as_str().into(), env_version.into()],
+        };
+        let doc = docs::encode(&request);
         let row = Insert::new(
             "INSERT INTO requests (id, environment_id, owner_id, state, doc, version, created_at, updated_at)",
             "",
@@ -207,17 +308,26 @@ impl Store {
             env.id.as_str().into(),
             request.owner.as_str().into(),
             request.state.name().into(),
-            docs::encode(&request).into(),
+            doc.clone().into(),
             1.into(),
             at.0.into(),
             at.0.into(),
         ]);
         self.write(
             Writes::new(audit, at)
+                .guard(Guard::Finds(unchanged), format!("environment {}", env.id))
                 .insert(row)
                 .insert(participants(&request)),
         )
         .await?;
+        self.requests.put(
+            request.id.0.clone(),
+            std::sync::Arc::new(Stored {
+                request: request.clone(),
+                version: 1,
+                doc,
+            }),
+        );
         Ok(request)
     }
 
@@ -294,14 +404,19 @@ impl Store {
         let creator: &str = authorized.map_or("", |(c, _)| c.actor.id.as_str());
         let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
         self.retrying(|| async {
-            let (request, version, env) = self.load_request_in_environment(&self.pool, id).await?;
+            let Loaded {
+                stored,
+                env,
+                env_version,
+            } = self.load_for_command(id).await?;
+            let (request, version) = (&stored.request, stored.version);
             if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) = (authorized, &command) {
                 // A reviewer of this environment who may see the request is
                 // told plainly that the stage closed (a conflict), before the
                 // current-stage rule would refuse them.
                 let object = Object::Request {
                     environment: &env,
-                    request: &request,
+                    request,
                 };
                 if env.pipeline.is_reviewer(&caller.actor.id)
                     && !request.is_requester(&caller.actor.id)
@@ -316,12 +431,12 @@ impl Store {
                     action,
                     &Object::Request {
                         environment: &env,
-                        request: &request,
+                        request,
                     },
                 )
                 .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
             }
-            let stage_decisions = self.stage_decisions(&request).await?;
+            let stage_decisions = self.stage_decisions(request).await?;
             let at = now();
             let transition = request.apply(
                 command.clone(),
@@ -355,17 +470,24 @@ impl Store {
                 details,
                 trace_id,
             };
+            let next_doc = docs::encode(&next);
             let update = Statement {
-                sql: "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+                sql: "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 \
+                      WHERE id = $4 AND version = $5 AND doc = $6 \
+                      AND EXISTS (SELECT 1 FROM environments WHERE id = $7 AND version = $8)",
                 args: vec![
                     next.state.name().into(),
-                    docs::encode(&next).into(),
+                    next_doc.clone().into(),
                     at.0.into(),
                     id.as_str().into(),
                     version.into(),
+                    stored.doc.clone().into(),
+                    env.id.as_str().into(),
+                    env_version.into(),
                 ],
             };
-            let mut writes = Writes::new(audit, at).guard(update, format!("request {id}"));
+            let mut writes =
+                Writes::new(audit, at).guard(Guard::Changes(update), format!("request {id}"));
             if let Some(d) = &transition.decision {
                 writes = writes.insert(
                     Insert::new(
@@ -393,8 +515,23 @@ impl Store {
                     })
                     .insert(participants(&next));
             }
-            self.write(writes.insert(outbox::insert(&transition.effects, creator, at)))
-                .await?;
+            let written = self
+                .write(writes.insert(outbox::insert(&transition.effects, creator, at)))
+                .await;
+            if let Err(e) = written {
+                if e.is_write_conflict() {
+                    self.forget_request(id, &env.id);
+                }
+                return Err(e);
+            }
+            self.requests.put(
+                id.0.clone(),
+                std::sync::Arc::new(Stored {
+                    request: next.clone(),
+                    version: version + 1,
+                    doc: next_doc,
+                }),
+            );
             Ok(next)
         })
         .await

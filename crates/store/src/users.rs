@@ -1,9 +1,8 @@
 //! Users, groups and API tokens. Tokens are random, shown once, and stored
 //! only as their SHA-256.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -88,32 +87,8 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
 /// hand keeps working in a running process.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Most tokens kept; a full cache starts again empty.
-const TOKEN_CACHE_SIZE: usize = 10_000;
-
-/// Actors of recently used tokens, by token hash, shared by a store's
-/// clones: every API call authenticates, and the lookup was a database
-/// round trip per call. Unknown tokens are never kept.
-#[derive(Debug, Default)]
-pub(crate) struct TokenCache(Mutex<HashMap<String, (Actor, Instant)>>);
-
-impl TokenCache {
-    fn get(&self, hash: &str) -> Option<Actor> {
-        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(actor, _)| actor.clone())
-    }
-
-    fn put(&self, hash: String, actor: Actor) {
-        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= TOKEN_CACHE_SIZE {
-            cache.clear();
-        }
-        cache.insert(hash, (actor, Instant::now()));
-    }
-}
+/// Most tokens kept.
+pub(crate) const TOKEN_CACHE_SIZE: usize = 10_000;
 
 pub(crate) fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -213,8 +188,9 @@ impl Store {
         ))
     }
 
-    /// The actor a bearer token belongs to, if any. Found tokens are kept
-    /// for [`TOKEN_CACHE_TTL`] (see [`TokenCache`]).
+    /// The actor a bearer token belongs to, if any. Every API call
+    /// authenticates, so the actors of found tokens are kept, by token hash,
+    /// for [`TOKEN_CACHE_TTL`]; unknown tokens are never kept.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
         let hash = hash_token(token);
         if let Some(actor) = self.tokens.get(&hash) {

@@ -3,8 +3,9 @@
 //!
 //! A command reads what it needs, decides in the pure domain, and hands its
 //! writes here: an optional **guard** (an `UPDATE ... WHERE version = ...`
-//! that must change exactly one row, or the command lost a race and is
-//! retried), then inserts, then its audit event. On PostgreSQL, when every
+//! that must change exactly one row, or a `SELECT` that must find the
+//! version it read; else the command lost a race and is retried), then
+//! inserts, then its audit event. On PostgreSQL, when every
 //! write is an insert and no idempotency key is being claimed, they go as
 //! one statement: data-modifying `WITH` clauses whose inserts only happen
 //! when the guard changed its row. A single statement is a transaction of
@@ -13,8 +14,8 @@
 //! transaction, statement by statement. Both forms come from the same
 //! [`Writes`], so what a command writes does not depend on the path.
 
-use sqlx::any::AnyArguments;
 use sqlx::Row;
+use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use crate::audit::{self, AuditRecord};
@@ -133,10 +134,27 @@ pub(crate) struct Statement {
     pub(crate) args: Vec<Arg>,
 }
 
+/// What must hold for a command's writes to happen.
+#[derive(Debug, Clone)]
+pub(crate) enum Guard {
+    /// An `UPDATE` that must change exactly one row.
+    Changes(Statement),
+    /// A `SELECT 1 FROM ...` that must find a row.
+    Finds(Statement),
+}
+
+impl Guard {
+    fn statement(&self) -> &Statement {
+        match self {
+            Guard::Changes(s) | Guard::Finds(s) => s,
+        }
+    }
+}
+
 /// What a command writes (see the module documentation).
 pub(crate) struct Writes<'a> {
-    /// Must change exactly one row; names the object for the conflict.
-    guard: Option<(Statement, String)>,
+    /// Names the object for the conflict when it does not hold.
+    guard: Option<(Guard, String)>,
     /// Statements that are not inserts; they make the writes a transaction.
     other: Vec<Statement>,
     inserts: Vec<Insert>,
@@ -156,10 +174,10 @@ impl<'a> Writes<'a> {
         }
     }
 
-    /// Nothing is written unless `update` changes exactly one row (else
+    /// Nothing is written unless `guard` holds (else
     /// [`StoreError::WriteConflict`] about `object`).
-    pub(crate) fn guard(mut self, update: Statement, object: String) -> Self {
-        self.guard = Some((update, object));
+    pub(crate) fn guard(mut self, guard: Guard, object: String) -> Self {
+        self.guard = Some((guard, object));
         self
     }
 
@@ -180,18 +198,18 @@ impl<'a> Writes<'a> {
 impl Store {
     /// Writes `writes` atomically (see the module documentation).
     pub(crate) async fn write(&self, writes: Writes<'_>) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres
-            && writes.other.is_empty()
-            && !idempotency::claiming()
+        if self.backend == Backend::Postgres && writes.other.is_empty() && !idempotency::claiming()
         {
             return self.write_as_one_statement(writes).await;
         }
         let mut tx = self.begin().await?;
-        if let Some((update, object)) = &writes.guard {
-            let done = bind_all(sqlx::query(update.sql), &update.args)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != 1 {
+        if let Some((guard, object)) = &writes.guard {
+            let statement = bind_all(sqlx::query(guard.statement().sql), &guard.statement().args);
+            let holds = match guard {
+                Guard::Changes(_) => statement.execute(&mut *tx).await?.rows_affected() == 1,
+                Guard::Finds(_) => statement.fetch_optional(&mut *tx).await?.is_some(),
+            };
+            if !holds {
                 return Err(StoreError::WriteConflict(object.clone()));
             }
         }
@@ -211,10 +229,13 @@ impl Store {
         let audit = audit::pending_insert(&writes.audit, writes.at);
         let mut clauses = Vec::new();
         let mut args: Vec<&Arg> = Vec::new();
-        if let Some((update, _)) = &writes.guard {
+        if let Some((guard, _)) = &writes.guard {
             // the guard's own numbering starts the statement's
-            clauses.push(format!("g AS ({} RETURNING 1)", update.sql));
-            args.extend(&update.args);
+            clauses.push(match guard {
+                Guard::Changes(update) => format!("g AS ({} RETURNING 1)", update.sql),
+                Guard::Finds(select) => format!("g AS ({})", select.sql),
+            });
+            args.extend(&guard.statement().args);
         }
         for (i, insert) in writes.inserts.iter().chain([&audit]).enumerate() {
             let (values, row_args) = insert.values(args.len() + 1);
@@ -257,9 +278,6 @@ mod tests {
             .row(vec![2.into(), "y".into()]);
         let (values, args) = insert.values(4);
         assert_eq!(values, "VALUES ($4, $5), ($6, $7)");
-        assert_eq!(
-            args,
-            [&Arg::Int(1), &"x".into(), &Arg::Int(2), &"y".into()]
-        );
+        assert_eq!(args, [&Arg::Int(1), &"x".into(), &Arg::Int(2), &"y".into()]);
     }
 }

@@ -1113,7 +1113,11 @@ async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
     assert!(report.broken.is_none(), "{report:?}");
     assert_eq!(report.checked as i64, report.head_seq);
     assert_eq!(
-        count(&other, "SELECT COUNT(*) FROM audit_events WHERE trace_id = 'crashed'").await,
+        count(
+            &other,
+            "SELECT COUNT(*) FROM audit_events WHERE trace_id = 'crashed'"
+        )
+        .await,
         1
     );
     for id in &ids {
