@@ -53,21 +53,21 @@ impl Store {
     }
 
     /// An environment as this store read it in the last 10 s, with its
-    /// version. For commands whose writes are guarded by that version (see
+    /// version and whether it is that copy (rather than read now). For commands whose writes are guarded by that version (see
     /// [`Store::create_request`]): a stale copy makes the write fail, never
     /// succeed on old facts. (Every change through the store bumps the
     /// version; the 10 s bound is for edits made by hand in SQL.)
     pub(crate) async fn cached_environment(
         &self,
         id: &EnvironmentId,
-    ) -> Result<(std::sync::Arc<Environment>, i64), StoreError> {
-        if let Some(found) = self.environments.get(id.as_str()) {
-            return Ok(found);
+    ) -> Result<(std::sync::Arc<Environment>, i64, bool), StoreError> {
+        if let Some((env, version)) = self.environments.get(id.as_str()) {
+            return Ok((env, version, true));
         }
         let (env, version) = self.load_environment(&self.pool, id).await?;
-        let found = (std::sync::Arc::new(env), version);
-        self.environments.put(id.0.clone(), found.clone());
-        Ok(found)
+        let env = std::sync::Arc::new(env);
+        self.environments.put(id.0.clone(), (env.clone(), version));
+        Ok((env, version, false))
     }
 
     async fn save_environment(

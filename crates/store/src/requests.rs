@@ -101,6 +101,8 @@ pub(crate) struct Stored {
 /// What a command on a request decides on: the stored request and its
 /// environment, each at a version the command's write is guarded by.
 struct Loaded {
+    /// Whether it came from this process's copies rather than the database.
+    cached: bool,
     stored: std::sync::Arc<Stored>,
     env: std::sync::Arc<tre_domain::Environment>,
     env_version: i64,
@@ -113,13 +115,19 @@ impl Store {
     /// version and exact document and the environment's version, so a copy
     /// that is no longer current fails the write (and the command is redone
     /// from a fresh read) instead of deciding on old facts.
-    async fn load_for_command(&self, id: &RequestId) -> Result<Loaded, StoreError> {
-        if let Some(stored) = self.requests.get(id.as_str())
+    async fn load_for_command(
+        &self,
+        id: &RequestId,
+        use_cache: bool,
+    ) -> Result<Loaded, StoreError> {
+        if use_cache
+            && let Some(stored) = self.requests.get(id.as_str())
             && let Some((env, env_version)) = self
                 .environments
                 .get(stored.request.environment_id.as_str())
         {
             return Ok(Loaded {
+                cached: true,
                 stored,
                 env,
                 env_version,
@@ -150,6 +158,7 @@ impl Store {
             .put(env.id.0.clone(), (env.clone(), env_version));
         self.requests.put(id.0.clone(), stored.clone());
         Ok(Loaded {
+            cached: false,
             stored,
             env,
             env_version,
@@ -257,14 +266,24 @@ impl Store {
         new: NewRequest,
     ) -> Result<AccessRequest, StoreError> {
         self.retrying(|| async {
-            let (env, version) = self.cached_environment(environment_id).await?;
-            let created = self
+            let (env, version, cached) = self.cached_environment(environment_id).await?;
+            match self
                 .create_request_in(caller, &env, version, new.clone())
-                .await;
-            if created.as_ref().is_err_and(StoreError::is_write_conflict) {
-                self.environments.forget(environment_id.as_str());
+                .await
+            {
+                Err(e) if e.is_write_conflict() => {
+                    self.environments.forget(environment_id.as_str());
+                    Err(e)
+                }
+                // a refusal must rest on the stored environment, never a copy
+                Err(_) if cached => {
+                    self.environments.forget(environment_id.as_str());
+                    let (env, version, _) = self.cached_environment(environment_id).await?;
+                    self.create_request_in(caller, &env, version, new.clone())
+                        .await
+                }
+                created => created,
             }
-            created
         })
         .await
     }
@@ -398,143 +417,172 @@ impl Store {
         id: &RequestId,
         command: RequestCommand,
     ) -> Result<AccessRequest, StoreError> {
+        self.retrying(|| async {
+            let loaded = self.load_for_command(id, true).await?;
+            let (cached, env_id) = (loaded.cached, loaded.env.id.clone());
+            match self
+                .request_command_once(authorized, trace_id, id, &command, loaded)
+                .await
+            {
+                // a refusal must rest on what is stored, never on a copy
+                Err(e) if cached && !e.is_write_conflict() => {
+                    self.forget_request(id, &env_id);
+                    let fresh = self.load_for_command(id, false).await?;
+                    self.request_command_once(authorized, trace_id, id, &command, fresh)
+                        .await
+                }
+                done => done,
+            }
+        })
+        .await
+    }
+
+    /// One attempt at a request command, deciding on `loaded`.
+    async fn request_command_once(
+        &self,
+        authorized: Option<(&Caller, Action)>,
+        trace_id: &str,
+        id: &RequestId,
+        command: &RequestCommand,
+        loaded: Loaded,
+    ) -> Result<AccessRequest, StoreError> {
         let system = Actor::user("system");
         let actor = authorized.map_or(&system, |(c, _)| &c.actor);
         // who started the jobs this command queues (empty: the system)
         let creator: &str = authorized.map_or("", |(c, _)| c.actor.id.as_str());
         let collaborators_changed = matches!(command, RequestCommand::SetCollaborators(_));
-        self.retrying(|| async {
-            let Loaded {
-                stored,
-                env,
-                env_version,
-            } = self.load_for_command(id).await?;
-            let (request, version) = (&stored.request, stored.version);
-            if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) = (authorized, &command) {
-                // A reviewer of this environment who may see the request is
-                // told plainly that the stage closed (a conflict), before the
-                // current-stage rule would refuse them.
-                let object = Object::Request {
+        let Loaded {
+            stored,
+            env,
+            env_version,
+            ..
+        } = loaded;
+        let (request, version) = (&stored.request, stored.version);
+        if let (Some((caller, Action::DecideRequest)), RequestCommand::Decide(input)) =
+            (authorized, command)
+        {
+            // A reviewer of this environment who may see the request is
+            // told plainly that the stage closed (a conflict), before the
+            // current-stage rule would refuse them.
+            let object = Object::Request {
+                environment: &env,
+                request,
+            };
+            if env.pipeline.is_reviewer(&caller.actor.id)
+                && !request.is_requester(&caller.actor.id)
+                && authorize(&caller.actor, Action::ViewRequest, &object).is_ok()
+            {
+                request.check_stage_open(input.stage)?;
+            }
+        }
+        if let Some((caller, action)) = authorized {
+            authorize(
+                &caller.actor,
+                action,
+                &Object::Request {
                     environment: &env,
                     request,
-                };
-                if env.pipeline.is_reviewer(&caller.actor.id)
-                    && !request.is_requester(&caller.actor.id)
-                    && authorize(&caller.actor, Action::ViewRequest, &object).is_ok()
-                {
-                    request.check_stage_open(input.stage)?;
-                }
-            }
-            if let Some((caller, action)) = authorized {
-                authorize(
-                    &caller.actor,
-                    action,
-                    &Object::Request {
-                        environment: &env,
-                        request,
-                    },
-                )
-                .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
-            }
-            let stage_decisions = self.stage_decisions(request).await?;
-            let at = now();
-            let transition = request.apply(
-                command.clone(),
-                RequestContext {
-                    environment: &env,
-                    actor: &actor.id,
-                    now: at,
-                    stage_decisions: &stage_decisions,
                 },
-            )?;
-            let next = transition.request;
-            if collaborators_changed {
-                self.check_collaborators(&next, &env).await?;
-            }
-            let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
-            if let Some(d) = &transition.decision {
-                details["decision"] = json!({
-                    "stage": d.stage, "stage_id": d.stage_id, "verdict": d.verdict,
-                    "final": d.is_final, "comment": d.comment,
-                });
-            }
-            if let RequestCommand::Revoke { reason } = &command {
-                details["reason"] = json!(reason);
-            }
-            let audit = AuditRecord {
-                actor: actor.id.as_str(),
-                action: command.action(),
-                object_type: "request",
-                object_id: id.as_str(),
-                environment_id: env.id.as_str(),
-                details,
-                trace_id,
-            };
-            let next_doc = docs::encode(&next);
-            let update = Statement {
-                sql: "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 \
-                      WHERE id = $4 AND version = $5 AND doc = $6 \
-                      AND EXISTS (SELECT 1 FROM environments WHERE id = $7 AND version = $8)",
-                args: vec![
-                    next.state.name().into(),
-                    next_doc.clone().into(),
-                    at.0.into(),
+            )
+            .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
+        }
+        let stage_decisions = self.stage_decisions(request).await?;
+        let at = now();
+        let transition = request.apply(
+            command.clone(),
+            RequestContext {
+                environment: &env,
+                actor: &actor.id,
+                now: at,
+                stage_decisions: &stage_decisions,
+            },
+        )?;
+        let next = transition.request;
+        if collaborators_changed {
+            self.check_collaborators(&next, &env).await?;
+        }
+        let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
+        if let Some(d) = &transition.decision {
+            details["decision"] = json!({
+                "stage": d.stage, "stage_id": d.stage_id, "verdict": d.verdict,
+                "final": d.is_final, "comment": d.comment,
+            });
+        }
+        if let RequestCommand::Revoke { reason } = command {
+            details["reason"] = json!(reason);
+        }
+        let audit = AuditRecord {
+            actor: actor.id.as_str(),
+            action: command.action(),
+            object_type: "request",
+            object_id: id.as_str(),
+            environment_id: env.id.as_str(),
+            details,
+            trace_id,
+        };
+        let next_doc = docs::encode(&next);
+        let update = Statement {
+            sql: "UPDATE requests SET state = $1, doc = $2, version = version + 1, updated_at = $3 \
+                  WHERE id = $4 AND version = $5 AND doc = $6 \
+                  AND EXISTS (SELECT 1 FROM environments WHERE id = $7 AND version = $8)",
+            args: vec![
+                next.state.name().into(),
+                next_doc.clone().into(),
+                at.0.into(),
+                id.as_str().into(),
+                version.into(),
+                stored.doc.clone().into(),
+                env.id.as_str().into(),
+                env_version.into(),
+            ],
+        };
+        let mut writes =
+            Writes::new(audit, at).guard(Guard::Changes(update), format!("request {id}"));
+        if let Some(d) = &transition.decision {
+            writes = writes.insert(
+                Insert::new(
+                    "INSERT INTO decisions (request_id, round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at)",
+                    "",
+                )
+                .row(vec![
                     id.as_str().into(),
-                    version.into(),
-                    stored.doc.clone().into(),
-                    env.id.as_str().into(),
-                    env_version.into(),
-                ],
-            };
-            let mut writes =
-                Writes::new(audit, at).guard(Guard::Changes(update), format!("request {id}"));
-            if let Some(d) = &transition.decision {
-                writes = writes.insert(
-                    Insert::new(
-                        "INSERT INTO decisions (request_id, round, stage, stage_id, reviewer_id, verdict, is_final, comment, decided_at)",
-                        "",
-                    )
-                    .row(vec![
-                        id.as_str().into(),
-                        i64::from(d.round).into(),
-                        (d.stage as i64).into(),
-                        d.stage_id.clone().into(),
-                        d.reviewer.as_str().into(),
-                        d.verdict.as_str().into(),
-                        i64::from(d.is_final).into(),
-                        d.comment.clone().into(),
-                        d.at.0.into(),
-                    ]),
-                );
-            }
-            if collaborators_changed {
-                writes = writes
-                    .statement(Statement {
-                        sql: "DELETE FROM request_participants WHERE request_id = $1",
-                        args: vec![id.as_str().into()],
-                    })
-                    .insert(participants(&next));
-            }
-            let written = self
-                .write(writes.insert(outbox::insert(&transition.effects, creator, at)))
-                .await;
-            if let Err(e) = written {
-                if e.is_write_conflict() {
-                    self.forget_request(id, &env.id);
-                }
-                return Err(e);
-            }
-            self.requests.put(
-                id.0.clone(),
-                std::sync::Arc::new(Stored {
-                    request: next.clone(),
-                    version: version + 1,
-                    doc: next_doc,
-                }),
+                    i64::from(d.round).into(),
+                    (d.stage as i64).into(),
+                    d.stage_id.clone().into(),
+                    d.reviewer.as_str().into(),
+                    d.verdict.as_str().into(),
+                    i64::from(d.is_final).into(),
+                    d.comment.clone().into(),
+                    d.at.0.into(),
+                ]),
             );
-            Ok(next)
-        })
-        .await
+        }
+        if collaborators_changed {
+            writes = writes
+                .statement(Statement {
+                    sql: "DELETE FROM request_participants WHERE request_id = $1",
+                    args: vec![id.as_str().into()],
+                })
+                .insert(participants(&next));
+        }
+        let written = self
+            .write(writes.insert(outbox::insert(&transition.effects, creator, at)))
+            .await;
+        if let Err(e) = written {
+            if e.is_write_conflict() {
+                self.forget_request(id, &env.id);
+            }
+            return Err(e);
+        }
+        self.requests.put(
+            id.0.clone(),
+            std::sync::Arc::new(Stored {
+                request: next.clone(),
+                version: version + 1,
+                doc: next_doc,
+            }),
+        );
+        Ok(next)
     }
 
     /// Every decision of a request (all rounds), in order.

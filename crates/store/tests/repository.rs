@@ -68,6 +68,22 @@ async fn postgres_audit_events_are_sealed_off_the_commit_path() {
     db.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_no_process_decides_on_a_stale_copy() {
+    let db = tre_testkit::TestDb::sqlite().await;
+    no_process_decides_on_a_stale_copy(&db).await;
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_no_process_decides_on_a_stale_copy() {
+    let Some(db) = tre_testkit::TestDb::postgres().await else {
+        return;
+    };
+    no_process_decides_on_a_stale_copy(&db).await;
+    db.finish().await;
+}
+
 fn decision(stage: usize, verdict: Verdict, is_final: bool) -> DecisionInput {
     DecisionInput {
         stage,
@@ -1131,4 +1147,64 @@ async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
         assert_eq!(actions, ["request.create", "request.submit"], "{id}");
     }
     other.close().await;
+}
+
+/// Each store keeps the requests and environments its commands last wrote or
+/// read; another process's change must still win over those copies.
+async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
+    let a = &db.store;
+    let w = world(a, &["rev1"], &["rev2a", "rev2b"], 1).await;
+    let r = a
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    // process b submits the draft that process a just wrote (and keeps)
+    let b = Store::open(&db.url).await.unwrap();
+    b.request_command(&w.owner, &r.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    // a's copy still says draft, where an edit would be allowed: refused
+    let edit = RequestCommand::Update(RequestUpdate {
+        title: Some("Edited after submission".into()),
+        ..Default::default()
+    });
+    let err = a
+        .request_command(&w.owner, &r.id, edit.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Domain(DomainError::InvalidTransition { .. })
+        ),
+        "{err}"
+    );
+    let stored = b.request(&w.owner, &r.id).await.unwrap();
+    assert_eq!(stored.title, new_request().title);
+    assert!(matches!(stored.state, RequestState::InReview { .. }));
+
+    // b puts the environment a has cached into maintenance: a creates nothing
+    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    let before = count(a, "SELECT COUNT(*) FROM requests").await;
+    assert!(
+        a.create_request(&w.owner, &w.env, new_request())
+            .await
+            .is_err()
+    );
+    assert_eq!(count(a, "SELECT COUNT(*) FROM requests").await, before);
+    // and, back in service, a's commands see b's reactivation
+    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+        .await
+        .unwrap();
+    let r2 = a
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    a.request_command(&w.owner, &r2.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    b.close().await;
+    assert_audit_intact(a).await;
 }
