@@ -1183,23 +1183,48 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
     assert_eq!(stored.title, new_request().title);
     assert!(matches!(stored.state, RequestState::InReview { .. }));
 
-    // b puts the environment a has cached into maintenance: a creates nothing
-    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+    // b takes the researchers out of the environment a has cached: a
+    // creates nothing for them
+    let members = |groups: &[&str]| {
+        EnvironmentCommand::SetMembers(
+            groups
+                .iter()
+                .map(|g| tre_domain::Principal::Group((*g).into()))
+                .collect(),
+        )
+    };
+    b.configure_environment(&w.admin, &w.env, members(&[]))
         .await
         .unwrap();
     let before = count(a, "SELECT COUNT(*) FROM requests").await;
+    let err = a
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap_err();
     assert!(
-        a.create_request(&w.owner, &w.env, new_request())
-            .await
-            .is_err()
+        matches!(err, StoreError::Forbidden(_) | StoreError::NotFound { .. }),
+        "{err}"
     );
     assert_eq!(count(a, "SELECT COUNT(*) FROM requests").await, before);
-    // and, back in service, a's commands see b's reactivation
-    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+    // and once b lets them back, a's refusal is not kept: it reads again
+    b.configure_environment(&w.admin, &w.env, members(&["researchers"]))
         .await
         .unwrap();
     let r2 = a
         .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    // b puts the environment into maintenance: a's submission is refused
+    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    let err = a
+        .request_command(&w.owner, &r2.id, RequestCommand::Submit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Domain(_)), "{err}");
+    // back in service, a's earlier refusal is not kept either
+    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
         .await
         .unwrap();
     a.request_command(&w.owner, &r2.id, RequestCommand::Submit)
