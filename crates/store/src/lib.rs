@@ -259,6 +259,19 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection as it goes back to the pool and
+            // drops the broken ones; pinging again before every use was a
+            // round trip per statement. A connection that sat idle for a
+            // while (across a database restart, say) is still tested first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > Duration::from_secs(1) {
+                        return Ok(sqlx::Connection::ping(conn).await.is_ok());
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
