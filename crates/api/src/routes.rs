@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, patch, post, put};
 use axum::{Json, Router};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tre_domain::{AccessRequest, Environment, Project};
 use tre_domain::{
@@ -17,7 +17,7 @@ use tre_domain::{
     Policies, Principal, ProjectId, RequestCommand, RequestId, RequestUpdate, ReviewPipeline,
     UserId, Verdict, Visibility,
 };
-use tre_store::{AuditQuery, Page as ListPage, RequestRole};
+use tre_store::{AuditQuery, DispenseProgress, Page as ListPage, RequestRole};
 
 use crate::extract::Params;
 use crate::{ApiError, AppState, Auth, Body};
@@ -318,7 +318,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "One project (members only): state, dispense progress (units, rows, bytes) and, once ready, its manifest",
             None,
             get(get_project),
-        ),
+        )
+        .returns(body::<ProjectView>),
         op(
             M::GET,
             "/v1/jobs/{id}",
@@ -800,6 +801,17 @@ async fn create_project(
     ))
 }
 
+/// One project with how far its dispense got and, once ready, its manifest.
+#[derive(Serialize, JsonSchema)]
+struct ProjectView {
+    #[serde(flatten)]
+    project: Project,
+    progress: DispenseProgress,
+    /// What the dispense wrote (files, rows, SHA-256 checksums), once the
+    /// project is ready; null before.
+    manifest: Option<serde_json::Value>,
+}
+
 async fn get_project(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -812,12 +824,12 @@ async fn get_project(
         Some(plan) => plan.manifest,
         None => None,
     };
-    // the project's fields, plus how far its dispense got and, once ready,
-    // its manifest
-    let mut body = serde_json::to_value(&project).expect("projects serialize");
-    body["progress"] = serde_json::to_value(&progress).expect("progress serializes");
-    body["manifest"] = manifest.unwrap_or(serde_json::Value::Null);
-    Ok(Json(body).into_response())
+    Ok(Json(ProjectView {
+        project,
+        progress,
+        manifest,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

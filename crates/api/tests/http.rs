@@ -1352,6 +1352,44 @@ async fn documented_schemas_match_real_traffic() {
     )
     .await;
     assert_eq!(decisions["items"][0]["verdict"], "approve");
+    for reviewer in ["rev2a", "rev2b"] {
+        api.ok(
+            reviewer,
+            Method::POST,
+            &format!("/v1/requests/{id}/decisions"),
+            Some(json!({"stage": 1, "decision": "approve", "comment": ""})),
+        )
+        .await;
+    }
+    let project = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::POST,
+        "/v1/requests/{id}/projects",
+        &format!("/v1/requests/{id}/projects"),
+        None,
+    )
+    .await;
+    let pid = project["id"].as_str().unwrap();
+    let view = documented_call(
+        &api,
+        &spec,
+        "owner",
+        Method::GET,
+        "/v1/projects/{id}",
+        &format!("/v1/projects/{pid}"),
+        None,
+    )
+    .await;
+    assert_eq!(view["id"], project["id"]);
+    assert!(view["progress"]["units_total"].is_u64(), "{view}");
+    refused(
+        Method::GET,
+        "/v1/projects/{id}",
+        "answer",
+        json!({"id": pid, "progress": {"units_done": "many"}}),
+    );
     let audit = documented_call(
         &api,
         &spec,

@@ -40,7 +40,7 @@ pub struct StoredPlan {
 }
 
 /// How far a dispense has got.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DispenseProgress {
     pub units_done: u64,
     pub units_total: u64,
