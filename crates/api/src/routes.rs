@@ -363,7 +363,7 @@ pub(crate) fn routes() -> Router<AppState> {
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-fn created(value: impl serde::Serialize) -> Response {
+fn created(value: impl Serialize) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
