@@ -83,8 +83,8 @@ async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreErro
     .await?;
     let (mut seq, mut prev_hash): (i64, String) = (head.try_get(0)?, head.try_get(1)?);
     let rows = sqlx::query(
-        "SELECT id, at, actor, action, object_type, object_id, environment_id, details, trace_id \
-         FROM audit_pending ORDER BY id LIMIT $1",
+        "SELECT id, CAST(0 AS BIGINT) AS seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, \
+         '' AS prev_hash, '' AS hash FROM audit_pending ORDER BY id LIMIT $1",
     )
     .bind(SEAL_BATCH as i64)
     .fetch_all(&mut *tx)
@@ -100,16 +100,8 @@ async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreErro
         seq += 1;
         let mut event = AuditEvent {
             seq,
-            at: row.try_get("at")?,
-            actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
-            object_type: row.try_get("object_type")?,
-            object_id: row.try_get("object_id")?,
-            environment_id: row.try_get("environment_id")?,
-            details: row.try_get("details")?,
-            trace_id: row.try_get("trace_id")?,
             prev_hash: std::mem::take(&mut prev_hash),
-            hash: String::new(),
+            ..event_from_row(row)?
         };
         event.hash = event_hash(
             event.seq,

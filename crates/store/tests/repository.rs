@@ -50,39 +50,38 @@ on_both_backends!(
     expiry_and_revocation,
 );
 
-// These need the database's url, to open a second store as another process
-// would.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_audit_events_are_sealed_off_the_commit_path() {
-    let db = tre_testkit::TestDb::sqlite().await;
-    audit_events_are_sealed_off_the_commit_path(&db).await;
-    db.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_audit_events_are_sealed_off_the_commit_path() {
-    let Some(db) = tre_testkit::TestDb::postgres().await else {
-        return;
+/// Runs each listed test on both backends, handing it the test database
+/// itself: these need its url, to open a second store as another process
+/// would.
+macro_rules! on_both_backends_with_url {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_by_url {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = tre_testkit::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres_by_url {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = tre_testkit::TestDb::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
     };
-    audit_events_are_sealed_off_the_commit_path(&db).await;
-    db.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_no_process_decides_on_a_stale_copy() {
-    let db = tre_testkit::TestDb::sqlite().await;
-    no_process_decides_on_a_stale_copy(&db).await;
-    db.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_no_process_decides_on_a_stale_copy() {
-    let Some(db) = tre_testkit::TestDb::postgres().await else {
-        return;
-    };
-    no_process_decides_on_a_stale_copy(&db).await;
-    db.finish().await;
-}
+on_both_backends_with_url!(
+    audit_events_are_sealed_off_the_commit_path,
+    no_process_decides_on_a_stale_copy,
+);
 
 fn decision(stage: usize, verdict: Verdict, is_final: bool) -> DecisionInput {
     DecisionInput {
