@@ -1,6 +1,7 @@
 //! A small in-process cache of recently read values, shared by a store's
 //! clones. What may be cached, and for how long, is each user's decision:
-//! see `users` (tokens) and `environments` (environment documents).
+//! see `users` (tokens), `environments` and `requests` (documents that
+//! commands decide on, guarded by their versions when they write).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

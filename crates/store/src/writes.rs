@@ -8,7 +8,7 @@
 //! inserts, then its audit event. On PostgreSQL, when every
 //! write is an insert and no idempotency key is being claimed, they go as
 //! one statement: data-modifying `WITH` clauses whose inserts only happen
-//! when the guard changed its row. A single statement is a transaction of
+//! when the guard holds. A single statement is a transaction of
 //! its own, so that is one round trip instead of one per write plus `BEGIN`
 //! and `COMMIT`. Otherwise (SQLite, a key to claim, a delete) they run in a
 //! transaction, statement by statement. Both forms come from the same
