@@ -113,6 +113,24 @@ fn sql(database_url: &str, statements: &[&str]) {
     });
 }
 
+/// The number one query answers.
+fn count(database_url: &str, query: &str) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(database_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    })
+}
+
 fn demo_then_tamper(url: &str, disable_trigger: &str) {
     let out = ok(tre(url, &["demo"]));
     assert!(
@@ -277,6 +295,9 @@ fn environments_from_a_definition_file() {
     ));
     let id = out.lines().last().unwrap().to_owned();
     assert!(out.contains("state draft"), "{out}");
+    // each command chained its audit events before it exited
+    assert_eq!(count(&url, "SELECT COUNT(*) FROM audit_pending"), 0);
+    assert!(count(&url, "SELECT COUNT(*) FROM audit_events") >= 10);
     // a draft is invisible to researchers
     assert_eq!(ok(tre(&url, &["env", "list", "--as", "alice"])).trim(), "");
     let shown = ok(tre(&url, &["env", "show", &id, "--as", "custodian"]));

@@ -355,8 +355,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             );
             println!("{token}");
+            store.close().await;
         }
-        Command::Env(command) => env_command(&settings, command).await?,
+        Command::Env(command) => {
+            let store = open(&settings).await?;
+            let done = env_command(&settings, &store, command).await;
+            store.close().await;
+            done?;
+        }
         Command::Audit(AuditCommand::Verify) => {
             let store = open(&settings).await?;
             let report = store.verify_audit().await?;
@@ -398,7 +404,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Dispense(args)) => bench_dispense::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
-            projects::run(&store, command).await?;
+            let done = projects::run(&store, command).await;
+            store.close().await;
+            done?;
         }
         Command::Jobs(command) => {
             let store = open(&settings).await?;
@@ -430,8 +438,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn env_command(settings: &Settings, command: EnvCommand) -> Result<()> {
-    let store = open(settings).await?;
+async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) -> Result<()> {
     let state_change =
         |id: String, acting: Acting, command: EnvironmentCommand| (id, acting, command);
     let (id, acting, command) = match command {

@@ -327,7 +327,12 @@ impl Store {
         Ok(())
     }
 
+    /// Seals the audit events still pending (so a short-lived process, a
+    /// CLI command say, leaves none unchained), then closes the pool.
     pub async fn close(&self) {
+        if let Err(e) = self.seal_audit().await {
+            tracing::warn!(error = %e, "audit events left for the next sealer");
+        }
         self.pool.close().await;
     }
 
