@@ -451,7 +451,7 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             // configures the environment, then makes the file's admins its
             // admins (every step audited). A platform admin has no power in
             // an environment once handed over.
-            let caller = caller(&store, &acting).await?;
+            let caller = caller(store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
             let mut new = definition.new_environment()?;
             let admins = std::mem::take(&mut new.admins);
@@ -484,7 +484,7 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             return Ok(());
         }
         EnvCommand::Configure { id, file, acting } => {
-            let caller = caller(&store, &acting).await?;
+            let caller = caller(store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
             let id = EnvironmentId(id);
             for command in definition.commands(|l| settings.source_path(l), false)? {
@@ -516,7 +516,7 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             state_change(id, acting, EnvironmentCommand::SetVisibility(visibility))
         }
         EnvCommand::List { acting } => {
-            let caller = caller(&store, &acting).await?;
+            let caller = caller(store, &acting).await?;
             for env in store.list_environments(&caller).await.map_err(explain)? {
                 println!(
                     "{}\t{}\t{}\t{}",
@@ -529,7 +529,7 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             return Ok(());
         }
         EnvCommand::Show { id, acting } => {
-            let caller = caller(&store, &acting).await?;
+            let caller = caller(store, &acting).await?;
             let env = store
                 .environment(&caller, &EnvironmentId(id))
                 .await
@@ -538,7 +538,7 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             return Ok(());
         }
     };
-    let caller = caller(&store, &acting).await?;
+    let caller = caller(store, &acting).await?;
     let env = store
         .configure_environment(&caller, &EnvironmentId(id), command)
         .await
