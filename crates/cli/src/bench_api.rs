@@ -37,6 +37,10 @@ pub struct ApiBenchArgs {
     /// `environment_id` the token's user may submit to, collections, ...).
     #[arg(long)]
     request_body: Option<std::path::PathBuf>,
+    /// Send a fresh `Idempotency-Key` with every POST, as other services
+    /// do.
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 async fn user(
@@ -171,6 +175,9 @@ fn remote_target(args: &ApiBenchArgs, url: &str) -> Result<Target> {
     })
 }
 
+/// Idempotency keys sent so far (with `--idempotency-keys`).
+static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub async fn run(args: ApiBenchArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let target = match &args.url {
@@ -186,12 +193,21 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     println!(
-        "tre bench api: POST /v1/requests + submit over HTTP against {} ({} cores here), {} s per level",
+        "tre bench api: POST /v1/requests + submit over HTTP{} against {} ({} cores here), {} s per level",
+        if args.idempotency_keys {
+            " with idempotency keys"
+        } else {
+            ""
+        },
         target.what,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         args.seconds
     );
     let (mut best, mut best_p99) = (0.0f64, f64::NAN);
+    // keys unique to this run, also against a server that saw earlier runs
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     for &level in &args.levels {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -203,26 +219,35 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
                 body.clone(),
                 stop.clone(),
             );
+            let (keys, run) = (args.idempotency_keys, run);
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let created: serde_json::Value = client
+                    let key = |request: reqwest::RequestBuilder| {
+                        if keys {
+                            let n = KEYS.fetch_add(1, Ordering::Relaxed);
+                            request.header("idempotency-key", format!("bench-{run}-{n}"))
+                        } else {
+                            request
+                        }
+                    };
+                    let created: serde_json::Value = key(client
                         .post(format!("{base}/v1/requests"))
                         .bearer_auth(&token)
-                        .json(&body)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .json()
-                        .await?;
+                        .json(&body))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
                     let id = created["id"].as_str().unwrap_or_default().to_owned();
-                    client
+                    key(client
                         .post(format!("{base}/v1/requests/{id}/submit"))
-                        .bearer_auth(&token)
-                        .send()
-                        .await?
-                        .error_for_status()?;
+                        .bearer_auth(&token))
+                    .send()
+                    .await?
+                    .error_for_status()?;
                     latencies.push(started.elapsed());
                 }
                 Ok::<_, reqwest::Error>(latencies)
