@@ -94,8 +94,11 @@ fn postgres_url() -> Option<String> {
     }
 }
 
-/// Executes raw SQL against the test database (to play the attacker).
-fn sql(database_url: &str, statements: &[&str]) {
+/// Runs `work` on a fresh connection to the test database.
+fn on_connection<T>(
+    database_url: &str,
+    work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> T,
+) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,9 +107,16 @@ fn sql(database_url: &str, statements: &[&str]) {
         use sqlx::Connection;
         sqlx::any::install_default_drivers();
         let mut conn = sqlx::AnyConnection::connect(database_url).await.unwrap();
+        work(&mut conn).await
+    })
+}
+
+/// Executes raw SQL against the test database (to play the attacker).
+fn sql(database_url: &str, statements: &[&str]) {
+    on_connection(database_url, async |conn| {
         for statement in statements {
             sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
-                .execute(&mut conn)
+                .execute(&mut *conn)
                 .await
                 .unwrap();
         }
@@ -115,16 +125,10 @@ fn sql(database_url: &str, statements: &[&str]) {
 
 /// The number one query answers.
 fn count(database_url: &str, query: &str) -> i64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        use sqlx::{Connection, Row};
-        sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(database_url).await.unwrap();
+    on_connection(database_url, async |conn| {
+        use sqlx::Row;
         sqlx::query(sqlx::AssertSqlSafe(query.to_string()))
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await
             .unwrap()
             .get::<i64, _>(0)

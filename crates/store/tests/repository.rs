@@ -96,6 +96,16 @@ fn decision(stage: usize, verdict: Verdict, is_final: bool) -> DecisionInput {
     }
 }
 
+fn assert_invalid_transition(err: &StoreError) {
+    assert!(
+        matches!(
+            err,
+            StoreError::Domain(DomainError::InvalidTransition { .. })
+        ),
+        "{err}"
+    );
+}
+
 async fn count(store: &Store, sql: &'static str) -> i64 {
     use sqlx::Row;
     sqlx::query(sql)
@@ -325,13 +335,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         .request_command(&w.owner, &err.id, RequestCommand::Submit)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Domain(DomainError::InvalidTransition { .. })
-        ),
-        "{err}"
-    );
+    assert_invalid_transition(&err);
     store
         .configure_environment(
             &w.admin,
@@ -687,13 +691,7 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
         .request_command(&w.owner, &id, RequestCommand::Submit)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Domain(DomainError::InvalidTransition { .. })
-        ),
-        "{err}"
-    );
+    assert_invalid_transition(&err);
     assert!(matches!(
         store.create_project(&w.owner, &id).await,
         Err(StoreError::Domain(_))
@@ -1171,13 +1169,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         .request_command(&w.owner, &r.id, edit.clone())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::Domain(DomainError::InvalidTransition { .. })
-        ),
-        "{err}"
-    );
+    assert_invalid_transition(&err);
     let stored = b.request(&w.owner, &r.id).await.unwrap();
     assert_eq!(stored.title, new_request().title);
     assert!(matches!(stored.state, RequestState::InReview { .. }));
