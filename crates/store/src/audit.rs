@@ -118,32 +118,31 @@ async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreErro
         prev_hash.clone_from(&event.hash);
         events.push(event);
     }
-    let values = (0..events.len())
-        .map(|i| {
-            let p = (1..=11)
-                .map(|j| format!("${}", i * 11 + j))
-                .collect::<Vec<_>>();
-            format!("({})", p.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES {values}");
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for e in &events {
-        insert = insert
-            .bind(e.seq)
-            .bind(e.at)
-            .bind(e.actor.as_str())
-            .bind(e.action.as_str())
-            .bind(e.object_type.as_str())
-            .bind(e.object_id.as_str())
-            .bind(e.environment_id.as_str())
-            .bind(e.details.as_str())
-            .bind(e.trace_id.as_str())
-            .bind(e.prev_hash.as_str())
-            .bind(e.hash.as_str());
-    }
-    insert.execute(&mut *tx).await?;
+    events
+        .iter()
+        .fold(
+            Insert::new(
+                "INSERT INTO audit_events (seq, at, actor, action, object_type, object_id, environment_id, details, trace_id, prev_hash, hash)",
+                "",
+            ),
+            |insert, e| {
+                insert.row(vec![
+                    e.seq.into(),
+                    e.at.into(),
+                    e.actor.as_str().into(),
+                    e.action.as_str().into(),
+                    e.object_type.as_str().into(),
+                    e.object_id.as_str().into(),
+                    e.environment_id.as_str().into(),
+                    e.details.as_str().into(),
+                    e.trace_id.as_str().into(),
+                    e.prev_hash.as_str().into(),
+                    e.hash.as_str().into(),
+                ])
+            },
+        )
+        .execute(&mut tx)
+        .await?;
     // by id, never by range: an id below the newest may belong to a
     // transaction that commits only now, and is not sealed yet
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -295,8 +294,8 @@ const EVENT_COLUMNS: &str = "seq, at, actor, action, object_type, object_id, env
 
 impl Store {
     /// Seals what is pending, then walks the whole chain in order and
-    /// reports the first broken link. Events appended while it runs are beyond the head it read first and
-    /// are left for the next run.
+    /// reports the first broken link. Events appended while it runs are
+    /// beyond the head it read first and are left for the next run.
     pub async fn verify_audit(&self) -> Result<AuditReport, StoreError> {
         self.seal_audit().await?;
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")

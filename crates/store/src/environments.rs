@@ -53,7 +53,8 @@ impl Store {
     }
 
     /// An environment as this store read it in the last 10 s, with its
-    /// version and whether it is that copy (rather than read now). For commands whose writes are guarded by that version (see
+    /// version and whether it is that copy (rather than read now). For
+    /// commands whose writes are guarded by that version (see
     /// [`Store::create_request`]): a stale copy makes the write fail, never
     /// succeed on old facts. (Every change through the store bumps the
     /// version; the 10 s bound is for edits made by hand in SQL.)

@@ -48,7 +48,7 @@ pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
-pub use users::{NewUser, TOKEN_CACHE_TTL, User};
+pub use users::{NewUser, User};
 
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +292,7 @@ impl Store {
             backend,
             sealer: Default::default(),
             tokens: std::sync::Arc::new(cache::Recent::new(
-                TOKEN_CACHE_TTL,
+                users::TOKEN_CACHE_TTL,
                 users::TOKEN_CACHE_SIZE,
             )),
             environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),

@@ -133,6 +133,18 @@ impl Store {
                 env_version,
             });
         }
+        let loaded = self.read_request_in_environment(id).await?;
+        self.environments.put(
+            loaded.env.id.0.clone(),
+            (loaded.env.clone(), loaded.env_version),
+        );
+        self.requests.put(id.0.clone(), loaded.stored.clone());
+        Ok(loaded)
+    }
+
+    /// A request and the environment it belongs to, as stored, in one
+    /// round trip.
+    async fn read_request_in_environment(&self, id: &RequestId) -> Result<Loaded, StoreError> {
         let row = sqlx::query(
             "SELECT r.doc, r.version, e.doc, e.version FROM requests r JOIN environments e ON e.id = r.environment_id WHERE r.id = $1",
         )
@@ -147,21 +159,15 @@ impl Store {
             request.environment_id.as_str(),
             &row.try_get::<String, _>(2)?,
         )?;
-        let stored = std::sync::Arc::new(Stored {
-            request,
-            version: row.try_get(1)?,
-            doc,
-        });
-        let env_version: i64 = row.try_get(3)?;
-        let env = std::sync::Arc::new(env);
-        self.environments
-            .put(env.id.0.clone(), (env.clone(), env_version));
-        self.requests.put(id.0.clone(), stored.clone());
         Ok(Loaded {
             cached: false,
-            stored,
-            env,
-            env_version,
+            stored: std::sync::Arc::new(Stored {
+                request,
+                version: row.try_get(1)?,
+                doc,
+            }),
+            env: std::sync::Arc::new(env),
+            env_version: row.try_get(3)?,
         })
     }
 
@@ -185,32 +191,6 @@ impl Store {
             id.as_str(),
         )
         .await
-    }
-
-    /// A request and the environment it belongs to, in one round trip.
-    pub(crate) async fn load_request_in_environment<'e, E>(
-        &self,
-        executor: E,
-        id: &RequestId,
-    ) -> Result<(AccessRequest, i64, tre_domain::Environment), StoreError>
-    where
-        E: Executor<'e, Database = sqlx::Any>,
-    {
-        let row = sqlx::query(
-            "SELECT r.doc, r.version, e.doc FROM requests r JOIN environments e ON e.id = r.environment_id WHERE r.id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(executor)
-        .await?
-        .ok_or_else(|| StoreError::not_found("request", id.as_str()))?;
-        let request: AccessRequest =
-            docs::decode("request", id.as_str(), &row.try_get::<String, _>(0)?)?;
-        let env = docs::decode(
-            "environment",
-            request.environment_id.as_str(),
-            &row.try_get::<String, _>(2)?,
-        )?;
-        Ok((request, row.try_get(1)?, env))
     }
 
     async fn stage_decisions(&self, request: &AccessRequest) -> Result<Vec<Decision>, StoreError> {
@@ -358,8 +338,8 @@ impl Store {
         caller: &Caller,
         id: &RequestId,
     ) -> Result<AccessRequest, StoreError> {
-        let (request, _, env) = self.load_request_in_environment(&self.pool, id).await?;
-        as_seen_by(caller, &env, request)
+        let loaded = self.read_request_in_environment(id).await?;
+        as_seen_by(caller, &loaded.env, loaded.stored.request.clone())
     }
 
     /// Applies a command of the owner (update, collaborators, submit,

@@ -85,7 +85,7 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
 /// A user, their groups and their token never change once created (there is
 /// no update or revocation), so this only bounds how long a row removed by
 /// hand keeps working in a running process.
-pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Most tokens kept.
 pub(crate) const TOKEN_CACHE_SIZE: usize = 10_000;
