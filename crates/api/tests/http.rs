@@ -639,14 +639,16 @@ async fn idempotency_survives_races_and_lost_answers() {
     let api = Api::start().await;
     let env = published(&api).await;
     let body = request_body(&env);
-    let post = || {
+    // the owner's POST /v1/requests of `body` under `key`
+    let keyed = |key: &'static str, body: &Value| {
         api.client
             .post(format!("{}/v1/requests", api.base))
             .bearer_auth(&api.tokens["owner"])
-            .header("idempotency-key", "race")
-            .json(&body)
+            .header("idempotency-key", key)
+            .json(body)
             .send()
     };
+    let post = || keyed("race", &body);
     let owned = || async {
         api.ok("owner", Method::GET, "/v1/requests?role=owner", None)
             .await["items"]
@@ -701,14 +703,7 @@ async fn idempotency_survives_races_and_lost_answers() {
     // a refusal (no work) is recorded and replayed too
     let mut bad = request_body(&env);
     bad["collections"] = json!(["no such collection"]);
-    let refuse = || {
-        api.client
-            .post(format!("{}/v1/requests", api.base))
-            .bearer_auth(&api.tokens["owner"])
-            .header("idempotency-key", "refused")
-            .json(&bad)
-            .send()
-    };
+    let refuse = || keyed("refused", &bad);
     let first = refuse().await.unwrap();
     assert_eq!(first.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let again = refuse().await.unwrap();
