@@ -369,6 +369,8 @@ fn environments_from_a_definition_file() {
             "create",
             "--file",
             bad_file.to_str().unwrap(),
+            "--source",
+            "fixtures/data",
             "--as",
             "ops",
         ],
@@ -391,6 +393,45 @@ fn environments_from_a_definition_file() {
             .filter(|l| l.contains("environment.create"))
             .count(),
         1
+    );
+
+    // attack: a source root holding the project output store (and the
+    // database) is refused when the environment is created...
+    let overlapping = tre(
+        &url,
+        &[
+            "env",
+            "create",
+            "--file",
+            "fixtures/environments/biobank.toml",
+            "--source",
+            ".",
+            "--as",
+            "ops",
+        ],
+    );
+    assert_eq!(overlapping.status.code(), Some(1));
+    assert!(
+        stderr(&overlapping).contains("invalid source:")
+            && stderr(&overlapping).contains("overlaps the project output store"),
+        "{}",
+        stderr(&overlapping)
+    );
+    // ...and a worker whose object store lies inside an environment's source
+    // root refuses to start, naming the environment
+    let mut worker = tre_command();
+    let refused = worker
+        .env("TRE_DATABASE_URL", &url)
+        .env("TRE_OBJECT_STORE", "fixtures/data/projects")
+        .args(["worker", "--pools", "dispense"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(&format!("environment {id}"))
+            && stderr(&refused).contains("overlaps the project output store"),
+        "{}",
+        stderr(&refused)
     );
 
     let missing = tre(
@@ -426,13 +467,17 @@ fn configuration_layers_and_errors() {
         &[
             "--config",
             file.to_str().unwrap(),
-            "--source-store",
-            "/data",
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
             "config",
         ],
     ));
     assert!(out.contains(&format!("database_url = {url:?}")), "{out}");
-    assert!(out.contains("source_store = \"/data\""), "{out}");
+    assert!(
+        out.contains("redis_url = Some(\"redis://127.0.0.1:1/0\")"),
+        "{out}"
+    );
+    assert!(out.contains("# redis_url: flag --redis-url"), "{out}");
     assert!(out.contains("object_store = \"from-file\""), "{out}");
     assert!(
         out.contains("# database_url: env TRE_DATABASE_URL"),
@@ -546,7 +591,7 @@ where
 /// effect is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_job_is_finished_by_another() {
-    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, world};
+    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, submit_counted, world};
     let Some(db) = TestDb::postgres().await else {
         return;
     };
@@ -564,10 +609,8 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
-    store
-        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
-        .await
-        .unwrap();
+    // these workers serve the notify pool only: the cohort's count is given
+    submit_counted(store, &w.owner, &request.id, 100).await;
     let key = format!("notify_reviewers:{}:1:0", request.id);
     wait_for("the first worker is mid-job", 30, || async {
         receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -612,7 +655,7 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
 /// worker exits cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_jobs() {
-    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, world};
+    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, submit_counted, world};
     let Some(db) = TestDb::postgres().await else {
         return;
     };
@@ -634,10 +677,8 @@ async fn sigterm_drains_in_flight_jobs() {
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
-    store
-        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
-        .await
-        .unwrap();
+    // these workers serve the notify pool only: the cohort's count is given
+    submit_counted(store, &w.owner, &request.id, 100).await;
     let key = format!("notify_reviewers:{}:1:0", request.id);
     wait_for("the job is in flight", 30, || async {
         receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -713,7 +754,7 @@ fn serve_answers_and_stops_on_sigterm() {
     // an authenticated call over the wire
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    let body = r#"{"name": "Served"}"#;
+    let body = r#"{"name": "Served", "source": "/srv/served"}"#;
     write!(
         stream,
         "POST /v1/environments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -724,6 +765,23 @@ fn serve_answers_and_stops_on_sigterm() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
     assert!(response.contains("\"state\":\"draft\""), "{response}");
+    // a source root around the server's own folder (its database, its
+    // project output) is refused, naming the field
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let body = format!(
+        r#"{{"name": "Greedy", "source": "{}"}}"#,
+        repo_root().display()
+    );
+    write!(
+        stream,
+        "POST /v1/environments HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 422"), "{response}");
+    assert!(response.contains("\"field\":\"source\""), "{response}");
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()

@@ -15,21 +15,14 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use tre_dispense::{CohortKeys, DispensePlan, Manifest};
 use tre_domain::ProjectState;
-use tre_testkit::{S3Server, TestDb, approved_project, biobank_inventory, unique, world_with};
+use tre_domain::StoreRoot;
+use tre_testkit::{
+    BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, unique, world_at,
+};
 
-const DATA: [(&str, &[&str]); 3] = [
-    ("participants", &["fixtures/data/participants.parquet"]),
-    (
-        "hospital_episodes",
-        &[
-            "fixtures/data/hospital_episodes-0.parquet",
-            "fixtures/data/hospital_episodes-1.parquet",
-        ],
-    ),
-    ("prescriptions", &["fixtures/data/prescriptions.parquet"]),
-];
-
-fn worker(database_url: &str, source: &Path, s3: &S3Server) -> Child {
+/// A `tre worker` of the dispense pool (which also counts cohorts), logging
+/// into `logs`.
+fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
     for (key, _) in std::env::vars() {
         if key.starts_with("TRE_") || key.starts_with("AWS_") {
@@ -51,7 +44,6 @@ fn worker(database_url: &str, source: &Path, s3: &S3Server) -> Child {
             "1000",
         ])
         .env("TRE_DATABASE_URL", database_url)
-        .env("TRE_SOURCE_STORE", source)
         .envs(s3.env())
         .env("TRE_LOG", "warn")
         .stdout(Stdio::null())
@@ -59,7 +51,7 @@ fn worker(database_url: &str, source: &Path, s3: &S3Server) -> Child {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(source.join("worker.log"))
+                .open(logs.join("worker.log"))
                 .unwrap(),
         ));
     command.spawn().expect("spawn tre worker")
@@ -73,7 +65,7 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
     };
     let store = &db.store;
     let root = std::env::temp_dir().join(format!("tre-crash-{}", unique()));
-    let data = root.join("fixtures/data");
+    let data = root.join("data");
     let generated = Command::new(env!("CARGO_BIN_EXE_tre"))
         .args(["fixtures", "generate", "--participants", "300000", "--out"])
         .arg(&data)
@@ -85,19 +77,20 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
         .unwrap();
     assert!(generated.status.success(), "{generated:?}");
     let s3 = S3Server::start().await;
-    let w = world_with(
+    let w = world_at(
         store,
-        biobank_inventory(&root, &DATA),
+        StoreRoot::parse("source", data.to_str().unwrap()).unwrap(),
+        biobank_inventory(&data, &BIOBANK),
         &["rev1"],
         &["rev2"],
         1,
     )
     .await;
+    // the worker counts the cohort at submission, then dispenses: run it
+    // until some units are checkpointed, then SIGKILL it mid-dispense
+    let mut first = worker(&db.url, &root, &s3);
     let cohort = serde_json::json!({"field": "age_at_recruitment", "op": ">=", "value": 50});
     let project = approved_project(store, &w, cohort, &["baseline", "hospital"]).await;
-
-    // run until some units are checkpointed, then SIGKILL mid-dispense
-    let mut first = worker(&db.url, &root, &s3);
     let started = Instant::now();
     loop {
         let progress = store.dispense_progress(&project.id).await.unwrap();
@@ -149,7 +142,7 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
     let plan: DispensePlan = serde_json::from_value(stored.plan.clone()).unwrap();
     let keys: CohortKeys = serde_json::from_str(&stored.cohort).unwrap();
     let secret = hex::decode(&stored.secret).unwrap();
-    let source = tre_dispense::stores::open(root.to_str().unwrap(), "source").unwrap();
+    let source = tre_dispense::Source::folder(data.clone()).unwrap();
     let reference_dir = root.join("reference");
     let reference = tre_dispense::stores::open(reference_dir.to_str().unwrap(), "dest").unwrap();
     let (want, want_sha) =

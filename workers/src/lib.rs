@@ -4,9 +4,9 @@
 //!
 //! | pool | jobs | default concurrency |
 //! |---|---|---|
-//! | `notify` | `notify_reviewers`, `stage_reminder`, `notify_owner` | 8 |
+//! | `notify` | `notify_reviewers`, `stage_reminder`, `notify_owner`, `alert_admins` | 8 |
 //! | `review` | `schedule_expiry`, `revoke_projects` | 4 |
-//! | `dispense` | `dispense` (plan), `dispense_unit`, `finish_dispense`, `deprovision` | 2 |
+//! | `dispense` | `count_cohort`, `dispense` (plan), `dispense_unit`, `finish_dispense`, `deprovision` (the jobs that read source data or write project data) | 2 |
 //!
 //! Operators scale each pool separately: `tre worker --pools notify
 //! --concurrency 16` on some machines, `--pools dispense` on others.
@@ -21,7 +21,8 @@ use tre_jobs::{
 };
 use tre_store::Store;
 use tre_workflows::{
-    DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow, WebhookConfig,
+    CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow,
+    WebhookConfig,
 };
 
 /// A pool's definition.
@@ -46,7 +47,7 @@ pub const POOLS: [PoolSpec; 3] = [
     PoolSpec {
         pool: Pool::Dispense,
         default_concurrency: 2,
-        description: "dispensing data into project buckets",
+        description: "reading source data: cohort counts, dispensing into project buckets",
     },
 ];
 
@@ -74,6 +75,8 @@ pub fn policies() -> Vec<JobPolicy> {
         policy("notify_reviewers", Pool::Notify, 8, 30, 1_000, 600),
         policy("stage_reminder", Pool::Notify, 8, 30, 1_000, 600),
         policy("notify_owner", Pool::Notify, 8, 30, 1_000, 600),
+        policy("alert_admins", Pool::Notify, 8, 30, 1_000, 600),
+        policy("count_cohort", Pool::Dispense, 10, 600, 2_000, 600),
         policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
         policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
         policy("dispense", Pool::Dispense, 10, 600, 2_000, 600),
@@ -140,6 +143,7 @@ pub fn executor(
     );
     executor.register(Arc::new(RequestWorkflow::new(notifier)));
     if let Some(dispense) = &options.dispense {
+        executor.register(Arc::new(CohortCounter::new(dispense.sources.clone())));
         executor.register(Arc::new(DispenseWorkflow::new(dispense.clone())));
     }
     Ok(executor)

@@ -8,13 +8,13 @@ use std::time::Duration;
 use tre_domain::{DecisionInput, RequestCommand, Verdict};
 use tre_jobs::{EmbeddedQueue, Executor, Metrics, RedisQueue, RedisQueueOptions, Relay};
 use tre_store::Store;
-use tre_testkit::{TestDb, TestRedis, WebhookReceiver, caller, new_request, world};
+use tre_testkit::{TestDb, TestRedis, WebhookReceiver, caller, new_request, submit_counted, world};
 use tre_workers::{WorkerOptions, policies};
 use tre_workflows::{WebhookConfig, signature};
 
 mod common;
 
-use common::{fast_runtime, start};
+use common::{fast_runtime, start, temp_store};
 
 const SECRET: &str = "s3cret-shared-with-the-receiver";
 /// How long a stopped worker may take to drain.
@@ -35,6 +35,12 @@ fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
             url: w.url.clone(),
             secret: SECRET.into(),
             timeout: Duration::from_secs(5),
+        }),
+        // counts cohorts at submission from the environments' sources
+        dispense: Some(tre_workflows::DispenseConfig {
+            sources: tre_dispense::Sources::default(),
+            dest: temp_store("runtime").1,
+            unit_rows: 1_000,
         }),
         ..WorkerOptions::default()
     }
@@ -209,7 +215,11 @@ async fn retries_and_dead_letters(store: &Store) {
         .unwrap();
     let key = format!("notify_reviewers:{}:1:0", request.id);
     eventually("the job is dead", || async {
-        store.job(&key).await.unwrap().unwrap().state == "dead"
+        store
+            .job(&key)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.state == "dead")
     })
     .await;
     let job = store.job(&key).await.unwrap().unwrap();
@@ -377,16 +387,18 @@ async fn redis_flushall_and_restart_lose_no_work() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
 
     let worker = start(store, queue.clone(), options.clone());
-    eventually("the five lost jobs are done", || async {
-        store.job_counts().await.unwrap().done == 5
-    })
+    // each lost count, once run, asks the reviewers: ten jobs in all
+    eventually(
+        "the five lost jobs (and what they led to) are done",
+        || async { store.job_counts().await.unwrap().done == 10 },
+    )
     .await;
 
     // Redis restarts empty (no persistence) while the worker runs
     redis.restart();
     submit(3).await;
-    eventually("the three new jobs are done", || async {
-        store.job_counts().await.unwrap().done == 8
+    eventually("the three new submissions' jobs are done", || async {
+        store.job_counts().await.unwrap().done == 16
     })
     .await;
     let metrics = worker.stop(STOP_WITHIN).await;
@@ -400,6 +412,7 @@ async fn redis_flushall_and_restart_lose_no_work() {
         .collect();
     assert_eq!(deliveries.len(), 8);
     assert_eq!(metrics.get("notify_reviewers", "succeeded"), 8);
+    assert_eq!(metrics.get("count_cohort", "succeeded"), 8);
     let counts = store.job_counts().await.unwrap();
     assert_eq!(
         (counts.pending, counts.queued, counts.running, counts.dead),
@@ -423,10 +436,7 @@ async fn concurrent_claims_run_a_job_once() {
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
-    store
-        .request_command(&w.owner, &request.id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    submit_counted(store, &w.owner, &request.id, 100).await;
     let key = format!("notify_reviewers:{}:1:0", request.id);
     let executors: Vec<Arc<Executor>> = (0..6)
         .map(|_| {
@@ -512,10 +522,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
-    store
-        .request_command(&w.owner, &request.id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    submit_counted(store, &w.owner, &request.id, 100).await;
     store
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
@@ -576,15 +583,15 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
             == tre_domain::ProjectState::Expired
     })
     .await;
-    let deprovision = store
-        .job(&format!("deprovision:{}", project.id))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        ["pending", "queued"].contains(&deprovision.state.as_str()),
-        "waits for a dispense worker: {deprovision:?}"
-    );
+    let deprovision = format!("deprovision:{}", project.id);
+    eventually("its data are removed", || async {
+        store
+            .job(&deprovision)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.state == "done")
+    })
+    .await;
     let history = store.request_history(&w.owner, &request.id).await.unwrap();
     assert_eq!(history.last().unwrap().action, "request.expire");
     assert_eq!(history.last().unwrap().actor, "system");
@@ -625,10 +632,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
-    store
-        .request_command(&w.owner, &request.id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    submit_counted(store, &w.owner, &request.id, 100).await;
     store
         .decide(&caller("rev1"), &request.id, decide(0))
         .await

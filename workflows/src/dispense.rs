@@ -5,6 +5,12 @@
 //! project ready. `deprovision` removes a revoked or expired project's data.
 //! A job that dies marks the project `failed`; `tre projects retry` starts
 //! a new round that runs only the unfinished units.
+//!
+//! What is dispensed is the request's selection as approved, never what its
+//! collections mean today, read from the environment's own source root.
+//! Planning and finishing each first check that the request is still
+//! approved and within its dates; if not, the project is revoked or expired
+//! (which removes whatever was written) instead.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,9 +21,10 @@ use object_store::ObjectStore;
 use serde_json::json;
 use tracing::{info, warn};
 use tre_dispense::{
-    CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, UnitJob,
+    CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, Source, Sources,
+    UnitJob,
 };
-use tre_domain::{Effect, ProjectCommand, ProjectId, ProjectState};
+use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, NewPlan};
 
@@ -26,8 +33,9 @@ use crate::{move_project, payload};
 /// Where dispensing reads and writes, and how it splits the work.
 #[derive(Clone)]
 pub struct DispenseConfig {
-    /// The custodian's store that inventory locations are relative to.
-    pub source: Arc<dyn ObjectStore>,
+    /// Opens each environment's source root (where its inventory's
+    /// locations are). Default: [`Sources::default`].
+    pub sources: Sources,
     /// Where project prefixes are created.
     pub dest: Arc<dyn ObjectStore>,
     /// Source rows per unit (whole row groups). Default 1,000,000.
@@ -37,11 +45,21 @@ pub struct DispenseConfig {
 impl std::fmt::Debug for DispenseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DispenseConfig")
-            .field("source", &self.source.to_string())
             .field("dest", &self.dest.to_string())
             .field("unit_rows", &self.unit_rows)
             .finish()
     }
+}
+
+/// The source of `env` from `sources`; none configured is permanent.
+pub(crate) fn source_of(sources: &Sources, env: &Environment) -> Result<Source, JobError> {
+    let root = env.source.as_ref().ok_or_else(|| {
+        JobError::Permanent(format!(
+            "environment {} has no source root (created before sources were per environment)",
+            env.id
+        ))
+    })?;
+    sources.get(root).map_err(dispense_error)
 }
 
 pub const DEFAULT_UNIT_ROWS: u64 = 1_000_000;
@@ -51,6 +69,8 @@ struct Loaded {
     plan: DispensePlan,
     membership: Arc<Membership>,
     pseudonymiser: Option<Pseudonymiser>,
+    /// The environment's source.
+    source: Source,
 }
 
 /// Handlers of the dispensing jobs.
@@ -70,7 +90,10 @@ impl std::fmt::Debug for DispenseWorkflow {
 /// Plans decoded and kept per worker (a unit needs the cohort's keys).
 const CACHED_PLANS: usize = 8;
 
-fn dispense_error(e: DispenseError) -> JobError {
+/// A dispense error as a job error: its message is for people (a project's
+/// failure, a job's last error), its detail (paths) for the log.
+pub(crate) fn dispense_error(e: DispenseError) -> JobError {
+    warn!(error = %e.detail(), "dispensing step failed");
     if e.is_transient() {
         JobError::Transient(e.to_string())
     } else {
@@ -113,6 +136,31 @@ impl DispenseWorkflow {
         Ok(live.then_some(project))
     }
 
+    /// Whether the project's request still allows it data: approved and
+    /// before its end date. If not, the project is revoked or expired
+    /// (which queues the removal of its data) and `false` is returned.
+    async fn still_approved(
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        project: &tre_domain::Project,
+    ) -> Result<bool, JobError> {
+        let request = ctx.store.system_request(&project.request_id).await?;
+        let ended = request.expires_at.is_none_or(|end| tre_store::now() >= end);
+        let command = match request.state {
+            RequestState::Approved if !ended => return Ok(true),
+            RequestState::Approved | RequestState::Expired => ProjectCommand::Expire,
+            _ => ProjectCommand::Revoke,
+        };
+        warn!(
+            project = %project.id,
+            request = %request.id,
+            state = %request.state,
+            "the request no longer allows data: ending the project instead of dispensing"
+        );
+        move_project(ctx, &project.id, command, &job.key).await?;
+        Ok(false)
+    }
+
     async fn plan(
         &self,
         ctx: &JobContext,
@@ -124,6 +172,9 @@ impl DispenseWorkflow {
         let Some(project) = Self::live(ctx, id, round).await? else {
             return Ok(());
         };
+        if !Self::still_approved(ctx, job, &project).await? {
+            return Ok(());
+        }
         if project.state == ProjectState::Provisioning {
             move_project(ctx, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
@@ -148,14 +199,23 @@ impl DispenseWorkflow {
             .inventory
             .as_ref()
             .ok_or_else(|| JobError::Permanent("the environment has no inventory".into()))?;
+        let approved = request
+            .selection
+            .as_ref()
+            .ok_or_else(|| JobError::Permanent("the request has no recorded selection".into()))?;
+        // exactly what was approved, if the current inventory still has it
+        let selection = approved
+            .against(inventory)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        let source = source_of(&self.config.sources, &env)?;
         let (plan, keys) = tre_dispense::make_plan(
-            &self.config.source,
+            &source,
             PlanInput {
                 project: project.id.as_str(),
                 request: project.request_id.as_str(),
                 environment: project.environment_id.as_str(),
                 inventory,
-                collections: &request.collections,
+                selection,
                 cohort_filter: &request.cohort,
                 pseudonymise: env.policies.pseudonymise,
                 unit_rows: self.config.unit_rows,
@@ -186,12 +246,13 @@ impl DispenseWorkflow {
                 cohort: &cohort_json,
                 secret: &secret,
                 units: &units,
+                // admins read the log: what was planned is bound by the
+                // approved selection's digest, not shown (no fields, no
+                // cohort size)
                 summary: json!({
                     "inventory_version": plan.inventory_version,
-                    "cohort_size": plan.cohort_size,
+                    "selection": request.selection_digest(),
                     "units": plan.units.len(),
-                    "source_rows": plan.source_rows(),
-                    "datasets": plan.datasets,
                     "pseudonymised": plan.pseudonymised,
                 }),
                 trace_id: &job.key,
@@ -221,7 +282,12 @@ impl DispenseWorkflow {
         } else {
             None
         };
+        let env = ctx
+            .store
+            .system_environment(&tre_domain::EnvironmentId(plan.environment.clone()))
+            .await?;
         let loaded = Arc::new(Loaded {
+            source: source_of(&self.config.sources, &env)?,
             membership: Arc::new(Membership::new(&keys)),
             plan,
             pseudonymiser,
@@ -260,7 +326,7 @@ impl DispenseWorkflow {
             membership: loaded.membership.clone(),
             pseudonymiser: loaded.pseudonymiser.as_ref(),
         }
-        .run(&self.config.source, &self.config.dest)
+        .run(&loaded.source, &self.config.dest)
         .await
         .map_err(|e| match dispense_error(e) {
             JobError::Transient(m) => JobError::Transient(format!("unit {index}: {m}")),
@@ -278,7 +344,10 @@ impl DispenseWorkflow {
         round: u32,
     ) -> Result<(), JobError> {
         let store = &ctx.store;
-        if Self::live(ctx, id, round).await?.is_none() {
+        let Some(project) = Self::live(ctx, id, round).await? else {
+            return Ok(());
+        };
+        if !Self::still_approved(ctx, job, &project).await? {
             return Ok(());
         }
         let loaded = self.loaded(ctx, id).await?;

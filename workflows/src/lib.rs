@@ -5,13 +5,16 @@
 //! |---|---|---|
 //! | `notify_reviewers` | submit; a stage approved | asks the stage's reviewers (minus requesters) to review; alerts the environment's admins when the stage cannot pass |
 //! | `stage_reminder` | a stage opened, with a review SLA (due when it ends) | reminds the stage's reviewers who have not decided, if the stage is still open |
-//! | `notify_owner` | a round's outcome | tells owner and collaborators: approved, returned, rejected |
+//! | `notify_owner` | a round's outcome | tells owner and collaborators: approved, returned, rejected, cohort too small or not counted |
+//! | `count_cohort` | submit | counts the cohort from the environment's source; to review, or back to the owner below the minimum |
+//! | `alert_admins` | a member change that leaves an approved request's owner unauthorized; reviewers changed on a stage where requests wait | tells the environment's admins |
 //! | `schedule_expiry` | approval (due at the end date) | moves the request to `expired` |
 //! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
 //!
 //! Every handler is idempotent: inbox rows and deliveries are keyed by the
 //! job key, and state changes that already happened are treated as done.
 
+mod cohort;
 mod dispense;
 mod notify;
 
@@ -25,6 +28,7 @@ use tre_domain::{
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, StoreError};
 
+pub use cohort::CohortCounter;
 pub use dispense::{DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
 pub use notify::{EmailConfig, Notifier, WebhookConfig, signature};
 
@@ -39,10 +43,11 @@ impl RequestWorkflow {
         Self { notifier }
     }
 
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 6] = [
         "notify_reviewers",
         "stage_reminder",
         "notify_owner",
+        "alert_admins",
         "schedule_expiry",
         "revoke_projects",
     ];
@@ -137,6 +142,9 @@ impl JobHandler for RequestWorkflow {
                         .owner(ctx, job, &request, round, &outcome)
                         .await
                 }
+                Effect::AlertAdmins {
+                    environment, alert, ..
+                } => self.notifier.admins(ctx, job, &environment, &alert).await,
                 Effect::ScheduleExpiry { request, .. } => expire(ctx, job, &request).await,
                 Effect::RevokeProjects { request } => revoke_projects(ctx, job, &request).await,
                 other => Err(JobError::Permanent(format!(

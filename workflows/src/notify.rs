@@ -21,7 +21,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 use tracing::info;
-use tre_domain::{AccessRequest, Environment, RequestId, RequestState, ReviewStage, UserId};
+use tre_domain::{
+    AccessRequest, AdminAlert, Environment, EnvironmentId, RequestId, RequestState, ReviewStage,
+    UserId,
+};
 use tre_jobs::{JobContext, JobError};
 use tre_store::{ClaimedJob, Delivery, Notification, now};
 
@@ -218,7 +221,7 @@ impl Notifier {
         ctx: &JobContext,
         job: &ClaimedJob,
         users: &[UserId],
-        request: &AccessRequest,
+        request: Option<&RequestId>,
         message: Message<'_>,
     ) -> Result<(), JobError> {
         for user in users {
@@ -227,7 +230,7 @@ impl Notifier {
                     key: format!("{}:{user}", job.key),
                     user_id: user.clone(),
                     kind: message.kind.to_owned(),
-                    request_id: Some(request.id.to_string()),
+                    request_id: request.map(ToString::to_string),
                     subject: message.subject.to_owned(),
                     body: message.body.to_owned(),
                     created_at: now().0,
@@ -350,7 +353,8 @@ impl Notifier {
                 subject: &subject,
                 body: &body,
             };
-            self.inbox(ctx, job, &admins, &request, message).await?;
+            self.inbox(ctx, job, &admins, Some(&request.id), message)
+                .await?;
             return self
                 .webhook(
                     ctx,
@@ -372,7 +376,8 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &reviewers, &request, message).await?;
+        self.inbox(ctx, job, &reviewers, Some(&request.id), message)
+            .await?;
         self.webhook(
             ctx,
             job,
@@ -428,12 +433,74 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &waiting, &request, message).await?;
+        self.inbox(ctx, job, &waiting, Some(&request.id), message)
+            .await?;
         self.webhook(
             ctx,
             job,
             "review_reminder",
             json!({"request": request.id, "round": round, "stage": pipeline_stage.id, "reviewers": waiting}),
+        )
+        .await
+    }
+
+    /// Tells an environment's admins about something that needs them.
+    pub async fn admins(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        environment: &EnvironmentId,
+        alert: &AdminAlert,
+    ) -> Result<(), JobError> {
+        let env = ctx.store.system_environment(environment).await?;
+        let admins: Vec<UserId> = env.admins.iter().cloned().collect();
+        let (kind, subject, body, request) = match alert {
+            AdminAlert::OwnerRemoved { request, owner } => (
+                "owner_removed",
+                format!("The owner of an approved request left {:?}", env.name),
+                format!(
+                    "{owner} owns approved request {request} but is no longer an authorized user of the environment: they cannot create or use its project. Revoke the request if its access should end."
+                ),
+                Some(request),
+            ),
+            AdminAlert::ReviewersChanged {
+                stage_id,
+                added,
+                removed,
+                waiting,
+                ..
+            } => {
+                let names = |users: &std::collections::BTreeSet<UserId>| {
+                    let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+                    if names.is_empty() {
+                        "nobody".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                };
+                (
+                    "reviewers_changed",
+                    format!("Reviewers of stage {stage_id:?} changed in {:?}", env.name),
+                    format!(
+                        "While {waiting} request(s) wait at stage {stage_id:?}, its reviewers changed: added {}, removed {}.",
+                        names(added),
+                        names(removed)
+                    ),
+                    None,
+                )
+            }
+        };
+        let message = Message {
+            kind,
+            subject: &subject,
+            body: &body,
+        };
+        self.inbox(ctx, job, &admins, request, message).await?;
+        self.webhook(
+            ctx,
+            job,
+            kind,
+            json!({"environment": environment, "alert": alert, "admins": admins}),
         )
         .await
     }
@@ -450,13 +517,34 @@ impl Notifier {
         let request = ctx.store.system_request(request_id).await?;
         let mut people: Vec<UserId> = vec![request.owner.clone()];
         people.extend(request.collaborators.iter().cloned());
-        let subject = format!("Your request was {outcome}: {}", request.title);
+        let subject = match outcome {
+            "cohort_too_small" => format!("Your request's cohort is too small: {}", request.title),
+            "cohort_not_counted" => {
+                format!(
+                    "Your request's cohort could not be counted: {}",
+                    request.title
+                )
+            }
+            _ => format!("Your request was {outcome}: {}", request.title),
+        };
         let body = match outcome {
             "returned" => {
                 "The reviewers returned it for revision; see its history for their comments."
                     .to_owned()
             }
             "approved" => "You may now create the project.".to_owned(),
+            "cohort_too_small" => {
+                let minimum = ctx
+                    .store
+                    .system_environment(&request.environment_id)
+                    .await?
+                    .policies
+                    .min_cohort_size;
+                format!(
+                    "It selects fewer participants than the environment's minimum of {minimum}, so no reviewer has seen it. Widen the cohort and submit it again."
+                )
+            }
+            "cohort_not_counted" => "It could not be counted, so no reviewer has seen it; see its history for the reason, and ask the environment's admins if it persists.".to_owned(),
             _ => "See its history for the reviewers' comments.".to_owned(),
         };
         let kind = format!("request_{outcome}");
@@ -465,7 +553,8 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &people, &request, message).await?;
+        self.inbox(ctx, job, &people, Some(&request.id), message)
+            .await?;
         self.webhook(
             ctx,
             job,

@@ -866,8 +866,9 @@ struct RequestQuery {
     cursor: Option<String>,
 }
 
-const STATES: [&str; 8] = [
+const STATES: [&str; 9] = [
     "draft",
+    "checking",
     "in_review",
     "in_revision",
     "approved",

@@ -91,6 +91,35 @@ impl Api {
         )
     }
 
+    /// Submits request `id` as `who` (it waits in `checking`), then records
+    /// a cohort of 100 as the `count_cohort` job would: these tests run no
+    /// dispensing worker (the workers' tests run the real count). Returns
+    /// the request as `who` sees it after the count.
+    async fn submit(&self, who: &str, id: &str) -> Value {
+        let submitted = self
+            .ok(
+                who,
+                Method::POST,
+                &format!("/v1/requests/{id}/submit"),
+                None,
+            )
+            .await;
+        assert_eq!(submitted["state"], "checking", "{submitted}");
+        let round = submitted["round"].as_u64().unwrap() as u32;
+        self.db
+            .store
+            .record_cohort_count(
+                &tre_domain::RequestId(id.to_owned()),
+                round,
+                tre_domain::CohortCount::Counted(100),
+                "test",
+            )
+            .await
+            .unwrap();
+        self.ok(who, Method::GET, &format!("/v1/requests/{id}"), None)
+            .await
+    }
+
     async fn ok(&self, who: &str, method: Method, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(who, method.clone(), path, body).await;
         assert!(
@@ -105,6 +134,11 @@ fn inventory() -> Value {
     serde_json::to_value(tre_testkit::inventory()).unwrap()
 }
 
+/// The source root of the tests' environments.
+fn source() -> String {
+    tre_testkit::fixtures_source().to_string()
+}
+
 /// A published environment; returns its id.
 async fn published(api: &Api) -> String {
     let env = api
@@ -112,7 +146,7 @@ async fn published(api: &Api) -> String {
             "platform",
             Method::POST,
             "/v1/environments",
-            Some(json!({"name": "Biobank", "admins": ["admin"]})),
+            Some(json!({"name": "Biobank", "admins": ["admin"], "source": source()})),
         )
         .await;
     let id = env["id"].as_str().unwrap().to_owned();
@@ -190,14 +224,7 @@ async fn full_lifecycle_over_http() {
         .await;
     assert_eq!(created.0, StatusCode::CREATED, "{}", created.1);
     let id = created.1["id"].as_str().unwrap().to_owned();
-    let r = api
-        .ok(
-            "owner",
-            Method::POST,
-            &format!("/v1/requests/{id}/submit"),
-            None,
-        )
-        .await;
+    let r = api.submit("owner", &id).await;
     assert_eq!(
         (r["state"].as_str(), r["stage"].as_u64()),
         (Some("in_review"), Some(0))
@@ -256,7 +283,7 @@ async fn full_lifecycle_over_http() {
         (StatusCode::UNPROCESSABLE_ENTITY, Some("role"))
     );
     // the job its submission started, for the owner only
-    let job = format!("notify_reviewers:{id}:1:0");
+    let job = format!("count_cohort:{id}:1");
     assert_eq!(
         api.ok("owner", Method::GET, &format!("/v1/jobs/{job}"), None)
             .await["state"],
@@ -285,14 +312,7 @@ async fn full_lifecycle_over_http() {
         Some(json!({"purpose": "Clarified"})),
     )
     .await;
-    let r = api
-        .ok(
-            "owner",
-            Method::POST,
-            &format!("/v1/requests/{id}/submit"),
-            None,
-        )
-        .await;
+    let r = api.submit("owner", &id).await;
     assert_eq!(r["round"], 2);
     api.ok("rev1", Method::POST, &path, Some(decide(0, "approve")))
         .await;
@@ -311,7 +331,11 @@ async fn full_lifecycle_over_http() {
             None,
         )
         .await;
-    assert_eq!(history["items"].as_array().unwrap().len(), 9);
+    assert_eq!(
+        history["items"].as_array().unwrap().len(),
+        11,
+        "create, two submissions each with its count, five decisions, an edit"
+    );
     let decisions = api.ok("owner", Method::GET, &path, None).await;
     assert_eq!(decisions["items"].as_array().unwrap().len(), 5);
 
@@ -454,8 +478,18 @@ async fn errors_have_one_shape_and_change_nothing() {
             "cohort.field",
         ),
         (
-            json!({"environment_id": env, "title": "t", "cohort": {"and": [{"field": "age", "op": "=", "value": "x"}]}}),
+            json!({"environment_id": env, "title": "t", "collections": ["demographics"], "cohort": {"and": [{"field": "age", "op": "=", "value": "x"}]}}),
             "cohort.and[0].value",
+        ),
+        // a cohort of one, picked by the participant key
+        (
+            json!({"environment_id": env, "title": "t", "collections": ["demographics"], "cohort": {"field": "participant_id", "op": "=", "value": 1_000_001}}),
+            "cohort.field",
+        ),
+        // a field of a collection the request does not select
+        (
+            json!({"environment_id": env, "title": "t", "collections": ["hospital"], "cohort": {"field": "age", "op": ">", "value": 40}}),
+            "cohort.field",
         ),
     ];
     for (body, field) in cases {
@@ -519,13 +553,7 @@ async fn errors_have_one_shape_and_change_nothing() {
     );
 
     // 403 separation of duties, 409 for a closed stage
-    api.ok(
-        "owner",
-        Method::POST,
-        &format!("/v1/requests/{id}/submit"),
-        None,
-    )
-    .await;
+    api.submit("owner", id).await;
     let path = format!("/v1/requests/{id}/decisions");
     let approve = |stage: u64| Some(json!({"stage": stage, "decision": "approve"}));
     let (status, body) = api.call("collab", Method::POST, &path, approve(0)).await;
@@ -750,13 +778,7 @@ async fn authorization_matrix_over_http() {
         .as_str()
         .unwrap()
         .to_owned();
-    api.ok(
-        "owner",
-        Method::POST,
-        &format!("/v1/requests/{r}/submit"),
-        None,
-    )
-    .await;
+    api.submit("owner", &r).await;
     let p = api
         .ok(
             "owner",
@@ -768,13 +790,7 @@ async fn authorization_matrix_over_http() {
         .as_str()
         .unwrap()
         .to_owned();
-    api.ok(
-        "owner",
-        Method::POST,
-        &format!("/v1/requests/{p}/submit"),
-        None,
-    )
-    .await;
+    api.submit("owner", &p).await;
     let approve = |stage: u64| Some(json!({"stage": stage, "decision": "approve"}));
     api.ok(
         "rev1",
@@ -808,7 +824,7 @@ async fn authorization_matrix_over_http() {
         .as_str()
         .unwrap()
         .to_owned();
-    let job = format!("notify_reviewers:{r}:1:0");
+    let job = format!("count_cohort:{r}:1");
     let pipeline = json!({"stages": [
         {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
         {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a", "rev2b"], "rule": {"quorum": 2}},
@@ -823,7 +839,7 @@ async fn authorization_matrix_over_http() {
         (
             Method::POST,
             "/v1/environments".into(),
-            Some(json!({"name": "Other"})),
+            Some(json!({"name": "Other", "source": source()})),
             "AAFFFFFFF",
         ),
         (Method::GET, "/v1/environments".into(), None, "AAAAAAAAA"),
@@ -1287,13 +1303,41 @@ async fn documented_schemas_match_real_traffic() {
         None,
     )
     .await;
-    assert_eq!(submitted["state"], "in_review");
+    assert_eq!(submitted["state"], "checking");
     let mut value = submitted.clone();
     value["state"] = json!("in_review_forever");
     refused(Method::POST, "/v1/requests/{id}/submit", "answer", value);
     let mut value = submitted.clone();
     value.as_object_mut().unwrap().remove("owner");
     refused(Method::POST, "/v1/requests/{id}/submit", "answer", value);
+    // the count job's outcome (no dispensing worker here), then the
+    // request as reviewers see it: with its resolved selection
+    api.db
+        .store
+        .record_cohort_count(
+            &tre_domain::RequestId(id.to_owned()),
+            1,
+            tre_domain::CohortCount::Counted(100),
+            "test",
+        )
+        .await
+        .unwrap();
+    let reviewed = documented_call(
+        &api,
+        &spec,
+        "rev1",
+        Method::GET,
+        "/v1/requests/{id}",
+        &format!("/v1/requests/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(reviewed["state"], "in_review");
+    assert_eq!(reviewed["cohort_size"], 100);
+    assert_eq!(
+        reviewed["selection"]["collections"][0]["name"],
+        "demographics"
+    );
     documented_call(
         &api,
         &spec,
@@ -1557,13 +1601,7 @@ async fn with_redis_workers_people_are_notified() {
         .as_str()
         .unwrap()
         .to_owned();
-    api.ok(
-        "owner",
-        Method::POST,
-        &format!("/v1/requests/{id}/submit"),
-        None,
-    )
-    .await;
+    api.submit("owner", &id).await;
     let inbox = |who: &'static str| {
         let api = &api;
         async move {
@@ -1612,14 +1650,22 @@ async fn with_redis_workers_people_are_notified() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(told[0]["kind"], "request_rejected");
-    let job = api
-        .ok(
-            "owner",
-            Method::GET,
-            &format!("/v1/jobs/notify_reviewers:{id}:1:0"),
-            None,
-        )
-        .await;
+    // the job rev1's approval started: asking stage 2's reviewers
+    let mut job = Value::Null;
+    for _ in 0..200 {
+        job = api
+            .ok(
+                "rev1",
+                Method::GET,
+                &format!("/v1/jobs/notify_reviewers:{id}:1:1"),
+                None,
+            )
+            .await;
+        if job["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert_eq!(
         (job["state"].as_str(), job["attempts"].as_i64()),
         (Some("done"), Some(1))

@@ -76,6 +76,8 @@ async fn environment(store: &Store) -> Result<(String, String)> {
                 name: "Bench".into(),
                 description: String::new(),
                 admins: ["bench-admin".into()].into(),
+                // never read: the bench neither counts nor dispenses
+                source: tre_domain::StoreRoot::parse("source", "/srv/tre-bench")?,
             },
         )
         .await?;

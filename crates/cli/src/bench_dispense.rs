@@ -193,9 +193,13 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
             fields,
         }],
         showcase: vec![],
+        cohort_fields: None,
     };
+    let selection =
+        tre_domain::dispense::resolve(&inventory, &BTreeSet::from(["half".to_owned()]))?
+            .against(&inventory)?;
     let out = root.join("out");
-    let source = tre_dispense::stores::open(root.to_str().unwrap_or("."), "source")?;
+    let source = tre_dispense::Source::folder(root.clone())?;
     // two units per core: one decodes while the other waits on a read
     let concurrency = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
 
@@ -215,7 +219,7 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
                 request: "bench",
                 environment: "bench",
                 inventory: &inventory,
-                collections: &BTreeSet::from(["half".to_owned()]),
+                selection: selection.clone(),
                 cohort_filter: &json!({"field": "recruitment_centre", "op": "=", "value": CENTRE}),
                 pseudonymise: true,
                 unit_rows: args.unit_rows,

@@ -2,10 +2,11 @@
 //! environment variables, then command-line flags. Validated once at start-up;
 //! errors name the setting.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use tre_domain::StoreRoot;
 
 /// Effective settings. Each field documents its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,14 +15,12 @@ pub struct Settings {
     /// truth: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
     /// Default: `sqlite://.tre/tre.db` (embedded).
     pub database_url: String,
-    /// `TRE_SOURCE_STORE`, `--source-store`. The custodian's source object
-    /// store that inventory dataset locations are relative to: a local
-    /// folder, `file://PATH` or `s3://BUCKET[/PREFIX]` (S3 settings from the
-    /// standard `AWS_*` variables). Default: `.` (the working directory).
-    pub source_store: String,
     /// `TRE_OBJECT_STORE`, `--object-store`. Where project data is
     /// dispensed, one prefix per project: a local folder, `file://PATH` or
-    /// `s3://BUCKET[/PREFIX]`. Default: `.tre/objects`.
+    /// `s3://BUCKET[/PREFIX]` (S3 settings from the standard `AWS_*`
+    /// variables). No environment's source root may overlap it. Default:
+    /// `.tre/objects`. (Each environment's source data is where the platform
+    /// admin who created it said: its source root.)
     pub object_store: String,
     /// `TRE_LOG`. Log filter (tracing `EnvFilter` syntax). Default: `warn`.
     pub log: String,
@@ -53,7 +52,6 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     database_url: Option<String>,
-    source_store: Option<String>,
     object_store: Option<String>,
     log: Option<String>,
     redis_url: Option<String>,
@@ -68,7 +66,6 @@ struct FileSettings {
 pub struct FlagSettings {
     pub config: Option<PathBuf>,
     pub database_url: Option<String>,
-    pub source_store: Option<String>,
     pub object_store: Option<String>,
     pub redis_url: Option<String>,
 }
@@ -77,7 +74,6 @@ impl Settings {
     fn defaults() -> Self {
         Self {
             database_url: "sqlite://.tre/tre.db".into(),
-            source_store: ".".into(),
             object_store: ".tre/objects".into(),
             log: "warn".into(),
             redis_url: None,
@@ -87,7 +83,6 @@ impl Settings {
             smtp_from: None,
             sources: vec![
                 ("database_url", "default".into()),
-                ("source_store", "default".into()),
                 ("object_store", "default".into()),
                 ("log", "default".into()),
                 ("redis_url", "default".into()),
@@ -102,7 +97,6 @@ impl Settings {
     fn set(&mut self, key: &'static str, value: String, source: &str) {
         match key {
             "database_url" => self.database_url = value,
-            "source_store" => self.source_store = value,
             "object_store" => self.object_store = value,
             "log" => self.log = value,
             "redis_url" => self.redis_url = Some(value),
@@ -136,7 +130,6 @@ impl Settings {
             let source = format!("file {}", path.display());
             for (key, value) in [
                 ("database_url", file.database_url),
-                ("source_store", file.source_store),
                 ("object_store", file.object_store),
                 ("log", file.log),
                 ("redis_url", file.redis_url),
@@ -152,7 +145,6 @@ impl Settings {
         }
         for (key, var) in [
             ("database_url", "TRE_DATABASE_URL"),
-            ("source_store", "TRE_SOURCE_STORE"),
             ("object_store", "TRE_OBJECT_STORE"),
             ("log", "TRE_LOG"),
             ("redis_url", "TRE_REDIS_URL"),
@@ -167,7 +159,6 @@ impl Settings {
         }
         for (key, flag, value) in [
             ("database_url", "--database-url", &flags.database_url),
-            ("source_store", "--source-store", &flags.source_store),
             ("object_store", "--object-store", &flags.object_store),
             ("redis_url", "--redis-url", &flags.redis_url),
         ] {
@@ -187,20 +178,7 @@ impl Settings {
         {
             bail!("database_url: must start with sqlite:// or postgres:// (got {url:?})");
         }
-        for (key, value) in [
-            ("source_store", &self.source_store),
-            ("object_store", &self.object_store),
-        ] {
-            if value.trim().is_empty() {
-                bail!("{key}: must not be empty");
-            }
-            if value.contains("://") && !value.starts_with("s3://") && !value.starts_with("file://")
-            {
-                bail!(
-                    "{key}: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {value:?})"
-                );
-            }
-        }
+        self.output_root()?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| anyhow::anyhow!("log: {e}"))?;
         if let Some(url) = &self.redis_url
@@ -234,9 +212,27 @@ impl Settings {
         Ok(())
     }
 
-    /// A path inside the source store.
-    pub fn source_path(&self, location: &str) -> PathBuf {
-        Path::new(&self.source_store).join(location)
+    /// The object store as a root (a relative folder made absolute), to
+    /// keep every environment's source root away from it.
+    pub fn output_root(&self) -> Result<StoreRoot> {
+        let value = self.object_store.trim();
+        if value.is_empty() {
+            bail!("object_store: must not be empty");
+        }
+        if value.starts_with("s3://") {
+            return StoreRoot::parse("object_store", value).map_err(|e| anyhow::anyhow!("{e}"));
+        }
+        if value.contains("://") && !value.starts_with("file://") {
+            bail!(
+                "object_store: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {value:?})"
+            );
+        }
+        let folder = std::path::absolute(value.strip_prefix("file://").unwrap_or(value))
+            .with_context(|| format!("object_store: {value:?}"))?;
+        let folder = folder
+            .to_str()
+            .ok_or_else(|| anyhow::anyhow!("object_store: not a UTF-8 path"))?;
+        StoreRoot::parse("object_store", folder).map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -259,27 +255,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tre-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tre.toml");
-        std::fs::write(&file, "database_url = \"sqlite://from-file.db\"\nsource_store = \"file-src\"\nlog = \"info\"\n").unwrap();
+        std::fs::write(&file, "database_url = \"sqlite://from-file.db\"\nobject_store = \"file-out\"\nlog = \"info\"\n").unwrap();
         let flags = FlagSettings {
             config: Some(file.clone()),
-            source_store: Some("flag-src".into()),
+            object_store: Some("flag-out".into()),
             ..Default::default()
         };
         let s = Settings::load(
             &flags,
             env(&[
                 ("TRE_DATABASE_URL", "postgres://env/db"),
-                ("TRE_SOURCE_STORE", "env-src"),
+                ("TRE_OBJECT_STORE", "env-out"),
             ]),
         )
         .unwrap();
         assert_eq!(s.database_url, "postgres://env/db", "env beats file");
-        assert_eq!(s.source_store, "flag-src", "flag beats env");
+        assert_eq!(s.object_store, "flag-out", "flag beats env");
         assert_eq!(s.log, "info", "file beats default");
-        assert_eq!(s.object_store, ".tre/objects", "default");
+        assert_eq!(s.redis_url, None, "default");
         let sources: HashMap<_, _> = s.sources.iter().cloned().collect();
         assert_eq!(sources["database_url"], "env TRE_DATABASE_URL");
-        assert_eq!(sources["source_store"], "flag --source-store");
+        assert_eq!(sources["object_store"], "flag --object-store");
         assert!(sources["log"].starts_with("file "));
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -290,6 +286,8 @@ mod tests {
         let err = Settings::load(&flags, env(&[("TRE_DATABASE_URL", "mysql://x")])).unwrap_err();
         assert!(err.to_string().starts_with("database_url:"), "{err}");
         let err = Settings::load(&flags, env(&[("TRE_OBJECT_STORE", "gs://bucket")])).unwrap_err();
+        assert!(err.to_string().starts_with("object_store:"), "{err}");
+        let err = Settings::load(&flags, env(&[("TRE_OBJECT_STORE", "/")])).unwrap_err();
         assert!(err.to_string().starts_with("object_store:"), "{err}");
         let err = Settings::load(&flags, env(&[("TRE_LOG", "[[[")])).unwrap_err();
         assert!(err.to_string().starts_with("log:"), "{err}");
@@ -306,6 +304,9 @@ mod tests {
         let s = Settings::load(&FlagSettings::default(), env(&[])).unwrap();
         assert_eq!(s.database_url, "sqlite://.tre/tre.db");
         assert_eq!(s.redis_url, None, "embedded queue");
+        let output = s.output_root().unwrap();
+        let here = std::env::current_dir().unwrap().join(".tre/objects");
+        assert_eq!(output.to_string(), here.to_str().unwrap(), "made absolute");
     }
 
     #[test]

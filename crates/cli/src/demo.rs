@@ -89,9 +89,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
     if !Path::new(ENVIRONMENT_FILE).exists() {
         bail!("{ENVIRONMENT_FILE} not found: run `tre demo` from the repository root");
     }
-    let store = Store::open(&settings.database_url)
-        .await
-        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let store = crate::open_checked(settings).await?;
     let trace = format!("demo-{}", std::process::id());
     println!(
         "tre demo on {}, jobs on the {} queue\n",
@@ -148,14 +146,18 @@ pub async fn run(settings: &Settings) -> Result<()> {
 
     println!("2. The custodian's environment");
     let definition = EnvironmentFile::read(Path::new(ENVIRONMENT_FILE))?;
-    let env = store
-        .create_environment(&platform, definition.new_environment()?)
-        .await?;
+    let new = definition.new_environment(Path::new(ENVIRONMENT_FILE), None)?;
+    let source = tre_dispense::Source::open(&new.source)?;
+    let env = store.create_environment(&platform, new).await?;
     println!(
-        "   platform-ops created {:?} ({}) in draft, admin: custodian",
-        env.name, env.id
+        "   platform-ops created {:?} ({}) in draft, admin: custodian, its data in {}",
+        env.name,
+        env.id,
+        env.source
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string)
     );
-    for command in definition.commands(|l| settings.source_path(l), true)? {
+    for command in definition.commands(&source, true).await? {
         store
             .configure_environment(&custodian, &env.id, command)
             .await?;
@@ -244,11 +246,49 @@ pub async fn run(settings: &Settings) -> Result<()> {
     if let Err(StoreError::Domain(e)) = bad {
         println!("   a filter on an unknown field is refused: {e}");
     }
+    let one = store
+        .request_command(
+            &alice,
+            &draft.id,
+            RequestCommand::Update(RequestUpdate {
+                cohort: Some(json!({"field": "participant_id", "op": "=", "value": 1_000_001})),
+                ..Default::default()
+            }),
+        )
+        .await;
+    if let Err(StoreError::Domain(e)) = one {
+        println!("   so is a cohort of one picked by the participant key: {e}");
+    }
     let request = store
         .request_command(&alice, &draft.id, RequestCommand::Submit)
         .await?;
-    println!("   alice submitted it: {}", show(&request));
+    println!(
+        "   alice submitted it: {}; a job counts the cohort before anyone reviews it",
+        show(&request)
+    );
     let id = request.id.clone();
+    after_job(&store, &format!("count_cohort:{id}:1"), &[]).await?;
+    let request = store.request(&alice, &id).await?;
+    println!(
+        "     {} participants, at least the environment's minimum of {}: {}",
+        request.cohort_size.unwrap_or(0),
+        env.policies.min_cohort_size,
+        show(&request)
+    );
+    if let Some(selection) = &request.selection {
+        for collection in &selection.collections {
+            let fields: Vec<String> = collection
+                .fields
+                .iter()
+                .map(|f| format!("{}.{}", f.dataset, f.field))
+                .collect();
+            println!(
+                "     reviewers will see {:?} as: {}",
+                collection.name,
+                fields.join(", ")
+            );
+        }
+    }
     after_job(&store, &format!("notify_reviewers:{id}:1:0"), &["carol"]).await?;
     println!("     (bob reviews for this stage too, but as alice's collaborator he is not asked)");
 
@@ -324,6 +364,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         "   alice excludes baseline diabetes and resubmits: {}",
         show(&r)
     );
+    after_job(&store, &format!("count_cohort:{id}:2"), &[]).await?;
 
     println!("\n7. Review, round 2");
     let r = store

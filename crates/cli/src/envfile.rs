@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! name = "Synthetic Biobank"
+//! source = "../data"    # the source root: a folder (relative to this file) or s3://BUCKET/PREFIX
 //! admins = ["custodian"]
 //! members = [{ group = "researchers" }, { user = "alice" }]
 //! visibility = "private"
@@ -16,7 +17,7 @@
 //! [[inventory.datasets]]
 //! name = "participants"
 //! key = "participant_id"
-//! locations = ["fixtures/data/participants.parquet"]
+//! locations = ["participants.parquet"]   # relative to the source root
 //! [[inventory.collections]]
 //! name = "demographics"
 //! fields = ["participants.sex", "participants.age_at_recruitment"]
@@ -32,9 +33,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+use tre_dispense::Source;
 use tre_domain::{
     DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, Inventory, NewEnvironment,
-    Policies, Principal, ReviewPipeline, UserId, Visibility,
+    Policies, Principal, ReviewPipeline, StoreRoot, UserId, Visibility,
 };
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,11 @@ use tre_domain::{
 pub struct EnvironmentFile {
     /// Required to create; ignored when configuring.
     pub name: Option<String>,
+    /// The source root (required to create, unless given on the command
+    /// line; a platform admin's choice, never changed by configuring): an
+    /// absolute folder, a folder relative to this file, or
+    /// `s3://BUCKET[/PREFIX]`.
+    pub source: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
     pub admins: Option<BTreeSet<UserId>>,
@@ -62,6 +69,10 @@ pub struct InventoryFile {
     /// `dataset.field` names.
     #[serde(default)]
     pub showcase: Vec<String>,
+    /// Fields of the cohort dataset that cohort filters may use (default:
+    /// the showcase's and the selected collections').
+    #[serde(default)]
+    pub cohort_fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +111,29 @@ impl EnvironmentFile {
         }
     }
 
-    pub fn new_environment(&self) -> Result<NewEnvironment> {
+    /// What creating the environment takes. The source root is `source`
+    /// (a folder relative to the working directory) when given, else the
+    /// file's own (a folder relative to `file`'s).
+    pub fn new_environment(&self, file: &Path, source: Option<&str>) -> Result<NewEnvironment> {
+        let (text, base) = match (source, &self.source) {
+            (Some(flag), _) => (flag, Path::new(".")),
+            (None, Some(own)) => (own.as_str(), file.parent().unwrap_or(Path::new("."))),
+            (None, None) => {
+                bail!("source: required to create an environment (where its data lives)")
+            }
+        };
+        let root =
+            if text.starts_with("s3://") || text.starts_with("file://") || text.starts_with('/') {
+                text.to_owned()
+            } else {
+                let folder = base.join(text);
+                let folder = std::fs::canonicalize(&folder)
+                    .with_context(|| format!("source: {}", folder.display()))?;
+                folder
+                    .to_str()
+                    .ok_or_else(|| anyhow!("source: not a UTF-8 path"))?
+                    .to_owned()
+            };
         Ok(NewEnvironment {
             name: self
                 .name
@@ -108,17 +141,24 @@ impl EnvironmentFile {
                 .ok_or_else(|| anyhow!("name: required to create an environment"))?,
             description: self.description.clone().unwrap_or_default(),
             admins: self.admins.clone().unwrap_or_default(),
+            source: StoreRoot::parse("source", &root).map_err(|e| anyhow!("{e}"))?,
         })
     }
 
     /// The configuration commands the file asks for, in an order that works
     /// for a draft: details, admins, members, policies, inventory, pipeline,
-    /// visibility. `source` resolves dataset locations.
-    pub fn commands(
+    /// visibility. Dataset fields are read from the files' footers in
+    /// `source`, the environment's source.
+    pub async fn commands(
         &self,
-        source: impl Fn(&str) -> std::path::PathBuf,
+        source: &Source,
         creating: bool,
     ) -> Result<Vec<EnvironmentCommand>> {
+        if !creating && self.source.is_some() {
+            bail!(
+                "source: an environment's source root is set when a platform admin creates it; configuring cannot change it"
+            );
+        }
         let mut commands = Vec::new();
         if !creating && (self.name.is_some() || self.description.is_some()) {
             commands.push(EnvironmentCommand::UpdateDetails {
@@ -136,7 +176,9 @@ impl EnvironmentFile {
             commands.push(EnvironmentCommand::SetPolicies(policies.clone()));
         }
         if let Some(inventory) = &self.inventory {
-            commands.push(EnvironmentCommand::SetInventory(inventory.build(source)?));
+            commands.push(EnvironmentCommand::SetInventory(
+                inventory.build(source).await?,
+            ));
         }
         if let Some(pipeline) = &self.pipeline {
             commands.push(EnvironmentCommand::SetPipeline(pipeline.clone()));
@@ -159,12 +201,17 @@ fn field_ref(path: &str, name: &str) -> Result<FieldRef> {
 }
 
 impl InventoryFile {
-    pub fn build(&self, source: impl Fn(&str) -> std::path::PathBuf) -> Result<Inventory> {
+    pub async fn build(&self, source: &Source) -> Result<Inventory> {
         let mut datasets = Vec::new();
         for (i, d) in self.datasets.iter().enumerate() {
             let mut schema: Option<Vec<Field>> = None;
-            for location in &d.locations {
-                let fields = tre_dispense::schema::parquet_fields(&source(location))
+            for (j, location) in d.locations.iter().enumerate() {
+                tre_domain::storage::check_location(
+                    &format!("inventory.datasets[{i}].locations[{j}]"),
+                    location,
+                )?;
+                let fields = tre_dispense::schema::source_fields(source, location)
+                    .await
                     .with_context(|| format!("inventory.datasets[{i}].locations: {location}"))?;
                 match &schema {
                     None => schema = Some(fields),
@@ -224,6 +271,7 @@ impl InventoryFile {
             cohort_dataset: self.cohort_dataset.clone(),
             collections,
             showcase,
+            cohort_fields: self.cohort_fields.clone(),
         };
         inventory.validate()?;
         Ok(inventory)

@@ -31,10 +31,6 @@ struct Cli {
     /// Database URL (env TRE_DATABASE_URL; default sqlite://.tre/tre.db).
     #[arg(long, global = true)]
     database_url: Option<String>,
-    /// Source object store folder that dataset locations are relative to
-    /// (env TRE_SOURCE_STORE; default: the working directory).
-    #[arg(long, global = true)]
-    source_store: Option<String>,
     /// Object store folder for project buckets (env TRE_OBJECT_STORE;
     /// default .tre/objects).
     #[arg(long, global = true)]
@@ -117,6 +113,10 @@ enum EnvCommand {
     Create {
         #[arg(long)]
         file: PathBuf,
+        /// The environment's source root (replaces the file's `source`): an
+        /// absolute folder or s3://BUCKET[/PREFIX].
+        #[arg(long)]
+        source: Option<String>,
         /// Publish it right away.
         #[arg(long)]
         publish: bool,
@@ -262,10 +262,20 @@ fn explain(err: StoreError) -> anyhow::Error {
     }
 }
 
+/// The store, knowing where project data goes (no environment's source
+/// root may overlap it).
 async fn open(settings: &Settings) -> Result<Store> {
     let store = Store::open(&settings.database_url)
         .await
         .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    Ok(store.with_output_root(settings.output_root()?))
+}
+
+/// [`open`], for processes that dispense or serve: refuses to start when an
+/// environment's source root overlaps the object store.
+pub(crate) async fn open_checked(settings: &Settings) -> Result<Store> {
+    let store = open(settings).await?;
+    store.check_output_root().await.map_err(explain)?;
     Ok(store)
 }
 
@@ -273,7 +283,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let flags = FlagSettings {
         config: cli.config.clone(),
         database_url: cli.database_url.clone(),
-        source_store: cli.source_store.clone(),
         object_store: cli.object_store.clone(),
         redis_url: cli.redis_url.clone(),
     };
@@ -285,7 +294,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Config => {
             println!("database_url = {:?}", settings.database_url);
-            println!("source_store = {:?}", settings.source_store);
             println!("object_store = {:?}", settings.object_store);
             println!("log = {:?}", settings.log);
             println!("redis_url = {:?}", settings.redis_url);
@@ -359,7 +367,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Env(command) => {
             let store = open(&settings).await?;
-            let done = env_command(&settings, &store, command).await;
+            let done = env_command(&store, command).await;
             store.close().await;
             done?;
         }
@@ -438,12 +446,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) -> Result<()> {
+async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
     let state_change =
         |id: String, acting: Acting, command: EnvironmentCommand| (id, acting, command);
     let (id, acting, command) = match command {
         EnvCommand::Create {
             file,
+            source,
             publish,
             acting,
         } => {
@@ -453,9 +462,11 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             // an environment once handed over.
             let caller = caller(store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
-            let mut new = definition.new_environment()?;
+            let mut new = definition.new_environment(&file, source.as_deref())?;
+            store.check_source_root(&new.source).map_err(explain)?;
             let admins = std::mem::take(&mut new.admins);
-            let mut commands = definition.commands(|l| settings.source_path(l), true)?;
+            let source = tre_dispense::Source::open(&new.source)?;
+            let mut commands = definition.commands(&source, true).await?;
             if publish {
                 commands.push(EnvironmentCommand::Publish);
             }
@@ -487,7 +498,15 @@ async fn env_command(settings: &Settings, store: &Store, command: EnvCommand) ->
             let caller = caller(store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
             let id = EnvironmentId(id);
-            for command in definition.commands(|l| settings.source_path(l), false)? {
+            let env = store.environment(&caller, &id).await.map_err(explain)?;
+            let root = env.source.ok_or_else(|| {
+                anyhow!(
+                    "--as {}: only the environment's admins configure it (and see where its data lives)",
+                    acting.acting_as
+                )
+            })?;
+            let source = tre_dispense::Source::open(&root)?;
+            for command in definition.commands(&source, false).await? {
                 let action = command.action();
                 store
                     .configure_environment(&caller, &id, command)

@@ -10,7 +10,6 @@ use clap::Args;
 use tokio::sync::watch;
 use tre_api::AppState;
 use tre_jobs::Metrics;
-use tre_store::Store;
 use tre_workers::WorkerOptions;
 
 use crate::config::Settings;
@@ -23,9 +22,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
-    let store = Store::open(&settings.database_url)
-        .await
-        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let store = crate::open_checked(settings).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;

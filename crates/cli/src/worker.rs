@@ -55,13 +55,14 @@ pub struct WorkerArgs {
     unit_rows: u64,
 }
 
-/// The object stores dispensing reads from and writes to.
+/// Where dispensing writes (each environment's source root says where it
+/// reads).
 pub fn dispense(settings: &Settings, unit_rows: u64) -> Result<DispenseConfig> {
     if unit_rows == 0 {
         bail!("--unit-rows: must be at least 1");
     }
     Ok(DispenseConfig {
-        source: tre_dispense::stores::open(&settings.source_store, "source_store")?,
+        sources: tre_dispense::Sources::default(),
         dest: tre_dispense::stores::open(&settings.object_store, "object_store")?,
         unit_rows,
     })
@@ -129,9 +130,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
     if args.concurrency == Some(0) {
         bail!("--concurrency: must be at least 1");
     }
-    let store = Store::open(&settings.database_url)
-        .await
-        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let store = crate::open_checked(settings).await?;
     let queue = queue(settings).await?;
     let mut policies = tre_workers::policies();
     if let Some(ms) = args.job_timeout_ms {

@@ -27,7 +27,7 @@ use tre_domain::dispense::{DatasetSelection, UnitOutput};
 use crate::keys::{CohortKeys, Membership, Pseudonymiser};
 use crate::manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
 use crate::plan::{DispensePlan, SourceFile, Unit};
-use crate::{DispenseError, filter};
+use crate::{DispenseError, Source, filter};
 
 /// Rows per record batch read from sources.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -48,10 +48,10 @@ fn project_object(project: &str, relative: &str) -> Result<Path, DispenseError> 
 }
 
 async fn reader_builder(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     path: &str,
 ) -> Result<ParquetRecordBatchStreamBuilder<StoreReader>, DispenseError> {
-    let reader = StoreReader::new(source.clone(), location(path)?);
+    let reader = source.reader(path)?;
     Ok(ParquetRecordBatchStreamBuilder::new_with_options(
         reader,
         ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
@@ -77,7 +77,7 @@ fn root_indices(
 /// The entity keys of the cohort: rows of the cohort dataset where the
 /// filter is true (every row for no filter).
 pub async fn cohort_keys(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     inventory: &Inventory,
     expr: Option<&Expr>,
 ) -> Result<CohortKeys, DispenseError> {
@@ -119,7 +119,7 @@ pub async fn cohort_keys(
 
 /// The row counts of each row group of each of the selected datasets' files.
 pub async fn source_files(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     inventory: &Inventory,
     selection: &[DatasetSelection],
 ) -> Result<Vec<(String, Vec<SourceFile>)>, DispenseError> {
@@ -136,8 +136,7 @@ pub async fn source_files(
             .locations
             .iter()
             .map(|path| async move {
-                let reader = StoreReader::new(source.clone(), location(path)?);
-                let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+                let builder = ParquetRecordBatchStreamBuilder::new(source.reader(path)?).await?;
                 let mut names = vec![selected.key.as_str()];
                 names.extend(selected.fields.iter().map(String::as_str));
                 root_indices(builder.schema(), &names, path)?;
@@ -178,7 +177,7 @@ impl UnitJob<'_> {
     /// a multipart upload.
     pub async fn run(
         &self,
-        source: &Arc<dyn ObjectStore>,
+        source: &Source,
         dest: &Arc<dyn ObjectStore>,
     ) -> Result<UnitOutput, DispenseError> {
         let unit = self.unit;
@@ -472,7 +471,9 @@ pub struct PlanInput<'a> {
     pub environment: &'a str,
     /// The environment's active inventory.
     pub inventory: &'a Inventory,
-    pub collections: &'a BTreeSet<String>,
+    /// What the project receives: the approved selection, checked against
+    /// `inventory` (see `tre_domain::dispense::ResolvedSelection::against`).
+    pub selection: Vec<DatasetSelection>,
     /// The approved cohort filter (`null`: everyone).
     pub cohort_filter: &'a serde_json::Value,
     pub pseudonymise: bool,
@@ -482,12 +483,11 @@ pub struct PlanInput<'a> {
 
 /// Evaluates the cohort and splits the approved datasets into units.
 pub async fn make_plan(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     input: PlanInput<'_>,
 ) -> Result<(DispensePlan, CohortKeys), DispenseError> {
     let inventory = input.inventory;
-    let selection = tre_domain::dispense::selection(inventory, input.collections)
-        .map_err(|e| DispenseError::data(e.to_string()))?;
+    let selection = input.selection;
     let cohort_dataset = inventory
         .cohort()
         .ok_or_else(|| DispenseError::data("the inventory has no cohort dataset"))?;
@@ -513,7 +513,7 @@ pub async fn make_plan(
 /// they decode and encode on every core) and finishes: a whole dispense in
 /// one process, without checkpoints (benchmarks, reference runs).
 pub async fn run_all(
-    source: &Arc<dyn ObjectStore>,
+    source: &Source,
     dest: &Arc<dyn ObjectStore>,
     plan: &DispensePlan,
     keys: &CohortKeys,
@@ -592,6 +592,7 @@ mod tests {
             .put(&Path::from("src/t.parquet"), PutPayload::from(bytes))
             .await
             .unwrap();
+        let source = Source::from_store(store.clone());
 
         let cohort: Vec<i64> = (5..=20).chain(250..=260).collect();
         let plan = DispensePlan {
@@ -627,13 +628,13 @@ mod tests {
                 membership: Arc::new(Membership::new(&keys)),
                 pseudonymiser: None,
             };
-            let builder = reader_builder(&store, "src/t.parquet").await.unwrap();
+            let builder = reader_builder(&source, "src/t.parquet").await.unwrap();
             assert_eq!(builder.metadata().num_row_groups(), 4);
             assert_eq!(job.pruned_row_groups(builder.metadata(), "id"), [0, 2]);
 
-            let output = job.run(&store, &store).await.unwrap();
+            let output = job.run(&source, &store).await.unwrap();
             assert_eq!(output.rows, cohort.len() as u64);
-            let written = reader_builder(&store, &format!("p/{}", output.object))
+            let written = reader_builder(&source, &format!("p/{}", output.object))
                 .await
                 .unwrap()
                 .build()

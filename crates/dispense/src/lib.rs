@@ -15,6 +15,7 @@ pub mod keys;
 mod manifest;
 pub mod plan;
 pub mod schema;
+mod source;
 pub mod stores;
 
 pub use engine::{
@@ -25,4 +26,5 @@ pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
 pub use manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
 pub use plan::{DispensePlan, SourceFile, Unit};
+pub use source::{Source, Sources};
 pub use tre_domain::dispense::UnitOutput;

@@ -7,7 +7,7 @@ use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tre_domain::{Field, FieldType};
 
-use crate::DispenseError;
+use crate::{DispenseError, Source};
 
 /// How the cohort filter language sees an Arrow type.
 pub fn field_type(data_type: &DataType) -> FieldType {
@@ -30,6 +30,28 @@ pub fn field_type(data_type: &DataType) -> FieldType {
     }
 }
 
+/// The fields of a Parquet file of a source, from its footer, as an
+/// inventory lists them (without descriptions).
+pub async fn source_fields(source: &Source, location: &str) -> Result<Vec<Field>, DispenseError> {
+    let builder = parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(
+        source.reader(location)?,
+    )
+    .await?;
+    Ok(fields_of(builder.schema()))
+}
+
+fn fields_of(schema: &arrow_schema::Schema) -> Vec<Field> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| Field {
+            name: f.name().clone(),
+            field_type: field_type(f.data_type()),
+            description: String::new(),
+        })
+        .collect()
+}
+
 /// The fields of a local Parquet file, from its footer, as an inventory
 /// lists them (without descriptions).
 pub fn parquet_fields(path: &Path) -> Result<Vec<Field>, DispenseError> {
@@ -41,14 +63,5 @@ pub fn parquet_fields(path: &Path) -> Result<Vec<Field>, DispenseError> {
             path.display()
         ))
     })?;
-    Ok(builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| Field {
-            name: f.name().clone(),
-            field_type: field_type(f.data_type()),
-            description: String::new(),
-        })
-        .collect())
+    Ok(fields_of(builder.schema()))
 }

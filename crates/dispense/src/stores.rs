@@ -109,7 +109,7 @@ mod tests {
     fn bad_urls_name_the_setting() {
         let err = open("gs://x", "object_store").unwrap_err().to_string();
         assert!(err.starts_with("object_store:"), "{err}");
-        let err = open("s3://", "source_store").unwrap_err().to_string();
-        assert!(err.starts_with("source_store:"), "{err}");
+        let err = open("s3://", "source").unwrap_err().to_string();
+        assert!(err.starts_with("source:"), "{err}");
     }
 }

@@ -12,13 +12,18 @@
 //!   the environment's reviewers and admins; its data selection (cohort,
 //!   collections) by the requesters and the reviewers who must judge it, not
 //!   by admins;
-//! - only the owner edits, submits or withdraws;
+//! - only the owner edits or submits, and only while an authorized user of
+//!   the environment; the owner may always withdraw;
 //! - only the assigned reviewers of the request's *current* stage decide, and
 //!   **never a requester** (owner or collaborator): an admin who is not an
 //!   assigned reviewer cannot decide either;
 //! - only environment admins revoke an approved request;
-//! - only owner and collaborators create, see and read a project: admins
-//!   cannot read project data.
+//! - only owner and collaborators create, see and read a project, and each
+//!   only while an authorized user of the environment (someone taken out of
+//!   it drops out of the project at once): admins cannot read project data.
+//!
+//! What a request shows to whom is [`request_view`]'s, the one function
+//! every answer carrying a request goes through.
 //!
 //! A refusal says whether to conceal the object's existence (answer 404)
 //! because the caller cannot even see it, or to refuse openly (403).
@@ -41,6 +46,7 @@ pub enum Action {
     ViewRequest,
     ViewRequestSelection,
     EditRequest,
+    WithdrawRequest,
     DecideRequest,
     RevokeRequest,
     CreateProject,
@@ -49,7 +55,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::CreateEnvironment,
         Self::ManageUsers,
         Self::ViewAudit,
@@ -61,6 +67,7 @@ impl Action {
         Self::ViewRequest,
         Self::ViewRequestSelection,
         Self::EditRequest,
+        Self::WithdrawRequest,
         Self::DecideRequest,
         Self::RevokeRequest,
         Self::CreateProject,
@@ -79,7 +86,10 @@ pub enum Object<'a> {
         environment: &'a Environment,
         request: &'a AccessRequest,
     },
-    Project(&'a Project),
+    Project {
+        environment: &'a Environment,
+        project: &'a Project,
+    },
 }
 
 /// A refusal.
@@ -164,8 +174,14 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
                 request,
             },
         ) => request_rule(actor, action, environment, request),
-        (A::ViewProject | A::ReadProjectData, Object::Project(project)) => allow_if(
-            project.members.contains(&actor.id),
+        (
+            A::ViewProject | A::ReadProjectData,
+            Object::Project {
+                environment,
+                project,
+            },
+        ) => allow_if(
+            project.members.contains(&actor.id) && environment.is_authorized_user(actor),
             conceal("project not found"),
         ),
         _ => deny("this action does not apply to this object"),
@@ -183,6 +199,7 @@ fn request_rule(
         return conceal("request not found");
     }
     let requester = request.is_requester(&actor.id);
+    let authorized = env.is_authorized_user(actor);
     match action {
         A::ViewRequest => Ok(()),
         A::ViewRequestSelection => allow_if(
@@ -190,8 +207,14 @@ fn request_rule(
             deny("only the requesters and the reviewers see a request's data selection"),
         ),
         A::EditRequest => allow_if(
+            request.owner == actor.id && authorized,
+            deny(
+                "only the owner, while an authorized user of the environment, may edit or submit a request",
+            ),
+        ),
+        A::WithdrawRequest => allow_if(
             request.owner == actor.id,
-            deny("only the owner may edit, submit or withdraw a request"),
+            deny("only the owner may withdraw a request"),
         ),
         A::DecideRequest => {
             if requester {
@@ -217,11 +240,37 @@ fn request_rule(
             deny("only the environment's admins may revoke a request"),
         ),
         A::CreateProject => allow_if(
-            requester,
-            deny("only the owner and collaborators may create a project"),
+            requester && authorized,
+            deny(
+                "only the owner and collaborators, while authorized users of the environment, may create a project",
+            ),
         ),
         _ => deny("this action does not apply to this object"),
     }
+}
+
+/// The request as `actor` may see it: refused (concealed when they may not
+/// know it exists) without the right to view it; without its data selection
+/// (see [`AccessRequest::redacted`]) for those who may see the request but
+/// not what it asks for (admins who do not review). Every answer that
+/// carries a request goes through here.
+pub fn request_view(
+    actor: &Actor,
+    environment: &Environment,
+    request: AccessRequest,
+) -> Result<AccessRequest, Denied> {
+    let object = Object::Request {
+        environment,
+        request: &request,
+    };
+    authorize(actor, Action::ViewRequest, &object)?;
+    Ok(
+        if authorize(actor, Action::ViewRequestSelection, &object).is_ok() {
+            request
+        } else {
+            request.redacted()
+        },
+    )
 }
 
 #[cfg(test)]
@@ -229,12 +278,13 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::dispense::resolve;
     use crate::environment::tests::active;
     use crate::request::tests::{Walk, draft};
-    use crate::{EnvironmentCommand, Principal, Timestamp, UserId};
+    use crate::{EnvironmentCommand, Principal, Timestamp};
 
-    /// The cast. `rev2a` is an admin too; `rev1` also collaborates on the
-    /// request (a conflict of interest that must not let them review).
+    /// The cast. `rev1` also collaborates on the request (a conflict of
+    /// interest that must not let them review).
     fn actor(name: &str) -> Actor {
         let mut a = Actor::user(name);
         match name {
@@ -254,11 +304,6 @@ mod tests {
 
     fn env_with_cast() -> Environment {
         active()
-            .apply(EnvironmentCommand::SetAdmins(BTreeSet::from([
-                "admin".into(),
-                "rev2a".into(),
-            ])))
-            .unwrap()
             .apply(EnvironmentCommand::SetMembers(BTreeSet::from([
                 Principal::User("member".into()),
                 Principal::User("owner".into()),
@@ -266,6 +311,13 @@ mod tests {
                 Principal::Group("researchers".into()),
             ])))
             .unwrap()
+    }
+
+    /// The environment after its admin took `owner` out of the members.
+    fn without_owner(env: &Environment) -> Environment {
+        let mut members = env.members.clone();
+        members.remove(&Principal::User("owner".into()));
+        env.apply(EnvironmentCommand::SetMembers(members)).unwrap()
     }
 
     fn symbol(result: Result<(), Denied>) -> char {
@@ -318,12 +370,12 @@ mod tests {
         assert_eq!(
             row(&actions, &Object::Environment(&env)),
             [
-                "HYYYHYYHYH", // discover: admins and authorized users only
-                "HYYYHYYHYH", // showcase: same
-                "HYFFHFFHYH", // configure: admins only (platform admins are not)
-                "HYFFHFFHYH", // state: admins only
-                "HFYYHYYHFH", // create request: authorized users, not admins as such
-                "YYFFHFFHYH", // audit: env admins and platform admins
+                "HYYYHYYHHH", // discover: admins and authorized users only
+                "HYYYHYYHHH", // showcase: same
+                "HYFFHFFHHH", // configure: admins only (platform admins are not)
+                "HYFFHFFHHH", // state: admins only
+                "HFYYHYYHHH", // create request: authorized users, not admins as such
+                "YYFFHFFHHH", // audit: env admins and platform admins
             ]
         );
         // a draft is invisible to everybody but its admins
@@ -332,12 +384,12 @@ mod tests {
         assert_eq!(
             row(&actions, &Object::Environment(&draft_env)),
             [
-                "HYHHHHHHYH",
-                "HYHHHHHHYH",
-                "HYHHHHHHYH",
-                "HYHHHHHHYH",
-                "HFHHHHHHFH",
-                "YYHHHHHHYH"
+                "HYHHHHHHHH",
+                "HYHHHHHHHH",
+                "HYHHHHHHHH",
+                "HYHHHHHHHH",
+                "HFHHHHHHHH",
+                "YYHHHHHHHH"
             ]
         );
         // public: every signed-in user discovers and may request
@@ -353,55 +405,60 @@ mod tests {
         );
     }
 
+    const REQUEST_ACTIONS: [Action; 7] = [
+        Action::ViewRequest,
+        Action::ViewRequestSelection,
+        Action::EditRequest,
+        Action::WithdrawRequest,
+        Action::DecideRequest,
+        Action::RevokeRequest,
+        Action::CreateProject,
+    ];
+
+    fn request_rows(w: &Walk) -> Vec<String> {
+        row(
+            &REQUEST_ACTIONS,
+            &Object::Request {
+                environment: &w.env,
+                request: &w.request,
+            },
+        )
+    }
+
     #[test]
     fn request_matrix() {
         let mut w = Walk::new();
         w.env = env_with_cast();
         w.request = draft(&w.env);
         w.request.collaborators.insert("rev1".into());
-        let actions = [
-            Action::ViewRequest,
-            Action::ViewRequestSelection,
-            Action::EditRequest,
-            Action::DecideRequest,
-            Action::RevokeRequest,
-            Action::CreateProject,
-        ];
-        let object = |w: &Walk| -> Vec<String> {
-            row(
-                &actions,
-                &Object::Request {
-                    environment: &w.env,
-                    request: &w.request,
-                },
-            )
-        };
         // draft: only requesters see it
         assert_eq!(
-            object(&w),
+            request_rows(&w),
             [
                 "HHHHHYYYHH",
                 "HHHHHYYYHH",
                 "HHHHHYFFHH",
+                "HHHHHYFFHH",
                 "HHHHHFFFHH",
                 "HHHHHFFFHH",
-                "HHHHHYYYHH"
+                "HHHHHYYFHH", // project: requesters who are authorized users (rev1 is not)
             ]
         );
-        w.run("owner", crate::RequestCommand::Submit).unwrap();
+        w.submit();
         // stage 1 (reviewer rev1, who collaborates): nobody may decide
         assert_eq!(
-            object(&w),
+            request_rows(&w),
             [
                 "HYHHHYYYYY", // view: requesters, reviewers, admins
-                "HFHHHYYYYY", // selection: not admins who do not review
+                "HFHHHYYYYY", // selection: not admins, who never review
                 "HFHHHYFFFF", // edit: owner only
+                "HFHHHYFFFF", // withdraw: owner only
                 "HFHHHFFFFF", // decide: rev1 is a requester -> refused
-                "HYHHHFFFYF", // revoke: admins
-                "HFHHHYYYFF", // project: requesters
+                "HYHHHFFFFF", // revoke: admins
+                "HFHHHYYFFF", // project: authorized requesters
             ]
         );
-        // stage 2 (rev2a admin+reviewer, rev2b, rev2c): its reviewers decide
+        // stage 2 (rev2a, rev2b, rev2c): its reviewers decide
         w.request.state = RequestState::InReview { stage: 1 };
         assert_eq!(
             row(
@@ -427,26 +484,102 @@ mod tests {
         );
     }
 
+    /// Attack: the admin took the owner out of the environment; the owner
+    /// still sees their request and may withdraw it, but may no longer
+    /// edit, submit or create its project.
+    #[test]
+    fn an_owner_taken_out_of_the_environment_may_only_look_and_withdraw() {
+        let mut w = Walk::new();
+        w.env = env_with_cast();
+        w.request = draft(&w.env);
+        w.env = without_owner(&w.env);
+        let owner = actor("owner");
+        let object = Object::Request {
+            environment: &w.env,
+            request: &w.request,
+        };
+        for (action, expected) in [
+            (Action::ViewRequest, 'Y'),
+            (Action::ViewRequestSelection, 'Y'),
+            (Action::EditRequest, 'F'),
+            (Action::WithdrawRequest, 'Y'),
+            (Action::CreateProject, 'F'),
+        ] {
+            assert_eq!(
+                symbol(authorize(&owner, action, &object)),
+                expected,
+                "{action:?}"
+            );
+        }
+        assert_eq!(
+            symbol(authorize(&actor("collab"), Action::CreateProject, &object)),
+            'Y',
+            "a collaborator still authorized may"
+        );
+    }
+
+    fn project_in(env: &Environment) -> Project {
+        let mut request = draft(env);
+        request.state = RequestState::Approved;
+        request.expires_at = Some(Timestamp(i64::MAX));
+        request.selection =
+            Some(resolve(env.inventory.as_ref().unwrap(), &request.collections).unwrap());
+        Project::create(
+            "p".into(),
+            &request,
+            env,
+            &actor("owner"),
+            &"owner".into(),
+            Timestamp(0),
+        )
+        .unwrap()
+        .0
+    }
+
     #[test]
     fn project_matrix() {
         let env = env_with_cast();
-        let mut request = draft(&env);
-        request.state = RequestState::Approved;
-        let (project, _) = Project::create(
-            "p".into(),
-            &request,
-            &env,
-            &UserId::from("owner"),
-            Timestamp(0),
-        )
-        .unwrap();
+        let project = project_in(&env);
+        let actions = [Action::ViewProject, Action::ReadProjectData];
         assert_eq!(
             row(
-                &[Action::ViewProject, Action::ReadProjectData],
-                &Object::Project(&project)
+                &actions,
+                &Object::Project {
+                    environment: &env,
+                    project: &project
+                }
             ),
             ["HHHHHYYHHH", "HHHHHYYHHH"]
         );
+        // a member taken out of the environment drops out of the project
+        let removed = without_owner(&env);
+        assert_eq!(
+            row(
+                &actions,
+                &Object::Project {
+                    environment: &removed,
+                    project: &project
+                }
+            ),
+            ["HHHHHHYHHH", "HHHHHHYHHH"]
+        );
+    }
+
+    #[test]
+    fn request_view_redacts_the_selection_for_admins_who_do_not_review() {
+        let mut w = Walk::new();
+        w.env = env_with_cast();
+        w.request = draft(&w.env);
+        w.submit();
+        let seen = |who: &str| request_view(&actor(who), &w.env, w.request.clone());
+        let full = seen("rev2a").unwrap();
+        assert!(full.selection.is_some() && !full.collections.is_empty());
+        let admin = seen("admin").unwrap();
+        assert_eq!(admin.cohort, serde_json::json!({"redacted": true}));
+        assert!(admin.collections.is_empty() && admin.selection.is_none());
+        assert_eq!(admin.cohort_size, None);
+        assert_eq!(admin.title, w.request.title, "the rest stays");
+        assert!(seen("outsider").unwrap_err().conceal);
     }
 
     /// Actions applied to objects they do not concern are refused, whoever asks.
@@ -454,16 +587,7 @@ mod tests {
     fn mismatched_action_and_object_is_refused() {
         let env = env_with_cast();
         let request = draft(&env);
-        let mut approved = request.clone();
-        approved.state = RequestState::Approved;
-        let (project, _) = Project::create(
-            "p".into(),
-            &approved,
-            &env,
-            &UserId::from("owner"),
-            Timestamp(0),
-        )
-        .unwrap();
+        let project = project_in(&env);
         let objects = [
             Object::Platform,
             Object::Environment(&env),
@@ -471,7 +595,10 @@ mod tests {
                 environment: &env,
                 request: &request,
             },
-            Object::Project(&project),
+            Object::Project {
+                environment: &env,
+                project: &project,
+            },
         ];
         let applies = |action: Action, object: &Object<'_>| match object {
             Object::Platform => matches!(
@@ -487,16 +614,10 @@ mod tests {
                     | Action::ChangeEnvironmentState
                     | Action::CreateRequest
             ),
-            Object::Request { .. } => matches!(
-                action,
-                Action::ViewRequest
-                    | Action::ViewRequestSelection
-                    | Action::EditRequest
-                    | Action::DecideRequest
-                    | Action::RevokeRequest
-                    | Action::CreateProject
-            ),
-            Object::Project(_) => matches!(action, Action::ViewProject | Action::ReadProjectData),
+            Object::Request { .. } => REQUEST_ACTIONS.contains(&action),
+            Object::Project { .. } => {
+                matches!(action, Action::ViewProject | Action::ReadProjectData)
+            }
         };
         for action in Action::ALL {
             for object in &objects {

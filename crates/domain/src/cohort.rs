@@ -22,6 +22,8 @@
 //! Trees are bounded: at most [`MAX_DEPTH`] levels, [`MAX_NODES`] nodes and
 //! [`MAX_IN_VALUES`] values per `in` list.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -164,8 +166,14 @@ impl Expr {
 
 /// Parses and type-checks `filter` against the cohort dataset. "Everyone" is
 /// not a filter but its absence, written `null` (see [`parse_optional`]).
+/// The entity key is never a filter field: it would select people one by
+/// one.
 pub fn parse(filter: &Value, cohort: &Dataset) -> Result<Expr, DomainError> {
-    let mut parser = Parser { cohort, nodes: 0 };
+    let mut parser = Parser {
+        cohort,
+        allowed: None,
+        nodes: 0,
+    };
     parser.node(filter, "cohort", 0)
 }
 
@@ -178,8 +186,28 @@ pub fn parse_optional(filter: &Value, cohort: &Dataset) -> Result<Option<Expr>, 
     }
 }
 
+/// [`parse_optional`] for a request: the filter may use only the `allowed`
+/// fields (see [`crate::Inventory::cohort_selection_fields`]).
+pub fn parse_restricted(
+    filter: &Value,
+    cohort: &Dataset,
+    allowed: &BTreeSet<&str>,
+) -> Result<Option<Expr>, DomainError> {
+    if filter.is_null() {
+        return Ok(None);
+    }
+    let mut parser = Parser {
+        cohort,
+        allowed: Some(allowed),
+        nodes: 0,
+    };
+    parser.node(filter, "cohort", 0).map(Some)
+}
+
 struct Parser<'a> {
     cohort: &'a Dataset,
+    /// The fields a filter may use; none: every field but the key.
+    allowed: Option<&'a BTreeSet<&'a str>>,
     nodes: usize,
 }
 
@@ -257,6 +285,26 @@ impl Parser<'_> {
                 format!("unknown field {name:?} in dataset {:?}", self.cohort.name),
             )
         })?;
+        if *name == self.cohort.key {
+            return Err(err(
+                &field_path,
+                format!(
+                    "{name:?} is the entity key: it identifies participants and cannot select a cohort"
+                ),
+            ));
+        }
+        if let Some(allowed) = self.allowed
+            && !allowed.contains(name.as_str())
+        {
+            let listed: Vec<&str> = allowed.iter().copied().collect();
+            return Err(err(
+                &field_path,
+                format!(
+                    "field {name:?} may not select a cohort here; allowed: the showcase fields and those of the selected collections ({})",
+                    listed.join(", ")
+                ),
+            ));
+        }
         let field_type = field.field_type;
         let op_path = format!("{path}.op");
         let Some(Value::String(op)) = map.get("op") else {
@@ -491,6 +539,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Attack: a cohort of one, picked by the participant key, or by a
+    /// field the request did not select: both refused, naming the field.
+    #[test]
+    fn the_key_never_and_only_allowed_fields_select_a_cohort() {
+        let inv = inventory();
+        let cohort = inv.cohort().unwrap();
+        let one = json!({"and": [{"field": "age", "op": ">", "value": 1}, {"field": "participant_id", "op": "=", "value": 1000001}]});
+        let err = parse(&one, cohort).unwrap_err();
+        assert_eq!(err.field(), Some("cohort.and[1].field"));
+        assert!(err.to_string().contains("entity key"), "{err}");
+        let allowed = BTreeSet::from(["sex", "age"]);
+        let err = parse_restricted(&one, cohort, &allowed).unwrap_err();
+        assert_eq!(err.field(), Some("cohort.and[1].field"));
+        let outside = json!({"or": [{"field": "sex", "op": "=", "value": "F"}, {"field": "bmi", "op": ">", "value": 40}]});
+        assert!(parse(&outside, cohort).is_ok(), "bmi is a cohort field");
+        let err = parse_restricted(&outside, cohort, &allowed).unwrap_err();
+        assert_eq!(err.field(), Some("cohort.or[1].field"));
+        assert!(err.to_string().contains("age, sex"), "{err}");
+        let fine = json!({"field": "age", "op": ">=", "value": 40});
+        assert!(parse_restricted(&fine, cohort, &allowed).unwrap().is_some());
+        assert!(
+            parse_restricted(&Value::Null, cohort, &allowed)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,6 +1,36 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectId, RequestId, Timestamp};
+use std::collections::BTreeSet;
+
+use crate::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
+
+/// Something an environment's admins must hear about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "alert", rename_all = "snake_case")]
+pub enum AdminAlert {
+    /// The owner of an approved request is no longer an authorized user of
+    /// the environment: they cannot create or use its project any more; the
+    /// admins decide whether to revoke the request.
+    OwnerRemoved { request: RequestId, owner: UserId },
+    /// The reviewers of a stage changed while requests wait at it.
+    ReviewersChanged {
+        stage: usize,
+        stage_id: String,
+        added: BTreeSet<UserId>,
+        removed: BTreeSet<UserId>,
+        /// Requests waiting at the stage when it changed.
+        waiting: u32,
+    },
+}
+
+impl AdminAlert {
+    fn key(&self) -> String {
+        match self {
+            Self::OwnerRemoved { request, .. } => format!("owner_removed:{request}"),
+            Self::ReviewersChanged { stage, .. } => format!("reviewers_changed:{stage}"),
+        }
+    }
+}
 
 /// Work a command asks for, written to the job outbox in the same
 /// transaction as the state change and performed by the job runtime.
@@ -32,6 +62,16 @@ pub enum Effect {
         round: u32,
         outcome: String,
     },
+    /// Count the cohort of submission `round` and move the request on:
+    /// to review, or back to its owner when the cohort is too small.
+    CountCohort { request: RequestId, round: u32 },
+    /// Tell the environment's admins (inbox, webhook) about `alert`,
+    /// raised by a change at `raised_at`.
+    AlertAdmins {
+        environment: EnvironmentId,
+        raised_at: Timestamp,
+        alert: AdminAlert,
+    },
     /// Move the approved request to `expired` at `at`.
     ScheduleExpiry { request: RequestId, at: Timestamp },
     /// Deprovision every project of a revoked or expired request.
@@ -59,6 +99,8 @@ impl Effect {
             Self::NotifyReviewers { .. } => "notify_reviewers",
             Self::StageReminder { .. } => "stage_reminder",
             Self::NotifyOwner { .. } => "notify_owner",
+            Self::CountCohort { .. } => "count_cohort",
+            Self::AlertAdmins { .. } => "alert_admins",
             Self::ScheduleExpiry { .. } => "schedule_expiry",
             Self::RevokeProjects { .. } => "revoke_projects",
             Self::Dispense { .. } => "dispense",
@@ -87,6 +129,12 @@ impl Effect {
                 round,
                 outcome,
             } => format!("notify_owner:{request}:{round}:{outcome}"),
+            Self::CountCohort { request, round } => format!("count_cohort:{request}:{round}"),
+            Self::AlertAdmins {
+                environment,
+                raised_at,
+                alert,
+            } => format!("alert_admins:{environment}:{}:{}", raised_at.0, alert.key()),
             Self::ScheduleExpiry { request, .. } => format!("schedule_expiry:{request}"),
             Self::RevokeProjects { request } => format!("revoke_projects:{request}"),
             Self::Dispense { project, round } => format!("dispense:{project}:{round}"),

@@ -8,6 +8,11 @@
 //! | `draft` | its admins: `publish` (needs a valid inventory and a pipeline whose every stage has reviewers) | everything |
 //! | `active` | its admins: `maintenance` | reviewers, members, admins, policies, details, visibility; not the pipeline's stages, not the inventory |
 //! | `maintenance` | its admins: `reactivate` (the staged inventory, if any, becomes current) | as active, plus staging a new inventory version; no new submissions |
+//!
+//! Admins configure, reviewers decide: nobody is both an admin and a
+//! reviewer of one environment (refused whichever list changes). The source
+//! root, where the environment's data lives, is given by the platform admin
+//! who creates it and is not the environment admins' to change.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -15,7 +20,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::check_name;
-use crate::{Actor, DomainError, EnvironmentId, Inventory, Principal, ReviewPipeline, UserId};
+use crate::{
+    Actor, DomainError, EnvironmentId, Inventory, Principal, ReviewPipeline, StoreRoot, UserId,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +90,9 @@ fn default_min_cell_size() -> u32 {
 fn default_max_request_days() -> u32 {
     365
 }
+fn default_min_cohort_size() -> u32 {
+    10
+}
 
 /// The custodian's rules that hold inside every project of the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -101,6 +111,12 @@ pub struct Policies {
     /// Remind reviewers when a stage has waited this long. Default: none.
     #[serde(default)]
     pub review_sla_hours: Option<u32>,
+    /// A submitted request whose cohort has fewer participants than this
+    /// is returned to its owner before any reviewer sees it (the count is
+    /// made by a job; the owner is told it is too small, not the number).
+    /// 0 turns the check off. Default: 10.
+    #[serde(default = "default_min_cohort_size")]
+    pub min_cohort_size: u32,
 }
 
 impl Default for Policies {
@@ -110,6 +126,7 @@ impl Default for Policies {
             min_cell_size: default_min_cell_size(),
             max_request_days: default_max_request_days(),
             review_sla_hours: None,
+            min_cohort_size: default_min_cohort_size(),
         }
     }
 }
@@ -126,6 +143,12 @@ impl Policies {
             return Err(DomainError::invalid(
                 "policies.max_request_days",
                 "must be between 1 and 3650",
+            ));
+        }
+        if self.min_cohort_size > 1_000_000 {
+            return Err(DomainError::invalid(
+                "policies.min_cohort_size",
+                "must be at most 1000000",
             ));
         }
         if self.review_sla_hours == Some(0) {
@@ -148,6 +171,9 @@ pub struct NewEnvironment {
     /// Defaults to the creator alone.
     #[serde(default)]
     pub admins: BTreeSet<UserId>,
+    /// Where the environment's data lives: every dataset location is
+    /// relative to it and must stay inside it. Required.
+    pub source: StoreRoot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -162,6 +188,11 @@ pub struct Environment {
     pub members: BTreeSet<Principal>,
     pub policies: Policies,
     pub pipeline: ReviewPipeline,
+    /// Where the environment's data lives (shown to its admins only). None
+    /// only for environments created before sources were per environment:
+    /// nothing is counted or dispensed from those.
+    #[serde(default)]
+    pub source: Option<StoreRoot>,
     /// The current inventory version (what requests and dispensing use).
     pub inventory: Option<Inventory>,
     /// A new version staged during maintenance, made current on reactivate.
@@ -235,6 +266,7 @@ impl Environment {
             members: BTreeSet::new(),
             policies: Policies::default(),
             pipeline: ReviewPipeline::default(),
+            source: Some(new.source),
             inventory: None,
             staged_inventory: None,
         })
@@ -248,6 +280,39 @@ impl Environment {
     /// when public. Says nothing about the state (drafts are hidden elsewhere).
     pub fn is_authorized_user(&self, actor: &Actor) -> bool {
         self.visibility == Visibility::Public || self.members.iter().any(|p| p.includes(actor))
+    }
+
+    /// The environment as `actor` may see it: where its data lives (the
+    /// source root and dataset locations, server paths) only for its
+    /// admins. Whether `actor` may see it at all is [`crate::authorize`]'s.
+    pub fn seen_by(mut self, actor: &Actor) -> Self {
+        if !self.is_admin(&actor.id) {
+            self.source = None;
+            for inventory in [&mut self.inventory, &mut self.staged_inventory]
+                .into_iter()
+                .flatten()
+            {
+                for dataset in &mut inventory.datasets {
+                    dataset.locations.clear();
+                }
+            }
+        }
+        self
+    }
+
+    /// The first reviewer of `pipeline` who is also in `admins`, with the
+    /// stage index: admins configure, reviewers decide, nobody does both.
+    fn admin_reviewer<'a>(
+        admins: &BTreeSet<UserId>,
+        pipeline: &'a ReviewPipeline,
+    ) -> Option<(usize, &'a UserId)> {
+        pipeline.stages.iter().enumerate().find_map(|(i, stage)| {
+            stage
+                .reviewers
+                .iter()
+                .find(|r| admins.contains(r))
+                .map(|r| (i, r))
+        })
     }
 
     /// Applies a command, returning the changed environment. Authorization is
@@ -278,6 +343,14 @@ impl Environment {
             }
             (C::SetPipeline(pipeline), state) => {
                 pipeline.validate()?;
+                if let Some((i, user)) = Self::admin_reviewer(&self.admins, &pipeline) {
+                    return Err(DomainError::invalid(
+                        format!("pipeline.stages[{i}].reviewers"),
+                        format!(
+                            "{user} is an admin of this environment: admins configure, reviewers decide, nobody does both"
+                        ),
+                    ));
+                }
                 if state != S::Draft && !pipeline.same_structure(&self.pipeline) {
                     return Err(DomainError::invalid(
                         "pipeline.stages",
@@ -292,6 +365,15 @@ impl Environment {
                     return Err(DomainError::invalid(
                         "admins",
                         "an environment needs at least one admin",
+                    ));
+                }
+                if let Some((i, user)) = Self::admin_reviewer(&admins, &self.pipeline) {
+                    return Err(DomainError::invalid(
+                        "admins",
+                        format!(
+                            "{user} reviews stage {} of this environment: admins configure, reviewers decide, nobody does both",
+                            i + 1
+                        ),
                     ));
                 }
                 next.admins = admins;
@@ -361,6 +443,7 @@ pub(crate) mod tests {
                 name: "Biobank".into(),
                 description: String::new(),
                 admins: BTreeSet::new(),
+                source: StoreRoot::parse("source", "/srv/biobank").unwrap(),
             },
         )
         .unwrap()
@@ -515,6 +598,59 @@ pub(crate) mod tests {
                 .reviewers
                 .contains(&UserId::from("someone"))
         );
+    }
+
+    /// Attack: an admin makes themselves a reviewer of the open stage (which
+    /// would also show them every selection), or makes a reviewer an admin.
+    /// Both directions are refused, in every state.
+    #[test]
+    fn admins_configure_reviewers_decide_nobody_does_both() {
+        for state in EnvironmentState::ALL {
+            let env = in_state(state);
+            let mut with_admin = pipeline();
+            with_admin.stages[1].reviewers.insert("admin".into());
+            let err = env
+                .apply(EnvironmentCommand::SetPipeline(with_admin))
+                .unwrap_err();
+            assert_eq!(err.field(), Some("pipeline.stages[1].reviewers"), "{state}");
+            assert!(err.to_string().contains("admin is an admin"), "{err}");
+            let err = env
+                .apply(EnvironmentCommand::SetAdmins(BTreeSet::from([
+                    "admin".into(),
+                    "rev2b".into(),
+                ])))
+                .unwrap_err();
+            assert_eq!(err.field(), Some("admins"), "{state}");
+            assert!(err.to_string().contains("rev2b reviews stage 2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn reviewer_changes_name_the_stage_and_the_people() {
+        let before = pipeline();
+        let mut after = pipeline();
+        after.stages[1].reviewers.remove(&UserId::from("rev2c"));
+        after.stages[1].reviewers.insert("rev2d".into());
+        let changes = before.reviewer_changes(&after);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].stage, 1);
+        assert_eq!(changes[0].stage_id, "custodian");
+        assert_eq!(changes[0].added, BTreeSet::from(["rev2d".into()]));
+        assert_eq!(changes[0].removed, BTreeSet::from(["rev2c".into()]));
+        assert!(before.reviewer_changes(&pipeline()).is_empty());
+    }
+
+    /// Where the data lives (server paths) is for the environment's admins.
+    #[test]
+    fn only_admins_see_the_source_and_dataset_locations() {
+        let env = active();
+        let admin = env.clone().seen_by(&Actor::user("admin"));
+        assert_eq!(admin, env);
+        let member = env.clone().seen_by(&Actor::user("member"));
+        assert_eq!(member.source, None);
+        let inventory = member.inventory.as_ref().unwrap();
+        assert!(inventory.datasets.iter().all(|d| d.locations.is_empty()));
+        assert_eq!(inventory.datasets.len(), 2, "the datasets themselves stay");
     }
 
     #[test]

@@ -3,6 +3,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
+use crate::storage::check_location;
 
 /// The type of a dataset field, as the cohort filter language sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -50,7 +51,9 @@ pub struct Dataset {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// Object paths of the Parquet files, relative to the source store.
+    /// Object paths of the Parquet files, relative to the environment's
+    /// source root and inside it (see [`crate::storage::check_location`]).
+    /// Shown to the environment's admins only.
     pub locations: Vec<String>,
     /// The entity key column, e.g. `participant_id`.
     pub key: String,
@@ -97,6 +100,11 @@ pub struct Inventory {
     /// The fields whose aggregates the showcase may show before any request.
     #[serde(default)]
     pub showcase: Vec<FieldRef>,
+    /// The fields of the cohort dataset a request's cohort filter may use.
+    /// Default (absent): the showcase fields of the cohort dataset and the
+    /// fields of the collections the request selects. Never the entity key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort_fields: Option<Vec<String>>,
 }
 
 impl Inventory {
@@ -110,6 +118,33 @@ impl Inventory {
 
     pub fn collection(&self, name: &str) -> Option<&DataCollection> {
         self.collections.iter().find(|c| c.name == name)
+    }
+
+    /// The fields of the cohort dataset that a cohort filter of a request
+    /// selecting `collections` may use (see [`Inventory::cohort_fields`]);
+    /// never the entity key. Unknown collections add nothing.
+    pub fn cohort_selection_fields(&self, collections: &BTreeSet<String>) -> BTreeSet<&str> {
+        let Some(cohort) = self.cohort() else {
+            return BTreeSet::new();
+        };
+        let in_cohort = |r: &&FieldRef| r.dataset == cohort.name;
+        let mut fields: BTreeSet<&str> = match &self.cohort_fields {
+            Some(listed) => listed.iter().map(String::as_str).collect(),
+            None => self
+                .showcase
+                .iter()
+                .filter(in_cohort)
+                .chain(
+                    collections
+                        .iter()
+                        .filter_map(|c| self.collection(c))
+                        .flat_map(|c| c.fields.iter().filter(in_cohort)),
+                )
+                .map(|r| r.field.as_str())
+                .collect(),
+        };
+        fields.remove(cohort.key.as_str());
+        fields
     }
 
     /// Checks that the inventory is internally consistent. Errors name the
@@ -131,12 +166,14 @@ impl Inventory {
                     format!("duplicate dataset name {:?}", dataset.name),
                 ));
             }
-            if dataset.locations.is_empty() || dataset.locations.iter().any(|l| l.trim().is_empty())
-            {
+            if dataset.locations.is_empty() {
                 return Err(DomainError::invalid(
                     format!("{path}.locations"),
-                    "at least one non-empty Parquet location is required",
+                    "at least one Parquet location is required",
                 ));
+            }
+            for (j, location) in dataset.locations.iter().enumerate() {
+                check_location(&format!("{path}.locations[{j}]"), location)?;
             }
             let mut fields = BTreeSet::new();
             for (j, field) in dataset.fields.iter().enumerate() {
@@ -189,6 +226,26 @@ impl Inventory {
                     path,
                     "the entity key is an identifier and cannot be in the showcase",
                 ));
+            }
+        }
+        if let (Some(listed), Some(cohort)) = (&self.cohort_fields, self.cohort()) {
+            for (i, field) in listed.iter().enumerate() {
+                let path = format!("inventory.cohort_fields[{i}]");
+                if cohort.field(field).is_none() {
+                    return Err(DomainError::invalid(
+                        path,
+                        format!(
+                            "the cohort dataset {:?} has no field {field:?}",
+                            cohort.name
+                        ),
+                    ));
+                }
+                if *field == cohort.key {
+                    return Err(DomainError::invalid(
+                        path,
+                        "the entity key identifies participants and cannot select a cohort",
+                    ));
+                }
             }
         }
         Ok(())
@@ -293,6 +350,7 @@ pub(crate) mod tests {
                 },
             ],
             showcase: vec![r("participants", "sex")],
+            cohort_fields: None,
         }
     }
 
@@ -350,6 +408,26 @@ pub(crate) mod tests {
                 |i| i.datasets[0].name = "bad\u{0}name".into(),
                 "inventory.datasets[0].name",
             ),
+            (
+                |i| {
+                    i.datasets[1]
+                        .locations
+                        .push("../../.tre/objects/p/x.parquet".into())
+                },
+                "inventory.datasets[1].locations[1]",
+            ),
+            (
+                |i| i.datasets[0].locations[0] = "/etc/passwd".into(),
+                "inventory.datasets[0].locations[0]",
+            ),
+            (
+                |i| i.cohort_fields = Some(vec!["participant_id".into()]),
+                "inventory.cohort_fields[0]",
+            ),
+            (
+                |i| i.cohort_fields = Some(vec!["age".into(), "icd10".into()]),
+                "inventory.cohort_fields[1]",
+            ),
         ];
         for (breaker, expected) in cases {
             let mut inv = inventory();
@@ -357,5 +435,28 @@ pub(crate) mod tests {
             let err = inv.validate().unwrap_err();
             assert_eq!(err.field(), Some(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn cohort_selection_fields_default_to_showcase_and_selected_collections() {
+        let mut inv = inventory();
+        let names = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
+        let fields = |inv: &Inventory, c: &[&str]| -> Vec<String> {
+            inv.cohort_selection_fields(&names(c))
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(fields(&inv, &[]), ["sex"]);
+        assert_eq!(fields(&inv, &["demographics"]), ["age", "sex"]);
+        // a collection of another dataset adds nothing to the cohort's fields
+        assert_eq!(fields(&inv, &["hospital"]), ["sex"]);
+        // the key never, even when a collection or the list names it
+        inv.collections[0]
+            .fields
+            .push(r("participants", "participant_id"));
+        assert_eq!(fields(&inv, &["demographics"]), ["age", "sex"]);
+        inv.cohort_fields = Some(vec!["bmi".into(), "participant_id".into()]);
+        assert_eq!(fields(&inv, &["demographics"]), ["bmi"]);
     }
 }

@@ -25,9 +25,10 @@ mod people;
 mod pipeline;
 mod project;
 mod request;
+pub mod storage;
 
-pub use authz::{Action, Denied, Object, authorize};
-pub use effect::Effect;
+pub use authz::{Action, Denied, Object, authorize, request_view};
+pub use effect::{AdminAlert, Effect};
 pub use environment::{
     Environment, EnvironmentCommand, EnvironmentState, NewEnvironment, Policies, Visibility,
 };
@@ -35,9 +36,12 @@ pub use error::DomainError;
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
 pub use inventory::{DataCollection, Dataset, Field, FieldRef, FieldType, Inventory};
 pub use people::{Actor, Principal};
-pub use pipeline::{DecisionRule, ReviewPipeline, ReviewStage, StageOutcome, Vote, tally};
+pub use pipeline::{
+    DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, Vote, tally,
+};
 pub use project::{Project, ProjectCommand, ProjectState};
 pub use request::{
-    AccessRequest, Decision, DecisionInput, NewRequest, RequestCommand, RequestContext,
-    RequestState, RequestTransition, RequestUpdate, Verdict,
+    AccessRequest, CohortCount, Decision, DecisionInput, NewRequest, RequestCommand,
+    RequestContext, RequestState, RequestTransition, RequestUpdate, Verdict,
 };
+pub use storage::StoreRoot;

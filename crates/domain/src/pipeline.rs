@@ -137,6 +137,40 @@ impl ReviewPipeline {
     pub fn is_reviewer(&self, user: &UserId) -> bool {
         self.stages.iter().any(|s| s.reviewers.contains(user))
     }
+
+    /// Who joins and leaves each stage (by index) going to `next`; stages
+    /// whose reviewers stay the same are left out.
+    pub fn reviewer_changes(&self, next: &Self) -> Vec<ReviewerChange> {
+        self.stages
+            .iter()
+            .zip(&next.stages)
+            .enumerate()
+            .filter(|(_, (before, after))| before.reviewers != after.reviewers)
+            .map(|(stage, (before, after))| ReviewerChange {
+                stage,
+                stage_id: after.id.clone(),
+                added: after
+                    .reviewers
+                    .difference(&before.reviewers)
+                    .cloned()
+                    .collect(),
+                removed: before
+                    .reviewers
+                    .difference(&after.reviewers)
+                    .cloned()
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// How one stage's reviewers changed (see [`ReviewPipeline::reviewer_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewerChange {
+    pub stage: usize,
+    pub stage_id: String,
+    pub added: BTreeSet<UserId>,
+    pub removed: BTreeSet<UserId>,
 }
 
 /// One reviewer's vote on a stage.

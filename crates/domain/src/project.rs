@@ -7,6 +7,11 @@
 //! ```
 //! Only the job runtime moves a project (dispensing, deprovisioning); people
 //! act on the request (create, revoke) and on `retry`.
+//!
+//! A project is created once per approved request, before its end date,
+//! while its owner is still an authorized user of the environment; its
+//! members are the request's owner and collaborators, and each of them
+//! stays a member only while an authorized user (see [`crate::authorize`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,7 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AccessRequest, DomainError, Effect, Environment, EnvironmentId, ProjectId, RequestId,
+    AccessRequest, Actor, DomainError, Effect, Environment, EnvironmentId, ProjectId, RequestId,
     RequestState, Timestamp, UserId,
 };
 
@@ -105,20 +110,49 @@ impl ProjectCommand {
 
 impl Project {
     /// A project for an approved request, dispensed from the environment's
-    /// current inventory version; the dispense job is the returned effect.
+    /// current inventory version: the project, the request recording it,
+    /// and the dispense job. Refused once the request has a project, has
+    /// reached its end date (even before the expiry job ran), or when its
+    /// `owner` is no longer an authorized user of the environment. Whether
+    /// the caller may create it is [`crate::authorize`]'s.
     pub fn create(
         id: ProjectId,
         request: &AccessRequest,
         environment: &Environment,
+        owner: &Actor,
         by: &UserId,
         now: Timestamp,
-    ) -> Result<(Self, Effect), DomainError> {
+    ) -> Result<(Self, AccessRequest, Effect), DomainError> {
         if request.state != RequestState::Approved {
             return Err(DomainError::InvalidTransition {
                 object: "request",
                 action: "create a project from",
                 state: request.state.to_string(),
             });
+        }
+        if let Some(project) = &request.project {
+            return Err(DomainError::Conflict(format!(
+                "request {} already has project {project}",
+                request.id
+            )));
+        }
+        if request.expires_at.is_none_or(|end| now >= end) {
+            return Err(DomainError::Conflict(format!(
+                "request {}'s access has ended",
+                request.id
+            )));
+        }
+        if owner.id != request.owner || !environment.is_authorized_user(owner) {
+            return Err(DomainError::Conflict(format!(
+                "the request's owner {} is no longer an authorized user of the environment",
+                request.owner
+            )));
+        }
+        if request.selection.is_none() {
+            return Err(DomainError::Conflict(format!(
+                "request {} has no recorded selection (approved before selections were frozen)",
+                request.id
+            )));
         }
         let inventory_version = environment
             .inventory
@@ -133,6 +167,8 @@ impl Project {
             project: id.clone(),
             round: 0,
         };
+        let mut recorded = request.clone();
+        recorded.project = Some(id.clone());
         Ok((
             Self {
                 id,
@@ -146,6 +182,7 @@ impl Project {
                 failure: None,
                 dispense_round: 0,
             },
+            recorded,
             effect,
         ))
     }
@@ -198,66 +235,79 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Verdict;
     use crate::request::tests::Walk;
-    use crate::{RequestCommand, Verdict};
 
     fn approved() -> Walk {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         w.decide("rev1", 0, Verdict::Approve, false).unwrap();
         w.decide("rev2a", 1, Verdict::Approve, false).unwrap();
         w.decide("rev2b", 1, Verdict::Approve, false).unwrap();
         w
     }
 
-    fn project() -> Project {
-        let w = approved();
+    /// The owner as a member of group `researchers` (authorized).
+    fn owner() -> Actor {
+        let mut owner = Actor::user("owner");
+        owner.groups.insert("researchers".into());
+        owner
+    }
+
+    fn create(w: &Walk, now: i64) -> Result<(Project, AccessRequest, Effect), DomainError> {
         Project::create(
             "p".into(),
             &w.request,
             &w.env,
+            &owner(),
             &"collab".into(),
-            Timestamp(5),
+            Timestamp(now),
         )
-        .unwrap()
-        .0
+    }
+
+    fn project() -> Project {
+        create(&approved(), 10_001).unwrap().0
     }
 
     #[test]
     fn created_only_from_approved_requests() {
         let w = approved();
-        let (p, effect) = Project::create(
-            "p".into(),
-            &w.request,
-            &w.env,
-            &"collab".into(),
-            Timestamp(5),
-        )
-        .unwrap();
+        let (p, request, effect) = create(&w, 10_001).unwrap();
         assert_eq!(p.state, ProjectState::Provisioning);
         assert_eq!(p.members, BTreeSet::from(["owner".into(), "collab".into()]));
         assert_eq!(p.inventory_version, 1);
         assert_eq!(effect.key(), "dispense:p:0");
+        assert_eq!(request.project, Some("p".into()), "the request records it");
         let mut w = Walk::new();
-        let err = Project::create(
-            "p".into(),
-            &w.request,
-            &w.env,
-            &"owner".into(),
-            Timestamp(5),
+        let err = create(&w, 10_001).unwrap_err();
+        assert!(matches!(err, DomainError::InvalidTransition { .. }));
+        w.submit();
+        assert!(create(&w, 10_001).is_err());
+    }
+
+    /// Attacks: a second project; a project past the end date before the
+    /// expiry job ran; a project of an owner taken out of the environment.
+    #[test]
+    fn once_before_the_end_date_while_the_owner_is_authorized() {
+        let mut w = approved();
+        let end = w.request.expires_at.unwrap().0;
+        let (_, recorded, _) = create(&w, end - 1).unwrap();
+        let err = create(
+            &Walk {
+                request: recorded,
+                ..approved()
+            },
+            end - 1,
         )
         .unwrap_err();
-        assert!(matches!(err, DomainError::InvalidTransition { .. }));
-        w.run("owner", RequestCommand::Submit).unwrap();
+        assert!(err.to_string().contains("already has project p"), "{err}");
+        let err = create(&w, end).unwrap_err();
+        assert!(err.to_string().contains("access has ended"), "{err}");
+        w.env.members.clear();
+        let err = create(&w, end - 1).unwrap_err();
         assert!(
-            Project::create(
-                "p".into(),
-                &w.request,
-                &w.env,
-                &"owner".into(),
-                Timestamp(5)
-            )
-            .is_err()
+            err.to_string().contains("no longer an authorized user"),
+            "{err}"
         );
     }
 

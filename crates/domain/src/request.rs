@@ -1,23 +1,29 @@
 //! Access requests and their lifecycle.
 //!
 //! ```text
-//! draft --submit--> in_review(0) --stage approved--> in_review(1) ... --last stage approved--> approved
-//!                   in_review(s) --stage returned--> in_revision --submit--> in_review(0)
+//! draft --submit--> checking --cohort large enough--> in_review(0) --stage approved--> in_review(1) ... --last stage approved--> approved
+//!                   checking --cohort too small, or not countable--> in_revision
+//!                   in_review(s) --stage returned--> in_revision --submit--> checking
 //!                   in_review(s) --final reject--> rejected
-//! draft | in_review | in_revision --withdraw (owner)--> withdrawn
+//! draft | checking | in_review | in_revision --withdraw (owner)--> withdrawn
 //! approved --revoke (environment admin)--> revoked
 //! approved --expire (system, when the duration ends)--> expired
 //! ```
 //! | state | who moves it out |
 //! |---|---|
 //! | `draft` | the owner: `submit`, `withdraw` |
+//! | `checking` | the `count_cohort` job: `record_cohort_count`; the owner: `withdraw` |
 //! | `in_review` | reviewers of the current stage: `decide`; the owner: `withdraw` |
-//! | `in_revision` | the owner: `submit` (restarts at stage 1), `withdraw` |
+//! | `in_revision` | the owner: `submit` (restarts with the check), `withdraw` |
 //! | `approved` | environment admins: `revoke`; the scheduler: `expire` |
 //! | `rejected`, `withdrawn`, `revoked`, `expired` | nobody: final |
 //!
 //! Each submission starts a new *round*; decisions belong to a (round, stage)
 //! and every one keeps reviewer, stage, verdict, comment and time.
+//!
+//! Submission freezes what the request asks for: its collections resolved
+//! to fields ([`ResolvedSelection`]), which reviewers see and approve, and
+//! which is all a project of it ever receives.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,15 +31,19 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::dispense::{ResolvedSelection, resolve};
 use crate::{
-    DomainError, Effect, Environment, EnvironmentId, EnvironmentState, RequestId, StageOutcome,
-    Timestamp, UserId, Vote, cohort, tally,
+    DomainError, Effect, Environment, EnvironmentId, EnvironmentState, ProjectId, RequestId,
+    StageOutcome, Timestamp, UserId, Vote, cohort, tally,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RequestState {
     Draft,
+    /// Submitted: waiting for the `count_cohort` job to count the cohort
+    /// against the environment's minimum, before any reviewer sees it.
+    Checking,
     /// Waiting on the stage with this index (0-based) of the pipeline.
     InReview {
         stage: usize,
@@ -50,6 +60,7 @@ impl RequestState {
     pub fn name(self) -> &'static str {
         match self {
             Self::Draft => "draft",
+            Self::Checking => "checking",
             Self::InReview { .. } => "in_review",
             Self::InRevision => "in_revision",
             Self::Approved => "approved",
@@ -189,6 +200,27 @@ pub struct AccessRequest {
     pub expires_at: Option<Timestamp>,
     /// The inventory version the request was last submitted against.
     pub inventory_version: Option<u32>,
+    /// The collections resolved to fields at the last submission: what
+    /// reviewers approve and all a project receives.
+    #[serde(default)]
+    pub selection: Option<ResolvedSelection>,
+    /// The cohort's size as counted at the last submission (for reviewers;
+    /// absent until counted, and when the count was refused).
+    #[serde(default)]
+    pub cohort_size: Option<u64>,
+    /// The project created from the request, once there is one.
+    #[serde(default)]
+    pub project: Option<ProjectId>,
+}
+
+/// What the `count_cohort` job found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CohortCount {
+    /// The number of participants the filter selects.
+    Counted(u64),
+    /// The cohort could not be counted; the reason, for the owner (no
+    /// server paths).
+    Failed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,8 +230,15 @@ pub enum RequestCommand {
     Submit,
     Decide(DecisionInput),
     Withdraw,
-    Revoke { reason: String },
+    Revoke {
+        reason: String,
+    },
     Expire,
+    /// The cohort count of submission `round` (the job's, acting as system).
+    RecordCohortCount {
+        round: u32,
+        count: CohortCount,
+    },
 }
 
 impl RequestCommand {
@@ -212,6 +251,7 @@ impl RequestCommand {
             Self::Withdraw => "request.withdraw",
             Self::Revoke { .. } => "request.revoke",
             Self::Expire => "request.expire",
+            Self::RecordCohortCount { .. } => "request.record_cohort_count",
         }
     }
 }
@@ -319,6 +359,9 @@ impl AccessRequest {
             approved_at: None,
             expires_at: None,
             inventory_version: None,
+            selection: None,
+            cohort_size: None,
+            project: None,
         };
         request.validate(environment, false)?;
         Ok(request)
@@ -327,6 +370,30 @@ impl AccessRequest {
     /// Owner and collaborators.
     pub fn is_requester(&self, user: &UserId) -> bool {
         self.owner == *user || self.collaborators.contains(user)
+    }
+
+    /// The request without its data selection (cohort, collections, the
+    /// resolved fields, the cohort's size), for those who may see the
+    /// request but not what it asks for (see [`crate::authz::request_view`]).
+    pub fn redacted(mut self) -> Self {
+        self.cohort = serde_json::json!({"redacted": true});
+        self.collections.clear();
+        self.selection = None;
+        self.cohort_size = None;
+        self
+    }
+
+    /// SHA-256 (hex) of the data selection (cohort filter, collections and
+    /// resolved fields): what audit events record, so the log binds what
+    /// was asked and approved without showing it to its readers.
+    pub fn selection_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let selection = serde_json::json!({
+            "cohort": self.cohort,
+            "collections": self.collections,
+            "selection": self.selection,
+        });
+        hex::encode(Sha256::digest(selection.to_string().as_bytes()))
     }
 
     /// Checks the contents against the environment's current inventory and
@@ -375,7 +442,8 @@ impl AccessRequest {
         let cohort_dataset = inventory.cohort().ok_or_else(|| {
             DomainError::invalid("environment", "the inventory has no cohort dataset")
         })?;
-        cohort::parse_optional(&self.cohort, cohort_dataset)?;
+        let allowed = inventory.cohort_selection_fields(&self.collections);
+        cohort::parse_restricted(&self.cohort, cohort_dataset, &allowed)?;
         Ok(())
     }
 
@@ -434,6 +502,11 @@ impl AccessRequest {
                 if let Some(v) = update.duration_days {
                     next.duration_days = v;
                 }
+                if next.cohort != self.cohort || next.collections != self.collections {
+                    // what the last round resolved and counted no longer holds
+                    next.selection = None;
+                    next.cohort_size = None;
+                }
                 next.validate(env, false)?;
             }
             (RequestCommand::SetCollaborators(users), S::Draft | S::InRevision) => {
@@ -455,11 +528,45 @@ impl AccessRequest {
                         "the environment has no review stages",
                     ));
                 }
+                let inventory = env.inventory.as_ref().ok_or_else(|| {
+                    DomainError::invalid("environment", "the environment has no inventory")
+                })?;
                 next.round += 1;
-                next.state = S::InReview { stage: 0 };
+                next.state = S::Checking;
                 next.submitted_at = Some(ctx.now);
-                next.inventory_version = env.inventory.as_ref().map(|i| i.version);
-                effects.extend(stage_opened(env, &self.id, next.round, 0, ctx.now));
+                next.inventory_version = Some(inventory.version);
+                next.selection = Some(resolve(inventory, &next.collections)?);
+                next.cohort_size = None;
+                effects.push(Effect::CountCohort {
+                    request: self.id.clone(),
+                    round: next.round,
+                });
+            }
+            (RequestCommand::RecordCohortCount { round, count }, S::Checking)
+                if *round == self.round =>
+            {
+                let notify_owner = |outcome: &str| Effect::NotifyOwner {
+                    request: self.id.clone(),
+                    round: self.round,
+                    outcome: outcome.to_owned(),
+                };
+                match count {
+                    CohortCount::Counted(size)
+                        if *size >= u64::from(env.policies.min_cohort_size) =>
+                    {
+                        next.state = S::InReview { stage: 0 };
+                        next.cohort_size = Some(*size);
+                        effects.extend(stage_opened(env, &self.id, self.round, 0, ctx.now));
+                    }
+                    CohortCount::Counted(_) => {
+                        next.state = S::InRevision;
+                        effects.push(notify_owner("cohort_too_small"));
+                    }
+                    CohortCount::Failed(_) => {
+                        next.state = S::InRevision;
+                        effects.push(notify_owner("cohort_not_counted"));
+                    }
+                }
             }
             (RequestCommand::Decide(input), S::InReview { stage }) => {
                 self.check_stage_open(input.stage)?;
@@ -539,7 +646,10 @@ impl AccessRequest {
                 }
                 decision = Some(recorded);
             }
-            (RequestCommand::Withdraw, S::Draft | S::InReview { .. } | S::InRevision) => {
+            (
+                RequestCommand::Withdraw,
+                S::Draft | S::Checking | S::InReview { .. } | S::InRevision,
+            ) => {
                 next.state = S::Withdrawn;
             }
             (RequestCommand::Revoke { reason }, S::Approved) => {
@@ -646,6 +756,19 @@ pub(crate) mod tests {
             Ok(())
         }
 
+        /// Submits as the owner, then records the count job's outcome: a
+        /// cohort of 100, enough for the default minimum.
+        pub(crate) fn submit(&mut self) {
+            self.run("owner", RequestCommand::Submit).unwrap();
+            self.count(CohortCount::Counted(100)).unwrap();
+        }
+
+        /// Records the count job's outcome for the current round.
+        pub(crate) fn count(&mut self, count: CohortCount) -> Result<(), DomainError> {
+            let round = self.request.round;
+            self.run("system", RequestCommand::RecordCohortCount { round, count })
+        }
+
         pub(crate) fn decide(
             &mut self,
             reviewer: &str,
@@ -678,22 +801,23 @@ pub(crate) mod tests {
         };
         match state {
             "draft" => {}
-            "in_review" => w.run("owner", RequestCommand::Submit).unwrap(),
+            "checking" => w.run("owner", RequestCommand::Submit).unwrap(),
+            "in_review" => w.submit(),
             "in_revision" => {
-                w.run("owner", RequestCommand::Submit).unwrap();
+                w.submit();
                 w.decide("rev1", 0, Verdict::Return, false).unwrap();
             }
             "approved" => {
-                w.run("owner", RequestCommand::Submit).unwrap();
+                w.submit();
                 approve_all(&mut w);
             }
             "rejected" => {
-                w.run("owner", RequestCommand::Submit).unwrap();
+                w.submit();
                 w.decide("rev1", 0, Verdict::Reject, true).unwrap();
             }
             "withdrawn" => w.run("owner", RequestCommand::Withdraw).unwrap(),
             "revoked" | "expired" => {
-                w.run("owner", RequestCommand::Submit).unwrap();
+                w.submit();
                 approve_all(&mut w);
                 let cmd = if state == "revoked" {
                     RequestCommand::Revoke {
@@ -716,6 +840,7 @@ pub(crate) mod tests {
     fn transition_table() {
         let states = [
             "draft",
+            "checking",
             "in_review",
             "in_revision",
             "approved",
@@ -724,21 +849,28 @@ pub(crate) mod tests {
             "revoked",
             "expired",
         ];
-        let commands: Vec<(RequestCommand, [&str; 8])> = vec![
+        let commands: Vec<(RequestCommand, [&str; 9])> = vec![
             (
                 RequestCommand::Update(RequestUpdate {
                     title: Some("New".into()),
                     ..Default::default()
                 }),
-                ["draft", "-", "in_revision", "-", "-", "-", "-", "-"],
+                ["draft", "-", "-", "in_revision", "-", "-", "-", "-", "-"],
             ),
             (
                 RequestCommand::SetCollaborators(BTreeSet::new()),
-                ["draft", "-", "in_revision", "-", "-", "-", "-", "-"],
+                ["draft", "-", "-", "in_revision", "-", "-", "-", "-", "-"],
             ),
             (
                 RequestCommand::Submit,
-                ["in_review", "-", "in_review", "-", "-", "-", "-", "-"],
+                ["checking", "-", "-", "checking", "-", "-", "-", "-", "-"],
+            ),
+            (
+                RequestCommand::RecordCohortCount {
+                    round: 1,
+                    count: CohortCount::Counted(100),
+                },
+                ["-", "in_review", "-", "-", "-", "-", "-", "-", "-"],
             ),
             (
                 RequestCommand::Decide(DecisionInput {
@@ -747,11 +879,12 @@ pub(crate) mod tests {
                     is_final: false,
                     comment: String::new(),
                 }),
-                ["-", "in_review", "-", "-", "-", "-", "-", "-"],
+                ["-", "-", "in_review", "-", "-", "-", "-", "-", "-"],
             ),
             (
                 RequestCommand::Withdraw,
                 [
+                    "withdrawn",
                     "withdrawn",
                     "withdrawn",
                     "withdrawn",
@@ -766,11 +899,11 @@ pub(crate) mod tests {
                 RequestCommand::Revoke {
                     reason: "misuse".into(),
                 },
-                ["-", "-", "-", "revoked", "-", "-", "-", "-"],
+                ["-", "-", "-", "-", "revoked", "-", "-", "-", "-"],
             ),
             (
                 RequestCommand::Expire,
-                ["-", "-", "-", "expired", "-", "-", "-", "-"],
+                ["-", "-", "-", "-", "expired", "-", "-", "-", "-"],
             ),
         ];
         for (command, expected) in commands {
@@ -780,6 +913,7 @@ pub(crate) mod tests {
                 let actor = match command {
                     RequestCommand::Decide(_) => "rev1",
                     RequestCommand::Revoke { .. } | RequestCommand::Expire => "admin",
+                    RequestCommand::RecordCohortCount { .. } => "system",
                     _ => "owner",
                 };
                 let result = w.run(actor, command.clone());
@@ -805,7 +939,7 @@ pub(crate) mod tests {
     #[test]
     fn two_stage_review_to_approval_with_effects() {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
         assert_eq!(w.request.round, 1);
         assert_eq!(w.request.inventory_version, Some(1));
@@ -831,7 +965,7 @@ pub(crate) mod tests {
     #[test]
     fn return_then_resubmit_restarts_at_stage_one_in_a_new_round() {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         w.decide("rev1", 0, Verdict::Approve, false).unwrap();
         w.decide("rev2a", 1, Verdict::Return, false).unwrap();
         assert_eq!(
@@ -854,7 +988,7 @@ pub(crate) mod tests {
             }),
         )
         .unwrap();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
         assert_eq!(w.request.round, 2);
         // rev1 decided in round 1; may decide again in round 2
@@ -866,7 +1000,7 @@ pub(crate) mod tests {
     fn a_review_sla_schedules_a_reminder_for_each_stage_opened() {
         let mut w = Walk::new();
         w.env.policies.review_sla_hours = Some(48);
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         let keys: Vec<String> = w.effects.iter().map(Effect::key).collect();
         assert_eq!(keys, ["notify_reviewers:req:1:0", "stage_reminder:req:1:0"]);
         assert_eq!(
@@ -878,14 +1012,14 @@ pub(crate) mod tests {
         assert_eq!(keys, ["notify_reviewers:req:1:1", "stage_reminder:req:1:1"]);
         // without an SLA there is no reminder
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         assert_eq!(w.effects.len(), 1);
     }
 
     #[test]
     fn final_rejection_ends_the_request() {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         w.decide("rev1", 0, Verdict::Approve, false).unwrap();
         w.decide("rev2a", 1, Verdict::Reject, true).unwrap();
         assert_eq!(w.request.state, RequestState::Rejected);
@@ -899,7 +1033,7 @@ pub(crate) mod tests {
     #[test]
     fn closed_stage_double_vote_and_wrong_reviewer_are_conflicts() {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         w.decide("rev1", 0, Verdict::Approve, false).unwrap();
         // stage 1 closed: deciding it again is a conflict naming the stages
         let err = w.decide("rev1", 0, Verdict::Approve, false).unwrap_err();
@@ -939,7 +1073,7 @@ pub(crate) mod tests {
     #[test]
     fn decision_input_is_validated() {
         let mut w = Walk::new();
-        w.run("owner", RequestCommand::Submit).unwrap();
+        w.submit();
         let err = w
             .run(
                 "rev1",
@@ -1076,5 +1210,161 @@ pub(crate) mod tests {
         w.run("system", RequestCommand::Expire).unwrap();
         assert_eq!(w.request.state, RequestState::Expired);
         assert_eq!(w.effects[0].key(), "revoke_projects:req");
+    }
+
+    /// Submission counts the cohort before anyone reviews: a cohort below
+    /// the environment's minimum (or one that cannot be counted) goes back
+    /// to its owner, who is told so but not the number.
+    #[test]
+    fn a_cohort_below_the_minimum_is_refused_before_review() {
+        let mut w = Walk::new();
+        w.run("owner", RequestCommand::Submit).unwrap();
+        assert_eq!(w.request.state, RequestState::Checking);
+        let keys: Vec<String> = w.effects.iter().map(Effect::key).collect();
+        assert_eq!(keys, ["count_cohort:req:1"], "no reviewer is told yet");
+        w.count(CohortCount::Counted(9)).unwrap();
+        assert_eq!(w.request.state, RequestState::InRevision);
+        assert_eq!(w.request.cohort_size, None, "the small number is not kept");
+        assert_eq!(w.effects[0].key(), "notify_owner:req:1:cohort_too_small");
+        w.run("owner", RequestCommand::Submit).unwrap();
+        w.count(CohortCount::Failed("unreadable".into())).unwrap();
+        assert_eq!(w.request.state, RequestState::InRevision);
+        assert_eq!(w.effects[0].key(), "notify_owner:req:2:cohort_not_counted");
+        w.run("owner", RequestCommand::Submit).unwrap();
+        // a count of an earlier round is stale
+        let stale = w.run(
+            "system",
+            RequestCommand::RecordCohortCount {
+                round: 2,
+                count: CohortCount::Counted(50),
+            },
+        );
+        assert!(matches!(stale, Err(DomainError::InvalidTransition { .. })));
+        w.count(CohortCount::Counted(10)).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
+        assert_eq!(w.request.cohort_size, Some(10));
+        assert_eq!(w.effects[0].key(), "notify_reviewers:req:3:0");
+        // the policy decides: 0 turns the check off
+        let mut w = Walk::new();
+        w.env.policies.min_cohort_size = 0;
+        w.run("owner", RequestCommand::Submit).unwrap();
+        w.count(CohortCount::Counted(0)).unwrap();
+        assert_eq!(w.request.state, RequestState::InReview { stage: 0 });
+    }
+
+    /// What reviewers approve is frozen at submission: the collections
+    /// resolved to fields of the inventory version then current.
+    #[test]
+    fn submission_freezes_the_selection_and_an_edit_forgets_it() {
+        let mut w = Walk::new();
+        assert_eq!(w.request.selection, None);
+        w.submit();
+        let selection = w.request.selection.clone().unwrap();
+        assert_eq!(selection.inventory_version, 1);
+        assert_eq!(selection.collections[0].name, "demographics");
+        let fields: Vec<&str> = selection.datasets[0]
+            .fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(fields, ["sex", "age"]);
+        w.decide("rev1", 0, Verdict::Return, false).unwrap();
+        w.run(
+            "owner",
+            RequestCommand::Update(RequestUpdate {
+                purpose: Some("Clarified".into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert!(
+            w.request.selection.is_some(),
+            "an edit of the text keeps it"
+        );
+        w.run(
+            "owner",
+            RequestCommand::Update(RequestUpdate {
+                cohort: Some(json!({"field": "age", "op": ">=", "value": 50})),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(w.request.selection, None, "a new cohort is resolved anew");
+        assert_eq!(w.request.cohort_size, None);
+    }
+
+    /// Attacks: a cohort of one picked by the participant key; a filter on
+    /// a field outside the showcase and the selected collections.
+    #[test]
+    fn cohort_filters_use_only_allowed_fields() {
+        let env = active();
+        let create = |cohort: Value, collections: &[&str]| {
+            AccessRequest::create(
+                "r".into(),
+                &env,
+                &"owner".into(),
+                NewRequest {
+                    title: "t".into(),
+                    cohort,
+                    collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+                    ..Default::default()
+                },
+                Timestamp(0),
+            )
+        };
+        let err = create(
+            json!({"field": "participant_id", "op": "=", "value": 1000001}),
+            &["demographics"],
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("cohort.field"));
+        // bmi is in no collection and not in the showcase
+        let err = create(
+            json!({"field": "bmi", "op": ">", "value": 40}),
+            &["demographics"],
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("cohort.field"));
+        // age is only allowed once its collection is selected
+        let by_age = json!({"field": "age", "op": ">", "value": 40});
+        assert_eq!(
+            create(by_age.clone(), &["hospital"]).unwrap_err().field(),
+            Some("cohort.field")
+        );
+        create(by_age, &["demographics"]).unwrap();
+        // showcase fields always are
+        create(json!({"field": "sex", "op": "=", "value": "F"}), &[]).unwrap();
+        // and dropping the collection later is refused too
+        let mut w = Walk::new();
+        let err = w
+            .run(
+                "owner",
+                RequestCommand::Update(RequestUpdate {
+                    collections: Some(BTreeSet::from(["hospital".into()])),
+                    ..Default::default()
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(err.field(), Some("cohort.field"));
+    }
+
+    #[test]
+    fn the_selection_digest_binds_the_selection_and_redaction_removes_it() {
+        let mut w = Walk::new();
+        let draft_digest = w.request.selection_digest();
+        assert_eq!(draft_digest.len(), 64);
+        w.submit();
+        assert_ne!(
+            w.request.selection_digest(),
+            draft_digest,
+            "resolution counts"
+        );
+        let mut other = w.request.clone();
+        other.cohort = json!({"field": "age", "op": ">=", "value": 41});
+        assert_ne!(other.selection_digest(), w.request.selection_digest());
+        let redacted = w.request.clone().redacted();
+        assert_eq!(redacted.cohort, json!({"redacted": true}));
+        assert!(redacted.collections.is_empty());
+        assert_eq!((redacted.selection, redacted.cohort_size), (None, None));
     }
 }

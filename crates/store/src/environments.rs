@@ -4,12 +4,20 @@
 use serde_json::json;
 use sqlx::{Executor, Row};
 use tre_domain::{
-    Action, Environment, EnvironmentCommand, EnvironmentId, NewEnvironment, Object, Principal,
-    UserId, authorize,
+    AccessRequest, Action, Actor, AdminAlert, DomainError, Effect, Environment, EnvironmentCommand,
+    EnvironmentId, NewEnvironment, Object, Principal, RequestId, RequestState, StoreRoot,
+    Timestamp, UserId, authorize,
 };
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, docs, new_id, now};
+use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
+
+/// The refusal of a source root that overlaps the project output store.
+fn overlaps_output(output: &StoreRoot, source: &StoreRoot) -> String {
+    format!(
+        "{source} overlaps the project output store ({output}): projects' data would be readable as an environment's source"
+    )
+}
 
 /// A summary of a command for the audit log: what changed, never data.
 fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
@@ -95,7 +103,48 @@ impl Store {
         Ok(())
     }
 
-    /// Creates an environment in `draft` (platform admins only).
+    /// Declares where project data is dispensed: no environment's source
+    /// root may overlap it, which [`Store::create_environment`] refuses and
+    /// [`Store::check_output_root`] checks at start-up.
+    pub fn with_output_root(mut self, root: StoreRoot) -> Self {
+        self.output_root = Some(std::sync::Arc::new(root));
+        self
+    }
+
+    /// Fails (naming the environment) when an environment's source root
+    /// overlaps the output store declared with [`Store::with_output_root`]:
+    /// workers and servers refuse to start rather than dispense from or into
+    /// the other's data.
+    pub async fn check_output_root(&self) -> Result<(), StoreError> {
+        let Some(output) = &self.output_root else {
+            return Ok(());
+        };
+        for env in self.list_all_environments().await? {
+            if let Some(source) = env.source.as_ref().filter(|s| s.overlaps(output)) {
+                return Err(StoreError::Config(format!(
+                    "object_store: environment {} ({:?}) has source root {}",
+                    env.id,
+                    env.name,
+                    overlaps_output(output, source)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses (as invalid `source`) a source root that overlaps the output
+    /// store declared with [`Store::with_output_root`].
+    pub fn check_source_root(&self, source: &StoreRoot) -> Result<(), StoreError> {
+        match self.output_root.as_deref() {
+            Some(output) if source.overlaps(output) => {
+                Err(DomainError::invalid("source", overlaps_output(output, source)).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates an environment in `draft` (platform admins only), with the
+    /// source root its data lives in.
     pub async fn create_environment(
         &self,
         caller: &Caller,
@@ -103,6 +152,7 @@ impl Store {
     ) -> Result<Environment, StoreError> {
         authorize(&caller.actor, Action::CreateEnvironment, &Object::Platform)
             .map_err(StoreError::Forbidden)?;
+        self.check_source_root(&new.source)?;
         self.ensure_users_exist(&new.admins, "admins").await?;
         let env = Environment::create(EnvironmentId(new_id()), &caller.actor.id, new)?;
         let at = now();
@@ -127,7 +177,7 @@ impl Store {
                 object_type: "environment",
                 object_id: env.id.as_str(),
                 environment_id: env.id.as_str(),
-                details: json!({"name": env.name, "admins": env.admins}),
+                details: json!({"name": env.name, "admins": env.admins, "source": env.source}),
                 trace_id: &caller.trace_id,
             },
             at,
@@ -137,7 +187,8 @@ impl Store {
         Ok(env)
     }
 
-    /// An environment the caller may discover.
+    /// An environment the caller may discover, as they may see it
+    /// ([`Environment::seen_by`]).
     pub async fn environment(
         &self,
         caller: &Caller,
@@ -150,7 +201,7 @@ impl Store {
             &Object::Environment(&env),
         )
         .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        Ok(env)
+        Ok(env.seen_by(&caller.actor))
     }
 
     /// Every environment (system use: no authorization).
@@ -184,7 +235,7 @@ impl Store {
             )
             .is_ok()
             {
-                out.push(env);
+                out.push(env.seen_by(&caller.actor));
             }
         }
         Ok(out)
@@ -238,9 +289,16 @@ impl Store {
                 .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
             let next = env.apply(command.clone())?;
             Self::save_environment(&mut tx, &next, version).await?;
+            let at = now();
+            let alerts = Self::admin_alerts(&mut tx, &env, &next, at).await?;
+            outbox::enqueue(&mut tx, &alerts, caller.actor.id.as_str(), at).await?;
             let mut details = audit_details(&command);
             if command.changes_state() {
                 details = json!({"from": env.state, "to": next.state});
+            }
+            let reviewer_changes = env.pipeline.reviewer_changes(&next.pipeline);
+            if !reviewer_changes.is_empty() {
+                details["reviewer_changes"] = json!(reviewer_changes);
             }
             audit::append(
                 &mut tx,
@@ -253,12 +311,86 @@ impl Store {
                     details,
                     trace_id: &caller.trace_id,
                 },
-                now(),
+                at,
             )
             .await?;
             self.commit(tx).await?;
             Ok(next)
         })
         .await
+    }
+
+    /// What a change from `before` to `after` must tell the environment's
+    /// admins: owners of approved requests who are no longer authorized
+    /// users, and reviewers changed on a stage where requests wait.
+    async fn admin_alerts(
+        tx: &mut Tx,
+        before: &Environment,
+        after: &Environment,
+        at: Timestamp,
+    ) -> Result<Vec<Effect>, StoreError> {
+        let alert = |alert| Effect::AlertAdmins {
+            environment: after.id.clone(),
+            raised_at: at,
+            alert,
+        };
+        let mut alerts = Vec::new();
+        if before.members != after.members || before.visibility != after.visibility {
+            let rows = sqlx::query(
+                "SELECT r.id, u.id AS owner, u.platform_admin, u.groups_json FROM requests r \
+                 JOIN users u ON u.id = r.owner_id WHERE r.environment_id = $1 AND r.state = 'approved' ORDER BY r.id",
+            )
+            .bind(after.id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+            for row in rows {
+                let owner: String = row.try_get("owner")?;
+                let groups: String = row.try_get("groups_json")?;
+                let actor = Actor {
+                    groups: docs::decode("user", &owner, &groups)?,
+                    id: UserId(owner),
+                    platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+                };
+                if before.is_authorized_user(&actor) && !after.is_authorized_user(&actor) {
+                    alerts.push(alert(AdminAlert::OwnerRemoved {
+                        request: RequestId(row.try_get(0)?),
+                        owner: actor.id,
+                    }));
+                }
+            }
+        }
+        let changes = before.pipeline.reviewer_changes(&after.pipeline);
+        if !changes.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review'",
+            )
+            .bind(after.id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut waiting = vec![0u32; after.pipeline.stages.len()];
+            for row in rows {
+                let id: String = row.try_get(0)?;
+                let request: AccessRequest =
+                    docs::decode("request", &id, &row.try_get::<String, _>(1)?)?;
+                if let RequestState::InReview { stage } = request.state
+                    && let Some(n) = waiting.get_mut(stage)
+                {
+                    *n += 1;
+                }
+            }
+            for change in changes {
+                let waiting = waiting.get(change.stage).copied().unwrap_or(0);
+                if waiting > 0 {
+                    alerts.push(alert(AdminAlert::ReviewersChanged {
+                        stage: change.stage,
+                        stage_id: change.stage_id,
+                        added: change.added,
+                        removed: change.removed,
+                        waiting,
+                    }));
+                }
+            }
+        }
+        Ok(alerts)
     }
 }

@@ -111,6 +111,8 @@ pub struct Store {
     /// Requests by id, as last written or read by a command here (see
     /// `requests`).
     requests: std::sync::Arc<cache::Recent<std::sync::Arc<requests::Stored>>>,
+    /// Where project data is dispensed (see [`Store::with_output_root`]).
+    output_root: Option<std::sync::Arc<tre_domain::StoreRoot>>,
 }
 
 type Tx = Transaction<'static, sqlx::Any>;
@@ -297,6 +299,7 @@ impl Store {
             )),
             environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),
             requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
+            output_root: None,
         })
     }
 

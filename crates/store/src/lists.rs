@@ -180,7 +180,7 @@ impl Store {
                     d.round == request.round && d.stage == stage && d.reviewer == caller.actor.id
                 });
                 if !decided {
-                    queue.push(request);
+                    queue.push(as_seen_by(caller, &env, request)?);
                 }
             }
         }
@@ -189,7 +189,8 @@ impl Store {
         Ok(page(queue, limit, |r| r.id.to_string()))
     }
 
-    /// The projects the caller is a member of.
+    /// The projects the caller is a member of (while an authorized user of
+    /// each one's environment).
     pub async fn list_projects(
         &self,
         caller: &Caller,
@@ -204,7 +205,7 @@ impl Store {
         .bind(after)
         .fetch_all(&self.pool)
         .await?;
-        let mut projects: Vec<Project> = rows
+        let projects: Vec<Project> = rows
             .iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
@@ -212,8 +213,24 @@ impl Store {
                 docs::decode("project", &id, &doc)
             })
             .collect::<Result<_, StoreError>>()?;
-        projects
-            .retain(|p| authorize(&caller.actor, Action::ViewProject, &Object::Project(p)).is_ok());
+        let mut environments = BTreeMap::new();
+        let mut visible = Vec::new();
+        for project in projects {
+            if !environments.contains_key(&project.environment_id) {
+                let (env, _) = self
+                    .load_environment(&self.pool, &project.environment_id)
+                    .await?;
+                environments.insert(project.environment_id.clone(), env);
+            }
+            let object = Object::Project {
+                environment: &environments[&project.environment_id],
+                project: &project,
+            };
+            if authorize(&caller.actor, Action::ViewProject, &object).is_ok() {
+                visible.push(project);
+            }
+        }
+        let mut projects = visible;
         projects.truncate(limit + 1);
         Ok(page(projects, limit, |p| p.id.to_string()))
     }

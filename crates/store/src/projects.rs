@@ -5,68 +5,109 @@ use serde_json::json;
 use tre_domain::{Action, Object, Project, ProjectCommand, ProjectId, RequestId, authorize};
 
 use crate::audit::{self, AuditRecord};
+use crate::writes::{Guard, Insert, Statement, Writes};
 use crate::{Caller, Store, StoreError, docs, new_id, now, outbox};
 
 impl Store {
     /// Creates the project of an approved request and enqueues its dispense.
-    /// One project per request: a second attempt is a conflict.
+    ///
+    /// The request records its project in the same write, guarded by the
+    /// request's version and exact document: a revocation or expiry that
+    /// commits first makes this write fail (and the command, redone on a
+    /// fresh read, refuse), and one that commits after sees the project, so
+    /// the two can never both commit unseen by each other. One project per
+    /// request; none past the request's end date, nor for an owner who is no
+    /// longer an authorized user of the environment.
     pub async fn create_project(
         &self,
         caller: &Caller,
         request_id: &RequestId,
     ) -> Result<Project, StoreError> {
-        let mut tx = self.begin().await?;
-        let (request, _) = self.load_request(&mut *tx, request_id).await?;
-        let (env, _) = self
-            .load_environment(&mut *tx, &request.environment_id)
-            .await?;
-        authorize(
-            &caller.actor,
-            Action::CreateProject,
-            &Object::Request {
-                environment: &env,
-                request: &request,
-            },
-        )
-        .map_err(|d| StoreError::denied("request", request_id.as_str(), d))?;
-        let at = now();
-        let (project, effect) =
-            Project::create(ProjectId(new_id()), &request, &env, &caller.actor.id, at)?;
-        let inserted = sqlx::query(
-            "INSERT INTO projects (id, request_id, environment_id, state, doc, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $6) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(project.id.as_str())
-        .bind(request_id.as_str())
-        .bind(env.id.as_str())
-        .bind(project.state.as_str())
-        .bind(docs::encode(&project))
-        .bind(at.0)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(tre_domain::DomainError::Conflict(format!(
-                "request {request_id} already has a project"
-            ))
-            .into());
-        }
-        outbox::enqueue(&mut tx, &[effect], caller.actor.id.as_str(), at).await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
+        self.retrying(|| async {
+            // never a cached copy: this decides who receives data
+            let loaded = self.read_request_in_environment(request_id).await?;
+            let (request, env) = (&loaded.stored.request, &loaded.env);
+            authorize(
+                &caller.actor,
+                Action::CreateProject,
+                &Object::Request {
+                    environment: env,
+                    request,
+                },
+            )
+            .map_err(|d| StoreError::denied("request", request_id.as_str(), d))?;
+            let owner = self
+                .user(request.owner.as_str())
+                .await?
+                .ok_or_else(|| StoreError::not_found("user", request.owner.as_str()))?
+                .actor();
+            let at = now();
+            let (project, recorded, effect) = Project::create(
+                ProjectId(new_id()),
+                request,
+                env,
+                &owner,
+                &caller.actor.id,
+                at,
+            )?;
+            let request_doc = docs::encode(&recorded);
+            let guard = Statement {
+                sql: "UPDATE requests SET doc = $1, version = version + 1, updated_at = $2 \
+                      WHERE id = $3 AND version = $4 AND doc = $5 AND state = 'approved'",
+                args: vec![
+                    request_doc.clone().into(),
+                    at.0.into(),
+                    request_id.as_str().into(),
+                    loaded.stored.version.into(),
+                    loaded.stored.doc.clone().into(),
+                ],
+            };
+            let row = Insert::new(
+                "INSERT INTO projects (id, request_id, environment_id, state, doc, version, created_at, updated_at)",
+                "",
+            )
+            .row(vec![
+                project.id.as_str().into(),
+                request_id.as_str().into(),
+                env.id.as_str().into(),
+                project.state.as_str().into(),
+                docs::encode(&project).into(),
+                1.into(),
+                at.0.into(),
+                at.0.into(),
+            ]);
+            let audit = AuditRecord {
                 actor: caller.actor.id.as_str(),
                 action: "project.create",
                 object_type: "project",
                 object_id: project.id.as_str(),
                 environment_id: env.id.as_str(),
-                details: json!({"request": request_id, "inventory_version": project.inventory_version, "members": project.members}),
+                details: json!({
+                    "request": request_id,
+                    "inventory_version": project.inventory_version,
+                    "members": project.members,
+                    "selection": recorded.selection_digest(),
+                }),
                 trace_id: &caller.trace_id,
-            },
-            at,
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(project)
+            };
+            let written = self
+                .write(
+                    Writes::new(audit, at)
+                        .guard(Guard::Changes(guard), format!("request {request_id}"))
+                        .insert(row)
+                        .insert(outbox::insert(
+                            std::slice::from_ref(&effect),
+                            caller.actor.id.as_str(),
+                            at,
+                        )),
+                )
+                .await;
+            // the request changed: this process's copy of it is stale
+            self.requests.forget(request_id.as_str());
+            written?;
+            Ok(project)
+        })
+        .await
     }
 
     pub(crate) async fn load_project(&self, id: &ProjectId) -> Result<(Project, i64), StoreError> {
@@ -79,13 +120,20 @@ impl Store {
         .await
     }
 
-    /// A project its members may see (nobody else, admins included).
+    /// A project its members may see while authorized users of its
+    /// environment (nobody else, admins included).
     pub async fn project(&self, caller: &Caller, id: &ProjectId) -> Result<Project, StoreError> {
         let (project, _) = self.load_project(id).await?;
+        let (environment, _) = self
+            .load_environment(&self.pool, &project.environment_id)
+            .await?;
         authorize(
             &caller.actor,
             Action::ViewProject,
-            &Object::Project(&project),
+            &Object::Project {
+                environment: &environment,
+                project: &project,
+            },
         )
         .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
         Ok(project)

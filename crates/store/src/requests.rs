@@ -6,8 +6,9 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{Executor, Row};
 use tre_domain::{
-    AccessRequest, Action, Actor, Decision, DecisionInput, DomainError, EnvironmentId, NewRequest,
-    Object, RequestCommand, RequestContext, RequestId, RequestState, UserId, Verdict, authorize,
+    AccessRequest, Action, Actor, CohortCount, Decision, DecisionInput, DomainError, EnvironmentId,
+    NewRequest, Object, RequestCommand, RequestContext, RequestId, RequestState, UserId, Verdict,
+    authorize, request_view,
 };
 
 use crate::audit::AuditRecord;
@@ -49,25 +50,16 @@ fn parse_verdict(s: &str) -> Option<Verdict> {
         .find(|v| v.as_str() == s)
 }
 
-/// The request as `caller` may see it: refused (or concealed) without the
-/// right to view it; with the cohort replaced by `{"redacted": true}` and no
-/// collections for those who may see it but not its data selection.
+/// The request as `caller` may see it ([`request_view`]): every answer
+/// that carries a request goes through here.
 pub(crate) fn as_seen_by(
     caller: &Caller,
     env: &tre_domain::Environment,
-    mut request: AccessRequest,
+    request: AccessRequest,
 ) -> Result<AccessRequest, StoreError> {
-    let object = Object::Request {
-        environment: env,
-        request: &request,
-    };
-    authorize(&caller.actor, Action::ViewRequest, &object)
-        .map_err(|d| StoreError::denied("request", request.id.as_str(), d))?;
-    if authorize(&caller.actor, Action::ViewRequestSelection, &object).is_err() {
-        request.cohort = json!({"redacted": true});
-        request.collections.clear();
-    }
-    Ok(request)
+    let id = request.id.clone();
+    request_view(&caller.actor, env, request)
+        .map_err(|d| StoreError::denied("request", id.as_str(), d))
 }
 
 /// The insert of who takes part in a request: owner and collaborators.
@@ -93,18 +85,18 @@ fn participants(request: &AccessRequest) -> Insert {
 /// and its version.
 #[derive(Debug)]
 pub(crate) struct Stored {
-    request: AccessRequest,
-    version: i64,
-    doc: String,
+    pub(crate) request: AccessRequest,
+    pub(crate) version: i64,
+    pub(crate) doc: String,
 }
 
 /// What a command on a request decides on: the stored request and its
 /// environment, each at a version the command's write is guarded by.
-struct Loaded {
+pub(crate) struct Loaded {
     /// Whether it came from this process's copies rather than the database.
     cached: bool,
-    stored: std::sync::Arc<Stored>,
-    env: std::sync::Arc<tre_domain::Environment>,
+    pub(crate) stored: std::sync::Arc<Stored>,
+    pub(crate) env: std::sync::Arc<tre_domain::Environment>,
     env_version: i64,
 }
 
@@ -144,7 +136,10 @@ impl Store {
 
     /// A request and the environment it belongs to, as stored, in one
     /// round trip.
-    async fn read_request_in_environment(&self, id: &RequestId) -> Result<Loaded, StoreError> {
+    pub(crate) async fn read_request_in_environment(
+        &self,
+        id: &RequestId,
+    ) -> Result<Loaded, StoreError> {
         let row = sqlx::query(
             "SELECT r.doc, r.version, e.doc, e.version FROM requests r JOIN environments e ON e.id = r.environment_id WHERE r.id = $1",
         )
@@ -211,7 +206,9 @@ impl Store {
             .collect()
     }
 
-    /// Checks that collaborators exist and may use the environment.
+    /// Checks that collaborators exist and may use the environment (when
+    /// they are set, and again at submission: a collaborator taken out of
+    /// the environment meanwhile stops the submission).
     async fn check_collaborators(
         &self,
         request: &AccessRequest,
@@ -353,19 +350,21 @@ impl Store {
         let action = match command {
             RequestCommand::Update(_)
             | RequestCommand::SetCollaborators(_)
-            | RequestCommand::Submit
-            | RequestCommand::Withdraw => Action::EditRequest,
+            | RequestCommand::Submit => Action::EditRequest,
+            RequestCommand::Withdraw => Action::WithdrawRequest,
             RequestCommand::Decide(_) => Action::DecideRequest,
             RequestCommand::Revoke { .. } => Action::RevokeRequest,
-            RequestCommand::Expire => {
+            RequestCommand::Expire | RequestCommand::RecordCohortCount { .. } => {
                 return Err(StoreError::Forbidden(tre_domain::Denied {
-                    reason: "requests expire by the scheduler only",
+                    reason: "only the job runtime expires requests and counts cohorts",
                     conceal: false,
                 }));
             }
         };
-        self.run_request_command(Some((caller, action)), &caller.trace_id, id, command)
-            .await
+        let (next, env) = self
+            .run_request_command(Some((caller, action)), &caller.trace_id, id, command)
+            .await?;
+        as_seen_by(caller, &env, next)
     }
 
     /// Records a reviewer's decision on the request's current stage.
@@ -388,15 +387,37 @@ impl Store {
     ) -> Result<AccessRequest, StoreError> {
         self.run_request_command(None, trace_id, id, RequestCommand::Expire)
             .await
+            .map(|(request, _)| request)
     }
 
+    /// Records the `count_cohort` job's outcome for submission `round`: the
+    /// request goes to review, or back to its owner (acts as `system`).
+    pub async fn record_cohort_count(
+        &self,
+        id: &RequestId,
+        round: u32,
+        count: CohortCount,
+        trace_id: &str,
+    ) -> Result<AccessRequest, StoreError> {
+        self.run_request_command(
+            None,
+            trace_id,
+            id,
+            RequestCommand::RecordCohortCount { round, count },
+        )
+        .await
+        .map(|(request, _)| request)
+    }
+
+    /// Runs a command; returns the new request (unredacted) and the
+    /// environment it was decided in.
     async fn run_request_command(
         &self,
         authorized: Option<(&Caller, Action)>,
         trace_id: &str,
         id: &RequestId,
         command: RequestCommand,
-    ) -> Result<AccessRequest, StoreError> {
+    ) -> Result<(AccessRequest, std::sync::Arc<tre_domain::Environment>), StoreError> {
         self.retrying(|| async {
             let loaded = self.load_for_command(id, true).await?;
             let (cached, env_id) = (loaded.cached, loaded.env.id.clone());
@@ -425,7 +446,7 @@ impl Store {
         id: &RequestId,
         command: &RequestCommand,
         loaded: Loaded,
-    ) -> Result<AccessRequest, StoreError> {
+    ) -> Result<(AccessRequest, std::sync::Arc<tre_domain::Environment>), StoreError> {
         let system = Actor::user("system");
         let actor = authorized.map_or(&system, |(c, _)| &c.actor);
         // who started the jobs this command queues (empty: the system)
@@ -478,10 +499,24 @@ impl Store {
             },
         )?;
         let next = transition.request;
-        if collaborators_changed {
+        if collaborators_changed || matches!(command, RequestCommand::Submit) {
             self.check_collaborators(&next, &env).await?;
         }
         let mut details = json!({"from": request.state, "to": next.state, "round": next.round});
+        if matches!(command, RequestCommand::Submit) || next.state == RequestState::Approved {
+            // what was asked and approved, bound into the log, not shown
+            details["selection"] = json!(next.selection_digest());
+        }
+        if let RequestCommand::RecordCohortCount { count, .. } = command {
+            details["cohort"] = json!(match (count, next.state) {
+                (CohortCount::Failed(_), _) => "not counted",
+                (_, RequestState::InRevision) => "below the environment's minimum",
+                _ => "at or above the environment's minimum",
+            });
+            if let CohortCount::Failed(reason) = count {
+                details["reason"] = json!(reason);
+            }
+        }
         if let Some(d) = &transition.decision {
             details["decision"] = json!({
                 "stage": d.stage, "stage_id": d.stage_id, "verdict": d.verdict,
@@ -562,7 +597,7 @@ impl Store {
                 doc: next_doc,
             }),
         );
-        Ok(next)
+        Ok((next, env))
     }
 
     /// Every decision of a request (all rounds), in order.

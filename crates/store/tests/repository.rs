@@ -11,35 +11,11 @@ use tre_domain::{
     NewRequest, RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline, Verdict,
 };
 use tre_store::{AuditQuery, Backend, Caller, NewUser, Store, StoreError};
-use tre_testkit::{caller, inventory, new_request, stage, user, world};
+use tre_testkit::{
+    caller, fixtures_source, inventory, new_request, stage, submit_counted, user, world,
+};
 
-/// Runs each listed test on both backends.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = tre_testkit::TestDb::sqlite().await;
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = tre_testkit::TestDb::postgres().await else { return };
-                    super::$name(&db.store).await;
-                    db.finish().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+tre_testkit::on_both_backends!(
     users_and_tokens,
     environment_lifecycle_and_discovery,
     two_stage_review_return_resubmit_approve_and_project,
@@ -50,35 +26,7 @@ on_both_backends!(
     expiry_and_revocation,
 );
 
-/// Runs each listed test on both backends, handing it the test database
-/// itself: these need its url, to open a second store as another process
-/// would.
-macro_rules! on_both_backends_with_url {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_by_url {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = tre_testkit::TestDb::sqlite().await;
-                    super::$name(&db).await;
-                    db.finish().await;
-                }
-            )*
-        }
-        mod postgres_by_url {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = tre_testkit::TestDb::postgres().await else { return };
-                    super::$name(&db).await;
-                    db.finish().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends_with_url!(
+tre_testkit::on_both_backends!(with_db:
     audit_events_are_sealed_off_the_commit_path,
     no_process_decides_on_a_stale_copy,
 );
@@ -238,6 +186,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
                 name: "X".into(),
                 description: String::new(),
                 admins: BTreeSet::new(),
+                source: fixtures_source(),
             },
         )
         .await
@@ -263,6 +212,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
                 name: "Draft".into(),
                 description: String::new(),
                 admins: BTreeSet::new(),
+                source: fixtures_source(),
             },
         )
         .await
@@ -434,10 +384,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         store.request(&rev1, &id).await,
         Err(StoreError::NotFound { .. })
     ));
-    let r = store
-        .request_command(&w.owner, &id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    let r = submit_counted(store, &w.owner, &id, 100).await;
     assert_eq!(r.state, RequestState::InReview { stage: 0 });
 
     // round 1: stage 1 approves, stage 2 returns (two votes against of three)
@@ -477,10 +424,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         )
         .await
         .unwrap();
-    let r = store
-        .request_command(&w.owner, &id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    let r = submit_counted(store, &w.owner, &id, 100).await;
     assert_eq!((r.state, r.round), (RequestState::InReview { stage: 0 }, 2));
     store
         .decide(&rev1, &id, decision(0, Verdict::Approve, false))
@@ -527,18 +471,35 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         [
             ("owner", "request.create"),
             ("owner", "request.submit"),
+            ("system", "request.record_cohort_count"),
             ("rev1", "request.decide"),
             ("rev2a", "request.decide"),
             ("rev2b", "request.decide"),
             ("owner", "request.update"),
             ("owner", "request.submit"),
+            ("system", "request.record_cohort_count"),
             ("rev1", "request.decide"),
             ("rev2a", "request.decide"),
             ("rev2c", "request.decide"),
         ]
     );
-    assert_eq!(history[4].details["to"]["state"], "in_revision");
-    assert_eq!(history[9].details["to"]["state"], "approved");
+    assert_eq!(history[1].details["to"]["state"], "checking");
+    assert_eq!(
+        history[2].details["cohort"],
+        "at or above the environment's minimum"
+    );
+    assert_eq!(history[5].details["to"]["state"], "in_revision");
+    assert_eq!(history[11].details["to"]["state"], "approved");
+    // the log binds what was approved without showing it
+    let approved = store.request(&w.owner, &id).await.unwrap();
+    assert_eq!(
+        history[11].details["selection"],
+        json!(approved.selection_digest())
+    );
+    assert_eq!(
+        history[7].details["selection"],
+        history[11].details["selection"]
+    );
 
     // the admin sees the request but not its data selection
     let seen = store.request(&w.admin, &id).await.unwrap();
@@ -558,6 +519,8 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         .map(|j| j.key)
         .collect();
     let expected: BTreeSet<String> = [
+        format!("count_cohort:{id}:1"),
+        format!("count_cohort:{id}:2"),
         format!("notify_reviewers:{id}:1:0"),
         format!("notify_reviewers:{id}:1:1"),
         format!("notify_owner:{id}:1:returned"),
@@ -627,17 +590,14 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 }
 
 async fn final_rejection_and_separation_of_duties(store: &Store) {
-    // collab is also a stage-1 reviewer; admin2 is admin and stage-2 reviewer
+    // collab is also a stage-1 reviewer
     let w = world(store, &["rev1", "collab"], &["rev2a", "rev2b"], 1).await;
     let request = store
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     let id = request.id;
-    store
-        .request_command(&w.owner, &id, RequestCommand::Submit)
-        .await
-        .unwrap();
+    submit_counted(store, &w.owner, &id, 100).await;
 
     // the collaborator is an assigned reviewer, and still may not review
     let err = store
@@ -896,10 +856,7 @@ async fn concurrent_decisions_count_once(store: &Store) {
             .await
             .unwrap();
         let id = request.id;
-        store
-            .request_command(&w.owner, &id, RequestCommand::Submit)
-            .await
-            .unwrap();
+        submit_counted(&store, &w.owner, &id, 100).await;
 
         let race = |reviewers: &'static [&'static str], stage: usize| {
             let handles: Vec<_> = reviewers
@@ -964,10 +921,7 @@ async fn expiry_and_revocation(store: &Store) {
         let store = store.clone();
         let owner = w.owner.clone();
         async move {
-            store
-                .request_command(&owner, &id, RequestCommand::Submit)
-                .await
-                .unwrap();
+            submit_counted(&store, &owner, &id, 100).await;
             store
                 .decide(&caller("rev1"), &id, decision(0, Verdict::Approve, false))
                 .await
@@ -1172,7 +1126,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
     assert_invalid_transition(&err);
     let stored = b.request(&w.owner, &r.id).await.unwrap();
     assert_eq!(stored.title, new_request().title);
-    assert!(matches!(stored.state, RequestState::InReview { .. }));
+    assert_eq!(stored.state, RequestState::Checking);
 
     // b takes the researchers out of the environment a has cached: a
     // creates nothing for them

@@ -12,10 +12,64 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tre_domain::{
-    Actor, DataCollection, Dataset, DecisionRule, EnvironmentCommand, EnvironmentId, Field,
-    FieldRef, FieldType, Inventory, NewEnvironment, Principal, ReviewPipeline, ReviewStage,
+    AccessRequest, Actor, CohortCount, DataCollection, Dataset, DecisionRule, EnvironmentCommand,
+    EnvironmentId, Field, FieldRef, FieldType, Inventory, NewEnvironment, Principal, RequestId,
+    RequestState, ReviewPipeline, ReviewStage, StoreRoot,
 };
 use tre_store::{Caller, NewUser, Store};
+
+/// Runs each listed test on SQLite and on PostgreSQL, each on a database of
+/// its own (the PostgreSQL half is skipped, with a message, only when no
+/// server answers and `CI` is not set). Each test is an `async fn` taking
+/// `&Store`, or, after `with_db:`, the [`TestDb`] itself (to open a second
+/// store on its url, as another process would).
+#[macro_export]
+macro_rules! on_both_backends {
+    (with_db: $($name:ident),* $(,)?) => {
+        mod sqlite_by_url {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres_by_url {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::TestDb::sqlite().await;
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = $crate::TestDb::postgres().await else { return };
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
 
 pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -335,7 +389,86 @@ fn field(name: &str, field_type: FieldType) -> Field {
     }
 }
 
-/// A small inventory: participants (cohort) and diagnoses.
+/// The folder of [`inventory`]'s two small Parquet files, written once (and
+/// shared by every test process, written to a temporary name first): 1,000
+/// participants (`participant_id` 1..=1000, `sex` F/M alternating, `age`
+/// 30..=79 in turn) and one diagnosis each (`icd10`).
+pub fn small_data() -> std::path::PathBuf {
+    static DONE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = std::env::temp_dir().join("tre-testkit-small-v1");
+        if dir.join("diagnoses.parquet").exists() {
+            return dir;
+        }
+        let tmp = std::env::temp_dir().join(format!("tre-testkit-small-v1.{}", unique()));
+        std::fs::create_dir_all(&tmp).expect("temporary folder");
+        write_small(&tmp);
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // another process got there first
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        dir
+    })
+    .clone()
+}
+
+fn write_small(dir: &std::path::Path) {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    let ids: Vec<i64> = (1..=1000).collect();
+    let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+        let batch = RecordBatch::try_from_iter(columns).expect("a batch");
+        let file = std::fs::File::create(dir.join(name)).expect("create");
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+    };
+    write(
+        "participants.parquet",
+        vec![
+            (
+                "participant_id",
+                Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+            ),
+            (
+                "sex",
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| if i % 2 == 0 { "F" } else { "M" }),
+                )),
+            ),
+            (
+                "age",
+                Arc::new(Int64Array::from_iter_values(
+                    ids.iter().map(|i| 30 + i % 50),
+                )),
+            ),
+        ],
+    );
+    write(
+        "diagnoses.parquet",
+        vec![
+            (
+                "participant_id",
+                Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+            ),
+            (
+                "icd10",
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| if i % 3 == 0 { "E11" } else { "I10" }),
+                )),
+            ),
+        ],
+    );
+}
+
+/// [`small_data`] as a source root.
+pub fn small_source() -> StoreRoot {
+    StoreRoot::parse("source", small_data().to_str().expect("a UTF-8 path"))
+        .expect("an absolute folder")
+}
+
+/// A small inventory: participants (cohort) and diagnoses, the files of
+/// [`small_data`].
 pub fn inventory() -> Inventory {
     let r = |d: &str, f: &str| FieldRef {
         dataset: d.into(),
@@ -380,6 +513,7 @@ pub fn inventory() -> Inventory {
             },
         ],
         showcase: vec![r("participants", "sex")],
+        cohort_fields: None,
     }
 }
 
@@ -404,13 +538,26 @@ pub struct World {
     pub env: EnvironmentId,
 }
 
+/// A world on [`inventory`], its source [`small_data`].
 pub async fn world(store: &Store, stage1: &[&str], stage2: &[&str], quorum: u32) -> World {
-    world_with(store, inventory(), stage1, stage2, quorum).await
+    world_at(store, small_source(), inventory(), stage1, stage2, quorum).await
 }
 
-/// [`world`] with another inventory.
+/// [`world`] with another inventory, its source the fixtures' folder.
 pub async fn world_with(
     store: &Store,
+    inventory: Inventory,
+    stage1: &[&str],
+    stage2: &[&str],
+    quorum: u32,
+) -> World {
+    world_at(store, fixtures_source(), inventory, stage1, stage2, quorum).await
+}
+
+/// [`world`] with another source root and inventory.
+pub async fn world_at(
+    store: &Store,
+    source: StoreRoot,
     inventory: Inventory,
     stage1: &[&str],
     stage2: &[&str],
@@ -431,6 +578,7 @@ pub async fn world_with(
                 name: "Biobank".into(),
                 description: "test".into(),
                 admins: BTreeSet::from(["admin".into()]),
+                source,
             },
         )
         .await
@@ -586,10 +734,56 @@ pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The folder of the synthetic biobank's Parquet files: the source root of
+/// the tests' environments ([`BIOBANK`] locations are relative to it).
+pub fn fixtures_data() -> std::path::PathBuf {
+    std::fs::canonicalize(repo_root().join("fixtures/data")).expect("fixtures/data")
+}
+
+/// [`fixtures_data`] as a source root.
+pub fn fixtures_source() -> StoreRoot {
+    StoreRoot::parse("source", fixtures_data().to_str().expect("a UTF-8 path"))
+        .expect("an absolute folder")
+}
+
+/// Submits `id` as `caller` and records the `count_cohort` job's outcome as
+/// the job would (`count` participants): for store tests, which run no
+/// worker. Returns the request after the count.
+pub async fn submit_counted(
+    store: &Store,
+    caller: &Caller,
+    id: &RequestId,
+    count: u64,
+) -> AccessRequest {
+    let submitted = store
+        .request_command(caller, id, tre_domain::RequestCommand::Submit)
+        .await
+        .expect("submit");
+    assert_eq!(submitted.state, RequestState::Checking);
+    store
+        .record_cohort_count(id, submitted.round, CohortCount::Counted(count), "test")
+        .await
+        .expect("record the cohort count")
+}
+
+/// Waits (bounded) until a running worker's `count_cohort` job has moved a
+/// submitted request out of `checking`; returns it.
+pub async fn counted(store: &Store, id: &RequestId) -> AccessRequest {
+    for _ in 0..1200 {
+        let request = store.system_request(id).await.expect("request");
+        if request.state != RequestState::Checking {
+            return request;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("request {id} was never counted: is a worker running?");
+}
+
 /// The synthetic biobank of `fixtures/data` (fields read from the Parquet
 /// footers under `root`), with collections `baseline` and `hospital`
 /// approved in tests, and `deprivation` and `prescriptions` that tests
-/// leave unapproved.
+/// leave unapproved. Cohorts may be selected on the fields of the showcase
+/// (sex, recruitment centre, year of birth) and of the selected collections.
 pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -> Inventory {
     let r = |d: &str, f: &str| FieldRef {
         dataset: d.into(),
@@ -641,25 +835,28 @@ pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -
             collection("deprivation", vec![r("participants", "townsend_index")]),
             collection("prescriptions", vec![r("prescriptions", "drug")]),
         ],
-        showcase: vec![r("participants", "sex")],
+        showcase: vec![
+            r("participants", "sex"),
+            r("participants", "recruitment_centre"),
+            r("participants", "year_of_birth"),
+        ],
+        cohort_fields: None,
     }
 }
 
-/// The checked-in fixture files, by dataset.
+/// The checked-in fixture files, by dataset, relative to [`fixtures_data`].
 pub const BIOBANK: [(&str, &[&str]); 3] = [
-    ("participants", &["fixtures/data/participants.parquet"]),
+    ("participants", &["participants.parquet"]),
     (
         "hospital_episodes",
-        &[
-            "fixtures/data/hospital_episodes-0.parquet",
-            "fixtures/data/hospital_episodes-1.parquet",
-        ],
+        &["hospital_episodes-0.parquet", "hospital_episodes-1.parquet"],
     ),
-    ("prescriptions", &["fixtures/data/prescriptions.parquet"]),
+    ("prescriptions", &["prescriptions.parquet"]),
 ];
 
 /// Creates, submits and approves (stage 1 `rev1`, stage 2 `rev2`) a request
-/// of `w.owner` with `collab`, then creates its project as the owner.
+/// of `w.owner` with `collab`, then creates its project as the owner. A
+/// worker must be running: it counts the cohort before review.
 pub async fn approved_project(
     store: &Store,
     w: &World,
@@ -682,6 +879,12 @@ pub async fn approved_project(
         .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
         .await
         .expect("submit");
+    let counted = counted(store, &request.id).await;
+    assert_eq!(
+        counted.state,
+        RequestState::InReview { stage: 0 },
+        "the cohort passed its count"
+    );
     for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
         store
             .decide(

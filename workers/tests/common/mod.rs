@@ -5,11 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use object_store::ObjectStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tre_domain::{Project, ProjectState};
 use tre_jobs::{JobQueue, Metrics, RuntimeOptions};
 use tre_store::Store;
-use tre_workers::WorkerOptions;
+use tre_workers::{WorkerOptions, policies};
+use tre_workflows::DispenseConfig;
 
 /// Relay, reconcile, requeue and drain in tens or hundreds of milliseconds.
 pub fn fast_runtime() -> RuntimeOptions {
@@ -21,6 +24,52 @@ pub fn fast_runtime() -> RuntimeOptions {
         drain: Duration::from_secs(2),
         ..RuntimeOptions::default()
     }
+}
+
+#[allow(dead_code)] // not every test file dispenses
+/// Every pool, the fast runtime, jobs retried quickly and often (the S3
+/// fault test needs many attempts), dispensing into `dest` in units of
+/// `unit_rows` source rows, each environment read from its own source.
+pub fn dispense_options(dest: Arc<dyn ObjectStore>, unit_rows: u64) -> WorkerOptions {
+    let mut policies = policies();
+    for p in &mut policies {
+        p.max_attempts = 30;
+        p.backoff_base = Duration::from_millis(20);
+        p.backoff_max = Duration::from_millis(200);
+    }
+    WorkerOptions {
+        runtime: fast_runtime(),
+        policies,
+        dispense: Some(DispenseConfig {
+            sources: tre_dispense::Sources::default(),
+            dest,
+            unit_rows,
+        }),
+        ..WorkerOptions::default()
+    }
+}
+
+/// A folder of the test's own, as an object store.
+pub fn temp_store(name: &str) -> (std::path::PathBuf, Arc<dyn ObjectStore>) {
+    let folder = std::env::temp_dir().join(format!("tre-{name}-{}", tre_testkit::unique()));
+    let store = tre_dispense::stores::open(folder.to_str().unwrap(), "object_store").unwrap();
+    (folder, store)
+}
+
+/// Waits until the project's dispense ends (bounded; not a speed target).
+#[allow(dead_code)] // not every test file dispenses
+pub async fn settled(store: &Store, project: &Project) -> Project {
+    for _ in 0..2400 {
+        let p = store.system_project(&project.id).await.unwrap();
+        if !matches!(
+            p.state,
+            ProjectState::Provisioning | ProjectState::Dispensing
+        ) {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("project {} never settled", project.id);
 }
 
 pub struct Running {

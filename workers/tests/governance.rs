@@ -1,0 +1,474 @@
+//! Governance integrity where data moves, attacked, with real workers on
+//! each backend: a cohort too small for review, a collection widened after
+//! approval, a request ended behind a project's back, a dataset location
+//! that leads out of the environment's source root.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use serde_json::{Value, json};
+use tre_dispense::Manifest;
+use tre_domain::{
+    DecisionInput, EnvironmentCommand, FieldRef, Inventory, NewRequest, Policies, ProjectState,
+    RequestCommand, RequestState, StoreRoot, Verdict,
+};
+use tre_jobs::EmbeddedQueue;
+use tre_store::{AuditQuery, Store};
+use tre_testkit::{
+    BIOBANK, World, approved_project, biobank_inventory, caller, counted, fixtures_data,
+    new_request, small_source, submit_counted, world, world_at, world_with,
+};
+
+mod common;
+
+use common::{dispense_options, settled, start, temp_store};
+
+const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+tre_testkit::on_both_backends!(
+    small_cohorts_go_back_to_their_owner_before_any_reviewer,
+    a_project_receives_what_was_approved_never_a_widened_collection,
+    dispensing_stops_when_the_request_no_longer_allows_it,
+    a_location_leading_out_of_the_source_root_is_never_read,
+);
+
+fn approve(stage: usize) -> DecisionInput {
+    DecisionInput {
+        stage,
+        verdict: Verdict::Approve,
+        is_final: false,
+        comment: String::new(),
+    }
+}
+
+async fn configure(store: &Store, w: &World, command: EnvironmentCommand) {
+    store
+        .configure_environment(&w.admin, &w.env, command)
+        .await
+        .unwrap();
+}
+
+async fn objects(dest: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    dest.list(Some(&ObjectPath::from(prefix)))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store) {
+    // 1,000 participants, 20 of them aged 30
+    let w = world(store, &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("governance");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    let aged_30 = || NewRequest {
+        cohort: json!({"field": "age", "op": "=", "value": 30}),
+        ..new_request()
+    };
+    let request = store
+        .create_request(&w.owner, &w.env, aged_30())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    let reviewed = counted(store, &request.id).await;
+    assert_eq!(reviewed.state, RequestState::InReview { stage: 0 });
+    assert_eq!(reviewed.cohort_size, Some(20), "counted from the source");
+
+    // the custodian asks for at least 25: the same cohort never reaches a reviewer
+    configure(
+        store,
+        &w,
+        EnvironmentCommand::SetPolicies(Policies {
+            min_cohort_size: 25,
+            ..Policies::default()
+        }),
+    )
+    .await;
+    let small = store
+        .create_request(&w.owner, &w.env, aged_30())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &small.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    let refused = counted(store, &small.id).await;
+    assert_eq!(refused.state, RequestState::InRevision);
+    assert_eq!(
+        refused.cohort_size, None,
+        "the small number is kept nowhere"
+    );
+    let mut told = Vec::new();
+    for _ in 0..400 {
+        told = store.inbox(&"owner".into(), 10).await.unwrap();
+        if told.iter().any(|n| n.kind == "request_cohort_too_small") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let note = told
+        .iter()
+        .find(|n| n.kind == "request_cohort_too_small")
+        .expect("the owner is told");
+    assert!(note.body.contains("minimum of 25"), "{}", note.body);
+    assert!(!note.body.contains("20"), "never the count: {}", note.body);
+    let asked: Vec<_> = store
+        .inbox(&"rev1".into(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.request_id.as_deref() == Some(small.id.as_str()))
+        .collect();
+    assert!(asked.is_empty(), "no reviewer saw it: {asked:?}");
+    assert!(matches!(
+        store.decide(&caller("rev1"), &small.id, approve(0)).await,
+        Err(tre_store::StoreError::Domain(_))
+    ));
+
+    // a cohort that cannot be counted (its file is missing) goes back too,
+    // with a reason that names no server path
+    let mut missing = tre_testkit::inventory();
+    missing.datasets[0].locations = vec!["withdrawn/participants.parquet".into()];
+    let broken = world_at(store, small_source(), missing, &["rev1"], &["rev2"], 1).await;
+    let request = store
+        .create_request(&broken.owner, &broken.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&broken.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted(store, &request.id).await.state,
+        RequestState::InRevision
+    );
+    let history = store
+        .request_history(&broken.owner, &request.id)
+        .await
+        .unwrap();
+    let reason = history.last().unwrap().details["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("withdrawn/participants.parquet is not in the environment's source"),
+        "{reason}"
+    );
+    let root = small_source().to_string();
+    assert!(!reason.contains(&root), "no server path: {reason}");
+    worker.stop(STOP_WITHIN).await;
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+fn field(dataset: &str, field: &str) -> FieldRef {
+    FieldRef {
+        dataset: dataset.into(),
+        field: field.into(),
+    }
+}
+
+/// The biobank with collection `baseline` redefined by `change`.
+fn redefined(change: impl Fn(&mut Inventory)) -> Inventory {
+    let mut inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+    change(&mut inventory);
+    inventory
+}
+
+async fn a_project_receives_what_was_approved_never_a_widened_collection(store: &Store) {
+    let inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+    let approved_fields: BTreeSet<String> = inventory.collections[0]
+        .fields
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("governance");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest.clone(), 5_000),
+    );
+    let cohort = json!({"field": "sex", "op": "=", "value": "F"});
+    let wide = approved_project(store, &w, cohort.clone(), &["baseline"]).await;
+    let first = settled(store, &wide).await;
+    assert_eq!(first.state, ProjectState::Ready);
+
+    // a second request is approved; then the admin widens `baseline` (every
+    // participant field and a hospital diagnosis) in a new inventory version
+    let request = store
+        .create_request(
+            &w.owner,
+            &w.env,
+            NewRequest {
+                cohort: cohort.clone(),
+                collections: BTreeSet::from(["baseline".into()]),
+                ..new_request()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    counted(store, &request.id).await;
+    store
+        .decide(&caller("rev1"), &request.id, approve(0))
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev2"), &request.id, approve(1))
+        .await
+        .unwrap();
+    configure(store, &w, EnvironmentCommand::EnterMaintenance).await;
+    let widened = redefined(|inv| {
+        let all: Vec<FieldRef> = inv.datasets[0]
+            .fields
+            .iter()
+            .filter(|f| f.name != "participant_id")
+            .map(|f| field("participants", &f.name))
+            .collect();
+        inv.collections[0].fields = all;
+        inv.collections[0]
+            .fields
+            .push(field("hospital_episodes", "icd10"));
+    });
+    configure(store, &w, EnvironmentCommand::SetInventory(widened)).await;
+    configure(store, &w, EnvironmentCommand::Reactivate).await;
+    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    assert_eq!(
+        project.inventory_version, 2,
+        "dispensed from the new release"
+    );
+    let done = settled(store, &project).await;
+    assert_eq!(done.state, ProjectState::Ready, "{done:?}");
+    let plan = store.dispense_plan(&project.id).await.unwrap().unwrap();
+    let manifest: Manifest = serde_json::from_value(plan.manifest.unwrap()).unwrap();
+    let datasets: Vec<&str> = manifest.datasets.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(datasets, ["participants"], "no hospital data");
+    let dispensed: BTreeSet<String> = manifest.datasets[0].fields.iter().cloned().collect();
+    assert_eq!(dispensed, approved_fields);
+    let columns: Vec<&str> = manifest.datasets[0]
+        .schema
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(!columns.contains(&"townsend_index"), "{columns:?}");
+    // what admins read of the plan: its version and a digest, no fields,
+    // no cohort size
+    let approved = store.request(&w.owner, &request.id).await.unwrap();
+    let events = store
+        .audit_events(
+            &w.admin,
+            &AuditQuery {
+                environment: Some(w.env.clone()),
+                object_id: Some(project.id.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let planned = events
+        .iter()
+        .find(|e| e.action == "project.plan_dispense")
+        .unwrap();
+    let details: Value = serde_json::from_str(&planned.details).unwrap();
+    assert_eq!(details["selection"], json!(approved.selection_digest()));
+    for hidden in ["datasets", "cohort_size", "fields"] {
+        assert!(details.get(hidden).is_none(), "{}", planned.details);
+    }
+
+    // a third approval; the next release drops an approved field: the
+    // project fails with the reason instead of receiving something else
+    let request = store
+        .create_request(
+            &w.owner,
+            &w.env,
+            NewRequest {
+                cohort,
+                collections: BTreeSet::from(["baseline".into()]),
+                ..new_request()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    counted(store, &request.id).await;
+    for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
+        store
+            .decide(&caller(reviewer), &request.id, approve(stage))
+            .await
+            .unwrap();
+    }
+    configure(store, &w, EnvironmentCommand::EnterMaintenance).await;
+    let without_bmi = redefined(|inv| {
+        inv.datasets[0].fields.retain(|f| f.name != "bmi");
+        inv.collections[0].fields.retain(|f| f.field != "bmi");
+    });
+    configure(store, &w, EnvironmentCommand::SetInventory(without_bmi)).await;
+    configure(store, &w, EnvironmentCommand::Reactivate).await;
+    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let failed = settled(store, &project).await;
+    assert_eq!(failed.state, ProjectState::Failed);
+    let reason = failed.failure.unwrap();
+    assert!(
+        reason.contains("field participants.bmi left the inventory"),
+        "{reason}"
+    );
+    assert!(objects(&dest, project.id.as_str()).await.is_empty());
+    worker.stop(STOP_WITHIN).await;
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Writes `request` back as if a change had happened behind the store's
+/// back (a revocation or an end date the project's creation did not see).
+async fn rewrite(store: &Store, request: &tre_domain::AccessRequest) {
+    sqlx::query("UPDATE requests SET doc = $1, state = $2 WHERE id = $3")
+        .bind(serde_json::to_string(request).unwrap())
+        .bind(request.state.name())
+        .bind(request.id.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
+    let w = world_with(
+        store,
+        biobank_inventory(&fixtures_data(), &BIOBANK),
+        &["rev1"],
+        &["rev2"],
+        1,
+    )
+    .await;
+    let mut projects = Vec::new();
+    for _ in 0..2 {
+        let request = store
+            .create_request(
+                &w.owner,
+                &w.env,
+                NewRequest {
+                    cohort: json!({"field": "sex", "op": "=", "value": "M"}),
+                    collections: BTreeSet::from(["baseline".into()]),
+                    ..new_request()
+                },
+            )
+            .await
+            .unwrap();
+        submit_counted(store, &w.owner, &request.id, 2_500).await;
+        for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
+            store
+                .decide(&caller(reviewer), &request.id, approve(stage))
+                .await
+                .unwrap();
+        }
+        projects.push(store.create_project(&w.owner, &request.id).await.unwrap());
+    }
+    // before any worker runs: one request is revoked without its job (the
+    // race a guarded creation now prevents), the other's end date passes
+    let mut revoked = store.system_request(&projects[0].request_id).await.unwrap();
+    revoked.state = RequestState::Revoked;
+    rewrite(store, &revoked).await;
+    let mut ended = store.system_request(&projects[1].request_id).await.unwrap();
+    ended.expires_at = Some(tre_domain::Timestamp(tre_store::now().0 - 1));
+    rewrite(store, &ended).await;
+
+    let (folder, dest) = temp_store("governance");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest.clone(), 5_000),
+    );
+    for (project, state) in [
+        (&projects[0], ProjectState::Revoked),
+        (&projects[1], ProjectState::Expired),
+    ] {
+        let done = settled(store, project).await;
+        assert_eq!(done.state, state, "{done:?}");
+        assert!(store.dispense_plan(&project.id).await.unwrap().is_none());
+        let removal = format!("deprovision:{}", project.id);
+        for _ in 0..400 {
+            if store
+                .job(&removal)
+                .await
+                .unwrap()
+                .is_some_and(|j| j.state == "done")
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(store.job(&removal).await.unwrap().unwrap().state, "done");
+        assert!(objects(&dest, project.id.as_str()).await.is_empty());
+    }
+    worker.stop(STOP_WITHIN).await;
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+async fn a_location_leading_out_of_the_source_root_is_never_read(store: &Store) {
+    // environment B's root holds its participants, and a link that leads
+    // to a file elsewhere (another environment's data, project output)
+    let root = std::env::temp_dir().join(format!("tre-env-b-{}", tre_testkit::unique()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(
+        fixtures_data().join("participants.parquet"),
+        root.join("participants.parquet"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        fixtures_data().join("hospital_episodes-0.parquet"),
+        root.join("hospital_episodes-0.parquet"),
+    )
+    .unwrap();
+    let mut inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+    inventory.datasets[1].locations = vec!["hospital_episodes-0.parquet".into()];
+    let w = world_at(
+        store,
+        StoreRoot::parse("source", root.to_str().unwrap()).unwrap(),
+        inventory,
+        &["rev1"],
+        &["rev2"],
+        1,
+    )
+    .await;
+    let (folder, dest) = temp_store("governance");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest.clone(), 5_000),
+    );
+    let project = approved_project(
+        store,
+        &w,
+        json!({"field": "sex", "op": "=", "value": "F"}),
+        &["baseline", "hospital"],
+    )
+    .await;
+    let failed = settled(store, &project).await;
+    assert_eq!(failed.state, ProjectState::Failed, "{failed:?}");
+    let reason = failed.failure.unwrap();
+    assert!(
+        reason.contains("hospital_episodes-0.parquet leads out of the environment's source root"),
+        "{reason}"
+    );
+    for path in [root.to_str().unwrap(), fixtures_data().to_str().unwrap()] {
+        assert!(!reason.contains(path), "no server path: {reason}");
+    }
+    assert!(objects(&dest, project.id.as_str()).await.is_empty());
+    worker.stop(STOP_WITHIN).await;
+    let _ = std::fs::remove_dir_all(folder);
+    let _ = std::fs::remove_dir_all(root);
+}

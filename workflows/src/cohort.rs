@@ -1,0 +1,138 @@
+//! `count_cohort`: a submitted request's cohort counted, from the
+//! environment's own source, before any reviewer sees it. A cohort below
+//! the environment's minimum goes back to its owner (who is told it is too
+//! small, never the number); one that cannot be counted too, with the
+//! reason. The count is a job because it reads individual-level rows, which
+//! the API never does on a request path.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tracing::{info, warn};
+use tre_dispense::Sources;
+use tre_domain::{AccessRequest, CohortCount, Effect, Environment, RequestId, RequestState};
+use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_store::ClaimedJob;
+
+use crate::dispense::{dispense_error, source_of};
+use crate::{already_done, payload};
+
+/// The handler of `count_cohort` jobs.
+#[derive(Debug, Clone)]
+pub struct CohortCounter {
+    sources: Sources,
+}
+
+impl CohortCounter {
+    pub const KINDS: [&'static str; 1] = ["count_cohort"];
+
+    pub fn new(sources: Sources) -> Self {
+        Self { sources }
+    }
+
+    /// The number of participants the request's filter selects.
+    async fn size(&self, env: &Environment, request: &AccessRequest) -> Result<u64, JobError> {
+        let inventory = env
+            .inventory
+            .as_ref()
+            .ok_or_else(|| JobError::Permanent("the environment has no inventory".into()))?;
+        let dataset = inventory.cohort().ok_or_else(|| {
+            JobError::Permanent("the environment's inventory has no cohort dataset".into())
+        })?;
+        let filter = tre_domain::cohort::parse_optional(&request.cohort, dataset)
+            .map_err(|e| JobError::Permanent(format!("the cohort filter: {e}")))?;
+        let source = source_of(&self.sources, env)?;
+        let keys = tre_dispense::cohort_keys(&source, inventory, filter.as_ref())
+            .await
+            .map_err(dispense_error)?;
+        Ok(keys.len() as u64)
+    }
+
+    async fn record(
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        request: &RequestId,
+        round: u32,
+        count: CohortCount,
+    ) -> Result<(), JobError> {
+        match ctx
+            .store
+            .record_cohort_count(request, round, count, &job.key)
+            .await
+        {
+            Ok(next) => {
+                info!(request = %request, round, state = %next.state, "cohort counted");
+                Ok(())
+            }
+            // withdrawn meanwhile, or recorded by an earlier attempt
+            Err(e) if already_done(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn count(
+        &self,
+        ctx: &JobContext,
+        job: &ClaimedJob,
+        id: &RequestId,
+        round: u32,
+    ) -> Result<(), JobError> {
+        let request = ctx.store.system_request(id).await?;
+        if request.state != RequestState::Checking || request.round != round {
+            return Ok(());
+        }
+        let env = ctx
+            .store
+            .system_environment(&request.environment_id)
+            .await?;
+        let count = match self.size(&env, &request).await {
+            Ok(size) => CohortCount::Counted(size),
+            Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),
+            Err(transient) => return Err(transient),
+        };
+        Self::record(ctx, job, id, round, count).await
+    }
+}
+
+impl JobHandler for CohortCounter {
+    fn kinds(&self) -> Vec<&'static str> {
+        Self::KINDS.to_vec()
+    }
+
+    fn handle<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        Box::pin(async move {
+            match payload(job)? {
+                Effect::CountCohort { request, round } => {
+                    self.count(ctx, job, &request, round).await
+                }
+                other => Err(JobError::Permanent(format!(
+                    "{} is not a cohort count",
+                    other.kind()
+                ))),
+            }
+        })
+    }
+
+    /// A count that kept failing returns the request to its owner rather
+    /// than leave it waiting in `checking`.
+    fn on_dead<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        message: &'a str,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(Effect::CountCohort { request, round }) = payload(job) else {
+                return;
+            };
+            let count = CohortCount::Failed(format!("the cohort could not be counted: {message}"));
+            if let Err(e) = Self::record(ctx, job, &request, round, count).await {
+                warn!(request = %request, error = %e, "could not return the request to its owner");
+            }
+        })
+    }
+}
