@@ -18,8 +18,9 @@ use tre_domain::{
 use tre_jobs::EmbeddedQueue;
 use tre_store::{AuditQuery, Store};
 use tre_testkit::{
-    BIOBANK, World, approved_project, biobank_inventory, caller, counted, fixtures_data,
-    new_request, small_source, submit_counted, world, world_at, world_with,
+    BIOBANK, World, approve_both_stages, approved_project, approved_request, biobank_inventory,
+    caller, counted, fixtures_data, new_request, selecting, small_source, submit_counted, world,
+    world_at, world_with,
 };
 
 mod common;
@@ -205,31 +206,7 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
 
     // a second request is approved; then the admin widens `baseline` (every
     // participant field and a hospital diagnosis) in a new inventory version
-    let request = store
-        .create_request(
-            &w.owner,
-            &w.env,
-            NewRequest {
-                cohort: cohort.clone(),
-                collections: BTreeSet::from(["baseline".into()]),
-                ..new_request()
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .request_command(&w.owner, &request.id, RequestCommand::Submit)
-        .await
-        .unwrap();
-    counted(store, &request.id).await;
-    store
-        .decide(&caller("rev1"), &request.id, approve(0))
-        .await
-        .unwrap();
-    store
-        .decide(&caller("rev2"), &request.id, approve(1))
-        .await
-        .unwrap();
+    let request = approved_request(store, &w, selecting(cohort.clone(), &["baseline"])).await;
     configure(store, &w, EnvironmentCommand::EnterMaintenance).await;
     let widened = redefined(|inv| {
         let all: Vec<FieldRef> = inv.datasets[0]
@@ -290,29 +267,7 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
 
     // a third approval; the next release drops an approved field: the
     // project fails with the reason instead of receiving something else
-    let request = store
-        .create_request(
-            &w.owner,
-            &w.env,
-            NewRequest {
-                cohort,
-                collections: BTreeSet::from(["baseline".into()]),
-                ..new_request()
-            },
-        )
-        .await
-        .unwrap();
-    store
-        .request_command(&w.owner, &request.id, RequestCommand::Submit)
-        .await
-        .unwrap();
-    counted(store, &request.id).await;
-    for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
-        store
-            .decide(&caller(reviewer), &request.id, approve(stage))
-            .await
-            .unwrap();
-    }
+    let request = approved_request(store, &w, selecting(cohort, &["baseline"])).await;
     configure(store, &w, EnvironmentCommand::EnterMaintenance).await;
     let without_bmi = redefined(|inv| {
         inv.datasets[0].fields.retain(|f| f.name != "bmi");
@@ -356,25 +311,14 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
     .await;
     let mut projects = Vec::new();
     for _ in 0..2 {
-        let request = store
-            .create_request(
-                &w.owner,
-                &w.env,
-                NewRequest {
-                    cohort: json!({"field": "sex", "op": "=", "value": "M"}),
-                    collections: BTreeSet::from(["baseline".into()]),
-                    ..new_request()
-                },
-            )
-            .await
-            .unwrap();
+        let new = selecting(
+            json!({"field": "sex", "op": "=", "value": "M"}),
+            &["baseline"],
+        );
+        let request = store.create_request(&w.owner, &w.env, new).await.unwrap();
+        // no worker runs yet: the count is given
         submit_counted(store, &w.owner, &request.id, 2_500).await;
-        for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
-            store
-                .decide(&caller(reviewer), &request.id, approve(stage))
-                .await
-                .unwrap();
-        }
+        approve_both_stages(store, &request.id).await;
         projects.push(store.create_project(&w.owner, &request.id).await.unwrap());
     }
     // before any worker runs: one request is revoked without its job (the

@@ -471,6 +471,106 @@ async fn concurrent_claims_run_a_job_once() {
     db.finish().await;
 }
 
+/// The admins hear, in their inbox and by webhook, when an approved
+/// request's owner leaves the environment and when a stage's reviewers
+/// change while requests wait at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    tre_testkit::user(store, "rev9", false, &[]).await;
+    let receiver = WebhookReceiver::start(vec![], Duration::ZERO).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(Some(&receiver)),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let request = store
+            .create_request(&w.owner, &w.env, new_request())
+            .await
+            .unwrap();
+        store
+            .request_command(&w.owner, &request.id, RequestCommand::Submit)
+            .await
+            .unwrap();
+        tre_testkit::counted(store, &request.id).await;
+        ids.push(request.id);
+    }
+    store
+        .decide(&caller("rev1"), &ids[0], decide(0))
+        .await
+        .unwrap();
+    store
+        .decide(&caller("rev2a"), &ids[0], decide(1))
+        .await
+        .unwrap();
+    // the owner leaves; then stage 1 gains a reviewer while ids[1] waits there
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            tre_domain::EnvironmentCommand::SetMembers(
+                [tre_domain::Principal::User("collab".into())].into(),
+            ),
+        )
+        .await
+        .unwrap();
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            tre_domain::EnvironmentCommand::SetPipeline(tre_domain::ReviewPipeline {
+                stages: vec![
+                    tre_testkit::stage(
+                        "committee",
+                        &["rev1", "rev9"],
+                        tre_domain::DecisionRule::Any,
+                    ),
+                    tre_testkit::stage(
+                        "custodian",
+                        &["rev2a"],
+                        tre_domain::DecisionRule::Quorum(1),
+                    ),
+                ],
+            }),
+        )
+        .await
+        .unwrap();
+    eventually("both alerts reach the admin", || async {
+        inbox_kinds(store, "admin").await == ["owner_removed", "reviewers_changed"]
+    })
+    .await;
+    let inbox = store.inbox(&"admin".into(), 10).await.unwrap();
+    let left = inbox.iter().find(|n| n.kind == "owner_removed").unwrap();
+    assert_eq!(left.request_id.as_deref(), Some(ids[0].as_str()));
+    assert!(
+        left.body.contains("owner owns approved request"),
+        "{}",
+        left.body
+    );
+    let changed = inbox
+        .iter()
+        .find(|n| n.kind == "reviewers_changed")
+        .unwrap();
+    assert!(
+        changed.body.contains("While 1 request(s) wait")
+            && changed.body.contains("added rev9, removed nobody"),
+        "{}",
+        changed.body
+    );
+    eventually("and by webhook", || async {
+        let events = verify_signatures(&receiver);
+        events.contains(&"owner_removed".to_owned())
+            && events.contains(&"reviewers_changed".to_owned())
+    })
+    .await;
+    worker.stop(STOP_WITHIN).await;
+    db.finish().await;
+}
+
 /// A stage nobody may decide alerts the environment's admins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_stage_alerts_admins() {

@@ -450,7 +450,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
             to.to_owned()
         };
         println!(
-            "   #{:<4} {:<8} {:<26} {detail}",
+            "   #{:<4} {:<8} {:<28} {detail}",
             entry.seq, entry.actor, entry.action
         );
     }

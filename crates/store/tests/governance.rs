@@ -11,7 +11,9 @@ use tre_domain::{
     RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline, Verdict,
 };
 use tre_store::{AuditQuery, Backend, Store, StoreError};
-use tre_testkit::{World, caller, inventory, new_request, stage, submit_counted, user, world};
+use tre_testkit::{
+    World, approve_both_stages, caller, inventory, new_request, stage, submit_counted, user, world,
+};
 
 tre_testkit::on_both_backends!(
     a_researcher_taken_out_of_the_environment_is_stopped_at_every_act,
@@ -42,23 +44,15 @@ fn approve(stage: usize) -> DecisionInput {
     }
 }
 
-/// A request of `w.owner` with `collab`, submitted, counted and approved.
+/// A request of `w.owner` with `collab`, submitted, counted (as given:
+/// no worker runs here) and approved.
 async fn approved(store: &Store, w: &World) -> AccessRequest {
     let request = store
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     submit_counted(store, &w.owner, &request.id, 100).await;
-    store
-        .decide(&caller("rev1"), &request.id, approve(0))
-        .await
-        .unwrap();
-    let done = store
-        .decide(&caller("rev2"), &request.id, approve(1))
-        .await
-        .unwrap();
-    assert_eq!(done.state, RequestState::Approved);
-    done
+    approve_both_stages(store, &request.id).await
 }
 
 async fn set_members(store: &Store, w: &World, members: &[Principal]) {

@@ -854,25 +854,39 @@ pub const BIOBANK: [(&str, &[&str]); 3] = [
     ("prescriptions", &["prescriptions.parquet"]),
 ];
 
-/// Creates, submits and approves (stage 1 `rev1`, stage 2 `rev2`) a request
-/// of `w.owner` with `collab`, then creates its project as the owner. A
-/// worker must be running: it counts the cohort before review.
-pub async fn approved_project(
+/// Approves a request waiting at stage 1: `rev1` decides stage 1, `rev2`
+/// stage 2 (the reviewers of a [`world`] made with those names).
+pub async fn approve_both_stages(store: &Store, id: &RequestId) -> AccessRequest {
+    let mut request = None;
+    for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
+        let decision = tre_domain::DecisionInput {
+            stage,
+            verdict: tre_domain::Verdict::Approve,
+            is_final: false,
+            comment: String::new(),
+        };
+        request = Some(
+            store
+                .decide(&caller(reviewer), id, decision)
+                .await
+                .expect("approve"),
+        );
+    }
+    let request = request.expect("two stages");
+    assert_eq!(request.state, RequestState::Approved);
+    request
+}
+
+/// Creates `new` as `w.owner`, submits it, waits for a running worker to
+/// count its cohort (which must pass), and approves it
+/// ([`approve_both_stages`]).
+pub async fn approved_request(
     store: &Store,
     w: &World,
-    cohort: serde_json::Value,
-    collections: &[&str],
-) -> tre_domain::Project {
+    new: tre_domain::NewRequest,
+) -> AccessRequest {
     let request = store
-        .create_request(
-            &w.owner,
-            &w.env,
-            tre_domain::NewRequest {
-                cohort,
-                collections: collections.iter().map(|c| (*c).to_owned()).collect(),
-                ..new_request()
-            },
-        )
+        .create_request(&w.owner, &w.env, new)
         .await
         .expect("create request");
     store
@@ -885,25 +899,32 @@ pub async fn approved_project(
         RequestState::InReview { stage: 0 },
         "the cohort passed its count"
     );
-    for (reviewer, stage) in [("rev1", 0), ("rev2", 1)] {
-        store
-            .decide(
-                &caller(reviewer),
-                &request.id,
-                tre_domain::DecisionInput {
-                    stage,
-                    verdict: tre_domain::Verdict::Approve,
-                    is_final: false,
-                    comment: String::new(),
-                },
-            )
-            .await
-            .expect("approve");
-    }
+    approve_both_stages(store, &request.id).await
+}
+
+/// An approved request ([`approved_request`]) of `cohort` and
+/// `collections`, with `collab`, and its project, created by the owner. A
+/// worker must be running: it counts the cohort before review.
+pub async fn approved_project(
+    store: &Store,
+    w: &World,
+    cohort: serde_json::Value,
+    collections: &[&str],
+) -> tre_domain::Project {
+    let request = approved_request(store, w, selecting(cohort, collections)).await;
     store
         .create_project(&w.owner, &request.id)
         .await
         .expect("create project")
+}
+
+/// [`new_request`] with `cohort` and `collections`.
+pub fn selecting(cohort: serde_json::Value, collections: &[&str]) -> tre_domain::NewRequest {
+    tre_domain::NewRequest {
+        cohort,
+        collections: collections.iter().map(|c| (*c).to_owned()).collect(),
+        ..new_request()
+    }
 }
 
 /// An S3-compatible server (s3s-fs over a temporary folder) served by this
