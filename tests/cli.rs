@@ -602,7 +602,7 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     let w = world(store, &["rev1"], &["rev2a"], 1).await;
     // every webhook answer takes 2 s: long enough to kill the worker mid-job
     let receiver = WebhookReceiver::start(vec![], std::time::Duration::from_secs(2)).await;
-    let lease = ["--job-timeout-ms", "4000", "--lease-grace-ms", "500"];
+    let lease = ["--lease-ms", "900"];
     let first = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
 
     let request = store
@@ -616,13 +616,16 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
         receiver.arrived.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
-    assert_eq!(store.job(&key).await.unwrap().unwrap().state, "running");
+    assert_eq!(
+        store.job(&key).await.unwrap().unwrap().state,
+        tre_domain::JobState::Running
+    );
     first.signal("-KILL");
     drop(first);
 
     let second = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
     wait_for("another worker finishes the job", 60, || async {
-        store.job(&key).await.unwrap().unwrap().state == "done"
+        store.job(&key).await.unwrap().unwrap().state == tre_domain::JobState::Done
     })
     .await;
     let job = store.job(&key).await.unwrap().unwrap();

@@ -36,7 +36,7 @@ fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> Child {
             "dispense",
             "--unit-rows",
             "20000",
-            "--lease-grace-ms",
+            "--lease-ms",
             "1000",
             "--reconcile-interval-ms",
             "200",

@@ -138,7 +138,7 @@ pub fn executor(
         store,
         worker_name(),
         &options.policies,
-        options.runtime.lease_grace,
+        options.runtime.lease,
         metrics,
     );
     executor.register(Arc::new(RequestWorkflow::new(notifier)));

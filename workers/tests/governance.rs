@@ -349,13 +349,16 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
                 .job(&removal)
                 .await
                 .unwrap()
-                .is_some_and(|j| j.state == "done")
+                .is_some_and(|j| j.state == tre_domain::JobState::Done)
             {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        assert_eq!(store.job(&removal).await.unwrap().unwrap().state, "done");
+        assert_eq!(
+            store.job(&removal).await.unwrap().unwrap().state,
+            tre_domain::JobState::Done
+        );
         assert!(objects(&dest, project.id.as_str()).await.is_empty());
     }
     worker.stop(STOP_WITHIN).await;

@@ -156,15 +156,15 @@ async fn workflow_by_jobs(store: &Store) {
     eventually("every due job is done", || async {
         let jobs = store.outbox_jobs(None, 100).await.unwrap();
         jobs.iter()
-            .all(|j| j.kind == "schedule_expiry" || j.state == "done")
+            .all(|j| j.kind == "schedule_expiry" || j.state == tre_domain::JobState::Done)
     })
     .await;
     let jobs = store.outbox_jobs(None, 100).await.unwrap();
     for job in &jobs {
         let expected = if job.kind == "schedule_expiry" {
-            "pending"
+            tre_domain::JobState::Pending
         } else {
-            "done"
+            tre_domain::JobState::Done
         };
         assert_eq!(job.state, expected, "{job:?}");
         assert!(job.attempts <= 1, "{job:?}");
@@ -219,7 +219,7 @@ async fn retries_and_dead_letters(store: &Store) {
             .job(&key)
             .await
             .unwrap()
-            .is_some_and(|j| j.state == "dead")
+            .is_some_and(|j| j.state == tre_domain::JobState::Dead)
     })
     .await;
     let job = store.job(&key).await.unwrap().unwrap();
@@ -256,7 +256,7 @@ async fn retries_and_dead_letters(store: &Store) {
         .unwrap();
     let key2 = format!("notify_reviewers:{}:1:1", request.id);
     eventually("the job is dead", || async {
-        store.job(&key2).await.unwrap().unwrap().state == "dead"
+        store.job(&key2).await.unwrap().unwrap().state == tre_domain::JobState::Dead
     })
     .await;
     let job = store.job(&key2).await.unwrap().unwrap();
@@ -294,7 +294,7 @@ async fn retries_and_dead_letters(store: &Store) {
     );
     for k in [&key, &key2] {
         eventually("the retried job is done", || async {
-            store.job(k).await.unwrap().unwrap().state == "done"
+            store.job(k).await.unwrap().unwrap().state == tre_domain::JobState::Done
         })
         .await;
     }
@@ -648,7 +648,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         store.job(&key).await.unwrap().unwrap().state,
-        "pending",
+        tre_domain::JobState::Pending,
         "not before its time"
     );
     worker.stop(STOP_WITHIN).await;
@@ -689,7 +689,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
             .job(&deprovision)
             .await
             .unwrap()
-            .is_some_and(|j| j.state == "done")
+            .is_some_and(|j| j.state == tre_domain::JobState::Done)
     })
     .await;
     let history = store.request_history(&w.owner, &request.id).await.unwrap();
@@ -760,7 +760,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
     );
     for key in [&stage1, &stage2] {
         eventually("the reminder ran", || async {
-            store.job(key).await.unwrap().unwrap().state == "done"
+            store.job(key).await.unwrap().unwrap().state == tre_domain::JobState::Done
         })
         .await;
     }
@@ -839,7 +839,7 @@ async fn notifications_are_emailed_through_smtp() {
     eventually("the owner's email", || async { sink.mails().len() == 2 }).await;
     let approved = format!("notify_owner:{}:1:approved", request.id);
     eventually("the owner's job is done", || async {
-        store.job(&approved).await.unwrap().unwrap().state == "done"
+        store.job(&approved).await.unwrap().unwrap().state == tre_domain::JobState::Done
     })
     .await;
     worker.stop(STOP_WITHIN).await;

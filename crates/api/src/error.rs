@@ -23,6 +23,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds after which the same call may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -65,6 +68,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code;
         let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(seconds));
+        }
         // for the middleware layers, which see responses, not errors
         response.extensions_mut().insert(ErrorCode(code));
         response
@@ -94,6 +102,18 @@ impl From<StoreError> for ApiError {
                 IDEMPOTENCY_CONFLICT,
                 "another call with this Idempotency-Key did the work",
             ),
+            // the database restarting, failing over or out of connections:
+            // the call did not happen; the caller may try again shortly
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                let mut unavailable = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again shortly",
+                );
+                unavailable.retry_after = Some(1);
+                unavailable
+            }
             other => {
                 error!(error = %other, "internal error");
                 Self::new(

@@ -31,23 +31,44 @@ pub use openapi::spec as openapi;
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Asks the job queue whether it answers: `Err` says why not.
+pub type QueueHealth = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync,
+>;
+
 /// What handlers share.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    /// Checks the job queue for `/readyz`; none for the embedded queue.
-    pub queue_ready: Option<fn() -> bool>,
+    /// Checks the job queue for `/readyz`; none when this process has no
+    /// queue to answer for.
+    pub queue_health: Option<QueueHealth>,
     /// Request counters and durations for `/metrics`.
     pub metrics: std::sync::Arc<metrics::HttpMetrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("queue_health", &self.queue_health.is_some())
+            .finish()
+    }
 }
 
 impl AppState {
     pub fn new(store: Store) -> Self {
         Self {
             store,
-            queue_ready: None,
+            queue_health: None,
             metrics: std::sync::Arc::default(),
         }
+    }
+
+    /// `/readyz` also asks the queue through `health`.
+    pub fn with_queue_health(mut self, health: QueueHealth) -> Self {
+        self.queue_health = Some(health);
+        self
     }
 }
 

@@ -371,15 +371,31 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `/readyz` waits for each dependency.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready when the database and the queue both answer, now: 503 (with
+/// `Retry-After`) and which one failed otherwise.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let database = state.store.ping().await.is_ok();
-    let queue = state.queue_ready.is_none_or(|ready| ready());
-    let status = if database && queue {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let database = matches!(
+        tokio::time::timeout(READY_WITHIN, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let queue = match &state.queue_health {
+        None => true,
+        Some(health) => matches!(
+            tokio::time::timeout(READY_WITHIN, health()).await,
+            Ok(Ok(()))
+        ),
     };
-    (status, Json(json!({"database": database, "queue": queue}))).into_response()
+    let mut response = Json(json!({"database": database, "queue": queue})).into_response();
+    if !(database && queue) {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]

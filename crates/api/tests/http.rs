@@ -19,6 +19,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
+        Self::start_with(|state| state).await
+    }
+
+    /// [`Api::start`] with the server's state adjusted by `adjust`.
+    async fn start_with(adjust: impl FnOnce(AppState) -> AppState) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = match TestDb::postgres().await {
             Some(db) => db,
@@ -53,7 +58,7 @@ impl Api {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(db.store.clone());
+        let state = adjust(AppState::new(db.store.clone()));
         let server = tokio::spawn(async move {
             tre_api::serve(listener, state, std::future::pending())
                 .await
@@ -1672,5 +1677,52 @@ async fn with_redis_workers_people_are_notified() {
     );
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
+    api.db.finish().await;
+}
+
+/// `/readyz` asks the queue itself: Redis stopped, 503 with `Retry-After`
+/// and which dependency failed; Redis back, 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_asks_the_database_and_the_queue() {
+    let Some(mut redis) = tre_testkit::TestRedis::start() else {
+        return;
+    };
+    let queue: std::sync::Arc<dyn tre_jobs::JobQueue> = std::sync::Arc::new(
+        tre_jobs::RedisQueue::connect(tre_jobs::RedisQueueOptions::new(redis.url()))
+            .await
+            .unwrap(),
+    );
+    let health: tre_api::QueueHealth = std::sync::Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.health().await.map_err(|e| e.to_string()) })
+    });
+    let api = Api::start_with(|state| state.with_queue_health(health)).await;
+    let ready = |api: &Api| {
+        let request = api.client.get(format!("{}/readyz", api.base));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let retry = response.headers().get("retry-after").cloned();
+            (status, retry, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _, body) = ready(&api).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"database": true, "queue": true}));
+    redis.kill();
+    let (status, retry, body) = ready(&api).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body, json!({"database": true, "queue": false}));
+    assert_eq!(retry.unwrap(), "1");
+    redis.restart();
+    let mut back = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        back = ready(&api).await.0;
+        if back == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, StatusCode::OK, "ready again once Redis is back");
     api.db.finish().await;
 }

@@ -201,7 +201,7 @@ enum BenchCommand {
 enum JobsCommand {
     /// Jobs with their state, attempts and last error (JSON lines).
     List {
-        /// pending, queued, running, done or dead.
+        /// pending, queued, running, done, dead or discarded.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -420,13 +420,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let store = open(&settings).await?;
             match command {
                 JobsCommand::List { state, limit } => {
-                    const STATES: [&str; 5] = ["pending", "queued", "running", "done", "dead"];
-                    if let Some(s) = &state
-                        && !STATES.contains(&s.as_str())
-                    {
-                        anyhow::bail!("--state: expected one of {}", STATES.join(", "));
-                    }
-                    for job in store.outbox_jobs(state.as_deref(), limit).await? {
+                    let state = match state.as_deref() {
+                        None => None,
+                        Some(s) => Some(tre_domain::JobState::parse(s).ok_or_else(|| {
+                            let states: Vec<&str> = tre_domain::JobState::ALL
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect();
+                            anyhow!("--state: expected one of {}", states.join(", "))
+                        })?),
+                    };
+                    for job in store.outbox_jobs(state, limit).await? {
                         println!("{}", serde_json::to_string(&job)?);
                     }
                 }

@@ -29,8 +29,10 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
     let (stop, shutdown) = watch::channel(false);
     crate::worker::on_signal(stop);
     let embedded = settings.redis_url.is_none();
+    // the queue: `/readyz` asks it, and without Redis this process runs it
+    let queue = crate::worker::queue(settings).await?;
     let worker = if embedded {
-        let queue = crate::worker::queue(settings).await?;
+        let queue = queue.clone();
         let options = WorkerOptions {
             webhook: crate::worker::webhook(settings),
             email: crate::worker::email(settings),
@@ -60,7 +62,11 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
             "run by tre worker fleets on Redis"
         }
     );
-    let state = AppState::new(store.clone());
+    let health: tre_api::QueueHealth = Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.health().await.map_err(|e| e.to_string()) })
+    });
+    let state = AppState::new(store.clone()).with_queue_health(health);
     let mut stop_api = shutdown.clone();
     tre_api::serve(listener, state, async move {
         let _ = stop_api.wait_for(|s| *s).await;

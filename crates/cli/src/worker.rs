@@ -34,14 +34,16 @@ pub struct WorkerArgs {
     /// Do not run the relay and reconciler in this process.
     #[arg(long)]
     no_maintenance: bool,
-    /// Added to a job's timeout to make its lease (how long a crashed
-    /// worker's job waits before another takes it).
-    #[arg(long, default_value_t = 30_000)]
-    lease_grace_ms: u64,
+    /// How long a running job's lease lasts; renewed every third of it while
+    /// the job runs. A crashed worker's job is taken over within about this
+    /// plus the reconcile interval, whatever the job's timeout.
+    #[arg(long, default_value_t = 6_000)]
+    lease_ms: u64,
     /// A job queued this long without a claim is handed to the queue again.
     #[arg(long, default_value_t = 60_000)]
     requeue_after_ms: u64,
-    #[arg(long, default_value_t = 5_000)]
+    /// How often lost and orphaned jobs are looked for.
+    #[arg(long, default_value_t = 2_000)]
     reconcile_interval_ms: u64,
     /// On SIGTERM, how long in-flight jobs may finish before they are released.
     #[arg(long, default_value_t = 30_000)]
@@ -130,6 +132,9 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
     if args.concurrency == Some(0) {
         bail!("--concurrency: must be at least 1");
     }
+    if args.lease_ms < 300 {
+        bail!("--lease-ms: must be at least 300 (renewed every third of it)");
+    }
     let store = crate::open_checked(settings).await?;
     let queue = queue(settings).await?;
     let mut policies = tre_workers::policies();
@@ -143,7 +148,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         concurrency: args.concurrency,
         maintenance: !args.no_maintenance,
         runtime: RuntimeOptions {
-            lease_grace: Duration::from_millis(args.lease_grace_ms),
+            lease: Duration::from_millis(args.lease_ms),
             requeue_after: Duration::from_millis(args.requeue_after_ms),
             reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
             drain: Duration::from_millis(args.drain_ms),

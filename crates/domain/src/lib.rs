@@ -4,8 +4,8 @@
 //! [`Environment`], [`AccessRequest`] and [`Project`], the review
 //! [`ReviewPipeline`] and its stage rules, the [`authorize`] function that
 //! encodes who may do what (including separation of duties), the cohort
-//! filter language ([`cohort`]) and the hash chain of the audit log
-//! ([`audit`]).
+//! filter language ([`cohort`]), the hash chain of the audit log
+//! ([`audit`]) and the lifecycle of a durable job ([`JobState`]).
 //!
 //! A command takes the current state and returns the new state plus the
 //! [`Effect`]s to perform; adapters (the SQL store, the job runtime, the HTTP
@@ -21,6 +21,7 @@ mod environment;
 mod error;
 mod ids;
 mod inventory;
+mod job;
 mod people;
 mod pipeline;
 mod project;
@@ -35,6 +36,7 @@ pub use environment::{
 pub use error::DomainError;
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
 pub use inventory::{DataCollection, Dataset, Field, FieldRef, FieldType, Inventory};
+pub use job::{JobEvent, JobState};
 pub use people::{Actor, Principal};
 pub use pipeline::{
     DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, Vote, tally,

@@ -13,7 +13,10 @@
 //!   quorum, stays open: it blocks rather than silently passing.
 //!
 //! Only votes of the stage's *current* reviewers count: reviewer changes after
-//! publish apply to stages not yet decided.
+//! publish apply to stages not yet decided. And only reviewers who may
+//! decide count at all: a reviewer who owns or collaborates on the request
+//! is left out of `n` ([`ReviewStage::eligible`]), so a quorum that only
+//! their vote could reach is out of reach.
 
 use std::collections::BTreeSet;
 
@@ -57,6 +60,22 @@ impl ReviewStage {
     /// Whether the stage can ever pass with its current reviewers.
     pub fn is_satisfiable(&self) -> bool {
         !self.reviewers.is_empty() && self.approvals_needed() <= self.reviewers.len()
+    }
+
+    /// The stage as it stands for one request: only the reviewers who may
+    /// decide it (not `excluded`, its owner and collaborators). Tallying on
+    /// this counts a quorum out of reach as soon as it is, instead of
+    /// waiting for a vote that can never come.
+    pub fn eligible(&self, excluded: impl Fn(&UserId) -> bool) -> Self {
+        Self {
+            reviewers: self
+                .reviewers
+                .iter()
+                .filter(|r| !excluded(r))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
     }
 }
 
@@ -308,6 +327,27 @@ mod tests {
                 "{rule:?} {reviewers:?} {votes:?}"
             );
         }
+    }
+
+    /// Attack on the pipeline: stage 2 is quorum(2) of three reviewers, and
+    /// the third collaborates on the request. One returns it, one approves:
+    /// two approvals are out of reach, so the stage closes as returned
+    /// instead of waiting for ever on a vote that may never be cast.
+    #[test]
+    fn reviewers_who_may_not_decide_do_not_keep_a_stage_open() {
+        let full = stage(Quorum(2), &["a", "b", "collab"]);
+        let votes = [(UserId::from("a"), Against), (UserId::from("b"), Approve)];
+        let counted = |s: &ReviewStage| tally(s, votes.iter().map(|(u, v)| (u, *v)));
+        assert_eq!(counted(&full), Open, "counting the collaborator");
+        let eligible = full.eligible(|u| u.as_str() == "collab");
+        assert_eq!(eligible.reviewers.len(), 2);
+        assert_eq!(counted(&eligible), Returned);
+        // all: every eligible reviewer, not the collaborator too
+        let all = stage(All, &["a", "collab"]).eligible(|u| u.as_str() == "collab");
+        assert_eq!(tally(&all, [(&UserId::from("a"), Approve)]), Approved);
+        // nobody eligible: blocked (the admins are alerted), never passed
+        let nobody = stage(Any, &["collab"]).eligible(|u| u.as_str() == "collab");
+        assert_eq!(tally(&nobody, []), Open);
     }
 
     #[test]

@@ -612,7 +612,7 @@ impl AccessRequest {
                     .iter()
                     .chain(std::iter::once(&recorded))
                     .map(|d| (&d.reviewer, d.vote()));
-                let outcome = tally(pipeline_stage, votes);
+                let outcome = tally(&pipeline_stage.eligible(|u| self.is_requester(u)), votes);
                 let notify_owner = |outcome: &str| Effect::NotifyOwner {
                     request: self.id.clone(),
                     round: self.round,

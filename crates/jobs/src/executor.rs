@@ -1,5 +1,9 @@
 //! Runs one job: claim it in SQL, run its handler under the policy's
-//! timeout, record the outcome in SQL.
+//! timeout while a heartbeat renews its short lease, record the outcome in
+//! SQL. Every way a job can end badly (a permanent error, a transient one
+//! on the last attempt, a timeout, a panic, attempts used up by a worker
+//! that died) goes through one dead-letter path, which runs the kind's
+//! [`JobHandler::on_dead`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,9 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tracing::{Instrument, info, info_span, warn};
 use tre_domain::Timestamp;
-use tre_store::{ClaimedJob, FailOutcome, Store, now};
+use tre_store::{ClaimedJob, FailOutcome, Store, StoreError, now};
 
 use crate::{JobError, JobPolicy, Metrics, Pool};
 
@@ -58,20 +63,49 @@ pub enum ExecOutcome {
     LeaseLost,
 }
 
-/// Jobs whose timeout exceeds this renew their lease while they run.
-const LONG_JOB: Duration = Duration::from_secs(120);
-/// How often a long job renews its lease (which lasts three beats plus the
-/// grace).
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a worker keeps trying to reach the database for one job (to
+/// claim it, or record its outcome) while the database is unavailable
+/// (restarting, failing over): past that, the job's lease runs out and the
+/// reconciler hands it on.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `call` until it succeeds, fails for another reason than an
+/// unavailable database, or [`DATABASE_PATIENCE`] runs out.
+async fn patiently<T, F, Fut>(what: &str, mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + DATABASE_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(e) if e.is_unavailable() && Instant::now() + pause < deadline => {
+                warn!(error = %e, "database unavailable: will {what} again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
 
 /// Runs jobs for the handlers registered with it.
 pub struct Executor {
     ctx: JobContext,
     policies: HashMap<&'static str, JobPolicy>,
     handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
-    /// Added to a job's timeout to make its lease: how long a dead worker
-    /// holds a job before the reconciler hands it on.
-    lease_grace: Duration,
+    /// How long a running job's lease lasts; renewed every third of it.
+    lease: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -89,14 +123,14 @@ impl Executor {
         store: Store,
         worker: String,
         policies: &[JobPolicy],
-        lease_grace: Duration,
+        lease: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             ctx: JobContext { store, worker },
             policies: policies.iter().map(|p| (p.kind, p.clone())).collect(),
             handlers: HashMap::new(),
-            lease_grace,
+            lease,
             metrics,
         }
     }
@@ -134,21 +168,13 @@ impl Executor {
         self.handlers.contains_key(kind)
     }
 
-    /// Drives `run`, renewing the lease every `heartbeat` meanwhile.
-    async fn with_heartbeat<F: Future>(
-        &self,
-        key: &str,
-        heartbeat: Option<Duration>,
-        lease: Duration,
-        run: F,
-    ) -> F::Output {
-        let Some(beat) = heartbeat else {
-            return run.await;
-        };
+    /// Drives `run`, renewing the lease every third of it meanwhile.
+    async fn with_heartbeat<F: Future>(&self, key: &str, run: F) -> F::Output {
+        let beat = self.lease / 3;
         let renew = async {
             loop {
                 tokio::time::sleep(beat).await;
-                let until = Timestamp(now().0 + lease.as_millis() as i64);
+                let until = Timestamp(now().0 + self.lease.as_millis() as i64);
                 match self
                     .ctx
                     .store
@@ -177,24 +203,12 @@ impl Executor {
             self.metrics.count(kind, "skipped");
             return ExecOutcome::Skipped;
         };
-        // Short jobs hold their lease for their whole timeout; long ones
-        // (dispensing) hold a short lease renewed by a heartbeat, so a
-        // crashed worker's job is handed on within seconds, not hours.
-        let heartbeat = (policy.timeout > LONG_JOB).then_some(HEARTBEAT);
-        let lease = match heartbeat {
-            Some(beat) => beat * 3 + self.lease_grace,
-            None => policy.timeout + self.lease_grace,
-        };
         let store = &self.ctx.store;
-        let claimed = match store
-            .claim_job(
-                key,
-                &self.ctx.worker,
-                lease.as_millis() as i64,
-                policy.max_attempts,
-                now(),
-            )
-            .await
+        let lease_ms = self.lease.as_millis() as i64;
+        let claimed = match patiently("claim the job", || {
+            store.claim_job(key, &self.ctx.worker, lease_ms, now())
+        })
+        .await
         {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -214,11 +228,35 @@ impl Executor {
             .to_owned();
         let span = info_span!("job", job = key, kind, attempt = claimed.attempt, request = %request, worker = %self.ctx.worker);
         async {
+            if claimed.attempt > policy.max_attempts {
+                // its last attempt's worker died: dead-letter, do not run
+                let why = format!(
+                    "{} (gave up: all {} attempts used, the last one's worker stopped without finishing)",
+                    claimed.last_error.as_deref().unwrap_or("no error recorded"),
+                    policy.max_attempts
+                );
+                let outcome = patiently("dead-letter the job", || {
+                    store.give_up_exhausted(key, &self.ctx.worker, &why, now())
+                })
+                .await;
+                return self.after_failure(handler, &claimed, kind, why, outcome).await;
+            }
             self.metrics.count(kind, "started");
             let started = Instant::now();
-            let run = tokio::time::timeout(policy.timeout, handler.handle(&claimed, &self.ctx));
-            let result = match self.with_heartbeat(key, heartbeat, lease, run).await {
-                Ok(result) => result,
+            let run = std::panic::AssertUnwindSafe(handler.handle(&claimed, &self.ctx))
+                .catch_unwind();
+            let result = match self
+                .with_heartbeat(key, tokio::time::timeout(policy.timeout, run))
+                .await
+            {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => {
+                    self.metrics.count(kind, "panicked");
+                    Err(JobError::Transient(format!(
+                        "the handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                }
                 Err(_) => Err(JobError::Transient(format!(
                     "timed out after {:?}",
                     policy.timeout
@@ -226,7 +264,11 @@ impl Executor {
             };
             self.metrics.observe(kind, started.elapsed());
             match result {
-                Ok(()) => match store.complete_job(key, &self.ctx.worker, now()).await {
+                Ok(()) => match patiently("record the completion", || {
+                    store.complete_job(key, &self.ctx.worker, now())
+                })
+                .await
+                {
                     Ok(true) => {
                         self.metrics.count(kind, "succeeded");
                         info!(
@@ -259,32 +301,47 @@ impl Executor {
                         ),
                         JobError::Permanent(m) => (None, format!("permanent: {m}")),
                     };
-                    match store
-                        .fail_job(key, &self.ctx.worker, &message, retry_at, now())
+                    let outcome = patiently("record the failure", || {
+                        store.fail_job(key, &self.ctx.worker, &message, retry_at, now())
+                    })
+                    .await;
+                    self.after_failure(handler, &claimed, kind, message, outcome)
                         .await
-                    {
-                        Ok(FailOutcome::RetryAt(at)) => {
-                            self.metrics.count(kind, "retried");
-                            warn!(error = %message, retry_at = at.0, "job failed; will retry");
-                            ExecOutcome::Retrying(at)
-                        }
-                        Ok(FailOutcome::Dead) => {
-                            self.metrics.count(kind, "failed");
-                            self.metrics.count(kind, "dead");
-                            warn!(error = %message, "job dead-lettered");
-                            handler.on_dead(&claimed, &message, &self.ctx).await;
-                            ExecOutcome::Dead(message)
-                        }
-                        Ok(FailOutcome::LeaseLost) => ExecOutcome::LeaseLost,
-                        Err(e) => {
-                            warn!(error = %e, "could not record failure; the lease will expire");
-                            ExecOutcome::LeaseLost
-                        }
-                    }
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// The one place a failed attempt ends: counted, logged, and when the
+    /// job is dead, the kind's follow-up run.
+    async fn after_failure(
+        &self,
+        handler: &Arc<dyn JobHandler>,
+        claimed: &ClaimedJob,
+        kind: &str,
+        message: String,
+        recorded: Result<FailOutcome, StoreError>,
+    ) -> ExecOutcome {
+        match recorded {
+            Ok(FailOutcome::RetryAt(at)) => {
+                self.metrics.count(kind, "retried");
+                warn!(error = %message, retry_at = at.0, "job failed; will retry");
+                ExecOutcome::Retrying(at)
+            }
+            Ok(FailOutcome::Dead) => {
+                self.metrics.count(kind, "failed");
+                self.metrics.count(kind, "dead");
+                warn!(error = %message, "job dead-lettered");
+                handler.on_dead(claimed, &message, &self.ctx).await;
+                ExecOutcome::Dead(message)
+            }
+            Ok(FailOutcome::LeaseLost) => ExecOutcome::LeaseLost,
+            Err(e) => {
+                warn!(error = %e, "could not record failure; the lease will expire");
+                ExecOutcome::LeaseLost
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +22,13 @@ pub type Shutdown = watch::Receiver<bool>;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What travels through the queue: just enough to find the job in SQL.
+/// Nothing deduplicates messages: a duplicate finds its job leased or done
+/// in SQL and is a no-op, and a re-dispatch must never be swallowed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobMessage {
     pub key: String,
     pub kind: String,
-    /// Attempts made before this dispatch: with the key, it identifies the
-    /// dispatch, so the queue can drop a re-dispatch of the same attempt.
+    /// Attempts made before this dispatch (for logs).
     #[serde(default)]
     pub attempt: i64,
 }
@@ -52,6 +54,16 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Whether queued messages outlive this process. The embedded queue's do
     /// not: at start-up everything marked queued is handed back to the relay.
     fn is_durable(&self) -> bool;
+
+    /// How many messages of `pool` wait in the queue, not yet taken by a
+    /// worker. The reconciler compares it with the jobs SQL has as queued:
+    /// fewer messages than jobs means some were lost (a Redis restart, a
+    /// message consumed by a claim that failed), and only then does it hand
+    /// jobs back, so a pool without workers never piles up copies.
+    fn backlog(&self, pool: Pool) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// Whether the queue answers (`/readyz`).
+    fn health(&self) -> BoxFuture<'_, Result<(), QueueError>>;
 }
 
 /// Runs received messages with bounded concurrency until shutdown, then
@@ -63,6 +75,7 @@ async fn run_pool(
     mut shutdown: Shutdown,
     drain: Duration,
     mut receiver: mpsc::UnboundedReceiver<JobMessage>,
+    waiting: Option<Arc<AtomicU64>>,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<()> = JoinSet::new();
@@ -80,6 +93,9 @@ async fn run_pool(
             _ = shutdown.changed() => break,
         };
         let Some(message) = message else { break };
+        if let Some(waiting) = &waiting {
+            waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let executor = executor.clone();
         let in_flight_done = in_flight.clone();
         let key = message.key.clone();
@@ -120,20 +136,25 @@ async fn run_pool(
 pub struct EmbeddedQueue {
     senders: HashMap<Pool, mpsc::UnboundedSender<JobMessage>>,
     receivers: Mutex<HashMap<Pool, mpsc::UnboundedReceiver<JobMessage>>>,
+    /// Messages sent and not yet received, per pool.
+    waiting: HashMap<Pool, Arc<AtomicU64>>,
 }
 
 impl Default for EmbeddedQueue {
     fn default() -> Self {
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
+        let mut waiting = HashMap::new();
         for pool in Pool::ALL {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.insert(pool, tx);
             receivers.insert(pool, rx);
+            waiting.insert(pool, Arc::default());
         }
         Self {
             senders,
             receivers: Mutex::new(receivers),
+            waiting,
         }
     }
 }
@@ -142,6 +163,9 @@ impl JobQueue for EmbeddedQueue {
     fn dispatch(&self, pool: Pool, message: JobMessage) -> BoxFuture<'_, Result<(), QueueError>> {
         let sent = self.senders[&pool]
             .send(message)
+            .map(|()| {
+                self.waiting[&pool].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
             .map_err(|_| QueueError::Other(format!("the embedded {pool} queue is closed")));
         Box::pin(async move { sent })
     }
@@ -155,16 +179,42 @@ impl JobQueue for EmbeddedQueue {
         drain: Duration,
     ) -> BoxFuture<'static, Result<(), QueueError>> {
         let receiver = self.receivers.lock().expect("lock").remove(&pool);
+        let waiting = self.waiting[&pool].clone();
         Box::pin(async move {
             let receiver = receiver.ok_or_else(|| {
                 QueueError::Other(format!("the embedded {pool} pool is already being served"))
             })?;
-            run_pool(pool, concurrency, executor, shutdown, drain, receiver).await;
+            run_pool(
+                pool,
+                concurrency,
+                executor,
+                shutdown,
+                drain,
+                receiver,
+                Some(waiting),
+            )
+            .await;
             Ok(())
         })
     }
 
     fn is_durable(&self) -> bool {
         false
+    }
+
+    fn backlog(&self, pool: Pool) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let waiting = self.waiting[&pool].load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move { Ok(waiting) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        let open = self.senders.values().all(|s| !s.is_closed());
+        Box::pin(async move {
+            if open {
+                Ok(())
+            } else {
+                Err(QueueError::Other("the embedded queue is closed".into()))
+            }
+        })
     }
 }

@@ -9,11 +9,14 @@
 //!   heartbeat to 30 s: we set both explicitly.
 //! - A worker name reused within the heartbeat window is a fatal error: names
 //!   are unique per process (pool, host, pid, random).
-//! - Duplicate suppression by idempotency key needs `idempotency_ttl`: we set
-//!   it, and key each dispatch by job and attempt, so the reconciler's
-//!   re-dispatch of a job whose message still waits (a pool without workers)
-//!   does not pile up copies. Correctness never depends on it: claims happen
-//!   in SQL.
+//! - An idempotency key (`idempotency_ttl` must be set for it to work at
+//!   all) is kept for its whole TTL and never deleted, even once its message
+//!   was consumed: a re-dispatch within the TTL is silently dropped. A job
+//!   whose message was consumed by a claim that failed (the database was
+//!   restarting) then sat `queued` until the key expired. We use no keys:
+//!   duplicates are harmless (claims happen in SQL), and the reconciler
+//!   re-dispatches only when the queue holds fewer messages than SQL has
+//!   queued ([`JobQueue::backlog`]), so copies never pile up.
 //! - A backlog of about 8,000 due tasks makes `fetch_next` fail ("too many
 //!   results to unpack") and the worker die, again at every restart: the
 //!   relay keeps each pool's backlog under `max_queued_per_pool`.
@@ -60,10 +63,6 @@ pub struct RedisQueueOptions {
     /// Default: 10 ms (the longest an idle worker takes to notice a job; an
     /// idle worker costs Redis about 100 small scripts a second per pool).
     pub max_poll_interval: Duration,
-    /// How long a dispatch's idempotency key is kept: a re-dispatch of the
-    /// same job attempt within it is dropped while the first message
-    /// exists. Default: 10 minutes.
-    pub idempotency_ttl: Duration,
 }
 
 impl RedisQueueOptions {
@@ -75,7 +74,6 @@ impl RedisQueueOptions {
             missed_heartbeats: 3,
             response_timeout: Duration::from_secs(10),
             batch_size: 10,
-            idempotency_ttl: Duration::from_secs(600),
             poll_interval: Duration::from_millis(1),
             max_poll_interval: Duration::from_millis(10),
         }
@@ -153,7 +151,6 @@ impl RedisQueue {
             .heartbeat_interval(self.options.heartbeat)
             .missed_heartbeats(self.options.missed_heartbeats)
             .batch_size(self.options.batch_size)
-            .idempotency_ttl(Some(self.options.idempotency_ttl))
     }
 
     fn storage(&self, pool: Pool) -> RedisStorage<JobMessage> {
@@ -170,10 +167,8 @@ impl JobQueue for RedisQueue {
     fn dispatch(&self, pool: Pool, message: JobMessage) -> BoxFuture<'_, Result<(), QueueError>> {
         let mut storage = self.storage(pool);
         Box::pin(async move {
-            let dispatch = format!("{}#{}", message.key, message.attempt);
-            let task = TaskBuilder::new(message).idempotency_key(dispatch).build();
             storage
-                .push_task(task)
+                .push_task(TaskBuilder::new(message).build())
                 .await
                 .map_err(|e| QueueError::Other(format!("push to {pool}: {e}")))
         })
@@ -253,5 +248,30 @@ impl JobQueue for RedisQueue {
 
     fn is_durable(&self) -> bool {
         true
+    }
+
+    /// Task ids waiting in the pool's active list, and those scheduled
+    /// there (apalis retries, which we never ask for).
+    fn backlog(&self, pool: Pool) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let config = self.apalis_config(pool);
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let (active, scheduled): (u64, u64) = redis::pipe()
+                .cmd("LLEN")
+                .arg(config.active_jobs_list())
+                .cmd("ZCARD")
+                .arg(config.scheduled_jobs_set())
+                .query_async(&mut conn)
+                .await?;
+            Ok(active + scheduled)
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        let mut conn = self.conn.clone();
+        Box::pin(async move {
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok(())
+        })
     }
 }

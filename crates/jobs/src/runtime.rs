@@ -26,13 +26,19 @@ pub struct RuntimeOptions {
     /// (apalis-redis 1.0.0 workers fail on a backlog of about 8,000 due
     /// tasks). Default: 2,000.
     pub max_queued_per_pool: i64,
-    /// How often the reconciler runs. Default: 5 s.
+    /// How often the reconciler runs: with `lease`, how soon a dead
+    /// worker's job is taken over. Default: 2 s.
     pub reconcile_interval: Duration,
-    /// A job queued this long without being claimed is taken to be lost by
-    /// the queue and handed over again (a duplicate is harmless). Default: 60 s.
+    /// A job queued this long without being claimed, in a pool whose queue
+    /// holds fewer messages than SQL has queued, is taken to be lost by the
+    /// queue and handed over again (a duplicate is harmless). Default: 60 s.
     pub requeue_after: Duration,
-    /// Added to a job's timeout to make its lease. Default: 30 s.
-    pub lease_grace: Duration,
+    /// How long a running job's lease lasts; its worker renews it every
+    /// third of that while the handler runs, whatever the job's timeout.
+    /// A worker that dies (SIGKILL, power, network) stops renewing, and its
+    /// job is taken over within `lease` plus `reconcile_interval`.
+    /// Default: 6 s (taken over within about 8 s).
+    pub lease: Duration,
     /// How long a stopping worker waits for in-flight jobs. Default: 30 s.
     pub drain: Duration,
 }
@@ -43,9 +49,9 @@ impl Default for RuntimeOptions {
             relay_interval: Duration::from_millis(200),
             relay_batch: 500,
             max_queued_per_pool: 2_000,
-            reconcile_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(2),
             requeue_after: Duration::from_secs(60),
-            lease_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(6),
             drain: Duration::from_secs(30),
         }
     }
@@ -134,17 +140,35 @@ impl Relay {
     }
 }
 
-/// Hands back lost and orphaned jobs.
-#[derive(Debug, Clone)]
+/// Hands back orphaned jobs (their worker's lease ran out) and jobs whose
+/// queue message was lost.
+#[derive(Clone)]
 pub struct Reconciler {
     store: Store,
+    queue: Arc<dyn JobQueue>,
+    policies: Arc<Vec<JobPolicy>>,
     requeue_after: Duration,
 }
 
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("requeue_after", &self.requeue_after)
+            .finish()
+    }
+}
+
 impl Reconciler {
-    pub fn new(store: Store, requeue_after: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        queue: Arc<dyn JobQueue>,
+        policies: &[JobPolicy],
+        requeue_after: Duration,
+    ) -> Self {
         Self {
             store,
+            queue,
+            policies: Arc::new(policies.to_vec()),
             requeue_after,
         }
     }
@@ -152,8 +176,36 @@ impl Reconciler {
     /// One pass: returns how many jobs were recovered.
     pub async fn run_once(&self) -> Result<u64, tre_store::StoreError> {
         let now = now();
+        let mut recovered = self.store.recover_orphaned(now).await?;
         let cutoff = Timestamp(now.0 - self.requeue_after.as_millis() as i64);
-        let recovered = self.store.recover_jobs(cutoff, now).await?;
+        let queued: HashMap<String, i64> = self.store.queued_by_kind().await?.into_iter().collect();
+        for pool in Pool::ALL {
+            let kinds: Vec<&str> = self
+                .policies
+                .iter()
+                .filter(|p| p.pool == pool)
+                .map(|p| p.kind)
+                .collect();
+            let in_sql: i64 = kinds.iter().filter_map(|k| queued.get(*k)).sum();
+            if in_sql == 0 {
+                continue;
+            }
+            let backlog = match self.queue.backlog(pool).await {
+                Ok(n) => n as i64,
+                Err(e) => {
+                    warn!(target: "tre::reconciler", %pool, error = %e, "cannot read the queue's backlog");
+                    continue;
+                }
+            };
+            if backlog >= in_sql {
+                continue; // every queued job still has its message
+            }
+            for key in self.store.stale_queued(&kinds, cutoff).await? {
+                if self.store.requeue_lost(&key, now).await? {
+                    recovered += 1;
+                }
+            }
+        }
         if recovered > 0 {
             info!(target: "tre::reconciler", recovered, "handed lost or orphaned jobs back to the relay");
         }
@@ -179,14 +231,14 @@ pub async fn spawn_maintenance(
     shutdown: Shutdown,
 ) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
     if !queue.is_durable() {
-        let recovered = store.recover_jobs(now(), now()).await?;
+        let recovered = store.requeue_all_queued(now()).await?;
         if recovered > 0 {
             info!(target: "tre::reconciler", recovered, "embedded queue starting: handed back jobs queued before");
         }
     }
-    let relay = Relay::new(store.clone(), queue, policies, options.relay_batch)
+    let relay = Relay::new(store.clone(), queue.clone(), policies, options.relay_batch)
         .with_max_queued_per_pool(options.max_queued_per_pool);
-    let reconciler = Reconciler::new(store, options.requeue_after);
+    let reconciler = Reconciler::new(store, queue, policies, options.requeue_after);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
     let mut stop = shutdown.clone();
     let relay_task = tokio::spawn(async move {

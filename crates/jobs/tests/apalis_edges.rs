@@ -219,7 +219,8 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
     }];
     let relay = tre_jobs::Relay::new(store.clone(), queue.clone(), &policies, 100)
         .with_max_queued_per_pool(10);
-    let reconciler = tre_jobs::Reconciler::new(store.clone(), Duration::ZERO);
+    let reconciler =
+        tre_jobs::Reconciler::new(store.clone(), queue.clone(), &policies, Duration::ZERO);
     let data_hash = queue.apalis_config(Pool::Dispense).job_data_hash();
     let mut conn = queue.connection();
     for _cycle in 0..5 {

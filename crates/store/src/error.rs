@@ -72,14 +72,52 @@ impl StoreError {
         }
     }
 
+    /// The database could not be reached or dropped the connection: a
+    /// restart, a failover, a network cut, a pool exhausted under load.
+    /// PostgreSQL's connection exceptions (SQLSTATE class 08), its shutdown
+    /// and start-up refusals (57P01 to 57P03), too many connections (53300),
+    /// and the driver's I/O, TLS, protocol and pool errors. Worth retrying
+    /// once the database is back; never a verdict on the call itself.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Self::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                code.starts_with("08")
+                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a caller may retry the same call unchanged.
     pub fn is_retryable(&self) -> bool {
-        self.is_write_conflict()
-            || matches!(
-                self,
-                Self::Database(
-                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-                )
-            )
+        self.is_write_conflict() || self.is_unavailable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_are_unavailable_not_verdicts() {
+        let io = StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        assert!(io.is_unavailable() && io.is_retryable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_retryable());
+        let not_found = StoreError::not_found("request", "r");
+        assert!(!not_found.is_unavailable() && !not_found.is_retryable());
+        let invalid = StoreError::Domain(DomainError::Conflict("closed".into()));
+        assert!(!invalid.is_retryable());
     }
 }

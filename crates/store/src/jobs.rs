@@ -1,21 +1,32 @@
-//! The outbox as the job runtime's queue of record.
-//!
-//! | state | meaning | who moves it out |
-//! |---|---|---|
-//! | `pending` | due at `due_at`; not (or no longer) in the queue | the relay: `queued` once handed to the queue; a worker may also claim it directly |
-//! | `queued` | handed to the queue at `dispatched_at` | a worker: `running` (claim); the reconciler: back to `pending` when the message seems lost |
-//! | `running` | leased by `lease_owner` until `lease_until` | the worker: `done`, `pending` (retry later) or `dead`; the reconciler: `pending` when the lease expired (worker died) |
-//! | `done` | finished; a redelivered message is a no-op | nobody |
-//! | `dead` | gave up (permanent error or attempts exhausted); `last_error` says why | an operator (retry) |
+//! The outbox as the job runtime's queue of record. Its states and who
+//! moves a job between them are [`JobState`]'s (see `tre_domain::job`);
+//! every state here is bound from that enum, never spelt.
 //!
 //! Every transition is one conditional `UPDATE`, so at most one worker holds
 //! a job at a time on either database, whatever the queue delivers.
 
 use serde::Serialize;
 use sqlx::Row;
-use tre_domain::Timestamp;
+use tre_domain::{JobEvent, JobState, Timestamp};
 
 use crate::{Store, StoreError};
+
+/// The state `event` leads to (the store only runs transitions the state
+/// machine has).
+fn target(event: JobEvent) -> &'static str {
+    let from = JobState::sources(event)[0];
+    from.after(event)
+        .expect("a source state of the event")
+        .as_str()
+}
+
+/// The single state `event` moves jobs out of.
+fn source(event: JobEvent) -> &'static str {
+    match JobState::sources(event) {
+        [one] => one.as_str(),
+        _ => unreachable!("{event:?} has several source states"),
+    }
+}
 
 /// A job a worker has leased.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,9 +34,13 @@ pub struct ClaimedJob {
     pub key: String,
     pub kind: String,
     pub payload: serde_json::Value,
-    /// This attempt's number, from 1.
+    /// This attempt's number, from 1. Above the kind's `max_attempts` when
+    /// the claim found the attempts used up (a worker died on the last one):
+    /// the job is then dead-lettered without running.
     pub attempt: i64,
     pub lease_until: i64,
+    /// The previous attempt's error, if any.
+    pub last_error: Option<String>,
 }
 
 /// What happened to a failed attempt.
@@ -47,22 +62,43 @@ pub struct JobCounts {
     pub running: i64,
     pub done: i64,
     pub dead: i64,
+    pub discarded: i64,
 }
 
 impl JobCounts {
+    /// The count of one state.
+    pub fn get(&self, state: JobState) -> i64 {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Queued => self.queued,
+            JobState::Running => self.running,
+            JobState::Done => self.done,
+            JobState::Dead => self.dead,
+            JobState::Discarded => self.discarded,
+        }
+    }
+
+    fn slot(&mut self, state: JobState) -> &mut i64 {
+        match state {
+            JobState::Pending => &mut self.pending,
+            JobState::Queued => &mut self.queued,
+            JobState::Running => &mut self.running,
+            JobState::Done => &mut self.done,
+            JobState::Dead => &mut self.dead,
+            JobState::Discarded => &mut self.discarded,
+        }
+    }
+
     /// The counts as the Prometheus gauge `tre_jobs_queue_depth{state}`.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::from(
             "# HELP tre_jobs_queue_depth Jobs in the outbox by state.\n# TYPE tre_jobs_queue_depth gauge\n",
         );
-        for (state, n) in [
-            ("pending", self.pending),
-            ("queued", self.queued),
-            ("running", self.running),
-            ("done", self.done),
-            ("dead", self.dead),
-        ] {
-            out.push_str(&format!("tre_jobs_queue_depth{{state=\"{state}\"}} {n}\n"));
+        for state in JobState::ALL {
+            out.push_str(&format!(
+                "tre_jobs_queue_depth{{state=\"{state}\"}} {}\n",
+                self.get(state)
+            ));
         }
         out
     }
@@ -77,8 +113,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT job_key, kind, attempts FROM outbox WHERE state = 'pending' AND due_at <= $1 ORDER BY due_at, job_key LIMIT $2",
+            "SELECT job_key, kind, attempts FROM outbox WHERE state = $1 AND due_at <= $2 ORDER BY due_at, job_key LIMIT $3",
         )
+        .bind(source(JobEvent::Dispatch))
         .bind(now.0)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -90,10 +127,10 @@ impl Store {
 
     /// How many jobs of each kind are queued but not yet claimed.
     pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT kind, COUNT(*) FROM outbox WHERE state = 'queued' GROUP BY kind")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT kind, COUNT(*) FROM outbox WHERE state = $1 GROUP BY kind")
+            .bind(JobState::Queued.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
@@ -103,10 +140,12 @@ impl Store {
     /// worker already took it (or it is no longer pending).
     pub async fn mark_queued(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'queued', dispatched_at = $1, updated_at = $1 WHERE job_key = $2 AND state = 'pending'",
+            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key = $3 AND state = $4",
         )
+        .bind(target(JobEvent::Dispatch))
         .bind(now.0)
         .bind(key)
+        .bind(source(JobEvent::Dispatch))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -115,38 +154,35 @@ impl Store {
     /// Leases a due job for `worker` until `now + lease_ms`, counting an
     /// attempt. `None` when the job is done, dead, leased by someone else,
     /// not due, or unknown: the message is then a no-op. A job whose attempts
-    /// are used up is moved to `dead` instead.
+    /// were used up (its worker died on the last) is leased all the same,
+    /// with an `attempt` above `max_attempts`: the caller dead-letters it
+    /// through [`Store::fail_job`], running the kind's follow-up, instead of
+    /// running it.
     pub async fn claim_job(
         &self,
         key: &str,
         worker: &str,
         lease_ms: i64,
-        max_attempts: i64,
         now: Timestamp,
     ) -> Result<Option<ClaimedJob>, StoreError> {
+        let [from_a, from_b] = JobState::sources(JobEvent::Claim) else {
+            unreachable!("a claim takes pending and queued jobs")
+        };
         let row = sqlx::query(
-            "UPDATE outbox SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
-             WHERE job_key = $4 AND state IN ('pending', 'queued') AND due_at <= $3 AND attempts < $5 \
-             RETURNING kind, payload, attempts, lease_until",
+            "UPDATE outbox SET state = $1, lease_owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
+             WHERE job_key = $5 AND state IN ($6, $7) AND due_at <= $4 \
+             RETURNING kind, payload, attempts, lease_until, last_error",
         )
+        .bind(target(JobEvent::Claim))
         .bind(worker)
         .bind(now.0 + lease_ms)
         .bind(now.0)
         .bind(key)
-        .bind(max_attempts)
+        .bind(from_a.as_str())
+        .bind(from_b.as_str())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            sqlx::query(
-                "UPDATE outbox SET state = 'dead', finished_at = $1, updated_at = $1, \
-                 last_error = COALESCE(last_error, '') || ' (gave up: attempts exhausted)' \
-                 WHERE job_key = $2 AND state IN ('pending', 'queued') AND attempts >= $3",
-            )
-            .bind(now.0)
-            .bind(key)
-            .bind(max_attempts)
-            .execute(&self.pool)
-            .await?;
             return Ok(None);
         };
         let payload: String = row.try_get("payload")?;
@@ -156,6 +192,7 @@ impl Store {
             payload: crate::docs::decode("job", key, &payload)?,
             attempt: row.try_get("attempts")?,
             lease_until: row.try_get("lease_until")?,
+            last_error: row.try_get("last_error")?,
         }))
     }
 
@@ -167,10 +204,11 @@ impl Store {
         until: Timestamp,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET lease_until = $1 WHERE job_key = $2 AND state = 'running' AND lease_owner = $3",
+            "UPDATE outbox SET lease_until = $1 WHERE job_key = $2 AND state = $3 AND lease_owner = $4",
         )
         .bind(until.0)
         .bind(key)
+        .bind(JobState::Running.as_str())
         .bind(worker)
         .execute(&self.pool)
         .await?;
@@ -185,11 +223,13 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'done', finished_at = $1, updated_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $2 AND state = 'running' AND lease_owner = $3",
+            "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
+             WHERE job_key = $3 AND state = $4 AND lease_owner = $5",
         )
+        .bind(target(JobEvent::Complete))
         .bind(now.0)
         .bind(key)
+        .bind(source(JobEvent::Complete))
         .bind(worker)
         .execute(&self.pool)
         .await?;
@@ -197,7 +237,8 @@ impl Store {
     }
 
     /// Records a failed attempt: back to `pending` at `retry_at`, or `dead`
-    /// when `retry_at` is `None` (permanent error or last attempt).
+    /// when `retry_at` is `None` (permanent error or last attempt). A claim
+    /// that found the attempts used up (`attempt` above them) is uncounted.
     pub async fn fail_job(
         &self,
         key: &str,
@@ -207,29 +248,26 @@ impl Store {
         now: Timestamp,
     ) -> Result<FailOutcome, StoreError> {
         let error: String = error.chars().take(4000).collect();
-        let done = match retry_at {
-            Some(at) => sqlx::query(
-                "UPDATE outbox SET state = 'pending', due_at = $1, last_error = $2, updated_at = $3, lease_owner = NULL, lease_until = NULL \
-                 WHERE job_key = $4 AND state = 'running' AND lease_owner = $5",
-            )
-            .bind(at.0)
-            .bind(&error)
-            .bind(now.0)
-            .bind(key)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?,
-            None => sqlx::query(
-                "UPDATE outbox SET state = 'dead', last_error = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
-                 WHERE job_key = $3 AND state = 'running' AND lease_owner = $4",
-            )
-            .bind(&error)
-            .bind(now.0)
-            .bind(key)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?,
+        let (event, due) = match retry_at {
+            Some(at) => (JobEvent::Retry, at),
+            None => (JobEvent::Die, now),
         };
+        let finished = retry_at.is_none().then_some(now.0);
+        let done = sqlx::query(
+            "UPDATE outbox SET state = $1, due_at = $2, last_error = $3, finished_at = $4, updated_at = $5, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE job_key = $6 AND state = $7 AND lease_owner = $8",
+        )
+        .bind(target(event))
+        .bind(due.0)
+        .bind(&error)
+        .bind(finished)
+        .bind(now.0)
+        .bind(key)
+        .bind(source(event))
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
         Ok(match (done.rows_affected(), retry_at) {
             (0, _) => FailOutcome::LeaseLost,
             (_, Some(at)) => FailOutcome::RetryAt(at),
@@ -237,31 +275,101 @@ impl Store {
         })
     }
 
-    /// Hands back to `pending` what the queue seems to have lost: jobs
-    /// `queued` before `queued_before` and never claimed (e.g. after a Redis
-    /// restart or `FLUSHALL`), and jobs whose lease expired (the worker died).
-    /// Returns how many jobs were recovered.
-    pub async fn recover_jobs(
+    /// Dead-letters a job claimed with its attempts used up (see
+    /// [`Store::claim_job`]): the claim's attempt is taken back, and the
+    /// last attempt's error kept with why it was given up.
+    pub async fn give_up_exhausted(
         &self,
-        queued_before: Timestamp,
+        key: &str,
+        worker: &str,
+        why: &str,
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
-        let lost = sqlx::query(
-            "UPDATE outbox SET state = 'pending', updated_at = $1 WHERE state = 'queued' AND dispatched_at < $2",
+    ) -> Result<FailOutcome, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = $1, attempts = attempts - 1, last_error = $2, finished_at = $3, updated_at = $3, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE job_key = $4 AND state = $5 AND lease_owner = $6",
         )
+        .bind(target(JobEvent::Die))
+        .bind(why.chars().take(4000).collect::<String>())
         .bind(now.0)
-        .bind(queued_before.0)
+        .bind(key)
+        .bind(source(JobEvent::Die))
+        .bind(worker)
         .execute(&self.pool)
         .await?;
+        Ok(if done.rows_affected() == 1 {
+            FailOutcome::Dead
+        } else {
+            FailOutcome::LeaseLost
+        })
+    }
+
+    /// Hands back to `pending` the jobs whose lease ran out (their worker
+    /// died or lost the database): another worker takes them at once.
+    /// Returns how many.
+    pub async fn recover_orphaned(&self, now: Timestamp) -> Result<u64, StoreError> {
         let orphaned = sqlx::query(
-            "UPDATE outbox SET state = 'pending', updated_at = $1, lease_owner = NULL, lease_until = NULL, \
-             last_error = 'worker lost its lease (crashed or stopped mid-job)' \
-             WHERE state = 'running' AND lease_until < $1",
+            "UPDATE outbox SET state = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL, \
+             last_error = 'worker lost its lease (crashed, stopped or cut off mid-job)' \
+             WHERE state = $3 AND lease_until < $2",
         )
+        .bind(target(JobEvent::Orphaned))
         .bind(now.0)
+        .bind(source(JobEvent::Orphaned))
         .execute(&self.pool)
         .await?;
-        Ok(lost.rows_affected() + orphaned.rows_affected())
+        Ok(orphaned.rows_affected())
+    }
+
+    /// Queued jobs of `kinds` handed to the queue before `queued_before`
+    /// and still unclaimed, oldest first: what the reconciler may find lost.
+    pub async fn stale_queued(
+        &self,
+        kinds: &[&str],
+        queued_before: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stale = Vec::new();
+        for kind in kinds {
+            let rows = sqlx::query(
+                "SELECT job_key FROM outbox WHERE state = $1 AND kind = $2 AND dispatched_at < $3 ORDER BY dispatched_at, job_key",
+            )
+            .bind(JobState::Queued.as_str())
+            .bind(*kind)
+            .bind(queued_before.0)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                stale.push(row.try_get(0)?);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Hands a queued job back to `pending` (its message was lost).
+    pub async fn requeue_lost(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = $1, updated_at = $2 WHERE job_key = $3 AND state = $4",
+        )
+        .bind(target(JobEvent::Lost))
+        .bind(now.0)
+        .bind(key)
+        .bind(source(JobEvent::Lost))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Hands every queued job back to `pending`: a queue whose messages do
+    /// not outlive its process (the embedded one) lost them all.
+    pub async fn requeue_all_queued(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE outbox SET state = $1, updated_at = $2 WHERE state = $3")
+            .bind(target(JobEvent::Lost))
+            .bind(now.0)
+            .bind(source(JobEvent::Lost))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Gives back a job this worker holds but did not finish (graceful
@@ -270,10 +378,12 @@ impl Store {
     /// keys) and a job that keeps outliving shutdowns still runs out.
     pub async fn release_job(&self, key: &str, worker: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $1 AND state = 'running' AND lease_owner = $2",
+            "UPDATE outbox SET state = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE job_key = $2 AND state = $3 AND lease_owner = $4",
         )
+        .bind(target(JobEvent::Release))
         .bind(key)
+        .bind(source(JobEvent::Release))
         .bind(worker)
         .execute(&self.pool)
         .await?;
@@ -288,15 +398,12 @@ impl Store {
         let mut counts = JobCounts::default();
         for row in rows {
             let state: String = row.try_get(0)?;
-            let n: i64 = row.try_get(1)?;
-            match state.as_str() {
-                "pending" => counts.pending = n,
-                "queued" => counts.queued = n,
-                "running" => counts.running = n,
-                "done" => counts.done = n,
-                "dead" => counts.dead = n,
-                _ => {}
-            }
+            let state = JobState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                object: "job state",
+                id: state.clone(),
+                message: "not a job state".into(),
+            })?;
+            *counts.slot(state) = row.try_get(1)?;
         }
         Ok(counts)
     }
@@ -304,11 +411,13 @@ impl Store {
     /// Puts a dead job back to `pending` with fresh attempts (operators).
     pub async fn retry_dead_job(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', attempts = 0, due_at = $1, updated_at = $1, finished_at = NULL \
-             WHERE job_key = $2 AND state = 'dead'",
+            "UPDATE outbox SET state = $1, attempts = 0, due_at = $2, updated_at = $2, finished_at = NULL \
+             WHERE job_key = $3 AND state = $4",
         )
+        .bind(target(JobEvent::Revive))
         .bind(now.0)
         .bind(key)
+        .bind(source(JobEvent::Revive))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
-use tre_domain::{Effect, Timestamp};
+use tre_domain::{Effect, JobState, Timestamp};
 
 use crate::writes::Insert;
 use crate::{Store, StoreError, Tx};
@@ -18,8 +18,7 @@ pub struct OutboxJob {
     pub key: String,
     pub kind: String,
     pub payload: Value,
-    /// `pending` until the job runtime finishes it.
-    pub state: String,
+    pub state: JobState,
     pub attempts: i64,
     pub due_at: i64,
     pub created_at: i64,
@@ -41,7 +40,7 @@ pub(crate) fn insert(effects: &[Effect], created_by: &str, now: Timestamp) -> In
                 serde_json::to_string(effect)
                     .expect("effects serialize")
                     .into(),
-                "pending".into(),
+                JobState::Pending.as_str().into(),
                 0.into(),
                 effect.due_at().unwrap_or(now).0.into(),
                 now.0.into(),
@@ -65,11 +64,17 @@ pub(crate) async fn enqueue(
 pub(crate) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<OutboxJob, StoreError> {
     let key: String = row.try_get("job_key")?;
     let payload: String = row.try_get("payload")?;
+    let state: String = row.try_get("state")?;
+    let state = JobState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+        object: "outbox job",
+        id: key.clone(),
+        message: format!("unknown state {state:?}"),
+    })?;
     Ok(OutboxJob {
         payload: crate::docs::decode("outbox job", &key, &payload)?,
         key,
         kind: row.try_get("kind")?,
-        state: row.try_get("state")?,
+        state,
         attempts: row.try_get("attempts")?,
         due_at: row.try_get("due_at")?,
         created_at: row.try_get("created_at")?,
@@ -78,17 +83,17 @@ pub(crate) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<OutboxJob, StoreEr
 }
 
 impl Store {
-    /// Jobs in the outbox, oldest first; `state` filters (e.g. `pending`).
+    /// Jobs in the outbox, oldest first; `state` filters.
     pub async fn outbox_jobs(
         &self,
-        state: Option<&str>,
+        state: Option<JobState>,
         limit: u32,
     ) -> Result<Vec<OutboxJob>, StoreError> {
         let rows = sqlx::query(
             "SELECT job_key, kind, payload, state, attempts, due_at, created_at, last_error FROM outbox \
              WHERE ($1 = '' OR state = $1) ORDER BY created_at, job_key LIMIT $2",
         )
-        .bind(state.unwrap_or_default())
+        .bind(state.map_or("", JobState::as_str))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -107,12 +112,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) ON CONFLICT (job_key) DO NOTHING",
+             VALUES ($1, $2, $3, $5, 0, $4, $4, $4) ON CONFLICT (job_key) DO NOTHING",
         )
         .bind(key)
         .bind(kind)
         .bind(payload.to_string())
         .bind(due.0)
+        .bind(JobState::Pending.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

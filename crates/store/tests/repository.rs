@@ -512,7 +512,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // the outbox holds each job once, under its deterministic key
     let keys: BTreeSet<String> = store
-        .outbox_jobs(Some("pending"), 100)
+        .outbox_jobs(Some(tre_domain::JobState::Pending), 100)
         .await
         .unwrap()
         .into_iter()
@@ -564,7 +564,10 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         store.project(&rev1, &project.id).await,
         Err(StoreError::NotFound { .. })
     ));
-    let jobs = store.outbox_jobs(Some("pending"), 100).await.unwrap();
+    let jobs = store
+        .outbox_jobs(Some(tre_domain::JobState::Pending), 100)
+        .await
+        .unwrap();
     assert!(
         jobs.iter()
             .any(|j| j.key == format!("dispense:{}:0", project.id)

@@ -20,7 +20,7 @@ pub fn fast_runtime() -> RuntimeOptions {
         relay_interval: Duration::from_millis(20),
         reconcile_interval: Duration::from_millis(100),
         requeue_after: Duration::from_millis(700),
-        lease_grace: Duration::from_millis(500),
+        lease: Duration::from_millis(600),
         drain: Duration::from_secs(2),
         ..RuntimeOptions::default()
     }
