@@ -86,6 +86,51 @@ pub fn policies() -> Vec<JobPolicy> {
     ]
 }
 
+/// The kinds each handler of this build runs.
+fn handled_kinds() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("request workflow", &RequestWorkflow::KINDS),
+        ("cohort counter", &CohortCounter::KINDS),
+        ("dispense workflow", &DispenseWorkflow::KINDS),
+    ]
+}
+
+/// Checks the registry of job kinds: every kind an effect can be
+/// ([`tre_domain::Effect::KINDS`]) has exactly one policy and exactly one
+/// handler, and nothing has a policy or a handler without being a kind.
+/// Errors name the kind.
+pub fn check_registry(policies: &[JobPolicy]) -> Result<(), String> {
+    let kinds = tre_domain::Effect::KINDS;
+    for kind in kinds {
+        match policies.iter().filter(|p| p.kind == kind).count() {
+            1 => {}
+            0 => return Err(format!("job kind {kind} has no policy")),
+            n => return Err(format!("job kind {kind} has {n} policies")),
+        }
+        let handlers: Vec<&str> = handled_kinds()
+            .into_iter()
+            .filter(|(_, handled)| handled.contains(&kind))
+            .map(|(name, _)| name)
+            .collect();
+        if handlers.len() != 1 {
+            return Err(format!(
+                "job kind {kind} has {} handlers ({})",
+                handlers.len(),
+                handlers.join(", ")
+            ));
+        }
+    }
+    if let Some(stray) = policies.iter().find(|p| !kinds.contains(&p.kind)) {
+        return Err(format!("policy for {}, which is no job kind", stray.kind));
+    }
+    for (name, handled) in handled_kinds() {
+        if let Some(stray) = handled.iter().find(|k| !kinds.contains(k)) {
+            return Err(format!("the {name} handles {stray}, which is no job kind"));
+        }
+    }
+    Ok(())
+}
+
 /// What a worker process runs. Every field documents its default.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -158,7 +203,23 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    check_registry(&options.policies)?;
     let executor = Arc::new(executor(store.clone(), &options, metrics)?);
+    // a pool served without a handler for one of its kinds would take
+    // those jobs and leave them: refuse to start instead
+    for pool in &options.pools {
+        if let Some(policy) = options
+            .policies
+            .iter()
+            .find(|p| p.pool == *pool && !executor.handles(p.kind))
+        {
+            return Err(format!(
+                "pool {pool}: this worker cannot run {} jobs (dispensing needs the object store settings)",
+                policy.kind
+            )
+            .into());
+        }
+    }
     let mut tasks = Vec::new();
     if options.maintenance {
         tasks.extend(
@@ -195,4 +256,26 @@ pub async fn run(
         task.await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_kind_has_one_policy_and_one_handler() {
+        check_registry(&policies()).unwrap();
+        let mut missing = policies();
+        missing.retain(|p| p.kind != "count_cohort");
+        assert_eq!(
+            check_registry(&missing).unwrap_err(),
+            "job kind count_cohort has no policy"
+        );
+        let mut twice = policies();
+        twice.push(twice[0].clone());
+        assert!(check_registry(&twice).unwrap_err().contains("2 policies"));
+        let mut stray = policies();
+        stray.push(policy("reindex", Pool::Review, 1, 1, 1, 1));
+        assert!(check_registry(&stray).unwrap_err().contains("reindex"));
+    }
 }

@@ -435,7 +435,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 JobsCommand::Stats => {
-                    println!("{}", serde_json::to_string(&store.job_counts().await?)?)
+                    let load = tre_jobs::FleetLoad::read(
+                        &store,
+                        &tre_workers::policies(),
+                        tre_store::now(),
+                    )
+                    .await?;
+                    let stats = serde_json::json!({
+                        "states": store.job_counts().await?,
+                        "pools": load.pools,
+                        "unrunnable": load.unrunnable,
+                    });
+                    println!("{stats}");
                 }
                 JobsCommand::Retry { key } => {
                     if store.retry_dead_job(&key, tre_store::now()).await? {

@@ -12,7 +12,8 @@ use clap::Args;
 use tokio::sync::watch;
 use tracing::info;
 use tre_jobs::{
-    EmbeddedQueue, JobQueue, Metrics, Pool, RedisQueue, RedisQueueOptions, RuntimeOptions,
+    EmbeddedQueue, FleetLoad, JobQueue, Metrics, Pool, RedisQueue, RedisQueueOptions,
+    RuntimeOptions,
 };
 use tre_store::Store;
 use tre_workers::WorkerOptions;
@@ -104,7 +105,10 @@ pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
 
 async fn metrics_page(State((metrics, store)): State<(Arc<Metrics>, Store)>) -> String {
     let depth = store.job_counts().await.unwrap_or_default();
-    metrics.render(&depth)
+    let load = FleetLoad::read(&store, &tre_workers::policies(), tre_store::now())
+        .await
+        .ok();
+    metrics.render(&depth, load.as_ref())
 }
 
 /// Flips the shutdown flag on SIGTERM or Ctrl-C.

@@ -94,6 +94,22 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// Every job kind an effect can be, once: the registry the workers'
+    /// policies and handlers are checked against.
+    pub const KINDS: [&'static str; 11] = [
+        "notify_reviewers",
+        "stage_reminder",
+        "notify_owner",
+        "count_cohort",
+        "alert_admins",
+        "schedule_expiry",
+        "revoke_projects",
+        "dispense",
+        "dispense_unit",
+        "finish_dispense",
+        "deprovision",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NotifyReviewers { .. } => "notify_reviewers",
@@ -155,6 +171,76 @@ impl Effect {
         match self {
             Self::ScheduleExpiry { at, .. } | Self::StageReminder { at, .. } => Some(*at),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One effect of each variant: its kind is listed in [`Effect::KINDS`]
+    /// and every listed kind has a variant (a new variant must be added to
+    /// both, and then the workers' registry test asks for its policy and
+    /// handler).
+    #[test]
+    fn kinds_lists_every_variant_once() {
+        let request = RequestId::from("r");
+        let project = ProjectId::from("p");
+        let examples = [
+            Effect::NotifyReviewers {
+                request: request.clone(),
+                round: 1,
+                stage: 0,
+            },
+            Effect::StageReminder {
+                request: request.clone(),
+                round: 1,
+                stage: 0,
+                at: Timestamp(0),
+            },
+            Effect::NotifyOwner {
+                request: request.clone(),
+                round: 1,
+                outcome: "approved".into(),
+            },
+            Effect::CountCohort {
+                request: request.clone(),
+                round: 1,
+            },
+            Effect::AlertAdmins {
+                environment: "e".into(),
+                raised_at: Timestamp(0),
+                alert: AdminAlert::OwnerRemoved {
+                    request: request.clone(),
+                    owner: "o".into(),
+                },
+            },
+            Effect::ScheduleExpiry {
+                request: request.clone(),
+                at: Timestamp(0),
+            },
+            Effect::RevokeProjects { request },
+            Effect::Dispense {
+                project: project.clone(),
+                round: 0,
+            },
+            Effect::DispenseUnit {
+                project: project.clone(),
+                round: 0,
+                unit: 0,
+            },
+            Effect::FinishDispense {
+                project: project.clone(),
+                round: 0,
+            },
+            Effect::Deprovision { project },
+        ];
+        let kinds: Vec<&str> = examples.iter().map(Effect::kind).collect();
+        assert_eq!(kinds, Effect::KINDS);
+        for effect in &examples {
+            let json = serde_json::to_value(effect).unwrap();
+            assert_eq!(json["kind"], effect.kind(), "the payload names its kind");
         }
     }
 }

@@ -19,6 +19,7 @@
 
 mod error;
 mod executor;
+mod load;
 mod metrics;
 mod policy;
 mod queue;
@@ -27,6 +28,7 @@ mod runtime;
 
 pub use error::{JobError, QueueError};
 pub use executor::{ExecOutcome, Executor, JobContext, JobHandler};
+pub use load::{FleetLoad, PoolLoad, UnrunnableKind};
 pub use metrics::Metrics;
 pub use policy::{JobPolicy, Pool};
 pub use queue::{EmbeddedQueue, JobMessage, JobQueue, Shutdown};

@@ -53,8 +53,9 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// The Prometheus exposition text, with queue depth from the store.
-    pub fn render(&self, depth: &JobCounts) -> String {
+    /// The Prometheus exposition text, with queue depth and each pool's due
+    /// work from the store.
+    pub fn render(&self, depth: &JobCounts, load: Option<&crate::FleetLoad>) -> String {
         let mut out = String::new();
         out.push_str("# HELP tre_jobs_total Job attempts by kind and outcome.\n# TYPE tre_jobs_total counter\n");
         for ((kind, outcome), n) in self.counters.lock().expect("metrics lock").iter() {
@@ -88,6 +89,9 @@ impl Metrics {
             );
         }
         out.push_str(&depth.to_prometheus());
+        if let Some(load) = load {
+            out.push_str(&load.to_prometheus());
+        }
         out
     }
 }

@@ -294,3 +294,45 @@ async fn a_message_lost_after_delivery_is_dispatched_again() {
     serving.await.unwrap().unwrap();
     db.finish().await;
 }
+
+/// What operators scale on: each pool's due work and how long its oldest
+/// job has waited; and a kind nothing can run is reported, not left pending
+/// in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_work_per_pool_and_unrunnable_kinds_are_reported() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let now = now();
+    for (key, kind, due) in [
+        ("test:a", "test", now.0 - 90_000),
+        ("test:b", "test", now.0 - 1_000),
+        ("test:later", "test", now.0 + 3_600_000),
+        ("reindex:1", "reindex", now.0 - 5_000),
+    ] {
+        assert!(
+            store
+                .enqueue_job(kind, key, &serde_json::json!({}), Timestamp(due))
+                .await
+                .unwrap()
+        );
+    }
+    let load = tre_jobs::FleetLoad::read(store, &[policy(3)], now)
+        .await
+        .unwrap();
+    let review = load.pools.iter().find(|l| l.pool == Pool::Review).unwrap();
+    assert_eq!(review.due, 2, "not the job due in an hour");
+    assert!((89.0..95.0).contains(&review.oldest_due_seconds), "{review:?}");
+    let notify = load.pools.iter().find(|l| l.pool == Pool::Notify).unwrap();
+    assert_eq!((notify.due, notify.oldest_due_seconds), (0, 0.0));
+    assert_eq!(
+        load.unrunnable,
+        [tre_jobs::UnrunnableKind {
+            kind: "reindex".into(),
+            jobs: 1
+        }]
+    );
+    let text = load.to_prometheus();
+    assert!(text.contains("tre_jobs_due{pool=\"review\"} 2"), "{text}");
+    assert!(text.contains("tre_jobs_unrunnable{kind=\"reindex\"} 1"), "{text}");
+    db.finish().await;
+}

@@ -125,6 +125,26 @@ impl Store {
             .collect()
     }
 
+    /// Per kind, the jobs due and not yet taken by a worker (pending or
+    /// queued, due by `now`) and when the oldest of them fell due: the load
+    /// a pool's workers have to catch up with.
+    pub async fn due_by_kind(&self, now: Timestamp) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let [a, b] = JobState::sources(JobEvent::Claim) else {
+            unreachable!("a claim takes pending and queued jobs")
+        };
+        let rows = sqlx::query(
+            "SELECT kind, COUNT(*), MIN(due_at) FROM outbox WHERE state IN ($1, $2) AND due_at <= $3 GROUP BY kind ORDER BY kind",
+        )
+        .bind(a.as_str())
+        .bind(b.as_str())
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// How many jobs of each kind are queued but not yet claimed.
     pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT kind, COUNT(*) FROM outbox WHERE state = $1 GROUP BY kind")
