@@ -794,3 +794,120 @@ fn serve_answers_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Operators from the command line: bulk changes show what they match and
+/// ask (or take --yes), pauses reach SQL, and every change is audited under
+/// the operator named with --as; nobody else may make them.
+#[test]
+fn operators_retry_discard_and_pause_from_the_cli() {
+    let (dir, url) = sqlite_url();
+    ok(tre(&url, &["users", "add", "ops", "--platform-admin"]));
+    ok(tre(&url, &["users", "add", "alice"]));
+    let insert = |key: &str, kind: &str, state: &str| {
+        format!(
+            "INSERT INTO outbox (job_key, kind, payload, state, attempts, due_at, created_at, updated_at, last_error) \
+             VALUES ('{key}', '{kind}', '{{\"project\": \"{key}\"}}', '{state}', 3, 0, 0, 0, 'disk full')"
+        )
+    };
+    sql(
+        &url,
+        &[
+            &insert("dispense_unit:p1:0:0", "dispense_unit", "dead"),
+            &insert("dispense_unit:p2:0:0", "dispense_unit", "dead"),
+            &insert("notify_owner:r:1:approved", "notify_owner", "dead"),
+        ],
+    );
+    let listed = ok(tre(
+        &url,
+        &["jobs", "list", "--pool", "dispense", "--state", "dead"],
+    ));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    // a dry run counts and shows; no terminal to ask: refused without --yes
+    let dry = ok(tre(
+        &url,
+        &[
+            "jobs",
+            "retry",
+            "--pool",
+            "dispense",
+            "--dry-run",
+            "--as",
+            "ops",
+        ],
+    ));
+    assert!(dry.starts_with("2 job(s) match"), "{dry}");
+    let unasked = tre(
+        &url,
+        &["jobs", "retry", "--pool", "dispense", "--as", "ops"],
+    );
+    assert_eq!(unasked.status.code(), Some(1));
+    assert!(
+        stderr(&unasked).contains("add --yes"),
+        "{}",
+        stderr(&unasked)
+    );
+    assert_eq!(
+        count(&url, "SELECT COUNT(*) FROM outbox WHERE state = 'dead'"),
+        3
+    );
+    // only platform admins
+    let refused = tre(&url, &["jobs", "retry", "--yes", "--as", "alice"]);
+    assert!(
+        stderr(&refused).contains("forbidden"),
+        "{}",
+        stderr(&refused)
+    );
+    let done = ok(tre(
+        &url,
+        &[
+            "jobs", "retry", "--pool", "dispense", "--yes", "--as", "ops",
+        ],
+    ));
+    assert!(done.contains("2 job(s) pending again"), "{done}");
+    let discarded = ok(tre(
+        &url,
+        &[
+            "jobs",
+            "discard",
+            "notify_owner:r:1:approved",
+            "--yes",
+            "--as",
+            "ops",
+        ],
+    ));
+    assert!(discarded.contains("1 job(s) discarded"), "{discarded}");
+    ok(tre(&url, &["jobs", "pause", "notify", "--as", "ops"]));
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(tre(&url, &["jobs", "stats"]))).unwrap();
+    assert_eq!(stats["paused"], serde_json::json!(["notify"]));
+    assert_eq!(stats["states"]["pending"], 2);
+    ok(tre(&url, &["jobs", "resume", "notify", "--as", "ops"]));
+    let bad = tre(&url, &["jobs", "pause", "everything", "--as", "ops"]);
+    assert!(stderr(&bad).contains("expected notify, review or dispense"));
+    let audit = ok(tre(
+        &url,
+        &["audit", "list", "--as", "ops", "--limit", "100"],
+    ));
+    let changes: Vec<(String, String)> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["object_type"] == "jobs" || e["object_type"] == "pool")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("ops", "jobs.retry"),
+        ("ops", "jobs.discard"),
+        ("ops", "pool.pause"),
+        ("ops", "pool.resume"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).into(), (*b).into()))
+    .collect();
+    assert_eq!(changes, expected);
+    let _ = std::fs::remove_dir_all(dir);
+}

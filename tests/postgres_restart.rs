@@ -49,9 +49,15 @@ async fn worker(
         ..WorkerOptions::default()
     };
     tokio::spawn(async move {
-        tre_workers::run(store, queue, options, Arc::new(Metrics::default()), shutdown)
-            .await
-            .expect("worker runs");
+        tre_workers::run(
+            store,
+            queue,
+            options,
+            Arc::new(Metrics::default()),
+            shutdown,
+        )
+        .await
+        .expect("worker runs");
     })
 }
 
@@ -106,13 +112,9 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let mut api_stop = shutdown.clone();
     let api = tokio::spawn(async move {
-        tre_api::serve(
-            listener,
-            tre_api::AppState::new(api_store),
-            async move {
-                let _ = api_stop.wait_for(|s| *s).await;
-            },
-        )
+        tre_api::serve(listener, tre_api::AppState::new(api_store), async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        })
         .await
         .unwrap();
     });
@@ -131,7 +133,10 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
             .create_request(
                 &w.owner,
                 &w.env,
-                selecting(json!({"field": "sex", "op": "=", "value": "F"}), &["baseline"]),
+                selecting(
+                    json!({"field": "sex", "op": "=", "value": "F"}),
+                    &["baseline"],
+                ),
             )
             .await
             .unwrap();
@@ -221,7 +226,10 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
                     break;
                 }
                 503 => tokio::time::sleep(Duration::from_millis(100)).await,
-                other => panic!("decision answered {other}: {}", response.text().await.unwrap()),
+                other => panic!(
+                    "decision answered {other}: {}",
+                    response.text().await.unwrap()
+                ),
             }
         }
         assert!(decided);
@@ -230,7 +238,11 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     // everything finishes within seconds of the database being back
     let mut settled = false;
     while back.elapsed() < Duration::from_secs(60) {
-        let done = store.system_project(&project.id).await.ok().map(|p| p.state);
+        let done = store
+            .system_project(&project.id)
+            .await
+            .ok()
+            .map(|p| p.state);
         let jobs = store.outbox_jobs(None, 10_000).await.unwrap_or_default();
         let open = jobs.iter().any(|j| {
             !j.state.is_finished() && j.kind != "schedule_expiry" && j.kind != "stage_reminder"
@@ -247,7 +259,10 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     let jobs = store.outbox_jobs(None, 10_000).await.unwrap();
     let dead: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Dead).collect();
     assert!(dead.is_empty(), "no job dead: {dead:?}");
-    assert!(settled, "every job done within 60 s of the restart: {jobs:?}");
+    assert!(
+        settled,
+        "every job done within 60 s of the restart: {jobs:?}"
+    );
     eprintln!("every job done {took:?} after the restart began");
     let project = store.system_project(&project.id).await.unwrap();
     assert_eq!(project.state, ProjectState::Ready, "{project:?}");
@@ -259,7 +274,10 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     }
     let codes = seen.codes.lock().unwrap().clone();
     assert!(!codes.contains(&500), "no 500s: {codes:?}");
-    assert!(codes.iter().filter(|c| **c == 200).count() > 10, "{codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() > 10,
+        "{codes:?}"
+    );
     eprintln!(
         "API answers: {} ok, {} unavailable",
         codes.iter().filter(|c| **c < 300).count(),

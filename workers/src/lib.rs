@@ -204,7 +204,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     check_registry(&options.policies)?;
-    let executor = Arc::new(executor(store.clone(), &options, metrics)?);
+    let executor = Arc::new(executor(store.clone(), &options, metrics.clone())?);
     // a pool served without a handler for one of its kinds would take
     // those jobs and leave them: refuse to start instead
     for pool in &options.pools {
@@ -228,6 +228,7 @@ pub async fn run(
                 queue.clone(),
                 &options.policies,
                 &options.runtime,
+                metrics,
                 shutdown.clone(),
             )
             .await?,

@@ -882,3 +882,59 @@ async fn notifications_are_emailed_through_smtp() {
     );
     db.finish().await;
 }
+
+/// An operator pauses a pool for the fleet: its jobs wait (neither
+/// dispatched nor claimed) until the pool is resumed, then run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_pool_runs_nothing_until_resumed() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    store
+        .set_pool_paused(&w.platform, "dispense", true)
+        .await
+        .unwrap();
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, RequestCommand::Submit)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let key = format!("count_cohort:{}:1", request.id);
+    let held = store.job(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (held.state, held.attempts),
+        (tre_domain::JobState::Pending, 0),
+        "held, never claimed"
+    );
+    assert_eq!(
+        store.system_request(&request.id).await.unwrap().state,
+        tre_domain::RequestState::Checking
+    );
+    store
+        .set_pool_paused(&w.platform, "dispense", false)
+        .await
+        .unwrap();
+    let counted = tre_testkit::counted(store, &request.id).await;
+    assert_eq!(
+        counted.state,
+        tre_domain::RequestState::InReview { stage: 0 }
+    );
+    // only platform admins pause
+    assert!(
+        store
+            .set_pool_paused(&w.admin, "notify", true)
+            .await
+            .is_err()
+    );
+    worker.stop(STOP_WITHIN).await;
+    db.finish().await;
+}

@@ -12,6 +12,7 @@ mod extract;
 mod idempotency;
 mod metrics;
 mod openapi;
+mod ops;
 mod routes;
 
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub struct AppState {
     pub queue_health: Option<QueueHealth>,
     /// Request counters and durations for `/metrics`.
     pub metrics: std::sync::Arc<metrics::HttpMetrics>,
+    /// The job kinds' policies (their pools), for the operators' routes.
+    /// Default: none (set by [`AppState::with_policies`]).
+    pub policies: std::sync::Arc<Vec<tre_jobs::JobPolicy>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,7 +66,14 @@ impl AppState {
             store,
             queue_health: None,
             metrics: std::sync::Arc::default(),
+            policies: std::sync::Arc::default(),
         }
+    }
+
+    /// The job kinds' policies, so operators can name pools.
+    pub fn with_policies(mut self, policies: Vec<tre_jobs::JobPolicy>) -> Self {
+        self.policies = std::sync::Arc::new(policies);
+        self
     }
 
     /// `/readyz` also asks the queue through `health`.

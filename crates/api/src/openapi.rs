@@ -6,7 +6,7 @@ use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use crate::routes::endpoints;
+use crate::routes::all_endpoints;
 
 /// The document.
 pub fn spec() -> Value {
@@ -20,7 +20,7 @@ pub fn spec() -> Value {
         })
         .into_generator();
     let mut paths: Map<String, Value> = Map::new();
-    for e in endpoints() {
+    for e in all_endpoints() {
         let success = match e.response {
             Some(schema) => json!(schema(&mut generator)),
             None => json!({"type": "object"}),

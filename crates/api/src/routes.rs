@@ -41,11 +41,11 @@ pub(crate) struct Endpoint {
 /// and returns a reference to it.
 pub(crate) type BodySchema = fn(&mut SchemaGenerator) -> Schema;
 
-fn body<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+pub(crate) fn body<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
-fn op(
+pub(crate) fn op(
     method: Method,
     path: &'static str,
     summary: &'static str,
@@ -65,13 +65,20 @@ fn op(
 
 impl Endpoint {
     /// Documents what it answers on success.
-    fn returns(mut self, schema: BodySchema) -> Self {
+    pub(crate) fn returns(mut self, schema: BodySchema) -> Self {
         self.response = Some(schema);
         self
     }
 }
 
-pub(crate) fn endpoints() -> Vec<Endpoint> {
+/// Every operation: these and the operators' (`/v1/ops`).
+pub(crate) fn all_endpoints() -> Vec<Endpoint> {
+    let mut all = endpoints();
+    all.extend(crate::ops::endpoints());
+    all
+}
+
+fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     vec![
         op(M::GET, "/healthz", "The process is up", None, get(healthz)),
@@ -348,7 +355,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
 }
 
 pub(crate) fn routes() -> Router<AppState> {
-    endpoints()
+    all_endpoints()
         .into_iter()
         .fold(Router::new(), |router, e| router.route(e.path, e.handler))
         .fallback(|| async { ApiError::not_found("route") })
@@ -894,7 +901,7 @@ const STATES: [&str; 9] = [
     "expired",
 ];
 
-fn limit(limit: Option<usize>) -> Result<usize> {
+pub(crate) fn limit(limit: Option<usize>) -> Result<usize> {
     let limit = limit.unwrap_or(50);
     if (1..=200).contains(&limit) {
         Ok(limit)

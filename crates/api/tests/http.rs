@@ -22,6 +22,11 @@ impl Api {
         Self::start_with(|state| state).await
     }
 
+    /// The state every test server has: the job kinds' policies.
+    fn base_state(store: tre_store::Store) -> AppState {
+        AppState::new(store).with_policies(tre_workers::policies())
+    }
+
     /// [`Api::start`] with the server's state adjusted by `adjust`.
     async fn start_with(adjust: impl FnOnce(AppState) -> AppState) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -58,7 +63,7 @@ impl Api {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = adjust(AppState::new(db.store.clone()));
+        let state = adjust(Self::base_state(db.store.clone()));
         let server = tokio::spawn(async move {
             tre_api::serve(listener, state, std::future::pending())
                 .await
@@ -931,6 +936,33 @@ async fn authorization_matrix_over_http() {
             "AAAFHFFHH",
         ),
         (Method::GET, format!("/v1/jobs/{job}"), None, "HHHHHAHHH"),
+        // the job runtime's operators: platform admins only
+        (Method::GET, "/v1/ops/jobs".into(), None, "AAFFFFFFF"),
+        (
+            Method::POST,
+            "/v1/ops/jobs/retry".into(),
+            Some(json!({"dry_run": true})),
+            "AAFFFFFFF",
+        ),
+        (
+            Method::POST,
+            "/v1/ops/jobs/discard".into(),
+            Some(json!({"dry_run": true, "kinds": ["none"]})),
+            "AAFFFFFFF",
+        ),
+        (Method::GET, "/v1/ops/stats".into(), None, "AAFFFFFFF"),
+        (
+            Method::POST,
+            "/v1/ops/pools/notify/pause".into(),
+            None,
+            "AAFFFFFFF",
+        ),
+        (
+            Method::POST,
+            "/v1/ops/pools/notify/resume".into(),
+            None,
+            "AAFFFFFFF",
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, body, expected) in &cases {
@@ -1498,7 +1530,7 @@ async fn bad_bodies_everywhere() {
             );
             let method: Method = method.to_uppercase().parse().unwrap();
             // the most privileged plausible caller, so authorization is not what refuses
-            let who = if path == "/v1/environments" {
+            let who = if path == "/v1/environments" || path.starts_with("/v1/ops") {
                 "platform"
             } else if path.starts_with("/v1/environments") {
                 "admin"
@@ -1562,7 +1594,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 13, "endpoints with bodies");
+    assert_eq!(checked, 15, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,
@@ -1587,6 +1619,8 @@ async fn with_redis_workers_people_are_notified() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let mut options = tre_workers::WorkerOptions::default();
     options.runtime.relay_interval = std::time::Duration::from_millis(20);
+    // no dispensing (and no cohort counts) here: the notify and review pools
+    options.pools = vec![tre_jobs::Pool::Notify, tre_jobs::Pool::Review];
     let worker = tokio::spawn(tre_workers::run(
         api.db.store.clone(),
         queue,
@@ -1724,5 +1758,171 @@ async fn readyz_asks_the_database_and_the_queue() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(back, StatusCode::OK, "ready again once Redis is back");
+    api.db.finish().await;
+}
+
+/// Operators find jobs, count before they change, retry and discard in
+/// bulk and pause pools, over HTTP; every change is audited under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_find_count_retry_discard_and_pause() {
+    let api = Api::start().await;
+    let store = &api.db.store;
+    for i in 0..3 {
+        store
+            .enqueue_job(
+                "dispense_unit",
+                &format!("dispense_unit:proj-{i}:0:0"),
+                &json!({"kind": "dispense_unit", "project": format!("proj-{i}"), "round": 0, "unit": 0}),
+                tre_domain::Timestamp(0),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .enqueue_job(
+            "notify_owner",
+            "notify_owner:r:1:approved",
+            &json!({"kind": "notify_owner", "request": "r", "round": 1, "outcome": "approved"}),
+            tre_domain::Timestamp(0),
+        )
+        .await
+        .unwrap();
+    // two of the units died
+    for key in ["dispense_unit:proj-0:0:0", "dispense_unit:proj-1:0:0"] {
+        store
+            .claim_job(key, "w", 60_000, tre_store::now())
+            .await
+            .unwrap();
+        store
+            .fail_job(key, "w", "permanent: disk full", None, tre_store::now())
+            .await
+            .unwrap();
+    }
+    let listed = api
+        .ok(
+            "platform",
+            Method::GET,
+            "/v1/ops/jobs?pool=dispense&state=dead",
+            None,
+        )
+        .await;
+    let keys: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["dispense_unit:proj-0:0:0", "dispense_unit:proj-1:0:0"]
+    );
+    let by_payload = api
+        .ok("platform", Method::GET, "/v1/ops/jobs?payload=proj-2", None)
+        .await;
+    assert_eq!(by_payload["items"].as_array().unwrap().len(), 1);
+    let (status, answer) = api
+        .call("platform", Method::GET, "/v1/ops/jobs?state=stuck", None)
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("state"))
+    );
+    // a dry run counts and changes nothing
+    let dry = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/ops/jobs/retry",
+            Some(json!({"pool": "dispense", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["changed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(store.job_counts().await.unwrap().dead, 2);
+    let retried = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/ops/jobs/retry",
+            Some(json!({"keys": ["dispense_unit:proj-0:0:0"]})),
+        )
+        .await;
+    assert_eq!(retried["changed"], 1);
+    let job = store
+        .job("dispense_unit:proj-0:0:0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.state, job.attempts),
+        (tre_domain::JobState::Pending, 0)
+    );
+    let discarded = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/ops/jobs/discard",
+            Some(json!({"payload_contains": "proj-1"})),
+        )
+        .await;
+    assert_eq!(discarded["changed"], 1);
+    assert_eq!(
+        store
+            .job("dispense_unit:proj-1:0:0")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        tre_domain::JobState::Discarded
+    );
+    // pause a pool; the stats show it and each pool's due work
+    let paused = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/ops/pools/dispense/pause",
+            None,
+        )
+        .await;
+    assert_eq!(paused, json!({"pool": "dispense", "paused": true}));
+    let (status, _) = api
+        .call(
+            "platform",
+            Method::POST,
+            "/v1/ops/pools/everything/pause",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let stats = api.ok("platform", Method::GET, "/v1/ops/stats", None).await;
+    assert_eq!(stats["paused"], json!(["dispense"]));
+    let dispense = stats["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "dispense")
+        .unwrap();
+    assert_eq!(dispense["due"], 2, "{stats}");
+    // every change under the operator's name
+    let audit = api
+        .ok("platform", Method::GET, "/v1/audit?limit=200", None)
+        .await;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["object_type"] == "jobs" || e["object_type"] == "pool")
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("platform", "jobs.retry"),
+            ("platform", "jobs.discard"),
+            ("platform", "pool.pause")
+        ]
+    );
     api.db.finish().await;
 }

@@ -214,6 +214,7 @@ async fn durable_run(
         queue.clone(),
         &policies,
         &options,
+        Arc::new(Metrics::default()),
         shutdown.clone(),
     )
     .await?;

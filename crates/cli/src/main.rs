@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod envfile;
 mod fixtures;
+mod jobs;
 mod projects;
 mod serve;
 mod worker;
@@ -68,7 +69,7 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Inspect and retry jobs.
     #[command(subcommand)]
-    Jobs(JobsCommand),
+    Jobs(jobs::JobsCommand),
     /// Watch, show and retry project dispenses.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
@@ -94,11 +95,11 @@ enum UsersCommand {
 }
 
 #[derive(Debug, Args)]
-struct Acting {
+pub(crate) struct Acting {
     /// The user to act as (the CLI has database access; it applies that
     /// user's permissions and records them in the audit log).
     #[arg(long = "as", value_name = "USER")]
-    acting_as: String,
+    pub(crate) acting_as: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -198,22 +199,6 @@ enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum JobsCommand {
-    /// Jobs with their state, attempts and last error (JSON lines).
-    List {
-        /// pending, queued, running, done, dead or discarded.
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Counts per state.
-    Stats,
-    /// Put a dead job back in the queue with fresh attempts.
-    Retry { key: String },
-}
-
-#[derive(Debug, Subcommand)]
 enum FixturesCommand {
     /// (Re)generate the synthetic biobank Parquet files.
     Generate {
@@ -241,7 +226,7 @@ fn uuid_like() -> String {
     format!("{nanos:x}")
 }
 
-async fn caller(store: &Store, acting: &Acting) -> Result<Caller> {
+pub(crate) async fn caller(store: &Store, acting: &Acting) -> Result<Caller> {
     let user = store.user(&acting.acting_as).await?.ok_or_else(|| {
         anyhow!(
             "--as: no user {:?}; create one with `tre users add {}`",
@@ -253,7 +238,7 @@ async fn caller(store: &Store, acting: &Acting) -> Result<Caller> {
 }
 
 /// Store errors as a person should read them.
-fn explain(err: StoreError) -> anyhow::Error {
+pub(crate) fn explain(err: StoreError) -> anyhow::Error {
     match err {
         StoreError::Domain(tre_domain::DomainError::Invalid { field, message }) => {
             anyhow!("invalid {field}: {message}")
@@ -418,44 +403,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Jobs(command) => {
             let store = open(&settings).await?;
-            match command {
-                JobsCommand::List { state, limit } => {
-                    let state = match state.as_deref() {
-                        None => None,
-                        Some(s) => Some(tre_domain::JobState::parse(s).ok_or_else(|| {
-                            let states: Vec<&str> = tre_domain::JobState::ALL
-                                .iter()
-                                .map(|s| s.as_str())
-                                .collect();
-                            anyhow!("--state: expected one of {}", states.join(", "))
-                        })?),
-                    };
-                    for job in store.outbox_jobs(state, limit).await? {
-                        println!("{}", serde_json::to_string(&job)?);
-                    }
-                }
-                JobsCommand::Stats => {
-                    let load = tre_jobs::FleetLoad::read(
-                        &store,
-                        &tre_workers::policies(),
-                        tre_store::now(),
-                    )
-                    .await?;
-                    let stats = serde_json::json!({
-                        "states": store.job_counts().await?,
-                        "pools": load.pools,
-                        "unrunnable": load.unrunnable,
-                    });
-                    println!("{stats}");
-                }
-                JobsCommand::Retry { key } => {
-                    if store.retry_dead_job(&key, tre_store::now()).await? {
-                        println!("job {key} is pending again");
-                    } else {
-                        anyhow::bail!("no dead job {key:?}");
-                    }
-                }
-            }
+            let done = jobs::run(&store, command).await;
+            store.close().await;
+            done?;
         }
     }
     Ok(ExitCode::SUCCESS)

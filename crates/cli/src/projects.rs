@@ -7,7 +7,7 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tre_dispense::Manifest;
-use tre_domain::{Project, ProjectCommand, ProjectId, ProjectState};
+use tre_domain::{Project, ProjectId, ProjectState};
 use tre_store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -22,8 +22,13 @@ pub enum ProjectsCommand {
         #[arg(long, default_value_t = 3_600)]
         timeout_s: u64,
     },
-    /// Resume a failed dispense: a new round runs the unfinished units.
-    Retry { id: String },
+    /// Resume a failed dispense: a new round runs the unfinished units
+    /// (platform admins; audited under --as).
+    Retry {
+        id: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
 }
 
 pub async fn run(store: &Store, command: ProjectsCommand) -> Result<()> {
@@ -53,11 +58,13 @@ pub async fn run(store: &Store, command: ProjectsCommand) -> Result<()> {
                 print_summary(&manifest);
             }
         }
-        ProjectsCommand::Retry { id } => {
+        ProjectsCommand::Retry { id, acting } => {
             let id = ProjectId(id);
+            let caller = crate::caller(store, &acting).await?;
             let project = store
-                .project_command(&id, ProjectCommand::Retry, "cli:projects-retry")
-                .await?;
+                .retry_project(&caller, &id)
+                .await
+                .map_err(crate::explain)?;
             println!(
                 "project {id} is {} again (round {}); workers resume its unfinished units",
                 project.state, project.dispense_round

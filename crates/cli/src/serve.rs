@@ -66,7 +66,9 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
         let queue = queue.clone();
         Box::pin(async move { queue.health().await.map_err(|e| e.to_string()) })
     });
-    let state = AppState::new(store.clone()).with_queue_health(health);
+    let state = AppState::new(store.clone())
+        .with_queue_health(health)
+        .with_policies(tre_workers::policies());
     let mut stop_api = shutdown.clone();
     tre_api::serve(listener, state, async move {
         let _ = stop_api.wait_for(|s| *s).await;

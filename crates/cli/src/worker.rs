@@ -52,6 +52,16 @@ pub struct WorkerArgs {
     /// Override every job kind's timeout.
     #[arg(long)]
     job_timeout_ms: Option<u64>,
+    /// Finished jobs (done, discarded) are removed this many hours after
+    /// they finished (dead ones stay for an operator).
+    #[arg(long, default_value_t = 168)]
+    job_retention_hours: u64,
+    /// Webhook and email delivery log rows are removed after this many hours.
+    #[arg(long, default_value_t = 168)]
+    delivery_retention_hours: u64,
+    /// Idempotency keys are kept this many hours: a retry later than that is a new call.
+    #[arg(long, default_value_t = 24)]
+    idempotency_retention_hours: u64,
     /// Source rows per dispense unit (whole row groups): smaller units
     /// spread a big dispense over more workers.
     #[arg(long, default_value_t = tre_workflows::DEFAULT_UNIT_ROWS)]
@@ -153,6 +163,9 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         maintenance: !args.no_maintenance,
         runtime: RuntimeOptions {
             lease: Duration::from_millis(args.lease_ms),
+            job_retention: Duration::from_secs(args.job_retention_hours * 3_600),
+            delivery_retention: Duration::from_secs(args.delivery_retention_hours * 3_600),
+            idempotency_retention: Duration::from_secs(args.idempotency_retention_hours * 3_600),
             requeue_after: Duration::from_millis(args.requeue_after_ms),
             reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
             drain: Duration::from_millis(args.drain_ms),

@@ -1,7 +1,8 @@
 //! Who may do what: one pure function, [`authorize`].
 //!
 //! The rules, with separation of duties:
-//! - only platform admins create environments and manage users;
+//! - only platform admins create environments, manage users and operate
+//!   the job runtime (inspect, retry, discard jobs, pause pools);
 //! - only an environment's admins configure it or change its state (platform
 //!   admins included: being a platform admin gives no power inside an
 //!   environment);
@@ -38,6 +39,9 @@ pub enum Action {
     CreateEnvironment,
     ManageUsers,
     ViewAudit,
+    /// Inspect, retry, discard jobs and pause pools (the job runtime's
+    /// operators).
+    OperateJobs,
     DiscoverEnvironment,
     ViewShowcase,
     ConfigureEnvironment,
@@ -55,10 +59,11 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::CreateEnvironment,
         Self::ManageUsers,
         Self::ViewAudit,
+        Self::OperateJobs,
         Self::DiscoverEnvironment,
         Self::ViewShowcase,
         Self::ConfigureEnvironment,
@@ -133,7 +138,10 @@ fn can_see_request(actor: &Actor, env: &Environment, request: &AccessRequest) ->
 pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(), Denied> {
     use Action as A;
     match (action, object) {
-        (A::CreateEnvironment | A::ManageUsers | A::ViewAudit, Object::Platform) => allow_if(
+        (
+            A::CreateEnvironment | A::ManageUsers | A::ViewAudit | A::OperateJobs,
+            Object::Platform,
+        ) => allow_if(
             actor.platform_admin,
             deny("only platform admins may do this"),
         ),
@@ -349,10 +357,11 @@ mod tests {
             Action::CreateEnvironment,
             Action::ManageUsers,
             Action::ViewAudit,
+            Action::OperateJobs,
         ];
         assert_eq!(
             row(&actions, &Object::Platform),
-            ["YFFFFFFFFF", "YFFFFFFFFF", "YFFFFFFFFF"]
+            ["YFFFFFFFFF", "YFFFFFFFFF", "YFFFFFFFFF", "YFFFFFFFFF"]
         );
     }
 
@@ -603,7 +612,10 @@ mod tests {
         let applies = |action: Action, object: &Object<'_>| match object {
             Object::Platform => matches!(
                 action,
-                Action::CreateEnvironment | Action::ManageUsers | Action::ViewAudit
+                Action::CreateEnvironment
+                    | Action::ManageUsers
+                    | Action::ViewAudit
+                    | Action::OperateJobs
             ),
             Object::Environment(_) => matches!(
                 action,

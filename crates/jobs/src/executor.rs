@@ -107,6 +107,7 @@ pub struct Executor {
     /// How long a running job's lease lasts; renewed every third of it.
     lease: Duration,
     metrics: Arc<Metrics>,
+    pauses: crate::Pauses,
 }
 
 impl std::fmt::Debug for Executor {
@@ -127,6 +128,7 @@ impl Executor {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            pauses: crate::Pauses::new(store.clone()),
             ctx: JobContext { store, worker },
             policies: policies.iter().map(|p| (p.kind, p.clone())).collect(),
             handlers: HashMap::new(),
@@ -203,6 +205,12 @@ impl Executor {
             self.metrics.count(kind, "skipped");
             return ExecOutcome::Skipped;
         };
+        if self.pauses.is_paused(policy.pool).await {
+            // left queued: the reconciler hands it back, and the relay holds
+            // it until the pool is resumed
+            self.metrics.count(kind, "paused");
+            return ExecOutcome::Skipped;
+        }
         let store = &self.ctx.store;
         let lease_ms = self.lease.as_millis() as i64;
         let claimed = match patiently("claim the job", || {

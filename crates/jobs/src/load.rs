@@ -86,7 +86,11 @@ impl FleetLoad {
         }
         out.push_str("# HELP tre_jobs_unrunnable Due jobs of a kind no worker can run.\n# TYPE tre_jobs_unrunnable gauge\n");
         for kind in &self.unrunnable {
-            let _ = writeln!(out, "tre_jobs_unrunnable{{kind=\"{}\"}} {}", kind.kind, kind.jobs);
+            let _ = writeln!(
+                out,
+                "tre_jobs_unrunnable{{kind=\"{}\"}} {}",
+                kind.kind, kind.jobs
+            );
         }
         out
     }

@@ -21,6 +21,8 @@ struct Histogram {
 pub struct Metrics {
     counters: Mutex<BTreeMap<(String, &'static str), u64>>,
     durations: Mutex<BTreeMap<String, Histogram>>,
+    /// Rows the cleaner removed, per table.
+    removed: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -29,6 +31,16 @@ impl Metrics {
     pub fn count(&self, kind: &str, outcome: &'static str) {
         let mut counters = self.counters.lock().expect("metrics lock");
         *counters.entry((kind.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Counts rows the cleaner removed from `table`.
+    pub fn removed(&self, table: &'static str, rows: u64) {
+        *self
+            .removed
+            .lock()
+            .expect("metrics lock")
+            .entry(table)
+            .or_default() += rows;
     }
 
     pub fn observe(&self, kind: &str, took: Duration) {
@@ -87,6 +99,10 @@ impl Metrics {
                 "tre_job_duration_seconds_count{{kind=\"{kind}\"}} {}",
                 h.count
             );
+        }
+        out.push_str("# HELP tre_cleaner_removed_total Rows the cleaner removed, by table.\n# TYPE tre_cleaner_removed_total counter\n");
+        for (table, n) in self.removed.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "tre_cleaner_removed_total{{table=\"{table}\"}} {n}");
         }
         out.push_str(&depth.to_prometheus());
         if let Some(load) = load {

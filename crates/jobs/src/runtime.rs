@@ -41,6 +41,18 @@ pub struct RuntimeOptions {
     pub lease: Duration,
     /// How long a stopping worker waits for in-flight jobs. Default: 30 s.
     pub drain: Duration,
+    /// How often the cleaner removes what its retentions let go. Default: 60 s.
+    pub clean_interval: Duration,
+    /// Finished jobs (done, discarded) are removed this long after they
+    /// finished; dead ones stay for an operator. Default: 7 days.
+    pub job_retention: Duration,
+    /// Delivery log rows (webhook and email attempts) are removed this long
+    /// after the attempt. Default: 7 days.
+    pub delivery_retention: Duration,
+    /// Idempotency keys (and the answers kept for them) are removed this
+    /// long after their call: a retry later than that is a new call.
+    /// Default: 24 hours.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -53,6 +65,10 @@ impl Default for RuntimeOptions {
             requeue_after: Duration::from_secs(60),
             lease: Duration::from_secs(6),
             drain: Duration::from_secs(30),
+            clean_interval: Duration::from_secs(60),
+            job_retention: Duration::from_secs(7 * 86_400),
+            delivery_retention: Duration::from_secs(7 * 86_400),
+            idempotency_retention: Duration::from_secs(86_400),
         }
     }
 }
@@ -65,6 +81,7 @@ pub struct Relay {
     policies: Arc<Vec<JobPolicy>>,
     batch: u32,
     max_queued_per_pool: i64,
+    pauses: crate::Pauses,
 }
 
 impl std::fmt::Debug for Relay {
@@ -76,6 +93,7 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     pub fn new(store: Store, queue: Arc<dyn JobQueue>, policies: &[JobPolicy], batch: u32) -> Self {
         Self {
+            pauses: crate::Pauses::new(store.clone()),
             store,
             queue,
             policies: Arc::new(policies.to_vec()),
@@ -115,6 +133,9 @@ impl Relay {
             let left = room.entry(policy.pool).or_default();
             if *left <= 0 {
                 continue; // the pool's backlog is full: wait for its workers
+            }
+            if self.pauses.is_paused(policy.pool).await {
+                continue; // an operator paused the pool: hold its jobs
             }
             // Dispatch first, then mark: a crash in between only duplicates
             // a message, which the SQL claim makes harmless.
@@ -213,6 +234,54 @@ impl Reconciler {
     }
 }
 
+/// Removes finished jobs, old delivery log rows and expired idempotency
+/// keys, in batches, so the tables do not grow without end.
+#[derive(Debug, Clone)]
+pub struct Cleaner {
+    store: Store,
+    options: RuntimeOptions,
+    metrics: Arc<crate::Metrics>,
+}
+
+/// Rows deleted per statement (each batch is its own short transaction).
+const CLEAN_BATCH: i64 = 1_000;
+
+impl Cleaner {
+    pub fn new(store: Store, options: &RuntimeOptions, metrics: Arc<crate::Metrics>) -> Self {
+        Self {
+            store,
+            options: options.clone(),
+            metrics,
+        }
+    }
+
+    /// One pass: returns the rows removed (jobs, deliveries, keys).
+    pub async fn run_once(&self) -> Result<(u64, u64, u64), tre_store::StoreError> {
+        let now = now().0;
+        let before = |retention: Duration| Timestamp(now - retention.as_millis() as i64);
+        let removed = self
+            .store
+            .clean(
+                before(self.options.job_retention),
+                before(self.options.delivery_retention),
+                before(self.options.idempotency_retention),
+                CLEAN_BATCH,
+            )
+            .await?;
+        for (table, n) in [
+            ("outbox", removed.0),
+            ("deliveries", removed.1),
+            ("idempotency_keys", removed.2),
+        ] {
+            self.metrics.removed(table, n);
+        }
+        if removed != (0, 0, 0) {
+            info!(target: "tre::cleaner", jobs = removed.0, deliveries = removed.1, keys = removed.2, "removed what its retention let go");
+        }
+        Ok(removed)
+    }
+}
+
 async fn tick(interval: Duration, shutdown: &mut Shutdown) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(interval) => !*shutdown.borrow(),
@@ -220,14 +289,15 @@ async fn tick(interval: Duration, shutdown: &mut Shutdown) -> bool {
     }
 }
 
-/// Starts the relay and the reconciler until shutdown. With a queue whose
-/// messages do not outlive the process, everything queued before is handed
-/// back first.
+/// Starts the relay, the reconciler and the cleaner until shutdown. With a
+/// queue whose messages do not outlive the process, everything queued before
+/// is handed back first.
 pub async fn spawn_maintenance(
     store: Store,
     queue: Arc<dyn JobQueue>,
     policies: &[JobPolicy],
     options: &RuntimeOptions,
+    metrics: Arc<crate::Metrics>,
     shutdown: Shutdown,
 ) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
     if !queue.is_durable() {
@@ -238,8 +308,10 @@ pub async fn spawn_maintenance(
     }
     let relay = Relay::new(store.clone(), queue.clone(), policies, options.relay_batch)
         .with_max_queued_per_pool(options.max_queued_per_pool);
-    let reconciler = Reconciler::new(store, queue, policies, options.requeue_after);
+    let reconciler = Reconciler::new(store.clone(), queue, policies, options.requeue_after);
+    let cleaner = Cleaner::new(store, options, metrics);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
+    let clean_every = options.clean_interval;
     let mut stop = shutdown.clone();
     let relay_task = tokio::spawn(async move {
         loop {
@@ -253,7 +325,7 @@ pub async fn spawn_maintenance(
             }
         }
     });
-    let mut stop = shutdown;
+    let mut stop = shutdown.clone();
     let reconcile_task = tokio::spawn(async move {
         loop {
             if let Err(e) = reconciler.run_once().await {
@@ -264,5 +336,15 @@ pub async fn spawn_maintenance(
             }
         }
     });
-    Ok(vec![relay_task, reconcile_task])
+    let mut stop = shutdown;
+    let clean_task = tokio::spawn(async move {
+        // the first pass waits an interval: a fleet starting together does
+        // not clean at once
+        while tick(clean_every, &mut stop).await {
+            if let Err(e) = cleaner.run_once().await {
+                warn!(target: "tre::cleaner", error = %e, "clean pass failed");
+            }
+        }
+    });
+    Ok(vec![relay_task, reconcile_task, clean_task])
 }

@@ -321,7 +321,10 @@ async fn due_work_per_pool_and_unrunnable_kinds_are_reported() {
         .unwrap();
     let review = load.pools.iter().find(|l| l.pool == Pool::Review).unwrap();
     assert_eq!(review.due, 2, "not the job due in an hour");
-    assert!((89.0..95.0).contains(&review.oldest_due_seconds), "{review:?}");
+    assert!(
+        (89.0..95.0).contains(&review.oldest_due_seconds),
+        "{review:?}"
+    );
     let notify = load.pools.iter().find(|l| l.pool == Pool::Notify).unwrap();
     assert_eq!((notify.due, notify.oldest_due_seconds), (0, 0.0));
     assert_eq!(
@@ -333,6 +336,9 @@ async fn due_work_per_pool_and_unrunnable_kinds_are_reported() {
     );
     let text = load.to_prometheus();
     assert!(text.contains("tre_jobs_due{pool=\"review\"} 2"), "{text}");
-    assert!(text.contains("tre_jobs_unrunnable{kind=\"reindex\"} 1"), "{text}");
+    assert!(
+        text.contains("tre_jobs_unrunnable{kind=\"reindex\"} 1"),
+        "{text}"
+    );
     db.finish().await;
 }

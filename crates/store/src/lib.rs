@@ -25,6 +25,7 @@ mod idempotency;
 mod jobs;
 mod lists;
 mod notifications;
+mod ops;
 mod outbox;
 mod projects;
 mod requests;
@@ -46,6 +47,7 @@ pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
+pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
 pub use users::{NewUser, User};
@@ -203,6 +205,13 @@ fn migrator(backend: Backend) -> Migrator {
             "audit events sealed off the commit path".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(pending).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            10,
+            "pool controls, indexes for operators and the cleaner".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0010_operations.sql")).into_sql_str(),
             false,
         ),
     ])

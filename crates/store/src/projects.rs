@@ -146,6 +146,34 @@ impl Store {
         command: ProjectCommand,
         trace_id: &str,
     ) -> Result<Project, StoreError> {
+        self.move_project(id, command, "system", trace_id).await
+    }
+
+    /// Resumes a failed dispense (a new round runs its unfinished units):
+    /// an operator's act (platform admins), audited under the caller.
+    pub async fn retry_project(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+    ) -> Result<Project, StoreError> {
+        authorize(&caller.actor, Action::OperateJobs, &Object::Platform)
+            .map_err(StoreError::Forbidden)?;
+        self.move_project(
+            id,
+            ProjectCommand::Retry,
+            caller.actor.id.as_str(),
+            &caller.trace_id,
+        )
+        .await
+    }
+
+    async fn move_project(
+        &self,
+        id: &ProjectId,
+        command: ProjectCommand,
+        actor: &str,
+        trace_id: &str,
+    ) -> Result<Project, StoreError> {
         self.retrying(|| async {
             let (project, version) = self.load_project(id).await?;
             let (next, effects) = project.apply(command.clone())?;
@@ -168,7 +196,7 @@ impl Store {
             audit::append(
                 &mut tx,
                 AuditRecord {
-                    actor: "system",
+                    actor,
                     action: command.action(),
                     object_type: "project",
                     object_id: id.as_str(),

@@ -54,7 +54,7 @@ impl From<Option<String>> for Arg {
     }
 }
 
-fn bind_all<'q>(
+pub(crate) fn bind_all<'q>(
     mut query: Query<'q, sqlx::Any, AnyArguments>,
     args: impl IntoIterator<Item = &'q Arg>,
 ) -> Query<'q, sqlx::Any, AnyArguments> {

@@ -24,6 +24,7 @@ tre_testkit::on_both_backends!(
     audit_log_is_append_only_and_tampering_is_found,
     concurrent_decisions_count_once,
     expiry_and_revocation,
+    the_cleaner_removes_what_retention_lets_go,
 );
 
 tre_testkit::on_both_backends!(with_db:
@@ -1180,4 +1181,85 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         .unwrap();
     b.close().await;
     assert_audit_intact(a).await;
+}
+
+/// Finished jobs past their retention go (dead ones stay for an operator),
+/// old delivery log rows and expired idempotency keys too; in batches, and
+/// nothing younger is touched.
+async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
+    let now = tre_store::now();
+    let old = tre_domain::Timestamp(now.0 - 10 * 86_400_000);
+    for i in 0..5 {
+        store
+            .enqueue_job("notify_owner", &format!("old:{i}"), &json!({}), old)
+            .await
+            .unwrap();
+    }
+    store
+        .enqueue_job("notify_owner", "young", &json!({}), now)
+        .await
+        .unwrap();
+    store
+        .enqueue_job("notify_owner", "dead", &json!({}), old)
+        .await
+        .unwrap();
+    for key in ["old:0", "old:1", "old:2", "old:3", "old:4", "young", "dead"] {
+        store
+            .claim_job(key, "w", 60_000, now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    for key in ["old:0", "old:1", "old:2", "old:3", "old:4"] {
+        assert!(store.complete_job(key, "w", old).await.unwrap());
+    }
+    assert!(store.complete_job("young", "w", now).await.unwrap());
+    store
+        .fail_job("dead", "w", "permanent: gone", None, old)
+        .await
+        .unwrap();
+    for (key, at) in [("d-old", old), ("d-young", now)] {
+        store
+            .record_delivery(&tre_store::Delivery {
+                key: key.into(),
+                attempt: 0,
+                channel: "webhook".into(),
+                target: "http://x".into(),
+                status: "delivered".into(),
+                detail: "200".into(),
+                at: at.0,
+            })
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at) \
+         VALUES ('u', 'old', 'h', 201, '{}', $1), ('u', 'young', 'h', 201, '{}', $2)",
+    )
+    .bind(old.0)
+    .bind(now.0)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let day_ago = tre_domain::Timestamp(now.0 - 86_400_000);
+    let removed = store.clean(day_ago, day_ago, day_ago, 2).await.unwrap();
+    assert_eq!(removed, (5, 1, 1), "five old jobs in batches of two");
+    let left: Vec<String> = store
+        .outbox_jobs(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.key)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&"young".to_owned()) && left.contains(&"dead".to_owned()));
+    assert_eq!(count(store, "SELECT COUNT(*) FROM deliveries").await, 1);
+    assert_eq!(
+        count(store, "SELECT COUNT(*) FROM idempotency_keys").await,
+        1
+    );
+    assert_eq!(
+        store.clean(day_ago, day_ago, day_ago, 2).await.unwrap(),
+        (0, 0, 0)
+    );
 }

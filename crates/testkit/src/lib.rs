@@ -254,7 +254,13 @@ impl Drop for PrivatePostgres {
             ])
             .output();
         let _ = Command::new(self.bin.join("pg_ctl"))
-            .args(["-D", self.dir.to_str().unwrap_or("."), "-m", "immediate", "stop"])
+            .args([
+                "-D",
+                self.dir.to_str().unwrap_or("."),
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
