@@ -31,13 +31,22 @@ pub struct QueueBenchArgs {
     /// No-op jobs per throughput run.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
-    /// Jobs per durable-path run.
-    #[arg(long, default_value_t = 5_000)]
+    /// Jobs per durable-path run (enqueued in batches of 1,000).
+    #[arg(long, default_value_t = 20_000)]
     durable_jobs: usize,
-    /// Scratch database for the durable path (default: a temporary SQLite
-    /// file). Never point this at a database holding real data.
+    /// Worker tasks of the one worker process, for tre and graphile-worker.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// A scratch PostgreSQL database: the durable path also runs there,
+    /// and graphile-worker beside it (when Node is installed). Never point
+    /// this at a database holding real data. (The SQLite run always uses a
+    /// temporary file.)
     #[arg(long)]
     scratch_database_url: Option<String>,
+    /// Where graphile-worker 0.18 is installed (`npm install
+    /// graphile-worker@0.18 pg` there, done on the first run).
+    #[arg(long, default_value = "~/.cache/tre/graphile-worker")]
+    graphile_dir: String,
 }
 
 fn namespace() -> String {
@@ -177,31 +186,37 @@ impl JobHandler for Noop {
     }
 }
 
-/// One run of the durable path: jobs/s from the first outbox insert to the
-/// last completion.
+const BENCH_POLICY: JobPolicy = JobPolicy {
+    kind: "bench_noop",
+    pool: Pool::Notify,
+    max_attempts: 3,
+    timeout: Duration::from_secs(30),
+    backoff_base: Duration::from_millis(100),
+    backoff_max: Duration::from_secs(1),
+};
+
+fn bench_executor(store: &Store, lease: Duration, handler: Arc<dyn JobHandler>) -> Arc<Executor> {
+    let mut executor = Executor::new(
+        store.clone(),
+        format!("bench-{}", namespace()),
+        &[BENCH_POLICY],
+        lease,
+        Arc::new(Metrics::default()),
+    );
+    executor.register(handler);
+    Arc::new(executor)
+}
+
+/// One run of the durable path: jobs/s from the first outbox insert (in
+/// batches of 1,000) to the last completion, one worker of `tasks` tasks.
 async fn durable_run(
     store: &Store,
     queue: Arc<RedisQueue>,
     jobs: usize,
     tasks: usize,
 ) -> Result<f64> {
-    let policies = [JobPolicy {
-        kind: "bench_noop",
-        pool: Pool::Notify,
-        max_attempts: 3,
-        timeout: Duration::from_secs(30),
-        backoff_base: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
-    }];
-    let mut executor = Executor::new(
-        store.clone(),
-        format!("bench-{}", namespace()),
-        &policies,
-        Duration::from_secs(30),
-        Arc::new(Metrics::default()),
-    );
-    executor.register(Arc::new(Noop));
-    let executor = Arc::new(executor);
+    let policies = [BENCH_POLICY];
+    let executor = bench_executor(store, Duration::from_secs(6), Arc::new(Noop));
     let (stop, shutdown) = watch::channel(false);
     let options = RuntimeOptions {
         relay_interval: Duration::from_millis(2),
@@ -228,15 +243,19 @@ async fn durable_run(
     let run = namespace();
     let before = store.job_counts().await?.done;
     let started = Instant::now();
-    for i in 0..jobs {
-        store
-            .enqueue_job(
-                "bench_noop",
-                &format!("{run}:{i}"),
-                &serde_json::json!({}),
-                Timestamp(0),
-            )
-            .await?;
+    for first in (0..jobs).step_by(1_000) {
+        let batch: Vec<(&str, String, serde_json::Value, Timestamp)> = (first
+            ..(first + 1_000).min(jobs))
+            .map(|i| {
+                (
+                    "bench_noop",
+                    format!("{run}:{i}"),
+                    serde_json::json!({}),
+                    Timestamp(0),
+                )
+            })
+            .collect();
+        store.enqueue_jobs(&batch).await?;
     }
     loop {
         let done = store.job_counts().await?.done;
@@ -256,6 +275,196 @@ async fn durable_run(
     }
     Ok(rate)
 }
+
+/// A job that runs until its worker is stopped.
+struct Forever {
+    started: Arc<Mutex<Vec<(String, Instant)>>>,
+}
+
+impl JobHandler for Forever {
+    fn kinds(&self) -> Vec<&'static str> {
+        vec!["bench_noop"]
+    }
+    fn handle<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+        self.started
+            .lock()
+            .expect("lock")
+            .push((ctx.worker.clone(), Instant::now()));
+        let _ = job;
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            Ok(())
+        })
+    }
+}
+
+/// How long after a worker dies mid-job (stops renewing its lease and
+/// never finishes: what SIGKILL does; here its task is aborted) another
+/// worker starts the job, with the default lease and reconcile interval.
+async fn takeover(store: &Store) -> Result<f64> {
+    let options = RuntimeOptions::default();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let key = format!("takeover:{}", namespace());
+    store
+        .enqueue_job("bench_noop", &key, &serde_json::json!({}), Timestamp(0))
+        .await?;
+    let doomed = bench_executor(
+        store,
+        options.lease,
+        Arc::new(Forever {
+            started: started.clone(),
+        }),
+    );
+    let running = {
+        let key = key.clone();
+        tokio::spawn(async move { doomed.execute(&key, "bench_noop").await })
+    };
+    while started.lock().expect("lock").is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // mid-job, a beat or two in
+    running.abort();
+    let killed = Instant::now();
+    // the fleet: a reconciler and another worker that receives the job
+    // again once it is handed back
+    let queue: Arc<dyn JobQueue> = Arc::new(tre_jobs::EmbeddedQueue::default());
+    let reconciler =
+        tre_jobs::Reconciler::new(store.clone(), queue, &[BENCH_POLICY], options.requeue_after);
+    let survivor = bench_executor(
+        store,
+        options.lease,
+        Arc::new(Forever {
+            started: started.clone(),
+        }),
+    );
+    let every = options.reconcile_interval;
+    let reconciling = tokio::spawn(async move {
+        loop {
+            let _ = reconciler.run_once().await;
+            tokio::time::sleep(every).await;
+        }
+    });
+    // the survivor is offered the job as the relay would, every 50 ms
+    let mut attempt: Option<tokio::task::JoinHandle<_>> = None;
+    while started.lock().expect("lock").len() < 2 {
+        if attempt.as_ref().is_none_or(|a| a.is_finished()) {
+            let (survivor, key) = (survivor.clone(), key.clone());
+            attempt = Some(tokio::spawn(async move {
+                survivor.execute(&key, "bench_noop").await
+            }));
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("no worker took the job over in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reconciling.abort();
+    if let Some(attempt) = attempt {
+        attempt.abort();
+    }
+    let (_, at) = started.lock().expect("lock")[1];
+    Ok(at.duration_since(killed).as_secs_f64())
+}
+
+/// graphile-worker 0.18 on the same PostgreSQL, the same shape of run:
+/// `jobs` no-op jobs added in batches of 1,000, one worker process of
+/// `concurrency`, from the first add to the last completion. `None` (with
+/// the reason printed) when Node or the package cannot be had.
+fn graphile(dir: &str, url: &str, jobs: usize, concurrency: usize) -> Option<f64> {
+    let dir = match dir.strip_prefix("~/") {
+        Some(rest) => {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest)
+        }
+        None => std::path::PathBuf::from(dir),
+    };
+    let installed = dir.join("node_modules/graphile-worker/package.json");
+    if !installed.exists() {
+        let _ = std::fs::create_dir_all(&dir);
+        let status = std::process::Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "graphile-worker@0.18",
+                "pg",
+            ])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            println!(
+                "  graphile-worker: cannot install it with npm into {}",
+                dir.display()
+            );
+            return None;
+        }
+    }
+    let script = dir.join("tre-bench.js");
+    std::fs::write(&script, GRAPHILE_SCRIPT).ok()?;
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .current_dir(&dir)
+        .env("DATABASE_URL", url)
+        .env("JOBS", jobs.to_string())
+        .env("CONCURRENCY", concurrency.to_string())
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rate = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| v["jobs_per_s"].as_f64());
+            if rate.is_none() {
+                println!("  graphile-worker printed no figure: {text}");
+            }
+            rate
+        }
+        Ok(out) => {
+            println!(
+                "  graphile-worker failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            println!("  graphile-worker: cannot run node ({e})");
+            None
+        }
+    }
+}
+
+const GRAPHILE_SCRIPT: &str = r#"
+const { run, makeWorkerUtils, Logger } = require("graphile-worker");
+const connectionString = process.env.DATABASE_URL;
+const N = +process.env.JOBS, C = +process.env.CONCURRENCY;
+const logger = new Logger(() => () => {});
+(async () => {
+  const utils = await makeWorkerUtils({ connectionString, logger });
+  await utils.migrate();
+  let done = 0, finished;
+  const all = new Promise((resolve) => (finished = resolve));
+  const runner = await run({
+    connectionString, concurrency: C, noHandleSignals: true, logger,
+    taskList: { noop: async () => { if (++done === N) finished(); } },
+  });
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < N; i += 1000) {
+    const batch = [];
+    for (let j = i; j < Math.min(N, i + 1000); j++) batch.push({ identifier: "noop", payload: {} });
+    await utils.addJobs(batch);
+  }
+  await all;
+  const secs = Number(process.hrtime.bigint() - start) / 1e9;
+  console.log(JSON.stringify({ jobs_per_s: N / secs }));
+  await runner.stop();
+  await utils.release();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
 
 /// The `p` quantile of sorted durations, in milliseconds.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -299,31 +508,43 @@ pub async fn queue(settings: &crate::config::Settings, args: QueueBenchArgs) -> 
     );
 
     let dir = std::env::temp_dir().join(namespace());
-    let scratch = args
-        .scratch_database_url
-        .unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.display()));
-    let store = Store::open(&scratch)
-        .await
-        .with_context(|| format!("cannot open {scratch}"))?;
-    println!(
-        "durable path (SQL outbox -> relay -> Redis -> SQL claim -> no-op -> SQL done) on {}, {} jobs:",
-        if scratch.starts_with("sqlite") {
-            "SQLite"
-        } else {
-            "PostgreSQL"
-        },
-        args.durable_jobs
-    );
-    let mut durable_best = 0.0f64;
-    for tasks in [1, 4] {
-        let rate = durable_run(&store, queue.clone(), args.durable_jobs, tasks).await?;
-        println!("  {tasks} worker task(s): {rate:>9.0} jobs/s");
-        durable_best = durable_best.max(rate);
+    let mut databases = vec![("SQLite", format!("sqlite://{}/bench.db", dir.display()))];
+    if let Some(url) = &args.scratch_database_url {
+        databases.push(("PostgreSQL", url.clone()));
     }
-    store.close().await;
+    println!(
+        "durable path (SQL outbox -> relay -> Redis -> SQL claim -> no-op -> SQL done): {} jobs enqueued in batches of 1,000, one worker of {} tasks",
+        args.durable_jobs, args.concurrency
+    );
+    let (mut durable, mut graphile_rate, mut takeover_s) = (0.0f64, None, f64::NAN);
+    for (name, url) in &databases {
+        let store = Store::open(url)
+            .await
+            .with_context(|| format!("cannot open {url}"))?;
+        let rate = durable_run(&store, queue.clone(), args.durable_jobs, args.concurrency).await?;
+        println!("  tre on {name}: {rate:>9.0} jobs/s");
+        durable = rate; // the last: PostgreSQL when given
+        if *name == "PostgreSQL" {
+            graphile_rate = graphile(&args.graphile_dir, url, args.durable_jobs, args.concurrency);
+            if let Some(g) = graphile_rate {
+                println!(
+                    "  graphile-worker 0.18 on {name}: {g:>9.0} jobs/s (tre: {:.2}x)",
+                    rate / g
+                );
+            }
+        }
+        if takeover_s.is_nan() {
+            takeover_s = takeover(&store).await?;
+            println!(
+                "takeover: a worker dies mid-job (task aborted, lease not renewed): another starts the job {takeover_s:.1} s later"
+            );
+        }
+        store.close().await;
+    }
     let _ = std::fs::remove_dir_all(dir);
     println!(
-        "jobs_per_s={best:.0} p50_ms={p50:.2} p99_ms={p99:.2} durable_jobs_per_s={durable_best:.0}"
+        "jobs_per_s={best:.0} p50_ms={p50:.2} p99_ms={p99:.2} durable_jobs_per_s={durable:.0} graphile_jobs_per_s={} takeover_s={takeover_s:.1}",
+        graphile_rate.map_or_else(|| "none".to_owned(), |g| format!("{g:.0}"))
     );
     Ok(())
 }

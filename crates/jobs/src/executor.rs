@@ -16,6 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 use tre_domain::Timestamp;
 use tre_store::{ClaimedJob, FailOutcome, Store, StoreError, now};
 
+use crate::batch::Batcher;
 use crate::{JobError, JobPolicy, Metrics, Pool};
 
 /// What a handler gets besides the job.
@@ -108,6 +109,65 @@ pub struct Executor {
     lease: Duration,
     metrics: Arc<Metrics>,
     pauses: crate::Pauses,
+    /// Claims and completions made together go as one statement.
+    claims: Claims,
+    completions: Completions,
+}
+
+/// A worker's claims: a key in, the job (if it was free) out.
+type Claims = Batcher<String, Result<Option<ClaimedJob>, StoreError>>;
+/// A worker's completions: a key in, whether the lease still held out.
+type Completions = Batcher<String, Result<bool, StoreError>>;
+
+/// Most claims or completions in one statement.
+const BATCH: usize = 64;
+
+/// The batching loops of one worker's claims and completions. A batch that
+/// fails (the database went away) is redone one call at a time, so each
+/// caller gets its own error to judge.
+fn batchers(store: &Store, worker: &str, lease: Duration) -> (Claims, Completions) {
+    let lease_ms = lease.as_millis() as i64;
+    let (store_c, worker_c) = (store.clone(), worker.to_owned());
+    let claims = Batcher::spawn(BATCH, move |keys: Vec<String>| {
+        let (store, worker) = (store_c.clone(), worker_c.clone());
+        async move {
+            match store.claim_jobs(&keys, &worker, lease_ms, now()).await {
+                Ok(mut claimed) => keys
+                    .iter()
+                    .map(|key| {
+                        Ok(claimed
+                            .iter()
+                            .position(|c| c.key == *key)
+                            .map(|i| claimed.swap_remove(i)))
+                    })
+                    .collect(),
+                Err(_) => {
+                    let mut one_by_one = Vec::with_capacity(keys.len());
+                    for key in &keys {
+                        one_by_one.push(store.claim_job(key, &worker, lease_ms, now()).await);
+                    }
+                    one_by_one
+                }
+            }
+        }
+    });
+    let (store_d, worker_d) = (store.clone(), worker.to_owned());
+    let completions = Batcher::spawn(BATCH, move |keys: Vec<String>| {
+        let (store, worker) = (store_d.clone(), worker_d.clone());
+        async move {
+            match store.complete_jobs(&keys, &worker, now()).await {
+                Ok(done) => keys.iter().map(|key| Ok(done.contains(key))).collect(),
+                Err(_) => {
+                    let mut one_by_one = Vec::with_capacity(keys.len());
+                    for key in &keys {
+                        one_by_one.push(store.complete_job(key, &worker, now()).await);
+                    }
+                    one_by_one
+                }
+            }
+        }
+    });
+    (claims, completions)
 }
 
 impl std::fmt::Debug for Executor {
@@ -127,8 +187,11 @@ impl Executor {
         lease: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (claims, completions) = batchers(&store, &worker, lease);
         Self {
             pauses: crate::Pauses::new(store.clone()),
+            claims,
+            completions,
             ctx: JobContext { store, worker },
             policies: policies.iter().map(|p| (p.kind, p.clone())).collect(),
             handlers: HashMap::new(),
@@ -212,9 +275,11 @@ impl Executor {
             return ExecOutcome::Skipped;
         }
         let store = &self.ctx.store;
-        let lease_ms = self.lease.as_millis() as i64;
-        let claimed = match patiently("claim the job", || {
-            store.claim_job(key, &self.ctx.worker, lease_ms, now())
+        let claimed = match patiently("claim the job", || async {
+            self.claims
+                .call(key.to_owned())
+                .await
+                .unwrap_or_else(|| Err(StoreError::Config("the claim loop has stopped".into())))
         })
         .await
         {
@@ -272,8 +337,10 @@ impl Executor {
             };
             self.metrics.observe(kind, started.elapsed());
             match result {
-                Ok(()) => match patiently("record the completion", || {
-                    store.complete_job(key, &self.ctx.worker, now())
+                Ok(()) => match patiently("record the completion", || async {
+                    self.completions.call(key.to_owned()).await.unwrap_or_else(|| {
+                        Err(StoreError::Config("the completion loop has stopped".into()))
+                    })
                 })
                 .await
                 {

@@ -17,6 +17,7 @@
 //! S3/DB call, and this runtime's per-job policy for whole jobs. apalis's own
 //! retries are not used (its storage-level retries ignore `max_attempts`).
 
+mod batch;
 mod error;
 mod executor;
 mod load;

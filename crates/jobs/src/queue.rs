@@ -38,6 +38,23 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Hands a job to its pool's queue.
     fn dispatch(&self, pool: Pool, message: JobMessage) -> BoxFuture<'_, Result<(), QueueError>>;
 
+    /// Hands many jobs to a pool's queue (in one round trip where the queue
+    /// can). On an error some of them may have been handed over: the relay
+    /// marks none queued, so they are dispatched again (duplicates are
+    /// harmless).
+    fn dispatch_many(
+        &self,
+        pool: Pool,
+        messages: Vec<JobMessage>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            for message in messages {
+                self.dispatch(pool, message).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Serves one pool until `shutdown`: runs received jobs with `executor`,
     /// at most `concurrency` at a time. On shutdown it stops taking jobs and
     /// gives in-flight ones up to `drain` to finish; those still running are

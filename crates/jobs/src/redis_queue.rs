@@ -174,6 +174,20 @@ impl JobQueue for RedisQueue {
         })
     }
 
+    fn dispatch_many(
+        &self,
+        pool: Pool,
+        messages: Vec<JobMessage>,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        let mut storage = self.storage(pool);
+        Box::pin(async move {
+            storage
+                .push_bulk(messages)
+                .await
+                .map_err(|e| QueueError::Other(format!("push to {pool}: {e}")))
+        })
+    }
+
     fn serve(
         &self,
         pool: Pool,
@@ -190,6 +204,7 @@ impl JobQueue for RedisQueue {
             });
             // A worker that ends in error (e.g. Redis went away) is restarted
             // under a new name until shutdown.
+            let mut drain_spent = false;
             while !*shutdown.borrow() {
                 let name = format!("{pool}-{}", worker_name());
                 info!(%pool, worker = %name, concurrency, "serving pool from Redis");
@@ -211,9 +226,24 @@ impl JobQueue for RedisQueue {
                     }
                     Ok::<(), std::io::Error>(())
                 };
-                match worker.run_until(signal).await {
-                    Ok(()) => break,
-                    Err(e) => {
+                // apalis's graceful stop waits for every running job,
+                // however long: past the drain, stop waiting for it
+                let mut drained = shutdown.clone();
+                let drain_over = async move {
+                    let _ = drained.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(drain).await;
+                };
+                let outcome = tokio::select! {
+                    outcome = worker.run_until(signal) => Some(outcome),
+                    () = drain_over => None,
+                };
+                match outcome {
+                    Some(Ok(())) => break,
+                    None => {
+                        drain_spent = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
                         error!(%pool, worker = %name, error = %e, "worker stopped with an error; restarting");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -222,9 +252,11 @@ impl JobQueue for RedisQueue {
                     }
                 }
             }
-            // apalis has stopped taking messages; let in-flight jobs finish,
-            // then release what is left so another worker takes it at once.
-            let deadline = tokio::time::Instant::now() + drain;
+            // apalis has stopped taking messages; let in-flight jobs finish
+            // (what is left of the drain), then release what is left so
+            // another worker takes it at once.
+            let deadline =
+                tokio::time::Instant::now() + if drain_spent { Duration::ZERO } else { drain };
             while !state.in_flight.lock().expect("lock").is_empty()
                 && tokio::time::Instant::now() < deadline
             {

@@ -124,7 +124,9 @@ impl Relay {
                 *room.entry(policy.pool).or_default() -= queued;
             }
         }
-        let mut sent = 0;
+        // each pool's share of the batch, within its room, unless paused
+        let mut by_pool: HashMap<Pool, Vec<JobMessage>> = HashMap::new();
+        let mut paused: HashMap<Pool, bool> = HashMap::new();
         for (key, kind, attempt) in due {
             let Some(policy) = self.policies.iter().find(|p| p.kind == kind) else {
                 debug!(target: "tre::relay", job = %key, %kind, "no policy for this kind; left pending");
@@ -134,26 +136,35 @@ impl Relay {
             if *left <= 0 {
                 continue; // the pool's backlog is full: wait for its workers
             }
-            if self.pauses.is_paused(policy.pool).await {
+            let is_paused = match paused.get(&policy.pool) {
+                Some(known) => *known,
+                None => {
+                    let now_paused = self.pauses.is_paused(policy.pool).await;
+                    paused.insert(policy.pool, now_paused);
+                    now_paused
+                }
+            };
+            if is_paused {
                 continue; // an operator paused the pool: hold its jobs
             }
+            *left -= 1;
+            by_pool
+                .entry(policy.pool)
+                .or_default()
+                .push(JobMessage { key, kind, attempt });
+        }
+        let mut sent = 0;
+        for (pool, messages) in by_pool {
+            let keys: Vec<String> = messages.iter().map(|m| m.key.clone()).collect();
             // Dispatch first, then mark: a crash in between only duplicates
-            // a message, which the SQL claim makes harmless.
-            let message = JobMessage {
-                key: key.clone(),
-                kind,
-                attempt,
-            };
-            match self.queue.dispatch(policy.pool, message).await {
+            // messages, which the SQL claim makes harmless.
+            match self.queue.dispatch_many(pool, messages).await {
                 Ok(()) => {
-                    if self.store.mark_queued(&key, now()).await? {
-                        *left -= 1;
-                    }
-                    sent += 1;
+                    self.store.mark_queued_many(&keys, now()).await?;
+                    sent += keys.len();
                 }
                 Err(e) => {
-                    warn!(target: "tre::relay", job = %key, error = %e, "queue refused a job; will try again");
-                    break;
+                    warn!(target: "tre::relay", %pool, error = %e, "queue refused jobs; will try again");
                 }
             }
         }

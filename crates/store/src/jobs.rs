@@ -216,6 +216,121 @@ impl Store {
         }))
     }
 
+    /// Leases every job of `keys` that is due and free, in one statement
+    /// (see [`Store::claim_job`]): the claimed ones, in no particular
+    /// order; a key that is done, leased elsewhere, not due or unknown is
+    /// left out.
+    pub async fn claim_jobs(
+        &self,
+        keys: &[String],
+        worker: &str,
+        lease_ms: i64,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let [from_a, from_b] = JobState::sources(JobEvent::Claim) else {
+            unreachable!("a claim takes pending and queued jobs")
+        };
+        let list = (0..keys.len())
+            .map(|i| format!("${}", i + 7))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE outbox SET state = $1, lease_owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
+             WHERE job_key IN ({list}) AND state IN ($5, $6) AND due_at <= $4 \
+             RETURNING job_key, kind, payload, attempts, lease_until, last_error"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target(JobEvent::Claim))
+            .bind(worker)
+            .bind(now.0 + lease_ms)
+            .bind(now.0)
+            .bind(from_a.as_str())
+            .bind(from_b.as_str());
+        for key in keys {
+            query = query.bind(key.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("job_key")?;
+                let payload: String = row.try_get("payload")?;
+                Ok(ClaimedJob {
+                    payload: crate::docs::decode("job", &key, &payload)?,
+                    key,
+                    kind: row.try_get("kind")?,
+                    attempt: row.try_get("attempts")?,
+                    lease_until: row.try_get("lease_until")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks every job of `keys` that `worker` still holds done, in one
+    /// statement; returns the keys it marked (the others lost their lease).
+    pub async fn complete_jobs(
+        &self,
+        keys: &[String],
+        worker: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = (0..keys.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
+             WHERE job_key IN ({list}) AND state = $3 AND lease_owner = $4 RETURNING job_key"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target(JobEvent::Complete))
+            .bind(now.0)
+            .bind(source(JobEvent::Complete))
+            .bind(worker);
+        for key in keys {
+            query = query.bind(key.as_str());
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get(0)?))
+            .collect()
+    }
+
+    /// Records that pending jobs were handed to the queue, in one statement;
+    /// returns how many were still pending (a worker may have taken some).
+    pub async fn mark_queued_many(
+        &self,
+        keys: &[String],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let list = (0..keys.len())
+            .map(|i| format!("${}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key IN ({list}) AND state = $3"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target(JobEvent::Dispatch))
+            .bind(now.0)
+            .bind(source(JobEvent::Dispatch));
+        for key in keys {
+            query = query.bind(key.as_str());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
     /// Extends a lease the worker still holds (long jobs heartbeat with this).
     pub async fn extend_lease(
         &self,
