@@ -79,6 +79,7 @@ pub fn policies() -> Vec<JobPolicy> {
         policy("count_cohort", Pool::Dispense, 10, 600, 2_000, 600),
         policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
         policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
+        policy("retally_stage", Pool::Review, 20, 30, 1_000, 600),
         policy("dispense", Pool::Dispense, 10, 600, 2_000, 600),
         policy("dispense_unit", Pool::Dispense, 10, 3_600, 1_000, 300),
         policy("finish_dispense", Pool::Dispense, 10, 600, 1_000, 300),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tre_domain::{DecisionInput, RequestCommand, Verdict};
+use tre_domain::{DecisionInput, RequestCommand, RequestState, Verdict};
 use tre_jobs::{EmbeddedQueue, Executor, Metrics, RedisQueue, RedisQueueOptions, Relay};
 use tre_store::Store;
 use tre_testkit::{TestDb, TestRedis, WebhookReceiver, caller, new_request, submit_counted, world};
@@ -571,6 +571,133 @@ async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
     db.finish().await;
 }
 
+/// Attack: stage 2 is quorum(2) of rev2a, rev2b, rev2c; rev2a returns the
+/// request and rev2b approves, so only rev2c can still pass it. The admins
+/// remove rev2c. Without counting again the request would wait at stage 2
+/// for ever, with every reviewer's queue empty. The worker counts its votes
+/// again: it goes back to its owner, the admins are told the stage needs
+/// reviewers, and the move is in the audit log under `system`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a", "rev2b", "rev2c"], 2).await;
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        fast_options(None),
+    );
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    submit_counted(store, &w.owner, &request.id, 100).await;
+    store
+        .decide(&caller("rev1"), &request.id, decide(0))
+        .await
+        .unwrap();
+    let returned = DecisionInput {
+        verdict: Verdict::Return,
+        comment: "the purpose is too broad".into(),
+        ..decide(1)
+    };
+    store
+        .decide(&caller("rev2a"), &request.id, returned)
+        .await
+        .unwrap();
+    let waiting = store
+        .decide(&caller("rev2b"), &request.id, decide(1))
+        .await
+        .unwrap();
+    assert_eq!(waiting.state, RequestState::InReview { stage: 1 });
+    let pipeline = |stage2: &[&str]| {
+        tre_domain::EnvironmentCommand::SetPipeline(tre_domain::ReviewPipeline {
+            stages: vec![
+                tre_testkit::stage("committee", &["rev1"], tre_domain::DecisionRule::Any),
+                tre_testkit::stage("custodian", stage2, tre_domain::DecisionRule::Quorum(2)),
+            ],
+        })
+    };
+    // a change that leaves the stage within reach changes nothing
+    tre_testkit::user(store, "rev2d", false, &[]).await;
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            pipeline(&["rev2a", "rev2b", "rev2c", "rev2d"]),
+        )
+        .await
+        .unwrap();
+    eventually("the first count again is done", || async {
+        store.job_counts().await.unwrap().pending == 0
+    })
+    .await;
+    let still = store.system_request(&request.id).await.unwrap();
+    assert_eq!(still.state, RequestState::InReview { stage: 1 });
+    // rev2c and rev2d leave: two approvals are out of reach
+    store
+        .configure_environment(&w.admin, &w.env, pipeline(&["rev2a", "rev2b"]))
+        .await
+        .unwrap();
+    eventually("the request goes back to its owner", || async {
+        store.system_request(&request.id).await.unwrap().state == RequestState::InRevision
+    })
+    .await;
+    eventually("the admins are told why", || async {
+        inbox_kinds(store, "admin")
+            .await
+            .contains(&"stage_out_of_reach".to_owned())
+    })
+    .await;
+    let inbox = store.inbox(&"admin".into(), 100).await.unwrap();
+    let alert = inbox
+        .iter()
+        .find(|n| n.kind == "stage_out_of_reach")
+        .unwrap();
+    assert_eq!(alert.request_id.as_deref(), Some(request.id.as_str()));
+    assert!(alert.body.contains("\"custodian\""), "{}", alert.body);
+    eventually("the owner hears it was returned", || async {
+        !store.inbox(&"owner".into(), 100).await.unwrap().is_empty()
+    })
+    .await;
+    let events = store
+        .audit_events(
+            &w.admin,
+            &tre_store::AuditQuery {
+                environment: Some(w.env.clone()),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let retallied: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "request.retally")
+        .collect();
+    assert_eq!(
+        retallied.len(),
+        1,
+        "only the count that closed the stage is recorded"
+    );
+    assert_eq!(retallied[0].actor, "system");
+    // and nobody can ask for a count again over the API's store calls
+    let err = store
+        .request_command(
+            &w.admin,
+            &request.id,
+            RequestCommand::Retally {
+                round: still.round,
+                stage: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tre_store::StoreError::Forbidden(_)), "{err}");
+    worker.stop(STOP_WITHIN).await;
+    db.finish().await;
+}
+
 /// A stage nobody may decide alerts the environment's admins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_stage_alerts_admins() {
@@ -675,7 +802,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         fast_options(None),
     );
     eventually("the request expires", || async {
-        store.system_request(&request.id).await.unwrap().state == tre_domain::RequestState::Expired
+        store.system_request(&request.id).await.unwrap().state == RequestState::Expired
     })
     .await;
     eventually("its project is expired", || async {
@@ -917,17 +1044,14 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
     );
     assert_eq!(
         store.system_request(&request.id).await.unwrap().state,
-        tre_domain::RequestState::Checking
+        RequestState::Checking
     );
     store
         .set_pool_paused(&w.platform, "dispense", false)
         .await
         .unwrap();
     let counted = tre_testkit::counted(store, &request.id).await;
-    assert_eq!(
-        counted.state,
-        tre_domain::RequestState::InReview { stage: 0 }
-    );
+    assert_eq!(counted.state, RequestState::InReview { stage: 0 });
     // only platform admins pause
     assert!(
         store

@@ -7,9 +7,10 @@
 //! | `stage_reminder` | a stage opened, with a review SLA (due when it ends) | reminds the stage's reviewers who have not decided, if the stage is still open |
 //! | `notify_owner` | a round's outcome | tells owner and collaborators: approved, returned, rejected, cohort too small or not counted |
 //! | `count_cohort` | submit | counts the cohort from the environment's source; to review, or back to the owner below the minimum |
-//! | `alert_admins` | a member change that leaves an approved request's owner unauthorized; reviewers changed on a stage where requests wait | tells the environment's admins |
+//! | `alert_admins` | a member change that leaves an approved request's owner unauthorized; reviewers changed on a stage where requests wait; a stage closed out of reach | tells the environment's admins |
 //! | `schedule_expiry` | approval (due at the end date) | moves the request to `expired` |
 //! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
+//! | `retally_stage` | reviewers changed on a stage where the request waits | counts the stage's votes again: out of reach, it closes as returned and the admins are alerted |
 //!
 //! Every handler is idempotent: inbox rows and deliveries are keyed by the
 //! job key, and state changes that already happened are treated as done.
@@ -43,13 +44,14 @@ impl RequestWorkflow {
         Self { notifier }
     }
 
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 7] = [
         "notify_reviewers",
         "stage_reminder",
         "notify_owner",
         "alert_admins",
         "schedule_expiry",
         "revoke_projects",
+        "retally_stage",
     ];
 }
 
@@ -84,6 +86,27 @@ async fn expire(ctx: &JobContext, job: &ClaimedJob, request: &RequestId) -> Resu
         Err(e) if already_done(&e) => Ok(()),
         // not yet due (clocks differ): try again later
         Err(StoreError::Domain(DomainError::Conflict(m))) => Err(JobError::Transient(m)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Counts a stage's votes again; a stage that can still pass, or that was
+/// decided meanwhile, leaves nothing to do.
+async fn retally(
+    ctx: &JobContext,
+    job: &ClaimedJob,
+    request: &RequestId,
+    round: u32,
+    stage: usize,
+) -> Result<(), JobError> {
+    match ctx
+        .store
+        .retally_request(request, round, stage, &job.key)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if already_done(&e) => Ok(()),
+        Err(StoreError::Domain(DomainError::Conflict(_))) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -147,6 +170,12 @@ impl JobHandler for RequestWorkflow {
                 } => self.notifier.admins(ctx, job, &environment, &alert).await,
                 Effect::ScheduleExpiry { request, .. } => expire(ctx, job, &request).await,
                 Effect::RevokeProjects { request } => revoke_projects(ctx, job, &request).await,
+                Effect::RetallyStage {
+                    request,
+                    round,
+                    stage,
+                    ..
+                } => retally(ctx, job, &request, round, stage).await,
                 other => Err(JobError::Permanent(format!(
                     "{} is not a request workflow job",
                     other.kind()

@@ -489,6 +489,16 @@ impl Notifier {
                     None,
                 )
             }
+            AdminAlert::StageOutOfReach {
+                request, stage_id, ..
+            } => (
+                "stage_out_of_reach",
+                format!("A review stage cannot pass in {:?}", env.name),
+                format!(
+                    "Request {request} was returned to its owner at stage {stage_id:?}: too few of the stage's reviewers may decide it (they own or collaborate on it, or were removed) for its rule to pass. Add reviewers to the stage before it is submitted again."
+                ),
+                Some(request),
+            ),
         };
         let message = Message {
             kind,

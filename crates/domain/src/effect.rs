@@ -21,6 +21,14 @@ pub enum AdminAlert {
         /// Requests waiting at the stage when it changed.
         waiting: u32,
     },
+    /// A request's stage closed as returned because too few of its
+    /// reviewers may decide it (they own or collaborate on the request, or
+    /// were removed) for its rule ever to pass: the pipeline needs reviewers.
+    StageOutOfReach {
+        request: RequestId,
+        stage: usize,
+        stage_id: String,
+    },
 }
 
 impl AdminAlert {
@@ -28,6 +36,9 @@ impl AdminAlert {
         match self {
             Self::OwnerRemoved { request, .. } => format!("owner_removed:{request}"),
             Self::ReviewersChanged { stage, .. } => format!("reviewers_changed:{stage}"),
+            Self::StageOutOfReach { request, stage, .. } => {
+                format!("stage_out_of_reach:{request}:{stage}")
+            }
         }
     }
 }
@@ -76,6 +87,15 @@ pub enum Effect {
     ScheduleExpiry { request: RequestId, at: Timestamp },
     /// Deprovision every project of a revoked or expired request.
     RevokeProjects { request: RequestId },
+    /// Count the votes of the request's open stage again: its reviewers
+    /// changed at `at` (an environment change), and a stage whose rule can
+    /// no longer pass closes as returned.
+    RetallyStage {
+        request: RequestId,
+        round: u32,
+        stage: usize,
+        at: Timestamp,
+    },
     /// Plan the dispense of a project (cohort, units) and queue its units.
     /// `round` counts retries: a retried dispense is new work.
     Dispense { project: ProjectId, round: u32 },
@@ -96,7 +116,7 @@ pub enum Effect {
 impl Effect {
     /// Every job kind an effect can be, once: the registry the workers'
     /// policies and handlers are checked against.
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "notify_reviewers",
         "stage_reminder",
         "notify_owner",
@@ -104,6 +124,7 @@ impl Effect {
         "alert_admins",
         "schedule_expiry",
         "revoke_projects",
+        "retally_stage",
         "dispense",
         "dispense_unit",
         "finish_dispense",
@@ -119,6 +140,7 @@ impl Effect {
             Self::AlertAdmins { .. } => "alert_admins",
             Self::ScheduleExpiry { .. } => "schedule_expiry",
             Self::RevokeProjects { .. } => "revoke_projects",
+            Self::RetallyStage { .. } => "retally_stage",
             Self::Dispense { .. } => "dispense",
             Self::DispenseUnit { .. } => "dispense_unit",
             Self::FinishDispense { .. } => "finish_dispense",
@@ -153,6 +175,12 @@ impl Effect {
             } => format!("alert_admins:{environment}:{}:{}", raised_at.0, alert.key()),
             Self::ScheduleExpiry { request, .. } => format!("schedule_expiry:{request}"),
             Self::RevokeProjects { request } => format!("revoke_projects:{request}"),
+            Self::RetallyStage {
+                request,
+                round,
+                stage,
+                at,
+            } => format!("retally_stage:{request}:{round}:{stage}:{}", at.0),
             Self::Dispense { project, round } => format!("dispense:{project}:{round}"),
             Self::DispenseUnit {
                 project,
@@ -220,7 +248,15 @@ mod tests {
                 request: request.clone(),
                 at: Timestamp(0),
             },
-            Effect::RevokeProjects { request },
+            Effect::RevokeProjects {
+                request: request.clone(),
+            },
+            Effect::RetallyStage {
+                request,
+                round: 1,
+                stage: 0,
+                at: Timestamp(0),
+            },
             Effect::Dispense {
                 project: project.clone(),
                 round: 0,

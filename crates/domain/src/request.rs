@@ -239,6 +239,16 @@ pub enum RequestCommand {
         round: u32,
         count: CohortCount,
     },
+    /// Counts the votes of `stage` of submission `round` again, with its
+    /// reviewers as they are now (the job's, acting as system, after the
+    /// environment's reviewers changed). A stage whose rule can no longer
+    /// pass closes as returned and the admins are alerted; one that still
+    /// can is a conflict (nothing changes): only a reviewer's decision
+    /// approves. A stage no longer open refuses it (it was decided).
+    Retally {
+        round: u32,
+        stage: usize,
+    },
 }
 
 impl RequestCommand {
@@ -252,6 +262,7 @@ impl RequestCommand {
             Self::Revoke { .. } => "request.revoke",
             Self::Expire => "request.expire",
             Self::RecordCohortCount { .. } => "request.record_cohort_count",
+            Self::Retally { .. } => "request.retally",
         }
     }
 }
@@ -289,6 +300,19 @@ fn stage_opened(
         });
     }
     effects
+}
+
+/// The admins' alert that `stage` of `request` closed out of reach.
+fn out_of_reach(env: &Environment, request: &RequestId, stage: usize, now: Timestamp) -> Effect {
+    Effect::AlertAdmins {
+        environment: env.id.clone(),
+        raised_at: now,
+        alert: crate::AdminAlert::StageOutOfReach {
+            request: request.clone(),
+            stage,
+            stage_id: env.pipeline.stages[stage].id.clone(),
+        },
+    }
 }
 
 /// The result of a command: the new request, the decision to record (for
@@ -638,6 +662,16 @@ impl AccessRequest {
                     StageOutcome::Returned => {
                         next.state = S::InRevision;
                         effects.push(notify_owner("returned"));
+                        // out of reach only because some reviewers may not
+                        // decide: the pipeline needs the admins
+                        let counting_all = ctx
+                            .stage_decisions
+                            .iter()
+                            .chain(std::iter::once(&recorded))
+                            .map(|d| (&d.reviewer, d.vote()));
+                        if tally(pipeline_stage, counting_all) == StageOutcome::Open {
+                            effects.push(out_of_reach(env, &self.id, stage, ctx.now));
+                        }
                     }
                     StageOutcome::Rejected => {
                         next.state = S::Rejected;
@@ -645,6 +679,28 @@ impl AccessRequest {
                     }
                 }
                 decision = Some(recorded);
+            }
+            (&RequestCommand::Retally { round, stage }, S::InReview { stage: open })
+                if round == self.round && stage == open =>
+            {
+                let pipeline_stage = env.pipeline.stages.get(stage).ok_or_else(|| {
+                    DomainError::Conflict(format!("the pipeline has no stage {}", stage + 1))
+                })?;
+                let votes = ctx.stage_decisions.iter().map(|d| (&d.reviewer, d.vote()));
+                let eligible = pipeline_stage.eligible(|u| self.is_requester(u));
+                if tally(&eligible, votes) != StageOutcome::Returned {
+                    return Err(DomainError::Conflict(format!(
+                        "stage {:?} can still be decided by its reviewers",
+                        pipeline_stage.id
+                    )));
+                }
+                next.state = S::InRevision;
+                effects.push(Effect::NotifyOwner {
+                    request: self.id.clone(),
+                    round: self.round,
+                    outcome: "returned".into(),
+                });
+                effects.push(out_of_reach(env, &self.id, stage, ctx.now));
             }
             (
                 RequestCommand::Withdraw,
@@ -833,6 +889,102 @@ pub(crate) mod tests {
         }
         assert_eq!(w.request.state.name(), state);
         w
+    }
+
+    fn alerts_out_of_reach(effects: &[Effect], stage: usize) -> bool {
+        effects.iter().any(|e| {
+            matches!(e, Effect::AlertAdmins {
+                alert: crate::AdminAlert::StageOutOfReach { stage: s, .. }, ..
+            } if *s == stage)
+        })
+    }
+
+    /// Attack: stage 2 is quorum(2) of rev2a, rev2b, rev2c. rev2a returns,
+    /// rev2b approves, and then the admins remove rev2c, the only one who
+    /// could still approve. Counted again, the stage closes as returned and
+    /// the admins are told; while it could still pass, counting again
+    /// changes nothing; and counting again never approves.
+    #[test]
+    fn a_stage_counted_again_after_reviewers_change_closes_when_out_of_reach() {
+        let mut w = Walk::new();
+        w.submit();
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        w.decide("rev2a", 1, Verdict::Return, false).unwrap();
+        w.decide("rev2b", 1, Verdict::Approve, false).unwrap();
+        let round = w.request.round;
+        let retally = |stage| RequestCommand::Retally { round, stage };
+        assert!(
+            matches!(w.run("system", retally(1)), Err(DomainError::Conflict(_))),
+            "rev2c may still approve"
+        );
+        assert_eq!(w.request.state, RequestState::InReview { stage: 1 });
+
+        // a looser rule would pass on the votes cast, but only a decision approves
+        let mut looser = w.env.clone();
+        looser.pipeline.stages[1].rule = crate::DecisionRule::Any;
+        let strict = std::mem::replace(&mut w.env, looser);
+        assert!(matches!(
+            w.run("system", retally(1)),
+            Err(DomainError::Conflict(_))
+        ));
+        assert_eq!(w.request.state, RequestState::InReview { stage: 1 });
+        w.env = strict;
+
+        w.env.pipeline.stages[1]
+            .reviewers
+            .remove(&UserId::from("rev2c"));
+        for stale in [
+            RequestCommand::Retally { round, stage: 0 },
+            RequestCommand::Retally {
+                round: round + 1,
+                stage: 1,
+            },
+        ] {
+            assert!(matches!(
+                w.run("system", stale),
+                Err(DomainError::InvalidTransition { .. })
+            ));
+        }
+        w.run("system", retally(1)).unwrap();
+        assert_eq!(w.request.state, RequestState::InRevision);
+        assert!(w.effects.contains(&Effect::NotifyOwner {
+            request: w.request.id.clone(),
+            round,
+            outcome: "returned".into(),
+        }));
+        assert!(alerts_out_of_reach(&w.effects, 1));
+        assert!(
+            matches!(
+                w.run("system", retally(1)),
+                Err(DomainError::InvalidTransition { .. })
+            ),
+            "decided: a second count is refused"
+        );
+    }
+
+    /// A reviewer who collaborates on the request cannot vote, so one
+    /// return puts quorum(2) of the other two out of reach at once: the
+    /// stage closes, and the admins are told the pipeline needs reviewers.
+    /// An ordinary return alerts nobody.
+    #[test]
+    fn a_return_that_only_ineligible_reviewers_could_outweigh_alerts_the_admins() {
+        let mut w = Walk::new();
+        w.run(
+            "owner",
+            RequestCommand::SetCollaborators(BTreeSet::from(["rev2c".into()])),
+        )
+        .unwrap();
+        w.submit();
+        w.decide("rev1", 0, Verdict::Approve, false).unwrap();
+        w.decide("rev2a", 1, Verdict::Return, false).unwrap();
+        assert_eq!(w.request.state, RequestState::InRevision);
+        assert!(alerts_out_of_reach(&w.effects, 1));
+
+        let mut plain = Walk::new();
+        plain.submit();
+        plain.decide("rev1", 0, Verdict::Return, false).unwrap();
+        assert_eq!(plain.request.state, RequestState::InRevision);
+        assert!(!alerts_out_of_reach(&plain.effects, 0));
     }
 
     /// Every (state, command) pair; decisions use the reviewer of stage 1.

@@ -322,7 +322,9 @@ impl Store {
 
     /// What a change from `before` to `after` must tell the environment's
     /// admins: owners of approved requests who are no longer authorized
-    /// users, and reviewers changed on a stage where requests wait.
+    /// users, and reviewers changed on a stage where requests wait; and,
+    /// for each request waiting at such a stage, a job that counts its
+    /// votes again (a stage out of reach closes as returned).
     async fn admin_alerts(
         tx: &mut Tx,
         before: &Environment,
@@ -376,6 +378,15 @@ impl Store {
                     && let Some(n) = waiting.get_mut(stage)
                 {
                     *n += 1;
+                    // its votes, counted again with the new reviewers
+                    if changes.iter().any(|c| c.stage == stage) {
+                        alerts.push(Effect::RetallyStage {
+                            request: request.id.clone(),
+                            round: request.round,
+                            stage,
+                            at,
+                        });
+                    }
                 }
             }
             for change in changes {

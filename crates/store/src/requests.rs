@@ -354,9 +354,11 @@ impl Store {
             RequestCommand::Withdraw => Action::WithdrawRequest,
             RequestCommand::Decide(_) => Action::DecideRequest,
             RequestCommand::Revoke { .. } => Action::RevokeRequest,
-            RequestCommand::Expire | RequestCommand::RecordCohortCount { .. } => {
+            RequestCommand::Expire
+            | RequestCommand::RecordCohortCount { .. }
+            | RequestCommand::Retally { .. } => {
                 return Err(StoreError::Forbidden(tre_domain::Denied {
-                    reason: "only the job runtime expires requests and counts cohorts",
+                    reason: "only the job runtime expires requests, counts cohorts and counts votes again",
                     conceal: false,
                 }));
             }
@@ -407,6 +409,22 @@ impl Store {
         )
         .await
         .map(|(request, _)| request)
+    }
+
+    /// Counts the votes of `stage` of submission `round` again after the
+    /// environment's reviewers changed (the `retally_stage` job; acts as
+    /// `system`): closes it as returned when its rule can no longer pass.
+    /// A conflict when it still can; refused when it is no longer open.
+    pub async fn retally_request(
+        &self,
+        id: &RequestId,
+        round: u32,
+        stage: usize,
+        trace_id: &str,
+    ) -> Result<AccessRequest, StoreError> {
+        self.run_request_command(None, trace_id, id, RequestCommand::Retally { round, stage })
+            .await
+            .map(|(request, _)| request)
     }
 
     /// Runs a command; returns the new request (unredacted) and the
