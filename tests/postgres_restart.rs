@@ -13,8 +13,8 @@ use tre_domain::{JobState, ProjectState, RequestState};
 use tre_jobs::{Metrics, RedisQueue, RedisQueueOptions, RuntimeOptions};
 use tre_store::Store;
 use tre_testkit::{
-    BIOBANK, PrivatePostgres, TestRedis, approved_request, biobank_inventory, fixtures_data,
-    selecting, world_with,
+    BIOBANK, PrivatePostgres, SlowWrites, TestRedis, approved_request, biobank_inventory,
+    fixtures_data, selecting, world_with,
 };
 use tre_workers::WorkerOptions;
 use tre_workflows::DispenseConfig;
@@ -99,7 +99,11 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     )
     .await;
     let dest_dir = std::env::temp_dir().join(format!("tre-restart-{}", tre_testkit::unique()));
-    let dest = tre_dispense::stores::open(dest_dir.to_str().unwrap(), "object_store").unwrap();
+    let folder = tre_dispense::stores::open(dest_dir.to_str().unwrap(), "object_store").unwrap();
+    // a destination as slow as a distant S3 server (a quarter of a second a
+    // write), so the database restarts while units are being written
+    // whatever the speed of the machine
+    let dest = SlowWrites::over(folder, Duration::from_millis(250));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let workers = vec![
         worker(&url, &redis, dest.clone(), shutdown.clone()).await,

@@ -96,7 +96,7 @@ fn show(v: Option<f64>) -> String {
     v.map_or("n/a".to_owned(), |s| format!("{s:.3}"))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

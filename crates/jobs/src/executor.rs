@@ -112,6 +112,16 @@ pub struct Executor {
     /// Claims and completions made together go as one statement.
     claims: Claims,
     completions: Completions,
+    /// Successes being recorded in the background (see
+    /// [`Executor::execute_releasing`]).
+    recording: Arc<Recording>,
+}
+
+/// A count of background recordings, and a wake-up when it reaches zero.
+#[derive(Default)]
+struct Recording {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 /// A worker's claims: a key in, the job (if it was free) out.
@@ -192,6 +202,7 @@ impl Executor {
             pauses: crate::Pauses::new(store.clone()),
             claims,
             completions,
+            recording: Arc::default(),
             ctx: JobContext { store, worker },
             policies: policies.iter().map(|p| (p.kind, p.clone())).collect(),
             handlers: HashMap::new(),
@@ -263,6 +274,66 @@ impl Executor {
     /// outcome is recorded in SQL (a store error leaves the lease to expire,
     /// and the reconciler hands the job on).
     pub async fn execute(&self, key: &str, kind: &str) -> ExecOutcome {
+        self.run(key, kind, None).await
+    }
+
+    /// [`Executor::execute`] for a pool: returns as soon as the handler
+    /// succeeded, so the pool's slot serves the next job while the success
+    /// is recorded (with others, in one statement) in the background. A
+    /// crash before it is recorded leaves the job to its lease, and it runs
+    /// again: handlers are idempotent, as for a crash a moment later.
+    pub async fn execute_releasing(self: &Arc<Self>, key: &str, kind: &str) -> ExecOutcome {
+        self.run(key, kind, Some(self.clone())).await
+    }
+
+    /// Waits (at most a lease) until the successes being recorded in the
+    /// background are in SQL: a pool calls it when it stops, so a worker
+    /// that shuts down does not leave finished jobs to run again.
+    pub async fn settle(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = tokio::time::timeout(self.lease, async {
+            loop {
+                let idle = self.recording.idle.notified();
+                if self.recording.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+
+    /// Records a handler's success; `started` times the job.
+    async fn record_success(&self, key: &str, kind: &str, started: Instant) -> ExecOutcome {
+        match patiently("record the completion", || async {
+            self.completions
+                .call(key.to_owned())
+                .await
+                .unwrap_or_else(|| {
+                    Err(StoreError::Config("the completion loop has stopped".into()))
+                })
+        })
+        .await
+        {
+            Ok(true) => {
+                self.metrics.count(kind, "succeeded");
+                info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "job succeeded"
+                );
+                ExecOutcome::Succeeded
+            }
+            Ok(false) => ExecOutcome::LeaseLost,
+            Err(e) => {
+                warn!(error = %e, "could not record completion; the job will run again");
+                ExecOutcome::LeaseLost
+            }
+        }
+    }
+
+    /// Runs a job; with `detach`, a success is recorded by a task of its
+    /// own and `Succeeded` returned at once.
+    async fn run(&self, key: &str, kind: &str, detach: Option<Arc<Self>>) -> ExecOutcome {
         let (Some(policy), Some(handler)) = (self.policies.get(kind), self.handlers.get(kind))
         else {
             self.metrics.count(kind, "skipped");
@@ -337,26 +408,23 @@ impl Executor {
             };
             self.metrics.observe(kind, started.elapsed());
             match result {
-                Ok(()) => match patiently("record the completion", || async {
-                    self.completions.call(key.to_owned()).await.unwrap_or_else(|| {
-                        Err(StoreError::Config("the completion loop has stopped".into()))
-                    })
-                })
-                .await
-                {
-                    Ok(true) => {
-                        self.metrics.count(kind, "succeeded");
-                        info!(
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "job succeeded"
+                Ok(()) => match detach {
+                    Some(this) => {
+                        use std::sync::atomic::Ordering;
+                        let (key, kind) = (key.to_owned(), kind.to_owned());
+                        this.recording.count.fetch_add(1, Ordering::AcqRel);
+                        tokio::spawn(
+                            async move {
+                                this.record_success(&key, &kind, started).await;
+                                if this.recording.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                                    this.recording.idle.notify_waiters();
+                                }
+                            }
+                            .in_current_span(),
                         );
                         ExecOutcome::Succeeded
                     }
-                    Ok(false) => ExecOutcome::LeaseLost,
-                    Err(e) => {
-                        warn!(error = %e, "could not record completion; the job will run again");
-                        ExecOutcome::LeaseLost
-                    }
+                    None => self.record_success(key, kind, started).await,
                 },
                 Err(error) => {
                     let (retry_at, message) = match &error {

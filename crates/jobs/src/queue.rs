@@ -81,6 +81,15 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Whether the queue answers (`/readyz`).
     fn health(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+
+    /// Removes what the queue still keeps of messages already handled, and
+    /// returns how many it removed. SQL holds each job's record; a queue
+    /// that keeps finished messages (apalis-redis keeps every task's data
+    /// and status until told otherwise) would otherwise grow without end.
+    /// The maintenance loop calls it every reconcile interval.
+    fn forget_finished(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Runs received messages with bounded concurrency until shutdown, then
@@ -117,7 +126,9 @@ async fn run_pool(
         let in_flight_done = in_flight.clone();
         let key = message.key.clone();
         let handle = running.spawn(async move {
-            executor.execute(&message.key, &message.kind).await;
+            executor
+                .execute_releasing(&message.key, &message.kind)
+                .await;
             drop(permit);
             if let Some(id) = tokio::task::try_id() {
                 in_flight_done.lock().expect("lock").remove(&id);
@@ -144,6 +155,7 @@ async fn run_pool(
             }
         }
     }
+    executor.settle().await;
 }
 
 /// The embedded queue: in-process channels. Used when no Redis is

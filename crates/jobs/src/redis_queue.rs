@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apalis::prelude::*;
+use apalis_core::backend::Vacuum as _;
 use apalis_redis::RedisStorage;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{error, info, warn};
@@ -123,7 +124,10 @@ async fn handle(message: JobMessage, state: Data<Arc<PoolState>>) -> Result<(), 
         .insert(message.key.clone());
     // Every outcome is recorded in SQL; apalis only sees success, so its own
     // retry machinery never runs.
-    state.executor.execute(&message.key, &message.kind).await;
+    state
+        .executor
+        .execute_releasing(&message.key, &message.kind)
+        .await;
     state.in_flight.lock().expect("lock").remove(&message.key);
     Ok(())
 }
@@ -160,6 +164,37 @@ impl RedisQueue {
     /// The connection (for health checks and tests).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Deletes every key of this queue's namespace, messages waiting or not,
+    /// and returns how many: for a benchmark or test that used a namespace
+    /// of its own. Never on a namespace a fleet serves.
+    pub async fn purge(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.options.namespace);
+        let mut cursor = 0u64;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 }
 
@@ -274,6 +309,7 @@ impl JobQueue for RedisQueue {
                     warn!(job = %key, error = %e, "could not release job; its lease will expire");
                 }
             }
+            executor.settle().await;
             Ok(())
         })
     }
@@ -296,6 +332,28 @@ impl JobQueue for RedisQueue {
                 .query_async(&mut conn)
                 .await?;
             Ok(active + scheduled)
+        })
+    }
+
+    /// apalis's vacuum (each finished task's data, status and result), then
+    /// the set of finished task ids, which nothing of ours reads.
+    fn forget_finished(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let mut removed = 0;
+            for pool in Pool::ALL {
+                let mut storage = self.storage(pool);
+                let n = storage
+                    .vacuum()
+                    .await
+                    .map_err(|e| QueueError::Other(format!("vacuum {pool}: {e}")))?;
+                removed += n as u64;
+                let mut conn = self.conn.clone();
+                let _: () = redis::cmd("UNLINK")
+                    .arg(self.apalis_config(pool).done_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            Ok(removed)
         })
     }
 

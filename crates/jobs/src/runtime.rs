@@ -21,10 +21,11 @@ pub struct RuntimeOptions {
     pub relay_interval: Duration,
     /// Most jobs the relay hands over per pass. Default: 500.
     pub relay_batch: u32,
-    /// Most jobs per pool handed to the queue and not yet claimed. Keeps the
+    /// Most messages per pool waiting in the queue (its own count). Keeps the
     /// queue's backlog bounded when a pool's workers are down or slow
     /// (apalis-redis 1.0.0 workers fail on a backlog of about 8,000 due
-    /// tasks). Default: 2,000.
+    /// tasks). A pool with more than half of it waiting gets nothing until
+    /// its workers catch up, then a batch. Default: 2,000.
     pub max_queued_per_pool: i64,
     /// How often the reconciler runs: with `lease`, how soon a dead
     /// worker's job is taken over. Default: 2 s.
@@ -110,19 +111,38 @@ impl Relay {
 
     /// One pass: returns how many jobs were handed over.
     pub async fn run_once(&self) -> Result<usize, tre_store::StoreError> {
-        let due = self.store.due_jobs(now(), self.batch).await?;
-        if due.is_empty() {
+        // what each pool may still take: the queue counts its own backlog
+        // (cheap, and what the bound protects), SQL is not scanned for it
+        let mut room: HashMap<Pool, i64> = HashMap::new();
+        for pool in Pool::ALL {
+            let backlog = match self.queue.backlog(pool).await {
+                Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                Err(e) => {
+                    warn!(target: "tre::relay", %pool, error = %e, "cannot read the queue's backlog");
+                    self.max_queued_per_pool
+                }
+            };
+            // a pool with more than half its bound still waiting is topped
+            // up later, in one batch, not a few jobs every pass
+            let full = backlog > self.max_queued_per_pool / 2;
+            room.insert(
+                pool,
+                if full {
+                    0
+                } else {
+                    self.max_queued_per_pool - backlog
+                },
+            );
+        }
+        // no more due jobs than the pools have room for
+        let wanted = room.values().map(|r| (*r).max(0)).sum::<i64>();
+        let limit = u32::try_from(wanted).unwrap_or(u32::MAX).min(self.batch);
+        if limit == 0 {
             return Ok(0);
         }
-        // what each pool may still take
-        let mut room: HashMap<Pool, i64> = Pool::ALL
-            .iter()
-            .map(|p| (*p, self.max_queued_per_pool))
-            .collect();
-        for (kind, queued) in self.store.queued_by_kind().await? {
-            if let Some(policy) = self.policies.iter().find(|p| p.kind == kind) {
-                *room.entry(policy.pool).or_default() -= queued;
-            }
+        let due = self.store.due_jobs(now(), limit).await?;
+        if due.is_empty() {
+            return Ok(0);
         }
         // each pool's share of the batch, within its room, unless paused
         let mut by_pool: HashMap<Pool, Vec<JobMessage>> = HashMap::new();
@@ -203,6 +223,12 @@ impl Reconciler {
             policies: Arc::new(policies.to_vec()),
             requeue_after,
         }
+    }
+
+    /// Has the queue forget the messages it handled (see
+    /// [`JobQueue::forget_finished`]).
+    pub async fn forget_finished(&self) -> Result<u64, crate::QueueError> {
+        self.queue.forget_finished().await
     }
 
     /// One pass: returns how many jobs were recovered.
@@ -320,6 +346,7 @@ pub async fn spawn_maintenance(
     let relay = Relay::new(store.clone(), queue.clone(), policies, options.relay_batch)
         .with_max_queued_per_pool(options.max_queued_per_pool);
     let reconciler = Reconciler::new(store.clone(), queue, policies, options.requeue_after);
+    let queue_metrics = metrics.clone();
     let cleaner = Cleaner::new(store, options, metrics);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
     let clean_every = options.clean_interval;
@@ -341,6 +368,16 @@ pub async fn spawn_maintenance(
         loop {
             if let Err(e) = reconciler.run_once().await {
                 warn!(target: "tre::reconciler", error = %e, "reconcile pass failed");
+            }
+            match reconciler.forget_finished().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    queue_metrics.removed("queue", n);
+                    debug!(target: "tre::reconciler", forgotten = n, "queue forgot finished messages");
+                }
+                Err(e) => {
+                    warn!(target: "tre::reconciler", error = %e, "queue could not forget finished messages")
+                }
             }
             if !tick(reconcile_every, &mut stop).await {
                 break;

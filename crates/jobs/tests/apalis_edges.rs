@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
-use tre_jobs::{JobMessage, Pool, RedisQueue, RedisQueueOptions};
+use tre_jobs::{JobMessage, JobQueue, Pool, RedisQueue, RedisQueueOptions};
 use tre_testkit::TestRedis;
 
 fn message(key: &str) -> JobMessage {
@@ -288,4 +288,105 @@ async fn an_idle_worker_sleeps_until_its_heartbeat() {
     }
     assert_eq!(seen.load(Ordering::SeqCst), 1, "the heartbeat wakes it");
     running.abort();
+}
+
+/// apalis-redis keeps every handled task (its data, its status hash and
+/// its id in a `done` set) until something vacuums it: a worker fleet would
+/// fill Redis's memory. `forget_finished` (every reconcile pass) removes
+/// all of it, and leaves the tasks not yet handled alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_tasks_stay_in_redis_until_forgotten() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mut options = RedisQueueOptions::new(redis.url());
+    options.namespace = format!("edges-{}", tre_testkit::unique());
+    let queue = RedisQueue::connect(options).await.unwrap();
+    let config = queue.apalis_config(Pool::Notify);
+    let mut storage: RedisStorage<JobMessage> =
+        RedisStorage::new(queue.connection()).with_config(config.clone());
+    let handled = 50;
+    let batch: Vec<JobMessage> = (0..handled).map(|i| message(&format!("h-{i}"))).collect();
+    storage.push_bulk(batch).await.unwrap();
+
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    async fn count(
+        _: JobMessage,
+        ran: Data<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    ) -> Result<(), BoxDynError> {
+        ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    let worker = WorkerBuilder::new(format!("vacuum-{}", tre_testkit::unique()).as_str())
+        .backend(RedisStorage::<JobMessage>::new(queue.connection()).with_config(config.clone()))
+        .data(ran.clone())
+        .build(count);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        Ok::<(), std::io::Error>(())
+    }));
+    let started = std::time::Instant::now();
+    while ran.load(std::sync::atomic::Ordering::SeqCst) < handled {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "tasks did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    running.await.unwrap().unwrap();
+    // and one task no worker has taken yet
+    queue
+        .dispatch(Pool::Notify, message("waiting"))
+        .await
+        .unwrap();
+
+    let mut conn = queue.connection();
+    let meta_keys = |conn: redis::aio::ConnectionManager| {
+        let pattern = format!("{}:*", config.job_meta_hash());
+        async move {
+            let mut conn = conn;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    let data: usize = redis::cmd("HLEN")
+        .arg(config.job_data_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(data, handled + 1, "apalis keeps every task's data");
+    assert!(meta_keys(conn.clone()).await >= handled, "and its status");
+    let done: usize = redis::cmd("SCARD")
+        .arg(config.done_jobs_set())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(done, handled, "and its id among the done");
+
+    let forgotten = queue.forget_finished().await.unwrap();
+    assert_eq!(forgotten, handled as u64);
+    let data: usize = redis::cmd("HLEN")
+        .arg(config.job_data_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(data, 1, "only the waiting task's data is left");
+    assert!(meta_keys(conn.clone()).await <= 1, "only its status");
+    let done: usize = redis::cmd("SCARD")
+        .arg(config.done_jobs_set())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(done, 0);
+    assert_eq!(
+        queue.backlog(Pool::Notify).await.unwrap(),
+        1,
+        "it still waits"
+    );
 }

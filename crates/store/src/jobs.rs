@@ -4,6 +4,14 @@
 //!
 //! Every transition is one conditional `UPDATE`, so at most one worker holds
 //! a job at a time on either database, whatever the queue delivers.
+//!
+//! Statements that address jobs by key test the state as `(state || '')`,
+//! an expression no index covers, so they are always planned on the
+//! primary key. The state's statistics lag behind a busy outbox (20,000
+//! jobs arrive and finish between two autovacuum visits): planned on
+//! statistics that saw no pending job, PostgreSQL drove a claim from the
+//! state indexes instead, visiting every pending job for each key, and
+//! claims slowed from a millisecond to over a hundred.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -18,6 +26,56 @@ fn target(event: JobEvent) -> &'static str {
     from.after(event)
         .expect("a source state of the event")
         .as_str()
+}
+
+/// The separator of keys passed as one text to PostgreSQL (no job key
+/// holds a control character).
+const KEY_SEPARATOR: char = '\u{1f}';
+
+impl Store {
+    /// How a statement on many jobs names them: the `FROM` clause and the
+    /// condition to add to it, and the one text to bind as `$n` (one
+    /// parameter keeps one statement text, prepared once, whatever the
+    /// batch's size). Each job is looked up by its primary key.
+    ///
+    /// On PostgreSQL the jobs' rows are locked first, in key order: two
+    /// statements on overlapping batches (the relay marking jobs queued
+    /// while a worker claims some of them, a claim and a reconciler pass)
+    /// then wait for each other instead of deadlocking, which PostgreSQL
+    /// only notices after `deadlock_timeout` (1 s) and answers by failing
+    /// one of them. SQLite has one writer at a time: nothing to order, and
+    /// its planner looks an `IN` list up by key where it scans for a join.
+    fn keyed(&self, n: usize, keys: &[String]) -> Keyed {
+        match self.backend {
+            crate::Backend::Postgres => Keyed {
+                from: format!(
+                    " FROM (SELECT job_key AS key FROM outbox \
+                      WHERE job_key = ANY(string_to_array(${n}, chr(31))) \
+                      ORDER BY job_key FOR UPDATE) AS k"
+                ),
+                condition: "outbox.job_key = k.key".into(),
+                bound: keys.join(&KEY_SEPARATOR.to_string()),
+            },
+            crate::Backend::Sqlite => Keyed {
+                from: String::new(),
+                condition: format!("outbox.job_key IN (SELECT value FROM json_each(${n}))"),
+                bound: serde_json::to_string(keys).expect("keys serialize"),
+            },
+        }
+    }
+}
+
+/// See [`Store::keyed`].
+struct Keyed {
+    from: String,
+    condition: String,
+    bound: String,
+}
+
+/// `state` as an SQL literal: statements that look for jobs in one state
+/// name it so, and the state's partial index serves them (migration 0011).
+fn lit(state: JobState) -> String {
+    format!("'{}'", state.as_str())
 }
 
 /// The single state `event` moves jobs out of.
@@ -112,14 +170,15 @@ impl Store {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT job_key, kind, attempts FROM outbox WHERE state = $1 AND due_at <= $2 ORDER BY due_at, job_key LIMIT $3",
-        )
-        .bind(source(JobEvent::Dispatch))
-        .bind(now.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT job_key, kind, attempts FROM outbox WHERE state = {} AND due_at <= $1 ORDER BY due_at, job_key LIMIT $2",
+            lit(JobState::Pending)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect()
@@ -129,26 +188,38 @@ impl Store {
     /// queued, due by `now`) and when the oldest of them fell due: the load
     /// a pool's workers have to catch up with.
     pub async fn due_by_kind(&self, now: Timestamp) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let [a, b] = JobState::sources(JobEvent::Claim) else {
-            unreachable!("a claim takes pending and queued jobs")
-        };
-        let rows = sqlx::query(
-            "SELECT kind, COUNT(*), MIN(due_at) FROM outbox WHERE state IN ($1, $2) AND due_at <= $3 GROUP BY kind ORDER BY kind",
-        )
-        .bind(a.as_str())
-        .bind(b.as_str())
-        .bind(now.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
+        // each state from its own index, added up per kind
+        let mut by_kind: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        for state in JobState::sources(JobEvent::Claim) {
+            let sql = format!(
+                "SELECT kind, COUNT(*), MIN(due_at) FROM outbox WHERE state = {} AND due_at <= $1 GROUP BY kind",
+                lit(*state)
+            );
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now.0)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let (kind, due, oldest): (String, i64, i64) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let entry = by_kind.entry(kind).or_insert((0, oldest));
+                entry.0 += due;
+                entry.1 = entry.1.min(oldest);
+            }
+        }
+        Ok(by_kind
+            .into_iter()
+            .map(|(kind, (due, oldest))| (kind, due, oldest))
+            .collect())
     }
 
     /// How many jobs of each kind are queued but not yet claimed.
     pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, COUNT(*) FROM outbox WHERE state = $1 GROUP BY kind")
-            .bind(JobState::Queued.as_str())
+        let sql = format!(
+            "SELECT kind, COUNT(*) FROM outbox WHERE state = {} GROUP BY kind",
+            lit(JobState::Queued)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -160,7 +231,7 @@ impl Store {
     /// worker already took it (or it is no longer pending).
     pub async fn mark_queued(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key = $3 AND state = $4",
+            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key = $3 AND (state || '') = $4",
         )
         .bind(target(JobEvent::Dispatch))
         .bind(now.0)
@@ -190,7 +261,7 @@ impl Store {
         };
         let row = sqlx::query(
             "UPDATE outbox SET state = $1, lease_owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
-             WHERE job_key = $5 AND state IN ($6, $7) AND due_at <= $4 \
+             WHERE job_key = $5 AND (state || '') IN ($6, $7) AND due_at <= $4 \
              RETURNING kind, payload, attempts, lease_until, last_error",
         )
         .bind(target(JobEvent::Claim))
@@ -233,26 +304,26 @@ impl Store {
         let [from_a, from_b] = JobState::sources(JobEvent::Claim) else {
             unreachable!("a claim takes pending and queued jobs")
         };
-        let list = (0..keys.len())
-            .map(|i| format!("${}", i + 7))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let Keyed {
+            from,
+            condition,
+            bound,
+        } = self.keyed(7, keys);
         let sql = format!(
-            "UPDATE outbox SET state = $1, lease_owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
-             WHERE job_key IN ({list}) AND state IN ($5, $6) AND due_at <= $4 \
-             RETURNING job_key, kind, payload, attempts, lease_until, last_error"
+            "UPDATE outbox SET state = $1, lease_owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4{from} \
+             WHERE {condition} AND (outbox.state || '') IN ($5, $6) AND outbox.due_at <= $4 \
+             RETURNING outbox.job_key, outbox.kind, outbox.payload, outbox.attempts, outbox.lease_until, outbox.last_error"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target(JobEvent::Claim))
             .bind(worker)
             .bind(now.0 + lease_ms)
             .bind(now.0)
             .bind(from_a.as_str())
-            .bind(from_b.as_str());
-        for key in keys {
-            query = query.bind(key.as_str());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+            .bind(from_b.as_str())
+            .bind(bound)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 let key: String = row.try_get("job_key")?;
@@ -280,23 +351,22 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let list = (0..keys.len())
-            .map(|i| format!("${}", i + 5))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let Keyed {
+            from,
+            condition,
+            bound,
+        } = self.keyed(5, keys);
         let sql = format!(
-            "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE job_key IN ({list}) AND state = $3 AND lease_owner = $4 RETURNING job_key"
+            "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL{from} \
+             WHERE {condition} AND (outbox.state || '') = $3 AND outbox.lease_owner = $4 \
+             RETURNING outbox.job_key"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target(JobEvent::Complete))
             .bind(now.0)
             .bind(source(JobEvent::Complete))
-            .bind(worker);
-        for key in keys {
-            query = query.bind(key.as_str());
-        }
-        query
+            .bind(worker)
+            .bind(bound)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -314,21 +384,23 @@ impl Store {
         if keys.is_empty() {
             return Ok(0);
         }
-        let list = (0..keys.len())
-            .map(|i| format!("${}", i + 4))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let Keyed {
+            from,
+            condition,
+            bound,
+        } = self.keyed(4, keys);
         let sql = format!(
-            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key IN ({list}) AND state = $3"
+            "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2{from} \
+             WHERE {condition} AND (outbox.state || '') = $3"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target(JobEvent::Dispatch))
             .bind(now.0)
-            .bind(source(JobEvent::Dispatch));
-        for key in keys {
-            query = query.bind(key.as_str());
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+            .bind(source(JobEvent::Dispatch))
+            .bind(bound)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Extends a lease the worker still holds (long jobs heartbeat with this).
@@ -339,7 +411,7 @@ impl Store {
         until: Timestamp,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET lease_until = $1 WHERE job_key = $2 AND state = $3 AND lease_owner = $4",
+            "UPDATE outbox SET lease_until = $1 WHERE job_key = $2 AND (state || '') = $3 AND lease_owner = $4",
         )
         .bind(until.0)
         .bind(key)
@@ -359,7 +431,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $3 AND state = $4 AND lease_owner = $5",
+             WHERE job_key = $3 AND (state || '') = $4 AND lease_owner = $5",
         )
         .bind(target(JobEvent::Complete))
         .bind(now.0)
@@ -391,7 +463,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, due_at = $2, last_error = $3, finished_at = $4, updated_at = $5, \
              lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $6 AND state = $7 AND lease_owner = $8",
+             WHERE job_key = $6 AND (state || '') = $7 AND lease_owner = $8",
         )
         .bind(target(event))
         .bind(due.0)
@@ -423,7 +495,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, attempts = attempts - 1, last_error = $2, finished_at = $3, updated_at = $3, \
              lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $4 AND state = $5 AND lease_owner = $6",
+             WHERE job_key = $4 AND (state || '') = $5 AND lease_owner = $6",
         )
         .bind(target(JobEvent::Die))
         .bind(why.chars().take(4000).collect::<String>())
@@ -444,16 +516,17 @@ impl Store {
     /// died or lost the database): another worker takes them at once.
     /// Returns how many.
     pub async fn recover_orphaned(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let orphaned = sqlx::query(
+        let sql = format!(
             "UPDATE outbox SET state = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL, \
              last_error = 'worker lost its lease (crashed, stopped or cut off mid-job)' \
-             WHERE state = $3 AND lease_until < $2",
-        )
-        .bind(target(JobEvent::Orphaned))
-        .bind(now.0)
-        .bind(source(JobEvent::Orphaned))
-        .execute(&self.pool)
-        .await?;
+             WHERE state = {} AND lease_until < $2",
+            lit(JobState::sources(JobEvent::Orphaned)[0])
+        );
+        let orphaned = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target(JobEvent::Orphaned))
+            .bind(now.0)
+            .execute(&self.pool)
+            .await?;
         Ok(orphaned.rows_affected())
     }
 
@@ -466,14 +539,15 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut stale = Vec::new();
         for kind in kinds {
-            let rows = sqlx::query(
-                "SELECT job_key FROM outbox WHERE state = $1 AND kind = $2 AND dispatched_at < $3 ORDER BY dispatched_at, job_key",
-            )
-            .bind(JobState::Queued.as_str())
-            .bind(*kind)
-            .bind(queued_before.0)
-            .fetch_all(&self.pool)
-            .await?;
+            let sql = format!(
+                "SELECT job_key FROM outbox WHERE state = {} AND kind = $1 AND dispatched_at < $2 ORDER BY dispatched_at, job_key",
+                lit(JobState::Queued)
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(*kind)
+                .bind(queued_before.0)
+                .fetch_all(&self.pool)
+                .await?;
             for row in rows {
                 stale.push(row.try_get(0)?);
             }
@@ -484,7 +558,7 @@ impl Store {
     /// Hands a queued job back to `pending` (its message was lost).
     pub async fn requeue_lost(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = $1, updated_at = $2 WHERE job_key = $3 AND state = $4",
+            "UPDATE outbox SET state = $1, updated_at = $2 WHERE job_key = $3 AND (state || '') = $4",
         )
         .bind(target(JobEvent::Lost))
         .bind(now.0)
@@ -498,10 +572,13 @@ impl Store {
     /// Hands every queued job back to `pending`: a queue whose messages do
     /// not outlive its process (the embedded one) lost them all.
     pub async fn requeue_all_queued(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE outbox SET state = $1, updated_at = $2 WHERE state = $3")
+        let sql = format!(
+            "UPDATE outbox SET state = $1, updated_at = $2 WHERE state = {}",
+            lit(JobState::sources(JobEvent::Lost)[0])
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(target(JobEvent::Lost))
             .bind(now.0)
-            .bind(source(JobEvent::Lost))
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
@@ -509,12 +586,11 @@ impl Store {
 
     /// Gives back a job this worker holds but did not finish (graceful
     /// shutdown): `pending` again at once. The interrupted attempt counts,
-    /// so the next dispatch is a new one (see the Redis queue's idempotency
-    /// keys) and a job that keeps outliving shutdowns still runs out.
+    /// so a job that keeps outliving shutdowns still runs out of attempts.
     pub async fn release_job(&self, key: &str, worker: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE job_key = $2 AND state = $3 AND lease_owner = $4",
+             WHERE job_key = $2 AND (state || '') = $3 AND lease_owner = $4",
         )
         .bind(target(JobEvent::Release))
         .bind(key)
@@ -547,7 +623,7 @@ impl Store {
     pub async fn retry_dead_job(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, attempts = 0, due_at = $2, updated_at = $2, finished_at = NULL \
-             WHERE job_key = $3 AND state = $4",
+             WHERE job_key = $3 AND (state || '') = $4",
         )
         .bind(target(JobEvent::Revive))
         .bind(now.0)
@@ -556,5 +632,41 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The partial indexes of migration 0011 name each state as the enum
+    /// spells it, so the statements' literals (from the enum) match them.
+    #[test]
+    fn partial_indexes_name_states_as_the_enum_spells_them() {
+        let migration = include_str!("../migrations/0011_outbox_by_state.sql");
+        let index = |name: &str| {
+            migration
+                .lines()
+                .find(|l| l.starts_with(&format!("CREATE INDEX {name} ")))
+                .unwrap_or_else(|| panic!("no index {name}"))
+        };
+        for (name, state) in [
+            ("outbox_pending", JobState::Pending),
+            ("outbox_queued", JobState::Queued),
+            ("outbox_running", JobState::Running),
+            ("outbox_dead", JobState::Dead),
+        ] {
+            assert!(
+                index(name).ends_with(&format!("WHERE state = {};", lit(state))),
+                "{name}"
+            );
+        }
+        assert!(index("outbox_finished").ends_with(&format!(
+            "WHERE state IN ({}, {});",
+            lit(JobState::Done),
+            lit(JobState::Discarded)
+        )));
+        assert_eq!(JobState::sources(JobEvent::Orphaned), [JobState::Running]);
+        assert_eq!(JobState::sources(JobEvent::Lost), [JobState::Queued]);
     }
 }

@@ -214,6 +214,14 @@ fn migrator(backend: Backend) -> Migrator {
             sqlx::AssertSqlSafe(include_str!("../migrations/0010_operations.sql")).into_sql_str(),
             false,
         ),
+        Migration::new(
+            11,
+            "outbox indexes by state".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0011_outbox_by_state.sql"))
+                .into_sql_str(),
+            false,
+        ),
     ])
 }
 

@@ -217,12 +217,12 @@ impl Store {
             let sql = match event {
                 JobEvent::Revive => {
                     "UPDATE outbox SET state = $1, attempts = 0, due_at = $2, updated_at = $2, finished_at = NULL \
-                     WHERE job_key = $3 AND state = $4"
+                     WHERE job_key = $3 AND (state || '') = $4"
                 }
                 _ => {
                     "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, \
                      last_error = COALESCE(last_error, '') || ' (discarded by an operator)' \
-                     WHERE job_key = $3 AND state = $4"
+                     WHERE job_key = $3 AND (state || '') = $4"
                 }
             };
             // the job's state now (it may have moved since it was matched)
@@ -334,17 +334,19 @@ impl Store {
     ) -> Result<(u64, u64, u64), StoreError> {
         let mut removed = (0, 0, 0);
         loop {
-            let done = sqlx::query(
+            // the finished jobs' partial index (migration 0011) names them
+            let sql = format!(
                 "DELETE FROM outbox WHERE job_key IN (SELECT job_key FROM outbox \
-                 WHERE state IN ($1, $2) AND finished_at < $3 LIMIT $4)",
-            )
-            .bind(JobState::Done.as_str())
-            .bind(JobState::Discarded.as_str())
-            .bind(jobs_before.0)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+                 WHERE state IN ('{}', '{}') AND finished_at < $1 LIMIT $2)",
+                JobState::Done.as_str(),
+                JobState::Discarded.as_str()
+            );
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(jobs_before.0)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
             removed.0 += done;
             if done < batch as u64 {
                 break;

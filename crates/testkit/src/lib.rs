@@ -3,6 +3,9 @@
 //! local HTTP receiver for webhooks, and a published environment with the
 //! usual cast.
 
+mod slow_writes;
+pub use slow_writes::SlowWrites;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
