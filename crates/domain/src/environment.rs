@@ -93,6 +93,9 @@ fn default_max_request_days() -> u32 {
 fn default_min_cohort_size() -> u32 {
     10
 }
+fn default_rounding_base() -> u32 {
+    5
+}
 
 /// The custodian's rules that hold inside every project of the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -117,6 +120,14 @@ pub struct Policies {
     /// 0 turns the check off. Default: 10.
     #[serde(default = "default_min_cohort_size")]
     pub min_cohort_size: u32,
+    /// Every count the showcase, the cohort builder and the selection
+    /// summary release is rounded to a multiple of this. Default: 5.
+    #[serde(default = "default_rounding_base")]
+    pub rounding_base: u32,
+    /// Whether an empty cell is released as 0 or suppressed like any small
+    /// cell. Default: `suppress`.
+    #[serde(default)]
+    pub zero_cells: crate::disclosure::ZeroCells,
 }
 
 impl Default for Policies {
@@ -127,6 +138,8 @@ impl Default for Policies {
             max_request_days: default_max_request_days(),
             review_sla_hours: None,
             min_cohort_size: default_min_cohort_size(),
+            rounding_base: default_rounding_base(),
+            zero_cells: crate::disclosure::ZeroCells::default(),
         }
     }
 }
@@ -149,6 +162,12 @@ impl Policies {
             return Err(DomainError::invalid(
                 "policies.min_cohort_size",
                 "must be at most 1000000",
+            ));
+        }
+        if !(1..=100).contains(&self.rounding_base) {
+            return Err(DomainError::invalid(
+                "policies.rounding_base",
+                "must be between 1 and 100",
             ));
         }
         if self.review_sla_hours == Some(0) {

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod authz;
 pub mod cohort;
+pub mod disclosure;
 pub mod dispense;
 mod effect;
 mod environment;
@@ -26,6 +27,7 @@ mod people;
 mod pipeline;
 mod project;
 mod request;
+pub mod showcase;
 pub mod storage;
 
 pub use authz::{Action, Denied, Object, authorize, request_view};
