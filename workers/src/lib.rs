@@ -22,7 +22,7 @@ use tre_jobs::{
 use tre_store::Store;
 use tre_workflows::{
     CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow,
-    WebhookConfig,
+    ShowcaseComputer, WebhookConfig,
 };
 
 /// A pool's definition.
@@ -84,6 +84,7 @@ pub fn policies() -> Vec<JobPolicy> {
         policy("dispense_unit", Pool::Dispense, 10, 3_600, 1_000, 300),
         policy("finish_dispense", Pool::Dispense, 10, 600, 1_000, 300),
         policy("deprovision", Pool::Dispense, 10, 600, 10_000, 1_800),
+        policy("compute_showcase", Pool::Dispense, 10, 1_800, 5_000, 600),
     ]
 }
 
@@ -93,6 +94,7 @@ fn handled_kinds() -> Vec<(&'static str, &'static [&'static str])> {
         ("request workflow", &RequestWorkflow::KINDS),
         ("cohort counter", &CohortCounter::KINDS),
         ("dispense workflow", &DispenseWorkflow::KINDS),
+        ("showcase computer", &ShowcaseComputer::KINDS),
     ]
 }
 
@@ -191,6 +193,7 @@ pub fn executor(
     if let Some(dispense) = &options.dispense {
         executor.register(Arc::new(CohortCounter::new(dispense.sources.clone())));
         executor.register(Arc::new(DispenseWorkflow::new(dispense.clone())));
+        executor.register(Arc::new(ShowcaseComputer::new(dispense.sources.clone())));
     }
     Ok(executor)
 }

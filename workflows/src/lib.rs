@@ -11,6 +11,7 @@
 //! | `schedule_expiry` | approval (due at the end date) | moves the request to `expired` |
 //! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
 //! | `retally_stage` | reviewers changed on a stage where the request waits | counts the stage's votes again: out of reach, it closes as returned and the admins are alerted |
+//! | `compute_showcase` | an inventory version becomes current (publish, reactivate) | computes its showcase aggregates from the Parquet files into SQL |
 //!
 //! Every handler is idempotent: inbox rows and deliveries are keyed by the
 //! job key, and state changes that already happened are treated as done.
@@ -18,6 +19,7 @@
 mod cohort;
 mod dispense;
 mod notify;
+mod showcase;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,6 +34,7 @@ use tre_store::{ClaimedJob, StoreError};
 pub use cohort::CohortCounter;
 pub use dispense::{DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
 pub use notify::{EmailConfig, Notifier, WebhookConfig, signature};
+pub use showcase::ShowcaseComputer;
 
 /// Handlers of the request workflow.
 #[derive(Debug, Clone)]

@@ -128,6 +128,14 @@ fn endpoints() -> Vec<Endpoint> {
         )
         .returns(body::<Environment>),
         op(
+            M::GET,
+            "/v1/environments/{id}/showcase",
+            "The data showcase: aggregates of the showcase fields, disclosure-controlled (authorized users)",
+            None,
+            get(get_showcase),
+        )
+        .returns(body::<tre_store::ShowcaseView>),
+        op(
             M::PATCH,
             "/v1/environments/{id}",
             "Rename or describe (admins)",
@@ -444,6 +452,14 @@ async fn get_environment(
     Path(id): Path<String>,
 ) -> Result<Response> {
     Ok(Json(state.store.environment(&caller, &EnvironmentId(id)).await?).into_response())
+}
+
+async fn get_showcase(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(state.store.showcase(&caller, &EnvironmentId(id)).await?).into_response())
 }
 
 async fn configure(

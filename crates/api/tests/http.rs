@@ -854,6 +854,8 @@ async fn authorization_matrix_over_http() {
         ),
         (Method::GET, "/v1/environments".into(), None, "AAAAAAAAA"),
         (Method::GET, e(""), None, "HHAAHAAHH"),
+        // the showcase of a private environment: its people only
+        (Method::GET, e("/showcase"), None, "HHAAHAAHH"),
         (
             Method::PATCH,
             e(""),

@@ -30,7 +30,7 @@ use crate::plan::{DispensePlan, SourceFile, Unit};
 use crate::{DispenseError, Source, filter};
 
 /// Rows per record batch read from sources.
-const BATCH_ROWS: usize = 64 * 1024;
+pub(crate) const BATCH_ROWS: usize = 64 * 1024;
 /// Rows per row group written (bounds the writer's memory).
 const OUT_ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -47,7 +47,7 @@ fn project_object(project: &str, relative: &str) -> Result<Path, DispenseError> 
     location(&format!("{project}/{relative}"))
 }
 
-async fn reader_builder(
+pub(crate) async fn reader_builder(
     source: &Source,
     path: &str,
 ) -> Result<ParquetRecordBatchStreamBuilder<StoreReader>, DispenseError> {
@@ -59,7 +59,7 @@ async fn reader_builder(
     .await?)
 }
 
-fn root_indices(
+pub(crate) fn root_indices(
     schema: &Schema,
     names: &[&str],
     location: &str,

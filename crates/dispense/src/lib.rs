@@ -15,6 +15,7 @@ pub mod keys;
 mod manifest;
 pub mod plan;
 pub mod schema;
+pub mod showcase;
 mod source;
 pub mod stores;
 

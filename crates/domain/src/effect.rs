@@ -111,12 +111,18 @@ pub enum Effect {
     FinishDispense { project: ProjectId, round: u32 },
     /// Remove the project's data.
     Deprovision { project: ProjectId },
+    /// Compute the showcase aggregates of inventory `version`, which has
+    /// just become the environment's current one.
+    ComputeShowcase {
+        environment: EnvironmentId,
+        version: u32,
+    },
 }
 
 impl Effect {
     /// Every job kind an effect can be, once: the registry the workers'
     /// policies and handlers are checked against.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "notify_reviewers",
         "stage_reminder",
         "notify_owner",
@@ -129,6 +135,7 @@ impl Effect {
         "dispense_unit",
         "finish_dispense",
         "deprovision",
+        "compute_showcase",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -145,6 +152,7 @@ impl Effect {
             Self::DispenseUnit { .. } => "dispense_unit",
             Self::FinishDispense { .. } => "finish_dispense",
             Self::Deprovision { .. } => "deprovision",
+            Self::ComputeShowcase { .. } => "compute_showcase",
         }
     }
 
@@ -191,6 +199,10 @@ impl Effect {
                 format!("finish_dispense:{project}:{round}")
             }
             Self::Deprovision { project } => format!("deprovision:{project}"),
+            Self::ComputeShowcase {
+                environment,
+                version,
+            } => format!("compute_showcase:{environment}:{version}"),
         }
     }
 
@@ -271,6 +283,10 @@ mod tests {
                 round: 0,
             },
             Effect::Deprovision { project },
+            Effect::ComputeShowcase {
+                environment: "e".into(),
+                version: 1,
+            },
         ];
         let kinds: Vec<&str> = examples.iter().map(Effect::kind).collect();
         assert_eq!(kinds, Effect::KINDS);

@@ -290,8 +290,9 @@ impl Store {
             let next = env.apply(command.clone())?;
             Self::save_environment(&mut tx, &next, version).await?;
             let at = now();
-            let alerts = Self::admin_alerts(&mut tx, &env, &next, at).await?;
-            outbox::enqueue(&mut tx, &alerts, caller.actor.id.as_str(), at).await?;
+            let mut effects = Self::admin_alerts(&mut tx, &env, &next, at).await?;
+            effects.extend(showcase_due(&env, &next));
+            outbox::enqueue(&mut tx, &effects, caller.actor.id.as_str(), at).await?;
             let mut details = audit_details(&command);
             if command.changes_state() {
                 details = json!({"from": env.state, "to": next.state});
@@ -404,4 +405,20 @@ impl Store {
         }
         Ok(alerts)
     }
+}
+
+/// The showcase job a change makes due: when an inventory version becomes
+/// the current one of an active environment (publish, reactivate with a
+/// staged inventory). Its key names the version, so a version is computed
+/// once however often the environment comes back to it.
+fn showcase_due(before: &Environment, after: &Environment) -> Option<Effect> {
+    let version = |e: &Environment| e.inventory.as_ref().map(|i| i.version);
+    let active = |e: &Environment| e.state == tre_domain::EnvironmentState::Active;
+    let current = version(after)?;
+    (active(after) && (!active(before) || version(before) != Some(current))).then(|| {
+        Effect::ComputeShowcase {
+            environment: after.id.clone(),
+            version: current,
+        }
+    })
 }

@@ -29,6 +29,7 @@ mod ops;
 mod outbox;
 mod projects;
 mod requests;
+mod showcase;
 mod users;
 mod writes;
 
@@ -50,6 +51,7 @@ pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
+pub use showcase::ShowcaseView;
 pub use users::{NewUser, User};
 
 /// Which database the store runs on.
@@ -220,6 +222,13 @@ fn migrator(backend: Backend) -> Migrator {
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0011_outbox_by_state.sql"))
                 .into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            12,
+            "showcase secrets and aggregates".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0012_showcase.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -520,6 +520,8 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         .map(|j| j.key)
         .collect();
     let expected: BTreeSet<String> = [
+        // publishing made inventory version 1 current
+        format!("compute_showcase:{}:1", w.env),
         format!("count_cohort:{id}:1"),
         format!("count_cohort:{id}:2"),
         format!("notify_reviewers:{id}:1:0"),

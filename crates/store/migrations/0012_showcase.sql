@@ -1,0 +1,19 @@
+-- The secret that gives every participant of an environment its record key
+-- for the cell-key method (hex, 32 bytes); created by the first showcase
+-- job, never shown.
+CREATE TABLE showcase_secrets (
+    environment_id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+-- The true aggregates of each inventory version's showcase fields (JSON of
+-- tre_domain::showcase::ShowcaseAggregates), written once by the showcase
+-- job; the API releases them under the disclosure rules.
+CREATE TABLE showcase_aggregates (
+    environment_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    computed_at BIGINT NOT NULL,
+    PRIMARY KEY (environment_id, version)
+);

@@ -1,0 +1,307 @@
+//! The data showcase, computed by a real worker from the fixtures' Parquet
+//! files and attacked through what the store releases: the aggregates equal
+//! an independent count made here with arrow, the released showcase is
+//! exactly the rules applied to them, and no small cell can be read, alone,
+//! by its label, or by subtracting the cells shown from the total.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use hmac::{Hmac, KeyInit, Mac};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::Sha256;
+use tre_domain::disclosure::{Cell, DisclosureRules};
+use tre_domain::showcase::{Distribution, ShowcaseAggregates, bin_of, release};
+use tre_domain::{EnvironmentCommand, FieldRef, Inventory, Policies};
+use tre_jobs::EmbeddedQueue;
+use tre_store::{ShowcaseView, Store};
+use tre_testkit::{BIOBANK, World, biobank_inventory, fixtures_data, world_with};
+
+mod common;
+
+use common::{dispense_options, start, temp_store};
+
+const STOP_WITHIN: Duration = Duration::from_secs(20);
+
+tre_testkit::on_both_backends!(
+    showcase_aggregates_equal_an_independent_count_and_release_only_what_the_rules_allow,
+    a_new_inventory_version_is_computed_while_the_old_numbers_stay_served,
+);
+
+fn field(name: &str) -> FieldRef {
+    FieldRef {
+        dataset: "participants".into(),
+        field: name.into(),
+    }
+}
+
+/// The biobank with a float, a date and the usual showcase fields shown.
+fn inventory() -> Inventory {
+    let mut inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+    inventory.showcase.push(field("bmi"));
+    inventory.showcase.push(field("recruitment_date"));
+    inventory.showcase.push(field("smoking_status"));
+    inventory
+}
+
+async fn computed(store: &Store, w: &World, version: u32) -> ShowcaseView {
+    for _ in 0..800 {
+        let view = store.showcase(&w.owner, &w.env).await.unwrap();
+        if !view.computing && view.current_version == version {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the showcase of version {version} was never computed");
+}
+
+/// The participants file, read here with arrow alone.
+fn participants() -> RecordBatch {
+    let file = std::fs::File::open(fixtures_data().join("participants.parquet")).unwrap();
+    let mut reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .with_batch_size(1 << 20)
+        .build()
+        .unwrap();
+    let batch = reader.next().unwrap().unwrap();
+    assert!(reader.next().is_none(), "one batch holds the fixture");
+    batch
+}
+
+/// Each row's value as the showcase counts it: text, a number, or a year
+/// (read from the date's own text, not by the product's arithmetic).
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Text(String),
+    Number(f64),
+}
+
+fn column(batch: &RecordBatch, name: &str) -> Vec<Option<Value>> {
+    let c = batch.column_by_name(name).unwrap();
+    (0..c.len())
+        .map(|i| {
+            if c.is_null(i) {
+                return None;
+            }
+            Some(match c.data_type() {
+                DataType::Utf8 => Value::Text(c.as_string::<i32>().value(i).to_owned()),
+                DataType::LargeUtf8 => Value::Text(c.as_string::<i64>().value(i).to_owned()),
+                DataType::Boolean => Value::Text(c.as_boolean().value(i).to_string()),
+                DataType::Int64 => Value::Number(c.as_primitive::<Int64Type>().value(i) as f64),
+                DataType::Int32 => Value::Number(f64::from(c.as_primitive::<Int32Type>().value(i))),
+                DataType::Float64 => Value::Number(c.as_primitive::<Float64Type>().value(i)),
+                DataType::Date32 => {
+                    let date = c.as_primitive::<Date32Type>().value_as_date(i).unwrap();
+                    Value::Number(date.to_string()[..4].parse().unwrap())
+                }
+                other => panic!("{name}: unexpected type {other}"),
+            })
+        })
+        .collect()
+}
+
+fn key_of(secret: &[u8], participant: &str) -> u32 {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(participant.as_bytes());
+    let d = mac.finalize().into_bytes();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// Asserts the stored aggregates against a count made here.
+fn assert_independent(aggregates: &ShowcaseAggregates, secret: &[u8]) {
+    let batch = participants();
+    let ids: Vec<String> = column(&batch, "participant_id")
+        .into_iter()
+        .map(|v| match v {
+            Some(Value::Number(n)) => format!("{n}"),
+            Some(Value::Text(t)) => t,
+            None => panic!("a participant without a key"),
+        })
+        .collect();
+    let keys: Vec<u32> = ids.iter().map(|id| key_of(secret, id)).collect();
+    let mut everyone = Cell::default();
+    keys.iter().for_each(|k| everyone.add(*k));
+    assert_eq!(
+        aggregates.participants, everyone,
+        "participants and their cell key"
+    );
+    assert_eq!(aggregates.fields.len(), 6, "every countable showcase field");
+    for agg in &aggregates.fields {
+        let values = column(&batch, &agg.field.field);
+        let (mut present, mut missing) = (Cell::default(), Cell::default());
+        for (value, key) in values.iter().zip(&keys) {
+            match value {
+                Some(_) => present.add(*key),
+                None => missing.add(*key),
+            }
+        }
+        assert_eq!(
+            (agg.present, agg.missing),
+            (present, missing),
+            "{:?}",
+            agg.field
+        );
+        match &agg.distribution {
+            Distribution::Histogram { edges, bins, .. } => {
+                let mut want = vec![Cell::default(); edges.len() + 1];
+                for (value, key) in values.iter().zip(&keys) {
+                    if let Some(Value::Number(n)) = value {
+                        want[bin_of(*n, edges)].add(*key);
+                    }
+                }
+                assert_eq!(bins, &want, "{:?}", agg.field);
+                assert!(edges.len() >= 3, "{:?}: sensible bins {edges:?}", agg.field);
+            }
+            Distribution::Categories { categories, other } => {
+                let mut want: HashMap<String, Cell> = HashMap::new();
+                for (value, key) in values.iter().zip(&keys) {
+                    if let Some(Value::Text(t)) = value {
+                        want.entry(t.clone()).or_default().add(*key);
+                    }
+                }
+                let mut rest = Cell::default();
+                for (name, cell) in &want {
+                    match categories.iter().find(|(n, _)| n == name) {
+                        Some((_, got)) => assert_eq!(got, cell, "{name}"),
+                        None => rest = rest.merge(*cell),
+                    }
+                }
+                assert_eq!(other, &rest, "{:?}: the rest is other", agg.field);
+                // the most frequent come first
+                let counts: Vec<u64> = categories.iter().map(|(_, c)| c.count).collect();
+                assert!(counts.windows(2).all(|w| w[0] >= w[1]));
+            }
+        }
+    }
+}
+
+async fn showcase_aggregates_equal_an_independent_count_and_release_only_what_the_rules_allow(
+    store: &Store,
+) {
+    let w = world_with(store, inventory(), &["rev1"], &["rev2"], 1).await;
+    // a strict custodian: cells under 400 (of 5,000 participants) are small,
+    // so every rule has cells to work on
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            EnvironmentCommand::SetPolicies(Policies {
+                min_cell_size: 400,
+                rounding_base: 10,
+                ..Policies::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let (folder, dest) = temp_store("showcase");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    let view = computed(store, &w, 1).await;
+    worker.stop(STOP_WITHIN).await;
+
+    let aggregates = store.showcase_aggregates(&w.env, 1).await.unwrap().unwrap();
+    let secret = store.showcase_secret(&w.env).await.unwrap();
+    assert_independent(&aggregates, &secret);
+
+    // what is released is the rules applied to the true numbers, nothing else
+    let env = store.environment(&w.admin, &w.env).await.unwrap();
+    let rules = DisclosureRules::of(&env.policies);
+    let released = view.showcase.clone().expect("computed");
+    assert_eq!(released, release(&aggregates, &rules));
+    let json = serde_json::to_string(&view).unwrap();
+    assert!(!json.contains("\"key\""), "no cell key is ever released");
+
+    // attack: read a small cell directly, by its label, or from the total
+    let mut suppressed_somewhere = false;
+    for (shown, truth) in released.fields.iter().zip(&aggregates.fields) {
+        for cell in &shown.cells {
+            if let Some(count) = cell.count.count {
+                assert_eq!(count % 10, 0, "{}: rounded to 10", cell.label);
+            }
+            // a category is named only when it alone is not small
+            if let Distribution::Categories { categories, .. } = &truth.distribution
+                && cell.label != "other"
+            {
+                let (_, c) = categories.iter().find(|(n, _)| *n == cell.label).unwrap();
+                assert!(c.count >= 400, "{} is named with {}", cell.label, c.count);
+            }
+        }
+        // the suppressed part of the partition is never a small number
+        let hidden: Vec<usize> = (0..shown.cells.len())
+            .filter(|i| shown.cells[*i].count.suppressed)
+            .collect();
+        if !hidden.is_empty() {
+            suppressed_somewhere = true;
+            assert!(
+                hidden.len() >= 2 || shown.missing.suppressed,
+                "{}: one suppressed cell alone",
+                shown.field
+            );
+        }
+        if shown.missing.suppressed {
+            assert!(
+                shown.present.suppressed,
+                "{}: present gives missing back",
+                shown.field
+            );
+        }
+    }
+    assert!(
+        suppressed_somewhere,
+        "the strict policy must suppress something"
+    );
+
+    // outsiders learn nothing, not even that it exists
+    assert!(store.showcase(&w.outsider, &w.env).await.is_err());
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+async fn a_new_inventory_version_is_computed_while_the_old_numbers_stay_served(store: &Store) {
+    let w = world_with(store, inventory(), &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("showcase-versions");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest.clone(), 1_000),
+    );
+    let first = computed(store, &w, 1).await;
+    worker.stop(STOP_WITHIN).await;
+
+    // version 2 shows the Townsend index too; staged in maintenance
+    let mut next = inventory();
+    next.showcase.push(field("townsend_index"));
+    for command in [
+        EnvironmentCommand::EnterMaintenance,
+        EnvironmentCommand::SetInventory(next),
+        EnvironmentCommand::Reactivate,
+    ] {
+        store
+            .configure_environment(&w.admin, &w.env, command)
+            .await
+            .unwrap();
+    }
+    let meanwhile = store.showcase(&w.owner, &w.env).await.unwrap();
+    assert_eq!(meanwhile.current_version, 2);
+    assert!(meanwhile.computing, "being computed");
+    assert_eq!(meanwhile.showcase, first.showcase, "version 1 still served");
+
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    let second = computed(store, &w, 2).await;
+    worker.stop(STOP_WITHIN).await;
+    let shown = second.showcase.unwrap();
+    assert_eq!(shown.version, 2);
+    assert!(shown.fields.iter().any(|f| f.field == "townsend_index"));
+    let _ = std::fs::remove_dir_all(folder);
+}
