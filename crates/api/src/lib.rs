@@ -14,6 +14,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod routes;
+mod showcase;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use tre_store::Store;
 pub use error::ApiError;
 pub use extract::{Auth, Body, parse};
 pub use openapi::spec as openapi;
+pub use showcase::{CohortAnswer, CohortQuery, ShowcaseCache};
 
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -49,6 +51,9 @@ pub struct AppState {
     /// The job kinds' policies (their pools), for the operators' routes.
     /// Default: none (set by [`AppState::with_policies`]).
     pub policies: std::sync::Arc<Vec<tre_jobs::JobPolicy>>,
+    /// The cohort builder's columns, per inventory version. Default: read
+    /// from environments' sources as workers read them.
+    pub showcase: std::sync::Arc<ShowcaseCache>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -67,7 +72,14 @@ impl AppState {
             queue_health: None,
             metrics: std::sync::Arc::default(),
             policies: std::sync::Arc::default(),
+            showcase: std::sync::Arc::new(ShowcaseCache::new(tre_dispense::Sources::default())),
         }
+    }
+
+    /// The cohort builder reads environments' sources through `sources`.
+    pub fn with_sources(mut self, sources: tre_dispense::Sources) -> Self {
+        self.showcase = std::sync::Arc::new(ShowcaseCache::new(sources));
+        self
     }
 
     /// The job kinds' policies, so operators can name pools.

@@ -74,6 +74,7 @@ impl Endpoint {
 /// Every operation: these and the operators' (`/v1/ops`).
 pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     let mut all = endpoints();
+    all.extend(crate::showcase::endpoints());
     all.extend(crate::ops::endpoints());
     all
 }
@@ -127,14 +128,6 @@ fn endpoints() -> Vec<Endpoint> {
             get(get_environment),
         )
         .returns(body::<Environment>),
-        op(
-            M::GET,
-            "/v1/environments/{id}/showcase",
-            "The data showcase: aggregates of the showcase fields, disclosure-controlled (authorized users)",
-            None,
-            get(get_showcase),
-        )
-        .returns(body::<tre_store::ShowcaseView>),
         op(
             M::PATCH,
             "/v1/environments/{id}",
@@ -452,14 +445,6 @@ async fn get_environment(
     Path(id): Path<String>,
 ) -> Result<Response> {
     Ok(Json(state.store.environment(&caller, &EnvironmentId(id)).await?).into_response())
-}
-
-async fn get_showcase(
-    State(state): State<AppState>,
-    Auth(caller): Auth,
-    Path(id): Path<String>,
-) -> Result<Response> {
-    Ok(Json(state.store.showcase(&caller, &EnvironmentId(id)).await?).into_response())
 }
 
 async fn configure(

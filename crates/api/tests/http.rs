@@ -856,6 +856,14 @@ async fn authorization_matrix_over_http() {
         (Method::GET, e(""), None, "HHAAHAAHH"),
         // the showcase of a private environment: its people only
         (Method::GET, e("/showcase"), None, "HHAAHAAHH"),
+        // the cohort builder: the same people (409 "computing" here, as
+        // no worker computed the showcase)
+        (
+            Method::POST,
+            e("/showcase/query"),
+            Some(json!({"cohort": {"field": "sex", "op": "=", "value": "F"}})),
+            "HHAAHAAHH",
+        ),
         (
             Method::PATCH,
             e(""),
@@ -1596,7 +1604,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 15, "endpoints with bodies");
+    assert_eq!(checked, 16, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,

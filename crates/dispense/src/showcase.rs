@@ -8,19 +8,21 @@ use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_buffer::BooleanBuffer;
 use arrow_schema::DataType;
 use futures::TryStreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use parquet::arrow::ProjectionMask;
 use sha2::Sha256;
+use tre_domain::cohort::Expr;
 use tre_domain::disclosure::Cell;
 use tre_domain::showcase::{Distribution, FieldAggregate, ShowcaseAggregates, bin_of, nice_edges};
 use tre_domain::{Dataset, FieldRef, FieldType, Inventory};
 
-use crate::DispenseError;
 use crate::engine::{BATCH_ROWS, reader_builder, root_indices};
 use crate::source::Source;
+use crate::{DispenseError, filter};
 
 /// Most categories a field shows by name; the rest are `other`.
 pub const TOP_CATEGORIES: usize = 20;
@@ -28,12 +30,40 @@ pub const TOP_CATEGORIES: usize = 20;
 /// percentiles (values outside fall in the open end bins).
 pub const TARGET_BINS: usize = 10;
 
-/// One showcase column, in the form it is counted in.
+/// One showcase column, in the form it is counted in: compact, so a
+/// version's columns for a million participants take tens of megabytes.
 #[derive(Debug)]
 enum Values {
-    /// Numbers; dates as calendar years.
-    Numbers(Vec<Option<f64>>),
-    Text(Vec<Option<String>>),
+    /// Numbers; dates as calendar years; NaN for missing.
+    Numbers(Vec<f64>),
+    /// Texts as codes into `names`; [`MISSING`] for missing.
+    Text { codes: Vec<u32>, names: Vec<String> },
+}
+
+/// The code of a missing text.
+const MISSING: u32 = u32::MAX;
+
+/// The participants a cohort filter selects, as one bit per row.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    bits: BooleanBuffer,
+}
+
+impl Selection {
+    /// How many participants are in it.
+    pub fn len(&self) -> u64 {
+        self.bits.count_set_bits() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many participants are in exactly one of the two (the symmetric
+    /// difference); both must come from the same columns.
+    pub fn difference(&self, other: &Selection) -> u64 {
+        (&self.bits ^ &other.bits).count_set_bits() as u64
+    }
 }
 
 /// The showcase columns of the cohort dataset of one inventory version.
@@ -111,6 +141,12 @@ impl ShowcaseColumns {
             }
         };
         let batch = arrow_select::concat::concat_batches(&schema, &batches)?;
+        drop(batches);
+        // the key is never filtered on: only its record keys are kept
+        let filterable: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| *schema.field(*i).name() != dataset.key)
+            .collect();
+        let batch = batch.project(&filterable)?;
         let fields = wanted
             .into_iter()
             .map(|(f, t)| {
@@ -164,30 +200,80 @@ impl ShowcaseColumns {
         }
     }
 
+    /// The participants `expr` selects (everyone for none); a row where
+    /// the filter is unknown is not selected.
+    pub fn select(&self, expr: Option<&Expr>) -> Result<Selection, DispenseError> {
+        let bits = match expr {
+            None => BooleanBuffer::new_set(self.rows()),
+            Some(expr) => {
+                let truth = filter::evaluate(expr, &self.batch, &self.dataset)?;
+                match truth.nulls() {
+                    Some(known) => truth.values() & known.inner(),
+                    None => truth.values().clone(),
+                }
+            }
+        };
+        Ok(Selection { bits })
+    }
+
+    /// A cohort's size and the distributions of `fields` within it, binned
+    /// as the full showcase `like` bins them (so a cohort's bins say nothing
+    /// new about where values lie). Fields not in `like` are left out.
+    pub fn aggregate_cohort(
+        &self,
+        selection: &Selection,
+        like: &ShowcaseAggregates,
+        fields: &[String],
+    ) -> (Cell, Vec<FieldAggregate>) {
+        let mut size = Cell::default();
+        for row in selection.bits.set_indices() {
+            size.add(self.record_keys[row]);
+        }
+        let aggregates = fields
+            .iter()
+            .filter_map(|name| {
+                let (field, field_type, values) =
+                    self.fields.iter().find(|(f, _, _)| f.field == *name)?;
+                let full = like.fields.iter().find(|a| a.field == *field)?;
+                let shape = match &full.distribution {
+                    Distribution::Histogram { edges, years, .. } => Shape::Histogram {
+                        edges: edges.clone(),
+                        years: *years,
+                    },
+                    Distribution::Categories { categories, .. } => Shape::Categories {
+                        names: categories.iter().map(|(n, _)| n.clone()).collect(),
+                    },
+                };
+                Some(self.count(field, *field_type, values, &shape, Some(selection)))
+            })
+            .collect();
+        (size, aggregates)
+    }
+
     fn count(
         &self,
         field: &FieldRef,
         field_type: FieldType,
         values: &Values,
         shape: &Shape,
-        selected: Option<&BooleanArray>,
+        selected: Option<&Selection>,
     ) -> FieldAggregate {
         let (mut present, mut missing) = (Cell::default(), Cell::default());
-        let chosen = |row: usize| selected.is_none_or(|s| s.is_valid(row) && s.value(row));
+        let rows: Box<dyn Iterator<Item = usize> + '_> = match selected {
+            Some(s) => Box::new(s.bits.set_indices()),
+            None => Box::new(0..self.rows()),
+        };
         let distribution = match (shape, values) {
             (Shape::Histogram { edges, years }, Values::Numbers(numbers)) => {
                 let mut bins = vec![Cell::default(); edges.len() + 1];
-                for (row, value) in numbers.iter().enumerate() {
-                    if !chosen(row) {
-                        continue;
-                    }
+                for row in rows {
                     let key = self.record_keys[row];
-                    match value {
-                        Some(v) => {
-                            present.add(key);
-                            bins[bin_of(*v, edges)].add(key);
-                        }
-                        None => missing.add(key),
+                    let value = numbers[row];
+                    if value.is_nan() {
+                        missing.add(key);
+                    } else {
+                        present.add(key);
+                        bins[bin_of(value, edges)].add(key);
                     }
                 }
                 Distribution::Histogram {
@@ -196,28 +282,28 @@ impl ShowcaseColumns {
                     years: *years,
                 }
             }
-            (Shape::Categories { names }, Values::Text(texts)) => {
+            (Shape::Categories { names }, Values::Text { codes, names: all }) => {
+                // each code's cell: a shown category's, or other (None)
                 let index: HashMap<&str, usize> = names
                     .iter()
                     .enumerate()
                     .map(|(i, n)| (n.as_str(), i))
                     .collect();
+                let cell_of: Vec<Option<usize>> =
+                    all.iter().map(|n| index.get(n.as_str()).copied()).collect();
                 let mut cells = vec![Cell::default(); names.len()];
                 let mut other = Cell::default();
-                for (row, value) in texts.iter().enumerate() {
-                    if !chosen(row) {
-                        continue;
-                    }
+                for row in rows {
                     let key = self.record_keys[row];
-                    match value {
-                        Some(v) => {
+                    match codes[row] {
+                        MISSING => missing.add(key),
+                        code => {
                             present.add(key);
-                            match index.get(v.as_str()) {
-                                Some(i) => cells[*i].add(key),
+                            match cell_of[code as usize] {
+                                Some(i) => cells[i].add(key),
                                 None => other.add(key),
                             }
                         }
-                        None => missing.add(key),
                     }
                 }
                 Distribution::Categories {
@@ -250,26 +336,44 @@ fn values_of(column: &ArrayRef, field_type: FieldType) -> Result<Values, Dispens
     Ok(match field_type {
         FieldType::Integer | FieldType::Float => {
             let numbers = arrow_cast::cast(column, &DataType::Float64)?;
-            Values::Numbers(numbers.as_primitive::<Float64Type>().iter().collect())
+            Values::Numbers(
+                numbers
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|v| v.unwrap_or(f64::NAN))
+                    .collect(),
+            )
         }
         FieldType::Date => {
             let days = arrow_cast::cast(column, &DataType::Date32)?;
             Values::Numbers(
                 days.as_primitive::<Date32Type>()
                     .iter()
-                    .map(|d| d.map(|d| f64::from(year_of(d))))
+                    .map(|d| d.map_or(f64::NAN, |d| f64::from(year_of(d))))
                     .collect(),
             )
         }
         FieldType::String | FieldType::Boolean => {
             let texts = arrow_cast::cast(column, &DataType::Utf8)?;
-            Values::Text(
-                texts
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|t| t.map(str::to_owned))
-                    .collect(),
-            )
+            let mut names: Vec<String> = Vec::new();
+            let mut index: HashMap<String, u32> = HashMap::new();
+            let codes = texts
+                .as_string::<i32>()
+                .iter()
+                .map(|t| match t {
+                    None => MISSING,
+                    Some(t) => match index.get(t) {
+                        Some(code) => *code,
+                        None => {
+                            let code = u32::try_from(names.len()).unwrap_or(MISSING - 1);
+                            names.push(t.to_owned());
+                            index.insert(t.to_owned(), code);
+                            code
+                        }
+                    },
+                })
+                .collect();
+            Values::Text { codes, names }
         }
         FieldType::Other => unreachable!("other fields are not loaded"),
     })
@@ -279,7 +383,7 @@ fn values_of(column: &ArrayRef, field_type: FieldType) -> Result<Values, Dispens
 fn shape_of(values: &Values, field_type: FieldType) -> Shape {
     match values {
         Values::Numbers(numbers) => {
-            let mut sorted: Vec<f64> = numbers.iter().flatten().copied().collect();
+            let mut sorted: Vec<f64> = numbers.iter().copied().filter(|v| !v.is_nan()).collect();
             sorted.sort_by(f64::total_cmp);
             let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
             let edges = if sorted.is_empty() {
@@ -297,12 +401,13 @@ fn shape_of(values: &Values, field_type: FieldType) -> Shape {
                 years: field_type == FieldType::Date,
             }
         }
-        Values::Text(texts) => {
-            let mut counts: HashMap<&str, u64> = HashMap::new();
-            for text in texts.iter().flatten() {
-                *counts.entry(text.as_str()).or_default() += 1;
+        Values::Text { codes, names } => {
+            let mut counts = vec![0u64; names.len()];
+            for code in codes.iter().filter(|c| **c != MISSING) {
+                counts[*code as usize] += 1;
             }
-            let mut ranked: Vec<(&str, u64)> = counts.into_iter().collect();
+            let mut ranked: Vec<(&str, u64)> =
+                names.iter().map(String::as_str).zip(counts).collect();
             ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             Shape::Categories {
                 names: ranked

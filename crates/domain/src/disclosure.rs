@@ -220,11 +220,15 @@ pub fn symmetric_difference(a: &[u32], b: &[u32]) -> u64 {
     only + (a.len() - i) as u64 + (b.len() - j) as u64
 }
 
-/// Whether a cohort is too close to an earlier one: they differ, but by
-/// fewer participants than the minimum cell size (subtracting their answers
-/// would describe that handful).
-pub fn too_close(difference: u64, rules: &DisclosureRules) -> bool {
-    difference > 0 && difference < rules.min_cell_size
+/// Whether a cohort asked with a new filter is too close to an earlier
+/// cohort of the same user: they differ by fewer participants than the
+/// minimum cell size (subtracting their answers would describe that
+/// handful). The same cohort asked with the *same* filter is not: its answer
+/// is the earlier one. The same cohort asked with *another* filter is,
+/// because answering it but refusing a cohort one participant away would
+/// itself tell the attacker which of the two the data holds.
+pub fn too_close(difference: u64, same_filter: bool, rules: &DisclosureRules) -> bool {
+    !same_filter && difference < rules.min_cell_size
 }
 
 #[cfg(test)]
@@ -399,9 +403,17 @@ mod tests {
             assert_eq!(symmetric_difference(a, b), want, "{a:?} {b:?}");
         }
         let r = rules(10, 5, ZeroCells::Suppress);
-        assert!(!too_close(0, &r), "the same cohort again is harmless");
-        assert!(too_close(1, &r));
-        assert!(too_close(9, &r));
-        assert!(!too_close(10, &r));
+        assert!(
+            !too_close(0, true, &r),
+            "the same question again is harmless"
+        );
+        assert!(
+            too_close(0, false, &r),
+            "the same cohort by another filter: refused as one a participant away is"
+        );
+        assert!(too_close(1, false, &r));
+        assert!(too_close(9, false, &r));
+        assert!(!too_close(10, false, &r));
+        assert!(!too_close(500, false, &r));
     }
 }

@@ -96,6 +96,9 @@ fn default_min_cohort_size() -> u32 {
 fn default_rounding_base() -> u32 {
     5
 }
+fn default_showcase_queries_per_minute() -> u32 {
+    30
+}
 
 /// The custodian's rules that hold inside every project of the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -128,6 +131,10 @@ pub struct Policies {
     /// cell. Default: `suppress`.
     #[serde(default)]
     pub zero_cells: crate::disclosure::ZeroCells,
+    /// Most cohort-builder queries one user may make of the environment's
+    /// showcase in a minute (each is recorded and audited). Default: 30.
+    #[serde(default = "default_showcase_queries_per_minute")]
+    pub showcase_queries_per_minute: u32,
 }
 
 impl Default for Policies {
@@ -140,6 +147,7 @@ impl Default for Policies {
             min_cohort_size: default_min_cohort_size(),
             rounding_base: default_rounding_base(),
             zero_cells: crate::disclosure::ZeroCells::default(),
+            showcase_queries_per_minute: default_showcase_queries_per_minute(),
         }
     }
 }
@@ -168,6 +176,12 @@ impl Policies {
             return Err(DomainError::invalid(
                 "policies.rounding_base",
                 "must be between 1 and 100",
+            ));
+        }
+        if !(1..=10_000).contains(&self.showcase_queries_per_minute) {
+            return Err(DomainError::invalid(
+                "policies.showcase_queries_per_minute",
+                "must be between 1 and 10000",
             ));
         }
         if self.review_sla_hours == Some(0) {

@@ -17,3 +17,20 @@ CREATE TABLE showcase_aggregates (
     computed_at BIGINT NOT NULL,
     PRIMARY KEY (environment_id, version)
 );
+
+-- Every cohort-builder query: who asked what of which version, and what
+-- came of it (answered, too_close, rate_limited). The true cohort size is
+-- kept for the differencing check (never released); earlier cohorts are
+-- evaluated again from their filters when their sizes are close.
+CREATE TABLE showcase_queries (
+    id TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    user_id TEXT NOT NULL,
+    cohort TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    cohort_size BIGINT,
+    outcome TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX showcase_queries_by_user ON showcase_queries (user_id, environment_id, at);

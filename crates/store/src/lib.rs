@@ -51,7 +51,7 @@ pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
-pub use showcase::ShowcaseView;
+pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 pub use users::{NewUser, User};
 
 /// Which database the store runs on.

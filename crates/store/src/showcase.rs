@@ -4,12 +4,50 @@
 //! disclosure rules to what it reads.
 
 use serde::Serialize;
+use serde_json::json;
 use sqlx::Row;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::showcase::{self, Showcase, ShowcaseAggregates};
-use tre_domain::{Action, EnvironmentId, Object, authorize};
+use tre_domain::{Action, Environment, EnvironmentId, Object, Timestamp, UserId, authorize};
 
-use crate::{Caller, Store, StoreError, now};
+use crate::audit::{self, AuditRecord};
+use crate::{Caller, Store, StoreError, new_id, now};
+
+/// What came of a cohort-builder query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShowcaseQueryOutcome {
+    /// Released under the disclosure rules.
+    Answered,
+    /// Refused: the cohort differs from one of the user's earlier cohorts by
+    /// fewer participants than the minimum cell size.
+    TooClose,
+    /// Refused: the user asked too often this minute.
+    RateLimited,
+}
+
+impl ShowcaseQueryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::TooClose => "too_close",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// One cohort-builder query, to record.
+#[derive(Debug)]
+pub struct ShowcaseQuery<'a> {
+    pub environment: &'a EnvironmentId,
+    pub version: u32,
+    /// The filter as asked (`null` for everyone).
+    pub cohort: &'a serde_json::Value,
+    pub fields: &'a [String],
+    /// The true size; recorded, never released. None when not evaluated.
+    pub cohort_size: Option<u64>,
+    pub outcome: ShowcaseQueryOutcome,
+}
 
 /// What `GET /v1/environments/{id}/showcase` answers.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -129,5 +167,136 @@ impl Store {
                 .is_none_or(|a| a.version != current_version),
             showcase: aggregates.map(|a| showcase::release(&a, &rules)),
         })
+    }
+
+    /// The environment whose showcase the caller may query.
+    pub async fn showcase_environment(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+    ) -> Result<Environment, StoreError> {
+        let (env, _) = self.load_environment(&self.pool, id).await?;
+        authorize(
+            &caller.actor,
+            Action::ViewShowcase,
+            &Object::Environment(&env),
+        )
+        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        Ok(env)
+    }
+
+    /// How many queries `user` made of the environment's showcase since
+    /// `since`, refused ones included.
+    pub async fn showcase_queries_since(
+        &self,
+        user: &UserId,
+        environment: &EnvironmentId,
+        since: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM showcase_queries \
+             WHERE user_id = $1 AND environment_id = $2 AND at >= $3",
+        )
+        .bind(user.as_str())
+        .bind(environment.as_str())
+        .bind(since.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The distinct filters of `user`'s answered queries of this version
+    /// whose cohorts had between `smallest` and `largest` participants:
+    /// only those can be closer than the minimum cell size to a new one.
+    pub async fn earlier_showcase_cohorts(
+        &self,
+        user: &UserId,
+        environment: &EnvironmentId,
+        version: u32,
+        smallest: u64,
+        largest: u64,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT cohort FROM showcase_queries \
+             WHERE user_id = $1 AND environment_id = $2 AND version = $3 \
+               AND outcome = 'answered' AND cohort_size BETWEEN $4 AND $5",
+        )
+        .bind(user.as_str())
+        .bind(environment.as_str())
+        .bind(i64::from(version))
+        .bind(i64::try_from(smallest).unwrap_or(i64::MAX))
+        .bind(i64::try_from(largest).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let text: String = row.try_get(0)?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    object: "showcase query",
+                    id: environment.to_string(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a query and its outcome, with its audit event, in one
+    /// transaction. The audit event names the filter and the outcome, never
+    /// a count.
+    pub async fn record_showcase_query(
+        &self,
+        caller: &Caller,
+        query: &ShowcaseQuery<'_>,
+    ) -> Result<(), StoreError> {
+        let id = new_id();
+        let cohort = serde_json::to_string(query.cohort).expect("json");
+        let fields = serde_json::to_string(query.fields).expect("json");
+        self.retrying(|| async {
+            let at = now();
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO showcase_queries \
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&id)
+            .bind(query.environment.as_str())
+            .bind(i64::from(query.version))
+            .bind(caller.actor.id.as_str())
+            .bind(&cohort)
+            .bind(&fields)
+            .bind(
+                query
+                    .cohort_size
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            )
+            .bind(query.outcome.as_str())
+            .bind(at.0)
+            .execute(&mut *tx)
+            .await?;
+            audit::append(
+                &mut tx,
+                AuditRecord {
+                    actor: caller.actor.id.as_str(),
+                    action: "showcase.query",
+                    object_type: "environment",
+                    object_id: query.environment.as_str(),
+                    environment_id: query.environment.as_str(),
+                    details: json!({
+                        "query": id,
+                        "version": query.version,
+                        "cohort": query.cohort,
+                        "fields": query.fields,
+                        "outcome": query.outcome,
+                    }),
+                    trace_id: &caller.trace_id,
+                },
+                at,
+            )
+            .await?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await
     }
 }

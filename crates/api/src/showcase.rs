@@ -1,0 +1,375 @@
+//! The data showcase over HTTP: the released aggregates of an environment
+//! (`GET .../showcase`) and the cohort builder (`POST .../showcase/query`).
+//!
+//! The cohort builder is the one place the API reads individual-level data:
+//! the showcase columns of the cohort dataset, loaded once per inventory
+//! version into this process's memory ([`ShowcaseCache`]), never returned.
+//! Every answer goes through the disclosure rules; every query is recorded
+//! and audited. A query is refused when the user asks too often, or when
+//! its cohort differs from one of the same user's earlier cohorts of the
+//! same version by fewer participants than the minimum cell size, asked
+//! with another filter (the differencing attack; see
+//! [`tre_domain::disclosure::too_close`]). Only earlier cohorts whose true
+//! sizes are that close can be that close, so only those are evaluated
+//! again.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tre_dispense::Sources;
+use tre_dispense::showcase::ShowcaseColumns;
+use tre_domain::disclosure::{DisclosureRules, Released, too_close};
+use tre_domain::showcase::{ReleasedField, release_field};
+use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
+use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
+
+use crate::routes::{Endpoint, body, op};
+use crate::{ApiError, AppState, Auth, Body};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Most fields one query may ask distributions of.
+const MAX_FIELDS: usize = 20;
+/// Inventory versions whose columns stay loaded (the newest used).
+const CACHED_VERSIONS: usize = 8;
+
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        op(
+            Method::GET,
+            "/v1/environments/{id}/showcase",
+            "The data showcase: aggregates of the showcase fields, disclosure-controlled (authorized users)",
+            None,
+            get(get_showcase),
+        )
+        .returns(body::<ShowcaseView>),
+        op(
+            Method::POST,
+            "/v1/environments/{id}/showcase/query",
+            "The cohort builder: a cohort's size and distributions, disclosure-controlled; refused when too close to an earlier cohort (409 too_close) or too frequent (429)",
+            Some(body::<CohortQuery>),
+            post(query),
+        )
+        .returns(body::<CohortAnswer>),
+    ]
+}
+
+/// A cohort-builder query.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CohortQuery {
+    /// A cohort filter in the request language, on showcase fields of the
+    /// cohort dataset only; `null` (or absent) for everyone.
+    #[serde(default)]
+    pub cohort: serde_json::Value,
+    /// Showcase fields of the cohort dataset whose distributions within the
+    /// cohort to answer. Default: none.
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+/// What the cohort builder answers: released numbers only.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CohortAnswer {
+    pub environment: EnvironmentId,
+    /// The inventory version asked.
+    pub version: u32,
+    /// The cohort's size.
+    pub cohort: Released,
+    pub fields: Vec<ReleasedField>,
+}
+
+/// An environment's inventory version.
+type VersionKey = (EnvironmentId, u32);
+
+/// The showcase columns of recently asked inventory versions.
+pub struct ShowcaseCache {
+    sources: Sources,
+    /// The newest used last.
+    loaded: Mutex<Vec<(VersionKey, Arc<ShowcaseColumns>)>>,
+    /// One load at a time: a burst of first queries loads a version once.
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for ShowcaseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShowcaseCache").finish_non_exhaustive()
+    }
+}
+
+impl ShowcaseCache {
+    /// Environments' sources opened by `sources`.
+    pub fn new(sources: Sources) -> Self {
+        Self {
+            sources,
+            loaded: Mutex::default(),
+            loading: tokio::sync::Mutex::default(),
+        }
+    }
+
+    fn cached(&self, key: &VersionKey) -> Option<Arc<ShowcaseColumns>> {
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        let at = loaded.iter().position(|(k, _)| k == key)?;
+        let entry = loaded.remove(at);
+        let columns = entry.1.clone();
+        loaded.push(entry); // newest used last
+        Some(columns)
+    }
+
+    /// The columns of `env`'s current inventory version, loaded now or
+    /// before.
+    async fn columns(&self, state: &AppState, env: &Environment) -> Result<Arc<ShowcaseColumns>> {
+        let inventory = env.inventory.as_ref().ok_or_else(no_showcase)?;
+        let key = (env.id.clone(), inventory.version);
+        if let Some(columns) = self.cached(&key) {
+            return Ok(columns);
+        }
+        let _one = self.loading.lock().await;
+        if let Some(columns) = self.cached(&key) {
+            return Ok(columns);
+        }
+        let root = env.source.as_ref().ok_or_else(no_showcase)?;
+        let secret = state.store.showcase_secret(&env.id).await?;
+        let source = self.sources.get(root).map_err(source_unavailable)?;
+        let columns = Arc::new(
+            ShowcaseColumns::load(&source, inventory, &secret)
+                .await
+                .map_err(source_unavailable)?,
+        );
+        let mut loaded = self.loaded.lock().expect("not poisoned");
+        if loaded.len() >= CACHED_VERSIONS {
+            loaded.remove(0);
+        }
+        loaded.push((key, columns.clone()));
+        Ok(columns)
+    }
+}
+
+fn no_showcase() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "no_showcase",
+        "the environment has no inventory to query",
+    )
+}
+
+fn source_unavailable(e: tre_dispense::DispenseError) -> ApiError {
+    tracing::warn!(error = %e, "showcase columns cannot be loaded");
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the environment's data cannot be read just now; try again shortly",
+    );
+    error.retry_after = Some(5);
+    error
+}
+
+async fn get_showcase(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(state.store.showcase(&caller, &EnvironmentId(id)).await?).into_response())
+}
+
+/// The showcase fields of the cohort dataset that a query may use.
+fn queryable(env: &Environment) -> Result<(BTreeSet<&str>, &tre_domain::Dataset)> {
+    let inventory = env.inventory.as_ref().ok_or_else(no_showcase)?;
+    let dataset = inventory.cohort().ok_or_else(no_showcase)?;
+    let fields = inventory
+        .showcase
+        .iter()
+        .filter(|f| f.dataset == dataset.name && f.field != dataset.key)
+        .filter(|f| {
+            dataset
+                .field(&f.field)
+                .is_some_and(|d| d.field_type != FieldType::Other)
+        })
+        .map(|f| f.field.as_str())
+        .collect();
+    Ok((fields, dataset))
+}
+
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    env: &Environment,
+    version: u32,
+    asked: &CohortQuery,
+    size: Option<u64>,
+    outcome: ShowcaseQueryOutcome,
+) -> Result<()> {
+    state
+        .store
+        .record_showcase_query(
+            caller,
+            &ShowcaseQuery {
+                environment: &env.id,
+                version,
+                cohort: &asked.cohort,
+                fields: &asked.fields,
+                cohort_size: size,
+                outcome,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn query(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(asked): Body<CohortQuery>,
+) -> Result<Response> {
+    let env = state
+        .store
+        .showcase_environment(&caller, &EnvironmentId(id))
+        .await?;
+    let (allowed, dataset) = queryable(&env)?;
+    let expr = tre_domain::cohort::parse_restricted(&asked.cohort, dataset, &allowed)
+        .map_err(tre_store::StoreError::from)?;
+    if asked.fields.len() > MAX_FIELDS {
+        return Err(invalid("fields", format!("at most {MAX_FIELDS} fields")));
+    }
+    for (i, field) in asked.fields.iter().enumerate() {
+        if !allowed.contains(field.as_str()) {
+            return Err(invalid(
+                &format!("fields[{i}]"),
+                format!(
+                    "{field:?} is not a showcase field of the cohort dataset; allowed: {}",
+                    allowed.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let version = env.inventory.as_ref().map_or(0, |i| i.version);
+    let rules = DisclosureRules::of(&env.policies);
+
+    // too often: refused, recorded, audited
+    let minute_ago = Timestamp(tre_store::now().0 - 60_000);
+    let recent = state
+        .store
+        .showcase_queries_since(&caller.actor.id, &env.id, minute_ago)
+        .await?;
+    if recent >= u64::from(env.policies.showcase_queries_per_minute) {
+        record(
+            &state,
+            &caller,
+            &env,
+            version,
+            &asked,
+            None,
+            ShowcaseQueryOutcome::RateLimited,
+        )
+        .await?;
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "at most {} showcase queries a minute",
+                env.policies.showcase_queries_per_minute
+            ),
+        );
+        error.retry_after = Some(60);
+        return Err(error);
+    }
+
+    // the bins of this version's showcase, which cohorts are counted in
+    let full = match state.store.showcase_aggregates(&env.id, version).await? {
+        Some(full) if full.version == version => full,
+        _ => {
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "computing",
+                "the showcase of the current inventory version is being computed; try again shortly",
+            );
+            error.retry_after = Some(5);
+            return Err(error);
+        }
+    };
+    let columns = state.showcase.columns(&state, &env).await?;
+    let selection = columns.select(expr.as_ref()).map_err(source_unavailable)?;
+    let size = selection.len();
+
+    // differencing: near an earlier cohort of this user's, refused
+    let margin = rules.min_cell_size.saturating_sub(1);
+    let earlier = state
+        .store
+        .earlier_showcase_cohorts(
+            &caller.actor.id,
+            &env.id,
+            version,
+            size.saturating_sub(margin),
+            size.saturating_add(margin),
+        )
+        .await?;
+    for filter in &earlier {
+        // recorded filters were valid for this version; one that is not
+        // (cannot happen) is no cohort to compare with
+        let Ok(before) = tre_domain::cohort::parse_optional(filter, dataset) else {
+            continue;
+        };
+        let other = columns
+            .select(before.as_ref())
+            .map_err(source_unavailable)?;
+        if too_close(
+            selection.difference(&other),
+            *filter == asked.cohort,
+            &rules,
+        ) {
+            record(
+                &state,
+                &caller,
+                &env,
+                version,
+                &asked,
+                Some(size),
+                ShowcaseQueryOutcome::TooClose,
+            )
+            .await?;
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_close",
+                format!(
+                    "this cohort is the same as, or differs by fewer than {} participants from, one you asked before with another filter: comparing the two would describe those few",
+                    rules.min_cell_size
+                ),
+            )
+            .with_field("cohort"));
+        }
+    }
+
+    let (cell, aggregates) = columns.aggregate_cohort(&selection, &full, &asked.fields);
+    record(
+        &state,
+        &caller,
+        &env,
+        version,
+        &asked,
+        Some(size),
+        ShowcaseQueryOutcome::Answered,
+    )
+    .await?;
+    Ok(Json(CohortAnswer {
+        environment: env.id.clone(),
+        version,
+        cohort: rules.release(cell),
+        fields: aggregates
+            .iter()
+            .map(|a| release_field(a, &rules))
+            .collect(),
+    })
+    .into_response())
+}
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
+}

@@ -1,0 +1,364 @@
+//! The cohort builder over HTTP, attacked as a curious researcher would:
+//! a differencing attack on a participant the attacker can single out (the
+//! only woman of her year of birth at her centre) learns nothing about her
+//! BMI, refusals are recorded and audited, repeated questions gain nothing,
+//! bad questions get a 422 naming the field, outsiders a 404, and a user
+//! who asks too often a 429.
+
+use std::collections::HashMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int32Type, Int64Type};
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use tre_dispense::showcase::ShowcaseColumns;
+use tre_domain::{EnvironmentCommand, FieldRef, Policies};
+use tre_store::{AuditQuery, NewUser, Store};
+use tre_testkit::{BIOBANK, TestDb, biobank_inventory, fixtures_data, world_with};
+
+struct Server {
+    base: String,
+    client: Client,
+    tokens: HashMap<&'static str, String>,
+}
+
+impl Server {
+    async fn ask(&self, who: &str, env: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!(
+                "{}/v1/environments/{env}/showcase/query",
+                self.base
+            ))
+            .bearer_auth(&self.tokens[who])
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A participant the attacker can single out from public facts.
+#[derive(Debug, Clone)]
+struct Target {
+    sex: String,
+    year: i64,
+    centre: String,
+    obese: bool,
+}
+
+impl Target {
+    fn filter(&self) -> Value {
+        json!({"and": [
+            {"field": "sex", "op": "=", "value": self.sex},
+            {"field": "year_of_birth", "op": "=", "value": self.year},
+            {"field": "recruitment_centre", "op": "=", "value": self.centre},
+        ]})
+    }
+}
+
+/// Participants alone in their (sex, year of birth, centre), with a BMI,
+/// read here from the fixture with arrow.
+fn targets() -> Vec<Target> {
+    let file = std::fs::File::open(fixtures_data().join("participants.parquet")).unwrap();
+    let mut reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .with_batch_size(1 << 20)
+        .build()
+        .unwrap();
+    let batch: RecordBatch = reader.next().unwrap().unwrap();
+    let text = |name: &str, i: usize| {
+        let c = batch.column_by_name(name).unwrap();
+        c.as_string::<i32>().value(i).to_owned()
+    };
+    let year = |i: usize| {
+        let c = batch.column_by_name("year_of_birth").unwrap();
+        match c.data_type() {
+            arrow_schema::DataType::Int32 => i64::from(c.as_primitive::<Int32Type>().value(i)),
+            _ => c.as_primitive::<Int64Type>().value(i),
+        }
+    };
+    let bmi = batch.column_by_name("bmi").unwrap();
+    let mut groups: HashMap<(String, i64, String), Vec<usize>> = HashMap::new();
+    for i in 0..batch.num_rows() {
+        groups
+            .entry((text("sex", i), year(i), text("recruitment_centre", i)))
+            .or_default()
+            .push(i);
+    }
+    let mut out: Vec<Target> = groups
+        .into_iter()
+        .filter(|(_, rows)| rows.len() == 1 && !bmi.is_null(rows[0]))
+        .map(|((sex, year, centre), rows)| Target {
+            sex,
+            year,
+            centre,
+            obese: bmi.as_primitive::<Float64Type>().value(rows[0]) >= 30.0,
+        })
+        .collect();
+    out.sort_by_key(|t| (t.year, t.centre.clone(), t.sex.clone()));
+    out
+}
+
+async fn start() -> Option<(TestDb, Server, String)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = match TestDb::postgres().await {
+        Some(db) => db,
+        None => TestDb::sqlite().await,
+    };
+    let store: &Store = &db.store;
+    let mut tokens = HashMap::new();
+    for (name, groups) in [
+        ("owner", vec!["researchers".to_owned()]),
+        ("collab", vec!["researchers".to_owned()]),
+        ("member", vec!["researchers".to_owned()]),
+        ("outsider", vec![]),
+    ] {
+        let (_, token) = store
+            .bootstrap_user(
+                NewUser {
+                    id: name.into(),
+                    platform_admin: false,
+                    groups: groups.into_iter().collect(),
+                    email: None,
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        tokens.insert(name, token);
+    }
+    let mut inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+    inventory.showcase.push(FieldRef {
+        dataset: "participants".into(),
+        field: "bmi".into(),
+    });
+    let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;
+    // what the compute_showcase job does
+    let env = store.system_environment(&w.env).await.unwrap();
+    let source = tre_dispense::Sources::default()
+        .get(env.source.as_ref().unwrap())
+        .unwrap();
+    let secret = store.showcase_secret(&w.env).await.unwrap();
+    let columns = ShowcaseColumns::load(&source, env.inventory.as_ref().unwrap(), &secret)
+        .await
+        .unwrap();
+    store
+        .save_showcase_aggregates(&w.env, &columns.aggregate_all())
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = tre_api::AppState::new(store.clone());
+    tokio::spawn(async move {
+        tre_api::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    Some((
+        db,
+        Server {
+            base,
+            client: Client::new(),
+            tokens,
+        },
+        w.env.to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_differencing_attack_learns_nothing_and_is_audited() {
+    let Some((db, api, env)) = start().await else {
+        return;
+    };
+    let targets = targets();
+    let obese = targets
+        .iter()
+        .find(|t| t.obese)
+        .expect("an obese target")
+        .clone();
+    let lean = targets
+        .iter()
+        .find(|t| !t.obese)
+        .expect("a lean target")
+        .clone();
+
+    // the attack, once on a target who is obese and once on one who is
+    // not, each by an attacker with no history; what they see must not differ
+    let obese_filter = json!({"field": "bmi", "op": ">=", "value": 30.0});
+    let mut transcripts = Vec::new();
+    for (attacker, target) in [("owner", &obese), ("collab", &lean)] {
+        let mut seen = Vec::new();
+        // the baseline: everyone with a BMI of 30 or more
+        let (status, baseline) = api
+            .ask(attacker, &env, json!({"cohort": obese_filter}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{baseline}");
+        let size = baseline["cohort"]["count"]
+            .as_u64()
+            .expect("a large cohort is shown");
+        assert_eq!(size % 5, 0, "rounded");
+        // asked again, the same answer: averaging gains nothing
+        let (_, again) = api
+            .ask(attacker, &env, json!({"cohort": obese_filter}))
+            .await;
+        assert_eq!(again, baseline);
+        seen.push(baseline);
+        // the same cohort without the target
+        let without = json!({"and": [obese_filter, {"not": target.filter()}]});
+        let (status, answer) = api.ask(attacker, &env, json!({"cohort": without})).await;
+        seen.push(json!([
+            status.as_u16(),
+            answer["error"]["code"],
+            answer["cohort"]
+        ]));
+        // the target's own cell, obese or not
+        let alone = json!({"and": [obese_filter, target.filter()]});
+        let (status, answer) = api.ask(attacker, &env, json!({"cohort": alone})).await;
+        seen.push(json!([
+            status.as_u16(),
+            answer["error"]["code"],
+            answer["cohort"]
+        ]));
+        // the target's group, with the BMI histogram
+        let (status, answer) = api
+            .ask(
+                attacker,
+                &env,
+                json!({"cohort": target.filter(), "fields": ["bmi"]}),
+            )
+            .await;
+        seen.push(json!([
+            status.as_u16(),
+            answer["error"]["code"],
+            answer["fields"]
+        ]));
+        transcripts.push(seen);
+    }
+    assert_eq!(
+        transcripts[0], transcripts[1],
+        "the attacker's view is the same whatever the target's BMI"
+    );
+    assert_eq!(transcripts[0][1], json!([409, "too_close", null]));
+    assert_eq!(
+        transcripts[0][2],
+        json!([200, null, {"count": null, "suppressed": true}]),
+        "one person's cell is suppressed"
+    );
+    assert_eq!(transcripts[0][3], json!([409, "too_close", null]));
+
+    // every query is recorded; the refusals are in the audit log
+    let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
+    let events = db
+        .store
+        .audit_events(
+            &admin,
+            &AuditQuery {
+                environment: Some(tre_domain::EnvironmentId(env.clone())),
+                limit: 1000,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let queries: Vec<(String, Value)> = events
+        .iter()
+        .filter(|e| e.action == "showcase.query")
+        .map(|e| (e.actor.clone(), serde_json::from_str(&e.details).unwrap()))
+        .collect();
+    assert_eq!(queries.len(), 10);
+    let refused: Vec<&String> = queries
+        .iter()
+        .filter(|(_, d)| d["outcome"] == "too_close")
+        .map(|(actor, _)| actor)
+        .collect();
+    assert_eq!(refused, ["owner", "owner", "collab", "collab"]);
+    assert!(
+        queries.iter().all(|(_, d)| d.get("cohort_size").is_none()),
+        "the audit never holds a true count"
+    );
+
+    // another user asking the same is not refused for the others' questions
+    let (status, _) = api
+        .ask(
+            "member",
+            &env,
+            json!({"cohort": {"and": [obese_filter, {"not": obese.filter()}]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_questions_outsiders_and_floods_are_refused() {
+    let Some((db, api, env)) = start().await else {
+        return;
+    };
+    for (body, field) in [
+        // diabetes is no showcase field
+        (
+            json!({"cohort": {"field": "diabetes", "op": "=", "value": true}}),
+            "cohort.field",
+        ),
+        // nor is the key
+        (
+            json!({"cohort": {"field": "participant_id", "op": "=", "value": 7}}),
+            "cohort.field",
+        ),
+        (json!({"fields": ["townsend_index"]}), "fields[0]"),
+        (json!({"cohort": null, "fields": "bmi"}), "fields"),
+        (json!({"cohort": null, "limit": 3}), "limit"),
+    ] {
+        let (status, answer) = api.ask("owner", &env, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    let (status, _) = api.ask("outsider", &env, json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a private environment never leaks"
+    );
+
+    // a custodian allowing 3 queries a minute
+    let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
+    db.store
+        .configure_environment(
+            &admin,
+            &tre_domain::EnvironmentId(env.clone()),
+            EnvironmentCommand::SetPolicies(Policies {
+                showcase_queries_per_minute: 3,
+                ..Policies::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let mut statuses = Vec::new();
+    for year in 1940..1945 {
+        let (status, _) = api
+            .ask(
+                "collab",
+                &env,
+                json!({"cohort": {"field": "year_of_birth", "op": ">=", "value": year}}),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    db.finish().await;
+}
