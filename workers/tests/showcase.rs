@@ -12,9 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use hmac::{Hmac, KeyInit, Mac};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sha2::Sha256;
 use tre_domain::disclosure::{Cell, DisclosureRules};
 use tre_domain::showcase::{Distribution, ShowcaseAggregates, bin_of, release};
 use tre_domain::{EnvironmentCommand, FieldRef, Inventory, Policies};
@@ -105,11 +103,12 @@ fn column(batch: &RecordBatch, name: &str) -> Vec<Option<Value>> {
         .collect()
 }
 
+/// A participant's record key as documented: SipHash-1-3 of the key's text
+/// under the secret's first 16 bytes, low 32 bits.
 fn key_of(secret: &[u8], participant: &str) -> u32 {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(participant.as_bytes());
-    let d = mac.finalize().into_bytes();
-    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    let key: [u8; 16] = secret[..16].try_into().unwrap();
+    let hash = siphasher::sip::SipHasher13::new_with_key(&key).hash(participant.as_bytes());
+    (hash & 0xffff_ffff) as u32
 }
 
 /// Asserts the stored aggregates against a count made here.

@@ -7,6 +7,7 @@
 //! carries `x-request-id` (the caller's, or a new one), which is also the
 //! trace id of the audit events the call causes.
 
+mod chart;
 mod error;
 mod extract;
 mod idempotency;
@@ -29,7 +30,7 @@ use tre_store::Store;
 pub use error::ApiError;
 pub use extract::{Auth, Body, parse};
 pub use openapi::spec as openapi;
-pub use showcase::{CohortAnswer, CohortQuery, ShowcaseCache};
+pub use showcase::{CohortAnswer, CohortQuery, ShowcaseCache, ask as ask_showcase};
 
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.
 pub const BODY_LIMIT: usize = 1 << 20;

@@ -25,10 +25,15 @@ pub fn spec() -> Value {
             Some(schema) => json!(schema(&mut generator)),
             None => json!({"type": "object"}),
         };
+        let success_content = if e.svg {
+            json!({"image/svg+xml": {"schema": {"type": "string"}}})
+        } else {
+            json!({"application/json": {"schema": success}})
+        };
         let mut operation = json!({
             "summary": e.summary,
             "responses": {
-                "2XX": {"description": "success", "content": {"application/json": {"schema": success}}},
+                "2XX": {"description": "success", "content": success_content},
                 "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });

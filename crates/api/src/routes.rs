@@ -34,6 +34,8 @@ pub(crate) struct Endpoint {
     pub(crate) response: Option<BodySchema>,
     /// Whether it needs a bearer token.
     pub(crate) auth: bool,
+    /// It answers an SVG image, not JSON.
+    pub(crate) svg: bool,
     handler: MethodRouter<AppState>,
 }
 
@@ -59,6 +61,7 @@ pub(crate) fn op(
         summary,
         body,
         response: None,
+        svg: false,
         handler,
     }
 }
@@ -67,6 +70,12 @@ impl Endpoint {
     /// Documents what it answers on success.
     pub(crate) fn returns(mut self, schema: BodySchema) -> Self {
         self.response = Some(schema);
+        self
+    }
+
+    /// Documents an SVG image as what it answers on success.
+    pub(crate) fn svg(mut self) -> Self {
+        self.svg = true;
         self
     }
 }

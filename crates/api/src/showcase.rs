@@ -58,6 +58,14 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             post(query),
         )
         .returns(body::<CohortAnswer>),
+        op(
+            Method::GET,
+            "/v1/environments/{id}/showcase/fields/{file}",
+            "A showcase field's chart as SVG (`{file}` is `{dataset}.{field}.svg`), drawn from the released numbers only",
+            None,
+            get(chart),
+        )
+        .svg(),
     ]
 }
 
@@ -179,6 +187,53 @@ async fn get_showcase(
     Ok(Json(state.store.showcase(&caller, &EnvironmentId(id)).await?).into_response())
 }
 
+async fn chart(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response> {
+    let id = EnvironmentId(id);
+    let env = state.store.showcase_environment(&caller, &id).await?;
+    let view = state.store.showcase(&caller, &id).await?;
+    let field = file
+        .strip_suffix(".svg")
+        .and_then(|name| name.split_once('.'))
+        .ok_or_else(|| {
+            invalid(
+                "file",
+                "expected {dataset}.{field}.svg, e.g. participants.sex.svg".to_owned(),
+            )
+        })?;
+    let Some(showcase) = view.showcase else {
+        let mut error = ApiError::new(
+            StatusCode::CONFLICT,
+            "computing",
+            "the showcase is being computed; try again shortly",
+        );
+        error.retry_after = Some(5);
+        return Err(error);
+    };
+    let released = showcase
+        .fields
+        .iter()
+        .find(|f| f.dataset == field.0 && f.field == field.1)
+        .ok_or_else(|| ApiError::not_found(&format!("showcase field {}.{}", field.0, field.1)))?;
+    let rules = DisclosureRules::of(&env.policies);
+    let note = format!(
+        "counts perturbed and rounded to {}; cells under {} suppressed",
+        rules.rounding_base, rules.min_cell_size
+    );
+    let svg = crate::chart::svg(released, showcase.version, &note).map_err(|e| {
+        tracing::error!(error = %e, "a chart could not be drawn");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the chart could not be drawn",
+        )
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
 /// The showcase fields of the cohort dataset that a query may use.
 fn queryable(env: &Environment) -> Result<(BTreeSet<&str>, &tre_domain::Dataset)> {
     let inventory = env.inventory.as_ref().ok_or_else(no_showcase)?;
@@ -229,10 +284,19 @@ async fn query(
     Path(id): Path<String>,
     Body(asked): Body<CohortQuery>,
 ) -> Result<Response> {
-    let env = state
-        .store
-        .showcase_environment(&caller, &EnvironmentId(id))
-        .await?;
+    Ok(Json(ask(&state, &caller, &EnvironmentId(id), asked).await?).into_response())
+}
+
+/// Asks the cohort builder of environment `id` as `caller`: what the
+/// route answers, for callers in this process (the CLI's demo).
+pub async fn ask(
+    state: &AppState,
+    caller: &Caller,
+    id: &EnvironmentId,
+    asked: CohortQuery,
+) -> Result<CohortAnswer> {
+    let (state, caller) = (state.clone(), caller.clone());
+    let env = state.store.showcase_environment(&caller, id).await?;
     let (allowed, dataset) = queryable(&env)?;
     let expr = tre_domain::cohort::parse_restricted(&asked.cohort, dataset, &allowed)
         .map_err(tre_store::StoreError::from)?;
@@ -358,7 +422,7 @@ async fn query(
         ShowcaseQueryOutcome::Answered,
     )
     .await?;
-    Ok(Json(CohortAnswer {
+    Ok(CohortAnswer {
         environment: env.id.clone(),
         version,
         cohort: rules.release(cell),
@@ -367,7 +431,6 @@ async fn query(
             .map(|a| release_field(a, &rules))
             .collect(),
     })
-    .into_response())
 }
 
 fn invalid(field: &str, message: String) -> ApiError {

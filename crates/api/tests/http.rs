@@ -856,6 +856,13 @@ async fn authorization_matrix_over_http() {
         (Method::GET, e(""), None, "HHAAHAAHH"),
         // the showcase of a private environment: its people only
         (Method::GET, e("/showcase"), None, "HHAAHAAHH"),
+        // a chart: the same people (409 "computing" here too)
+        (
+            Method::GET,
+            e("/showcase/fields/participants.sex.svg"),
+            None,
+            "HHAAHAAHH",
+        ),
         // the cohort builder: the same people (409 "computing" here, as
         // no worker computed the showcase)
         (

@@ -362,3 +362,95 @@ async fn bad_questions_outsiders_and_floods_are_refused() {
     );
     db.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charts_show_the_released_numbers_only() {
+    let Some((db, api, env)) = start().await else {
+        return;
+    };
+    // a strict custodian, so that some bars are suppressed
+    let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
+    db.store
+        .configure_environment(
+            &admin,
+            &tre_domain::EnvironmentId(env.clone()),
+            EnvironmentCommand::SetPolicies(Policies {
+                min_cell_size: 400,
+                ..Policies::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let get = |who: &'static str, path: String| {
+        let request = api
+            .client
+            .get(format!("{}/v1/environments/{env}/showcase{path}", api.base))
+            .bearer_auth(&api.tokens[who]);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, kind, response.text().await.unwrap())
+        }
+    };
+    let (status, _, json) = get("owner", String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let showcase: Value = serde_json::from_str(&json).unwrap();
+    let mut suppressed_somewhere = false;
+    for field in showcase["showcase"]["fields"].as_array().unwrap() {
+        let name = format!(
+            "{}.{}",
+            field["dataset"].as_str().unwrap(),
+            field["field"].as_str().unwrap()
+        );
+        let (status, kind, svg) = get("owner", format!("/fields/{name}.svg")).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {svg}");
+        assert_eq!(kind, "image/svg+xml");
+        assert!(svg.starts_with("<svg"), "{name}");
+        let cells = field["cells"].as_array().unwrap();
+        for cell in cells {
+            let label = cell["label"]
+                .as_str()
+                .unwrap()
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            assert!(svg.contains(&label), "{name}: the bar {label} is labelled");
+        }
+        let hidden = cells.iter().filter(|c| c["suppressed"] == true).count();
+        suppressed_somewhere |= hidden > 0;
+        assert_eq!(
+            svg.matches("\nsuppressed\n").count(),
+            hidden,
+            "{name}: every suppressed bar, and only those, is marked"
+        );
+        assert!(
+            svg.contains("cells under 400 suppressed"),
+            "{name}: the rules are stated"
+        );
+    }
+    assert!(
+        suppressed_somewhere,
+        "the strict policy suppresses something"
+    );
+    for (who, path, want) in [
+        (
+            "outsider",
+            "/fields/participants.sex.svg",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "owner",
+            "/fields/participants.diabetes.svg",
+            StatusCode::NOT_FOUND,
+        ),
+        ("owner", "/fields/sex.png", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (status, _, body) = get(who, path.to_owned()).await;
+        assert_eq!(status, want, "{who} {path}: {body}");
+    }
+    db.finish().await;
+}

@@ -37,7 +37,7 @@ pub struct DispenseBenchArgs {
 const CENTRE: &str = "Leeds";
 
 /// Peak resident set of this process (VmHWM), in MiB.
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

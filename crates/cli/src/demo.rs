@@ -211,6 +211,8 @@ pub async fn run(settings: &Settings) -> Result<()> {
         outsider.iter().filter(|e| e.id == env.id).count()
     );
 
+    show_showcase(&store, &alice, &env.id).await?;
+
     println!("4. Access request");
     let cohort = json!({"and": [
         {"field": "age_at_recruitment", "op": "between", "low": 40, "high": 69},
@@ -468,5 +470,84 @@ pub async fn run(settings: &Settings) -> Result<()> {
     );
     store.close().await;
     println!("\nDone. Inspect with: tre audit verify; tre env list --as alice");
+    Ok(())
+}
+
+/// Step 3b: the showcase alice sees before asking, the cohort builder, and
+/// a differencing attempt it refuses.
+async fn show_showcase(
+    store: &Store,
+    alice: &Caller,
+    env: &tre_domain::EnvironmentId,
+) -> Result<()> {
+    println!("   the data showcase, computed by a job when the inventory was published:");
+    let mut view = store.showcase(alice, env).await?;
+    for _ in 0..600 {
+        if !view.computing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        view = store.showcase(alice, env).await?;
+    }
+    let environment = store.showcase_environment(alice, env).await?;
+    let rules = tre_domain::disclosure::DisclosureRules::of(&environment.policies);
+    if let Some(showcase) = view.showcase.as_mut() {
+        showcase
+            .fields
+            .retain(|f| f.field == "sex" || f.field == "bmi");
+    }
+    for line in crate::showcase::table(&environment.name, &view, &rules).lines() {
+        if line.is_empty() {
+            println!();
+        } else {
+            println!("     {line}");
+        }
+    }
+    let state = tre_api::AppState::new(store.clone());
+    let obese_diabetics = json!({"and": [
+        {"field": "bmi", "op": ">=", "value": 30},
+        {"field": "diabetes", "op": "=", "value": true},
+    ]});
+    let answer = tre_api::ask_showcase(
+        &state,
+        alice,
+        env,
+        tre_api::CohortQuery {
+            cohort: obese_diabetics.clone(),
+            fields: vec!["sex".into()],
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    println!(
+        "   alice's cohort builder: obese diabetics: {} participants (perturbed, rounded)",
+        answer
+            .cohort
+            .count
+            .map_or_else(|| "suppressed".to_owned(), |n| n.to_string())
+    );
+    // the same cohort without one woman she knows of: a differencing attack
+    let without_one = json!({"and": [obese_diabetics, {"not": {"and": [
+        {"field": "sex", "op": "=", "value": "F"},
+        {"field": "recruitment_centre", "op": "=", "value": "Leeds"},
+        {"field": "age_at_recruitment", "op": "=", "value": 41},
+    ]}}]});
+    match tre_api::ask_showcase(
+        &state,
+        alice,
+        env,
+        tre_api::CohortQuery {
+            cohort: without_one,
+            fields: vec![],
+        },
+    )
+    .await
+    {
+        Ok(_) => println!("   the same cohort without one woman: answered (she was not alone)"),
+        Err(e) => println!(
+            "   the same cohort without one woman of 41 at Leeds: refused, {} ({}), and audited\n",
+            e.code, e.message
+        ),
+    }
     Ok(())
 }

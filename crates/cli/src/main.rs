@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod bench_dispense;
+mod bench_showcase;
 mod config;
 mod demo;
 mod envfile;
@@ -10,6 +11,7 @@ mod fixtures;
 mod jobs;
 mod projects;
 mod serve;
+mod showcase;
 mod worker;
 
 use std::path::PathBuf;
@@ -61,6 +63,13 @@ enum Command {
     /// The synthetic biobank fixtures.
     #[command(subcommand)]
     Fixtures(FixturesCommand),
+    /// The data showcase of an environment, as the user `--as` may see it.
+    Showcase {
+        /// The environment's id.
+        id: String,
+        #[command(flatten)]
+        acting: Acting,
+    },
     /// Walk a request through a two-stage review on the configured store.
     Demo,
     /// Serve the HTTP API (and, without Redis, the embedded job runtime).
@@ -196,6 +205,9 @@ enum BenchCommand {
     Api(bench_api::ApiBenchArgs),
     /// Dispense a ~10% cohort with half the fields; DuckDB and polars beside.
     Dispense(bench_dispense::DispenseBenchArgs),
+    /// Showcase aggregates (DuckDB beside) and cohort-builder queries per
+    /// second at 1M participants.
+    Showcase(bench_showcase::ShowcaseBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,12 +401,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&event)?);
             }
         }
+        Command::Showcase { id, acting } => {
+            let store = open(&settings).await?;
+            let done = showcase::print(&store, id, &acting).await;
+            store.close().await;
+            done?;
+        }
         Command::Demo => demo::run(&settings).await?,
         Command::Worker(args) => worker::run(&settings, args).await?,
         Command::Serve(args) => serve::run(&settings, args).await?,
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await?,
         Command::Bench(BenchCommand::Dispense(args)) => bench_dispense::run(args).await?,
+        Command::Bench(BenchCommand::Showcase(args)) => bench_showcase::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, command).await;

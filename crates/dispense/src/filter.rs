@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow_arith::boolean::{and_kleene, is_null, not, or_kleene};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, Scalar,
-    StringArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int32DictionaryArray,
+    Int64Array, RecordBatch, Scalar, StringArray,
 };
 use arrow_ord::cmp;
 use arrow_schema::DataType;
@@ -97,6 +97,13 @@ impl Evaluator<'_> {
         let column = self.column(field)?;
         // one comparable type per pair: integers meet float bounds as floats
         let (target, scalar): (DataType, ArrayRef) = match (field_type, value) {
+            // a 32-bit column meets a literal that fits as it is (half the
+            // memory read); one that does not fit, as 64 bits
+            (FieldType::Integer, Literal::Integer(i))
+                if column.data_type() == &DataType::Int32 && i32::try_from(*i).is_ok() =>
+            {
+                (DataType::Int32, Arc::new(Int32Array::from(vec![*i as i32])))
+            }
             (FieldType::Integer, Literal::Integer(i)) => {
                 (DataType::Int64, Arc::new(Int64Array::from(vec![*i])))
             }
@@ -124,7 +131,23 @@ impl Evaluator<'_> {
                 )));
             }
         };
-        let left = if column.data_type() == &target {
+        // text equality on a dictionary-encoded column: one comparison of
+        // integer codes (the showcase's columns are kept so)
+        if let (Some(dictionary), Literal::String(text), CmpOp::Eq | CmpOp::Ne) = (
+            column.as_any().downcast_ref::<Int32DictionaryArray>(),
+            value,
+            op,
+        ) {
+            return dictionary_eq(dictionary, text, op == CmpOp::Eq);
+        }
+        // a column already of the target type (or dictionary-encoded
+        // values of it, which the kernels compare by dictionary) is used
+        // as it is: the showcase's columns are kept so, for speed
+        let comparable = match column.data_type() {
+            DataType::Dictionary(_, values) => **values == target,
+            other => *other == target,
+        };
+        let left = if comparable {
             column.clone()
         } else {
             arrow_cast::cast(column, &target)?
@@ -139,6 +162,41 @@ impl Evaluator<'_> {
             CmpOp::Ge => cmp::gt_eq(&left, &right)?,
         })
     }
+}
+
+/// `column = text` (or `<>`) over a dictionary's codes; nulls stay
+/// unknown.
+fn dictionary_eq(
+    column: &Int32DictionaryArray,
+    text: &str,
+    equal: bool,
+) -> Result<BooleanArray, DispenseError> {
+    let values = column
+        .values()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DispenseError::data("a text dictionary holds no text"))?;
+    let code = (0..values.len()).find(|i| values.is_valid(*i) && values.value(*i) == text);
+    let keys = column.keys();
+    Ok(match code {
+        Some(code) => {
+            let code = Scalar::new(Int32Array::from(vec![code as i32]));
+            if equal {
+                cmp::eq(keys, &code)?
+            } else {
+                cmp::neq(keys, &code)?
+            }
+        }
+        // nobody has it: false (or true) wherever the value is known
+        None => BooleanArray::new(
+            if equal {
+                arrow_buffer::BooleanBuffer::new_unset(keys.len())
+            } else {
+                arrow_buffer::BooleanBuffer::new_set(keys.len())
+            },
+            keys.nulls().cloned(),
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -245,5 +303,43 @@ mod tests {
             rows(json!({"field": "sex", "op": "!=", "value": "F"})),
             [Some(false), Some(true), Some(false), None]
         );
+    }
+
+    /// Texts kept dictionary-encoded (as the showcase keeps them) give
+    /// exactly what plain texts give, for values present and absent.
+    #[test]
+    fn dictionary_texts_answer_as_plain_texts() {
+        let plain = batch();
+        let mut columns = plain.columns().to_vec();
+        let sex = plain.schema().index_of("sex").unwrap();
+        columns[sex] = arrow_cast::cast(
+            &columns[sex],
+            &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        )
+        .unwrap();
+        let fields: Vec<ArrowField> = plain
+            .schema()
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| ArrowField::new(f.name(), c.data_type().clone(), true))
+            .collect();
+        let coded = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let ds = dataset();
+        for filter in [
+            json!({"field": "sex", "op": "=", "value": "F"}),
+            json!({"field": "sex", "op": "!=", "value": "F"}),
+            json!({"field": "sex", "op": "=", "value": "X"}),
+            json!({"field": "sex", "op": "!=", "value": "X"}),
+            json!({"field": "sex", "op": "in", "values": ["M", "X"]}),
+            json!({"not": {"field": "sex", "op": "=", "value": "M"}}),
+        ] {
+            let expr = tre_domain::cohort::parse(&filter, &ds).unwrap();
+            assert_eq!(
+                evaluate(&expr, &coded, &ds).unwrap(),
+                evaluate(&expr, &plain, &ds).unwrap(),
+                "{filter}"
+            );
+        }
     }
 }
