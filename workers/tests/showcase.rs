@@ -18,7 +18,9 @@ use tre_domain::showcase::{Distribution, ShowcaseAggregates, bin_of, release};
 use tre_domain::{EnvironmentCommand, FieldRef, Inventory, Policies};
 use tre_jobs::EmbeddedQueue;
 use tre_store::{ShowcaseView, Store};
-use tre_testkit::{BIOBANK, World, biobank_inventory, fixtures_data, world_with};
+use tre_testkit::{
+    BIOBANK, World, biobank_inventory, counted, fixtures_data, selecting, world_with,
+};
 
 mod common;
 
@@ -29,6 +31,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(20);
 tre_testkit::on_both_backends!(
     showcase_aggregates_equal_an_independent_count_and_release_only_what_the_rules_allow,
     a_new_inventory_version_is_computed_while_the_old_numbers_stay_served,
+    reviewers_see_a_selection_summary_counted_from_the_data,
 );
 
 fn field(name: &str) -> FieldRef {
@@ -302,5 +305,130 @@ async fn a_new_inventory_version_is_computed_while_the_old_numbers_stay_served(s
     let shown = second.showcase.unwrap();
     assert_eq!(shown.version, 2);
     assert!(shown.fields.iter().any(|f| f.field == "townsend_index"));
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Participant ids (as text) of a Parquet file of the fixtures, row by row.
+fn participant_ids(file: &str) -> Vec<String> {
+    let file = std::fs::File::open(fixtures_data().join(file)).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        for value in column(&batch, "participant_id") {
+            out.push(match value {
+                Some(Value::Number(n)) => format!("{n}"),
+                Some(Value::Text(t)) => t,
+                None => panic!("a row without a participant"),
+            });
+        }
+    }
+    out
+}
+
+async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) {
+    let w = world_with(store, inventory(), &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("summary");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    let women = serde_json::json!({"field": "sex", "op": "=", "value": "F"});
+    let request = store
+        .create_request(
+            &w.owner,
+            &w.env,
+            selecting(women, &["baseline", "hospital"]),
+        )
+        .await
+        .unwrap();
+    store
+        .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
+        .await
+        .unwrap();
+    let reviewed = counted(store, &request.id).await;
+    worker.stop(STOP_WITHIN).await;
+    assert!(matches!(
+        reviewed.state,
+        tre_domain::RequestState::InReview { .. }
+    ));
+
+    // independently: the women, and their hospital episodes
+    let batch = participants();
+    let secret = store.showcase_secret(&w.env).await.unwrap();
+    let ids = participant_ids("participants.parquet");
+    let sexes = column(&batch, "sex");
+    let mut women = std::collections::HashSet::new();
+    let mut cohort = Cell::default();
+    for (id, sex) in ids.iter().zip(&sexes) {
+        if *sex == Some(Value::Text("F".into())) {
+            women.insert(id.clone());
+            cohort.add(key_of(&secret, id));
+        }
+    }
+    let mut episodes = Cell::default();
+    for file in ["hospital_episodes-0.parquet", "hospital_episodes-1.parquet"] {
+        for id in participant_ids(file) {
+            if women.contains(&id) {
+                episodes.add(key_of(&secret, &id));
+            }
+        }
+    }
+    let env = store.environment(&w.admin, &w.env).await.unwrap();
+    let rules = DisclosureRules::of(&env.policies);
+
+    let summary = store
+        .selection_summary(&w.owner, &request.id)
+        .await
+        .unwrap()
+        .expect("counted with the cohort");
+    assert_eq!(summary.round, 1);
+    assert_eq!(summary.cohort, rules.release(cohort));
+    let by_name: HashMap<&str, &tre_domain::summary::DatasetSummary> = summary
+        .datasets
+        .iter()
+        .map(|d| (d.dataset.as_str(), d))
+        .collect();
+    assert_eq!(
+        by_name["participants"].rows,
+        rules.release(cohort),
+        "one row each"
+    );
+    assert_eq!(by_name["hospital_episodes"].rows, rules.release(episodes));
+    assert!(
+        by_name["hospital_episodes"]
+            .fields
+            .contains(&"icd10".to_owned())
+    );
+    assert_eq!(summary.collections.len(), 2);
+
+    // the reviewers see it; the admins see the counts, not the selection;
+    // outsiders nothing
+    let reviewer = tre_testkit::user(store, "rev1", false, &[]).await;
+    assert_eq!(
+        store
+            .selection_summary(&reviewer, &request.id)
+            .await
+            .unwrap(),
+        Some(summary.clone())
+    );
+    let admin_view = store
+        .selection_summary(&w.admin, &request.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admin_view.cohort, summary.cohort);
+    assert!(admin_view.collections.is_empty());
+    assert!(admin_view.datasets.iter().all(|d| d.fields.is_empty()));
+    assert!(
+        store
+            .selection_summary(&w.outsider, &request.id)
+            .await
+            .is_err()
+    );
     let _ = std::fs::remove_dir_all(folder);
 }

@@ -30,8 +30,14 @@ impl CohortCounter {
         Self { sources }
     }
 
-    /// The number of participants the request's filter selects.
-    async fn size(&self, env: &Environment, request: &AccessRequest) -> Result<u64, JobError> {
+    /// The number of participants the request's filter selects; with it,
+    /// the counts of the selection summary are recorded.
+    async fn size(
+        &self,
+        ctx: &JobContext,
+        env: &Environment,
+        request: &AccessRequest,
+    ) -> Result<u64, JobError> {
         let inventory = env
             .inventory
             .as_ref()
@@ -45,6 +51,36 @@ impl CohortCounter {
         let keys = tre_dispense::cohort_keys(&source, inventory, filter.as_ref())
             .await
             .map_err(dispense_error)?;
+        // the reviewers' selection summary: participants, and the rows of
+        // each selected dataset that dispensing would write
+        let secret = ctx.store.showcase_secret(&env.id).await?;
+        let membership = tre_dispense::Membership::new(&keys);
+        let mut datasets = Vec::new();
+        for selected in request.selection.iter().flat_map(|s| &s.datasets) {
+            let Some(dataset) = inventory.dataset(&selected.dataset) else {
+                continue; // checked again when dispensing
+            };
+            // a dataset that cannot be read is left out of the summary (the
+            // dispense will say why, with the reason); the count goes on
+            match tre_dispense::showcase::cohort_rows(&source, dataset, &membership, &secret)
+                .await
+                .map_err(dispense_error)
+            {
+                Ok(rows) => datasets.push((selected.dataset.clone(), rows)),
+                Err(JobError::Permanent(reason)) => {
+                    warn!(request = %request.id, dataset = %selected.dataset, %reason, "left out of the selection summary");
+                }
+                Err(transient) => return Err(transient),
+            }
+        }
+        let counts = tre_domain::summary::SelectionCounts {
+            round: request.round,
+            cohort: tre_dispense::showcase::cohort_cell(&keys, &secret),
+            datasets,
+        };
+        ctx.store
+            .save_selection_counts(&request.id, &counts)
+            .await?;
         Ok(keys.len() as u64)
     }
 
@@ -85,7 +121,7 @@ impl CohortCounter {
             .store
             .system_environment(&request.environment_id)
             .await?;
-        let count = match self.size(&env, &request).await {
+        let count = match self.size(ctx, &env, &request).await {
             Ok(size) => CohortCount::Counted(size),
             Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),
             Err(transient) => return Err(transient),

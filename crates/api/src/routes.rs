@@ -283,6 +283,14 @@ fn endpoints() -> Vec<Endpoint> {
         .returns(body::<AccessRequest>),
         op(
             M::GET,
+            "/v1/requests/{id}/summary",
+            "The selection summary of the current round: participants, rows and fields per dataset, collections; disclosure-controlled (owner, collaborators, reviewers; admins without the fields)",
+            None,
+            get(request_summary),
+        )
+        .returns(body::<tre_domain::summary::SelectionSummary>),
+        op(
+            M::GET,
             "/v1/requests/{id}/history",
             "State changes and decisions, in order",
             None,
@@ -770,6 +778,29 @@ async fn revoke(
         },
     )
     .await
+}
+
+async fn request_summary(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    match state
+        .store
+        .selection_summary(&caller, &RequestId(id))
+        .await?
+    {
+        Some(summary) => Ok(Json(summary).into_response()),
+        None => {
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "computing",
+                "the summary is made when the submitted cohort is counted; try again shortly",
+            );
+            error.retry_after = Some(5);
+            Err(error)
+        }
+    }
 }
 
 async fn request_history(

@@ -910,6 +910,8 @@ async fn authorization_matrix_over_http() {
         (Method::GET, "/v1/projects".into(), None, "AAAAAAAAA"),
         (Method::GET, "/v1/notifications".into(), None, "AAAAAAAAA"),
         (Method::GET, q(""), None, "HHAHHAAAA"),
+        // its selection summary: the same people (409 "computing" here)
+        (Method::GET, q("/summary"), None, "HHAHHAAAA"),
         (
             Method::PATCH,
             q(""),

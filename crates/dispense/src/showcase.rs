@@ -497,6 +497,61 @@ pub fn record_hasher(secret: &[u8]) -> SipHasher13 {
     SipHasher13::new_with_key(&key)
 }
 
+/// The cohort's cell: its participants, keyed with the environment's
+/// `secret` (for the selection summary).
+pub fn cohort_cell(keys: &crate::CohortKeys, secret: &[u8]) -> Cell {
+    let hasher = record_hasher(secret);
+    let mut cell = Cell::default();
+    match keys {
+        crate::CohortKeys::Int(v) => {
+            let mut text = String::with_capacity(20);
+            for k in v {
+                text.clear();
+                let _ = write!(text, "{k}");
+                cell.add(record_key(&hasher, &text));
+            }
+        }
+        crate::CohortKeys::Text(v) => {
+            for k in v {
+                cell.add(record_key(&hasher, k));
+            }
+        }
+    }
+    cell
+}
+
+/// The rows of `dataset` whose participant is in the cohort, as one cell
+/// (each row keyed by its participant's record key): what dispensing the
+/// dataset for the cohort would write. Reads the key column only.
+pub async fn cohort_rows(
+    source: &Source,
+    dataset: &Dataset,
+    membership: &crate::Membership,
+    secret: &[u8],
+) -> Result<Cell, DispenseError> {
+    let hasher = record_hasher(secret);
+    let mut cell = Cell::default();
+    for path in &dataset.locations {
+        let builder = reader_builder(source, path).await?;
+        let indices = root_indices(builder.schema(), &[dataset.key.as_str()], path)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+        let mut stream = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        while let Some(batch) = stream.try_next().await? {
+            let keys = batch.column(0);
+            let inside = membership.mask(keys)?;
+            let texts = arrow_cast::cast(keys, &DataType::Utf8)?;
+            let texts = texts.as_string::<i32>();
+            for row in inside.values().set_indices() {
+                cell.add(record_key(&hasher, texts.value(row)));
+            }
+        }
+    }
+    Ok(cell)
+}
+
 /// When at most one row in this many is left, the rest of a conjunction is
 /// evaluated on those rows only.
 const SPARSE: usize = 16;

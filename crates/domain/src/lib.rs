@@ -29,6 +29,7 @@ mod project;
 mod request;
 pub mod showcase;
 pub mod storage;
+pub mod summary;
 
 pub use authz::{Action, Denied, Object, authorize, request_view};
 pub use effect::{AdminAlert, Effect};

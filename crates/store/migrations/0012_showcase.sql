@@ -34,3 +34,14 @@ CREATE TABLE showcase_queries (
     at BIGINT NOT NULL
 );
 CREATE INDEX showcase_queries_by_user ON showcase_queries (user_id, environment_id, at);
+
+-- The selection summary's true counts of each submission round (JSON of
+-- tre_domain::summary::SelectionCounts), written by the cohort count job;
+-- released under the disclosure rules when read.
+CREATE TABLE request_summaries (
+    request_id TEXT NOT NULL,
+    round BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    computed_at BIGINT NOT NULL,
+    PRIMARY KEY (request_id, round)
+);

@@ -30,6 +30,7 @@ mod outbox;
 mod projects;
 mod requests;
 mod showcase;
+mod summaries;
 mod users;
 mod writes;
 
