@@ -102,17 +102,32 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 }
 
 fn baseline(engine: &str, data: &Path, out: &Path) -> Option<f64> {
+    let selected = serde_json::to_string(&SELECTED).unwrap_or_default();
+    let (data, out) = (data.to_string_lossy(), out.to_string_lossy());
+    python_seconds(
+        engine,
+        "pip install duckdb polars",
+        PYTHON,
+        &[engine, &data, &out, CENTRE, &selected],
+    )
+}
+
+/// Runs `script` with `python3 -c` and reads the seconds it printed last
+/// (engines may print progress before); `None`, with why, when it fails.
+pub(crate) fn python_seconds(
+    name: &str,
+    install: &str,
+    script: &str,
+    args: &[&str],
+) -> Option<f64> {
     let output = Command::new("python3")
-        .args(["-c", PYTHON, engine])
-        .arg(data)
-        .arg(out)
-        .arg(CENTRE)
-        .arg(serde_json::to_string(&SELECTED).unwrap_or_default())
+        .args(["-c", script])
+        .args(args)
         .output()
         .ok()?;
     if !output.status.success() {
         eprintln!(
-            "{engine}: not run ({}); pip install duckdb polars",
+            "{name}: not run ({}); {install}",
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .last()
@@ -120,7 +135,6 @@ fn baseline(engine: &str, data: &Path, out: &Path) -> Option<f64> {
         );
         return None;
     }
-    // the last line: engines may print progress before it
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .last()?

@@ -17,7 +17,7 @@ use tre_domain::showcase::Distribution;
 use tre_domain::{Dataset, FieldRef, Inventory};
 
 use crate::bench::percentile;
-use crate::bench_dispense::{median, peak_rss_mb};
+use crate::bench_dispense::{median, peak_rss_mb, python_seconds};
 
 #[derive(Debug, Args)]
 pub struct ShowcaseBenchArgs {
@@ -68,28 +68,12 @@ print(time.perf_counter() - t)
 "#;
 
 fn duckdb(path: &std::path::Path, plan: &serde_json::Value) -> Option<f64> {
-    let output = Command::new("python3")
-        .args(["-c", PYTHON])
-        .arg(path)
-        .arg(plan.to_string())
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        eprintln!(
-            "duckdb: not run ({}); pip install duckdb",
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()?
-        .trim()
-        .parse()
-        .ok()
+    python_seconds(
+        "duckdb",
+        "pip install duckdb",
+        PYTHON,
+        &[&path.to_string_lossy(), &plan.to_string()],
+    )
 }
 
 /// A cohort a researcher might build: a centre, a span of birth years,

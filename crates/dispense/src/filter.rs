@@ -176,7 +176,18 @@ fn dictionary_eq(
         .as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(|| DispenseError::data("a text dictionary holds no text"))?;
-    let code = (0..values.len()).find(|i| values.is_valid(*i) && values.value(*i) == text);
+    let mut codes = (0..values.len()).filter(|i| values.is_valid(*i) && values.value(*i) == text);
+    let code = codes.next();
+    if codes.next().is_some() {
+        // the value under several codes (dictionaries joined as they are):
+        // the kernel compares every entry
+        let text = Scalar::new(StringArray::from(vec![text]));
+        return Ok(if equal {
+            cmp::eq(column, &text)?
+        } else {
+            cmp::neq(column, &text)?
+        });
+    }
     let keys = column.keys();
     Ok(match code {
         Some(code) => {
@@ -302,6 +313,23 @@ mod tests {
         assert_eq!(
             rows(json!({"field": "sex", "op": "!=", "value": "F"})),
             [Some(false), Some(true), Some(false), None]
+        );
+    }
+
+    /// A dictionary that holds a value twice (batches joined as they are)
+    /// still finds every row of it.
+    #[test]
+    fn a_value_under_two_codes_is_found_under_both() {
+        let values = StringArray::from(vec!["F", "M", "F"]);
+        let keys = Int32Array::from(vec![Some(0), Some(1), Some(2), None]);
+        let column = Int32DictionaryArray::try_new(keys, Arc::new(values)).unwrap();
+        assert_eq!(
+            dictionary_eq(&column, "F", true).unwrap(),
+            BooleanArray::from(vec![Some(true), Some(false), Some(true), None])
+        );
+        assert_eq!(
+            dictionary_eq(&column, "F", false).unwrap(),
+            BooleanArray::from(vec![Some(false), Some(true), Some(false), None])
         );
     }
 

@@ -13,7 +13,8 @@ use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow_buffer::BooleanBuffer;
 use arrow_schema::DataType;
 use futures::TryStreamExt;
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use siphasher::sip::SipHasher13;
 use tre_domain::cohort::{CmpOp, Expr, Literal};
 use tre_domain::disclosure::Cell;
@@ -165,6 +166,36 @@ impl ShowcaseColumns {
         let mut batches = Vec::new();
         for path in &dataset.locations {
             let builder = reader_builder(source, path).await?;
+            // texts are read as dictionaries, as Parquet usually stores
+            // them: no text is materialised or hashed again
+            let hint: Vec<arrow_schema::Field> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let text = matches!(f.data_type(), DataType::Utf8)
+                        && dataset.field(f.name()).map(|d| d.field_type) == Some(FieldType::String);
+                    if text {
+                        arrow_schema::Field::new(
+                            f.name(),
+                            DataType::Dictionary(
+                                Box::new(DataType::Int32),
+                                Box::new(DataType::Utf8),
+                            ),
+                            f.is_nullable(),
+                        )
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect();
+            let metadata = ArrowReaderMetadata::try_new(
+                builder.metadata().clone(),
+                ArrowReaderOptions::new()
+                    .with_schema(std::sync::Arc::new(arrow_schema::Schema::new(hint))),
+            )?;
+            let builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(source.reader(path)?, metadata);
             let indices = root_indices(builder.schema(), &names, path)?;
             let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
             let mut stream = builder

@@ -149,13 +149,7 @@ impl Store {
         caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<ShowcaseView, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, id).await?;
-        authorize(
-            &caller.actor,
-            Action::ViewShowcase,
-            &Object::Environment(&env),
-        )
-        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        let env = self.showcase_environment(caller, id).await?;
         let current_version = env.inventory.as_ref().map_or(0, |i| i.version);
         let aggregates = self.showcase_aggregates(id, current_version).await?;
         let rules = DisclosureRules::of(&env.policies);
