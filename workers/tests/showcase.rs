@@ -416,6 +416,11 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
             .unwrap(),
         Some(summary.clone())
     );
+    // and in their queue, beside the request
+    let queue = store.review_queue(&reviewer, "", 50).await.unwrap();
+    assert_eq!(queue.items.len(), 1);
+    let summaries = store.summaries_for(&queue.items).await.unwrap();
+    assert_eq!(summaries.get(&request.id), Some(&summary));
     let admin_view = store
         .selection_summary(&w.admin, &request.id)
         .await

@@ -324,11 +324,11 @@ fn endpoints() -> Vec<Endpoint> {
         op(
             M::GET,
             "/v1/reviews",
-            "The caller's review queue",
+            "The caller's review queue, each request with its selection summary",
             None,
             get(review_queue),
         )
-        .returns(body::<ListPage<AccessRequest>>),
+        .returns(body::<ListPage<ReviewItem>>),
         op(
             M::GET,
             "/v1/projects",
@@ -999,6 +999,16 @@ async fn list_requests(
 
 /// Requests waiting on a stage the caller reviews and has not decided,
 /// paged by `limit` and `cursor`.
+/// A request waiting for the caller's decision, with what it would release.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct ReviewItem {
+    #[serde(flatten)]
+    request: AccessRequest,
+    /// The selection summary of its current round; `null` until its cohort
+    /// is counted.
+    summary: Option<tre_domain::summary::SelectionSummary>,
+}
+
 async fn review_queue(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -1008,7 +1018,20 @@ async fn review_queue(
         .store
         .review_queue(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
         .await?;
-    Ok(Json(page).into_response())
+    let mut summaries = state.store.summaries_for(&page.items).await?;
+    let items: Vec<ReviewItem> = page
+        .items
+        .into_iter()
+        .map(|request| ReviewItem {
+            summary: summaries.remove(&request.id),
+            request,
+        })
+        .collect();
+    Ok(Json(ListPage {
+        items,
+        next_cursor: page.next_cursor,
+    })
+    .into_response())
 }
 
 async fn list_projects(

@@ -2,10 +2,12 @@
 //! round, written by the cohort count job, and read back released under the
 //! environment's disclosure rules by those who may see the request.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
-use tre_domain::RequestId;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::summary::{self, SelectionCounts, SelectionSummary};
+use tre_domain::{AccessRequest, EnvironmentId, RequestId};
 
 use crate::{Caller, Store, StoreError, now};
 
@@ -63,5 +65,62 @@ impl Store {
             request.selection.as_ref(),
             &DisclosureRules::of(&env.policies),
         )))
+    }
+
+    /// The summaries of the current rounds of `requests`, which the caller
+    /// has already been allowed to see as they are (a review queue): one
+    /// query for all. A request whose round is not counted yet has none.
+    pub async fn summaries_for(
+        &self,
+        requests: &[AccessRequest],
+    ) -> Result<HashMap<RequestId, SelectionSummary>, StoreError> {
+        let mut out = HashMap::new();
+        if requests.is_empty() {
+            return Ok(out);
+        }
+        let placeholders: Vec<String> = (1..=requests.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT request_id, round, body FROM request_summaries WHERE request_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for request in requests {
+            query = query.bind(request.id.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut rules: HashMap<EnvironmentId, DisclosureRules> = HashMap::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let round: i64 = row.try_get(1)?;
+            let Some(request) = requests
+                .iter()
+                .find(|r| r.id.as_str() == id && i64::from(r.round) == round)
+            else {
+                continue; // an earlier round's
+            };
+            let body: String = row.try_get(2)?;
+            let counts: SelectionCounts =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                    object: "selection summary",
+                    id: id.clone(),
+                    message: e.to_string(),
+                })?;
+            if !rules.contains_key(&request.environment_id) {
+                let env = self.system_environment(&request.environment_id).await?;
+                rules.insert(
+                    request.environment_id.clone(),
+                    DisclosureRules::of(&env.policies),
+                );
+            }
+            out.insert(
+                request.id.clone(),
+                summary::release(
+                    &counts,
+                    request.selection.as_ref(),
+                    &rules[&request.environment_id],
+                ),
+            );
+        }
+        Ok(out)
     }
 }
