@@ -47,6 +47,14 @@ fn inventory() -> Inventory {
     inventory.showcase.push(field("bmi"));
     inventory.showcase.push(field("recruitment_date"));
     inventory.showcase.push(field("smoking_status"));
+    // the custodian's own BMI bins (the WHO categories)
+    inventory.showcase_bins.push(tre_domain::ShowcaseBins {
+        field: field("bmi"),
+        edges: [18.5, 25.0, 30.0, 35.0]
+            .into_iter()
+            .map(tre_domain::BinEdge)
+            .collect(),
+    });
     inventory
 }
 
@@ -150,6 +158,9 @@ fn assert_independent(aggregates: &ShowcaseAggregates, secret: &[u8]) {
         );
         match &agg.distribution {
             Distribution::Histogram { edges, bins, .. } => {
+                if agg.field.field == "bmi" {
+                    assert_eq!(edges, &[18.5, 25.0, 30.0, 35.0], "the custodian's bins");
+                }
                 let mut want = vec![Cell::default(); edges.len() + 1];
                 for (value, key) in values.iter().zip(&keys) {
                     if let Some(Value::Number(n)) = value {

@@ -208,6 +208,7 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
         }],
         showcase: vec![],
         cohort_fields: None,
+        showcase_bins: vec![],
     };
     let selection =
         tre_domain::dispense::resolve(&inventory, &BTreeSet::from(["half".to_owned()]))?

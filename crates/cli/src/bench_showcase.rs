@@ -139,6 +139,7 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
             })
             .collect(),
         cohort_fields: None,
+        showcase_bins: vec![],
     };
     inventory.validate()?;
     let source = tre_dispense::Source::folder(root.clone())?;

@@ -73,6 +73,18 @@ pub struct InventoryFile {
     /// the showcase's and the selected collections').
     #[serde(default)]
     pub cohort_fields: Option<Vec<String>>,
+    /// The custodian's bins for numeric and date showcase fields:
+    /// `[{field = "participants.bmi", edges = [18.5, 25, 30, 35]}]`.
+    #[serde(default)]
+    pub showcase_bins: Vec<BinsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinsFile {
+    /// `dataset.field`
+    pub field: String,
+    pub edges: Vec<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +284,17 @@ impl InventoryFile {
             collections,
             showcase,
             cohort_fields: self.cohort_fields.clone(),
+            showcase_bins: self
+                .showcase_bins
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    Ok(tre_domain::ShowcaseBins {
+                        field: field_ref(&format!("inventory.showcase_bins[{i}].field"), &b.field)?,
+                        edges: b.edges.iter().map(|e| tre_domain::BinEdge(*e)).collect(),
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
         inventory.validate()?;
         Ok(inventory)

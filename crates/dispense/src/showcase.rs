@@ -76,6 +76,8 @@ pub struct ShowcaseColumns {
     /// The columns a cohort filter may read, as Arrow arrays.
     batch: RecordBatch,
     record_keys: Vec<u32>,
+    /// The custodian's bin edges, by field name.
+    bins: HashMap<String, Vec<f64>>,
     /// Per text field, its rows grouped by value: `field = text` is read
     /// from here without a scan. Made by the first query (the showcase job
     /// never needs them).
@@ -237,6 +239,12 @@ impl ShowcaseColumns {
             fields,
             batch,
             record_keys,
+            bins: inventory
+                .showcase_bins
+                .iter()
+                .filter(|b| b.field.dataset == inventory.cohort_dataset)
+                .map(|b| (b.field.field.clone(), b.edges.iter().map(|e| e.0).collect()))
+                .collect(),
             postings: std::sync::OnceLock::new(),
         })
     }
@@ -274,7 +282,14 @@ impl ShowcaseColumns {
                             .skip(t)
                             .step_by(threads)
                             .map(|(i, (field, field_type, values))| {
-                                let shape = shape_of(values, *field_type);
+                                let shape = match (self.bins.get(&field.field), values) {
+                                    // the custodian's edges
+                                    (Some(edges), Values::Numbers(_)) => Shape::Histogram {
+                                        edges: edges.clone(),
+                                        years: *field_type == FieldType::Date,
+                                    },
+                                    _ => shape_of(values, *field_type),
+                                };
                                 (i, self.count(field, *field_type, values, &shape, None))
                             })
                             .collect::<Vec<_>>()
@@ -901,6 +916,7 @@ mod tests {
             collections: vec![],
             showcase: vec![r("centre"), r("year"), r("sex"), r("bmi")],
             cohort_fields: None,
+            showcase_bins: vec![],
         };
         let source = Source::folder(dir).unwrap();
         let columns = ShowcaseColumns::load(&source, &inventory, &[3u8; 32])

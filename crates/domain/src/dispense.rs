@@ -234,6 +234,7 @@ mod tests {
             ],
             showcase: vec![],
             cohort_fields: None,
+            showcase_bins: vec![],
         }
     }
 

@@ -86,6 +86,28 @@ pub struct DataCollection {
     pub fields: Vec<FieldRef>,
 }
 
+/// A bin edge of a showcase histogram: a finite number (a year for dates).
+#[derive(
+    Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(transparent)]
+pub struct BinEdge(pub f64);
+
+// edges come from JSON or TOML numbers, which are never NaN (and
+// validation refuses non-finite ones), so equality is total
+impl Eq for BinEdge {}
+
+/// The custodian's own bins for a numeric or date showcase field of the
+/// cohort dataset, instead of the round edges chosen from the data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShowcaseBins {
+    pub field: FieldRef,
+    /// Inner edges, strictly increasing (years for dates): values below the
+    /// first and at or above the last fall in the open end bins. 1 to 50.
+    pub edges: Vec<BinEdge>,
+}
+
 /// One version of an environment's data inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +127,10 @@ pub struct Inventory {
     /// fields of the collections the request selects. Never the entity key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort_fields: Option<Vec<String>>,
+    /// Bins chosen by the custodian for numeric and date showcase fields.
+    /// Default: none (round edges between the 5th and 95th percentiles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub showcase_bins: Vec<ShowcaseBins>,
 }
 
 impl Inventory {
@@ -228,6 +254,9 @@ impl Inventory {
                 ));
             }
         }
+        for (i, bins) in self.showcase_bins.iter().enumerate() {
+            self.check_bins(i, bins)?;
+        }
         if let (Some(listed), Some(cohort)) = (&self.cohort_fields, self.cohort()) {
             for (i, field) in listed.iter().enumerate() {
                 let path = format!("inventory.cohort_fields[{i}]");
@@ -249,6 +278,60 @@ impl Inventory {
             }
         }
         Ok(())
+    }
+
+    fn check_bins(&self, i: usize, bins: &ShowcaseBins) -> Result<(), DomainError> {
+        let path = format!("inventory.showcase_bins[{i}]");
+        let dataset = self.check_ref(&format!("{path}.field"), &bins.field)?;
+        if !self.showcase.contains(&bins.field) || dataset.name != self.cohort_dataset {
+            return Err(DomainError::invalid(
+                format!("{path}.field"),
+                "bins are for showcase fields of the cohort dataset",
+            ));
+        }
+        let numeric = dataset.field(&bins.field.field).is_some_and(|f| {
+            matches!(
+                f.field_type,
+                FieldType::Integer | FieldType::Float | FieldType::Date
+            )
+        });
+        if !numeric {
+            return Err(DomainError::invalid(
+                format!("{path}.field"),
+                "bins are for integer, float and date fields",
+            ));
+        }
+        if self.showcase_bins[..i]
+            .iter()
+            .any(|b| b.field == bins.field)
+        {
+            return Err(DomainError::invalid(
+                format!("{path}.field"),
+                "the field's bins are given twice",
+            ));
+        }
+        let edges = &bins.edges;
+        if edges.is_empty() || edges.len() > 50 {
+            return Err(DomainError::invalid(
+                format!("{path}.edges"),
+                "between 1 and 50 edges",
+            ));
+        }
+        if edges.iter().any(|e| !e.0.is_finite()) || edges.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(DomainError::invalid(
+                format!("{path}.edges"),
+                "edges are finite and strictly increasing",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The custodian's edges for a showcase field, if any.
+    pub fn bins_of(&self, field: &FieldRef) -> Option<Vec<f64>> {
+        self.showcase_bins
+            .iter()
+            .find(|b| b.field == *field)
+            .map(|b| b.edges.iter().map(|e| e.0).collect())
     }
 
     fn check_ref(&self, path: &str, field: &FieldRef) -> Result<&Dataset, DomainError> {
@@ -351,6 +434,7 @@ pub(crate) mod tests {
             ],
             showcase: vec![r("participants", "sex")],
             cohort_fields: None,
+            showcase_bins: vec![],
         }
     }
 
@@ -428,9 +512,51 @@ pub(crate) mod tests {
                 |i| i.cohort_fields = Some(vec!["age".into(), "icd10".into()]),
                 "inventory.cohort_fields[1]",
             ),
+            // bins: for a showcase field of the cohort dataset only
+            (
+                |i| i.showcase_bins = vec![bins("participants", "age", &[40.0])],
+                "inventory.showcase_bins[0].field",
+            ),
+            // a number or a date
+            (
+                |i| i.showcase_bins = vec![bins("participants", "sex", &[1.0])],
+                "inventory.showcase_bins[0].field",
+            ),
+            // strictly increasing
+            (
+                |i| i.showcase_bins = vec![bins("participants", "bmi", &[25.0, 25.0])],
+                "inventory.showcase_bins[0].edges",
+            ),
+            (
+                |i| i.showcase_bins = vec![bins("participants", "bmi", &[])],
+                "inventory.showcase_bins[0].edges",
+            ),
+            (
+                |i| {
+                    i.showcase_bins = vec![
+                        bins("participants", "bmi", &[25.0]),
+                        bins("participants", "bmi", &[30.0]),
+                    ]
+                },
+                "inventory.showcase_bins[1].field",
+            ),
         ];
+        fn bins(dataset: &str, field: &str, edges: &[f64]) -> ShowcaseBins {
+            ShowcaseBins {
+                field: FieldRef {
+                    dataset: dataset.into(),
+                    field: field.into(),
+                },
+                edges: edges.iter().map(|e| BinEdge(*e)).collect(),
+            }
+        }
         for (breaker, expected) in cases {
             let mut inv = inventory();
+            // bmi and sex are showcase fields here; age is not
+            inv.showcase.push(FieldRef {
+                dataset: "participants".into(),
+                field: "bmi".into(),
+            });
             breaker(&mut inv);
             let err = inv.validate().unwrap_err();
             assert_eq!(err.field(), Some(expected), "{err}");

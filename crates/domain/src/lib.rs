@@ -38,7 +38,9 @@ pub use environment::{
 };
 pub use error::DomainError;
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
-pub use inventory::{DataCollection, Dataset, Field, FieldRef, FieldType, Inventory};
+pub use inventory::{
+    BinEdge, DataCollection, Dataset, Field, FieldRef, FieldType, Inventory, ShowcaseBins,
+};
 pub use job::{JobEvent, JobState};
 pub use people::{Actor, Principal};
 pub use pipeline::{

@@ -628,6 +628,7 @@ pub fn inventory() -> Inventory {
         ],
         showcase: vec![r("participants", "sex")],
         cohort_fields: None,
+        showcase_bins: vec![],
     }
 }
 
@@ -955,6 +956,7 @@ pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -
             r("participants", "year_of_birth"),
         ],
         cohort_fields: None,
+        showcase_bins: vec![],
     }
 }
 
