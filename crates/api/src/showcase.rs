@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
 use tre_dispense::showcase::ShowcaseColumns;
 use tre_domain::disclosure::{DisclosureRules, Released, too_close};
-use tre_domain::showcase::{ReleasedField, release_field};
+use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
 use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 
@@ -97,9 +97,12 @@ pub struct CohortAnswer {
 /// An environment's inventory version.
 type VersionKey = (EnvironmentId, u32);
 
-/// The showcase columns of recently asked inventory versions.
+/// The showcase columns (and aggregates) of recently asked inventory
+/// versions.
 pub struct ShowcaseCache {
     sources: Sources,
+    /// A version's aggregates, once computed (they never change after).
+    aggregates: Mutex<Vec<(VersionKey, Arc<ShowcaseAggregates>)>>,
     /// The newest used last.
     loaded: Mutex<Vec<(VersionKey, Arc<ShowcaseColumns>)>>,
     /// One load at a time: a burst of first queries loads a version once.
@@ -117,6 +120,7 @@ impl ShowcaseCache {
     pub fn new(sources: Sources) -> Self {
         Self {
             sources,
+            aggregates: Mutex::default(),
             loaded: Mutex::default(),
             loading: tokio::sync::Mutex::default(),
         }
@@ -129,6 +133,38 @@ impl ShowcaseCache {
         let columns = entry.1.clone();
         loaded.push(entry); // newest used last
         Some(columns)
+    }
+
+    /// The aggregates of version `version` of `env`, once computed.
+    async fn aggregates(
+        &self,
+        state: &AppState,
+        env: &EnvironmentId,
+        version: u32,
+    ) -> Result<Option<Arc<ShowcaseAggregates>>> {
+        let key = (env.clone(), version);
+        if let Some((_, found)) = self
+            .aggregates
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return Ok(Some(found.clone()));
+        }
+        let Some(full) = state.store.showcase_aggregates(env, version).await? else {
+            return Ok(None);
+        };
+        if full.version != version {
+            return Ok(None); // an earlier version's: this one is being computed
+        }
+        let full = Arc::new(full);
+        let mut cached = self.aggregates.lock().expect("not poisoned");
+        if cached.len() >= CACHED_VERSIONS {
+            cached.remove(0);
+        }
+        cached.push((key, full.clone()));
+        Ok(Some(full))
     }
 
     /// The columns of `env`'s current inventory version, loaded now or
@@ -347,9 +383,9 @@ pub async fn ask(
     }
 
     // the bins of this version's showcase, which cohorts are counted in
-    let full = match state.store.showcase_aggregates(&env.id, version).await? {
-        Some(full) if full.version == version => full,
-        _ => {
+    let full = match state.showcase.aggregates(&state, &env.id, version).await? {
+        Some(full) => full,
+        None => {
             let mut error = ApiError::new(
                 StatusCode::CONFLICT,
                 "computing",

@@ -33,6 +33,10 @@ pub struct ShowcaseBenchArgs {
     /// Cohort-builder queries to time.
     #[arg(long, default_value_t = 4_000)]
     queries: usize,
+    /// Where the API's queries are recorded for the HTTP run (a scratch
+    /// database; default: a SQLite file in a temporary folder).
+    #[arg(long)]
+    scratch_database_url: Option<String>,
 }
 
 /// The showcase: every kind of field the showcase counts.
@@ -248,10 +252,194 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
         latencies.len(),
         columns.rows()
     );
+    drop(columns);
+
+    // the same queries through the API: HTTP, authorization, rate limit,
+    // the differencing check against each user's earlier cohorts, and the
+    // query recorded and audited in SQL
+    let (http_qps, http_p99, refused) = through_the_api(
+        &args,
+        &root,
+        &inventory,
+        &filters_json(args.queries, &centres),
+    )
+    .await?;
+    println!(
+        "cohort builder over HTTP: {} queries from 8 users, 4 clients, a server in this process on {}: {http_qps:.0} queries/s, p99 {http_p99:.2} ms ({refused} refused as too close to an earlier cohort)",
+        args.queries,
+        if args.scratch_database_url.is_some() {
+            "the scratch database"
+        } else {
+            "SQLite"
+        },
+    );
     println!("(medians of {} runs)", args.runs.max(1));
     println!(
-        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} peak_rss_mb={rss:.0}",
+        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} http_queries_per_s={http_qps:.0} http_p99_ms={http_p99:.2} peak_rss_mb={rss:.0}",
         duckdb_s.map_or("none".to_owned(), |d| format!("{d:.3}"))
     );
     Ok(())
+}
+
+fn filters_json(n: usize, centres: &[String]) -> Vec<serde_json::Value> {
+    (0..n).map(|i| cohort(i, centres)).collect()
+}
+
+/// Serves the API in this process on a scratch database, publishes the
+/// generated biobank with its showcase, and sends `filters` from 8 users
+/// on 4 connections: queries per second, p99 in ms, and how many were
+/// refused as too close.
+async fn through_the_api(
+    args: &ShowcaseBenchArgs,
+    root: &std::path::Path,
+    inventory: &Inventory,
+    filters: &[serde_json::Value],
+) -> Result<(f64, f64, usize)> {
+    use tre_domain::{EnvironmentCommand, NewEnvironment, Principal};
+    let dir = std::env::temp_dir().join(format!("tre-bench-showcase-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let url = args
+        .scratch_database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.display()));
+    let store = tre_store::Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    let user = |id: String, admin: bool, group: Option<&str>| {
+        let store = store.clone();
+        let groups = group.into_iter().map(String::from).collect();
+        async move {
+            let (user, token) = store
+                .bootstrap_user(
+                    tre_store::NewUser {
+                        id,
+                        platform_admin: admin,
+                        groups,
+                        email: None,
+                    },
+                    "bench",
+                )
+                .await?;
+            anyhow::Ok((tre_store::Caller::new(user.actor(), "bench"), token))
+        }
+    };
+    let run = std::process::id();
+    let (platform, _) = user(format!("bench-platform-{run}"), true, None).await?;
+    let (admin, _) = user(format!("bench-admin-{run}"), false, None).await?;
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        tokens.push(
+            user(format!("bench-user-{run}-{i}"), false, Some("bench"))
+                .await?
+                .1,
+        );
+    }
+    let env = store
+        .create_environment(
+            &platform,
+            NewEnvironment {
+                name: "Bench biobank".into(),
+                description: String::new(),
+                admins: [admin.actor.id.clone()].into(),
+                source: tre_domain::StoreRoot::parse(
+                    "source",
+                    &root.canonicalize()?.to_string_lossy(),
+                )?,
+            },
+        )
+        .await?;
+    for command in [
+        EnvironmentCommand::SetInventory(inventory.clone()),
+        EnvironmentCommand::SetPipeline(serde_json::from_value(json!({"stages": [
+            {"id": "s1", "name": "Committee", "reviewers": [platform.actor.id.clone()], "rule": "any"}
+        ]}))?),
+        EnvironmentCommand::SetMembers([Principal::Group("bench".into())].into()),
+        EnvironmentCommand::SetPolicies(tre_domain::Policies {
+            showcase_queries_per_minute: 10_000,
+            ..tre_domain::Policies::default()
+        }),
+        EnvironmentCommand::Publish,
+    ] {
+        store
+            .configure_environment(&admin, &env.id, command)
+            .await?;
+    }
+    // what the compute_showcase job does
+    let published = store.system_environment(&env.id).await?;
+    let source = tre_dispense::Source::folder(root.to_path_buf())?;
+    let secret = store.showcase_secret(&env.id).await?;
+    let current = published.inventory.as_ref().context("published")?;
+    let loaded = ShowcaseColumns::load(&source, current, &secret).await?;
+    store
+        .save_showcase_aggregates(&env.id, &loaded.aggregate_all())
+        .await?;
+    drop(loaded);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(tre_api::serve(
+        listener,
+        tre_api::AppState::new(store.clone()),
+        std::future::pending(),
+    ));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let endpoint = format!("{base}/v1/environments/{}/showcase/query", env.id);
+    // the first query loads the columns into the server's memory
+    client
+        .post(&endpoint)
+        .bearer_auth(&tokens[0])
+        .json(&json!({"cohort": null}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let clients = 4;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, endpoint, tokens) = (client.clone(), endpoint.clone(), tokens.clone());
+        let mine: Vec<(usize, serde_json::Value)> = filters
+            .iter()
+            .cloned()
+            .enumerate()
+            .skip(c)
+            .step_by(clients)
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut refused) = (Vec::new(), 0usize);
+            for (i, filter) in mine {
+                let began = Instant::now();
+                let response = client
+                    .post(&endpoint)
+                    .bearer_auth(&tokens[i % tokens.len()])
+                    .json(&json!({"cohort": filter, "fields": ["bmi"]}))
+                    .send()
+                    .await?;
+                match response.status().as_u16() {
+                    200 => {}
+                    409 => refused += 1,
+                    other => anyhow::bail!("query {i}: HTTP {other}: {}", response.text().await?),
+                }
+                let _ = response.bytes().await?;
+                latencies.push(began.elapsed());
+            }
+            anyhow::Ok((latencies, refused))
+        }));
+    }
+    let (mut latencies, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, r) = task.await??;
+        latencies.extend(l);
+        refused += r;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    server.abort();
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies.sort();
+    Ok((
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.99),
+        refused,
+    ))
 }
