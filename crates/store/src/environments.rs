@@ -194,14 +194,24 @@ impl Store {
         caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<Environment, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, id).await?;
-        authorize(
-            &caller.actor,
-            Action::DiscoverEnvironment,
-            &Object::Environment(&env),
-        )
-        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        let env = self
+            .authorized_environment(caller, id, Action::DiscoverEnvironment)
+            .await?;
         Ok(env.seen_by(&caller.actor))
+    }
+
+    /// The environment, if the caller may do `action` on it (else not
+    /// found or forbidden, as [`authorize`] says); unredacted.
+    pub(crate) async fn authorized_environment(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        action: Action,
+    ) -> Result<Environment, StoreError> {
+        let (env, _) = self.load_environment(&self.pool, id).await?;
+        authorize(&caller.actor, action, &Object::Environment(&env))
+            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        Ok(env)
     }
 
     /// Every environment (system use: no authorization).

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::Row;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::showcase::{self, Showcase, ShowcaseAggregates};
-use tre_domain::{Action, Environment, EnvironmentId, Object, Timestamp, UserId, authorize};
+use tre_domain::{Action, Environment, EnvironmentId, Timestamp, UserId};
 
 use crate::audit::{self, AuditRecord};
 use crate::{Caller, Store, StoreError, new_id, now};
@@ -169,14 +169,8 @@ impl Store {
         caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<Environment, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, id).await?;
-        authorize(
-            &caller.actor,
-            Action::ViewShowcase,
-            &Object::Environment(&env),
-        )
-        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        Ok(env)
+        self.authorized_environment(caller, id, Action::ViewShowcase)
+            .await
     }
 
     /// How many queries `user` made of the environment's showcase since
