@@ -10,7 +10,8 @@ use tre_domain::disclosure::DisclosureRules;
 use tre_domain::showcase::{self, Showcase, ShowcaseAggregates};
 use tre_domain::{Action, Environment, EnvironmentId, Timestamp, UserId};
 
-use crate::audit::{self, AuditRecord};
+use crate::audit::AuditRecord;
+use crate::writes::{Arg, Insert, Writes};
 use crate::{Caller, Store, StoreError, new_id, now};
 
 /// What came of a cohort-builder query.
@@ -239,51 +240,44 @@ impl Store {
         let id = new_id();
         let cohort = serde_json::to_string(query.cohort).expect("json");
         let fields = serde_json::to_string(query.fields).expect("json");
+        let size = query
+            .cohort_size
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
         self.retrying(|| async {
             let at = now();
-            let mut tx = self.begin().await?;
-            sqlx::query(
+            // the record and its audit event: one statement on PostgreSQL
+            let record = Insert::new(
                 "INSERT INTO showcase_queries \
-                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at)",
+                "",
             )
-            .bind(&id)
-            .bind(query.environment.as_str())
-            .bind(i64::from(query.version))
-            .bind(caller.actor.id.as_str())
-            .bind(&cohort)
-            .bind(&fields)
-            .bind(
-                query
-                    .cohort_size
-                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-            )
-            .bind(query.outcome.as_str())
-            .bind(at.0)
-            .execute(&mut *tx)
-            .await?;
-            audit::append(
-                &mut tx,
-                AuditRecord {
-                    actor: caller.actor.id.as_str(),
-                    action: "showcase.query",
-                    object_type: "environment",
-                    object_id: query.environment.as_str(),
-                    environment_id: query.environment.as_str(),
-                    details: json!({
-                        "query": id,
-                        "version": query.version,
-                        "cohort": query.cohort,
-                        "fields": query.fields,
-                        "outcome": query.outcome,
-                    }),
-                    trace_id: &caller.trace_id,
-                },
-                at,
-            )
-            .await?;
-            self.commit(tx).await?;
-            Ok(())
+            .row(vec![
+                Arg::from(id.as_str()),
+                Arg::from(query.environment.as_str()),
+                Arg::Int(i64::from(query.version)),
+                Arg::from(caller.actor.id.as_str()),
+                Arg::from(cohort.as_str()),
+                Arg::from(fields.as_str()),
+                Arg::NullableInt(size),
+                Arg::from(query.outcome.as_str()),
+                Arg::Int(at.0),
+            ]);
+            let audit = AuditRecord {
+                actor: caller.actor.id.as_str(),
+                action: "showcase.query",
+                object_type: "environment",
+                object_id: query.environment.as_str(),
+                environment_id: query.environment.as_str(),
+                details: json!({
+                    "query": id,
+                    "version": query.version,
+                    "cohort": query.cohort,
+                    "fields": query.fields,
+                    "outcome": query.outcome,
+                }),
+                trace_id: &caller.trace_id,
+            };
+            self.write(Writes::new(audit, at).insert(record)).await
         })
         .await
     }

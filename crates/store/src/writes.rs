@@ -26,6 +26,7 @@ use tre_domain::Timestamp;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Arg {
     Int(i64),
+    NullableInt(Option<i64>),
     Text(String),
     NullableText(Option<String>),
 }
@@ -61,6 +62,7 @@ pub(crate) fn bind_all<'q>(
     for arg in args {
         query = match arg {
             Arg::Int(v) => query.bind(*v),
+            Arg::NullableInt(v) => query.bind(*v),
             Arg::Text(v) => query.bind(v.as_str()),
             Arg::NullableText(v) => query.bind(v.as_deref()),
         };
