@@ -331,8 +331,7 @@ pub async fn ask(
     id: &EnvironmentId,
     asked: CohortQuery,
 ) -> Result<CohortAnswer> {
-    let (state, caller) = (state.clone(), caller.clone());
-    let env = state.store.showcase_environment(&caller, id).await?;
+    let env = state.store.showcase_environment(caller, id).await?;
     let (allowed, dataset) = queryable(&env)?;
     let expr = tre_domain::cohort::parse_restricted(&asked.cohort, dataset, &allowed)
         .map_err(tre_store::StoreError::from)?;
@@ -361,8 +360,8 @@ pub async fn ask(
         .await?;
     if recent >= u64::from(env.policies.showcase_queries_per_minute) {
         record(
-            &state,
-            &caller,
+            state,
+            caller,
             &env,
             version,
             &asked,
@@ -383,7 +382,7 @@ pub async fn ask(
     }
 
     // the bins of this version's showcase, which cohorts are counted in
-    let full = match state.showcase.aggregates(&state, &env.id, version).await? {
+    let full = match state.showcase.aggregates(state, &env.id, version).await? {
         Some(full) => full,
         None => {
             let mut error = ApiError::new(
@@ -395,7 +394,7 @@ pub async fn ask(
             return Err(error);
         }
     };
-    let columns = state.showcase.columns(&state, &env).await?;
+    let columns = state.showcase.columns(state, &env).await?;
     let selection = columns.select(expr.as_ref()).map_err(source_unavailable)?;
     let size = selection.len();
 
@@ -426,8 +425,8 @@ pub async fn ask(
             &rules,
         ) {
             record(
-                &state,
-                &caller,
+                state,
+                caller,
                 &env,
                 version,
                 &asked,
@@ -449,8 +448,8 @@ pub async fn ask(
 
     let (cell, aggregates) = columns.aggregate_cohort(&selection, &full, &asked.fields);
     record(
-        &state,
-        &caller,
+        state,
+        caller,
         &env,
         version,
         &asked,
