@@ -46,6 +46,10 @@ async fn worker(
             dest,
             unit_rows: 300,
         }),
+        // two units at a time per worker: with slow writes the units finish
+        // a few at a time, never all together, so the restart can land
+        // between them
+        concurrency: Some(2),
         ..WorkerOptions::default()
     };
     tokio::spawn(async move {
