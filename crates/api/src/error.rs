@@ -43,6 +43,17 @@ impl ApiError {
         self
     }
 
+    /// The same call may succeed after `seconds` (`Retry-After`).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 409 `computing`: what is asked for is still being computed by a job.
+    pub fn computing(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "computing", message).retry_after(5)
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -106,13 +117,12 @@ impl From<StoreError> for ApiError {
             // the call did not happen; the caller may try again shortly
             e if e.is_unavailable() => {
                 tracing::warn!(error = %e, "database unavailable");
-                let mut unavailable = Self::new(
+                Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "the database is unavailable; try again shortly",
-                );
-                unavailable.retry_after = Some(1);
-                unavailable
+                )
+                .retry_after(1)
             }
             other => {
                 error!(error = %other, "internal error");

@@ -791,15 +791,9 @@ async fn request_summary(
         .await?
     {
         Some(summary) => Ok(Json(summary).into_response()),
-        None => {
-            let mut error = ApiError::new(
-                StatusCode::CONFLICT,
-                "computing",
-                "the summary is made when the submitted cohort is counted; try again shortly",
-            );
-            error.retry_after = Some(5);
-            Err(error)
-        }
+        None => Err(ApiError::computing(
+            "the summary is made when the submitted cohort is counted; try again shortly",
+        )),
     }
 }
 

@@ -97,14 +97,46 @@ pub struct CohortAnswer {
 /// An environment's inventory version.
 type VersionKey = (EnvironmentId, u32);
 
+/// What is kept per inventory version, the newest used last; the least
+/// recently used goes once [`CACHED_VERSIONS`] are kept.
+struct Recent<T> {
+    entries: Mutex<Vec<(VersionKey, Arc<T>)>>,
+}
+
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+        }
+    }
+}
+
+impl<T> Recent<T> {
+    fn get(&self, key: &VersionKey) -> Option<Arc<T>> {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        let at = entries.iter().position(|(k, _)| k == key)?;
+        let entry = entries.remove(at);
+        let value = entry.1.clone();
+        entries.push(entry);
+        Some(value)
+    }
+
+    fn put(&self, key: VersionKey, value: Arc<T>) {
+        let mut entries = self.entries.lock().expect("not poisoned");
+        if entries.len() >= CACHED_VERSIONS {
+            entries.remove(0);
+        }
+        entries.push((key, value));
+    }
+}
+
 /// The showcase columns (and aggregates) of recently asked inventory
 /// versions.
 pub struct ShowcaseCache {
     sources: Sources,
     /// A version's aggregates, once computed (they never change after).
-    aggregates: Mutex<Vec<(VersionKey, Arc<ShowcaseAggregates>)>>,
-    /// The newest used last.
-    loaded: Mutex<Vec<(VersionKey, Arc<ShowcaseColumns>)>>,
+    aggregates: Recent<ShowcaseAggregates>,
+    columns: Recent<ShowcaseColumns>,
     /// One load at a time: a burst of first queries loads a version once.
     loading: tokio::sync::Mutex<()>,
 }
@@ -120,19 +152,10 @@ impl ShowcaseCache {
     pub fn new(sources: Sources) -> Self {
         Self {
             sources,
-            aggregates: Mutex::default(),
-            loaded: Mutex::default(),
+            aggregates: Recent::default(),
+            columns: Recent::default(),
             loading: tokio::sync::Mutex::default(),
         }
-    }
-
-    fn cached(&self, key: &VersionKey) -> Option<Arc<ShowcaseColumns>> {
-        let mut loaded = self.loaded.lock().expect("not poisoned");
-        let at = loaded.iter().position(|(k, _)| k == key)?;
-        let entry = loaded.remove(at);
-        let columns = entry.1.clone();
-        loaded.push(entry); // newest used last
-        Some(columns)
     }
 
     /// The aggregates of version `version` of `env`, once computed.
@@ -143,14 +166,8 @@ impl ShowcaseCache {
         version: u32,
     ) -> Result<Option<Arc<ShowcaseAggregates>>> {
         let key = (env.clone(), version);
-        if let Some((_, found)) = self
-            .aggregates
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|(k, _)| *k == key)
-        {
-            return Ok(Some(found.clone()));
+        if let Some(found) = self.aggregates.get(&key) {
+            return Ok(Some(found));
         }
         let Some(full) = state.store.showcase_aggregates(env, version).await? else {
             return Ok(None);
@@ -159,11 +176,7 @@ impl ShowcaseCache {
             return Ok(None); // an earlier version's: this one is being computed
         }
         let full = Arc::new(full);
-        let mut cached = self.aggregates.lock().expect("not poisoned");
-        if cached.len() >= CACHED_VERSIONS {
-            cached.remove(0);
-        }
-        cached.push((key, full.clone()));
+        self.aggregates.put(key, full.clone());
         Ok(Some(full))
     }
 
@@ -172,11 +185,11 @@ impl ShowcaseCache {
     async fn columns(&self, state: &AppState, env: &Environment) -> Result<Arc<ShowcaseColumns>> {
         let inventory = env.inventory.as_ref().ok_or_else(no_showcase)?;
         let key = (env.id.clone(), inventory.version);
-        if let Some(columns) = self.cached(&key) {
+        if let Some(columns) = self.columns.get(&key) {
             return Ok(columns);
         }
         let _one = self.loading.lock().await;
-        if let Some(columns) = self.cached(&key) {
+        if let Some(columns) = self.columns.get(&key) {
             return Ok(columns);
         }
         let root = env.source.as_ref().ok_or_else(no_showcase)?;
@@ -187,11 +200,7 @@ impl ShowcaseCache {
                 .await
                 .map_err(source_unavailable)?,
         );
-        let mut loaded = self.loaded.lock().expect("not poisoned");
-        if loaded.len() >= CACHED_VERSIONS {
-            loaded.remove(0);
-        }
-        loaded.push((key, columns.clone()));
+        self.columns.put(key, columns.clone());
         Ok(columns)
     }
 }
@@ -206,13 +215,12 @@ fn no_showcase() -> ApiError {
 
 fn source_unavailable(e: tre_dispense::DispenseError) -> ApiError {
     tracing::warn!(error = %e, "showcase columns cannot be loaded");
-    let mut error = ApiError::new(
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         "the environment's data cannot be read just now; try again shortly",
-    );
-    error.retry_after = Some(5);
-    error
+    )
+    .retry_after(5)
 }
 
 async fn get_showcase(
@@ -230,7 +238,7 @@ async fn chart(
 ) -> Result<Response> {
     let id = EnvironmentId(id);
     let env = state.store.showcase_environment(&caller, &id).await?;
-    let view = state.store.showcase(&caller, &id).await?;
+    let view = state.store.released_showcase(&env).await?;
     let field = file
         .strip_suffix(".svg")
         .and_then(|name| name.split_once('.'))
@@ -241,13 +249,9 @@ async fn chart(
             )
         })?;
     let Some(showcase) = view.showcase else {
-        let mut error = ApiError::new(
-            StatusCode::CONFLICT,
-            "computing",
+        return Err(ApiError::computing(
             "the showcase is being computed; try again shortly",
-        );
-        error.retry_after = Some(5);
-        return Err(error);
+        ));
     };
     let released = showcase
         .fields
@@ -369,29 +373,24 @@ pub async fn ask(
             ShowcaseQueryOutcome::RateLimited,
         )
         .await?;
-        let mut error = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
                 "at most {} showcase queries a minute",
                 env.policies.showcase_queries_per_minute
             ),
-        );
-        error.retry_after = Some(60);
-        return Err(error);
+        )
+        .retry_after(60));
     }
 
     // the bins of this version's showcase, which cohorts are counted in
     let full = match state.showcase.aggregates(state, &env.id, version).await? {
         Some(full) => full,
         None => {
-            let mut error = ApiError::new(
-                StatusCode::CONFLICT,
-                "computing",
+            return Err(ApiError::computing(
                 "the showcase of the current inventory version is being computed; try again shortly",
-            );
-            error.retry_after = Some(5);
-            return Err(error);
+            ));
         }
     };
     let columns = state.showcase.columns(state, &env).await?;

@@ -143,6 +143,28 @@ pub(crate) fn python_seconds(
         .ok()
 }
 
+/// Generates the synthetic biobank into `data` with `tre fixtures
+/// generate` (this binary), `events` primary-care events per participant.
+pub(crate) fn generate(data: &Path, participants: usize, events: u64) -> Result<()> {
+    println!(
+        "generating {participants} participants, ~{events} events each, into {}",
+        data.display()
+    );
+    let status = Command::new(std::env::current_exe()?)
+        .args(["fixtures", "generate", "--participants"])
+        .arg(participants.to_string())
+        .arg("--events-per-participant")
+        .arg(events.to_string())
+        .arg("--out")
+        .arg(data)
+        .status()
+        .context("generate")?;
+    if !status.success() {
+        bail!("fixture generation failed");
+    }
+    Ok(())
+}
+
 pub async fn run(args: DispenseBenchArgs) -> Result<()> {
     if args.scale == 0 {
         bail!("--scale: must be at least 1");
@@ -151,23 +173,7 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
     let data = root.join("fixtures/data");
     let participants = args.scale * 250_000;
     if !data.join("gp_events-000.parquet").exists() {
-        println!(
-            "generating {participants} participants, ~{} events each, into {}",
-            args.events_per_participant,
-            data.display()
-        );
-        let status = Command::new(std::env::current_exe()?)
-            .args(["fixtures", "generate", "--participants"])
-            .arg(participants.to_string())
-            .arg("--events-per-participant")
-            .arg(args.events_per_participant.to_string())
-            .arg("--out")
-            .arg(&data)
-            .status()
-            .context("generate")?;
-        if !status.success() {
-            bail!("fixture generation failed");
-        }
+        generate(&data, participants, args.events_per_participant)?;
     }
     let mut source_bytes = 0;
     let mut datasets = Vec::new();

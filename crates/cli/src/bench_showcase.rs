@@ -6,7 +6,6 @@
 //! one field's distribution, the differencing comparison) per second.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +16,7 @@ use tre_domain::showcase::Distribution;
 use tre_domain::{Dataset, FieldRef, Inventory};
 
 use crate::bench::percentile;
-use crate::bench_dispense::{median, peak_rss_mb, python_seconds};
+use crate::bench_dispense::{generate, median, peak_rss_mb, python_seconds};
 
 #[derive(Debug, Args)]
 pub struct ShowcaseBenchArgs {
@@ -107,20 +106,7 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
     let participants = args.scale * 250_000;
     let file = data.join("participants.parquet");
     if !file.exists() {
-        println!(
-            "generating {participants} participants into {}",
-            data.display()
-        );
-        let status = Command::new(std::env::current_exe()?)
-            .args(["fixtures", "generate", "--participants"])
-            .arg(participants.to_string())
-            .arg("--out")
-            .arg(&data)
-            .status()
-            .context("generate")?;
-        if !status.success() {
-            bail!("fixture generation failed");
-        }
+        generate(&data, participants, 0)?;
     }
     let location = "fixtures/data/participants.parquet";
     let dataset = Dataset {

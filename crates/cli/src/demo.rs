@@ -481,15 +481,15 @@ async fn show_showcase(
     env: &tre_domain::EnvironmentId,
 ) -> Result<()> {
     println!("   the data showcase, computed by a job when the inventory was published:");
-    let mut view = store.showcase(alice, env).await?;
+    let environment = store.showcase_environment(alice, env).await?;
+    let mut view = store.released_showcase(&environment).await?;
     for _ in 0..600 {
         if !view.computing {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        view = store.showcase(alice, env).await?;
+        view = store.released_showcase(&environment).await?;
     }
-    let environment = store.showcase_environment(alice, env).await?;
     let rules = tre_domain::disclosure::DisclosureRules::of(&environment.policies);
     if let Some(showcase) = view.showcase.as_mut() {
         showcase

@@ -16,7 +16,7 @@ pub async fn print(store: &Store, id: String, acting: &Acting) -> Result<()> {
         .showcase_environment(&caller, &id)
         .await
         .map_err(explain)?;
-    let view = store.showcase(&caller, &id).await.map_err(explain)?;
+    let view = store.released_showcase(&env).await.map_err(explain)?;
     print!(
         "{}",
         table(&env.name, &view, &DisclosureRules::of(&env.policies))

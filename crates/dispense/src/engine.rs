@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
-use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{AsyncArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
@@ -30,7 +30,7 @@ use crate::plan::{DispensePlan, SourceFile, Unit};
 use crate::{DispenseError, Source, filter};
 
 /// Rows per record batch read from sources.
-pub(crate) const BATCH_ROWS: usize = 64 * 1024;
+const BATCH_ROWS: usize = 64 * 1024;
 /// Rows per row group written (bounds the writer's memory).
 const OUT_ROW_GROUP_ROWS: usize = 256 * 1024;
 
@@ -59,7 +59,21 @@ pub(crate) async fn reader_builder(
     .await?)
 }
 
-pub(crate) fn root_indices(
+/// The columns `names` of the file `builder` reads, streamed in batches.
+pub(crate) fn stream_columns(
+    builder: ParquetRecordBatchStreamBuilder<StoreReader>,
+    names: &[&str],
+    location: &str,
+) -> Result<ParquetRecordBatchStream<StoreReader>, DispenseError> {
+    let indices = root_indices(builder.schema(), names, location)?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    Ok(builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()?)
+}
+
+fn root_indices(
     schema: &Schema,
     names: &[&str],
     location: &str,
@@ -91,14 +105,15 @@ pub async fn cohort_keys(
     let mut parts = Vec::new();
     let mut key_type = None;
     for path in &dataset.locations {
-        let builder = reader_builder(source, path).await?;
-        let indices = root_indices(builder.schema(), &columns, path)?;
-        key_type = Some(builder.schema().field(indices[0]).data_type().clone());
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let mut stream = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()?;
+        let mut stream = stream_columns(reader_builder(source, path).await?, &columns, path)?;
+        key_type = Some(
+            stream
+                .schema()
+                .field_with_name(&dataset.key)
+                .expect("projected")
+                .data_type()
+                .clone(),
+        );
         while let Some(batch) = stream.try_next().await? {
             let keys = batch
                 .column_by_name(&dataset.key)

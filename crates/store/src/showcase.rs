@@ -151,6 +151,13 @@ impl Store {
         id: &EnvironmentId,
     ) -> Result<ShowcaseView, StoreError> {
         let env = self.showcase_environment(caller, id).await?;
+        self.released_showcase(&env).await
+    }
+
+    /// The showcase of `env`, released under its rules, for a caller the
+    /// environment was loaded for by [`Store::showcase_environment`].
+    pub async fn released_showcase(&self, env: &Environment) -> Result<ShowcaseView, StoreError> {
+        let id = &env.id;
         let current_version = env.inventory.as_ref().map_or(0, |i| i.version);
         let aggregates = self.showcase_aggregates(id, current_version).await?;
         let rules = DisclosureRules::of(&env.policies);

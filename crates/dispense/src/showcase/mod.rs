@@ -4,26 +4,30 @@
 //! cell-key method), and counts them for everyone (the showcase job) or for
 //! a cohort. Nothing here is released: `tre_domain::showcase::release` is.
 
+mod keys;
+mod select;
+
+pub use keys::{cohort_cell, cohort_rows, record_hasher, record_key};
+pub use select::Selection;
+
 use std::collections::HashMap;
-use std::fmt::Write;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use arrow_buffer::BooleanBuffer;
+use arrow_array::types::{Date32Type, Float64Type, Int32Type};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use futures::TryStreamExt;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
-use siphasher::sip::SipHasher13;
-use tre_domain::cohort::{CmpOp, Expr, Literal};
 use tre_domain::disclosure::Cell;
 use tre_domain::showcase::{Distribution, FieldAggregate, ShowcaseAggregates, bin_of, nice_edges};
 use tre_domain::{Dataset, FieldRef, FieldType, Inventory};
 
-use crate::engine::{BATCH_ROWS, reader_builder, root_indices};
+use crate::DispenseError;
+use crate::engine::{reader_builder, stream_columns};
 use crate::source::Source;
-use crate::{DispenseError, filter};
+use keys::record_keys_of;
+use select::Postings;
 
 /// Most categories a field shows by name; the rest are `other`.
 pub const TOP_CATEGORIES: usize = 20;
@@ -44,29 +48,6 @@ enum Values {
 /// The code of a missing text.
 const MISSING: u32 = u32::MAX;
 
-/// The participants a cohort filter selects, as one bit per row.
-#[derive(Debug, Clone)]
-pub struct Selection {
-    bits: BooleanBuffer,
-}
-
-impl Selection {
-    /// How many participants are in it.
-    pub fn len(&self) -> u64 {
-        self.bits.count_set_bits() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many participants are in exactly one of the two (the symmetric
-    /// difference); both must come from the same columns.
-    pub fn difference(&self, other: &Selection) -> u64 {
-        (&self.bits ^ &other.bits).count_set_bits() as u64
-    }
-}
-
 /// The showcase columns of the cohort dataset of one inventory version.
 #[derive(Debug)]
 pub struct ShowcaseColumns {
@@ -82,55 +63,6 @@ pub struct ShowcaseColumns {
     /// from here without a scan. Made by the first query (the showcase job
     /// never needs them).
     postings: std::sync::OnceLock<HashMap<String, Postings>>,
-}
-
-/// The rows of each value of a text field: `rows[starts[c]..starts[c + 1]]`
-/// (ascending) hold code `c`.
-#[derive(Debug)]
-struct Postings {
-    names: HashMap<String, u32>,
-    starts: Vec<usize>,
-    rows: Vec<u32>,
-}
-
-impl Postings {
-    /// A counting sort of the codes.
-    fn of(codes: &[u32], names: &[String]) -> Self {
-        let mut starts = vec![0usize; names.len() + 1];
-        for code in codes.iter().filter(|c| **c != MISSING) {
-            starts[*code as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut next = starts.clone();
-        let mut rows = vec![0u32; starts[names.len()]];
-        for (row, code) in codes.iter().enumerate() {
-            if *code != MISSING {
-                rows[next[*code as usize]] = row as u32;
-                next[*code as usize] += 1;
-            }
-        }
-        Self {
-            names: names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.clone(), i as u32))
-                .collect(),
-            starts,
-            rows,
-        }
-    }
-
-    fn rows_of(&self, text: &str) -> &[u32] {
-        match self.names.get(text) {
-            Some(code) => {
-                let c = *code as usize;
-                &self.rows[self.starts[c]..self.starts[c + 1]]
-            }
-            None => &[],
-        }
-    }
 }
 
 /// How a field is binned: the full showcase's shape, reused for cohorts so
@@ -198,12 +130,7 @@ impl ShowcaseColumns {
             )?;
             let builder =
                 ParquetRecordBatchStreamBuilder::new_with_metadata(source.reader(path)?, metadata);
-            let indices = root_indices(builder.schema(), &names, path)?;
-            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-            let mut stream = builder
-                .with_projection(mask)
-                .with_batch_size(BATCH_ROWS)
-                .build()?;
+            let mut stream = stream_columns(builder, &names, path)?;
             while let Some(batch) = stream.try_next().await? {
                 batches.push(batch);
             }
@@ -308,121 +235,6 @@ impl ShowcaseColumns {
             participants,
             fields,
         }
-    }
-
-    /// The participants `expr` selects (everyone for none); a row where
-    /// the filter is unknown is not selected.
-    pub fn select(&self, expr: Option<&Expr>) -> Result<Selection, DispenseError> {
-        let bits = match expr {
-            None => BooleanBuffer::new_set(self.rows()),
-            Some(Expr::And(children)) if children.len() > 1 => self.select_all(children)?,
-            Some(expr) => true_rows(&filter::evaluate(expr, &self.batch, &self.dataset)?),
-        };
-        Ok(Selection { bits })
-    }
-
-    /// The rows where every one of `children` is true. The first is
-    /// evaluated on every row; once few rows are left, the others are
-    /// evaluated on those rows only (taken out of the columns), by the same
-    /// evaluator: a conjunction is true exactly where each part is.
-    fn select_all(&self, children: &[Expr]) -> Result<BooleanBuffer, DispenseError> {
-        let rows = self.rows();
-        let postings = self.postings.get_or_init(|| {
-            self.fields
-                .iter()
-                .filter_map(|(f, t, values)| match (t, values) {
-                    (FieldType::String, Values::Text { codes, names }) => {
-                        Some((f.field.clone(), Postings::of(codes, names)))
-                    }
-                    _ => None,
-                })
-                .collect()
-        });
-        // a text equality, if there is one, is read from its postings
-        let posted = children.iter().position(|c| match c {
-            Expr::Compare {
-                field,
-                op: CmpOp::Eq,
-                value: Literal::String(_),
-            } => postings.contains_key(field),
-            _ => false,
-        });
-        let (mut bits, rest): (Option<BooleanBuffer>, Vec<&Expr>) = match posted {
-            Some(at) => {
-                let Expr::Compare {
-                    field,
-                    value: Literal::String(text),
-                    ..
-                } = &children[at]
-                else {
-                    unreachable!("found above")
-                };
-                let indices = postings[field].rows_of(text).to_vec();
-                let rest: Vec<&Expr> = children
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != at)
-                    .map(|(_, c)| c)
-                    .collect();
-                return self.narrow(indices, &rest);
-            }
-            None => (None, children.iter().collect()),
-        };
-        for (i, child) in rest.iter().enumerate() {
-            if let Some(b) = &bits
-                && b.count_set_bits() * SPARSE <= rows
-            {
-                return self.narrow(b.set_indices().map(|i| i as u32).collect(), &rest[i..]);
-            }
-            let truth = true_rows(&filter::evaluate(child, &self.batch, &self.dataset)?);
-            bits = Some(match bits {
-                Some(b) => &b & &truth,
-                None => truth,
-            });
-        }
-        Ok(bits.unwrap_or_else(|| BooleanBuffer::new_set(rows)))
-    }
-
-    /// The rows among `indices` (ascending) where every one of `children`
-    /// is true, evaluated on those rows only (only the columns they read).
-    fn narrow(
-        &self,
-        mut indices: Vec<u32>,
-        children: &[&Expr],
-    ) -> Result<BooleanBuffer, DispenseError> {
-        let rows = self.rows();
-        if !children.is_empty() && !indices.is_empty() {
-            let mut read: Vec<&str> = children.iter().flat_map(|c| c.fields()).collect();
-            read.sort_unstable();
-            read.dedup();
-            let schema = self.batch.schema();
-            let projection: Vec<usize> = read
-                .iter()
-                .filter_map(|f| schema.index_of(f).ok())
-                .collect();
-            let mut taken = arrow_select::take::take_record_batch(
-                &self.batch.project(&projection)?,
-                &UInt32Array::from(indices.clone()),
-            )?;
-            for child in children {
-                let truth = true_rows(&filter::evaluate(child, &taken, &self.dataset)?);
-                indices = indices
-                    .iter()
-                    .zip(truth.iter())
-                    .filter_map(|(i, keep)| keep.then_some(*i))
-                    .collect();
-                taken = arrow_select::filter::filter_record_batch(
-                    &taken,
-                    &BooleanArray::new(truth, None),
-                )?;
-            }
-        }
-        let mut out = arrow_buffer::BooleanBufferBuilder::new(rows);
-        out.append_n(rows, false);
-        for i in indices {
-            out.set_bit(i as usize, true);
-        }
-        Ok(out.finish())
     }
 
     /// A cohort's size and the distributions of `fields` within it, binned
@@ -530,147 +342,6 @@ impl ShowcaseColumns {
             distribution,
         }
     }
-}
-
-/// The keyed hash of record keys: SipHash-1-3 under the first 16 bytes of
-/// the environment's secret (a keyed pseudo-random function; a participant's
-/// record key cannot be computed without the secret).
-pub fn record_hasher(secret: &[u8]) -> SipHasher13 {
-    let mut key = [0u8; 16];
-    for (k, s) in key.iter_mut().zip(secret) {
-        *k = *s;
-    }
-    SipHasher13::new_with_key(&key)
-}
-
-/// The cohort's cell: its participants, keyed with the environment's
-/// `secret` (for the selection summary).
-pub fn cohort_cell(keys: &crate::CohortKeys, secret: &[u8]) -> Cell {
-    let hasher = record_hasher(secret);
-    let mut cell = Cell::default();
-    match keys {
-        crate::CohortKeys::Int(v) => {
-            let mut text = String::with_capacity(20);
-            for k in v {
-                text.clear();
-                let _ = write!(text, "{k}");
-                cell.add(record_key(&hasher, &text));
-            }
-        }
-        crate::CohortKeys::Text(v) => {
-            for k in v {
-                cell.add(record_key(&hasher, k));
-            }
-        }
-    }
-    cell
-}
-
-/// The rows of `dataset` whose participant is in the cohort, as one cell
-/// (each row keyed by its participant's record key): what dispensing the
-/// dataset for the cohort would write. Reads the key column only.
-pub async fn cohort_rows(
-    source: &Source,
-    dataset: &Dataset,
-    membership: &crate::Membership,
-    secret: &[u8],
-) -> Result<Cell, DispenseError> {
-    let hasher = record_hasher(secret);
-    let mut cell = Cell::default();
-    for path in &dataset.locations {
-        let builder = reader_builder(source, path).await?;
-        let indices = root_indices(builder.schema(), &[dataset.key.as_str()], path)?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let mut stream = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()?;
-        while let Some(batch) = stream.try_next().await? {
-            let keys = batch.column(0);
-            let inside = membership.mask(keys)?;
-            let texts = arrow_cast::cast(keys, &DataType::Utf8)?;
-            let texts = texts.as_string::<i32>();
-            for row in inside.values().set_indices() {
-                cell.add(record_key(&hasher, texts.value(row)));
-            }
-        }
-    }
-    Ok(cell)
-}
-
-/// When at most one row in this many is left, the rest of a conjunction is
-/// evaluated on those rows only.
-const SPARSE: usize = 16;
-
-/// Where a filter's truth value is true (not false, not unknown).
-fn true_rows(truth: &BooleanArray) -> BooleanBuffer {
-    match truth.nulls() {
-        Some(known) => truth.values() & known.inner(),
-        None => truth.values().clone(),
-    }
-}
-
-/// A participant's record key: the low 32 bits of the keyed hash of the
-/// entity key's text.
-pub fn record_key(hasher: &SipHasher13, key: &str) -> u32 {
-    (hasher.hash(key.as_bytes()) & 0xffff_ffff) as u32
-}
-
-/// Every row's record key, batch by batch on every core.
-fn record_keys_of(
-    batches: &[RecordBatch],
-    key: &str,
-    secret: &[u8],
-) -> Result<Vec<u32>, DispenseError> {
-    let hasher = record_hasher(secret);
-    let keys_of = |batch: &RecordBatch| -> Result<Vec<u32>, DispenseError> {
-        let keys = batch.column_by_name(key).expect("projected");
-        Ok(match keys.as_primitive_opt::<Int64Type>() {
-            // integer keys are written out as text without a text column
-            Some(numbers) => {
-                let mut text = String::with_capacity(20);
-                numbers
-                    .iter()
-                    .map(|k| {
-                        k.map_or(0, |k| {
-                            text.clear();
-                            let _ = write!(text, "{k}");
-                            record_key(&hasher, &text)
-                        })
-                    })
-                    .collect()
-            }
-            None => {
-                let texts = arrow_cast::cast(keys, &DataType::Utf8)?;
-                texts
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|k| k.map_or(0, |k| record_key(&hasher, k)))
-                    .collect()
-            }
-        })
-    };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = batches.len().div_ceil(threads).max(1);
-    let parts: Vec<Vec<u32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = batches
-            .chunks(chunk)
-            .map(|some| {
-                scope.spawn(move || -> Result<Vec<u32>, DispenseError> {
-                    let mut out = Vec::new();
-                    for batch in some {
-                        out.extend(keys_of(batch)?);
-                    }
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a hashing thread"))
-            .collect::<Result<_, _>>()
-    })?;
-    Ok(parts.concat())
 }
 
 /// The filterable columns in the types the filter compares in (integers as
@@ -837,118 +508,6 @@ pub fn year_of(days: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Float64Array, Int64Array, StringArray};
-    use serde_json::json;
-    use std::sync::Arc;
-    use tre_domain::Field;
-
-    /// 2,000 people: a centre of five, a year of 40, a sex, a BMI (some
-    /// missing): written as Parquet and loaded as the showcase loads them.
-    async fn people() -> (ShowcaseColumns, Dataset) {
-        let dir = std::env::temp_dir().join(format!(
-            "tre-showcase-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let n = 2_000i64;
-        let batch = RecordBatch::try_from_iter([
-            (
-                "id",
-                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
-            ),
-            (
-                "centre",
-                Arc::new(StringArray::from_iter_values((0..n).map(|i| {
-                    ["Leeds", "Bristol", "Oxford", "Hull", "Bath"][(i % 5) as usize]
-                }))),
-            ),
-            (
-                "year",
-                Arc::new(Int64Array::from_iter_values(
-                    (0..n).map(|i| 1930 + i * 7 % 40),
-                )),
-            ),
-            (
-                "sex",
-                Arc::new(StringArray::from_iter((0..n).map(|i| {
-                    (i % 11 != 0).then_some(if i % 2 == 0 { "F" } else { "M" })
-                }))),
-            ),
-            (
-                "bmi",
-                Arc::new(Float64Array::from_iter(
-                    (0..n).map(|i| (i % 13 != 0).then_some(17.0 + (i * 3 % 23) as f64)),
-                )),
-            ),
-        ])
-        .unwrap();
-        let file = std::fs::File::create(dir.join("people.parquet")).unwrap();
-        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
-        let f = |name: &str, field_type| Field {
-            name: name.into(),
-            field_type,
-            description: String::new(),
-        };
-        let dataset = Dataset {
-            name: "people".into(),
-            description: String::new(),
-            locations: vec!["people.parquet".into()],
-            key: "id".into(),
-            fields: vec![
-                f("id", FieldType::Integer),
-                f("centre", FieldType::String),
-                f("year", FieldType::Integer),
-                f("sex", FieldType::String),
-                f("bmi", FieldType::Float),
-            ],
-        };
-        let r = |field: &str| FieldRef {
-            dataset: "people".into(),
-            field: field.into(),
-        };
-        let inventory = Inventory {
-            version: 1,
-            datasets: vec![dataset.clone()],
-            cohort_dataset: "people".into(),
-            collections: vec![],
-            showcase: vec![r("centre"), r("year"), r("sex"), r("bmi")],
-            cohort_fields: None,
-            showcase_bins: vec![],
-        };
-        let source = Source::folder(dir).unwrap();
-        let columns = ShowcaseColumns::load(&source, &inventory, &[3u8; 32])
-            .await
-            .unwrap();
-        (columns, dataset)
-    }
-
-    /// The conjunction taken a few rows at a time selects exactly whom the
-    /// plain evaluation of the whole filter selects.
-    #[tokio::test]
-    async fn narrowed_conjunctions_select_as_the_whole_filter_does() {
-        let (columns, dataset) = people().await;
-        let centre = json!({"field": "centre", "op": "=", "value": "Hull"});
-        let year = json!({"field": "year", "op": "between", "low": 1940, "high": 1945});
-        let women = json!({"field": "sex", "op": "=", "value": "F"});
-        let obese = json!({"field": "bmi", "op": ">=", "value": 30});
-        for filter in [
-            json!({"and": [centre, year]}),
-            json!({"and": [centre, year, women, obese]}),
-            json!({"and": [year, {"not": women}, obese]}),
-            json!({"and": [women, centre, {"or": [obese, {"field": "bmi", "op": "is_null"}]}]}),
-            json!({"and": [centre, {"not": obese}]}),
-            json!({"and": [{"field": "centre", "op": "=", "value": "Nowhere"}, women]}),
-            json!({"and": [women, {"field": "year", "op": ">", "value": 1900}]}),
-        ] {
-            let expr = tre_domain::cohort::parse(&filter, &dataset).unwrap();
-            let plain = true_rows(&filter::evaluate(&expr, columns.batch(), &dataset).unwrap());
-            let selected = columns.select(Some(&expr)).unwrap();
-            assert_eq!(selected.bits, plain, "{filter}");
-        }
-    }
 
     #[test]
     fn years_of_day_counts() {
