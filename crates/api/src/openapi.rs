@@ -37,6 +37,12 @@ pub fn spec() -> Value {
                 "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
+        for (status, meaning) in e.errors {
+            operation["responses"][status.to_string()] = json!({
+                "description": meaning,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            });
+        }
         let params: Vec<Value> = e
             .path
             .split('/')

@@ -36,6 +36,9 @@ pub(crate) struct Endpoint {
     pub(crate) auth: bool,
     /// It answers an SVG image, not JSON.
     pub(crate) svg: bool,
+    /// Error statuses documented one by one (each also falls under the
+    /// `default` error answer), with what they mean here.
+    pub(crate) errors: &'static [(u16, &'static str)],
     handler: MethodRouter<AppState>,
 }
 
@@ -62,6 +65,7 @@ pub(crate) fn op(
         body,
         response: None,
         svg: false,
+        errors: &[],
         handler,
     }
 }
@@ -70,6 +74,12 @@ impl Endpoint {
     /// Documents what it answers on success.
     pub(crate) fn returns(mut self, schema: BodySchema) -> Self {
         self.response = Some(schema);
+        self
+    }
+
+    /// Documents the error statuses it answers, with their meaning.
+    pub(crate) fn errors(mut self, errors: &'static [(u16, &'static str)]) -> Self {
+        self.errors = errors;
         self
     }
 
@@ -288,7 +298,11 @@ fn endpoints() -> Vec<Endpoint> {
             None,
             get(request_summary),
         )
-        .returns(body::<tre_domain::summary::SelectionSummary>),
+        .returns(body::<tre_domain::summary::SelectionSummary>)
+        .errors(&[
+            (404, "no such request, or the caller may not see it"),
+            (409, "computing: the round's cohort is not counted yet (Retry-After)"),
+        ]),
         op(
             M::GET,
             "/v1/requests/{id}/history",

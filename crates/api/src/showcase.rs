@@ -49,7 +49,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             None,
             get(get_showcase),
         )
-        .returns(body::<ShowcaseView>),
+        .returns(body::<ShowcaseView>)
+        .errors(&[(404, "no such environment, or the caller may not see it")]),
         op(
             Method::POST,
             "/v1/environments/{id}/showcase/query",
@@ -57,7 +58,14 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             Some(body::<CohortQuery>),
             post(query),
         )
-        .returns(body::<CohortAnswer>),
+        .returns(body::<CohortAnswer>)
+        .errors(&[
+            (404, "no such environment, or the caller may not see it"),
+            (409, "too_close: within the minimum cell size of an earlier cohort of the caller's; computing: the showcase is not computed yet; no_showcase: no inventory"),
+            (422, "invalid: a filter or field that is not a showcase field of the cohort dataset"),
+            (429, "rate_limited: more queries this minute than the policy allows (Retry-After)"),
+            (503, "unavailable: the environment's data cannot be read just now (Retry-After)"),
+        ]),
         op(
             Method::GET,
             "/v1/environments/{id}/showcase/fields/{file}",
@@ -65,7 +73,12 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             None,
             get(chart),
         )
-        .svg(),
+        .svg()
+        .errors(&[
+            (404, "no such environment or showcase field, or the caller may not see it"),
+            (409, "computing: the showcase is not computed yet (Retry-After)"),
+            (422, "invalid: the file is not {dataset}.{field}.svg"),
+        ]),
     ]
 }
 

@@ -319,6 +319,15 @@ async fn bad_questions_outsiders_and_floods_are_refused() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
+    // each refusal is documented for the route
+    let spec = tre_api::openapi();
+    let responses = &spec["paths"]["/v1/environments/{id}/showcase/query"]["post"]["responses"];
+    for status in ["404", "409", "422", "429", "503"] {
+        assert!(
+            responses[status]["description"].is_string(),
+            "{status} undocumented"
+        );
+    }
     let (status, _) = api.ask("outsider", &env, json!({})).await;
     assert_eq!(
         status,
