@@ -45,6 +45,8 @@ async fn worker(
             sources: tre_dispense::Sources::default(),
             dest,
             unit_rows: 300,
+            multipart: None,
+            unit_bytes: tre_workflows::DEFAULT_UNIT_BYTES,
         }),
         // two units at a time per worker: with slow writes the units finish
         // a few at a time, never all together, so the restart can land

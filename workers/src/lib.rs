@@ -22,7 +22,7 @@ use tre_jobs::{
 use tre_store::Store;
 use tre_workflows::{
     CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow,
-    ShowcaseComputer, WebhookConfig,
+    FileChecker, ShowcaseComputer, WebhookConfig,
 };
 
 /// A pool's definition.
@@ -85,6 +85,7 @@ pub fn policies() -> Vec<JobPolicy> {
         policy("finish_dispense", Pool::Dispense, 10, 600, 1_000, 300),
         policy("deprovision", Pool::Dispense, 10, 600, 10_000, 1_800),
         policy("compute_showcase", Pool::Dispense, 10, 1_800, 5_000, 600),
+        policy("check_files", Pool::Dispense, 10, 3_600, 5_000, 600),
     ]
 }
 
@@ -95,6 +96,7 @@ fn handled_kinds() -> Vec<(&'static str, &'static [&'static str])> {
         ("cohort counter", &CohortCounter::KINDS),
         ("dispense workflow", &DispenseWorkflow::KINDS),
         ("showcase computer", &ShowcaseComputer::KINDS),
+        ("file checker", &FileChecker::KINDS),
     ]
 }
 
@@ -194,6 +196,7 @@ pub fn executor(
         executor.register(Arc::new(CohortCounter::new(dispense.sources.clone())));
         executor.register(Arc::new(DispenseWorkflow::new(dispense.clone())));
         executor.register(Arc::new(ShowcaseComputer::new(dispense.sources.clone())));
+        executor.register(Arc::new(FileChecker::new(dispense.sources.clone())));
     }
     Ok(executor)
 }

@@ -41,6 +41,8 @@ fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
             sources: tre_dispense::Sources::default(),
             dest: temp_store("runtime").1,
             unit_rows: 1_000,
+            multipart: None,
+            unit_bytes: tre_workflows::DEFAULT_UNIT_BYTES,
         }),
         ..WorkerOptions::default()
     }

@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use object_store::ObjectStore;
 use serde_json::json;
 use tracing::{info, warn};
+use tre_dispense::files::{FileCopy, Multipart, UploadLog, UploadState};
 use tre_dispense::{
     CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, Source, Sources,
     UnitJob,
 };
 use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, NewPlan};
+use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store};
 
 use crate::{move_project, payload};
 
@@ -38,15 +39,23 @@ pub struct DispenseConfig {
     pub sources: Sources,
     /// Where project prefixes are created.
     pub dest: Arc<dyn ObjectStore>,
+    /// `dest`'s own multipart API, when it has one (S3): large bulk files
+    /// then resume after a crash instead of starting again. Default: none.
+    pub multipart: Option<Multipart>,
     /// Source rows per unit (whole row groups). Default 1,000,000.
     pub unit_rows: u64,
+    /// Bytes of bulk files per unit (a larger file is a unit of its own).
+    /// Default 256 MiB.
+    pub unit_bytes: u64,
 }
 
 impl std::fmt::Debug for DispenseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DispenseConfig")
             .field("dest", &self.dest.to_string())
+            .field("multipart", &self.multipart.is_some())
             .field("unit_rows", &self.unit_rows)
+            .field("unit_bytes", &self.unit_bytes)
             .finish()
     }
 }
@@ -63,6 +72,7 @@ pub(crate) fn source_of(sources: &Sources, env: &Environment) -> Result<Source, 
 }
 
 pub const DEFAULT_UNIT_ROWS: u64 = 1_000_000;
+pub const DEFAULT_UNIT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A plan as a unit needs it, decoded once per worker.
 struct Loaded {
@@ -207,6 +217,18 @@ impl DispenseWorkflow {
         let selection = approved
             .against(inventory)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
+        let file_collections = approved
+            .files_against(inventory)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        let files = match (&inventory.files, file_collections.is_empty()) {
+            (Some(files), false) => store
+                .inventory_files_of(&files.id, &file_collections)
+                .await?
+                .into_iter()
+                .map(|f| f.entry)
+                .collect(),
+            _ => Vec::new(),
+        };
         let source = source_of(&self.config.sources, &env)?;
         let (plan, keys) = tre_dispense::make_plan(
             &source,
@@ -219,6 +241,9 @@ impl DispenseWorkflow {
                 cohort_filter: &request.cohort,
                 pseudonymise: env.policies.pseudonymise,
                 unit_rows: self.config.unit_rows,
+                file_collections,
+                files,
+                unit_bytes: self.config.unit_bytes,
             },
         )
         .await
@@ -233,10 +258,15 @@ impl DispenseWorkflow {
         };
         let plan_json = serde_json::to_value(&plan).expect("plans serialize");
         let cohort_json = serde_json::to_string(&keys).expect("keys serialize");
-        let units: Vec<(u32, u64)> = plan
+        let units: Vec<PlannedUnit> = plan
             .units
             .iter()
-            .map(|u| (u.index, u.source_rows))
+            .map(|u| PlannedUnit {
+                unit: u.index,
+                source_rows: u.source_rows(),
+                files: u.files().len() as u64,
+                file_bytes: u.file_bytes(),
+            })
             .collect();
         store
             .save_dispense_plan(NewPlan {
@@ -253,6 +283,7 @@ impl DispenseWorkflow {
                     "inventory_version": plan.inventory_version,
                     "selection": request.selection_digest(),
                     "units": plan.units.len(),
+                    "file_units": plan.units.iter().filter(|u| u.table().is_none()).count(),
                     "pseudonymised": plan.pseudonymised,
                 }),
                 trace_id: &job.key,
@@ -320,15 +351,33 @@ impl DispenseWorkflow {
             .units
             .get(index as usize)
             .ok_or_else(|| JobError::Permanent(format!("the plan has no unit {index}")))?;
-        let output = UnitJob {
-            plan: &loaded.plan,
-            unit,
-            membership: loaded.membership.clone(),
-            pseudonymiser: loaded.pseudonymiser.as_ref(),
-        }
-        .run(&loaded.source, &self.config.dest)
-        .await
-        .map_err(|e| match dispense_error(e) {
+        let output = if unit.table().is_some() {
+            UnitJob {
+                plan: &loaded.plan,
+                unit,
+                membership: loaded.membership.clone(),
+                pseudonymiser: loaded.pseudonymiser.as_ref(),
+            }
+            .run(&loaded.source, &self.config.dest)
+            .await
+        } else {
+            let log = UnitUploads {
+                store,
+                project: id,
+                unit: index,
+            };
+            let resume = log.recorded().await?;
+            FileCopy {
+                project: id.as_str(),
+                pseudonymiser: loaded.pseudonymiser.as_ref(),
+                source: &loaded.source,
+                dest: &self.config.dest,
+                multipart: self.config.multipart.as_ref(),
+            }
+            .run(unit, resume, &log)
+            .await
+        };
+        let output = output.map_err(|e| match dispense_error(e) {
             JobError::Transient(m) => JobError::Transient(format!("unit {index}: {m}")),
             JobError::Permanent(m) => JobError::Permanent(format!("unit {index}: {m}")),
         })?;
@@ -352,9 +401,14 @@ impl DispenseWorkflow {
         }
         let loaded = self.loaded(ctx, id).await?;
         let outputs = store.dispense_checkpoints(id).await?;
-        let (manifest, sha) = tre_dispense::finish(&self.config.dest, &loaded.plan, &outputs)
-            .await
-            .map_err(dispense_error)?;
+        let (manifest, sha) = tre_dispense::finish(
+            &self.config.dest,
+            &loaded.plan,
+            loaded.pseudonymiser.as_ref(),
+            &outputs,
+        )
+        .await
+        .map_err(dispense_error)?;
         let manifest_json = serde_json::to_value(&manifest).expect("manifests serialize");
         store.save_manifest(id, &manifest_json, &sha).await?;
         move_project(ctx, id, ProjectCommand::MarkReady, &job.key).await?;
@@ -368,6 +422,19 @@ impl DispenseWorkflow {
         job: &ClaimedJob,
         id: &ProjectId,
     ) -> Result<(), JobError> {
+        // uploads a dead unit left unfinished go first: they hold bytes
+        // no listing shows
+        if let Some(multipart) = &self.config.multipart {
+            for (unit, recorded) in ctx.store.unit_uploads(id).await? {
+                let state: UploadState =
+                    serde_json::from_str(&recorded).map_err(|e| corrupt("upload", e))?;
+                multipart
+                    .abort(id.as_str(), &state)
+                    .await
+                    .map_err(dispense_error)?;
+                ctx.store.save_unit_upload(id, unit, None).await?;
+            }
+        }
         let removed = tre_dispense::deprovision(&self.config.dest, id.as_str())
             .await
             .map_err(dispense_error)?;
@@ -381,6 +448,40 @@ impl DispenseWorkflow {
             .await?;
         info!(project = %id, objects = removed, "project data removed");
         Ok(())
+    }
+}
+
+/// A files unit's upload checkpoints, in its `dispense_units` row.
+struct UnitUploads<'a> {
+    store: &'a Store,
+    project: &'a ProjectId,
+    unit: u32,
+}
+
+impl UnitUploads<'_> {
+    /// The upload a previous run of the unit left in progress.
+    async fn recorded(&self) -> Result<Option<UploadState>, JobError> {
+        let uploads = self.store.unit_uploads(self.project).await?;
+        uploads
+            .into_iter()
+            .find(|(unit, _)| *unit == self.unit)
+            .map(|(_, json)| serde_json::from_str(&json).map_err(|e| corrupt("upload", e)))
+            .transpose()
+    }
+}
+
+impl UploadLog for UnitUploads<'_> {
+    fn save<'a>(
+        &'a self,
+        state: Option<&'a UploadState>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let json = state.map(|s| serde_json::to_string(s).expect("uploads serialize"));
+            self.store
+                .save_unit_upload(self.project, self.unit, json.as_deref())
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -12,12 +12,14 @@
 //! | `revoke_projects` | revocation, expiry | revokes the request's project (which queues `deprovision`) |
 //! | `retally_stage` | reviewers changed on a stage where the request waits | counts the stage's votes again: out of reach, it closes as returned and the admins are alerted |
 //! | `compute_showcase` | an inventory version becomes current (publish, reactivate) | computes its showcase aggregates from the Parquet files into SQL |
+//! | `check_files` | an admin uploads a file inventory | checks every row against the source (object, size, entity in the cohort dataset), computes missing SHA-256s, then makes it part of a new inventory version or rejects it with its first bad rows |
 //!
 //! Every handler is idempotent: inbox rows and deliveries are keyed by the
 //! job key, and state changes that already happened are treated as done.
 
 mod cohort;
 mod dispense;
+mod files;
 mod notify;
 mod showcase;
 
@@ -32,7 +34,8 @@ use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, StoreError};
 
 pub use cohort::CohortCounter;
-pub use dispense::{DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
+pub use dispense::{DEFAULT_UNIT_BYTES, DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
+pub use files::FileChecker;
 pub use notify::{EmailConfig, Notifier, WebhookConfig, signature};
 pub use showcase::ShowcaseComputer;
 

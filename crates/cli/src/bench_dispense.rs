@@ -211,10 +211,13 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
             name: "half".into(),
             description: String::new(),
             fields,
+            files: vec![],
         }],
         showcase: vec![],
         cohort_fields: None,
         showcase_bins: vec![],
+        file_collections: vec![],
+        files: None,
     };
     let selection =
         tre_domain::dispense::resolve(&inventory, &BTreeSet::from(["half".to_owned()]))?
@@ -244,6 +247,9 @@ pub async fn run(args: DispenseBenchArgs) -> Result<()> {
                 cohort_filter: &json!({"field": "recruitment_centre", "op": "=", "value": CENTRE}),
                 pseudonymise: true,
                 unit_rows: args.unit_rows,
+                file_collections: vec![],
+                files: vec![],
+                unit_bytes: tre_workflows::DEFAULT_UNIT_BYTES,
             },
         )
         .await?;

@@ -130,6 +130,8 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
             .collect(),
         cohort_fields: None,
         showcase_bins: vec![],
+        file_collections: vec![],
+        files: None,
     };
     inventory.validate()?;
     let source = tre_dispense::Source::folder(root.clone())?;

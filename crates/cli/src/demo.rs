@@ -115,6 +115,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         dispense: Some(crate::worker::dispense(
             settings,
             tre_workflows::DEFAULT_UNIT_ROWS,
+            tre_workflows::DEFAULT_UNIT_BYTES / (1024 * 1024),
         )?),
         ..WorkerOptions::default()
     };

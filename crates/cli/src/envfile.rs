@@ -77,6 +77,10 @@ pub struct InventoryFile {
     /// `[{field = "participants.bmi", edges = [18.5, 25, 30, 35]}]`.
     #[serde(default)]
     pub showcase_bins: Vec<BinsFile>,
+    /// The kinds of bulk files: `[{name = "ecg", description = "..."}]`;
+    /// their files come in a file inventory (`tre env files`).
+    #[serde(default)]
+    pub file_collections: Vec<tre_domain::files::FileCollection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +111,11 @@ pub struct CollectionFile {
     #[serde(default)]
     pub description: String,
     /// `dataset.field` names.
+    #[serde(default)]
     pub fields: Vec<String>,
+    /// File collection names (of `inventory.file_collections`).
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 impl EnvironmentFile {
@@ -269,6 +277,7 @@ impl InventoryFile {
                         .iter()
                         .map(|f| field_ref(&format!("inventory.collections[{i}].fields"), f))
                         .collect::<Result<_>>()?,
+                    files: c.files.clone(),
                 })
             })
             .collect::<Result<_>>()?;
@@ -295,6 +304,8 @@ impl InventoryFile {
                     })
                 })
                 .collect::<Result<_>>()?,
+            file_collections: self.file_collections.clone(),
+            files: None,
         };
         inventory.validate()?;
         Ok(inventory)

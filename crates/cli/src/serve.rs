@@ -39,6 +39,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
             dispense: Some(crate::worker::dispense(
                 settings,
                 tre_workflows::DEFAULT_UNIT_ROWS,
+                tre_workflows::DEFAULT_UNIT_BYTES / (1024 * 1024),
             )?),
             ..WorkerOptions::default()
         };

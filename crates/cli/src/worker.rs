@@ -66,18 +66,27 @@ pub struct WorkerArgs {
     /// spread a big dispense over more workers.
     #[arg(long, default_value_t = tre_workflows::DEFAULT_UNIT_ROWS)]
     unit_rows: u64,
+    /// MiB of bulk files per dispense unit (a larger file is a unit of its
+    /// own).
+    #[arg(long, default_value_t = tre_workflows::DEFAULT_UNIT_BYTES / (1024 * 1024))]
+    unit_mib: u64,
 }
 
 /// Where dispensing writes (each environment's source root says where it
 /// reads).
-pub fn dispense(settings: &Settings, unit_rows: u64) -> Result<DispenseConfig> {
+pub fn dispense(settings: &Settings, unit_rows: u64, unit_mib: u64) -> Result<DispenseConfig> {
     if unit_rows == 0 {
         bail!("--unit-rows: must be at least 1");
+    }
+    if unit_mib == 0 {
+        bail!("--unit-mib: must be at least 1");
     }
     Ok(DispenseConfig {
         sources: tre_dispense::Sources::default(),
         dest: tre_dispense::stores::open(&settings.object_store, "object_store")?,
+        multipart: tre_dispense::stores::open_multipart(&settings.object_store, "object_store")?,
         unit_rows,
+        unit_bytes: unit_mib * 1024 * 1024,
     })
 }
 
@@ -174,7 +183,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         policies,
         webhook: webhook(settings),
         email: email(settings),
-        dispense: Some(dispense(settings, args.unit_rows)?),
+        dispense: Some(dispense(settings, args.unit_rows, args.unit_mib)?),
     };
     let (stop, shutdown) = watch::channel(false);
     on_signal(stop);

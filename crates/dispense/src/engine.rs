@@ -25,8 +25,11 @@ use tre_domain::cohort::Expr;
 use tre_domain::dispense::{DatasetSelection, UnitOutput};
 
 use crate::keys::{CohortKeys, Membership, Pseudonymiser};
-use crate::manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
-use crate::plan::{DispensePlan, SourceFile, Unit};
+use crate::manifest::{
+    ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile,
+    ManifestFileCollection,
+};
+use crate::plan::{DispensePlan, PlannedFile, SourceFile, Unit};
 use crate::{DispenseError, Source, filter};
 
 /// Rows per record batch read from sources.
@@ -195,11 +198,14 @@ impl UnitJob<'_> {
         source: &Source,
         dest: &Arc<dyn ObjectStore>,
     ) -> Result<UnitOutput, DispenseError> {
-        let unit = self.unit;
+        let index = self.unit.index;
+        let unit = self.unit.table().ok_or_else(|| {
+            DispenseError::data(format!("unit {index} copies files, not a table part"))
+        })?;
         let selected = self.plan.dataset(&unit.dataset).ok_or_else(|| {
             DispenseError::data(format!(
-                "unit {} names unplanned dataset {:?}",
-                unit.index, unit.dataset
+                "unit {index} names unplanned dataset {:?}",
+                unit.dataset
             ))
         })?;
         let builder = reader_builder(source, &unit.location).await?;
@@ -249,7 +255,7 @@ impl UnitJob<'_> {
         writer.close().await?;
         let (sha256, bytes) = std::mem::take(&mut *digest.lock().expect("not poisoned")).finish();
         Ok(UnitOutput {
-            unit: unit.index,
+            unit: index,
             object,
             rows,
             bytes,
@@ -272,6 +278,7 @@ impl UnitJob<'_> {
     /// The unit's row groups minus those whose key range misses the cohort.
     fn pruned_row_groups(&self, metadata: &ParquetMetaData, key: &str) -> Vec<usize> {
         // the key's leaf column (a root index differs once a column nests)
+        let groups = self.unit.table().map_or(&[][..], |t| &t.row_groups[..]);
         let Some(leaf) = metadata
             .file_metadata()
             .schema_descr()
@@ -279,10 +286,9 @@ impl UnitJob<'_> {
             .iter()
             .position(|c| c.path().parts() == [key])
         else {
-            return self.unit.row_groups.clone();
+            return groups.to_vec();
         };
-        self.unit
-            .row_groups
+        groups
             .iter()
             .copied()
             .filter(|&g| {
@@ -329,13 +335,18 @@ impl UnitJob<'_> {
 pub async fn finish(
     dest: &Arc<dyn ObjectStore>,
     plan: &DispensePlan,
+    pseudonymiser: Option<&Pseudonymiser>,
     outputs: &[UnitOutput],
 ) -> Result<(Manifest, String), DispenseError> {
     let project = &plan.project;
     let mut datasets = Vec::new();
     for selected in &plan.datasets {
         let mut outputs_of = Vec::new();
-        for unit in plan.units.iter().filter(|u| u.dataset == selected.dataset) {
+        let parts = plan
+            .units
+            .iter()
+            .filter(|u| u.table().is_some_and(|t| t.dataset == selected.dataset));
+        for unit in parts {
             outputs_of.push(
                 outputs
                     .iter()
@@ -384,6 +395,7 @@ pub async fn finish(
             files,
         });
     }
+    let file_collections = verify_files(dest, plan, pseudonymiser, outputs).await?;
     let manifest = Manifest {
         project: plan.project.clone(),
         request: plan.request.clone(),
@@ -393,9 +405,10 @@ pub async fn finish(
         cohort_size: plan.cohort_size,
         pseudonymised: plan.pseudonymised,
         datasets,
+        file_collections,
     };
 
-    let expected: BTreeSet<String> = outputs.iter().map(|o| o.object.clone()).collect();
+    let expected: BTreeSet<String> = manifest.objects().map(str::to_owned).collect();
     let prefix = project_prefix(project);
     let stray: Vec<Path> = dest
         .list(Some(&prefix))
@@ -425,6 +438,75 @@ pub async fn finish(
         )));
     }
     Ok((manifest, sha))
+}
+
+/// Checks every planned bulk file as stored (its size; its SHA-256 was
+/// checked as it was copied) and lists them per file collection.
+async fn verify_files(
+    dest: &Arc<dyn ObjectStore>,
+    plan: &DispensePlan,
+    pseudonymiser: Option<&Pseudonymiser>,
+    outputs: &[UnitOutput],
+) -> Result<Vec<ManifestFileCollection>, DispenseError> {
+    for unit in plan.units.iter().filter(|u| !u.files().is_empty()) {
+        if !outputs.iter().any(|o| o.unit == unit.index) {
+            return Err(DispenseError::Verify(format!(
+                "unit {} has no checkpoint",
+                unit.index
+            )));
+        }
+    }
+    let planned: Vec<(String, &PlannedFile)> = plan
+        .planned_files()
+        .map(|f| (crate::files::file_object(f, pseudonymiser), f))
+        .collect();
+    // made first, then polled (a mapping closure held across the await
+    // would make the caller's future not `Send` for every lifetime)
+    let checks: Vec<_> = planned
+        .iter()
+        .map(|(object, file)| verify_file(dest, &plan.project, object, file.size))
+        .collect();
+    futures::stream::iter(checks)
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(plan
+        .file_collections
+        .iter()
+        .map(|name| {
+            let mut files: Vec<ManifestBulkFile> = planned
+                .iter()
+                .filter(|(_, f)| f.collection == *name)
+                .map(|(object, f)| ManifestBulkFile {
+                    path: object.clone(),
+                    bytes: f.size,
+                    sha256: f.sha256.clone(),
+                })
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            ManifestFileCollection {
+                name: name.clone(),
+                bytes: files.iter().map(|f| f.bytes).sum(),
+                files,
+            }
+        })
+        .collect())
+}
+
+async fn verify_file(
+    dest: &Arc<dyn ObjectStore>,
+    project: &str,
+    object: &str,
+    expected: u64,
+) -> Result<(), DispenseError> {
+    let path = project_object(project, object)?;
+    let size = dest.head(&path).await?.size;
+    if size != expected {
+        return Err(DispenseError::Verify(format!(
+            "{path}: {size} bytes stored, {expected} copied"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks one unit's object as stored: its size, a readable footer, its
@@ -494,7 +576,17 @@ pub struct PlanInput<'a> {
     pub pseudonymise: bool,
     /// Source rows per unit.
     pub unit_rows: u64,
+    /// The approved file collections.
+    pub file_collections: Vec<String>,
+    /// Every file of those collections in the current file inventory (the
+    /// cohort's are kept), with its SHA-256.
+    pub files: Vec<tre_domain::files::FileEntry>,
+    /// Bytes per files unit (a larger file is a unit of its own).
+    pub unit_bytes: u64,
 }
+
+/// Files per files unit, at most.
+pub const UNIT_FILES: usize = 256;
 
 /// Evaluates the cohort and splits the approved datasets into units.
 pub async fn make_plan(
@@ -510,6 +602,37 @@ pub async fn make_plan(
         .map_err(|e| DispenseError::data(format!("cohort filter: {e}")))?;
     let keys = cohort_keys(source, inventory, expr.as_ref()).await?;
     let files = source_files(source, inventory, &selection).await?;
+    let membership = Membership::new(&keys);
+    let mut cohort_files = Vec::new();
+    for entry in input.files {
+        if !input.file_collections.contains(&entry.collection) {
+            continue;
+        }
+        let Some(key) = membership.key_of(&entry.entity) else {
+            continue;
+        };
+        let sha256 = entry.sha256.ok_or_else(|| {
+            DispenseError::data(format!(
+                "a file of {:?} has no checksum yet: the file inventory is not checked",
+                entry.collection
+            ))
+        })?;
+        cohort_files.push(PlannedFile {
+            collection: entry.collection,
+            entity: entry.entity,
+            key,
+            location: entry.location,
+            size: entry.size,
+            sha256,
+        });
+    }
+    let mut units = crate::plan::units(&files, input.unit_rows.max(1));
+    units.extend(crate::plan::file_units(
+        cohort_files,
+        input.unit_bytes.max(1),
+        UNIT_FILES,
+        units.len() as u32,
+    ));
     let plan = DispensePlan {
         project: input.project.to_owned(),
         request: input.request.to_owned(),
@@ -519,7 +642,8 @@ pub async fn make_plan(
         cohort_size: keys.len() as u64,
         pseudonymised: input.pseudonymise,
         datasets: selection,
-        units: crate::plan::units(&files, input.unit_rows.max(1)),
+        file_collections: input.file_collections,
+        units,
     };
     Ok((plan, keys))
 }
@@ -548,9 +672,20 @@ pub async fn run_all(
                 (shared.clone(), membership.clone(), pseudonymiser.clone());
             let (source, dest) = (source.clone(), dest.clone());
             running.spawn(async move {
+                let unit = &plan.units[index];
+                if unit.table().is_none() {
+                    let copy = crate::files::FileCopy {
+                        project: &plan.project,
+                        pseudonymiser: pseudonymiser.as_ref(),
+                        source: &source,
+                        dest: &dest,
+                        multipart: None,
+                    };
+                    return copy.run(unit, None, &crate::files::NoLog).await;
+                }
                 let job = UnitJob {
                     plan: &plan,
-                    unit: &plan.units[index],
+                    unit,
                     membership,
                     pseudonymiser: pseudonymiser.as_ref(),
                 };
@@ -564,7 +699,7 @@ pub async fn run_all(
             None => break,
         }
     }
-    finish(dest, plan, &outputs).await
+    finish(dest, plan, pseudonymiser.as_ref(), &outputs).await
 }
 
 #[cfg(test)]
@@ -623,13 +758,16 @@ mod tests {
                 key: "id".into(),
                 fields: vec!["x".into()],
             }],
+            file_collections: vec![],
             units: vec![Unit {
                 index: 0,
-                dataset: "t".into(),
-                part: 0,
-                location: "src/t.parquet".into(),
-                row_groups: vec![0, 1, 2, 3],
-                source_rows: 400,
+                work: crate::plan::Work::Table(crate::plan::TablePart {
+                    dataset: "t".into(),
+                    part: 0,
+                    location: "src/t.parquet".into(),
+                    row_groups: vec![0, 1, 2, 3],
+                    source_rows: 400,
+                }),
             }],
         };
         for keys in [

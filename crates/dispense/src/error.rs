@@ -26,6 +26,11 @@ pub enum DispenseError {
     /// A setting is malformed (names the setting).
     #[error("{0}")]
     Config(String),
+    /// A source object is not what its inventory registered (its SHA-256 or
+    /// size): it changed since. Retrying cannot help until it is repaired.
+    /// `detail` names the source location, for the operators' log only.
+    #[error("{message}")]
+    Integrity { message: String, detail: String },
 }
 
 /// What went wrong in a store, without its paths.
@@ -66,6 +71,7 @@ impl DispenseError {
         match self {
             Self::Store(e) => format!("object store: {e}"),
             Self::Parquet(e) => format!("parquet: {e}"),
+            Self::Integrity { message, detail } => format!("{message} ({detail})"),
             other => other.to_string(),
         }
     }
@@ -78,7 +84,11 @@ impl DispenseError {
             Self::Parquet(parquet::errors::ParquetError::External(e)) => e
                 .downcast_ref::<object_store::Error>()
                 .is_none_or(store_error_transient),
-            Self::Parquet(_) | Self::Arrow(_) | Self::Data(_) | Self::Config(_) => false,
+            Self::Parquet(_)
+            | Self::Arrow(_)
+            | Self::Data(_)
+            | Self::Config(_)
+            | Self::Integrity { .. } => false,
             // a half-written object is rewritten by the unit's retry
             Self::Verify(_) => true,
         }

@@ -152,6 +152,19 @@ impl Membership {
         }
     }
 
+    /// The key written as text (a file inventory's entity), as the cohort
+    /// has it, if it is in the cohort: integer keys in plain decimal
+    /// (`007` is `7`), text keys as they are.
+    pub fn key_of(&self, entity: &str) -> Option<String> {
+        match self {
+            Self::Text(set) => set.contains(entity).then(|| entity.to_owned()),
+            _ => {
+                let k: i64 = entity.trim().parse().ok()?;
+                self.contains_int(k).then(|| k.to_string())
+            }
+        }
+    }
+
     /// True where the key is in the cohort; null keys never are.
     pub fn mask(&self, keys: &ArrayRef) -> Result<BooleanArray, DispenseError> {
         match self {

@@ -9,6 +9,7 @@
 
 mod engine;
 mod error;
+pub mod files;
 pub mod filter;
 mod io;
 pub mod keys;
@@ -25,7 +26,9 @@ pub use engine::{
 };
 pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
-pub use manifest::{ColumnSchema, Manifest, ManifestDataset, ManifestFile};
-pub use plan::{DispensePlan, SourceFile, Unit};
+pub use manifest::{
+    ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile, ManifestFileCollection,
+};
+pub use plan::{DispensePlan, FileBatch, PlannedFile, SourceFile, TablePart, Unit, Work};
 pub use source::{Source, Sources};
 pub use tre_domain::dispense::UnitOutput;

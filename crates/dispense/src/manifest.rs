@@ -16,6 +16,9 @@ pub struct Manifest {
     pub cohort_size: u64,
     pub pseudonymised: bool,
     pub datasets: Vec<ManifestDataset>,
+    /// The cohort's bulk files, per approved file collection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_collections: Vec<ManifestFileCollection>,
 }
 
 impl Manifest {
@@ -26,20 +29,48 @@ impl Manifest {
         self.datasets.iter().map(|d| d.rows).sum()
     }
 
+    /// Bytes of the tables' files and the bulk files.
     pub fn bytes(&self) -> u64 {
-        self.files().map(|f| f.bytes).sum()
+        self.files().map(|f| f.bytes).sum::<u64>() + self.bulk_files().map(|f| f.bytes).sum::<u64>()
     }
 
-    /// Every data file it lists, dataset by dataset.
+    /// Every table file it lists, dataset by dataset.
     pub fn files(&self) -> impl Iterator<Item = &ManifestFile> {
         self.datasets.iter().flat_map(|d| &d.files)
     }
 
-    /// Every object a finished dispense leaves under the project's prefix
-    /// (relative paths): the data files and the manifest itself.
-    pub fn objects(&self) -> impl Iterator<Item = &str> {
-        self.files().map(|f| f.path.as_str()).chain([Self::OBJECT])
+    /// Every bulk file it lists, collection by collection.
+    pub fn bulk_files(&self) -> impl Iterator<Item = &ManifestBulkFile> {
+        self.file_collections.iter().flat_map(|c| &c.files)
     }
+
+    /// Every object a finished dispense leaves under the project's prefix
+    /// (relative paths): the tables' files, the bulk files and the
+    /// manifest itself.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        self.files()
+            .map(|f| f.path.as_str())
+            .chain(self.bulk_files().map(|f| f.path.as_str()))
+            .chain([Self::OBJECT])
+    }
+}
+
+/// The bulk files of one file collection in a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFileCollection {
+    pub name: String,
+    pub bytes: u64,
+    /// In path order.
+    pub files: Vec<ManifestBulkFile>,
+}
+
+/// A bulk file: `files/{collection}/{pseudonym}/{name}`, with its size and
+/// SHA-256 (checked against the file inventory as it was copied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestBulkFile {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

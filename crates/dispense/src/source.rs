@@ -13,8 +13,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use object_store::ObjectStore;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
 use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tre_domain::StoreRoot;
 
 use crate::DispenseError;
@@ -100,6 +103,43 @@ impl Source {
     /// A Parquet reader of `location`, checked first.
     pub(crate) fn reader(&self, location: &str) -> Result<StoreReader, DispenseError> {
         Ok(StoreReader::new(self.store.clone(), self.path(location)?))
+    }
+
+    /// The size of the object at `location`, checked first.
+    pub async fn size(&self, location: &str) -> Result<u64, DispenseError> {
+        Ok(self.store.head(&self.path(location)?).await?.size)
+    }
+
+    /// The bytes `range` of the object at `location` as a stream of chunks
+    /// (the whole object for `None`), checked first.
+    pub async fn stream(
+        &self,
+        location: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>, DispenseError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        Ok(self
+            .store
+            .get_opts(&self.path(location)?, options)
+            .await?
+            .into_stream())
+    }
+
+    /// The SHA-256 (hex) and size of the object at `location`, read as a
+    /// stream (memory stays bounded whatever its size).
+    pub async fn sha256(&self, location: &str) -> Result<(String, u64), DispenseError> {
+        use sha2::Digest;
+        let mut stream = self.stream(location, None).await?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((hex::encode(hasher.finalize()), size))
     }
 }
 

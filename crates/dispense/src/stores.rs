@@ -8,42 +8,54 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use crate::DispenseError;
+use crate::files::Multipart;
+
+/// The S3 client and prefix of an `s3://BUCKET[/PREFIX]` url, from the
+/// `AWS_*` variables; None for other urls.
+fn s3_from_env(
+    url: &str,
+    setting: &str,
+) -> Result<Option<(AmazonS3, String)>, DispenseError> {
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Ok(None);
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(DispenseError::Config(format!(
+            "{setting}: s3:// needs a bucket name (got {url:?})"
+        )));
+    }
+    // reqwest is built with rustls but no default crypto provider
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        // client options (AWS_ALLOW_HTTP, timeouts) come from the
+        // environment: replacing them here would drop those
+        .with_retry(retry_config());
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    let store = builder
+        .build()
+        .map_err(|e| DispenseError::Config(format!("{setting}: {e}")))?;
+    Ok(Some((store, prefix.trim_matches('/').to_owned())))
+}
 
 /// Opens the store that `url` names; `setting` names it in errors.
 pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseError> {
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(DispenseError::Config(format!(
-                "{setting}: s3:// needs a bucket name (got {url:?})"
-            )));
-        }
-        // reqwest is built with rustls but no default crypto provider
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            // client options (AWS_ALLOW_HTTP, timeouts) come from the
-            // environment: replacing them here would drop those
-            .with_retry(retry_config());
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            builder = builder.with_region("us-east-1");
-        }
-        let store = builder
-            .build()
-            .map_err(|e| DispenseError::Config(format!("{setting}: {e}")))?;
-        let prefix = prefix.trim_matches('/');
+    if let Some((store, prefix)) = s3_from_env(url, setting)? {
         return Ok(if prefix.is_empty() {
             Arc::new(store)
         } else {
-            Arc::new(PrefixStore::new(store, prefix))
+            Arc::new(PrefixStore::new(store, prefix.as_str()))
         });
     }
     if url.contains("://") && !url.starts_with("file://") {
@@ -59,6 +71,15 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
     Ok(Arc::new(store))
 }
 
+/// The multipart API of the store `url` names, when it has one (S3): what
+/// lets large files resume (see [`crate::files`]). None for a folder.
+pub fn open_multipart(url: &str, setting: &str) -> Result<Option<Multipart>, DispenseError> {
+    Ok(s3_from_env(url, setting)?.map(|(store, prefix)| {
+        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix.as_str()));
+        Multipart::new(Arc::new(store), prefix)
+    }))
+}
+
 /// An S3-compatible store with explicit settings (path-style), for callers
 /// that must not read the process environment (tests with several servers).
 pub fn s3(
@@ -67,8 +88,28 @@ pub fn s3(
     access_key: &str,
     secret_key: &str,
 ) -> Result<Arc<dyn ObjectStore>, DispenseError> {
+    Ok(Arc::new(s3_client(endpoint, bucket, access_key, secret_key)?))
+}
+
+/// [`s3`]'s multipart API.
+pub fn s3_multipart(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<Multipart, DispenseError> {
+    let store = s3_client(endpoint, bucket, access_key, secret_key)?;
+    Ok(Multipart::new(Arc::new(store), None))
+}
+
+fn s3_client(
+    endpoint: &str,
+    bucket: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<AmazonS3, DispenseError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = AmazonS3Builder::new()
+    AmazonS3Builder::new()
         .with_endpoint(endpoint)
         .with_bucket_name(bucket)
         .with_access_key_id(access_key)
@@ -82,8 +123,7 @@ pub fn s3(
                 .with_allow_http(endpoint.starts_with("http://")),
         )
         .build()
-        .map_err(|e| DispenseError::Config(format!("object store: {e}")))?;
-    Ok(Arc::new(store))
+        .map_err(|e| DispenseError::Config(format!("object store: {e}")))
 }
 
 /// Transient S3 errors (5xx, timeouts, throttling, resets) are retried by

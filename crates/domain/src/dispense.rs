@@ -43,12 +43,18 @@ pub struct ResolvedSelection {
     /// Per dataset, the entity key and the selected fields with their
     /// types, in the inventory's order.
     pub datasets: Vec<SelectedDataset>,
+    /// The selected file collections, in the inventory's order: the
+    /// cohort's files of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResolvedCollection {
     pub name: String,
     pub fields: Vec<FieldRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -75,6 +81,7 @@ pub fn resolve(
 ) -> Result<ResolvedSelection, DomainError> {
     let mut resolved = Vec::new();
     let mut wanted = BTreeSet::new();
+    let mut wanted_files = BTreeSet::new();
     for name in collections {
         let collection = inventory.collection(name).ok_or_else(|| {
             DomainError::invalid(
@@ -103,9 +110,21 @@ pub fn resolve(
             }
             wanted.insert((field.dataset.as_str(), field.field.as_str()));
         }
+        for files in &collection.files {
+            if inventory.file_collection(files).is_none() {
+                return Err(DomainError::invalid(
+                    "collections",
+                    format!(
+                        "collection {name:?} names file collection {files:?}, which the inventory lacks"
+                    ),
+                ));
+            }
+            wanted_files.insert(files.as_str());
+        }
         resolved.push(ResolvedCollection {
             name: name.clone(),
             fields: collection.fields.clone(),
+            files: collection.files.clone(),
         });
     }
     let datasets = inventory
@@ -123,14 +142,37 @@ pub fn resolve(
                 .collect(),
         })
         .collect();
+    let files = inventory
+        .file_collections
+        .iter()
+        .filter(|c| wanted_files.contains(c.name.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
     Ok(ResolvedSelection {
         inventory_version: inventory.version,
         collections: resolved,
         datasets,
+        files,
     })
 }
 
 impl ResolvedSelection {
+    /// The approved file collections a dispense from `inventory` delivers:
+    /// each must still be declared (its files are those of `inventory`'s
+    /// file inventory, the current data release), else the error says which
+    /// left.
+    pub fn files_against(&self, inventory: &Inventory) -> Result<Vec<String>, DomainError> {
+        for name in &self.files {
+            if inventory.file_collection(name).is_none() {
+                return Err(DomainError::Conflict(format!(
+                    "file collection {name:?} left the inventory since the request was approved (inventory version {} then, {} now); the request must be submitted and approved again",
+                    self.inventory_version, inventory.version
+                )));
+            }
+        }
+        Ok(self.files.clone())
+    }
+
     /// What a dispense from `inventory` (the version current now: new data
     /// releases are the point of versions) delivers: exactly the approved
     /// fields, in the approved order. Every approved dataset must still be
@@ -225,16 +267,35 @@ mod tests {
                     name: "demo".into(),
                     description: String::new(),
                     fields: fields(&[("people", "sex"), ("people", "age")]),
+                    files: vec![],
                 },
                 DataCollection {
                     name: "events".into(),
                     description: String::new(),
                     fields: fields(&[("events", "date"), ("events", "id"), ("people", "age")]),
+                    files: vec![],
+                },
+                DataCollection {
+                    name: "scans".into(),
+                    description: String::new(),
+                    fields: vec![],
+                    files: vec!["brain_mri".into()],
                 },
             ],
             showcase: vec![],
             cohort_fields: None,
             showcase_bins: vec![],
+            file_collections: vec![
+                crate::files::FileCollection {
+                    name: "exome_vcf".into(),
+                    description: String::new(),
+                },
+                crate::files::FileCollection {
+                    name: "brain_mri".into(),
+                    description: String::new(),
+                },
+            ],
+            files: None,
         }
     }
 
@@ -288,6 +349,26 @@ mod tests {
             ("age", FieldType::Integer)
         );
         assert!(age.description.is_empty(), "descriptions are not frozen");
+    }
+
+    /// A files-only collection selects no table, and its file collection
+    /// must still be declared when dispensing.
+    #[test]
+    fn file_collections_resolve_and_must_stay_declared() {
+        let inv = inventory();
+        let resolved = resolve(&inv, &names(&["scans"])).unwrap();
+        assert!(resolved.datasets.is_empty());
+        assert_eq!(resolved.files, ["brain_mri"]);
+        assert_eq!(resolved.files_against(&inv).unwrap(), ["brain_mri"]);
+        let tables_only = resolve(&inv, &names(&["demo"])).unwrap();
+        let json = serde_json::to_value(&tables_only).unwrap();
+        assert!(json.get("files").is_none(), "old digests stay the same");
+        let mut gone = inv.clone();
+        gone.version = 4;
+        gone.file_collections.remove(1);
+        gone.collections.remove(2);
+        let err = resolved.files_against(&gone).unwrap_err().to_string();
+        assert!(err.contains("\"brain_mri\" left the inventory"), "{err}");
     }
 
     #[test]

@@ -117,12 +117,19 @@ pub enum Effect {
         environment: EnvironmentId,
         version: u32,
     },
+    /// Check an uploaded file inventory against the environment's source
+    /// (objects, sizes, entities), compute missing checksums, and make it
+    /// part of a new inventory version or reject it.
+    CheckFiles {
+        environment: EnvironmentId,
+        file_inventory: String,
+    },
 }
 
 impl Effect {
     /// Every job kind an effect can be, once: the registry the workers'
     /// policies and handlers are checked against.
-    pub const KINDS: [&'static str; 13] = [
+    pub const KINDS: [&'static str; 14] = [
         "notify_reviewers",
         "stage_reminder",
         "notify_owner",
@@ -136,6 +143,7 @@ impl Effect {
         "finish_dispense",
         "deprovision",
         "compute_showcase",
+        "check_files",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -153,6 +161,7 @@ impl Effect {
             Self::FinishDispense { .. } => "finish_dispense",
             Self::Deprovision { .. } => "deprovision",
             Self::ComputeShowcase { .. } => "compute_showcase",
+            Self::CheckFiles { .. } => "check_files",
         }
     }
 
@@ -203,6 +212,7 @@ impl Effect {
                 environment,
                 version,
             } => format!("compute_showcase:{environment}:{version}"),
+            Self::CheckFiles { file_inventory, .. } => format!("check_files:{file_inventory}"),
         }
     }
 
@@ -286,6 +296,10 @@ mod tests {
             Effect::ComputeShowcase {
                 environment: "e".into(),
                 version: 1,
+            },
+            Effect::CheckFiles {
+                environment: "e".into(),
+                file_inventory: "f".into(),
             },
         ];
         let kinds: Vec<&str> = examples.iter().map(Effect::kind).collect();

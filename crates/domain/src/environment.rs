@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::inventory::check_name;
 use crate::{
     Actor, DomainError, EnvironmentId, Inventory, Principal, ReviewPipeline, StoreRoot, UserId,
+    files::FileInventoryRef,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -240,6 +241,9 @@ pub enum EnvironmentCommand {
         description: Option<String>,
     },
     SetInventory(Inventory),
+    /// A checked file inventory becomes part of a new inventory version
+    /// (current in draft, staged in maintenance).
+    SetFiles(FileInventoryRef),
     SetPipeline(ReviewPipeline),
     SetMembers(BTreeSet<Principal>),
     SetAdmins(BTreeSet<UserId>),
@@ -256,6 +260,7 @@ impl EnvironmentCommand {
         match self {
             Self::UpdateDetails { .. } => "environment.update_details",
             Self::SetInventory(_) => "environment.set_inventory",
+            Self::SetFiles(_) => "environment.set_files",
             Self::SetPipeline(_) => "environment.set_pipeline",
             Self::SetMembers(_) => "environment.set_members",
             Self::SetAdmins(_) => "environment.set_admins",
@@ -303,6 +308,20 @@ impl Environment {
             inventory: None,
             staged_inventory: None,
         })
+    }
+
+    /// The newest inventory: the staged one, else the current one.
+    pub fn latest_inventory(&self) -> Option<&Inventory> {
+        self.staged_inventory.as_ref().or(self.inventory.as_ref())
+    }
+
+    /// Current in draft, staged in maintenance.
+    fn put_inventory(&mut self, state: EnvironmentState, inventory: Inventory) {
+        if state == EnvironmentState::Draft {
+            self.inventory = Some(inventory);
+        } else {
+            self.staged_inventory = Some(inventory);
+        }
     }
 
     pub fn is_admin(&self, user: &UserId) -> bool {
@@ -364,15 +383,25 @@ impl Environment {
                     next.description = description;
                 }
             }
-            (C::SetInventory(mut inventory), S::Draft) => {
+            (C::SetInventory(mut inventory), state @ (S::Draft | S::Maintenance)) => {
+                // the checked file inventory carries over; an admin's own
+                // `files` would name rows nobody checked
+                inventory.files = self.latest_inventory().and_then(|i| i.files.clone());
                 inventory.validate()?;
                 inventory.version = self.inventory.as_ref().map_or(1, |i| i.version + 1);
-                next.inventory = Some(inventory);
+                next.put_inventory(state, inventory);
             }
-            (C::SetInventory(mut inventory), S::Maintenance) => {
+            (C::SetFiles(files), state @ (S::Draft | S::Maintenance)) => {
+                let mut inventory = self.latest_inventory().cloned().ok_or_else(|| {
+                    DomainError::invalid(
+                        "inventory",
+                        "set the inventory (with its file collections) before its files",
+                    )
+                })?;
+                inventory.files = Some(files);
                 inventory.validate()?;
                 inventory.version = self.inventory.as_ref().map_or(1, |i| i.version + 1);
-                next.staged_inventory = Some(inventory);
+                next.put_inventory(state, inventory);
             }
             (C::SetPipeline(pipeline), state) => {
                 pipeline.validate()?;
@@ -496,6 +525,82 @@ pub(crate) mod tests {
             .unwrap()
             .apply(EnvironmentCommand::Publish)
             .unwrap()
+    }
+
+    fn files_ref(id: &str, collection: &str) -> FileInventoryRef {
+        FileInventoryRef {
+            id: id.into(),
+            files: 3,
+            bytes: 30,
+            collections: vec![crate::files::FileCollectionCount {
+                name: collection.into(),
+                files: 3,
+                bytes: 30,
+            }],
+        }
+    }
+
+    fn with_scans() -> Inventory {
+        let mut inv = inventory();
+        inv.file_collections = vec![crate::files::FileCollection {
+            name: "brain_mri".into(),
+            description: String::new(),
+        }];
+        inv
+    }
+
+    /// A checked file inventory makes a new version (current in draft,
+    /// staged in maintenance) and carries over when the tables change; an
+    /// admin cannot name a file inventory by sending `files`.
+    #[test]
+    fn files_join_an_inventory_version_and_carry_over() {
+        let err = draft()
+            .apply(EnvironmentCommand::SetFiles(files_ref("f1", "brain_mri")))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("inventory"));
+        let env = draft()
+            .apply(EnvironmentCommand::SetInventory(with_scans()))
+            .unwrap();
+        // undeclared collection: refused
+        let err = env
+            .apply(EnvironmentCommand::SetFiles(files_ref("f0", "exome_vcf")))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("inventory.file_collections"), "{err}");
+        let env = env
+            .apply(EnvironmentCommand::SetFiles(files_ref("f1", "brain_mri")))
+            .unwrap();
+        let current = env.inventory.as_ref().unwrap();
+        assert_eq!((current.version, current.files.as_ref().unwrap().id.as_str()), (2, "f1"));
+        // the tables change: the files stay; an admin's own `files` is ignored
+        let mut sent = with_scans();
+        sent.files = Some(files_ref("someone-elses", "brain_mri"));
+        let env = env.apply(EnvironmentCommand::SetInventory(sent)).unwrap();
+        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f1");
+        // dropping the declaration of collections with files is refused
+        let err = env
+            .apply(EnvironmentCommand::SetInventory(inventory()))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("inventory.file_collections"), "{err}");
+        // active: frozen; maintenance: staged, current on reactivate
+        let env = env
+            .apply(EnvironmentCommand::SetPipeline(pipeline()))
+            .unwrap()
+            .apply(EnvironmentCommand::Publish)
+            .unwrap();
+        assert!(matches!(
+            env.apply(EnvironmentCommand::SetFiles(files_ref("f2", "brain_mri"))),
+            Err(DomainError::InvalidTransition { .. })
+        ));
+        let env = env
+            .apply(EnvironmentCommand::EnterMaintenance)
+            .unwrap()
+            .apply(EnvironmentCommand::SetFiles(files_ref("f2", "brain_mri")))
+            .unwrap();
+        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f1");
+        let staged = env.staged_inventory.as_ref().unwrap();
+        assert_eq!((staged.version, staged.files.as_ref().unwrap().id.as_str()), (4, "f2"));
+        let env = env.apply(EnvironmentCommand::Reactivate).unwrap();
+        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f2");
     }
 
     fn in_state(state: EnvironmentState) -> Environment {

@@ -3,6 +3,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
+use crate::files::{FileCollection, FileInventoryRef, check_declared};
 use crate::storage::check_location;
 
 /// The type of a dataset field, as the cohort filter language sees it.
@@ -76,14 +77,20 @@ pub struct FieldRef {
     pub field: String,
 }
 
-/// A named set of fields that a request selects as a whole.
+/// A named set of table fields and file collections that a request
+/// selects as a whole (at least one of either).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataCollection {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    #[serde(default)]
     pub fields: Vec<FieldRef>,
+    /// File collections (declared in [`Inventory::file_collections`]): the
+    /// cohort's files of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// A bin edge of a showcase histogram: a finite number (a year for dates).
@@ -131,6 +138,14 @@ pub struct Inventory {
     /// Default: none (round edges between the 5th and 95th percentiles).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub showcase_bins: Vec<ShowcaseBins>,
+    /// The kinds of bulk files the environment holds (see [`crate::files`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_collections: Vec<FileCollection>,
+    /// The checked file inventory of this version: set by tre when an
+    /// uploaded one passes every check, carried into later versions, and
+    /// never taken from what an admin sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileInventoryRef>,
 }
 
 impl Inventory {
@@ -144,6 +159,10 @@ impl Inventory {
 
     pub fn collection(&self, name: &str) -> Option<&DataCollection> {
         self.collections.iter().find(|c| c.name == name)
+    }
+
+    pub fn file_collection(&self, name: &str) -> Option<&FileCollection> {
+        self.file_collections.iter().find(|c| c.name == name)
     }
 
     /// The fields of the cohort dataset that a cohort filter of a request
@@ -234,14 +253,37 @@ impl Inventory {
                     format!("duplicate collection {:?}", collection.name),
                 ));
             }
-            if collection.fields.is_empty() {
+            if collection.fields.is_empty() && collection.files.is_empty() {
                 return Err(DomainError::invalid(
                     format!("{path}.fields"),
-                    "a collection needs at least one field",
+                    "a collection needs at least one field or file collection",
                 ));
             }
             for (j, field) in collection.fields.iter().enumerate() {
                 self.check_ref(&format!("{path}.fields[{j}]"), field)?;
+            }
+            for (j, files) in collection.files.iter().enumerate() {
+                if self.file_collection(files).is_none() {
+                    return Err(DomainError::invalid(
+                        format!("{path}.files[{j}]"),
+                        format!("no file collection named {files:?}"),
+                    ));
+                }
+            }
+        }
+        let tables = self.datasets.iter().map(|d| d.name.as_str()).collect();
+        check_declared("inventory", &self.file_collections, &tables)?;
+        if let Some(files) = &self.files {
+            for held in &files.collections {
+                if held.files > 0 && self.file_collection(&held.name).is_none() {
+                    return Err(DomainError::invalid(
+                        "inventory.file_collections",
+                        format!(
+                            "the file inventory holds {} file(s) of {:?}: keep declaring it, or upload a file inventory without them first",
+                            held.files, held.name
+                        ),
+                    ));
+                }
             }
         }
         for (i, field) in self.showcase.iter().enumerate() {
@@ -425,16 +467,20 @@ pub(crate) mod tests {
                     name: "demographics".into(),
                     description: String::new(),
                     fields: vec![r("participants", "sex"), r("participants", "age")],
+                    files: vec![],
                 },
                 DataCollection {
                     name: "hospital".into(),
                     description: String::new(),
                     fields: vec![r("diagnoses", "icd10")],
+                    files: vec![],
                 },
             ],
             showcase: vec![r("participants", "sex")],
             cohort_fields: None,
             showcase_bins: vec![],
+            file_collections: vec![],
+            files: None,
         }
     }
 
@@ -483,6 +529,40 @@ pub(crate) mod tests {
             (
                 |i| i.collections[0].fields.clear(),
                 "inventory.collections[0].fields",
+            ),
+            (
+                |i| i.collections[0].files.push("exome_vcf".into()),
+                "inventory.collections[0].files[0]",
+            ),
+            (
+                |i| {
+                    i.file_collections = vec![scan("mri"), scan("mri")];
+                },
+                "inventory.file_collections[1].name",
+            ),
+            (
+                |i| i.file_collections = vec![scan("diagnoses")],
+                "inventory.file_collections[0].name",
+            ),
+            (
+                |i| i.file_collections = vec![scan("a/b")],
+                "inventory.file_collections[0].name",
+            ),
+            // a file inventory's files stay declared
+            (
+                |i| {
+                    i.files = Some(FileInventoryRef {
+                        id: "f".into(),
+                        files: 2,
+                        bytes: 2,
+                        collections: vec![crate::files::FileCollectionCount {
+                            name: "exome_vcf".into(),
+                            files: 2,
+                            bytes: 2,
+                        }],
+                    })
+                },
+                "inventory.file_collections",
             ),
             (
                 |i| i.showcase[0].field = "participant_id".into(),
@@ -541,6 +621,12 @@ pub(crate) mod tests {
                 "inventory.showcase_bins[1].field",
             ),
         ];
+        fn scan(name: &str) -> FileCollection {
+            FileCollection {
+                name: name.into(),
+                description: String::new(),
+            }
+        }
         fn bins(dataset: &str, field: &str, edges: &[f64]) -> ShowcaseBins {
             ShowcaseBins {
                 field: FieldRef {

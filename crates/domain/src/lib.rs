@@ -20,6 +20,7 @@ pub mod dispense;
 mod effect;
 mod environment;
 mod error;
+pub mod files;
 mod ids;
 mod inventory;
 mod job;

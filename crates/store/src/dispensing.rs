@@ -19,11 +19,21 @@ pub struct NewPlan<'a> {
     /// JSON text of the cohort's keys.
     pub cohort: &'a str,
     pub secret: &'a str,
-    /// `(unit, source rows)` for each unit.
-    pub units: &'a [(u32, u64)],
+    pub units: &'a [PlannedUnit],
     /// What the audit event records about the plan.
     pub summary: Value,
     pub trace_id: &'a str,
+}
+
+/// A unit of a plan to store, with what it is planned to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedUnit {
+    pub unit: u32,
+    /// Source rows a table part scans.
+    pub source_rows: u64,
+    /// Bulk files (and their bytes) a files unit copies.
+    pub files: u64,
+    pub file_bytes: u64,
 }
 
 /// A stored plan.
@@ -47,9 +57,15 @@ pub struct DispenseProgress {
     /// Source rows scanned by finished units, and in all.
     pub source_rows_done: u64,
     pub source_rows_total: u64,
-    /// Rows and bytes written by finished units.
+    /// Rows and bytes written by finished units (bulk files' bytes too).
     pub rows_out: u64,
     pub bytes_out: u64,
+    /// Bulk files copied by finished units, and in all.
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Their bytes: copied, and in all.
+    pub file_bytes_done: u64,
+    pub file_bytes_total: u64,
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -75,13 +91,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 1 {
-            for (unit, source_rows) in new.units {
+            for unit in new.units {
                 sqlx::query(
-                    "INSERT INTO dispense_units (project_id, unit, source_rows) VALUES ($1, $2, $3)",
+                    "INSERT INTO dispense_units (project_id, unit, source_rows, files, file_bytes) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(new.project.as_str())
-                .bind(i64::from(*unit))
-                .bind(*source_rows as i64)
+                .bind(i64::from(unit.unit))
+                .bind(unit.source_rows as i64)
+                .bind(unit.files as i64)
+                .bind(unit.file_bytes as i64)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -182,7 +201,7 @@ impl Store {
         let at = now();
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
-            "UPDATE dispense_units SET object = $1, rows_out = $2, bytes = $3, sha256 = $4, done_at = $5 \
+            "UPDATE dispense_units SET object = $1, rows_out = $2, bytes = $3, sha256 = $4, done_at = $5, upload = NULL \
              WHERE project_id = $6 AND unit = $7 AND done_at IS NULL",
         )
         .bind(&done.object)
@@ -288,7 +307,11 @@ impl Store {
              CAST(COALESCE(SUM(source_rows), 0) AS BIGINT) AS source_rows_total, \
              CAST(COALESCE(SUM(CASE WHEN done_at IS NOT NULL THEN source_rows ELSE 0 END), 0) AS BIGINT) AS source_rows_done, \
              CAST(COALESCE(SUM(rows_out), 0) AS BIGINT) AS rows_out, \
-             CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS bytes_out \
+             CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS bytes_out, \
+             CAST(COALESCE(SUM(files), 0) AS BIGINT) AS files_total, \
+             CAST(COALESCE(SUM(CASE WHEN done_at IS NOT NULL THEN files ELSE 0 END), 0) AS BIGINT) AS files_done, \
+             CAST(COALESCE(SUM(file_bytes), 0) AS BIGINT) AS file_bytes_total, \
+             CAST(COALESCE(SUM(CASE WHEN done_at IS NOT NULL THEN file_bytes ELSE 0 END), 0) AS BIGINT) AS file_bytes_done \
              FROM dispense_units WHERE project_id = $1",
         )
         .bind(project.as_str())
@@ -303,7 +326,46 @@ impl Store {
             source_rows_total: get("source_rows_total")?,
             rows_out: get("rows_out")?,
             bytes_out: get("bytes_out")?,
+            files_done: get("files_done")?,
+            files_total: get("files_total")?,
+            file_bytes_done: get("file_bytes_done")?,
+            file_bytes_total: get("file_bytes_total")?,
         })
+    }
+
+    /// Saves (or clears, `None`) the checkpoint of the large file upload a
+    /// unit has in progress (JSON owned by `tre-dispense`).
+    pub async fn save_unit_upload(
+        &self,
+        project: &ProjectId,
+        unit: u32,
+        upload: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dispense_units SET upload = $1 WHERE project_id = $2 AND unit = $3 AND done_at IS NULL",
+        )
+        .bind(upload)
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The uploads in progress of a project's units, by unit.
+    pub async fn unit_uploads(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Vec<(u32, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT unit, upload FROM dispense_units WHERE project_id = $1 AND upload IS NOT NULL ORDER BY unit",
+        )
+        .bind(project.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)? as u32, r.try_get(1)?)))
+            .collect()
     }
 
     /// Appends a system event about a project to the audit log (e.g. its

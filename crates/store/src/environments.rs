@@ -29,6 +29,9 @@ fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
             "datasets": inventory.datasets.iter().map(|d| &d.name).collect::<Vec<_>>(),
             "collections": inventory.collections.iter().map(|c| &c.name).collect::<Vec<_>>(),
         }),
+        EnvironmentCommand::SetFiles(files) => {
+            json!({"file_inventory": files.id, "files": files.files, "bytes": files.bytes})
+        }
         EnvironmentCommand::SetPipeline(pipeline) => json!({"stages": pipeline.stages}),
         EnvironmentCommand::SetMembers(members) => json!({"members": members}),
         EnvironmentCommand::SetAdmins(admins) => json!({"admins": admins}),
@@ -79,7 +82,7 @@ impl Store {
         Ok((env, version, false))
     }
 
-    async fn save_environment(
+    pub(crate) async fn save_environment(
         tx: &mut Tx,
         env: &Environment,
         version: i64,

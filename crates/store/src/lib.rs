@@ -20,6 +20,7 @@ mod cache;
 mod dispensing;
 mod docs;
 mod environments;
+mod files;
 mod error;
 mod idempotency;
 mod jobs;
@@ -43,8 +44,9 @@ use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
 use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
-pub use dispensing::{DispenseProgress, NewPlan, StoredPlan};
+pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan};
 pub use error::StoreError;
+pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile};
 pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
@@ -230,6 +232,13 @@ fn migrator(backend: Backend) -> Migrator {
             "showcase secrets and aggregates".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0012_showcase.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            13,
+            "bulk files".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0013_files.sql")).into_sql_str(),
             false,
         ),
     ])

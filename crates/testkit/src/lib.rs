@@ -619,16 +619,20 @@ pub fn inventory() -> Inventory {
                 name: "demographics".into(),
                 description: String::new(),
                 fields: vec![r("participants", "sex"), r("participants", "age")],
+                files: vec![],
             },
             DataCollection {
                 name: "hospital".into(),
                 description: String::new(),
                 fields: vec![r("diagnoses", "icd10")],
+                files: vec![],
             },
         ],
         showcase: vec![r("participants", "sex")],
         cohort_fields: None,
         showcase_bins: vec![],
+        file_collections: vec![],
+        files: None,
     }
 }
 
@@ -922,6 +926,7 @@ pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -
         name: name.into(),
         description: String::new(),
         fields,
+        files: vec![],
     };
     Inventory {
         version: 0,
@@ -957,6 +962,8 @@ pub fn biobank_inventory(root: &std::path::Path, datasets: &[(&str, &[&str])]) -
         ],
         cohort_fields: None,
         showcase_bins: vec![],
+        file_collections: vec![],
+        files: None,
     }
 }
 

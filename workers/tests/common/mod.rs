@@ -44,6 +44,8 @@ pub fn dispense_options(dest: Arc<dyn ObjectStore>, unit_rows: u64) -> WorkerOpt
             sources: tre_dispense::Sources::default(),
             dest,
             unit_rows,
+            multipart: None,
+            unit_bytes: tre_workflows::DEFAULT_UNIT_BYTES,
         }),
         ..WorkerOptions::default()
     }

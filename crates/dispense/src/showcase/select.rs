@@ -297,6 +297,8 @@ mod tests {
             showcase: vec![r("centre"), r("year"), r("sex"), r("bmi")],
             cohort_fields: None,
             showcase_bins: vec![],
+            file_collections: vec![],
+            files: None,
         };
         let source = Source::folder(dir).unwrap();
         let columns = ShowcaseColumns::load(&source, &inventory, &[3u8; 32])

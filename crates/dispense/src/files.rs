@@ -1,0 +1,400 @@
+//! Bulk files into a project: each file of a unit is streamed from the
+//! environment's source into `{project}/files/{collection}/{label}/{name}`
+//! ([`tre_domain::files::project_object`]), hashed on the way, and written
+//! only if its SHA-256 and size are those its file inventory registered.
+//!
+//! Memory is bounded whatever the file size: a small file is read whole
+//! (at most [`PART_BYTES`]), a large one goes up in parts of that size,
+//! a few in flight. With a store that exposes its multipart API (S3), the
+//! upload of a large file is checkpointed after every part
+//! ([`UploadState`], kept in SQL by the caller): a unit that dies in the
+//! middle resumes the same upload after the last recorded part (the parts
+//! before it are read again only to hash them), and an upload that cannot
+//! complete (a checksum mismatch) is aborted, never left behind.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::task::JoinHandle;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tre_domain::dispense::UnitOutput;
+use tre_domain::files::project_object;
+
+use crate::keys::Pseudonymiser;
+use crate::plan::{PlannedFile, Unit};
+use crate::{DispenseError, Source};
+
+/// Part size of large files' uploads; files smaller than this are read
+/// whole and written with one request.
+pub const PART_BYTES: u64 = 16 * 1024 * 1024;
+/// Small files copied at once within a unit.
+const FILES_AT_ONCE: usize = 8;
+/// Parts of one large file uploading at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// The multipart upload of a large file in progress: a unit's checkpoint,
+/// saved after each part and cleared when the file is written or given up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    /// The file's index within its unit.
+    pub file: u32,
+    /// The object being written, relative to the project's prefix.
+    pub object: String,
+    pub upload_id: String,
+    pub part_bytes: u64,
+    /// The ids of the parts uploaded so far, in order.
+    pub parts: Vec<String>,
+}
+
+/// Where a unit's upload checkpoints are kept (the SQL store).
+pub trait UploadLog: Send + Sync {
+    /// Saves the upload in progress, or clears it (`None`).
+    fn save<'a>(&'a self, state: Option<&'a UploadState>) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// No checkpoints (reference runs, benchmarks).
+pub struct NoLog;
+
+impl UploadLog for NoLog {
+    fn save<'a>(&'a self, _: Option<&'a UploadState>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A store's own multipart API (S3's), under an optional prefix: what
+/// lets a large copy resume and be aborted by id.
+#[derive(Clone)]
+pub struct Multipart {
+    store: Arc<dyn MultipartStore>,
+    prefix: Option<Path>,
+}
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipart")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Multipart {
+    pub fn new(store: Arc<dyn MultipartStore>, prefix: Option<Path>) -> Self {
+        Self { store, prefix }
+    }
+
+    fn full(&self, path: &Path) -> Path {
+        match &self.prefix {
+            Some(prefix) => prefix.parts().chain(path.parts()).collect(),
+            None => path.clone(),
+        }
+    }
+
+    /// Aborts an upload recorded in a checkpoint (one that is gone already
+    /// is fine).
+    pub async fn abort(&self, project: &str, state: &UploadState) -> Result<(), DispenseError> {
+        let path = self.full(&project_path(project, &state.object)?);
+        match self
+            .store
+            .abort_multipart(&path, &state.upload_id.clone())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn project_path(project: &str, relative: &str) -> Result<Path, DispenseError> {
+    Path::parse(format!("{project}/{relative}"))
+        .map_err(|e| DispenseError::data(format!("bad object path {relative:?}: {e}")))
+}
+
+/// Copies the files of one unit.
+pub struct FileCopy<'a> {
+    pub project: &'a str,
+    pub pseudonymiser: Option<&'a Pseudonymiser>,
+    pub source: &'a Source,
+    pub dest: &'a Arc<dyn ObjectStore>,
+    /// The destination's multipart API, when it has one (S3).
+    pub multipart: Option<&'a Multipart>,
+}
+
+/// The object of `file` in a project, relative to its prefix: its folder
+/// and name carry the participant's pseudonym, never the id (unless the
+/// environment does not pseudonymise).
+pub fn file_object(file: &PlannedFile, pseudonymiser: Option<&Pseudonymiser>) -> String {
+    let label = match pseudonymiser {
+        Some(p) => p.pseudonym(&file.key),
+        None => file.key.clone(),
+    };
+    let object = project_object(&file.collection, &file.entity, &label, &file.location);
+    if file.key == file.entity {
+        object
+    } else {
+        // `007` in the inventory, `7` in the cohort: neither stays
+        let (folder, name) = object.rsplit_once('/').expect("has a folder");
+        format!(
+            "{folder}/{}",
+            tre_domain::files::rewrite_name(name, &file.key, &label)
+        )
+    }
+}
+
+/// The checkpoint of a files unit: how many files and bytes it wrote, and
+/// a SHA-256 over its listing (`sha256  object` lines, as `sha256sum`
+/// prints them).
+fn output(unit: u32, written: &[(String, &PlannedFile)]) -> UnitOutput {
+    let mut listing = Sha256::new();
+    for (object, file) in written {
+        listing.update(format!("{}  {object}\n", file.sha256));
+    }
+    UnitOutput {
+        unit,
+        object: "files".into(),
+        rows: 0,
+        bytes: written.iter().map(|(_, f)| f.size).sum(),
+        sha256: hex::encode(listing.finalize()),
+    }
+}
+
+impl FileCopy<'_> {
+    /// Writes every file of `unit` (rewriting any already there), resuming
+    /// the upload `resume` recorded, and returns the unit's checkpoint.
+    pub async fn run(
+        &self,
+        unit: &Unit,
+        resume: Option<UploadState>,
+        log: &dyn UploadLog,
+    ) -> Result<UnitOutput, DispenseError> {
+        let files = unit.files();
+        let written: Vec<(String, &PlannedFile)> = files
+            .iter()
+            .map(|f| (file_object(f, self.pseudonymiser), f))
+            .collect();
+        let (small, large): (Vec<_>, Vec<_>) = written
+            .iter()
+            .enumerate()
+            .partition(|(_, (_, f))| f.size < PART_BYTES);
+        // made first, then polled: a closure mapping borrowed pairs inside
+        // the stream would not be general enough for a spawned task
+        let copies: Vec<_> = small
+            .into_iter()
+            .map(|(_, (object, file))| self.copy_small(object, file))
+            .collect();
+        futures::stream::iter(copies)
+            .buffer_unordered(FILES_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut resume = resume;
+        for (i, (object, file)) in large {
+            let resumed = resume.take().filter(|r| {
+                r.file == i as u32 && r.object == *object && r.part_bytes == PART_BYTES
+            });
+            self.copy_large(i as u32, object, file, resumed, log)
+                .await?;
+        }
+        Ok(output(unit.index, &written))
+    }
+
+    fn mismatch(&self, object: &str, file: &PlannedFile, sha: &str, size: u64) -> DispenseError {
+        DispenseError::Integrity {
+            message: format!(
+                "{object}: the source file is not the one its file inventory registered (SHA-256 {}, {} bytes registered; {sha}, {size} bytes read): it changed since; repair it or register the file inventory again",
+                file.sha256, file.size
+            ),
+            detail: format!("source location {}", file.location),
+        }
+    }
+
+    async fn copy_small(&self, object: &str, file: &PlannedFile) -> Result<(), DispenseError> {
+        let chunks: Vec<Bytes> = self
+            .source
+            .stream(&file.location, None)
+            .await?
+            .try_collect()
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0;
+        for chunk in &chunks {
+            hasher.update(chunk);
+            size += chunk.len() as u64;
+        }
+        let sha = hex::encode(hasher.finalize());
+        if sha != file.sha256 || size != file.size {
+            return Err(self.mismatch(object, file, &sha, size));
+        }
+        self.dest
+            .put(
+                &project_path(self.project, object)?,
+                PutPayload::from_iter(chunks),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn copy_large(
+        &self,
+        index: u32,
+        object: &str,
+        file: &PlannedFile,
+        resume: Option<UploadState>,
+        log: &dyn UploadLog,
+    ) -> Result<(), DispenseError> {
+        let path = project_path(self.project, object)?;
+        let Some(multipart) = self.multipart else {
+            return self.copy_large_unresumable(&path, object, file).await;
+        };
+        let full = multipart.full(&path);
+        let mut state = match resume {
+            Some(state) => {
+                tracing::info!(object, parts = state.parts.len(), "resuming a large file's upload");
+                state
+            }
+            None => UploadState {
+                file: index,
+                object: object.to_owned(),
+                upload_id: multipart.store.create_multipart(&full).await?,
+                part_bytes: PART_BYTES,
+                parts: Vec::new(),
+            },
+        };
+        let log_err = |e: String| DispenseError::Data(format!("saving the upload checkpoint: {e}"));
+        log.save(Some(&state)).await.map_err(log_err)?;
+        let mut hasher = Sha256::new();
+        let done = state.parts.len() as u64 * PART_BYTES;
+        let mut read = 0u64;
+        if done > 0 {
+            // the parts already up: read again only to hash them
+            let mut stream = self.source.stream(&file.location, Some(0..done)).await?;
+            while let Some(chunk) = stream.try_next().await? {
+                read += chunk.len() as u64;
+                hasher.update(&chunk);
+            }
+        }
+        let mut stream = self
+            .source
+            .stream(&file.location, Some(done..file.size.max(done)))
+            .await?;
+        let mut buffer = BytesMut::with_capacity(PART_BYTES as usize);
+        let mut in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>> = VecDeque::new();
+        let mut next_part = state.parts.len();
+        let resumed = next_part > 0;
+        loop {
+            let chunk = stream.try_next().await?;
+            let last = chunk.is_none();
+            if let Some(chunk) = chunk {
+                read += chunk.len() as u64;
+                hasher.update(&chunk);
+                buffer.extend_from_slice(&chunk);
+            }
+            while buffer.len() as u64 >= PART_BYTES || (last && !buffer.is_empty()) {
+                let take = buffer.len().min(PART_BYTES as usize);
+                let data = buffer.split_to(take).freeze();
+                let (store, full, id) = (
+                    multipart.store.clone(),
+                    full.clone(),
+                    state.upload_id.clone(),
+                );
+                let part = next_part;
+                in_flight.push_back(tokio::spawn(async move {
+                    store.put_part(&full, &id, part, data.into()).await
+                }));
+                next_part += 1;
+            }
+            // parts are recorded in order, so a checkpoint is a prefix
+            while in_flight.len() >= PARTS_IN_FLIGHT || (last && !in_flight.is_empty()) {
+                let joined = in_flight.pop_front().expect("not empty").await;
+                let part = joined
+                    .map_err(|e| DispenseError::data(format!("part upload task: {e}")))?;
+                let part = match part {
+                    Ok(part) => part,
+                    Err(object_store::Error::NotFound { .. }) if resumed => {
+                        // the upload resumed is gone (aborted, expired):
+                        // the retry starts the file again
+                        log.save(None).await.map_err(log_err)?;
+                        return Err(DispenseError::Verify(format!(
+                            "{object}: the upload being resumed is gone; the file starts again"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                state.parts.push(part.content_id);
+                log.save(Some(&state)).await.map_err(log_err)?;
+            }
+            if last {
+                break;
+            }
+        }
+        let sha = hex::encode(hasher.finalize());
+        if sha != file.sha256 || read != file.size {
+            let mismatch = self.mismatch(object, file, &sha, read);
+            multipart
+                .store
+                .abort_multipart(&full, &state.upload_id)
+                .await?;
+            log.save(None).await.map_err(log_err)?;
+            return Err(mismatch);
+        }
+        let parts = state
+            .parts
+            .iter()
+            .map(|id| PartId {
+                content_id: id.clone(),
+            })
+            .collect();
+        multipart
+            .store
+            .complete_multipart(&full, &state.upload_id, parts)
+            .await?;
+        log.save(None).await.map_err(log_err)?;
+        Ok(())
+    }
+
+    /// A large file into a store without a multipart API of its own (a
+    /// folder): streamed in parts, written only when complete and checked;
+    /// a dead unit starts the file again.
+    async fn copy_large_unresumable(
+        &self,
+        path: &Path,
+        object: &str,
+        file: &PlannedFile,
+    ) -> Result<(), DispenseError> {
+        let upload = self.dest.put_multipart(path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES as usize);
+        let mut stream = self.source.stream(&file.location, None).await?;
+        let mut hasher = Sha256::new();
+        let mut read = 0u64;
+        let outcome: Result<(), DispenseError> = async {
+            while let Some(chunk) = stream.try_next().await? {
+                read += chunk.len() as u64;
+                hasher.update(&chunk);
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        let sha = hex::encode(hasher.finalize());
+        match outcome {
+            Ok(()) if sha == file.sha256 && read == file.size => {
+                writer.finish().await?;
+                Ok(())
+            }
+            Ok(()) => {
+                writer.abort().await?;
+                Err(self.mismatch(object, file, &sha, read))
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
