@@ -10,6 +10,7 @@
 mod chart;
 mod error;
 mod extract;
+mod files;
 mod idempotency;
 mod metrics;
 mod openapi;

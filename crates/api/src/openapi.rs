@@ -52,6 +52,12 @@ pub fn spec() -> Value {
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);
         }
+        if e.tsv {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"text/tab-separated-values": {"schema": {"type": "string"}}},
+            });
+        }
         if let Some(body) = e.body {
             operation["requestBody"] = json!({
                 "required": true,

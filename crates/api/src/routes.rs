@@ -36,6 +36,8 @@ pub(crate) struct Endpoint {
     pub(crate) auth: bool,
     /// It answers an SVG image, not JSON.
     pub(crate) svg: bool,
+    /// It takes a tab-separated text body, not JSON.
+    pub(crate) tsv: bool,
     /// Error statuses documented one by one (each also falls under the
     /// `default` error answer), with what they mean here.
     pub(crate) errors: &'static [(u16, &'static str)],
@@ -65,6 +67,7 @@ pub(crate) fn op(
         body,
         response: None,
         svg: false,
+        tsv: false,
         errors: &[],
         handler,
     }
@@ -83,6 +86,12 @@ impl Endpoint {
         self
     }
 
+    /// Documents a tab-separated text body as what it takes.
+    pub(crate) fn tsv(mut self) -> Self {
+        self.tsv = true;
+        self
+    }
+
     /// Documents an SVG image as what it answers on success.
     pub(crate) fn svg(mut self) -> Self {
         self.svg = true;
@@ -94,6 +103,7 @@ impl Endpoint {
 pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     let mut all = endpoints();
     all.extend(crate::showcase::endpoints());
+    all.extend(crate::files::endpoints());
     all.extend(crate::ops::endpoints());
     all
 }

@@ -163,6 +163,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
             .configure_environment(&custodian, &env.id, command)
             .await?;
     }
+    upload_files(&store, &custodian, &env.id).await?;
     let env = store
         .configure_environment(&custodian, &env.id, EnvironmentCommand::Publish)
         .await?;
@@ -229,7 +230,11 @@ pub async fn run(settings: &Settings) -> Result<()> {
                     "Estimate the association between baseline BMI and incident type 2 diabetes."
                         .into(),
                 cohort: cohort.clone(),
-                collections: BTreeSet::from(["baseline".into(), "hospital_records".into()]),
+                collections: BTreeSet::from([
+                    "baseline".into(),
+                    "hospital_records".into(),
+                    "ecg".into(),
+                ]),
                 collaborators: BTreeSet::from(["bob".into()]),
                 duration_days: 365,
             },
@@ -471,6 +476,41 @@ pub async fn run(settings: &Settings) -> Result<()> {
     );
     store.close().await;
     println!("\nDone. Inspect with: tre audit verify; tre env list --as alice");
+    Ok(())
+}
+
+/// Step 2b: the custodian registers the bulk files (the fixtures' file
+/// inventory), and the embedded worker checks them against the source.
+async fn upload_files(
+    store: &Store,
+    custodian: &Caller,
+    env: &tre_domain::EnvironmentId,
+) -> Result<()> {
+    let tsv = Path::new(ENVIRONMENT_FILE)
+        .parent()
+        .and_then(Path::parent)
+        .context("the fixtures folder")?
+        .join("data/files.tsv");
+    let text = std::fs::read_to_string(&tsv)
+        .with_context(|| format!("{}: the fixtures' file inventory", tsv.display()))?;
+    let entries = tre_domain::files::parse_tsv(&text)
+        .map_err(|p| anyhow::anyhow!("{}", p.to_error("files")))?;
+    let mut status = store.upload_file_inventory(custodian, env, &entries).await?;
+    for _ in 0..600 {
+        if status.state != tre_store::FileInventoryState::Checking {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = store.file_inventory(custodian, env, &status.id).await?;
+    }
+    if status.state != tre_store::FileInventoryState::Ready {
+        bail!("the fixtures' file inventory was not accepted: {status:?}");
+    }
+    println!(
+        "   custodian registered {} ECG files ({}); a job checked each against the source and computed its SHA-256",
+        status.files,
+        crate::projects::human_bytes(status.bytes)
+    );
     Ok(())
 }
 

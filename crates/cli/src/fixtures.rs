@@ -583,3 +583,44 @@ mod tests {
         std::fs::remove_dir_all(base).unwrap();
     }
 }
+
+/// Bulk files for the synthetic biobank: a resting ECG export (small
+/// synthetic XML) for every `every`-th participant, under
+/// `files/ecg/{participant_id}_20205_2_0.xml` (the file name carries the
+/// participant id, as UK Biobank's bulk files do), and the file inventory
+/// `files.tsv` that registers them (without checksums: the check job
+/// computes them). Contents never hold the id: tre copies files byte for
+/// byte (their checksums are checked) and rewrites only names, so keeping
+/// identifiers out of contents is the custodian's part. Returns the
+/// inventory's path.
+pub fn generate_files(out: &Path, participants: usize, every: usize, seed: u64) -> Result<PathBuf> {
+    let folder = out.join("files/ecg");
+    std::fs::create_dir_all(&folder)
+        .with_context(|| format!("cannot create {}", folder.display()))?;
+    let mut rng = Rng(seed ^ 0xEC6);
+    let mut tsv = String::from("entity\tcollection\tlocation\tsize\n");
+    for i in (0..participants).step_by(every.max(1)) {
+        let id = 1_000_001 + i as i64;
+        let rate = rng.range(52, 96);
+        let leads: String = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+            .iter()
+            .map(|lead| {
+                let samples: Vec<String> =
+                    (0..12).map(|_| rng.range(-900, 1500).to_string()).collect();
+                format!(
+                    "    <Lead name=\"{lead}\" units=\"uV\">{}</Lead>\n",
+                    samples.join(" ")
+                )
+            })
+            .collect();
+        let body = format!(
+            "<?xml version=\"1.0\"?>\n<RestingECG synthetic=\"true\">\n  <VentricularRate>{rate}</VentricularRate>\n  <Waveform>\n{leads}  </Waveform>\n</RestingECG>\n"
+        );
+        let name = format!("{id}_20205_2_0.xml");
+        std::fs::write(folder.join(&name), &body)?;
+        tsv.push_str(&format!("{id}\tecg\tfiles/ecg/{name}\t{}\n", body.len()));
+    }
+    let path = out.join("files.tsv");
+    std::fs::write(&path, tsv)?;
+    Ok(path)
+}

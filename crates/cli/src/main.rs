@@ -6,6 +6,7 @@ mod bench_dispense;
 mod bench_showcase;
 mod config;
 mod demo;
+mod env_files;
 mod envfile;
 mod fixtures;
 mod jobs;
@@ -177,6 +178,19 @@ enum EnvCommand {
         #[command(flatten)]
         acting: Acting,
     },
+    /// Upload a file inventory (TSV: entity, collection, location, size
+    /// and optionally sha256), in draft or maintenance; a worker checks it
+    /// against the source and computes missing checksums.
+    Files {
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Wait up to this many seconds for the check (0: do not wait).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        #[command(flatten)]
+        acting: Acting,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +238,11 @@ enum FixturesCommand {
         /// per participant on average, streamed (for benchmarks; 0: none).
         #[arg(long, default_value_t = 0)]
         events_per_participant: u64,
+        /// Also write bulk files (an ECG export) for every Nth participant
+        /// and their file inventory `files.tsv` (0: none; the checked-in
+        /// fixtures use 16).
+        #[arg(long, default_value_t = 0)]
+        files_every: usize,
     },
 }
 
@@ -312,8 +331,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             participants,
             seed,
             events_per_participant,
+            files_every,
         }) => {
             let mut written = fixtures::generate(&out, participants, seed)?;
+            if files_every > 0 {
+                written.push(fixtures::generate_files(
+                    &out,
+                    participants,
+                    files_every,
+                    seed,
+                )?);
+            }
             if events_per_participant > 0 {
                 written.extend(fixtures::generate_events(
                     &out,
@@ -530,6 +558,15 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 );
             }
             return Ok(());
+        }
+        EnvCommand::Files {
+            id,
+            file,
+            wait,
+            acting,
+        } => {
+            let caller = caller(store, &acting).await?;
+            return env_files::upload(store, &caller, EnvironmentId(id), &file, wait).await;
         }
         EnvCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;

@@ -144,6 +144,15 @@ pub fn print_summary(manifest: &Manifest) {
                 .join(", ")
         );
     }
+    for collection in &manifest.file_collections {
+        println!(
+            "     {:<20} {:>7} files, {}, e.g. {}",
+            collection.name,
+            collection.files.len(),
+            human_bytes(collection.bytes),
+            collection.files.first().map_or("-", |f| f.path.as_str())
+        );
+    }
 }
 
 pub fn human_bytes(bytes: u64) -> String {

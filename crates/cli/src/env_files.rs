@@ -1,0 +1,74 @@
+//! `tre env files`: an environment admin uploads a file inventory, and may
+//! wait for the worker's check of it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tre_domain::EnvironmentId;
+use tre_domain::files::parse_tsv;
+use tre_store::{Caller, FileInventoryState, FileInventoryStatus, Store, StoreError};
+
+use crate::explain;
+
+pub async fn upload(
+    store: &Store,
+    caller: &Caller,
+    id: EnvironmentId,
+    file: &Path,
+    wait: u64,
+) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--file {}: cannot read it as text", file.display()))?;
+    let entries = parse_tsv(&text)
+        .map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
+    let mut status = store
+        .upload_file_inventory(caller, &id, &entries)
+        .await
+        .map_err(explain)?;
+    println!(
+        "file inventory {}: {} files, {} bytes, {}",
+        status.id,
+        status.files,
+        status.bytes,
+        status.state.as_str()
+    );
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    while status.state == FileInventoryState::Checking && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = store
+            .file_inventory(caller, &id, &status.id)
+            .await
+            .map_err(explain)?;
+    }
+    report(&status)
+}
+
+/// Prints what came of a check; a rejection is an error.
+fn report(status: &FileInventoryStatus) -> Result<()> {
+    match status.state {
+        FileInventoryState::Checking if status.checked_at.is_none() => {
+            println!("checking: a worker of the dispense pool checks it against the source");
+            Ok(())
+        }
+        FileInventoryState::Checking => Ok(()),
+        FileInventoryState::Ready => {
+            println!(
+                "ready: part of inventory version {}",
+                status.inventory_version.unwrap_or_default()
+            );
+            Ok(())
+        }
+        FileInventoryState::Rejected => {
+            let problems = status.problems.clone().unwrap_or_default();
+            for p in &problems.first {
+                println!("line {}: {}", p.line, p.message);
+            }
+            bail!(
+                "file inventory {} rejected: {} bad row(s), nothing of it was kept",
+                status.id,
+                problems.total
+            )
+        }
+    }
+}
