@@ -1,0 +1,475 @@
+//! Bulk files through the job runtime, against a local folder and an S3
+//! server: a file inventory is checked against the source (bad rows
+//! reject it whole), and a project receives exactly its cohort's files,
+//! byte for byte, under pseudonymised names; a source file changed after
+//! registration fails its unit with the reason, and a retry after repair
+//! succeeds. The environment here is file-only: no data collection holds
+//! table fields.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tre_dispense::Manifest;
+use tre_domain::files::{FileCollection, parse_tsv};
+use tre_domain::{DataCollection, EnvironmentCommand, Inventory, ProjectState};
+use tre_jobs::EmbeddedQueue;
+use tre_store::{FileInventoryState, FileInventoryStatus, Store, StoreError};
+use tre_testkit::{
+    BIOBANK, S3Server, TestDb, World, approved_request, biobank_inventory, fixtures_data, selecting,
+    unique, world_at,
+};
+
+mod common;
+
+use common::{dispense_options, settled, start, temp_store};
+
+const STOP_WITHIN: Duration = Duration::from_secs(20);
+
+/// A source root of its own: the fixtures' tables, and bulk files for the
+/// first participants: an MRI scan each, and notes for a few, every name
+/// carrying the participant's id.
+struct Bulk {
+    data: PathBuf,
+    /// Participant id -> (location, bytes) of each file.
+    files: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
+}
+
+impl Bulk {
+    fn new(participants: i64) -> Self {
+        let data = std::env::temp_dir().join(format!("tre-bulk-{}", unique()));
+        std::fs::create_dir_all(&data).unwrap();
+        for (_, locations) in BIOBANK {
+            for location in locations {
+                std::fs::copy(fixtures_data().join(location), data.join(location)).unwrap();
+            }
+        }
+        let mut files = BTreeMap::new();
+        for id in 1_000_001..1_000_001 + participants {
+            let mut mine = vec![(
+                format!("raw/{id}/sub-{id}_T1w.nii"),
+                format!("NIfTI scan of a synthetic participant, seed {}\n", id * 7919)
+                    .repeat(40 + (id % 50) as usize)
+                    .into_bytes(),
+            )];
+            if id % 5 == 0 {
+                mine.push((
+                    format!("notes/{id}.txt"),
+                    format!("clinic notes {}\n", id % 97).into_bytes(),
+                ));
+            }
+            for (location, bytes) in &mine {
+                let path = data.join(location);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            files.insert(id, mine);
+        }
+        Self { data, files }
+    }
+
+    /// The file inventory: every file, checksums left out for every other
+    /// one (the check computes them).
+    fn tsv(&self) -> String {
+        let mut tsv = String::from("entity\tcollection\tlocation\tsize\tsha256\n");
+        for (id, files) in &self.files {
+            for (i, (location, bytes)) in files.iter().enumerate() {
+                let collection = if location.starts_with("raw/") {
+                    "mri"
+                } else {
+                    "notes"
+                };
+                let sha = if (id + i as i64) % 2 == 0 {
+                    hex::encode(Sha256::digest(bytes))
+                } else {
+                    String::new()
+                };
+                tsv.push_str(&format!(
+                    "{id}\t{collection}\t{location}\t{}\t{sha}\n",
+                    bytes.len()
+                ));
+            }
+        }
+        tsv
+    }
+
+    /// A file-only inventory over the tables of this source.
+    fn inventory(&self) -> Inventory {
+        let mut inventory = biobank_inventory(&self.data, &BIOBANK);
+        let files_only = |name: &str, files: &[&str]| DataCollection {
+            name: name.into(),
+            description: String::new(),
+            fields: vec![],
+            files: files.iter().map(|f| (*f).to_owned()).collect(),
+        };
+        inventory.collections = vec![
+            files_only("scans", &["mri"]),
+            files_only("everything", &["mri", "notes"]),
+        ];
+        inventory.file_collections = ["mri", "notes"]
+            .iter()
+            .map(|name| FileCollection {
+                name: (*name).into(),
+                description: String::new(),
+            })
+            .collect();
+        inventory
+    }
+
+    /// Sex of each participant, read from the source's own table.
+    fn sexes(&self) -> BTreeMap<i64, String> {
+        let file = std::fs::File::open(self.data.join("participants.parquet")).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch
+                .column_by_name("participant_id")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let sex = batch.column_by_name("sex").unwrap().as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                out.insert(ids.value(i), sex.value(i).to_owned());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Uploads `tsv` as the admin (maintenance, then reactivated) and waits
+/// for the worker's check.
+async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    let entries = parse_tsv(tsv).unwrap();
+    let mut status = store
+        .upload_file_inventory(&w.admin, &w.env, &entries)
+        .await
+        .unwrap();
+    assert_eq!(status.state, FileInventoryState::Checking);
+    for _ in 0..1200 {
+        if status.state != FileInventoryState::Checking {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        status = store
+            .file_inventory(&w.admin, &w.env, &status.id)
+            .await
+            .unwrap();
+    }
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+        .await
+        .unwrap();
+    status
+}
+
+async fn objects_of(dest: &Arc<dyn ObjectStore>, project: &str) -> BTreeSet<String> {
+    dest.list(Some(&ObjectPath::from(project)))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
+    let s3 = S3Server::start().await;
+    let (folder, local) = temp_store("files-dest");
+    for (label, dest) in [("folder", local.clone()), ("s3", s3.store())] {
+        let db = TestDb::sqlite().await;
+        let store = &db.store;
+        let bulk = Bulk::new(60);
+        let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
+        let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+        let mut options = dispense_options(dest.clone(), 1_000_000);
+        if label == "s3" {
+            options.dispense.as_mut().unwrap().multipart = Some(
+                tre_dispense::stores::s3_multipart(
+                    &s3.endpoint,
+                    &s3.bucket,
+                    tre_testkit::S3_ACCESS_KEY,
+                    tre_testkit::S3_SECRET_KEY,
+                )
+                .unwrap(),
+            );
+        }
+        // several files per unit, several units
+        options.dispense.as_mut().unwrap().unit_bytes = 40 * 1024;
+        let running = start(store, Arc::new(EmbeddedQueue::default()), options);
+
+        let status = register(store, &w, &bulk.tsv()).await;
+        assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
+        assert_eq!(status.files, 72);
+        let env = store.system_environment(&w.env).await.unwrap();
+        let files = env.inventory.as_ref().unwrap().files.clone().unwrap();
+        assert_eq!(files.id, status.id);
+        assert_eq!(
+            files.collections.iter().map(|c| c.files).collect::<Vec<_>>(),
+            [60, 12]
+        );
+
+        let cohort = json!({"field": "sex", "op": "=", "value": "F"});
+        let request = approved_request(store, &w, selecting(cohort, &["everything"])).await;
+        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let project = settled(store, &project).await;
+        assert_eq!(project.state, ProjectState::Ready, "{label}: {project:?}");
+        let progress = store.dispense_progress(&project.id).await.unwrap();
+
+        // the independent answer: women with files, all of theirs
+        let sexes = bulk.sexes();
+        let wanted: Vec<(i64, &(String, Vec<u8>))> = bulk
+            .files
+            .iter()
+            .filter(|(id, _)| sexes[id] == "F")
+            .flat_map(|(id, files)| files.iter().map(move |f| (*id, f)))
+            .collect();
+        assert!(wanted.len() > 10 && wanted.len() < 72, "{}", wanted.len());
+        assert_eq!(progress.files_total, wanted.len() as u64, "{progress:?}");
+        assert_eq!(progress.files_done, progress.files_total);
+        assert!(progress.units_total > 2, "several units: {progress:?}");
+
+        let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+        let manifest: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
+        assert!(manifest.datasets.is_empty(), "a file-only project");
+        let listed = objects_of(&dest, project.id.as_str()).await;
+        let expected: BTreeSet<String> = manifest
+            .objects()
+            .map(|o| format!("{}/{o}", project.id))
+            .collect();
+        assert_eq!(listed, expected, "{label}: exactly the manifest's objects");
+        assert_eq!(manifest.bulk_files().count(), wanted.len());
+
+        // each file's bytes, by its SHA-256: the copy is the source file
+        let by_sha: BTreeMap<String, &Vec<u8>> = wanted
+            .iter()
+            .map(|(_, (_, bytes))| (hex::encode(Sha256::digest(bytes)), bytes))
+            .collect();
+        for file in manifest.bulk_files() {
+            let path = ObjectPath::from(format!("{}/{}", project.id, file.path));
+            let bytes = dest.get(&path).await.unwrap().bytes().await.unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), file.sha256);
+            assert_eq!(by_sha[&file.sha256].as_slice(), bytes.as_ref());
+        }
+        // no participant id anywhere in the project's names, nor in its
+        // manifest; names keep their shape with the pseudonym
+        let manifest_text = serde_json::to_string(&manifest).unwrap();
+        for id in bulk.files.keys() {
+            let id = id.to_string();
+            assert!(
+                !listed.iter().any(|o| o.contains(&id)),
+                "{label}: {id} in {listed:?}"
+            );
+            assert!(!manifest_text.contains(&id), "{label}: {id} in the manifest");
+        }
+        assert!(
+            manifest
+                .bulk_files()
+                .filter(|f| f.path.starts_with("files/mri/"))
+                .all(|f| {
+                    let parts: Vec<&str> = f.path.split('/').collect();
+                    parts.len() == 4 && parts[3] == format!("sub-{}_T1w.nii", parts[2])
+                }),
+            "files/mri/{{pseudonym}}/sub-{{pseudonym}}_T1w.nii"
+        );
+        running.stop(STOP_WITHIN).await;
+        db.finish().await;
+    }
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let bulk = Bulk::new(20);
+    let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
+    let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("files-corrupt");
+    let mut options = dispense_options(dest.clone(), 1_000_000);
+    options.dispense.as_mut().unwrap().unit_bytes = 20 * 1024;
+    let running = start(store, Arc::new(EmbeddedQueue::default()), options);
+    let status = register(store, &w, &bulk.tsv()).await;
+    assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
+
+    let request = approved_request(store, &w, selecting(json!(null), &["scans"])).await;
+    // after registration, one scan changes (same size, one byte)
+    let (location, original) = bulk.files[&1_000_007][0].clone();
+    let mut changed = original.clone();
+    changed[10] ^= 0x20;
+    std::fs::write(bulk.data.join(&location), &changed).unwrap();
+    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let failed = settled(store, &project).await;
+    assert_eq!(failed.state, ProjectState::Failed, "{failed:?}");
+    let reason = failed.failure.clone().unwrap();
+    assert!(
+        reason.contains("is not the one its file inventory registered"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("1000007") && !reason.contains(&location),
+        "the reason names neither the participant nor the source location: {reason}"
+    );
+    let progress = store.dispense_progress(&project.id).await.unwrap();
+    assert!(progress.units_done < progress.units_total, "{progress:?}");
+    // the changed file was never written (its batch's other files may be:
+    // the retry rewrites the same keys)
+    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+    let secret = hex::decode(&stored.secret).unwrap();
+    let pseudonym = tre_dispense::Pseudonymiser::new(&secret).pseudonym("1000007");
+    let listed = objects_of(&dest, project.id.as_str()).await;
+    assert!(listed.len() as u64 >= progress.files_done, "{listed:?}");
+    assert!(
+        !listed.iter().any(|o| o.contains(&pseudonym)),
+        "the changed file is not in the project: {listed:?}"
+    );
+
+    // repaired, then retried by an operator: only the unfinished units run
+    std::fs::write(bulk.data.join(&location), &original).unwrap();
+    store
+        .retry_project(&w.platform, &project.id)
+        .await
+        .unwrap();
+    let ready = settled(store, &project).await;
+    assert_eq!(ready.state, ProjectState::Ready, "{ready:?}");
+    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+    let manifest: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
+    assert_eq!(manifest.bulk_files().count(), 20);
+    running.stop(STOP_WITHIN).await;
+    db.finish().await;
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Attacks on the file inventory: rows that name missing objects, wrong
+/// sizes, participants outside the cohort dataset, paths out of the root;
+/// uploads by people who are not the environment's admins, or while it is
+/// active. Nothing of a refused upload is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_file_inventories_are_refused_whole() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let bulk = Bulk::new(10);
+    let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
+    let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("files-bad");
+    let running = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000_000),
+    );
+    let good = bulk.tsv();
+    let version_before = |env: &tre_domain::Environment| env.inventory.as_ref().unwrap().version;
+    let before = version_before(&store.system_environment(&w.env).await.unwrap());
+
+    // active: files are part of a version, staged only in maintenance
+    let entries = parse_tsv(&good).unwrap();
+    let err = store
+        .upload_file_inventory(&w.admin, &w.env, &entries)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Domain(tre_domain::DomainError::InvalidTransition { .. })
+        ),
+        "{err}"
+    );
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    // only its admins: not a researcher, not a platform admin
+    for caller in [&w.owner, &w.outsider, &w.platform] {
+        let err = store
+            .upload_file_inventory(caller, &w.env, &entries)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Forbidden(_) | StoreError::NotFound { .. }),
+            "{err}"
+        );
+    }
+    // what text shows is refused at once, by line
+    let mut undeclared = good.clone();
+    undeclared.push_str("1000001\tgenomes\traw/x.vcf\t3\t\n");
+    let err = store
+        .upload_file_inventory(&w.admin, &w.env, &parse_tsv(&undeclared).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("files: 1 bad row(s), nothing was stored: line 14: unknown file collection \"genomes\""),
+        "{err}"
+    );
+    assert!(store.file_inventories(&w.admin, &w.env).await.unwrap().is_empty());
+
+    // what only the source shows: by the check job
+    let mut bad = good.clone();
+    bad.push_str("1000002\tnotes\tnotes/missing.txt\t10\t\n");
+    std::fs::write(bulk.data.join("sized.txt"), b"five!").unwrap();
+    bad.push_str("1000003\tnotes\tsized.txt\t999\t\n"); // exists, another size
+    bad.push_str("42\tnotes\torphan.txt\t1\t\n"); // not a participant
+    std::os::unix::fs::symlink("/etc/hostname", bulk.data.join("escape.txt")).unwrap();
+    bad.push_str("1000004\tnotes\tescape.txt\t1\t\n");
+    let entries = parse_tsv(&bad).unwrap();
+    let mut status = store
+        .upload_file_inventory(&w.admin, &w.env, &entries)
+        .await
+        .unwrap();
+    for _ in 0..1200 {
+        if status.state != FileInventoryState::Checking {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        status = store
+            .file_inventory(&w.admin, &w.env, &status.id)
+            .await
+            .unwrap();
+    }
+    assert_eq!(status.state, FileInventoryState::Rejected, "{status:?}");
+    let problems = status.problems.clone().unwrap();
+    let lines: Vec<u64> = problems.first.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [14, 15, 16, 17], "{problems:?}");
+    let messages: Vec<&str> = problems.first.iter().map(|p| p.message.as_str()).collect();
+    assert!(messages[0].contains("missing.txt"), "{messages:?}");
+    assert!(messages[1].contains("999 registered"), "{messages:?}");
+    assert!(messages[2].contains("not in the cohort dataset"), "{messages:?}");
+    assert!(messages[3].contains("leads out of"), "{messages:?}");
+    assert!(
+        store
+            .inventory_files_page(&status.id, 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing of a rejected upload is kept"
+    );
+    let env = store.system_environment(&w.env).await.unwrap();
+    assert!(env.staged_inventory.is_none(), "no version was made");
+    assert_eq!(version_before(&env), before);
+    // the admins see it; a researcher does not
+    assert_eq!(store.file_inventories(&w.admin, &w.env).await.unwrap().len(), 1);
+    assert!(store.file_inventories(&w.owner, &w.env).await.is_err());
+    running.stop(STOP_WITHIN).await;
+    db.finish().await;
+    let _ = std::fs::remove_dir_all(folder);
+}
