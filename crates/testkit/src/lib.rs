@@ -1065,6 +1065,13 @@ pub const S3_SECRET_KEY: &str = "tre-test-secret-key";
 
 impl S3Server {
     pub async fn start() -> Self {
+        Self::start_with_part_delay(Duration::ZERO).await
+    }
+
+    /// A server that answers each multipart part upload after `delay` (a
+    /// slow link, so a test can stop a worker in the middle of a large
+    /// file's upload).
+    pub async fn start_with_part_delay(delay: Duration) -> Self {
         let dir = std::env::temp_dir().join(format!("tre-s3-{}", unique()));
         let bucket = "tre-projects".to_owned();
         std::fs::create_dir_all(dir.join(&bucket)).expect("bucket folder");
@@ -1087,9 +1094,19 @@ impl S3Server {
                 // without it each GET on a kept-alive connection waits ~22 ms
                 let _ = socket.set_nodelay(true);
                 let service = service.clone();
+                let delayed = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let service = service.clone();
+                    let part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
+                    async move {
+                        if part && !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        hyper::service::Service::call(&service, req).await
+                    }
+                });
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), delayed)
                         .await;
                 });
             }

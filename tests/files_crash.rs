@@ -1,0 +1,264 @@
+//! A `tre worker` SIGKILLed in the middle of a large bulk file's multipart
+//! upload to S3, then restarted: the upload resumes after its last recorded
+//! part, the project ends ready, its manifest equals an uninterrupted run's,
+//! and no stray object nor unfinished multipart upload is left. PostgreSQL
+//! for the store, an S3 server (s3s-fs, served by this test process, slow
+//! on part uploads so the kill lands mid-file) for the bucket.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use sha2::{Digest, Sha256};
+use tre_dispense::files::UploadState;
+use tre_dispense::{CohortKeys, DispensePlan, Manifest};
+use tre_domain::files::{FileCollection, parse_tsv};
+use tre_domain::{DataCollection, EnvironmentCommand, ProjectState, StoreRoot};
+use tre_store::FileInventoryState;
+use tre_testkit::{
+    BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, fixtures_data, unique, world_at,
+};
+
+/// A `tre worker` of the dispense pool, logging into `logs`.
+fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRE_") || key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args([
+            "worker",
+            "--pools",
+            "dispense",
+            "--lease-ms",
+            "1000",
+            "--reconcile-interval-ms",
+            "200",
+            "--requeue-after-ms",
+            "1000",
+        ])
+        .env("TRE_DATABASE_URL", database_url)
+        .envs(s3.env())
+        .env("TRE_LOG", "warn,tre_dispense=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(logs.join("worker.log"))
+                .unwrap(),
+        ));
+    command.spawn().expect("spawn tre worker")
+}
+
+/// Deterministic bytes that do not compress.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Every file under `dir` whose name starts with `.upload`: s3s-fs keeps
+/// an unfinished multipart upload there.
+fn unfinished_uploads(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with(".upload") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("PostgreSQL not reachable: skipped");
+        return;
+    };
+    let store = &db.store;
+    let root = std::env::temp_dir().join(format!("tre-files-crash-{}", unique()));
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("scans")).unwrap();
+    for (_, locations) in BIOBANK {
+        for location in locations {
+            std::fs::copy(fixtures_data().join(location), data.join(location)).unwrap();
+        }
+    }
+    // one large scan (ten 16 MiB parts), a few small ones
+    let mut tsv = String::from("entity\tcollection\tlocation\tsize\n");
+    let big = noise(160 << 20, 7);
+    let big_sha = hex::encode(Sha256::digest(&big));
+    std::fs::write(data.join("scans/1000001_big.nii"), &big).unwrap();
+    tsv.push_str(&format!("1000001\tmri\tscans/1000001_big.nii\t{}\n", big.len()));
+    for id in 1_000_002..1_000_006 {
+        let small = noise(70_000, id);
+        std::fs::write(data.join(format!("scans/{id}.nii")), &small).unwrap();
+        tsv.push_str(&format!("{id}\tmri\tscans/{id}.nii\t{}\n", small.len()));
+    }
+    let mut inventory = biobank_inventory(&data, &BIOBANK);
+    inventory.file_collections = vec![FileCollection {
+        name: "mri".into(),
+        description: String::new(),
+    }];
+    inventory.collections.push(DataCollection {
+        name: "scans".into(),
+        description: String::new(),
+        fields: vec![],
+        files: vec!["mri".into()],
+    });
+    let s3 = S3Server::start_with_part_delay(Duration::from_millis(400)).await;
+    let w = world_at(
+        store,
+        StoreRoot::parse("source", data.to_str().unwrap()).unwrap(),
+        inventory,
+        &["rev1"],
+        &["rev2"],
+        1,
+    )
+    .await;
+    let mut first = worker(&db.url, &root, &s3);
+
+    // the custodian registers the files; the worker checks them
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    let mut status = store
+        .upload_file_inventory(&w.admin, &w.env, &parse_tsv(&tsv).unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while status.state == FileInventoryState::Checking {
+        assert!(started.elapsed() < Duration::from_secs(120), "never checked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = store
+            .file_inventory(&w.admin, &w.env, &status.id)
+            .await
+            .unwrap();
+    }
+    assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+        .await
+        .unwrap();
+
+    // the dispense starts; kill the worker once the large file has parts up
+    let project = approved_project(store, &w, serde_json::Value::Null, &["scans"]).await;
+    let started = Instant::now();
+    let at_kill: UploadState = loop {
+        let uploads = store.unit_uploads(&project.id).await.unwrap();
+        if let Some((_, json)) = uploads.first() {
+            let state: UploadState = serde_json::from_str(json).unwrap();
+            if state.parts.len() >= 2 {
+                break state;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no upload progress: {}",
+            std::fs::read_to_string(root.join("worker.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert!(at_kill.parts.len() < 10, "killed mid-file: {at_kill:?}");
+    assert_ne!(
+        store.system_project(&project.id).await.unwrap().state,
+        ProjectState::Ready
+    );
+
+    let mut second = worker(&db.url, &root, &s3);
+    let started = Instant::now();
+    let done = loop {
+        let p = store.system_project(&project.id).await.unwrap();
+        if !matches!(
+            p.state,
+            ProjectState::Provisioning | ProjectState::Dispensing
+        ) {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = std::fs::read_to_string(root.join("worker.log")).unwrap_or_default();
+    assert_eq!(done.state, ProjectState::Ready, "{done:?}\n{log}");
+    assert!(
+        log.contains("resuming a large file's upload"),
+        "the second worker resumed the upload rather than starting again:\n{log}"
+    );
+
+    // the same plan, uninterrupted, into a fresh folder
+    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+    let plan: DispensePlan = serde_json::from_value(stored.plan.clone()).unwrap();
+    let keys: CohortKeys = serde_json::from_str(&stored.cohort).unwrap();
+    let secret = hex::decode(&stored.secret).unwrap();
+    let source = tre_dispense::Source::folder(data.clone()).unwrap();
+    let reference_dir = root.join("reference");
+    let reference = tre_dispense::stores::open(reference_dir.to_str().unwrap(), "dest").unwrap();
+    let (want, want_sha) =
+        tre_dispense::run_all(&source, &reference, &plan, &keys, Some(&secret), 2)
+            .await
+            .unwrap();
+    let got: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
+    assert_eq!(got, want, "manifests equal");
+    assert_eq!(stored.manifest_sha256.unwrap(), want_sha);
+
+    let bucket = s3.store();
+    let listed: BTreeSet<String> = bucket
+        .list(Some(&ObjectPath::from(project.id.as_str())))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    let wanted: BTreeSet<String> = got
+        .objects()
+        .map(|o| format!("{}/{o}", project.id))
+        .collect();
+    assert_eq!(listed, wanted, "no stray objects");
+    let large = got
+        .bulk_files()
+        .find(|f| f.bytes == big.len() as u64)
+        .unwrap();
+    assert_eq!(large.sha256, big_sha);
+    let copied = bucket
+        .get(&ObjectPath::from(format!("{}/{}", project.id, large.path)))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&copied)), big_sha, "the copy is whole");
+    assert_eq!(
+        unfinished_uploads(&s3.dir),
+        Vec::<String>::new(),
+        "no unfinished multipart upload"
+    );
+    assert!(store.unit_uploads(&project.id).await.unwrap().is_empty());
+    db.finish().await;
+    let _ = std::fs::remove_dir_all(root);
+}
