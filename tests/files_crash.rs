@@ -108,7 +108,10 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     let big = noise(160 << 20, 7);
     let big_sha = hex::encode(Sha256::digest(&big));
     std::fs::write(data.join("scans/1000001_big.nii"), &big).unwrap();
-    tsv.push_str(&format!("1000001\tmri\tscans/1000001_big.nii\t{}\n", big.len()));
+    tsv.push_str(&format!(
+        "1000001\tmri\tscans/1000001_big.nii\t{}\n",
+        big.len()
+    ));
     for id in 1_000_002..1_000_006 {
         let small = noise(70_000, id);
         std::fs::write(data.join(format!("scans/{id}.nii")), &small).unwrap();
@@ -148,7 +151,10 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         .unwrap();
     let started = Instant::now();
     while status.state == FileInventoryState::Checking {
-        assert!(started.elapsed() < Duration::from_secs(120), "never checked");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "never checked"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         status = store
             .file_inventory(&w.admin, &w.env, &status.id)
@@ -252,7 +258,11 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         .bytes()
         .await
         .unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&copied)), big_sha, "the copy is whole");
+    assert_eq!(
+        hex::encode(Sha256::digest(&copied)),
+        big_sha,
+        "the copy is whole"
+    );
     assert_eq!(
         unfinished_uploads(&s3.dir),
         Vec::<String>::new(),

@@ -21,8 +21,8 @@ use tre_jobs::{
 };
 use tre_store::Store;
 use tre_workflows::{
-    CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, Notifier, RequestWorkflow,
-    FileChecker, ShowcaseComputer, WebhookConfig,
+    CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, FileChecker, Notifier,
+    RequestWorkflow, ShowcaseComputer, WebhookConfig,
 };
 
 /// A pool's definition.

@@ -25,8 +25,8 @@ use tre_domain::{DataCollection, EnvironmentCommand, Inventory, ProjectState};
 use tre_jobs::EmbeddedQueue;
 use tre_store::{FileInventoryState, FileInventoryStatus, Store, StoreError};
 use tre_testkit::{
-    BIOBANK, S3Server, TestDb, World, approved_request, biobank_inventory, fixtures_data, selecting,
-    unique, world_at,
+    BIOBANK, S3Server, TestDb, World, approved_request, biobank_inventory, fixtures_data,
+    selecting, unique, world_at,
 };
 
 mod common;
@@ -57,9 +57,12 @@ impl Bulk {
         for id in 1_000_001..1_000_001 + participants {
             let mut mine = vec![(
                 format!("raw/{id}/sub-{id}_T1w.nii"),
-                format!("NIfTI scan of a synthetic participant, seed {}\n", id * 7919)
-                    .repeat(40 + (id % 50) as usize)
-                    .into_bytes(),
+                format!(
+                    "NIfTI scan of a synthetic participant, seed {}\n",
+                    id * 7919
+                )
+                .repeat(40 + (id % 50) as usize)
+                .into_bytes(),
             )];
             if id % 5 == 0 {
                 mine.push((
@@ -225,19 +228,49 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         let files = env.inventory.as_ref().unwrap().files.clone().unwrap();
         assert_eq!(files.id, status.id);
         assert_eq!(
-            files.collections.iter().map(|c| c.files).collect::<Vec<_>>(),
+            files
+                .collections
+                .iter()
+                .map(|c| c.files)
+                .collect::<Vec<_>>(),
             [60, 12]
         );
 
         let cohort = json!({"field": "sex", "op": "=", "value": "F"});
         let request = approved_request(store, &w, selecting(cohort, &["everything"])).await;
+        // the reviewers' summary: the cohort's files per collection, under
+        // the disclosure rules
+        let summary = store
+            .selection_summary(&w.owner, &request.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let sexes = bulk.sexes();
+        let women_scans = bulk.files.keys().filter(|id| sexes[id] == "F").count() as i64;
+        let names: Vec<&str> = summary
+            .files
+            .iter()
+            .map(|f| f.collection.as_str())
+            .collect();
+        assert_eq!(names, ["mri", "notes"]);
+        let released = summary.files[0].files.count.expect("enough scans to show") as i64;
+        assert!(
+            (released - women_scans).abs() <= 10,
+            "{released} vs {women_scans}"
+        );
+        assert!(summary.files[0].bytes.is_some_and(|b| b % (1 << 20) == 0));
+        assert_eq!(
+            summary.files[1].files.count, None,
+            "a dozen notes: suppressed"
+        );
+        assert_eq!(summary.files[1].bytes, None);
+
         let project = store.create_project(&w.owner, &request.id).await.unwrap();
         let project = settled(store, &project).await;
         assert_eq!(project.state, ProjectState::Ready, "{label}: {project:?}");
         let progress = store.dispense_progress(&project.id).await.unwrap();
 
         // the independent answer: women with files, all of theirs
-        let sexes = bulk.sexes();
         let wanted: Vec<(i64, &(String, Vec<u8>))> = bulk
             .files
             .iter()
@@ -280,7 +313,10 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
                 !listed.iter().any(|o| o.contains(&id)),
                 "{label}: {id} in {listed:?}"
             );
-            assert!(!manifest_text.contains(&id), "{label}: {id} in the manifest");
+            assert!(
+                !manifest_text.contains(&id),
+                "{label}: {id} in the manifest"
+            );
         }
         assert!(
             manifest
@@ -346,10 +382,7 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
 
     // repaired, then retried by an operator: only the unfinished units run
     std::fs::write(bulk.data.join(&location), &original).unwrap();
-    store
-        .retry_project(&w.platform, &project.id)
-        .await
-        .unwrap();
+    store.retry_project(&w.platform, &project.id).await.unwrap();
     let ready = settled(store, &project).await;
     assert_eq!(ready.state, ProjectState::Ready, "{ready:?}");
     let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
@@ -418,10 +451,18 @@ async fn bad_file_inventories_are_refused_whole() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("files: 1 bad row(s), nothing was stored: line 14: unknown file collection \"genomes\""),
+        err.starts_with(
+            "files: 1 bad row(s), nothing was stored: line 14: unknown file collection \"genomes\""
+        ),
         "{err}"
     );
-    assert!(store.file_inventories(&w.admin, &w.env).await.unwrap().is_empty());
+    assert!(
+        store
+            .file_inventories(&w.admin, &w.env)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // what only the source shows: by the check job
     let mut bad = good.clone();
@@ -453,7 +494,10 @@ async fn bad_file_inventories_are_refused_whole() {
     let messages: Vec<&str> = problems.first.iter().map(|p| p.message.as_str()).collect();
     assert!(messages[0].contains("missing.txt"), "{messages:?}");
     assert!(messages[1].contains("999 registered"), "{messages:?}");
-    assert!(messages[2].contains("not in the cohort dataset"), "{messages:?}");
+    assert!(
+        messages[2].contains("not in the cohort dataset"),
+        "{messages:?}"
+    );
     assert!(messages[3].contains("leads out of"), "{messages:?}");
     assert!(
         store
@@ -467,7 +511,14 @@ async fn bad_file_inventories_are_refused_whole() {
     assert!(env.staged_inventory.is_none(), "no version was made");
     assert_eq!(version_before(&env), before);
     // the admins see it; a researcher does not
-    assert_eq!(store.file_inventories(&w.admin, &w.env).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .file_inventories(&w.admin, &w.env)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(store.file_inventories(&w.owner, &w.env).await.is_err());
     running.stop(STOP_WITHIN).await;
     db.finish().await;

@@ -73,10 +73,28 @@ impl CohortCounter {
                 Err(transient) => return Err(transient),
             }
         }
+        let approved_files = request
+            .selection
+            .as_ref()
+            .map(|s| s.files.clone())
+            .unwrap_or_default();
+        let entries = match &inventory.files {
+            Some(registered) if !approved_files.is_empty() => ctx
+                .store
+                .inventory_files_of(&registered.id, &approved_files)
+                .await?
+                .into_iter()
+                .map(|r| r.entry)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let files =
+            tre_dispense::showcase::cohort_files(&approved_files, &entries, &membership, &secret);
         let counts = tre_domain::summary::SelectionCounts {
             round: request.round,
             cohort: tre_dispense::showcase::cohort_cell(&keys, &secret),
             datasets,
+            files,
         };
         ctx.store
             .save_selection_counts(&request.id, &counts)

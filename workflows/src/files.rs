@@ -107,9 +107,7 @@ impl FileChecker {
                 }
             }
             hashed += computed.len() as u64;
-            store
-                .set_file_checksums(file_inventory, &computed)
-                .await?;
+            store.set_file_checksums(file_inventory, &computed).await?;
         }
         if problems.is_empty() {
             let done = store

@@ -364,7 +364,7 @@ fn endpoints() -> Vec<Endpoint> {
         op(
             M::GET,
             "/v1/projects/{id}",
-            "One project (members only): state, dispense progress (units, rows, bytes) and, once ready, its manifest",
+            "One project (members only): state, dispense progress (units, rows, bytes, bulk files and their bytes) and, once ready, its manifest",
             None,
             get(get_project),
         )

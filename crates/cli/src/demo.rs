@@ -495,7 +495,9 @@ async fn upload_files(
         .with_context(|| format!("{}: the fixtures' file inventory", tsv.display()))?;
     let entries = tre_domain::files::parse_tsv(&text)
         .map_err(|p| anyhow::anyhow!("{}", p.to_error("files")))?;
-    let mut status = store.upload_file_inventory(custodian, env, &entries).await?;
+    let mut status = store
+        .upload_file_inventory(custodian, env, &entries)
+        .await?;
     for _ in 0..600 {
         if status.state != tre_store::FileInventoryState::Checking {
             break;

@@ -602,17 +602,18 @@ pub fn generate_files(out: &Path, participants: usize, every: usize, seed: u64) 
     for i in (0..participants).step_by(every.max(1)) {
         let id = 1_000_001 + i as i64;
         let rate = rng.range(52, 96);
-        let leads: String = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
-            .iter()
-            .map(|lead| {
-                let samples: Vec<String> =
-                    (0..12).map(|_| rng.range(-900, 1500).to_string()).collect();
-                format!(
-                    "    <Lead name=\"{lead}\" units=\"uV\">{}</Lead>\n",
-                    samples.join(" ")
-                )
-            })
-            .collect();
+        let leads: String = [
+            "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+        ]
+        .iter()
+        .map(|lead| {
+            let samples: Vec<String> = (0..12).map(|_| rng.range(-900, 1500).to_string()).collect();
+            format!(
+                "    <Lead name=\"{lead}\" units=\"uV\">{}</Lead>\n",
+                samples.join(" ")
+            )
+        })
+        .collect();
         let body = format!(
             "<?xml version=\"1.0\"?>\n<RestingECG synthetic=\"true\">\n  <VentricularRate>{rate}</VentricularRate>\n  <Waveform>\n{leads}  </Waveform>\n</RestingECG>\n"
         );

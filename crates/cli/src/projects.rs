@@ -88,13 +88,7 @@ pub async fn watch(store: &Store, id: &ProjectId, timeout: Duration) -> Result<P
         let progress = store.dispense_progress(id).await?;
         bar.set_length(progress.units_total);
         bar.set_position(progress.units_done);
-        bar.set_message(format!(
-            "{} of {} source rows scanned, {} rows / {} written",
-            progress.source_rows_done,
-            progress.source_rows_total,
-            progress.rows_out,
-            human_bytes(progress.bytes_out)
-        ));
+        bar.set_message(progress_message(&progress));
         match project.state {
             ProjectState::Provisioning | ProjectState::Dispensing => {}
             _ => {
@@ -108,6 +102,28 @@ pub async fn watch(store: &Store, id: &ProjectId, timeout: Duration) -> Result<P
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the progress bar says besides units: rows and, when the plan has
+/// bulk files, files and their bytes.
+fn progress_message(progress: &tre_store::DispenseProgress) -> String {
+    let mut message = format!(
+        "{} of {} source rows scanned, {} rows / {} written",
+        progress.source_rows_done,
+        progress.source_rows_total,
+        progress.rows_out,
+        human_bytes(progress.bytes_out)
+    );
+    if progress.files_total > 0 {
+        message.push_str(&format!(
+            "; {} of {} files ({} of {})",
+            progress.files_done,
+            progress.files_total,
+            human_bytes(progress.file_bytes_done),
+            human_bytes(progress.file_bytes_total)
+        ));
+    }
+    message
 }
 
 pub async fn manifest(store: &Store, id: &ProjectId) -> Result<Option<Manifest>> {

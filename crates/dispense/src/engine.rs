@@ -26,8 +26,7 @@ use tre_domain::dispense::{DatasetSelection, UnitOutput};
 
 use crate::keys::{CohortKeys, Membership, Pseudonymiser};
 use crate::manifest::{
-    ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile,
-    ManifestFileCollection,
+    ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile, ManifestFileCollection,
 };
 use crate::plan::{DispensePlan, PlannedFile, SourceFile, Unit};
 use crate::{DispenseError, Source, filter};

@@ -21,9 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use tokio::task::JoinHandle;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 use tre_domain::dispense::UnitOutput;
 use tre_domain::files::project_object;
 
@@ -254,7 +254,11 @@ impl FileCopy<'_> {
         let full = multipart.full(&path);
         let mut state = match resume {
             Some(state) => {
-                tracing::info!(object, parts = state.parts.len(), "resuming a large file's upload");
+                tracing::info!(
+                    object,
+                    parts = state.parts.len(),
+                    "resuming a large file's upload"
+                );
                 state
             }
             None => UploadState {
@@ -311,8 +315,8 @@ impl FileCopy<'_> {
             // parts are recorded in order, so a checkpoint is a prefix
             while in_flight.len() >= PARTS_IN_FLIGHT || (last && !in_flight.is_empty()) {
                 let joined = in_flight.pop_front().expect("not empty").await;
-                let part = joined
-                    .map_err(|e| DispenseError::data(format!("part upload task: {e}")))?;
+                let part =
+                    joined.map_err(|e| DispenseError::data(format!("part upload task: {e}")))?;
                 let part = match part {
                     Ok(part) => part,
                     Err(object_store::Error::NotFound { .. }) if resumed => {

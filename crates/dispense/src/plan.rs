@@ -305,7 +305,12 @@ mod tests {
         let units = file_units(files, 60, 3, 4);
         let got: Vec<(u32, Vec<&str>)> = units
             .iter()
-            .map(|u| (u.index, u.files().iter().map(|f| f.location.as_str()).collect()))
+            .map(|u| {
+                (
+                    u.index,
+                    u.files().iter().map(|f| f.location.as_str()).collect(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::path::Path;
 use object_store::local::LocalFileSystem;
+use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
@@ -19,10 +19,7 @@ use crate::files::Multipart;
 
 /// The S3 client and prefix of an `s3://BUCKET[/PREFIX]` url, from the
 /// `AWS_*` variables; None for other urls.
-fn s3_from_env(
-    url: &str,
-    setting: &str,
-) -> Result<Option<(AmazonS3, String)>, DispenseError> {
+fn s3_from_env(url: &str, setting: &str) -> Result<Option<(AmazonS3, String)>, DispenseError> {
     let Some(rest) = url.strip_prefix("s3://") else {
         return Ok(None);
     };
@@ -88,7 +85,9 @@ pub fn s3(
     access_key: &str,
     secret_key: &str,
 ) -> Result<Arc<dyn ObjectStore>, DispenseError> {
-    Ok(Arc::new(s3_client(endpoint, bucket, access_key, secret_key)?))
+    Ok(Arc::new(s3_client(
+        endpoint, bucket, access_key, secret_key,
+    )?))
 }
 
 /// [`s3`]'s multipart API.

@@ -570,12 +570,18 @@ pub(crate) mod tests {
             .apply(EnvironmentCommand::SetFiles(files_ref("f1", "brain_mri")))
             .unwrap();
         let current = env.inventory.as_ref().unwrap();
-        assert_eq!((current.version, current.files.as_ref().unwrap().id.as_str()), (2, "f1"));
+        assert_eq!(
+            (current.version, current.files.as_ref().unwrap().id.as_str()),
+            (2, "f1")
+        );
         // the tables change: the files stay; an admin's own `files` is ignored
         let mut sent = with_scans();
         sent.files = Some(files_ref("someone-elses", "brain_mri"));
         let env = env.apply(EnvironmentCommand::SetInventory(sent)).unwrap();
-        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f1");
+        assert_eq!(
+            env.inventory.as_ref().unwrap().files.as_ref().unwrap().id,
+            "f1"
+        );
         // dropping the declaration of collections with files is refused
         let err = env
             .apply(EnvironmentCommand::SetInventory(inventory()))
@@ -596,11 +602,20 @@ pub(crate) mod tests {
             .unwrap()
             .apply(EnvironmentCommand::SetFiles(files_ref("f2", "brain_mri")))
             .unwrap();
-        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f1");
+        assert_eq!(
+            env.inventory.as_ref().unwrap().files.as_ref().unwrap().id,
+            "f1"
+        );
         let staged = env.staged_inventory.as_ref().unwrap();
-        assert_eq!((staged.version, staged.files.as_ref().unwrap().id.as_str()), (4, "f2"));
+        assert_eq!(
+            (staged.version, staged.files.as_ref().unwrap().id.as_str()),
+            (4, "f2")
+        );
         let env = env.apply(EnvironmentCommand::Reactivate).unwrap();
-        assert_eq!(env.inventory.as_ref().unwrap().files.as_ref().unwrap().id, "f2");
+        assert_eq!(
+            env.inventory.as_ref().unwrap().files.as_ref().unwrap().id,
+            "f2"
+        );
     }
 
     fn in_state(state: EnvironmentState) -> Environment {

@@ -244,14 +244,14 @@ pub fn check_entries(
             );
         }
         if let Err(e) = check_location("location", &entry.location) {
-            problems.push(line, format!("location {:?}: {}", entry.location, message(e)));
+            problems.push(
+                line,
+                format!("location {:?}: {}", entry.location, message(e)),
+            );
             continue;
         }
         if !locations.insert(entry.location.as_str()) {
-            problems.push(
-                line,
-                format!("duplicate location {:?}", entry.location),
-            );
+            problems.push(line, format!("duplicate location {:?}", entry.location));
         } else if !names.insert((
             entry.entity.as_str(),
             entry.collection.as_str(),
@@ -428,27 +428,49 @@ mod tests {
             ("1\texome_vcf\ta.vcf\tbig", "size \"big\" is not a number"),
             ("1\tscans\tb.vcf\t1", "unknown file collection \"scans\""),
             ("\texome_vcf\tc.vcf\t1", "entity is empty"),
-            ("1\texome_vcf\t../other/x.vcf\t1", "location \"../other/x.vcf\""),
+            (
+                "1\texome_vcf\t../other/x.vcf\t1",
+                "location \"../other/x.vcf\"",
+            ),
             ("1\texome_vcf\t/etc/passwd\t1", "location \"/etc/passwd\""),
             ("1\texome_vcf\ta%2f..%2fx\t1", "percent"),
             ("1\texome_vcf\tgood.vcf\t1\textra", "5 cells"),
         ];
         for (row, expected) in rows {
-            let tsv = format!("entity\tcollection\tlocation\tsize\nok\texome_vcf\tok.vcf\t1\n{row}\n");
+            let tsv =
+                format!("entity\tcollection\tlocation\tsize\nok\texome_vcf\tok.vcf\t1\n{row}\n");
             let problems = checked(&tsv).unwrap_err();
             assert_eq!(problems.total, 1, "{row}: {problems:?}");
             assert_eq!(problems.first[0].line, 3, "{row}");
-            assert!(problems.first[0].message.contains(expected), "{row}: {problems:?}");
+            assert!(
+                problems.first[0].message.contains(expected),
+                "{row}: {problems:?}"
+            );
         }
-        let dup = "entity\tcollection\tlocation\tsize\n1\texome_vcf\ta.vcf\t1\n2\texome_vcf\ta.vcf\t1\n";
+        let dup =
+            "entity\tcollection\tlocation\tsize\n1\texome_vcf\ta.vcf\t1\n2\texome_vcf\ta.vcf\t1\n";
         let problems = checked(dup).unwrap_err();
-        assert!(problems.first[0].message.contains("duplicate location"), "{problems:?}");
+        assert!(
+            problems.first[0].message.contains("duplicate location"),
+            "{problems:?}"
+        );
         let same_name = "entity\tcollection\tlocation\tsize\n1\texome_vcf\tx/a.vcf\t1\n1\texome_vcf\ty/a.vcf\t1\n";
         let problems = checked(same_name).unwrap_err();
-        assert!(problems.first[0].message.contains("also named"), "{problems:?}");
+        assert!(
+            problems.first[0].message.contains("also named"),
+            "{problems:?}"
+        );
         let bad_sha = "entity\tcollection\tlocation\tsize\tsha256\n1\texome_vcf\ta.vcf\t1\tabc\n";
-        assert!(checked(bad_sha).unwrap_err().first[0].message.contains("64 hexadecimal"));
-        for header in ["", "entity\tcollection\tsize\n", "entity\tcollection\tlocation\tsize\towner\n"] {
+        assert!(
+            checked(bad_sha).unwrap_err().first[0]
+                .message
+                .contains("64 hexadecimal")
+        );
+        for header in [
+            "",
+            "entity\tcollection\tsize\n",
+            "entity\tcollection\tlocation\tsize\towner\n",
+        ] {
             let problems = parse_tsv(header).unwrap_err();
             assert_eq!(problems.first[0].line, 1, "{header:?}: {problems:?}");
         }
@@ -464,7 +486,10 @@ mod tests {
         assert_eq!(problems.total, 50);
         assert_eq!(problems.first.len(), MAX_PROBLEMS);
         let err = problems.to_error("files").to_string();
-        assert!(err.starts_with("files: 50 bad row(s), nothing was stored: line 2:"), "{err}");
+        assert!(
+            err.starts_with("files: 50 bad row(s), nothing was stored: line 2:"),
+            "{err}"
+        );
         assert!(err.ends_with("and 30 more"), "{err}");
     }
 
@@ -486,7 +511,12 @@ mod tests {
             assert_eq!(rewrite_name(name, entity, p), want, "{name} / {entity}");
         }
         assert_eq!(
-            project_object("exome_vcf", "1000017", p, "raw/1000017/1000017_23143.vcf.gz"),
+            project_object(
+                "exome_vcf",
+                "1000017",
+                p,
+                "raw/1000017/1000017_23143.vcf.gz"
+            ),
             "files/exome_vcf/a1b2/a1b2_23143.vcf.gz"
         );
     }

@@ -17,6 +17,9 @@ pub struct SelectionCounts {
     pub cohort: Cell,
     /// Per selected dataset, its rows of the cohort's participants.
     pub datasets: Vec<(String, Cell)>,
+    /// Per selected file collection, the cohort's files and their bytes.
+    #[serde(default)]
+    pub files: Vec<(String, Cell, u64)>,
 }
 
 /// One dataset as the summary shows it.
@@ -30,12 +33,26 @@ pub struct DatasetSummary {
     pub fields: Vec<String>,
 }
 
+/// One file collection as the summary shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FileCollectionSummary {
+    pub collection: String,
+    /// Files that would be dispensed.
+    pub files: Released,
+    /// Their bytes, shown only when the number of files is (a few large
+    /// files' sizes could single people out); rounded up to whole MiB.
+    pub bytes: Option<u64>,
+}
+
 /// One collection as the summary shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CollectionSummary {
     pub name: String,
     /// `dataset.field`
     pub fields: Vec<String>,
+    /// File collections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// The selection summary of one submission round.
@@ -45,9 +62,14 @@ pub struct SelectionSummary {
     /// Participants the cohort filter selects.
     pub cohort: Released,
     pub datasets: Vec<DatasetSummary>,
+    /// The bulk files of each selected file collection.
+    #[serde(default)]
+    pub files: Vec<FileCollectionSummary>,
     /// Empty for those who may not see the selection.
     pub collections: Vec<CollectionSummary>,
 }
+
+const MIB: u64 = 1 << 20;
 
 /// The counts as the rules allow them to be shown, with the selection's
 /// fields when the viewer may see it (`selection` is `None` otherwise).
@@ -74,6 +96,18 @@ pub fn release(
                 fields: fields_of(dataset),
             })
             .collect(),
+        files: counts
+            .files
+            .iter()
+            .map(|(collection, files, bytes)| {
+                let files = rules.release(*files);
+                FileCollectionSummary {
+                    collection: collection.clone(),
+                    bytes: files.count.map(|_| bytes.div_ceil(MIB) * MIB),
+                    files,
+                }
+            })
+            .collect(),
         collections: selection
             .map(|s| {
                 s.collections
@@ -85,6 +119,7 @@ pub fn release(
                             .iter()
                             .map(|f| format!("{}.{}", f.dataset, f.field))
                             .collect(),
+                        files: c.files.clone(),
                     })
                     .collect()
             })
@@ -115,11 +150,20 @@ mod tests {
                 ("participants".into(), cell(7)),
                 ("events".into(), cell(123)),
             ],
+            files: vec![
+                ("mri".into(), cell(3), 3 << 30),
+                ("ecg".into(), cell(40), 5 * MIB + 1),
+            ],
         };
         let hidden = release(&counts, None, &rules);
         assert_eq!(hidden.cohort, Released::SUPPRESSED);
         assert_eq!(hidden.datasets[0].rows, Released::SUPPRESSED);
         assert_eq!(hidden.datasets[1].rows, Released::value(125));
         assert!(hidden.collections.is_empty() && hidden.datasets[1].fields.is_empty());
+        // three participants' scans: neither their number nor their bytes
+        assert_eq!(hidden.files[0].files, Released::SUPPRESSED);
+        assert_eq!(hidden.files[0].bytes, None);
+        assert_eq!(hidden.files[1].files, Released::value(40));
+        assert_eq!(hidden.files[1].bytes, Some(6 * MIB));
     }
 }

@@ -76,6 +76,32 @@ pub async fn cohort_rows(
     Ok(cell)
 }
 
+/// The cohort's bulk files of each of `collections` as one cell per
+/// collection (each file keyed by its participant's record key) and their
+/// bytes: what dispensing them would copy.
+pub fn cohort_files(
+    collections: &[String],
+    files: &[tre_domain::files::FileEntry],
+    membership: &crate::Membership,
+    secret: &[u8],
+) -> Vec<(String, Cell, u64)> {
+    let hasher = record_hasher(secret);
+    let mut out: Vec<(String, Cell, u64)> = collections
+        .iter()
+        .map(|c| (c.clone(), Cell::default(), 0))
+        .collect();
+    for file in files {
+        let Some(key) = membership.key_of(&file.entity) else {
+            continue;
+        };
+        if let Some((_, cell, bytes)) = out.iter_mut().find(|(c, _, _)| *c == file.collection) {
+            cell.add(record_key(&hasher, &key));
+            *bytes += file.size;
+        }
+    }
+    out
+}
+
 /// [`record_key`] of an integer key, written out as text in `text` (a
 /// buffer reused from key to key).
 fn int_record_key(hasher: &SipHasher13, key: i64, text: &mut String) -> u32 {

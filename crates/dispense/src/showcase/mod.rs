@@ -7,7 +7,7 @@
 mod keys;
 mod select;
 
-pub use keys::{cohort_cell, cohort_rows, record_hasher, record_key};
+pub use keys::{cohort_cell, cohort_files, cohort_rows, record_hasher, record_key};
 pub use select::Selection;
 
 use std::collections::HashMap;
