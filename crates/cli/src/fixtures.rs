@@ -552,38 +552,6 @@ fn events_file(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rng_is_fixed() {
-        let mut rng = Rng(42);
-        // SplitMix64's published sequence for seed 42
-        assert_eq!(rng.next_u64(), 0xBDD7_3226_2FEB_6E95);
-        let mut a = Rng(7);
-        let mut b = Rng(7);
-        assert!((0..1000).all(|_| a.next_u64() == b.next_u64()));
-    }
-
-    #[test]
-    fn generation_is_deterministic() {
-        let base = std::env::temp_dir().join(format!("tre-fixtures-{}", std::process::id()));
-        let one = generate(&base.join("a"), 300, 42).unwrap();
-        let two = generate(&base.join("b"), 300, 42).unwrap();
-        assert_eq!(one.len(), 4);
-        for (x, y) in one.iter().zip(&two) {
-            assert_eq!(
-                std::fs::read(x).unwrap(),
-                std::fs::read(y).unwrap(),
-                "{}",
-                x.display()
-            );
-        }
-        std::fs::remove_dir_all(base).unwrap();
-    }
-}
-
 /// Bulk files for the synthetic biobank: a resting ECG export (small
 /// synthetic XML) for every `every`-th participant, under
 /// `files/ecg/{participant_id}_20205_2_0.xml` (the file name carries the
@@ -624,4 +592,36 @@ pub fn generate_files(out: &Path, participants: usize, every: usize, seed: u64) 
     let path = out.join("files.tsv");
     std::fs::write(&path, tsv)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_fixed() {
+        let mut rng = Rng(42);
+        // SplitMix64's published sequence for seed 42
+        assert_eq!(rng.next_u64(), 0xBDD7_3226_2FEB_6E95);
+        let mut a = Rng(7);
+        let mut b = Rng(7);
+        assert!((0..1000).all(|_| a.next_u64() == b.next_u64()));
+    }
+
+    #[test]
+    fn generation_is_deterministic() {
+        let base = std::env::temp_dir().join(format!("tre-fixtures-{}", std::process::id()));
+        let one = generate(&base.join("a"), 300, 42).unwrap();
+        let two = generate(&base.join("b"), 300, 42).unwrap();
+        assert_eq!(one.len(), 4);
+        for (x, y) in one.iter().zip(&two) {
+            assert_eq!(
+                std::fs::read(x).unwrap(),
+                std::fs::read(y).unwrap(),
+                "{}",
+                x.display()
+            );
+        }
+        std::fs::remove_dir_all(base).unwrap();
+    }
 }
