@@ -8,7 +8,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use tre_domain::EnvironmentId;
@@ -40,6 +41,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (404, "no such environment, or the caller may not see it"),
             (409, "invalid_transition: the environment is active (enter maintenance first)"),
             (413, "the file inventory is larger than 256 MiB"),
+            (415, "unsupported_media_type: the body is not text/tab-separated-values"),
             (422, "invalid: bad rows, the first ones named by line (field `files`), or no inventory to add files to"),
         ]),
         op(
@@ -69,12 +71,28 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// The media type of a file inventory upload.
+pub const TSV: &str = "text/tab-separated-values";
+
 async fn upload(
     State(state): State<AppState>,
     Auth(caller): Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response> {
+    let media_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media_type.as_deref() != Some(TSV) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("a file inventory is sent as {TSV}"),
+        ));
+    }
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

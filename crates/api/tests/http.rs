@@ -878,6 +878,8 @@ async fn authorization_matrix_over_http() {
             "HHAFHFFHH",
         ),
         (Method::PUT, e("/inventory"), Some(inventory()), "HHAFHFFHH"),
+        // file inventories name locations in the source: its admins only
+        (Method::GET, e("/inventory/files"), None, "HHAFHFFHH"),
         (Method::PUT, e("/pipeline"), Some(pipeline), "HHAFHFFHH"),
         (
             Method::PUT,
@@ -1081,6 +1083,10 @@ async fn openapi_matches_the_routes() {
                 continue;
             };
             bodies += 1;
+            if let Some(text) = body["content"].get("text/tab-separated-values") {
+                assert_eq!(text["schema"]["type"], "string", "{method} {path}");
+                continue;
+            }
             let schema = resolve(&body["content"]["application/json"]["schema"]);
             assert_eq!(schema["type"], "object", "{method} {path}: {schema}");
             assert!(
@@ -1563,33 +1569,57 @@ async fn bad_bodies_everywhere() {
                     .header("content-type", content_type)
                     .body(body)
             };
-            let cases: Vec<(&str, Vec<u8>, StatusCode)> = vec![
-                (
-                    "text/plain",
-                    b"{}".to_vec(),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ),
-                (
-                    "application/json",
-                    b"{\"a\": ".to_vec(),
-                    StatusCode::BAD_REQUEST,
-                ),
-                (
-                    "application/json",
-                    b"[1, 2]".to_vec(),
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                ),
-                (
-                    "application/json",
-                    b"{\"no_such_field\": \"x\", \"title\": \"x\", \"name\": \"x\"}".to_vec(),
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                ),
-                (
-                    "application/json",
-                    vec![b' '; tre_api::BODY_LIMIT + 1024],
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                ),
-            ];
+            let tsv = operation["requestBody"]["content"]
+                .get("text/tab-separated-values")
+                .is_some();
+            let cases: Vec<(&str, Vec<u8>, StatusCode)> = if tsv {
+                // a file inventory: text, refused by line, never JSON
+                vec![
+                    (
+                        "application/json",
+                        b"{}".to_vec(),
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ),
+                    (
+                        "text/tab-separated-values",
+                        b"entity\tcollection\n".to_vec(),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
+                    (
+                        "text/tab-separated-values",
+                        vec![0xff, 0xfe, b'\t'],
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
+                ]
+            } else {
+                vec![
+                    (
+                        "text/plain",
+                        b"{}".to_vec(),
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ),
+                    (
+                        "application/json",
+                        b"{\"a\": ".to_vec(),
+                        StatusCode::BAD_REQUEST,
+                    ),
+                    (
+                        "application/json",
+                        b"[1, 2]".to_vec(),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
+                    (
+                        "application/json",
+                        b"{\"no_such_field\": \"x\", \"title\": \"x\", \"name\": \"x\"}".to_vec(),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
+                    (
+                        "application/json",
+                        vec![b' '; tre_api::BODY_LIMIT + 1024],
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                    ),
+                ]
+            };
             for (content_type, body, expected) in cases {
                 let response = send(content_type, body.clone()).send().await.unwrap();
                 let status = response.status();
@@ -1613,7 +1643,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 16, "endpoints with bodies");
+    assert_eq!(checked, 17, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,
@@ -1943,5 +1973,109 @@ async fn operators_find_count_retry_discard_and_pause() {
             ("platform", "pool.pause")
         ]
     );
+    api.db.finish().await;
+}
+
+/// A file inventory over HTTP: TSV only, its admins only, in maintenance;
+/// bad rows named by line with nothing stored; a good one accepted for its
+/// check (202) and listed for the admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_inventories_over_http() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let e = |suffix: &str| format!("/v1/environments/{env}{suffix}");
+    let upload = |who: &str, content_type: &str, body: &str| {
+        let mut req = api
+            .client
+            .put(format!("{}{}", api.base, e("/inventory/files")))
+            .header("content-type", content_type)
+            .body(body.to_owned());
+        if let Some(token) = api.tokens.get(who) {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let good = "entity\tcollection\tlocation\tsize\n1\tscans\tscans/1.nii\t10\n";
+    // active: refused, the version is frozen
+    let response = upload("admin", "text/tab-separated-values", good)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    api.ok("admin", Method::POST, &e("/maintenance"), None)
+        .await;
+    // the kinds of files are declared first (a staged version)
+    let mut inv = inventory();
+    inv["file_collections"] = json!([{"name": "scans"}]);
+    api.ok("admin", Method::PUT, &e("/inventory"), Some(inv))
+        .await;
+    for (who, status) in [
+        ("owner", StatusCode::FORBIDDEN),
+        ("outsider", StatusCode::NOT_FOUND),
+        ("platform", StatusCode::NOT_FOUND),
+        ("nobody", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = upload(who, "text/tab-separated-values", good)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{who}");
+    }
+    let response = upload("admin", "text/csv", good).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bad = format!("{good}2\tgenomes\tg/2.vcf\t5\n3\tscans\t../up.nii\t5\n");
+    let response = upload("admin", "text/tab-separated-values", &bad)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["field"], "files");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("line 3: unknown file collection \"genomes\"")
+            && message.contains("line 4: location \"../up.nii\""),
+        "{message}"
+    );
+    let (status, listed) = api
+        .call("admin", Method::GET, &e("/inventory/files"), None)
+        .await;
+    assert_eq!(
+        (status, listed),
+        (StatusCode::OK, json!([])),
+        "nothing stored"
+    );
+
+    let response = upload("admin", "text/tab-separated-values; charset=utf-8", good)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["state"], "checking");
+    assert_eq!(
+        (accepted["files"].as_u64(), accepted["bytes"].as_u64()),
+        (Some(1), Some(10))
+    );
+    let id = accepted["id"].as_str().unwrap();
+    let (status, one) = api
+        .call(
+            "admin",
+            Method::GET,
+            &e(&format!("/inventory/files/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["id"], id);
+    let (status, _) = api
+        .call(
+            "owner",
+            Method::GET,
+            &e(&format!("/inventory/files/{id}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call("admin", Method::GET, &e("/inventory/files/nope"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     api.db.finish().await;
 }

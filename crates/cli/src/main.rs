@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod bench_dispense;
+mod bench_files;
 mod bench_showcase;
 mod config;
 mod demo;
@@ -222,6 +223,8 @@ enum BenchCommand {
     /// Showcase aggregates (DuckDB beside) and cohort-builder queries per
     /// second at 1M participants.
     Showcase(bench_showcase::ShowcaseBenchArgs),
+    /// Bulk files into an S3 server, rclone beside (see scripts/bench-files).
+    Files(bench_files::FilesBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -442,6 +445,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await?,
         Command::Bench(BenchCommand::Dispense(args)) => bench_dispense::run(args).await?,
         Command::Bench(BenchCommand::Showcase(args)) => bench_showcase::run(args).await?,
+        Command::Bench(BenchCommand::Files(args)) => bench_files::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, command).await;

@@ -21,8 +21,8 @@ mod source;
 pub mod stores;
 
 pub use engine::{
-    PlanInput, UnitJob, cohort_keys, deprovision, finish, make_plan, project_prefix, run_all,
-    source_files,
+    PlanInput, UNIT_FILES, UnitJob, cohort_keys, deprovision, finish, make_plan, project_prefix,
+    run_all, source_files,
 };
 pub use error::DispenseError;
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
