@@ -323,6 +323,50 @@ fn environments_from_a_definition_file() {
     );
     assert_eq!(env["pipeline"]["stages"][1]["rule"]["quorum"], 2);
 
+    // its bulk files: a file inventory, refused whole with bad rows named
+    // by line, else stored for the worker's check (none runs here)
+    let files = repo_root().join("fixtures/data/files.tsv");
+    let bad_files = dir.join("bad-files.tsv");
+    let mut text = std::fs::read_to_string(&files).unwrap();
+    text.push_str("1000001\tgenomes\tfiles/x.vcf\t10\n");
+    std::fs::write(&bad_files, text).unwrap();
+    let args = |file: &Path, who: &'static str| -> Vec<String> {
+        [
+            "env",
+            "files",
+            &id,
+            "--file",
+            file.to_str().unwrap(),
+            "--as",
+            who,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tre(&url, &args)
+    };
+    let refused = run(args(&bad_files, "custodian"));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("invalid files: 1 bad row(s), nothing was stored: line 315: unknown file collection \"genomes\""),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = run(args(&files, "alice"));
+    assert!(
+        stderr(&refused).contains("not found"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = ok(run(args(&files, "custodian")));
+    assert!(
+        out.contains("313 files") && out.contains("checking"),
+        "{out}"
+    );
+
     // the platform admin is not the environment's admin
     let refused = tre(&url, &["env", "publish", &id, "--as", "ops"]);
     assert!(
@@ -507,21 +551,45 @@ fn checked_in_fixtures_are_what_the_generator_makes() {
     let out = dir.join("data");
     ok(tre(
         &url,
-        &["fixtures", "generate", "--out", out.to_str().unwrap()],
+        &[
+            "fixtures",
+            "generate",
+            "--files-every",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     ));
-    let mut compared = 0;
-    for entry in std::fs::read_dir(repo_root().join("fixtures/data")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap();
+    // every checked-in file, folders walked, byte for byte; and nothing the
+    // generator makes is missing from the repository
+    fn files(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    found.push(path.strip_prefix(root).unwrap().to_path_buf());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+    let checked_in = files(&repo_root().join("fixtures/data"));
+    assert_eq!(checked_in, files(&out), "the same files");
+    for path in &checked_in {
         assert_eq!(
-            std::fs::read(&path).unwrap(),
-            std::fs::read(out.join(name)).unwrap(),
-            "{} differs from a fresh `tre fixtures generate`; regenerate the fixtures",
+            std::fs::read(repo_root().join("fixtures/data").join(path)).unwrap(),
+            std::fs::read(out.join(path)).unwrap(),
+            "{} differs from a fresh `tre fixtures generate --files-every 16`; regenerate the fixtures",
             path.display()
         );
-        compared += 1;
     }
-    assert_eq!(compared, 4);
+    // four tables, the file inventory and its 313 ECG files
+    assert_eq!(checked_in.len(), 4 + 1 + 313);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -165,26 +165,29 @@ async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
         .await
         .unwrap();
     let entries = parse_tsv(tsv).unwrap();
-    let mut status = store
+    let status = store
         .upload_file_inventory(&w.admin, &w.env, &entries)
         .await
         .unwrap();
     assert_eq!(status.state, FileInventoryState::Checking);
-    for _ in 0..1200 {
-        if status.state != FileInventoryState::Checking {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        status = store
-            .file_inventory(&w.admin, &w.env, &status.id)
-            .await
-            .unwrap();
-    }
+    let status = checked(store, w, status.id).await;
     store
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
         .await
         .unwrap();
     status
+}
+
+/// Waits for the check of file inventory `id`.
+async fn checked(store: &Store, w: &World, id: String) -> FileInventoryStatus {
+    for _ in 0..1200 {
+        let status = store.file_inventory(&w.admin, &w.env, &id).await.unwrap();
+        if status.state != FileInventoryState::Checking {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("file inventory {id} never checked");
 }
 
 async fn objects_of(dest: &Arc<dyn ObjectStore>, project: &str) -> BTreeSet<String> {
@@ -473,20 +476,11 @@ async fn bad_file_inventories_are_refused_whole() {
     std::os::unix::fs::symlink("/etc/hostname", bulk.data.join("escape.txt")).unwrap();
     bad.push_str("1000004\tnotes\tescape.txt\t1\t\n");
     let entries = parse_tsv(&bad).unwrap();
-    let mut status = store
+    let status = store
         .upload_file_inventory(&w.admin, &w.env, &entries)
         .await
         .unwrap();
-    for _ in 0..1200 {
-        if status.state != FileInventoryState::Checking {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        status = store
-            .file_inventory(&w.admin, &w.env, &status.id)
-            .await
-            .unwrap();
-    }
+    let status = checked(store, &w, status.id).await;
     assert_eq!(status.state, FileInventoryState::Rejected, "{status:?}");
     let problems = status.problems.clone().unwrap();
     let lines: Vec<u64> = problems.first.iter().map(|p| p.line).collect();
@@ -520,6 +514,115 @@ async fn bad_file_inventories_are_refused_whole() {
         1
     );
     assert!(store.file_inventories(&w.owner, &w.env).await.is_err());
+    running.stop(STOP_WITHIN).await;
+    db.finish().await;
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// A large file inventory stays in the source: registered by its location
+/// (TSV or Parquet), read and checked there by the job; one with a bad row
+/// is refused whole, as an upload is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_inventories_kept_in_the_source_are_read_from_there() {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let bulk = Bulk::new(12);
+    let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
+    let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+    let (folder, dest) = temp_store("files-registered");
+    let running = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000_000),
+    );
+    std::fs::write(bulk.data.join("manifest.tsv"), bulk.tsv()).unwrap();
+    // the same rows as Parquet: integer entities, checksums left null
+    let rows: Vec<tre_domain::files::FileEntry> = parse_tsv(&bulk.tsv())
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let column = |f: fn(&tre_domain::files::FileEntry) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let batch = RecordBatch::try_from_iter([
+        (
+            "entity",
+            Arc::new(Int64Array::from(
+                rows.iter()
+                    .map(|e| e.entity.parse::<i64>().unwrap())
+                    .collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        ("collection", column(|e| e.collection.clone())),
+        ("location", column(|e| e.location.clone())),
+        (
+            "size",
+            Arc::new(Int64Array::from(
+                rows.iter().map(|e| e.size as i64).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "sha256",
+            Arc::new(StringArray::from(vec![None::<String>; rows.len()])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(bulk.data.join("manifest.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let mut bad = bulk.tsv();
+    bad.push_str("1000001\tnotes\tnotes/none.txt\t3\t\n");
+    std::fs::write(bulk.data.join("bad.tsv"), bad).unwrap();
+
+    store
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+        .await
+        .unwrap();
+    for location in ["manifest.tsv", "manifest.parquet"] {
+        let status = store
+            .register_file_inventory(&w.admin, &w.env, location)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status.files, status.location.as_deref()),
+            (0, Some(location))
+        );
+        let status = checked(store, &w, status.id).await;
+        assert_eq!(
+            status.state,
+            FileInventoryState::Ready,
+            "{location}: {status:?}"
+        );
+        assert_eq!(status.files, 14, "{location}");
+        let staged = store
+            .system_environment(&w.env)
+            .await
+            .unwrap()
+            .staged_inventory
+            .unwrap();
+        assert_eq!(staged.files.unwrap().id, status.id);
+    }
+    let status = store
+        .register_file_inventory(&w.admin, &w.env, "bad.tsv")
+        .await
+        .unwrap();
+    let status = checked(store, &w, status.id).await;
+    assert_eq!(status.state, FileInventoryState::Rejected);
+    let problems = status.problems.unwrap();
+    assert_eq!(problems.first[0].line, 16, "{problems:?}");
+    assert!(
+        problems.first[0].message.contains("none.txt"),
+        "{problems:?}"
+    );
+    let status = store
+        .register_file_inventory(&w.admin, &w.env, "nowhere.tsv")
+        .await
+        .unwrap();
+    let status = checked(store, &w, status.id).await;
+    assert_eq!(status.state, FileInventoryState::Rejected, "{status:?}");
     running.stop(STOP_WITHIN).await;
     db.finish().await;
     let _ = std::fs::remove_dir_all(folder);

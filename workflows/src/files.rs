@@ -1,5 +1,7 @@
 //! `check_files`: an uploaded file inventory checked against the
-//! environment's own source before anything can be dispensed from it.
+//! environment's own source before anything can be dispensed from it (one
+//! registered from the source is read from there first, and its rows
+//! checked as an upload's are).
 //! Every row: its entity is in the cohort dataset, an object is at its
 //! location, with the size the row says; a row without a SHA-256 gets one,
 //! computed by streaming the object. Checksums are saved page by page (the
@@ -13,10 +15,10 @@ use std::pin::Pin;
 use futures::StreamExt;
 use tracing::info;
 use tre_dispense::{DispenseError, Membership, Source, Sources};
-use tre_domain::files::FileProblems;
+use tre_domain::files::{FileProblems, check_entries};
 use tre_domain::{Effect, EnvironmentId};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, FileInventoryState, InventoryFile};
+use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::payload;
@@ -67,6 +69,39 @@ impl FileChecker {
             return Ok(());
         };
         let source = source_of(&self.sources, &env)?;
+        if let Some(location) = &status.location
+            && store
+                .inventory_files_page(file_inventory, 0, 1)
+                .await?
+                .is_empty()
+        {
+            // a manifest kept in the source: read once (a retry after the
+            // rows are stored goes on from them)
+            let read = tre_dispense::file_manifest::read(&source, location)
+                .await
+                .map_err(|e| match dispense_error(e) {
+                    JobError::Permanent(m) => JobError::Permanent(format!("{location}: {m}")),
+                    transient => transient,
+                })?;
+            let entries = match read {
+                Ok(entries) => entries,
+                Err(problems) => {
+                    store
+                        .reject_file_inventory(file_inventory, &problems, &job.key)
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let mut problems = FileProblems::default();
+            check_entries(&entries, &declared_of(&env), &mut problems);
+            if !problems.is_empty() {
+                store
+                    .reject_file_inventory(file_inventory, &problems, &job.key)
+                    .await?;
+                return Ok(());
+            }
+            store.load_file_inventory(file_inventory, &entries).await?;
+        }
         // every entity of the cohort dataset: a file of anyone else has no
         // owner a cohort could select
         let everyone = tre_dispense::cohort_keys(&source, inventory, None)

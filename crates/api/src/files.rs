@@ -12,6 +12,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use tre_domain::EnvironmentId;
 use tre_domain::files::parse_tsv;
 use tre_store::FileInventoryStatus;
@@ -30,8 +32,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         op(
             Method::PUT,
             "/v1/environments/{id}/inventory/files",
-            "Upload a file inventory: TSV with columns entity, collection, location, size and optionally sha256 (admins, in draft or maintenance); 202 while a job checks it against the source",
-            None,
+            "Upload a file inventory as TSV (columns entity, collection, location, size and optionally sha256), or register one kept in the source with JSON {\"location\": ...} (TSV, or Parquet when it ends with .parquet) (admins, in draft or maintenance); 202 while a job checks it against the source",
+            Some(body::<FileInventorySource>),
             put(upload).layer(DefaultBodyLimit::max(FILE_INVENTORY_LIMIT)),
         )
         .tsv()
@@ -41,7 +43,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (404, "no such environment, or the caller may not see it"),
             (409, "invalid_transition: the environment is active (enter maintenance first)"),
             (413, "the file inventory is larger than 256 MiB"),
-            (415, "unsupported_media_type: the body is not text/tab-separated-values"),
+            (415, "unsupported_media_type: the body is neither text/tab-separated-values nor application/json"),
             (422, "invalid: bad rows, the first ones named by line (field `files`), or no inventory to add files to"),
         ]),
         op(
@@ -74,6 +76,15 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
 /// The media type of a file inventory upload.
 pub const TSV: &str = "text/tab-separated-values";
 
+/// A file inventory kept in the environment's source.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileInventorySource {
+    /// Relative to the environment's source root: a TSV, or Parquet when it
+    /// ends with `.parquet` (columns as the TSV's).
+    pub location: String,
+}
+
 async fn upload(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -86,12 +97,41 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase());
-    if media_type.as_deref() != Some(TSV) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("a file inventory is sent as {TSV}"),
-        ));
+    match media_type.as_deref() {
+        Some(TSV) => {}
+        Some("application/json") => {
+            let source: FileInventorySource = serde_json::from_slice(&bytes).map_err(|e| {
+                let field = if e.is_syntax() || e.is_eof() {
+                    "body"
+                } else {
+                    "location"
+                };
+                ApiError::new(
+                    if e.is_syntax() || e.is_eof() {
+                        StatusCode::BAD_REQUEST
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    },
+                    "invalid",
+                    format!("the body: {e}"),
+                )
+                .with_field(field)
+            })?;
+            let status = state
+                .store
+                .register_file_inventory(&caller, &EnvironmentId(id), &source.location)
+                .await?;
+            return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "a file inventory is sent as {TSV}, or registered from the source as application/json"
+                ),
+            ));
+        }
     }
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         ApiError::new(

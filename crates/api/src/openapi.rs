@@ -52,17 +52,21 @@ pub fn spec() -> Value {
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);
         }
-        if e.tsv {
-            operation["requestBody"] = json!({
-                "required": true,
-                "content": {"text/tab-separated-values": {"schema": {"type": "string"}}},
-            });
-        }
-        if let Some(body) = e.body {
-            operation["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": body(&mut generator)}},
-            });
+        if e.tsv || e.body.is_some() {
+            let mut content = Map::new();
+            if e.tsv {
+                content.insert(
+                    "text/tab-separated-values".into(),
+                    json!({"schema": {"type": "string"}}),
+                );
+            }
+            if let Some(body) = e.body {
+                content.insert(
+                    "application/json".into(),
+                    json!({"schema": body(&mut generator)}),
+                );
+            }
+            operation["requestBody"] = json!({"required": true, "content": content});
         }
         if e.method == axum::http::Method::POST {
             let params = operation["parameters"]

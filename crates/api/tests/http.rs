@@ -1576,9 +1576,19 @@ async fn bad_bodies_everywhere() {
                 // a file inventory: text, refused by line, never JSON
                 vec![
                     (
-                        "application/json",
+                        "text/plain",
                         b"{}".to_vec(),
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    ),
+                    (
+                        "application/json",
+                        b"{}".to_vec(),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
+                    (
+                        "application/json",
+                        b"{\"location\": ".to_vec(),
+                        StatusCode::BAD_REQUEST,
                     ),
                     (
                         "text/tab-separated-values",
@@ -2021,6 +2031,19 @@ async fn file_inventories_over_http() {
     }
     let response = upload("admin", "text/csv", good).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // registered from the source: the location is a path inside it
+    for bad in ["/etc/passwd", "../other/files.tsv", "a%2f..%2fb.tsv"] {
+        let response = upload(
+            "admin",
+            "application/json",
+            &json!({"location": bad}).to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["field"], "location", "{bad}");
+    }
     let bad = format!("{good}2\tgenomes\tg/2.vcf\t5\n3\tscans\t../up.nii\t5\n");
     let response = upload("admin", "text/tab-separated-values", &bad)
         .await

@@ -1,7 +1,7 @@
 //! `tre env files`: an environment admin uploads a file inventory, and may
 //! wait for the worker's check of it.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -11,21 +11,32 @@ use tre_store::{Caller, FileInventoryState, FileInventoryStatus, Store, StoreErr
 
 use crate::explain;
 
+/// Where a file inventory comes from.
+pub enum From {
+    /// A TSV on this machine, uploaded.
+    File(PathBuf),
+    /// A manifest in the environment's source, read by the check job.
+    Source(String),
+}
+
 pub async fn upload(
     store: &Store,
     caller: &Caller,
     id: EnvironmentId,
-    file: &Path,
+    from: From,
     wait: u64,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("--file {}: cannot read it as text", file.display()))?;
-    let entries = parse_tsv(&text)
-        .map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
-    let mut status = store
-        .upload_file_inventory(caller, &id, &entries)
-        .await
-        .map_err(explain)?;
+    let mut status = match from {
+        From::File(file) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("--file {}: cannot read it as text", file.display()))?;
+            let entries = parse_tsv(&text)
+                .map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
+            store.upload_file_inventory(caller, &id, &entries).await
+        }
+        From::Source(location) => store.register_file_inventory(caller, &id, &location).await,
+    }
+    .map_err(explain)?;
     println!(
         "file inventory {}: {} files, {} bytes, {}",
         status.id,

@@ -184,8 +184,18 @@ enum EnvCommand {
     /// against the source and computes missing checksums.
     Files {
         id: String,
+        /// A TSV on this machine, uploaded.
+        #[arg(
+            long,
+            required_unless_present = "location",
+            conflicts_with = "location"
+        )]
+        file: Option<PathBuf>,
+        /// Or a manifest kept in the environment's source (TSV, or Parquet
+        /// ending with .parquet), relative to its root: read there by the
+        /// check job (for large inventories).
         #[arg(long)]
-        file: PathBuf,
+        location: Option<String>,
         /// Wait up to this many seconds for the check (0: do not wait).
         #[arg(long, default_value_t = 0)]
         wait: u64,
@@ -566,11 +576,17 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         EnvCommand::Files {
             id,
             file,
+            location,
             wait,
             acting,
         } => {
             let caller = caller(store, &acting).await?;
-            return env_files::upload(store, &caller, EnvironmentId(id), &file, wait).await;
+            let from = match (file, location) {
+                (Some(file), _) => env_files::From::File(file),
+                (None, Some(location)) => env_files::From::Source(location),
+                (None, None) => return Err(anyhow!("--file or --location")),
+            };
+            return env_files::upload(store, &caller, EnvironmentId(id), from, wait).await;
         }
         EnvCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;

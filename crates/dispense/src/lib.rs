@@ -9,6 +9,7 @@
 
 mod engine;
 mod error;
+pub mod file_manifest;
 pub mod files;
 pub mod filter;
 mod io;

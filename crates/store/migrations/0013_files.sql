@@ -10,6 +10,7 @@ CREATE TABLE file_inventories (
     id TEXT PRIMARY KEY,
     environment_id TEXT NOT NULL REFERENCES environments (id),
     state TEXT NOT NULL,              -- checking | ready | rejected
+    location TEXT,                    -- a manifest in the source, read by the job (else uploaded rows)
     files BIGINT NOT NULL,
     bytes BIGINT NOT NULL,
     problems TEXT,                    -- JSON (tre_domain::files::FileProblems) when rejected

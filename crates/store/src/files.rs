@@ -59,6 +59,11 @@ pub struct FileInventoryStatus {
     pub id: String,
     pub environment_id: EnvironmentId,
     pub state: FileInventoryState,
+    /// Where in the environment's source its manifest is, when registered
+    /// from there rather than uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Files and bytes it lists (0 until a registered manifest is read).
     pub files: u64,
     pub bytes: u64,
     /// The first bad rows, when rejected.
@@ -81,10 +86,17 @@ pub struct InventoryFile {
     pub entry: FileEntry,
 }
 
+/// The file collections the newest inventory of `env` declares.
+pub fn declared_of(env: &tre_domain::Environment) -> BTreeSet<&str> {
+    env.latest_inventory()
+        .map(|i| i.file_collections.iter().map(|c| c.name.as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Rows per insert statement (7 parameters each, under SQLite's limit).
 const INSERT_ROWS: usize = 1_000;
 
-const STATUS_COLUMNS: &str = "id, environment_id, state, files, bytes, problems, inventory_version, created_by, created_at, checked_at";
+const STATUS_COLUMNS: &str = "id, environment_id, state, location, files, bytes, problems, inventory_version, created_by, created_at, checked_at";
 
 fn status(row: &sqlx::any::AnyRow) -> Result<FileInventoryStatus, StoreError> {
     let id: String = row.try_get("id")?;
@@ -92,6 +104,7 @@ fn status(row: &sqlx::any::AnyRow) -> Result<FileInventoryStatus, StoreError> {
     Ok(FileInventoryStatus {
         state: FileInventoryState::parse(&row.try_get::<String, _>("state")?)?,
         environment_id: EnvironmentId(row.try_get("environment_id")?),
+        location: row.try_get("location")?,
         files: row.try_get::<i64, _>("files")?.max(0) as u64,
         bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
         problems: problems
@@ -132,6 +145,38 @@ impl Store {
         id: &EnvironmentId,
         entries: &[(u64, FileEntry)],
     ) -> Result<FileInventoryStatus, StoreError> {
+        let env = self.admitted_files(caller, id).await?;
+        let mut problems = FileProblems::default();
+        check_entries(entries, &declared_of(&env), &mut problems);
+        if !problems.is_empty() {
+            return Err(problems.to_error("files").into());
+        }
+        self.begin_file_inventory(caller, id, None, entries).await
+    }
+
+    /// Registers a file inventory kept in the environment's source (TSV,
+    /// or Parquet when `location` ends with `.parquet`; its admins only, in
+    /// draft or maintenance): the `check_files` job reads it, checks its
+    /// rows as an upload's, and goes on as for one.
+    pub async fn register_file_inventory(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        location: &str,
+    ) -> Result<FileInventoryStatus, StoreError> {
+        self.admitted_files(caller, id).await?;
+        tre_domain::storage::check_location("location", location)?;
+        self.begin_file_inventory(caller, id, Some(location), &[])
+            .await
+    }
+
+    /// The environment, if the caller may give it files now: its admins,
+    /// in draft or maintenance, once it has an inventory.
+    async fn admitted_files(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+    ) -> Result<tre_domain::Environment, StoreError> {
         let env = self
             .authorized_environment(caller, id, Action::ConfigureEnvironment)
             .await?;
@@ -146,33 +191,37 @@ impl Store {
             }
             .into());
         }
-        let inventory = env.latest_inventory().ok_or_else(|| {
-            DomainError::invalid(
+        if env.latest_inventory().is_none() {
+            return Err(DomainError::invalid(
                 "inventory",
                 "set the inventory (with its file collections) before its files",
             )
-        })?;
-        let declared: BTreeSet<&str> = inventory
-            .file_collections
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        let mut problems = FileProblems::default();
-        check_entries(entries, &declared, &mut problems);
-        if !problems.is_empty() {
-            return Err(problems.to_error("files").into());
+            .into());
         }
+        Ok(env)
+    }
+
+    /// Stores a new file inventory (`checking`) with `entries`, queues its
+    /// check and audits it.
+    async fn begin_file_inventory(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        location: Option<&str>,
+        entries: &[(u64, FileEntry)],
+    ) -> Result<FileInventoryStatus, StoreError> {
         let file_inventory = new_id();
         let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
         let at = now();
         let mut tx = self.begin().await?;
         sqlx::query(
-            "INSERT INTO file_inventories (id, environment_id, state, files, bytes, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO file_inventories (id, environment_id, state, location, files, bytes, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&file_inventory)
         .bind(id.as_str())
         .bind(FileInventoryState::Checking.as_str())
+        .bind(location)
         .bind(entries.len() as i64)
         .bind(bytes as i64)
         .bind(caller.actor.id.as_str())
@@ -200,7 +249,7 @@ impl Store {
                 object_type: "environment",
                 object_id: id.as_str(),
                 environment_id: id.as_str(),
-                details: json!({"file_inventory": file_inventory, "files": entries.len(), "bytes": bytes}),
+                details: json!({"file_inventory": file_inventory, "location": location, "files": entries.len(), "bytes": bytes}),
                 trace_id: &caller.trace_id,
             },
             at,
@@ -208,6 +257,32 @@ impl Store {
         .await?;
         self.commit(tx).await?;
         self.system_file_inventory(&file_inventory).await
+    }
+
+    /// Stores the rows of a registered manifest once read (system use: the
+    /// check job). A repeated call replaces what an earlier attempt stored.
+    pub async fn load_file_inventory(
+        &self,
+        file_inventory: &str,
+        entries: &[(u64, FileEntry)],
+    ) -> Result<(), StoreError> {
+        let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM inventory_files WHERE file_inventory_id = $1")
+            .bind(file_inventory)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in entries.chunks(INSERT_ROWS) {
+            insert_rows(&mut tx, file_inventory, chunk).await?;
+        }
+        sqlx::query("UPDATE file_inventories SET files = $1, bytes = $2 WHERE id = $3")
+            .bind(entries.len() as i64)
+            .bind(bytes as i64)
+            .bind(file_inventory)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The environment's uploaded file inventories, newest first (its

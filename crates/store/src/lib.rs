@@ -46,7 +46,7 @@ use tre_domain::{Actor, Timestamp};
 pub use audit::{AuditQuery, AuditReport};
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan};
 pub use error::StoreError;
-pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile};
+pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
 pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
