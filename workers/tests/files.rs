@@ -627,3 +627,95 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
     db.finish().await;
     let _ = std::fs::remove_dir_all(folder);
 }
+
+/// A source root in the project store's own bucket: each file is copied
+/// by the server (CopyObject), read back and checked; the project is the
+/// same as through the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_in_the_project_bucket_is_copied_by_the_server() {
+    use std::sync::atomic::Ordering;
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let s3 = S3Server::start().await;
+    let bulk = Bulk::new(15);
+    // the whole source (tables and files) under `source/` of the bucket
+    let bucket = s3.store();
+    let mut stack = vec![bulk.data.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(&bulk.data).unwrap().to_str().unwrap();
+            bucket
+                .put(
+                    &ObjectPath::from(format!("source/{relative}")),
+                    std::fs::read(&path).unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let root =
+        tre_domain::StoreRoot::parse("source", &format!("s3://{}/source", s3.bucket)).unwrap();
+    let w = world_at(store, root, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+    let (endpoint, name) = (s3.endpoint.clone(), s3.bucket.clone());
+    let mut options = dispense_options(bucket.clone(), 1_000_000);
+    let config = options.dispense.as_mut().unwrap();
+    config.multipart = Some(
+        tre_dispense::stores::s3_multipart(
+            &endpoint,
+            &name,
+            tre_testkit::S3_ACCESS_KEY,
+            tre_testkit::S3_SECRET_KEY,
+        )
+        .unwrap(),
+    );
+    config.sources = tre_dispense::Sources::with(move |root| {
+        let tre_domain::StoreRoot::S3 { bucket, prefix } = root else {
+            panic!("an S3 root");
+        };
+        let client = tre_dispense::stores::s3(
+            &endpoint,
+            bucket,
+            tre_testkit::S3_ACCESS_KEY,
+            tre_testkit::S3_SECRET_KEY,
+        )?;
+        let prefixed: Arc<dyn ObjectStore> = Arc::new(object_store::prefix::PrefixStore::new(
+            client,
+            prefix.as_str(),
+        ));
+        Ok(tre_dispense::Source::from_s3(prefixed, bucket, prefix))
+    });
+    let running = start(store, Arc::new(EmbeddedQueue::default()), options);
+    let status = register(store, &w, &bulk.tsv()).await;
+    assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
+    let request = approved_request(store, &w, selecting(json!(null), &["everything"])).await;
+    let before = s3.copies.load(Ordering::SeqCst);
+    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let project = settled(store, &project).await;
+    assert_eq!(project.state, ProjectState::Ready, "{project:?}");
+    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+    let manifest: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
+    assert_eq!(manifest.bulk_files().count(), 18);
+    assert_eq!(
+        s3.copies.load(Ordering::SeqCst) - before,
+        18,
+        "each file copied by the server"
+    );
+    let listed = objects_of(&bucket, project.id.as_str()).await;
+    let expected: BTreeSet<String> = manifest
+        .objects()
+        .map(|o| format!("{}/{o}", project.id))
+        .collect();
+    assert_eq!(listed, expected);
+    for file in manifest.bulk_files() {
+        let path = ObjectPath::from(format!("{}/{}", project.id, file.path));
+        let bytes = bucket.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), file.sha256);
+    }
+    running.stop(STOP_WITHIN).await;
+    db.finish().await;
+}

@@ -10,7 +10,10 @@
 //! ([`UploadState`], kept in SQL by the caller): a unit that dies in the
 //! middle resumes the same upload after the last recorded part (the parts
 //! before it are read again only to hash them), and an upload that cannot
-//! complete (a checksum mismatch) is aborted, never left behind.
+//! complete (a checksum mismatch) is aborted, never left behind. When the
+//! source root is a prefix of the destination's own S3 bucket, the server
+//! copies each file (no bytes through the worker on the way in) and the
+//! copy is read back to check its SHA-256.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -69,11 +72,14 @@ impl UploadLog for NoLog {
 }
 
 /// A store's own multipart API (S3's), under an optional prefix: what
-/// lets a large copy resume and be aborted by id.
+/// lets a large copy resume and be aborted by id; and, for an S3 bucket,
+/// its name and an unprefixed client, so a file whose source is in the same
+/// bucket is copied by the server ([`ObjectStore::copy`]).
 #[derive(Clone)]
 pub struct Multipart {
     store: Arc<dyn MultipartStore>,
     prefix: Option<Path>,
+    bucket: Option<(String, Arc<dyn ObjectStore>)>,
 }
 
 impl std::fmt::Debug for Multipart {
@@ -86,7 +92,25 @@ impl std::fmt::Debug for Multipart {
 
 impl Multipart {
     pub fn new(store: Arc<dyn MultipartStore>, prefix: Option<Path>) -> Self {
-        Self { store, prefix }
+        Self {
+            store,
+            prefix,
+            bucket: None,
+        }
+    }
+
+    /// The multipart API of an S3 bucket (`client` unprefixed), whose
+    /// project objects are under `prefix`.
+    pub fn s3(
+        client: Arc<object_store::aws::AmazonS3>,
+        bucket: &str,
+        prefix: Option<Path>,
+    ) -> Self {
+        Self {
+            store: client.clone(),
+            prefix,
+            bucket: Some((bucket.to_owned(), client)),
+        }
     }
 
     fn full(&self, path: &Path) -> Path {
@@ -178,6 +202,19 @@ impl FileCopy<'_> {
             .iter()
             .map(|f| (file_object(f, self.pseudonymiser), f))
             .collect();
+        if let Some((client, source_prefix, dest_prefix)) = self.same_bucket() {
+            let copies: Vec<_> = written
+                .iter()
+                .map(|(object, file)| {
+                    self.copy_in_bucket(client, &source_prefix, dest_prefix, object, file)
+                })
+                .collect();
+            futures::stream::iter(copies)
+                .buffer_unordered(FILES_AT_ONCE)
+                .try_collect::<Vec<()>>()
+                .await?;
+            return Ok(output(unit.index, &written));
+        }
         let (small, large): (Vec<_>, Vec<_>) = written
             .iter()
             .enumerate()
@@ -201,6 +238,65 @@ impl FileCopy<'_> {
                 .await?;
         }
         Ok(output(unit.index, &written))
+    }
+
+    /// When the source is in the destination's bucket: the bucket's
+    /// client and both prefixes (the server copies, nothing passes through
+    /// the worker but the check).
+    fn same_bucket(&self) -> Option<(&Arc<dyn ObjectStore>, Path, Option<&Path>)> {
+        let multipart = self.multipart?;
+        let (bucket, client) = multipart.bucket.as_ref()?;
+        let (source_bucket, source_prefix) = self.source.s3_place()?;
+        (source_bucket == bucket)
+            .then(|| (client, Path::from(source_prefix), multipart.prefix.as_ref()))
+    }
+
+    /// A server-side copy within one bucket, then the copy read back and
+    /// checked against the file inventory (a copy that does not match is
+    /// deleted). Files larger than one copy request takes (5 GiB) go
+    /// through the worker instead.
+    async fn copy_in_bucket(
+        &self,
+        client: &Arc<dyn ObjectStore>,
+        source_prefix: &Path,
+        dest_prefix: Option<&Path>,
+        object: &str,
+        file: &PlannedFile,
+    ) -> Result<(), DispenseError> {
+        const COPY_LIMIT: u64 = 5 << 30;
+        if file.size > COPY_LIMIT {
+            return self.copy_streamed(object, file).await;
+        }
+        // the location is checked as the source would check it
+        let from: Path = source_prefix
+            .parts()
+            .chain(self.source.path(&file.location)?.parts())
+            .collect();
+        let relative = project_path(self.project, object)?;
+        let to: Path = match dest_prefix {
+            Some(prefix) => prefix.parts().chain(relative.parts()).collect(),
+            None => relative,
+        };
+        client.copy(&from, &to).await?;
+        let mut stream = client.get(&to).await?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let sha = hex::encode(hasher.finalize());
+        if sha != file.sha256 || size != file.size {
+            client.delete(&to).await?;
+            return Err(self.mismatch(object, file, &sha, size));
+        }
+        Ok(())
+    }
+
+    /// A file too large for a copy request: streamed, without resumption.
+    async fn copy_streamed(&self, object: &str, file: &PlannedFile) -> Result<(), DispenseError> {
+        let path = project_path(self.project, object)?;
+        self.copy_large_unresumable(&path, object, file).await
     }
 
     fn mismatch(&self, object: &str, file: &PlannedFile, sha: &str, size: u64) -> DispenseError {

@@ -30,6 +30,9 @@ pub struct Source {
     /// For a folder: the root with every link resolved, which each opened
     /// file must stay under.
     folder: Option<PathBuf>,
+    /// For an S3 root: its bucket and prefix (a project store in the same
+    /// bucket copies server-side).
+    s3: Option<(String, String)>,
 }
 
 impl Source {
@@ -38,9 +41,10 @@ impl Source {
     pub fn open(root: &StoreRoot) -> Result<Self, DispenseError> {
         match root {
             StoreRoot::Folder(path) => Self::folder(PathBuf::from(path)),
-            StoreRoot::S3 { .. } => Ok(Self {
+            StoreRoot::S3 { bucket, prefix } => Ok(Self {
                 store: crate::stores::open(&root.to_string(), "source")?,
                 folder: None,
+                s3: Some((bucket.clone(), prefix.clone())),
             }),
         }
     }
@@ -57,6 +61,7 @@ impl Source {
         Ok(Self {
             store: Arc::new(store),
             folder: Some(canonical),
+            s3: None,
         })
     }
 
@@ -66,7 +71,23 @@ impl Source {
         Self {
             store,
             folder: None,
+            s3: None,
         }
+    }
+
+    /// A source under `prefix` of S3 bucket `bucket`, read through `store`
+    /// (a client of that prefix).
+    pub fn from_s3(store: Arc<dyn ObjectStore>, bucket: &str, prefix: &str) -> Self {
+        Self {
+            store,
+            folder: None,
+            s3: Some((bucket.to_owned(), prefix.trim_matches('/').to_owned())),
+        }
+    }
+
+    /// The bucket and prefix of an S3 root.
+    pub(crate) fn s3_place(&self) -> Option<(&str, &str)> {
+        self.s3.as_ref().map(|(b, p)| (b.as_str(), p.as_str()))
     }
 
     /// The object at `location`, once it is known to stay inside the root.

@@ -71,10 +71,13 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
 /// The multipart API of the store `url` names, when it has one (S3): what
 /// lets large files resume (see [`crate::files`]). None for a folder.
 pub fn open_multipart(url: &str, setting: &str) -> Result<Option<Multipart>, DispenseError> {
-    Ok(s3_from_env(url, setting)?.map(|(store, prefix)| {
-        let prefix = (!prefix.is_empty()).then(|| Path::from(prefix.as_str()));
-        Multipart::new(Arc::new(store), prefix)
-    }))
+    let Some((store, prefix)) = s3_from_env(url, setting)? else {
+        return Ok(None);
+    };
+    let rest = url.trim_start_matches("s3://");
+    let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
+    let prefix = (!prefix.is_empty()).then(|| Path::from(prefix.as_str()));
+    Ok(Some(Multipart::s3(Arc::new(store), bucket, prefix)))
 }
 
 /// An S3-compatible store with explicit settings (path-style), for callers
@@ -98,7 +101,7 @@ pub fn s3_multipart(
     secret_key: &str,
 ) -> Result<Multipart, DispenseError> {
     let store = s3_client(endpoint, bucket, access_key, secret_key)?;
-    Ok(Multipart::new(Arc::new(store), None))
+    Ok(Multipart::s3(Arc::new(store), bucket, None))
 }
 
 fn s3_client(

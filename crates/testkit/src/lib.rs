@@ -1057,6 +1057,8 @@ pub struct S3Server {
     pub endpoint: String,
     pub bucket: String,
     pub dir: std::path::PathBuf,
+    /// Server-side copies (CopyObject requests) served so far.
+    pub copies: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1086,6 +1088,8 @@ impl S3Server {
             .await
             .expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let copies = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = copies.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
@@ -1094,9 +1098,13 @@ impl S3Server {
                 // without it each GET on a kept-alive connection waits ~22 ms
                 let _ = socket.set_nodelay(true);
                 let service = service.clone();
+                let counted = counted.clone();
                 let delayed = hyper::service::service_fn(move |req: hyper::Request<_>| {
                     let service = service.clone();
                     let part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
+                    if req.headers().contains_key("x-amz-copy-source") {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     async move {
                         if part && !delay.is_zero() {
                             tokio::time::sleep(delay).await;
@@ -1115,6 +1123,7 @@ impl S3Server {
             endpoint,
             bucket,
             dir,
+            copies,
             task,
         }
     }
