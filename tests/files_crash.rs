@@ -5,17 +5,13 @@
 //! for the store, an S3 server (s3s-fs, served by this test process, slow
 //! on part uploads so the kill lands mid-file) for the bucket.
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use sha2::{Digest, Sha256};
 use tre_dispense::files::UploadState;
-use tre_dispense::{CohortKeys, DispensePlan, Manifest};
 use tre_domain::files::{FileCollection, parse_tsv};
 use tre_domain::{DataCollection, EnvironmentCommand, ProjectState, StoreRoot};
 use tre_store::FileInventoryState;
@@ -23,38 +19,11 @@ use tre_testkit::{
     BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, fixtures_data, unique, world_at,
 };
 
-/// A `tre worker` of the dispense pool, logging into `logs`.
-fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TRE_") || key.starts_with("AWS_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .args([
-            "worker",
-            "--pools",
-            "dispense",
-            "--lease-ms",
-            "1000",
-            "--reconcile-interval-ms",
-            "200",
-            "--requeue-after-ms",
-            "1000",
-        ])
-        .env("TRE_DATABASE_URL", database_url)
-        .envs(s3.env())
-        .env("TRE_LOG", "warn,tre_dispense=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(logs.join("worker.log"))
-                .unwrap(),
-        ));
-    command.spawn().expect("spawn tre worker")
+mod support;
+
+/// A `tre worker` of the dispense pool, logging the dispense crate's steps.
+fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> std::process::Child {
+    support::worker(database_url, logs, s3, &[], "warn,tre_dispense=info")
 }
 
 /// Deterministic bytes that do not compress.
@@ -194,21 +163,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     );
 
     let mut second = worker(&db.url, &root, &s3);
-    let started = Instant::now();
-    let done = loop {
-        let p = store.system_project(&project.id).await.unwrap();
-        if !matches!(
-            p.state,
-            ProjectState::Provisioning | ProjectState::Dispensing
-        ) {
-            break p;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = support::settled(store, &project.id, Duration::from_secs(300)).await;
     second.kill().unwrap();
     second.wait().unwrap();
     let log = std::fs::read_to_string(root.join("worker.log")).unwrap_or_default();
@@ -218,34 +173,8 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         "the second worker resumed the upload rather than starting again:\n{log}"
     );
 
-    // the same plan, uninterrupted, into a fresh folder
-    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
-    let plan: DispensePlan = serde_json::from_value(stored.plan.clone()).unwrap();
-    let keys: CohortKeys = serde_json::from_str(&stored.cohort).unwrap();
-    let secret = hex::decode(&stored.secret).unwrap();
-    let source = tre_dispense::Source::folder(data.clone()).unwrap();
-    let reference_dir = root.join("reference");
-    let reference = tre_dispense::stores::open(reference_dir.to_str().unwrap(), "dest").unwrap();
-    let (want, want_sha) =
-        tre_dispense::run_all(&source, &reference, &plan, &keys, Some(&secret), 2)
-            .await
-            .unwrap();
-    let got: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
-    assert_eq!(got, want, "manifests equal");
-    assert_eq!(stored.manifest_sha256.unwrap(), want_sha);
-
+    let got = support::equals_uninterrupted(store, &project.id, &data, &root, &s3).await;
     let bucket = s3.store();
-    let listed: BTreeSet<String> = bucket
-        .list(Some(&ObjectPath::from(project.id.as_str())))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap();
-    let wanted: BTreeSet<String> = got
-        .objects()
-        .map(|o| format!("{}/{o}", project.id))
-        .collect();
-    assert_eq!(listed, wanted, "no stray objects");
     let large = got
         .bulk_files()
         .find(|f| f.bytes == big.len() as u64)

@@ -211,6 +211,9 @@ fn rclone_run(args: &FilesBenchArgs, keys: (&str, &str), root: &Path, prefix: &s
         .arg((args.concurrency * 8).to_string())
         .arg(root.join("files"))
         .arg(format!("bench:{}/{prefix}", args.bucket))
+        // a CA bundle the machine sets for AWS tools is not rclone's to load
+        // over plain HTTP (its S3 client refuses its own transport then)
+        .env_remove("AWS_CA_BUNDLE")
         .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
         .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
         .env("RCLONE_CONFIG_BENCH_ENDPOINT", &args.endpoint)
