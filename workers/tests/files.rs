@@ -210,15 +210,7 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
         let mut options = dispense_options(dest.clone(), 1_000_000);
         if label == "s3" {
-            options.dispense.as_mut().unwrap().multipart = Some(
-                tre_dispense::stores::s3_multipart(
-                    &s3.endpoint,
-                    &s3.bucket,
-                    tre_testkit::S3_ACCESS_KEY,
-                    tre_testkit::S3_SECRET_KEY,
-                )
-                .unwrap(),
-            );
+            with_multipart(&mut options, &s3);
         }
         // several files per unit, several units
         options.dispense.as_mut().unwrap().unit_bytes = 40 * 1024;
@@ -337,63 +329,128 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
     let _ = std::fs::remove_dir_all(folder);
 }
 
+/// A changed source file fails its unit; on S3 the changed file is a large
+/// one, whose multipart upload is aborted, not left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds() {
-    let db = TestDb::sqlite().await;
-    let store = &db.store;
-    let bulk = Bulk::new(20);
-    let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
-    let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
-    let (folder, dest) = temp_store("files-corrupt");
-    let mut options = dispense_options(dest.clone(), 1_000_000);
-    options.dispense.as_mut().unwrap().unit_bytes = 20 * 1024;
-    let running = start(store, Arc::new(EmbeddedQueue::default()), options);
-    let status = register(store, &w, &bulk.tsv()).await;
-    assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
+    let s3 = S3Server::start().await;
+    let (folder, local) = temp_store("files-corrupt");
+    for (label, dest) in [("folder", local.clone()), ("s3", s3.store())] {
+        let db = TestDb::sqlite().await;
+        let store = &db.store;
+        let mut bulk = Bulk::new(20);
+        // a large scan for one participant: 20 MiB, two parts (its name
+        // short: s3s-fs keeps a multipart upload's metadata in one file
+        // named after the base64 of the key, which must fit in 255 bytes)
+        let big: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(bulk.data.join("raw/1000003/1000003.nii"), &big).unwrap();
+        bulk.files
+            .get_mut(&1_000_003)
+            .unwrap()
+            .push(("raw/1000003/1000003.nii".into(), big));
+        let source = tre_domain::StoreRoot::parse("source", bulk.data.to_str().unwrap()).unwrap();
+        let w = world_at(store, source, bulk.inventory(), &["rev1"], &["rev2"], 1).await;
+        let mut options = dispense_options(dest.clone(), 1_000_000);
+        if label == "s3" {
+            with_multipart(&mut options, &s3);
+        }
+        options.dispense.as_mut().unwrap().unit_bytes = 20 * 1024;
+        let running = start(store, Arc::new(EmbeddedQueue::default()), options);
+        let status = register(store, &w, &bulk.tsv()).await;
+        assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
 
-    let request = approved_request(store, &w, selecting(json!(null), &["scans"])).await;
-    // after registration, one scan changes (same size, one byte)
-    let (location, original) = bulk.files[&1_000_007][0].clone();
-    let mut changed = original.clone();
-    changed[10] ^= 0x20;
-    std::fs::write(bulk.data.join(&location), &changed).unwrap();
-    let project = store.create_project(&w.owner, &request.id).await.unwrap();
-    let failed = settled(store, &project).await;
-    assert_eq!(failed.state, ProjectState::Failed, "{failed:?}");
-    let reason = failed.failure.clone().unwrap();
-    assert!(
-        reason.contains("is not the one its file inventory registered"),
-        "{reason}"
-    );
-    assert!(
-        !reason.contains("1000007") && !reason.contains(&location),
-        "the reason names neither the participant nor the source location: {reason}"
-    );
-    let progress = store.dispense_progress(&project.id).await.unwrap();
-    assert!(progress.units_done < progress.units_total, "{progress:?}");
-    // the changed file was never written (its batch's other files may be:
-    // the retry rewrites the same keys)
-    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
-    let secret = hex::decode(&stored.secret).unwrap();
-    let pseudonym = tre_dispense::Pseudonymiser::new(&secret).pseudonym("1000007");
-    let listed = objects_of(&dest, project.id.as_str()).await;
-    assert!(listed.len() as u64 >= progress.files_done, "{listed:?}");
-    assert!(
-        !listed.iter().any(|o| o.contains(&pseudonym)),
-        "the changed file is not in the project: {listed:?}"
-    );
+        let request = approved_request(store, &w, selecting(json!(null), &["scans"])).await;
+        // after registration, one scan changes (same size, one byte)
+        let (participant, (location, original)) = if label == "s3" {
+            (1_000_003, bulk.files[&1_000_003][1].clone())
+        } else {
+            (1_000_007, bulk.files[&1_000_007][0].clone())
+        };
+        let mut changed = original.clone();
+        changed[original.len() - 10] ^= 0x20;
+        std::fs::write(bulk.data.join(&location), &changed).unwrap();
+        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let failed = settled(store, &project).await;
+        assert_eq!(failed.state, ProjectState::Failed, "{label}: {failed:?}");
+        let reason = failed.failure.clone().unwrap();
+        assert!(
+            reason.contains("is not the one its file inventory registered"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains(&participant.to_string()) && !reason.contains(&location),
+            "the reason names neither the participant nor the source location: {reason}"
+        );
+        let progress = store.dispense_progress(&project.id).await.unwrap();
+        assert!(progress.units_done < progress.units_total, "{progress:?}");
+        // the changed file was never written (its batch's other files may
+        // be: the retry rewrites the same keys), nor left half uploaded
+        let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+        let secret = hex::decode(&stored.secret).unwrap();
+        let pseudonym =
+            tre_dispense::Pseudonymiser::new(&secret).pseudonym(&participant.to_string());
+        let listed = objects_of(&dest, project.id.as_str()).await;
+        assert!(
+            !listed.iter().any(|o| o.contains(&format!(
+                "{pseudonym}/sub-{pseudonym}_{}",
+                if label == "s3" { "dwi" } else { "T1w" }
+            ))),
+            "{label}: the changed file is not in the project: {listed:?}"
+        );
+        assert!(store.unit_uploads(&project.id).await.unwrap().is_empty());
+        if label == "s3" {
+            assert_eq!(unfinished_uploads(&s3.dir), Vec::<String>::new());
+        }
 
-    // repaired, then retried by an operator: only the unfinished units run
-    std::fs::write(bulk.data.join(&location), &original).unwrap();
-    store.retry_project(&w.platform, &project.id).await.unwrap();
-    let ready = settled(store, &project).await;
-    assert_eq!(ready.state, ProjectState::Ready, "{ready:?}");
-    let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
-    let manifest: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
-    assert_eq!(manifest.bulk_files().count(), 20);
-    running.stop(STOP_WITHIN).await;
-    db.finish().await;
+        // repaired, then retried by an operator: only the unfinished units run
+        std::fs::write(bulk.data.join(&location), &original).unwrap();
+        store.retry_project(&w.platform, &project.id).await.unwrap();
+        let ready = settled(store, &project).await;
+        assert_eq!(ready.state, ProjectState::Ready, "{label}: {ready:?}");
+        let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
+        let manifest: Manifest = serde_json::from_value(stored.manifest.unwrap()).unwrap();
+        assert_eq!(manifest.bulk_files().count(), 21);
+        let copied = manifest.bulk_files().find(|f| f.bytes == 20 << 20).unwrap();
+        let path = ObjectPath::from(format!("{}/{}", project.id, copied.path));
+        let bytes = dest.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), copied.sha256);
+        running.stop(STOP_WITHIN).await;
+        db.finish().await;
+    }
     let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Every file under `dir` whose name starts with `.upload`: s3s-fs keeps
+/// an unfinished multipart upload there.
+fn unfinished_uploads(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with(".upload") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Dispensing through `s3`'s multipart API (resumable large files).
+fn with_multipart(options: &mut tre_workers::WorkerOptions, s3: &S3Server) {
+    options.dispense.as_mut().unwrap().multipart = Some(
+        tre_dispense::stores::s3_multipart(
+            &s3.endpoint,
+            &s3.bucket,
+            tre_testkit::S3_ACCESS_KEY,
+            tre_testkit::S3_SECRET_KEY,
+        )
+        .unwrap(),
+    );
 }
 
 /// Attacks on the file inventory: rows that name missing objects, wrong
