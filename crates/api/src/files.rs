@@ -32,7 +32,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         op(
             Method::PUT,
             "/v1/environments/{id}/inventory/files",
-            "Upload a file inventory as TSV (columns entity, collection, location, size and optionally sha256), or register one kept in the source with JSON {\"location\": ...} (TSV, or Parquet when it ends with .parquet) (admins, in draft or maintenance); 202 while a job checks it against the source",
+            "Upload a file inventory as TSV or Parquet (columns entity, collection, location, size and optionally sha256), or register one kept in the source with JSON {\"location\": ...} (TSV, or Parquet when it ends with .parquet) (admins, in draft or maintenance); 202 while a job checks it against the source",
             Some(body::<FileInventorySource>),
             put(upload).layer(DefaultBodyLimit::max(FILE_INVENTORY_LIMIT)),
         )
@@ -43,7 +43,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (404, "no such environment, or the caller may not see it"),
             (409, "invalid_transition: the environment is active (enter maintenance first)"),
             (413, "the file inventory is larger than 256 MiB"),
-            (415, "unsupported_media_type: the body is neither text/tab-separated-values nor application/json"),
+            (415, "unsupported_media_type: the body is not text/tab-separated-values, application/vnd.apache.parquet or application/json"),
             (422, "invalid: bad rows, the first ones named by line (field `files`), or no inventory to add files to"),
         ]),
         op(
@@ -73,8 +73,9 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-/// The media type of a file inventory upload.
+/// The media types of a file inventory upload.
 pub const TSV: &str = "text/tab-separated-values";
+pub const PARQUET: &str = "application/vnd.apache.parquet";
 
 /// A file inventory kept in the environment's source.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -99,6 +100,23 @@ async fn upload(
         .map(|v| v.trim().to_ascii_lowercase());
     match media_type.as_deref() {
         Some(TSV) => {}
+        Some(PARQUET) => {
+            let parsed = tre_dispense::file_manifest::parse_parquet(bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("the Parquet file inventory cannot be read: {e}"),
+                )
+                .with_field("files")
+            })?;
+            let entries = parsed
+                .map_err(|problems| tre_store::StoreError::from(problems.to_error("files")))?;
+            let status = state
+                .store
+                .upload_file_inventory(&caller, &EnvironmentId(id), &entries)
+                .await?;
+            return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
+        }
         Some("application/json") => {
             let source: FileInventorySource = serde_json::from_slice(&bytes).map_err(|e| {
                 let field = if e.is_syntax() || e.is_eof() {

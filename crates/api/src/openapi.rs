@@ -59,6 +59,10 @@ pub fn spec() -> Value {
                     "text/tab-separated-values".into(),
                     json!({"schema": {"type": "string"}}),
                 );
+                content.insert(
+                    "application/vnd.apache.parquet".into(),
+                    json!({"schema": {"type": "string", "format": "binary"}}),
+                );
             }
             if let Some(body) = e.body {
                 content.insert(

@@ -1600,6 +1600,11 @@ async fn bad_bodies_everywhere() {
                         vec![0xff, 0xfe, b'\t'],
                         StatusCode::UNPROCESSABLE_ENTITY,
                     ),
+                    (
+                        "application/vnd.apache.parquet",
+                        b"PAR1 but not really".to_vec(),
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                    ),
                 ]
             } else {
                 vec![
@@ -2065,6 +2070,59 @@ async fn file_inventories_over_http() {
         (StatusCode::OK, json!([])),
         "nothing stored"
     );
+
+    // the same rows as Parquet, with a bad one: refused by line
+    let parquet = |rows: &[(&str, &str, &str, i64)]| -> Vec<u8> {
+        use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+        use std::sync::Arc;
+        let text = |i: usize| -> ArrayRef {
+            Arc::new(StringArray::from(
+                rows.iter()
+                    .map(|r| [r.0, r.1, r.2][i].to_owned())
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let batch = RecordBatch::try_from_iter([
+            ("entity", text(0)),
+            ("collection", text(1)),
+            ("location", text(2)),
+            (
+                "size",
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut bytes = Vec::new();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        bytes
+    };
+    let send_parquet = |bytes: Vec<u8>| {
+        api.client
+            .put(format!("{}{}", api.base, e("/inventory/files")))
+            .bearer_auth(&api.tokens["admin"])
+            .header("content-type", "application/vnd.apache.parquet")
+            .body(bytes)
+            .send()
+    };
+    let response = send_parquet(parquet(&[
+        ("1", "scans", "scans/1.nii", 10),
+        ("2", "scans", "scans/1.nii", 10),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let answer: Value = response.json().await.unwrap();
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("line 3: duplicate location"), "{message}");
+    let response = send_parquet(parquet(&[("1", "scans", "scans/1.nii", 10)]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
 
     let response = upload("admin", "text/tab-separated-values; charset=utf-8", good)
         .await

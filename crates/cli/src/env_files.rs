@@ -28,10 +28,18 @@ pub async fn upload(
 ) -> Result<()> {
     let mut status = match from {
         From::File(file) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("--file {}: cannot read it as text", file.display()))?;
-            let entries = parse_tsv(&text)
-                .map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("--file {}: cannot read it", file.display()))?;
+            let parsed = if file.extension().is_some_and(|e| e == "parquet") {
+                tre_dispense::file_manifest::parse_parquet(bytes.into())
+                    .with_context(|| format!("--file {}", file.display()))?
+            } else {
+                let text = String::from_utf8(bytes)
+                    .with_context(|| format!("--file {}: not UTF-8 text", file.display()))?;
+                parse_tsv(&text)
+            };
+            let entries =
+                parsed.map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
             store.upload_file_inventory(caller, &id, &entries).await
         }
         From::Source(location) => store.register_file_inventory(caller, &id, &location).await,

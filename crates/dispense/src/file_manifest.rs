@@ -1,6 +1,6 @@
-//! A file inventory kept in the environment's source, as a TSV or a
-//! Parquet file (`.parquet`): what an admin registers instead of uploading
-//! a large manifest. Parquet columns: `entity` (text or integer),
+//! A file inventory as a Parquet file (uploaded, or kept in the
+//! environment's source beside TSV ones: what an admin registers instead of
+//! uploading a large manifest). Parquet columns: `entity` (text or integer),
 //! `collection`, `location` (text), `size` (integer) and optionally
 //! `sha256` (text, null when absent). A Parquet row's "line" is its row
 //! number plus one, as if a header were line 1.
@@ -9,15 +9,16 @@ use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_schema::DataType;
+use bytes::Bytes;
 use futures::TryStreamExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tre_domain::files::{FileEntry, FileProblems, parse_tsv};
 
-use crate::engine::{reader_builder, stream_columns};
 use crate::{DispenseError, Source};
 
-/// Most bytes of a TSV manifest read from a source (about ten million
-/// rows); larger ones are registered as Parquet.
-const MAX_TSV_BYTES: u64 = 2 << 30;
+/// Most bytes of a manifest read from a source (about twenty million TSV
+/// rows).
+const MAX_BYTES: u64 = 2 << 30;
 
 /// The rows of the manifest at `location` in `source`, with their lines;
 /// rows that cannot be read are problems (by line), a manifest that cannot
@@ -26,15 +27,12 @@ pub async fn read(
     source: &Source,
     location: &str,
 ) -> Result<Result<Vec<(u64, FileEntry)>, FileProblems>, DispenseError> {
-    if location.ends_with(".parquet") {
-        return read_parquet(source, location).await;
-    }
     let size = source.size(location).await?;
-    if size > MAX_TSV_BYTES {
+    if size > MAX_BYTES {
         let mut problems = FileProblems::default();
         problems.push(
             1,
-            format!("{location}: a TSV manifest of more than 2 GiB; register it as Parquet"),
+            format!("{location}: a manifest of more than 2 GiB; split it by collection"),
         );
         return Ok(Err(problems));
     }
@@ -42,6 +40,9 @@ pub async fn read(
     let mut stream = source.stream(location, None).await?;
     while let Some(chunk) = stream.try_next().await? {
         bytes.extend_from_slice(&chunk);
+    }
+    if location.ends_with(".parquet") {
+        return parse_parquet(Bytes::from(bytes));
     }
     Ok(match String::from_utf8(bytes) {
         Ok(text) => parse_tsv(&text),
@@ -53,39 +54,43 @@ pub async fn read(
     })
 }
 
-async fn read_parquet(
-    source: &Source,
-    location: &str,
+/// The rows of a Parquet manifest held in memory (an upload, or one read
+/// from a source); rows that cannot be read are problems (by line).
+pub fn parse_parquet(
+    bytes: Bytes,
 ) -> Result<Result<Vec<(u64, FileEntry)>, FileProblems>, DispenseError> {
-    let builder = reader_builder(source, location).await?;
-    let has_sha = builder.schema().field_with_name("sha256").is_ok();
-    let mut columns = vec!["entity", "collection", "location", "size"];
-    if has_sha {
-        columns.push("sha256");
-    }
     let mut problems = FileProblems::default();
-    for name in &columns {
-        if builder.schema().field_with_name(name).is_err() {
+    let builder = match ParquetRecordBatchReaderBuilder::try_new(bytes) {
+        Ok(builder) => builder,
+        Err(e) => {
+            problems.push(1, format!("not a Parquet file: {e}"));
+            return Ok(Err(problems));
+        }
+    };
+    let schema = builder.schema().clone();
+    let has_sha = schema.field_with_name("sha256").is_ok();
+    for name in ["entity", "collection", "location", "size"] {
+        if schema.field_with_name(name).is_err() {
             problems.push(1, format!("the manifest has no column {name:?}"));
         }
     }
     if !problems.is_empty() {
         return Ok(Err(problems));
     }
-    let mut stream = stream_columns(builder, &columns, location)?;
     let mut entries = Vec::new();
     let mut line = 1u64;
-    while let Some(batch) = stream.try_next().await? {
+    for batch in builder.with_batch_size(64 * 1024).build()? {
+        let batch = batch?;
         let text = |name: &str| -> Result<arrow_array::ArrayRef, DispenseError> {
             Ok(arrow_cast::cast(
-                batch.column_by_name(name).expect("projected"),
+                batch.column_by_name(name).expect("checked"),
                 &DataType::Utf8,
             )?)
         };
         let (entity, collection, path) = (text("entity")?, text("collection")?, text("location")?);
         let sha = if has_sha { Some(text("sha256")?) } else { None };
         let size = arrow_cast::cast(
-            batch.column_by_name("size").expect("projected"),
+            batch.column_by_name("size").expect("checked"),
             &DataType::Int64,
         )?;
         let size = size.as_primitive::<Int64Type>();
