@@ -26,37 +26,6 @@ fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> std::process::Child
     support::worker(database_url, logs, s3, &[], "warn,tre_dispense=info")
 }
 
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Every file under `dir` whose name starts with `.upload`: s3s-fs keeps
-/// an unfinished multipart upload there.
-fn unfinished_uploads(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if entry.file_name().to_string_lossy().starts_with(".upload") {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     let Some(db) = TestDb::postgres().await else {
@@ -74,7 +43,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     }
     // one large scan (ten 16 MiB parts), a few small ones
     let mut tsv = String::from("entity\tcollection\tlocation\tsize\n");
-    let big = noise(160 << 20, 7);
+    let big = tre_testkit::noise(160 << 20, 7);
     let big_sha = hex::encode(Sha256::digest(&big));
     std::fs::write(data.join("scans/1000001_big.nii"), &big).unwrap();
     tsv.push_str(&format!(
@@ -82,7 +51,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         big.len()
     ));
     for id in 1_000_002..1_000_006 {
-        let small = noise(70_000, id);
+        let small = tre_testkit::noise(70_000, id);
         std::fs::write(data.join(format!("scans/{id}.nii")), &small).unwrap();
         tsv.push_str(&format!("{id}\tmri\tscans/{id}.nii\t{}\n", small.len()));
     }
@@ -193,7 +162,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         "the copy is whole"
     );
     assert_eq!(
-        unfinished_uploads(&s3.dir),
+        s3.unfinished_uploads(),
         Vec::<String>::new(),
         "no unfinished multipart upload"
     );

@@ -342,9 +342,7 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
         // a large scan for one participant: 20 MiB, two parts (its name
         // short: s3s-fs keeps a multipart upload's metadata in one file
         // named after the base64 of the key, which must fit in 255 bytes)
-        let big: Vec<u8> = (0..20u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let big = tre_testkit::noise(20 << 20, 3);
         std::fs::write(bulk.data.join("raw/1000003/1000003.nii"), &big).unwrap();
         bulk.files
             .get_mut(&1_000_003)
@@ -401,7 +399,7 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
         );
         assert!(store.unit_uploads(&project.id).await.unwrap().is_empty());
         if label == "s3" {
-            assert_eq!(unfinished_uploads(&s3.dir), Vec::<String>::new());
+            assert_eq!(s3.unfinished_uploads(), Vec::<String>::new());
         }
 
         // repaired, then retried by an operator: only the unfinished units run
@@ -420,24 +418,6 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
         db.finish().await;
     }
     let _ = std::fs::remove_dir_all(folder);
-}
-
-/// Every file under `dir` whose name starts with `.upload`: s3s-fs keeps
-/// an unfinished multipart upload there.
-fn unfinished_uploads(dir: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if entry.file_name().to_string_lossy().starts_with(".upload") {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 /// Dispensing through `s3`'s multipart API (resumable large files).

@@ -15,7 +15,7 @@ use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::ClaimedJob;
 
 use crate::dispense::{dispense_error, source_of};
-use crate::{already_done, payload};
+use crate::{already_done, not_handled, payload};
 
 /// The handler of `count_cohort` jobs.
 #[derive(Debug, Clone)]
@@ -163,10 +163,7 @@ impl JobHandler for CohortCounter {
                 Effect::CountCohort { request, round } => {
                     self.count(ctx, job, &request, round).await
                 }
-                other => Err(JobError::Permanent(format!(
-                    "{} is not a cohort count",
-                    other.kind()
-                ))),
+                other => Err(not_handled(&other, "a cohort count")),
             }
         })
     }

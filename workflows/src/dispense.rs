@@ -29,7 +29,7 @@ use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, R
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store};
 
-use crate::{move_project, payload};
+use crate::{move_project, not_handled, payload};
 
 /// Where dispensing reads and writes, and how it splits the work.
 #[derive(Clone)]
@@ -507,10 +507,7 @@ impl JobHandler for DispenseWorkflow {
                     self.finish(ctx, job, &project, round).await
                 }
                 Effect::Deprovision { project } => self.deprovision(ctx, job, &project).await,
-                other => Err(JobError::Permanent(format!(
-                    "{} is not a dispensing job",
-                    other.kind()
-                ))),
+                other => Err(not_handled(&other, "a dispensing job")),
             }
         })
     }

@@ -21,7 +21,7 @@ use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
-use crate::payload;
+use crate::{not_handled, payload};
 
 /// Rows read from SQL at a time.
 const PAGE_ROWS: u32 = 2_000;
@@ -226,10 +226,7 @@ impl JobHandler for FileChecker {
                     environment,
                     file_inventory,
                 } => self.check(ctx, job, &environment, &file_inventory).await,
-                other => Err(JobError::Permanent(format!(
-                    "{} is not a file inventory check",
-                    other.kind()
-                ))),
+                other => Err(not_handled(&other, "a file inventory check")),
             }
         })
     }

@@ -61,6 +61,12 @@ impl RequestWorkflow {
     ];
 }
 
+/// The error of a handler given a job of a kind it does not handle (the
+/// registry test keeps this from happening).
+pub(crate) fn not_handled(effect: &Effect, what: &str) -> JobError {
+    JobError::Permanent(format!("{} is not {what}", effect.kind()))
+}
+
 fn payload(job: &ClaimedJob) -> Result<Effect, JobError> {
     Effect::deserialize(&job.payload)
         .map_err(|e| JobError::Permanent(format!("unreadable job payload: {e}")))
@@ -182,10 +188,7 @@ impl JobHandler for RequestWorkflow {
                     stage,
                     ..
                 } => retally(ctx, job, &request, round, stage).await,
-                other => Err(JobError::Permanent(format!(
-                    "{} is not a request workflow job",
-                    other.kind()
-                ))),
+                other => Err(not_handled(&other, "a request workflow job")),
             }
         })
     }

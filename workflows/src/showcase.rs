@@ -16,7 +16,7 @@ use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::ClaimedJob;
 
 use crate::dispense::{dispense_error, source_of};
-use crate::payload;
+use crate::{not_handled, payload};
 
 /// The handler of `compute_showcase` jobs.
 #[derive(Debug, Clone)]
@@ -77,10 +77,7 @@ impl JobHandler for ShowcaseComputer {
                     environment,
                     version,
                 } => self.compute(ctx, &environment, version).await,
-                other => Err(JobError::Permanent(format!(
-                    "{} is not a showcase computation",
-                    other.kind()
-                ))),
+                other => Err(not_handled(&other, "a showcase computation")),
             }
         })
     }

@@ -140,6 +140,18 @@ struct Run {
     peak_rss_mb: f64,
 }
 
+impl Run {
+    fn print(&self, run: usize, tool: &str, bytes: u64, files: usize) {
+        println!(
+            "run {run}: {tool:<6} {:>7.2} s  {:>7.1} MB/s  {:>7.0} files/s  peak RSS {:.0} MiB",
+            self.seconds,
+            bytes as f64 / 1e6 / self.seconds,
+            files as f64 / self.seconds,
+            self.peak_rss_mb
+        );
+    }
+}
+
 /// Resets this process's peak RSS (VmHWM), so the next reading is the
 /// copy's own.
 fn reset_peak_rss() {
@@ -274,21 +286,9 @@ pub async fn run(args: FilesBenchArgs) -> Result<()> {
     let (mut tre, mut reference) = (Vec::new(), Vec::new());
     for i in 0..args.runs.max(1) {
         let t = tre_run(&args, keys, &root, &files, &format!("tre-{stamp}-{i}")).await?;
-        println!(
-            "run {i}: tre    {:>7.2} s  {:>7.1} MB/s  {:>7.0} files/s  peak RSS {:.0} MiB",
-            t.seconds,
-            bytes as f64 / 1e6 / t.seconds,
-            files.len() as f64 / t.seconds,
-            t.peak_rss_mb
-        );
+        t.print(i, "tre", bytes, files.len());
         let r = rclone_run(&args, keys, &root, &format!("rclone-{stamp}-{i}"))?;
-        println!(
-            "run {i}: rclone {:>7.2} s  {:>7.1} MB/s  {:>7.0} files/s  peak RSS {:.0} MiB",
-            r.seconds,
-            bytes as f64 / 1e6 / r.seconds,
-            files.len() as f64 / r.seconds,
-            r.peak_rss_mb
-        );
+        r.print(i, "rclone", bytes, files.len());
         tre.push(t);
         reference.push(r);
     }

@@ -1050,6 +1050,19 @@ pub fn selecting(cohort: serde_json::Value, collections: &[&str]) -> tre_domain:
     }
 }
 
+/// `len` deterministic bytes that do not compress (a 64-bit LCG, seeded).
+pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// An S3-compatible server (s3s-fs over a temporary folder) served by this
 /// process on a random port, with signature checks on. Buckets are
 /// folders: `bucket` exists from the start.
@@ -1136,6 +1149,24 @@ impl S3Server {
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         self.store_via(&self.endpoint)
+    }
+
+    /// The multipart uploads started and neither completed nor aborted:
+    /// s3s-fs keeps each as `.upload*` files in its folder.
+    pub fn unfinished_uploads(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if entry.file_name().to_string_lossy().starts_with(".upload") {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+        found
     }
 
     /// The `AWS_*` variables that point a `tre` process at this server
