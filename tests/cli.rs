@@ -979,3 +979,79 @@ fn operators_retry_discard_and_pause_from_the_cli() {
     assert_eq!(changes, expected);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `tre users`: tokens made, listed, revoked; a user disabled and enabled;
+/// each refused or allowed as a running store sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_tokens_and_disabling_from_the_cli() {
+    let (dir, url) = sqlite_url();
+    let first = ok(tre(&url, &["users", "add", "alice"]));
+    let initial = first.lines().last().unwrap().to_owned();
+    let made = ok(tre(
+        &url,
+        &[
+            "users", "token", "create", "alice", "--name", "ci", "--days", "7",
+        ],
+    ));
+    let ci = made.lines().last().unwrap().to_owned();
+    assert!(
+        ci.starts_with("tre_") && made.contains("(ci) for alice"),
+        "{made}"
+    );
+    let refused = tre(
+        &url,
+        &[
+            "users", "token", "create", "alice", "--name", "x", "--days", "91",
+        ],
+    );
+    assert!(
+        stderr(&refused).contains("invalid days"),
+        "{}",
+        stderr(&refused)
+    );
+    let listed = ok(tre(&url, &["users", "token", "list", "alice"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(!listed.contains(&ci) && !listed.contains(&initial));
+    let id = listed
+        .lines()
+        .find(|l| l.contains("\tci\t"))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let store = tre_store::Store::open(&url).await.unwrap();
+    assert!(store.authenticate(&ci).await.unwrap().is_some());
+    ok(tre(&url, &["users", "token", "revoke", "alice", &id]));
+    store.forget_cached_tokens();
+    assert!(store.authenticate(&ci).await.unwrap().is_none(), "revoked");
+    assert!(store.authenticate(&initial).await.unwrap().is_some());
+    let refused = tre(&url, &["users", "token", "revoke", "alice", "nope"]);
+    assert!(
+        stderr(&refused).contains("no token nope"),
+        "{}",
+        stderr(&refused)
+    );
+
+    assert!(ok(tre(&url, &["users", "disable", "alice"])).contains("disabled alice"));
+    assert!(ok(tre(&url, &["users", "list"])).contains("alice\t-\t-\tdisabled"));
+    store.forget_cached_tokens();
+    assert!(
+        store.authenticate(&initial).await.unwrap().is_none(),
+        "disabled"
+    );
+    ok(tre(&url, &["users", "enable", "alice"]));
+    store.forget_cached_tokens();
+    assert!(store.authenticate(&initial).await.unwrap().is_some());
+    // a bad setting names itself
+    let bad = tre_command()
+        .args(["users", "list"])
+        .env("TRE_DATABASE_URL", &url)
+        .env("TRE_TOKEN_MAX_DAYS", "0")
+        .output()
+        .unwrap();
+    assert!(stderr(&bad).contains("token_max_days"), "{}", stderr(&bad));
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -489,6 +489,21 @@ impl Notifier {
                     None,
                 )
             }
+            AdminAlert::ReviewerDisabled { reviewer, stages } => {
+                let waiting: Vec<String> = stages
+                    .iter()
+                    .map(|(stage, n)| format!("{stage:?} ({n} waiting)"))
+                    .collect();
+                (
+                    "reviewer_disabled",
+                    format!("A reviewer was disabled in {:?}", env.name),
+                    format!(
+                        "{reviewer} was disabled and can no longer decide at stage(s) {}. Change the stages' reviewers so requests do not wait for them.",
+                        waiting.join(", ")
+                    ),
+                    None,
+                )
+            }
             AdminAlert::StageOutOfReach {
                 request, stage_id, ..
             } => (

@@ -17,6 +17,7 @@ mod openapi;
 mod ops;
 mod routes;
 mod showcase;
+mod tokens;
 
 use std::time::Duration;
 

@@ -104,6 +104,7 @@ pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     let mut all = endpoints();
     all.extend(crate::showcase::endpoints());
     all.extend(crate::files::endpoints());
+    all.extend(crate::tokens::endpoints());
     all.extend(crate::ops::endpoints());
     all
 }

@@ -1658,7 +1658,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 17, "endpoints with bodies");
+    assert_eq!(checked, 18, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,
@@ -2158,5 +2158,107 @@ async fn file_inventories_over_http() {
         .call("admin", Method::GET, &e("/inventory/files/nope"), None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    api.db.finish().await;
+}
+
+/// Safe People over HTTP: tokens made, listed (never with their secret),
+/// revoked by their holder or a platform admin only, and refused at once;
+/// a disabled user's tokens refused until enabled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_disabled_users_over_http() {
+    let mut api = Api::start().await;
+    let (status, made) = api
+        .call(
+            "owner",
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "laptop", "days": 30})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let id = made["id"].as_str().unwrap().to_owned();
+    api.tokens.insert("laptop", secret.clone());
+    let (status, _) = api.call("laptop", Method::GET, "/v1/requests", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, listed) = api.call("owner", Method::GET, "/v1/tokens", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains(&secret), "never the secret");
+    // bad input names its field
+    for (body, field) in [
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x", "days": 1000}), "days"),
+        (json!({"name": "x", "days": 0}), "days"),
+    ] {
+        let (status, answer) = api
+            .call("owner", Method::POST, "/v1/tokens", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
+    // others: not another's list, not another's token
+    let (status, _) = api
+        .call("outsider", Method::GET, "/v1/tokens?user=owner", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call(
+            "outsider",
+            Method::POST,
+            "/v1/tokens?user=owner",
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call(
+            "outsider",
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, theirs) = api
+        .call("platform", Method::GET, "/v1/tokens?user=owner", None)
+        .await;
+    assert_eq!(
+        (status, theirs.as_array().unwrap().len()),
+        (StatusCode::OK, 2)
+    );
+    // revoked by its holder: refused at once
+    let (status, revoked) = api
+        .call("owner", Method::DELETE, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(revoked["revoked_at"].is_number());
+    let (status, _) = api.call("laptop", Method::GET, "/v1/requests", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // disabled by a platform admin (only): every token of theirs refused
+    let (status, _) = api
+        .call("outsider", Method::POST, "/v1/users/owner/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = api
+        .call("platform", Method::POST, "/v1/users/nobody/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .call("platform", Method::POST, "/v1/users/platform/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, disabled) = api
+        .call("platform", Method::POST, "/v1/users/owner/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{disabled}");
+    let (status, _) = api.call("owner", Method::GET, "/v1/requests", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api
+        .call("platform", Method::POST, "/v1/users/owner/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.call("owner", Method::GET, "/v1/requests", None).await;
+    assert_eq!(status, StatusCode::OK);
     api.db.finish().await;
 }

@@ -112,7 +112,8 @@ struct Target {
     token: String,
     body: serde_json::Value,
     what: String,
-    local: Option<(ServerTask, Store, std::path::PathBuf)>,
+    /// The server, its store and scratch folder, and the database's url.
+    local: Option<(ServerTask, Store, std::path::PathBuf, String)>,
 }
 
 async fn local_target(args: &ApiBenchArgs) -> Result<Target> {
@@ -142,7 +143,7 @@ async fn local_target(args: &ApiBenchArgs) -> Result<Target> {
                 "PostgreSQL"
             }
         ),
-        local: Some((server, store, dir)),
+        local: Some((server, store, dir, url)),
     })
 }
 
@@ -280,11 +281,94 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
     if best == 0.0 {
         bail!("no submission completed");
     }
-    if let Some((server, store, dir)) = target.local {
+    let mut revoke = String::new();
+    if let Some((server, store, dir, url)) = target.local {
+        let delay = revocation_under_load(&url, &client, &base, &token, &body, 16).await?;
+        println!(
+            "  revocation under load (16 clients submitting): a token revoked by another process is refused after {:.0} ms",
+            delay.as_secs_f64() * 1000.0
+        );
+        revoke = format!(" revoke_ms={:.0}", delay.as_secs_f64() * 1000.0);
         server.abort();
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
-    println!("req_per_s={best:.0} p99_ms={best_p99:.2}");
+    println!("req_per_s={best:.0} p99_ms={best_p99:.2}{revoke}");
     Ok(())
+}
+
+/// While `clients` tasks submit, a token used in a loop by another client
+/// is revoked through a second store on the same database (as another
+/// process, e.g. `tre users token revoke`, would): how long until the
+/// server refuses it.
+async fn revocation_under_load(
+    url: &str,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: &serde_json::Value,
+    clients: usize,
+) -> Result<Duration> {
+    let other = Store::open(url).await?;
+    let operator = || tre_store::TokenActor::Operator { trace_id: "bench" };
+    let researcher = tre_domain::UserId::from("bench-researcher");
+    let (victim, secret) = other
+        .create_token(
+            operator(),
+            &researcher,
+            tre_store::NewToken {
+                name: "victim".into(),
+                days: Some(1),
+            },
+        )
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..clients {
+        let (client, base, token, body, stop) = (
+            client.clone(),
+            base.to_owned(),
+            token.to_owned(),
+            body.clone(),
+            stop.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .post(format!("{base}/v1/requests"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    let refused = {
+        let (client, base) = (client.clone(), base.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let status = client
+                    .get(format!("{base}/v1/tokens"))
+                    .bearer_auth(&secret)
+                    .send()
+                    .await
+                    .map(|r| r.status());
+                if matches!(status, Ok(s) if s == reqwest::StatusCode::UNAUTHORIZED) {
+                    return Instant::now();
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    other.revoke_token(operator(), &victim.id).await?;
+    let revoked = Instant::now();
+    let refused_at = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .context("the revoked token was still accepted after 30 s")??;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        let _ = task.await;
+    }
+    other.close().await;
+    Ok(refused_at.saturating_duration_since(revoked))
 }

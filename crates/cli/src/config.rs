@@ -42,6 +42,9 @@ pub struct Settings {
     /// `TRE_SMTP_FROM`. The sender of notification emails, e.g.
     /// `Biobank TRE <tre@biobank.example>`; required with `smtp_url`.
     pub smtp_from: Option<String>,
+    /// `TRE_TOKEN_MAX_DAYS`. The longest lifetime of an API token, in days
+    /// (1 to 3650); new tokens get it unless they ask for less. Default: 90.
+    pub token_max_days: String,
     /// Where each value came from, for `tre config show`.
     #[serde(skip)]
     pub sources: Vec<(&'static str, String)>,
@@ -59,6 +62,7 @@ struct FileSettings {
     webhook_secret: Option<String>,
     smtp_url: Option<String>,
     smtp_from: Option<String>,
+    token_max_days: Option<u32>,
 }
 
 /// Values given as flags.
@@ -81,6 +85,7 @@ impl Settings {
             webhook_secret: None,
             smtp_url: None,
             smtp_from: None,
+            token_max_days: "90".into(),
             sources: vec![
                 ("database_url", "default".into()),
                 ("object_store", "default".into()),
@@ -90,6 +95,7 @@ impl Settings {
                 ("webhook_secret", "default".into()),
                 ("smtp_url", "default".into()),
                 ("smtp_from", "default".into()),
+                ("token_max_days", "default".into()),
             ],
         }
     }
@@ -104,6 +110,7 @@ impl Settings {
             "webhook_secret" => self.webhook_secret = Some(value),
             "smtp_url" => self.smtp_url = Some(value),
             "smtp_from" => self.smtp_from = Some(value),
+            "token_max_days" => self.token_max_days = value,
             _ => unreachable!("unknown setting {key}"),
         }
         if let Some(entry) = self.sources.iter_mut().find(|(k, _)| *k == key) {
@@ -137,6 +144,7 @@ impl Settings {
                 ("webhook_secret", file.webhook_secret),
                 ("smtp_url", file.smtp_url),
                 ("smtp_from", file.smtp_from),
+                ("token_max_days", file.token_max_days.map(|d| d.to_string())),
             ] {
                 if let Some(v) = value {
                     settings.set(key, v, &source);
@@ -152,6 +160,7 @@ impl Settings {
             ("webhook_secret", "TRE_WEBHOOK_SECRET"),
             ("smtp_url", "TRE_SMTP_URL"),
             ("smtp_from", "TRE_SMTP_FROM"),
+            ("token_max_days", "TRE_TOKEN_MAX_DAYS"),
         ] {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {
                 settings.set(key, v, &format!("env {var}"));
@@ -170,7 +179,22 @@ impl Settings {
         Ok(settings)
     }
 
+    /// [`Settings::token_max_days`], checked by `validate`.
+    pub fn token_max_days(&self) -> u32 {
+        self.token_max_days.parse().unwrap_or(90)
+    }
+
     fn validate(&self) -> Result<()> {
+        if !self
+            .token_max_days
+            .parse::<u32>()
+            .is_ok_and(|d| (1..=3650).contains(&d))
+        {
+            bail!(
+                "token_max_days: {:?} is not a number of days from 1 to 3650",
+                self.token_max_days
+            );
+        }
         let url = &self.database_url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

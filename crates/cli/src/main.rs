@@ -14,6 +14,7 @@ mod jobs;
 mod projects;
 mod serve;
 mod showcase;
+mod users;
 mod worker;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tre_domain::{EnvironmentCommand, EnvironmentId, Visibility};
-use tre_store::{AuditQuery, Caller, NewUser, Store, StoreError};
+use tre_store::{AuditQuery, Caller, Store, StoreError};
 
 use crate::config::{FlagSettings, Settings};
 use crate::envfile::EnvironmentFile;
@@ -90,7 +91,7 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-enum UsersCommand {
+pub(crate) enum UsersCommand {
     /// Create a user; prints their API token (shown once) as the last line.
     Add {
         name: String,
@@ -103,6 +104,35 @@ enum UsersCommand {
         #[arg(long)]
         email: Option<String>,
     },
+    /// Every user: name, platform admin, groups, disabled.
+    List,
+    /// A user's API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Stop every token of a user within a second; the admins of
+    /// environments whose stages they review are told.
+    Disable { name: String },
+    /// Let a disabled user's live tokens work again.
+    Enable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a token; prints it (shown once) as the last line.
+    Create {
+        user: String,
+        /// What it is for (e.g. laptop, pipeline).
+        #[arg(long)]
+        name: String,
+        /// Days until it expires (default and most: the configured
+        /// token_max_days).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// The user's tokens: id, name, created, expires, last used, revoked.
+    List { user: String },
+    /// Revoke a token by its id: refused by every process within a second.
+    Revoke { user: String, id: String },
 }
 
 #[derive(Debug, Args)]
@@ -297,7 +327,9 @@ async fn open(settings: &Settings) -> Result<Store> {
     let store = Store::open(&settings.database_url)
         .await
         .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
-    Ok(store.with_output_root(settings.output_root()?))
+    Ok(store
+        .with_output_root(settings.output_root()?)
+        .with_token_max_days(settings.token_max_days()))
 }
 
 /// [`open`], for processes that dispense or serve: refuses to start when an
@@ -372,36 +404,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             store.close().await;
             println!("migrated {}", settings.database_url);
         }
-        Command::Users(UsersCommand::Add {
-            name,
-            platform_admin,
-            groups,
-            email,
-        }) => {
+        Command::Users(command) => {
             let store = open(&settings).await?;
-            let (user, token) = store
-                .bootstrap_user(
-                    NewUser {
-                        email,
-                        id: name,
-                        platform_admin,
-                        groups: groups.into_iter().collect(),
-                    },
-                    &trace_id(),
-                )
-                .await
-                .map_err(explain)?;
-            println!(
-                "created user {}{}; API token (shown once):",
-                user.id,
-                if user.platform_admin {
-                    " (platform admin)"
-                } else {
-                    ""
-                }
-            );
-            println!("{token}");
+            let done = users::run(&store, command).await;
             store.close().await;
+            done?;
         }
         Command::Env(command) => {
             let store = open(&settings).await?;

@@ -29,6 +29,14 @@ pub enum AdminAlert {
         stage: usize,
         stage_id: String,
     },
+    /// A reviewer of the environment's pipeline was disabled (their tokens
+    /// stopped working): the stages they review, with the requests waiting
+    /// at each, may block until the admins change the reviewers.
+    ReviewerDisabled {
+        reviewer: UserId,
+        /// Stage ids, with the requests waiting at each.
+        stages: Vec<(String, u32)>,
+    },
 }
 
 impl AdminAlert {
@@ -39,6 +47,7 @@ impl AdminAlert {
             Self::StageOutOfReach { request, stage, .. } => {
                 format!("stage_out_of_reach:{request}:{stage}")
             }
+            Self::ReviewerDisabled { reviewer, .. } => format!("reviewer_disabled:{reviewer}"),
         }
     }
 }

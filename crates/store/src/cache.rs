@@ -43,6 +43,10 @@ impl<V: Clone> Recent<V> {
         entries.insert(key, (value, Instant::now()));
     }
 
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
+    }
+
     pub(crate) fn forget(&self, key: &str) {
         self.entries().remove(key);
     }

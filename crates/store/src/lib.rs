@@ -32,6 +32,7 @@ mod projects;
 mod requests;
 mod showcase;
 mod summaries;
+mod tokens;
 mod users;
 mod writes;
 
@@ -55,6 +56,7 @@ pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use requests::HistoryEntry;
 pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
+pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};
 
 /// Which database the store runs on.
@@ -111,7 +113,12 @@ pub struct Store {
     backend: Backend,
     sealer: std::sync::Arc<audit::Sealer>,
     /// Actors by token hash (see [`Store::authenticate`]).
-    tokens: std::sync::Arc<cache::Recent<Actor>>,
+    /// Actors of tokens seen, with their tokens' expiry (see `tokens`).
+    tokens_cache: std::sync::Arc<cache::Recent<(Actor, Option<i64>)>>,
+    /// The revocation counter as last read (see `tokens`).
+    auth_epoch: std::sync::Arc<tokens::AuthEpoch>,
+    /// The longest lifetime of new tokens, in days.
+    token_max_days: u32,
     /// Environments by id, with their version (see
     /// [`Store::create_request`]).
     environments: std::sync::Arc<cache::Recent<(std::sync::Arc<tre_domain::Environment>, i64)>>,
@@ -241,6 +248,13 @@ fn migrator(backend: Backend) -> Migrator {
             sqlx::AssertSqlSafe(include_str!("../migrations/0013_files.sql")).into_sql_str(),
             false,
         ),
+        Migration::new(
+            14,
+            "api tokens with a lifecycle".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0014_tokens.sql")).into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -329,10 +343,12 @@ impl Store {
             pool,
             backend,
             sealer: Default::default(),
-            tokens: std::sync::Arc::new(cache::Recent::new(
+            tokens_cache: std::sync::Arc::new(cache::Recent::new(
                 users::TOKEN_CACHE_TTL,
                 users::TOKEN_CACHE_SIZE,
             )),
+            auth_epoch: std::sync::Arc::default(),
+            token_max_days: DEFAULT_TOKEN_MAX_DAYS,
             environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),
             requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
             output_root: None,

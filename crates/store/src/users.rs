@@ -1,5 +1,5 @@
-//! Users, groups and API tokens. Tokens are random, shown once, and stored
-//! only as their SHA-256.
+//! Users and groups; their API tokens are in `tokens`. Tokens are random,
+//! shown once, and stored only as their SHA-256.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub struct User {
     pub groups: BTreeSet<String>,
     pub email: Option<String>,
     pub created_at: i64,
+    /// Disabled users' tokens are refused (see `Store::set_user_disabled`).
+    pub disabled: bool,
 }
 
 impl User {
@@ -81,10 +83,10 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// How long a found token's actor is reused without asking the database.
-/// A user, their groups and their token never change once created (there is
-/// no update or revocation), so this only bounds how long a row removed by
-/// hand keeps working in a running process.
+/// How long a found token's actor is reused without asking the database:
+/// a bound on how long a change made by hand (a user's groups) takes to be
+/// seen. Revocations and disabled users are seen within a second through
+/// the revocation counter (see `tokens`).
 pub(crate) const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Most tokens kept.
@@ -94,7 +96,7 @@ pub(crate) fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system provides randomness");
     format!("tre_{}", hex::encode(bytes))
@@ -109,6 +111,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
         platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
         email: row.try_get("email")?,
         created_at: row.try_get("created_at")?,
+        disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
     })
 }
 
@@ -143,7 +146,6 @@ impl Store {
         new: NewUser,
     ) -> Result<(User, String), StoreError> {
         validate(&new)?;
-        let token = new_token();
         let at = now();
         let mut tx = self.begin().await?;
         let inserted = sqlx::query(
@@ -153,7 +155,8 @@ impl Store {
         .bind(&new.id)
         .bind(i64::from(new.platform_admin))
         .bind(serde_json::to_string(&new.groups).expect("groups serialize"))
-        .bind(hash_token(&token))
+        // a column older code required: the hash of a secret nobody holds
+        .bind(hash_token(&new_token()))
         .bind(at.0)
         .bind(new.email.clone())
         .execute(&mut *tx)
@@ -161,6 +164,11 @@ impl Store {
         if inserted.rows_affected() == 0 {
             return Err(DomainError::Conflict(format!("user {:?} already exists", new.id)).into());
         }
+        // the token handed out now is the user's first API token, named
+        // "initial", with the longest lifetime allowed
+        let (_, token) = self
+            .insert_token(&mut tx, &new.id, "initial", None, at)
+            .await?;
         audit::append(
             &mut tx,
             AuditRecord {
@@ -183,42 +191,30 @@ impl Store {
                 groups: new.groups,
                 email: new.email,
                 created_at: at.0,
+                disabled: false,
             },
             token,
         ))
     }
 
-    /// The actor a bearer token belongs to, if any. Every API call
-    /// authenticates, so the actors of found tokens are kept, by token hash,
-    /// for [`TOKEN_CACHE_TTL`]; unknown tokens are never kept.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
-        let hash = hash_token(token);
-        if let Some(actor) = self.tokens.get(&hash) {
-            return Ok(Some(actor));
-        }
-        let row = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at, email FROM users WHERE token_hash = $1",
-        )
-        .bind(&hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let actor = row
-            .map(|r| user_from_row(&r).map(|u| u.actor()))
-            .transpose()?;
-        if let Some(actor) = &actor {
-            self.tokens.put(hash, actor.clone());
-        }
-        Ok(actor)
-    }
-
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at, email FROM users WHERE id = $1",
+            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at FROM users WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| user_from_row(&r)).transpose()
+    }
+
+    /// Every user, by name (the operator's list: `tre users list`).
+    pub async fn users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at FROM users ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
     }
 
     /// Fails with a validation error naming `field` unless every user exists.

@@ -1,0 +1,160 @@
+//! Safe People over HTTP: a user's API tokens (`/v1/tokens`: their own;
+//! platform admins anyone's with `?user=`), and platform admins disabling
+//! and enabling users. A new token's secret is in the answer that makes it
+//! and nowhere else.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tre_domain::UserId;
+use tre_store::{NewToken, TokenActor, TokenInfo, UserStatus};
+
+use crate::extract::Params;
+use crate::routes::{Endpoint, body, op};
+use crate::{ApiError, AppState, Auth, Body};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        op(
+            Method::GET,
+            "/v1/tokens",
+            "The caller's API tokens, newest first, never their secrets (platform admins: anyone's with ?user=)",
+            None,
+            get(list),
+        )
+        .returns(body::<Vec<TokenInfo>>)
+        .errors(&[(403, "forbidden: another user's tokens, and not a platform admin")]),
+        op(
+            Method::POST,
+            "/v1/tokens",
+            "Make an API token for the caller (platform admins: for anyone with ?user=); its secret is in this answer only",
+            Some(body::<NewToken>),
+            post(create),
+        )
+        .returns(body::<CreatedToken>)
+        .errors(&[
+            (403, "forbidden: another user's token, and not a platform admin"),
+            (404, "no such user"),
+            (422, "invalid: a name of 1 to 64 characters, days from 1 to the configured maximum"),
+        ]),
+        op(
+            Method::DELETE,
+            "/v1/tokens/{id}",
+            "Revoke a token: every API process refuses it within a second (its holder, or a platform admin)",
+            None,
+            delete(revoke),
+        )
+        .returns(body::<TokenInfo>)
+        .errors(&[(404, "no such token, or the caller may not revoke it")]),
+        op(
+            Method::POST,
+            "/v1/users/{id}/disable",
+            "Disable a user: every token of theirs stops working within a second; the admins of environments whose stages they review are told (platform admins)",
+            None,
+            post(disable),
+        )
+        .returns(body::<UserStatus>)
+        .errors(&[
+            (403, "forbidden: not a platform admin"),
+            (404, "no such user"),
+            (409, "conflict: a platform admin cannot disable themselves"),
+        ]),
+        op(
+            Method::POST,
+            "/v1/users/{id}/enable",
+            "Enable a disabled user again: their tokens that are neither revoked nor expired work again (platform admins)",
+            None,
+            post(enable),
+        )
+        .returns(body::<UserStatus>)
+        .errors(&[(403, "forbidden: not a platform admin"), (404, "no such user")]),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhoseTokens {
+    user: Option<String>,
+}
+
+/// A token just made, with its secret: shown this once.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenInfo,
+    /// The bearer token itself. tre keeps only its hash.
+    pub secret: String,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(whose): Params<WhoseTokens>,
+) -> Result<Json<Vec<TokenInfo>>> {
+    let user = whose.user.map_or_else(|| caller.actor.id.clone(), UserId);
+    Ok(Json(
+        state
+            .store
+            .tokens(TokenActor::Caller(&caller), &user)
+            .await?,
+    ))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(whose): Params<WhoseTokens>,
+    Body(new): Body<NewToken>,
+) -> Result<Response> {
+    let user = whose.user.map_or_else(|| caller.actor.id.clone(), UserId);
+    let (token, secret) = state
+        .store
+        .create_token(TokenActor::Caller(&caller), &user, new)
+        .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })).into_response())
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>> {
+    Ok(Json(
+        state
+            .store
+            .revoke_token(TokenActor::Caller(&caller), &id)
+            .await?,
+    ))
+}
+
+async fn disable(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<UserStatus>> {
+    Ok(Json(
+        state
+            .store
+            .set_user_disabled(TokenActor::Caller(&caller), &UserId(id), true)
+            .await?,
+    ))
+}
+
+async fn enable(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<UserStatus>> {
+    Ok(Json(
+        state
+            .store
+            .set_user_disabled(TokenActor::Caller(&caller), &UserId(id), false)
+            .await?,
+    ))
+}

@@ -1,0 +1,517 @@
+//! API tokens with a lifecycle (Safe People: access that can be taken
+//! away). A user holds any number of named tokens, each with an expiry (at
+//! most the configured maximum, 90 days by default) and a last-used time;
+//! a token can be revoked, and a user disabled, which stops every token of
+//! theirs. Tokens are random, shown once, stored only as their SHA-256 and
+//! looked up by it (a hash compared by the database index, never a secret
+//! compared in the process). Every operation is audited.
+//!
+//! Each process keeps the actors of tokens it has seen for a few seconds
+//! (every API call authenticates). Revocation reaches every process within
+//! a second: revoking or disabling bumps a counter in SQL
+//! (`auth_epoch`), which each process reads at most every
+//! [`EPOCH_CHECK_MS`] before trusting its cache, and forgets every cached
+//! token when it moved.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Row;
+use tre_domain::{
+    Action, Actor, AdminAlert, DomainError, Effect, Object, RequestState, Timestamp, UserId,
+    authorize,
+};
+
+use crate::audit::{self, AuditRecord};
+use crate::users::{hash_token, new_token};
+use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
+
+/// How often, at most, a process reads the revocation counter.
+pub const EPOCH_CHECK_MS: i64 = 250;
+
+/// Longest token lifetime unless configured ([`Store::with_token_max_days`]).
+pub const DEFAULT_TOKEN_MAX_DAYS: u32 = 90;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The revocation counter as this process last read it.
+#[derive(Debug, Default)]
+pub(crate) struct AuthEpoch {
+    /// When it was last read (ms since the epoch).
+    checked_at: AtomicI64,
+    epoch: AtomicI64,
+}
+
+/// A token as its holder and platform admins see it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user_id: UserId,
+    pub name: String,
+    pub created_at: Timestamp,
+    /// None only for tokens made before tokens expired.
+    pub expires_at: Option<Timestamp>,
+    /// When it last authenticated a call (to within a minute).
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A token to make.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What it is for, e.g. `laptop` or `pipeline` (1 to 64 characters).
+    pub name: String,
+    /// Days until it expires: 1 to the configured maximum (default: the
+    /// maximum).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub days: Option<u32>,
+}
+
+/// A user's standing, as platform admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct UserStatus {
+    pub id: UserId,
+    pub disabled: bool,
+    /// Environments whose admins were told of the reviews the user can no
+    /// longer do (when disabled).
+    pub alerted_environments: u32,
+}
+
+const TOKEN_COLUMNS: &str = "id, user_id, name, created_at, expires_at, last_used_at, revoked_at";
+
+fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenInfo, StoreError> {
+    let at = |name: &str| -> Result<Option<Timestamp>, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(Timestamp))
+    };
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        user_id: UserId(row.try_get("user_id")?),
+        name: row.try_get("name")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        expires_at: at("expires_at")?,
+        last_used_at: at("last_used_at")?,
+        revoked_at: at("revoked_at")?,
+    })
+}
+
+/// Who acts on tokens: a signed-in caller (authorized here) or the
+/// operator with direct database access (the `tre` CLI).
+pub enum TokenActor<'a> {
+    Caller(&'a Caller),
+    Operator { trace_id: &'a str },
+}
+
+impl TokenActor<'_> {
+    fn id(&self) -> &str {
+        match self {
+            Self::Caller(c) => c.actor.id.as_str(),
+            Self::Operator { .. } => "operator",
+        }
+    }
+
+    fn trace_id(&self) -> &str {
+        match self {
+            Self::Caller(c) => &c.trace_id,
+            Self::Operator { trace_id } => trace_id,
+        }
+    }
+
+    /// Anyone may act on their own tokens; on another user's, platform
+    /// admins (and the operator) only.
+    fn may_act_for(&self, user: &UserId) -> Result<(), StoreError> {
+        match self {
+            Self::Operator { .. } => Ok(()),
+            Self::Caller(c) if c.actor.id == *user => Ok(()),
+            Self::Caller(c) => authorize(&c.actor, Action::ManageUsers, &Object::Platform)
+                .map_err(StoreError::Forbidden),
+        }
+    }
+}
+
+/// Checks a token name: 1 to 64 characters, no control characters.
+fn check_name(name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            "name",
+            "1 to 64 characters, without control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The longest lifetime of new tokens (default
+    /// [`DEFAULT_TOKEN_MAX_DAYS`]).
+    pub fn with_token_max_days(mut self, days: u32) -> Self {
+        self.token_max_days = days.max(1);
+        self
+    }
+
+    /// Inserts a token for `user` (in `tx`); returns it and its secret.
+    pub(crate) async fn insert_token(
+        &self,
+        tx: &mut Tx,
+        user: &str,
+        name: &str,
+        days: Option<u32>,
+        at: Timestamp,
+    ) -> Result<(TokenInfo, String), StoreError> {
+        let max = self.token_max_days;
+        let days = days.unwrap_or(max);
+        if days == 0 || days > max {
+            return Err(DomainError::invalid(
+                "days",
+                format!("a token lives 1 to {max} days (the configured maximum)"),
+            )
+            .into());
+        }
+        let secret = new_token();
+        let info = TokenInfo {
+            id: new_id(),
+            user_id: UserId(user.to_owned()),
+            name: name.to_owned(),
+            created_at: at,
+            expires_at: Some(Timestamp(at.0 + i64::from(days) * DAY_MS)),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&info.id)
+        .bind(user)
+        .bind(name)
+        .bind(hash_token(&secret))
+        .bind(at.0)
+        .bind(info.expires_at.map(|t| t.0))
+        .execute(&mut **tx)
+        .await?;
+        Ok((info, secret))
+    }
+
+    /// Makes a token for `user`; returns it and its secret (shown once).
+    pub async fn create_token(
+        &self,
+        actor: TokenActor<'_>,
+        user: &UserId,
+        new: NewToken,
+    ) -> Result<(TokenInfo, String), StoreError> {
+        actor.may_act_for(user)?;
+        check_name(&new.name)?;
+        if self.user(user.as_str()).await?.is_none() {
+            return Err(StoreError::not_found("user", user.as_str()));
+        }
+        let at = now();
+        let mut tx = self.begin().await?;
+        let (info, secret) = self
+            .insert_token(&mut tx, user.as_str(), &new.name, new.days, at)
+            .await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: actor.id(),
+                action: "token.create",
+                object_type: "user",
+                object_id: user.as_str(),
+                environment_id: "",
+                details: json!({"token": info.id, "name": info.name, "expires_at": info.expires_at}),
+                trace_id: actor.trace_id(),
+            },
+            at,
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok((info, secret))
+    }
+
+    /// The tokens of `user`, newest first (revoked and expired ones too).
+    pub async fn tokens(
+        &self,
+        actor: TokenActor<'_>,
+        user: &UserId,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
+        actor.may_act_for(user)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes a token: every API process refuses it within a second. A
+    /// token of someone else is unknown to a caller who may not act for
+    /// them (not found, so ids cannot be probed). Revoking twice changes
+    /// nothing.
+    pub async fn revoke_token(
+        &self,
+        actor: TokenActor<'_>,
+        token: &str,
+    ) -> Result<TokenInfo, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
+        )))
+        .bind(token)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::not_found("token", token))?;
+        let info = token_from_row(&row)?;
+        if actor.may_act_for(&info.user_id).is_err() {
+            return Err(StoreError::not_found("token", token));
+        }
+        if info.revoked_at.is_some() {
+            return Ok(info);
+        }
+        let at = now();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(at.0)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+        bump_epoch(&mut tx).await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: actor.id(),
+                action: "token.revoke",
+                object_type: "user",
+                object_id: info.user_id.as_str(),
+                environment_id: "",
+                details: json!({"token": info.id, "name": info.name}),
+                trace_id: actor.trace_id(),
+            },
+            at,
+        )
+        .await?;
+        self.commit(tx).await?;
+        self.tokens_cache.clear();
+        Ok(TokenInfo {
+            revoked_at: Some(at),
+            ..info
+        })
+    }
+
+    /// Disables a user (platform admins, or the operator): every token of
+    /// theirs stops working within a second, and the admins of each
+    /// environment whose pipeline they review are told, with the requests
+    /// waiting at their stages. `disabled = false` enables them again.
+    pub async fn set_user_disabled(
+        &self,
+        actor: TokenActor<'_>,
+        user: &UserId,
+        disabled: bool,
+    ) -> Result<UserStatus, StoreError> {
+        if let TokenActor::Caller(c) = &actor {
+            authorize(&c.actor, Action::ManageUsers, &Object::Platform)
+                .map_err(StoreError::Forbidden)?;
+            if c.actor.id == *user && disabled {
+                return Err(DomainError::Conflict(
+                    "a platform admin cannot disable themselves".into(),
+                )
+                .into());
+            }
+        }
+        if self.user(user.as_str()).await?.is_none() {
+            return Err(StoreError::not_found("user", user.as_str()));
+        }
+        let at = now();
+        let mut tx = self.begin().await?;
+        let update = if disabled {
+            sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL")
+                .bind(at.0)
+        } else {
+            sqlx::query(
+                "UPDATE users SET disabled_at = NULL WHERE id = $1 AND disabled_at IS NOT NULL",
+            )
+        };
+        let changed = update
+            .bind(user.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        let mut alerted = 0;
+        if changed {
+            bump_epoch(&mut tx).await?;
+            if disabled {
+                let alerts = reviewer_alerts(&mut tx, user, at).await?;
+                alerted = alerts.len() as u32;
+                outbox::enqueue(&mut tx, &alerts, actor.id(), at).await?;
+            }
+            audit::append(
+                &mut tx,
+                AuditRecord {
+                    actor: actor.id(),
+                    action: if disabled {
+                        "user.disable"
+                    } else {
+                        "user.enable"
+                    },
+                    object_type: "user",
+                    object_id: user.as_str(),
+                    environment_id: "",
+                    details: json!({"alerted_environments": alerted}),
+                    trace_id: actor.trace_id(),
+                },
+                at,
+            )
+            .await?;
+        }
+        self.commit(tx).await?;
+        self.tokens_cache.clear();
+        Ok(UserStatus {
+            id: user.clone(),
+            disabled,
+            alerted_environments: alerted,
+        })
+    }
+
+    /// The actor a bearer token belongs to, if it is live: not revoked,
+    /// not expired, its user not disabled. Found actors are kept in this
+    /// process for a few seconds (every API call authenticates), never
+    /// past their token's expiry, and forgotten as soon as any revocation
+    /// is seen (see the module's documentation).
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Actor>, StoreError> {
+        let at = now();
+        self.check_revocations(at).await?;
+        let hash = hash_token(token);
+        if let Some((actor, expires)) = self.tokens_cache.get(&hash)
+            && expires.is_none_or(|e| e > at.0)
+        {
+            return Ok(Some(actor));
+        }
+        let row = sqlx::query(
+            "SELECT u.id, u.platform_admin, u.groups_json, t.id AS token_id, t.expires_at, t.last_used_at \
+             FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.disabled_at IS NULL \
+             AND (t.expires_at IS NULL OR t.expires_at > $2)",
+        )
+        .bind(&hash)
+        .bind(at.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let groups: String = row.try_get("groups_json")?;
+        let actor = Actor {
+            groups: docs::decode("user", &id, &groups)?,
+            id: UserId(id),
+            platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+        };
+        let expires: Option<i64> = row.try_get("expires_at")?;
+        let last_used: Option<i64> = row.try_get("last_used_at")?;
+        if last_used.is_none_or(|t| at.0 - t > 60_000) {
+            let token_id: String = row.try_get("token_id")?;
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+                .bind(at.0)
+                .bind(token_id)
+                .execute(&self.pool)
+                .await?;
+        }
+        self.tokens_cache.put(hash, (actor.clone(), expires));
+        Ok(Some(actor))
+    }
+
+    /// Forgets every cached token: the next call of each reads the
+    /// database (for changes made by hand, and tests).
+    pub fn forget_cached_tokens(&self) {
+        self.tokens_cache.clear();
+    }
+
+    /// Forgets the cached tokens if a revocation happened since the last
+    /// look (at most one look per [`EPOCH_CHECK_MS`] per process; callers
+    /// meanwhile trust the cache).
+    async fn check_revocations(&self, at: Timestamp) -> Result<(), StoreError> {
+        let last = self.auth_epoch.checked_at.load(Ordering::Acquire);
+        if at.0 - last < EPOCH_CHECK_MS
+            || self
+                .auth_epoch
+                .checked_at
+                .compare_exchange(last, at.0, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let epoch: i64 = sqlx::query("SELECT epoch FROM auth_epoch WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        if self.auth_epoch.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            self.tokens_cache.clear();
+        }
+        Ok(())
+    }
+}
+
+async fn bump_epoch(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("UPDATE auth_epoch SET epoch = epoch + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// For each environment whose pipeline `user` reviews: an alert to its
+/// admins naming the stages and the requests waiting at each.
+async fn reviewer_alerts(
+    tx: &mut Tx,
+    user: &UserId,
+    at: Timestamp,
+) -> Result<Vec<Effect>, StoreError> {
+    let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY id")
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut alerts = Vec::new();
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let env: tre_domain::Environment =
+            docs::decode("environment", &id, &row.try_get::<String, _>(1)?)?;
+        let stages: Vec<(usize, String)> = env
+            .pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.reviewers.contains(user))
+            .map(|(i, s)| (i, s.id.clone()))
+            .collect();
+        if stages.is_empty() {
+            continue;
+        }
+        let requests = sqlx::query(
+            "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review'",
+        )
+        .bind(&id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut waiting = vec![0u32; env.pipeline.stages.len()];
+        for request in requests {
+            let rid: String = request.try_get(0)?;
+            let doc: tre_domain::AccessRequest =
+                docs::decode("request", &rid, &request.try_get::<String, _>(1)?)?;
+            if let RequestState::InReview { stage } = doc.state
+                && let Some(n) = waiting.get_mut(stage)
+            {
+                *n += 1;
+            }
+        }
+        alerts.push(Effect::AlertAdmins {
+            environment: env.id.clone(),
+            raised_at: at,
+            alert: AdminAlert::ReviewerDisabled {
+                reviewer: user.clone(),
+                stages: stages
+                    .into_iter()
+                    .map(|(i, stage)| (stage, waiting[i]))
+                    .collect(),
+            },
+        });
+    }
+    Ok(alerts)
+}
