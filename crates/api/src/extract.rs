@@ -16,6 +16,17 @@ use crate::{ApiError, AppState, RequestId};
 #[derive(Debug, Clone)]
 pub struct Auth(pub Caller);
 
+/// The bearer token of a request: `Authorization: Bearer TOKEN`, the scheme
+/// in any case, spaces around the token ignored. The one parser of the
+/// header, for the handlers and the middleware alike (a layer that read it
+/// differently could let a call skip what the layer does).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The caller a middleware layer already authenticated from this request's
 /// bearer token.
 #[derive(Debug, Clone)]
@@ -25,14 +36,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = bearer(&parts.headers).ok_or_else(ApiError::unauthorized)?;
         let actor = match parts.extensions.get::<Authenticated>() {
             Some(known) => known.0.clone(),
             None => state

@@ -16,37 +16,36 @@ use sha2::{Digest, Sha256};
 use tre_store::{IdempotencyClaim, IdempotentStart, now, with_idempotency_key};
 
 use crate::error::{ErrorCode, IDEMPOTENCY_CONFLICT};
-use crate::extract::Authenticated;
+use crate::extract::{Authenticated, bearer};
 use crate::{ApiError, AppState, BODY_LIMIT};
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    let Some(key) = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    else {
+    let Some(value) = req.headers().get("idempotency-key") else {
         return next.run(req).await;
     };
-    if key.is_empty() || key.len() > 255 {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_idempotency_key",
-            "Idempotency-Key must be 1 to 255 characters",
-        )
-        .with_field("Idempotency-Key")
-        .into_response();
-    }
+    // a key that is not plain text is refused, never ignored (ignoring it
+    // would do the work twice)
+    let key = match value.to_str() {
+        Ok(key)
+            if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            key.to_owned()
+        }
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+            .with_field("Idempotency-Key")
+            .into_response();
+        }
+    };
     // the key belongs to the caller; without a valid token the handler answers 401
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let token = bearer(req.headers()).map(str::to_owned);
     let actor = match token {
         Some(t) => match state.store.authenticate(&t).await {
             Ok(Some(actor)) => actor,
@@ -101,7 +100,20 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         }
     }
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = match to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => {
+            // nothing is recorded: a retry with the key is told the object
+            // the work touched (once the grace period is over)
+            tracing::error!(error = %e, "the answer of an idempotent call could not be read");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "answer_lost",
+                "the answer could not be read; retry with the same Idempotency-Key",
+            )
+            .into_response();
+        }
+    };
     if let Err(e) = state
         .store
         .finish_idempotent(

@@ -78,7 +78,7 @@ pub fn spec() -> Value {
                 .cloned()
                 .unwrap_or_default();
             let mut params = params;
-            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}}));
+            params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}));
             operation["parameters"] = Value::Array(params);
         }
         if !e.auth {

@@ -2262,3 +2262,95 @@ async fn tokens_and_disabled_users_over_http() {
     assert_eq!(status, StatusCode::OK);
     api.db.finish().await;
 }
+
+/// One parser of `Authorization` for the idempotency layer and the
+/// handlers: every spelling that authenticates also claims its
+/// `Idempotency-Key` (the second call replays, nothing is done twice); a
+/// key that is not plain ASCII is refused, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authorization_spelling_claims_its_idempotency_key() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let token = api.tokens["owner"].clone();
+    let spellings = [
+        format!("Bearer {token}"),
+        format!("Bearer  {token}"),
+        format!("bearer {token}"),
+        format!("BEARER {token}"),
+        format!("Bearer {token}  "),
+        format!("  Bearer {token}"),
+    ];
+    for (i, authorization) in spellings.iter().enumerate() {
+        let send = || {
+            api.client
+                .post(format!("{}/v1/requests", api.base))
+                .header("authorization", authorization)
+                .header("idempotency-key", format!("spelling-{i}"))
+                .json(&request_body(&env))
+                .send()
+        };
+        let first = send().await.unwrap();
+        assert_eq!(first.status(), StatusCode::CREATED, "{authorization:?}");
+        let first: Value = first.json().await.unwrap();
+        let second = send().await.unwrap();
+        assert_eq!(
+            second
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.to_str().unwrap()),
+            Some("true"),
+            "{authorization:?}: the key was claimed"
+        );
+        let second: Value = second.json().await.unwrap();
+        assert_eq!(first["id"], second["id"], "{authorization:?}");
+    }
+    // not a bearer token: 401 from the handler, whatever the key
+    for authorization in [
+        "Basic abc",
+        "Bearer",
+        "Bearer    ",
+        "Token abc",
+        token.as_str(),
+    ] {
+        let response = api
+            .client
+            .post(format!("{}/v1/requests", api.base))
+            .header("authorization", authorization)
+            .header("idempotency-key", "no-auth")
+            .json(&request_body(&env))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}"
+        );
+    }
+    // keys that are not visible ASCII: 400, nothing done
+    let (_, before) = api.call("owner", Method::GET, "/v1/requests", None).await;
+    for key in [
+        reqwest::header::HeaderValue::from_bytes("clé-1".as_bytes()).unwrap(),
+        reqwest::header::HeaderValue::from_static("has space"),
+        reqwest::header::HeaderValue::from_static(""),
+    ] {
+        let response = api
+            .client
+            .post(format!("{}/v1/requests", api.base))
+            .bearer_auth(&token)
+            .header("idempotency-key", key.clone())
+            .json(&request_body(&env))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{key:?}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["field"], "Idempotency-Key");
+    }
+    let (_, after) = api.call("owner", Method::GET, "/v1/requests", None).await;
+    assert_eq!(
+        before["items"].as_array().map(Vec::len),
+        after["items"].as_array().map(Vec::len)
+    );
+    api.db.finish().await;
+}
