@@ -1055,3 +1055,145 @@ async fn users_tokens_and_disabling_from_the_cli() {
     store.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Secrets never reach output: every setting holding one is set (a database
+/// password, a webhook whose path and query are its credential, the webhook
+/// signing key, an SMTP password), a worker runs a review notification that
+/// fails on both the webhook (500) and the SMTP server (closed), at debug
+/// level; neither `tre config`, `tre demo`, the worker's log, the job's
+/// recorded error nor the delivery log shows any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_any_output() {
+    use tre_testkit::{TestDb, TestRedis, WebhookReceiver, new_request, submit_counted, world};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    const DB_PASSWORD: &str = "SECRET-DB-PASSWORD-1";
+    const HOOK_PATH: &str = "SECRET-HOOK-PATH-2";
+    const HOOK_TOKEN: &str = "SECRET-HOOK-TOKEN-3";
+    const HOOK_KEY: &str = "SECRET-HOOK-SIGNING-KEY-4";
+    const SMTP_PASSWORD: &str = "SECRET-SMTP-PASSWORD-5";
+    let secrets = [DB_PASSWORD, HOOK_PATH, HOOK_TOKEN, HOOK_KEY, SMTP_PASSWORD];
+    // trust authentication here: the password is carried, never checked
+    let database_url = db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{DB_PASSWORD}@"),
+        1,
+    );
+    assert_ne!(database_url, db.url);
+    let receiver = WebhookReceiver::start(vec![500; 50], std::time::Duration::ZERO).await;
+    let hook = format!("{}/{HOOK_PATH}?token={HOOK_TOKEN}", receiver.url);
+    let smtp = format!(
+        "smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{}",
+        tre_testkit::free_port()
+    );
+    let with_secrets = |command: &mut Command| {
+        command
+            .env("TRE_DATABASE_URL", &database_url)
+            .env("TRE_WEBHOOK_URL", &hook)
+            .env("TRE_WEBHOOK_SECRET", HOOK_KEY)
+            .env("TRE_SMTP_URL", &smtp)
+            .env("TRE_SMTP_FROM", "TRE <tre@example.org>")
+            .env("TRE_LOG", "debug");
+    };
+    let mut outputs = Vec::new();
+    let mut config = tre_command();
+    with_secrets(&mut config);
+    let config = config.arg("config").output().unwrap();
+    assert!(config.status.success(), "{}", stderr(&config));
+    outputs.push(("tre config", stdout(&config) + &stderr(&config)));
+
+    // a review notification that fails everywhere, at debug level
+    let store = &db.store;
+    let w = world(store, &["rev1"], &["rev2a"], 1).await;
+    let log = std::env::temp_dir().join(format!("tre-secrets-{}.log", tre_testkit::unique()));
+    let mut worker = tre_command();
+    with_secrets(&mut worker);
+    let mut worker = worker
+        .env("TRE_REDIS_URL", redis.url())
+        .args([
+            "worker",
+            "--pools",
+            "notify",
+            "--reconcile-interval-ms",
+            "200",
+        ])
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let request = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    submit_counted(store, &w.owner, &request.id, 100).await;
+    let key = format!("notify_reviewers:{}:1:0", request.id);
+    let failed_on = |what: &'static str| {
+        let key = key.clone();
+        move || {
+            let key = key.clone();
+            async move {
+                store
+                    .job(&key)
+                    .await
+                    .unwrap()
+                    .and_then(|j| j.last_error)
+                    .is_some_and(|e| e.contains(what))
+            }
+        }
+    };
+    // first the webhook fails (rev1 has no email address)...
+    wait_for("the webhook failed", 60, failed_on("webhook")).await;
+    let webhook_error = store.job(&key).await.unwrap().unwrap().last_error.unwrap();
+    outputs.push(("the job's webhook error", webhook_error));
+    // ...then the email, once rev1 has an address
+    sqlx::query("UPDATE users SET email = 'rev1@example.org' WHERE id = 'rev1'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    wait_for("the email failed", 60, failed_on("smtp")).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let smtp_error = store.job(&key).await.unwrap().unwrap().last_error.unwrap();
+    outputs.push(("the job's smtp error", smtp_error));
+    let deliveries = store.deliveries(&key).await.unwrap();
+    assert!(!deliveries.is_empty());
+    outputs.push(("the delivery log", format!("{deliveries:?}")));
+    let worker_log = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(log.with_extension("out")).unwrap();
+    assert!(
+        worker_log.contains("DEBUG"),
+        "the worker logged at debug level"
+    );
+    outputs.push(("the worker's log", worker_log));
+
+    // the demo, on the same database, at debug level (no webhook: the demo
+    // waits for each notification)
+    let mut demo = tre_command();
+    let dir = std::env::temp_dir().join(format!("tre-secrets-demo-{}", tre_testkit::unique()));
+    let demo = demo
+        .current_dir(repo_root())
+        .env("TRE_DATABASE_URL", &database_url)
+        .env("TRE_OBJECT_STORE", dir.join("objects"))
+        .env("TRE_SMTP_URL", &smtp)
+        .env("TRE_SMTP_FROM", "TRE <tre@example.org>")
+        .env("TRE_LOG", "info")
+        .arg("demo")
+        .output()
+        .unwrap();
+    outputs.push(("tre demo", stdout(&demo) + &stderr(&demo)));
+    assert!(demo.status.success(), "{}", stderr(&demo));
+
+    for (what, text) in &outputs {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(log.with_extension("out"));
+    let _ = std::fs::remove_dir_all(dir);
+    db.finish().await;
+}

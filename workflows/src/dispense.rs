@@ -188,7 +188,7 @@ impl DispenseWorkflow {
         if project.state == ProjectState::Provisioning {
             move_project(ctx, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
-        if store.dispense_plan(id).await?.is_none() {
+        if !store.dispense_planned(id).await? {
             self.make_plan(ctx, job, &project).await?;
         }
         let queued = store.queue_dispense_units(id, round).await?;

@@ -21,6 +21,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 use tracing::info;
+use tre_domain::redact::{redact_url, url_origin};
 use tre_domain::{
     AccessRequest, AdminAlert, Environment, EnvironmentId, RequestId, RequestState, ReviewStage,
     UserId,
@@ -28,8 +29,9 @@ use tre_domain::{
 use tre_jobs::{JobContext, JobError};
 use tre_store::{ClaimedJob, Delivery, Notification, now};
 
-/// Where webhooks go. Every field documents its default.
-#[derive(Debug, Clone)]
+/// Where webhooks go. Every field documents its default. `Debug` shows
+/// neither the secret nor more of the url than where it points.
+#[derive(Clone)]
 pub struct WebhookConfig {
     /// `http(s)://...`; no default (no webhooks).
     pub url: String,
@@ -39,14 +41,34 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
-/// Where email goes. Every field documents its default.
-#[derive(Debug, Clone)]
+/// Where email goes. Every field documents its default. `Debug` hides the
+/// url's password.
+#[derive(Clone)]
 pub struct EmailConfig {
     /// `smtp://host:port` (plain, for a local relay), `smtp://host:587?tls=required`
     /// (STARTTLS) or `smtps://host:465`, with optional `user:password@`. No default.
     pub url: String,
     /// The sender, e.g. `Biobank TRE <tre@biobank.example>`. No default.
     pub from: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &url_origin(&self.url))
+            .field("secret", &"***")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("url", &redact_url(&self.url))
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 struct Email {
@@ -281,7 +303,7 @@ impl Notifier {
                 // a receiver that refuses the request will refuse it again
                 let permanent =
                     code.is_client_error() && code.as_u16() != 408 && code.as_u16() != 429;
-                let message = format!("webhook {} answered {code}", hook.url);
+                let message = format!("webhook {} answered {code}", url_origin(&hook.url));
                 let error = if permanent {
                     JobError::Permanent(message)
                 } else {
@@ -289,18 +311,25 @@ impl Notifier {
                 };
                 ("failed", detail, Some(error))
             }
-            Err(e) => (
-                "failed",
-                e.to_string(),
-                Some(JobError::Transient(format!("webhook {}: {e}", hook.url))),
-            ),
+            Err(e) => {
+                // reqwest's message names the whole url: never shown
+                let e = e.without_url();
+                (
+                    "failed",
+                    e.to_string(),
+                    Some(JobError::Transient(format!(
+                        "webhook {}: {e}",
+                        url_origin(&hook.url)
+                    ))),
+                )
+            }
         };
         ctx.store
             .record_delivery(&Delivery {
                 key,
                 attempt: 0,
                 channel: "webhook".into(),
-                target: hook.url.clone(),
+                target: url_origin(&hook.url),
                 status: status.into(),
                 detail,
                 at: now().0,

@@ -903,10 +903,7 @@ async fn get_project(
     let id = ProjectId(id);
     let project = state.store.project(&caller, &id).await?;
     let progress = state.store.dispense_progress(&id).await?;
-    let manifest = match state.store.dispense_plan(&id).await? {
-        Some(plan) => plan.manifest,
-        None => None,
-    };
+    let manifest = state.store.dispense_manifest(&id).await?;
     Ok(Json(ProjectView {
         project,
         progress,

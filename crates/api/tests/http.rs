@@ -2354,3 +2354,60 @@ async fn every_authorization_spelling_claims_its_idempotency_key() {
     );
     api.db.finish().await;
 }
+
+/// Nothing tells a caller more than they may know: whether a user name
+/// exists is not learnt from an environment one may not configure, and
+/// made-up HTTP methods do not add metrics series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_oracle_for_user_names_and_no_unbounded_metrics() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    for user in ["rev1", "nobody-at-all"] {
+        for (who, status) in [
+            ("outsider", StatusCode::NOT_FOUND),
+            ("member", StatusCode::FORBIDDEN),
+        ] {
+            let (got, answer) = api
+                .call(
+                    who,
+                    Method::PUT,
+                    &format!("/v1/environments/{env}/admins"),
+                    Some(json!({"admins": [user]})),
+                )
+                .await;
+            assert_eq!(got, status, "{who} naming {user}: {answer}");
+        }
+    }
+    // its admin learns it, in plain words
+    let (status, answer) = api
+        .call(
+            "admin",
+            Method::PUT,
+            &format!("/v1/environments/{env}/admins"),
+            Some(json!({"admins": ["nobody-at-all"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["error"]["message"], "no user \"nobody-at-all\"");
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let _ = api
+            .client
+            .request(method, format!("{}/v1/requests", api.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("MADEUP"), "{metrics}");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    api.db.finish().await;
+}

@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tre_domain::StoreRoot;
 
-/// Effective settings. Each field documents its default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Effective settings. Each field documents its default. `Debug` shows
+/// URLs without their passwords and no secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `TRE_DATABASE_URL`, `--database-url`. SQL database, the source of
     /// truth: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
@@ -32,12 +33,10 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// `TRE_WEBHOOK_SECRET`. HMAC-SHA256 key for webhook signatures (at
     /// least 16 characters; required with a webhook URL). Default: none.
-    #[serde(skip)]
     pub webhook_secret: Option<String>,
     /// `TRE_SMTP_URL`. SMTP server for email notifications:
     /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required` or
     /// `smtps://host:465`. Default: none (no email).
-    #[serde(skip)]
     pub smtp_url: Option<String>,
     /// `TRE_SMTP_FROM`. The sender of notification emails, e.g.
     /// `Biobank TRE <tre@biobank.example>`; required with `smtp_url`.
@@ -46,12 +45,31 @@ pub struct Settings {
     /// (1 to 3650); new tokens get it unless they ask for less. Default: 90.
     pub token_max_days: String,
     /// Where each value came from, for `tre config show`.
-    #[serde(skip)]
     pub sources: Vec<(&'static str, String)>,
 }
 
-/// The config file: every key optional.
-#[derive(Debug, Default, Deserialize)]
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use tre_domain::redact::{redact_url, url_origin};
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("object_store", &self.object_store)
+            .field("log", &self.log)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("webhook_url", &self.webhook_url.as_deref().map(url_origin))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "***"),
+            )
+            .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
+            .field("smtp_from", &self.smtp_from)
+            .field("token_max_days", &self.token_max_days)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The config file: every key optional. No `Debug`: it holds secrets.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     database_url: Option<String>,

@@ -93,7 +93,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let trace = format!("demo-{}", std::process::id());
     println!(
         "tre demo on {}, jobs on the {} queue\n",
-        settings.database_url,
+        tre_domain::redact::redact_url(&settings.database_url),
         if settings.redis_url.is_some() {
             "redis"
         } else {

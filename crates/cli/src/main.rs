@@ -22,6 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tre_domain::redact::{redact_url, url_origin};
 use tre_domain::{EnvironmentCommand, EnvironmentId, Visibility};
 use tre_store::{AuditQuery, Caller, Store, StoreError};
 
@@ -324,9 +325,12 @@ pub(crate) fn explain(err: StoreError) -> anyhow::Error {
 /// The store, knowing where project data goes (no environment's source
 /// root may overlap it).
 async fn open(settings: &Settings) -> Result<Store> {
-    let store = Store::open(&settings.database_url)
-        .await
-        .with_context(|| format!("database_url: cannot open {}", settings.database_url))?;
+    let store = Store::open(&settings.database_url).await.with_context(|| {
+        format!(
+            "database_url: cannot open {}",
+            redact_url(&settings.database_url)
+        )
+    })?;
     Ok(store
         .with_output_root(settings.output_root()?)
         .with_token_max_days(settings.token_max_days()))
@@ -354,11 +358,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .init();
     match cli.command {
         Command::Config => {
-            println!("database_url = {:?}", settings.database_url);
+            println!("database_url = {:?}", redact_url(&settings.database_url));
             println!("object_store = {:?}", settings.object_store);
             println!("log = {:?}", settings.log);
-            println!("redis_url = {:?}", settings.redis_url);
-            println!("webhook_url = {:?}", settings.webhook_url);
+            println!(
+                "redis_url = {:?}",
+                settings.redis_url.as_deref().map(redact_url)
+            );
+            // a webhook's path is often its credential (Slack, Teams)
+            println!(
+                "webhook_url = {:?}",
+                settings.webhook_url.as_deref().map(url_origin)
+            );
             println!(
                 "webhook_secret = {}",
                 if settings.webhook_secret.is_some() {
@@ -402,7 +413,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Migrate => {
             let store = open(&settings).await?;
             store.close().await;
-            println!("migrated {}", settings.database_url);
+            println!("migrated {}", redact_url(&settings.database_url));
         }
         Command::Users(command) => {
             let store = open(&settings).await?;

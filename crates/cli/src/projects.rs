@@ -37,7 +37,7 @@ pub async fn run(store: &Store, command: ProjectsCommand) -> Result<()> {
             let id = ProjectId(id);
             let project = store.system_project(&id).await?;
             let progress = store.dispense_progress(&id).await?;
-            let manifest = store.dispense_plan(&id).await?.and_then(|p| p.manifest);
+            let manifest = store.dispense_manifest(&id).await?;
             let out = json!({"project": project, "progress": progress, "manifest": manifest});
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -127,12 +127,10 @@ fn progress_message(progress: &tre_store::DispenseProgress) -> String {
 }
 
 pub async fn manifest(store: &Store, id: &ProjectId) -> Result<Option<Manifest>> {
-    Ok(
-        match store.dispense_plan(id).await?.and_then(|p| p.manifest) {
-            Some(value) => Some(serde_json::from_value(value)?),
-            None => None,
-        },
-    )
+    Ok(match store.dispense_manifest(id).await? {
+        Some(value) => Some(serde_json::from_value(value)?),
+        None => None,
+    })
 }
 
 pub fn print_summary(manifest: &Manifest) {

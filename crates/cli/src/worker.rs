@@ -116,7 +116,12 @@ pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
         Some(url) => Arc::new(
             RedisQueue::connect(RedisQueueOptions::new(url.clone()))
                 .await
-                .with_context(|| format!("redis_url: cannot connect to {url}"))?,
+                .with_context(|| {
+                    format!(
+                        "redis_url: cannot connect to {}",
+                        tre_domain::redact::redact_url(url)
+                    )
+                })?,
         ),
         None => Arc::new(EmbeddedQueue::default()),
     })

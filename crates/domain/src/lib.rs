@@ -27,6 +27,7 @@ mod job;
 mod people;
 mod pipeline;
 mod project;
+pub mod redact;
 mod request;
 pub mod showcase;
 pub mod storage;

@@ -10,8 +10,8 @@ use tre_domain::{Effect, ProjectId};
 use crate::audit::{self, AuditRecord};
 use crate::{Store, StoreError, docs, now, outbox};
 
-/// A plan to store; see [`Store::save_dispense_plan`].
-#[derive(Debug)]
+/// A plan to store; see [`Store::save_dispense_plan`]. Its `Debug` never
+/// shows the pseudonym key.
 pub struct NewPlan<'a> {
     pub project: &'a ProjectId,
     pub environment: &'a str,
@@ -36,8 +36,8 @@ pub struct PlannedUnit {
     pub file_bytes: u64,
 }
 
-/// A stored plan.
-#[derive(Debug, Clone)]
+/// A stored plan. Its `Debug` never shows the pseudonym key.
+#[derive(Clone)]
 pub struct StoredPlan {
     pub plan: Value,
     /// JSON text of the cohort's keys.
@@ -47,6 +47,27 @@ pub struct StoredPlan {
     pub units_done: i64,
     pub manifest: Option<Value>,
     pub manifest_sha256: Option<String>,
+}
+
+impl std::fmt::Debug for StoredPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPlan")
+            .field("units_total", &self.units_total)
+            .field("units_done", &self.units_done)
+            .field("secret", &"***")
+            .field("manifest_sha256", &self.manifest_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NewPlan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPlan")
+            .field("project", &self.project)
+            .field("units", &self.units.len())
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 /// How far a dispense has got.
@@ -125,6 +146,39 @@ impl Store {
             .ok_or_else(|| StoreError::not_found("dispense plan", new.project.as_str()))
     }
 
+    /// Whether the project's dispense is planned (without reading the plan).
+    pub async fn dispense_planned(&self, project: &ProjectId) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM dispense_plans WHERE project_id = $1")
+                .bind(project.as_str())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// The project's verified manifest, once written: what members and the
+    /// API read (never the pseudonym key, which stays with the dispense
+    /// workers: see [`Store::dispense_plan`]).
+    pub async fn dispense_manifest(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Option<Value>, StoreError> {
+        let row = sqlx::query("SELECT manifest FROM dispense_plans WHERE project_id = $1")
+            .bind(project.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let manifest: Option<String> = match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        };
+        manifest
+            .map(|m| docs::decode("manifest", project.as_str(), &m))
+            .transpose()
+    }
+
+    /// The whole stored plan, pseudonym key included: for the dispense
+    /// workers only (and tests).
     pub async fn dispense_plan(
         &self,
         project: &ProjectId,

@@ -261,6 +261,14 @@ impl Store {
         id: &EnvironmentId,
         command: EnvironmentCommand,
     ) -> Result<Environment, StoreError> {
+        // Only someone who may make the change learns whether the users it
+        // names exist (else anyone signed in could probe for user names).
+        let action = if command.changes_state() {
+            Action::ChangeEnvironmentState
+        } else {
+            Action::ConfigureEnvironment
+        };
+        self.authorized_environment(caller, id, action).await?;
         // Users named by the command must exist; checked outside the write
         // transaction (users are never deleted).
         match &command {

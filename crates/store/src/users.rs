@@ -230,7 +230,7 @@ impl Store {
                 None => {
                     return Err(DomainError::Invalid {
                         field: field.into(),
-                        message: format!("no user {id:?}"),
+                        message: format!("no user {:?}", id.as_str()),
                     }
                     .into());
                 }

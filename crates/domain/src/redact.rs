@@ -1,0 +1,103 @@
+//! Keeping secrets out of what tre prints: URLs carry credentials (a
+//! database password, an SMTP password, a Slack or Teams webhook's token in
+//! its path), so a URL reaches a message or a log line only redacted.
+
+/// `url` with the password of its user information replaced by `***`, and
+/// the values of query parameters that look like credentials (`password`,
+/// `secret`, `token`, `key`, `sig`...) likewise:
+/// `postgres://tre:s3cret@db:5432/tre` becomes `postgres://tre:***@db:5432/tre`.
+/// Text that is not a URL is returned as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if secret_name(k) => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Only where a URL points: `scheme://host[:port]`, without user
+/// information, path or query (a webhook's path is often its credential).
+pub fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a url)".to_owned();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "pass",
+        "secret",
+        "token",
+        "key",
+        "sig",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive() {
+        let cases = [
+            (
+                "postgres://tre:s3cret@db.internal:5432/tre?sslmode=require",
+                "postgres://tre:***@db.internal:5432/tre?sslmode=require",
+            ),
+            ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+            (
+                "smtp://mailer:pw@relay:587?tls=required",
+                "smtp://mailer:***@relay:587?tls=required",
+            ),
+            ("sqlite://.tre/tre.db", "sqlite://.tre/tre.db"),
+            (
+                "https://hooks.example/x?token=abc&team=1",
+                "https://hooks.example/x?token=***&team=1",
+            ),
+            ("postgres://user@host/db", "postgres://user@host/db"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        assert_eq!(
+            url_origin("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            url_origin("http://u:p@127.0.0.1:9/hook?k=v"),
+            "http://127.0.0.1:9"
+        );
+    }
+}
