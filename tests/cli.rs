@@ -1170,6 +1170,36 @@ async fn no_secret_reaches_any_output() {
     );
     outputs.push(("the worker's log", worker_log));
 
+    // tre serve, at debug level, answering a call
+    let addr = format!("127.0.0.1:{}", tre_testkit::free_port());
+    let serve_log = log.with_extension("serve");
+    let mut serve = tre_command();
+    with_secrets(&mut serve);
+    let mut serve = serve
+        .args(["serve", "--listen", &addr])
+        .stdout(std::fs::File::create(serve_log.with_extension("serve-out")).unwrap())
+        .stderr(std::fs::File::create(&serve_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut health = String::new();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            health = http_get(&addr, "/v1/requests");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(health.starts_with("HTTP/1.1 401"), "{health}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    outputs.push((
+        "tre serve",
+        std::fs::read_to_string(&serve_log).unwrap()
+            + &std::fs::read_to_string(serve_log.with_extension("serve-out")).unwrap(),
+    ));
+    let _ = std::fs::remove_file(&serve_log);
+    let _ = std::fs::remove_file(serve_log.with_extension("serve-out"));
+
     // the demo, on the same database, at debug level (no webhook: the demo
     // waits for each notification)
     let mut demo = tre_command();

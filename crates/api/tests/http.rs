@@ -2390,7 +2390,7 @@ async fn no_oracle_for_user_names_and_no_unbounded_metrics() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(answer["error"]["message"], "no user \"nobody-at-all\"");
     for i in 0..20 {
-        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        let method = Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
         let _ = api
             .client
             .request(method, format!("{}/v1/requests", api.base))

@@ -56,7 +56,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
     println!(
         "tre API on http://{} ({}; jobs {})",
         listener.local_addr()?,
-        settings.database_url,
+        tre_domain::redact::redact_url(&settings.database_url),
         if embedded {
             "run in this process"
         } else {
