@@ -98,8 +98,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 
 /// Parses JSON, naming the path of a value that does not fit.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // malformed JSON is a 400 whatever its fields would have been
-    if let Err(e) = serde_json::from_slice::<serde_json::Value>(bytes) {
+    // malformed JSON is a 400 whatever its fields would have been; a key
+    // given twice in one object is refused (422, naming it) in every body,
+    // never read as "the last one wins"
+    let mut checker = serde_json::Deserializer::from_slice(bytes);
+    let checked =
+        serde::de::DeserializeSeed::deserialize(NoDuplicateKeys(String::new()), &mut checker)
+            .and_then(|()| checker.end());
+    if let Err(e) = checked {
+        if e.is_data() {
+            let message = e.to_string();
+            let field = message
+                .split("duplicate key ")
+                .nth(1)
+                .and_then(|rest| rest.split(" at line").next())
+                .unwrap_or("body")
+                .to_owned();
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("{field} is given twice"),
+            )
+            .with_field(field));
+        }
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
@@ -131,6 +152,77 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     .with_field(field),
             )
         }
+    }
+}
+
+/// Walks a JSON document without keeping it, refusing an object key that is
+/// given twice; the error names its path (`cohort.and[1].field`).
+struct NoDuplicateKeys(String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(NoDuplicateKeys(format!("{}[{i}]", self.0)))?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.0.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.0)
+            };
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {path}")));
+            }
+            map.next_value_seed(NoDuplicateKeys(path))?;
+        }
+        Ok(())
     }
 }
 

@@ -118,23 +118,7 @@ async fn upload(
             return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
         }
         Some("application/json") => {
-            let source: FileInventorySource = serde_json::from_slice(&bytes).map_err(|e| {
-                let field = if e.is_syntax() || e.is_eof() {
-                    "body"
-                } else {
-                    "location"
-                };
-                ApiError::new(
-                    if e.is_syntax() || e.is_eof() {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    },
-                    "invalid",
-                    format!("the body: {e}"),
-                )
-                .with_field(field)
-            })?;
+            let source: FileInventorySource = crate::extract::parse(&bytes)?;
             let status = state
                 .store
                 .register_file_inventory(&caller, &EnvironmentId(id), &source.location)

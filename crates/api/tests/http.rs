@@ -2411,3 +2411,205 @@ async fn no_oracle_for_user_names_and_no_unbounded_metrics() {
     assert!(metrics.contains("method=\"other\""), "{metrics}");
     api.db.finish().await;
 }
+
+/// A key given twice in a JSON object is refused in every body that takes
+/// JSON, at any depth, naming the key; nothing is written. Free text
+/// (descriptions) refuses control characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_are_refused_in_every_body() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let spec = tre_api::openapi();
+    let before = api.db.store.verify_audit().await.unwrap().head_seq;
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation["requestBody"]["content"]
+                .get("application/json")
+                .is_none()
+            {
+                continue;
+            }
+            checked += 1;
+            let url = format!("{}{}", api.base, path.replace("{id}", &env));
+            let method: Method = method.to_uppercase().parse().unwrap();
+            for (body, field) in [
+                (r#"{"name": "a", "name": "b"}"#, "name"),
+                (r#"{"x": {"y": [1, {"z": 1, "z": 2}]}}"#, "x.y[1].z"),
+            ] {
+                let response = api
+                    .client
+                    .request(method.clone(), &url)
+                    .bearer_auth(&api.tokens["platform"])
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{method} {path}: {answer}"
+                );
+                assert_eq!(answer["error"]["field"], field, "{method} {path}: {answer}");
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+    // the request's own cohort filter too: the last would otherwise win
+    let mut body = request_body(&env).to_string();
+    body = body.replacen("\"title\":", "\"title\": \"first\", \"title\":", 1);
+    let response = api
+        .client
+        .post(format!("{}/v1/requests", api.base))
+        .bearer_auth(&api.tokens["owner"])
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.db.store.verify_audit().await.unwrap().head_seq,
+        before,
+        "nothing was written"
+    );
+    let (status, answer) = api
+        .call(
+            "admin",
+            Method::PATCH,
+            &format!("/v1/environments/{env}"),
+            Some(json!({"description": "hidden \u{1b}[2J text"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["field"], "description");
+    api.db.finish().await;
+}
+
+/// Random JSON (a fixed seed) into every route that takes a JSON body, as
+/// the most privileged caller: never a server error, and an error always
+/// has the error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_never_cause_a_server_error() {
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+    const WORDS: [&str; 16] = [
+        "name",
+        "stage",
+        "decision",
+        "approve",
+        "cohort",
+        "field",
+        "op",
+        "value",
+        "members",
+        "admins",
+        "stages",
+        "reviewers",
+        "rule",
+        "title",
+        "collections",
+        "\u{0}",
+    ];
+    fn value(rng: &mut Rng, depth: u32) -> Value {
+        match rng.next() % if depth == 0 { 5 } else { 7 } {
+            0 => Value::Null,
+            1 => json!(rng.next() % 2 == 0),
+            2 => json!([-1i64, 0, 1, i64::MAX, 4_294_967_296][(rng.next() % 5) as usize]),
+            3 => json!(1e308),
+            4 => json!(WORDS[(rng.next() % 16) as usize]),
+            5 => {
+                let mut map = serde_json::Map::new();
+                for _ in 0..rng.next() % 4 {
+                    map.insert(
+                        WORDS[(rng.next() % 16) as usize].into(),
+                        value(rng, depth - 1),
+                    );
+                }
+                Value::Object(map)
+            }
+            _ => Value::Array((0..rng.next() % 3).map(|_| value(rng, depth - 1)).collect()),
+        }
+    }
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let request = api
+        .ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(&env)),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spec = tre_api::openapi();
+    let mut rng = Rng(42);
+    let mut sent = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation["requestBody"]["content"]
+                .get("application/json")
+                .is_none()
+            {
+                continue;
+            }
+            let url = format!(
+                "{}{}",
+                api.base,
+                path.replace(
+                    "{id}",
+                    if path.starts_with("/v1/requests") {
+                        &request
+                    } else {
+                        &env
+                    }
+                )
+            );
+            let method: Method = method.to_uppercase().parse().unwrap();
+            for _ in 0..60 {
+                let body = value(&mut rng, 4);
+                let who = if rng.next() % 2 == 0 {
+                    "admin"
+                } else {
+                    "platform"
+                };
+                let response = api
+                    .client
+                    .request(method.clone(), &url)
+                    .bearer_auth(&api.tokens[who])
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                assert!(
+                    status.as_u16() < 500,
+                    "{method} {path} with {body}: {status} {answer}"
+                );
+                if !status.is_success() {
+                    assert!(
+                        answer["error"]["code"].is_string(),
+                        "{method} {path}: {answer}"
+                    );
+                }
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent > 900, "{sent}");
+    api.db.finish().await;
+}

@@ -20,6 +20,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::check_name;
+use crate::request::{MAX_TEXT, check_text};
 use crate::{
     Actor, DomainError, EnvironmentId, Inventory, Principal, ReviewPipeline, StoreRoot, UserId,
     files::FileInventoryRef,
@@ -289,6 +290,7 @@ impl Environment {
         new: NewEnvironment,
     ) -> Result<Self, DomainError> {
         check_name("name", &new.name)?;
+        check_text("description", &new.description, MAX_TEXT, false)?;
         let admins = if new.admins.is_empty() {
             BTreeSet::from([creator.clone()])
         } else {
@@ -380,6 +382,7 @@ impl Environment {
                     next.name = name;
                 }
                 if let Some(description) = description {
+                    check_text("description", &description, MAX_TEXT, false)?;
                     next.description = description;
                 }
             }

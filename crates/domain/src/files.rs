@@ -360,6 +360,12 @@ pub(crate) fn check_declared(
     for (i, collection) in declared.iter().enumerate() {
         let field = format!("{path}.file_collections[{i}].name");
         check_name(&field, &collection.name)?;
+        crate::request::check_text(
+            &format!("{path}.file_collections[{i}].description"),
+            &collection.description,
+            crate::request::MAX_TEXT,
+            false,
+        )?;
         if collection.name.contains('/') {
             return Err(DomainError::invalid(field, "must not contain /"));
         }

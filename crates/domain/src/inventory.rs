@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DomainError;
 use crate::files::{FileCollection, FileInventoryRef, check_declared};
+use crate::request::{MAX_TEXT, check_text};
 use crate::storage::check_location;
 
 /// The type of a dataset field, as the cohort filter language sees it.
@@ -205,6 +206,12 @@ impl Inventory {
         for (i, dataset) in self.datasets.iter().enumerate() {
             let path = format!("inventory.datasets[{i}]");
             check_name(&format!("{path}.name"), &dataset.name)?;
+            check_text(
+                &format!("{path}.description"),
+                &dataset.description,
+                MAX_TEXT,
+                false,
+            )?;
             if !names.insert(dataset.name.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{path}.name"),
@@ -223,6 +230,12 @@ impl Inventory {
             let mut fields = BTreeSet::new();
             for (j, field) in dataset.fields.iter().enumerate() {
                 check_name(&format!("{path}.fields[{j}].name"), &field.name)?;
+                check_text(
+                    &format!("{path}.fields[{j}].description"),
+                    &field.description,
+                    MAX_TEXT,
+                    false,
+                )?;
                 if !fields.insert(field.name.as_str()) {
                     return Err(DomainError::invalid(
                         format!("{path}.fields[{j}].name"),
@@ -247,6 +260,12 @@ impl Inventory {
         for (i, collection) in self.collections.iter().enumerate() {
             let path = format!("inventory.collections[{i}]");
             check_name(&format!("{path}.name"), &collection.name)?;
+            check_text(
+                &format!("{path}.description"),
+                &collection.description,
+                MAX_TEXT,
+                false,
+            )?;
             if !collections.insert(collection.name.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{path}.name"),
@@ -571,6 +590,18 @@ pub(crate) mod tests {
             (
                 |i| i.datasets[0].name = "bad\u{0}name".into(),
                 "inventory.datasets[0].name",
+            ),
+            (
+                |i| i.datasets[1].description = "escape \u{1b}[31m".into(),
+                "inventory.datasets[1].description",
+            ),
+            (
+                |i| i.datasets[0].fields[2].description = "x".repeat(20_001),
+                "inventory.datasets[0].fields[2].description",
+            ),
+            (
+                |i| i.collections[1].description = "bell \u{7}".into(),
+                "inventory.collections[1].description",
             ),
             (
                 |i| {

@@ -325,9 +325,17 @@ pub struct RequestTransition {
 }
 
 const MAX_TITLE: usize = 300;
-const MAX_TEXT: usize = 20_000;
+pub(crate) const MAX_TEXT: usize = 20_000;
 
-fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), DomainError> {
+/// Free text (titles, purposes, comments, descriptions): at most `max`
+/// characters, no control characters but line breaks and tabs; `required`
+/// also refuses blank text.
+pub(crate) fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    required: bool,
+) -> Result<(), DomainError> {
     if required && value.trim().is_empty() {
         return Err(DomainError::invalid(field, "must not be empty"));
     }
