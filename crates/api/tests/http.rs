@@ -2525,7 +2525,7 @@ async fn random_bodies_never_cause_a_server_error() {
     fn value(rng: &mut Rng, depth: u32) -> Value {
         match rng.next() % if depth == 0 { 5 } else { 7 } {
             0 => Value::Null,
-            1 => json!(rng.next() % 2 == 0),
+            1 => json!(rng.next().is_multiple_of(2)),
             2 => json!([-1i64, 0, 1, i64::MAX, 4_294_967_296][(rng.next() % 5) as usize]),
             3 => json!(1e308),
             4 => json!(WORDS[(rng.next() % 16) as usize]),
@@ -2581,7 +2581,7 @@ async fn random_bodies_never_cause_a_server_error() {
             let method: Method = method.to_uppercase().parse().unwrap();
             for _ in 0..60 {
                 let body = value(&mut rng, 4);
-                let who = if rng.next() % 2 == 0 {
+                let who = if rng.next().is_multiple_of(2) {
                     "admin"
                 } else {
                     "platform"

@@ -168,10 +168,10 @@ fn inventories_pipelines_and_file_inventories_never_panic() {
             .to_owned();
             map.insert(key, value(&mut rng, 4));
         }
-        if let Ok(inventory) = serde_json::from_value::<Inventory>(doc) {
-            if let Err(e) = inventory.validate() {
-                assert!(e.field().is_some_and(|f| f.starts_with("inventory")), "{e}");
-            }
+        if let Ok(inventory) = serde_json::from_value::<Inventory>(doc)
+            && let Err(e) = inventory.validate()
+        {
+            assert!(e.field().is_some_and(|f| f.starts_with("inventory")), "{e}");
         }
         if let Ok(pipeline) = serde_json::from_value::<ReviewPipeline>(value(&mut rng, 4)) {
             let _ = pipeline.validate();
