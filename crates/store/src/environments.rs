@@ -103,6 +103,25 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Err(StoreError::WriteConflict(format!("environment {}", env.id)));
         }
+        write_index(tx, env).await
+    }
+
+    /// Fills the list index of environments that have none (those written
+    /// before it existed); run at start-up.
+    pub(crate) async fn index_unindexed_environments(&self) -> Result<(), StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, doc FROM environments e WHERE NOT EXISTS \
+             (SELECT 1 FROM environment_index i WHERE i.environment_id = e.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let env: Environment = docs::decode("environment", &id, &row.try_get::<String, _>(1)?)?;
+            let mut tx = self.begin().await?;
+            write_index(&mut tx, &env).await?;
+            tx.commit().await?;
+        }
         Ok(())
     }
 
@@ -172,6 +191,7 @@ impl Store {
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
+        write_index(&mut tx, &env).await?;
         audit::append(
             &mut tx,
             AuditRecord {
@@ -426,6 +446,42 @@ impl Store {
         }
         Ok(alerts)
     }
+}
+
+/// Rewrites the list index of `env` (see migration 0015): who may find it,
+/// who reviews it.
+async fn write_index(tx: &mut Tx, env: &Environment) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM environment_index WHERE environment_id = $1")
+        .bind(env.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    rows.extend(env.admins.iter().map(|a| ("admin", a.0.clone())));
+    for member in &env.members {
+        rows.push(match member {
+            Principal::User(u) => ("user", u.0.clone()),
+            Principal::Group(g) => ("group", g.clone()),
+        });
+    }
+    if env.visibility == tre_domain::Visibility::Public {
+        rows.push(("public", String::new()));
+    }
+    for stage in &env.pipeline.stages {
+        rows.extend(stage.reviewers.iter().map(|r| ("reviewer", r.0.clone())));
+    }
+    rows.sort();
+    rows.dedup();
+    for (kind, principal) in rows {
+        sqlx::query(
+            "INSERT INTO environment_index (environment_id, kind, principal) VALUES ($1, $2, $3)",
+        )
+        .bind(env.id.as_str())
+        .bind(kind)
+        .bind(principal)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The showcase job a change makes due: when an inventory version becomes

@@ -255,6 +255,13 @@ fn migrator(backend: Backend) -> Migrator {
             sqlx::AssertSqlSafe(include_str!("../migrations/0014_tokens.sql")).into_sql_str(),
             false,
         ),
+        Migration::new(
+            15,
+            "an index of who finds and reviews each environment".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0015_list_index.sql")).into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -358,6 +365,7 @@ impl Store {
     /// Applies pending migrations. Safe to run concurrently and repeatedly.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         migrator(self.backend).run(&self.pool).await?;
+        self.index_unindexed_environments().await?;
         Ok(())
     }
 

@@ -48,17 +48,24 @@ fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<T
 }
 
 impl Store {
-    async fn requests_where(
+    /// Up to `limit + 1` requests of `sql`, which binds the user ($1),
+    /// the cursor ($2), the limit ($3) and, when given, the state ($4).
+    async fn requests_page(
         &self,
-        sql: &'static str,
-        bind: &str,
+        sql: String,
+        user: &str,
         after: &str,
+        limit: usize,
+        state: Option<&str>,
     ) -> Result<Vec<AccessRequest>, StoreError> {
-        let rows = sqlx::query(sql)
-            .bind(bind)
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user)
             .bind(after)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(limit as i64 + 1);
+        if let Some(state) = state {
+            query = query.bind(state);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
@@ -79,37 +86,36 @@ impl Store {
         limit: usize,
     ) -> Result<Page<AccessRequest>, StoreError> {
         let me = caller.actor.id.as_str();
+        let state_filter = if state.is_some() {
+            " AND r.state = $4"
+        } else {
+            ""
+        };
         let mut found = Vec::new();
         if matches!(
             role,
             None | Some(RequestRole::Owner | RequestRole::Collaborator)
         ) {
-            let sql = match role {
-                Some(RequestRole::Owner) => {
-                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
-                     WHERE p.user_id = $1 AND p.role = 'owner' AND r.id > $2 ORDER BY r.id"
-                }
-                Some(RequestRole::Collaborator) => {
-                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
-                     WHERE p.user_id = $1 AND p.role = 'collaborator' AND r.id > $2 ORDER BY r.id"
-                }
-                _ => {
-                    "SELECT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
-                     WHERE p.user_id = $1 AND r.id > $2 ORDER BY r.id"
-                }
+            let role_filter = match role {
+                Some(RequestRole::Owner) => " AND p.role = 'owner'",
+                Some(RequestRole::Collaborator) => " AND p.role = 'collaborator'",
+                _ => "",
             };
-            found.extend(self.requests_where(sql, me, after).await?);
+            let sql = format!(
+                "SELECT DISTINCT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
+                 WHERE p.user_id = $1 AND r.id > $2{role_filter}{state_filter} ORDER BY r.id LIMIT $3"
+            );
+            found.extend(self.requests_page(sql, me, after, limit, state).await?);
         }
         if matches!(role, None | Some(RequestRole::Reviewer)) {
-            for env in self.list_all_environments().await? {
-                if !env.pipeline.is_reviewer(&caller.actor.id) {
-                    continue;
-                }
-                let sql = "SELECT id, doc FROM requests WHERE environment_id = $1 AND state <> 'draft' AND id > $2 ORDER BY id";
-                for request in self.requests_where(sql, env.id.as_str(), after).await? {
-                    if !found.iter().any(|r: &AccessRequest| r.id == request.id) {
-                        found.push(request);
-                    }
+            let sql = format!(
+                "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
+                 ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
+                 WHERE r.state <> 'draft' AND r.id > $2{state_filter} ORDER BY r.id LIMIT $3"
+            );
+            for request in self.requests_page(sql, me, after, limit, state).await? {
+                if !found.iter().any(|r: &AccessRequest| r.id == request.id) {
+                    found.push(request);
                 }
             }
         }
@@ -137,37 +143,108 @@ impl Store {
     }
 
     /// The resource center, by id from `after`: environments the caller may
-    /// discover.
+    /// discover (its admins always; once published, its named members,
+    /// members of its groups, everyone when public), chosen, ordered and
+    /// cut in SQL through the list index.
     pub async fn environments_page(
         &self,
         caller: &Caller,
         after: &str,
         limit: usize,
     ) -> Result<Page<Environment>, StoreError> {
-        let mut found = self.list_environments(caller).await?;
-        found.retain(|e| e.id.as_str() > after);
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        found.truncate(limit + 1);
+        let groups: Vec<&String> = caller.actor.groups.iter().collect();
+        let group_params: Vec<String> = (0..groups.len()).map(|i| format!("${}", i + 4)).collect();
+        let by_group = if groups.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " OR (i.kind = 'group' AND i.principal IN ({}))",
+                group_params.join(", ")
+            )
+        };
+        let sql = format!(
+            "SELECT e.id, e.doc FROM environments e WHERE e.id > $1 AND (\
+             EXISTS (SELECT 1 FROM environment_index i WHERE i.environment_id = e.id AND i.kind = 'admin' AND i.principal = $2) \
+             OR (e.state <> 'draft' AND EXISTS (SELECT 1 FROM environment_index i WHERE i.environment_id = e.id AND (\
+             i.kind = 'public' OR (i.kind = 'user' AND i.principal = $2){by_group})))) \
+             ORDER BY e.id LIMIT $3"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after)
+            .bind(caller.actor.id.as_str())
+            .bind(limit as i64 + 1);
+        for group in groups {
+            query = query.bind(group.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            let env: Environment = docs::decode("environment", &id, &row.try_get::<String, _>(1)?)?;
+            // the index chose; the rule decides (a stale row never shows more)
+            if authorize(
+                &caller.actor,
+                Action::DiscoverEnvironment,
+                &Object::Environment(&env),
+            )
+            .is_ok()
+            {
+                found.push(env.seen_by(&caller.actor));
+            }
+        }
         Ok(page(found, limit, |e| e.id.to_string()))
     }
 
     /// The caller's review queue: requests waiting on a stage the caller
-    /// reviews and has not decided in this round, by id from `after`.
+    /// reviews and has not decided in this round, by id from `after`. The
+    /// candidates come in pages from SQL (requests in review in the
+    /// environments the caller reviews, through the list index), with the
+    /// caller's decisions on each page read in one statement.
     pub async fn review_queue(
         &self,
         caller: &Caller,
         after: &str,
         limit: usize,
     ) -> Result<Page<AccessRequest>, StoreError> {
+        let me = caller.actor.id.as_str();
+        let batch = (limit + 1).max(50);
         let mut queue = Vec::new();
-        for env in self.list_all_environments().await? {
-            if !env.pipeline.is_reviewer(&caller.actor.id) {
-                continue;
-            }
-            let sql = "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review' AND id > $2 ORDER BY id";
-            for request in self.requests_where(sql, env.id.as_str(), after).await? {
+        let mut cursor = after.to_owned();
+        let mut environments: BTreeMap<tre_domain::EnvironmentId, Environment> = BTreeMap::new();
+        while queue.len() <= limit {
+            let sql = "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
+                       ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
+                       WHERE r.state = 'in_review' AND r.id > $2 ORDER BY r.id LIMIT $3"
+                .to_owned();
+            let candidates = self
+                .requests_page(sql, me, &cursor, batch - 1, None)
+                .await?;
+            let Some(last) = candidates.last() else { break };
+            let last = last.id.to_string();
+            // the caller's decisions on this page of requests
+            let decided: std::collections::HashSet<(String, i64, i64)> = sqlx::query(
+                "SELECT request_id, round, stage FROM decisions \
+                 WHERE reviewer_id = $1 AND request_id > $2 AND request_id <= $3",
+            )
+            .bind(me)
+            .bind(&cursor)
+            .bind(&last)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, StoreError>>()?;
+            let exhausted = candidates.len() < batch;
+            for request in candidates {
+                if !environments.contains_key(&request.environment_id) {
+                    let (env, _) = self
+                        .load_environment(&self.pool, &request.environment_id)
+                        .await?;
+                    environments.insert(request.environment_id.clone(), env);
+                }
+                let env = &environments[&request.environment_id];
                 let object = Object::Request {
-                    environment: &env,
+                    environment: env,
                     request: &request,
                 };
                 if authorize(&caller.actor, Action::DecideRequest, &object).is_err() {
@@ -176,15 +253,20 @@ impl Store {
                 let RequestState::InReview { stage } = request.state else {
                     continue;
                 };
-                let decided = self.system_decisions(&request.id).await?.iter().any(|d| {
-                    d.round == request.round && d.stage == stage && d.reviewer == caller.actor.id
-                });
-                if !decided {
-                    queue.push(as_seen_by(caller, &env, request)?);
+                let key = (
+                    request.id.to_string(),
+                    i64::from(request.round),
+                    stage as i64,
+                );
+                if !decided.contains(&key) {
+                    queue.push(as_seen_by(caller, env, request)?);
                 }
             }
+            cursor = last;
+            if exhausted {
+                break;
+            }
         }
-        queue.sort_by(|a, b| a.id.cmp(&b.id));
         queue.truncate(limit + 1);
         Ok(page(queue, limit, |r| r.id.to_string()))
     }
