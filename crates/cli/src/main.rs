@@ -4,6 +4,7 @@ mod bench;
 mod bench_api;
 mod bench_dispense;
 mod bench_files;
+mod bench_lists;
 mod bench_showcase;
 mod config;
 mod demo;
@@ -266,6 +267,9 @@ enum BenchCommand {
     Showcase(bench_showcase::ShowcaseBenchArgs),
     /// Bulk files into an S3 server, rclone beside (see scripts/bench-files).
     Files(bench_files::FilesBenchArgs),
+    /// The resource center and a reviewer's list at 5,000 environments and
+    /// 100,000 requests.
+    Lists(bench_lists::ListsBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -474,6 +478,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Dispense(args)) => bench_dispense::run(args).await?,
         Command::Bench(BenchCommand::Showcase(args)) => bench_showcase::run(args).await?,
         Command::Bench(BenchCommand::Files(args)) => bench_files::run(args).await?,
+        Command::Bench(BenchCommand::Lists(args)) => bench_lists::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, command).await;
