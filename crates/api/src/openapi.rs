@@ -27,6 +27,8 @@ pub fn spec() -> Value {
         };
         let success_content = if e.svg {
             json!({"image/svg+xml": {"schema": {"type": "string"}}})
+        } else if e.text {
+            json!({"text/plain": {"schema": {"type": "string"}}})
         } else {
             json!({"application/json": {"schema": success}})
         };

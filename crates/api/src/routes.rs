@@ -36,6 +36,8 @@ pub(crate) struct Endpoint {
     pub(crate) auth: bool,
     /// It answers an SVG image, not JSON.
     pub(crate) svg: bool,
+    /// It answers plain text (Prometheus' format), not JSON.
+    pub(crate) text: bool,
     /// It takes a tab-separated text body, not JSON.
     pub(crate) tsv: bool,
     /// Error statuses documented one by one (each also falls under the
@@ -67,6 +69,7 @@ pub(crate) fn op(
         body,
         response: None,
         svg: false,
+        text: false,
         tsv: false,
         errors: &[],
         handler,
@@ -83,6 +86,12 @@ impl Endpoint {
     /// Documents the error statuses it answers, with their meaning.
     pub(crate) fn errors(mut self, errors: &'static [(u16, &'static str)]) -> Self {
         self.errors = errors;
+        self
+    }
+
+    /// Documents plain text as what it answers on success.
+    pub(crate) fn text(mut self) -> Self {
+        self.text = true;
         self
     }
 
@@ -133,7 +142,8 @@ fn endpoints() -> Vec<Endpoint> {
             "Prometheus metrics",
             None,
             get(crate::metrics::page),
-        ),
+        )
+        .text(),
         op(
             M::POST,
             "/v1/environments",

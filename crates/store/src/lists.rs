@@ -37,7 +37,7 @@ impl RequestRole {
 #[schemars(rename = "PageOf{T}")]
 pub struct Page<T> {
     pub items: Vec<T>,
-    /// Pass as `after` for the next page; none on the last.
+    /// Pass as `cursor` for the next page; none on the last.
     pub next_cursor: Option<String>,
 }
 
