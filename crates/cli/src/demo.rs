@@ -289,6 +289,12 @@ pub async fn run(settings: &Settings) -> Result<()> {
                 .fields
                 .iter()
                 .map(|f| format!("{}.{}", f.dataset, f.field))
+                .chain(
+                    collection
+                        .files
+                        .iter()
+                        .map(|f| format!("the cohort's {f} files")),
+                )
                 .collect();
             println!(
                 "     reviewers will see {:?} as: {}",
