@@ -138,12 +138,7 @@ async fn disable(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<UserStatus>> {
-    Ok(Json(
-        state
-            .store
-            .set_user_disabled(TokenActor::Caller(&caller), &UserId(id), true)
-            .await?,
-    ))
+    set_disabled(&state, &caller, id, true).await
 }
 
 async fn enable(
@@ -151,10 +146,19 @@ async fn enable(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<UserStatus>> {
+    set_disabled(&state, &caller, id, false).await
+}
+
+async fn set_disabled(
+    state: &AppState,
+    caller: &tre_store::Caller,
+    id: String,
+    disabled: bool,
+) -> Result<Json<UserStatus>> {
     Ok(Json(
         state
             .store
-            .set_user_disabled(TokenActor::Caller(&caller), &UserId(id), false)
+            .set_user_disabled(TokenActor::Caller(caller), &UserId(id), disabled)
             .await?,
     ))
 }

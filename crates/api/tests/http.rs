@@ -149,6 +149,37 @@ fn source() -> String {
     tre_testkit::fixtures_source().to_string()
 }
 
+/// Every operation of the API document that takes a body: its method, its
+/// path, its url (`{id}` filled with request `request` under
+/// `/v1/requests`, else environment `env`) and the media types of its body.
+fn body_operations(
+    api: &Api,
+    env: &str,
+    request: &str,
+) -> Vec<(Method, String, String, Vec<String>)> {
+    let spec = tre_api::openapi();
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(content) = operation["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            let id = if path.starts_with("/v1/requests") {
+                request
+            } else {
+                env
+            };
+            out.push((
+                method.to_uppercase().parse().unwrap(),
+                path.clone(),
+                format!("{}{}", api.base, path.replace("{id}", id)),
+                content.keys().cloned().collect(),
+            ));
+        }
+    }
+    out
+}
+
 /// A published environment; returns its id.
 async fn published(api: &Api) -> String {
     let env = api
@@ -1532,129 +1563,108 @@ async fn bad_bodies_everywhere() {
         .as_str()
         .unwrap()
         .to_owned();
-    let spec = tre_api::openapi();
     let before = api.db.store.verify_audit().await.unwrap().head_seq;
     let mut checked = 0;
-    for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, operation) in item.as_object().unwrap() {
-            if operation.get("requestBody").is_none() {
-                continue;
-            }
-            checked += 1;
-            let url = format!(
-                "{}{}",
-                api.base,
-                path.replace(
-                    "{id}",
-                    if path.starts_with("/v1/requests") {
-                        &r
-                    } else {
-                        &env
-                    }
-                )
+    for (method, path, url, media) in body_operations(&api, &env, &r) {
+        checked += 1;
+        // the most privileged plausible caller, so authorization is not what refuses
+        let who = if path == "/v1/environments" || path.starts_with("/v1/ops") {
+            "platform"
+        } else if path.starts_with("/v1/environments") {
+            "admin"
+        } else {
+            "owner"
+        };
+        let send = |content_type: &'static str, body: Vec<u8>| {
+            api.client
+                .request(method.clone(), &url)
+                .bearer_auth(&api.tokens[who])
+                .header("content-type", content_type)
+                .body(body)
+        };
+        let tsv = media.iter().any(|m| m == "text/tab-separated-values");
+        let cases: Vec<(&str, Vec<u8>, StatusCode)> = if tsv {
+            // a file inventory: text, refused by line, never JSON
+            vec![
+                (
+                    "text/plain",
+                    b"{}".to_vec(),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ),
+                (
+                    "application/json",
+                    b"{}".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/json",
+                    b"{\"location\": ".to_vec(),
+                    StatusCode::BAD_REQUEST,
+                ),
+                (
+                    "text/tab-separated-values",
+                    b"entity\tcollection\n".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "text/tab-separated-values",
+                    vec![0xff, 0xfe, b'\t'],
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/vnd.apache.parquet",
+                    b"PAR1 but not really".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+            ]
+        } else {
+            vec![
+                (
+                    "text/plain",
+                    b"{}".to_vec(),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ),
+                (
+                    "application/json",
+                    b"{\"a\": ".to_vec(),
+                    StatusCode::BAD_REQUEST,
+                ),
+                (
+                    "application/json",
+                    b"[1, 2]".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/json",
+                    b"{\"no_such_field\": \"x\", \"title\": \"x\", \"name\": \"x\"}".to_vec(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    "application/json",
+                    vec![b' '; tre_api::BODY_LIMIT + 1024],
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                ),
+            ]
+        };
+        for (content_type, body, expected) in cases {
+            let response = send(content_type, body.clone()).send().await.unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                status,
+                expected,
+                "{method} {path} with {content_type} {:?}: {answer}",
+                String::from_utf8_lossy(&body[..body.len().min(60)])
             );
-            let method: Method = method.to_uppercase().parse().unwrap();
-            // the most privileged plausible caller, so authorization is not what refuses
-            let who = if path == "/v1/environments" || path.starts_with("/v1/ops") {
-                "platform"
-            } else if path.starts_with("/v1/environments") {
-                "admin"
-            } else {
-                "owner"
-            };
-            let send = |content_type: &'static str, body: Vec<u8>| {
-                api.client
-                    .request(method.clone(), &url)
-                    .bearer_auth(&api.tokens[who])
-                    .header("content-type", content_type)
-                    .body(body)
-            };
-            let tsv = operation["requestBody"]["content"]
-                .get("text/tab-separated-values")
-                .is_some();
-            let cases: Vec<(&str, Vec<u8>, StatusCode)> = if tsv {
-                // a file inventory: text, refused by line, never JSON
-                vec![
-                    (
-                        "text/plain",
-                        b"{}".to_vec(),
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    ),
-                    (
-                        "application/json",
-                        b"{}".to_vec(),
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                    (
-                        "application/json",
-                        b"{\"location\": ".to_vec(),
-                        StatusCode::BAD_REQUEST,
-                    ),
-                    (
-                        "text/tab-separated-values",
-                        b"entity\tcollection\n".to_vec(),
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                    (
-                        "text/tab-separated-values",
-                        vec![0xff, 0xfe, b'\t'],
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                    (
-                        "application/vnd.apache.parquet",
-                        b"PAR1 but not really".to_vec(),
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                ]
-            } else {
-                vec![
-                    (
-                        "text/plain",
-                        b"{}".to_vec(),
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    ),
-                    (
-                        "application/json",
-                        b"{\"a\": ".to_vec(),
-                        StatusCode::BAD_REQUEST,
-                    ),
-                    (
-                        "application/json",
-                        b"[1, 2]".to_vec(),
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                    (
-                        "application/json",
-                        b"{\"no_such_field\": \"x\", \"title\": \"x\", \"name\": \"x\"}".to_vec(),
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                    ),
-                    (
-                        "application/json",
-                        vec![b' '; tre_api::BODY_LIMIT + 1024],
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                    ),
-                ]
-            };
-            for (content_type, body, expected) in cases {
-                let response = send(content_type, body.clone()).send().await.unwrap();
-                let status = response.status();
-                let answer: Value = response.json().await.unwrap_or(Value::Null);
-                assert_eq!(
-                    status,
-                    expected,
-                    "{method} {path} with {content_type} {:?}: {answer}",
-                    String::from_utf8_lossy(&body[..body.len().min(60)])
-                );
+            assert!(
+                answer["error"]["code"].is_string(),
+                "{method} {path}: {answer}"
+            );
+            if status == StatusCode::UNPROCESSABLE_ENTITY {
                 assert!(
-                    answer["error"]["code"].is_string(),
-                    "{method} {path}: {answer}"
+                    answer["error"]["field"].is_string(),
+                    "{method} {path}: a 422 names a field: {answer}"
                 );
-                if status == StatusCode::UNPROCESSABLE_ENTITY {
-                    assert!(
-                        answer["error"]["field"].is_string(),
-                        "{method} {path}: a 422 names a field: {answer}"
-                    );
-                }
             }
         }
     }
@@ -2419,42 +2429,34 @@ async fn no_oracle_for_user_names_and_no_unbounded_metrics() {
 async fn duplicate_keys_are_refused_in_every_body() {
     let api = Api::start().await;
     let env = published(&api).await;
-    let spec = tre_api::openapi();
     let before = api.db.store.verify_audit().await.unwrap().head_seq;
     let mut checked = 0;
-    for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, operation) in item.as_object().unwrap() {
-            if operation["requestBody"]["content"]
-                .get("application/json")
-                .is_none()
-            {
-                continue;
-            }
-            checked += 1;
-            let url = format!("{}{}", api.base, path.replace("{id}", &env));
-            let method: Method = method.to_uppercase().parse().unwrap();
-            for (body, field) in [
-                (r#"{"name": "a", "name": "b"}"#, "name"),
-                (r#"{"x": {"y": [1, {"z": 1, "z": 2}]}}"#, "x.y[1].z"),
-            ] {
-                let response = api
-                    .client
-                    .request(method.clone(), &url)
-                    .bearer_auth(&api.tokens["platform"])
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = response.status();
-                let answer: Value = response.json().await.unwrap_or(Value::Null);
-                assert_eq!(
-                    status,
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "{method} {path}: {answer}"
-                );
-                assert_eq!(answer["error"]["field"], field, "{method} {path}: {answer}");
-            }
+    for (method, path, url, media) in body_operations(&api, &env, &env) {
+        if !media.iter().any(|m| m == "application/json") {
+            continue;
+        }
+        checked += 1;
+        for (body, field) in [
+            (r#"{"name": "a", "name": "b"}"#, "name"),
+            (r#"{"x": {"y": [1, {"z": 1, "z": 2}]}}"#, "x.y[1].z"),
+        ] {
+            let response = api
+                .client
+                .request(method.clone(), &url)
+                .bearer_auth(&api.tokens["platform"])
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path}: {answer}"
+            );
+            assert_eq!(answer["error"]["field"], field, "{method} {path}: {answer}");
         }
     }
     assert!(checked >= 15, "{checked}");
@@ -2555,59 +2557,40 @@ async fn random_bodies_never_cause_a_server_error() {
         .as_str()
         .unwrap()
         .to_owned();
-    let spec = tre_api::openapi();
     let mut rng = Rng(42);
     let mut sent = 0;
-    for (path, item) in spec["paths"].as_object().unwrap() {
-        for (method, operation) in item.as_object().unwrap() {
-            if operation["requestBody"]["content"]
-                .get("application/json")
-                .is_none()
-            {
-                continue;
-            }
-            let url = format!(
-                "{}{}",
-                api.base,
-                path.replace(
-                    "{id}",
-                    if path.starts_with("/v1/requests") {
-                        &request
-                    } else {
-                        &env
-                    }
-                )
+    for (method, path, url, media) in body_operations(&api, &env, &request) {
+        if !media.iter().any(|m| m == "application/json") {
+            continue;
+        }
+        for _ in 0..60 {
+            let body = value(&mut rng, 4);
+            let who = if rng.next().is_multiple_of(2) {
+                "admin"
+            } else {
+                "platform"
+            };
+            let response = api
+                .client
+                .request(method.clone(), &url)
+                .bearer_auth(&api.tokens[who])
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            assert!(
+                status.as_u16() < 500,
+                "{method} {path} with {body}: {status} {answer}"
             );
-            let method: Method = method.to_uppercase().parse().unwrap();
-            for _ in 0..60 {
-                let body = value(&mut rng, 4);
-                let who = if rng.next().is_multiple_of(2) {
-                    "admin"
-                } else {
-                    "platform"
-                };
-                let response = api
-                    .client
-                    .request(method.clone(), &url)
-                    .bearer_auth(&api.tokens[who])
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = response.status();
-                let answer: Value = response.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
                 assert!(
-                    status.as_u16() < 500,
-                    "{method} {path} with {body}: {status} {answer}"
+                    answer["error"]["code"].is_string(),
+                    "{method} {path}: {answer}"
                 );
-                if !status.is_success() {
-                    assert!(
-                        answer["error"]["code"].is_string(),
-                        "{method} {path}: {answer}"
-                    );
-                }
-                sent += 1;
             }
+            sent += 1;
         }
     }
     assert!(sent > 900, "{sent}");

@@ -63,6 +63,18 @@ async fn user(
     Ok((Caller::new(user.actor(), "bench"), token))
 }
 
+/// The benches' inventory: a cohort dataset of one field (`people.age`),
+/// never read (the benches neither count nor dispense), and one
+/// collection, `all`.
+pub(crate) fn bench_inventory() -> Result<Inventory> {
+    Ok(serde_json::from_value(json!({
+        "datasets": [{"name": "people", "locations": ["people.parquet"], "key": "id",
+                      "fields": [{"name": "id", "type": "integer"}, {"name": "age", "type": "integer"}]}],
+        "cohort_dataset": "people",
+        "collections": [{"name": "all", "fields": [{"dataset": "people", "field": "age"}]}],
+    }))?)
+}
+
 /// A published environment with a one-field cohort dataset.
 async fn environment(store: &Store) -> Result<(String, String)> {
     let (platform, _) = user(store, "bench-platform", true, None).await?;
@@ -81,12 +93,7 @@ async fn environment(store: &Store) -> Result<(String, String)> {
             },
         )
         .await?;
-    let inventory: Inventory = serde_json::from_value(json!({
-        "datasets": [{"name": "people", "locations": ["people.parquet"], "key": "id",
-                      "fields": [{"name": "id", "type": "integer"}, {"name": "age", "type": "integer"}]}],
-        "cohort_dataset": "people",
-        "collections": [{"name": "all", "fields": [{"dataset": "people", "field": "age"}]}],
-    }))?;
+    let inventory = bench_inventory()?;
     let pipeline: ReviewPipeline = serde_json::from_value(json!({
         "stages": [{"id": "s1", "name": "Committee", "reviewers": ["bench-reviewer"], "rule": "any"}]
     }))?;

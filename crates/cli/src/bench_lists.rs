@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use tre_domain::{
-    CohortCount, EnvironmentCommand, Inventory, NewEnvironment, NewRequest, Principal,
-    RequestCommand, ReviewPipeline, Visibility,
+    CohortCount, EnvironmentCommand, NewEnvironment, NewRequest, Principal, RequestCommand,
+    ReviewPipeline, Visibility,
 };
 use tre_store::{Caller, NewUser, Store};
 
@@ -65,12 +65,7 @@ async fn environment(store: &Store, platform: &Caller, admin: &Caller, i: usize)
             },
         )
         .await?;
-    let inventory: Inventory = serde_json::from_value(json!({
-        "datasets": [{"name": "people", "locations": ["people.parquet"], "key": "id",
-                      "fields": [{"name": "id", "type": "integer"}, {"name": "age", "type": "integer"}]}],
-        "cohort_dataset": "people",
-        "collections": [{"name": "all", "fields": [{"dataset": "people", "field": "age"}]}],
-    }))?;
+    let inventory = crate::bench_api::bench_inventory()?;
     let pipeline: ReviewPipeline = serde_json::from_value(json!({
         "stages": [{"id": "s1", "name": "Committee", "reviewers": [format!("rev{}", i % REVIEWERS)], "rule": "any"}]
     }))?;
