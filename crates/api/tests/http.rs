@@ -105,6 +105,20 @@ impl Api {
     /// a cohort of 100 as the `count_cohort` job would: these tests run no
     /// dispensing worker (the workers' tests run the real count). Returns
     /// the request as `who` sees it after the count.
+    /// A draft request by `owner` to environment `env`; its id.
+    async fn draft(&self, env: &str) -> String {
+        self.ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(env)),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn submit(&self, who: &str, id: &str) -> Value {
         let submitted = self
             .ok(
@@ -808,29 +822,9 @@ async fn authorization_matrix_over_http() {
     let env = published(&api).await;
 
     // R: in review at stage 1; P: approved, with a project
-    let r = api
-        .ok(
-            "owner",
-            Method::POST,
-            "/v1/requests",
-            Some(request_body(&env)),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r = api.draft(&env).await;
     api.submit("owner", &r).await;
-    let p = api
-        .ok(
-            "owner",
-            Method::POST,
-            "/v1/requests",
-            Some(request_body(&env)),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let p = api.draft(&env).await;
     api.submit("owner", &p).await;
     let approve = |stage: u64| Some(json!({"stage": stage, "decision": "approve"}));
     api.ok(
@@ -1552,17 +1546,7 @@ async fn documented_schemas_match_real_traffic() {
 async fn bad_bodies_everywhere() {
     let api = Api::start().await;
     let env = published(&api).await;
-    let r = api
-        .ok(
-            "owner",
-            Method::POST,
-            "/v1/requests",
-            Some(request_body(&env)),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let r = api.draft(&env).await;
     let before = api.db.store.verify_audit().await.unwrap().head_seq;
     let mut checked = 0;
     for (method, path, url, media) in body_operations(&api, &env, &r) {
@@ -1703,17 +1687,7 @@ async fn with_redis_workers_people_are_notified() {
         shutdown,
     ));
     let env = published(&api).await;
-    let id = api
-        .ok(
-            "owner",
-            Method::POST,
-            "/v1/requests",
-            Some(request_body(&env)),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.draft(&env).await;
     api.submit("owner", &id).await;
     let inbox = |who: &'static str| {
         let api = &api;
@@ -2546,17 +2520,7 @@ async fn random_bodies_never_cause_a_server_error() {
     }
     let api = Api::start().await;
     let env = published(&api).await;
-    let request = api
-        .ok(
-            "owner",
-            Method::POST,
-            "/v1/requests",
-            Some(request_body(&env)),
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let request = api.draft(&env).await;
     let mut rng = Rng(42);
     let mut sent = 0;
     for (method, path, url, media) in body_operations(&api, &env, &request) {
