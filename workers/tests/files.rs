@@ -221,6 +221,10 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         assert_eq!(status.files, 72);
         let env = store.system_environment(&w.env).await.unwrap();
         let files = env.inventory.as_ref().unwrap().files.clone().unwrap();
+        // the counts are the admins'; researchers see the kinds of files only
+        let seen = store.environment(&w.owner, &w.env).await.unwrap();
+        let inventory = seen.inventory.unwrap();
+        assert!(inventory.files.is_none() && inventory.file_collections.len() == 2);
         assert_eq!(files.id, status.id);
         assert_eq!(
             files

@@ -337,8 +337,8 @@ impl Environment {
     }
 
     /// The environment as `actor` may see it: where its data lives (the
-    /// source root and dataset locations, server paths) only for its
-    /// admins. Whether `actor` may see it at all is [`crate::authorize`]'s.
+    /// source root and dataset locations, server paths) and its file
+    /// inventory's counts only for its admins. Whether `actor` may see it at all is [`crate::authorize`]'s.
     pub fn seen_by(mut self, actor: &Actor) -> Self {
         if !self.is_admin(&actor.id) {
             self.source = None;
@@ -349,6 +349,9 @@ impl Environment {
                 for dataset in &mut inventory.datasets {
                     dataset.locations.clear();
                 }
+                // how many files each collection holds is a count about
+                // participants, not released outside the showcase's rules
+                inventory.files = None;
             }
         }
         self
