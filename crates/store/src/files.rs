@@ -93,8 +93,16 @@ pub fn declared_of(env: &tre_domain::Environment) -> BTreeSet<&str> {
         .unwrap_or_default()
 }
 
-/// Rows per insert statement (7 parameters each, under SQLite's limit).
-const INSERT_ROWS: usize = 1_000;
+/// Rows per insert statement (7 parameters each). On SQLite small on
+/// purpose: there the cost of binding grows faster than the parameters (a
+/// million rows took 76 s at 1,000 rows a statement, a fourth of that at
+/// 64); PostgreSQL takes larger ones.
+fn insert_rows_per_statement(backend: crate::Backend) -> usize {
+    match backend {
+        crate::Backend::Sqlite => 64,
+        crate::Backend::Postgres => 1_000,
+    }
+}
 
 const STATUS_COLUMNS: &str = "id, environment_id, state, location, files, bytes, problems, inventory_version, created_by, created_at, checked_at";
 
@@ -228,7 +236,7 @@ impl Store {
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
-        for chunk in entries.chunks(INSERT_ROWS) {
+        for chunk in entries.chunks(insert_rows_per_statement(self.backend)) {
             insert_rows(&mut tx, &file_inventory, chunk).await?;
         }
         outbox::enqueue(
@@ -272,7 +280,7 @@ impl Store {
             .bind(file_inventory)
             .execute(&mut *tx)
             .await?;
-        for chunk in entries.chunks(INSERT_ROWS) {
+        for chunk in entries.chunks(insert_rows_per_statement(self.backend)) {
             insert_rows(&mut tx, file_inventory, chunk).await?;
         }
         sqlx::query("UPDATE file_inventories SET files = $1, bytes = $2 WHERE id = $3")
