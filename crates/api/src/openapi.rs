@@ -89,6 +89,7 @@ pub fn spec() -> Value {
         let entry = paths.entry(e.path.to_owned()).or_insert_with(|| json!({}));
         entry[e.method.as_str().to_ascii_lowercase()] = operation;
     }
+    add_links(&mut paths);
     let mut schemas = generator.take_definitions(true);
     schemas.insert(
         "Error".into(),
@@ -108,6 +109,79 @@ pub fn spec() -> Value {
         },
         "paths": paths,
     })
+}
+
+/// Where an object made by a `POST` (or `PUT`) at the key path is used: the
+/// paths under it whose next segment is a parameter, and these besides.
+const ALSO_USED_AT: [(&str, &str); 1] = [("/v1/requests/{id}/projects", "/v1/projects/{id}")];
+
+/// OpenAPI links from each operation that makes an object (it answers the
+/// object, with its `id`) to the operations that take that id, so a client
+/// (or a fuzzer's stateful phase) can chain them: `POST /v1/environments`
+/// to `GET /v1/environments/{id}`, `POST /v1/requests` to
+/// `POST /v1/requests/{id}/submit`, and so on. The other parameters of a
+/// target are those of the making call's own path.
+fn add_links(paths: &mut Map<String, Value>) {
+    let targets: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .into_iter()
+                .flat_map(|ops| ops.keys())
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    let params = |path: &str| -> Vec<String> {
+        path.split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_owned)
+            .collect()
+    };
+    let makers: Vec<(String, String)> = targets
+        .iter()
+        .filter(|(_, method)| method == "post" || method == "put")
+        .cloned()
+        .collect();
+    for (maker, method) in makers {
+        let mut links = Map::new();
+        for (target, target_method) in &targets {
+            // the target's parameter that the made object's id fills
+            let id_param = match target.strip_prefix(&format!("{maker}/{{")) {
+                Some(rest) => rest.split('}').next().map(str::to_owned),
+                None => ALSO_USED_AT
+                    .iter()
+                    .find(|(from, to)| *from == maker && to == target)
+                    .map(|_| "id".to_owned()),
+            };
+            let Some(id_param) = id_param else { continue };
+            let mut parameters = Map::new();
+            for name in params(target) {
+                let value = if name == id_param {
+                    "$response.body#/id".to_owned()
+                } else if params(&maker).contains(&name) {
+                    format!("$request.path.{name}")
+                } else {
+                    continue;
+                };
+                parameters.insert(name, json!(value));
+            }
+            let name = format!(
+                "{}{}",
+                target_method,
+                target.replace(['/', '{', '}'], "_").trim_end_matches('_')
+            );
+            links.insert(
+                name,
+                json!({"operationRef": format!("#/paths/{}/{target_method}", target.replace('~', "~0").replace('/', "~1")), "parameters": parameters}),
+            );
+        }
+        if !links.is_empty()
+            && let Some(responses) = paths[&maker][&method]["responses"].as_object_mut()
+            && let Some(success) = responses.get_mut("2XX")
+        {
+            success["links"] = Value::Object(links);
+        }
+    }
 }
 
 /// Served as built once: the document cannot change while the process runs.

@@ -1123,6 +1123,25 @@ async fn openapi_matches_the_routes() {
         }
     }
     assert!(bodies >= 13, "{bodies}");
+    // links chain what a create answers to the operations that take its id
+    let links = &spec["paths"]["/v1/requests"]["post"]["responses"]["2XX"]["links"];
+    let submit = &links["post_v1_requests__id__submit"];
+    assert_eq!(
+        submit["operationRef"], "#/paths/~1v1~1requests~1{id}~1submit/post",
+        "{links}"
+    );
+    assert_eq!(submit["parameters"]["id"], "$response.body#/id");
+    let files =
+        &spec["paths"]["/v1/environments/{id}/inventory/files"]["put"]["responses"]["2XX"]["links"];
+    let one = &files["get_v1_environments__id__inventory_files__file_inventory"];
+    assert_eq!(
+        one["parameters"]["file_inventory"], "$response.body#/id",
+        "{files}"
+    );
+    assert_eq!(one["parameters"]["id"], "$request.path.id");
+    let projects =
+        &spec["paths"]["/v1/requests/{id}/projects"]["post"]["responses"]["2XX"]["links"];
+    assert!(projects["get_v1_projects__id"].is_object(), "{projects}");
     // every reference anywhere resolves
     fn refs(v: &Value, out: &mut Vec<String>) {
         match v {
