@@ -200,8 +200,15 @@ impl Policies {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEnvironment {
+    /// 1 to 128 characters, no control characters.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
+    )]
     pub name: String,
+    /// Free text, at most 20,000 characters.
     #[serde(default)]
+    #[schemars(length(max = 20000))]
     pub description: String,
     /// Defaults to the creator alone.
     #[serde(default)]

@@ -41,6 +41,10 @@ impl schemars::JsonSchema for StoreRoot {
             "type": "string",
             "description": "An absolute folder (`/srv/biobank`, `file:///srv/biobank`) or `s3://BUCKET[/PREFIX]`",
             "minLength": 2,
+            // the shape the parser takes: an absolute folder, or a bucket
+            // of 3-63 lowercase letters, digits, dots and hyphens (it also
+            // refuses `..`, `%`, backslashes and control characters)
+            "pattern": "^((file://)?/.+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?)$",
         })
     }
 }

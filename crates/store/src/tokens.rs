@@ -62,11 +62,15 @@ pub struct TokenInfo {
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// What it is for, e.g. `laptop` or `pipeline` (1 to 64 characters).
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
+    )]
     pub name: String,
-    /// Days until it expires: 1 to the configured maximum (default: the
-    /// maximum).
+    /// Days until it expires: 1 to the configured maximum (90 unless
+    /// `token_max_days` says otherwise; default: the maximum).
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 90))]
     pub days: Option<u32>,
 }
 
