@@ -311,3 +311,76 @@ impl InventoryFile {
         Ok(inventory)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile definition files: the fixture's file with lines dropped,
+    /// repeated, cut short and mixed with noise (a fixed seed). Parsing and
+    /// making the new environment never panic; every refusal is an error.
+    #[test]
+    fn mangled_definition_files_never_panic() {
+        let fixture = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/environments/biobank.toml"),
+        )
+        .unwrap();
+        let lines: Vec<&str> = fixture.lines().collect();
+        let noise = [
+            "[[inventory.datasets]]",
+            "name = \"\"",
+            "source = \"s3://\"",
+            "[policies]",
+            "min_cell_size = -1",
+            "rule = { quorum = 99999999999 }",
+            "\u{0}",
+            "files = [1]",
+            "fields = \"x\"",
+            "[",
+            "key = [",
+            "admins = [\"a\", \"a\"]",
+            "visibility = \"secret\"",
+        ];
+        let mut seed = 20_261_202u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n.max(1)
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..3_000 {
+            // one to three mutations of the fixture
+            let mut mangled: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+            for _ in 0..1 + next(3) {
+                let at = next(mangled.len());
+                match next(4) {
+                    0 => {
+                        mangled.remove(at);
+                    }
+                    1 => {
+                        let line = mangled[at].clone();
+                        mangled.insert(at, line);
+                    }
+                    2 => {
+                        let keep = next(mangled[at].chars().count() + 1);
+                        mangled[at] = mangled[at].chars().take(keep).collect();
+                    }
+                    _ => mangled.insert(at, noise[next(noise.len())].to_owned()),
+                }
+            }
+            let text = mangled.join("\n");
+            match toml::from_str::<EnvironmentFile>(&text) {
+                Ok(file) => {
+                    parsed += 1;
+                    let _ = file.new_environment(Path::new("/tmp/x.toml"), Some("/srv/bio"));
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+        assert!(parsed > 10 && refused > 10, "{parsed} / {refused}");
+    }
+}
