@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tre_domain::dispense::UnitOutput;
 use tre_domain::files::project_object;
 
+use crate::io::Digest256;
 use crate::keys::Pseudonymiser;
 use crate::plan::{PlannedFile, Unit};
 use crate::{DispenseError, Source};
@@ -265,7 +266,8 @@ impl FileCopy<'_> {
     ) -> Result<(), DispenseError> {
         const COPY_LIMIT: u64 = 5 << 30;
         if file.size > COPY_LIMIT {
-            return self.copy_streamed(object, file).await;
+            let path = project_path(self.project, object)?;
+            return self.copy_large_unresumable(&path, object, file).await;
         }
         // the location is checked as the source would check it
         let from: Path = source_prefix
@@ -278,25 +280,31 @@ impl FileCopy<'_> {
             None => relative,
         };
         client.copy(&from, &to).await?;
-        let mut stream = client.get(&to).await?.into_stream();
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream.try_next().await? {
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        let sha = hex::encode(hasher.finalize());
-        if sha != file.sha256 || size != file.size {
+        let mut copied = Digest256::default();
+        copied
+            .read_all(client.get(&to).await?.into_stream())
+            .await?;
+        if let Err(mismatch) = self.check(object, file, copied) {
             client.delete(&to).await?;
-            return Err(self.mismatch(object, file, &sha, size));
+            return Err(mismatch);
         }
         Ok(())
     }
 
-    /// A file too large for a copy request: streamed, without resumption.
-    async fn copy_streamed(&self, object: &str, file: &PlannedFile) -> Result<(), DispenseError> {
-        let path = project_path(self.project, object)?;
-        self.copy_large_unresumable(&path, object, file).await
+    /// Whether what was read of `file` (its digest) is what its file
+    /// inventory registered; else the error that says so.
+    fn check(
+        &self,
+        object: &str,
+        file: &PlannedFile,
+        read: Digest256,
+    ) -> Result<(), DispenseError> {
+        let (sha, size) = read.finish();
+        if sha == file.sha256 && size == file.size {
+            Ok(())
+        } else {
+            Err(self.mismatch(object, file, &sha, size))
+        }
     }
 
     fn mismatch(&self, object: &str, file: &PlannedFile, sha: &str, size: u64) -> DispenseError {
@@ -316,16 +324,11 @@ impl FileCopy<'_> {
             .await?
             .try_collect()
             .await?;
-        let mut hasher = Sha256::new();
-        let mut size = 0;
+        let mut read = Digest256::default();
         for chunk in &chunks {
-            hasher.update(chunk);
-            size += chunk.len() as u64;
+            read.update(chunk);
         }
-        let sha = hex::encode(hasher.finalize());
-        if sha != file.sha256 || size != file.size {
-            return Err(self.mismatch(object, file, &sha, size));
-        }
+        self.check(object, file, read)?;
         self.dest
             .put(
                 &project_path(self.project, object)?,
@@ -367,16 +370,12 @@ impl FileCopy<'_> {
         };
         let log_err = |e: String| DispenseError::Data(format!("saving the upload checkpoint: {e}"));
         log.save(Some(&state)).await.map_err(log_err)?;
-        let mut hasher = Sha256::new();
+        let mut read = Digest256::default();
         let done = state.parts.len() as u64 * PART_BYTES;
-        let mut read = 0u64;
         if done > 0 {
             // the parts already up: read again only to hash them
-            let mut stream = self.source.stream(&file.location, Some(0..done)).await?;
-            while let Some(chunk) = stream.try_next().await? {
-                read += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
+            read.read_all(self.source.stream(&file.location, Some(0..done)).await?)
+                .await?;
         }
         let mut stream = self
             .source
@@ -390,8 +389,7 @@ impl FileCopy<'_> {
             let chunk = stream.try_next().await?;
             let last = chunk.is_none();
             if let Some(chunk) = chunk {
-                read += chunk.len() as u64;
-                hasher.update(&chunk);
+                read.update(&chunk);
                 buffer.extend_from_slice(&chunk);
             }
             while buffer.len() as u64 >= PART_BYTES || (last && !buffer.is_empty()) {
@@ -432,9 +430,7 @@ impl FileCopy<'_> {
                 break;
             }
         }
-        let sha = hex::encode(hasher.finalize());
-        if sha != file.sha256 || read != file.size {
-            let mismatch = self.mismatch(object, file, &sha, read);
+        if let Err(mismatch) = self.check(object, file, read) {
             multipart
                 .store
                 .abort_multipart(&full, &state.upload_id)
@@ -469,27 +465,25 @@ impl FileCopy<'_> {
         let upload = self.dest.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES as usize);
         let mut stream = self.source.stream(&file.location, None).await?;
-        let mut hasher = Sha256::new();
-        let mut read = 0u64;
+        let mut read = Digest256::default();
         let outcome: Result<(), DispenseError> = async {
             while let Some(chunk) = stream.try_next().await? {
-                read += chunk.len() as u64;
-                hasher.update(&chunk);
+                read.update(&chunk);
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
                 writer.put(chunk);
             }
             Ok(())
         }
         .await;
-        let sha = hex::encode(hasher.finalize());
-        match outcome {
-            Ok(()) if sha == file.sha256 && read == file.size => {
+        match outcome.and_then(|()| self.check(object, file, read)) {
+            Ok(()) => {
                 writer.finish().await?;
                 Ok(())
             }
-            Ok(()) => {
+            // nothing half-written stays: the upload is given up
+            Err(mismatch @ DispenseError::Integrity { .. }) => {
                 writer.abort().await?;
-                Err(self.mismatch(object, file, &sha, read))
+                Err(mismatch)
             }
             Err(e) => {
                 let _ = writer.abort().await;

@@ -86,7 +86,8 @@ impl MetadataSuffixFetch for &mut StoreReader {
     }
 }
 
-/// SHA-256 and size of what went through a [`HashingWriter`].
+/// SHA-256 and size of bytes as they pass: through a [`HashingWriter`], or
+/// read from a store (a bulk file checked as it is copied).
 #[derive(Debug, Default)]
 pub(crate) struct Digest256 {
     hasher: Sha256,
@@ -94,6 +95,23 @@ pub(crate) struct Digest256 {
 }
 
 impl Digest256 {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.bytes += bytes.len() as u64;
+    }
+
+    /// Hashes every chunk of `stream`.
+    pub(crate) async fn read_all(
+        &mut self,
+        mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    ) -> object_store::Result<()> {
+        use futures::TryStreamExt;
+        while let Some(chunk) = stream.try_next().await? {
+            self.update(&chunk);
+        }
+        Ok(())
+    }
+
     pub(crate) fn finish(self) -> (String, u64) {
         (hex::encode(self.hasher.finalize()), self.bytes)
     }
@@ -120,11 +138,7 @@ impl HashingWriter {
 
 impl AsyncFileWriter for HashingWriter {
     fn write(&mut self, bs: Bytes) -> BoxFuture<'_, Result<()>> {
-        {
-            let mut d = self.digest.lock().expect("not poisoned");
-            d.hasher.update(&bs);
-            d.bytes += bs.len() as u64;
-        }
+        self.digest.lock().expect("not poisoned").update(&bs);
         async move {
             self.inner.write_all(&bs).await?;
             Ok(())

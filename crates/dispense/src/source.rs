@@ -14,14 +14,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tre_domain::StoreRoot;
 
 use crate::DispenseError;
-use crate::io::StoreReader;
+use crate::io::{Digest256, StoreReader};
 
 /// A source root, opened.
 #[derive(Debug, Clone)]
@@ -152,15 +151,9 @@ impl Source {
     /// The SHA-256 (hex) and size of the object at `location`, read as a
     /// stream (memory stays bounded whatever its size).
     pub async fn sha256(&self, location: &str) -> Result<(String, u64), DispenseError> {
-        use sha2::Digest;
-        let mut stream = self.stream(location, None).await?;
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream.try_next().await? {
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
-        }
-        Ok((hex::encode(hasher.finalize()), size))
+        let mut digest = Digest256::default();
+        digest.read_all(self.stream(location, None).await?).await?;
+        Ok(digest.finish())
     }
 }
 
