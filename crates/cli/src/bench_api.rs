@@ -43,24 +43,42 @@ pub struct ApiBenchArgs {
     idempotency_keys: bool,
 }
 
-async fn user(
+/// A bench user in `groups`, and their token.
+pub(crate) async fn user(
     store: &Store,
     id: &str,
     platform_admin: bool,
-    group: Option<&str>,
+    groups: &[&str],
 ) -> Result<(Caller, String)> {
     let (user, token) = store
         .bootstrap_user(
             NewUser {
                 id: id.into(),
                 platform_admin,
-                groups: group.into_iter().map(String::from).collect(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 email: None,
             },
             "bench",
         )
         .await?;
     Ok((Caller::new(user.actor(), "bench"), token))
+}
+
+/// The bench's scratch database: `url`, else a SQLite file in a folder
+/// named after `bench`; the store, the folder (to remove after) and the url.
+pub(crate) async fn scratch_store(
+    url: Option<&str>,
+    bench: &str,
+) -> Result<(Store, std::path::PathBuf, String)> {
+    let dir = std::env::temp_dir().join(format!("tre-bench-{bench}-{}", std::process::id()));
+    let url = url.map_or_else(
+        || format!("sqlite://{}/bench.db", dir.display()),
+        str::to_owned,
+    );
+    let store = Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
+    Ok((store, dir, url))
 }
 
 /// The benches' inventory: a cohort dataset of one field (`people.age`),
@@ -77,10 +95,10 @@ pub(crate) fn bench_inventory() -> Result<Inventory> {
 
 /// A published environment with a one-field cohort dataset.
 async fn environment(store: &Store) -> Result<(String, String)> {
-    let (platform, _) = user(store, "bench-platform", true, None).await?;
-    let (admin, _) = user(store, "bench-admin", false, None).await?;
-    user(store, "bench-reviewer", false, None).await?;
-    let (_, token) = user(store, "bench-researcher", false, Some("bench")).await?;
+    let (platform, _) = user(store, "bench-platform", true, &[]).await?;
+    let (admin, _) = user(store, "bench-admin", false, &[]).await?;
+    user(store, "bench-reviewer", false, &[]).await?;
+    let (_, token) = user(store, "bench-researcher", false, &["bench"]).await?;
     let env = store
         .create_environment(
             &platform,
@@ -124,14 +142,7 @@ struct Target {
 }
 
 async fn local_target(args: &ApiBenchArgs) -> Result<Target> {
-    let dir = std::env::temp_dir().join(format!("tre-bench-api-{}", std::process::id()));
-    let url = args
-        .scratch_database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.display()));
-    let store = Store::open(&url)
-        .await
-        .with_context(|| format!("cannot open {url}"))?;
+    let (store, dir, url) = scratch_store(args.scratch_database_url.as_deref(), "api").await?;
     let (env, token) = environment(&store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -9,14 +9,16 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tre_domain::{
     CohortCount, EnvironmentCommand, NewEnvironment, NewRequest, Principal, RequestCommand,
     ReviewPipeline, Visibility,
 };
-use tre_store::{Caller, NewUser, Store};
+use tre_store::{Caller, Store};
+
+use crate::bench_api::{scratch_store, user};
 
 #[derive(Debug, Args)]
 pub struct ListsBenchArgs {
@@ -35,21 +37,6 @@ pub struct ListsBenchArgs {
 }
 
 const REVIEWERS: usize = 500;
-
-async fn person(store: &Store, id: &str, admin: bool, groups: &[&str]) -> Result<(Caller, String)> {
-    let (user, token) = store
-        .bootstrap_user(
-            NewUser {
-                id: id.into(),
-                platform_admin: admin,
-                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-                email: None,
-            },
-            "bench",
-        )
-        .await?;
-    Ok((Caller::new(user.actor(), "bench"), token))
-}
 
 /// Environment `i`: reviewer `rev{i % 500}`, members group `g{i % 10}`,
 /// public when `i % 20 == 0`.
@@ -94,22 +81,15 @@ fn p99(mut samples: Vec<Duration>) -> (f64, f64) {
 
 pub async fn run(args: ListsBenchArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::env::temp_dir().join(format!("tre-bench-lists-{}", std::process::id()));
-    let url = args
-        .scratch_database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}/bench.db", dir.display()));
-    let store = Store::open(&url)
-        .await
-        .with_context(|| format!("cannot open {url}"))?;
+    let (store, dir, url) = scratch_store(args.scratch_database_url.as_deref(), "lists").await?;
     let started = Instant::now();
-    let (platform, _) = person(&store, "bench-platform", true, &[]).await?;
-    let (admin, _) = person(&store, "bench-admin", false, &[]).await?;
+    let (platform, _) = user(&store, "bench-platform", true, &[]).await?;
+    let (admin, _) = user(&store, "bench-admin", false, &[]).await?;
     for r in 0..REVIEWERS {
-        person(&store, &format!("rev{r}"), false, &[]).await?;
+        user(&store, &format!("rev{r}"), false, &[]).await?;
     }
     let (researcher, researcher_token) =
-        person(&store, "bench-researcher", false, &["g0", "g1", "g2"]).await?;
+        user(&store, "bench-researcher", false, &["g0", "g1", "g2"]).await?;
     let (_, reviewer_token) = store
         .create_token(
             tre_store::TokenActor::Operator { trace_id: "bench" },
