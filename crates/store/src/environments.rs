@@ -405,20 +405,9 @@ impl Store {
         }
         let changes = before.pipeline.reviewer_changes(&after.pipeline);
         if !changes.is_empty() {
-            let rows = sqlx::query(
-                "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review'",
-            )
-            .bind(after.id.as_str())
-            .fetch_all(&mut **tx)
-            .await?;
             let mut waiting = vec![0u32; after.pipeline.stages.len()];
-            for row in rows {
-                let id: String = row.try_get(0)?;
-                let request: AccessRequest =
-                    docs::decode("request", &id, &row.try_get::<String, _>(1)?)?;
-                if let RequestState::InReview { stage } = request.state
-                    && let Some(n) = waiting.get_mut(stage)
-                {
+            for (stage, request) in in_review(tx, &after.id).await? {
+                if let Some(n) = waiting.get_mut(stage) {
                     *n += 1;
                     // its votes, counted again with the new reviewers
                     if changes.iter().any(|c| c.stage == stage) {
@@ -446,6 +435,28 @@ impl Store {
         }
         Ok(alerts)
     }
+}
+
+/// The environment's requests waiting in review, each with its stage.
+pub(crate) async fn in_review(
+    tx: &mut Tx,
+    environment: &EnvironmentId,
+) -> Result<Vec<(usize, AccessRequest)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review'",
+    )
+    .bind(environment.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let request: AccessRequest = docs::decode("request", &id, &row.try_get::<String, _>(1)?)?;
+        if let RequestState::InReview { stage } = request.state {
+            out.push((stage, request));
+        }
+    }
+    Ok(out)
 }
 
 /// Rewrites the list index of `env` (see migration 0015): who may find it,

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 use tre_domain::{
-    Action, Actor, AdminAlert, DomainError, Effect, Object, RequestState, Timestamp, UserId,
-    authorize,
+    Action, Actor, AdminAlert, DomainError, Effect, Object, Timestamp, UserId, authorize,
 };
 
 use crate::audit::{self, AuditRecord};
@@ -462,58 +461,56 @@ async fn bump_epoch(tx: &mut Tx) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// For each environment whose pipeline `user` reviews: an alert to its
-/// admins naming the stages and the requests waiting at each.
+/// For each environment whose pipeline `user` reviews (found through the
+/// list index): an alert to its admins naming the stages and the requests
+/// waiting at each.
 async fn reviewer_alerts(
     tx: &mut Tx,
     user: &UserId,
     at: Timestamp,
 ) -> Result<Vec<Effect>, StoreError> {
-    let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY id")
-        .fetch_all(&mut **tx)
-        .await?;
+    let reviewed: Vec<String> = sqlx::query(
+        "SELECT environment_id FROM environment_index WHERE kind = 'reviewer' AND principal = $1 \
+         ORDER BY environment_id",
+    )
+    .bind(user.as_str())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect::<Result<_, _>>()?;
     let mut alerts = Vec::new();
-    for row in rows {
-        let id: String = row.try_get(0)?;
-        let env: tre_domain::Environment =
-            docs::decode("environment", &id, &row.try_get::<String, _>(1)?)?;
-        let stages: Vec<(usize, String)> = env
+    for id in reviewed {
+        let id = tre_domain::EnvironmentId(id);
+        let doc: String = sqlx::query("SELECT doc FROM environments WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+        let env: tre_domain::Environment = docs::decode("environment", id.as_str(), &doc)?;
+        let mut waiting = vec![0u32; env.pipeline.stages.len()];
+        for (stage, _) in crate::environments::in_review(tx, &env.id).await? {
+            if let Some(n) = waiting.get_mut(stage) {
+                *n += 1;
+            }
+        }
+        let stages: Vec<(String, u32)> = env
             .pipeline
             .stages
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.reviewers.contains(user))
-            .map(|(i, s)| (i, s.id.clone()))
+            .zip(waiting)
+            .filter(|(s, _)| s.reviewers.contains(user))
+            .map(|(s, n)| (s.id.clone(), n))
             .collect();
         if stages.is_empty() {
             continue;
-        }
-        let requests = sqlx::query(
-            "SELECT id, doc FROM requests WHERE environment_id = $1 AND state = 'in_review'",
-        )
-        .bind(&id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut waiting = vec![0u32; env.pipeline.stages.len()];
-        for request in requests {
-            let rid: String = request.try_get(0)?;
-            let doc: tre_domain::AccessRequest =
-                docs::decode("request", &rid, &request.try_get::<String, _>(1)?)?;
-            if let RequestState::InReview { stage } = doc.state
-                && let Some(n) = waiting.get_mut(stage)
-            {
-                *n += 1;
-            }
         }
         alerts.push(Effect::AlertAdmins {
             environment: env.id.clone(),
             raised_at: at,
             alert: AdminAlert::ReviewerDisabled {
                 reviewer: user.clone(),
-                stages: stages
-                    .into_iter()
-                    .map(|(i, stage)| (stage, waiting[i]))
-                    .collect(),
+                stages,
             },
         });
     }
