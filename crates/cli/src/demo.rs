@@ -501,16 +501,11 @@ async fn upload_files(
         .with_context(|| format!("{}: the fixtures' file inventory", tsv.display()))?;
     let entries = tre_domain::files::parse_tsv(&text)
         .map_err(|p| anyhow::anyhow!("{}", p.to_error("files")))?;
-    let mut status = store
+    let status = store
         .upload_file_inventory(custodian, env, &entries)
         .await?;
-    for _ in 0..600 {
-        if status.state != tre_store::FileInventoryState::Checking {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        status = store.file_inventory(custodian, env, &status.id).await?;
-    }
+    let status =
+        crate::env_files::checked(store, custodian, env, status, Duration::from_secs(30)).await?;
     if status.state != tre_store::FileInventoryState::Ready {
         bail!("the fixtures' file inventory was not accepted: {status:?}");
     }

@@ -26,7 +26,7 @@ pub async fn upload(
     from: From,
     wait: u64,
 ) -> Result<()> {
-    let mut status = match from {
+    let status = match from {
         From::File(file) => {
             let bytes = std::fs::read(&file)
                 .with_context(|| format!("--file {}: cannot read it", file.display()))?;
@@ -52,15 +52,27 @@ pub async fn upload(
         status.bytes,
         status.state.as_str()
     );
-    let deadline = Instant::now() + Duration::from_secs(wait);
+    let status = checked(store, caller, &id, status, Duration::from_secs(wait)).await?;
+    report(&status)
+}
+
+/// The file inventory once its check is over, or as it is after `wait`.
+pub async fn checked(
+    store: &Store,
+    caller: &Caller,
+    id: &EnvironmentId,
+    mut status: FileInventoryStatus,
+    wait: Duration,
+) -> Result<FileInventoryStatus> {
+    let deadline = Instant::now() + wait;
     while status.state == FileInventoryState::Checking && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         status = store
-            .file_inventory(caller, &id, &status.id)
+            .file_inventory(caller, id, &status.id)
             .await
             .map_err(explain)?;
     }
-    report(&status)
+    Ok(status)
 }
 
 /// Prints what came of a check; a rejection is an error.
