@@ -1,0 +1,64 @@
+//! The hash-chained audit log, paged, for environment and platform admins.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use tre_domain::EnvironmentId;
+use tre_store::AuditQuery;
+
+use super::{Endpoint, Result, body, op};
+use crate::extract::Params;
+use crate::{AppState, Auth};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        op(
+            M::GET,
+            "/v1/audit",
+            "Audit events (environment or platform admins)",
+            None,
+            get(audit),
+        )
+        .returns(body::<AuditPage>),
+    ]
+}
+
+/// A page of the audit log, for the API document only.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct AuditPage {
+    items: Vec<tre_domain::audit::AuditEvent>,
+    /// Pass as `after` for the next page; none when the page is empty.
+    next_cursor: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    environment: Option<String>,
+    object: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(params): Params<AuditParams>,
+) -> Result<Response> {
+    let query = AuditQuery {
+        environment: params.environment.map(EnvironmentId),
+        object_id: params.object,
+        after_seq: params.after.unwrap_or(0),
+        limit: params.limit.unwrap_or(100),
+    };
+    let items = state.store.audit_events(&caller, &query).await?;
+    let next = items.last().map(|e| e.seq);
+    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+}

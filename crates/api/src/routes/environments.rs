@@ -1,0 +1,334 @@
+//! Research environments: creation, the resource center, configuration by
+//! their admins (inventory, pipeline, members, policies, visibility) and
+//! their lifecycle (draft -> active -> maintenance).
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use tre_domain::Environment;
+use tre_domain::{
+    EnvironmentCommand, EnvironmentId, Inventory, NewEnvironment, Policies, Principal,
+    ReviewPipeline, UserId, Visibility,
+};
+use tre_store::Page as ListPage;
+
+use super::{Endpoint, Page, Result, body, created, limit, op};
+use crate::extract::Params;
+use crate::{AppState, Auth, Body};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        op(
+            M::POST,
+            "/v1/environments",
+            "Create an environment (platform admins)",
+            Some(body::<NewEnvironment>),
+            post(create_environment),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::GET,
+            "/v1/environments",
+            "The resource center: environments the caller may discover",
+            None,
+            get(list_environments),
+        )
+        .returns(body::<ListPage<Environment>>),
+        op(
+            M::GET,
+            "/v1/environments/{id}",
+            "One environment",
+            None,
+            get(get_environment),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PATCH,
+            "/v1/environments/{id}",
+            "Rename or describe (admins)",
+            Some(body::<EnvironmentDetails>),
+            patch(update_environment),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/inventory",
+            "Set (draft) or stage (maintenance) the inventory",
+            Some(body::<Inventory>),
+            put(put_inventory),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/pipeline",
+            "Set the review pipeline (only reviewers after publish)",
+            Some(body::<ReviewPipeline>),
+            put(put_pipeline),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/members",
+            "Set the authorized users and groups",
+            Some(body::<Members>),
+            put(put_members),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/admins",
+            "Set the environment's admins",
+            Some(body::<Admins>),
+            put(put_admins),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/policies",
+            "Set the custodian's policies",
+            Some(body::<Policies>),
+            put(put_policies),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::PUT,
+            "/v1/environments/{id}/visibility",
+            "Make public or private",
+            Some(body::<VisibilityBody>),
+            put(put_visibility),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::POST,
+            "/v1/environments/{id}/publish",
+            "draft -> active",
+            None,
+            post(publish),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::POST,
+            "/v1/environments/{id}/maintenance",
+            "active -> maintenance",
+            None,
+            post(maintenance),
+        )
+        .returns(body::<Environment>),
+        op(
+            M::POST,
+            "/v1/environments/{id}/reactivate",
+            "maintenance -> active",
+            None,
+            post(reactivate),
+        )
+        .returns(body::<Environment>),
+    ]
+}
+
+async fn create_environment(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Body(new): Body<NewEnvironment>,
+) -> Result<Response> {
+    Ok(created(state.store.create_environment(&caller, new).await?))
+}
+
+/// The resource center: environments the caller may discover, by id,
+/// `limit` (default 50, at most 200) at a time from `cursor`.
+async fn list_environments(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(page): Params<Page>,
+) -> Result<Response> {
+    let page = state
+        .store
+        .environments_page(
+            &caller,
+            page.cursor.as_deref().unwrap_or(""),
+            limit(page.limit)?,
+        )
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn get_environment(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    Ok(Json(state.store.environment(&caller, &EnvironmentId(id)).await?).into_response())
+}
+
+async fn configure(
+    state: &AppState,
+    caller: &tre_store::Caller,
+    id: String,
+    command: EnvironmentCommand,
+) -> Result<Response> {
+    Ok(Json(
+        state
+            .store
+            .configure_environment(caller, &EnvironmentId(id), command)
+            .await?,
+    )
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentDetails {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+async fn update_environment(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(details): Body<EnvironmentDetails>,
+) -> Result<Response> {
+    let command = EnvironmentCommand::UpdateDetails {
+        name: details.name,
+        description: details.description,
+    };
+    configure(&state, &caller, id, command).await
+}
+
+async fn put_inventory(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(inventory): Body<Inventory>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetInventory(inventory),
+    )
+    .await
+}
+
+async fn put_pipeline(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(pipeline): Body<ReviewPipeline>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetPipeline(pipeline),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Members {
+    members: BTreeSet<Principal>,
+}
+
+async fn put_members(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<Members>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetMembers(body.members),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Admins {
+    admins: BTreeSet<UserId>,
+}
+
+async fn put_admins(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<Admins>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetAdmins(body.admins),
+    )
+    .await
+}
+
+async fn put_policies(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(policies): Body<Policies>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetPolicies(policies),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct VisibilityBody {
+    visibility: Visibility,
+}
+
+async fn put_visibility(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Body(body): Body<VisibilityBody>,
+) -> Result<Response> {
+    configure(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::SetVisibility(body.visibility),
+    )
+    .await
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    configure(&state, &caller, id, EnvironmentCommand::Publish).await
+}
+
+async fn maintenance(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    configure(&state, &caller, id, EnvironmentCommand::EnterMaintenance).await
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
+}

@@ -1,0 +1,71 @@
+//! Liveness, readiness, this document and the metrics page (no token).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::{Endpoint, op};
+use crate::AppState;
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        op(M::GET, "/healthz", "The process is up", None, get(healthz)),
+        op(
+            M::GET,
+            "/readyz",
+            "The database (and queue) answer",
+            None,
+            get(readyz),
+        ),
+        op(
+            M::GET,
+            "/openapi.json",
+            "This document",
+            None,
+            get(crate::openapi::document),
+        ),
+        op(
+            M::GET,
+            "/metrics",
+            "Prometheus metrics",
+            None,
+            get(crate::metrics::page),
+        )
+        .text(),
+    ]
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// How long `/readyz` waits for each dependency.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready when the database and the queue both answer, now: 503 (with
+/// `Retry-After`) and which one failed otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let database = matches!(
+        tokio::time::timeout(READY_WITHIN, state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let queue = match &state.queue_health {
+        None => true,
+        Some(health) => matches!(
+            tokio::time::timeout(READY_WITHIN, health()).await,
+            Ok(Ok(()))
+        ),
+    };
+    let mut response = Json(json!({"database": database, "queue": queue})).into_response();
+    if !(database && queue) {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    }
+    response
+}

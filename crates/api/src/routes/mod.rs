@@ -1,0 +1,173 @@
+//! The `/v1` routes, one module per resource, each declaring its own
+//! endpoints. Each handler authenticates, parses and calls the store.
+
+mod audit;
+mod environments;
+mod health;
+mod jobs;
+mod notifications;
+mod projects;
+mod requests;
+mod reviews;
+
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::{Json, Router};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, AppState};
+
+/// One operation of the API. The router and `/openapi.json` are both built
+/// from [`endpoints`], so the documentation cannot drift from the routes.
+pub(crate) struct Endpoint {
+    pub(crate) method: Method,
+    pub(crate) path: &'static str,
+    pub(crate) summary: &'static str,
+    /// The JSON Schema of the body it takes.
+    pub(crate) body: Option<BodySchema>,
+    /// The JSON Schema of its success answer (else: an object).
+    pub(crate) response: Option<BodySchema>,
+    /// Whether it needs a bearer token.
+    pub(crate) auth: bool,
+    /// It answers an SVG image, not JSON.
+    pub(crate) svg: bool,
+    /// It answers plain text (Prometheus' format), not JSON.
+    pub(crate) text: bool,
+    /// It takes a tab-separated text body, not JSON.
+    pub(crate) tsv: bool,
+    /// Error statuses documented one by one (each also falls under the
+    /// `default` error answer), with what they mean here.
+    pub(crate) errors: &'static [(u16, &'static str)],
+    handler: MethodRouter<AppState>,
+}
+
+/// Registers a body's schema (and those it refers to) with the generator
+/// and returns a reference to it.
+pub(crate) type BodySchema = fn(&mut SchemaGenerator) -> Schema;
+
+pub(crate) fn body<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+pub(crate) fn op(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<BodySchema>,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    Endpoint {
+        auth: !matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/metrics"),
+        method,
+        path,
+        summary,
+        body,
+        response: None,
+        svg: false,
+        text: false,
+        tsv: false,
+        errors: &[],
+        handler,
+    }
+}
+
+impl Endpoint {
+    /// Documents what it answers on success.
+    pub(crate) fn returns(mut self, schema: BodySchema) -> Self {
+        self.response = Some(schema);
+        self
+    }
+
+    /// Documents the error statuses it answers, with their meaning.
+    pub(crate) fn errors(mut self, errors: &'static [(u16, &'static str)]) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    /// Documents plain text as what it answers on success.
+    pub(crate) fn text(mut self) -> Self {
+        self.text = true;
+        self
+    }
+
+    /// Documents a tab-separated text body as what it takes.
+    pub(crate) fn tsv(mut self) -> Self {
+        self.tsv = true;
+        self
+    }
+
+    /// Documents an SVG image as what it answers on success.
+    pub(crate) fn svg(mut self) -> Self {
+        self.svg = true;
+        self
+    }
+}
+
+/// Every operation of every resource.
+pub(crate) fn all_endpoints() -> Vec<Endpoint> {
+    let mut all = health::endpoints();
+    all.extend(environments::endpoints());
+    all.extend(requests::endpoints());
+    all.extend(reviews::endpoints());
+    all.extend(projects::endpoints());
+    all.extend(audit::endpoints());
+    all.extend(jobs::endpoints());
+    all.extend(notifications::endpoints());
+    all.extend(crate::showcase::endpoints());
+    all.extend(crate::files::endpoints());
+    all.extend(crate::tokens::endpoints());
+    all.extend(crate::ops::endpoints());
+    all
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    all_endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, e| router.route(e.path, e.handler))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+}
+
+pub(crate) type Result<T> = std::result::Result<T, ApiError>;
+
+pub(crate) fn created(value: impl Serialize) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Page {
+    pub(crate) limit: Option<usize>,
+    pub(crate) cursor: Option<String>,
+}
+
+/// A list answered whole, for the API document only.
+#[derive(JsonSchema)]
+#[schemars(rename = "ListOf{T}")]
+#[allow(dead_code)]
+pub(crate) struct Items<T> {
+    items: Vec<T>,
+}
+
+pub(crate) fn limit(limit: Option<usize>) -> Result<usize> {
+    let limit = limit.unwrap_or(50);
+    if (1..=200).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "must be between 1 and 200",
+        )
+        .with_field("limit"))
+    }
+}

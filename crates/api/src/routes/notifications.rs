@@ -1,0 +1,46 @@
+//! The caller's inbox.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Endpoint, Items, Result, body, limit, op};
+use crate::extract::Params;
+use crate::{AppState, Auth};
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    use Method as M;
+    vec![
+        op(
+            M::GET,
+            "/v1/notifications",
+            "The caller's inbox, newest first",
+            None,
+            get(notifications),
+        )
+        .returns(body::<Items<tre_store::Notification>>),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    limit: Option<usize>,
+}
+
+/// The caller's notifications (review requests, outcomes, reminders).
+async fn notifications(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Params(q): Params<InboxQuery>,
+) -> Result<Response> {
+    let items = state
+        .store
+        .inbox(&caller.actor.id, limit(q.limit)? as u32)
+        .await?;
+    Ok(Json(json!({"items": items})).into_response())
+}
