@@ -100,6 +100,9 @@ impl From<StoreError> for ApiError {
             StoreError::Domain(DomainError::Invalid { field, message }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
             }
+            StoreError::Domain(DomainError::Incomplete { field, message }) => {
+                Self::new(StatusCode::CONFLICT, "incomplete", message).with_field(field)
+            }
             StoreError::Domain(e @ DomainError::InvalidTransition { .. }) => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", e.to_string())
             }

@@ -138,7 +138,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .with_field("body"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+    let mut typed = serde_path_to_error::deserialize::<_, T>(&mut de);
+    // JSON Schema counts 3.0 as an integer (the document says `integer`),
+    // serde does not: a number with a zero fraction is read as the integer
+    // it is, on a second reading, so the usual body pays nothing for it
+    if let Err(e) = &typed
+        && e.inner()
+            .to_string()
+            .starts_with("invalid type: floating point")
+        && let Some(integral) = integral_floats_as_integers(bytes)
+    {
+        let mut de = serde_json::Deserializer::from_slice(&integral);
+        typed = serde_path_to_error::deserialize::<_, T>(&mut de);
+    }
+    match typed {
         Ok(value) => Ok(value),
         Err(e) => {
             let path = e.path().to_string();
@@ -163,6 +176,36 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             )
         }
     }
+}
+
+/// The body again with every number that has a zero fraction and fits
+/// (`3.0`, `-2e3`) written as an integer; none when there is none.
+fn integral_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn walk(value: &mut serde_json::Value, changed: &mut bool) {
+        match value {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                // within [-2^63, 2^64): exact as an i64 or a u64
+                const LOWEST: f64 = -(2u64.pow(63) as f64);
+                const PAST_HIGHEST: f64 = 2.0 * 2u64.pow(63) as f64;
+                if f.fract() == 0.0 && (LOWEST..PAST_HIGHEST).contains(&f) {
+                    *value = if f < 0.0 {
+                        serde_json::Value::from(f as i64)
+                    } else {
+                        serde_json::Value::from(f as u64)
+                    };
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, changed)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| walk(v, changed)),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let mut changed = false;
+    walk(&mut value, &mut changed);
+    changed.then(|| serde_json::to_vec(&value).expect("a JSON value serializes"))
 }
 
 /// Walks a JSON document without keeping it, refusing an object key that is

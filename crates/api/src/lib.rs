@@ -118,9 +118,35 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// A handler that panics answers 500 with the error shape (and is logged
+/// with its request id) instead of dropping the connection unanswered.
+async fn catch_panic(req: Request, next: Next) -> Response {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a handler panicked");
+            axum::response::IntoResponse::into_response(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log",
+            ))
+        }
+    }
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     routes::routes()
+        .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,

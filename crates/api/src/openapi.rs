@@ -49,8 +49,36 @@ pub fn spec() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                let mut schema = json!({"type": "string", "minLength": 1});
+                if let Some((_, pattern)) = e.path_patterns.iter().find(|(n, _)| *n == name) {
+                    schema["pattern"] = json!(pattern);
+                }
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
+        let mut params = params;
+        if let Some(query) = e.query {
+            let query = query(&mut generator);
+            let required: Vec<&str> = query
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(properties) = query.get("properties").and_then(Value::as_object) {
+                for (name, schema) in properties {
+                    let mut schema = schema.clone();
+                    // absent is how a query says "none": never `null`
+                    without_null(&mut schema);
+                    let description = schema.as_object_mut().and_then(|s| s.remove("description"));
+                    let mut param = json!({"name": name, "in": "query", "required": required.contains(&name.as_str()), "schema": schema});
+                    if let Some(description) = description {
+                        param["description"] = description;
+                    }
+                    params.push(param);
+                }
+            }
+        }
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);
         }
@@ -90,7 +118,13 @@ pub fn spec() -> Value {
         entry[e.method.as_str().to_ascii_lowercase()] = operation;
     }
     add_links(&mut paths);
-    let mut schemas = generator.take_definitions(true);
+    let mut paths = Value::Object(paths);
+    state_integer_ranges(&mut paths);
+    let mut schemas = Value::Object(generator.take_definitions(true));
+    state_integer_ranges(&mut schemas);
+    let Value::Object(mut schemas) = schemas else {
+        unreachable!("definitions are an object")
+    };
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
@@ -109,6 +143,70 @@ pub fn spec() -> Value {
         },
         "paths": paths,
     })
+}
+
+/// A query parameter's schema without `null`, which a query cannot send
+/// (`?state=null` is the text "null").
+fn without_null(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::Array(types)) = map.get_mut("type") {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            let only = types[0].clone();
+            map.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(values)) = map.get_mut("enum") {
+        values.retain(|v| !v.is_null());
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(options)) = map.get_mut(key) {
+            options.retain(|o| {
+                o.get("type") != Some(&json!("null")) && o.get("const") != Some(&Value::Null)
+            });
+            if options.len() == 1 {
+                let only = options.remove(0);
+                map.remove(key);
+                if let Value::Object(only) = only {
+                    map.extend(only);
+                }
+            }
+        }
+    }
+}
+
+/// States the range of every integer the server reads into a fixed-width
+/// type (schemars gives its `format`, and only the lower bound of unsigned
+/// ones), so that a value the server would refuse is not documented as
+/// valid.
+fn state_integer_ranges(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let range: Option<(i128, i128)> = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u8::MAX.into())),
+                Some("uint16") => Some((0, u16::MAX.into())),
+                Some("uint32") => Some((0, u32::MAX.into())),
+                Some("uint64" | "uint") => Some((0, u64::MAX.into())),
+                Some("int8") => Some((i8::MIN.into(), i8::MAX.into())),
+                Some("int16") => Some((i16::MIN.into(), i16::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64" | "int") => Some((i64::MIN.into(), i64::MAX.into())),
+                _ => None,
+            };
+            if let Some((min, max)) = range {
+                let bound = |n: i128| -> Value {
+                    u64::try_from(n).map_or_else(|_| json!(n as i64), |u| json!(u))
+                };
+                map.entry("minimum").or_insert_with(|| bound(min));
+                map.entry("maximum").or_insert_with(|| bound(max));
+            }
+            map.values_mut().for_each(state_integer_ranges);
+        }
+        Value::Array(items) => items.iter_mut().for_each(state_integer_ranges),
+        _ => {}
+    }
 }
 
 /// Where an object made by a `POST` (or `PUT`) at the key path is used: the

@@ -31,7 +31,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             None,
             get(list_jobs),
         )
-        .returns(body::<ListPage<OutboxJob>>),
+        .returns(body::<ListPage<OutboxJob>>)
+        .query::<ListQuery>(),
         op(
             M::POST,
             "/v1/ops/jobs/retry",
@@ -86,6 +87,8 @@ struct BulkBody {
     #[serde(default)]
     kinds: Vec<String>,
     /// Only the kinds of this pool: notify, review or dispense.
+    #[serde(default)]
+    #[schemars(schema_with = "pool_name")]
     pool: Option<String>,
     /// Only jobs created more than this many seconds ago.
     older_than_s: Option<u64>,
@@ -96,15 +99,27 @@ struct BulkBody {
     dry_run: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which jobs, a page at a time.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only jobs in this state.
+    #[schemars(with = "Option<JobState>")]
     state: Option<String>,
+    /// Only jobs of this kind.
     kind: Option<String>,
+    /// Only the kinds of this pool.
+    #[serde(default)]
+    #[schemars(schema_with = "pool_name")]
     pool: Option<String>,
+    /// Only jobs created more than this many seconds ago.
     older_than_s: Option<u64>,
+    /// Only jobs whose payload contains this text.
     payload: Option<String>,
+    /// 1 to 200; default 50.
+    #[schemars(range(min = 1, max = 200))]
     limit: Option<usize>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
@@ -112,6 +127,13 @@ struct ListQuery {
 struct PoolState {
     pool: String,
     paused: bool,
+}
+
+/// A pool's name, or null.
+fn pool_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut names: Vec<serde_json::Value> = Pool::ALL.iter().map(|p| p.as_str().into()).collect();
+    names.push(serde_json::Value::Null);
+    schemars::json_schema!({"enum": names})
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -143,8 +165,10 @@ fn filter(
         keys,
         state: job_state,
         kinds,
-        created_before: older_than_s
-            .map(|s| tre_store::now().0 - i64::try_from(s).unwrap_or(i64::MAX / 2) * 1000),
+        created_before: older_than_s.map(|s| {
+            let millis = i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000);
+            tre_store::now().0.saturating_sub(millis)
+        }),
         payload_contains,
     })
 }

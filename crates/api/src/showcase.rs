@@ -78,7 +78,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (404, "no such environment or showcase field, or the caller may not see it"),
             (409, "computing: the showcase is not computed yet (Retry-After)"),
             (422, "invalid: the file is not {dataset}.{field}.svg"),
-        ]),
+        ])
+        .path_patterns(&[("file", r"^[^.]+\.[^/]+\.svg$")]),
     ]
 }
 

@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_domain::UserId;
-use tre_store::{NewToken, TokenActor, TokenInfo, UserStatus};
+use tre_store::{Caller, NewToken, TokenActor, TokenInfo, UserStatus};
 
 use crate::extract::Params;
 use crate::routes::{Endpoint, body, op};
@@ -29,6 +29,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             get(list),
         )
         .returns(body::<Vec<TokenInfo>>)
+        .query::<WhoseTokens>()
         .errors(&[(403, "forbidden: another user's tokens, and not a platform admin")]),
         op(
             Method::POST,
@@ -38,6 +39,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             post(create),
         )
         .returns(body::<CreatedToken>)
+        .query::<WhoseTokens>()
         .errors(&[
             (403, "forbidden: another user's token, and not a platform admin"),
             (404, "no such user"),
@@ -77,10 +79,29 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
-#[derive(Debug, Deserialize)]
+/// Whose tokens: the caller's unless a platform admin names another user.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WhoseTokens {
+    /// A user's handle; default: the caller.
+    #[schemars(regex(pattern = tre_domain::schema::HANDLE))]
     user: Option<String>,
+}
+
+impl WhoseTokens {
+    /// The user named, else the caller; a malformed handle is refused.
+    fn user(self, caller: &Caller) -> Result<UserId> {
+        match self.user {
+            None => Ok(caller.actor.id.clone()),
+            Some(user) if tre_domain::schema::is_handle(&user) => Ok(UserId(user)),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "expected a user's handle: 1 to 64 of A-Z a-z 0-9 . _ - @",
+            )
+            .with_field("user")),
+        }
+    }
 }
 
 /// A token just made, with its secret: shown this once.
@@ -97,7 +118,7 @@ async fn list(
     Auth(caller): Auth,
     Params(whose): Params<WhoseTokens>,
 ) -> Result<Json<Vec<TokenInfo>>> {
-    let user = whose.user.map_or_else(|| caller.actor.id.clone(), UserId);
+    let user = whose.user(&caller)?;
     Ok(Json(
         state
             .store
@@ -112,7 +133,7 @@ async fn create(
     Params(whose): Params<WhoseTokens>,
     Body(new): Body<NewToken>,
 ) -> Result<Response> {
-    let user = whose.user.map_or_else(|| caller.actor.id.clone(), UserId);
+    let user = whose.user(&caller)?;
     let (token, secret) = state
         .store
         .create_token(TokenActor::Caller(&caller), &user, new)
@@ -151,7 +172,7 @@ async fn enable(
 
 async fn set_disabled(
     state: &AppState,
-    caller: &tre_store::Caller,
+    caller: &Caller,
     id: String,
     disabled: bool,
 ) -> Result<Json<UserStatus>> {

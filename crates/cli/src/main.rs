@@ -322,6 +322,9 @@ pub(crate) fn explain(err: StoreError) -> anyhow::Error {
         StoreError::Domain(tre_domain::DomainError::Invalid { field, message }) => {
             anyhow!("invalid {field}: {message}")
         }
+        StoreError::Domain(tre_domain::DomainError::Incomplete { field, message }) => {
+            anyhow!("not ready: {field}: {message}")
+        }
         other => anyhow!(other),
     }
 }

@@ -112,22 +112,27 @@ pub struct Policies {
     pub pseudonymise: bool,
     /// Showcase cells (counts) below this are suppressed. Default: 10.
     #[serde(default = "default_min_cell_size")]
+    #[schemars(range(min = 1))]
     pub min_cell_size: u32,
     /// The longest access a request may ask for, in days. Default: 365.
     #[serde(default = "default_max_request_days")]
+    #[schemars(range(min = 1, max = 3650))]
     pub max_request_days: u32,
     /// Remind reviewers when a stage has waited this long. Default: none.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub review_sla_hours: Option<u32>,
     /// A submitted request whose cohort has fewer participants than this
     /// is returned to its owner before any reviewer sees it (the count is
     /// made by a job; the owner is told it is too small, not the number).
     /// 0 turns the check off. Default: 10.
     #[serde(default = "default_min_cohort_size")]
+    #[schemars(range(max = 1_000_000))]
     pub min_cohort_size: u32,
     /// Every count the showcase, the cohort builder and the selection
     /// summary release is rounded to a multiple of this. Default: 5.
     #[serde(default = "default_rounding_base")]
+    #[schemars(range(min = 1, max = 100))]
     pub rounding_base: u32,
     /// Whether an empty cell is released as 0 or suppressed like any small
     /// cell. Default: `suppress`.
@@ -136,6 +141,7 @@ pub struct Policies {
     /// Most cohort-builder queries one user may make of the environment's
     /// showcase in a minute (each is recorded and audited). Default: 30.
     #[serde(default = "default_showcase_queries_per_minute")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub showcase_queries_per_minute: u32,
 }
 
@@ -201,17 +207,14 @@ impl Policies {
 #[serde(deny_unknown_fields)]
 pub struct NewEnvironment {
     /// 1 to 128 characters, no control characters.
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
-    )]
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub name: String,
     /// Free text, at most 20,000 characters.
     #[serde(default)]
-    #[schemars(length(max = 20000))]
+    #[schemars(length(max = 20000), regex(pattern = crate::schema::TEXT))]
     pub description: String,
     /// Defaults to the creator alone.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::schema::unique")]
     pub admins: BTreeSet<UserId>,
     /// Where the environment's data lives: every dataset location is
     /// relative to it and must stay inside it. Required.
@@ -434,7 +437,18 @@ impl Environment {
                 }
                 next.pipeline = pipeline;
             }
-            (C::SetMembers(members), _) => next.members = members,
+            (C::SetMembers(members), _) => {
+                if let Some(bad) = members.iter().find_map(|m| match m {
+                    Principal::Group(g) if !crate::schema::is_handle(g) => Some(g),
+                    _ => None,
+                }) {
+                    return Err(DomainError::invalid(
+                        "members",
+                        format!("group {bad:?}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - @"),
+                    ));
+                }
+                next.members = members
+            }
             (C::SetAdmins(admins), _) => {
                 if admins.is_empty() {
                     return Err(DomainError::invalid(
@@ -460,10 +474,12 @@ impl Environment {
             (C::SetVisibility(visibility), _) => next.visibility = visibility,
             (C::Publish, S::Draft) => {
                 let inventory = self.inventory.as_ref().ok_or_else(|| {
-                    DomainError::invalid("inventory", "publishing needs an inventory")
+                    DomainError::invalid("inventory", "publishing needs an inventory").incomplete()
                 })?;
-                inventory.validate()?;
-                self.pipeline.validate_for_publish()?;
+                inventory.validate().map_err(DomainError::incomplete)?;
+                self.pipeline
+                    .validate_for_publish()
+                    .map_err(DomainError::incomplete)?;
                 next.state = S::Active;
             }
             (C::EnterMaintenance, S::Active) => next.state = S::Maintenance,

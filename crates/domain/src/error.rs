@@ -1,9 +1,9 @@
 use thiserror::Error;
 
 /// Why a domain command was refused. The variant says how an adapter should
-/// answer: `Invalid` is bad input (HTTP 422), `InvalidTransition` and
-/// `Conflict` are state conflicts (HTTP 409). None of them is worth retrying
-/// unchanged.
+/// answer: `Invalid` is bad input (HTTP 422); `InvalidTransition`,
+/// `Incomplete` and `Conflict` are state conflicts (HTTP 409). None of them
+/// is worth retrying unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DomainError {
     /// A field of the input is invalid; `field` names it (a dotted path, e.g.
@@ -17,6 +17,11 @@ pub enum DomainError {
         action: &'static str,
         state: String,
     },
+    /// The object is not ready for the command (publishing, submitting):
+    /// `field` of what was stored earlier is missing or does not hold yet,
+    /// whatever this call sent.
+    #[error("{field}: {message}")]
+    Incomplete { field: String, message: String },
     /// The command conflicts with what already happened (a stage already
     /// closed, a reviewer who already decided).
     #[error("{0}")]
@@ -31,10 +36,19 @@ impl DomainError {
         }
     }
 
+    /// The same refusal, as the object's content not being ready for a
+    /// command rather than this call's input being bad.
+    pub fn incomplete(self) -> Self {
+        match self {
+            Self::Invalid { field, message } => Self::Incomplete { field, message },
+            other => other,
+        }
+    }
+
     /// The field a validation error names, if any.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::Invalid { field, .. } => Some(field),
+            Self::Invalid { field, .. } | Self::Incomplete { field, .. } => Some(field),
             _ => None,
         }
     }

@@ -3,14 +3,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident $(#[$field:meta])*) => {
         $(#[$doc])*
         #[derive(
             Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
             schemars::JsonSchema,
         )]
         #[serde(transparent)]
-        pub struct $name(pub String);
+        pub struct $name($(#[$field])* pub String);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -33,8 +33,10 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// A user (a person or a service account).
+    /// A user (a person or a service account): 1 to 64 of
+    /// `A-Z a-z 0-9 . _ - @`.
     UserId
+    #[schemars(regex(pattern = crate::schema::HANDLE))]
 );
 string_id!(
     /// A research environment.

@@ -38,6 +38,7 @@ impl FieldType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Field {
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub name: String,
     #[serde(rename = "type")]
     pub field_type: FieldType,
@@ -50,6 +51,7 @@ pub struct Field {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dataset {
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -83,6 +85,7 @@ pub struct FieldRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataCollection {
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
@@ -123,6 +126,7 @@ pub struct Inventory {
     /// Assigned by the environment when the inventory is set; 1 for the first.
     #[serde(default)]
     pub version: u32,
+    #[schemars(length(min = 1))]
     pub datasets: Vec<Dataset>,
     /// The dataset cohort filters run on (one row per entity).
     pub cohort_dataset: String,

@@ -29,6 +29,7 @@ mod pipeline;
 mod project;
 pub mod redact;
 mod request;
+pub mod schema;
 pub mod showcase;
 pub mod storage;
 pub mod summary;

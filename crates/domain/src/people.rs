@@ -33,7 +33,7 @@ impl Actor {
 #[serde(rename_all = "snake_case")]
 pub enum Principal {
     User(UserId),
-    Group(String),
+    Group(#[schemars(regex(pattern = crate::schema::HANDLE))] String),
 }
 
 impl Principal {

@@ -41,8 +41,11 @@ pub enum DecisionRule {
 #[serde(deny_unknown_fields)]
 pub struct ReviewStage {
     /// Stable identifier, unique in the pipeline (e.g. `access-committee`).
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub id: String,
+    #[schemars(length(min = 1, max = 128), regex(pattern = crate::schema::NAME))]
     pub name: String,
+    #[serde(deserialize_with = "crate::schema::unique")]
     pub reviewers: BTreeSet<UserId>,
     pub rule: DecisionRule,
 }

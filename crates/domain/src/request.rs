@@ -92,17 +92,21 @@ impl fmt::Display for RequestState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRequest {
+    /// 1 to 300 characters, not blank.
+    #[schemars(length(min = 1, max = 300), regex(pattern = crate::schema::REQUIRED_TEXT))]
     pub title: String,
+    /// Free text, at most 20,000 characters; required to submit.
     #[serde(default)]
+    #[schemars(length(max = 20_000), regex(pattern = crate::schema::TEXT))]
     pub purpose: String,
     /// A cohort filter (the `cohort` module's language); `null` selects
     /// everyone.
     #[serde(default)]
     #[schemars(with = "Option<crate::cohort::FilterSchema>")]
     pub cohort: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::schema::unique")]
     pub collections: BTreeSet<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::schema::unique")]
     pub collaborators: BTreeSet<UserId>,
     /// Requested access duration; 0 = not chosen yet (required to submit).
     #[serde(default)]
@@ -113,10 +117,13 @@ pub struct NewRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestUpdate {
+    #[schemars(length(min = 1, max = 300), regex(pattern = crate::schema::REQUIRED_TEXT))]
     pub title: Option<String>,
+    #[schemars(length(max = 20_000), regex(pattern = crate::schema::TEXT))]
     pub purpose: Option<String>,
     #[schemars(with = "Option<crate::cohort::FilterSchema>")]
     pub cohort: Option<Value>,
+    #[serde(default, deserialize_with = "crate::schema::unique_optional")]
     pub collections: Option<BTreeSet<String>>,
     pub duration_days: Option<u32>,
 }
@@ -553,15 +560,17 @@ impl AccessRequest {
                         state: env.state.to_string(),
                     });
                 }
-                next.validate(env, true)?;
+                next.validate(env, true).map_err(DomainError::incomplete)?;
                 if env.pipeline.stages.is_empty() {
                     return Err(DomainError::invalid(
                         "environment",
                         "the environment has no review stages",
-                    ));
+                    )
+                    .incomplete());
                 }
                 let inventory = env.inventory.as_ref().ok_or_else(|| {
                     DomainError::invalid("environment", "the environment has no inventory")
+                        .incomplete()
                 })?;
                 next.round += 1;
                 next.state = S::Checking;

@@ -63,7 +63,7 @@ pub struct NewToken {
     /// What it is for, e.g. `laptop` or `pipeline` (1 to 64 characters).
     #[schemars(
         length(min = 1, max = 64),
-        regex(pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")
+        regex(pattern = tre_domain::schema::NAME)
     )]
     pub name: String,
     /// Days until it expires: 1 to the configured maximum (90 unless

@@ -48,8 +48,7 @@ impl User {
 }
 
 fn validate(new: &NewUser) -> Result<(), DomainError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
-    if new.id.is_empty() || new.id.len() > 64 || !new.id.chars().all(ok_char) {
+    if !tre_domain::schema::is_handle(&new.id) {
         return Err(DomainError::Invalid {
             field: "name".into(),
             message: "must be 1 to 64 characters of A-Z a-z 0-9 . _ - @".into(),
@@ -58,7 +57,7 @@ fn validate(new: &NewUser) -> Result<(), DomainError> {
     if let Some(bad) = new
         .groups
         .iter()
-        .find(|g| g.is_empty() || g.len() > 64 || !g.chars().all(ok_char))
+        .find(|g| !tre_domain::schema::is_handle(g))
     {
         return Err(DomainError::Invalid {
             field: "groups".into(),

@@ -25,7 +25,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(audit),
         )
-        .returns(body::<AuditPage>),
+        .returns(body::<AuditPage>)
+        .query::<AuditParams>(),
     ]
 }
 
@@ -38,12 +39,17 @@ struct AuditPage {
     next_cursor: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which audit events: of one environment or object, after a sequence number.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    /// Only this environment's events (its admins may ask; else platform admins).
     environment: Option<String>,
+    /// Only events about this object id.
     object: Option<String>,
+    /// Events after this sequence number (the `next_cursor` of the page before).
     after: Option<i64>,
+    /// How many: default 100.
     limit: Option<u32>,
 }
 

@@ -40,7 +40,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(list_environments),
         )
-        .returns(body::<ListPage<Environment>>),
+        .returns(body::<ListPage<Environment>>)
+        .query::<Page>(),
         op(
             M::GET,
             "/v1/environments/{id}",
@@ -184,7 +185,11 @@ async fn configure(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EnvironmentDetails {
+    /// 1 to 128 characters, no control characters.
+    #[schemars(length(min = 1, max = 128), regex(pattern = tre_domain::schema::NAME))]
     name: Option<String>,
+    /// Free text, at most 20,000 characters.
+    #[schemars(length(max = 20_000), regex(pattern = tre_domain::schema::TEXT))]
     description: Option<String>,
 }
 
@@ -234,6 +239,7 @@ async fn put_pipeline(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Members {
+    #[serde(deserialize_with = "tre_domain::schema::unique")]
     members: BTreeSet<Principal>,
 }
 
@@ -255,6 +261,7 @@ async fn put_members(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Admins {
+    #[serde(deserialize_with = "tre_domain::schema::unique")]
     admins: BTreeSet<UserId>,
 }
 

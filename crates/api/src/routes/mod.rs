@@ -41,6 +41,11 @@ pub(crate) struct Endpoint {
     /// Error statuses documented one by one (each also falls under the
     /// `default` error answer), with what they mean here.
     pub(crate) errors: &'static [(u16, &'static str)],
+    /// The query parameters it takes: the properties of this schema.
+    pub(crate) query: Option<BodySchema>,
+    /// Path parameters whose form is stated (a JSON Schema pattern); the
+    /// others are any string (an id that does not exist answers 404).
+    pub(crate) path_patterns: &'static [(&'static str, &'static str)],
     handler: MethodRouter<AppState>,
 }
 
@@ -70,6 +75,8 @@ pub(crate) fn op(
         text: false,
         tsv: false,
         errors: &[],
+        path_patterns: &[],
+        query: None,
         handler,
     }
 }
@@ -84,6 +91,28 @@ impl Endpoint {
     /// Documents the error statuses it answers, with their meaning.
     pub(crate) fn errors(mut self, errors: &'static [(u16, &'static str)]) -> Self {
         self.errors = errors;
+        self
+    }
+
+    /// Documents its query parameters: the fields of `T`, the type its
+    /// handler reads them into.
+    pub(crate) fn query<T: JsonSchema>(mut self) -> Self {
+        self.query = Some(|_| {
+            schemars::generate::SchemaSettings::draft2020_12()
+                .for_deserialize()
+                .with(|s| s.inline_subschemas = true)
+                .into_generator()
+                .into_root_schema_for::<T>()
+        });
+        self
+    }
+
+    /// States the form of path parameters: `(name, pattern)`.
+    pub(crate) fn path_patterns(
+        mut self,
+        patterns: &'static [(&'static str, &'static str)],
+    ) -> Self {
+        self.path_patterns = patterns;
         self
     }
 
@@ -143,10 +172,14 @@ pub(crate) fn created(value: impl Serialize) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of a list: `limit` (default 50) items after `cursor`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Page {
+    /// How many items: 1 to 200; default 50.
+    #[schemars(range(min = 1, max = 200))]
     pub(crate) limit: Option<usize>,
+    /// The `next_cursor` of the page before; none for the first page.
     pub(crate) cursor: Option<String>,
 }
 

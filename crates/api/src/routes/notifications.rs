@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,13 +23,17 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(notifications),
         )
-        .returns(body::<Items<tre_store::Notification>>),
+        .returns(body::<Items<tre_store::Notification>>)
+        .query::<InboxQuery>(),
     ]
 }
 
-#[derive(Debug, Deserialize)]
+/// How many of the newest notifications.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct InboxQuery {
+    /// 1 to 200; default 50.
+    #[schemars(range(min = 1, max = 200))]
     limit: Option<usize>,
 }
 

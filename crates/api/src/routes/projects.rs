@@ -33,7 +33,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(list_projects),
         )
-        .returns(body::<ListPage<Project>>),
+        .returns(body::<ListPage<Project>>)
+        .query::<Page>(),
         op(
             M::GET,
             "/v1/projects/{id}",

@@ -38,7 +38,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(list_requests),
         )
-        .returns(body::<ListPage<AccessRequest>>),
+        .returns(body::<ListPage<AccessRequest>>)
+        .query::<RequestQuery>(),
         op(
             M::GET,
             "/v1/requests/{id}",
@@ -115,6 +116,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 // that does not fit).
 /// A new draft access request to an environment.
 #[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct CreateRequestBody {
     /// The environment the request is made to.
@@ -185,6 +187,7 @@ async fn update_request(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Collaborators {
+    #[serde(deserialize_with = "tre_domain::schema::unique")]
     collaborators: BTreeSet<UserId>,
 }
 
@@ -206,6 +209,8 @@ async fn put_collaborators(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Revocation {
+    /// Why, for the record: 1 to 20,000 characters, not blank.
+    #[schemars(length(min = 1, max = 20_000), regex(pattern = tre_domain::schema::REQUIRED_TEXT))]
     reason: String,
 }
 
@@ -270,13 +275,33 @@ async fn request_history(
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// Which of the caller's requests, a page at a time.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RequestQuery {
+    /// The caller's part in them; all when absent.
+    #[serde(default)]
+    #[schemars(schema_with = "role_names")]
     role: Option<String>,
+    /// Only requests in this state.
+    #[serde(default)]
+    #[schemars(schema_with = "state_names")]
     state: Option<String>,
+    /// 1 to 200; default 50.
+    #[schemars(range(min = 1, max = 200))]
     limit: Option<usize>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
+}
+
+fn role_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"enum": ["owner", "collaborator", "reviewer", null]})
+}
+
+fn state_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut names: Vec<serde_json::Value> = STATES.iter().map(|s| (*s).into()).collect();
+    names.push(serde_json::Value::Null);
+    schemars::json_schema!({"enum": names})
 }
 
 const STATES: [&str; 9] = [

@@ -42,7 +42,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(review_queue),
         )
-        .returns(body::<ListPage<ReviewItem>>),
+        .returns(body::<ListPage<ReviewItem>>)
+        .query::<Page>(),
     ]
 }
 
@@ -54,6 +55,7 @@ struct DecisionBody {
     stage: usize,
     decision: Verdict,
     #[serde(default)]
+    #[schemars(length(max = 20_000), regex(pattern = tre_domain::schema::TEXT))]
     comment: String,
     #[serde(default, rename = "final")]
     is_final: bool,

@@ -1,0 +1,257 @@
+//! What the API's HTTP tests share: a server on a random port, a real
+//! client, a real database (PostgreSQL when it answers, else SQLite), its
+//! users and tokens, and a published environment.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tre_api::AppState;
+use tre_store::NewUser;
+use tre_testkit::TestDb;
+
+pub struct Api {
+    pub base: String,
+    pub client: Client,
+    pub tokens: BTreeMap<&'static str, String>,
+    pub db: TestDb,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    pub async fn start() -> Self {
+        Self::start_with(|state| state).await
+    }
+
+    /// The state every test server has: the job kinds' policies.
+    pub fn base_state(store: tre_store::Store) -> AppState {
+        AppState::new(store).with_policies(tre_workers::policies())
+    }
+
+    /// [`Api::start`] with the server's state adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(AppState) -> AppState) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = match TestDb::postgres().await {
+            Some(db) => db,
+            None => TestDb::sqlite().await,
+        };
+        let mut tokens = BTreeMap::new();
+        for (name, platform, groups) in [
+            ("platform", true, vec![]),
+            ("admin", false, vec![]),
+            ("owner", false, vec!["researchers"]),
+            ("collab", false, vec!["researchers"]),
+            ("member", false, vec!["researchers"]),
+            ("outsider", false, vec![]),
+            ("rev1", false, vec![]),
+            ("rev2a", false, vec![]),
+            ("rev2b", false, vec![]),
+        ] {
+            let (_, token) = db
+                .store
+                .bootstrap_user(
+                    NewUser {
+                        id: name.into(),
+                        platform_admin: platform,
+                        groups: groups.into_iter().map(String::from).collect(),
+                        email: None,
+                    },
+                    "test",
+                )
+                .await
+                .unwrap();
+            tokens.insert(name, token);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = adjust(Self::base_state(db.store.clone()));
+        let server = tokio::spawn(async move {
+            tre_api::serve(listener, state, std::future::pending())
+                .await
+                .unwrap();
+        });
+        Self {
+            base,
+            client: Client::new(),
+            tokens,
+            db,
+            _server: server,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        who: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = self.tokens.get(who) {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A draft request by `owner` to environment `env`; its id.
+    pub async fn draft(&self, env: &str) -> String {
+        self.ok(
+            "owner",
+            Method::POST,
+            "/v1/requests",
+            Some(request_body(env)),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Submits request `id` as `who` (it waits in `checking`), then records
+    /// a cohort of 100 as the `count_cohort` job would: these tests run no
+    /// dispensing worker (the workers' tests run the real count). Returns
+    /// the request as `who` sees it after the count.
+    pub async fn submit(&self, who: &str, id: &str) -> Value {
+        let submitted = self
+            .ok(
+                who,
+                Method::POST,
+                &format!("/v1/requests/{id}/submit"),
+                None,
+            )
+            .await;
+        assert_eq!(submitted["state"], "checking", "{submitted}");
+        let round = submitted["round"].as_u64().unwrap() as u32;
+        self.db
+            .store
+            .record_cohort_count(
+                &tre_domain::RequestId(id.to_owned()),
+                round,
+                tre_domain::CohortCount::Counted(100),
+                "test",
+            )
+            .await
+            .unwrap();
+        self.ok(who, Method::GET, &format!("/v1/requests/{id}"), None)
+            .await
+    }
+
+    pub async fn ok(&self, who: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(who, method.clone(), path, body).await;
+        assert!(
+            status.is_success(),
+            "{method} {path} as {who}: {status} {value}"
+        );
+        value
+    }
+}
+
+pub fn inventory() -> Value {
+    serde_json::to_value(tre_testkit::inventory()).unwrap()
+}
+
+/// The source root of the tests' environments.
+pub fn source() -> String {
+    tre_testkit::fixtures_source().to_string()
+}
+
+/// Every operation of the API document that takes a body: its method, its
+/// path, its url (`{id}` filled with request `request` under
+/// `/v1/requests`, else environment `env`) and the media types of its body.
+pub fn body_operations(
+    api: &Api,
+    env: &str,
+    request: &str,
+) -> Vec<(Method, String, String, Vec<String>)> {
+    let spec = tre_api::openapi();
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(content) = operation["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            let id = if path.starts_with("/v1/requests") {
+                request
+            } else {
+                env
+            };
+            out.push((
+                method.to_uppercase().parse().unwrap(),
+                path.clone(),
+                format!("{}{}", api.base, path.replace("{id}", id)),
+                content.keys().cloned().collect(),
+            ));
+        }
+    }
+    out
+}
+
+/// A published environment; returns its id.
+pub async fn published(api: &Api) -> String {
+    let env = api
+        .ok(
+            "platform",
+            Method::POST,
+            "/v1/environments",
+            Some(json!({"name": "Biobank", "admins": ["admin"], "source": source()})),
+        )
+        .await;
+    let id = env["id"].as_str().unwrap().to_owned();
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/inventory"),
+        Some(inventory()),
+    )
+    .await;
+    let pipeline = json!({"stages": [
+        {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
+        {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a", "rev2b"], "rule": {"quorum": 2}},
+    ]});
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/pipeline"),
+        Some(pipeline),
+    )
+    .await;
+    api.ok(
+        "admin",
+        Method::PUT,
+        &format!("/v1/environments/{id}/members"),
+        Some(json!({"members": [{"group": "researchers"}]})),
+    )
+    .await;
+    let env = api
+        .ok(
+            "admin",
+            Method::POST,
+            &format!("/v1/environments/{id}/publish"),
+            None,
+        )
+        .await;
+    assert_eq!(env["state"], "active");
+    id
+}
+
+pub fn request_body(env: &str) -> Value {
+    json!({
+        "environment_id": env,
+        "title": "BMI and diabetes",
+        "purpose": "Association study",
+        "cohort": {"field": "age", "op": ">=", "value": 40},
+        "collections": ["demographics"],
+        "collaborators": ["collab"],
+        "duration_days": 90,
+    })
+}
