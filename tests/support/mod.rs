@@ -80,7 +80,7 @@ pub async fn equals_uninterrupted(
     let stored = store.dispense_plan(id).await.unwrap().unwrap();
     let plan: DispensePlan = serde_json::from_value(stored.plan.clone()).unwrap();
     let keys: CohortKeys = serde_json::from_str(&stored.cohort).unwrap();
-    let secret = hex::decode(&stored.secret).unwrap();
+    let secret = hex::decode(stored.secret.expose()).unwrap();
     let source = tre_dispense::Source::folder(data.to_path_buf()).unwrap();
     let reference_dir = root.join("reference");
     let reference = tre_dispense::stores::open(reference_dir.to_str().unwrap(), "dest").unwrap();

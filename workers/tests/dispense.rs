@@ -410,7 +410,7 @@ async fn dispensed_rows_and_columns_equal_an_independent_computation() {
             let done = settled(store, project).await;
             assert_eq!(done.state, ProjectState::Ready, "{name}/{label}: {done:?}");
             let plan = store.dispense_plan(&project.id).await.unwrap().unwrap();
-            let secret = hex::decode(&plan.secret).unwrap();
+            let secret = hex::decode(plan.secret.expose()).unwrap();
             let want = expected(cohort, &APPROVED, &secret);
             let got = dispensed(store, &dest, project).await;
             assert_eq!(
@@ -545,7 +545,11 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
         let done = settled(store, project).await;
         assert_eq!(done.state, ProjectState::Ready, "{done:?}");
         let plan = store.dispense_plan(&project.id).await.unwrap().unwrap();
-        let want = expected(&cohort, &APPROVED, &hex::decode(&plan.secret).unwrap());
+        let want = expected(
+            &cohort,
+            &APPROVED,
+            &hex::decode(plan.secret.expose()).unwrap(),
+        );
         let got = dispensed(store, &direct, project).await;
         assert!(got == want, "data differ after faults");
         let ids: BTreeSet<String> = got["participants"]

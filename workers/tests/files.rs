@@ -390,7 +390,7 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
         // the changed file was never written (its batch's other files may
         // be: the retry rewrites the same keys), nor left half uploaded
         let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
-        let secret = hex::decode(&stored.secret).unwrap();
+        let secret = hex::decode(stored.secret.expose()).unwrap();
         let pseudonym =
             tre_dispense::Pseudonymiser::new(&secret).pseudonym(&participant.to_string());
         let listed = objects_of(&dest, project.id.as_str()).await;

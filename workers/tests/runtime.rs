@@ -33,7 +33,7 @@ fn fast_options(webhook: Option<&WebhookReceiver>) -> WorkerOptions {
         policies,
         webhook: webhook.map(|w| WebhookConfig {
             url: w.url.clone(),
-            secret: SECRET.into(),
+            secret: tre_domain::redact::Secret::new(SECRET),
             timeout: Duration::from_secs(5),
         }),
         // counts cohorts at submission from the environments' sources

@@ -25,6 +25,7 @@ use tre_dispense::{
     CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, Source, Sources,
     UnitJob,
 };
+use tre_domain::redact::Secret;
 use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
 use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store};
@@ -252,9 +253,9 @@ impl DispenseWorkflow {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes)
                 .map_err(|e| JobError::Transient(format!("no randomness: {e}")))?;
-            hex::encode(bytes)
+            Secret::new(hex::encode(bytes))
         } else {
-            String::new()
+            Secret::new("")
         };
         let plan_json = serde_json::to_value(&plan).expect("plans serialize");
         let cohort_json = serde_json::to_string(&keys).expect("keys serialize");
@@ -307,7 +308,7 @@ impl DispenseWorkflow {
         let keys: CohortKeys =
             serde_json::from_str(&stored.cohort).map_err(|e| corrupt("cohort", e))?;
         let pseudonymiser = if plan.pseudonymised {
-            let secret = hex::decode(&stored.secret)
+            let secret = hex::decode(stored.secret.expose())
                 .map_err(|e| JobError::Permanent(format!("stored pseudonym key: {e}")))?;
             Some(Pseudonymiser::new(&secret))
         } else {

@@ -36,7 +36,7 @@ pub struct WebhookConfig {
     /// `http(s)://...`; no default (no webhooks).
     pub url: String,
     /// The HMAC key shared with the receiver; no default.
-    pub secret: String,
+    pub secret: tre_domain::redact::Secret,
     /// Per request. Default: 10 s.
     pub timeout: Duration,
 }
@@ -56,7 +56,7 @@ impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
             .field("url", &url_origin(&self.url))
-            .field("secret", &"***")
+            .field("secret", &self.secret)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -289,7 +289,10 @@ impl Notifier {
             .header("x-tre-event", event)
             .header("x-tre-delivery", &key)
             .header("x-tre-timestamp", timestamp.to_string())
-            .header("x-tre-signature", signature(&hook.secret, timestamp, &body))
+            .header(
+                "x-tre-signature",
+                signature(hook.secret.expose(), timestamp, &body),
+            )
             .body(body)
             .send()
             .await;

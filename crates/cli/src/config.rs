@@ -33,7 +33,7 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// `TRE_WEBHOOK_SECRET`. HMAC-SHA256 key for webhook signatures (at
     /// least 16 characters; required with a webhook URL). Default: none.
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<tre_domain::redact::Secret>,
     /// `TRE_SMTP_URL`. SMTP server for email notifications:
     /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required` or
     /// `smtps://host:465`. Default: none (no email).
@@ -57,10 +57,7 @@ impl std::fmt::Debug for Settings {
             .field("log", &self.log)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("webhook_url", &self.webhook_url.as_deref().map(url_origin))
-            .field(
-                "webhook_secret",
-                &self.webhook_secret.as_ref().map(|_| "***"),
-            )
+            .field("webhook_secret", &self.webhook_secret)
             .field("smtp_url", &self.smtp_url.as_deref().map(redact_url))
             .field("smtp_from", &self.smtp_from)
             .field("token_max_days", &self.token_max_days)
@@ -125,7 +122,7 @@ impl Settings {
             "log" => self.log = value,
             "redis_url" => self.redis_url = Some(value),
             "webhook_url" => self.webhook_url = Some(value),
-            "webhook_secret" => self.webhook_secret = Some(value),
+            "webhook_secret" => self.webhook_secret = Some(tre_domain::redact::Secret::new(value)),
             "smtp_url" => self.smtp_url = Some(value),
             "smtp_from" => self.smtp_from = Some(value),
             "token_max_days" => self.token_max_days = value,
@@ -233,9 +230,10 @@ impl Settings {
         match (&self.webhook_url, &self.webhook_secret) {
             (Some(url), Some(secret)) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    bail!("webhook_url: must start with http:// or https:// (got {url:?})");
+                    // not the value: a webhook's address is often its credential
+                    bail!("webhook_url: must start with http:// or https://");
                 }
-                if secret.chars().count() < 16 {
+                if secret.expose().chars().count() < 16 {
                     bail!("webhook_secret: must be at least 16 characters");
                 }
             }

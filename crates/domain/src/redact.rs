@@ -64,6 +64,38 @@ fn secret_name(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// A secret value (a webhook's signing key, a project's pseudonym key): its
+/// `Debug` and `Display` print `***`, it does not implement `Serialize` (so
+/// it cannot reach a JSON answer or a log field by accident), and the one
+/// way to read it is [`Secret::expose`], which says so where it is called.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (signing,
+    /// keying, storing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +131,25 @@ mod tests {
             url_origin("http://u:p@127.0.0.1:9/hook?k=v"),
             "http://127.0.0.1:9"
         );
+    }
+
+    #[test]
+    fn a_secret_prints_as_stars_whatever_prints_it() {
+        #[derive(Debug)]
+        struct Config {
+            #[allow(dead_code)]
+            key: Secret,
+        }
+        let key: Secret = serde_json::from_str("\"k3y-material\"").unwrap();
+        let config = Config { key: key.clone() };
+        for shown in [
+            format!("{key}"),
+            format!("{key:?}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+        ] {
+            assert!(!shown.contains("k3y"), "{shown}");
+        }
+        assert_eq!(key.expose(), "k3y-material");
     }
 }

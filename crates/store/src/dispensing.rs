@@ -18,7 +18,8 @@ pub struct NewPlan<'a> {
     pub plan: &'a Value,
     /// JSON text of the cohort's keys.
     pub cohort: &'a str,
-    pub secret: &'a str,
+    /// The project's pseudonym key (hex; empty when not pseudonymised).
+    pub secret: &'a tre_domain::redact::Secret,
     pub units: &'a [PlannedUnit],
     /// What the audit event records about the plan.
     pub summary: Value,
@@ -42,7 +43,8 @@ pub struct StoredPlan {
     pub plan: Value,
     /// JSON text of the cohort's keys.
     pub cohort: String,
-    pub secret: String,
+    /// The project's pseudonym key (hex).
+    pub secret: tre_domain::redact::Secret,
     pub units_total: i64,
     pub units_done: i64,
     pub manifest: Option<Value>,
@@ -54,7 +56,7 @@ impl std::fmt::Debug for StoredPlan {
         f.debug_struct("StoredPlan")
             .field("units_total", &self.units_total)
             .field("units_done", &self.units_done)
-            .field("secret", &"***")
+            .field("secret", &self.secret)
             .field("manifest_sha256", &self.manifest_sha256)
             .finish_non_exhaustive()
     }
@@ -106,7 +108,7 @@ impl Store {
         .bind(new.project.as_str())
         .bind(new.plan.to_string())
         .bind(new.cohort)
-        .bind(new.secret)
+        .bind(new.secret.expose())
         .bind(new.units.len() as i64)
         .bind(at.0)
         .execute(&mut *tx)
@@ -196,7 +198,7 @@ impl Store {
         Ok(Some(StoredPlan {
             plan: docs::decode("dispense plan", project.as_str(), &plan)?,
             cohort: row.try_get("cohort")?,
-            secret: row.try_get("secret")?,
+            secret: tre_domain::redact::Secret::new(row.try_get::<String, _>("secret")?),
             units_total: row.try_get("units_total")?,
             units_done: row.try_get("units_done")?,
             manifest: manifest
