@@ -50,7 +50,13 @@ impl FromRequestParts<AppState> for Auth {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        Ok(Self(Caller::new(actor, trace)))
+        // the idempotency layer's claim on this call's key: the store
+        // claims it in the transaction of the work (see `idempotency`)
+        let claim = parts
+            .extensions
+            .get::<tre_store::IdempotencyClaim>()
+            .cloned();
+        Ok(Self(Caller::new(actor, trace).with_idempotency(claim)))
     }
 }
 

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use tre_store::{IdempotencyClaim, IdempotentStart, now, with_idempotency_key};
+use tre_store::{IdempotencyClaim, IdempotentStart, now};
 
 use crate::error::{ErrorCode, IDEMPOTENCY_CONFLICT};
 use crate::extract::{Authenticated, bearer};
@@ -84,11 +84,11 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     if let Some(answer) = earlier_answer(&state, &claim).await {
         return answer;
     }
-    let response = with_idempotency_key(
-        claim.clone(),
-        next.run(Request::from_parts(parts, RawBody::from(bytes))),
-    )
-    .await;
+    // the handler's `Auth` puts the claim into the caller it gives the
+    // store, whose commands claim the key as their work commits
+    let mut request = Request::from_parts(parts, RawBody::from(bytes));
+    request.extensions_mut().insert(claim.clone());
+    let response = next.run(request).await;
     if response
         .extensions()
         .get::<ErrorCode>()

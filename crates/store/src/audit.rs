@@ -35,6 +35,10 @@ pub(crate) struct AuditRecord<'a> {
     pub(crate) environment_id: &'a str,
     pub(crate) details: Value,
     pub(crate) trace_id: &'a str,
+    /// The idempotency key of the HTTP call that does this work, claimed in
+    /// the same transaction; none for work no call with a key does (jobs,
+    /// the CLI). See `Caller::with_idempotency`.
+    pub(crate) claim: Option<&'a crate::IdempotencyClaim>,
 }
 
 /// The insert of one event into `audit_pending`.
@@ -64,7 +68,12 @@ pub(crate) async fn append(
 ) -> Result<(), StoreError> {
     pending_insert(&record, at).execute(tx).await?;
     // the HTTP call's idempotency key commits with its work
-    crate::idempotency::claim_in(tx, record.object_type, record.object_id, at).await
+    match record.claim {
+        Some(claim) => {
+            crate::idempotency::claim_in(tx, claim, record.object_type, record.object_id, at).await
+        }
+        None => Ok(()),
+    }
 }
 
 /// Most events one sealing transaction chains.

@@ -137,6 +137,7 @@ impl Store {
                     environment_id: new.environment,
                     details: new.summary,
                     trace_id: new.trace_id,
+                    claim: None,
                 },
                 at,
             )
@@ -451,6 +452,7 @@ impl Store {
                 environment_id: &environment,
                 details: json!(details),
                 trace_id,
+                claim: None,
             },
             at,
         )

@@ -202,6 +202,7 @@ impl Store {
                 environment_id: env.id.as_str(),
                 details: json!({"name": env.name, "admins": env.admins, "source": env.source}),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             },
             at,
         )
@@ -352,6 +353,7 @@ impl Store {
                     environment_id: id.as_str(),
                     details,
                     trace_id: &caller.trace_id,
+                    claim: caller.idempotency.as_ref(),
                 },
                 at,
             )

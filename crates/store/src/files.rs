@@ -259,6 +259,7 @@ impl Store {
                 environment_id: id.as_str(),
                 details: json!({"file_inventory": file_inventory, "location": location, "files": entries.len(), "bytes": bytes}),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             },
             at,
         )
@@ -447,6 +448,7 @@ impl Store {
                 environment_id: &environment,
                 details: json!({"file_inventory": file_inventory, "bad_rows": problems.total}),
                 trace_id,
+                claim: None,
             },
             at,
         )
@@ -528,6 +530,7 @@ impl Store {
                         environment_id: env.id.as_str(),
                         details: json!({"inventory_version": made, "files": summary}),
                         trace_id,
+                        claim: None,
                     },
                     at,
                 )

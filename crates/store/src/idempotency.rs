@@ -2,16 +2,16 @@
 //!
 //! The key is claimed **inside the transaction that does the work**: every
 //! command appends to the audit log in its transaction, and the append also
-//! inserts the caller's key (see [`claim_in`]) when the call runs under
-//! [`with_idempotency_key`]. The work and the key commit together or not at
+//! inserts the caller's key (see [`claim_in`]) when the call carries one:
+//! the claim travels in the [`Caller`](crate::Caller) given to the command
+//! ([`Caller::with_idempotency`](crate::Caller::with_idempotency)), and from
+//! it in each audit record the command writes. The work and the key commit together or not at
 //! all, so a crash between them cannot leave work without its key (a retry
 //! would do it twice) nor a key without its work (a retry would be refused
 //! for ever); two concurrent calls with one key meet on the key's primary
 //! key and one of them rolls back. The answer is recorded just after the
 //! commit ([`Store::finish_idempotent`]); a call whose process died in
 //! between is answered from the object its work touched.
-
-use std::future::Future;
 
 use sqlx::Row;
 use tre_domain::{Timestamp, UserId};
@@ -30,25 +30,10 @@ pub struct IdempotencyClaim {
     pub nonce: String,
 }
 
-tokio::task_local! {
-    static CLAIM: IdempotencyClaim;
-}
-
-/// Runs `call` (an HTTP handler) so that the transactions it commits claim
-/// `claim`'s key atomically with their work.
-pub async fn with_idempotency_key<F: Future>(claim: IdempotencyClaim, call: F) -> F::Output {
-    CLAIM.scope(claim, call).await
-}
-
-/// Whether the call being served has a key to claim.
-pub(crate) fn claiming() -> bool {
-    CLAIM.try_with(|_| ()).is_ok()
-}
-
 /// What to do with a call carrying an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotentStart {
-    /// The key is new: serve the call under [`with_idempotency_key`].
+    /// The key is new: serve the call with the claim in its caller.
     Proceed,
     /// The key was used for this same call: answer what was answered then.
     Replay { status: u16, response: String },
@@ -63,18 +48,16 @@ pub enum IdempotentStart {
     },
 }
 
-/// Claims the key of the call being served (if any) in `tx`, the
+/// Claims `claim` (the key of the call being served) in `tx`, the
 /// transaction of a command's work. A key claimed by another call (another
 /// nonce) fails the transaction with [`StoreError::IdempotencyConflict`].
 pub(crate) async fn claim_in(
     tx: &mut Tx,
+    claim: &IdempotencyClaim,
     object_type: &str,
     object_id: &str,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    let Ok(claim) = CLAIM.try_with(Clone::clone) else {
-        return Ok(());
-    };
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at, nonce, object_type, object_id) \
          VALUES ($1, $2, $3, 0, '', $4, $5, $6, $7) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
@@ -143,7 +126,7 @@ impl Store {
         })
     }
 
-    /// Records the answer to a call served under [`with_idempotency_key`].
+    /// Records the answer to a call whose caller carried `claim`.
     /// A call that committed nothing (refused before any work) records its
     /// answer here; a server error is not recorded when no work committed,
     /// so a retry does the work.

@@ -48,7 +48,7 @@ pub use audit::{AuditQuery, AuditReport};
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan};
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
-pub use idempotency::{IdempotencyClaim, IdempotentStart, with_idempotency_key};
+pub use idempotency::{IdempotencyClaim, IdempotentStart};
 pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
@@ -72,6 +72,9 @@ pub enum Backend {
 pub struct Caller {
     pub actor: Actor,
     pub trace_id: String,
+    /// The `Idempotency-Key` of the call, claimed in the transaction of
+    /// the work the call does (every audit record it writes carries it).
+    pub idempotency: Option<IdempotencyClaim>,
 }
 
 impl Caller {
@@ -79,7 +82,14 @@ impl Caller {
         Self {
             actor,
             trace_id: trace_id.into(),
+            idempotency: None,
         }
+    }
+
+    /// The same caller, whose work claims `claim`'s key as it commits.
+    pub fn with_idempotency(mut self, claim: Option<IdempotencyClaim>) -> Self {
+        self.idempotency = claim;
+        self
     }
 }
 

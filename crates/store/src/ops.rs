@@ -260,6 +260,7 @@ impl Store {
                 environment_id: "",
                 details: json!({"filter": filter, "matched": keys.len(), "changed": changed, "sample": sample}),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             },
             at,
         )
@@ -304,6 +305,7 @@ impl Store {
                 environment_id: "",
                 details: json!({"paused": paused}),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             },
             at,
         )

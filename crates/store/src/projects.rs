@@ -89,6 +89,7 @@ impl Store {
                     "selection": recorded.selection_digest(),
                 }),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             };
             let written = self
                 .write(
@@ -203,6 +204,7 @@ impl Store {
                     environment_id: project.environment_id.as_str(),
                     details: json!({"from": project.state, "to": next.state, "failure": next.failure}),
                     trace_id,
+                    claim: None,
                 },
                 at,
             )

@@ -289,6 +289,7 @@ impl Store {
             environment_id: env.id.as_str(),
             details: json!({"title": request.title, "collaborators": request.collaborators}),
             trace_id: &caller.trace_id,
+            claim: caller.idempotency.as_ref(),
         };
         let unchanged = Statement {
             sql: "SELECT 1 FROM environments WHERE id = $1 AND version = $2",
@@ -552,6 +553,7 @@ impl Store {
             environment_id: env.id.as_str(),
             details,
             trace_id,
+            claim: authorized.and_then(|(c, _)| c.idempotency.as_ref()),
         };
         let next_doc = docs::encode(&next);
         let update = Statement {

@@ -283,6 +283,7 @@ impl Store {
                     "outcome": query.outcome,
                 }),
                 trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
             };
             self.write(Writes::new(audit, at).insert(record)).await
         })

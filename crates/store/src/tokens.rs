@@ -122,6 +122,13 @@ impl TokenActor<'_> {
         }
     }
 
+    fn claim(&self) -> Option<&crate::IdempotencyClaim> {
+        match self {
+            Self::Caller(c) => c.idempotency.as_ref(),
+            Self::Operator { .. } => None,
+        }
+    }
+
     /// Anyone may act on their own tokens; on another user's, platform
     /// admins (and the operator) only.
     fn may_act_for(&self, user: &UserId) -> Result<(), StoreError> {
@@ -223,6 +230,7 @@ impl Store {
                 environment_id: "",
                 details: json!({"token": info.id, "name": info.name, "expires_at": info.expires_at}),
                 trace_id: actor.trace_id(),
+                claim: actor.claim(),
             },
             at,
         )
@@ -288,6 +296,7 @@ impl Store {
                 environment_id: "",
                 details: json!({"token": info.id, "name": info.name}),
                 trace_id: actor.trace_id(),
+                claim: actor.claim(),
             },
             at,
         )
@@ -361,6 +370,7 @@ impl Store {
                     environment_id: "",
                     details: json!({"alerted_environments": alerted}),
                     trace_id: actor.trace_id(),
+                    claim: actor.claim(),
                 },
                 at,
             )

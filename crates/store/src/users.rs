@@ -178,6 +178,7 @@ impl Store {
                 environment_id: "",
                 details: json!({"platform_admin": new.platform_admin, "groups": new.groups}),
                 trace_id,
+                claim: None,
             },
             at,
         )

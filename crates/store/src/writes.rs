@@ -19,7 +19,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use crate::audit::{self, AuditRecord};
-use crate::{Backend, Store, StoreError, Tx, idempotency};
+use crate::{Backend, Store, StoreError, Tx};
 use tre_domain::Timestamp;
 
 /// A value bound to a statement.
@@ -214,7 +214,9 @@ impl<'a> Writes<'a> {
 impl Store {
     /// Writes `writes` atomically (see the module documentation).
     pub(crate) async fn write(&self, writes: Writes<'_>) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres && writes.other.is_empty() && !idempotency::claiming()
+        if self.backend == Backend::Postgres
+            && writes.other.is_empty()
+            && writes.audit.claim.is_none()
         {
             return self.write_as_one_statement(writes).await;
         }

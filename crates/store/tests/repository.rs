@@ -10,7 +10,9 @@ use tre_domain::{
     DecisionInput, DecisionRule, DomainError, EnvironmentCommand, EnvironmentState, NewEnvironment,
     NewRequest, RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline, Verdict,
 };
-use tre_store::{AuditQuery, Backend, Caller, NewUser, Store, StoreError};
+use tre_store::{
+    AuditQuery, Backend, Caller, IdempotencyClaim, IdempotentStart, NewUser, Store, StoreError,
+};
 use tre_testkit::{
     caller, fixtures_source, inventory, new_request, stage, submit_counted, user, world,
 };
@@ -25,6 +27,7 @@ tre_testkit::on_both_backends!(
     concurrent_decisions_count_once,
     expiry_and_revocation,
     the_cleaner_removes_what_retention_lets_go,
+    a_callers_idempotency_key_commits_with_its_work,
 );
 
 tre_testkit::on_both_backends!(with_db:
@@ -1264,4 +1267,63 @@ async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
         store.clean(day_ago, day_ago, day_ago, 2).await.unwrap(),
         (0, 0, 0)
     );
+}
+
+/// The key travels in the caller the command is given: the work and the key
+/// commit together; another call with the key (another nonce) is refused
+/// and writes nothing; a caller without a key claims none.
+async fn a_callers_idempotency_key_commits_with_its_work(store: &Store) {
+    let w = world(store, &["rev1"], &["rev2a", "rev2b"], 1).await;
+    let claim = |nonce: &str| IdempotencyClaim {
+        user: w.owner.actor.id.clone(),
+        key: "k-1".into(),
+        request_hash: "h".into(),
+        nonce: nonce.into(),
+    };
+    let first = w.owner.clone().with_idempotency(Some(claim("first")));
+    let made = store
+        .create_request(&first, &w.env, new_request())
+        .await
+        .unwrap();
+    match store
+        .start_idempotent(&w.owner.actor.id, "k-1", "h")
+        .await
+        .unwrap()
+    {
+        IdempotentStart::Committed {
+            object_type,
+            object_id,
+            ..
+        } => {
+            assert_eq!(object_type, "request");
+            assert_eq!(object_id, made.id.as_str());
+        }
+        other => panic!("{other:?}"),
+    }
+    let requests = count(store, "SELECT COUNT(*) FROM requests").await;
+    let second = w.owner.clone().with_idempotency(Some(claim("second")));
+    let err = store
+        .create_request(&second, &w.env, new_request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdempotencyConflict), "{err:?}");
+    assert_eq!(
+        count(store, "SELECT COUNT(*) FROM requests").await,
+        requests
+    );
+    // the same call (its nonce) may do more work under its key
+    store
+        .create_request(&first, &w.env, new_request())
+        .await
+        .unwrap();
+    let keys = count(store, "SELECT COUNT(*) FROM idempotency_keys").await;
+    store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(store, "SELECT COUNT(*) FROM idempotency_keys").await,
+        keys
+    );
+    assert_audit_intact(store).await;
 }
