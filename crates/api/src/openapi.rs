@@ -39,7 +39,11 @@ pub fn spec() -> Value {
                 "default": {"description": "an error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
-        for (status, meaning) in e.errors {
+        // what every route of its shape can answer, then what it lists itself
+        for (status, meaning) in common_errors(&e)
+            .into_iter()
+            .chain(e.errors.iter().copied())
+        {
             operation["responses"][status.to_string()] = json!({
                 "description": meaning,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -143,6 +147,46 @@ pub fn spec() -> Value {
         },
         "paths": paths,
     })
+}
+
+/// The errors a route answers because of its shape: a token (401, 403,
+/// 503 when the database is away), an id in its path (404), a body (400,
+/// 413, 415, 422) or being a POST (an `Idempotency-Key` in use or reused).
+/// A route's own list, given after, says more where it has more to say.
+fn common_errors(e: &crate::routes::Endpoint) -> Vec<(u16, &'static str)> {
+    let mut errors = Vec::new();
+    if e.auth {
+        errors.push((401, "unauthorized: no bearer token, or one that is unknown, expired, revoked or of a disabled user"));
+        errors.push((403, "forbidden: the caller may not do this"));
+        errors.push((
+            503,
+            "unavailable: the database does not answer; retry (Retry-After)",
+        ));
+    }
+    if e.path.contains('{') {
+        errors.push((
+            404,
+            "not found: no such object, or the caller may not know it exists",
+        ));
+    }
+    if e.body.is_some() || e.tsv || e.query.is_some() {
+        errors.push((
+            422,
+            "invalid: a field (named in `error.field`) does not hold",
+        ));
+    }
+    if e.body.is_some() || e.tsv {
+        errors.push((400, "malformed: the body is not JSON"));
+        errors.push((413, "too large: the body is over the limit"));
+        errors.push((415, "unsupported media type"));
+    }
+    if e.method != axum::http::Method::GET && e.auth {
+        errors.push((409, "conflict: the object's state does not allow this, it is not ready (`incomplete`), or (POST) a call with this Idempotency-Key is still being answered"));
+    }
+    if e.method == axum::http::Method::POST && e.auth {
+        errors.push((422, "invalid, or `idempotency_key_reused`: this Idempotency-Key was used for a different call"));
+    }
+    errors
 }
 
 /// A query parameter's schema without `null`, which a query cannot send

@@ -321,3 +321,40 @@ async fn extreme_numbers_never_panic() {
     }
     api.db.finish().await;
 }
+
+/// Every route documents the errors its shape lets it answer, each with
+/// the error schema: 401/403/503 with a token, 404 with an id, 422 with a
+/// body or query, 409 for a change.
+#[test]
+fn every_route_documents_the_errors_of_its_shape() {
+    let spec = tre_api::openapi();
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = &operation["responses"];
+            let public = operation["security"] == json!([]);
+            let mut want: Vec<&str> = Vec::new();
+            if !public {
+                want.extend(["401", "403", "503"]);
+                if method != "get" {
+                    want.push("409");
+                }
+            }
+            if path.contains('{') {
+                want.push("404");
+            }
+            if operation.get("requestBody").is_some() {
+                want.extend(["400", "413", "415", "422"]);
+            }
+            for status in want {
+                assert_eq!(
+                    responses[status]["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/Error",
+                    "{method} {path} does not document {status}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "{checked}");
+}
