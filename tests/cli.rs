@@ -1227,3 +1227,60 @@ async fn no_secret_reaches_any_output() {
     let _ = std::fs::remove_dir_all(dir);
     db.finish().await;
 }
+
+/// After the demo, a member lists and reads the project's objects from the
+/// CLI (the environment lets members read; the read is checked against the
+/// manifest's SHA-256), a reviewer learns nothing, and a path out of the
+/// project is refused.
+#[test]
+fn members_list_and_read_project_objects_from_the_cli() {
+    let (dir, url) = sqlite_url();
+    let objects = dir.join("objects");
+    let run = |args: &[&str]| {
+        let mut command = tre_command();
+        command
+            .args(args)
+            .env("TRE_DATABASE_URL", &url)
+            .env("TRE_OBJECT_STORE", &objects);
+        command.output().unwrap()
+    };
+    let demo = ok(run(&["demo"]));
+    let project = demo
+        .split("bob creates project ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .expect("the demo names its project")
+        .to_owned();
+    let listed = ok(run(&["projects", "objects", &project, "--as", "alice"]));
+    assert!(listed.contains("manifest.json"), "{listed}");
+    assert!(
+        listed.contains("data/participants/part-00000.parquet"),
+        "{listed}"
+    );
+    let file = dir.join("participants.parquet");
+    ok(run(&[
+        "projects",
+        "get",
+        &project,
+        "data/participants/part-00000.parquet",
+        "--as",
+        "bob",
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    assert!(std::fs::metadata(&file).unwrap().len() > 1000);
+    let hidden = run(&["projects", "objects", &project, "--as", "carol"]);
+    assert_eq!(hidden.status.code(), Some(1));
+    assert!(stderr(&hidden).contains("not found"), "{}", stderr(&hidden));
+    let out = run(&[
+        "projects",
+        "get",
+        &project,
+        "../other/manifest.json",
+        "--as",
+        "alice",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("invalid path"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}

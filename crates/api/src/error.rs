@@ -94,6 +94,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { object, id } => Self::not_found(&format!("{object} {id}")),
+            StoreError::Gone { object, id, state } => Self::new(
+                StatusCode::GONE,
+                "gone",
+                format!("{object} {id} is {state}: its data is no longer served"),
+            ),
             StoreError::Forbidden(denied) => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", denied.reason)
             }

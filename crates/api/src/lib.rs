@@ -57,6 +57,9 @@ pub struct AppState {
     /// The cohort builder's columns, per inventory version. Default: read
     /// from environments' sources as workers read them.
     pub showcase: std::sync::Arc<ShowcaseCache>,
+    /// Where dispensed project data is read from (the workers' destination
+    /// store). Default: none, and reads answer 503.
+    pub project_data: Option<tre_dispense::stores::ProjectReader>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,6 +79,7 @@ impl AppState {
             metrics: std::sync::Arc::default(),
             policies: std::sync::Arc::default(),
             showcase: std::sync::Arc::new(ShowcaseCache::new(tre_dispense::Sources::default())),
+            project_data: None,
         }
     }
 
@@ -88,6 +92,12 @@ impl AppState {
     /// The job kinds' policies, so operators can name pools.
     pub fn with_policies(mut self, policies: Vec<tre_jobs::JobPolicy>) -> Self {
         self.policies = std::sync::Arc::new(policies);
+        self
+    }
+
+    /// Project objects are read through `reader`.
+    pub fn with_project_data(mut self, reader: tre_dispense::stores::ProjectReader) -> Self {
+        self.project_data = Some(reader);
         self
     }
 

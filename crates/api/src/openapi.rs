@@ -53,10 +53,15 @@ pub fn spec() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            // `{*path}` (the rest of the path) is documented as `{path}`
+            .map(|name| name.trim_start_matches('*'))
             .map(|name| {
                 let mut schema = json!({"type": "string", "minLength": 1});
                 if let Some((_, pattern)) = e.path_patterns.iter().find(|(n, _)| *n == name) {
                     schema["pattern"] = json!(pattern);
+                }
+                if let Some((_, most)) = e.path_max_lengths.iter().find(|(n, _)| *n == name) {
+                    schema["maxLength"] = json!(most);
                 }
                 json!({"name": name, "in": "path", "required": true, "schema": schema})
             })
@@ -118,7 +123,9 @@ pub fn spec() -> Value {
         if !e.auth {
             operation["security"] = json!([]);
         }
-        let entry = paths.entry(e.path.to_owned()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(e.path.replace("{*", "{"))
+            .or_insert_with(|| json!({}));
         entry[e.method.as_str().to_ascii_lowercase()] = operation;
     }
     add_links(&mut paths);

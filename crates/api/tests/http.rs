@@ -730,6 +730,19 @@ async fn authorization_matrix_over_http() {
             None,
             "HHHHHAAHH",
         ),
+        // its data (not dispensed here: members are told it is not ready)
+        (
+            Method::GET,
+            format!("/v1/projects/{project}/objects"),
+            None,
+            "HHHHHAAHH",
+        ),
+        (
+            Method::GET,
+            format!("/v1/projects/{project}/objects/manifest.json"),
+            None,
+            "HHHHHAAHH",
+        ),
         (Method::GET, "/v1/audit".into(), None, "AAFFFFFFF"),
         (
             Method::GET,

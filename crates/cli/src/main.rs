@@ -484,7 +484,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Lists(args)) => bench_lists::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
-            let done = projects::run(&store, command).await;
+            let done = projects::run(&store, &settings, command).await;
             store.close().await;
             done?;
         }

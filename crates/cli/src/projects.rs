@@ -1,4 +1,6 @@
-//! `tre projects`: watch a dispense, show a project, retry a failed one.
+//! `tre projects`: watch a dispense, show a project, retry a failed one,
+//! and, as a member, list and read its dispensed objects (the same rules as
+//! the API: the environment's `download` policy, every read audited).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +11,8 @@ use serde_json::json;
 use tre_dispense::Manifest;
 use tre_domain::{Project, ProjectId, ProjectState};
 use tre_store::Store;
+
+use crate::config::Settings;
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCommand {
@@ -29,9 +33,26 @@ pub enum ProjectsCommand {
         #[command(flatten)]
         acting: crate::Acting,
     },
+    /// The project's dispensed objects (path, size, SHA-256), as a member.
+    Objects {
+        id: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
+    /// Read one object, as a member the environment's `download` policy
+    /// allows (audited), into `-o FILE` (or stdout); its SHA-256 is checked
+    /// against the manifest.
+    Get {
+        id: String,
+        path: String,
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
 }
 
-pub async fn run(store: &Store, command: ProjectsCommand) -> Result<()> {
+pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -> Result<()> {
     match command {
         ProjectsCommand::Show { id } => {
             let id = ProjectId(id);
@@ -70,6 +91,102 @@ pub async fn run(store: &Store, command: ProjectsCommand) -> Result<()> {
                 project.state, project.dispense_round
             );
         }
+        ProjectsCommand::Objects { id, acting } => {
+            let caller = crate::caller(store, &acting).await?;
+            let mut cursor = String::new();
+            loop {
+                let page = store
+                    .project_objects(&caller, &ProjectId(id.clone()), &cursor, 200)
+                    .await
+                    .map_err(crate::explain)?;
+                let mut lines = String::new();
+                for o in &page.items {
+                    let size = o.bytes.map_or_else(|| "-".to_owned(), human_bytes);
+                    let sha = &o.sha256[..o.sha256.len().min(12)];
+                    lines.push_str(&format!("{size:>10}  {sha}  {}\n", o.path));
+                }
+                // a reader that stops early (`| head`) is not an error
+                use std::io::Write;
+                if let Err(e) = std::io::stdout().lock().write_all(lines.as_bytes()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(e.into());
+                }
+                match page.next_cursor {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
+            }
+        }
+        ProjectsCommand::Get {
+            id,
+            path,
+            output,
+            acting,
+        } => get(store, settings, &ProjectId(id), &path, output, &acting).await?,
+    }
+    Ok(())
+}
+
+/// Reads one object through the same authorization and audit as the API,
+/// with a progress bar when writing to a file.
+async fn get(
+    store: &Store,
+    settings: &Settings,
+    id: &ProjectId,
+    path: &str,
+    output: Option<std::path::PathBuf>,
+    acting: &crate::Acting,
+) -> Result<()> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let caller = crate::caller(store, acting).await?;
+    let read = store
+        .read_project_object(&caller, id, path)
+        .await
+        .map_err(crate::explain)?;
+    let reader = tre_dispense::stores::ProjectReader::open(&settings.object_store, "object_store")?;
+    let location = tre_dispense::stores::ProjectReader::location(id.as_str(), &read.object.path)?;
+    let mut stream = reader.store().get(&location).await?.into_stream();
+    let bar = match (&output, read.object.bytes) {
+        (Some(_), Some(total)) => ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("a valid template"),
+        ),
+        _ => ProgressBar::hidden(),
+    };
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &output {
+        Some(file) => Box::new(tokio::fs::File::create(file).await?),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        hasher.update(&chunk);
+        match out.write_all(&chunk).await {
+            // a reader that stops early (`| head`) is not an error
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    match out.flush().await {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    bar.finish_and_clear();
+    let sha = hex::encode(hasher.finalize());
+    if sha != read.object.sha256 {
+        bail!(
+            "{path}: SHA-256 {sha} is not the manifest's {}",
+            read.object.sha256
+        );
+    }
+    if let Some(file) = output {
+        eprintln!("{path} -> {} ({sha})", file.display());
     }
     Ok(())
 }

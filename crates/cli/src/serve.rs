@@ -69,7 +69,11 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
     });
     let state = AppState::new(store.clone())
         .with_queue_health(health)
-        .with_policies(tre_workers::policies());
+        .with_policies(tre_workers::policies())
+        .with_project_data(tre_dispense::stores::ProjectReader::open(
+            &settings.object_store,
+            "object_store",
+        )?);
     let mut stop_api = shutdown.clone();
     tre_api::serve(listener, state, async move {
         let _ = stop_api.wait_for(|s| *s).await;

@@ -36,7 +36,7 @@ const BATCH_ROWS: usize = 64 * 1024;
 /// Rows per row group written (bounds the writer's memory).
 const OUT_ROW_GROUP_ROWS: usize = 256 * 1024;
 
-fn location(path: &str) -> Result<Path, DispenseError> {
+pub(crate) fn location(path: &str) -> Result<Path, DispenseError> {
     Path::parse(path).map_err(|e| DispenseError::data(format!("bad object path {path:?}: {e}")))
 }
 

@@ -155,3 +155,89 @@ mod tests {
         assert!(err.starts_with("source:"), "{err}");
     }
 }
+
+/// Reads a project's objects where dispensing wrote them (`{project}/...`
+/// in the destination store), and signs time-limited GET URLs to them when
+/// the store can (S3); a folder cannot sign, so its bytes are served by
+/// whoever holds the reader. Never writes.
+#[derive(Clone)]
+pub struct ProjectReader {
+    store: Arc<dyn ObjectStore>,
+    /// The S3 client and the store's prefix, for signing.
+    signer: Option<(Arc<AmazonS3>, String)>,
+}
+
+impl std::fmt::Debug for ProjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectReader")
+            .field("signs", &self.signer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProjectReader {
+    /// The reader of the store `url` names (as [`open`]); `setting` names it
+    /// in errors.
+    pub fn open(url: &str, setting: &str) -> Result<Self, DispenseError> {
+        let signer = s3_from_env(url, setting)?.map(|(s3, prefix)| (Arc::new(s3), prefix));
+        Ok(Self {
+            store: open(url, setting)?,
+            signer,
+        })
+    }
+
+    /// A reader of an S3-compatible store with explicit settings (as [`s3`]).
+    pub fn s3(
+        endpoint: &str,
+        bucket: &str,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<Self, DispenseError> {
+        let client = Arc::new(s3_client(endpoint, bucket, access_key, secret_key)?);
+        Ok(Self {
+            store: client.clone(),
+            signer: Some((client, String::new())),
+        })
+    }
+
+    /// The object `path` of `project` (both checked by the caller), named
+    /// as dispensing named it.
+    pub fn location(project: &str, path: &str) -> Result<Path, DispenseError> {
+        crate::engine::location(&format!("{project}/{path}"))
+    }
+
+    /// The store, to read objects from (see [`Self::location`]).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Whether reads are answered with signed URLs rather than bytes.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A GET URL to `project`'s object `path` that works for `expires`;
+    /// none when the store cannot sign (a folder).
+    pub async fn signed_url(
+        &self,
+        project: &str,
+        path: &str,
+        expires: Duration,
+    ) -> Result<Option<String>, DispenseError> {
+        use object_store::signer::{Method, Signer};
+        let Some((s3, prefix)) = &self.signer else {
+            return Ok(None);
+        };
+        let key = if prefix.is_empty() {
+            format!("{project}/{path}")
+        } else {
+            format!("{prefix}/{project}/{path}")
+        };
+        let key = crate::engine::location(&key)?;
+        let url = s3
+            .signed_url(Method::GET, &key, expires)
+            .await
+            .map_err(|e| DispenseError::Config(format!("cannot sign a URL: {e}")))?;
+        Ok(Some(url.to_string()))
+    }
+}

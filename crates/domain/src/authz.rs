@@ -183,7 +183,7 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
             },
         ) => request_rule(actor, action, environment, request),
         (
-            A::ViewProject | A::ReadProjectData,
+            A::ViewProject,
             Object::Project {
                 environment,
                 project,
@@ -192,6 +192,26 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
             project.members.contains(&actor.id) && environment.is_authorized_user(actor),
             conceal("project not found"),
         ),
+        (
+            A::ReadProjectData,
+            Object::Project {
+                environment,
+                project,
+            },
+        ) => {
+            if !(project.members.contains(&actor.id) && environment.is_authorized_user(actor)) {
+                return conceal("project not found");
+            }
+            match environment.policies.download {
+                crate::DownloadPolicy::Members => Ok(()),
+                crate::DownloadPolicy::Workspace => deny(
+                    "the environment's policy lets only the project's workspaces read its data",
+                ),
+                crate::DownloadPolicy::Forbidden => {
+                    deny("the environment's policy lets nobody read project data through tre")
+                }
+            }
+        }
         _ => deny("this action does not apply to this object"),
     }
 }
@@ -558,8 +578,26 @@ mod tests {
                     project: &project
                 }
             ),
-            ["HHHHHYYHHH", "HHHHHYYHHH"]
+            // the default policy: only the project's workspaces read data
+            ["HHHHHYYHHH", "HHHHHFFHHH"]
         );
+        for (download, read) in [
+            (crate::DownloadPolicy::Members, "HHHHHYYHHH"),
+            (crate::DownloadPolicy::Workspace, "HHHHHFFHHH"),
+            (crate::DownloadPolicy::Forbidden, "HHHHHFFHHH"),
+        ] {
+            let mut env = env.clone();
+            env.policies.download = download;
+            let object = Object::Project {
+                environment: &env,
+                project: &project,
+            };
+            assert_eq!(
+                row(&[Action::ReadProjectData], &object),
+                [read],
+                "{download:?}"
+            );
+        }
         // a member taken out of the environment drops out of the project
         let removed = without_owner(&env);
         assert_eq!(
@@ -570,7 +608,7 @@ mod tests {
                     project: &project
                 }
             ),
-            ["HHHHHHYHHH", "HHHHHHYHHH"]
+            ["HHHHHHYHHH", "HHHHHHFHHH"]
         );
     }
 

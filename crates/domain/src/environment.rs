@@ -83,6 +83,27 @@ impl Visibility {
     }
 }
 
+/// How a project's members may reach its dispensed data through tre (the
+/// custodian's choice; Safe Settings).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadPolicy {
+    /// Nobody reads objects through tre; members may list them.
+    Forbidden,
+    /// Only the project's workspaces (the compute its members register)
+    /// read objects, so analysis stays inside the TRE; members may list.
+    #[default]
+    Workspace,
+    /// The project's members read objects themselves.
+    Members,
+}
+
+fn default_access_url_minutes() -> u32 {
+    5
+}
+
 fn default_true() -> bool {
     true
 }
@@ -143,6 +164,16 @@ pub struct Policies {
     #[serde(default = "default_showcase_queries_per_minute")]
     #[schemars(range(min = 1, max = 10_000))]
     pub showcase_queries_per_minute: u32,
+    /// Who may read a project's dispensed objects through tre. Default:
+    /// `workspace`.
+    #[serde(default)]
+    pub download: DownloadPolicy,
+    /// How long a read's access URL (S3) stays valid, in minutes (1 to
+    /// 1440); a URL handed out before a project ends works until then.
+    /// Default: 5.
+    #[serde(default = "default_access_url_minutes")]
+    #[schemars(range(min = 1, max = 1440))]
+    pub access_url_minutes: u32,
 }
 
 impl Default for Policies {
@@ -156,6 +187,8 @@ impl Default for Policies {
             rounding_base: default_rounding_base(),
             zero_cells: crate::disclosure::ZeroCells::default(),
             showcase_queries_per_minute: default_showcase_queries_per_minute(),
+            download: DownloadPolicy::default(),
+            access_url_minutes: default_access_url_minutes(),
         }
     }
 }
@@ -190,6 +223,12 @@ impl Policies {
             return Err(DomainError::invalid(
                 "policies.showcase_queries_per_minute",
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=1440).contains(&self.access_url_minutes) {
+            return Err(DomainError::invalid(
+                "policies.access_url_minutes",
+                "must be between 1 and 1440",
             ));
         }
         if self.review_sla_hours == Some(0) {

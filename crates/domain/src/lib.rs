@@ -37,7 +37,8 @@ pub mod summary;
 pub use authz::{Action, Denied, Object, authorize, request_view};
 pub use effect::{AdminAlert, Effect};
 pub use environment::{
-    Environment, EnvironmentCommand, EnvironmentState, NewEnvironment, Policies, Visibility,
+    DownloadPolicy, Environment, EnvironmentCommand, EnvironmentState, NewEnvironment, Policies,
+    Visibility,
 };
 pub use error::DomainError;
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
@@ -49,7 +50,7 @@ pub use people::{Actor, Principal};
 pub use pipeline::{
     DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, Vote, tally,
 };
-pub use project::{Project, ProjectCommand, ProjectState};
+pub use project::{OBJECT_PATH, Project, ProjectCommand, ProjectState, check_object_path};
 pub use request::{
     AccessRequest, CohortCount, Decision, DecisionInput, NewRequest, RequestCommand,
     RequestContext, RequestState, RequestTransition, RequestUpdate, Verdict,

@@ -8,6 +8,14 @@ pub enum StoreError {
     /// The object does not exist, or the caller may not know it exists.
     #[error("{object} {id} not found")]
     NotFound { object: &'static str, id: String },
+    /// The object existed and ended (a revoked or expired project): what
+    /// it held is no longer served.
+    #[error("{object} {id} is {state}: gone")]
+    Gone {
+        object: &'static str,
+        id: String,
+        state: String,
+    },
     /// The caller is not allowed to do this.
     #[error("forbidden: {}", .0.reason)]
     Forbidden(Denied),

@@ -41,7 +41,7 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = (items.len() > limit).then(|| id(&items[limit - 1]));
     items.truncate(limit);
     Page { items, next_cursor }

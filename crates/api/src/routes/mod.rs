@@ -6,6 +6,7 @@ mod environments;
 mod health;
 mod jobs;
 mod notifications;
+mod project_data;
 mod projects;
 mod requests;
 mod reviews;
@@ -46,6 +47,8 @@ pub(crate) struct Endpoint {
     /// Path parameters whose form is stated (a JSON Schema pattern); the
     /// others are any string (an id that does not exist answers 404).
     pub(crate) path_patterns: &'static [(&'static str, &'static str)],
+    /// Path parameters whose length is bounded: `(name, most characters)`.
+    pub(crate) path_max_lengths: &'static [(&'static str, u32)],
     handler: MethodRouter<AppState>,
 }
 
@@ -76,6 +79,7 @@ pub(crate) fn op(
         tsv: false,
         errors: &[],
         path_patterns: &[],
+        path_max_lengths: &[],
         query: None,
         handler,
     }
@@ -116,6 +120,12 @@ impl Endpoint {
         self
     }
 
+    /// States the longest value of path parameters: `(name, characters)`.
+    pub(crate) fn path_max_lengths(mut self, lengths: &'static [(&'static str, u32)]) -> Self {
+        self.path_max_lengths = lengths;
+        self
+    }
+
     /// Documents plain text as what it answers on success.
     pub(crate) fn text(mut self) -> Self {
         self.text = true;
@@ -142,6 +152,7 @@ pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     all.extend(requests::endpoints());
     all.extend(reviews::endpoints());
     all.extend(projects::endpoints());
+    all.extend(project_data::endpoints());
     all.extend(audit::endpoints());
     all.extend(jobs::endpoints());
     all.extend(notifications::endpoints());

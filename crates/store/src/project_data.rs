@@ -1,0 +1,198 @@
+//! A project's dispensed data as its members reach it: the objects its
+//! manifest lists (nothing else is ever named or served), and every read
+//! authorized under the environment's `download` policy and audited. A
+//! project that ended (revoked, expired) is gone: 410 at once.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tre_domain::{Action, Object, ProjectId, ProjectState, authorize, check_object_path};
+
+use crate::audit::AuditRecord;
+use crate::lists::{Page, page};
+use crate::writes::Writes;
+use crate::{Caller, Store, StoreError, now};
+
+/// One object of a project, as its manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct ProjectObject {
+    /// Relative to the project, e.g. `participants/part-00000.parquet`.
+    pub path: String,
+    /// Its size; none for the manifest itself (whatever the store holds).
+    pub bytes: Option<u64>,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// `dataset`, `file_collection` or `manifest`.
+    pub kind: String,
+    /// The dataset or file collection it belongs to; none for the manifest.
+    pub part_of: Option<String>,
+}
+
+/// A read the caller may make: what to serve and for how long a URL to it
+/// may live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRead {
+    pub object: ProjectObject,
+    /// The environment's `access_url_minutes`.
+    pub url_minutes: u32,
+}
+
+/// Every object `manifest` lists, in path order, the manifest included.
+fn objects_of(manifest: &Value, manifest_sha256: &str) -> Vec<ProjectObject> {
+    let mut out = Vec::new();
+    let entries = |groups: &Value, kind: &str, out: &mut Vec<ProjectObject>| {
+        for group in groups.as_array().into_iter().flatten() {
+            let name = group["name"].as_str().map(str::to_owned);
+            for file in group["files"].as_array().into_iter().flatten() {
+                out.push(ProjectObject {
+                    path: file["path"].as_str().unwrap_or_default().to_owned(),
+                    bytes: file["bytes"].as_u64(),
+                    sha256: file["sha256"].as_str().unwrap_or_default().to_owned(),
+                    kind: kind.to_owned(),
+                    part_of: name.clone(),
+                });
+            }
+        }
+    };
+    entries(&manifest["datasets"], "dataset", &mut out);
+    entries(&manifest["file_collections"], "file_collection", &mut out);
+    out.push(ProjectObject {
+        path: "manifest.json".into(),
+        bytes: None,
+        sha256: manifest_sha256.to_owned(),
+        kind: "manifest".into(),
+        part_of: None,
+    });
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+impl Store {
+    /// The project's objects, `limit` at a time after `cursor` (a path):
+    /// for its members. Gone once the project ended; a conflict before its
+    /// data is ready.
+    pub async fn project_objects(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<Page<ProjectObject>, StoreError> {
+        let objects = self
+            .readable_objects(caller, id, Action::ViewProject)
+            .await?
+            .0;
+        let after: Vec<ProjectObject> = objects
+            .into_iter()
+            .filter(|o| o.path.as_str() > cursor)
+            .take(limit + 1)
+            .collect();
+        Ok(page(after, limit, |o| o.path.clone()))
+    }
+
+    /// Authorizes reading one object of the project under the environment's
+    /// `download` policy and records the read in the audit log (who, which
+    /// object, its size, how long its URL lives) before anything is served.
+    pub async fn read_project_object(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        path: &str,
+    ) -> Result<ObjectRead, StoreError> {
+        check_object_path(path)?;
+        let (objects, url_minutes, environment) = self
+            .readable_objects(caller, id, Action::ReadProjectData)
+            .await?;
+        let object = objects
+            .into_iter()
+            .find(|o| o.path == path)
+            .ok_or_else(|| StoreError::not_found("object", path))?;
+        let at = now();
+        let expires_at = at.0 + i64::from(url_minutes) * 60_000;
+        let audit = AuditRecord {
+            actor: caller.actor.id.as_str(),
+            action: "project.object_read",
+            object_type: "project",
+            object_id: id.as_str(),
+            environment_id: environment.as_str(),
+            details: json!({
+                "object": object.path,
+                "bytes": object.bytes,
+                "url_expires_at": expires_at,
+            }),
+            trace_id: &caller.trace_id,
+            claim: caller.idempotency.as_ref(),
+        };
+        self.write(Writes::new(audit, at)).await?;
+        Ok(ObjectRead {
+            object,
+            url_minutes,
+        })
+    }
+
+    /// The objects of a project the caller may `action` on, with the
+    /// environment's URL lifetime and id.
+    async fn readable_objects(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        action: Action,
+    ) -> Result<(Vec<ProjectObject>, u32, tre_domain::EnvironmentId), StoreError> {
+        let (project, _) = self.load_project(id).await?;
+        let (environment, _) = self
+            .load_environment(&self.pool, &project.environment_id)
+            .await?;
+        // membership first: who may not know the project learns nothing,
+        // not even that it ended
+        authorize(
+            &caller.actor,
+            Action::ViewProject,
+            &Object::Project {
+                environment: &environment,
+                project: &project,
+            },
+        )
+        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        match project.state {
+            ProjectState::Revoked | ProjectState::Expired => {
+                return Err(StoreError::Gone {
+                    object: "project",
+                    id: id.to_string(),
+                    state: project.state.to_string(),
+                });
+            }
+            ProjectState::Ready => {}
+            other => {
+                return Err(tre_domain::DomainError::Conflict(format!(
+                    "the project's data is not ready (state {other})"
+                ))
+                .into());
+            }
+        }
+        authorize(
+            &caller.actor,
+            action,
+            &Object::Project {
+                environment: &environment,
+                project: &project,
+            },
+        )
+        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        let plan = self.dispense_plan(id).await?;
+        let (manifest, sha) = match plan {
+            Some(plan) => (plan.manifest, plan.manifest_sha256),
+            None => (None, None),
+        };
+        let (Some(manifest), Some(sha)) = (manifest, sha) else {
+            return Err(StoreError::Corrupt {
+                object: "project",
+                id: id.to_string(),
+                message: "ready without a manifest".into(),
+            });
+        };
+        Ok((
+            objects_of(&manifest, &sha),
+            environment.policies.access_url_minutes,
+            environment.id.clone(),
+        ))
+    }
+}

@@ -1,0 +1,315 @@
+//! Members reach their project's dispensed data through the API, under the
+//! environment's `download` policy, on a local folder (bytes streamed by
+//! the API, with `Range`) and on an S3 server (a redirect to a signed URL):
+//! each read audited, outsiders, admins and reviewers refused, traversal
+//! refused, and a revoked project gone (410) at once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{dispense_options, settled, start, temp_store};
+use reqwest::{Client, StatusCode, redirect};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tre_api::AppState;
+use tre_dispense::stores::ProjectReader;
+use tre_domain::{
+    DownloadPolicy, EnvironmentCommand, Policies, ProjectState, RequestCommand, UserId,
+};
+use tre_jobs::EmbeddedQueue;
+use tre_store::{NewToken, Store, TokenActor};
+use tre_testkit::{
+    BIOBANK, S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, TestDb, approved_project, biobank_inventory,
+    fixtures_data, world_with,
+};
+
+struct Api {
+    base: String,
+    client: Client,
+    tokens: BTreeMap<&'static str, String>,
+}
+
+impl Api {
+    async fn start(store: &Store, reader: ProjectReader, users: &[&'static str]) -> Self {
+        let mut tokens = BTreeMap::new();
+        for user in users {
+            let (_, token) = store
+                .create_token(
+                    TokenActor::Operator { trace_id: "test" },
+                    &UserId((*user).into()),
+                    NewToken {
+                        name: "test".into(),
+                        days: None,
+                    },
+                )
+                .await
+                .unwrap();
+            tokens.insert(*user, token);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(store.clone()).with_project_data(reader);
+        tokio::spawn(tre_api::serve(listener, state, std::future::pending()));
+        let client = Client::builder()
+            .redirect(redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            base,
+            client,
+            tokens,
+        }
+    }
+
+    async fn get(&self, who: &str, path: &str, range: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.tokens[who]);
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+/// What one read of `path` brought: the bytes, whether streamed by the API
+/// or fetched from the signed URL it redirected to.
+async fn read(api: &Api, who: &str, project: &str, path: &str) -> Vec<u8> {
+    let answer = api
+        .get(who, &format!("/v1/projects/{project}/objects/{path}"), None)
+        .await;
+    match answer.status() {
+        StatusCode::OK => answer.bytes().await.unwrap().to_vec(),
+        StatusCode::TEMPORARY_REDIRECT => {
+            let url = answer.headers()["location"].to_str().unwrap().to_owned();
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(body["url"], url.as_str());
+            assert_eq!(body["expires_in_s"], 300);
+            // the signed URL works without tre's token
+            let fetched = Client::new().get(&url).send().await.unwrap();
+            assert_eq!(fetched.status(), StatusCode::OK, "{url}");
+            fetched.bytes().await.unwrap().to_vec()
+        }
+        other => panic!("{path}: {other} {}", answer.text().await.unwrap()),
+    }
+}
+
+async fn set_download(store: &Store, w: &tre_testkit::World, download: DownloadPolicy) {
+    store
+        .configure_environment(
+            &w.admin,
+            &w.env,
+            EnvironmentCommand::SetPolicies(Policies {
+                download,
+                ..Policies::default()
+            }),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_their_data_under_policy_and_nobody_else_does() {
+    let s3 = S3Server::start().await;
+    let (folder, local) = temp_store("project-data");
+    let cases = [
+        (
+            "folder",
+            local,
+            ProjectReader::open(folder.to_str().unwrap(), "object_store").unwrap(),
+        ),
+        (
+            "s3",
+            s3.store(),
+            ProjectReader::s3(&s3.endpoint, &s3.bucket, S3_ACCESS_KEY, S3_SECRET_KEY).unwrap(),
+        ),
+    ];
+    for (name, dest, reader) in cases {
+        let db = TestDb::sqlite().await;
+        let store = &db.store;
+        let inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
+        let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;
+        let worker = start(
+            store,
+            Arc::new(EmbeddedQueue::default()),
+            dispense_options(dest.clone(), 100_000),
+        );
+        let project = approved_project(
+            store,
+            &w,
+            json!({"field": "age_at_recruitment", "op": ">=", "value": 60}),
+            &["baseline"],
+        )
+        .await;
+        let project = settled(store, &project).await;
+        assert_eq!(project.state, ProjectState::Ready, "{name}: {project:?}");
+        let id = project.id.as_str();
+        let api = Api::start(
+            store,
+            reader,
+            &["owner", "collab", "admin", "outsider", "rev1", "platform"],
+        )
+        .await;
+
+        // members list what the manifest lists; nobody else learns the project exists
+        let listed = api
+            .get("owner", &format!("/v1/projects/{id}/objects"), None)
+            .await;
+        assert_eq!(listed.status(), StatusCode::OK, "{name}");
+        let listed: Value = listed.json().await.unwrap();
+        let objects = listed["items"].as_array().unwrap().clone();
+        assert!(
+            objects.iter().any(|o| o["path"] == "manifest.json"),
+            "{listed}"
+        );
+        let table = objects
+            .iter()
+            .find(|o| o["kind"] == "dataset")
+            .expect("a table file")
+            .clone();
+        let table_path = table["path"].as_str().unwrap();
+        for who in ["admin", "outsider", "rev1", "platform"] {
+            let answer = api
+                .get(who, &format!("/v1/projects/{id}/objects"), None)
+                .await;
+            assert_eq!(
+                answer.status(),
+                StatusCode::NOT_FOUND,
+                "{name}: {who} lists"
+            );
+            let answer = api
+                .get(
+                    who,
+                    &format!("/v1/projects/{id}/objects/{table_path}"),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                answer.status(),
+                StatusCode::NOT_FOUND,
+                "{name}: {who} reads"
+            );
+        }
+
+        // the default policy: only workspaces read; members may not
+        let path = format!("/v1/projects/{id}/objects/{table_path}");
+        let answer = api.get("owner", &path, None).await;
+        assert_eq!(
+            answer.status(),
+            StatusCode::FORBIDDEN,
+            "{name}: workspace policy"
+        );
+        set_download(store, &w, DownloadPolicy::Forbidden).await;
+        assert_eq!(
+            api.get("collab", &path, None).await.status(),
+            StatusCode::FORBIDDEN,
+            "{name}: forbidden policy"
+        );
+        set_download(store, &w, DownloadPolicy::Members).await;
+
+        // members read: the bytes are the manifest's
+        let mut reads = 0;
+        for who in ["owner", "collab"] {
+            let bytes = read(&api, who, id, table_path).await;
+            reads += 1;
+            assert_eq!(bytes.len() as u64, table["bytes"].as_u64().unwrap());
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                table["sha256"],
+                "{name}"
+            );
+        }
+        let manifest = read(&api, "owner", id, "manifest.json").await;
+        reads += 1;
+        let manifest_sha = objects
+            .iter()
+            .find(|o| o["path"] == "manifest.json")
+            .unwrap()["sha256"]
+            .clone();
+        assert_eq!(hex::encode(Sha256::digest(&manifest)), manifest_sha);
+        if name == "folder" {
+            let whole = read(&api, "owner", id, table_path).await;
+            reads += 1;
+            let part = api.get("owner", &path, Some("bytes=4-13")).await;
+            reads += 1;
+            assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(
+                part.headers()["content-range"],
+                format!("bytes 4-13/{}", whole.len()).as_str()
+            );
+            assert_eq!(part.bytes().await.unwrap().as_ref(), &whole[4..14]);
+            let past = api
+                .get("owner", &path, Some(&format!("bytes={}-", whole.len())))
+                .await;
+            reads += 1;
+            assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        }
+
+        // nothing outside the manifest, and no way out of the project
+        for (bad, status) in [
+            // a URL's `..` is resolved by the client: it reaches no route
+            ("../other/manifest.json", StatusCode::NOT_FOUND),
+            // so is `%2e%2e`; encoded once more, it arrives as `%2e%2e`
+            ("%2e%2e/manifest.json", StatusCode::NOT_FOUND),
+            ("%252e%252e/manifest.json", StatusCode::UNPROCESSABLE_ENTITY),
+            ("a%252Fb", StatusCode::UNPROCESSABLE_ENTITY),
+            ("a%2F..%2Fb", StatusCode::UNPROCESSABLE_ENTITY),
+            ("participants//x", StatusCode::UNPROCESSABLE_ENTITY),
+            ("not-in-the-manifest.parquet", StatusCode::NOT_FOUND),
+        ] {
+            let answer = api
+                .get("owner", &format!("/v1/projects/{id}/objects/{bad}"), None)
+                .await;
+            assert_eq!(answer.status(), status, "{name}: {bad}");
+        }
+
+        // every read is in the audit log, with its object and URL expiry
+        let events = store
+            .audit_events(
+                &w.platform,
+                &tre_store::AuditQuery {
+                    object_id: Some(id.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let read_events: Vec<_> = events
+            .iter()
+            .filter(|e| e.action == "project.object_read")
+            .collect();
+        assert_eq!(read_events.len(), reads, "{name}: one event per read");
+        assert!(read_events.iter().all(|e| {
+            serde_json::from_str::<Value>(&e.details).unwrap()["url_expires_at"].is_i64()
+        }));
+
+        // revoked: gone at once, for listing and reading
+        store
+            .request_command(
+                &w.admin,
+                &project.request_id,
+                RequestCommand::Revoke {
+                    reason: "consent withdrawn".into(),
+                },
+            )
+            .await
+            .unwrap();
+        for _ in 0..400 {
+            if store.system_project(&project.id).await.unwrap().state == ProjectState::Revoked {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        for url in [format!("/v1/projects/{id}/objects"), path.clone()] {
+            let answer = api.get("owner", &url, None).await;
+            assert_eq!(answer.status(), StatusCode::GONE, "{name}: {url}");
+        }
+        worker.stop(Duration::from_secs(20)).await;
+        db.finish().await;
+    }
+    let _ = std::fs::remove_dir_all(folder);
+}
