@@ -64,6 +64,35 @@ impl Api {
         }
     }
 
+    async fn send(
+        &self,
+        who: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.tokens[who]);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Waits (bounded) until `who`'s token is refused, as every process
+    /// must within a second.
+    async fn refused_soon(&self, who: &str, path: &str) {
+        for _ in 0..100 {
+            if self.get(who, path, None).await.status() == StatusCode::UNAUTHORIZED {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{who}'s token still works");
+    }
+
     async fn get(&self, who: &str, path: &str, range: Option<&str>) -> reqwest::Response {
         let mut req = self
             .client
@@ -148,7 +177,7 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
         let project = settled(store, &project).await;
         assert_eq!(project.state, ProjectState::Ready, "{name}: {project:?}");
         let id = project.id.as_str();
-        let api = Api::start(
+        let mut api = Api::start(
             store,
             reader,
             &["owner", "collab", "admin", "outsider", "rev1", "platform"],
@@ -203,12 +232,105 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
             StatusCode::FORBIDDEN,
             "{name}: workspace policy"
         );
-        set_download(store, &w, DownloadPolicy::Forbidden).await;
+        // a member registers the project's compute; its token reads the data
+        let workspaces = format!("/v1/projects/{id}/workspaces");
+        for (ws, key) in [("analysis", "ws1"), ("second", "ws2")] {
+            let made = api
+                .send(
+                    "owner",
+                    reqwest::Method::POST,
+                    &workspaces,
+                    Some(json!({"name": ws})),
+                )
+                .await;
+            assert_eq!(made.status(), StatusCode::CREATED, "{name}");
+            let made: Value = made.json().await.unwrap();
+            api.tokens
+                .insert(key, made["secret"].as_str().unwrap().to_owned());
+        }
+        let again = api
+            .send(
+                "collab",
+                reqwest::Method::POST,
+                &workspaces,
+                Some(json!({"name": "analysis"})),
+            )
+            .await;
         assert_eq!(
-            api.get("collab", &path, None).await.status(),
-            StatusCode::FORBIDDEN,
-            "{name}: forbidden policy"
+            again.status(),
+            StatusCode::CONFLICT,
+            "{name}: one name once"
         );
+        let bytes = read(&api, "ws1", id, table_path).await;
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            table["sha256"],
+            "{name}"
+        );
+        let workspace_reads = 1;
+        // ...and reaches nothing else
+        for other in [
+            "/v1/environments".to_owned(),
+            "/v1/projects".to_owned(),
+            "/v1/requests".to_owned(),
+            "/v1/tokens".to_owned(),
+            workspaces.clone(),
+        ] {
+            let answer = api.get("ws1", &other, None).await;
+            assert_eq!(
+                answer.status(),
+                StatusCode::FORBIDDEN,
+                "{name}: ws1 {other}"
+            );
+        }
+        let made = api
+            .send(
+                "ws1",
+                reqwest::Method::POST,
+                &workspaces,
+                Some(json!({"name": "mine"})),
+            )
+            .await;
+        assert_eq!(
+            made.status(),
+            StatusCode::FORBIDDEN,
+            "{name}: a workspace makes none"
+        );
+        for who in ["admin", "outsider", "rev1"] {
+            let answer = api.get(who, &workspaces, None).await;
+            assert_eq!(
+                answer.status(),
+                StatusCode::NOT_FOUND,
+                "{name}: {who} workspaces"
+            );
+        }
+        let listed: Value = api
+            .get("collab", &workspaces, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+        // revoked by a member: refused within a second
+        let revoked = api
+            .send(
+                "collab",
+                reqwest::Method::DELETE,
+                &format!("{workspaces}/analysis"),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.status(), StatusCode::OK, "{name}");
+        api.refused_soon("ws1", &format!("/v1/projects/{id}/objects"))
+            .await;
+        set_download(store, &w, DownloadPolicy::Forbidden).await;
+        for who in ["collab", "ws2"] {
+            assert_eq!(
+                api.get(who, &path, None).await.status(),
+                StatusCode::FORBIDDEN,
+                "{name}: forbidden policy, {who}"
+            );
+        }
         set_download(store, &w, DownloadPolicy::Members).await;
 
         // members read: the bytes are the manifest's
@@ -282,7 +404,11 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
             .iter()
             .filter(|e| e.action == "project.object_read")
             .collect();
-        assert_eq!(read_events.len(), reads, "{name}: one event per read");
+        assert_eq!(
+            read_events.len(),
+            reads + workspace_reads,
+            "{name}: one event per read"
+        );
         assert!(read_events.iter().all(|e| {
             serde_json::from_str::<Value>(&e.details).unwrap()["url_expires_at"].is_i64()
         }));
@@ -308,6 +434,9 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
             let answer = api.get("owner", &url, None).await;
             assert_eq!(answer.status(), StatusCode::GONE, "{name}: {url}");
         }
+        // the project's workspaces ended with it
+        api.refused_soon("ws2", &format!("/v1/projects/{id}/objects"))
+            .await;
         worker.stop(Duration::from_secs(20)).await;
         db.finish().await;
     }

@@ -50,6 +50,18 @@ impl FromRequestParts<AppState> for Auth {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
+        // a workspace's token reaches its own project's data, nothing else
+        if let Some(project) = &actor.workspace_of {
+            let own = format!("/v1/projects/{project}");
+            let path = parts.uri.path();
+            if path != own && !path.starts_with(&format!("{own}/objects")) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a workspace's token reaches only its own project's data",
+                ));
+            }
+        }
         // the idempotency layer's claim on this call's key: the store
         // claims it in the transaction of the work (see `idempotency`)
         let claim = parts

@@ -33,6 +33,12 @@ pub enum ProjectsCommand {
         #[command(flatten)]
         acting: crate::Acting,
     },
+    /// The project's workspaces: the compute its members register, each
+    /// with a token that reaches this project's data only.
+    Workspaces {
+        #[command(subcommand)]
+        command: WorkspacesCommand,
+    },
     /// The project's dispensed objects (path, size, SHA-256), as a member.
     Objects {
         id: String,
@@ -52,8 +58,77 @@ pub enum ProjectsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WorkspacesCommand {
+    /// Register a workspace; prints its token last (shown once).
+    Add {
+        id: String,
+        name: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
+    /// The project's workspaces, revoked ones too.
+    List {
+        id: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
+    /// Revoke a workspace: its token is refused everywhere within a second.
+    Revoke {
+        id: String,
+        name: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
+}
+
+async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
+    match command {
+        WorkspacesCommand::Add { id, name, acting } => {
+            let caller = crate::caller(store, &acting).await?;
+            let (workspace, token, secret) = store
+                .create_workspace(&caller, &ProjectId(id), tre_store::NewWorkspace { name })
+                .await
+                .map_err(crate::explain)?;
+            eprintln!(
+                "workspace {} of project {} acts as {}; its token expires at {:?} (ms)",
+                workspace.name,
+                workspace.project_id,
+                workspace.user_id,
+                token.expires_at.map(|t| t.0)
+            );
+            println!("{secret}");
+        }
+        WorkspacesCommand::List { id, acting } => {
+            let caller = crate::caller(store, &acting).await?;
+            for w in store
+                .workspaces(&caller, &ProjectId(id))
+                .await
+                .map_err(crate::explain)?
+            {
+                let state = if w.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{}\t{}\t{}\tby {}", w.name, state, w.user_id, w.created_by);
+            }
+        }
+        WorkspacesCommand::Revoke { id, name, acting } => {
+            let caller = crate::caller(store, &acting).await?;
+            store
+                .revoke_workspace(&caller, &ProjectId(id), &name)
+                .await
+                .map_err(crate::explain)?;
+            println!("workspace {name} revoked: its token is refused from now on");
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -> Result<()> {
     match command {
+        ProjectsCommand::Workspaces { command } => workspaces(store, command).await?,
         ProjectsCommand::Show { id } => {
             let id = ProjectId(id);
             let project = store.system_project(&id).await?;

@@ -137,6 +137,9 @@ fn can_see_request(actor: &Actor, env: &Environment, request: &AccessRequest) ->
 /// Decides whether `actor` may perform `action` on `object`.
 pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(), Denied> {
     use Action as A;
+    if let Some(own) = &actor.workspace_of {
+        return workspace_rule(own, action, object);
+    }
     match (action, object) {
         (
             A::CreateEnvironment | A::ManageUsers | A::ViewAudit | A::OperateJobs,
@@ -213,6 +216,29 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
             }
         }
         _ => deny("this action does not apply to this object"),
+    }
+}
+
+/// A project's workspace sees its own project and reads its data unless
+/// the environment forbids reading through tre; everything else is hidden.
+fn workspace_rule(
+    own: &crate::ProjectId,
+    action: Action,
+    object: &Object<'_>,
+) -> Result<(), Denied> {
+    match (action, object) {
+        (Action::ViewProject, Object::Project { project, .. }) if project.id == *own => Ok(()),
+        (
+            Action::ReadProjectData,
+            Object::Project {
+                environment,
+                project,
+            },
+        ) if project.id == *own => allow_if(
+            environment.policies.download != crate::DownloadPolicy::Forbidden,
+            deny("the environment's policy lets nobody read project data through tre"),
+        ),
+        _ => conceal("a workspace reaches only its own project's data"),
     }
 }
 
@@ -610,6 +636,52 @@ mod tests {
             ),
             ["HHHHHHYHHH", "HHHHHHFHHH"]
         );
+    }
+
+    /// A workspace sees its own project and reads its data unless the
+    /// policy forbids it; it reaches nothing else, whatever its name.
+    #[test]
+    fn a_workspace_reaches_only_its_own_projects_data() {
+        let env = env_with_cast();
+        let project = project_in(&env);
+        let mut other = project.clone();
+        other.id = crate::ProjectId("another".into());
+        let mut ws = Actor::user("owner"); // even named like a member
+        ws.workspace_of = Some(project.id.clone());
+        for (download, read) in [
+            (crate::DownloadPolicy::Workspace, true),
+            (crate::DownloadPolicy::Members, true),
+            (crate::DownloadPolicy::Forbidden, false),
+        ] {
+            let mut env = env.clone();
+            env.policies.download = download;
+            let own = Object::Project {
+                environment: &env,
+                project: &project,
+            };
+            assert!(authorize(&ws, Action::ViewProject, &own).is_ok());
+            assert_eq!(authorize(&ws, Action::ReadProjectData, &own).is_ok(), read);
+            let theirs = Object::Project {
+                environment: &env,
+                project: &other,
+            };
+            for action in [Action::ViewProject, Action::ReadProjectData] {
+                assert!(authorize(&ws, action, &theirs).unwrap_err().conceal);
+            }
+        }
+        let request = draft(&env);
+        for action in Action::ALL {
+            for object in [
+                Object::Platform,
+                Object::Environment(&env),
+                Object::Request {
+                    environment: &env,
+                    request: &request,
+                },
+            ] {
+                assert!(authorize(&ws, action, &object).is_err(), "{action:?}");
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub struct Actor {
     /// Groups the user belongs to; environments may authorize whole groups.
     #[serde(default)]
     pub groups: BTreeSet<String>,
+    /// Set for a project's workspace (the compute its members register):
+    /// such an identity sees that project and reads its data as the
+    /// environment's policy allows, and does nothing else.
+    #[serde(default)]
+    pub workspace_of: Option<crate::ProjectId>,
 }
 
 impl Actor {
@@ -22,6 +27,7 @@ impl Actor {
             id: UserId(id.into()),
             platform_admin: false,
             groups: BTreeSet::new(),
+            workspace_of: None,
         }
     }
 }

@@ -396,6 +396,7 @@ impl Store {
                     groups: docs::decode("user", &owner, &groups)?,
                     id: UserId(owner),
                     platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+                    workspace_of: None,
                 };
                 if before.is_authorized_user(&actor) && !after.is_authorized_user(&actor) {
                     alerts.push(alert(AdminAlert::OwnerRemoved {

@@ -35,6 +35,7 @@ mod showcase;
 mod summaries;
 mod tokens;
 mod users;
+mod workspaces;
 mod writes;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,7 @@ pub use requests::HistoryEntry;
 pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};
+pub use workspaces::{NewWorkspace, Workspace};
 
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +274,13 @@ fn migrator(backend: Backend) -> Migrator {
             "an index of who finds and reviews each environment".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0015_list_index.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            16,
+            "project workspaces".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0016_workspaces.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -2,7 +2,9 @@
 //! the job runtime.
 
 use serde_json::json;
-use tre_domain::{Action, Object, Project, ProjectCommand, ProjectId, RequestId, authorize};
+use tre_domain::{
+    Action, Object, Project, ProjectCommand, ProjectId, ProjectState, RequestId, authorize,
+};
 
 use crate::audit::{self, AuditRecord};
 use crate::writes::{Guard, Insert, Statement, Writes};
@@ -194,6 +196,10 @@ impl Store {
                 return Err(StoreError::WriteConflict(format!("project {id}")));
             }
             outbox::enqueue(&mut tx, &effects, "", at).await?;
+            // an ended project's workspaces end with it, in this transaction
+            if matches!(next.state, ProjectState::Revoked | ProjectState::Expired) {
+                crate::workspaces::end_all(&mut tx, id, at).await?;
+            }
             audit::append(
                 &mut tx,
                 AuditRecord {

@@ -400,7 +400,7 @@ impl Store {
             return Ok(Some(actor));
         }
         let row = sqlx::query(
-            "SELECT u.id, u.platform_admin, u.groups_json, t.id AS token_id, t.expires_at, t.last_used_at \
+            "SELECT u.id, u.platform_admin, u.groups_json, u.workspace_of, t.id AS token_id, t.expires_at, t.last_used_at \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.disabled_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > $2)",
@@ -418,6 +418,9 @@ impl Store {
             groups: docs::decode("user", &id, &groups)?,
             id: UserId(id),
             platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+            workspace_of: row
+                .try_get::<Option<String>, _>("workspace_of")?
+                .map(tre_domain::ProjectId),
         };
         let expires: Option<i64> = row.try_get("expires_at")?;
         let last_used: Option<i64> = row.try_get("last_used_at")?;
@@ -464,7 +467,7 @@ impl Store {
     }
 }
 
-async fn bump_epoch(tx: &mut Tx) -> Result<(), StoreError> {
+pub(crate) async fn bump_epoch(tx: &mut Tx) -> Result<(), StoreError> {
     sqlx::query("UPDATE auth_epoch SET epoch = epoch + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;

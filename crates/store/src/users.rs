@@ -35,6 +35,8 @@ pub struct User {
     pub created_at: i64,
     /// Disabled users' tokens are refused (see `Store::set_user_disabled`).
     pub disabled: bool,
+    /// The project whose workspace this identity is; none for people.
+    pub workspace_of: Option<tre_domain::ProjectId>,
 }
 
 impl User {
@@ -43,6 +45,7 @@ impl User {
             id: self.id.clone(),
             platform_admin: self.platform_admin,
             groups: self.groups.clone(),
+            workspace_of: self.workspace_of.clone(),
         }
     }
 }
@@ -111,6 +114,9 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
         email: row.try_get("email")?,
         created_at: row.try_get("created_at")?,
         disabled: row.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+        workspace_of: row
+            .try_get::<Option<String>, _>("workspace_of")?
+            .map(tre_domain::ProjectId),
     })
 }
 
@@ -192,6 +198,7 @@ impl Store {
                 email: new.email,
                 created_at: at.0,
                 disabled: false,
+                workspace_of: None,
             },
             token,
         ))
@@ -199,7 +206,7 @@ impl Store {
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at FROM users WHERE id = $1",
+            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at, workspace_of FROM users WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -210,7 +217,7 @@ impl Store {
     /// Every user, by name (the operator's list: `tre users list`).
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at FROM users ORDER BY id",
+            "SELECT id, platform_admin, groups_json, created_at, email, disabled_at, workspace_of FROM users ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;

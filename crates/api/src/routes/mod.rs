@@ -10,6 +10,7 @@ mod project_data;
 mod projects;
 mod requests;
 mod reviews;
+mod workspaces;
 
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -153,6 +154,7 @@ pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     all.extend(reviews::endpoints());
     all.extend(projects::endpoints());
     all.extend(project_data::endpoints());
+    all.extend(workspaces::endpoints());
     all.extend(audit::endpoints());
     all.extend(jobs::endpoints());
     all.extend(notifications::endpoints());

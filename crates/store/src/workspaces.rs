@@ -1,0 +1,278 @@
+//! A project's workspaces: the compute its members register to analyse the
+//! data. Each is a service identity bound to that one project (its tokens
+//! see the project and read its data as the environment's `download`
+//! policy allows, and reach nothing else: `tre_domain::authz`), made,
+//! listed and revoked by the project's members, every act audited, and all
+//! ended in the same transaction as the project's revocation or expiry.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Row;
+use tre_domain::{
+    Action, DomainError, Object, ProjectId, ProjectState, Timestamp, UserId, authorize,
+};
+
+use crate::audit::{self, AuditRecord};
+use crate::tokens::{TokenInfo, bump_epoch};
+use crate::users::{hash_token, new_token};
+use crate::{Caller, Store, StoreError, Tx, now};
+
+/// One workspace of a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Workspace {
+    pub project_id: ProjectId,
+    /// Unique in the project: 1 to 20 of `A-Z a-z 0-9 _ -`.
+    pub name: String,
+    /// The identity its tokens act as.
+    pub user_id: UserId,
+    pub created_by: UserId,
+    pub created_at: Timestamp,
+    /// When it was revoked (by a member, or with the project); its tokens
+    /// are refused from then on.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A workspace to register.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    /// 1 to 20 of `A-Z a-z 0-9 _ -`, unique in the project.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,20}$"))]
+    pub name: String,
+}
+
+fn check_workspace_name(name: &str) -> Result<(), DomainError> {
+    let ok = (1..=20).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            "name",
+            "must be 1 to 20 of A-Z a-z 0-9 _ -",
+        ))
+    }
+}
+
+fn workspace_from_row(row: &sqlx::any::AnyRow) -> Result<Workspace, StoreError> {
+    Ok(Workspace {
+        project_id: ProjectId(row.try_get("project_id")?),
+        name: row.try_get("name")?,
+        user_id: UserId(row.try_get("user_id")?),
+        created_by: UserId(row.try_get("created_by")?),
+        created_at: Timestamp(row.try_get("created_at")?),
+        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+    })
+}
+
+/// Ends every workspace of `project` in `tx` (the project's revocation or
+/// expiry): their identities are disabled and every process told.
+pub(crate) async fn end_all(
+    tx: &mut Tx,
+    project: &ProjectId,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE workspaces SET revoked_at = $1 WHERE project_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(at.0)
+    .bind(project.as_str())
+    .execute(&mut **tx)
+    .await?;
+    let disabled = sqlx::query(
+        "UPDATE users SET disabled_at = $1 WHERE workspace_of = $2 AND disabled_at IS NULL",
+    )
+    .bind(at.0)
+    .bind(project.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if disabled.rows_affected() > 0 {
+        bump_epoch(tx).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Checks that a person (not a workspace) who is a member of the live
+    /// project acts; returns the project's environment id.
+    async fn member_of_live_project(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+    ) -> Result<String, StoreError> {
+        let (project, _) = self.load_project(id).await?;
+        let (environment, _) = self
+            .load_environment(&self.pool, &project.environment_id)
+            .await?;
+        authorize(
+            &caller.actor,
+            Action::ViewProject,
+            &Object::Project {
+                environment: &environment,
+                project: &project,
+            },
+        )
+        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        if caller.actor.workspace_of.is_some() {
+            return Err(StoreError::Forbidden(tre_domain::Denied {
+                reason: "a workspace cannot manage workspaces",
+                conceal: false,
+            }));
+        }
+        if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
+            return Err(StoreError::Gone {
+                object: "project",
+                id: id.to_string(),
+                state: project.state.to_string(),
+            });
+        }
+        Ok(project.environment_id.to_string())
+    }
+
+    /// Registers a workspace for the project (its members); returns it and
+    /// its first token (shown once).
+    pub async fn create_workspace(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        new: NewWorkspace,
+    ) -> Result<(Workspace, TokenInfo, String), StoreError> {
+        check_workspace_name(&new.name)?;
+        let environment = self.member_of_live_project(caller, id).await?;
+        let at = now();
+        let user = format!("ws.{}.{}", new.name, id.as_str());
+        let mut tx = self.begin().await?;
+        // the identity first: a workspace refers to it
+        sqlx::query(
+            "INSERT INTO users (id, platform_admin, groups_json, token_hash, created_at, email, workspace_of) \
+             VALUES ($1, 0, '[]', $2, $3, NULL, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&user)
+        .bind(hash_token(&new_token()))
+        .bind(at.0)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO workspaces (project_id, name, user_id, created_by, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (project_id, name) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(&new.name)
+        .bind(&user)
+        .bind(caller.actor.id.as_str())
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(DomainError::Conflict(format!(
+                "the project already has a workspace named {:?}",
+                new.name
+            ))
+            .into());
+        }
+        let (token, secret) = self
+            .insert_token(&mut tx, &user, "workspace", None, at)
+            .await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: caller.actor.id.as_str(),
+                action: "project.workspace_create",
+                object_type: "project",
+                object_id: id.as_str(),
+                environment_id: &environment,
+                details: json!({"workspace": new.name, "identity": user, "token": token.id}),
+                trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
+            },
+            at,
+        )
+        .await?;
+        self.commit(tx).await?;
+        let workspace = Workspace {
+            project_id: id.clone(),
+            name: new.name,
+            user_id: UserId(user),
+            created_by: caller.actor.id.clone(),
+            created_at: at,
+            revoked_at: None,
+        };
+        Ok((workspace, token, secret))
+    }
+
+    /// The project's workspaces, revoked ones too (its members).
+    pub async fn workspaces(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+    ) -> Result<Vec<Workspace>, StoreError> {
+        self.member_of_live_project(caller, id).await?;
+        let rows = sqlx::query(
+            "SELECT project_id, name, user_id, created_by, created_at, revoked_at FROM workspaces \
+             WHERE project_id = $1 ORDER BY name",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(workspace_from_row).collect()
+    }
+
+    /// Revokes a workspace (its members): every API process refuses its
+    /// tokens within a second. Revoking twice changes nothing.
+    pub async fn revoke_workspace(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        name: &str,
+    ) -> Result<Workspace, StoreError> {
+        let environment = self.member_of_live_project(caller, id).await?;
+        let at = now();
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT project_id, name, user_id, created_by, created_at, revoked_at FROM workspaces \
+             WHERE project_id = $1 AND name = $2",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::not_found("workspace", name))?;
+        let mut workspace = workspace_from_row(&row)?;
+        if workspace.revoked_at.is_some() {
+            return Ok(workspace);
+        }
+        sqlx::query("UPDATE workspaces SET revoked_at = $1 WHERE project_id = $2 AND name = $3")
+            .bind(at.0)
+            .bind(id.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL")
+            .bind(at.0)
+            .bind(workspace.user_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        bump_epoch(&mut tx).await?;
+        audit::append(
+            &mut tx,
+            AuditRecord {
+                actor: caller.actor.id.as_str(),
+                action: "project.workspace_revoke",
+                object_type: "project",
+                object_id: id.as_str(),
+                environment_id: &environment,
+                details: json!({"workspace": name}),
+                trace_id: &caller.trace_id,
+                claim: caller.idempotency.as_ref(),
+            },
+            at,
+        )
+        .await?;
+        self.commit(tx).await?;
+        workspace.revoked_at = Some(at);
+        Ok(workspace)
+    }
+}
