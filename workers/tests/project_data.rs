@@ -413,6 +413,42 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
             serde_json::from_str::<Value>(&e.details).unwrap()["url_expires_at"].is_i64()
         }));
 
+        // the admins see who read how much, never the data; nobody else does
+        let access = api
+            .get("admin", &format!("/v1/projects/{id}/access"), None)
+            .await;
+        assert_eq!(access.status(), StatusCode::OK, "{name}");
+        let access: Value = access.json().await.unwrap();
+        let lines = access["items"].as_array().unwrap();
+        let total: u64 = lines.iter().map(|l| l["reads"].as_u64().unwrap()).sum();
+        assert_eq!(total as usize, reads + workspace_reads, "{name}: {access}");
+        let readers: Vec<&str> = lines
+            .iter()
+            .map(|l| l["reader"].as_str().unwrap())
+            .collect();
+        assert!(
+            readers.contains(&"owner") && readers.contains(&"collab"),
+            "{access}"
+        );
+        assert!(
+            readers.iter().any(|r| r.starts_with("ws.analysis.")),
+            "{access}"
+        );
+        for (who, status) in [
+            ("owner", StatusCode::FORBIDDEN),
+            ("outsider", StatusCode::NOT_FOUND),
+            ("ws2", StatusCode::FORBIDDEN),
+        ] {
+            let answer = api
+                .get(who, &format!("/v1/projects/{id}/access"), None)
+                .await;
+            assert_eq!(
+                answer.status(),
+                status,
+                "{name}: {who} sees the access summary"
+            );
+        }
+
         // revoked: gone at once, for listing and reading
         store
             .request_command(

@@ -730,6 +730,13 @@ async fn authorization_matrix_over_http() {
             None,
             "HHHHHAAHH",
         ),
+        // who read its data: for those who see the environment's audit log
+        (
+            Method::GET,
+            format!("/v1/projects/{project}/access"),
+            None,
+            "AAAFHFFHH",
+        ),
         // its data (not dispensed here: members are told it is not ready)
         (
             Method::GET,

@@ -56,7 +56,7 @@ pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
-pub use project_data::{ObjectRead, ProjectObject};
+pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use requests::HistoryEntry;
 pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};

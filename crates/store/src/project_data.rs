@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::Row;
 use tre_domain::{Action, Object, ProjectId, ProjectState, authorize, check_object_path};
 
 use crate::audit::AuditRecord;
@@ -34,6 +35,20 @@ pub struct ObjectRead {
     pub object: ProjectObject,
     /// The environment's `access_url_minutes`.
     pub url_minutes: u32,
+}
+
+/// Who read how much of a project's data: one line per reader, from the
+/// audit log (counts and sizes, never the data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct ProjectAccess {
+    /// A member, or a workspace's identity.
+    pub reader: String,
+    pub reads: u64,
+    /// The sizes of the objects read (the manifest's own size is not known
+    /// and counts 0).
+    pub bytes: u64,
+    /// When they last read (ms since the epoch).
+    pub last_read_at: i64,
 }
 
 /// Every object `manifest` lists, in path order, the manifest included.
@@ -67,6 +82,62 @@ fn objects_of(manifest: &Value, manifest_sha256: &str) -> Vec<ProjectObject> {
 }
 
 impl Store {
+    /// Who read how much of the project's data, for the environment's
+    /// admins (and platform admins): the project's reads in the audit log,
+    /// counted per reader. Others learn nothing (as for the audit log).
+    pub async fn project_access(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+    ) -> Result<Vec<ProjectAccess>, StoreError> {
+        let (project, _) = self.load_project(id).await?;
+        let (environment, _) = self
+            .load_environment(&self.pool, &project.environment_id)
+            .await?;
+        if caller.actor.workspace_of.is_some() {
+            return Err(StoreError::not_found("project", id.as_str()));
+        }
+        authorize(
+            &caller.actor,
+            Action::ViewAudit,
+            &Object::Environment(&environment),
+        )
+        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        // sealed and still pending events: one statement, one snapshot
+        let rows = sqlx::query(
+            "SELECT actor, details, at FROM audit_events \
+             WHERE object_type = 'project' AND object_id = $1 AND action = 'project.object_read' \
+             UNION ALL SELECT actor, details, at FROM audit_pending \
+             WHERE object_type = 'project' AND object_id = $1 AND action = 'project.object_read'",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut per_reader: std::collections::BTreeMap<String, ProjectAccess> =
+            std::collections::BTreeMap::new();
+        for row in rows {
+            let reader: String = row.try_get("actor")?;
+            let details: String = row.try_get("details")?;
+            let at: i64 = row.try_get("at")?;
+            let bytes = serde_json::from_str::<Value>(&details)
+                .ok()
+                .and_then(|d| d["bytes"].as_u64())
+                .unwrap_or(0);
+            let line = per_reader
+                .entry(reader.clone())
+                .or_insert_with(|| ProjectAccess {
+                    reader,
+                    reads: 0,
+                    bytes: 0,
+                    last_read_at: at,
+                });
+            line.reads += 1;
+            line.bytes += bytes;
+            line.last_read_at = line.last_read_at.max(at);
+        }
+        Ok(per_reader.into_values().collect())
+    }
+
     /// The project's objects, `limit` at a time after `cursor` (a path):
     /// for its members. Gone once the project ended; a conflict before its
     /// data is ready.

@@ -16,15 +16,23 @@ use futures::TryStreamExt;
 use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tre_dispense::stores::ProjectReader;
 use tre_domain::ProjectId;
-use tre_store::{Page as ListPage, ProjectObject};
+use tre_store::{Page as ListPage, ProjectAccess, ProjectObject};
 
-use super::{Endpoint, Page, Result, body, limit, op};
+use super::{Endpoint, Items, Page, Result, body, limit, op};
 use crate::extract::Params;
 use crate::{ApiError, AppState, Auth};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     vec![
+        op(
+            M::GET,
+            "/v1/projects/{id}/access",
+            "Who read how much of the project's data, per reader, from the audit log: counts and sizes, never the data (the environment's admins and platform admins)",
+            None,
+            get(access),
+        )
+        .returns(body::<Items<ProjectAccess>>),
         op(
             M::GET,
             "/v1/projects/{id}/objects",
@@ -55,6 +63,15 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         .path_patterns(&[("path", tre_domain::OBJECT_PATH)])
         .path_max_lengths(&[("path", 1024)]),
     ]
+}
+
+async fn access(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let items = state.store.project_access(&caller, &ProjectId(id)).await?;
+    Ok(Json(serde_json::json!({"items": items})).into_response())
 }
 
 async fn list_objects(
