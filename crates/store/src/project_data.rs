@@ -208,29 +208,11 @@ impl Store {
         id: &ProjectId,
         action: Action,
     ) -> Result<(Vec<ProjectObject>, u32, tre_domain::EnvironmentId), StoreError> {
-        let (project, _) = self.load_project(id).await?;
-        let (environment, _) = self
-            .load_environment(&self.pool, &project.environment_id)
-            .await?;
         // membership first: who may not know the project learns nothing,
         // not even that it ended
-        authorize(
-            &caller.actor,
-            Action::ViewProject,
-            &Object::Project {
-                environment: &environment,
-                project: &project,
-            },
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        let (project, environment) = self.project_for(caller, id, Action::ViewProject).await?;
+        Store::not_ended(&project)?;
         match project.state {
-            ProjectState::Revoked | ProjectState::Expired => {
-                return Err(StoreError::Gone {
-                    object: "project",
-                    id: id.to_string(),
-                    state: project.state.to_string(),
-                });
-            }
             ProjectState::Ready => {}
             other => {
                 return Err(tre_domain::DomainError::Conflict(format!(
@@ -239,15 +221,7 @@ impl Store {
                 .into());
             }
         }
-        authorize(
-            &caller.actor,
-            action,
-            &Object::Project {
-                environment: &environment,
-                project: &project,
-            },
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        crate::projects::may(caller, action, &environment, &project)?;
         let plan = self.dispense_plan(id).await?;
         let (manifest, sha) = match plan {
             Some(plan) => (plan.manifest, plan.manifest_sha256),

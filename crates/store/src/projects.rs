@@ -10,6 +10,24 @@ use crate::audit::{self, AuditRecord};
 use crate::writes::{Guard, Insert, Statement, Writes};
 use crate::{Caller, Store, StoreError, docs, new_id, now, outbox};
 
+/// Whether `caller` may do `action` on `project` of `environment`.
+pub(crate) fn may(
+    caller: &Caller,
+    action: Action,
+    environment: &tre_domain::Environment,
+    project: &Project,
+) -> Result<(), StoreError> {
+    authorize(
+        &caller.actor,
+        action,
+        &Object::Project {
+            environment,
+            project,
+        },
+    )
+    .map_err(|d| StoreError::denied("project", project.id.as_str(), d))
+}
+
 impl Store {
     /// Creates the project of an approved request and enqueues its dispense.
     ///
@@ -126,20 +144,35 @@ impl Store {
     /// A project its members may see while authorized users of its
     /// environment (nobody else, admins included).
     pub async fn project(&self, caller: &Caller, id: &ProjectId) -> Result<Project, StoreError> {
+        Ok(self.project_for(caller, id, Action::ViewProject).await?.0)
+    }
+
+    /// A project and its environment, once `caller` may do `action` on it.
+    pub(crate) async fn project_for(
+        &self,
+        caller: &Caller,
+        id: &ProjectId,
+        action: Action,
+    ) -> Result<(Project, tre_domain::Environment), StoreError> {
         let (project, _) = self.load_project(id).await?;
         let (environment, _) = self
             .load_environment(&self.pool, &project.environment_id)
             .await?;
-        authorize(
-            &caller.actor,
-            Action::ViewProject,
-            &Object::Project {
-                environment: &environment,
-                project: &project,
-            },
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
-        Ok(project)
+        may(caller, action, &environment, &project)?;
+        Ok((project, environment))
+    }
+
+    /// Refuses a project that ended (revoked, expired): what it held is no
+    /// longer served nor managed.
+    pub(crate) fn not_ended(project: &Project) -> Result<(), StoreError> {
+        if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
+            return Err(StoreError::Gone {
+                object: "project",
+                id: project.id.to_string(),
+                state: project.state.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Moves a project on behalf of the job runtime (`system`).

@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::{
-    Action, DomainError, Object, ProjectId, ProjectState, Timestamp, UserId, authorize,
-};
+use tre_domain::{Action, DomainError, ProjectId, Timestamp, UserId};
 
 use crate::audit::{self, AuditRecord};
 use crate::tokens::{TokenInfo, bump_epoch};
@@ -102,32 +100,14 @@ impl Store {
         caller: &Caller,
         id: &ProjectId,
     ) -> Result<String, StoreError> {
-        let (project, _) = self.load_project(id).await?;
-        let (environment, _) = self
-            .load_environment(&self.pool, &project.environment_id)
-            .await?;
-        authorize(
-            &caller.actor,
-            Action::ViewProject,
-            &Object::Project {
-                environment: &environment,
-                project: &project,
-            },
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+        let (project, _) = self.project_for(caller, id, Action::ViewProject).await?;
         if caller.actor.workspace_of.is_some() {
             return Err(StoreError::Forbidden(tre_domain::Denied {
                 reason: "a workspace cannot manage workspaces",
                 conceal: false,
             }));
         }
-        if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
-            return Err(StoreError::Gone {
-                object: "project",
-                id: id.to_string(),
-                state: project.state.to_string(),
-            });
-        }
+        Store::not_ended(&project)?;
         Ok(project.environment_id.to_string())
     }
 
