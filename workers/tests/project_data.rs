@@ -478,3 +478,35 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
     }
     let _ = std::fs::remove_dir_all(folder);
 }
+
+/// A signed URL works before its expiry and is refused after it: the
+/// bound on access after a project ends is the URL's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_url_stops_working_when_it_expires() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3Server::start().await;
+    let reader = ProjectReader::s3(&s3.endpoint, &s3.bucket, S3_ACCESS_KEY, S3_SECRET_KEY).unwrap();
+    let location = ProjectReader::location("p1", "data/x.bin").unwrap();
+    s3.store()
+        .put(
+            &location,
+            bytes::Bytes::from_static(b"dispensed bytes").into(),
+        )
+        .await
+        .unwrap();
+    let url = reader
+        .signed_url("p1", "data/x.bin", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("S3 signs");
+    let fresh = Client::new().get(&url).send().await.unwrap();
+    assert_eq!(fresh.status(), StatusCode::OK);
+    assert_eq!(fresh.bytes().await.unwrap().as_ref(), b"dispensed bytes");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let stale = Client::new().get(&url).send().await.unwrap();
+    assert_eq!(
+        stale.status(),
+        StatusCode::FORBIDDEN,
+        "an expired URL is refused"
+    );
+}
