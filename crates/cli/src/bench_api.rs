@@ -94,7 +94,7 @@ pub(crate) fn bench_inventory() -> Result<Inventory> {
 }
 
 /// A published environment with a one-field cohort dataset.
-async fn environment(store: &Store) -> Result<(String, String)> {
+pub(crate) async fn environment(store: &Store) -> Result<(String, String)> {
     let (platform, _) = user(store, "bench-platform", true, &[]).await?;
     let (admin, _) = user(store, "bench-admin", false, &[]).await?;
     user(store, "bench-reviewer", false, &[]).await?;

@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_dispense;
 mod bench_files;
 mod bench_lists;
+mod bench_project_data;
 mod bench_showcase;
 mod config;
 mod demo;
@@ -270,6 +271,9 @@ enum BenchCommand {
     /// The resource center and a reviewer's list at 5,000 environments and
     /// 100,000 requests.
     Lists(bench_lists::ListsBenchArgs),
+    /// A project's object streamed through tre serve (cat beside), and
+    /// the latency of reads answered with a signed URL.
+    ProjectData(bench_project_data::ProjectDataBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -482,6 +486,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Showcase(args)) => bench_showcase::run(args).await?,
         Command::Bench(BenchCommand::Files(args)) => bench_files::run(args).await?,
         Command::Bench(BenchCommand::Lists(args)) => bench_lists::run(args).await?,
+        Command::Bench(BenchCommand::ProjectData(args)) => bench_project_data::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, &settings, command).await;

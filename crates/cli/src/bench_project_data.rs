@@ -1,0 +1,246 @@
+//! `tre bench project-data`: how fast a member's workspace gets a project's
+//! data through tre. A ready project on a scratch database whose manifest
+//! lists one large object in a local folder store: the object streamed
+//! through `tre serve` (a server in this process, over HTTP) next to `cat`
+//! of the same file, and the latency of a read that answers a signed URL
+//! (an S3 store; signing needs no server, the read is authorized and
+//! audited like any other).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tre_dispense::stores::ProjectReader;
+use tre_domain::{
+    CohortCount, DecisionInput, EnvironmentCommand, EnvironmentId, NewRequest, Policies,
+    ProjectCommand, RequestCommand, RequestId, Verdict,
+};
+use tre_store::{Caller, NewPlan, Store};
+
+use crate::bench_api::{environment, scratch_store};
+
+#[derive(Debug, Args)]
+pub struct ProjectDataBenchArgs {
+    /// Size of the object streamed, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    mib: u64,
+    /// Streaming runs (alternating with `cat`); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Signed-URL reads measured.
+    #[arg(long, default_value_t = 500)]
+    presigns: usize,
+}
+
+/// A caller for a bench user as the store knows them.
+async fn caller(store: &Store, id: &str) -> Result<Caller> {
+    let user = store
+        .user(id)
+        .await?
+        .with_context(|| format!("no user {id}"))?;
+    Ok(Caller::new(user.actor(), "bench"))
+}
+
+/// Writes `mib` MiB of varied bytes to `path`; their SHA-256.
+fn write_object(path: &Path, mib: u64) -> Result<String> {
+    std::fs::create_dir_all(path.parent().context("a parent folder")?)?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        for (j, b) in block.iter_mut().enumerate() {
+            *b = (i as usize)
+                .wrapping_mul(31)
+                .wrapping_add(j.wrapping_mul(7)) as u8;
+        }
+        hasher.update(&block);
+        file.write_all(&block)?;
+    }
+    file.flush()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
+    if args.mib == 0 {
+        bail!("--mib: must be at least 1");
+    }
+    let (store, dir, _) = scratch_store(None, "project-data").await?;
+    let (env, token) = environment(&store).await?;
+    let env = EnvironmentId(env);
+    let admin = caller(&store, "bench-admin").await?;
+    let researcher = caller(&store, "bench-researcher").await?;
+    let reviewer = caller(&store, "bench-reviewer").await?;
+    store
+        .configure_environment(
+            &admin,
+            &env,
+            EnvironmentCommand::SetPolicies(Policies {
+                download: tre_domain::DownloadPolicy::Members,
+                min_cohort_size: 0,
+                ..Policies::default()
+            }),
+        )
+        .await?;
+    // an approved request and its project, as the governance flow makes them
+    let request = store
+        .create_request(
+            &researcher,
+            &env,
+            NewRequest {
+                title: "Bench".into(),
+                purpose: "Reading speed".into(),
+                collections: ["all".to_owned()].into(),
+                duration_days: 30,
+                ..NewRequest::default()
+            },
+        )
+        .await?;
+    let id: RequestId = request.id.clone();
+    store
+        .request_command(&researcher, &id, RequestCommand::Submit)
+        .await?;
+    store
+        .record_cohort_count(&id, 1, CohortCount::Counted(100), "bench")
+        .await?;
+    store
+        .decide(
+            &reviewer,
+            &id,
+            DecisionInput {
+                stage: 0,
+                verdict: Verdict::Approve,
+                is_final: false,
+                comment: String::new(),
+            },
+        )
+        .await?;
+    let project = store.create_project(&researcher, &id).await?;
+    // its data: one large object, written here in place of a dispense
+    let objects = dir.join("objects");
+    let path = "data/people/part-00000.parquet";
+    let file = objects.join(project.id.as_str()).join(path);
+    eprintln!("writing a {} MiB object...", args.mib);
+    let sha = write_object(&file, args.mib)?;
+    let bytes = args.mib << 20;
+    let manifest = json!({"datasets": [{"name": "people", "files": [
+        {"path": path, "rows": 0, "bytes": bytes, "sha256": sha}]}]});
+    store
+        .save_dispense_plan(NewPlan {
+            project: &project.id,
+            environment: env.as_str(),
+            plan: &json!({}),
+            cohort: "[]",
+            secret: &tre_domain::redact::Secret::new(""),
+            units: &[],
+            summary: json!({}),
+            trace_id: "bench",
+        })
+        .await?;
+    store
+        .save_manifest(
+            &project.id,
+            &manifest,
+            &hex::encode(Sha256::digest(manifest.to_string())),
+        )
+        .await?;
+    for command in [ProjectCommand::StartDispensing, ProjectCommand::MarkReady] {
+        store.project_command(&project.id, command, "bench").await?;
+    }
+
+    // tre serve on the folder
+    let serve = |reader: ProjectReader| {
+        let store = store.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            let state = tre_api::AppState::new(store).with_project_data(reader);
+            tokio::spawn(tre_api::serve(listener, state, std::future::pending()));
+            anyhow::Ok(base)
+        }
+    };
+    let folder = serve(ProjectReader::open(
+        objects.to_str().context("a utf-8 path")?,
+        "bench",
+    )?)
+    .await?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let url = format!("{folder}/v1/projects/{}/objects/{path}", project.id);
+    let (mut tre_mb_s, mut cat_mb_s) = (Vec::new(), Vec::new());
+    let mib = args.mib as f64;
+    for run in 1..=args.runs.max(1) {
+        let started = Instant::now();
+        let status = std::process::Command::new("cat")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("cat failed");
+        }
+        cat_mb_s.push(mib / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let response = client.get(&url).bearer_auth(&token).send().await?;
+        if !response.status().is_success() {
+            bail!("streaming read: {}", response.status());
+        }
+        let mut stream = response.bytes_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            got += chunk?.len() as u64;
+        }
+        if got != bytes {
+            bail!("streamed {got} bytes of {bytes}");
+        }
+        tre_mb_s.push(mib / started.elapsed().as_secs_f64());
+        println!(
+            "run {run}: tre {:.0} MiB/s, cat {:.0} MiB/s",
+            tre_mb_s[run - 1],
+            cat_mb_s[run - 1]
+        );
+    }
+
+    // reads answered with a signed URL (an S3 store; signing is local)
+    let signing = serve(ProjectReader::s3(
+        "http://127.0.0.1:9",
+        "bench",
+        "bench-key",
+        "bench-secret-key",
+    )?)
+    .await?;
+    let url = format!("{signing}/v1/projects/{}/objects/{path}", project.id);
+    let mut latencies = Vec::with_capacity(args.presigns);
+    for _ in 0..args.presigns {
+        let started = Instant::now();
+        let response = client.get(&url).bearer_auth(&token).send().await?;
+        if response.status() != reqwest::StatusCode::TEMPORARY_REDIRECT {
+            bail!("signed read: {}", response.status());
+        }
+        let _ = response.bytes().await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let (p50, p99) = (
+        crate::bench::percentile(&latencies, 0.5),
+        crate::bench::percentile(&latencies, 0.99),
+    );
+    let tre = crate::bench_dispense::median(&mut tre_mb_s);
+    let cat = crate::bench_dispense::median(&mut cat_mb_s);
+    println!(
+        "streamed through tre serve: {tre:.0} MiB/s, cat: {cat:.0} MiB/s ({:.0}%; target >= 80%)",
+        100.0 * tre / cat
+    );
+    println!(
+        "signed-URL reads (authorized, audited, signed) over HTTP: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 < 10 ms)"
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("tre_mb_s={tre:.0} direct_mb_s={cat:.0} presign_p99_ms={p99:.2}");
+    Ok(())
+}
