@@ -158,7 +158,15 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
         ),
     ];
     for (name, dest, reader) in cases {
-        let db = TestDb::sqlite().await;
+        // the folder on SQLite, S3 on PostgreSQL (when it answers)
+        let postgres = match name {
+            "s3" => TestDb::postgres().await,
+            _ => None,
+        };
+        let db = match postgres {
+            Some(db) => db,
+            None => TestDb::sqlite().await,
+        };
         let store = &db.store;
         let inventory = biobank_inventory(&fixtures_data(), &BIOBANK);
         let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;

@@ -49,24 +49,18 @@ pub fn spec() -> Value {
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             });
         }
-        let params: Vec<Value> = e
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            // `{*path}` (the rest of the path) is documented as `{path}`
-            .map(|name| name.trim_start_matches('*'))
+        let mut params: Vec<Value> = path_params(e.path)
             .map(|name| {
                 let mut schema = json!({"type": "string", "minLength": 1});
-                if let Some((_, pattern)) = e.path_patterns.iter().find(|(n, _)| *n == name) {
-                    schema["pattern"] = json!(pattern);
-                }
-                if let Some((_, most)) = e.path_max_lengths.iter().find(|(n, _)| *n == name) {
-                    schema["maxLength"] = json!(most);
+                if let Some(form) = e.path_forms.iter().find(|f| f.name == name) {
+                    schema["pattern"] = json!(form.pattern);
+                    if let Some(most) = form.max_length {
+                        schema["maxLength"] = json!(most);
+                    }
                 }
                 json!({"name": name, "in": "path", "required": true, "schema": schema})
             })
             .collect();
-        let mut params = params;
         if let Some(query) = e.query {
             let query = query(&mut generator);
             let required: Vec<&str> = query
@@ -154,6 +148,14 @@ pub fn spec() -> Value {
         },
         "paths": paths,
     })
+}
+
+/// The names of a path's parameters, in order; `{*path}` (the rest of the
+/// path) is documented as `{path}`.
+fn path_params(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| name.trim_start_matches('*'))
 }
 
 /// The errors a route answers because of its shape: a token (401, 403,
@@ -280,12 +282,7 @@ fn add_links(paths: &mut Map<String, Value>) {
                 .map(move |method| (path.clone(), method.clone()))
         })
         .collect();
-    let params = |path: &str| -> Vec<String> {
-        path.split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(str::to_owned)
-            .collect()
-    };
+    let params = |path: &str| -> Vec<String> { path_params(path).map(str::to_owned).collect() };
     let makers: Vec<(String, String)> = targets
         .iter()
         .filter(|(_, method)| method == "post" || method == "put")

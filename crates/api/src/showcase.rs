@@ -30,7 +30,7 @@ use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
 use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 
-use crate::routes::{Endpoint, body, op};
+use crate::routes::{Endpoint, PathForm, body, op};
 use crate::{ApiError, AppState, Auth, Body};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -79,7 +79,11 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (409, "computing: the showcase is not computed yet (Retry-After)"),
             (422, "invalid: the file is not {dataset}.{field}.svg"),
         ])
-        .path_patterns(&[("file", r"^[^.]+\.[^/]+\.svg$")]),
+        .path_forms(&[PathForm {
+            name: "file",
+            pattern: r"^[^.]+\.[^/]+\.svg$",
+            max_length: None,
+        }]),
     ]
 }
 

@@ -462,27 +462,22 @@ pub async fn run(settings: &Settings) -> Result<()> {
         Err(e) => println!("   carol (a reviewer) cannot read it: {e}"),
         Ok(_) => bail!("a reviewer read project data"),
     }
-    let read = store
-        .read_project_object(&alice, &project.id, &table.path)
-        .await?;
-    let reader = tre_dispense::stores::ProjectReader::open(&settings.object_store, "object_store")?;
-    let bytes = {
-        use object_store::ObjectStoreExt;
-        let location =
-            tre_dispense::stores::ProjectReader::location(project.id.as_str(), &read.object.path)?;
-        reader.store().get(&location).await?.bytes().await?
-    };
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&bytes))
-    };
-    if sha != table.sha256 {
-        bail!("{}: the bytes read are not the manifest's", table.path);
-    }
+    // the same read as `tre projects get`: authorized, audited, SHA-256 checked
+    let read = crate::projects::read_object(
+        &store,
+        settings,
+        &alice,
+        &project.id,
+        &table.path,
+        &mut tokio::io::sink(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("{}: the read stopped early", table.path))?;
     println!(
         "   alice reads {} through tre ({}; its SHA-256 is the manifest's; the read is audited)",
         table.path,
-        crate::projects::human_bytes(bytes.len() as u64)
+        crate::projects::human_bytes(read.bytes)
     );
     println!("\n9. History and audit");
     for entry in store.request_history(&alice, &request.id).await? {

@@ -204,8 +204,8 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
     Ok(())
 }
 
-/// Reads one object through the same authorization and audit as the API,
-/// with a progress bar when writing to a file.
+/// `tre projects get`: one object into a file (with a progress bar) or
+/// stdout.
 async fn get(
     store: &Store,
     settings: &Settings,
@@ -214,56 +214,83 @@ async fn get(
     output: Option<std::path::PathBuf>,
     acting: &crate::Acting,
 ) -> Result<()> {
-    use futures::StreamExt;
-    use object_store::ObjectStoreExt;
-    use sha2::{Digest, Sha256};
-    use tokio::io::AsyncWriteExt;
     let caller = crate::caller(store, acting).await?;
-    let read = store
-        .read_project_object(&caller, id, path)
-        .await
-        .map_err(crate::explain)?;
-    let reader = tre_dispense::stores::ProjectReader::open(&settings.object_store, "object_store")?;
-    let location = tre_dispense::stores::ProjectReader::location(id.as_str(), &read.object.path)?;
-    let mut stream = reader.store().get(&location).await?.into_stream();
-    let bar = match (&output, read.object.bytes) {
-        (Some(_), Some(total)) => ProgressBar::new(total).with_style(
+    let bar = match &output {
+        Some(_) => ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
                 .expect("a valid template"),
         ),
-        _ => ProgressBar::hidden(),
+        None => ProgressBar::hidden(),
     };
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &output {
         Some(file) => Box::new(tokio::fs::File::create(file).await?),
         None => Box::new(tokio::io::stdout()),
     };
+    let read = read_object(store, settings, &caller, id, path, &mut out, &bar).await?;
+    bar.finish_and_clear();
+    if let (Some(file), Some(read)) = (output, read) {
+        eprintln!("{path} -> {} ({})", file.display(), read.sha256);
+    }
+    Ok(())
+}
+
+/// What [`read_object`] read.
+pub(crate) struct ObjectRead {
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
+}
+
+/// Reads one object of a project as `caller`, through the same
+/// authorization (the environment's `download` policy) and audit as the
+/// API, into `out`, checking its SHA-256 against the manifest. None when
+/// `out`'s reader stopped early (`| head`), which is not an error.
+pub(crate) async fn read_object(
+    store: &Store,
+    settings: &Settings,
+    caller: &tre_store::Caller,
+    id: &ProjectId,
+    path: &str,
+    out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    bar: &ProgressBar,
+) -> Result<Option<ObjectRead>> {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let read = store
+        .read_project_object(caller, id, path)
+        .await
+        .map_err(crate::explain)?;
+    if let Some(total) = read.object.bytes {
+        bar.set_length(total);
+    }
+    let reader = tre_dispense::stores::ProjectReader::open(&settings.object_store, "object_store")?;
+    let location = tre_dispense::stores::ProjectReader::location(id.as_str(), &read.object.path)?;
+    let mut stream = reader.store().get(&location).await?.into_stream();
     let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
         match out.write_all(&chunk).await {
-            // a reader that stops early (`| head`) is not an error
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(None),
             other => other?,
         }
+        bytes += chunk.len() as u64;
         bar.inc(chunk.len() as u64);
     }
     match out.flush().await {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(None),
         other => other?,
     }
-    bar.finish_and_clear();
-    let sha = hex::encode(hasher.finalize());
-    if sha != read.object.sha256 {
+    let sha256 = hex::encode(hasher.finalize());
+    if sha256 != read.object.sha256 {
         bail!(
-            "{path}: SHA-256 {sha} is not the manifest's {}",
+            "{path}: SHA-256 {sha256} is not the manifest's {}",
             read.object.sha256
         );
     }
-    if let Some(file) = output {
-        eprintln!("{path} -> {} ({sha})", file.display());
-    }
-    Ok(())
+    Ok(Some(ObjectRead { bytes, sha256 }))
 }
 
 /// Follows a project until its dispense ends (or `timeout`), drawing a

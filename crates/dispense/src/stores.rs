@@ -49,11 +49,7 @@ fn s3_from_env(url: &str, setting: &str) -> Result<Option<(AmazonS3, String)>, D
 /// Opens the store that `url` names; `setting` names it in errors.
 pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseError> {
     if let Some((store, prefix)) = s3_from_env(url, setting)? {
-        return Ok(if prefix.is_empty() {
-            Arc::new(store)
-        } else {
-            Arc::new(PrefixStore::new(store, prefix.as_str()))
-        });
+        return Ok(under_prefix(store, &prefix));
     }
     if url.contains("://") && !url.starts_with("file://") {
         return Err(DispenseError::Config(format!(
@@ -66,6 +62,15 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
     let store = LocalFileSystem::new_with_prefix(path)
         .map_err(|e| DispenseError::Config(format!("{setting}: {e}")))?;
     Ok(Arc::new(store))
+}
+
+/// An S3 client as a store rooted at `prefix` (none when empty).
+fn under_prefix(store: AmazonS3, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
 }
 
 /// The multipart API of the store `url` names, when it has one (S3): what
@@ -179,10 +184,16 @@ impl ProjectReader {
     /// The reader of the store `url` names (as [`open`]); `setting` names it
     /// in errors.
     pub fn open(url: &str, setting: &str) -> Result<Self, DispenseError> {
-        let signer = s3_from_env(url, setting)?.map(|(s3, prefix)| (Arc::new(s3), prefix));
-        Ok(Self {
-            store: open(url, setting)?,
-            signer,
+        // one S3 client, both to read and to sign
+        Ok(match s3_from_env(url, setting)? {
+            Some((s3, prefix)) => Self {
+                store: under_prefix(s3.clone(), &prefix),
+                signer: Some((Arc::new(s3), prefix)),
+            },
+            None => Self {
+                store: open(url, setting)?,
+                signer: None,
+            },
         })
     }
 
@@ -209,11 +220,6 @@ impl ProjectReader {
     /// The store, to read objects from (see [`Self::location`]).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
-    }
-
-    /// Whether reads are answered with signed URLs rather than bytes.
-    pub fn signs(&self) -> bool {
-        self.signer.is_some()
     }
 
     /// A GET URL to `project`'s object `path` that works for `expires`;

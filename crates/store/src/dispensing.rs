@@ -167,17 +167,34 @@ impl Store {
         &self,
         project: &ProjectId,
     ) -> Result<Option<Value>, StoreError> {
-        let row = sqlx::query("SELECT manifest FROM dispense_plans WHERE project_id = $1")
-            .bind(project.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        let manifest: Option<String> = match row {
-            Some(row) => row.try_get(0)?,
-            None => None,
-        };
-        manifest
-            .map(|m| docs::decode("manifest", project.as_str(), &m))
-            .transpose()
+        Ok(self
+            .manifest_with_sha256(project)
+            .await?
+            .map(|(manifest, _)| manifest))
+    }
+
+    /// The manifest and its SHA-256, once written; never the plan or its
+    /// pseudonym key (what the API serves project data from).
+    pub(crate) async fn manifest_with_sha256(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Option<(Value, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT manifest, manifest_sha256 FROM dispense_plans WHERE project_id = $1",
+        )
+        .bind(project.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let manifest: Option<String> = row.try_get(0)?;
+        let sha: Option<String> = row.try_get(1)?;
+        match (manifest, sha) {
+            (Some(manifest), Some(sha)) => Ok(Some((
+                docs::decode("manifest", project.as_str(), &manifest)?,
+                sha,
+            ))),
+            _ => Ok(None),
+        }
     }
 
     /// The whole stored plan, pseudonym key included: for the dispense

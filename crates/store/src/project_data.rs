@@ -90,13 +90,11 @@ impl Store {
         caller: &Caller,
         id: &ProjectId,
     ) -> Result<Vec<ProjectAccess>, StoreError> {
+        // a workspace, like anyone who is not an admin, learns nothing
         let (project, _) = self.load_project(id).await?;
         let (environment, _) = self
             .load_environment(&self.pool, &project.environment_id)
             .await?;
-        if caller.actor.workspace_of.is_some() {
-            return Err(StoreError::not_found("project", id.as_str()));
-        }
         authorize(
             &caller.actor,
             Action::ViewAudit,
@@ -222,12 +220,7 @@ impl Store {
             }
         }
         crate::projects::may(caller, action, &environment, &project)?;
-        let plan = self.dispense_plan(id).await?;
-        let (manifest, sha) = match plan {
-            Some(plan) => (plan.manifest, plan.manifest_sha256),
-            None => (None, None),
-        };
-        let (Some(manifest), Some(sha)) = (manifest, sha) else {
+        let Some((manifest, sha)) = self.manifest_with_sha256(id).await? else {
             return Err(StoreError::Corrupt {
                 object: "project",
                 id: id.to_string(),

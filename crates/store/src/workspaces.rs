@@ -79,8 +79,19 @@ pub(crate) async fn end_all(
     .bind(project.as_str())
     .execute(&mut **tx)
     .await?;
+    disable_revoked(tx, project, at).await
+}
+
+/// Disables the identities of `project`'s workspaces revoked at `at` (in
+/// `tx`, just before) and tells every process, so their tokens are refused.
+async fn disable_revoked(
+    tx: &mut Tx,
+    project: &ProjectId,
+    at: Timestamp,
+) -> Result<(), StoreError> {
     let disabled = sqlx::query(
-        "UPDATE users SET disabled_at = $1 WHERE workspace_of = $2 AND disabled_at IS NULL",
+        "UPDATE users SET disabled_at = $1 WHERE disabled_at IS NULL AND id IN \
+         (SELECT user_id FROM workspaces WHERE project_id = $2 AND revoked_at = $1)",
     )
     .bind(at.0)
     .bind(project.as_str())
@@ -230,12 +241,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL")
-            .bind(at.0)
-            .bind(workspace.user_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        bump_epoch(&mut tx).await?;
+        disable_revoked(&mut tx, id, at).await?;
         audit::append(
             &mut tx,
             AuditRecord {

@@ -45,12 +45,19 @@ pub(crate) struct Endpoint {
     pub(crate) errors: &'static [(u16, &'static str)],
     /// The query parameters it takes: the properties of this schema.
     pub(crate) query: Option<BodySchema>,
-    /// Path parameters whose form is stated (a JSON Schema pattern); the
-    /// others are any string (an id that does not exist answers 404).
-    pub(crate) path_patterns: &'static [(&'static str, &'static str)],
-    /// Path parameters whose length is bounded: `(name, most characters)`.
-    pub(crate) path_max_lengths: &'static [(&'static str, u32)],
+    /// Path parameters whose form is stated; the others are any string (an
+    /// id that does not exist answers 404).
+    pub(crate) path_forms: &'static [PathForm],
     handler: MethodRouter<AppState>,
+}
+
+/// The form the server requires of one path parameter.
+pub(crate) struct PathForm {
+    pub(crate) name: &'static str,
+    /// A JSON Schema pattern.
+    pub(crate) pattern: &'static str,
+    /// The most characters, when bounded.
+    pub(crate) max_length: Option<u32>,
 }
 
 /// Registers a body's schema (and those it refers to) with the generator
@@ -79,8 +86,7 @@ pub(crate) fn op(
         text: false,
         tsv: false,
         errors: &[],
-        path_patterns: &[],
-        path_max_lengths: &[],
+        path_forms: &[],
         query: None,
         handler,
     }
@@ -112,18 +118,9 @@ impl Endpoint {
         self
     }
 
-    /// States the form of path parameters: `(name, pattern)`.
-    pub(crate) fn path_patterns(
-        mut self,
-        patterns: &'static [(&'static str, &'static str)],
-    ) -> Self {
-        self.path_patterns = patterns;
-        self
-    }
-
-    /// States the longest value of path parameters: `(name, characters)`.
-    pub(crate) fn path_max_lengths(mut self, lengths: &'static [(&'static str, u32)]) -> Self {
-        self.path_max_lengths = lengths;
+    /// States the form of path parameters.
+    pub(crate) fn path_forms(mut self, forms: &'static [PathForm]) -> Self {
+        self.path_forms = forms;
         self
     }
 

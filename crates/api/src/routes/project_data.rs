@@ -18,7 +18,7 @@ use tre_dispense::stores::ProjectReader;
 use tre_domain::ProjectId;
 use tre_store::{Page as ListPage, ProjectAccess, ProjectObject};
 
-use super::{Endpoint, Items, Page, Result, body, limit, op};
+use super::{Endpoint, Items, Page, PathForm, Result, body, limit, op};
 use crate::extract::Params;
 use crate::{ApiError, AppState, Auth};
 
@@ -60,8 +60,11 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             (416, "the Range cannot be satisfied"),
             (422, "invalid: the path is absolute, has `..`, empty or encoded segments"),
         ])
-        .path_patterns(&[("path", tre_domain::OBJECT_PATH)])
-        .path_max_lengths(&[("path", 1024)]),
+        .path_forms(&[PathForm {
+            name: "path",
+            pattern: tre_domain::OBJECT_PATH,
+            max_length: Some(1024),
+        }]),
     ]
 }
 
