@@ -730,6 +730,25 @@ async fn authorization_matrix_over_http() {
             None,
             "HHHHHAAHH",
         ),
+        // its workspaces: its members only
+        (
+            Method::POST,
+            format!("/v1/projects/{project}/workspaces"),
+            Some(json!({"name": "matrix"})),
+            "HHHHHAAHH",
+        ),
+        (
+            Method::GET,
+            format!("/v1/projects/{project}/workspaces"),
+            None,
+            "HHHHHAAHH",
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/projects/{project}/workspaces/matrix"),
+            None,
+            "HHHHHAAHH",
+        ),
         // who read its data: for those who see the environment's audit log
         (
             Method::GET,
