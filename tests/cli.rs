@@ -545,6 +545,66 @@ fn configuration_layers_and_errors() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The files under `root`, folders walked, relative to it and sorted.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Asserts that `made` holds exactly the files of `expected`, byte for
+/// byte; their relative paths.
+fn same_files(expected: &Path, made: &Path) -> Vec<PathBuf> {
+    let files = files_under(expected);
+    assert_eq!(files, files_under(made), "the same files");
+    for path in &files {
+        assert_eq!(
+            std::fs::read(expected.join(path)).unwrap(),
+            std::fs::read(made.join(path)).unwrap(),
+            "{} differs from a fresh `tre fixtures generate --files-every 16`; regenerate the fixtures",
+            path.display()
+        );
+    }
+    files
+}
+
+/// An installed binary (no clone at hand) runs the whole story in an empty
+/// folder: it generates the fixtures into `.tre/`, the same bytes as the
+/// repository's.
+#[test]
+fn demo_runs_in_an_empty_folder() {
+    let (dir, _) = sqlite_url();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = tre_command();
+    command.current_dir(&dir).arg("demo");
+    let out = ok(command.output().unwrap());
+    assert!(out.contains("generating the synthetic biobank"), "{out}");
+    assert!(out.contains("is ready:"), "the demo dispenses: {out}");
+    let made = dir.join(".tre/fixtures");
+    same_files(&repo_root().join("fixtures/data"), &made.join("data"));
+    assert_eq!(
+        std::fs::read(repo_root().join("fixtures/environments/biobank.toml")).unwrap(),
+        std::fs::read(made.join("environments/biobank.toml")).unwrap()
+    );
+    // and again, on what it made
+    let mut again = tre_command();
+    again.current_dir(&dir).arg("demo");
+    let out = ok(again.output().unwrap());
+    assert!(!out.contains("generating the synthetic biobank"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn checked_in_fixtures_are_what_the_generator_makes() {
     let (dir, url) = sqlite_url();
@@ -560,34 +620,7 @@ fn checked_in_fixtures_are_what_the_generator_makes() {
             out.to_str().unwrap(),
         ],
     ));
-    // every checked-in file, folders walked, byte for byte; and nothing the
-    // generator makes is missing from the repository
-    fn files(root: &Path) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    found.push(path.strip_prefix(root).unwrap().to_path_buf());
-                }
-            }
-        }
-        found.sort();
-        found
-    }
-    let checked_in = files(&repo_root().join("fixtures/data"));
-    assert_eq!(checked_in, files(&out), "the same files");
-    for path in &checked_in {
-        assert_eq!(
-            std::fs::read(repo_root().join("fixtures/data").join(path)).unwrap(),
-            std::fs::read(out.join(path)).unwrap(),
-            "{} differs from a fresh `tre fixtures generate --files-every 16`; regenerate the fixtures",
-            path.display()
-        );
-    }
+    let checked_in = same_files(&repo_root().join("fixtures/data"), &out);
     // four tables, the file inventory and its 313 ECG files
     assert_eq!(checked_in.len(), 4 + 1 + 313);
     let _ = std::fs::remove_dir_all(dir);

@@ -6,7 +6,7 @@
 //! its dispense job queued, and the audit chain is verified.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,39 @@ use crate::config::Settings;
 use crate::envfile::EnvironmentFile;
 
 pub const ENVIRONMENT_FILE: &str = "fixtures/environments/biobank.toml";
+
+/// Where an installed binary writes the fixtures when it runs outside a
+/// clone of the repository.
+const GENERATED_FIXTURES: &str = ".tre/fixtures";
+
+/// The fixture environment's file: the repository's when `tre demo` runs in
+/// a clone, otherwise generated (the same bytes: the generator is seeded
+/// and the environment file is built into the binary) under `.tre/`.
+pub fn environment_file() -> Result<PathBuf> {
+    let checked_in = Path::new(ENVIRONMENT_FILE);
+    if checked_in.exists() {
+        return Ok(checked_in.to_owned());
+    }
+    let root = Path::new(GENERATED_FIXTURES);
+    let file = root.join("environments/biobank.toml");
+    let data = root.join("data");
+    if !data.join("files.tsv").exists() {
+        println!(
+            "(no {ENVIRONMENT_FILE} here: generating the synthetic biobank into {})\n",
+            root.display()
+        );
+        crate::fixtures::generate_all(&data)?;
+    }
+    if !file.exists() {
+        std::fs::create_dir_all(root.join("environments"))?;
+        std::fs::write(
+            &file,
+            include_str!("../../../fixtures/environments/biobank.toml"),
+        )
+        .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(file)
+}
 
 /// Gets or creates a demo user.
 async fn person(
@@ -85,26 +118,35 @@ fn decide(stage: usize, verdict: Verdict, comment: &str) -> DecisionInput {
     }
 }
 
-pub async fn run(settings: &Settings) -> Result<()> {
-    if !Path::new(ENVIRONMENT_FILE).exists() {
-        bail!("{ENVIRONMENT_FILE} not found: run `tre demo` from the repository root");
+/// Runs the demo; with `embedded_worker` a worker in this process runs its
+/// jobs, else the fleet serving the configured queue does.
+pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
+    if !embedded_worker && settings.redis_url.is_none() {
+        bail!("--no-worker: needs redis_url (a fleet serves only a shared queue)");
     }
+    let environment_file = environment_file()?;
     let store = crate::open_checked(settings).await?;
     let trace = format!("demo-{}", std::process::id());
     println!(
-        "tre demo on {}, jobs on the {} queue\n",
+        "tre demo on {}, jobs on the {} queue{}\n",
         tre_domain::redact::redact_url(&settings.database_url),
         if settings.redis_url.is_some() {
             "redis"
         } else {
             "embedded"
+        },
+        if embedded_worker {
+            ""
+        } else {
+            ", run by the worker fleet"
         }
     );
 
     // Every step after a command runs as a durable job: start a worker in
-    // this process (the same code `tre worker` runs).
+    // this process (the same code `tre worker` runs), unless a fleet does.
     let queue = crate::worker::queue(settings).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+
     let options = WorkerOptions {
         runtime: RuntimeOptions {
             relay_interval: Duration::from_millis(20),
@@ -120,13 +162,17 @@ pub async fn run(settings: &Settings) -> Result<()> {
         ..WorkerOptions::default()
     };
     let metrics = Arc::new(Metrics::default());
-    let worker = tokio::spawn(tre_workers::run(
-        store.clone(),
-        queue,
-        options,
-        metrics.clone(),
-        shutdown,
-    ));
+    let worker = if embedded_worker {
+        Some(tokio::spawn(tre_workers::run(
+            store.clone(),
+            queue,
+            options,
+            metrics.clone(),
+            shutdown,
+        )))
+    } else {
+        None
+    };
 
     println!("1. People");
     let platform = person(&store, "platform-ops", true, &[], &trace).await?;
@@ -146,8 +192,8 @@ pub async fn run(settings: &Settings) -> Result<()> {
     println!("   dave, erin, frank (custodian sign-off, quorum of 2)\n");
 
     println!("2. The custodian's environment");
-    let definition = EnvironmentFile::read(Path::new(ENVIRONMENT_FILE))?;
-    let new = definition.new_environment(Path::new(ENVIRONMENT_FILE), None)?;
+    let definition = EnvironmentFile::read(&environment_file)?;
+    let new = definition.new_environment(&environment_file, None)?;
     let source = tre_dispense::Source::open(&new.source)?;
     let env = store.create_environment(&platform, new).await?;
     println!(
@@ -163,7 +209,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
             .configure_environment(&custodian, &env.id, command)
             .await?;
     }
-    upload_files(&store, &custodian, &env.id).await?;
+    upload_files(&store, &custodian, &env.id, &environment_file).await?;
     let env = store
         .configure_environment(&custodian, &env.id, EnvironmentCommand::Publish)
         .await?;
@@ -503,12 +549,14 @@ pub async fn run(settings: &Settings) -> Result<()> {
         Some(broken) => bail!("audit chain broken: {broken}"),
     }
     let _ = stop.send(true);
-    worker.await?.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
-    println!(
-        "   jobs run by the embedded worker: {} notify_reviewers, {} notify_owner",
-        metrics.get("notify_reviewers", "succeeded"),
-        metrics.get("notify_owner", "succeeded")
-    );
+    if let Some(worker) = worker {
+        worker.await?.map_err(|e| anyhow::anyhow!("worker: {e}"))?;
+        println!(
+            "   jobs run by the embedded worker: {} notify_reviewers, {} notify_owner",
+            metrics.get("notify_reviewers", "succeeded"),
+            metrics.get("notify_owner", "succeeded")
+        );
+    }
     store.close().await;
     println!("\nDone. Inspect with: tre audit verify; tre env list --as alice");
     Ok(())
@@ -520,8 +568,9 @@ async fn upload_files(
     store: &Store,
     custodian: &Caller,
     env: &tre_domain::EnvironmentId,
+    environment_file: &Path,
 ) -> Result<()> {
-    let tsv = Path::new(ENVIRONMENT_FILE)
+    let tsv = environment_file
         .parent()
         .and_then(Path::parent)
         .context("the fixtures folder")?

@@ -163,6 +163,19 @@ fn group_rows(rows: usize, small: usize) -> usize {
     small.max(rows.div_ceil(8))
 }
 
+/// The checked-in fixtures' size, seed and file spacing.
+pub const PARTICIPANTS: usize = 5000;
+pub const SEED: u64 = 20_061_313;
+pub const FILES_EVERY: usize = 16;
+
+/// Writes the checked-in fixtures (tables and bulk files) into `out`, as
+/// `tre fixtures generate --files-every 16` does; their paths.
+pub fn generate_all(out: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = generate(out, PARTICIPANTS, SEED)?;
+    written.push(generate_files(out, PARTICIPANTS, FILES_EVERY, SEED)?);
+    Ok(written)
+}
+
 /// Writes the fixture files into `out` and returns their paths.
 pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

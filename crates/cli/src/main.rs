@@ -77,7 +77,13 @@ enum Command {
         acting: Acting,
     },
     /// Walk a request through a two-stage review on the configured store.
-    Demo,
+    Demo {
+        /// Run no worker in this process: the jobs are left to a worker
+        /// fleet already serving this database and queue (`scripts/stack
+        /// up`). Without Redis there is none, so this needs `redis_url`.
+        #[arg(long)]
+        no_worker: bool,
+    },
     /// Serve the HTTP API (and, without Redis, the embedded job runtime).
     Serve(serve::ServeArgs),
     /// Run a worker: serve job pools until SIGTERM.
@@ -282,9 +288,9 @@ enum FixturesCommand {
     Generate {
         #[arg(long, default_value = "fixtures/data")]
         out: PathBuf,
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = fixtures::PARTICIPANTS)]
         participants: usize,
-        #[arg(long, default_value_t = 20_061_313)]
+        #[arg(long, default_value_t = fixtures::SEED)]
         seed: u64,
         /// Also write `gp_events-NNN.parquet`: this many primary-care events
         /// per participant on average, streamed (for benchmarks; 0: none).
@@ -477,7 +483,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             store.close().await;
             done?;
         }
-        Command::Demo => demo::run(&settings).await?,
+        Command::Demo { no_worker } => demo::run(&settings, !no_worker).await?,
         Command::Worker(args) => worker::run(&settings, args).await?,
         Command::Serve(args) => serve::run(&settings, args).await?,
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&settings, args).await?,
