@@ -1,5 +1,6 @@
 //! `/metrics` (Prometheus text): requests by method, route and status,
-//! their durations, and the job queue's depth from the outbox.
+//! their durations, the job queue's depth from the outbox, the system's
+//! gauges (projects, data dispensed, audit sealing) and readiness.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -106,5 +107,16 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
     if let Ok(depth) = state.store.job_counts().await {
         out.push_str(&depth.to_prometheus());
     }
+    if let Ok(gauges) = state.store.system_gauges(tre_store::now()).await {
+        out.push_str(&gauges.to_prometheus());
+    }
+    let (database, queue) = crate::routes::health::dependencies(&state).await;
+    out.push_str("# HELP tre_ready Whether a dependency answers (1) or not (0), as /readyz sees it.\n# TYPE tre_ready gauge\n");
+    let _ = writeln!(
+        out,
+        "tre_ready{{dependency=\"database\"}} {}",
+        u8::from(database)
+    );
+    let _ = writeln!(out, "tre_ready{{dependency=\"queue\"}} {}", u8::from(queue));
     out
 }

@@ -29,7 +29,8 @@ pub struct WorkerArgs {
     /// Jobs run at once per pool (default: each pool's own, see workers/).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics (and readiness at
+    /// http://ADDR/readyz).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
     /// Do not run the relay and reconciler in this process.
@@ -127,12 +128,38 @@ pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
     })
 }
 
-async fn metrics_page(State((metrics, store)): State<(Arc<Metrics>, Store)>) -> String {
+/// What the worker's own HTTP listener reads.
+type WorkerPages = (Arc<Metrics>, Store, Arc<dyn JobQueue>);
+
+async fn metrics_page(State((metrics, store, _)): State<WorkerPages>) -> String {
     let depth = store.job_counts().await.unwrap_or_default();
     let load = FleetLoad::read(&store, &tre_workers::policies(), tre_store::now())
         .await
         .ok();
     metrics.render(&depth, load.as_ref())
+}
+
+/// `/readyz` of a worker: 200 when its database and queue answer within two
+/// seconds, else 503 naming which did not (what an orchestrator's health
+/// check asks).
+async fn ready_page(
+    State((_, store, queue)): State<WorkerPages>,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    const WITHIN: Duration = Duration::from_secs(2);
+    let database = matches!(tokio::time::timeout(WITHIN, store.ping()).await, Ok(Ok(())));
+    let queue = matches!(
+        tokio::time::timeout(WITHIN, queue.health()).await,
+        Ok(Ok(()))
+    );
+    let status = if database && queue {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"database": database, "queue": queue})),
+    )
 }
 
 /// Flips the shutdown flag on SIGTERM or Ctrl-C.
@@ -199,7 +226,8 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
             .with_context(|| format!("--metrics-listen: cannot listen on {addr}"))?;
         let app = Router::new()
             .route("/metrics", get(metrics_page))
-            .with_state((metrics.clone(), store.clone()));
+            .route("/readyz", get(ready_page))
+            .with_state((metrics.clone(), store.clone(), queue.clone()));
         let mut stop_metrics = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)

@@ -46,9 +46,8 @@ async fn healthz() -> Json<serde_json::Value> {
 /// How long `/readyz` waits for each dependency.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Ready when the database and the queue both answer, now: 503 (with
-/// `Retry-After`) and which one failed otherwise.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Whether the database and the queue answer, now.
+pub(crate) async fn dependencies(state: &AppState) -> (bool, bool) {
     let database = matches!(
         tokio::time::timeout(READY_WITHIN, state.store.ping()).await,
         Ok(Ok(()))
@@ -60,6 +59,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
             Ok(Ok(()))
         ),
     };
+    (database, queue)
+}
+
+/// Ready when the database and the queue both answer, now: 503 (with
+/// `Retry-After`) and which one failed otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (database, queue) = dependencies(&state).await;
     let mut response = Json(json!({"database": database, "queue": queue})).into_response();
     if !(database && queue) {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;

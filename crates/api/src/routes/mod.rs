@@ -3,7 +3,7 @@
 
 mod audit;
 mod environments;
-mod health;
+pub(crate) mod health;
 mod jobs;
 mod notifications;
 mod project_data;
