@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_dispense;
 mod bench_files;
 mod bench_lists;
+mod bench_load;
 mod bench_project_data;
 mod bench_showcase;
 mod config;
@@ -280,6 +281,10 @@ enum BenchCommand {
     /// A project's object streamed through tre serve (cat beside), and
     /// the latency of reads answered with a signed URL.
     ProjectData(bench_project_data::ProjectDataBenchArgs),
+    /// Simulated researchers and reviewers over several environments
+    /// against a running stack (`scripts/stack up`): requests/s, API
+    /// latency, jobs/s, dispense MiB/s, errors, peak memory per process.
+    Load(bench_load::LoadBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -493,6 +498,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Files(args)) => bench_files::run(args).await?,
         Command::Bench(BenchCommand::Lists(args)) => bench_lists::run(args).await?,
         Command::Bench(BenchCommand::ProjectData(args)) => bench_project_data::run(args).await?,
+        Command::Bench(BenchCommand::Load(args)) => bench_load::run(args).await?,
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, &settings, command).await;
