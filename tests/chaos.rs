@@ -28,7 +28,7 @@ use tre_testkit::{
     world_at,
 };
 
-// the crash tests' helpers; this suite uses the project comparison only
+// the crash tests' helpers (not all of them used here)
 #[allow(dead_code)]
 mod support;
 
@@ -308,19 +308,9 @@ async fn every_fault_at_once_loses_nothing() {
         return;
     };
     let root = std::env::temp_dir().join(format!("tre-chaos-{}", unique()));
-    let data = root.join("data");
     std::fs::create_dir_all(&root).unwrap();
     // a biobank large enough that each dispense takes seconds, in units
-    let generated = Command::new(env!("CARGO_BIN_EXE_tre"))
-        .args(["fixtures", "generate", "--participants", "200000", "--out"])
-        .arg(&data)
-        .env(
-            "TRE_DATABASE_URL",
-            format!("sqlite://{}/gen.db", root.display()),
-        )
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    let data = support::generated_biobank(&root, 200_000);
     let s3 = S3Server::start().await;
     let proxy = FaultProxy::start(&s3.endpoint).await;
     let mut s3_env = s3.env();

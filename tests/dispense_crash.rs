@@ -6,7 +6,6 @@
 //! dispense takes several seconds.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt;
@@ -34,17 +33,7 @@ async fn sigkilled_worker_resumes_and_the_result_equals_an_uninterrupted_run() {
     };
     let store = &db.store;
     let root = std::env::temp_dir().join(format!("tre-crash-{}", unique()));
-    let data = root.join("data");
-    let generated = Command::new(env!("CARGO_BIN_EXE_tre"))
-        .args(["fixtures", "generate", "--participants", "300000", "--out"])
-        .arg(&data)
-        .env(
-            "TRE_DATABASE_URL",
-            format!("sqlite://{}/gen.db", root.display()),
-        )
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{generated:?}");
+    let data = support::generated_biobank(&root, 300_000);
     let s3 = S3Server::start().await;
     let w = world_at(
         store,

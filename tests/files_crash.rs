@@ -19,6 +19,8 @@ use tre_testkit::{
     BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, fixtures_data, unique, world_at,
 };
 
+// the crash tests' helpers; this one generates no biobank
+#[allow(dead_code)]
 mod support;
 
 /// A `tre worker` of the dispense pool, logging the dispense crate's steps.

@@ -278,8 +278,8 @@ enum BenchCommand {
     /// The resource center and a reviewer's list at 5,000 environments and
     /// 100,000 requests.
     Lists(bench_lists::ListsBenchArgs),
-    /// A project's object streamed through tre serve (cat beside), and
-    /// the latency of reads answered with a signed URL.
+    /// A project's object streamed through tre serve (cat and a bare HTTP
+    /// server beside), and the latency of reads answered with a signed URL.
     ProjectData(bench_project_data::ProjectDataBenchArgs),
     /// Simulated researchers and reviewers over several environments
     /// against a running stack (`scripts/stack up`): requests/s, API
