@@ -113,15 +113,14 @@ fn dashboards_and_alerts_read_only_metrics_tre_exports() {
     let url = format!("sqlite://{}/tre.db", dir.display());
     let api = format!("127.0.0.1:{}", tre_testkit::free_port());
     let worker = format!("127.0.0.1:{}", tre_testkit::free_port());
+    // started together on a fresh SQLite file: they take turns migrating it
     let _serve = spawn(&url, &["serve", "--listen", &api]);
-    let (status, api_page) = get(&api, "/metrics");
-    assert!(status.contains("200"), "{status}");
-    // after the API has migrated the SQLite file (two processes migrating
-    // one SQLite file at once would find it locked)
     let _worker = spawn(
         &url,
         &["worker", "--pools", "dispense", "--metrics-listen", &worker],
     );
+    let (status, api_page) = get(&api, "/metrics");
+    assert!(status.contains("200"), "{status}");
     let (status, worker_page) = get(&worker, "/metrics");
     assert!(status.contains("200"), "{status}");
     // the health check docker-compose.yml asks of every worker

@@ -143,9 +143,32 @@ pub struct Store {
     requests: std::sync::Arc<cache::Recent<std::sync::Arc<requests::Stored>>>,
     /// Where project data is dispensed (see [`Store::with_output_root`]).
     output_root: Option<std::sync::Arc<tre_domain::StoreRoot>>,
+    /// The SQLite file, when the store is one: migrations take a lock
+    /// beside it (SQLite has no advisory lock for sqlx to take).
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 type Tx = Transaction<'static, sqlx::Any>;
+
+/// Waits for this process's turn to migrate the SQLite `file`: an exclusive
+/// lock on a file beside it, held until the returned file is dropped.
+async fn migration_turn(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    let path = std::path::PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        lock.lock()?;
+        Ok::<_, std::io::Error>(lock)
+    })
+    .await
+    .map_err(|e| StoreError::Config(format!("migration lock: {e}")))?
+    .map_err(|e| StoreError::Config(format!("migration lock beside the SQLite file: {e}")))
+}
 
 /// The wall clock as a [`Timestamp`]: the one clock every crate reads.
 pub fn now() -> Timestamp {
@@ -312,6 +335,7 @@ impl Store {
             )));
         };
         let mut url = url.to_owned();
+        let mut sqlite_file = None;
         if backend == Backend::Sqlite {
             let path = url
                 .trim_start_matches("sqlite://")
@@ -329,6 +353,7 @@ impl Store {
                 if !url.contains('?') {
                     url.push_str("?mode=rwc");
                 }
+                sqlite_file = Some(std::path::PathBuf::from(&path));
             }
         }
         let connect_options: AnyConnectOptions = url
@@ -382,11 +407,20 @@ impl Store {
             environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),
             requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
             output_root: None,
+            sqlite_file,
         })
     }
 
-    /// Applies pending migrations. Safe to run concurrently and repeatedly.
+    /// Applies pending migrations. Safe to run concurrently and repeatedly:
+    /// on PostgreSQL sqlx holds an advisory lock while it migrates; on a
+    /// SQLite file, which has none, an exclusive lock on `FILE.migrate-lock`
+    /// makes processes that start together take turns (without it the
+    /// second one found the first one's tables half made).
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let _turn = match &self.sqlite_file {
+            Some(file) => Some(migration_turn(file).await?),
+            None => None,
+        };
         migrator(self.backend).run(&self.pool).await?;
         self.index_unindexed_environments().await?;
         Ok(())

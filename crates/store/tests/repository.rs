@@ -1327,3 +1327,27 @@ async fn a_callers_idempotency_key_commits_with_its_work(store: &Store) {
     );
     assert_audit_intact(store).await;
 }
+
+/// Processes that start together on a fresh SQLite file (`tre serve` and
+/// `tre worker` from one script) all migrate it: they take turns, none finds
+/// another's tables half made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_a_fresh_sqlite_file_together_all_migrate() {
+    for round in 0..5 {
+        let dir =
+            std::env::temp_dir().join(format!("tre-migrate-{}-{round}", tre_testkit::unique()));
+        let url = format!("sqlite://{}/tre.db", dir.display());
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::open(&url).await })
+            })
+            .collect();
+        for store in opening {
+            let store = store.await.unwrap().expect("every store migrates");
+            store.ping().await.unwrap();
+            store.close().await;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
