@@ -181,7 +181,7 @@ impl Settings {
     }
 
     /// A worker of every pool, with short leases and small units.
-    fn worker(&self, n: usize) -> Child {
+    fn worker(&self, n: usize) -> Process {
         self.command(&format!("worker-{n}"))
             .args([
                 "worker",
@@ -197,20 +197,32 @@ impl Settings {
                 "2",
             ])
             .spawn()
+            .map(Process)
             .expect("spawn tre worker")
     }
 
-    fn api(&self, addr: &str) -> Child {
+    fn api(&self, addr: &str) -> Process {
         self.command("api")
             .args(["serve", "--listen", addr])
             .spawn()
+            .map(Process)
             .expect("spawn tre serve")
     }
 }
 
-fn sigkill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+/// A tre process of the suite, SIGKILLed when dropped (so a failing run
+/// leaves none behind).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        sigkill(self);
+    }
+}
+
+fn sigkill(process: &mut Process) {
+    let _ = process.0.kill();
+    let _ = process.0.wait();
 }
 
 /// Calls counted by the clients: answers that were retried (503, a
@@ -356,7 +368,7 @@ async fn every_fault_at_once_loses_nothing() {
     let api_addr = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{api_addr}");
     let mut api = settings.api(&api_addr);
-    let mut workers: Vec<Child> = (0..3).map(|n| settings.worker(n)).collect();
+    let mut workers: Vec<Process> = (0..3).map(|n| settings.worker(n)).collect();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let counts = Arc::new(ClientCounts::default());
@@ -488,7 +500,7 @@ async fn every_fault_at_once_loses_nothing() {
     }
     let mut rng = 0x2545_f491_4f6c_dd1d_u64;
     let mut kills = 0;
-    let mut kill_a_worker = |workers: &mut Vec<Child>| {
+    let mut kill_a_worker = |workers: &mut Vec<Process>| {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
