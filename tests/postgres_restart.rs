@@ -106,10 +106,11 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     .await;
     let dest_dir = std::env::temp_dir().join(format!("tre-restart-{}", tre_testkit::unique()));
     let folder = tre_dispense::stores::open(dest_dir.to_str().unwrap(), "object_store").unwrap();
-    // a destination as slow as a distant S3 server (a quarter of a second a
-    // write), so the database restarts while units are being written
-    // whatever the speed of the machine
-    let dest = SlowWrites::over(folder, Duration::from_millis(250));
+    // a destination as slow as a distant, busy S3 server (a second a write),
+    // so the database restarts while units are being written whatever the
+    // speed of the machine (at a quarter of a second a write, a loaded CI
+    // machine once saw all eleven units done between two looks)
+    let dest = SlowWrites::over(folder, Duration::from_secs(1));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let workers = vec![
         worker(&url, &redis, dest.clone(), shutdown.clone()).await,
