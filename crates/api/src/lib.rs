@@ -32,6 +32,7 @@ use tre_store::Store;
 pub use error::ApiError;
 pub use extract::{Auth, Body, parse};
 pub use openapi::spec as openapi;
+pub use routes::health::readiness;
 pub use showcase::{CohortAnswer, CohortQuery, ShowcaseCache, ask as ask_showcase};
 
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.

@@ -63,12 +63,8 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<()> {
             "run by tre worker fleets on Redis"
         }
     );
-    let health: tre_api::QueueHealth = Arc::new(move || {
-        let queue = queue.clone();
-        Box::pin(async move { queue.health().await.map_err(|e| e.to_string()) })
-    });
     let state = AppState::new(store.clone())
-        .with_queue_health(health)
+        .with_queue_health(crate::worker::queue_health(queue))
         .with_policies(tre_workers::policies())
         .with_project_data(tre_dispense::stores::ProjectReader::open(
             &settings.object_store,

@@ -129,7 +129,7 @@ pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
 }
 
 /// What the worker's own HTTP listener reads.
-type WorkerPages = (Arc<Metrics>, Store, Arc<dyn JobQueue>);
+type WorkerPages = (Arc<Metrics>, Store, tre_api::QueueHealth);
 
 async fn metrics_page(State((metrics, store, _)): State<WorkerPages>) -> String {
     let depth = store.job_counts().await.unwrap_or_default();
@@ -139,27 +139,17 @@ async fn metrics_page(State((metrics, store, _)): State<WorkerPages>) -> String 
     metrics.render(&depth, load.as_ref())
 }
 
-/// `/readyz` of a worker: 200 when its database and queue answer within two
-/// seconds, else 503 naming which did not (what an orchestrator's health
-/// check asks).
-async fn ready_page(
-    State((_, store, queue)): State<WorkerPages>,
-) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    const WITHIN: Duration = Duration::from_secs(2);
-    let database = matches!(tokio::time::timeout(WITHIN, store.ping()).await, Ok(Ok(())));
-    let queue = matches!(
-        tokio::time::timeout(WITHIN, queue.health()).await,
-        Ok(Ok(()))
-    );
-    let status = if database && queue {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(serde_json::json!({"database": database, "queue": queue})),
-    )
+/// `/readyz` of a worker: the API's answer, for its database and queue.
+async fn ready_page(State((_, store, health)): State<WorkerPages>) -> axum::response::Response {
+    tre_api::readiness(&store, Some(&health)).await
+}
+
+/// How `/readyz` asks `queue` whether it answers.
+pub fn queue_health(queue: Arc<dyn JobQueue>) -> tre_api::QueueHealth {
+    Arc::new(move || {
+        let queue = queue.clone();
+        Box::pin(async move { queue.health().await.map_err(|e| e.to_string()) })
+    })
 }
 
 /// Flips the shutdown flag on SIGTERM or Ctrl-C.
@@ -227,7 +217,7 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         let app = Router::new()
             .route("/metrics", get(metrics_page))
             .route("/readyz", get(ready_page))
-            .with_state((metrics.clone(), store.clone(), queue.clone()));
+            .with_state((metrics.clone(), store.clone(), queue_health(queue.clone())));
         let mut stop_metrics = shutdown.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
