@@ -75,44 +75,58 @@ struct Seen {
     lifecycles: AtomicUsize,
 }
 
-/// One API call, timed; an answer outside `expect` is an error.
-async fn call(
-    client: &reqwest::Client,
-    seen: &Seen,
-    method: reqwest::Method,
-    url: &str,
-    token: &str,
-    body: Option<&Value>,
-    expect: &[u16],
-) -> Option<Value> {
-    let mut request = client.request(method.clone(), url).bearer_auth(token);
-    if method == reqwest::Method::POST {
-        request = request.header("idempotency-key", format!("load-{}", crate::uuid_like()));
+/// A simulated client of the API: every call timed and its errors kept.
+#[derive(Clone)]
+struct LoadClient {
+    http: reqwest::Client,
+    base: String,
+    seen: Arc<Seen>,
+}
+
+impl LoadClient {
+    fn error(&self, what: String) {
+        self.seen.errors.lock().expect("lock").push(what);
     }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let started = Instant::now();
-    let answer = request.send().await;
-    let took = started.elapsed();
-    seen.latencies.lock().expect("lock").push(took);
-    match answer {
-        Ok(response) if expect.contains(&response.status().as_u16()) => response.json().await.ok(),
-        Ok(response) => {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            seen.errors
-                .lock()
-                .expect("lock")
-                .push(format!("{method} {url}: {status} {text}"));
-            None
+
+    /// `method path` as `token` (a POST with a fresh `Idempotency-Key`),
+    /// timed; an answer outside `expect` is an error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        expect: &[u16],
+    ) -> Option<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url).bearer_auth(token);
+        if method == reqwest::Method::POST {
+            request = request.header("idempotency-key", format!("load-{}", crate::uuid_like()));
         }
-        Err(e) => {
-            seen.errors
-                .lock()
-                .expect("lock")
-                .push(format!("{method} {url}: {e}"));
-            None
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let started = Instant::now();
+        let answer = request.send().await;
+        self.seen
+            .latencies
+            .lock()
+            .expect("lock")
+            .push(started.elapsed());
+        match answer {
+            Ok(response) if expect.contains(&response.status().as_u16()) => {
+                response.json().await.ok()
+            }
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                self.error(format!("{method} {url}: {status} {text}"));
+                None
+            }
+            Err(e) => {
+                self.error(format!("{method} {url}: {e}"));
+                None
+            }
         }
     }
 }
@@ -185,11 +199,8 @@ async fn environments(
 }
 
 /// One researcher's loop until `until`: the projects it made.
-#[allow(clippy::too_many_arguments)]
 async fn researcher(
-    client: reqwest::Client,
-    seen: Arc<Seen>,
-    base: String,
+    client: LoadClient,
     token: String,
     environments: Vec<LoadEnvironment>,
     first: usize,
@@ -201,18 +212,10 @@ async fn researcher(
     while Instant::now() < until {
         let env = &environments[n % environments.len()];
         n += 1;
-        let seen = &*seen;
         // discover
-        call(
-            &client,
-            seen,
-            M::GET,
-            &format!("{base}/v1/environments"),
-            &token,
-            None,
-            &[200],
-        )
-        .await;
+        client
+            .call(M::GET, "/v1/environments", &token, None, &[200])
+            .await;
         let body = json!({
             "environment_id": env.id.as_str(),
             "title": format!("Load {n}"),
@@ -221,107 +224,61 @@ async fn researcher(
             "cohort": {"field": "age_at_recruitment", "op": ">=", "value": 40 + (n % 20)},
             "duration_days": 30,
         });
-        let Some(created) = call(
-            &client,
-            seen,
-            M::POST,
-            &format!("{base}/v1/requests"),
-            &token,
-            Some(&body),
-            &[201],
-        )
-        .await
+        let Some(created) = client
+            .call(M::POST, "/v1/requests", &token, Some(&body), &[201])
+            .await
         else {
             continue;
         };
         let Some(id) = created["id"].as_str().map(str::to_owned) else {
             continue;
         };
-        if call(
-            &client,
-            seen,
-            M::POST,
-            &format!("{base}/v1/requests/{id}/submit"),
-            &token,
-            None,
-            &[200],
-        )
-        .await
-        .is_none()
+        let submit = format!("/v1/requests/{id}/submit");
+        if client
+            .call(M::POST, &submit, &token, None, &[200])
+            .await
+            .is_none()
         {
             continue;
         }
         // the cohort is counted by a job before the reviewer sees it
         let counted = Instant::now();
-        let mut in_review = false;
-        while counted.elapsed() < Duration::from_secs(60) {
-            let request = call(
-                &client,
-                seen,
-                M::GET,
-                &format!("{base}/v1/requests/{id}"),
-                &token,
-                None,
-                &[200],
-            )
-            .await;
+        let in_review = loop {
+            let request = client
+                .call(M::GET, &format!("/v1/requests/{id}"), &token, None, &[200])
+                .await;
             match request.as_ref().and_then(|r| r["state"].as_str()) {
-                Some("in_review") => {
-                    in_review = true;
-                    break;
+                Some("in_review") => break true,
+                Some("checking") if counted.elapsed() < Duration::from_secs(60) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Some("checking") => tokio::time::sleep(Duration::from_millis(50)).await,
                 other => {
-                    seen.errors
-                        .lock()
-                        .expect("lock")
-                        .push(format!("request {id} in {other:?}"));
-                    break;
+                    client.error(format!("request {id} in {other:?} (not counted in 60 s)"));
+                    break false;
                 }
             }
-        }
+        };
         if !in_review {
             continue;
         }
-        call(
-            &client,
-            seen,
-            M::GET,
-            &format!("{base}/v1/reviews"),
-            &env.reviewer,
-            None,
-            &[200],
-        )
-        .await;
+        client
+            .call(M::GET, "/v1/reviews", &env.reviewer, None, &[200])
+            .await;
         let decision = json!({"stage": 0, "decision": "approve", "comment": "load"});
-        if call(
-            &client,
-            seen,
-            M::POST,
-            &format!("{base}/v1/requests/{id}/decisions"),
-            &env.reviewer,
-            Some(&decision),
-            &[201],
-        )
-        .await
-        .is_none()
+        let decide = format!("/v1/requests/{id}/decisions");
+        if client
+            .call(M::POST, &decide, &env.reviewer, Some(&decision), &[201])
+            .await
+            .is_none()
         {
             continue;
         }
-        if let Some(project) = call(
-            &client,
-            seen,
-            M::POST,
-            &format!("{base}/v1/requests/{id}/projects"),
-            &token,
-            None,
-            &[201],
-        )
-        .await
+        let create = format!("/v1/requests/{id}/projects");
+        if let Some(project) = client.call(M::POST, &create, &token, None, &[201]).await
             && let Some(project) = project["id"].as_str()
         {
             projects.push(ProjectId::from(project));
-            seen.lifecycles.fetch_add(1, Ordering::Relaxed);
+            client.seen.lifecycles.fetch_add(1, Ordering::Relaxed);
         }
     }
     projects
@@ -364,11 +321,15 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         tokens.push(token);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.researchers)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let seen = Arc::new(Seen::default());
+    let client = LoadClient {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(args.researchers)
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        base: base.clone(),
+        seen: seen.clone(),
+    };
     let before = store.system_gauges(tre_store::now()).await?;
     let done_before = store.job_counts().await?.get(tre_domain::JobState::Done);
     let started = Instant::now();
@@ -377,8 +338,6 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
     for (r, token) in tokens.into_iter().enumerate() {
         tasks.push(tokio::spawn(researcher(
             client.clone(),
-            seen.clone(),
-            base.clone(),
             token,
             environments.clone(),
             r,
