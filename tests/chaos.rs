@@ -296,19 +296,42 @@ struct Row {
     recovered_in: Duration,
 }
 
-/// Jobs not finished (leaving out the far-future reminders and expiry),
-/// jobs done, all jobs, and retries so far.
-async fn job_census(store: &Store) -> (usize, usize, usize, i64) {
-    let jobs = store.outbox_jobs(None, 100_000).await.unwrap_or_default();
-    let open = jobs
-        .iter()
-        .filter(|j| {
+/// The outbox, counted.
+struct Census {
+    /// Jobs not finished (leaving out the far-future reminders and expiry).
+    open: usize,
+    done: usize,
+    jobs: usize,
+    /// Attempts beyond each job's first.
+    retries: i64,
+    /// Requests submitted so far (each has its cohort counted by a job).
+    requests: usize,
+}
+
+/// The outbox now, asked again while the database is away (up to 30 s).
+async fn job_census(store: &Store) -> Census {
+    let asked = Instant::now();
+    let jobs = loop {
+        match store.outbox_jobs(None, 100_000).await {
+            Ok(jobs) => break jobs,
+            Err(e) if asked.elapsed() < Duration::from_secs(30) => {
+                eprintln!("census: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the outbox cannot be read: {e}"),
+        }
+    };
+    let count =
+        |keep: &dyn Fn(&tre_store::OutboxJob) -> bool| jobs.iter().filter(|j| keep(j)).count();
+    Census {
+        open: count(&|j| {
             !j.state.is_finished() && j.kind != "schedule_expiry" && j.kind != "stage_reminder"
-        })
-        .count();
-    let done = jobs.iter().filter(|j| j.state == JobState::Done).count();
-    let retries = jobs.iter().map(|j| (j.attempts - 1).max(0)).sum();
-    (open, done, jobs.len(), retries)
+        }),
+        done: count(&|j| j.state == JobState::Done),
+        jobs: jobs.len(),
+        retries: jobs.iter().map(|j| (j.attempts - 1).max(0)).sum(),
+        requests: count(&|j| j.kind == "count_cohort"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -524,7 +547,7 @@ async fn every_fault_at_once_loses_nothing() {
         let waiting = Instant::now();
         let mut open_at_fault = 0;
         while waiting.elapsed() < Duration::from_secs(20) {
-            open_at_fault = job_census(&store).await.0;
+            open_at_fault = job_census(&store).await.open;
             if open_at_fault > 0 {
                 break;
             }
@@ -566,10 +589,10 @@ async fn every_fault_at_once_loses_nothing() {
         // recovered: the API ready, and jobs finishing again
         let cleared = Instant::now();
         ready(client.clone(), base.clone()).await;
-        let (_, done_before, _, _) = job_census(&store).await;
+        let done_before = job_census(&store).await.done;
         loop {
-            let (open, done, _, _) = job_census(&store).await;
-            if done > done_before || open == 0 {
+            let now = job_census(&store).await;
+            if now.done > done_before || now.open == 0 {
                 break;
             }
             assert!(
@@ -579,20 +602,13 @@ async fn every_fault_at_once_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let recovered_in = cleared.elapsed();
-        let (_, _, jobs, retries) = job_census(&store).await;
-        let requests = store
-            .outbox_jobs(None, 100_000)
-            .await
-            .unwrap()
-            .iter()
-            .filter(|j| j.kind == "count_cohort")
-            .count();
+        let census = job_census(&store).await;
         rows.push(Row {
             scenario,
             open_at_fault,
-            requests,
-            jobs,
-            retries,
+            requests: census.requests,
+            jobs: census.jobs,
+            retries: census.retries,
             kills: kills - kills_before,
             recovered_in,
         });
@@ -614,16 +630,7 @@ async fn every_fault_at_once_loses_nothing() {
                 ready_count += 1;
             }
         }
-        let open = store
-            .outbox_jobs(None, 10_000)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|j| {
-                !j.state.is_finished() && j.kind != "schedule_expiry" && j.kind != "stage_reminder"
-            })
-            .count();
-        if ready_count == projects.len() && open == 0 {
+        if ready_count == projects.len() && job_census(&store).await.open == 0 {
             all_ready = true;
             break;
         }
@@ -639,7 +646,8 @@ async fn every_fault_at_once_loses_nothing() {
     let jobs = store.outbox_jobs(None, 10_000).await.unwrap();
     let dead: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Dead).collect();
     assert!(dead.is_empty(), "no job dead: {dead:?}");
-    let retries: i64 = jobs.iter().map(|j| (j.attempts - 1).max(0)).sum();
+    let census = job_census(&store).await;
+    let retries = census.retries;
     // the faults met work: most found jobs in flight
     let hit = rows.iter().filter(|r| r.open_at_fault > 0).count();
     assert!(
@@ -648,14 +656,7 @@ async fn every_fault_at_once_loses_nothing() {
         rows.len()
     );
     assert_eq!(projects.len(), REQUESTS);
-    let requests = store
-        .outbox_jobs(None, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|j| j.kind == "count_cohort")
-        .count();
-    assert!(requests >= REQUESTS);
+    assert!(census.requests >= REQUESTS);
     for (request, project) in &projects {
         let id = tre_domain::ProjectId::from(project.as_str());
         let r = store
