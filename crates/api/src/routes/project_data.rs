@@ -224,7 +224,7 @@ async fn stream(
 /// ahead of the socket (a few blocks in flight), so the disk and the network
 /// work at the same time; it stops when the client goes away.
 fn file_blocks(
-    file: std::fs::File,
+    mut file: std::fs::File,
     range: std::ops::Range<u64>,
 ) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> {
     const BLOCK: u64 = 1 << 20;
@@ -232,7 +232,6 @@ fn file_blocks(
     let (blocks, received) = tokio::sync::mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
-        let mut file = file;
         if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
             let _ = blocks.blocking_send(Err(e));
             return;
@@ -241,24 +240,19 @@ fn file_blocks(
         while at < range.end {
             let want = (range.end - at).min(BLOCK);
             // read straight into spare capacity: no zeroing of each block
-            let mut block = Vec::with_capacity(want as usize);
-            let read = match (&mut file).take(want).read_to_end(&mut block) {
+            let mut bytes = Vec::with_capacity(want as usize);
+            let block = match (&mut file).take(want).read_to_end(&mut bytes) {
                 Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                Ok(n) => Ok(n as u64),
+                Ok(n) => {
+                    at += n as u64;
+                    Ok(axum::body::Bytes::from(bytes))
+                }
                 Err(e) => Err(e),
             };
-            let sent = match read {
-                Ok(n) => {
-                    at += n;
-                    blocks.blocking_send(Ok(axum::body::Bytes::from(block)))
-                }
-                Err(e) => {
-                    let _ = blocks.blocking_send(Err(e));
-                    return;
-                }
-            };
-            if sent.is_err() {
-                return; // the client is gone
+            let failed = block.is_err();
+            // stop after an error, or when the client is gone
+            if blocks.blocking_send(block).is_err() || failed {
+                return;
             }
         }
     });
