@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tre_domain::{
     DecisionInput, DecisionRule, DomainError, EnvironmentCommand, EnvironmentState, NewEnvironment,
-    NewRequest, RequestCommand, RequestId, RequestState, RequestUpdate, ReviewPipeline, Verdict,
+    NewRequest, ProjectState, RequestCommand, RequestId, RequestState, RequestUpdate,
+    ReviewPipeline, Verdict,
 };
 use tre_store::{
     AuditQuery, Backend, Caller, IdempotencyClaim, IdempotentStart, NewUser, Store, StoreError,
@@ -28,6 +29,7 @@ tre_testkit::on_both_backends!(
     expiry_and_revocation,
     the_cleaner_removes_what_retention_lets_go,
     a_callers_idempotency_key_commits_with_its_work,
+    system_gauges_count_projects_and_dispensed_data,
 );
 
 tre_testkit::on_both_backends!(with_db:
@@ -589,12 +591,12 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         )
         .await
         .unwrap();
-    assert_eq!(p.state, tre_domain::ProjectState::Dispensing);
+    assert_eq!(p.state, ProjectState::Dispensing);
     let p = store
         .project_command(&project.id, tre_domain::ProjectCommand::MarkReady, "job-1")
         .await
         .unwrap();
-    assert_eq!(p.state, tre_domain::ProjectState::Ready);
+    assert_eq!(p.state, ProjectState::Ready);
     assert_audit_intact(store).await;
 }
 
@@ -1350,4 +1352,79 @@ async fn stores_opening_a_fresh_sqlite_file_together_all_migrate() {
         }
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// The gauges dashboards and alerts read (`tre_projects`, dispensed units
+/// and bytes, audit sealing): every project state present, units counted
+/// once when done, and no sealing lag without pending events.
+async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
+    let empty = store.system_gauges(tre_store::now()).await.unwrap();
+    assert_eq!(empty.projects.len(), ProjectState::ALL.len());
+    assert!(empty.projects.values().all(|n| *n == 0), "{empty:?}");
+    assert_eq!((empty.units_done, empty.bytes_dispensed), (0, 0));
+
+    let w = world(store, &["rev1"], &["rev2"], 1).await;
+    let r = store
+        .create_request(&w.owner, &w.env, new_request())
+        .await
+        .unwrap();
+    submit_counted(store, &w.owner, &r.id, 100).await;
+    tre_testkit::approve_both_stages(store, &r.id).await;
+    let project = store.create_project(&w.owner, &r.id).await.unwrap();
+    let units = [0, 1].map(|unit| tre_store::PlannedUnit {
+        unit,
+        source_rows: 10,
+        files: 0,
+        file_bytes: 0,
+    });
+    store
+        .save_dispense_plan(tre_store::NewPlan {
+            project: &project.id,
+            environment: w.env.as_str(),
+            plan: &json!({}),
+            cohort: "[]",
+            secret: &tre_domain::redact::Secret::new(""),
+            units: &units,
+            summary: json!({}),
+            trace_id: "test",
+        })
+        .await
+        .unwrap();
+    store.queue_dispense_units(&project.id, 1).await.unwrap();
+    let done = tre_domain::dispense::UnitOutput {
+        unit: 0,
+        object: "data/people/part-00000.parquet".into(),
+        rows: 10,
+        bytes: 4_321,
+        sha256: "0".repeat(64),
+    };
+    // a unit finished twice counts once
+    assert!(
+        store
+            .complete_dispense_unit(&project.id, 1, &done)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_dispense_unit(&project.id, 1, &done)
+            .await
+            .unwrap()
+    );
+
+    let gauges = store.system_gauges(tre_store::now()).await.unwrap();
+    assert_eq!(gauges.projects.values().sum::<i64>(), 1, "{gauges:?}");
+    assert_eq!(gauges.projects[project.state.as_str()], 1, "{gauges:?}");
+    assert_eq!((gauges.units_done, gauges.bytes_dispensed), (1, 4_321));
+    assert_eq!(
+        gauges.audit_pending == 0,
+        gauges.audit_lag_ms == 0,
+        "{gauges:?}"
+    );
+    let text = gauges.to_prometheus();
+    assert!(text.contains("tre_dispense_bytes_total 4321\n"), "{text}");
+    assert!(
+        text.contains(&format!("tre_projects{{state=\"{}\"}} 1\n", project.state)),
+        "{text}"
+    );
 }
