@@ -115,63 +115,53 @@ impl Relay {
         // (cheap, and what the bound protects), SQL is not scanned for it
         let mut room: HashMap<Pool, i64> = HashMap::new();
         for pool in Pool::ALL {
+            if !self.policies.iter().any(|p| p.pool == pool) {
+                continue; // no kind of ours goes there
+            }
             let backlog = match self.queue.backlog(pool).await {
                 Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
                 Err(e) => {
                     warn!(target: "tre::relay", %pool, error = %e, "cannot read the queue's backlog");
-                    self.max_queued_per_pool
+                    continue;
                 }
             };
             // a pool with more than half its bound still waiting is topped
             // up later, in one batch, not a few jobs every pass
-            let full = backlog > self.max_queued_per_pool / 2;
-            room.insert(
-                pool,
-                if full {
-                    0
-                } else {
-                    self.max_queued_per_pool - backlog
-                },
-            );
-        }
-        // no more due jobs than the pools have room for
-        let wanted = room.values().map(|r| (*r).max(0)).sum::<i64>();
-        let limit = u32::try_from(wanted).unwrap_or(u32::MAX).min(self.batch);
-        if limit == 0 {
-            return Ok(0);
-        }
-        let due = self.store.due_jobs(now(), limit).await?;
-        if due.is_empty() {
-            return Ok(0);
-        }
-        // each pool's share of the batch, within its room, unless paused
-        let mut by_pool: HashMap<Pool, Vec<JobMessage>> = HashMap::new();
-        let mut paused: HashMap<Pool, bool> = HashMap::new();
-        for (key, kind, attempt) in due {
-            let Some(policy) = self.policies.iter().find(|p| p.kind == kind) else {
-                debug!(target: "tre::relay", job = %key, %kind, "no policy for this kind; left pending");
+            if backlog > self.max_queued_per_pool / 2 {
                 continue;
+            }
+            if self.pauses.is_paused(pool).await {
+                continue; // an operator paused the pool: hold its jobs
+            }
+            room.insert(pool, self.max_queued_per_pool - backlog);
+        }
+        // only the kinds of pools with room are read, each up to its
+        // pool's room (and the batch)
+        let kinds: Vec<(&str, u32)> = self
+            .policies
+            .iter()
+            .filter_map(|p| {
+                let most = (*room.get(&p.pool)?).min(i64::from(self.batch));
+                Some((p.kind, u32::try_from(most).ok()?))
+            })
+            .collect();
+        let due = self.store.due_jobs(now(), &kinds).await?;
+        // the oldest first, within each pool's room and the batch
+        let mut by_pool: HashMap<Pool, Vec<JobMessage>> = HashMap::new();
+        for job in due.into_iter().take(self.batch as usize) {
+            let Some(policy) = self.policies.iter().find(|p| p.kind == job.kind) else {
+                continue; // only kinds with a policy were asked for
             };
             let left = room.entry(policy.pool).or_default();
             if *left <= 0 {
-                continue; // the pool's backlog is full: wait for its workers
-            }
-            let is_paused = match paused.get(&policy.pool) {
-                Some(known) => *known,
-                None => {
-                    let now_paused = self.pauses.is_paused(policy.pool).await;
-                    paused.insert(policy.pool, now_paused);
-                    now_paused
-                }
-            };
-            if is_paused {
-                continue; // an operator paused the pool: hold its jobs
+                continue;
             }
             *left -= 1;
-            by_pool
-                .entry(policy.pool)
-                .or_default()
-                .push(JobMessage { key, kind, attempt });
+            by_pool.entry(policy.pool).or_default().push(JobMessage {
+                key: job.key,
+                kind: job.kind,
+                attempt: job.attempts,
+            });
         }
         let mut sent = 0;
         for (pool, messages) in by_pool {

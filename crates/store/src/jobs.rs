@@ -86,6 +86,16 @@ fn source(event: JobEvent) -> &'static str {
     }
 }
 
+/// A pending job that is due (see [`Store::due_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueJob {
+    pub key: String,
+    pub kind: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    pub due_at: Timestamp,
+}
+
 /// A job a worker has leased.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClaimedJob {
@@ -163,25 +173,52 @@ impl JobCounts {
 }
 
 impl Store {
-    /// Pending jobs that are due, oldest first, with their attempts so far:
-    /// what the relay hands to the queue.
+    /// Pending jobs that are due, with their attempts so far: what the relay
+    /// hands to the queue. For each `(kind, most)` the oldest `most` due jobs
+    /// of that kind, each kind read from its own range of the pending index
+    /// (so a kind left out costs nothing); all of them oldest first.
     pub async fn due_jobs(
         &self,
         now: Timestamp,
-        limit: u32,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let sql = format!(
-            "SELECT job_key, kind, attempts FROM outbox WHERE state = {} AND due_at <= $1 ORDER BY due_at, job_key LIMIT $2",
-            lit(JobState::Pending)
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now.0)
-            .bind(i64::from(limit))
+        kinds: &[(&str, u32)],
+    ) -> Result<Vec<DueJob>, StoreError> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        // one statement: a LIMITed subquery per kind, so each is one index
+        // range read in order (the text depends only on how many kinds)
+        let per_kind = (0..kinds.len())
+            .map(|i| {
+                format!(
+                    "SELECT * FROM (SELECT job_key, kind, attempts, due_at FROM outbox \
+                     WHERE state = {} AND kind = ${} AND due_at <= $1 \
+                     ORDER BY due_at, job_key LIMIT ${}) AS k{i}",
+                    lit(JobState::Pending),
+                    2 * i + 2,
+                    2 * i + 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(per_kind)).bind(now.0);
+        for (kind, most) in kinds {
+            query = query.bind(*kind).bind(i64::from(*most));
+        }
+        let mut due = query
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DueJob {
+                    key: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                    due_at: Timestamp(r.try_get(3)?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        due.sort_by(|a, b| (a.due_at, &a.key).cmp(&(b.due_at, &b.key)));
+        Ok(due)
     }
 
     /// Per kind, the jobs due and not yet taken by a worker (pending or
@@ -639,15 +676,22 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// The partial indexes of migration 0011 name each state as the enum
+    /// The partial indexes of migrations 0011 and 0017 name each state as the enum
     /// spells it, so the statements' literals (from the enum) match them.
     #[test]
     fn partial_indexes_name_states_as_the_enum_spells_them() {
-        let migration = include_str!("../migrations/0011_outbox_by_state.sql");
+        // each index as the last migration that made it left it
+        let migrations = [
+            include_str!("../migrations/0017_pending_by_kind.sql"),
+            include_str!("../migrations/0011_outbox_by_state.sql"),
+        ];
         let index = |name: &str| {
-            migration
-                .lines()
-                .find(|l| l.starts_with(&format!("CREATE INDEX {name} ")))
+            migrations
+                .iter()
+                .find_map(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with(&format!("CREATE INDEX {name} ")))
+                })
                 .unwrap_or_else(|| panic!("no index {name}"))
         };
         for (name, state) in [

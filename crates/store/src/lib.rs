@@ -53,7 +53,7 @@ pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
 pub use gauges::SystemGauges;
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
-pub use jobs::{ClaimedJob, FailOutcome, JobCounts};
+pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
@@ -306,6 +306,14 @@ fn migrator(backend: Backend) -> Migrator {
             "project workspaces".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0016_workspaces.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            17,
+            "pending jobs by kind".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0017_pending_by_kind.sql"))
+                .into_sql_str(),
             false,
         ),
     ])
