@@ -14,9 +14,34 @@ use tre_domain::{Project, ProjectId, ProjectState};
 use tre_store::Store;
 use tre_testkit::S3Server;
 
-/// A `tre worker` of the dispense pool with short leases, logging at
-/// `log` into `logs/worker.log`; `extra` arguments are added.
+/// Recovery timings of a test worker: a 1 s lease, looked for every 200
+/// ms, a lost message sent again after 1 s (tests wait less).
+pub const FAST_RECOVERY: &[&str] = &[
+    "--lease-ms",
+    "1000",
+    "--reconcile-interval-ms",
+    "200",
+    "--requeue-after-ms",
+    "1000",
+];
+
+/// A `tre worker` of the dispense pool with short leases
+/// ([`FAST_RECOVERY`]), logging at `log` into `logs/worker.log`; `extra`
+/// arguments are added.
 pub fn worker(database_url: &str, logs: &Path, s3: &S3Server, extra: &[&str], log: &str) -> Child {
+    let args: Vec<&str> = FAST_RECOVERY.iter().chain(extra).copied().collect();
+    worker_with(database_url, logs, s3, &args, log)
+}
+
+/// A `tre worker` of the dispense pool with exactly `args` besides the pool
+/// (the defaults for all the others).
+pub fn worker_with(
+    database_url: &str,
+    logs: &Path,
+    s3: &S3Server,
+    args: &[&str],
+    log: &str,
+) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
     for (key, _) in std::env::vars() {
         if key.starts_with("TRE_") || key.starts_with("AWS_") {
@@ -24,18 +49,8 @@ pub fn worker(database_url: &str, logs: &Path, s3: &S3Server, extra: &[&str], lo
         }
     }
     command
-        .args([
-            "worker",
-            "--pools",
-            "dispense",
-            "--lease-ms",
-            "1000",
-            "--reconcile-interval-ms",
-            "200",
-            "--requeue-after-ms",
-            "1000",
-        ])
-        .args(extra)
+        .args(["worker", "--pools", "dispense"])
+        .args(args)
         .env("TRE_DATABASE_URL", database_url)
         .envs(s3.env())
         .env("TRE_LOG", log)
