@@ -40,13 +40,14 @@ pub struct QueueBenchArgs {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// A scratch PostgreSQL database: the durable path also runs there,
-    /// and graphile-worker beside it (when Node is installed). Never point
+    /// and graphile-worker beside it (when npm is installed). Never point
     /// this at a database holding real data. (The SQLite run always uses a
     /// temporary file.)
     #[arg(long)]
     scratch_database_url: Option<String>,
-    /// Where graphile-worker 0.18 is installed (`npm install
-    /// graphile-worker@0.18 pg` there, done on the first run).
+    /// Where graphile-worker 0.18 and the Node 22 it asks for are installed
+    /// (`npm install graphile-worker@0.18 pg node@22` there, done on the
+    /// first run).
     #[arg(long, default_value = "~/.cache/tre/graphile-worker")]
     graphile_dir: String,
     /// Durable-path runs per database (tre and graphile-worker alternate);
@@ -443,22 +444,27 @@ fn graphile(dir: &str, url: &str, jobs: usize, concurrency: usize) -> Option<f64
         None => std::path::PathBuf::from(dir),
     };
     let installed = dir.join("node_modules/graphile-worker/package.json");
-    if !installed.exists() {
+    // graphile-worker 0.18 asks for Node 22.18 or later: it runs on the
+    // Node 22 that npm installs beside it, not on an older system Node
+    let node = dir.join("node_modules/.bin/node");
+    if !installed.exists() || !node.exists() {
         let _ = std::fs::create_dir_all(&dir);
         let status = std::process::Command::new("npm")
             .args([
                 "install",
                 "--no-audit",
                 "--no-fund",
+                "--loglevel=error",
                 "graphile-worker@0.18",
                 "pg",
+                "node@22",
             ])
             .current_dir(&dir)
             .stdout(std::process::Stdio::null())
             .status();
-        if !status.is_ok_and(|s| s.success()) {
+        if !status.is_ok_and(|s| s.success()) || !installed.exists() || !node.exists() {
             println!(
-                "  graphile-worker: cannot install it with npm into {}",
+                "  graphile-worker: cannot install it (and Node 22) with npm into {}",
                 dir.display()
             );
             return None;
@@ -466,7 +472,7 @@ fn graphile(dir: &str, url: &str, jobs: usize, concurrency: usize) -> Option<f64
     }
     let script = dir.join("tre-bench.js");
     std::fs::write(&script, GRAPHILE_SCRIPT).ok()?;
-    let output = std::process::Command::new("node")
+    let output = std::process::Command::new(&node)
         .arg(&script)
         .current_dir(&dir)
         .env("DATABASE_URL", url)
