@@ -27,7 +27,7 @@ mod support;
 /// killed worker's embedded queue dies with it, so messages it had not
 /// started are sent again after 1 s (the default waits a minute for that).
 fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> std::process::Child {
-    support::worker_with(
+    support::worker(
         database_url,
         logs,
         s3,

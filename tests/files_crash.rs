@@ -25,7 +25,13 @@ mod support;
 
 /// A `tre worker` of the dispense pool, logging the dispense crate's steps.
 fn worker(database_url: &str, logs: &Path, s3: &S3Server) -> std::process::Child {
-    support::worker(database_url, logs, s3, &[], "warn,tre_dispense=info")
+    support::worker(
+        database_url,
+        logs,
+        s3,
+        support::FAST_RECOVERY,
+        "warn,tre_dispense=info",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,23 +25,10 @@ pub const FAST_RECOVERY: &[&str] = &[
     "1000",
 ];
 
-/// A `tre worker` of the dispense pool with short leases
-/// ([`FAST_RECOVERY`]), logging at `log` into `logs/worker.log`; `extra`
-/// arguments are added.
-pub fn worker(database_url: &str, logs: &Path, s3: &S3Server, extra: &[&str], log: &str) -> Child {
-    let args: Vec<&str> = FAST_RECOVERY.iter().chain(extra).copied().collect();
-    worker_with(database_url, logs, s3, &args, log)
-}
-
-/// A `tre worker` of the dispense pool with exactly `args` besides the pool
-/// (the defaults for all the others).
-pub fn worker_with(
-    database_url: &str,
-    logs: &Path,
-    s3: &S3Server,
-    args: &[&str],
-    log: &str,
-) -> Child {
+/// A `tre worker` of the dispense pool with `args` (e.g. [`FAST_RECOVERY`];
+/// the defaults for every setting left out), logging at `log` into
+/// `logs/worker.log`.
+pub fn worker(database_url: &str, logs: &Path, s3: &S3Server, args: &[&str], log: &str) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tre"));
     for (key, _) in std::env::vars() {
         if key.starts_with("TRE_") || key.starts_with("AWS_") {
