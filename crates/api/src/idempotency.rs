@@ -6,6 +6,11 @@
 //! died after its work committed is answered with the object it touched
 //! (`idempotent-replayed: recovered`). Server errors are not stored; a
 //! retry after one redoes the work unless the work had committed.
+//!
+//! An answer that holds a secret (a new token's `secret`) is never stored
+//! as it is: a replay gets it without the secret and with
+//! `secret_withheld: true` (see [`recordable`]). Every other answer is
+//! replayed byte for byte.
 
 use axum::body::{Body as RawBody, to_bytes};
 use axum::extract::{Request, State};
@@ -116,17 +121,31 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     };
     if let Err(e) = state
         .store
-        .finish_idempotent(
-            &claim,
-            parts.status.as_u16(),
-            &String::from_utf8_lossy(&body),
-            now(),
-        )
+        .finish_idempotent(&claim, parts.status.as_u16(), &recordable(&body), now())
         .await
     {
         tracing::warn!(error = %e, "could not record the idempotent response");
     }
     Response::from_parts(parts, RawBody::from(body))
+}
+
+/// The key of a JSON answer that holds a secret shown once (a new token).
+const SECRET: &str = "secret";
+
+/// What is recorded of an answer for replays: the answer itself, or, when
+/// it is a JSON object holding a `secret`, the same object without it and
+/// with `secret_withheld: true`. tre keeps no secret it handed out: the
+/// client revokes that token and makes another.
+fn recordable(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    let quoted = format!("\"{SECRET}\"");
+    if body.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+        && let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(body)
+        && object.remove(SECRET).is_some()
+    {
+        object.insert("secret_withheld".into(), serde_json::Value::Bool(true));
+        return serde_json::Value::Object(object).to_string().into();
+    }
+    String::from_utf8_lossy(body)
 }
 
 /// How long a call's answer may take to be recorded after its work

@@ -34,7 +34,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         op(
             Method::POST,
             "/v1/tokens",
-            "Make an API token for the caller (platform admins: for anyone with ?user=); its secret is in this answer only",
+            "Make an API token for the caller (platform admins: for anyone with ?user=); its secret is in this answer only (a replay with the same Idempotency-Key answers without it, `secret_withheld: true`: revoke that token and make another)",
             Some(body::<NewToken>),
             post(create),
         )
@@ -109,8 +109,15 @@ impl WhoseTokens {
 pub struct CreatedToken {
     #[serde(flatten)]
     pub token: TokenInfo,
-    /// The bearer token itself. tre keeps only its hash.
-    pub secret: String,
+    /// The bearer token itself, in the answer that made it only: tre keeps
+    /// only its hash, so a replay of the call (the same `Idempotency-Key`)
+    /// answers without it and with `secret_withheld`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// True on a replay: the secret was shown once and is not kept. Revoke
+    /// this token (its `id`) and make another.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret_withheld: bool,
 }
 
 async fn list(
@@ -138,7 +145,15 @@ async fn create(
         .store
         .create_token(TokenActor::Caller(&caller), &user, new)
         .await?;
-    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token,
+            secret: Some(secret),
+            secret_withheld: false,
+        }),
+    )
+        .into_response())
 }
 
 async fn revoke(

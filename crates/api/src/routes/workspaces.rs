@@ -22,7 +22,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         op(
             M::POST,
             "/v1/projects/{id}/workspaces",
-            "Register a workspace (members): a service identity whose token reaches this project's data only; the token is in this answer only",
+            "Register a workspace (members): a service identity whose token reaches this project's data only; the token is in this answer only (a replay with the same Idempotency-Key answers without it, `secret_withheld: true`)",
             Some(body::<NewWorkspace>),
             post(create),
         )
@@ -57,8 +57,15 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 struct CreatedWorkspace {
     workspace: Workspace,
     token: TokenInfo,
-    /// The bearer token of the workspace. tre keeps only its hash.
-    secret: String,
+    /// The bearer token of the workspace, in the answer that registered it
+    /// only: tre keeps only its hash, so a replay of the call (the same
+    /// `Idempotency-Key`) answers without it and with `secret_withheld`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// True on a replay: the secret was shown once and is not kept. Revoke
+    /// the workspace and register another.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    secret_withheld: bool,
 }
 
 async fn create(
@@ -76,7 +83,8 @@ async fn create(
         Json(CreatedWorkspace {
             workspace,
             token,
-            secret,
+            secret: Some(secret),
+            secret_withheld: false,
         }),
     )
         .into_response())

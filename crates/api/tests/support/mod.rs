@@ -31,11 +31,20 @@ impl Api {
 
     /// [`Api::start`] with the server's state adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(AppState) -> AppState) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let db = match TestDb::postgres().await {
             Some(db) => db,
             None => TestDb::sqlite().await,
         };
+        Self::start_on_with(db, adjust).await
+    }
+
+    /// [`Api::start`] on the database `db` (for tests that run on both).
+    pub async fn start_on(db: TestDb) -> Self {
+        Self::start_on_with(db, |state| state).await
+    }
+
+    async fn start_on_with(db: TestDb, adjust: impl FnOnce(AppState) -> AppState) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tokens = BTreeMap::new();
         for (name, platform, groups) in [
             ("platform", true, vec![]),
