@@ -535,6 +535,29 @@ fn configuration_layers_and_errors() {
         "{}",
         stderr(&bad)
     );
+    // credentials in a refused or unreachable URL are never printed
+    let password = "PWPROBE123";
+    for (database_url, args) in [
+        ("mysql://tre:PWPROBE123@db/tre", &["config"][..]),
+        (
+            "postgres://tre:PWPROBE123@127.0.0.1:1/tre",
+            &["users", "list"][..],
+        ),
+    ] {
+        let refused = tre(database_url, args);
+        assert_eq!(refused.status.code(), Some(1));
+        let said = format!("{}{}", stdout(&refused), stderr(&refused));
+        assert!(said.contains("tre:***@"), "{said}");
+        assert!(!said.contains(password), "{said}");
+    }
+    let mut command = tre_command();
+    command
+        .env("TRE_DATABASE_URL", &url)
+        .env("TRE_REDIS_URL", "redis-cluster://:PWPROBE123@cache:6379")
+        .arg("config");
+    let refused = command.output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(!stderr(&refused).contains(password), "{}", stderr(&refused));
     std::fs::write(&file, "databse_url = \"typo\"\n").unwrap();
     let typo = tre(&url, &["--config", file.to_str().unwrap(), "config"]);
     assert!(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use tre_domain::StoreRoot;
+use tre_domain::redact::redact_url;
 
 /// Effective settings. Each field documents its default. `Debug` shows
 /// URLs without their passwords and no secret.
@@ -50,7 +51,7 @@ pub struct Settings {
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use tre_domain::redact::{redact_url, url_origin};
+        use tre_domain::redact::url_origin;
         f.debug_struct("Settings")
             .field("database_url", &redact_url(&self.database_url))
             .field("object_store", &self.object_store)
@@ -146,8 +147,18 @@ impl Settings {
         if required || path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("config: cannot read {}", path.display()))?;
-            let file: FileSettings = toml::from_str(&text).with_context(|| {
-                format!("config: {} is not a valid tre config file", path.display())
+            // the parser's own message quotes the offending line, which can
+            // hold a password: only its line number and reason are shown
+            let file: FileSettings = toml::from_str(&text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                anyhow::anyhow!(
+                    "config: {} is not a valid tre config file{}: {}",
+                    path.display(),
+                    line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                    e.message()
+                )
             })?;
             let source = format!("file {}", path.display());
             for (key, value) in [
@@ -215,7 +226,10 @@ impl Settings {
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            bail!("database_url: must start with sqlite:// or postgres:// (got {url:?})");
+            bail!(
+                "database_url: must start with sqlite:// or postgres:// (got {:?})",
+                redact_url(url)
+            );
         }
         self.output_root()?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
@@ -224,7 +238,8 @@ impl Settings {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             bail!(
-                "redis_url: must start with redis:// or rediss:// (got {url:?}); Redis Cluster is not supported"
+                "redis_url: must start with redis:// or rediss:// (got {:?}); Redis Cluster is not supported",
+                redact_url(url)
             );
         }
         match (&self.webhook_url, &self.webhook_secret) {
@@ -264,11 +279,12 @@ impl Settings {
         }
         if value.contains("://") && !value.starts_with("file://") {
             bail!(
-                "object_store: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {value:?})"
+                "object_store: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {:?})",
+                redact_url(value)
             );
         }
         let folder = std::path::absolute(value.strip_prefix("file://").unwrap_or(value))
-            .with_context(|| format!("object_store: {value:?}"))?;
+            .with_context(|| format!("object_store: {:?}", redact_url(value)))?;
         let folder = folder
             .to_str()
             .ok_or_else(|| anyhow::anyhow!("object_store: not a UTF-8 path"))?;
@@ -399,5 +415,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379/0"));
+    }
+
+    /// Every message about a setting that holds a URL shows it redacted,
+    /// valid or not, from the environment or from a config file.
+    #[test]
+    fn no_message_quotes_a_password() {
+        let flags = FlagSettings::default();
+        let password = "PWPROBE123";
+        for (var, value) in [
+            ("TRE_DATABASE_URL", "mysql://tre:PWPROBE123@db/tre"),
+            ("TRE_DATABASE_URL", "postgres//tre:PWPROBE123@db/tre"),
+            ("TRE_REDIS_URL", "tcp://:PWPROBE123@cache:6379/0"),
+            ("TRE_REDIS_URL", "redis-cluster://u:PWPROBE123@cache:6379"),
+            ("TRE_OBJECT_STORE", "gs://u:PWPROBE123@bucket/prefix"),
+            ("TRE_OBJECT_STORE", "s3://u:PWPROBE123@/prefix"),
+            ("TRE_SMTP_URL", "mail://u:PWPROBE123@relay:25"),
+            ("TRE_WEBHOOK_URL", "ftp://hooks.example/PWPROBE123"),
+        ] {
+            let err = Settings::load(
+                &flags,
+                env(&[
+                    (var, value),
+                    ("TRE_WEBHOOK_SECRET", "0123456789abcdef"),
+                    ("TRE_SMTP_FROM", "tre@example.org"),
+                ]),
+            )
+            .unwrap_err();
+            let message = format!("{err:#}");
+            assert!(!message.contains(password), "{var}: {message}");
+        }
+        // a config file the parser refuses, on the line with the password
+        let dir = std::env::temp_dir().join(format!("tre-config-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tre.toml");
+        std::fs::write(
+            &file,
+            "log = \"info\"\nsmtp_url = \"smtp://u:PWPROBE123@relay:25\" junk\n",
+        )
+        .unwrap();
+        let flags = FlagSettings {
+            config: Some(file),
+            ..Default::default()
+        };
+        let message = format!("{:#}", Settings::load(&flags, env(&[])).unwrap_err());
+        assert!(message.contains("line 2"), "{message}");
+        assert!(!message.contains(password), "{message}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

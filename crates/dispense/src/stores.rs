@@ -26,7 +26,8 @@ fn s3_from_env(url: &str, setting: &str) -> Result<Option<(AmazonS3, String)>, D
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(DispenseError::Config(format!(
-            "{setting}: s3:// needs a bucket name (got {url:?})"
+            "{setting}: s3:// needs a bucket name (got {:?})",
+            tre_domain::redact::redact_url(url)
         )));
     }
     // reqwest is built with rustls but no default crypto provider
@@ -53,7 +54,8 @@ pub fn open(url: &str, setting: &str) -> Result<Arc<dyn ObjectStore>, DispenseEr
     }
     if url.contains("://") && !url.starts_with("file://") {
         return Err(DispenseError::Config(format!(
-            "{setting}: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {url:?})"
+            "{setting}: expected a local folder, file://PATH or s3://BUCKET[/PREFIX] (got {:?})",
+            tre_domain::redact::redact_url(url)
         )));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);

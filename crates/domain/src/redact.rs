@@ -6,10 +6,12 @@
 /// the values of query parameters that look like credentials (`password`,
 /// `secret`, `token`, `key`, `sig`...) likewise:
 /// `postgres://tre:s3cret@db:5432/tre` becomes `postgres://tre:***@db:5432/tre`.
-/// Text that is not a URL is returned as it is.
+/// Text that is not a well-formed URL (`postgres//u:pw@db`, `u:pw@host`)
+/// loses whatever lies between a `:` and an `@` of its first part, the
+/// place a password would be.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return redact_userinfo(url);
     };
     let (authority, tail) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
@@ -36,6 +38,21 @@ pub fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// `text` with the password of a `user:password@` in it starred: the part
+/// between the `:` and the last `@` before any `?` or `#`, from the last
+/// `/` before that `@`.
+fn redact_userinfo(text: &str) -> String {
+    let head = text.find(['?', '#']).map_or(text, |i| &text[..i]);
+    let Some(at) = head.rfind('@') else {
+        return text.to_owned();
+    };
+    let start = head[..at].rfind('/').map_or(0, |i| i + 1);
+    match head[start..at].find(':') {
+        Some(colon) => format!("{}***{}", &text[..start + colon + 1], &text[at..]),
+        None => text.to_owned(),
+    }
 }
 
 /// Only where a URL points: `scheme://host[:port]`, without user
@@ -119,6 +136,11 @@ mod tests {
             ),
             ("postgres://user@host/db", "postgres://user@host/db"),
             ("not a url", "not a url"),
+            // malformed, and still not shown
+            ("postgres//tre:PW1@db/tre", "postgres//tre:***@db/tre"),
+            ("tre:PW2@db:5432/tre", "tre:***@db:5432/tre"),
+            ("redis:/:PW3@cache", "redis:/:***@cache"),
+            ("alice@example.org", "alice@example.org"),
         ];
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");

@@ -339,7 +339,8 @@ impl Store {
             Backend::Postgres
         } else {
             return Err(StoreError::Config(format!(
-                "database url must start with sqlite: or postgres:// (got {url:?})"
+                "database url must start with sqlite: or postgres:// (got {:?})",
+                tre_domain::redact::redact_url(url)
             )));
         };
         let mut url = url.to_owned();
