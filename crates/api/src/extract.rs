@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use tre_domain::Actor;
@@ -90,15 +90,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                     .next()
                     .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
             });
+        within_limit(req.headers(), crate::BODY_LIMIT)?;
         // read the body first, whatever we answer: a body left unread on a
         // kept-alive connection would be taken for the next request
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the body is larger than the limit",
-                )
+                too_large(crate::BODY_LIMIT)
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
             }
@@ -112,6 +109,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         }
         parse(&bytes).map(Body)
     }
+}
+
+/// 413 at once, before a byte of the body is read, when the body's
+/// announced length (`Content-Length`) is over `limit`. A body sent without
+/// a length (chunked) is cut off at the limit as it is read.
+pub(crate) fn within_limit(headers: &axum::http::HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(length) if length > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// A route's body limit, checked against the announced length from the
+/// request's head: put it after the caller's guard and before the body.
+#[derive(Debug)]
+pub struct WithinLimit<const LIMIT: usize>;
+
+impl<const LIMIT: usize, S: Send + Sync> FromRequestParts<S> for WithinLimit<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        within_limit(&parts.headers, LIMIT).map(|()| Self)
+    }
+}
+
+/// The answer to a body over the limit.
+pub(crate) fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body is larger than the limit ({} MiB)", limit >> 20),
+    )
 }
 
 /// Parses JSON, naming the path of a value that does not fit.

@@ -18,6 +18,8 @@ use tre_domain::EnvironmentId;
 use tre_domain::files::parse_tsv;
 use tre_store::FileInventoryStatus;
 
+use crate::extract::WithinLimit;
+use crate::guard::{Allowed, ConfiguresEnvironment};
 use crate::routes::{Endpoint, body, op};
 use crate::{ApiError, AppState, Auth};
 
@@ -88,7 +90,8 @@ pub struct FileInventorySource {
 
 async fn upload(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
+    _: WithinLimit<FILE_INVENTORY_LIMIT>,
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,

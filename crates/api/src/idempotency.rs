@@ -60,19 +60,15 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         None => return next.run(req).await,
     };
     let user = actor.id.clone();
+    if let Err(refused) = crate::extract::within_limit(req.headers(), BODY_LIMIT) {
+        return refused.into_response();
+    }
     let (mut parts, body) = req.into_parts();
     // the handler's `Auth` takes the caller from here, not from a second lookup
     parts.extensions.insert(Authenticated(actor));
     let bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the body is larger than the limit",
-            )
-            .into_response();
-        }
+        Err(_) => return crate::extract::too_large(BODY_LIMIT).into_response(),
     };
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str());

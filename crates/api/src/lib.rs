@@ -11,7 +11,9 @@ mod chart;
 mod error;
 mod extract;
 mod files;
+mod guard;
 mod idempotency;
+mod linger;
 mod metrics;
 mod openapi;
 mod ops;
@@ -167,6 +169,7 @@ pub fn router(state: AppState) -> Router {
             metrics::layer,
         ))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(linger::layer))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

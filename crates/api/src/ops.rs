@@ -16,6 +16,7 @@ use tre_jobs::{FleetLoad, Pool};
 use tre_store::{BulkOutcome, Caller, JobFilter, OutboxJob, Page as ListPage, StoreError};
 
 use crate::extract::Params;
+use crate::guard::{Allowed, OperatesJobs};
 use crate::routes::{Endpoint, body, op};
 use crate::{ApiError, AppState, Auth, Body};
 
@@ -227,7 +228,7 @@ async fn bulk(state: &AppState, caller: &Caller, body: BulkBody, retry: bool) ->
 
 async fn retry_jobs(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<OperatesJobs>,
     Body(body): Body<BulkBody>,
 ) -> Result<Response> {
     bulk(&state, &caller, body, true).await
@@ -235,7 +236,7 @@ async fn retry_jobs(
 
 async fn discard_jobs(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<OperatesJobs>,
     Body(body): Body<BulkBody>,
 ) -> Result<Response> {
     bulk(&state, &caller, body, false).await

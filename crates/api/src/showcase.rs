@@ -30,6 +30,7 @@ use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
 use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
 
+use crate::guard::{Allowed, ViewsShowcase};
 use crate::routes::{Endpoint, PathForm, body, op};
 use crate::{ApiError, AppState, Auth, Body};
 
@@ -338,7 +339,7 @@ async fn record(
 
 async fn query(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ViewsShowcase>,
     Path(id): Path<String>,
     Body(asked): Body<CohortQuery>,
 ) -> Result<Response> {

@@ -4,14 +4,16 @@
 //! and nowhere else.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_domain::UserId;
-use tre_store::{Caller, NewToken, TokenActor, TokenInfo, UserStatus};
+use tre_domain::authz::Action;
+use tre_store::{Caller, NewToken, Permission, Target, TokenActor, TokenInfo, UserStatus};
 
 use crate::extract::Params;
 use crate::routes::{Endpoint, body, op};
@@ -120,6 +122,31 @@ pub struct CreatedToken {
     pub secret_withheld: bool,
 }
 
+/// Whose token a call makes, once the caller may make it: their own, or
+/// (platform admins) anyone's; decided before the body is read.
+struct TokenFor(UserId);
+
+impl FromRequestParts<AppState> for TokenFor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let Auth(caller) = Auth::from_request_parts(parts, state).await?;
+        let Params(whose) = Params::<WhoseTokens>::from_request_parts(parts, state).await?;
+        let user = whose.user(&caller)?;
+        if user != caller.actor.id {
+            state
+                .store
+                .authorize(
+                    &caller,
+                    Target::Platform,
+                    Permission::To(Action::ManageUsers),
+                )
+                .await?;
+        }
+        Ok(Self(user))
+    }
+}
+
 async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -137,10 +164,9 @@ async fn list(
 async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    Params(whose): Params<WhoseTokens>,
+    TokenFor(user): TokenFor,
     Body(new): Body<NewToken>,
 ) -> Result<Response> {
-    let user = whose.user(&caller)?;
     let (token, secret) = state
         .store
         .create_token(TokenActor::Caller(&caller), &user, new)

@@ -303,6 +303,28 @@ fn request_rule(
     }
 }
 
+/// Whether `actor` may ask to decide `request` at all, before their
+/// decision is read: a reviewer of one of the environment's stages who may
+/// see the request and is none of its requesters. Which stage they may
+/// decide is [`Action::DecideRequest`]'s rule, applied to the decision (a
+/// reviewer of a stage that has closed is told so, not refused).
+pub fn may_attempt_decision(
+    actor: &Actor,
+    env: &Environment,
+    request: &AccessRequest,
+) -> Result<(), Denied> {
+    if actor.workspace_of.is_some() || !can_see_request(actor, env, request) {
+        return conceal("request not found");
+    }
+    if request.is_requester(&actor.id) {
+        return deny("separation of duties: nobody reviews a request they own or collaborate on");
+    }
+    allow_if(
+        env.pipeline.is_reviewer(&actor.id),
+        deny("only the assigned reviewers of the request's current stage may decide"),
+    )
+}
+
 /// The request as `actor` may see it: refused (concealed when they may not
 /// know it exists) without the right to view it; without its data selection
 /// (see [`AccessRequest::redacted`]) for those who may see the request but
@@ -537,6 +559,33 @@ mod tests {
             ),
             ["HFHHHFFFFF"]
         );
+    }
+
+    /// Attack: who may send a decision at all (checked before its body is
+    /// read): reviewers of any stage who may see the request and are none
+    /// of its requesters, whatever stage it is in; the rest are refused or,
+    /// when they may not know the request, told it does not exist.
+    #[test]
+    fn who_may_attempt_a_decision() {
+        let mut w = Walk::new();
+        w.env = env_with_cast();
+        w.request = draft(&w.env);
+        w.request.collaborators.insert("rev1".into());
+        let attempts = |w: &Walk| -> String {
+            CAST.iter()
+                .map(|name| symbol(may_attempt_decision(&actor(name), &w.env, &w.request)))
+                .collect()
+        };
+        // a draft: hidden from reviewers, refused to its requesters
+        assert_eq!(attempts(&w), "HHHHHFFFHH");
+        w.submit();
+        // rev1 collaborates: refused; stage 2's reviewers may attempt (the
+        // decision then says their stage is not open)
+        assert_eq!(attempts(&w), "HFHHHFFFYY");
+        // a workspace token of a reviewer never decides
+        let mut workspace = actor("rev2a");
+        workspace.workspace_of = Some(crate::ProjectId("p".into()));
+        assert!(may_attempt_decision(&workspace, &w.env, &w.request).is_err());
     }
 
     /// Attack: the admin took the owner out of the environment; the owner

@@ -16,6 +16,7 @@
 //! The store never reads individual-level data.
 
 mod audit;
+mod authorization;
 mod cache;
 mod dispensing;
 mod docs;
@@ -48,6 +49,7 @@ use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
 use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
+pub use authorization::{Permission, Target};
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan};
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};

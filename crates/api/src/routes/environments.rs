@@ -20,6 +20,7 @@ use tre_store::Page as ListPage;
 
 use super::{Endpoint, Page, Result, body, created, limit, op};
 use crate::extract::Params;
+use crate::guard::{Allowed, ConfiguresEnvironment, CreatesEnvironments};
 use crate::{AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -135,7 +136,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 
 async fn create_environment(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<CreatesEnvironments>,
     Body(new): Body<NewEnvironment>,
 ) -> Result<Response> {
     Ok(created(state.store.create_environment(&caller, new).await?))
@@ -195,7 +196,7 @@ struct EnvironmentDetails {
 
 async fn update_environment(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(details): Body<EnvironmentDetails>,
 ) -> Result<Response> {
@@ -208,7 +209,7 @@ async fn update_environment(
 
 async fn put_inventory(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(inventory): Body<Inventory>,
 ) -> Result<Response> {
@@ -223,7 +224,7 @@ async fn put_inventory(
 
 async fn put_pipeline(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(pipeline): Body<ReviewPipeline>,
 ) -> Result<Response> {
@@ -245,7 +246,7 @@ struct Members {
 
 async fn put_members(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(body): Body<Members>,
 ) -> Result<Response> {
@@ -267,7 +268,7 @@ struct Admins {
 
 async fn put_admins(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(body): Body<Admins>,
 ) -> Result<Response> {
@@ -282,7 +283,7 @@ async fn put_admins(
 
 async fn put_policies(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(policies): Body<Policies>,
 ) -> Result<Response> {
@@ -303,7 +304,7 @@ struct VisibilityBody {
 
 async fn put_visibility(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
     Body(body): Body<VisibilityBody>,
 ) -> Result<Response> {

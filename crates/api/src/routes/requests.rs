@@ -18,6 +18,7 @@ use tre_store::{Page as ListPage, RequestRole};
 
 use super::{Endpoint, Items, Result, body, created, limit, op};
 use crate::extract::Params;
+use crate::guard::{Allowed, EditsRequest, RevokesRequest};
 use crate::{ApiError, AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -177,7 +178,7 @@ async fn command(
 
 async fn update_request(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<EditsRequest>,
     Path(id): Path<String>,
     Body(update): Body<RequestUpdate>,
 ) -> Result<Response> {
@@ -193,7 +194,7 @@ struct Collaborators {
 
 async fn put_collaborators(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<EditsRequest>,
     Path(id): Path<String>,
     Body(body): Body<Collaborators>,
 ) -> Result<Response> {
@@ -232,7 +233,7 @@ async fn withdraw(
 
 async fn revoke(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<RevokesRequest>,
     Path(id): Path<String>,
     Body(body): Body<Revocation>,
 ) -> Result<Response> {

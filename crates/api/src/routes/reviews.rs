@@ -14,6 +14,7 @@ use tre_store::Page as ListPage;
 
 use super::{Endpoint, Items, Page, Result, body, created, limit, op};
 use crate::extract::Params;
+use crate::guard::{Allowed, DecidesRequest};
 use crate::{AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -63,7 +64,7 @@ struct DecisionBody {
 
 async fn decide(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<DecidesRequest>,
     Path(id): Path<String>,
     Body(body): Body<DecisionBody>,
 ) -> Result<Response> {

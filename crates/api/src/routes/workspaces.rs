@@ -14,6 +14,7 @@ use tre_domain::ProjectId;
 use tre_store::{NewWorkspace, TokenInfo, Workspace};
 
 use super::{Endpoint, Items, Result, body, op};
+use crate::guard::{Allowed, MemberOfProject};
 use crate::{AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -70,7 +71,7 @@ struct CreatedWorkspace {
 
 async fn create(
     State(state): State<AppState>,
-    Auth(caller): Auth,
+    Allowed(caller, _): Allowed<MemberOfProject>,
     Path(id): Path<String>,
     Body(new): Body<NewWorkspace>,
 ) -> Result<Response> {

@@ -6,6 +6,7 @@
 mod support;
 
 mod authorization;
+mod authorization_first;
 mod errors;
 mod files;
 mod idempotency;

@@ -176,11 +176,13 @@ pub fn source() -> String {
 
 /// Every operation of the API document that takes a body: its method, its
 /// path, its url (`{id}` filled with request `request` under
-/// `/v1/requests`, else environment `env`) and the media types of its body.
+/// `/v1/requests`, project `project` under `/v1/projects`, else environment
+/// `env`) and the media types of its body.
 pub fn body_operations(
     api: &Api,
     env: &str,
     request: &str,
+    project: &str,
 ) -> Vec<(Method, String, String, Vec<String>)> {
     let spec = tre_api::openapi();
     let mut out = Vec::new();
@@ -191,6 +193,8 @@ pub fn body_operations(
             };
             let id = if path.starts_with("/v1/requests") {
                 request
+            } else if path.starts_with("/v1/projects") {
+                project
             } else {
                 env
             };
@@ -203,6 +207,51 @@ pub fn body_operations(
         }
     }
     out
+}
+
+/// Who may use the operation at `path` (of [`body_operations`]'s, with a
+/// request in review and a project of the owner's): so that authorization
+/// is not what answers a bad body.
+pub fn privileged(method: &Method, path: &str) -> &'static str {
+    if path == "/v1/environments" || path.starts_with("/v1/ops") {
+        "platform"
+    } else if path.starts_with("/v1/environments") || path.ends_with("/revoke") {
+        "admin"
+    } else if path.ends_with("/decisions") && *method == Method::POST {
+        "rev1"
+    } else {
+        "owner"
+    }
+}
+
+/// A request of `owner`'s in review at its first stage, and the project of
+/// another, approved one: ids for routes that name them.
+pub async fn in_review_and_project(api: &Api, env: &str) -> (String, String) {
+    let in_review = api.draft(env).await;
+    api.submit("owner", &in_review).await;
+    let approved = api.draft(env).await;
+    api.submit("owner", &approved).await;
+    for (reviewer, stage) in [("rev1", 0), ("rev2a", 1), ("rev2b", 1)] {
+        api.ok(
+            reviewer,
+            Method::POST,
+            &format!("/v1/requests/{approved}/decisions"),
+            Some(json!({"stage": stage, "decision": "approve"})),
+        )
+        .await;
+    }
+    let project = api
+        .ok(
+            "owner",
+            Method::POST,
+            &format!("/v1/requests/{approved}/projects"),
+            None,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (in_review, project)
 }
 
 /// A published environment; returns its id.

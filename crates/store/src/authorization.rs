@@ -1,0 +1,74 @@
+//! Authorization on its own, before a command reads its input: the HTTP API
+//! asks here whether the caller may act on what a route's path names before
+//! it reads the request's body (a large upload, a malformed body), so that
+//! nobody learns anything from a route they may not use, nor makes the
+//! server read what it will refuse. The command then authorizes again on
+//! what it decides on; this check never replaces that one.
+
+use tre_domain::authz::{self, Action, Object};
+use tre_domain::{EnvironmentId, ProjectId, RequestId};
+
+use crate::{Caller, Store, StoreError};
+
+/// What an action is about, by id.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Platform,
+    Environment(&'a EnvironmentId),
+    Request(&'a RequestId),
+    Project(&'a ProjectId),
+}
+
+/// An action, or the first step of one whose full rule needs the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Exactly this action.
+    To(Action),
+    /// Deciding a request: a reviewer of the environment who may see the
+    /// request and is not one of its requesters. Which stage they may decide
+    /// depends on the decision ([`Action::DecideRequest`], applied to it).
+    AttemptDecision,
+}
+
+impl Store {
+    /// Whether `caller` may do `permission` on `target`: `NotFound` when
+    /// they may not know it exists, `Forbidden` otherwise.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        target: Target<'_>,
+        permission: Permission,
+    ) -> Result<(), StoreError> {
+        let action = match permission {
+            Permission::To(action) => action,
+            Permission::AttemptDecision => Action::DecideRequest,
+        };
+        match target {
+            Target::Platform => authz::authorize(&caller.actor, action, &Object::Platform)
+                .map_err(StoreError::Forbidden),
+            Target::Environment(id) => self
+                .authorized_environment(caller, id, action)
+                .await
+                .map(drop),
+            Target::Request(id) => {
+                let loaded = self.read_request_in_environment(id).await?;
+                let (request, env) = (&loaded.stored.request, &*loaded.env);
+                let decided = match permission {
+                    Permission::To(action) => authz::authorize(
+                        &caller.actor,
+                        action,
+                        &Object::Request {
+                            environment: env,
+                            request,
+                        },
+                    ),
+                    Permission::AttemptDecision => {
+                        authz::may_attempt_decision(&caller.actor, env, request)
+                    }
+                };
+                decided.map_err(|d| StoreError::denied("request", id.as_str(), d))
+            }
+            Target::Project(id) => self.project_for(caller, id, action).await.map(drop),
+        }
+    }
+}
