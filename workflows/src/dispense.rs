@@ -28,7 +28,7 @@ use tre_dispense::{
 use tre_domain::redact::Secret;
 use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store};
+use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store, UnitTake};
 
 use crate::{move_project, not_handled, payload};
 
@@ -340,11 +340,11 @@ impl DispenseWorkflow {
         index: u32,
     ) -> Result<(), JobError> {
         let store = &ctx.store;
-        if store.dispense_unit_done(id, index).await? {
-            return Ok(());
-        }
-        if Self::live(ctx, id, round).await?.is_none() {
-            return Ok(());
+        // exactly one job works a unit: the one of the round it belongs to
+        match store.take_dispense_unit(id, index, round).await? {
+            UnitTake::Work => {}
+            UnitTake::Done => return Ok(()),
+            UnitTake::Superseded(why) => return Err(JobError::Superseded(why)),
         }
         let loaded = self.loaded(ctx, id).await?;
         let unit = loaded
@@ -378,10 +378,19 @@ impl DispenseWorkflow {
             .run(unit, resume, &log)
             .await
         };
-        let output = output.map_err(|e| match dispense_error(e) {
-            JobError::Transient(m) => JobError::Transient(format!("unit {index}: {m}")),
-            JobError::Permanent(m) => JobError::Permanent(format!("unit {index}: {m}")),
-        })?;
+        let output = match output.map_err(dispense_error) {
+            Ok(output) => output,
+            Err(JobError::Transient(m)) => {
+                // shown on the project while the unit is tried again
+                let m = format!("unit {index}: {m}");
+                store.note_unit_trouble(id, index, round, &m).await?;
+                return Err(JobError::Transient(m));
+            }
+            Err(JobError::Permanent(m)) => {
+                return Err(JobError::Permanent(format!("unit {index}: {m}")));
+            }
+            Err(other) => return Err(other),
+        };
         store.complete_dispense_unit(id, round, &output).await?;
         Ok(())
     }
@@ -522,11 +531,20 @@ impl JobHandler for DispenseWorkflow {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let project = match payload(job) {
-                Ok(
-                    Effect::Dispense { project, .. }
-                    | Effect::DispenseUnit { project, .. }
-                    | Effect::FinishDispense { project, .. },
-                ) => project,
+                Ok(Effect::DispenseUnit {
+                    project,
+                    round,
+                    unit,
+                }) => {
+                    // the unit is free for a retry to take over
+                    if let Err(e) = ctx.store.release_dispense_unit(&project, unit, round).await {
+                        warn!(project = %project, unit, error = %e, "could not release the unit");
+                    }
+                    project
+                }
+                Ok(Effect::Dispense { project, .. } | Effect::FinishDispense { project, .. }) => {
+                    project
+                }
                 _ => return,
             };
             let reason = format!("{}: {message}", job.kind);

@@ -342,6 +342,9 @@ fn progress_message(progress: &tre_store::DispenseProgress) -> String {
             human_bytes(progress.file_bytes_total)
         ));
     }
+    if let Some(why) = &progress.retrying {
+        message.push_str(&format!("; retrying: {why}"));
+    }
     message
 }
 

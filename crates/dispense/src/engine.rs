@@ -24,6 +24,7 @@ use tre_domain::Inventory;
 use tre_domain::cohort::Expr;
 use tre_domain::dispense::{DatasetSelection, UnitOutput};
 
+use crate::error::Writing;
 use crate::keys::{CohortKeys, Membership, Pseudonymiser};
 use crate::manifest::{
     ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile, ManifestFileCollection,
@@ -244,14 +245,15 @@ impl UnitJob<'_> {
                 EnabledStatistics::None,
             );
         }
-        let mut writer = AsyncArrowWriter::try_new(sink, out_schema.clone(), Some(props.build()))?;
+        let mut writer =
+            AsyncArrowWriter::try_new(sink, out_schema.clone(), Some(props.build())).writing()?;
         let mut rows = 0u64;
         while let Some(batch) = stream.try_next().await? {
             let batch = self.shape(&batch, &out_schema, &names)?;
             rows += batch.num_rows() as u64;
-            writer.write(&batch).await?;
+            writer.write(&batch).await.writing()?;
         }
-        writer.close().await?;
+        writer.close().await.writing()?;
         let (sha256, bytes) = std::mem::take(&mut *digest.lock().expect("not poisoned")).finish();
         Ok(UnitOutput {
             unit: index,
@@ -423,13 +425,15 @@ pub async fn finish(
         .await?;
     for path in stray {
         tracing::info!(object = %path, "removing an object no unit of the plan wrote");
-        dest.delete(&path).await?;
+        dest.delete(&path).await.writing()?;
     }
 
     let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     let sha = hex::encode(Sha256::digest(&bytes));
     let path = project_object(project, Manifest::OBJECT)?;
-    dest.put(&path, PutPayload::from(bytes.clone())).await?;
+    dest.put(&path, PutPayload::from(bytes.clone()))
+        .await
+        .writing()?;
     let stored = dest.get(&path).await?.bytes().await?;
     if stored.as_ref() != bytes.as_slice() {
         return Err(DispenseError::Verify(format!(

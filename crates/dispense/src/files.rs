@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tre_domain::dispense::UnitOutput;
 use tre_domain::files::project_object;
 
+use crate::error::Writing;
 use crate::io::Digest256;
 use crate::keys::Pseudonymiser;
 use crate::plan::{PlannedFile, Unit};
@@ -334,7 +335,8 @@ impl FileCopy<'_> {
                 &project_path(self.project, object)?,
                 PutPayload::from_iter(chunks),
             )
-            .await?;
+            .await
+            .writing()?;
         Ok(())
     }
 
@@ -363,7 +365,7 @@ impl FileCopy<'_> {
             None => UploadState {
                 file: index,
                 object: object.to_owned(),
-                upload_id: multipart.store.create_multipart(&full).await?,
+                upload_id: multipart.store.create_multipart(&full).await.writing()?,
                 part_bytes: PART_BYTES,
                 parts: Vec::new(),
             },
@@ -421,7 +423,7 @@ impl FileCopy<'_> {
                             "{object}: the upload being resumed is gone; the file starts again"
                         )));
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(DispenseError::from(e)).writing(),
                 };
                 state.parts.push(part.content_id);
                 log.save(Some(&state)).await.map_err(log_err)?;
@@ -448,7 +450,8 @@ impl FileCopy<'_> {
         multipart
             .store
             .complete_multipart(&full, &state.upload_id, parts)
-            .await?;
+            .await
+            .writing()?;
         log.save(None).await.map_err(log_err)?;
         Ok(())
     }
@@ -462,14 +465,14 @@ impl FileCopy<'_> {
         object: &str,
         file: &PlannedFile,
     ) -> Result<(), DispenseError> {
-        let upload = self.dest.put_multipart(path).await?;
+        let upload = self.dest.put_multipart(path).await.writing()?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES as usize);
         let mut stream = self.source.stream(&file.location, None).await?;
         let mut read = Digest256::default();
         let outcome: Result<(), DispenseError> = async {
             while let Some(chunk) = stream.try_next().await? {
                 read.update(&chunk);
-                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.writing()?;
                 writer.put(chunk);
             }
             Ok(())
@@ -477,7 +480,7 @@ impl FileCopy<'_> {
         .await;
         match outcome.and_then(|()| self.check(object, file, read)) {
             Ok(()) => {
-                writer.finish().await?;
+                writer.finish().await.writing()?;
                 Ok(())
             }
             // nothing half-written stays: the upload is given up

@@ -25,7 +25,7 @@ pub use engine::{
     PlanInput, UNIT_FILES, UnitJob, cohort_keys, deprovision, finish, make_plan, project_prefix,
     run_all, source_files,
 };
-pub use error::DispenseError;
+pub use error::{DispenseError, IoCause};
 pub use keys::{CohortKeys, Membership, Pseudonymiser};
 pub use manifest::{
     ColumnSchema, Manifest, ManifestBulkFile, ManifestDataset, ManifestFile, ManifestFileCollection,

@@ -79,10 +79,14 @@ pub enum JobEvent {
     Revive,
     /// An operator gives a job up.
     Discard,
+    /// Its handler found it no longer applies (a newer job took its work
+    /// over, or what it works on ended before it ran): given up, its work
+    /// not done, with the reason.
+    Supersede,
 }
 
 impl JobEvent {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Dispatch,
         Self::Claim,
         Self::Complete,
@@ -93,6 +97,7 @@ impl JobEvent {
         Self::Orphaned,
         Self::Revive,
         Self::Discard,
+        Self::Supersede,
     ];
 }
 
@@ -128,7 +133,9 @@ impl JobState {
         match event {
             E::Dispatch => &[Self::Pending],
             E::Claim => &[Self::Pending, Self::Queued],
-            E::Complete | E::Retry | E::Die | E::Release | E::Orphaned => &[Self::Running],
+            E::Complete | E::Retry | E::Die | E::Release | E::Orphaned | E::Supersede => {
+                &[Self::Running]
+            }
             E::Lost => &[Self::Queued],
             E::Revive => &[Self::Dead],
             E::Discard => &[Self::Pending, Self::Queued, Self::Dead],
@@ -148,7 +155,7 @@ impl JobState {
             E::Complete => Self::Done,
             E::Die => Self::Dead,
             E::Retry | E::Release | E::Lost | E::Orphaned | E::Revive => Self::Pending,
-            E::Discard => Self::Discarded,
+            E::Discard | E::Supersede => Self::Discarded,
         })
     }
 
@@ -173,8 +180,8 @@ mod tests {
     fn transition_table() {
         use JobEvent as E;
         use JobState::*;
-        // columns: Dispatch Claim Complete Retry Die Release Lost Orphaned Revive Discard
-        let table: [(JobState, [Option<JobState>; 10]); 6] = [
+        // columns: Dispatch Claim Complete Retry Die Release Lost Orphaned Revive Discard Supersede
+        let table: [(JobState, [Option<JobState>; 11]); 6] = [
             (
                 Pending,
                 [
@@ -188,6 +195,7 @@ mod tests {
                     None,
                     None,
                     Some(Discarded),
+                    None,
                 ],
             ),
             (
@@ -203,6 +211,7 @@ mod tests {
                     None,
                     None,
                     Some(Discarded),
+                    None,
                 ],
             ),
             (
@@ -218,9 +227,10 @@ mod tests {
                     Some(Pending),
                     None,
                     None,
+                    Some(Discarded),
                 ],
             ),
-            (Done, [None; 10]),
+            (Done, [None; 11]),
             (
                 Dead,
                 [
@@ -234,9 +244,10 @@ mod tests {
                     None,
                     Some(Pending),
                     Some(Discarded),
+                    None,
                 ],
             ),
-            (Discarded, [None; 10]),
+            (Discarded, [None; 11]),
         ];
         for (from, row) in table {
             for (event, expected) in E::ALL.into_iter().zip(row) {

@@ -11,6 +11,11 @@ pub enum JobError {
     /// the job is dead-lettered at once.
     #[error("{0}")]
     Permanent(String),
+    /// The job no longer applies (a newer job took its work over, or what
+    /// it works on ended before it ran): recorded as discarded with this
+    /// reason, not as done, never retried.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 impl From<StoreError> for JobError {

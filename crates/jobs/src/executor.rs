@@ -426,6 +426,24 @@ impl Executor {
                     }
                     None => self.record_success(key, kind, started).await,
                 },
+                Err(JobError::Superseded(why)) => {
+                    match patiently("record the job as superseded", || {
+                        store.supersede_job(key, &self.ctx.worker, &why, now())
+                    })
+                    .await
+                    {
+                        Ok(true) => {
+                            self.metrics.count(kind, "superseded");
+                            info!(reason = %why, "job superseded; its work is not done");
+                            ExecOutcome::Skipped
+                        }
+                        Ok(false) => ExecOutcome::LeaseLost,
+                        Err(e) => {
+                            warn!(error = %e, "could not record the job as superseded");
+                            ExecOutcome::LeaseLost
+                        }
+                    }
+                }
                 Err(error) => {
                     let (retry_at, message) = match &error {
                         JobError::Transient(m) if claimed.attempt < policy.max_attempts => {
@@ -443,6 +461,7 @@ impl Executor {
                             ),
                         ),
                         JobError::Permanent(m) => (None, format!("permanent: {m}")),
+                        JobError::Superseded(_) => unreachable!("handled above"),
                     };
                     let outcome = patiently("record the failure", || {
                         store.fail_job(key, &self.ctx.worker, &message, retry_at, now())

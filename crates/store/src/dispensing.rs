@@ -89,6 +89,23 @@ pub struct DispenseProgress {
     /// Their bytes: copied, and in all.
     pub file_bytes_done: u64,
     pub file_bytes_total: u64,
+    /// Why an unfinished unit's last attempt failed while it is tried
+    /// again (e.g. "no space left on the store's disk"); none while all goes
+    /// well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<String>,
+}
+
+/// Whether a dispense job may work its unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitTake {
+    /// It may: the unit is its own until it completes or gives up.
+    Work,
+    /// The unit is finished already, by this round.
+    Done,
+    /// It may not, for this reason: a job of another round works the unit,
+    /// or the project is not dispensing (failed, ended).
+    Superseded(String),
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -226,9 +243,10 @@ impl Store {
         }))
     }
 
-    /// Queues a job for every unfinished unit of the plan in dispense
-    /// round `round` (the finish job when none is left). Returns how many
-    /// units were queued.
+    /// Queues a job of dispense round `round` for every unfinished unit no
+    /// job is working (a unit an earlier round's job is still working stays
+    /// with it: that job completes it), or the finish job when no unit is
+    /// left. Returns how many units were queued.
     pub async fn queue_dispense_units(
         &self,
         project: &ProjectId,
@@ -237,35 +255,158 @@ impl Store {
         let at = now();
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
-            "SELECT unit FROM dispense_units WHERE project_id = $1 AND done_at IS NULL ORDER BY unit",
+            "SELECT u.unit, u.taken, o.state AS job FROM dispense_units u \
+             LEFT JOIN outbox o ON o.job_key = $2 || CAST(u.round AS TEXT) || ':' || CAST(u.unit AS TEXT) \
+             WHERE u.project_id = $1 AND u.done_at IS NULL ORDER BY u.unit",
         )
         .bind(project.as_str())
+        .bind(format!("dispense_unit:{project}:"))
         .fetch_all(&mut *tx)
         .await?;
-        let effects: Vec<Effect> = if rows.is_empty() {
-            vec![Effect::FinishDispense {
+        let mut effects = Vec::new();
+        for row in &rows {
+            // a unit stays with the job working it while that job lives
+            // (even if it never got to let go of the unit when it died)
+            let job: Option<String> = row.try_get("job")?;
+            let working = row.try_get::<i64, _>("taken")? == 1
+                && job
+                    .as_deref()
+                    .and_then(tre_domain::JobState::parse)
+                    .is_some_and(|state| !state.is_finished());
+            if !working {
+                effects.push(Effect::DispenseUnit {
+                    project: project.clone(),
+                    round,
+                    unit: row.try_get::<i64, _>("unit")? as u32,
+                });
+            }
+        }
+        if rows.is_empty() {
+            effects.push(Effect::FinishDispense {
                 project: project.clone(),
                 round,
-            }]
-        } else {
-            rows.iter()
-                .map(|r| {
-                    Ok(Effect::DispenseUnit {
-                        project: project.clone(),
-                        round,
-                        unit: r.try_get::<i64, _>(0)? as u32,
-                    })
-                })
-                .collect::<Result<_, StoreError>>()?
-        };
+            });
+        }
         outbox::enqueue(&mut tx, &effects, "", at).await?;
         tx.commit().await?;
-        Ok(rows.len())
+        Ok(effects.len() - usize::from(rows.is_empty()))
     }
 
-    /// Records a finished unit once: a repeated completion (a unit run
-    /// twice) changes nothing and returns false. The completion that
-    /// finishes the plan queues the finish job, in the same transaction.
+    /// A job of round `round` asks to work `unit`: it may when the unit is
+    /// unfinished, belongs to its round (or to an earlier round no job is
+    /// working, which it takes over) and the project is dispensing. A job
+    /// refused because the project is not dispensing lets go of the unit,
+    /// so a later retry takes it over.
+    pub async fn take_dispense_unit(
+        &self,
+        project: &ProjectId,
+        unit: u32,
+        round: u32,
+    ) -> Result<UnitTake, StoreError> {
+        let mut tx = self.begin().await?;
+        let taken = sqlx::query(
+            "UPDATE dispense_units SET round = $1, taken = 1 \
+             WHERE project_id = $2 AND unit = $3 AND done_at IS NULL \
+             AND (round = $1 OR (round < $1 AND taken = 0)) \
+             AND EXISTS (SELECT 1 FROM projects WHERE id = $2 AND state = 'dispensing')",
+        )
+        .bind(i64::from(round))
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() == 1 {
+            tx.commit().await?;
+            return Ok(UnitTake::Work);
+        }
+        let row = sqlx::query(
+            "SELECT u.done_at, u.round, p.state FROM dispense_units u JOIN projects p ON p.id = u.project_id \
+             WHERE u.project_id = $1 AND u.unit = $2",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(UnitTake::Superseded(format!("the plan has no unit {unit}")));
+        };
+        let owner = row.try_get::<i64, _>("round")?;
+        if row.try_get::<Option<i64>, _>("done_at")?.is_some() {
+            // done by this round's job (a run after its completion
+            // committed), or by another round's: then not by this job
+            return Ok(if owner == i64::from(round) {
+                UnitTake::Done
+            } else {
+                UnitTake::Superseded(format!("unit {unit} was done by dispense round {owner}"))
+            });
+        }
+        let state: String = row.try_get("state")?;
+        let answer = if state != "dispensing" {
+            sqlx::query(
+                "UPDATE dispense_units SET taken = 0 \
+                 WHERE project_id = $1 AND unit = $2 AND round = $3 AND done_at IS NULL",
+            )
+            .bind(project.as_str())
+            .bind(i64::from(unit))
+            .bind(i64::from(round))
+            .execute(&mut *tx)
+            .await?;
+            UnitTake::Superseded(format!("the project is {state}; the unit was not worked"))
+        } else {
+            UnitTake::Superseded(format!("unit {unit} is worked by dispense round {owner}"))
+        };
+        tx.commit().await?;
+        Ok(answer)
+    }
+
+    /// The job of round `round` that worked `unit` gave up for good: the
+    /// unit is free for a retry to take over.
+    pub async fn release_dispense_unit(
+        &self,
+        project: &ProjectId,
+        unit: u32,
+        round: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dispense_units SET taken = 0 \
+             WHERE project_id = $1 AND unit = $2 AND round = $3 AND done_at IS NULL",
+        )
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .bind(i64::from(round))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Why the unit's last attempt failed while it is tried again (shown
+    /// on the project as [`DispenseProgress::retrying`]).
+    pub async fn note_unit_trouble(
+        &self,
+        project: &ProjectId,
+        unit: u32,
+        round: u32,
+        trouble: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dispense_units SET trouble = $1 \
+             WHERE project_id = $2 AND unit = $3 AND round = $4 AND done_at IS NULL",
+        )
+        .bind(trouble.chars().take(1000).collect::<String>())
+        .bind(project.as_str())
+        .bind(i64::from(unit))
+        .bind(i64::from(round))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a finished unit once, by the job of the round it belongs
+    /// to: a repeated completion (a unit run twice), or one by a job of
+    /// another round, changes nothing and returns false. The completion
+    /// that finishes the plan queues the finish job of the project's
+    /// current round (a retry may have started one since this job's), in
+    /// the same transaction.
     pub async fn complete_dispense_unit(
         &self,
         project: &ProjectId,
@@ -275,8 +416,9 @@ impl Store {
         let at = now();
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
-            "UPDATE dispense_units SET object = $1, rows_out = $2, bytes = $3, sha256 = $4, done_at = $5, upload = NULL \
-             WHERE project_id = $6 AND unit = $7 AND done_at IS NULL",
+            "UPDATE dispense_units SET object = $1, rows_out = $2, bytes = $3, sha256 = $4, done_at = $5, \
+             upload = NULL, taken = 0, trouble = NULL \
+             WHERE project_id = $6 AND unit = $7 AND done_at IS NULL AND round = $8",
         )
         .bind(&done.object)
         .bind(done.rows as i64)
@@ -285,6 +427,7 @@ impl Store {
         .bind(at.0)
         .bind(project.as_str())
         .bind(i64::from(done.unit))
+        .bind(i64::from(round))
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
@@ -301,9 +444,16 @@ impl Store {
         .await?;
         let (done_count, total): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         if done_count >= total {
+            let (current, _): (tre_domain::Project, i64) = docs::load(
+                &mut *tx,
+                "SELECT doc, version FROM projects WHERE id = $1",
+                "project",
+                project.as_str(),
+            )
+            .await?;
             let finish = Effect::FinishDispense {
                 project: project.clone(),
-                round,
+                round: current.dispense_round.max(round),
             };
             outbox::enqueue(&mut tx, &[finish], "", at).await?;
         }
@@ -334,22 +484,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// Whether one unit is checkpointed.
-    pub async fn dispense_unit_done(
-        &self,
-        project: &ProjectId,
-        unit: u32,
-    ) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 FROM dispense_units WHERE project_id = $1 AND unit = $2 AND done_at IS NOT NULL",
-        )
-        .bind(project.as_str())
-        .bind(i64::from(unit))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
     }
 
     /// Stores the verified manifest (before the project is marked ready).
@@ -404,6 +538,15 @@ impl Store {
             files_total: get("files_total")?,
             file_bytes_done: get("file_bytes_done")?,
             file_bytes_total: get("file_bytes_total")?,
+            retrying: sqlx::query(
+                "SELECT trouble FROM dispense_units \
+                 WHERE project_id = $1 AND done_at IS NULL AND trouble IS NOT NULL ORDER BY unit LIMIT 1",
+            )
+            .bind(project.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?,
         })
     }
 

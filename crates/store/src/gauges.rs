@@ -23,7 +23,13 @@ pub struct SystemGauges {
     pub audit_pending: i64,
     /// Milliseconds since the oldest of those committed (0 when none).
     pub audit_lag_ms: i64,
+    /// Projects still dispensing whose units were all done over
+    /// [`STALL_AFTER_MS`] ago, with no manifest: their finish never ran.
+    pub dispense_stalled: i64,
 }
+
+/// How long after its last unit a dispensing project must have finished.
+pub const STALL_AFTER_MS: i64 = 10 * 60 * 1000;
 
 impl SystemGauges {
     /// The Prometheus exposition text.
@@ -46,11 +52,15 @@ impl SystemGauges {
              tre_audit_pending_events {}\n\
              # HELP tre_audit_sealing_lag_seconds Age of the oldest audit event not yet sealed.\n\
              # TYPE tre_audit_sealing_lag_seconds gauge\n\
-             tre_audit_sealing_lag_seconds {}\n",
+             tre_audit_sealing_lag_seconds {}\n\
+             # HELP tre_dispense_stalled_projects Projects dispensing whose units were all done over 10 minutes ago, not finished.\n\
+             # TYPE tre_dispense_stalled_projects gauge\n\
+             tre_dispense_stalled_projects {}\n",
             self.units_done,
             self.bytes_dispensed,
             self.audit_pending,
             self.audit_lag_ms as f64 / 1000.0,
+            self.dispense_stalled,
         );
         out
     }
@@ -90,6 +100,15 @@ impl Store {
         if gauges.audit_pending > 0 {
             gauges.audit_lag_ms = (now.0 - oldest).max(0);
         }
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM dispense_plans d JOIN projects p ON p.id = d.project_id \
+             WHERE p.state = 'dispensing' AND d.manifest IS NULL AND d.units_done >= d.units_total \
+             AND (SELECT MAX(u.done_at) FROM dispense_units u WHERE u.project_id = d.project_id) < $1",
+        )
+        .bind(now.0 - STALL_AFTER_MS)
+        .fetch_one(&self.pool)
+        .await?;
+        gauges.dispense_stalled = row.try_get(0)?;
         Ok(gauges)
     }
 }

@@ -519,6 +519,32 @@ impl Store {
         })
     }
 
+    /// Gives up a running job its handler found no longer applies: it ends
+    /// `discarded` with the reason, its work not done. False when the
+    /// lease was lost.
+    pub async fn supersede_job(
+        &self,
+        key: &str,
+        worker: &str,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = $1, last_error = $2, finished_at = $3, updated_at = $3, \
+             lease_owner = NULL, lease_until = NULL \
+             WHERE job_key = $4 AND (state || '') = $5 AND lease_owner = $6",
+        )
+        .bind(target(JobEvent::Supersede))
+        .bind(why.chars().take(4000).collect::<String>())
+        .bind(now.0)
+        .bind(key)
+        .bind(source(JobEvent::Supersede))
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Dead-letters a job claimed with its attempts used up (see
     /// [`Store::claim_job`]): the claim's attempt is taken back, and the
     /// last attempt's error kept with why it was given up.

@@ -50,10 +50,10 @@ use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
 pub use authorization::{Permission, Target};
-pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan};
+pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan, UnitTake};
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
-pub use gauges::SystemGauges;
+pub use gauges::{STALL_AFTER_MS, SystemGauges};
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
 pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts};
 pub use lists::{Page, RequestRole};
@@ -316,6 +316,13 @@ fn migrator(backend: Backend) -> Migrator {
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0017_pending_by_kind.sql"))
                 .into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            18,
+            "dispense units owned by one round".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0018_unit_rounds.sql")).into_sql_str(),
             false,
         ),
     ])

@@ -1390,7 +1390,30 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
         })
         .await
         .unwrap();
-    store.queue_dispense_units(&project.id, 1).await.unwrap();
+    // a unit is worked only while the project dispenses
+    use tre_store::UnitTake;
+    assert!(matches!(
+        store.take_dispense_unit(&project.id, 0, 0).await.unwrap(),
+        UnitTake::Superseded(why) if why.contains("provisioning")
+    ));
+    store
+        .project_command(
+            &project.id,
+            tre_domain::ProjectCommand::StartDispensing,
+            "test",
+        )
+        .await
+        .unwrap();
+    store.queue_dispense_units(&project.id, 0).await.unwrap();
+    assert_eq!(
+        store.take_dispense_unit(&project.id, 0, 0).await.unwrap(),
+        UnitTake::Work
+    );
+    // a job of a later round does not take a unit a job is working
+    assert!(matches!(
+        store.take_dispense_unit(&project.id, 0, 1).await.unwrap(),
+        UnitTake::Superseded(why) if why.contains("round 0")
+    ));
     let done = tre_domain::dispense::UnitOutput {
         unit: 0,
         object: "data/people/part-00000.parquet".into(),
@@ -1398,33 +1421,79 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
         bytes: 4_321,
         sha256: "0".repeat(64),
     };
-    // a unit finished twice counts once
-    assert!(
-        store
-            .complete_dispense_unit(&project.id, 1, &done)
-            .await
-            .unwrap()
-    );
+    // only the round the unit belongs to completes it
     assert!(
         !store
             .complete_dispense_unit(&project.id, 1, &done)
             .await
             .unwrap()
     );
+    // a unit finished twice counts once
+    assert!(
+        store
+            .complete_dispense_unit(&project.id, 0, &done)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .complete_dispense_unit(&project.id, 0, &done)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.take_dispense_unit(&project.id, 0, 0).await.unwrap(),
+        UnitTake::Done
+    );
+    assert!(matches!(
+        store.take_dispense_unit(&project.id, 0, 1).await.unwrap(),
+        UnitTake::Superseded(why) if why.contains("was done by dispense round 0")
+    ));
 
     let gauges = store.system_gauges(tre_store::now()).await.unwrap();
     assert_eq!(gauges.projects.values().sum::<i64>(), 1, "{gauges:?}");
-    assert_eq!(gauges.projects[project.state.as_str()], 1, "{gauges:?}");
+    assert_eq!(gauges.projects["dispensing"], 1, "{gauges:?}");
     assert_eq!((gauges.units_done, gauges.bytes_dispensed), (1, 4_321));
     assert_eq!(
         gauges.audit_pending == 0,
         gauges.audit_lag_ms == 0,
         "{gauges:?}"
     );
+    assert_eq!(gauges.dispense_stalled, 0);
     let text = gauges.to_prometheus();
     assert!(text.contains("tre_dispense_bytes_total 4321\n"), "{text}");
+    assert!(text.contains("tre_dispense_stalled_projects 0\n"), "{text}");
+
+    // the last unit done, and the finish never run: stalled once its
+    // deadline has passed
+    let last = tre_domain::dispense::UnitOutput { unit: 1, ..done };
+    store.take_dispense_unit(&project.id, 1, 0).await.unwrap();
     assert!(
-        text.contains(&format!("tre_projects{{state=\"{}\"}} 1\n", project.state)),
+        store
+            .complete_dispense_unit(&project.id, 0, &last)
+            .await
+            .unwrap()
+    );
+    let soon = tre_store::now();
+    assert_eq!(store.system_gauges(soon).await.unwrap().dispense_stalled, 0);
+    let later = tre_domain::Timestamp(soon.0 + tre_store::STALL_AFTER_MS + 1_000);
+    let stalled = store.system_gauges(later).await.unwrap();
+    assert_eq!(stalled.dispense_stalled, 1, "{stalled:?}");
+    assert!(
+        stalled
+            .to_prometheus()
+            .contains("tre_dispense_stalled_projects 1\n")
+    );
+    // the finish the last completion queued is the project's round's
+    assert!(
+        store
+            .job(&format!("finish_dispense:{}:0", project.id))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        text.contains("tre_projects{state=\"dispensing\"} 1\n"),
         "{text}"
     );
 }
