@@ -411,6 +411,34 @@ mod tests {
         assert!(out.cells[1].count.suppressed, "nor may the categories");
     }
 
+    /// What the README promises of zero cells: under `zero_cells =
+    /// suppress` an empty bin or category is suppressed like any small
+    /// cell; the one empty cell shown as 0 whatever the policy is a field's
+    /// missing values when nobody lacks one ("every participant has a BMI"
+    /// tells nothing about anyone). Under `show`, empty cells are 0.
+    #[test]
+    fn zero_cells_follow_the_policy_except_a_field_nobody_lacks() {
+        let agg = field(
+            Distribution::Histogram {
+                edges: vec![20.0, 25.0, 30.0],
+                bins: vec![cell(40), cell(0), cell(30), cell(50)],
+                years: false,
+            },
+            120,
+            0,
+        );
+        let out = release_field(&agg, &RULES);
+        assert_eq!(out.missing, Released::value(0), "nobody lacks a value");
+        assert!(out.cells[1].count.suppressed, "an empty bin is suppressed");
+        let shown = DisclosureRules {
+            zero_cells: ZeroCells::Show,
+            ..RULES
+        };
+        let out = release_field(&agg, &shown);
+        assert_eq!(out.missing, Released::value(0));
+        assert_eq!(out.cells[1].count, Released::value(0), "shown as 0");
+    }
+
     #[test]
     fn a_field_without_small_cells_is_released_rounded() {
         let agg = field(
