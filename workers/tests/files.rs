@@ -238,12 +238,59 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         let cohort = json!({"field": "sex", "op": "=", "value": "F"});
         let request = approved_request(store, &w, selecting(cohort, &["everything"])).await;
         // the reviewers' summary: the cohort's files per collection, under
-        // the disclosure rules
-        let summary = store
+        // the disclosure rules; its owner is shown no count
+        let mine = store
             .selection_summary(&w.owner, &request.id)
             .await
             .unwrap()
             .unwrap();
+        assert!(mine.counts_withheld, "{mine:?}");
+        assert!(
+            mine.files
+                .iter()
+                .all(|f| f.files.count.is_none() && f.bytes.is_none())
+        );
+        assert_eq!(mine.cohort.count, None);
+        let summary = store
+            .selection_summary(&tre_testkit::caller("rev1"), &request.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!summary.counts_withheld);
+        // nor the request's size; reviewers see the released count
+        let as_owner = store.request(&w.owner, &request.id).await.unwrap();
+        assert_eq!(as_owner.cohort_size, None);
+        let as_reviewer = store
+            .request(&tre_testkit::caller("rev1"), &request.id)
+            .await
+            .unwrap();
+        let size = as_reviewer.cohort_size.expect("reviewers see the size");
+        assert_eq!(size % 5, 0, "the released count, rounded: {size}");
+        // what the owner learnt (the minimum size was reached) is in the
+        // environment's query log, as the owner's, without a count
+        let events = store
+            .audit_events(
+                &w.admin,
+                &tre_store::AuditQuery {
+                    environment: Some(w.env.clone()),
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let counted: Vec<serde_json::Value> = events
+            .iter()
+            .filter(|e| e.action == "showcase.query" && e.actor == "owner")
+            .map(|e| serde_json::from_str(&e.details).unwrap())
+            .collect();
+        assert!(
+            counted
+                .iter()
+                .any(|d| d["source"] == "request" && d["outcome"] == "answered"),
+            "{counted:?}"
+        );
+        assert!(counted.iter().all(|d| d.get("cohort_size").is_none()));
         let sexes = bulk.sexes();
         let women_scans = bulk.files.keys().filter(|id| sexes[id] == "F").count() as i64;
         let names: Vec<&str> = summary

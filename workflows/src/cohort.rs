@@ -10,9 +10,10 @@ use std::pin::Pin;
 
 use tracing::{info, warn};
 use tre_dispense::Sources;
+use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{AccessRequest, CohortCount, Effect, Environment, RequestId, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::ClaimedJob;
+use tre_store::{Caller, ClaimedJob, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::{already_done, not_handled, payload};
@@ -30,13 +31,16 @@ impl CohortCounter {
         Self { sources }
     }
 
-    /// The number of participants the request's filter selects; with it,
-    /// the counts of the selection summary are recorded.
+    /// The number of participants the request's filter selects, as the
+    /// disclosure rules release it (0 when suppressed); with it, the counts
+    /// of the selection summary are recorded, and the count in the
+    /// environment's query log.
     async fn size(
         &self,
         ctx: &JobContext,
         env: &Environment,
         request: &AccessRequest,
+        job_key: &str,
     ) -> Result<u64, JobError> {
         let inventory = env
             .inventory
@@ -90,16 +94,45 @@ impl CohortCounter {
         };
         let files =
             tre_dispense::showcase::cohort_files(&approved_files, &entries, &membership, &secret);
+        let cohort = tre_dispense::showcase::cohort_cell(&keys, &secret);
         let counts = tre_domain::summary::SelectionCounts {
             round: request.round,
-            cohort: tre_dispense::showcase::cohort_cell(&keys, &secret),
+            cohort,
             datasets,
             files,
         };
         ctx.store
             .save_selection_counts(&request.id, &counts)
             .await?;
-        Ok(keys.len() as u64)
+        // the minimum cohort size is checked on the count the rules release
+        // (perturbed and rounded, as the cohort builder would show it), not
+        // on the true one: the owner learns which way it went
+        let released = DisclosureRules::of(&env.policies)
+            .release(cohort)
+            .count
+            .unwrap_or(0);
+        let outcome = if released >= u64::from(env.policies.min_cohort_size) {
+            ShowcaseQueryOutcome::Answered
+        } else {
+            ShowcaseQueryOutcome::BelowMinimum
+        };
+        // ... and what the owner learns is in the environment's query log
+        let owner = Caller::new(tre_domain::Actor::user(request.owner.as_str()), job_key);
+        ctx.store
+            .record_showcase_query(
+                &owner,
+                &ShowcaseQuery {
+                    environment: &env.id,
+                    version: inventory.version,
+                    cohort: &request.cohort,
+                    fields: &[],
+                    cohort_size: Some(keys.len() as u64),
+                    outcome,
+                    source: ShowcaseQuerySource::Request,
+                },
+            )
+            .await?;
+        Ok(released)
     }
 
     async fn record(
@@ -139,7 +172,7 @@ impl CohortCounter {
             .store
             .system_environment(&request.environment_id)
             .await?;
-        let count = match self.size(ctx, &env, &request).await {
+        let count = match self.size(ctx, &env, &request, &job.key).await {
             Ok(size) => CohortCount::Counted(size),
             Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),
             Err(transient) => return Err(transient),

@@ -24,11 +24,11 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
-use tre_dispense::showcase::ShowcaseColumns;
+use tre_dispense::showcase::{ShowcaseColumns, first_conflict};
 use tre_domain::disclosure::{DisclosureRules, Released, too_close};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
-use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
+use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView};
 
 use crate::guard::{Allowed, ViewsShowcase};
 use crate::routes::{Endpoint, PathForm, body, op};
@@ -331,6 +331,7 @@ async fn record(
                 fields: &asked.fields,
                 cohort_size: size,
                 outcome,
+                source: ShowcaseQuerySource::Builder,
             },
         )
         .await?;
@@ -415,19 +416,40 @@ pub async fn ask(
     let columns = state.showcase.columns(state, &env).await?;
     let selection = columns.select(expr.as_ref()).map_err(source_unavailable)?;
     let size = selection.len();
+    let (cell, aggregates) = columns.aggregate_cohort(&selection, &full, &asked.fields);
 
-    // differencing: near an earlier cohort of this user's, refused
+    // differencing against what everyone has seen: each set the answer
+    // would count (the cohort, each released cell of each field) against
+    // the showcase's population and released cells
+    let sets = columns.released_sets(
+        &selection,
+        !rules.release(cell).suppressed,
+        &full,
+        &asked.fields,
+        &rules,
+    );
+    let public = columns.public_sets(&full, &rules);
+    let mut close = first_conflict(&sets, &public, rules.min_cell_size).is_some();
+
+    // ... and against the cohorts of this environment's earlier answers:
+    // the caller's, and those whose count was shown to anyone (colluding
+    // users are users too)
     let margin = rules.min_cell_size.saturating_sub(1);
-    let earlier = state
-        .store
-        .earlier_showcase_cohorts(
-            &caller.actor.id,
-            &env.id,
-            version,
-            size.saturating_sub(margin),
-            size.saturating_add(margin),
-        )
-        .await?;
+    let earlier = if close {
+        Vec::new()
+    } else {
+        state
+            .store
+            .earlier_showcase_cohorts(
+                &caller.actor.id,
+                &env.id,
+                version,
+                size.saturating_sub(margin),
+                size.saturating_add(margin),
+                rules.min_cell_size,
+            )
+            .await?
+    };
     for filter in &earlier {
         // recorded filters were valid for this version; one that is not
         // (cannot happen) is no cohort to compare with
@@ -442,29 +464,32 @@ pub async fn ask(
             *filter == asked.cohort,
             &rules,
         ) {
-            record(
-                state,
-                caller,
-                &env,
-                version,
-                &asked,
-                Some(size),
-                ShowcaseQueryOutcome::TooClose,
-            )
-            .await?;
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "too_close",
-                format!(
-                    "this cohort is the same as, or differs by fewer than {} participants from, one you asked before with another filter: comparing the two would describe those few",
-                    rules.min_cell_size
-                ),
-            )
-            .with_field("cohort"));
+            close = true;
+            break;
         }
     }
+    if close {
+        record(
+            state,
+            caller,
+            &env,
+            version,
+            &asked,
+            Some(size),
+            ShowcaseQueryOutcome::TooClose,
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_close",
+            format!(
+                "this cohort, or a cell asked of it, is the same as or differs by fewer than {} participants from numbers already released (the showcase itself, or an earlier answer of this environment's cohort builder): comparing the two would describe those few",
+                rules.min_cell_size
+            ),
+        )
+        .with_field("cohort"));
+    }
 
-    let (cell, aggregates) = columns.aggregate_cohort(&selection, &full, &asked.fields);
     record(
         state,
         caller,

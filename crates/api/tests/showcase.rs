@@ -105,11 +105,15 @@ fn targets() -> Vec<Target> {
 }
 
 async fn start() -> Option<(TestDb, Server, String)> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let db = match TestDb::postgres().await {
         Some(db) => db,
         None => TestDb::sqlite().await,
     };
+    start_on(db).await
+}
+
+async fn start_on(db: TestDb) -> Option<(TestDb, Server, String)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store: &Store = &db.store;
     let mut tokens = HashMap::new();
     for (name, groups) in [
@@ -283,15 +287,80 @@ async fn a_differencing_attack_learns_nothing_and_is_audited() {
         "the audit never holds a true count"
     );
 
-    // another user asking the same is not refused for the others' questions
-    let (status, _) = api
+    // colluding users are users too: another user asking the baseline
+    // without the target is refused, for a released cohort of someone
+    // else's, and told nothing about whose
+    let (status, answer) = api
         .ask(
             "member",
             &env,
             json!({"cohort": {"and": [obese_filter, {"not": obese.filter()}]}}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    for name in ["owner", "collab", "bmi"] {
+        assert!(!message.contains(name), "{message}");
+    }
+    db.finish().await;
+}
+
+/// Attack (one query is enough): the released showcase is an answer
+/// everyone has. Everyone but one target, asked with every showcase field,
+/// would give back the target's values as the cells that differ from the
+/// showcase's; refused for every target, with nothing asked before, and
+/// so is a cohort one target short of one of the showcase's cells. A
+/// cohort the showcase's population is, or a cell of it, is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_showcase_counts_as_an_answer_everyone_has() {
+    let mut dbs = vec![TestDb::sqlite().await];
+    dbs.extend(TestDb::postgres().await);
+    for db in dbs {
+        the_showcase_counts_as_an_answer_everyone_has_on(db).await;
+    }
+}
+
+async fn the_showcase_counts_as_an_answer_everyone_has_on(db: TestDb) {
+    let Some((db, api, env)) = start_on(db).await else {
+        return;
+    };
+    let every_field = json!(["sex", "recruitment_centre", "year_of_birth", "bmi"]);
+    for (i, target) in targets().iter().take(4).enumerate() {
+        let attacker = ["owner", "collab", "member"][i % 3];
+        let (status, answer) = api
+            .ask(
+                attacker,
+                &env,
+                json!({"cohort": {"not": target.filter()}, "fields": every_field}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+        assert_eq!(answer["error"]["code"], "too_close");
+        // one of the showcase's cells without the target
+        let cell = json!({"and": [
+            {"field": "sex", "op": "=", "value": target.sex},
+            {"not": target.filter()}
+        ]});
+        let (status, answer) = api.ask(attacker, &env, json!({"cohort": cell})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    }
+    // what the showcase shows may be asked again, any way it is cut
+    let (status, answer) = api
+        .ask(
+            "owner",
+            &env,
+            json!({"cohort": null, "fields": every_field}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = api
+        .ask(
+            "owner",
+            &env,
+            json!({"cohort": {"field": "sex", "op": "=", "value": "F"}, "fields": ["sex", "bmi"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     db.finish().await;
 }
 

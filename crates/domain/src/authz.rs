@@ -340,13 +340,18 @@ pub fn request_view(
         request: &request,
     };
     authorize(actor, Action::ViewRequest, &object)?;
-    Ok(
-        if authorize(actor, Action::ViewRequestSelection, &object).is_ok() {
-            request
-        } else {
-            request.redacted()
-        },
-    )
+    let requester = request.is_requester(&actor.id);
+    let mut view = if authorize(actor, Action::ViewRequestSelection, &object).is_ok() {
+        request
+    } else {
+        request.redacted()
+    };
+    // the requesters learn their cohort's size from the cohort builder
+    // alone, whose gate compares it with everything released
+    if requester {
+        view.cohort_size = None;
+    }
+    Ok(view)
 }
 
 #[cfg(test)]

@@ -105,16 +105,50 @@ pub fn release(aggregates: &ShowcaseAggregates, rules: &DisclosureRules) -> Show
 /// One field: its cells and its missing values partition the participants,
 /// so they are released together (see [`DisclosureRules::release_partition`]).
 pub fn release_field(aggregate: &FieldAggregate, rules: &DisclosureRules) -> ReleasedField {
-    let (kind, labelled) = match &aggregate.distribution {
-        Distribution::Histogram { edges, bins, years } => {
-            ("histogram", fold_sparse_tails(edges, bins, *years, rules))
-        }
-        Distribution::Categories { categories, other } => (
-            "categories",
-            fold_rare_categories(categories, *other, rules),
+    release_field_grouped(aggregate, rules).0
+}
+
+/// Which participants each released number of a field counts, as groups of
+/// the field's base cells: a histogram's bins `0..=edges.len()`, or its
+/// categories in order with `other` after them. What the disclosure gate
+/// compares, set against set, before any number is shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedGroups {
+    /// Per released cell (in order), its base cells; `None` when the cell
+    /// is suppressed (it releases no number).
+    pub cells: Vec<Option<Vec<usize>>>,
+    /// Whether the present and missing counts are released.
+    pub present: bool,
+    pub missing: bool,
+}
+
+/// [`release_field`] and which base cells each released number counts.
+pub fn release_field_grouped(
+    aggregate: &FieldAggregate,
+    rules: &DisclosureRules,
+) -> (ReleasedField, ReleasedGroups) {
+    let (kind, base, labelled) = match &aggregate.distribution {
+        Distribution::Histogram { edges, bins, years } => (
+            "histogram",
+            bins.clone(),
+            fold_sparse_tails(edges, bins, *years, rules),
         ),
+        Distribution::Categories { categories, other } => {
+            let mut base: Vec<Cell> = categories.iter().map(|(_, c)| *c).collect();
+            base.push(*other);
+            (
+                "categories",
+                base,
+                fold_rare_categories(categories, *other, rules),
+            )
+        }
     };
-    let mut cells: Vec<Cell> = labelled.iter().map(|(_, c)| *c).collect();
+    let merged = |group: &[usize]| {
+        group.iter().fold(Cell::default(), |a, i| {
+            a.merge(base.get(*i).copied().unwrap_or_default())
+        })
+    };
+    let mut cells: Vec<Cell> = labelled.iter().map(|(_, g)| merged(g)).collect();
     // "nobody lacks a value" tells nothing about anyone: an empty missing
     // cell is shown as 0 whatever the zero policy, and is no complement
     let complete = aggregate.missing.count == 0;
@@ -132,7 +166,16 @@ pub fn release_field(aggregate: &FieldAggregate, rules: &DisclosureRules) -> Rel
     } else {
         rules.release(aggregate.present)
     };
-    ReleasedField {
+    let groups = ReleasedGroups {
+        cells: labelled
+            .iter()
+            .zip(&released)
+            .map(|((_, group), count)| (!count.suppressed).then(|| group.clone()))
+            .collect(),
+        present: !present.suppressed,
+        missing: !missing.suppressed,
+    };
+    let field = ReleasedField {
         dataset: aggregate.field.dataset.clone(),
         field: aggregate.field.field.clone(),
         field_type: aggregate.field_type,
@@ -144,22 +187,22 @@ pub fn release_field(aggregate: &FieldAggregate, rules: &DisclosureRules) -> Rel
             .zip(released)
             .map(|((label, _), count)| ReleasedCell { label, count })
             .collect(),
-    }
+    };
+    (field, groups)
 }
 
 /// Bins with their labels, after folding small bins at either end into the
 /// open first and last bins (so no label says where the few extreme values
-/// lie).
+/// lie): each label with the bins it holds.
 fn fold_sparse_tails(
     edges: &[f64],
     bins: &[Cell],
     years: bool,
     rules: &DisclosureRules,
-) -> Vec<(String, Cell)> {
+) -> Vec<(String, Vec<usize>)> {
     if bins.len() != edges.len() + 1 || edges.is_empty() {
         // nothing to fold (or inconsistent input): one bin for everyone
-        let all = bins.iter().fold(Cell::default(), |a, b| a.merge(*b));
-        return vec![("all".to_owned(), all)];
+        return vec![("all".to_owned(), (0..bins.len()).collect())];
     }
     let sparse = |c: &Cell| c.count < rules.min_cell_size;
     let (mut first, mut last) = (0usize, bins.len() - 1);
@@ -182,10 +225,9 @@ fn fold_sparse_tails(
     {
         last -= 1;
     }
-    let merged = |range: &[Cell]| range.iter().fold(Cell::default(), |a, b| a.merge(*b));
     let edge = |i: usize| format_edge(edges[i], years);
     let mut out = Vec::new();
-    out.push((format!("< {}", edge(first)), merged(&bins[..=first])));
+    out.push((format!("< {}", edge(first)), (0..=first).collect()));
     for i in first + 1..last {
         let label = if years && edges[i] - edges[i - 1] == 1.0 {
             edge(i - 1)
@@ -194,9 +236,12 @@ fn fold_sparse_tails(
         } else {
             format!("{} to < {}", edge(i - 1), edge(i))
         };
-        out.push((label, bins[i]));
+        out.push((label, vec![i]));
     }
-    out.push((format!(">= {}", edge(last - 1)), merged(&bins[last..])));
+    out.push((
+        format!(">= {}", edge(last - 1)),
+        (last..bins.len()).collect(),
+    ));
     out
 }
 
@@ -212,24 +257,27 @@ fn format_edge(edge: f64, years: bool) -> String {
 
 /// Categories below the minimum cell size go into `other` (their names are
 /// not shown); `other` is listed last when it has anyone, or when anything
-/// was folded into it.
+/// was folded into it. Each label with its categories (`other` is index
+/// `categories.len()`).
 fn fold_rare_categories(
     categories: &[(String, Cell)],
     other: Cell,
     rules: &DisclosureRules,
-) -> Vec<(String, Cell)> {
+) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
-    let mut rest = other;
+    let mut rest = vec![categories.len()];
+    let mut rest_count = other.count;
     let mut folded = false;
-    for (name, cell) in categories {
+    for (i, (name, cell)) in categories.iter().enumerate() {
         if cell.count < rules.min_cell_size {
-            rest = rest.merge(*cell);
+            rest.push(i);
+            rest_count += cell.count;
             folded = true;
         } else {
-            out.push((name.clone(), *cell));
+            out.push((name.clone(), vec![i]));
         }
     }
-    if rest.count > 0 || folded {
+    if rest_count > 0 || folded {
         out.push(("other".to_owned(), rest));
     }
     out

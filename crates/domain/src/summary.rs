@@ -67,6 +67,29 @@ pub struct SelectionSummary {
     pub files: Vec<FileCollectionSummary>,
     /// Empty for those who may not see the selection.
     pub collections: Vec<CollectionSummary>,
+    /// Every count is withheld from this viewer (null): the request's own
+    /// requesters learn the size of a cohort from the cohort builder,
+    /// which compares it with everything released before answering; the
+    /// summary would be a second way round that check.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub counts_withheld: bool,
+}
+
+impl SelectionSummary {
+    /// The summary without a single count (see
+    /// [`SelectionSummary::counts_withheld`]).
+    pub fn without_counts(mut self) -> Self {
+        self.cohort = Released::SUPPRESSED;
+        for dataset in &mut self.datasets {
+            dataset.rows = Released::SUPPRESSED;
+        }
+        for files in &mut self.files {
+            files.files = Released::SUPPRESSED;
+            files.bytes = None;
+        }
+        self.counts_withheld = true;
+        self
+    }
 }
 
 const MIB: u64 = 1 << 20;
@@ -124,6 +147,7 @@ pub fn release(
                     .collect()
             })
             .unwrap_or_default(),
+        counts_withheld: false,
     }
 }
 

@@ -62,7 +62,7 @@ pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use requests::HistoryEntry;
-pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseView};
+pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView};
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};
 pub use workspaces::{NewWorkspace, Workspace};
@@ -323,6 +323,16 @@ fn migrator(backend: Backend) -> Migrator {
             "dispense units owned by one round".into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!("../migrations/0018_unit_rounds.sql")).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            19,
+            "answered showcase cohorts by size".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!(
+                "../migrations/0019_showcase_answers_by_size.sql"
+            ))
+            .into_sql_str(),
             false,
         ),
     ])

@@ -25,6 +25,29 @@ pub enum ShowcaseQueryOutcome {
     TooClose,
     /// Refused: the user asked too often this minute.
     RateLimited,
+    /// A submitted request's cohort counted below the minimum cohort size
+    /// (released count): back to its owner, who learns only that.
+    BelowMinimum,
+}
+
+/// What asked for a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShowcaseQuerySource {
+    /// The cohort builder (`POST .../showcase/query`).
+    Builder,
+    /// The count of a submitted request, whose owner learns whether it
+    /// reaches the minimum cohort size.
+    Request,
+}
+
+impl ShowcaseQuerySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builder => "builder",
+            Self::Request => "request",
+        }
+    }
 }
 
 impl ShowcaseQueryOutcome {
@@ -33,6 +56,7 @@ impl ShowcaseQueryOutcome {
             Self::Answered => "answered",
             Self::TooClose => "too_close",
             Self::RateLimited => "rate_limited",
+            Self::BelowMinimum => "below_minimum",
         }
     }
 }
@@ -48,6 +72,7 @@ pub struct ShowcaseQuery<'a> {
     /// The true size; recorded, never released. None when not evaluated.
     pub cohort_size: Option<u64>,
     pub outcome: ShowcaseQueryOutcome,
+    pub source: ShowcaseQuerySource,
 }
 
 /// What `GET /v1/environments/{id}/showcase` answers.
@@ -201,9 +226,12 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The distinct filters of `user`'s answered queries of this version
-    /// whose cohorts had between `smallest` and `largest` participants:
-    /// only those can be closer than the minimum cell size to a new one.
+    /// The answered queries of this version whose cohorts had between
+    /// `smallest` and `largest` participants: only those can be closer than
+    /// the minimum cell size to a new one. Those of `user`, and of everyone
+    /// else those of at least `released` participants (whose count was
+    /// shown: a suppressed count released nothing to compare with). Each
+    /// distinct filter once.
     pub async fn earlier_showcase_cohorts(
         &self,
         user: &UserId,
@@ -211,17 +239,20 @@ impl Store {
         version: u32,
         smallest: u64,
         largest: u64,
+        released: u64,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         let rows = sqlx::query(
             "SELECT DISTINCT cohort FROM showcase_queries \
-             WHERE user_id = $1 AND environment_id = $2 AND version = $3 \
-               AND outcome = 'answered' AND cohort_size BETWEEN $4 AND $5",
+             WHERE environment_id = $1 AND version = $2 \
+               AND outcome = 'answered' AND cohort_size BETWEEN $3 AND $4 \
+               AND (user_id = $5 OR cohort_size >= $6)",
         )
-        .bind(user.as_str())
         .bind(environment.as_str())
         .bind(i64::from(version))
         .bind(i64::try_from(smallest).unwrap_or(i64::MAX))
         .bind(i64::try_from(largest).unwrap_or(i64::MAX))
+        .bind(user.as_str())
+        .bind(i64::try_from(released).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -255,7 +286,7 @@ impl Store {
             // the record and its audit event: one statement on PostgreSQL
             let record = Insert::new(
                 "INSERT INTO showcase_queries \
-                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at)",
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source)",
                 "",
             )
             .row(vec![
@@ -268,6 +299,7 @@ impl Store {
                 Arg::NullableInt(size),
                 Arg::from(query.outcome.as_str()),
                 Arg::Int(at.0),
+                Arg::from(query.source.as_str()),
             ]);
             let audit = AuditRecord {
                 actor: caller.actor.id.as_str(),
@@ -281,6 +313,7 @@ impl Store {
                     "cohort": query.cohort,
                     "fields": query.fields,
                     "outcome": query.outcome,
+                    "source": query.source,
                 }),
                 trace_id: &caller.trace_id,
                 claim: caller.idempotency.as_ref(),

@@ -35,7 +35,8 @@ impl Store {
 
     /// The selection summary of the request's current round, for those who
     /// may see the request (owner, collaborators, reviewers, the
-    /// environment's admins; the admins without the selection's fields).
+    /// environment's admins; the admins without the selection's fields;
+    /// the owner and collaborators without any count).
     /// `None` until the round's cohort is counted.
     pub async fn selection_summary(
         &self,
@@ -60,11 +61,17 @@ impl Store {
                 message: e.to_string(),
             })?;
         let env = self.system_environment(&request.environment_id).await?;
-        Ok(Some(summary::release(
+        let released = summary::release(
             &counts,
             request.selection.as_ref(),
             &DisclosureRules::of(&env.policies),
-        )))
+        );
+        // the requesters' counts come from the cohort builder's gate only
+        Ok(Some(if request.is_requester(&caller.actor.id) {
+            released.without_counts()
+        } else {
+            released
+        }))
     }
 
     /// The summaries of the current rounds of `requests`, which the caller

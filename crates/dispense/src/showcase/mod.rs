@@ -4,9 +4,11 @@
 //! cell-key method), and counts them for everyone (the showcase job) or for
 //! a cohort. Nothing here is released: `tre_domain::showcase::release` is.
 
+mod gate;
 mod keys;
 mod select;
 
+pub use gate::first_conflict;
 pub use keys::{cohort_cell, cohort_files, cohort_rows, record_hasher, record_key};
 pub use select::Selection;
 
@@ -63,6 +65,14 @@ pub struct ShowcaseColumns {
     /// from here without a scan. Made by the first query (the showcase job
     /// never needs them).
     postings: std::sync::OnceLock<HashMap<String, Postings>>,
+    /// What the showcase released of this version, as sets (see
+    /// [`ShowcaseColumns::public_sets`]), for the rules it was made for.
+    public: std::sync::Mutex<
+        Option<(
+            tre_domain::disclosure::DisclosureRules,
+            std::sync::Arc<Vec<Selection>>,
+        )>,
+    >,
 }
 
 /// How a field is binned: the full showcase's shape, reused for cohorts so
@@ -173,6 +183,7 @@ impl ShowcaseColumns {
                 .map(|b| (b.field.field.clone(), b.edges.iter().map(|e| e.0).collect()))
                 .collect(),
             postings: std::sync::OnceLock::new(),
+            public: std::sync::Mutex::new(None),
         })
     }
 
