@@ -129,6 +129,7 @@ impl CohortCounter {
                     cohort_size: Some(keys.len() as u64),
                     outcome,
                     source: ShowcaseQuerySource::Request,
+                    sets: &[],
                 },
             )
             .await?;

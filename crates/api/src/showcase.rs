@@ -24,11 +24,13 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
-use tre_dispense::showcase::{ShowcaseColumns, first_conflict};
+use tre_dispense::showcase::{ShowcaseColumns, first_conflict, sketch_distance};
 use tre_domain::disclosure::{DisclosureRules, Released, too_close};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
-use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView};
+use tre_store::{
+    Caller, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView,
+};
 
 use crate::guard::{Allowed, ViewsShowcase};
 use crate::routes::{Endpoint, PathForm, body, op};
@@ -311,6 +313,7 @@ fn queryable(env: &Environment) -> Result<(BTreeSet<&str>, &tre_domain::Dataset)
     Ok((fields, dataset))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn record(
     state: &AppState,
     caller: &Caller,
@@ -319,6 +322,7 @@ async fn record(
     asked: &CohortQuery,
     size: Option<u64>,
     outcome: ShowcaseQueryOutcome,
+    sets: &[ReleasedSet],
 ) -> Result<()> {
     state
         .store
@@ -332,6 +336,7 @@ async fn record(
                 cohort_size: size,
                 outcome,
                 source: ShowcaseQuerySource::Builder,
+                sets,
             },
         )
         .await?;
@@ -391,6 +396,7 @@ pub async fn ask(
             &asked,
             None,
             ShowcaseQueryOutcome::RateLimited,
+            &[],
         )
         .await?;
         return Err(ApiError::new(
@@ -468,6 +474,21 @@ pub async fn ask(
             break;
         }
     }
+    // ... and every set earlier answers released, cell against cell: those
+    // of about the same sizes whose sketches are near are evaluated again
+    let sketches: Vec<ReleasedSet> = sets
+        .iter()
+        .map(|set| ReleasedSet {
+            size: set.len(),
+            sketch: columns.sketch(set),
+        })
+        .collect();
+    if !close {
+        close = near_an_earlier_answer(
+            state, &env, version, &asked, &columns, &full, &rules, &sets, &sketches,
+        )
+        .await?;
+    }
     if close {
         record(
             state,
@@ -477,6 +498,7 @@ pub async fn ask(
             &asked,
             Some(size),
             ShowcaseQueryOutcome::TooClose,
+            &[],
         )
         .await?;
         return Err(ApiError::new(
@@ -498,6 +520,7 @@ pub async fn ask(
         &asked,
         Some(size),
         ShowcaseQueryOutcome::Answered,
+        &sketches,
     )
     .await?;
     Ok(CohortAnswer {
@@ -509,6 +532,87 @@ pub async fn ask(
             .map(|a| release_field(a, &rules))
             .collect(),
     })
+}
+
+/// Whether one of `sets` (with their `sketches`) differs from a set an
+/// earlier answer of this version released by more than nobody and fewer
+/// than the minimum cell size. The earlier sets of about the same sizes are
+/// read from SQL; those whose sketches are far enough are set aside
+/// without more; the queries of the rest are evaluated again (each
+/// distinct one once) and compared set against set.
+#[allow(clippy::too_many_arguments)]
+async fn near_an_earlier_answer(
+    state: &AppState,
+    env: &Environment,
+    version: u32,
+    asked: &CohortQuery,
+    columns: &ShowcaseColumns,
+    full: &ShowcaseAggregates,
+    rules: &DisclosureRules,
+    sets: &[tre_dispense::showcase::Selection],
+    sketches: &[ReleasedSet],
+) -> Result<bool> {
+    let k = rules.min_cell_size;
+    let margin = k.saturating_sub(1);
+    let mut windows: Vec<(u64, u64)> = sketches
+        .iter()
+        .map(|s| (s.size.saturating_sub(margin), s.size.saturating_add(margin)))
+        .collect();
+    windows.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (low, high) in windows {
+        match merged.last_mut() {
+            Some(last) if low <= last.1.saturating_add(1) => last.1 = last.1.max(high),
+            _ => merged.push((low, high)),
+        }
+    }
+    if merged.is_empty() {
+        return Ok(false);
+    }
+    let logged = state
+        .store
+        .released_sets_near(&env.id, version, &merged)
+        .await?;
+    let mut candidates: Vec<String> = logged
+        .into_iter()
+        .filter(|earlier| {
+            sketches.iter().any(|mine| {
+                mine.size.abs_diff(earlier.set.size) < k
+                    && sketch_distance(&mine.sketch, &earlier.set.sketch) < k
+            })
+        })
+        .map(|earlier| earlier.query)
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    if candidates.is_empty() {
+        return Ok(false);
+    }
+    let (_, dataset) = queryable(env)?;
+    let mut seen = BTreeSet::new();
+    for earlier in state.store.logged_queries(&candidates).await? {
+        // the same question asked again has the same answer
+        if earlier.cohort == asked.cohort && earlier.fields == asked.fields {
+            continue;
+        }
+        if !seen.insert((earlier.cohort.to_string(), earlier.fields.clone())) {
+            continue;
+        }
+        let Ok(filter) = tre_domain::cohort::parse_optional(&earlier.cohort, dataset) else {
+            continue;
+        };
+        let selection = columns
+            .select(filter.as_ref())
+            .map_err(source_unavailable)?;
+        let cohort_shown = !rules.is_small(selection.len());
+        let mut theirs =
+            columns.released_sets(&selection, cohort_shown, full, &earlier.fields, rules);
+        theirs.sort_by_key(tre_dispense::showcase::Selection::len);
+        if first_conflict(sets, &theirs, k).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn invalid(field: &str, message: String) -> ApiError {

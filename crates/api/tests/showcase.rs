@@ -353,6 +353,56 @@ async fn the_showcase_counts_as_an_answer_everyone_has_on(db: TestDb) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
+    // the edge of a BMI bin at or below 30, from the labels shown
+    let bmi = answer["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "bmi")
+        .unwrap();
+    let edge = bmi["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| {
+            let label = c["label"].as_str()?;
+            let low = label.split(" to < ").next()?.trim_start_matches(">= ");
+            low.parse::<f64>().ok()
+        })
+        .filter(|e| *e <= 30.0)
+        .fold(f64::MIN, f64::max);
+    assert!(edge > 20.0, "{bmi}");
+
+    // cell against cell, across users: one user is shown the BMI cells of
+    // the women; another asks a cohort far from theirs (the old women with
+    // a lower BMI, and the women with a higher one but the target), whose
+    // cells above the edge would be the first user's minus the target: refused
+    let woman = targets()
+        .into_iter()
+        .find(|t| t.sex == "F" && t.obese)
+        .expect("an obese woman alone in her group");
+    let women = json!({"field": "sex", "op": "=", "value": "F"});
+    let (status, answer) = api
+        .ask("collab", &env, json!({"cohort": women, "fields": ["bmi"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let above = json!({"field": "bmi", "op": ">=", "value": edge});
+    let below = json!({"field": "bmi", "op": "<", "value": edge});
+    let tracker = json!({"or": [
+        {"and": [women, above, {"not": woman.filter()}]},
+        {"and": [women, below, {"field": "year_of_birth", "op": "<", "value": 1950}]}
+    ]});
+    let (status, answer) = api
+        .ask(
+            "member",
+            &env,
+            json!({"cohort": tracker, "fields": ["bmi"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    // without the bins it is a cohort far from every other: answered
+    let (status, answer) = api.ask("member", &env, json!({"cohort": tracker})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let (status, answer) = api
         .ask(
             "owner",

@@ -62,7 +62,10 @@ pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use requests::HistoryEntry;
-pub use showcase::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView};
+pub use showcase::{
+    LoggedQuery, LoggedSet, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource,
+    ShowcaseView,
+};
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};
 pub use workspaces::{NewWorkspace, Workspace};

@@ -73,6 +73,32 @@ pub struct ShowcaseQuery<'a> {
     pub cohort_size: Option<u64>,
     pub outcome: ShowcaseQueryOutcome,
     pub source: ShowcaseQuerySource,
+    /// The sets an answer released numbers of, kept for later answers'
+    /// comparisons (none for a refusal).
+    pub sets: &'a [ReleasedSet],
+}
+
+/// One set of participants an answer released a number of: its size and
+/// the sketch of its members (see `showcase_released_sets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasedSet {
+    pub size: u64,
+    pub sketch: Vec<u32>,
+}
+
+/// A set an earlier answer released, and the query that did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedSet {
+    pub query: String,
+    pub set: ReleasedSet,
+}
+
+/// An earlier answered query, as asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedQuery {
+    pub id: String,
+    pub cohort: serde_json::Value,
+    pub fields: Vec<String>,
 }
 
 /// What `GET /v1/environments/{id}/showcase` answers.
@@ -318,8 +344,96 @@ impl Store {
                 trace_id: &caller.trace_id,
                 claim: caller.idempotency.as_ref(),
             };
-            self.write(Writes::new(audit, at).insert(record)).await
+            let mut sets = Insert::new(
+                "INSERT INTO showcase_released_sets (query_id, environment_id, version, size, sketch)",
+                "",
+            );
+            for set in query.sets {
+                let sketch: Vec<String> = set.sketch.iter().map(u32::to_string).collect();
+                sets = sets.row(vec![
+                    Arg::from(id.as_str()),
+                    Arg::from(query.environment.as_str()),
+                    Arg::Int(i64::from(query.version)),
+                    Arg::Int(i64::try_from(set.size).unwrap_or(i64::MAX)),
+                    Arg::from(sketch.join(",").as_str()),
+                ]);
+            }
+            self.write(Writes::new(audit, at).insert(record).insert(sets))
+                .await
         })
         .await
+    }
+
+    /// The sets earlier answers of this version released whose sizes lie
+    /// in one of `windows` (inclusive bounds, disjoint).
+    pub async fn released_sets_near(
+        &self,
+        environment: &EnvironmentId,
+        version: u32,
+        windows: &[(u64, u64)],
+    ) -> Result<Vec<LoggedSet>, StoreError> {
+        let mut out = Vec::new();
+        // a few hundred windows at most; in chunks, each one statement
+        for chunk in windows.chunks(200) {
+            let ranges: Vec<String> = (0..chunk.len())
+                .map(|i| format!("size BETWEEN ${} AND ${}", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let sql = format!(
+                "SELECT query_id, size, sketch FROM showcase_released_sets \
+                 WHERE environment_id = $1 AND version = $2 AND ({})",
+                ranges.join(" OR ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(environment.as_str())
+                .bind(i64::from(version));
+            for (low, high) in chunk {
+                q = q
+                    .bind(i64::try_from(*low).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(*high).unwrap_or(i64::MAX));
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let sketch: String = row.try_get(2)?;
+                out.push(LoggedSet {
+                    query: row.try_get(0)?,
+                    set: ReleasedSet {
+                        size: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                        sketch: sketch.split(',').filter_map(|n| n.parse().ok()).collect(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Earlier queries by id, as asked (their filter and fields).
+    pub async fn logged_queries(&self, ids: &[String]) -> Result<Vec<LoggedQuery>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, cohort, fields FROM showcase_queries WHERE id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let id: String = row.try_get(0)?;
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                    object: "showcase query",
+                    id: id.clone(),
+                    message: e.to_string(),
+                };
+                let cohort: String = row.try_get(1)?;
+                let fields: String = row.try_get(2)?;
+                out.push(LoggedQuery {
+                    cohort: serde_json::from_str(&cohort).map_err(corrupt)?,
+                    fields: serde_json::from_str(&fields).map_err(corrupt)?,
+                    id,
+                });
+            }
+        }
+        Ok(out)
     }
 }

@@ -153,6 +153,40 @@ impl ShowcaseColumns {
     }
 }
 
+/// Buckets of a set's sketch: its members counted by the top bits of their
+/// record keys.
+pub const SKETCH_BUCKETS: usize = 16;
+
+impl ShowcaseColumns {
+    /// The sketch of `set`: how many of its members fall in each of
+    /// [`SKETCH_BUCKETS`] buckets of record keys. Two sets whose sketches
+    /// are `d` apart ([`sketch_distance`]) differ by at least `d`
+    /// participants, so most sets far apart are told without their members.
+    pub fn sketch(&self, set: &Selection) -> Vec<u32> {
+        let mut out = vec![0u32; SKETCH_BUCKETS];
+        let shift = 32 - SKETCH_BUCKETS.trailing_zeros();
+        for row in set.bits.set_indices() {
+            out[(self.record_keys[row] >> shift) as usize] += 1;
+        }
+        out
+    }
+}
+
+/// How far apart two sketches are: the sum of their buckets' differences,
+/// a lower bound of the number of participants in exactly one of the two
+/// sets.
+pub fn sketch_distance(a: &[u32], b: &[u32]) -> u64 {
+    (0..a.len().max(b.len()))
+        .map(|i| {
+            let (x, y) = (
+                a.get(i).copied().unwrap_or(0),
+                b.get(i).copied().unwrap_or(0),
+            );
+            u64::from(x.abs_diff(y))
+        })
+        .sum()
+}
+
 /// The first of `asked` that differs from one of `released` (sorted by
 /// size) by more than nobody and fewer than `min_cell_size` participants:
 /// its index, or `None` when every set is as far as the rules ask.

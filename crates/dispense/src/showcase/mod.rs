@@ -8,7 +8,7 @@ mod gate;
 mod keys;
 mod select;
 
-pub use gate::first_conflict;
+pub use gate::{SKETCH_BUCKETS, first_conflict, sketch_distance};
 pub use keys::{cohort_cell, cohort_files, cohort_rows, record_hasher, record_key};
 pub use select::Selection;
 
