@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -28,6 +29,18 @@ struct Histogram {
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     durations: Mutex<BTreeMap<String, Histogram>>,
+    /// What the showcase's disclosure gate did (see `crate::showcase`).
+    pub(crate) gate: GateCounters,
+}
+
+/// The showcase gate's work: answers checked against earlier ones, the
+/// earlier sets it read (those of about the same sizes), and the earlier
+/// queries it had to evaluate again (their sketches were near).
+#[derive(Debug, Default)]
+pub(crate) struct GateCounters {
+    pub(crate) checks: AtomicU64,
+    pub(crate) sets_read: AtomicU64,
+    pub(crate) queries_evaluated: AtomicU64,
 }
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -104,6 +117,22 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
             "tre_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
         );
     }
+    let gate = &state.metrics.gate;
+    let _ = write!(
+        out,
+        "# HELP tre_showcase_gate_checks_total Cohort-builder answers compared with earlier answers.\n\
+         # TYPE tre_showcase_gate_checks_total counter\n\
+         tre_showcase_gate_checks_total {}\n\
+         # HELP tre_showcase_gate_sets_read_total Earlier released sets read for those comparisons (about the same sizes).\n\
+         # TYPE tre_showcase_gate_sets_read_total counter\n\
+         tre_showcase_gate_sets_read_total {}\n\
+         # HELP tre_showcase_gate_queries_evaluated_total Earlier queries evaluated again (their sets' sketches were near).\n\
+         # TYPE tre_showcase_gate_queries_evaluated_total counter\n\
+         tre_showcase_gate_queries_evaluated_total {}\n",
+        gate.checks.load(Ordering::Relaxed),
+        gate.sets_read.load(Ordering::Relaxed),
+        gate.queries_evaluated.load(Ordering::Relaxed),
+    );
     if let Ok(depth) = state.store.job_counts().await {
         out.push_str(&depth.to_prometheus());
     }

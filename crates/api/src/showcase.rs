@@ -14,6 +14,7 @@
 //! again.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -24,7 +25,9 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
-use tre_dispense::showcase::{ShowcaseColumns, first_conflict, sketch_distance};
+use tre_dispense::showcase::{
+    ShowcaseColumns, first_conflict, first_conflict_between, sketch_distance,
+};
 use tre_domain::disclosure::{DisclosureRules, Released, too_close};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
@@ -431,7 +434,7 @@ pub async fn ask(
         &selection,
         !rules.release(cell).suppressed,
         &full,
-        &asked.fields,
+        &aggregates,
         &rules,
     );
     let public = columns.public_sets(&full, &rules);
@@ -457,6 +460,10 @@ pub async fn ask(
             .await?
     };
     for filter in &earlier {
+        // the same filter asked again: the same cohort, the same answer
+        if *filter == asked.cohort {
+            continue;
+        }
         // recorded filters were valid for this version; one that is not
         // (cannot happen) is no cohort to compare with
         let Ok(before) = tre_domain::cohort::parse_optional(filter, dataset) else {
@@ -481,6 +488,7 @@ pub async fn ask(
         .map(|set| ReleasedSet {
             size: set.len(),
             sketch: columns.sketch(set),
+            fingerprint: columns.fingerprint(set),
         })
         .collect();
     if !close {
@@ -549,7 +557,7 @@ async fn near_an_earlier_answer(
     columns: &ShowcaseColumns,
     full: &ShowcaseAggregates,
     rules: &DisclosureRules,
-    sets: &[tre_dispense::showcase::Selection],
+    sets: &[tre_dispense::showcase::Members],
     sketches: &[ReleasedSet],
 ) -> Result<bool> {
     let k = rules.min_cell_size;
@@ -573,6 +581,10 @@ async fn near_an_earlier_answer(
         .store
         .released_sets_near(&env.id, version, &merged)
         .await?;
+    let gate = &state.metrics.gate;
+    gate.checks.fetch_add(1, Ordering::Relaxed);
+    gate.sets_read
+        .fetch_add(logged.len() as u64, Ordering::Relaxed);
     let mut candidates: Vec<String> = logged
         .into_iter()
         .filter(|earlier| {
@@ -601,14 +613,14 @@ async fn near_an_earlier_answer(
         let Ok(filter) = tre_domain::cohort::parse_optional(&earlier.cohort, dataset) else {
             continue;
         };
+        gate.queries_evaluated.fetch_add(1, Ordering::Relaxed);
         let selection = columns
             .select(filter.as_ref())
             .map_err(source_unavailable)?;
         let cohort_shown = !rules.is_small(selection.len());
-        let mut theirs =
-            columns.released_sets(&selection, cohort_shown, full, &earlier.fields, rules);
-        theirs.sort_by_key(tre_dispense::showcase::Selection::len);
-        if first_conflict(sets, &theirs, k).is_some() {
+        let (_, counted) = columns.aggregate_cohort(&selection, full, &earlier.fields);
+        let theirs = columns.released_sets(&selection, cohort_shown, full, &counted, rules);
+        if first_conflict_between(sets, &theirs, k).is_some() {
             return Ok(true);
         }
     }

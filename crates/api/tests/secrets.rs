@@ -11,7 +11,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::*;
 use tre_testkit::TestDb;
@@ -150,28 +150,7 @@ async fn no_secret_at_rest(db: TestDb) {
         .await,
     );
     // a workspace of an approved request's project
-    let request = api.draft(&env).await;
-    api.submit("owner", &request).await;
-    for (reviewer, stage) in [("rev1", 0), ("rev2a", 1), ("rev2b", 1)] {
-        api.ok(
-            reviewer,
-            Method::POST,
-            &format!("/v1/requests/{request}/decisions"),
-            Some(json!({"stage": stage, "decision": "approve"})),
-        )
-        .await;
-    }
-    let project = api
-        .ok(
-            "owner",
-            Method::POST,
-            &format!("/v1/requests/{request}/projects"),
-            None,
-        )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, project) = in_review_and_project(&api, &env).await;
     secrets.push(
         minted_once(
             &api,

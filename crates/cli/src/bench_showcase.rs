@@ -36,7 +36,16 @@ pub struct ShowcaseBenchArgs {
     /// database; default: a SQLite file in a temporary folder).
     #[arg(long)]
     scratch_database_url: Option<String>,
+    /// Earlier answered queries logged before the HTTP run (each with the
+    /// sets it released), which the disclosure gate compares every new
+    /// answer with.
+    #[arg(long, default_value_t = 100_000)]
+    logged: usize,
 }
+
+/// Distinct cohorts the logged history cycles through (the timed queries
+/// ask half of them again, as popular cohorts are).
+const LOGGED_DISTINCT: usize = 2_000;
 
 /// The showcase: every kind of field the showcase counts.
 const FIELDS: [&str; 6] = [
@@ -200,6 +209,8 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
         .map(|i| tre_domain::cohort::parse_optional(&cohort(i, &centres), &dataset))
         .collect::<Result<_, _>>()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rules = tre_domain::disclosure::DisclosureRules::of(&tre_domain::Policies::default());
+    let rules = &rules;
     let started = Instant::now();
     let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -216,9 +227,27 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
                         if let Some(p) = &previous {
                             std::hint::black_box(selection.difference(p));
                         }
-                        let answer =
+                        let (cell, counted) =
                             columns.aggregate_cohort(&selection, aggregates, &["bmi".to_owned()]);
-                        std::hint::black_box(answer);
+                        // the disclosure gate's own work: the answer's
+                        // sets, their sketches, the showcase's sets
+                        let sets = columns.released_sets(
+                            &selection,
+                            !rules.is_small(cell.count),
+                            aggregates,
+                            &counted,
+                            rules,
+                        );
+                        std::hint::black_box(counted);
+                        for set in &sets {
+                            std::hint::black_box((columns.sketch(set), columns.fingerprint(set)));
+                        }
+                        let public = columns.public_sets(aggregates, rules);
+                        std::hint::black_box(tre_dispense::showcase::first_conflict(
+                            &sets,
+                            &public,
+                            rules.min_cell_size,
+                        ));
                         mine.push(began.elapsed());
                         previous = Some(selection);
                     }
@@ -236,7 +265,7 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
     let qps = latencies.len() as f64 / elapsed;
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     println!(
-        "cohort builder: {} queries on {threads} threads over {} participants: {qps:.0} queries/s, p50 {p50:.2} ms, p99 {p99:.2} ms (select, one differencing comparison, one field's distribution; no HTTP or SQL)",
+        "cohort builder: {} queries on {threads} threads over {} participants: {qps:.0} queries/s, p50 {p50:.2} ms, p99 {p99:.2} ms (select, one differencing comparison, one field's distribution, the gate's sets against the showcase's; no HTTP or SQL)",
         latencies.len(),
         columns.rows()
     );
@@ -245,26 +274,45 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
     // the same queries through the API: HTTP, authorization, rate limit,
     // the differencing check against each user's earlier cohorts, and the
     // query recorded and audited in SQL
-    let (http_qps, http_p99, refused) = through_the_api(
+    let timed = filters_json(args.queries, &centres);
+    let gate = through_the_api(
         &args,
         &root,
         &inventory,
-        &filters_json(args.queries, &centres),
+        &timed,
+        &timed[..timed.len().min(2 * LOGGED_DISTINCT)]
+            .iter()
+            .step_by(2)
+            .cloned()
+            .chain(
+                filters_json(2 * LOGGED_DISTINCT, &centres)
+                    .into_iter()
+                    .skip(args.queries),
+            )
+            .collect::<Vec<_>>(),
     )
     .await?;
+    let (http_qps, http_p99) = (gate.queries_per_s, gate.p99_ms);
     println!(
-        "cohort builder over HTTP: {} queries from 8 users, 4 clients, a server in this process on {}: {http_qps:.0} queries/s, p99 {http_p99:.2} ms ({refused} refused as too close to an earlier cohort)",
+        "cohort builder over HTTP: {} queries from 8 users, 4 clients, a server in this process on {}, after {} logged answers: {http_qps:.0} queries/s, p99 {http_p99:.2} ms ({} refused as too close); the gate read {:.0} earlier sets and evaluated {:.2} earlier queries again per answer",
         args.queries,
         if args.scratch_database_url.is_some() {
             "the scratch database"
         } else {
             "SQLite"
         },
+        args.logged,
+        gate.refused,
+        gate.sets_read,
+        gate.evaluated,
     );
     println!("(medians of {} runs)", args.runs.max(1));
     println!(
-        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} http_queries_per_s={http_qps:.0} http_p99_ms={http_p99:.2} peak_rss_mb={rss:.0}",
-        duckdb_s.map_or("none".to_owned(), |d| format!("{d:.3}"))
+        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} http_queries_per_s={http_qps:.0} http_p99_ms={http_p99:.2} logged_answers={} gate_sets_read_per_answer={:.0} gate_evaluated_per_answer={:.2} peak_rss_mb={rss:.0}",
+        duckdb_s.map_or("none".to_owned(), |d| format!("{d:.3}")),
+        args.logged,
+        gate.sets_read,
+        gate.evaluated,
     );
     Ok(())
 }
@@ -282,7 +330,8 @@ async fn through_the_api(
     root: &std::path::Path,
     inventory: &Inventory,
     filters: &[serde_json::Value],
-) -> Result<(f64, f64, usize)> {
+    history: &[serde_json::Value],
+) -> Result<GateRun> {
     use tre_domain::{EnvironmentCommand, NewEnvironment, Principal};
     let dir = std::env::temp_dir().join(format!("tre-bench-showcase-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -358,9 +407,54 @@ async fn through_the_api(
     let secret = store.showcase_secret(&env.id).await?;
     let current = published.inventory.as_ref().context("published")?;
     let loaded = ShowcaseColumns::load(&source, current, &secret).await?;
-    store
-        .save_showcase_aggregates(&env.id, &loaded.aggregate_all())
-        .await?;
+    let aggregates = loaded.aggregate_all();
+    store.save_showcase_aggregates(&env.id, &aggregates).await?;
+    // the history: earlier answers of 8 other users, each with its sets
+    let seeding = Instant::now();
+    let rules = tre_domain::disclosure::DisclosureRules::of(&published.policies);
+    let dataset = current.cohort().context("a cohort dataset")?;
+    let fields = vec!["bmi".to_owned()];
+    let mut distinct = Vec::new();
+    for i in 0..LOGGED_DISTINCT.min(args.logged) {
+        let cohort = history[i % history.len()].clone();
+        let filter = tre_domain::cohort::parse_optional(&cohort, dataset)?;
+        let selection = loaded.select(filter.as_ref())?;
+        let shown = !rules.is_small(selection.len());
+        let (_, counted) = loaded.aggregate_cohort(&selection, &aggregates, &fields);
+        let sets: Vec<tre_store::ReleasedSet> = loaded
+            .released_sets(&selection, shown, &aggregates, &counted, &rules)
+            .iter()
+            .map(|set| tre_store::ReleasedSet {
+                size: set.len(),
+                sketch: loaded.sketch(set),
+                fingerprint: loaded.fingerprint(set),
+            })
+            .collect();
+        distinct.push((cohort, selection.len(), sets));
+    }
+    let mut answers = Vec::with_capacity(args.logged);
+    for j in 0..args.logged {
+        let (cohort, size, sets) = &distinct[j % distinct.len().max(1)];
+        answers.push(tre_store::SeededAnswer {
+            user: tre_domain::UserId::from(format!("bench-earlier-{run}-{}", j % 8).as_str()),
+            cohort: cohort.clone(),
+            fields: fields.clone(),
+            cohort_size: *size,
+            sets: sets.clone(),
+        });
+    }
+    let logged_sets: usize = answers.iter().map(|a| a.sets.len()).sum();
+    for chunk in answers.chunks(10_000) {
+        store
+            .seed_showcase_answers(&env.id, current.version, chunk)
+            .await?;
+    }
+    println!(
+        "history: {} earlier answers logged ({logged_sets} released sets, {} distinct cohorts) in {:.1} s",
+        args.logged,
+        distinct.len(),
+        seeding.elapsed().as_secs_f64()
+    );
     drop(loaded);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -421,13 +515,39 @@ async fn through_the_api(
         refused += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // what the gate read, from the server's own counters
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let checks = counter("tre_showcase_gate_checks_total").max(1.0);
     server.abort();
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     latencies.sort();
-    Ok((
-        latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.99),
+    Ok(GateRun {
+        queries_per_s: latencies.len() as f64 / elapsed,
+        p99_ms: percentile(&latencies, 0.99),
         refused,
-    ))
+        sets_read: counter("tre_showcase_gate_sets_read_total") / checks,
+        evaluated: counter("tre_showcase_gate_queries_evaluated_total") / checks,
+    })
+}
+
+/// The HTTP run: throughput, p99, refusals, and what the disclosure gate
+/// read per answer.
+struct GateRun {
+    queries_per_s: f64,
+    p99_ms: f64,
+    refused: usize,
+    sets_read: f64,
+    evaluated: f64,
 }

@@ -63,8 +63,8 @@ pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use requests::HistoryEntry;
 pub use showcase::{
-    LoggedQuery, LoggedSet, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource,
-    ShowcaseView,
+    LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery, ShowcaseQueryOutcome,
+    ShowcaseQuerySource, ShowcaseView,
 };
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};

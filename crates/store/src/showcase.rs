@@ -84,6 +84,19 @@ pub struct ShowcaseQuery<'a> {
 pub struct ReleasedSet {
     pub size: u64,
     pub sketch: Vec<u32>,
+    /// A hash of its members: the same set released again is kept once.
+    pub fingerprint: u64,
+}
+
+/// An answered query of a benchmark's history (see
+/// [`Store::seed_showcase_answers`]).
+#[derive(Debug, Clone)]
+pub struct SeededAnswer {
+    pub user: UserId,
+    pub cohort: serde_json::Value,
+    pub fields: Vec<String>,
+    pub cohort_size: u64,
+    pub sets: Vec<ReleasedSet>,
 }
 
 /// A set an earlier answer released, and the query that did.
@@ -345,8 +358,8 @@ impl Store {
                 claim: caller.idempotency.as_ref(),
             };
             let mut sets = Insert::new(
-                "INSERT INTO showcase_released_sets (query_id, environment_id, version, size, sketch)",
-                "",
+                "INSERT INTO showcase_released_sets (query_id, environment_id, version, size, sketch, fingerprint)",
+                "ON CONFLICT (environment_id, version, fingerprint) DO NOTHING",
             );
             for set in query.sets {
                 let sketch: Vec<String> = set.sketch.iter().map(u32::to_string).collect();
@@ -356,6 +369,7 @@ impl Store {
                     Arg::Int(i64::from(query.version)),
                     Arg::Int(i64::try_from(set.size).unwrap_or(i64::MAX)),
                     Arg::from(sketch.join(",").as_str()),
+                    Arg::from(format!("{:016x}", set.fingerprint).as_str()),
                 ]);
             }
             self.write(Writes::new(audit, at).insert(record).insert(sets))
@@ -398,11 +412,75 @@ impl Store {
                     set: ReleasedSet {
                         size: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
                         sketch: sketch.split(',').filter_map(|n| n.parse().ok()).collect(),
+                        fingerprint: 0,
                     },
                 });
             }
         }
         Ok(out)
+    }
+
+    /// Benchmarks only: logs answered cohort-builder queries of `user` in
+    /// bulk, each with the sets it released, without audit events (what
+    /// `tre bench showcase` starts from: an environment with a long
+    /// history). Never called on a request path.
+    pub async fn seed_showcase_answers(
+        &self,
+        environment: &EnvironmentId,
+        version: u32,
+        answers: &[SeededAnswer],
+    ) -> Result<(), StoreError> {
+        let at = now();
+        let mut seen = std::collections::HashSet::new();
+        for chunk in answers.chunks(300) {
+            let mut queries = Insert::new(
+                "INSERT INTO showcase_queries \
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source)",
+                "",
+            );
+            let mut sets = Insert::new(
+                "INSERT INTO showcase_released_sets (query_id, environment_id, version, size, sketch, fingerprint)",
+                "ON CONFLICT (environment_id, version, fingerprint) DO NOTHING",
+            );
+            for SeededAnswer {
+                user,
+                cohort,
+                fields,
+                cohort_size: size,
+                sets: released,
+            } in chunk
+            {
+                let id = new_id();
+                queries = queries.row(vec![
+                    Arg::from(id.as_str()),
+                    Arg::from(environment.as_str()),
+                    Arg::Int(i64::from(version)),
+                    Arg::from(user.as_str()),
+                    Arg::from(cohort.to_string().as_str()),
+                    Arg::from(serde_json::to_string(fields).expect("json").as_str()),
+                    Arg::Int(i64::try_from(*size).unwrap_or(i64::MAX)),
+                    Arg::from(ShowcaseQueryOutcome::Answered.as_str()),
+                    Arg::Int(at.0),
+                    Arg::from(ShowcaseQuerySource::Builder.as_str()),
+                ]);
+                for set in released.iter().filter(|r| seen.insert(r.fingerprint)) {
+                    let sketch: Vec<String> = set.sketch.iter().map(u32::to_string).collect();
+                    sets = sets.row(vec![
+                        Arg::from(id.as_str()),
+                        Arg::from(environment.as_str()),
+                        Arg::Int(i64::from(version)),
+                        Arg::Int(i64::try_from(set.size).unwrap_or(i64::MAX)),
+                        Arg::from(sketch.join(",").as_str()),
+                        Arg::from(format!("{:016x}", set.fingerprint).as_str()),
+                    ]);
+                }
+            }
+            let mut tx = self.begin().await?;
+            queries.execute(&mut tx).await?;
+            sets.execute(&mut tx).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Earlier queries by id, as asked (their filter and fields).

@@ -14,72 +14,121 @@
 
 use std::sync::Arc;
 
-use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder};
+use arrow_buffer::BooleanBuffer;
 use tre_domain::disclosure::DisclosureRules;
-use tre_domain::showcase::{Distribution, ShowcaseAggregates, bin_of, release_field_grouped};
+use tre_domain::showcase::{ShowcaseAggregates, bin_of, release_field_grouped};
 
 use super::{MISSING, Selection, Shape, ShowcaseColumns, Values};
 
+/// The members of a released set: their rows, ascending. An answer's sets
+/// are subsets of its cohort, so lists cost what the cohort holds, not what
+/// the version holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    rows: Vec<u32>,
+}
+
+impl Members {
+    fn of(mut rows: Vec<u32>) -> Self {
+        rows.sort_unstable();
+        Self { rows }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.rows.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// How many participants are in exactly one of the two.
+    pub fn difference(&self, other: &Members) -> u64 {
+        let (a, b) = (&self.rows, &other.rows);
+        let (mut i, mut j, mut common) = (0, 0, 0u64);
+        while i < a.len() && j < b.len() {
+            match a[i].cmp(&b[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    common += 1;
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        (a.len() + b.len()) as u64 - 2 * common
+    }
+
+    /// How many participants are in exactly one of this and `bits`.
+    fn difference_from(&self, bits: &Selection) -> u64 {
+        let common = self
+            .rows
+            .iter()
+            .filter(|r| bits.bits.value(**r as usize))
+            .count() as u64;
+        self.len() + bits.len() - 2 * common
+    }
+
+    fn to_bits(&self, rows: usize) -> Selection {
+        let mut builder = arrow_buffer::BooleanBufferBuilder::new(rows);
+        builder.append_n(rows, false);
+        for row in &self.rows {
+            builder.set_bit(*row as usize, true);
+        }
+        Selection {
+            bits: builder.finish(),
+        }
+    }
+}
+
 impl ShowcaseColumns {
     /// The sets `selection`'s answer releases: the cohort (when `cohort`),
-    /// and per field of `fields` (binned as `like` bins it) each cell,
+    /// and per field of `counted` (the cohort's counts, binned as `like`
+    /// bins them, from [`ShowcaseColumns::aggregate_cohort`]) each cell,
     /// present and missing count the rules release.
     pub fn released_sets(
         &self,
         selection: &Selection,
         cohort: bool,
         like: &ShowcaseAggregates,
-        fields: &[String],
+        counted: &[tre_domain::showcase::FieldAggregate],
         rules: &DisclosureRules,
-    ) -> Vec<Selection> {
+    ) -> Vec<Members> {
         let mut sets = Vec::new();
+        let members: Vec<u32> = selection.bits.set_indices().map(|r| r as u32).collect();
         if cohort {
-            sets.push(selection.clone());
+            sets.push(Members {
+                rows: members.clone(),
+            });
         }
-        let rows = self.rows();
-        for name in fields {
-            let Some((field, field_type, values)) =
-                self.fields.iter().find(|(f, _, _)| f.field == *name)
+        for aggregate in counted {
+            let Some((_, _, values)) = self.fields.iter().find(|(f, _, _)| *f == aggregate.field)
             else {
                 continue;
             };
-            let Some(full) = like.fields.iter().find(|a| a.field == *field) else {
+            let Some(full) = like.fields.iter().find(|a| a.field == aggregate.field) else {
                 continue;
             };
-            let shape = match &full.distribution {
-                Distribution::Histogram { edges, years, .. } => Shape::Histogram {
-                    edges: edges.clone(),
-                    years: *years,
-                },
-                Distribution::Categories { categories, .. } => Shape::Categories {
-                    names: categories.iter().map(|(n, _)| n.clone()).collect(),
-                },
-            };
-            let aggregate = self.count(field, *field_type, values, &shape, Some(selection));
-            let (_, groups) = release_field_grouped(&aggregate, rules);
+            let shape = Shape::like(full);
+            let (_, groups) = release_field_grouped(aggregate, rules);
             // each base cell's members, and the missing ones
             let bases = match &shape {
                 Shape::Histogram { edges, .. } => edges.len() + 1,
                 Shape::Categories { names } => names.len() + 1,
             };
-            let mut members: Vec<BooleanBufferBuilder> = (0..=bases)
-                .map(|_| {
-                    let mut b = BooleanBufferBuilder::new(rows);
-                    b.append_n(rows, false);
-                    b
-                })
-                .collect();
             let missing = bases;
+            let mut cells: Vec<Vec<u32>> = vec![Vec::new(); bases + 1];
             match (&shape, values) {
                 (Shape::Histogram { edges, .. }, Values::Numbers(numbers)) => {
-                    for row in selection.bits.set_indices() {
-                        let value = numbers[row];
+                    for &row in &members {
+                        let value = numbers[row as usize];
                         let cell = if value.is_nan() {
                             missing
                         } else {
                             bin_of(value, edges)
                         };
-                        members[cell].set_bit(row, true);
+                        cells[cell].push(row);
                     }
                 }
                 (Shape::Categories { names }, Values::Text { codes, names: all }) => {
@@ -92,25 +141,24 @@ impl ShowcaseColumns {
                         .iter()
                         .map(|n| index.get(n.as_str()).copied().unwrap_or(names.len()))
                         .collect();
-                    for row in selection.bits.set_indices() {
-                        let cell = match codes[row] {
+                    for &row in &members {
+                        let cell = match codes[row as usize] {
                             MISSING => missing,
                             code => cell_of[code as usize],
                         };
-                        members[cell].set_bit(row, true);
+                        cells[cell].push(row);
                     }
                 }
                 _ => continue,
             }
-            let members: Vec<BooleanBuffer> = members.iter_mut().map(|b| b.finish()).collect();
-            let union = |cells: &mut dyn Iterator<Item = usize>| {
-                let mut bits = BooleanBuffer::new_unset(rows);
-                for cell in cells {
-                    if let Some(m) = members.get(cell) {
-                        bits = &bits | m;
-                    }
-                }
-                Selection { bits }
+            let union = |group: &mut dyn Iterator<Item = usize>| {
+                Members::of(
+                    group
+                        .filter_map(|cell| cells.get(cell))
+                        .flatten()
+                        .copied()
+                        .collect(),
+                )
             };
             for group in groups.cells.iter().flatten() {
                 sets.push(union(&mut group.iter().copied()));
@@ -119,8 +167,8 @@ impl ShowcaseColumns {
                 sets.push(union(&mut (0..bases)));
             }
             if groups.missing {
-                sets.push(Selection {
-                    bits: members[missing].clone(),
+                sets.push(Members {
+                    rows: std::mem::take(&mut cells[missing]),
                 });
             }
         }
@@ -129,7 +177,7 @@ impl ShowcaseColumns {
 
     /// What everyone has seen of this version: its population and every
     /// released cell of the showcase (`like`, this version's aggregates),
-    /// smallest first. Kept once made for these rules.
+    /// smallest first, as bits. Kept once made for these rules.
     pub fn public_sets(
         &self,
         like: &ShowcaseAggregates,
@@ -144,8 +192,11 @@ impl ShowcaseColumns {
         let everyone = Selection {
             bits: BooleanBuffer::new_set(self.rows()),
         };
-        let fields: Vec<String> = like.fields.iter().map(|f| f.field.field.clone()).collect();
-        let mut sets = self.released_sets(&everyone, true, like, &fields, rules);
+        let mut sets: Vec<Selection> = self
+            .released_sets(&everyone, true, like, &like.fields, rules)
+            .iter()
+            .map(|m| m.to_bits(self.rows()))
+            .collect();
         sets.sort_by_key(Selection::len);
         let sets = Arc::new(sets);
         *cached = Some((*rules, sets.clone()));
@@ -162,13 +213,29 @@ impl ShowcaseColumns {
     /// [`SKETCH_BUCKETS`] buckets of record keys. Two sets whose sketches
     /// are `d` apart ([`sketch_distance`]) differ by at least `d`
     /// participants, so most sets far apart are told without their members.
-    pub fn sketch(&self, set: &Selection) -> Vec<u32> {
+    pub fn sketch(&self, set: &Members) -> Vec<u32> {
         let mut out = vec![0u32; SKETCH_BUCKETS];
         let shift = 32 - SKETCH_BUCKETS.trailing_zeros();
-        for row in set.bits.set_indices() {
-            out[(self.record_keys[row] >> shift) as usize] += 1;
+        for row in &set.rows {
+            out[(self.record_keys[*row as usize] >> shift) as usize] += 1;
         }
         out
+    }
+
+    /// A 64-bit hash of `set`'s members (of their rows in this version):
+    /// the same set has the same fingerprint, two different ones almost
+    /// never.
+    pub fn fingerprint(&self, set: &Members) -> u64 {
+        set.rows
+            .iter()
+            .map(|row| {
+                // splitmix64 of the row
+                let mut z = u64::from(*row).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            })
+            .fold(set.len(), u64::wrapping_add)
     }
 }
 
@@ -187,11 +254,12 @@ pub fn sketch_distance(a: &[u32], b: &[u32]) -> u64 {
         .sum()
 }
 
-/// The first of `asked` that differs from one of `released` (sorted by
-/// size) by more than nobody and fewer than `min_cell_size` participants:
-/// its index, or `None` when every set is as far as the rules ask.
+/// The first of `asked` that differs from one of `released` (the
+/// showcase's sets, sorted by size) by more than nobody and fewer than
+/// `min_cell_size` participants: its index, or `None` when every set is as
+/// far as the rules ask.
 pub fn first_conflict(
-    asked: &[Selection],
+    asked: &[Members],
     released: &[Selection],
     min_cell_size: u64,
 ) -> Option<usize> {
@@ -203,8 +271,24 @@ pub fn first_conflict(
             .iter()
             .take_while(|r| r.len() <= size + margin)
             .any(|r| {
-                let d = set.difference(r);
+                let d = set.difference_from(r);
                 d > 0 && d < min_cell_size
             })
+    })
+}
+
+/// The same against another answer's sets (`theirs`, in any order).
+pub fn first_conflict_between(
+    asked: &[Members],
+    theirs: &[Members],
+    min_cell_size: u64,
+) -> Option<usize> {
+    asked.iter().position(|set| {
+        theirs.iter().any(|other| {
+            set.len().abs_diff(other.len()) < min_cell_size && {
+                let d = set.difference(other);
+                d > 0 && d < min_cell_size
+            }
+        })
     })
 }

@@ -8,7 +8,7 @@ mod gate;
 mod keys;
 mod select;
 
-pub use gate::{SKETCH_BUCKETS, first_conflict, sketch_distance};
+pub use gate::{Members, SKETCH_BUCKETS, first_conflict, first_conflict_between, sketch_distance};
 pub use keys::{cohort_cell, cohort_files, cohort_rows, record_hasher, record_key};
 pub use select::Selection;
 
@@ -81,6 +81,21 @@ pub struct ShowcaseColumns {
 enum Shape {
     Histogram { edges: Vec<f64>, years: bool },
     Categories { names: Vec<String> },
+}
+
+impl Shape {
+    /// The shape of a field as the full showcase (`full`) counts it.
+    fn like(full: &FieldAggregate) -> Self {
+        match &full.distribution {
+            Distribution::Histogram { edges, years, .. } => Self::Histogram {
+                edges: edges.clone(),
+                years: *years,
+            },
+            Distribution::Categories { categories, .. } => Self::Categories {
+                names: categories.iter().map(|(n, _)| n.clone()).collect(),
+            },
+        }
+    }
 }
 
 impl ShowcaseColumns {
@@ -267,15 +282,7 @@ impl ShowcaseColumns {
                 let (field, field_type, values) =
                     self.fields.iter().find(|(f, _, _)| f.field == *name)?;
                 let full = like.fields.iter().find(|a| a.field == *field)?;
-                let shape = match &full.distribution {
-                    Distribution::Histogram { edges, years, .. } => Shape::Histogram {
-                        edges: edges.clone(),
-                        years: *years,
-                    },
-                    Distribution::Categories { categories, .. } => Shape::Categories {
-                        names: categories.iter().map(|(n, _)| n.clone()).collect(),
-                    },
-                };
+                let shape = Shape::like(full);
                 Some(self.count(field, *field_type, values, &shape, Some(selection)))
             })
             .collect();
