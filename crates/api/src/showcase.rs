@@ -5,13 +5,15 @@
 //! the showcase columns of the cohort dataset, loaded once per inventory
 //! version into this process's memory ([`ShowcaseCache`]), never returned.
 //! Every answer goes through the disclosure rules; every query is recorded
-//! and audited. A query is refused when the user asks too often, or when
-//! its cohort differs from one of the same user's earlier cohorts of the
-//! same version by fewer participants than the minimum cell size, asked
-//! with another filter (the differencing attack; see
-//! [`tre_domain::disclosure::too_close`]). Only earlier cohorts whose true
-//! sizes are that close can be that close, so only those are evaluated
-//! again.
+//! and audited. A query is refused when the user asks too often, or when a
+//! set it would release a number of (its cohort, a cell of a field) is
+//! within the minimum cell size of one already released: by the showcase
+//! itself, or by an earlier answer of the environment's version, whoever
+//! asked it (the differencing attack; see
+//! `tre_dispense::showcase::first_conflict` and
+//! [`tre_domain::disclosure::too_close`]). Only earlier sets whose sizes are
+//! that close can be that close, and only those whose sketches are near are
+//! evaluated again.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -67,7 +69,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         .returns(body::<CohortAnswer>)
         .errors(&[
             (404, "no such environment, or the caller may not see it"),
-            (409, "too_close: within the minimum cell size of an earlier cohort of the caller's; computing: the showcase is not computed yet; no_showcase: no inventory"),
+            (409, "too_close: the cohort, or a cell asked of it, is within the minimum cell size of numbers already released (the showcase itself, or an earlier answer of the environment's cohort builder, whoever asked it); computing: the showcase is not computed yet; no_showcase: no inventory"),
             (422, "invalid: a filter or field that is not a showcase field of the cohort dataset"),
             (429, "rate_limited: more queries this minute than the policy allows (Retry-After)"),
             (503, "unavailable: the environment's data cannot be read just now (Retry-After)"),

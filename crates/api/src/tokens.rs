@@ -118,7 +118,7 @@ pub struct CreatedToken {
     pub secret: Option<String>,
     /// True on a replay: the secret was shown once and is not kept. Revoke
     /// this token (its `id`) and make another.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secret_withheld: bool,
 }
 

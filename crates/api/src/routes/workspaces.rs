@@ -65,7 +65,7 @@ struct CreatedWorkspace {
     secret: Option<String>,
     /// True on a replay: the secret was shown once and is not kept. Revoke
     /// the workspace and register another.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     secret_withheld: bool,
 }
 
