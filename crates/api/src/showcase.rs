@@ -442,9 +442,8 @@ pub async fn ask(
     let public = columns.public_sets(&full, &rules);
     let mut close = first_conflict(&sets, &public, rules.min_cell_size).is_some();
 
-    // ... and against the cohorts of this environment's earlier answers:
-    // the caller's, and those whose count was shown to anyone (colluding
-    // users are users too)
+    // ... against the caller's own earlier cohorts (a cohort asked again
+    // with another filter counts too, and so do the suppressed ones) ...
     let margin = rules.min_cell_size.saturating_sub(1);
     let earlier = if close {
         Vec::new()
@@ -457,7 +456,6 @@ pub async fn ask(
                 version,
                 size.saturating_sub(margin),
                 size.saturating_add(margin),
-                rules.min_cell_size,
             )
             .await?
     };
@@ -483,7 +481,8 @@ pub async fn ask(
             break;
         }
     }
-    // ... and every set earlier answers released, cell against cell: those
+    // ... and every set earlier answers released, whoever asked them
+    // (colluding users are users too), cohort and cell alike: those
     // of about the same sizes whose sketches are near are evaluated again
     let sketches: Vec<ReleasedSet> = sets
         .iter()

@@ -265,12 +265,11 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The answered queries of this version whose cohorts had between
-    /// `smallest` and `largest` participants: only those can be closer than
-    /// the minimum cell size to a new one. Those of `user`, and of everyone
-    /// else those of at least `released` participants (whose count was
-    /// shown: a suppressed count released nothing to compare with). Each
-    /// distinct filter once.
+    /// The distinct filters of `user`'s answered queries of this version
+    /// whose cohorts had between `smallest` and `largest` participants:
+    /// only those can be closer than the minimum cell size to a new one.
+    /// (Everyone's released cohorts are compared as released sets, see
+    /// [`Store::released_sets_near`].)
     pub async fn earlier_showcase_cohorts(
         &self,
         user: &UserId,
@@ -278,20 +277,17 @@ impl Store {
         version: u32,
         smallest: u64,
         largest: u64,
-        released: u64,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         let rows = sqlx::query(
             "SELECT DISTINCT cohort FROM showcase_queries \
-             WHERE environment_id = $1 AND version = $2 \
-               AND outcome = 'answered' AND cohort_size BETWEEN $3 AND $4 \
-               AND (user_id = $5 OR cohort_size >= $6)",
+             WHERE user_id = $1 AND environment_id = $2 AND version = $3 \
+               AND outcome = 'answered' AND cohort_size BETWEEN $4 AND $5",
         )
+        .bind(user.as_str())
         .bind(environment.as_str())
         .bind(i64::from(version))
         .bind(i64::try_from(smallest).unwrap_or(i64::MAX))
         .bind(i64::try_from(largest).unwrap_or(i64::MAX))
-        .bind(user.as_str())
-        .bind(i64::try_from(released).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
