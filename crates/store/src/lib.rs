@@ -330,7 +330,8 @@ fn migrator(backend: Backend) -> Migrator {
         ),
         Migration::new(
             19,
-            "the showcase gate: answered cohorts by user and size, what asked, released sets".into(),
+            "the showcase gate: answered cohorts by user and size, what asked, released sets"
+                .into(),
             MigrationType::Simple,
             sqlx::AssertSqlSafe(include_str!(
                 "../migrations/0019_showcase_answers_by_size.sql"
