@@ -460,10 +460,6 @@ pub async fn ask(
             .await?
     };
     for filter in &earlier {
-        // the same filter asked again: the same cohort, the same answer
-        if *filter == asked.cohort {
-            continue;
-        }
         // recorded filters were valid for this version; one that is not
         // (cannot happen) is no cohort to compare with
         let Ok(before) = tre_domain::cohort::parse_optional(filter, dataset) else {
@@ -484,14 +480,19 @@ pub async fn ask(
     // ... and every set earlier answers released, whoever asked them
     // (colluding users are users too), cohort and cell alike: those
     // of about the same sizes whose sketches are near are evaluated again
-    let sketches: Vec<ReleasedSet> = sets
-        .iter()
-        .map(|set| ReleasedSet {
-            size: set.len(),
-            sketch: columns.sketch(set),
-            fingerprint: columns.fingerprint(set),
-        })
-        .collect();
+    // (made only for an answer that may still be given: they are recorded
+    // with it)
+    let sketches: Vec<ReleasedSet> = if close {
+        Vec::new()
+    } else {
+        sets.iter()
+            .map(|set| ReleasedSet {
+                size: set.len(),
+                sketch: columns.sketch(set),
+                fingerprint: columns.fingerprint(set),
+            })
+            .collect()
+    };
     if !close {
         close = near_an_earlier_answer(
             state, &env, version, &asked, &columns, &full, &rules, &sets, &sketches,

@@ -96,6 +96,11 @@ pub struct DispenseProgress {
     pub retrying: Option<String>,
 }
 
+/// Lets go of an unfinished unit held by round `$3`'s job (project `$1`,
+/// unit `$2`), so that a retry takes it over.
+const RELEASE_UNIT: &str = "UPDATE dispense_units SET taken = 0 \
+     WHERE project_id = $1 AND unit = $2 AND round = $3 AND done_at IS NULL";
+
 /// Whether a dispense job may work its unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitTake {
@@ -342,15 +347,12 @@ impl Store {
         }
         let state: String = row.try_get("state")?;
         let answer = if state != "dispensing" {
-            sqlx::query(
-                "UPDATE dispense_units SET taken = 0 \
-                 WHERE project_id = $1 AND unit = $2 AND round = $3 AND done_at IS NULL",
-            )
-            .bind(project.as_str())
-            .bind(i64::from(unit))
-            .bind(i64::from(round))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(RELEASE_UNIT)
+                .bind(project.as_str())
+                .bind(i64::from(unit))
+                .bind(i64::from(round))
+                .execute(&mut *tx)
+                .await?;
             UnitTake::Superseded(format!("the project is {state}; the unit was not worked"))
         } else {
             UnitTake::Superseded(format!("unit {unit} is worked by dispense round {owner}"))
@@ -367,15 +369,12 @@ impl Store {
         unit: u32,
         round: u32,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE dispense_units SET taken = 0 \
-             WHERE project_id = $1 AND unit = $2 AND round = $3 AND done_at IS NULL",
-        )
-        .bind(project.as_str())
-        .bind(i64::from(unit))
-        .bind(i64::from(round))
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(RELEASE_UNIT)
+            .bind(project.as_str())
+            .bind(i64::from(unit))
+            .bind(i64::from(round))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
