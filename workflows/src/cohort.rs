@@ -130,6 +130,8 @@ impl CohortCounter {
                     outcome,
                     source: ShowcaseQuerySource::Request,
                     sets: &[],
+                    // compared again in full by later builder queries
+                    cohort_sketch: None,
                 },
             )
             .await?;

@@ -34,13 +34,15 @@ pub struct HttpMetrics {
 }
 
 /// The showcase gate's work: answers checked against earlier ones, the
-/// earlier sets it read (those of about the same sizes), and the earlier
-/// queries it had to evaluate again (their sketches were near).
+/// earlier sets it read (those of about the same sizes), the earlier
+/// queries it had to evaluate again (their sketches were near), and the
+/// caller's own earlier cohorts evaluated again (likewise).
 #[derive(Debug, Default)]
 pub(crate) struct GateCounters {
     pub(crate) checks: AtomicU64,
     pub(crate) sets_read: AtomicU64,
     pub(crate) queries_evaluated: AtomicU64,
+    pub(crate) own_cohorts_evaluated: AtomicU64,
 }
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -128,10 +130,14 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
          tre_showcase_gate_sets_read_total {}\n\
          # HELP tre_showcase_gate_queries_evaluated_total Earlier queries evaluated again (their sets' sketches were near).\n\
          # TYPE tre_showcase_gate_queries_evaluated_total counter\n\
-         tre_showcase_gate_queries_evaluated_total {}\n",
+         tre_showcase_gate_queries_evaluated_total {}\n\
+         # HELP tre_showcase_gate_own_cohorts_evaluated_total The caller's own earlier cohorts evaluated again (about the same size, sketches near).\n\
+         # TYPE tre_showcase_gate_own_cohorts_evaluated_total counter\n\
+         tre_showcase_gate_own_cohorts_evaluated_total {}\n",
         gate.checks.load(Ordering::Relaxed),
         gate.sets_read.load(Ordering::Relaxed),
         gate.queries_evaluated.load(Ordering::Relaxed),
+        gate.own_cohorts_evaluated.load(Ordering::Relaxed),
     );
     if let Ok(depth) = state.store.job_counts().await {
         out.push_str(&depth.to_prometheus());

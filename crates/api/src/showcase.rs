@@ -328,6 +328,7 @@ async fn record(
     size: Option<u64>,
     outcome: ShowcaseQueryOutcome,
     sets: &[ReleasedSet],
+    cohort_sketch: Option<&[u32]>,
 ) -> Result<()> {
     state
         .store
@@ -342,6 +343,7 @@ async fn record(
                 outcome,
                 source: ShowcaseQuerySource::Builder,
                 sets,
+                cohort_sketch,
             },
         )
         .await?;
@@ -402,6 +404,7 @@ pub async fn ask(
             None,
             ShowcaseQueryOutcome::RateLimited,
             &[],
+            None,
         )
         .await?;
         return Err(ApiError::new(
@@ -443,8 +446,10 @@ pub async fn ask(
     let mut close = first_conflict(&sets, &public, rules.min_cell_size).is_some();
 
     // ... against the caller's own earlier cohorts (a cohort asked again
-    // with another filter counts too, and so do the suppressed ones) ...
+    // with another filter counts too, and so do the suppressed ones): those
+    // of about its size whose sketches are near are evaluated again
     let margin = rules.min_cell_size.saturating_sub(1);
+    let cohort_sketch = columns.sketch_selection(&selection);
     let earlier = if close {
         Vec::new()
     } else {
@@ -459,20 +464,29 @@ pub async fn ask(
             )
             .await?
     };
-    for filter in &earlier {
+    for before in &earlier {
+        if before.cohort == asked.cohort
+            || before
+                .sketch
+                .as_ref()
+                .is_some_and(|s| sketch_distance(s, &cohort_sketch) >= rules.min_cell_size)
+        {
+            continue; // the same filter, or at least the minimum apart
+        }
         // recorded filters were valid for this version; one that is not
         // (cannot happen) is no cohort to compare with
-        let Ok(before) = tre_domain::cohort::parse_optional(filter, dataset) else {
+        let Ok(filter) = tre_domain::cohort::parse_optional(&before.cohort, dataset) else {
             continue;
         };
+        state
+            .metrics
+            .gate
+            .own_cohorts_evaluated
+            .fetch_add(1, Ordering::Relaxed);
         let other = columns
-            .select(before.as_ref())
+            .select(filter.as_ref())
             .map_err(source_unavailable)?;
-        if too_close(
-            selection.difference(&other),
-            *filter == asked.cohort,
-            &rules,
-        ) {
+        if too_close(selection.difference(&other), false, &rules) {
             close = true;
             break;
         }
@@ -509,6 +523,7 @@ pub async fn ask(
             Some(size),
             ShowcaseQueryOutcome::TooClose,
             &[],
+            Some(&cohort_sketch),
         )
         .await?;
         return Err(ApiError::new(
@@ -531,6 +546,7 @@ pub async fn ask(
         Some(size),
         ShowcaseQueryOutcome::Answered,
         &sketches,
+        Some(&cohort_sketch),
     )
     .await?;
     Ok(CohortAnswer {

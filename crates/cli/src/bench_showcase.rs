@@ -294,7 +294,7 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
     .await?;
     let (http_qps, http_p99) = (gate.queries_per_s, gate.p99_ms);
     println!(
-        "cohort builder over HTTP: {} queries from 8 users, 4 clients, a server in this process on {}, after {} logged answers: {http_qps:.0} queries/s, p99 {http_p99:.2} ms ({} refused as too close); the gate read {:.0} earlier sets and evaluated {:.2} earlier queries again per answer",
+        "cohort builder over HTTP: {} queries from 8 users, 4 clients, a server in this process on {}, after {} logged answers: {http_qps:.0} queries/s, p99 {http_p99:.2} ms ({} refused as too close); the gate read {:.0} earlier sets and evaluated {:.2} earlier queries and {:.2} of the caller's own earlier cohorts again per answer",
         args.queries,
         if args.scratch_database_url.is_some() {
             "the scratch database"
@@ -305,14 +305,21 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
         gate.refused,
         gate.sets_read,
         gate.evaluated,
+        gate.own_evaluated,
+    );
+    println!(
+        "cohort builder over HTTP at a steady {STEADY_RATE} queries/s ({STEADY_QUERIES} queries, each sent at its time; 200 researchers at the default limit of 30 a minute): p50 {:.2} ms, p99 {:.2} ms",
+        gate.steady_p50_ms, gate.steady_p99_ms
     );
     println!("(medians of {} runs)", args.runs.max(1));
     println!(
-        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} http_queries_per_s={http_qps:.0} http_p99_ms={http_p99:.2} logged_answers={} gate_sets_read_per_answer={:.0} gate_evaluated_per_answer={:.2} peak_rss_mb={rss:.0}",
+        "tre_s={tre_s:.3} duckdb_s={} queries_per_s={qps:.0} p99_ms={p99:.2} http_queries_per_s={http_qps:.0} http_p99_ms={http_p99:.2} steady_p99_ms={:.2} logged_answers={} gate_sets_read_per_answer={:.0} gate_evaluated_per_answer={:.2} gate_own_evaluated_per_answer={:.2} peak_rss_mb={rss:.0}",
         duckdb_s.map_or("none".to_owned(), |d| format!("{d:.3}")),
+        gate.steady_p99_ms,
         args.logged,
         gate.sets_read,
         gate.evaluated,
+        gate.own_evaluated,
     );
     Ok(())
 }
@@ -320,6 +327,11 @@ pub async fn run(args: ShowcaseBenchArgs) -> Result<()> {
 fn filters_json(n: usize, centres: &[String]) -> Vec<serde_json::Value> {
     (0..n).map(|i| cohort(i, centres)).collect()
 }
+
+/// The steady load: queries a second (200 researchers each asking at the
+/// default limit of 30 a minute), and how many.
+const STEADY_RATE: u32 = 100;
+const STEADY_QUERIES: usize = 2_000;
 
 /// Serves the API in this process on a scratch database, publishes the
 /// generated biobank with its showcase, and sends `filters` from 8 users
@@ -430,17 +442,23 @@ async fn through_the_api(
                 fingerprint: loaded.fingerprint(set),
             })
             .collect();
-        distinct.push((cohort, selection.len(), sets));
+        distinct.push((
+            cohort,
+            selection.len(),
+            sets,
+            loaded.sketch_selection(&selection),
+        ));
     }
     let mut answers = Vec::with_capacity(args.logged);
     for j in 0..args.logged {
-        let (cohort, size, sets) = &distinct[j % distinct.len().max(1)];
+        let (cohort, size, sets, sketch) = &distinct[j % distinct.len().max(1)];
         answers.push(tre_store::SeededAnswer {
             user: tre_domain::UserId::from(format!("bench-earlier-{run}-{}", j % 8).as_str()),
             cohort: cohort.clone(),
             fields: fields.clone(),
             cohort_size: *size,
             sets: sets.clone(),
+            cohort_sketch: sketch.clone(),
         });
     }
     let logged_sets: usize = answers.iter().map(|a| a.sets.len()).sum();
@@ -459,11 +477,28 @@ async fn through_the_api(
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(tre_api::serve(
-        listener,
-        tre_api::AppState::new(store.clone()),
-        std::future::pending(),
-    ));
+    // the server on a runtime and a pool of its own, as a deployed API is
+    // a process of its own: the clients' tasks neither wait behind its
+    // work nor delay it
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = {
+        let (listener, url) = (listener.into_std()?, url.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let store = tre_store::Store::open(&url).await?;
+                tre_api::serve(listener, tre_api::AppState::new(store.clone()), async {
+                    let _ = stopped.await;
+                })
+                .await?;
+                store.close().await;
+                anyhow::Ok(())
+            })
+        })
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let endpoint = format!("{base}/v1/environments/{}/showcase/query", env.id);
@@ -515,6 +550,41 @@ async fn through_the_api(
         refused += r;
     }
     let elapsed = started.elapsed().as_secs_f64();
+
+    // the same queries at a steady rate, each sent at its time whether or
+    // not earlier ones are answered (an open loop: a slow answer does not
+    // hold the next ones back and hide its delay), asked by the next user
+    let mut steady = tokio::task::JoinSet::new();
+    let began = Instant::now();
+    for (i, filter) in filters.iter().take(STEADY_QUERIES).cloned().enumerate() {
+        let due = began + Duration::from_secs_f64(i as f64 / f64::from(STEADY_RATE));
+        tokio::time::sleep_until(due.into()).await;
+        let (client, endpoint, token) = (
+            client.clone(),
+            endpoint.clone(),
+            tokens[(i + 1) % tokens.len()].clone(),
+        );
+        steady.spawn(async move {
+            let response = client
+                .post(&endpoint)
+                .bearer_auth(&token)
+                .json(&json!({"cohort": filter, "fields": ["bmi"]}))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let _ = response.bytes().await?;
+            if status != 200 && status != 409 {
+                anyhow::bail!("steady query {i}: HTTP {status}");
+            }
+            anyhow::Ok(due.elapsed())
+        });
+    }
+    let mut steady_latencies = Vec::new();
+    while let Some(done) = steady.join_next().await {
+        steady_latencies.push(done??);
+    }
+    steady_latencies.sort();
+
     // what the gate read, from the server's own counters
     let metrics = client
         .get(format!("{base}/metrics"))
@@ -529,16 +599,23 @@ async fn through_the_api(
             .unwrap_or(0.0)
     };
     let checks = counter("tre_showcase_gate_checks_total").max(1.0);
-    server.abort();
+    drop(client);
+    let _ = stop.send(());
+    tokio::task::spawn_blocking(move || served.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the bench server panicked"))??;
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
     latencies.sort();
     Ok(GateRun {
         queries_per_s: latencies.len() as f64 / elapsed,
         p99_ms: percentile(&latencies, 0.99),
+        steady_p50_ms: percentile(&steady_latencies, 0.50),
+        steady_p99_ms: percentile(&steady_latencies, 0.99),
         refused,
         sets_read: counter("tre_showcase_gate_sets_read_total") / checks,
         evaluated: counter("tre_showcase_gate_queries_evaluated_total") / checks,
+        own_evaluated: counter("tre_showcase_gate_own_cohorts_evaluated_total") / checks,
     })
 }
 
@@ -547,7 +624,11 @@ async fn through_the_api(
 struct GateRun {
     queries_per_s: f64,
     p99_ms: f64,
+    /// At [`STEADY_RATE`] queries a second.
+    steady_p50_ms: f64,
+    steady_p99_ms: f64,
     refused: usize,
     sets_read: f64,
     evaluated: f64,
+    own_evaluated: f64,
 }

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tre_domain::audit::{AuditEvent, ChainBreak, ChainVerifier, event_hash};
 use tre_domain::{Action, EnvironmentId, Object, Timestamp, authorize};
 
+use crate::tx::WriteTurn;
 use crate::writes::Insert;
 use crate::{Backend, Caller, Store, StoreError, Tx};
 
@@ -80,8 +81,12 @@ pub(crate) async fn append(
 const SEAL_BATCH: usize = 200;
 
 /// Chains up to [`SEAL_BATCH`] committed pending events; how many it did.
-async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreError> {
-    let mut tx = crate::begin(pool, backend).await?;
+async fn seal_batch(
+    pool: &AnyPool,
+    backend: Backend,
+    turn: &WriteTurn,
+) -> Result<usize, StoreError> {
+    let mut tx = crate::tx::begin(pool, backend, turn).await?;
     // the head's row lock (SQLite: the write lock BEGIN IMMEDIATE took)
     // makes sealers take turns, in this process and in every other one
     let head = sqlx::query(match backend {
@@ -170,7 +175,7 @@ async fn seal_batch(pool: &AnyPool, backend: Backend) -> Result<usize, StoreErro
 }
 
 /// Seals until nothing committed is pending.
-async fn seal_all(pool: &AnyPool, backend: Backend) -> Result<usize, StoreError> {
+async fn seal_all(pool: &AnyPool, backend: Backend, turn: &WriteTurn) -> Result<usize, StoreError> {
     // most calls find nothing: ask without the head's lock first
     let pending = sqlx::query("SELECT 1 FROM audit_pending LIMIT 1")
         .fetch_optional(pool)
@@ -180,7 +185,7 @@ async fn seal_all(pool: &AnyPool, backend: Backend) -> Result<usize, StoreError>
     }
     let mut sealed = 0;
     loop {
-        let n = seal_batch(pool, backend).await?;
+        let n = seal_batch(pool, backend, turn).await?;
         sealed += n;
         if n < SEAL_BATCH {
             return Ok(sealed);
@@ -202,7 +207,7 @@ const SEAL_TICK: Duration = Duration::from_secs(1);
 /// How long a woken sealer waits for more commits before sealing.
 const SEAL_GATHER: Duration = Duration::from_millis(20);
 
-async fn seal_loop(pool: AnyPool, backend: Backend, sealer: Weak<Sealer>) {
+async fn seal_loop(pool: AnyPool, backend: Backend, turn: WriteTurn, sealer: Weak<Sealer>) {
     loop {
         {
             // ends within a tick of the last Store clone going away
@@ -216,7 +221,7 @@ async fn seal_loop(pool: AnyPool, backend: Backend, sealer: Weak<Sealer>) {
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = seal_all(&pool, backend).await {
+        if let Err(e) = seal_all(&pool, backend, &turn).await {
             if pool.is_closed() {
                 return;
             }
@@ -244,6 +249,7 @@ impl Store {
             *task = Some(runtime.spawn(seal_loop(
                 self.pool.clone(),
                 self.backend,
+                self.write_turn.clone(),
                 Arc::downgrade(&self.sealer),
             )));
         }
@@ -254,7 +260,7 @@ impl Store {
     /// Chains every committed pending event now; how many. Readers of the
     /// log call it first, so they see every event committed before.
     pub async fn seal_audit(&self) -> Result<usize, StoreError> {
-        seal_all(&self.pool, self.backend).await
+        seal_all(&self.pool, self.backend, &self.write_turn).await
     }
 }
 

@@ -36,6 +36,7 @@ mod requests;
 mod showcase;
 mod summaries;
 mod tokens;
+mod tx;
 mod users;
 mod workspaces;
 mod writes;
@@ -45,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr, Transaction};
+use sqlx::{AnyPool, Executor, SqlSafeStr};
 use tre_domain::{Actor, Timestamp};
 
 pub use audit::{AuditQuery, AuditReport};
@@ -63,8 +64,8 @@ pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use requests::HistoryEntry;
 pub use showcase::{
-    LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery, ShowcaseQueryOutcome,
-    ShowcaseQuerySource, ShowcaseView,
+    EarlierCohort, LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery,
+    ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView,
 };
 pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
 pub use users::{NewUser, User};
@@ -151,9 +152,11 @@ pub struct Store {
     /// The SQLite file, when the store is one: migrations take a lock
     /// beside it (SQLite has no advisory lock for sqlx to take).
     sqlite_file: Option<std::path::PathBuf>,
+    /// The turn this process's writers take on SQLite (see `tx`).
+    write_turn: WriteTurn,
 }
 
-type Tx = Transaction<'static, sqlx::Any>;
+use tx::{Tx, WriteTurn};
 
 /// Waits for this process's turn to migrate the SQLite `file`: an exclusive
 /// lock on a file beside it, held until the returned file is dropped.
@@ -339,15 +342,14 @@ fn migrator(backend: Backend) -> Migrator {
             .into_sql_str(),
             false,
         ),
+        Migration::new(
+            20,
+            "the showcase gate reads: cohort sketches, released sets by size".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0020_gate_reads.sql")).into_sql_str(),
+            false,
+        ),
     ])
-}
-
-/// Begins a write transaction (see [`Store::begin`]).
-async fn begin(pool: &AnyPool, backend: Backend) -> Result<Tx, StoreError> {
-    Ok(match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => pool.begin().await?,
-    })
 }
 
 impl Store {
@@ -440,6 +442,7 @@ impl Store {
             requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
             output_root: None,
             sqlite_file,
+            write_turn: WriteTurn::default(),
         })
     }
 
@@ -488,11 +491,9 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Begins a write transaction. On SQLite `BEGIN IMMEDIATE` takes the
-    /// write lock up front, so a transaction never fails half-way when it
-    /// upgrades from reading to writing.
+    /// Begins a write transaction (see [`tx::begin`]).
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        begin(&self.pool, self.backend).await
+        tx::begin(&self.pool, self.backend, &self.write_turn).await
     }
 
     /// Runs a command transaction, retrying it from scratch (with jittered

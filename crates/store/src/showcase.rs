@@ -76,6 +76,30 @@ pub struct ShowcaseQuery<'a> {
     /// The sets an answer released numbers of, kept for later answers'
     /// comparisons (none for a refusal).
     pub sets: &'a [ReleasedSet],
+    /// The sketch of the cohort's members (see [`ReleasedSet::sketch`]),
+    /// when it was evaluated: later queries of the same user are compared
+    /// with it only where their sketches are near.
+    pub cohort_sketch: Option<&'a [u32]>,
+}
+
+/// One of a user's earlier answered cohorts: its filter as asked, and the
+/// sketch of its members when one was recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlierCohort {
+    pub cohort: serde_json::Value,
+    pub sketch: Option<Vec<u32>>,
+}
+
+fn sketch_text(sketch: &[u32]) -> String {
+    sketch
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn sketch_of_text(text: &str) -> Vec<u32> {
+    text.split(',').filter_map(|n| n.parse().ok()).collect()
 }
 
 /// One set of participants an answer released a number of: its size and
@@ -97,6 +121,7 @@ pub struct SeededAnswer {
     pub fields: Vec<String>,
     pub cohort_size: u64,
     pub sets: Vec<ReleasedSet>,
+    pub cohort_sketch: Vec<u32>,
 }
 
 /// A set an earlier answer released, and the query that did.
@@ -265,11 +290,11 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The distinct filters of `user`'s answered queries of this version
-    /// whose cohorts had between `smallest` and `largest` participants:
-    /// only those can be closer than the minimum cell size to a new one.
-    /// (Everyone's released cohorts are compared as released sets, see
-    /// [`Store::released_sets_near`].)
+    /// The distinct filters (with their sketches) of `user`'s answered
+    /// queries of this version whose cohorts had between `smallest` and
+    /// `largest` participants: only those can be closer than the minimum
+    /// cell size to a new one. (Everyone's released cohorts are compared as
+    /// released sets, see [`Store::released_sets_near`].)
     pub async fn earlier_showcase_cohorts(
         &self,
         user: &UserId,
@@ -277,9 +302,9 @@ impl Store {
         version: u32,
         smallest: u64,
         largest: u64,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
+    ) -> Result<Vec<EarlierCohort>, StoreError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT cohort FROM showcase_queries \
+            "SELECT DISTINCT cohort, cohort_sketch FROM showcase_queries \
              WHERE user_id = $1 AND environment_id = $2 AND version = $3 \
                AND outcome = 'answered' AND cohort_size BETWEEN $4 AND $5",
         )
@@ -293,10 +318,14 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let text: String = row.try_get(0)?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    object: "showcase query",
-                    id: environment.to_string(),
-                    message: e.to_string(),
+                let sketch: Option<String> = row.try_get(1)?;
+                Ok(EarlierCohort {
+                    cohort: serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                        object: "showcase query",
+                        id: environment.to_string(),
+                        message: e.to_string(),
+                    })?,
+                    sketch: sketch.as_deref().map(sketch_of_text),
                 })
             })
             .collect()
@@ -316,12 +345,13 @@ impl Store {
         let size = query
             .cohort_size
             .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let cohort_sketch = query.cohort_sketch.map(sketch_text);
         self.retrying(|| async {
             let at = now();
             // the record and its audit event: one statement on PostgreSQL
             let record = Insert::new(
                 "INSERT INTO showcase_queries \
-                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source)",
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source, cohort_sketch)",
                 "",
             )
             .row(vec![
@@ -335,6 +365,7 @@ impl Store {
                 Arg::from(query.outcome.as_str()),
                 Arg::Int(at.0),
                 Arg::from(query.source.as_str()),
+                Arg::NullableText(cohort_sketch.clone()),
             ]);
             let audit = AuditRecord {
                 actor: caller.actor.id.as_str(),
@@ -358,13 +389,12 @@ impl Store {
                 "ON CONFLICT (environment_id, version, fingerprint) DO NOTHING",
             );
             for set in query.sets {
-                let sketch: Vec<String> = set.sketch.iter().map(u32::to_string).collect();
                 sets = sets.row(vec![
                     Arg::from(id.as_str()),
                     Arg::from(query.environment.as_str()),
                     Arg::Int(i64::from(query.version)),
                     Arg::Int(i64::try_from(set.size).unwrap_or(i64::MAX)),
-                    Arg::from(sketch.join(",").as_str()),
+                    Arg::from(sketch_text(&set.sketch).as_str()),
                     Arg::from(format!("{:016x}", set.fingerprint).as_str()),
                 ]);
             }
@@ -384,6 +414,7 @@ impl Store {
     ) -> Result<Vec<LoggedSet>, StoreError> {
         let mut out = Vec::new();
         // a few hundred windows at most; in chunks, each one statement
+        // (read through showcase_released_sets_by_size: see migration 20)
         for chunk in windows.chunks(200) {
             let ranges: Vec<String> = (0..chunk.len())
                 .map(|i| format!("size BETWEEN ${} AND ${}", 3 + 2 * i, 4 + 2 * i))
@@ -407,7 +438,7 @@ impl Store {
                     query: row.try_get(0)?,
                     set: ReleasedSet {
                         size: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
-                        sketch: sketch.split(',').filter_map(|n| n.parse().ok()).collect(),
+                        sketch: sketch_of_text(&sketch),
                         fingerprint: 0,
                     },
                 });
@@ -431,7 +462,7 @@ impl Store {
         for chunk in answers.chunks(300) {
             let mut queries = Insert::new(
                 "INSERT INTO showcase_queries \
-                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source)",
+                 (id, environment_id, version, user_id, cohort, fields, cohort_size, outcome, at, source, cohort_sketch)",
                 "",
             );
             let mut sets = Insert::new(
@@ -444,6 +475,7 @@ impl Store {
                 fields,
                 cohort_size: size,
                 sets: released,
+                cohort_sketch,
             } in chunk
             {
                 let id = new_id();
@@ -458,15 +490,15 @@ impl Store {
                     Arg::from(ShowcaseQueryOutcome::Answered.as_str()),
                     Arg::Int(at.0),
                     Arg::from(ShowcaseQuerySource::Builder.as_str()),
+                    Arg::from(sketch_text(cohort_sketch).as_str()),
                 ]);
                 for set in released.iter().filter(|r| seen.insert(r.fingerprint)) {
-                    let sketch: Vec<String> = set.sketch.iter().map(u32::to_string).collect();
                     sets = sets.row(vec![
                         Arg::from(id.as_str()),
                         Arg::from(environment.as_str()),
                         Arg::Int(i64::from(version)),
                         Arg::Int(i64::try_from(set.size).unwrap_or(i64::MAX)),
-                        Arg::from(sketch.join(",").as_str()),
+                        Arg::from(sketch_text(&set.sketch).as_str()),
                         Arg::from(format!("{:016x}", set.fingerprint).as_str()),
                     ]);
                 }

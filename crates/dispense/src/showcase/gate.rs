@@ -29,11 +29,6 @@ pub struct Members {
 }
 
 impl Members {
-    fn of(mut rows: Vec<u32>) -> Self {
-        rows.sort_unstable();
-        Self { rows }
-    }
-
     pub fn len(&self) -> u64 {
         self.rows.len() as u64
     }
@@ -76,9 +71,7 @@ impl Members {
         for row in &self.rows {
             builder.set_bit(*row as usize, true);
         }
-        Selection {
-            bits: builder.finish(),
-        }
+        Selection::of(builder.finish())
     }
 }
 
@@ -118,19 +111,19 @@ impl ShowcaseColumns {
                 Shape::Categories { names } => names.len() + 1,
             };
             let missing = bases;
-            let mut cells: Vec<Vec<u32>> = vec![Vec::new(); bases + 1];
-            match (&shape, values) {
-                (Shape::Histogram { edges, .. }, Values::Numbers(numbers)) => {
-                    for &row in &members {
+            // each member's base cell (`missing` for none), in row order
+            let cell_of_member: Vec<usize> = match (&shape, values) {
+                (Shape::Histogram { edges, .. }, Values::Numbers(numbers)) => members
+                    .iter()
+                    .map(|&row| {
                         let value = numbers[row as usize];
-                        let cell = if value.is_nan() {
+                        if value.is_nan() {
                             missing
                         } else {
                             bin_of(value, edges)
-                        };
-                        cells[cell].push(row);
-                    }
-                }
+                        }
+                    })
+                    .collect(),
                 (Shape::Categories { names }, Values::Text { codes, names: all }) => {
                     let index: std::collections::HashMap<&str, usize> = names
                         .iter()
@@ -141,24 +134,33 @@ impl ShowcaseColumns {
                         .iter()
                         .map(|n| index.get(n.as_str()).copied().unwrap_or(names.len()))
                         .collect();
-                    for &row in &members {
-                        let cell = match codes[row as usize] {
+                    members
+                        .iter()
+                        .map(|&row| match codes[row as usize] {
                             MISSING => missing,
                             code => cell_of[code as usize],
-                        };
-                        cells[cell].push(row);
-                    }
+                        })
+                        .collect()
                 }
                 _ => continue,
-            }
+            };
+            // the members whose cells are in a group: filtered in row
+            // order, so ascending as they are
             let union = |group: &mut dyn Iterator<Item = usize>| {
-                Members::of(
-                    group
-                        .filter_map(|cell| cells.get(cell))
-                        .flatten()
-                        .copied()
+                let mut wanted = vec![false; bases + 1];
+                for cell in group {
+                    if let Some(w) = wanted.get_mut(cell) {
+                        *w = true;
+                    }
+                }
+                Members {
+                    rows: members
+                        .iter()
+                        .zip(&cell_of_member)
+                        .filter(|(_, cell)| wanted[**cell])
+                        .map(|(row, _)| *row)
                         .collect(),
-                )
+                }
             };
             for group in groups.cells.iter().flatten() {
                 sets.push(union(&mut group.iter().copied()));
@@ -167,9 +169,7 @@ impl ShowcaseColumns {
                 sets.push(union(&mut (0..bases)));
             }
             if groups.missing {
-                sets.push(Members {
-                    rows: std::mem::take(&mut cells[missing]),
-                });
+                sets.push(union(&mut std::iter::once(missing)));
             }
         }
         sets
@@ -189,9 +189,7 @@ impl ShowcaseColumns {
         {
             return sets.clone();
         }
-        let everyone = Selection {
-            bits: BooleanBuffer::new_set(self.rows()),
-        };
+        let everyone = Selection::of(BooleanBuffer::new_set(self.rows()));
         let mut sets: Vec<Selection> = self
             .released_sets(&everyone, true, like, &like.fields, rules)
             .iter()
@@ -214,12 +212,16 @@ impl ShowcaseColumns {
     /// are `d` apart ([`sketch_distance`]) differ by at least `d`
     /// participants, so most sets far apart are told without their members.
     pub fn sketch(&self, set: &Members) -> Vec<u32> {
-        let mut out = vec![0u32; SKETCH_BUCKETS];
-        let shift = 32 - SKETCH_BUCKETS.trailing_zeros();
-        for row in &set.rows {
-            out[(self.record_keys[*row as usize] >> shift) as usize] += 1;
-        }
-        out
+        self.sketch_rows(set.rows.iter().map(|r| *r as usize))
+    }
+
+    /// The sketch of a cohort's members (as [`ShowcaseColumns::sketch`]).
+    pub fn sketch_selection(&self, selection: &Selection) -> Vec<u32> {
+        self.sketch_rows(selection.bits.set_indices())
+    }
+
+    fn sketch_rows(&self, rows: impl Iterator<Item = usize>) -> Vec<u32> {
+        sketch_of_keys(rows.map(|row| self.record_keys[row]))
     }
 
     /// A 64-bit hash of `set`'s members (of their rows in this version):
@@ -237,6 +239,16 @@ impl ShowcaseColumns {
             })
             .fold(set.len(), u64::wrapping_add)
     }
+}
+
+/// Members counted by the top bits of their record keys.
+fn sketch_of_keys(keys: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut out = vec![0u32; SKETCH_BUCKETS];
+    let shift = 32 - SKETCH_BUCKETS.trailing_zeros();
+    for key in keys {
+        out[(key >> shift) as usize] += 1;
+    }
+    out
 }
 
 /// How far apart two sketches are: the sum of their buckets' differences,
@@ -291,4 +303,55 @@ pub fn first_conflict_between(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: deterministic keys spread over the whole range.
+    fn keys(seed: u64, n: usize) -> Vec<u32> {
+        (0..n as u64)
+            .map(|i| {
+                let mut z = (seed * 1_000_003 + i).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z >> 32) as u32
+            })
+            .collect()
+    }
+
+    /// The gate sets aside an earlier set whose sketch is `k` away as at
+    /// least `k` apart: that must never hide a closer one. Pairs that share
+    /// most members and differ by a few (the attack) and pairs far apart.
+    #[test]
+    fn a_sketch_distance_never_exceeds_the_difference_it_stands_for() {
+        for seed in 0..200u64 {
+            let base = keys(seed, 500 + (seed as usize * 37) % 3000);
+            let extra = keys(seed + 10_000, (seed as usize) % 12);
+            let drop = (seed as usize * 7) % 9;
+            let a: Vec<u32> = base.clone();
+            let b: Vec<u32> = base[drop..].iter().chain(&extra).copied().collect();
+            let a_set: std::collections::BTreeSet<u32> = a.iter().copied().collect();
+            let b_set: std::collections::BTreeSet<u32> = b.iter().copied().collect();
+            let difference = a_set.symmetric_difference(&b_set).count() as u64;
+            let distance = sketch_distance(
+                &sketch_of_keys(a_set.iter().copied()),
+                &sketch_of_keys(b_set.iter().copied()),
+            );
+            assert!(
+                distance <= difference,
+                "seed {seed}: sketches {distance} apart, sets {difference}"
+            );
+        }
+        // and it sets most aside: two disjoint cohorts of the same size
+        // are told apart by their sketches alone
+        let (a, b) = (keys(1, 4000), keys(2, 4000));
+        assert!(
+            sketch_distance(
+                &sketch_of_keys(a.iter().copied()),
+                &sketch_of_keys(b.iter().copied())
+            ) >= 5
+        );
+    }
 }

@@ -12,16 +12,23 @@ use tre_domain::cohort::{CmpOp, Expr, Literal};
 use super::{MISSING, ShowcaseColumns, Values};
 use crate::{DispenseError, filter};
 
-/// The participants a cohort filter selects, as one bit per row.
+/// The participants a cohort filter selects, as one bit per row, with
+/// their number (counted once: the gate asks it of each set many times).
 #[derive(Debug, Clone)]
 pub struct Selection {
     pub(super) bits: BooleanBuffer,
+    len: u64,
 }
 
 impl Selection {
+    pub(super) fn of(bits: BooleanBuffer) -> Self {
+        let len = bits.count_set_bits() as u64;
+        Self { bits, len }
+    }
+
     /// How many participants are in it.
     pub fn len(&self) -> u64 {
-        self.bits.count_set_bits() as u64
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,7 +100,7 @@ impl ShowcaseColumns {
             Some(Expr::And(children)) if children.len() > 1 => self.select_all(children)?,
             Some(expr) => true_rows(&filter::evaluate(expr, &self.batch, &self.dataset)?),
         };
-        Ok(Selection { bits })
+        Ok(Selection::of(bits))
     }
 
     /// The rows where every one of `children` is true. The first is
