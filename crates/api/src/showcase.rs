@@ -445,6 +445,15 @@ pub async fn ask(
     let public = columns.public_sets(&full, &rules);
     let mut close = first_conflict(&sets, &public, rules.min_cell_size).is_some();
 
+    // what follows compares with the answers recorded before this one and
+    // records it: in the environment's turn, so that two answers checked at
+    // once (on two API processes) cannot each miss the other
+    let turn = if close {
+        None
+    } else {
+        Some(state.store.showcase_gate_turn(&env.id).await?)
+    };
+
     // ... against the caller's own earlier cohorts (a cohort asked again
     // with another filter counts too, and so do the suppressed ones): those
     // of about its size whose sketches are near are evaluated again
@@ -526,6 +535,9 @@ pub async fn ask(
             Some(&cohort_sketch),
         )
         .await?;
+        if let Some(turn) = turn {
+            turn.release().await?;
+        }
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "too_close",
@@ -549,6 +561,9 @@ pub async fn ask(
         Some(&cohort_sketch),
     )
     .await?;
+    if let Some(turn) = turn {
+        turn.release().await?;
+    }
     Ok(CohortAnswer {
         environment: env.id.clone(),
         version,

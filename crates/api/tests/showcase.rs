@@ -156,14 +156,7 @@ async fn start_on(db: TestDb) -> Option<(TestDb, Server, String)> {
         .await
         .unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = tre_api::AppState::new(store.clone());
-    tokio::spawn(async move {
-        tre_api::serve(listener, state, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let base = serve(store.clone()).await;
     Some((
         db,
         Server {
@@ -173,6 +166,90 @@ async fn start_on(db: TestDb) -> Option<(TestDb, Server, String)> {
         },
         w.env.to_string(),
     ))
+}
+
+/// Serves the API on `store`; its base URL.
+async fn serve(store: Store) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = tre_api::AppState::new(store);
+    tokio::spawn(async move {
+        tre_api::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    base
+}
+
+/// Attack: two colluders send their halves at the same moment, each
+/// through an API process of its own (on PostgreSQL: two stores, two pools),
+/// so that each answer is checked before the other is recorded: "the men
+/// of a centre born in these years" and "the same without one of them".
+/// Never both answered, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn colluders_asking_at_the_same_moment_on_two_api_processes_are_not_both_answered() {
+    let mut dbs = vec![TestDb::sqlite().await];
+    dbs.extend(TestDb::postgres().await);
+    for db in dbs {
+        colluders_asking_at_the_same_moment_on(db).await;
+    }
+}
+
+async fn colluders_asking_at_the_same_moment_on(db: TestDb) {
+    let Some((db, api, env)) = start_on(db).await else {
+        return;
+    };
+    let second = Server {
+        base: match db.url.starts_with("postgres") {
+            true => serve(Store::open(&db.url).await.unwrap()).await,
+            // one process per SQLite file: its second caller shares it
+            false => serve(db.store.clone()).await,
+        },
+        client: Client::new(),
+        tokens: api.tokens.clone(),
+    };
+    let mut answered_both = Vec::new();
+    let mut rounds = 0;
+    // one target per centre: the rounds' cohorts are disjoint, so each
+    // round's pair is compared with nothing but itself
+    let mut centres = std::collections::HashSet::new();
+    let lone_men = targets()
+        .into_iter()
+        .filter(|t| t.sex == "M" && centres.insert(t.centre.clone()));
+    for target in lone_men.take(12) {
+        let baseline = json!({"and": [
+            {"field": "sex", "op": "=", "value": "M"},
+            {"field": "recruitment_centre", "op": "=", "value": target.centre},
+            {"field": "year_of_birth", "op": "between", "low": target.year - 5, "high": target.year + 5},
+        ]});
+        let without = json!({"and": [baseline, {"not": target.filter()}]});
+        let (first, other) = tokio::join!(
+            api.ask("owner", &env, json!({"cohort": baseline})),
+            second.ask("member", &env, json!({"cohort": without})),
+        );
+        for (status, answer) in [&first, &other] {
+            assert!(
+                *status == StatusCode::OK || *status == StatusCode::CONFLICT,
+                "{status}: {answer}"
+            );
+        }
+        rounds += 1;
+        if first.0 == StatusCode::OK && other.0 == StatusCode::OK {
+            answered_both.push((baseline, first.1, other.1));
+        } else {
+            // one of the two is answered: whichever came first
+            assert!(
+                first.0 == StatusCode::OK || other.0 == StatusCode::OK,
+                "{first:?} {other:?}"
+            );
+        }
+    }
+    assert!(rounds >= 4, "enough lone men in the fixture: {rounds}");
+    assert!(
+        answered_both.is_empty(),
+        "both halves answered: {answered_both:#?}"
+    );
+    db.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ mod docs;
 mod environments;
 mod error;
 mod files;
+mod gate_turn;
 mod gauges;
 mod idempotency;
 mod jobs;
@@ -54,6 +55,7 @@ pub use authorization::{Permission, Target};
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan, UnitTake};
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
+pub use gate_turn::GateTurn;
 pub use gauges::{STALL_AFTER_MS, SystemGauges};
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
 pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts};
@@ -154,6 +156,9 @@ pub struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// The turn this process's writers take on SQLite (see `tx`).
     write_turn: WriteTurn,
+    /// The turn this process's showcase checks take on SQLite (see
+    /// `gate_turn`).
+    gate: gate_turn::LocalGate,
 }
 
 use tx::{Tx, WriteTurn};
@@ -443,6 +448,7 @@ impl Store {
             output_root: None,
             sqlite_file,
             write_turn: WriteTurn::default(),
+            gate: gate_turn::LocalGate::default(),
         })
     }
 
