@@ -19,6 +19,7 @@ mod openapi;
 mod ops;
 mod routes;
 mod showcase;
+mod showcase_gate;
 mod tokens;
 
 use std::time::Duration;

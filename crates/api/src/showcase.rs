@@ -27,10 +27,8 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
-use tre_dispense::showcase::{
-    ShowcaseColumns, first_conflict, first_conflict_between, sketch_distance,
-};
-use tre_domain::disclosure::{DisclosureRules, Released, too_close};
+use tre_dispense::showcase::{ShowcaseColumns, first_conflict};
+use tre_domain::disclosure::{DisclosureRules, Released};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
 use tre_store::{
@@ -39,6 +37,7 @@ use tre_store::{
 
 use crate::guard::{Allowed, ViewsShowcase};
 use crate::routes::{Endpoint, PathForm, body, op};
+use crate::showcase_gate::{Answer, Compared};
 use crate::{ApiError, AppState, Auth, Body};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -239,7 +238,7 @@ fn no_showcase() -> ApiError {
     )
 }
 
-fn source_unavailable(e: tre_dispense::DispenseError) -> ApiError {
+pub(crate) fn source_unavailable(e: tre_dispense::DispenseError) -> ApiError {
     tracing::warn!(error = %e, "showcase columns cannot be loaded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -367,7 +366,15 @@ pub async fn ask(
     id: &EnvironmentId,
     asked: CohortQuery,
 ) -> Result<CohortAnswer> {
-    let env = state.store.showcase_environment(caller, id).await?;
+    // the environment (authorized) and the caller's queries of the last
+    // minute, read at once (the count is looked at only once authorized)
+    let minute_ago = Timestamp(tre_store::now().0 - 60_000);
+    let (env, recent) = tokio::try_join!(
+        state.store.showcase_environment(caller, id),
+        state
+            .store
+            .showcase_queries_since(&caller.actor.id, id, minute_ago)
+    )?;
     let (allowed, dataset) = queryable(&env)?;
     let expr = tre_domain::cohort::parse_restricted(&asked.cohort, dataset, &allowed)
         .map_err(tre_store::StoreError::from)?;
@@ -389,11 +396,6 @@ pub async fn ask(
     let rules = DisclosureRules::of(&env.policies);
 
     // too often: refused, recorded, audited
-    let minute_ago = Timestamp(tre_store::now().0 - 60_000);
-    let recent = state
-        .store
-        .showcase_queries_since(&caller.actor.id, &env.id, minute_ago)
-        .await?;
     if recent >= u64::from(env.policies.showcase_queries_per_minute) {
         record(
             state,
@@ -445,64 +447,10 @@ pub async fn ask(
     let public = columns.public_sets(&full, &rules);
     let mut close = first_conflict(&sets, &public, rules.min_cell_size).is_some();
 
-    // what follows compares with the answers recorded before this one and
-    // records it: in the environment's turn, so that two answers checked at
-    // once (on two API processes) cannot each miss the other
-    let turn = if close {
-        None
-    } else {
-        Some(state.store.showcase_gate_turn(&env.id).await?)
-    };
-
-    // ... against the caller's own earlier cohorts (a cohort asked again
-    // with another filter counts too, and so do the suppressed ones): those
-    // of about its size whose sketches are near are evaluated again
-    let margin = rules.min_cell_size.saturating_sub(1);
+    // ... against the answers recorded before it, then again in the
+    // environment's turn against those recorded meanwhile, and recorded
+    // before the turn ends (see `showcase_gate`)
     let cohort_sketch = columns.sketch_selection(&selection);
-    let earlier = if close {
-        Vec::new()
-    } else {
-        state
-            .store
-            .earlier_showcase_cohorts(
-                &caller.actor.id,
-                &env.id,
-                version,
-                size.saturating_sub(margin),
-                size.saturating_add(margin),
-            )
-            .await?
-    };
-    for before in &earlier {
-        if before.cohort == asked.cohort
-            || before
-                .sketch
-                .as_ref()
-                .is_some_and(|s| sketch_distance(s, &cohort_sketch) >= rules.min_cell_size)
-        {
-            continue; // the same filter, or at least the minimum apart
-        }
-        // recorded filters were valid for this version; one that is not
-        // (cannot happen) is no cohort to compare with
-        let Ok(filter) = tre_domain::cohort::parse_optional(&before.cohort, dataset) else {
-            continue;
-        };
-        state
-            .metrics
-            .gate
-            .own_cohorts_evaluated
-            .fetch_add(1, Ordering::Relaxed);
-        let other = columns
-            .select(filter.as_ref())
-            .map_err(source_unavailable)?;
-        if too_close(selection.difference(&other), false, &rules) {
-            close = true;
-            break;
-        }
-    }
-    // ... and every set earlier answers released, whoever asked them
-    // (colluding users are users too), cohort and cell alike: those
-    // of about the same sizes whose sketches are near are evaluated again
     // (made only for an answer that may still be given: they are recorded
     // with it)
     let sketches: Vec<ReleasedSet> = if close {
@@ -516,11 +464,32 @@ pub async fn ask(
             })
             .collect()
     };
+    let answer = Answer {
+        env: &env,
+        version,
+        dataset,
+        asked: &asked,
+        columns: &columns,
+        full: &full,
+        rules: &rules,
+        selection: &selection,
+        cohort_sketch: &cohort_sketch,
+        sets: &sets,
+        sketches: &sketches,
+    };
+    let mut compared = Compared::default();
+    let mut turn = None;
     if !close {
-        close = near_an_earlier_answer(
-            state, &env, version, &asked, &columns, &full, &rules, &sets, &sketches,
-        )
-        .await?;
+        state.metrics.gate.checks.fetch_add(1, Ordering::Relaxed);
+        close = answer
+            .too_close_to_earlier(state, caller, &mut compared)
+            .await?;
+    }
+    if !close {
+        turn = Some(state.store.showcase_gate_turn(&env.id).await?);
+        close = answer
+            .too_close_to_earlier(state, caller, &mut compared)
+            .await?;
     }
     if close {
         record(
@@ -573,91 +542,6 @@ pub async fn ask(
             .map(|a| release_field(a, &rules))
             .collect(),
     })
-}
-
-/// Whether one of `sets` (with their `sketches`) differs from a set an
-/// earlier answer of this version released by more than nobody and fewer
-/// than the minimum cell size. The earlier sets of about the same sizes are
-/// read from SQL; those whose sketches are far enough are set aside
-/// without more; the queries of the rest are evaluated again (each
-/// distinct one once) and compared set against set.
-#[allow(clippy::too_many_arguments)]
-async fn near_an_earlier_answer(
-    state: &AppState,
-    env: &Environment,
-    version: u32,
-    asked: &CohortQuery,
-    columns: &ShowcaseColumns,
-    full: &ShowcaseAggregates,
-    rules: &DisclosureRules,
-    sets: &[tre_dispense::showcase::Members],
-    sketches: &[ReleasedSet],
-) -> Result<bool> {
-    let k = rules.min_cell_size;
-    let margin = k.saturating_sub(1);
-    let mut windows: Vec<(u64, u64)> = sketches
-        .iter()
-        .map(|s| (s.size.saturating_sub(margin), s.size.saturating_add(margin)))
-        .collect();
-    windows.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (low, high) in windows {
-        match merged.last_mut() {
-            Some(last) if low <= last.1.saturating_add(1) => last.1 = last.1.max(high),
-            _ => merged.push((low, high)),
-        }
-    }
-    if merged.is_empty() {
-        return Ok(false);
-    }
-    let logged = state
-        .store
-        .released_sets_near(&env.id, version, &merged)
-        .await?;
-    let gate = &state.metrics.gate;
-    gate.checks.fetch_add(1, Ordering::Relaxed);
-    gate.sets_read
-        .fetch_add(logged.len() as u64, Ordering::Relaxed);
-    let mut candidates: Vec<String> = logged
-        .into_iter()
-        .filter(|earlier| {
-            sketches.iter().any(|mine| {
-                mine.size.abs_diff(earlier.set.size) < k
-                    && sketch_distance(&mine.sketch, &earlier.set.sketch) < k
-            })
-        })
-        .map(|earlier| earlier.query)
-        .collect();
-    candidates.sort_unstable();
-    candidates.dedup();
-    if candidates.is_empty() {
-        return Ok(false);
-    }
-    let (_, dataset) = queryable(env)?;
-    let mut seen = BTreeSet::new();
-    for earlier in state.store.logged_queries(&candidates).await? {
-        // the same question asked again has the same answer
-        if earlier.cohort == asked.cohort && earlier.fields == asked.fields {
-            continue;
-        }
-        if !seen.insert((earlier.cohort.to_string(), earlier.fields.clone())) {
-            continue;
-        }
-        let Ok(filter) = tre_domain::cohort::parse_optional(&earlier.cohort, dataset) else {
-            continue;
-        };
-        gate.queries_evaluated.fetch_add(1, Ordering::Relaxed);
-        let selection = columns
-            .select(filter.as_ref())
-            .map_err(source_unavailable)?;
-        let cohort_shown = !rules.is_small(selection.len());
-        let (_, counted) = columns.aggregate_cohort(&selection, full, &earlier.fields);
-        let theirs = columns.released_sets(&selection, cohort_shown, full, &counted, rules);
-        if first_conflict_between(sets, &theirs, k).is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 fn invalid(field: &str, message: String) -> ApiError {
