@@ -34,6 +34,7 @@ tre_testkit::on_both_backends!(
     a_project_receives_what_was_approved_never_a_widened_collection,
     dispensing_stops_when_the_request_no_longer_allows_it,
     a_location_leading_out_of_the_source_root_is_never_read,
+    a_loosened_policy_is_audited_and_told_to_the_other_admins,
 );
 
 fn approve(stage: usize) -> DecisionInput {
@@ -58,6 +59,142 @@ async fn objects(dest: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
         .try_collect()
         .await
         .unwrap()
+}
+
+/// Attack: one of two admins quietly lowers the minimum cell size and
+/// widens downloads in a partial change. The rest of the policies stay as
+/// they were, the audit event names what was loosened, and the other admin
+/// is told (the one who made the change is not); tightening back tells
+/// nobody.
+async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store) {
+    let w = world(store, &["rev1"], &["rev2"], 1).await;
+    tre_testkit::user(store, "admin2", false, &[]).await;
+    configure(
+        store,
+        &w,
+        EnvironmentCommand::SetAdmins(["admin".into(), "admin2".into()].into()),
+    )
+    .await;
+    configure(
+        store,
+        &w,
+        EnvironmentCommand::PatchPolicies(tre_domain::PoliciesPatch {
+            review_sla_hours: Some(Some(48)),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let (_folder, dest) = temp_store("loosened");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    configure(
+        store,
+        &w,
+        EnvironmentCommand::PatchPolicies(tre_domain::PoliciesPatch {
+            min_cell_size: Some(3),
+            download: Some(tre_domain::DownloadPolicy::Members),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let env = store.system_environment(&w.env).await.unwrap();
+    assert_eq!(env.policies.min_cell_size, 3);
+    assert_eq!(env.policies.review_sla_hours, Some(48), "kept");
+    assert_eq!(
+        env.policies.min_cohort_size,
+        Policies::default().min_cohort_size
+    );
+
+    let mut told = Vec::new();
+    for _ in 0..400 {
+        told = store.inbox(&"admin2".into(), 10).await.unwrap();
+        if told.iter().any(|n| n.kind == "policies_loosened") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let note = told
+        .iter()
+        .find(|n| n.kind == "policies_loosened")
+        .expect("the other admin is told");
+    assert!(note.body.contains("admin changed"), "{}", note.body);
+    assert!(note.body.contains("min_cell_size 10 -> 3"), "{}", note.body);
+    assert!(
+        note.body.contains("download \"workspace\" -> \"members\""),
+        "{}",
+        note.body
+    );
+    assert!(!note.body.contains("review_sla_hours"), "{}", note.body);
+
+    // tightening back is no loosening
+    configure(
+        store,
+        &w,
+        EnvironmentCommand::PatchPolicies(tre_domain::PoliciesPatch {
+            min_cell_size: Some(10),
+            ..Default::default()
+        }),
+    )
+    .await;
+    // every job done (the first alert's, and any the tightening made)
+    for _ in 0..400 {
+        let counts = store.job_counts().await.unwrap();
+        if counts.pending + counts.queued + counts.running == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let notes: Vec<_> = store
+        .inbox(&"admin2".into(), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.kind == "policies_loosened")
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let own: Vec<_> = store
+        .inbox(&"admin".into(), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.kind == "policies_loosened")
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the admin who changed them is not told: {own:?}"
+    );
+
+    // the audit log names what was loosened, and only then
+    let events = store
+        .audit_events(
+            &w.admin,
+            &AuditQuery {
+                environment: Some(w.env.clone()),
+                limit: 1000,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let changes: Vec<Value> = events
+        .iter()
+        .filter(|e| e.action == "environment.change_policies")
+        .map(|e| serde_json::from_str(&e.details).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 3);
+    assert!(changes[0].get("loosened").is_none(), "{}", changes[0]);
+    assert_eq!(
+        changes[1]["loosened"],
+        json!([
+            {"policy": "min_cell_size", "from": 10, "to": 3},
+            {"policy": "download", "from": "workspace", "to": "members"}
+        ])
+    );
+    assert!(changes[2].get("loosened").is_none(), "{}", changes[2]);
+    worker.stop(STOP_WITHIN).await;
 }
 
 async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store) {

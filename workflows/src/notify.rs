@@ -485,7 +485,13 @@ impl Notifier {
         alert: &AdminAlert,
     ) -> Result<(), JobError> {
         let env = ctx.store.system_environment(environment).await?;
-        let admins: Vec<UserId> = env.admins.iter().cloned().collect();
+        // the admin who made a change is not told of it
+        let admins: Vec<UserId> = env
+            .admins
+            .iter()
+            .filter(|a| !matches!(alert, AdminAlert::PoliciesLoosened { by, .. } if by == *a))
+            .cloned()
+            .collect();
         let (kind, subject, body, request) = match alert {
             AdminAlert::OwnerRemoved { request, owner } => (
                 "owner_removed",
@@ -532,6 +538,22 @@ impl Notifier {
                     format!(
                         "{reviewer} was disabled and can no longer decide at stage(s) {}. Change the stages' reviewers so requests do not wait for them.",
                         waiting.join(", ")
+                    ),
+                    None,
+                )
+            }
+            AdminAlert::PoliciesLoosened { by, loosened } => {
+                let changes: Vec<String> = loosened
+                    .iter()
+                    .map(|l| format!("{} {} -> {}", l.policy, l.from, l.to))
+                    .collect();
+                (
+                    "policies_loosened",
+                    format!("Policies of {:?} were loosened", env.name),
+                    format!(
+                        "{by} changed the environment's policies so that it protects less: {}. If this was not agreed, set them back (PATCH /v1/environments/{}/policies) and review the audit log.",
+                        changes.join("; "),
+                        env.id
                     ),
                     None,
                 )

@@ -115,6 +115,18 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", m)
             }
             StoreError::WriteConflict(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
+            StoreError::Stale {
+                object,
+                id,
+                expected,
+                current,
+            } => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "stale",
+                format!(
+                    "{object} {id} changed since you read it (revision {expected}, now {current}): read it again (its ETag), make your change on what it holds now and send it with If-Match"
+                ),
+            ),
             // answered by the idempotency layer with the other call's answer
             StoreError::IdempotencyConflict => Self::new(
                 StatusCode::CONFLICT,

@@ -344,3 +344,67 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
     }
 }
+
+/// The revision of the object a change is made on, when the caller names
+/// one (`If-Match: "7"`, the `ETag` of what they read; `*` names none).
+#[derive(Debug, Clone, Copy)]
+pub struct IfMatch(pub Option<i64>);
+
+fn if_match(parts: &Parts) -> Result<Option<i64>, ApiError> {
+    let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "If-Match: give the ETag the object was read with, e.g. \"7\" (with the quotes)",
+            )
+            .with_field("If-Match")
+        })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        if_match(parts).map(Self)
+    }
+}
+
+/// The revision a full replacement is made on: required, so that what one
+/// admin sends cannot silently undo another's change made meanwhile.
+/// (Checked in the handler, after the body: a body that is wrong says so
+/// first.)
+pub(crate) fn required(revision: Option<i64>) -> Result<i64, ApiError> {
+    revision.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+            "a full replacement needs If-Match with the ETag of what you read (GET the object first); to change some fields only, use PATCH",
+        )
+        .with_field("If-Match")
+    })
+}
+
+/// `value` as JSON with its revision as `ETag`.
+pub(crate) fn with_revision(
+    value: impl serde::Serialize,
+    revision: i64,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::ETAG, format!("\"{revision}\""))],
+        axum::Json(value),
+    )
+        .into_response()
+}

@@ -114,6 +114,20 @@ pub fn spec() -> Value {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}}));
             operation["parameters"] = Value::Array(params);
         }
+        if e.if_match != crate::routes::IfMatchUse::None {
+            let mut params = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            params.push(json!({
+                "name": "If-Match",
+                "in": "header",
+                "required": e.if_match == crate::routes::IfMatchUse::Required,
+                "description": "The ETag of the object as read (GET), e.g. \"7\": the change is refused (412) when the object changed since",
+                "schema": {"type": "string", "pattern": "^\"[0-9]{1,18}\"$"}
+            }));
+            operation["parameters"] = Value::Array(params);
+        }
         if !e.auth {
             operation["security"] = json!([]);
         }
@@ -194,6 +208,22 @@ fn common_errors(e: &crate::routes::Endpoint) -> Vec<(u16, &'static str)> {
     }
     if e.method == axum::http::Method::POST && e.auth {
         errors.push((422, "invalid, or `idempotency_key_reused`: this Idempotency-Key was used for a different call"));
+    }
+    if e.if_match != crate::routes::IfMatchUse::None {
+        errors.push((
+            400,
+            "malformed: the body is not JSON, or If-Match is not an ETag",
+        ));
+        errors.push((
+            412,
+            "stale: the object changed since the revision in If-Match; read it again",
+        ));
+    }
+    if e.if_match == crate::routes::IfMatchUse::Required {
+        errors.push((
+            428,
+            "precondition required: a full replacement needs If-Match (or use PATCH)",
+        ));
     }
     errors
 }

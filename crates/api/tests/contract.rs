@@ -28,7 +28,17 @@ async fn refused(
             None,
         )
         .await;
-    let (status, answer) = api.call(who, method.clone(), path, Some(body)).await;
+    // on the revision read (a full replacement names it)
+    let revision = api.revision("admin", env).await;
+    let (status, answer, _) = api
+        .call_with(
+            who,
+            method.clone(),
+            path,
+            Some(body),
+            &[("if-match", revision)],
+        )
+        .await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -137,11 +147,11 @@ async fn integers_may_be_written_with_a_zero_fraction() {
     let env = published(&api).await;
     let path = format!("/v1/environments/{env}/policies");
     let env_after = api
-        .ok(
+        .replace(
             "admin",
-            Method::PUT,
-            &path,
-            Some(json!({"min_cell_size": 12.0, "max_request_days": 3e2})),
+            &env,
+            "policies",
+            json!({"min_cell_size": 12.0, "max_request_days": 3e2}),
         )
         .await;
     assert_eq!(env_after["policies"]["min_cell_size"], 12);

@@ -37,6 +37,12 @@ pub enum AdminAlert {
         /// Stage ids, with the requests waiting at each.
         stages: Vec<(String, u32)>,
     },
+    /// An admin changed the policies so that the environment protects
+    /// less (the other admins are told who, and what changed).
+    PoliciesLoosened {
+        by: UserId,
+        loosened: Vec<crate::Loosening>,
+    },
 }
 
 impl AdminAlert {
@@ -48,6 +54,7 @@ impl AdminAlert {
                 format!("stage_out_of_reach:{request}:{stage}")
             }
             Self::ReviewerDisabled { reviewer, .. } => format!("reviewer_disabled:{reviewer}"),
+            Self::PoliciesLoosened { by, .. } => format!("policies_loosened:{by}"),
         }
     }
 }

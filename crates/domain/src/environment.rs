@@ -296,8 +296,15 @@ pub enum EnvironmentCommand {
     SetFiles(FileInventoryRef),
     SetPipeline(ReviewPipeline),
     SetMembers(BTreeSet<Principal>),
+    /// Adds and removes authorized users and groups, the others kept.
+    ChangeMembers {
+        add: BTreeSet<Principal>,
+        remove: BTreeSet<Principal>,
+    },
     SetAdmins(BTreeSet<UserId>),
     SetPolicies(Policies),
+    /// Changes the policies named, the others kept.
+    PatchPolicies(crate::PoliciesPatch),
     SetVisibility(Visibility),
     Publish,
     EnterMaintenance,
@@ -313,8 +320,10 @@ impl EnvironmentCommand {
             Self::SetFiles(_) => "environment.set_files",
             Self::SetPipeline(_) => "environment.set_pipeline",
             Self::SetMembers(_) => "environment.set_members",
+            Self::ChangeMembers { .. } => "environment.change_members",
             Self::SetAdmins(_) => "environment.set_admins",
             Self::SetPolicies(_) => "environment.set_policies",
+            Self::PatchPolicies(_) => "environment.change_policies",
             Self::SetVisibility(_) => "environment.set_visibility",
             Self::Publish => "environment.publish",
             Self::EnterMaintenance => "environment.maintenance",
@@ -328,6 +337,20 @@ impl EnvironmentCommand {
             self,
             Self::Publish | Self::EnterMaintenance | Self::Reactivate
         )
+    }
+}
+
+/// Groups named in `field` must be handles.
+fn check_groups(field: &str, principals: &BTreeSet<Principal>) -> Result<(), DomainError> {
+    match principals.iter().find_map(|m| match m {
+        Principal::Group(g) if !crate::schema::is_handle(g) => Some(g),
+        _ => None,
+    }) {
+        Some(bad) => Err(DomainError::invalid(
+            field,
+            format!("group {bad:?}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - @"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -477,16 +500,19 @@ impl Environment {
                 next.pipeline = pipeline;
             }
             (C::SetMembers(members), _) => {
-                if let Some(bad) = members.iter().find_map(|m| match m {
-                    Principal::Group(g) if !crate::schema::is_handle(g) => Some(g),
-                    _ => None,
-                }) {
+                check_groups("members", &members)?;
+                next.members = members
+            }
+            (C::ChangeMembers { add, remove }, _) => {
+                check_groups("add", &add)?;
+                if let Some(both) = add.intersection(&remove).next() {
                     return Err(DomainError::invalid(
-                        "members",
-                        format!("group {bad:?}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - @"),
+                        "remove",
+                        format!("{both} is both added and removed"),
                     ));
                 }
-                next.members = members
+                next.members.extend(add);
+                next.members.retain(|m| !remove.contains(m));
             }
             (C::SetAdmins(admins), _) => {
                 if admins.is_empty() {
@@ -507,6 +533,11 @@ impl Environment {
                 next.admins = admins;
             }
             (C::SetPolicies(policies), _) => {
+                policies.validate()?;
+                next.policies = policies;
+            }
+            (C::PatchPolicies(patch), _) => {
+                let policies = patch.apply(&self.policies);
                 policies.validate()?;
                 next.policies = policies;
             }

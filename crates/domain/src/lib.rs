@@ -26,6 +26,7 @@ mod inventory;
 mod job;
 mod people;
 mod pipeline;
+mod policy_change;
 mod project;
 pub mod redact;
 mod request;
@@ -50,6 +51,7 @@ pub use people::{Actor, Principal};
 pub use pipeline::{
     DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, Vote, tally,
 };
+pub use policy_change::{Loosening, PoliciesPatch};
 pub use project::{OBJECT_PATH, Project, ProjectCommand, ProjectState, check_object_path};
 pub use request::{
     AccessRequest, CohortCount, Decision, DecisionInput, NewRequest, RequestCommand,

@@ -42,6 +42,15 @@ pub enum Principal {
     Group(#[schemars(regex(pattern = crate::schema::HANDLE))] String),
 }
 
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(id) => write!(f, "user {id}"),
+            Self::Group(group) => write!(f, "group {group}"),
+        }
+    }
+}
+
 impl Principal {
     pub fn includes(&self, actor: &Actor) -> bool {
         match self {

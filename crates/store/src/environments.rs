@@ -34,8 +34,10 @@ fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
         }
         EnvironmentCommand::SetPipeline(pipeline) => json!({"stages": pipeline.stages}),
         EnvironmentCommand::SetMembers(members) => json!({"members": members}),
+        EnvironmentCommand::ChangeMembers { add, remove } => json!({"add": add, "remove": remove}),
         EnvironmentCommand::SetAdmins(admins) => json!({"admins": admins}),
         EnvironmentCommand::SetPolicies(policies) => json!({"policies": policies}),
+        EnvironmentCommand::PatchPolicies(patch) => json!({"changed": patch}),
         EnvironmentCommand::SetVisibility(v) => json!({"visibility": v}),
         EnvironmentCommand::Publish
         | EnvironmentCommand::EnterMaintenance
@@ -218,10 +220,24 @@ impl Store {
         caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<Environment, StoreError> {
-        let env = self
-            .authorized_environment(caller, id, Action::DiscoverEnvironment)
-            .await?;
-        Ok(env.seen_by(&caller.actor))
+        self.environment_at(caller, id).await.map(|(env, _)| env)
+    }
+
+    /// [`Store::environment`] with its revision (what a change made on
+    /// what was read names: see [`Store::configure_environment_at`]).
+    pub async fn environment_at(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+    ) -> Result<(Environment, i64), StoreError> {
+        let (env, revision) = self.load_environment(&self.pool, id).await?;
+        authorize(
+            &caller.actor,
+            Action::DiscoverEnvironment,
+            &Object::Environment(&env),
+        )
+        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        Ok((env.seen_by(&caller.actor), revision))
     }
 
     /// The environment, if the caller may do `action` on it (else not
@@ -282,6 +298,21 @@ impl Store {
         id: &EnvironmentId,
         command: EnvironmentCommand,
     ) -> Result<Environment, StoreError> {
+        self.configure_environment_at(caller, id, command, None)
+            .await
+            .map(|(env, _)| env)
+    }
+
+    /// [`Store::configure_environment`] on the environment's revision
+    /// `expected` (what the caller read): [`StoreError::Stale`] when it
+    /// changed since. The new environment with its revision.
+    pub async fn configure_environment_at(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        command: EnvironmentCommand,
+        expected: Option<i64>,
+    ) -> Result<(Environment, i64), StoreError> {
         // Only someone who may make the change learns whether the users it
         // names exist (else anyone signed in could probe for user names).
         let action = if command.changes_state() {
@@ -305,7 +336,12 @@ impl Store {
                     .await?;
                 }
             }
-            EnvironmentCommand::SetMembers(members) => {
+            EnvironmentCommand::SetMembers(members)
+            | EnvironmentCommand::ChangeMembers { add: members, .. } => {
+                let field = match &command {
+                    EnvironmentCommand::ChangeMembers { .. } => "add",
+                    _ => "members",
+                };
                 // collected first: a closure held across the await would make the
                 // future's `Send` bound not general enough for axum handlers
                 let users: Vec<UserId> = members
@@ -315,13 +351,23 @@ impl Store {
                         Principal::Group(_) => None,
                     })
                     .collect();
-                self.ensure_users_exist(&users, "members").await?;
+                self.ensure_users_exist(&users, field).await?;
             }
             _ => {}
         }
         self.retrying(|| async {
             let mut tx = self.begin().await?;
             let (env, version) = self.load_environment(&mut *tx, id).await?;
+            if let Some(expected) = expected
+                && expected != version
+            {
+                return Err(StoreError::Stale {
+                    object: "environment",
+                    id: id.to_string(),
+                    expected,
+                    current: version,
+                });
+            }
             let action = if command.changes_state() {
                 Action::ChangeEnvironmentState
             } else {
@@ -334,10 +380,25 @@ impl Store {
             let at = now();
             let mut effects = Self::admin_alerts(&mut tx, &env, &next, at).await?;
             effects.extend(showcase_due(&env, &next));
+            // a disclosure policy loosened: audited, and the other admins told
+            let loosened = env.policies.loosenings(&next.policies);
+            if !loosened.is_empty() {
+                effects.push(Effect::AlertAdmins {
+                    environment: next.id.clone(),
+                    raised_at: at,
+                    alert: AdminAlert::PoliciesLoosened {
+                        by: caller.actor.id.clone(),
+                        loosened: loosened.clone(),
+                    },
+                });
+            }
             outbox::enqueue(&mut tx, &effects, caller.actor.id.as_str(), at).await?;
             let mut details = audit_details(&command);
             if command.changes_state() {
                 details = json!({"from": env.state, "to": next.state});
+            }
+            if !loosened.is_empty() {
+                details["loosened"] = json!(loosened);
             }
             let reviewer_changes = env.pipeline.reviewer_changes(&next.pipeline);
             if !reviewer_changes.is_empty() {
@@ -359,7 +420,7 @@ impl Store {
             )
             .await?;
             self.commit(tx).await?;
-            Ok(next)
+            Ok((next, version + 1))
         })
         .await
     }

@@ -26,6 +26,14 @@ pub enum StoreError {
     /// only when retries are exhausted).
     #[error("concurrent update of {0}; try again")]
     WriteConflict(String),
+    /// The object changed since the version the caller read (`If-Match`).
+    #[error("{object} {id} changed since revision {expected} (now {current})")]
+    Stale {
+        object: &'static str,
+        id: String,
+        expected: i64,
+        current: i64,
+    },
     /// Another call with the same idempotency key committed its work first;
     /// this call's transaction was rolled back.
     #[error("another call with this idempotency key did the work")]

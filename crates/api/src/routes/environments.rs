@@ -13,13 +13,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tre_domain::Environment;
 use tre_domain::{
-    EnvironmentCommand, EnvironmentId, Inventory, NewEnvironment, Policies, Principal,
-    ReviewPipeline, UserId, Visibility,
+    EnvironmentCommand, EnvironmentId, Inventory, NewEnvironment, Policies, PoliciesPatch,
+    Principal, ReviewPipeline, UserId, Visibility,
 };
 use tre_store::Page as ListPage;
 
-use super::{Endpoint, Page, Result, body, created, limit, op};
-use crate::extract::Params;
+use super::{Endpoint, IfMatchUse, Page, Result, body, created, limit, op};
+use crate::extract::{IfMatch, Params, required, with_revision};
 use crate::guard::{Allowed, ConfiguresEnvironment, CreatesEnvironments};
 use crate::{AppState, Auth, Body};
 
@@ -46,7 +46,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         op(
             M::GET,
             "/v1/environments/{id}",
-            "One environment",
+            "One environment (its ETag is the revision a change names in If-Match)",
             None,
             get(get_environment),
         )
@@ -70,18 +70,29 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         op(
             M::PUT,
             "/v1/environments/{id}/pipeline",
-            "Set the review pipeline (only reviewers after publish)",
+            "Replace the review pipeline (only reviewers after publish), on the revision read (If-Match)",
             Some(body::<ReviewPipeline>),
             put(put_pipeline),
         )
+        .if_match(IfMatchUse::Required)
         .returns(body::<Environment>),
         op(
             M::PUT,
             "/v1/environments/{id}/members",
-            "Set the authorized users and groups",
+            "Replace the authorized users and groups, on the revision read (If-Match)",
             Some(body::<Members>),
             put(put_members),
         )
+        .if_match(IfMatchUse::Required)
+        .returns(body::<Environment>),
+        op(
+            M::PATCH,
+            "/v1/environments/{id}/members",
+            "Add and remove authorized users and groups, the others kept",
+            Some(body::<MembersChange>),
+            patch(patch_members),
+        )
+        .if_match(IfMatchUse::Optional)
         .returns(body::<Environment>),
         op(
             M::PUT,
@@ -94,10 +105,20 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         op(
             M::PUT,
             "/v1/environments/{id}/policies",
-            "Set the custodian's policies",
+            "Replace the custodian's policies (fields left out take their defaults), on the revision read (If-Match)",
             Some(body::<Policies>),
             put(put_policies),
         )
+        .if_match(IfMatchUse::Required)
+        .returns(body::<Environment>),
+        op(
+            M::PATCH,
+            "/v1/environments/{id}/policies",
+            "Change the policies named, the others kept; a loosening is audited and told to the other admins",
+            Some(body::<PoliciesPatch>),
+            patch(patch_policies),
+        )
+        .if_match(IfMatchUse::Optional)
         .returns(body::<Environment>),
         op(
             M::PUT,
@@ -165,7 +186,27 @@ async fn get_environment(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(state.store.environment(&caller, &EnvironmentId(id)).await?).into_response())
+    let (env, revision) = state
+        .store
+        .environment_at(&caller, &EnvironmentId(id))
+        .await?;
+    Ok(with_revision(env, revision))
+}
+
+/// A change made on revision `on` (when named) of the environment: the
+/// new environment with its revision as ETag.
+async fn configure_on(
+    state: &AppState,
+    caller: &tre_store::Caller,
+    id: String,
+    command: EnvironmentCommand,
+    on: Option<i64>,
+) -> Result<Response> {
+    let (env, revision) = state
+        .store
+        .configure_environment_at(caller, &EnvironmentId(id), command, on)
+        .await?;
+    Ok(with_revision(env, revision))
 }
 
 async fn configure(
@@ -226,13 +267,15 @@ async fn put_pipeline(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
+    IfMatch(on): IfMatch,
     Body(pipeline): Body<ReviewPipeline>,
 ) -> Result<Response> {
-    configure(
+    configure_on(
         &state,
         &caller,
         id,
         EnvironmentCommand::SetPipeline(pipeline),
+        Some(required(on)?),
     )
     .await
 }
@@ -248,13 +291,45 @@ async fn put_members(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
+    IfMatch(on): IfMatch,
     Body(body): Body<Members>,
 ) -> Result<Response> {
-    configure(
+    configure_on(
         &state,
         &caller,
         id,
         EnvironmentCommand::SetMembers(body.members),
+        Some(required(on)?),
+    )
+    .await
+}
+
+/// Users and groups to add to and remove from the authorized users.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MembersChange {
+    #[serde(default, deserialize_with = "tre_domain::schema::unique")]
+    add: BTreeSet<Principal>,
+    #[serde(default, deserialize_with = "tre_domain::schema::unique")]
+    remove: BTreeSet<Principal>,
+}
+
+async fn patch_members(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
+    Path(id): Path<String>,
+    IfMatch(on): IfMatch,
+    Body(change): Body<MembersChange>,
+) -> Result<Response> {
+    configure_on(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::ChangeMembers {
+            add: change.add,
+            remove: change.remove,
+        },
+        on,
     )
     .await
 }
@@ -285,13 +360,32 @@ async fn put_policies(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
+    IfMatch(on): IfMatch,
     Body(policies): Body<Policies>,
 ) -> Result<Response> {
-    configure(
+    configure_on(
         &state,
         &caller,
         id,
         EnvironmentCommand::SetPolicies(policies),
+        Some(required(on)?),
+    )
+    .await
+}
+
+async fn patch_policies(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
+    Path(id): Path<String>,
+    IfMatch(on): IfMatch,
+    Body(patch): Body<PoliciesPatch>,
+) -> Result<Response> {
+    configure_on(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::PatchPolicies(patch),
+        on,
     )
     .await
 }

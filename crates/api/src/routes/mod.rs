@@ -25,6 +25,8 @@ use crate::{ApiError, AppState};
 /// One operation of the API. The router and `/openapi.json` are both built
 /// from [`endpoints`], so the documentation cannot drift from the routes.
 pub(crate) struct Endpoint {
+    /// Whether it takes `If-Match` (the revision a change is made on).
+    pub(crate) if_match: IfMatchUse,
     pub(crate) method: Method,
     pub(crate) path: &'static str,
     pub(crate) summary: &'static str,
@@ -60,6 +62,16 @@ pub(crate) struct PathForm {
     pub(crate) max_length: Option<u32>,
 }
 
+/// Whether a route takes the revision its change is made on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfMatchUse {
+    None,
+    /// Honoured when given (412 when the object changed since).
+    Optional,
+    /// A full replacement: 428 without it, 412 when the object changed.
+    Required,
+}
+
 /// Registers a body's schema (and those it refers to) with the generator
 /// and returns a reference to it.
 pub(crate) type BodySchema = fn(&mut SchemaGenerator) -> Schema;
@@ -76,6 +88,7 @@ pub(crate) fn op(
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
     Endpoint {
+        if_match: IfMatchUse::None,
         auth: !matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/metrics"),
         method,
         path,
@@ -115,6 +128,12 @@ impl Endpoint {
                 .into_generator()
                 .into_root_schema_for::<T>()
         });
+        self
+    }
+
+    /// Documents `If-Match`.
+    pub(crate) fn if_match(mut self, using: IfMatchUse) -> Self {
+        self.if_match = using;
         self
     }
 

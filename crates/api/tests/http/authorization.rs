@@ -131,6 +131,18 @@ async fn authorization_matrix_over_http() {
         ),
         (Method::PUT, e("/policies"), Some(json!({})), "HHAFHFFHH"),
         (
+            Method::PATCH,
+            e("/policies"),
+            Some(json!({"min_cell_size": 10})),
+            "HHAFHFFHH",
+        ),
+        (
+            Method::PATCH,
+            e("/members"),
+            Some(json!({"add": [{"group": "researchers"}]})),
+            "HHAFHFFHH",
+        ),
+        (
             Method::PUT,
             e("/visibility"),
             Some(json!({"visibility": "private"})),

@@ -302,7 +302,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 19, "endpoints with bodies");
+    assert_eq!(checked, 21, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,

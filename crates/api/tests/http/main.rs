@@ -12,3 +12,4 @@ mod files;
 mod idempotency;
 mod lifecycle;
 mod operations;
+mod policies;

@@ -96,20 +96,71 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let (status, value, _) = self.call_with(who, method, path, body, &[]).await;
+        (status, value)
+    }
+
+    /// [`Api::call`] with request headers; the answer's headers too.
+    pub async fn call_with(
+        &self,
+        who: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = self.tokens.get(who) {
             req = req.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         if let Some(body) = body {
             req = req.json(&body);
         }
         let response = req.send().await.unwrap();
         let status = response.status();
+        let answered = response.headers().clone();
         let text = response.text().await.unwrap();
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            answered,
         )
+    }
+
+    /// The ETag of environment `env` as `who` reads it.
+    pub async fn revision(&self, who: &str, env: &str) -> String {
+        let (status, value, headers) = self
+            .call_with(
+                who,
+                Method::GET,
+                &format!("/v1/environments/{env}"),
+                None,
+                &[],
+            )
+            .await;
+        assert!(status.is_success(), "{status} {value}");
+        headers["etag"].to_str().unwrap().to_owned()
+    }
+
+    /// Replaces `part` (`pipeline`, `members`, `policies`) of environment
+    /// `env` as `who`, on the revision just read.
+    pub async fn replace(&self, who: &str, env: &str, part: &str, body: Value) -> Value {
+        let revision = self.revision(who, env).await;
+        let path = format!("/v1/environments/{env}/{part}");
+        let (status, value, _) = self
+            .call_with(
+                who,
+                Method::PUT,
+                &path,
+                Some(body),
+                &[("if-match", revision)],
+            )
+            .await;
+        assert!(status.is_success(), "PUT {path} as {who}: {status} {value}");
+        value
     }
 
     /// A draft request by `owner` to environment `env`; its id.
@@ -276,18 +327,12 @@ pub async fn published(api: &Api) -> String {
         {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
         {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a", "rev2b"], "rule": {"quorum": 2}},
     ]});
+    api.replace("admin", &id, "pipeline", pipeline).await;
     api.ok(
         "admin",
-        Method::PUT,
-        &format!("/v1/environments/{id}/pipeline"),
-        Some(pipeline),
-    )
-    .await;
-    api.ok(
-        "admin",
-        Method::PUT,
+        Method::PATCH,
         &format!("/v1/environments/{id}/members"),
-        Some(json!({"members": [{"group": "researchers"}]})),
+        Some(json!({"add": [{"group": "researchers"}]})),
     )
     .await;
     let env = api

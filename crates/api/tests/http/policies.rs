@@ -1,0 +1,198 @@
+//! Changing an environment's policies and members over HTTP, attacked as
+//! two admins working at once would: a partial change leaves the rest as it
+//! was (a PUT of one field used to reset every other to its default), a
+//! full replacement must name the revision it replaces (412 when another
+//! admin changed it meanwhile, 428 without one), and nothing refused is
+//! written.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Api, published};
+
+async fn environment(api: &Api, env: &str) -> Value {
+    api.ok(
+        "admin",
+        Method::GET,
+        &format!("/v1/environments/{env}"),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_change_leaves_the_rest_and_a_stale_replacement_is_refused() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let policies = format!("/v1/environments/{env}/policies");
+
+    // the custodian's choices, then one more change of one field
+    api.replace(
+        "admin",
+        &env,
+        "policies",
+        json!({"min_cell_size": 5, "rounding_base": 10, "review_sla_hours": 48}),
+    )
+    .await;
+    let changed = api
+        .ok(
+            "admin",
+            Method::PATCH,
+            &policies,
+            Some(json!({"download": "members"})),
+        )
+        .await;
+    assert_eq!(changed["policies"]["download"], "members");
+    assert_eq!(changed["policies"]["min_cell_size"], 5, "not reset");
+    assert_eq!(changed["policies"]["rounding_base"], 10);
+    assert_eq!(changed["policies"]["review_sla_hours"], 48);
+
+    // admin reads; meanwhile another change lands; admin's replacement,
+    // made on what they read, is refused and changes nothing
+    let read = api.revision("admin", &env).await;
+    api.ok(
+        "admin",
+        Method::PATCH,
+        &policies,
+        Some(json!({"min_cell_size": 20})),
+    )
+    .await;
+    let before = environment(&api, &env).await;
+    let (status, answer, _) = api
+        .call_with(
+            "admin",
+            Method::PUT,
+            &policies,
+            Some(json!({"min_cell_size": 5})),
+            &[("if-match", read.clone())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{answer}");
+    assert_eq!(answer["error"]["code"], "stale");
+    // a partial change on a stale revision likewise
+    let (status, _, _) = api
+        .call_with(
+            "admin",
+            Method::PATCH,
+            &policies,
+            Some(json!({"min_cell_size": 5})),
+            &[("if-match", read)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    // a replacement that names no revision
+    let (status, answer) = api
+        .call(
+            "admin",
+            Method::PUT,
+            &policies,
+            Some(json!({"min_cell_size": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_REQUIRED, "{answer}");
+    assert_eq!(answer["error"]["field"], "If-Match");
+    // a revision that is no ETag
+    for bad in ["7", "\"x\"", "W/\"7\"", "\"-1\""] {
+        let (status, answer, _) = api
+            .call_with(
+                "admin",
+                Method::PUT,
+                &policies,
+                Some(json!({"min_cell_size": 5})),
+                &[("if-match", bad.to_owned())],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        assert_eq!(answer["error"]["field"], "If-Match");
+    }
+    assert_eq!(environment(&api, &env).await, before, "nothing written");
+
+    // on the revision just read: applied, and the answer's ETag is the next
+    let now = api.revision("admin", &env).await;
+    let (status, answer, headers) = api
+        .call_with(
+            "admin",
+            Method::PUT,
+            &policies,
+            Some(json!({"min_cell_size": 15})),
+            &[("if-match", now.clone())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["policies"]["min_cell_size"], 15);
+    assert_eq!(
+        answer["policies"]["rounding_base"], 5,
+        "a replacement is whole: fields left out take their defaults"
+    );
+    let next: i64 = headers["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    assert_eq!(next, now.trim_matches('"').parse::<i64>().unwrap() + 1);
+    assert_eq!(api.revision("admin", &env).await, format!("\"{next}\""));
+
+    // a mistyped policy is refused, naming it
+    let (status, answer) = api
+        .call(
+            "admin",
+            Method::PATCH,
+            &policies,
+            Some(json!({"min_cel_size": 3})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    api.db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_without_replacing_the_rest() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let members = format!("/v1/environments/{env}/members");
+    let changed = api
+        .ok(
+            "admin",
+            Method::PATCH,
+            &members,
+            Some(json!({"add": [{"user": "collab"}, {"group": "cardiology"}]})),
+        )
+        .await;
+    assert_eq!(
+        changed["members"],
+        json!([{"user": "collab"}, {"group": "cardiology"}, {"group": "researchers"}])
+    );
+    let changed = api
+        .ok(
+            "admin",
+            Method::PATCH,
+            &members,
+            Some(json!({"remove": [{"group": "cardiology"}]})),
+        )
+        .await;
+    assert_eq!(
+        changed["members"],
+        json!([{"user": "collab"}, {"group": "researchers"}])
+    );
+    let before = environment(&api, &env).await;
+    for (body, field) in [
+        // the same principal both ways
+        (
+            json!({"add": [{"user": "collab"}], "remove": [{"user": "collab"}]}),
+            "remove",
+        ),
+        // a group that is no handle
+        (json!({"add": [{"group": "two words"}]}), "add"),
+        // a user nobody knows
+        (json!({"add": [{"user": "no-such-user"}]}), "add"),
+    ] {
+        let (status, answer) = api
+            .call("admin", Method::PATCH, &members, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    assert_eq!(environment(&api, &env).await, before, "nothing written");
+    api.db.finish().await;
+}
