@@ -367,6 +367,40 @@ fn environments_from_a_definition_file() {
         "{out}"
     );
 
+    // publishing waits for the files' check, and says so with whatever
+    // else is missing
+    let refused = tre(&url, &["env", "publish", &id, "--as", "custodian"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("not ready:")
+            && stderr(&refused)
+                .contains("inventory.files: file collection(s) ecg are declared but no file inventory was checked"),
+        "{}",
+        stderr(&refused)
+    );
+    // a worker checks them
+    let mut worker = tre_command();
+    let mut worker = worker
+        .env("TRE_DATABASE_URL", &url)
+        .args(["worker", "--pools", "dispense"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut checked = false;
+    for _ in 0..600 {
+        let shown = ok(tre(&url, &["env", "show", &id, "--as", "custodian"]));
+        let env: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        if !env["inventory"]["files"].is_null() {
+            checked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(checked, "the worker checked the file inventory");
+
     // the platform admin is not the environment's admin
     let refused = tre(&url, &["env", "publish", &id, "--as", "ops"]);
     assert!(

@@ -86,11 +86,8 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     .await;
     let mut first = worker(&db.url, &root, &s3);
 
-    // the custodian registers the files; the worker checks them
-    store
-        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
-        .await
-        .unwrap();
+    // the custodian registers the files (the environment is a draft until
+    // they are checked); the worker checks them
     let mut status = store
         .upload_file_inventory(&w.admin, &w.env, &parse_tsv(&tsv).unwrap())
         .await
@@ -109,7 +106,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     }
     assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
     store
-        .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::Publish)
         .await
         .unwrap();
 

@@ -25,6 +25,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds after which the same call may succeed (`Retry-After`).
     pub retry_after: Option<u32>,
+    /// Every reason an object is not ready (`incomplete`), when there are
+    /// several: `field` and `message` name the first.
+    pub problems: Vec<tre_domain::Problem>,
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            problems: Vec::new(),
         }
     }
 
@@ -71,7 +75,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message, "field": self.field}})
+        let mut body =
+            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        if !self.problems.is_empty() {
+            body["error"]["problems"] = json!(self.problems);
+        }
+        body
     }
 }
 
@@ -107,6 +116,16 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Domain(DomainError::Incomplete { field, message }) => {
                 Self::new(StatusCode::CONFLICT, "incomplete", message).with_field(field)
+            }
+            StoreError::Domain(e @ DomainError::NotReady { .. }) => {
+                let message = e.to_string();
+                let DomainError::NotReady { problems } = e else {
+                    unreachable!("matched above")
+                };
+                let mut error = Self::new(StatusCode::CONFLICT, "incomplete", message);
+                error.field = problems.first().map(|p| p.field.clone());
+                error.problems = problems;
+                error
             }
             StoreError::Domain(e @ DomainError::InvalidTransition { .. }) => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", e.to_string())

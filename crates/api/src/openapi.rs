@@ -148,7 +148,8 @@ pub fn spec() -> Value {
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}},
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]},
+                "problems": {"type": "array", "description": "every reason the object is not ready (`incomplete`), the first named by `field`", "items": {"type": "object", "required": ["field", "message"], "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}},
         }}}),
     );
     json!({

@@ -340,6 +340,13 @@ pub(crate) fn explain(err: StoreError) -> anyhow::Error {
         StoreError::Domain(tre_domain::DomainError::Incomplete { field, message }) => {
             anyhow!("not ready: {field}: {message}")
         }
+        StoreError::Domain(tre_domain::DomainError::NotReady { problems }) => {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|p| format!("  - {}: {}", p.field, p.message))
+                .collect();
+            anyhow!("not ready:\n{}", lines.join("\n"))
+        }
         other => anyhow!(other),
     }
 }

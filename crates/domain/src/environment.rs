@@ -340,6 +340,87 @@ impl EnvironmentCommand {
     }
 }
 
+impl Environment {
+    /// What publishing needs and the environment lacks, all of it: an
+    /// inventory that holds, a checked file inventory for the file
+    /// collections it declares, review stages each with reviewers enough
+    /// for its rule, and authorized users. Empty when it may be published.
+    pub fn publish_problems(&self) -> Vec<crate::Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(crate::Problem {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        match &self.inventory {
+            None => problem(
+                "inventory",
+                "publishing needs an inventory: its datasets, collections and showcase (PUT /v1/environments/{id}/inventory, or `tre env create --file`)".to_owned(),
+            ),
+            Some(inventory) => {
+                if let Err(e) = inventory.validate() {
+                    let field = e.field().unwrap_or("inventory").to_owned();
+                    problem(&field, e.message());
+                }
+                if !inventory.file_collections.is_empty() && inventory.files.is_none() {
+                    let names: Vec<&str> = inventory
+                        .file_collections
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    problem(
+                        "inventory.files",
+                        format!(
+                            "file collection(s) {} are declared but no file inventory was checked: upload one (PUT /v1/environments/{{id}}/inventory/files) and wait for its check",
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self.pipeline.validate() {
+            let field = e.field().unwrap_or("pipeline").to_owned();
+            problem(&field, e.message());
+        }
+        if self.pipeline.stages.is_empty() {
+            problem(
+                "pipeline.stages",
+                "at least one review stage is required (PUT /v1/environments/{id}/pipeline)"
+                    .to_owned(),
+            );
+        }
+        for (i, stage) in self.pipeline.stages.iter().enumerate() {
+            if stage.reviewers.is_empty() {
+                problem(
+                    &format!("pipeline.stages[{i}].reviewers"),
+                    format!("stage {:?} has no reviewers", stage.id),
+                );
+            } else if !stage.is_satisfiable() {
+                problem(
+                    &format!("pipeline.stages[{i}].rule"),
+                    format!(
+                        "stage {:?} needs {} approvals but has {} reviewer(s)",
+                        stage.id,
+                        stage.approvals_needed(),
+                        stage.reviewers.len()
+                    ),
+                );
+            }
+        }
+        if self.members.is_empty() {
+            problem(
+                "members",
+                "nobody may use the environment: add authorized users or groups (PATCH /v1/environments/{id}/members)".to_owned(),
+            );
+        }
+        for p in &mut problems {
+            p.message = p.message.replace("{id}", self.id.as_str());
+        }
+        problems
+    }
+}
+
 /// Groups named in `field` must be handles.
 fn check_groups(field: &str, principals: &BTreeSet<Principal>) -> Result<(), DomainError> {
     match principals.iter().find_map(|m| match m {
@@ -543,13 +624,10 @@ impl Environment {
             }
             (C::SetVisibility(visibility), _) => next.visibility = visibility,
             (C::Publish, S::Draft) => {
-                let inventory = self.inventory.as_ref().ok_or_else(|| {
-                    DomainError::invalid("inventory", "publishing needs an inventory").incomplete()
-                })?;
-                inventory.validate().map_err(DomainError::incomplete)?;
-                self.pipeline
-                    .validate_for_publish()
-                    .map_err(DomainError::incomplete)?;
+                let problems = self.publish_problems();
+                if !problems.is_empty() {
+                    return Err(DomainError::NotReady { problems });
+                }
                 next.state = S::Active;
             }
             (C::EnterMaintenance, S::Active) => next.state = S::Maintenance,
@@ -690,6 +768,10 @@ pub(crate) mod tests {
         let env = env
             .apply(EnvironmentCommand::SetPipeline(pipeline()))
             .unwrap()
+            .apply(EnvironmentCommand::SetMembers(BTreeSet::from([
+                Principal::Group("researchers".into()),
+            ])))
+            .unwrap()
             .apply(EnvironmentCommand::Publish)
             .unwrap();
         assert!(matches!(
@@ -723,6 +805,10 @@ pub(crate) mod tests {
                 .apply(EnvironmentCommand::SetInventory(inventory()))
                 .unwrap()
                 .apply(EnvironmentCommand::SetPipeline(pipeline()))
+                .unwrap()
+                .apply(EnvironmentCommand::SetMembers(BTreeSet::from([
+                    Principal::Group("researchers".into()),
+                ])))
                 .unwrap(),
             EnvironmentState::Active => active(),
             EnvironmentState::Maintenance => active()
@@ -742,8 +828,16 @@ pub(crate) mod tests {
             EnvironmentCommand::SetInventory(inventory()),
             EnvironmentCommand::SetPipeline(reviewers_changed),
             EnvironmentCommand::SetMembers(BTreeSet::new()),
+            EnvironmentCommand::ChangeMembers {
+                add: BTreeSet::from([Principal::User("member2".into())]),
+                remove: BTreeSet::new(),
+            },
             EnvironmentCommand::SetAdmins(BTreeSet::from(["admin2".into()])),
             EnvironmentCommand::SetPolicies(Policies::default()),
+            EnvironmentCommand::PatchPolicies(crate::PoliciesPatch {
+                min_cell_size: Some(20),
+                ..Default::default()
+            }),
             EnvironmentCommand::SetVisibility(Visibility::Public),
             EnvironmentCommand::Publish,
             EnvironmentCommand::EnterMaintenance,
@@ -756,7 +850,7 @@ pub(crate) mod tests {
     fn transition_table() {
         use EnvironmentState::*;
         // (command action, [resulting state from draft, active, maintenance]); None = refused
-        let table: [(&str, [Option<EnvironmentState>; 3]); 10] = [
+        let table: [(&str, [Option<EnvironmentState>; 3]); 12] = [
             (
                 "environment.update_details",
                 [Some(Draft), Some(Active), Some(Maintenance)],
@@ -774,11 +868,19 @@ pub(crate) mod tests {
                 [Some(Draft), Some(Active), Some(Maintenance)],
             ),
             (
+                "environment.change_members",
+                [Some(Draft), Some(Active), Some(Maintenance)],
+            ),
+            (
                 "environment.set_admins",
                 [Some(Draft), Some(Active), Some(Maintenance)],
             ),
             (
                 "environment.set_policies",
+                [Some(Draft), Some(Active), Some(Maintenance)],
+            ),
+            (
+                "environment.change_policies",
                 [Some(Draft), Some(Active), Some(Maintenance)],
             ),
             (
@@ -804,25 +906,60 @@ pub(crate) mod tests {
         }
     }
 
+    /// Publishing names everything missing at once, so that a custodian
+    /// puts it right in one go.
     #[test]
-    fn publish_needs_inventory_and_reviewed_pipeline() {
+    fn publish_names_every_missing_piece_at_once() {
+        let problems = |env: &Environment| match env.apply(EnvironmentCommand::Publish) {
+            Err(DomainError::NotReady { problems }) => {
+                problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            problems(&draft()),
+            ["inventory", "pipeline.stages", "members"]
+        );
         let err = draft().apply(EnvironmentCommand::Publish).unwrap_err();
-        assert_eq!(err.field(), Some("inventory"));
+        assert_eq!(err.field(), Some("inventory"), "the first");
         let with_inventory = draft()
             .apply(EnvironmentCommand::SetInventory(inventory()))
             .unwrap();
-        let err = with_inventory
-            .apply(EnvironmentCommand::Publish)
-            .unwrap_err();
-        assert_eq!(err.field(), Some("pipeline.stages"));
-        let mut no_reviewers = pipeline();
-        no_reviewers.stages[1].reviewers.clear();
-        let err = with_inventory
-            .apply(EnvironmentCommand::SetPipeline(no_reviewers))
-            .unwrap()
-            .apply(EnvironmentCommand::Publish)
-            .unwrap_err();
-        assert_eq!(err.field(), Some("pipeline.stages[1].reviewers"));
+        assert_eq!(problems(&with_inventory), ["pipeline.stages", "members"]);
+        let mut unreachable = pipeline();
+        unreachable.stages[0].reviewers.clear();
+        unreachable.stages[1].rule = DecisionRule::Quorum(5);
+        let env = with_inventory
+            .apply(EnvironmentCommand::SetPipeline(unreachable))
+            .unwrap();
+        assert_eq!(
+            problems(&env),
+            [
+                "pipeline.stages[0].reviewers",
+                "pipeline.stages[1].rule",
+                "members"
+            ]
+        );
+        // file collections declared, no checked files
+        let env = in_state(EnvironmentState::Draft)
+            .apply(EnvironmentCommand::SetInventory(with_scans()))
+            .unwrap();
+        assert_eq!(problems(&env), ["inventory.files"]);
+        let Err(DomainError::NotReady { problems }) = env.apply(EnvironmentCommand::Publish) else {
+            panic!()
+        };
+        assert!(
+            problems[0]
+                .message
+                .contains("/v1/environments/env/inventory/files"),
+            "says what to do: {}",
+            problems[0].message
+        );
+        assert!(
+            in_state(EnvironmentState::Draft)
+                .apply(EnvironmentCommand::Publish)
+                .is_ok()
+        );
     }
 
     #[test]

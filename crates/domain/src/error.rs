@@ -22,10 +22,22 @@ pub enum DomainError {
     /// whatever this call sent.
     #[error("{field}: {message}")]
     Incomplete { field: String, message: String },
+    /// The object is not ready for the command, for each of these reasons
+    /// (all of them, so that they can be put right at once).
+    #[error("{}", problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
+    NotReady { problems: Vec<Problem> },
     /// The command conflicts with what already happened (a stage already
     /// closed, a reviewer who already decided).
     #[error("{0}")]
     Conflict(String),
+}
+
+/// One reason an object is not ready: the part that is missing or does not
+/// hold, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
 }
 
 impl DomainError {
@@ -46,9 +58,18 @@ impl DomainError {
     }
 
     /// The field a validation error names, if any.
+    /// What is wrong, without the field it names.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid { message, .. } | Self::Incomplete { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::Invalid { field, .. } | Self::Incomplete { field, .. } => Some(field),
+            Self::NotReady { problems } => problems.first().map(|p| p.field.as_str()),
             _ => None,
         }
     }

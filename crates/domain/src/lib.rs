@@ -41,7 +41,7 @@ pub use environment::{
     DownloadPolicy, Environment, EnvironmentCommand, EnvironmentState, NewEnvironment, Policies,
     Visibility,
 };
-pub use error::DomainError;
+pub use error::{DomainError, Problem};
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
 pub use inventory::{
     BinEdge, DataCollection, Dataset, Field, FieldRef, FieldType, Inventory, ShowcaseBins,
