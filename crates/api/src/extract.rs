@@ -355,7 +355,8 @@ fn if_match(parts: &Parts) -> Result<Option<i64>, ApiError> {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("").trim();
-    if text == "*" {
+    // an empty header names nothing, as none does
+    if text == "*" || text.is_empty() {
         return Ok(None);
     }
     text.strip_prefix('"')

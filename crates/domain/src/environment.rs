@@ -421,16 +421,22 @@ impl Environment {
     }
 }
 
-/// Groups named in `field` must be handles.
+/// Users and groups named in `field` must be handles.
 fn check_groups(field: &str, principals: &BTreeSet<Principal>) -> Result<(), DomainError> {
-    match principals.iter().find_map(|m| match m {
-        Principal::Group(g) if !crate::schema::is_handle(g) => Some(g),
-        _ => None,
+    match principals.iter().find(|m| match m {
+        Principal::Group(g) => !crate::schema::is_handle(g),
+        Principal::User(u) => !crate::schema::is_handle(u.as_str()),
     }) {
-        Some(bad) => Err(DomainError::invalid(
-            field,
-            format!("group {bad:?}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - @"),
-        )),
+        Some(bad) => {
+            let named = match bad {
+                Principal::Group(g) => format!("group {g:?}"),
+                Principal::User(u) => format!("user {:?}", u.as_str()),
+            };
+            Err(DomainError::invalid(
+                field,
+                format!("{named}: must be 1 to 64 characters of A-Z a-z 0-9 . _ - @"),
+            ))
+        }
         None => Ok(()),
     }
 }
@@ -586,6 +592,7 @@ impl Environment {
             }
             (C::ChangeMembers { add, remove }, _) => {
                 check_groups("add", &add)?;
+                check_groups("remove", &remove)?;
                 if let Some(both) = add.intersection(&remove).next() {
                     return Err(DomainError::invalid(
                         "remove",

@@ -182,8 +182,10 @@ async fn members_are_added_and_removed_without_replacing_the_rest() {
             json!({"add": [{"user": "collab"}], "remove": [{"user": "collab"}]}),
             "remove",
         ),
-        // a group that is no handle
+        // a group that is no handle, either way
         (json!({"add": [{"group": "two words"}]}), "add"),
+        (json!({"remove": [{"group": ""}]}), "remove"),
+        (json!({"remove": [{"user": ""}]}), "remove"),
         // a user nobody knows
         (json!({"add": [{"user": "no-such-user"}]}), "add"),
     ] {
