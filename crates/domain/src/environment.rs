@@ -933,17 +933,26 @@ pub(crate) mod tests {
             .apply(EnvironmentCommand::SetInventory(inventory()))
             .unwrap();
         assert_eq!(problems(&with_inventory), ["pipeline.stages", "members"]);
+        // a quorum beyond the reviewers named is refused when set, not at
+        // publish
         let mut unreachable = pipeline();
-        unreachable.stages[0].reviewers.clear();
         unreachable.stages[1].rule = DecisionRule::Quorum(5);
-        let env = with_inventory
+        let err = with_inventory
             .apply(EnvironmentCommand::SetPipeline(unreachable))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("pipeline.stages[1].rule"), "{err}");
+        let mut unstaffed = pipeline();
+        unstaffed.stages[0].reviewers.clear();
+        unstaffed.stages[1].reviewers.clear();
+        unstaffed.stages[1].rule = DecisionRule::Quorum(5);
+        let env = with_inventory
+            .apply(EnvironmentCommand::SetPipeline(unstaffed))
             .unwrap();
         assert_eq!(
             problems(&env),
             [
                 "pipeline.stages[0].reviewers",
-                "pipeline.stages[1].rule",
+                "pipeline.stages[1].reviewers",
                 "members"
             ]
         );

@@ -109,6 +109,19 @@ impl ReviewPipeline {
                     "a quorum needs at least one approval",
                 ));
             }
+            // reviewers named, too few for the rule: said now, not at
+            // publish (a stage may still be given its reviewers later)
+            if !stage.reviewers.is_empty() && !stage.is_satisfiable() {
+                return Err(DomainError::invalid(
+                    format!("{path}.rule"),
+                    format!(
+                        "stage {:?} needs {} approvals but names {} reviewer(s): add reviewers or lower the quorum",
+                        stage.id,
+                        stage.approvals_needed(),
+                        stage.reviewers.len()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -198,3 +198,36 @@ async fn members_are_added_and_removed_without_replacing_the_rest() {
     assert_eq!(environment(&api, &env).await, before, "nothing written");
     api.db.finish().await;
 }
+
+/// A stage whose quorum its reviewers cannot reach is refused when the
+/// pipeline is set (it used to be accepted and refused only at publish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_beyond_its_reviewers_is_refused_when_set() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let before = environment(&api, &env).await;
+    let revision = api.revision("admin", &env).await;
+    let (status, answer, _) = api
+        .call_with(
+            "admin",
+            Method::PUT,
+            &format!("/v1/environments/{env}/pipeline"),
+            Some(json!({"stages": [
+                {"id": "committee", "name": "Access committee", "reviewers": ["rev1"], "rule": "any"},
+                {"id": "custodian", "name": "Custodian", "reviewers": ["rev2a"], "rule": {"quorum": 2}},
+            ]})),
+            &[("if-match", revision)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["field"], "pipeline.stages[1].rule");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs 2 approvals but names 1 reviewer(s)"),
+        "{answer}"
+    );
+    assert_eq!(environment(&api, &env).await, before, "nothing written");
+    api.db.finish().await;
+}
