@@ -53,6 +53,19 @@ async fn configure(store: &Store, w: &World, command: EnvironmentCommand) {
         .unwrap();
 }
 
+/// The first notification of `kind` in `user`'s inbox, once the job that
+/// sends it has run.
+async fn told(store: &Store, user: &str, kind: &str) -> tre_store::Notification {
+    for _ in 0..400 {
+        let inbox = store.inbox(&user.into(), 10).await.unwrap();
+        if let Some(note) = inbox.into_iter().find(|n| n.kind == kind) {
+            return note;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{user} was never told {kind}");
+}
+
 async fn objects(dest: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
     dest.list(Some(&ObjectPath::from(prefix)))
         .map_ok(|m| m.location.to_string())
@@ -108,18 +121,7 @@ async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store
         Policies::default().min_cohort_size
     );
 
-    let mut told = Vec::new();
-    for _ in 0..400 {
-        told = store.inbox(&"admin2".into(), 10).await.unwrap();
-        if told.iter().any(|n| n.kind == "policies_loosened") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let note = told
-        .iter()
-        .find(|n| n.kind == "policies_loosened")
-        .expect("the other admin is told");
+    let note = told(store, "admin2", "policies_loosened").await;
     assert!(note.body.contains("admin changed"), "{}", note.body);
     assert!(note.body.contains("min_cell_size 10 -> 3"), "{}", note.body);
     assert!(
@@ -246,18 +248,7 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
         refused.cohort_size, None,
         "the small number is kept nowhere"
     );
-    let mut told = Vec::new();
-    for _ in 0..400 {
-        told = store.inbox(&"owner".into(), 10).await.unwrap();
-        if told.iter().any(|n| n.kind == "request_cohort_too_small") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let note = told
-        .iter()
-        .find(|n| n.kind == "request_cohort_too_small")
-        .expect("the owner is told");
+    let note = told(store, "owner", "request_cohort_too_small").await;
     assert!(note.body.contains("minimum of 25"), "{}", note.body);
     assert!(!note.body.contains("20"), "never the count: {}", note.body);
     let asked: Vec<_> = store

@@ -58,52 +58,71 @@ async fn a_partial_change_leaves_the_rest_and_a_stale_replacement_is_refused() {
     )
     .await;
     let before = environment(&api, &env).await;
-    let (status, answer, _) = api
-        .call_with(
-            "admin",
+    let quoted = |s: &str| Some(s.to_owned());
+    let refusals = [
+        // a replacement, and a partial change, on the stale revision
+        (
             Method::PUT,
-            &policies,
-            Some(json!({"min_cell_size": 5})),
-            &[("if-match", read.clone())],
-        )
-        .await;
-    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{answer}");
-    assert_eq!(answer["error"]["code"], "stale");
-    // a partial change on a stale revision likewise
-    let (status, _, _) = api
-        .call_with(
-            "admin",
+            Some(read.clone()),
+            StatusCode::PRECONDITION_FAILED,
+            "stale",
+        ),
+        (
             Method::PATCH,
-            &policies,
-            Some(json!({"min_cell_size": 5})),
-            &[("if-match", read)],
-        )
-        .await;
-    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
-    // a replacement that names no revision
-    let (status, answer) = api
-        .call(
-            "admin",
+            Some(read),
+            StatusCode::PRECONDITION_FAILED,
+            "stale",
+        ),
+        // a replacement that names no revision
+        (
             Method::PUT,
-            &policies,
-            Some(json!({"min_cell_size": 5})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::PRECONDITION_REQUIRED, "{answer}");
-    assert_eq!(answer["error"]["field"], "If-Match");
-    // a revision that is no ETag
-    for bad in ["7", "\"x\"", "W/\"7\"", "\"-1\""] {
+            None,
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required",
+        ),
+        // revisions that are no ETag
+        (
+            Method::PUT,
+            quoted("7"),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            Method::PUT,
+            quoted("\"x\""),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            Method::PUT,
+            quoted("W/\"7\""),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            Method::PUT,
+            quoted("\"-1\""),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+    ];
+    for (method, revision, expected, code) in refusals {
+        let headers: Vec<(&str, String)> =
+            revision.iter().map(|r| ("if-match", r.clone())).collect();
         let (status, answer, _) = api
             .call_with(
                 "admin",
-                Method::PUT,
+                method.clone(),
                 &policies,
                 Some(json!({"min_cell_size": 5})),
-                &[("if-match", bad.to_owned())],
+                &headers,
             )
             .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
-        assert_eq!(answer["error"]["field"], "If-Match");
+        assert_eq!(status, expected, "{method} {revision:?}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{method} {revision:?}");
+        if code != "stale" {
+            assert_eq!(answer["error"]["field"], "If-Match");
+        }
     }
     assert_eq!(environment(&api, &env).await, before, "nothing written");
 
