@@ -428,7 +428,8 @@ fn environments_from_a_definition_file() {
     assert!(ok(tre(&url, &["env", "reactivate", &id, "--as", "custodian"])).contains("is active"));
     let refused = tre(&url, &["env", "reactivate", &id, "--as", "custodian"]);
     assert!(
-        stderr(&refused).contains("cannot reactivate environment in state active"),
+        stderr(&refused)
+            .contains("cannot reactivate: the environment is active; it is active already"),
         "{}",
         stderr(&refused)
     );

@@ -11,7 +11,7 @@ pub enum DomainError {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
     /// The command is not allowed in the object's current state.
-    #[error("cannot {action} {object} in state {state}")]
+    #[error("cannot {}: the {object} is {state}{}", action.replace('_', " "), next_step(object, action, state))]
     InvalidTransition {
         object: &'static str,
         action: &'static str,
@@ -30,6 +30,27 @@ pub enum DomainError {
     /// closed, a reviewer who already decided).
     #[error("{0}")]
     Conflict(String),
+}
+
+/// What leaves the state a refused command needs another of (an
+/// environment's lifecycle; other objects' states say enough).
+fn next_step(object: &str, action: &str, state: &str) -> &'static str {
+    match (object, state, action) {
+        ("environment", "active", "set_inventory" | "set_files") => {
+            "; put it in maintenance first (POST /v1/environments/{id}/maintenance, `tre env maintenance ID`), change it, then reactivate"
+        }
+        ("environment", "draft", "maintenance" | "reactivate") => {
+            "; publish it first (POST /v1/environments/{id}/publish, `tre env publish ID`)"
+        }
+        ("environment", "maintenance", "publish") => {
+            "; it was published: reactivate it (POST /v1/environments/{id}/reactivate, `tre env reactivate ID`)"
+        }
+        ("environment", "active", "publish" | "reactivate") => "; it is active already",
+        ("environment", "maintenance", "maintenance") => {
+            "; it is in maintenance already: reactivate it when done"
+        }
+        _ => "",
+    }
 }
 
 /// One reason an object is not ready: the part that is missing or does not
@@ -72,5 +93,35 @@ impl DomainError {
             Self::NotReady { problems } => problems.first().map(|p| p.field.as_str()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused lifecycle step says, in words, what leaves the state.
+    #[test]
+    fn a_state_error_names_the_way_out() {
+        let refused = |action, state: &str| {
+            DomainError::InvalidTransition {
+                object: "environment",
+                action,
+                state: state.to_owned(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused("set_inventory", "active"),
+            "cannot set inventory: the environment is active; put it in maintenance first (POST /v1/environments/{id}/maintenance, `tre env maintenance ID`), change it, then reactivate"
+        );
+        assert!(refused("reactivate", "draft").ends_with(
+            "publish it first (POST /v1/environments/{id}/publish, `tre env publish ID`)"
+        ));
+        assert!(refused("publish", "maintenance").contains("reactivate it"));
+        assert!(
+            !refused("set_files", "active").contains('_'),
+            "no internal names"
+        );
     }
 }
