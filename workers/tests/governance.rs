@@ -149,21 +149,18 @@ async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let notes: Vec<_> = store
-        .inbox(&"admin2".into(), 50)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.kind == "policies_loosened")
-        .collect();
+    let loosened = |user: &'static str| async move {
+        store
+            .inbox(&user.into(), 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.kind == "policies_loosened")
+            .collect::<Vec<_>>()
+    };
+    let notes = loosened("admin2").await;
     assert_eq!(notes.len(), 1, "{notes:?}");
-    let own: Vec<_> = store
-        .inbox(&"admin".into(), 50)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.kind == "policies_loosened")
-        .collect();
+    let own = loosened("admin").await;
     assert!(
         own.is_empty(),
         "the admin who changed them is not told: {own:?}"

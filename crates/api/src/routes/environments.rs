@@ -209,19 +209,15 @@ async fn configure_on(
     Ok(with_revision(env, revision))
 }
 
+/// A change made on whatever revision is current: the new environment
+/// with its revision as ETag.
 async fn configure(
     state: &AppState,
     caller: &tre_store::Caller,
     id: String,
     command: EnvironmentCommand,
 ) -> Result<Response> {
-    Ok(Json(
-        state
-            .store
-            .configure_environment(caller, &EnvironmentId(id), command)
-            .await?,
-    )
-    .into_response())
+    configure_on(state, caller, id, command, None).await
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
