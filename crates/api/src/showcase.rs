@@ -504,9 +504,7 @@ pub async fn ask(
             Some(&cohort_sketch),
         )
         .await?;
-        if let Some(turn) = turn {
-            turn.release().await?;
-        }
+        end_turn(turn);
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "too_close",
@@ -530,9 +528,7 @@ pub async fn ask(
         Some(&cohort_sketch),
     )
     .await?;
-    if let Some(turn) = turn {
-        turn.release().await?;
-    }
+    end_turn(turn);
     Ok(CohortAnswer {
         environment: env.id.clone(),
         version,
@@ -542,6 +538,20 @@ pub async fn ask(
             .map(|a| release_field(a, &rules))
             .collect(),
     })
+}
+
+/// Ends the environment's turn at the gate once the answer is recorded,
+/// off the answer's path: the next answer waits for the release, the
+/// caller does not. A release that fails closes its connection, which
+/// ends the lock with the session.
+fn end_turn(turn: Option<tre_store::GateTurn>) {
+    if let Some(turn) = turn {
+        tokio::spawn(async move {
+            if let Err(e) = turn.release().await {
+                tracing::warn!(error = %e, "the showcase gate's turn ended with its connection");
+            }
+        });
+    }
 }
 
 fn invalid(field: &str, message: String) -> ApiError {
