@@ -378,6 +378,22 @@ fn environments_from_a_definition_file() {
         "{}",
         stderr(&refused)
     );
+    // the dry run names the same, changing nothing, and says what is
+    // published
+    let checked = tre(&url, &["env", "check", &id, "--as", "custodian"]);
+    assert_eq!(checked.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&checked.stdout)
+            .contains("hospital_episodes publishes 6 field(s): participant_id, episode_id"),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    assert!(
+        stderr(&checked).contains("1 problem(s) to put right before publishing")
+            && stderr(&checked).contains("inventory.files: file collection(s) ecg"),
+        "{}",
+        stderr(&checked)
+    );
     // a worker checks them
     let mut worker = tre_command();
     let mut worker = worker
@@ -409,6 +425,10 @@ fn environments_from_a_definition_file() {
         stderr(&refused)
     );
     assert!(
+        ok(tre(&url, &["env", "check", &id, "--as", "custodian"]))
+            .contains("ready to publish: nothing is missing")
+    );
+    assert!(
         ok(tre(&url, &["env", "publish", &id, "--as", "custodian"]))
             .contains("is active (private)")
     );
@@ -438,7 +458,11 @@ fn environments_from_a_definition_file() {
     let bad_file = dir.join("bad.toml");
     let text = std::fs::read_to_string(repo_root().join("fixtures/environments/biobank.toml"))
         .unwrap()
-        .replace("\"participants.townsend_index\"", "\"participants.income\"");
+        .replace(
+            "{ dataset = \"participants\", field = \"townsend_index\" }",
+            "{ dataset = \"participants\", field = \"income\" }",
+        )
+        .replace("name = \"bmi\",", "name = \"bmi\", type = \"string\",");
     std::fs::write(&bad_file, text).unwrap();
     let before = ok(tre(&url, &["env", "list", "--as", "ops"]));
     let bad = tre(
@@ -456,10 +480,35 @@ fn environments_from_a_definition_file() {
     );
     assert_eq!(bad.status.code(), Some(1));
     assert!(
-        stderr(&bad).contains("inventory.collections[1].fields[0].field: dataset \"participants\" has no field \"income\""),
+        stderr(&bad).contains("inventory.datasets[0].fields[7].type: declared string, but participants.parquet holds float values in \"bmi\""),
         "{}",
         stderr(&bad)
     );
+    // the same file alone, as a dry run: every problem at once
+    let dry = tre(
+        &url,
+        &[
+            "env",
+            "check",
+            "--file",
+            bad_file.to_str().unwrap(),
+            "--source",
+            "fixtures/data",
+            "--as",
+            "ops",
+        ],
+    );
+    assert_eq!(dry.status.code(), Some(1));
+    for expected in [
+        "inventory.datasets[0].fields[7].type: declared string",
+        "inventory.collections[1].fields[0].field: dataset \"participants\" has no field \"income\"",
+    ] {
+        assert!(
+            stderr(&dry).contains(expected),
+            "{expected}: {}",
+            stderr(&dry)
+        );
+    }
     // validated before anything is written: no new environment
     assert_eq!(ok(tre(&url, &["env", "list", "--as", "ops"])), before);
     let events = ok(tre(

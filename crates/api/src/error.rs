@@ -47,6 +47,13 @@ impl ApiError {
         self
     }
 
+    /// Every problem found (the first one is the error's `field`).
+    pub fn with_problems(mut self, problems: Vec<tre_domain::Problem>) -> Self {
+        self.field = problems.first().map(|p| p.field.clone());
+        self.problems = problems;
+        self
+    }
+
     /// The same call may succeed after `seconds` (`Retry-After`).
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
@@ -114,6 +121,14 @@ impl From<StoreError> for ApiError {
             StoreError::Domain(DomainError::Invalid { field, message }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
             }
+            StoreError::Domain(e @ DomainError::InvalidAll { .. }) => {
+                let message = e.to_string();
+                let DomainError::InvalidAll { problems } = e else {
+                    unreachable!("matched above")
+                };
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+                    .with_problems(problems)
+            }
             StoreError::Domain(DomainError::Incomplete { field, message }) => {
                 Self::new(StatusCode::CONFLICT, "incomplete", message).with_field(field)
             }
@@ -122,10 +137,7 @@ impl From<StoreError> for ApiError {
                 let DomainError::NotReady { problems } = e else {
                     unreachable!("matched above")
                 };
-                let mut error = Self::new(StatusCode::CONFLICT, "incomplete", message);
-                error.field = problems.first().map(|p| p.field.clone());
-                error.problems = problems;
-                error
+                Self::new(StatusCode::CONFLICT, "incomplete", message).with_problems(problems)
             }
             StoreError::Domain(e @ DomainError::InvalidTransition { .. }) => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", e.to_string())

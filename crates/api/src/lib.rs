@@ -13,6 +13,7 @@ mod extract;
 mod files;
 mod guard;
 mod idempotency;
+pub mod inventory_check;
 mod linger;
 mod metrics;
 mod openapi;

@@ -183,6 +183,11 @@ impl ShowcaseCache {
         }
     }
 
+    /// The environments' sources.
+    pub(crate) fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
     /// The aggregates of version `version` of `env`, once computed.
     async fn aggregates(
         &self,

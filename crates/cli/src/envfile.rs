@@ -1,7 +1,9 @@
 //! Environment definition files (TOML or JSON): what an admin writes to
-//! create or configure an environment. Dataset fields and their types are
-//! read from the Parquet files themselves, so the file cannot drift from the
-//! data; it only adds descriptions.
+//! create or configure an environment. The `inventory` is the same model
+//! as the API's (`tre_domain::InventoryDefinition`, documented in
+//! `docs/environments.md`), checked against the source the same way: the
+//! fields a dataset declares are what it publishes, their types read from
+//! the Parquet files when left out.
 //!
 //! ```toml
 //! name = "Synthetic Biobank"
@@ -13,14 +15,18 @@
 //! min_cell_size = 10
 //! [inventory]
 //! cohort_dataset = "participants"
-//! showcase = ["participants.sex"]
+//! showcase = [{ dataset = "participants", field = "sex" }]
 //! [[inventory.datasets]]
 //! name = "participants"
 //! key = "participant_id"
 //! locations = ["participants.parquet"]   # relative to the source root
+//! fields = [
+//!   { name = "sex", description = "Sex recorded at recruitment" },
+//!   { name = "age_at_recruitment", type = "integer" },
+//! ]
 //! [[inventory.collections]]
 //! name = "demographics"
-//! fields = ["participants.sex", "participants.age_at_recruitment"]
+//! fields = [{ dataset = "participants", field = "sex" }]
 //! [[pipeline.stages]]
 //! id = "committee"
 //! name = "Access committee"
@@ -28,15 +34,15 @@
 //! rule = "any"          # or "all", or { quorum = 2 }
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use tre_dispense::Source;
 use tre_domain::{
-    DataCollection, Dataset, EnvironmentCommand, Field, FieldRef, Inventory, NewEnvironment,
-    Policies, Principal, ReviewPipeline, StoreRoot, UserId, Visibility,
+    EnvironmentCommand, Inventory, InventoryDefinition, NewEnvironment, Policies, Principal,
+    Problem, ReviewPipeline, StoreRoot, UserId, Visibility,
 };
 
 #[derive(Debug, Deserialize)]
@@ -55,67 +61,8 @@ pub struct EnvironmentFile {
     pub members: Option<BTreeSet<Principal>>,
     pub visibility: Option<Visibility>,
     pub policies: Option<Policies>,
-    pub inventory: Option<InventoryFile>,
+    pub inventory: Option<InventoryDefinition>,
     pub pipeline: Option<ReviewPipeline>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InventoryFile {
-    pub cohort_dataset: String,
-    pub datasets: Vec<DatasetFile>,
-    #[serde(default)]
-    pub collections: Vec<CollectionFile>,
-    /// `dataset.field` names.
-    #[serde(default)]
-    pub showcase: Vec<String>,
-    /// Fields of the cohort dataset that cohort filters may use (default:
-    /// the showcase's and the selected collections').
-    #[serde(default)]
-    pub cohort_fields: Option<Vec<String>>,
-    /// The custodian's bins for numeric and date showcase fields:
-    /// `[{field = "participants.bmi", edges = [18.5, 25, 30, 35]}]`.
-    #[serde(default)]
-    pub showcase_bins: Vec<BinsFile>,
-    /// The kinds of bulk files: `[{name = "ecg", description = "..."}]`;
-    /// their files come in a file inventory (`tre env files`).
-    #[serde(default)]
-    pub file_collections: Vec<tre_domain::files::FileCollection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BinsFile {
-    /// `dataset.field`
-    pub field: String,
-    pub edges: Vec<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetFile {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    pub key: String,
-    pub locations: Vec<String>,
-    /// Optional descriptions by field name.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectionFile {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    /// `dataset.field` names.
-    #[serde(default)]
-    pub fields: Vec<String>,
-    /// File collection names (of `inventory.file_collections`).
-    #[serde(default)]
-    pub files: Vec<String>,
 }
 
 impl EnvironmentFile {
@@ -167,11 +114,28 @@ impl EnvironmentFile {
 
     /// The configuration commands the file asks for, in an order that works
     /// for a draft: details, admins, members, policies, inventory, pipeline,
-    /// visibility. Dataset fields are read from the files' footers in
-    /// `source`, the environment's source.
+    /// visibility. The inventory is resolved against `source`, the
+    /// environment's source (see [`tre_dispense::schema::resolve_inventory`]).
     pub async fn commands(
         &self,
         source: &Source,
+        creating: bool,
+    ) -> Result<Vec<EnvironmentCommand>> {
+        let inventory = match &self.inventory {
+            None => None,
+            Some(definition) => Some(
+                tre_dispense::schema::resolve_inventory(source, definition)
+                    .await
+                    .map_err(|problems| anyhow!("{}", described(&problems)))?,
+            ),
+        };
+        self.commands_with(inventory, creating)
+    }
+
+    /// [`EnvironmentFile::commands`] with the inventory already resolved.
+    pub fn commands_with(
+        &self,
+        inventory: Option<Inventory>,
         creating: bool,
     ) -> Result<Vec<EnvironmentCommand>> {
         if !creating && self.source.is_some() {
@@ -195,10 +159,8 @@ impl EnvironmentFile {
         if let Some(policies) = &self.policies {
             commands.push(EnvironmentCommand::SetPolicies(policies.clone()));
         }
-        if let Some(inventory) = &self.inventory {
-            commands.push(EnvironmentCommand::SetInventory(
-                inventory.build(source).await?,
-            ));
+        if let Some(inventory) = inventory {
+            commands.push(EnvironmentCommand::SetInventory(inventory));
         }
         if let Some(pipeline) = &self.pipeline {
             commands.push(EnvironmentCommand::SetPipeline(pipeline.clone()));
@@ -210,111 +172,42 @@ impl EnvironmentFile {
     }
 }
 
-fn field_ref(path: &str, name: &str) -> Result<FieldRef> {
-    let (dataset, field) = name
-        .split_once('.')
-        .ok_or_else(|| anyhow!("{path}: expected \"dataset.field\", got {name:?}"))?;
-    Ok(FieldRef {
-        dataset: dataset.into(),
-        field: field.into(),
-    })
-}
-
-impl InventoryFile {
-    pub async fn build(&self, source: &Source) -> Result<Inventory> {
-        let mut datasets = Vec::new();
-        for (i, d) in self.datasets.iter().enumerate() {
-            let mut schema: Option<Vec<Field>> = None;
-            for (j, location) in d.locations.iter().enumerate() {
-                tre_domain::storage::check_location(
-                    &format!("inventory.datasets[{i}].locations[{j}]"),
-                    location,
-                )?;
-                let fields = tre_dispense::schema::source_fields(source, location)
-                    .await
-                    .with_context(|| format!("inventory.datasets[{i}].locations: {location}"))?;
-                match &schema {
-                    None => schema = Some(fields),
-                    Some(first) if *first != fields => bail!(
-                        "inventory.datasets[{i}].locations: {location} has a different schema from {}",
-                        d.locations[0]
-                    ),
-                    Some(_) => {}
-                }
-            }
-            let schema = schema.unwrap_or_default();
-            if let Some(unknown) = d
-                .fields
-                .keys()
-                .find(|k| !schema.iter().any(|f| f.name == **k))
-            {
-                bail!("inventory.datasets[{i}].fields: {unknown:?} is not a column of the dataset");
-            }
-            datasets.push(Dataset {
-                name: d.name.clone(),
-                description: d.description.clone(),
-                locations: d.locations.clone(),
-                key: d.key.clone(),
-                fields: schema
-                    .into_iter()
-                    .map(|f| Field {
-                        description: d.fields.get(&f.name).cloned().unwrap_or_default(),
-                        ..f
-                    })
-                    .collect(),
-            });
-        }
-        let collections = self
-            .collections
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Ok(DataCollection {
-                    name: c.name.clone(),
-                    description: c.description.clone(),
-                    fields: c
-                        .fields
-                        .iter()
-                        .map(|f| field_ref(&format!("inventory.collections[{i}].fields"), f))
-                        .collect::<Result<_>>()?,
-                    files: c.files.clone(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        let showcase = self
-            .showcase
-            .iter()
-            .map(|f| field_ref("inventory.showcase", f))
-            .collect::<Result<_>>()?;
-        let inventory = Inventory {
-            version: 0,
-            datasets,
-            cohort_dataset: self.cohort_dataset.clone(),
-            collections,
-            showcase,
-            cohort_fields: self.cohort_fields.clone(),
-            showcase_bins: self
-                .showcase_bins
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    Ok(tre_domain::ShowcaseBins {
-                        field: field_ref(&format!("inventory.showcase_bins[{i}].field"), &b.field)?,
-                        edges: b.edges.iter().map(|e| tre_domain::BinEdge(*e)).collect(),
-                    })
-                })
-                .collect::<Result<_>>()?,
-            file_collections: self.file_collections.clone(),
-            files: None,
-        };
-        inventory.validate()?;
-        Ok(inventory)
+/// Problems as the CLI lists them: one a line, each naming its field.
+pub fn described(problems: &[Problem]) -> String {
+    let mut out = String::from("the inventory does not hold:");
+    for p in problems {
+        out.push_str(&format!("\n  {}: {}", p.field, p.message));
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo's definition resolves against its data, every column of
+    /// the files declared (what it publishes is all it holds).
+    #[tokio::test]
+    async fn the_fixture_declares_every_column_of_its_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let file = EnvironmentFile::read(&root.join("environments/biobank.toml")).unwrap();
+        let source = Source::folder(std::fs::canonicalize(root.join("data")).unwrap()).unwrap();
+        let definition = file.inventory.as_ref().unwrap();
+        let inventory = tre_dispense::schema::resolve_inventory(&source, definition)
+            .await
+            .unwrap_or_else(|p| panic!("{}", described(&p)));
+        for dataset in &inventory.datasets {
+            let columns = tre_dispense::schema::source_fields(&source, &dataset.locations[0])
+                .await
+                .unwrap();
+            let undeclared: Vec<_> = columns
+                .iter()
+                .filter(|c| dataset.field(&c.name).is_none())
+                .map(|c| c.name.as_str())
+                .collect();
+            assert!(undeclared.is_empty(), "{}: {undeclared:?}", dataset.name);
+        }
+    }
 
     /// Hostile definition files: the fixture's file with lines dropped,
     /// repeated, cut short and mixed with noise (a fixed seed). Parsing and

@@ -10,6 +10,7 @@ mod bench_project_data;
 mod bench_showcase;
 mod config;
 mod demo;
+mod env_check;
 mod env_files;
 mod envfile;
 mod fixtures;
@@ -31,6 +32,8 @@ use tre_store::{AuditQuery, Caller, Store, StoreError};
 
 use crate::config::{FlagSettings, Settings};
 use crate::envfile::EnvironmentFile;
+use tre_api::inventory_check::check_state_change;
+use tre_dispense::Sources;
 
 #[derive(Debug, Parser)]
 #[command(name = "tre", version, about = "Trusted Research Environment backend")]
@@ -172,6 +175,23 @@ enum EnvCommand {
         /// Publish it right away.
         #[arg(long)]
         publish: bool,
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// What an environment still needs before publishing, changing
+    /// nothing: its inventory checked against the source (locations,
+    /// columns, types), members, reviewers, quorums, file inventories.
+    /// With --file, the file's sections as they would apply (alone, as
+    /// `create` would make it, or to environment ID). Exits 1 when
+    /// something is missing.
+    Check {
+        /// The environment (its admins check it).
+        id: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The source root, for a file alone (replaces the file's `source`).
+        #[arg(long)]
+        source: Option<String>,
         #[command(flatten)]
         acting: Acting,
     },
@@ -341,14 +361,22 @@ pub(crate) fn explain(err: StoreError) -> anyhow::Error {
             anyhow!("not ready: {field}: {message}")
         }
         StoreError::Domain(tre_domain::DomainError::NotReady { problems }) => {
-            let lines: Vec<String> = problems
-                .iter()
-                .map(|p| format!("  - {}: {}", p.field, p.message))
-                .collect();
-            anyhow!("not ready:\n{}", lines.join("\n"))
+            anyhow!("not ready:\n{}", listed(&problems))
+        }
+        StoreError::Domain(tre_domain::DomainError::InvalidAll { problems }) => {
+            anyhow!("invalid:\n{}", listed(&problems))
         }
         other => anyhow!(other),
     }
+}
+
+/// Problems one a line, each naming its field.
+pub(crate) fn listed(problems: &[tre_domain::Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {}: {}", p.field, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The store, knowing where project data goes (no environment's source
@@ -554,6 +582,11 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 .await
                 .map_err(explain)?;
             for command in commands {
+                if matches!(command, EnvironmentCommand::Publish) {
+                    check_state_change(store, &Sources::default(), &caller, &env.id, &command)
+                        .await
+                        .map_err(explain)?;
+                }
                 env = store
                     .configure_environment(&caller, &env.id, command)
                     .await
@@ -569,6 +602,20 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
             );
             println!("{}", env.id);
             return Ok(());
+        }
+        EnvCommand::Check {
+            id,
+            file,
+            source,
+            acting,
+        } => {
+            let caller = caller(store, &acting).await?;
+            let check = env_check::Check {
+                id: id.map(EnvironmentId),
+                file: file.as_deref(),
+                source: source.as_deref(),
+            };
+            return env_check::run(store, &caller, check).await;
         }
         EnvCommand::Configure { id, file, acting } => {
             let caller = caller(store, &acting).await?;
@@ -649,8 +696,12 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         }
     };
     let caller = caller(store, &acting).await?;
+    let id = EnvironmentId(id);
+    check_state_change(store, &Sources::default(), &caller, &id, &command)
+        .await
+        .map_err(explain)?;
     let env = store
-        .configure_environment(&caller, &EnvironmentId(id), command)
+        .configure_environment(&caller, &id, command)
         .await
         .map_err(explain)?;
     println!(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tre_domain::{Field, FieldType};
+use tre_domain::{Field, FieldType, Inventory, InventoryDefinition, LocationColumns, Problem};
 
 use crate::{DispenseError, Source};
 
@@ -64,4 +64,59 @@ pub fn parquet_fields(path: &Path) -> Result<Vec<Field>, DispenseError> {
         ))
     })?;
     Ok(fields_of(builder.schema()))
+}
+
+/// How many footers [`resolve_inventory`] reads at once.
+const FOOTERS_AT_ONCE: usize = 8;
+
+/// The inventory `definition` declares, checked against `source`: each
+/// location found and a readable Parquet file, the files of a dataset
+/// alike, every declared field a column of the type declared (types left
+/// out are the files'). Every problem is named at once (see
+/// [`tre_domain::resolve_inventory`]); only footers are read, never rows.
+pub async fn resolve_inventory(
+    source: &Source,
+    definition: &InventoryDefinition,
+) -> Result<Inventory, Vec<Problem>> {
+    use futures::StreamExt;
+    let wanted: Vec<(usize, String)> = definition
+        .locations()
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, locations)| locations.into_iter().map(move |l| (i, l)))
+        .collect();
+    let read: Vec<(usize, LocationColumns)> = futures::stream::iter(wanted)
+        .map(|(i, location)| async move { (i, location_columns(source, &location).await) })
+        .buffered(FOOTERS_AT_ONCE)
+        .collect()
+        .await;
+    let mut columns: Vec<Vec<LocationColumns>> = vec![Vec::new(); definition.datasets.len()];
+    for (i, found) in read {
+        columns[i].push(found);
+    }
+    tre_domain::resolve_inventory(definition, &columns)
+}
+
+/// The columns of the Parquet file at `location`, or why they cannot be
+/// read, in the custodian's words.
+async fn location_columns(source: &Source, location: &str) -> LocationColumns {
+    if let Err(e) = tre_domain::storage::check_location("location", location) {
+        return Err(e.message());
+    }
+    match source.size(location).await {
+        Ok(_) => {}
+        Err(DispenseError::Store(object_store::Error::NotFound { .. })) => {
+            return Err(format!("{location} is not in the environment's source"));
+        }
+        // the folder's own words (not found, a link out of the root)
+        Err(DispenseError::Data(reason)) => return Err(reason),
+        Err(e) => return Err(format!("{location} cannot be read: {e}")),
+    }
+    match source_fields(source, location).await {
+        Ok(fields) => Ok(fields),
+        Err(DispenseError::Parquet(_)) => Err(format!(
+            "{location} is not a readable Parquet file (its footer cannot be read)"
+        )),
+        Err(e) => Err(format!("{location} cannot be read: {e}")),
+    }
 }

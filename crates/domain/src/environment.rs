@@ -642,6 +642,12 @@ impl Environment {
                 if let Some(staged) = next.staged_inventory.take() {
                     next.inventory = Some(staged);
                 }
+                // what publishing needs still holds (members, reviewers,
+                // the staged inventory's files)
+                let problems = next.publish_problems();
+                if !problems.is_empty() {
+                    return Err(DomainError::NotReady { problems });
+                }
                 next.state = S::Active;
             }
             (command, state) => {

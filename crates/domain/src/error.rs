@@ -10,6 +10,10 @@ pub enum DomainError {
     /// `cohort.and[1].value` or `pipeline.stages[0].reviewers`).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// Several fields of the input are invalid (an inventory checked
+    /// against its source): each problem names one.
+    #[error("{}", problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
+    InvalidAll { problems: Vec<Problem> },
     /// The command is not allowed in the object's current state.
     #[error("cannot {}: the {object} is {state}{}", action.replace('_', " "), next_step(object, action, state))]
     InvalidTransition {
@@ -90,7 +94,9 @@ impl DomainError {
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::Invalid { field, .. } | Self::Incomplete { field, .. } => Some(field),
-            Self::NotReady { problems } => problems.first().map(|p| p.field.as_str()),
+            Self::NotReady { problems } | Self::InvalidAll { problems } => {
+                problems.first().map(|p| p.field.as_str())
+            }
             _ => None,
         }
     }

@@ -409,7 +409,10 @@ impl Inventory {
         if dataset.field(&field.field).is_none() {
             return Err(DomainError::invalid(
                 format!("{path}.field"),
-                format!("dataset {:?} has no field {:?}", field.dataset, field.field),
+                format!(
+                    "dataset {:?} has no field {:?} (a dataset publishes the fields it declares: declare it in the dataset's fields)",
+                    field.dataset, field.field
+                ),
             ));
         }
         Ok(dataset)

@@ -23,6 +23,7 @@ mod error;
 pub mod files;
 mod ids;
 mod inventory;
+mod inventory_definition;
 mod job;
 mod people;
 mod pipeline;
@@ -45,6 +46,9 @@ pub use error::{DomainError, Problem};
 pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
 pub use inventory::{
     BinEdge, DataCollection, Dataset, Field, FieldRef, FieldType, Inventory, ShowcaseBins,
+};
+pub use inventory_definition::{
+    DatasetDefinition, FieldDefinition, InventoryDefinition, LocationColumns, resolve_inventory,
 };
 pub use job::{JobEvent, JobState};
 pub use people::{Actor, Principal};

@@ -223,6 +223,24 @@ impl Store {
         self.environment_at(caller, id).await.map(|(env, _)| env)
     }
 
+    /// The environment `caller` means to `action` (configure it, change its
+    /// state), with its revision, or the refusal the change itself would
+    /// get: for what must be prepared before the change (an inventory
+    /// checked against the source).
+    pub async fn environment_for(
+        &self,
+        caller: &Caller,
+        id: &EnvironmentId,
+        action: Action,
+    ) -> Result<(Environment, i64), StoreError> {
+        let (env, revision) = self.load_environment(&self.pool, id).await?;
+        for action in [Action::DiscoverEnvironment, action] {
+            authorize(&caller.actor, action, &Object::Environment(&env))
+                .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        }
+        Ok((env, revision))
+    }
+
     /// [`Store::environment`] with its revision (what a change made on
     /// what was read names: see [`Store::configure_environment_at`]).
     pub async fn environment_at(

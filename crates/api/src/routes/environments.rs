@@ -13,14 +13,15 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tre_domain::Environment;
 use tre_domain::{
-    EnvironmentCommand, EnvironmentId, Inventory, NewEnvironment, Policies, PoliciesPatch,
-    Principal, ReviewPipeline, UserId, Visibility,
+    EnvironmentCommand, EnvironmentId, InventoryDefinition, NewEnvironment, Policies,
+    PoliciesPatch, Principal, ReviewPipeline, UserId, Visibility,
 };
 use tre_store::Page as ListPage;
 
 use super::{Endpoint, IfMatchUse, Page, Result, body, created, limit, op};
 use crate::extract::{IfMatch, Params, required, with_revision};
 use crate::guard::{Allowed, ConfiguresEnvironment, CreatesEnvironments};
+use crate::inventory_check::{check_state_change, resolved_inventory};
 use crate::{AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -62,8 +63,8 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
         op(
             M::PUT,
             "/v1/environments/{id}/inventory",
-            "Set (draft) or stage (maintenance) the inventory",
-            Some(body::<Inventory>),
+            "Set (draft) or stage (maintenance) the inventory: checked against the source (locations, columns, types), every problem named at once; only declared fields are published",
+            Some(body::<InventoryDefinition>),
             put(put_inventory),
         )
         .returns(body::<Environment>),
@@ -248,8 +249,16 @@ async fn put_inventory(
     State(state): State<AppState>,
     Allowed(caller, _): Allowed<ConfiguresEnvironment>,
     Path(id): Path<String>,
-    Body(inventory): Body<Inventory>,
+    Body(definition): Body<InventoryDefinition>,
 ) -> Result<Response> {
+    let inventory = resolved_inventory(
+        &state.store,
+        state.showcase.sources(),
+        &caller,
+        &EnvironmentId(id.clone()),
+        &definition,
+    )
+    .await?;
     configure(
         &state,
         &caller,
@@ -412,7 +421,16 @@ async fn publish(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    configure(&state, &caller, id, EnvironmentCommand::Publish).await
+    let command = EnvironmentCommand::Publish;
+    check_state_change(
+        &state.store,
+        state.showcase.sources(),
+        &caller,
+        &EnvironmentId(id.clone()),
+        &command,
+    )
+    .await?;
+    configure(&state, &caller, id, command).await
 }
 
 async fn maintenance(
@@ -428,5 +446,14 @@ async fn reactivate(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
+    let command = EnvironmentCommand::Reactivate;
+    check_state_change(
+        &state.store,
+        state.showcase.sources(),
+        &caller,
+        &EnvironmentId(id.clone()),
+        &command,
+    )
+    .await?;
+    configure(&state, &caller, id, command).await
 }

@@ -10,6 +10,7 @@ mod authorization_first;
 mod errors;
 mod files;
 mod idempotency;
+mod inventory;
 mod lifecycle;
 mod operations;
 mod policies;

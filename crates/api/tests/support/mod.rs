@@ -222,7 +222,7 @@ pub fn inventory() -> Value {
 
 /// The source root of the tests' environments.
 pub fn source() -> String {
-    tre_testkit::fixtures_source().to_string()
+    tre_testkit::small_source().to_string()
 }
 
 /// Every operation of the API document that takes a body: its method, its
