@@ -32,6 +32,7 @@ tre_testkit::on_both_backends!(
     showcase_aggregates_equal_an_independent_count_and_release_only_what_the_rules_allow,
     a_new_inventory_version_is_computed_while_the_old_numbers_stay_served,
     reviewers_see_a_selection_summary_counted_from_the_data,
+    a_showcase_that_cannot_be_computed_tells_its_admins_why,
 );
 
 fn field(name: &str) -> FieldRef {
@@ -317,6 +318,78 @@ async fn a_new_inventory_version_is_computed_while_the_old_numbers_stay_served(s
     assert_eq!(shown.version, 2);
     assert!(shown.fields.iter().any(|f| f.field == "townsend_index"));
     let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Attack (a custodian's first day): the data file goes between publishing
+/// and the showcase's job. The showcase used to say `computing` for ever,
+/// the reason visible to operators only. Now the version is marked failed:
+/// its admins see why (and are told in their inbox); members see only that
+/// it failed; the cohort builder says so too.
+async fn a_showcase_that_cannot_be_computed_tells_its_admins_why(store: &Store) {
+    let folder = std::env::temp_dir().join(format!("tre-showcase-gone-{}", tre_testkit::unique()));
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["participants.parquet", "diagnoses.parquet"] {
+        std::fs::copy(tre_testkit::small_data().join(name), folder.join(name)).unwrap();
+    }
+    let root = tre_domain::StoreRoot::parse("source", folder.to_str().unwrap()).unwrap();
+    let w = tre_testkit::world_at(
+        store,
+        root,
+        tre_testkit::inventory(),
+        &["rev1"],
+        &["rev2"],
+        1,
+    )
+    .await;
+    std::fs::remove_file(folder.join("participants.parquet")).unwrap();
+    let (dest_folder, dest) = temp_store("showcase-failed");
+    let worker = start(
+        store,
+        Arc::new(EmbeddedQueue::default()),
+        dispense_options(dest, 1_000),
+    );
+    let mut seen = None;
+    for _ in 0..800 {
+        let view = store.showcase(&w.admin, &w.env).await.unwrap();
+        if view.failed.is_some() {
+            seen = Some(view);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let admin_view = seen.expect("the showcase's failure is recorded");
+    assert!(!admin_view.computing, "no longer computing");
+    let reason = admin_view.failed.unwrap();
+    assert!(
+        reason.contains("participants.parquet is not in the environment's source"),
+        "{reason}"
+    );
+    // a member learns that it failed, not where the data lives
+    let member_view = store.showcase(&w.owner, &w.env).await.unwrap();
+    let told_member = member_view.failed.unwrap();
+    assert!(!told_member.contains("parquet"), "{told_member}");
+    assert!(
+        told_member.contains("admins have been told"),
+        "{told_member}"
+    );
+    // the admin is told in their inbox, with what to do
+    let mut note = None;
+    for _ in 0..400 {
+        let inbox = store.inbox(&"admin".into(), 10).await.unwrap();
+        if let Some(found) = inbox.into_iter().find(|n| n.kind == "showcase_failed") {
+            note = Some(found);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let note = note.expect("the admin is told");
+    assert!(note.body.contains("participants.parquet"), "{}", note.body);
+    assert!(note.body.contains("tre env check"), "{}", note.body);
+    let owner_inbox = store.inbox(&"owner".into(), 10).await.unwrap();
+    assert!(owner_inbox.iter().all(|n| n.kind != "showcase_failed"));
+    worker.stop(STOP_WITHIN).await;
+    let _ = std::fs::remove_dir_all(folder);
+    let _ = std::fs::remove_dir_all(dest_folder);
 }
 
 /// Participant ids (as text) of a Parquet file of the fixtures, row by row.

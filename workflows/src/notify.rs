@@ -558,6 +558,15 @@ impl Notifier {
                     None,
                 )
             }
+            AdminAlert::ShowcaseFailed { version, reason } => (
+                "showcase_failed",
+                format!("The showcase of {:?} could not be computed", env.name),
+                format!(
+                    "The showcase of inventory version {version} could not be computed: {reason}. Members see no showcase and cannot use the cohort builder. Put the source right (`tre env check {}`), then have an operator retry the dead compute_showcase job (`tre jobs retry`).",
+                    env.id
+                ),
+                None,
+            ),
             AdminAlert::StageOutOfReach {
                 request, stage_id, ..
             } => (

@@ -81,4 +81,29 @@ impl JobHandler for ShowcaseComputer {
             }
         })
     }
+
+    /// A computation that dies is recorded for the version, with its
+    /// reason, and the environment's admins are told (else the showcase
+    /// would say `computing` for ever, the reason in the operators' view
+    /// only).
+    fn on_dead<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        message: &'a str,
+        ctx: &'a JobContext,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Ok(Effect::ComputeShowcase {
+                environment,
+                version,
+            }) = payload(job)
+                && let Err(e) = ctx
+                    .store
+                    .record_showcase_failure(&environment, version, message)
+                    .await
+            {
+                tracing::warn!(%environment, version, error = %e, "could not record the showcase's failure");
+            }
+        })
+    }
 }

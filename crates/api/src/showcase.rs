@@ -71,7 +71,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             (409, "too_close: the cohort, or a cell asked of it, is within the minimum cell size of numbers already released (the showcase itself, or an earlier answer of the environment's cohort builder, whoever asked it); computing: the showcase is not computed yet; no_showcase: no inventory"),
             (422, "invalid: a filter or field that is not a showcase field of the cohort dataset"),
             (429, "rate_limited: more queries this minute than the policy allows (Retry-After)"),
-            (503, "unavailable: the environment's data cannot be read just now (Retry-After)"),
+            (503, "unavailable: the environment's data cannot be read just now (Retry-After); showcase_failed: the current version's showcase could not be computed (the reason, for the environment's admins)"),
         ]),
         op(
             Method::GET,
@@ -268,7 +268,10 @@ async fn chart(
 ) -> Result<Response> {
     let id = EnvironmentId(id);
     let env = state.store.showcase_environment(&caller, &id).await?;
-    let view = state.store.released_showcase(&env).await?;
+    let view = state
+        .store
+        .released_showcase(&env, &caller.actor.id)
+        .await?;
     let field = file
         .strip_suffix(".svg")
         .and_then(|name| name.split_once('.'))
@@ -429,6 +432,17 @@ pub async fn ask(
     let full = match state.showcase.aggregates(state, &env.id, version).await? {
         Some(full) => full,
         None => {
+            if let Some(reason) = state
+                .store
+                .showcase_failure(&env, version, &caller.actor.id)
+                .await?
+            {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "showcase_failed",
+                    reason,
+                ));
+            }
             return Err(ApiError::computing(
                 "the showcase of the current inventory version is being computed; try again shortly",
             ));

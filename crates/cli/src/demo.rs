@@ -604,13 +604,17 @@ async fn show_showcase(
 ) -> Result<()> {
     println!("   the data showcase, computed by a job when the inventory was published:");
     let environment = store.showcase_environment(alice, env).await?;
-    let mut view = store.released_showcase(&environment).await?;
+    let mut view = store
+        .released_showcase(&environment, &alice.actor.id)
+        .await?;
     for _ in 0..600 {
         if !view.computing {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        view = store.released_showcase(&environment).await?;
+        view = store
+            .released_showcase(&environment, &alice.actor.id)
+            .await?;
     }
     let rules = tre_domain::disclosure::DisclosureRules::of(&environment.policies);
     if let Some(showcase) = view.showcase.as_mut() {

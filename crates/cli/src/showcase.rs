@@ -16,7 +16,10 @@ pub async fn print(store: &Store, id: String, acting: &Acting) -> Result<()> {
         .showcase_environment(&caller, &id)
         .await
         .map_err(explain)?;
-    let view = store.released_showcase(&env).await.map_err(explain)?;
+    let view = store
+        .released_showcase(&env, &caller.actor.id)
+        .await
+        .map_err(explain)?;
     print!(
         "{}",
         table(&env.name, &view, &DisclosureRules::of(&env.policies))
@@ -42,8 +45,16 @@ pub fn table(name: &str, view: &ShowcaseView, rules: &DisclosureRules) -> String
             String::new()
         }
     );
+    if let Some(reason) = &view.failed {
+        out.push_str(&format!(
+            "version {} could not be computed: {reason}\n",
+            view.current_version
+        ));
+    }
     let Some(showcase) = &view.showcase else {
-        out.push_str("no showcase yet: it is being computed\n");
+        if view.computing {
+            out.push_str("no showcase yet: it is being computed\n");
+        }
         return out;
     };
     out.push_str(&format!(

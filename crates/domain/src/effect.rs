@@ -43,6 +43,10 @@ pub enum AdminAlert {
         by: UserId,
         loosened: Vec<crate::Loosening>,
     },
+    /// The showcase of an inventory version could not be computed (its
+    /// job died): members see no showcase and cannot use the cohort builder
+    /// until the source is put right and the job retried.
+    ShowcaseFailed { version: u32, reason: String },
 }
 
 impl AdminAlert {
@@ -55,6 +59,7 @@ impl AdminAlert {
             }
             Self::ReviewerDisabled { reviewer, .. } => format!("reviewer_disabled:{reviewer}"),
             Self::PoliciesLoosened { by, .. } => format!("policies_loosened:{by}"),
+            Self::ShowcaseFailed { version, .. } => format!("showcase_failed:{version}"),
         }
     }
 }

@@ -354,6 +354,14 @@ fn migrator(backend: Backend) -> Migrator {
             sqlx::AssertSqlSafe(include_str!("../migrations/0020_gate_reads.sql")).into_sql_str(),
             false,
         ),
+        Migration::new(
+            21,
+            "why a showcase could not be computed".into(),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(include_str!("../migrations/0021_showcase_failures.sql"))
+                .into_sql_str(),
+            false,
+        ),
     ])
 }
 

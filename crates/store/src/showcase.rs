@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::Row;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::showcase::{self, Showcase, ShowcaseAggregates};
-use tre_domain::{Action, Environment, EnvironmentId, Timestamp, UserId};
+use tre_domain::{Action, AdminAlert, Effect, Environment, EnvironmentId, Timestamp, UserId};
 
 use crate::audit::AuditRecord;
 use crate::writes::{Arg, Insert, Writes};
@@ -151,6 +151,11 @@ pub struct ShowcaseView {
     /// The released showcase of the newest computed version up to the
     /// current one; absent until the first is computed.
     pub showcase: Option<Showcase>,
+    /// The current version's showcase could not be computed (its job
+    /// died): why, for the environment's admins; that it failed, for
+    /// everyone else. `computing` is then false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl Store {
@@ -240,24 +245,98 @@ impl Store {
         id: &EnvironmentId,
     ) -> Result<ShowcaseView, StoreError> {
         let env = self.showcase_environment(caller, id).await?;
-        self.released_showcase(&env).await
+        self.released_showcase(&env, &caller.actor.id).await
     }
 
-    /// The showcase of `env`, released under its rules, for a caller the
-    /// environment was loaded for by [`Store::showcase_environment`].
-    pub async fn released_showcase(&self, env: &Environment) -> Result<ShowcaseView, StoreError> {
+    /// The showcase of `env`, released under its rules, for `viewer`, whom
+    /// the environment was loaded for by [`Store::showcase_environment`].
+    pub async fn released_showcase(
+        &self,
+        env: &Environment,
+        viewer: &UserId,
+    ) -> Result<ShowcaseView, StoreError> {
         let id = &env.id;
         let current_version = env.inventory.as_ref().map_or(0, |i| i.version);
         let aggregates = self.showcase_aggregates(id, current_version).await?;
         let rules = DisclosureRules::of(&env.policies);
+        let pending = aggregates
+            .as_ref()
+            .is_none_or(|a| a.version != current_version);
+        let failed = if pending && current_version > 0 {
+            self.showcase_failure(env, current_version, viewer).await?
+        } else {
+            None
+        };
         Ok(ShowcaseView {
             environment: id.clone(),
             current_version,
-            computing: aggregates
-                .as_ref()
-                .is_none_or(|a| a.version != current_version),
+            computing: pending && failed.is_none(),
             showcase: aggregates.map(|a| showcase::release(&a, &rules)),
+            failed,
         })
+    }
+
+    /// Why version `version` of `env`'s showcase could not be computed, as
+    /// `viewer` may know it: the job's reason for the environment's admins,
+    /// only that it failed for everyone else. None when it did not fail.
+    pub async fn showcase_failure(
+        &self,
+        env: &Environment,
+        version: u32,
+        viewer: &UserId,
+    ) -> Result<Option<String>, StoreError> {
+        let reason: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM showcase_failures WHERE environment_id = $1 AND version = $2",
+        )
+        .bind(env.id.as_str())
+        .bind(i64::from(version))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(reason.map(|reason| {
+            if env.is_admin(viewer) {
+                reason
+            } else {
+                "the showcase could not be computed; the environment's admins have been told"
+                    .to_owned()
+            }
+        }))
+    }
+
+    /// Records that version `version` of `environment`'s showcase could not
+    /// be computed, for `reason` (the dead job's), and tells its admins, in
+    /// one transaction (once per version).
+    pub async fn record_showcase_failure(
+        &self,
+        environment: &EnvironmentId,
+        version: u32,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        let mut tx = self.begin().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO showcase_failures (environment_id, version, reason, failed_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (environment_id, version) DO NOTHING",
+        )
+        .bind(environment.as_str())
+        .bind(i64::from(version))
+        .bind(reason)
+        .bind(at.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if recorded > 0 {
+            let alert = Effect::AlertAdmins {
+                environment: environment.clone(),
+                raised_at: at,
+                alert: AdminAlert::ShowcaseFailed {
+                    version,
+                    reason: reason.to_owned(),
+                },
+            };
+            crate::outbox::enqueue(&mut tx, &[alert], "system", at).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The environment whose showcase the caller may query.
