@@ -417,13 +417,15 @@ fn environments_from_a_definition_file() {
     let _ = worker.wait();
     assert!(checked, "the worker checked the file inventory");
 
-    // the platform admin is not the environment's admin
+    // the platform admin is not the environment's admin: they find what
+    // they created, and change nothing
     let refused = tre(&url, &["env", "publish", &id, "--as", "ops"]);
     assert!(
-        stderr(&refused).contains("not found"),
+        stderr(&refused).contains("only the environment's admins may configure it"),
         "{}",
         stderr(&refused)
     );
+    assert!(ok(tre(&url, &["env", "show", &id, "--as", "ops"])).contains("Synthetic Biobank"));
     assert!(
         ok(tre(&url, &["env", "check", &id, "--as", "custodian"]))
             .contains("ready to publish: nothing is missing")
@@ -1422,5 +1424,185 @@ fn members_list_and_read_project_objects_from_the_cli() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("invalid path"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A researcher and the reviewers do from the command line what they do
+/// over HTTP (on the demo's environment, with a worker to count the cohort
+/// and dispense): draft, edit, submit, decide stage by stage with stages
+/// named by their ids, create the project and watch it; the custodian sees
+/// the project's state, never its data; nobody acts outside their role.
+#[test]
+fn researchers_and_reviewers_work_from_the_cli() {
+    let (dir, url) = sqlite_url();
+    let objects = dir.join("objects");
+    let run = |args: &[&str]| {
+        let mut command = tre_command();
+        command
+            .args(args)
+            .env("TRE_DATABASE_URL", &url)
+            .env("TRE_OBJECT_STORE", &objects);
+        command.output().unwrap()
+    };
+    let demo = ok(run(&["demo"]));
+    let env = demo
+        .split("created \"Synthetic Biobank\" (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the demo names its environment")
+        .to_owned();
+    let mut worker = tre_command()
+        .env("TRE_DATABASE_URL", &url)
+        .env("TRE_OBJECT_STORE", &objects)
+        .args(["worker"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let created = ok(run(&[
+        "requests",
+        "create",
+        &env,
+        "--title",
+        "Smoking and BMI",
+        "--collection",
+        "baseline",
+        "--cohort",
+        r#"{"field": "sex", "op": "=", "value": "F"}"#,
+        "--as",
+        "alice",
+    ]));
+    let request = created.lines().last().unwrap().to_owned();
+    // submitting a draft without purpose or duration names what is missing
+    let refused = run(&["requests", "submit", &request, "--as", "alice"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("purpose"), "{}", stderr(&refused));
+    ok(run(&[
+        "requests",
+        "edit",
+        &request,
+        "--purpose",
+        "Association study",
+        "--days",
+        "90",
+        "--as",
+        "alice",
+    ]));
+    // bob may not edit alice's request
+    assert_eq!(
+        run(&["requests", "edit", &request, "--days", "30", "--as", "bob"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert!(ok(run(&["requests", "submit", &request, "--as", "alice"])).contains("is checking"));
+    let mut in_review = false;
+    for _ in 0..600 {
+        let shown = ok(run(&["requests", "show", &request, "--as", "alice"]));
+        if shown.contains("\"in_review\"") {
+            in_review = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(in_review, "the cohort was counted");
+    assert!(
+        ok(run(&[
+            "requests", "list", "--role", "owner", "--as", "alice"
+        ]))
+        .contains(&request)
+    );
+    assert!(ok(run(&["reviews", "queue", "--as", "carol"])).contains(&request));
+    // a stage by a wrong id is refused, naming the stages
+    let wrong = run(&[
+        "reviews",
+        "decide",
+        &request,
+        "--stage",
+        "committee",
+        "--decision",
+        "approve",
+        "--as",
+        "carol",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        stderr(&wrong)
+            .contains("no stage \"committee\"; the stages are access-committee, custodian-signoff"),
+        "{}",
+        stderr(&wrong)
+    );
+    // the researcher cannot decide their own request
+    let own = run(&[
+        "reviews",
+        "decide",
+        &request,
+        "--stage",
+        "0",
+        "--decision",
+        "approve",
+        "--as",
+        "alice",
+    ]);
+    assert_eq!(own.status.code(), Some(1));
+    ok(run(&[
+        "reviews",
+        "decide",
+        &request,
+        "--stage",
+        "access-committee",
+        "--decision",
+        "approve",
+        "--as",
+        "carol",
+    ]));
+    for reviewer in ["dave", "erin"] {
+        ok(run(&[
+            "reviews",
+            "decide",
+            &request,
+            "--stage",
+            "custodian-signoff",
+            "--decision",
+            "approve",
+            "--comment",
+            "fine",
+            "--as",
+            reviewer,
+        ]));
+    }
+    let shown = ok(run(&["requests", "show", &request, "--as", "alice"]));
+    assert!(shown.contains("\"approved\""), "{shown}");
+
+    let made = ok(run(&["projects", "create", &request, "--as", "alice"]));
+    let project = made.lines().last().unwrap().to_owned();
+    ok(run(&[
+        "projects",
+        "watch",
+        &project,
+        "--timeout-s",
+        "120",
+        "--as",
+        "alice",
+    ]));
+    // a reviewer is no member: the project is not theirs to watch
+    let hidden = run(&["projects", "show", &project, "--as", "carol"]);
+    assert_eq!(hidden.status.code(), Some(1));
+    assert!(stderr(&hidden).contains("not found"), "{}", stderr(&hidden));
+    // the custodian sees its state and who has access, not its data
+    let overseen = ok(run(&["env", "projects", &env, "--as", "custodian"]));
+    let line = overseen
+        .lines()
+        .find(|l| l.starts_with(&project))
+        .unwrap_or_else(|| panic!("{overseen}"));
+    assert!(
+        line.contains("\tready\t") && line.contains("Smoking and BMI"),
+        "{line}"
+    );
+    let refused = run(&["env", "projects", &env, "--as", "alice"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let _ = worker.kill();
+    let _ = worker.wait();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -221,10 +221,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 (".", None) => "body".to_owned(),
                 (_, None) => path,
             };
-            Err(
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-                    .with_field(field),
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                crate::serde_words::plain(&message),
             )
+            .with_field(field))
         }
     }
 }

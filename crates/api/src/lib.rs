@@ -19,6 +19,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod routes;
+mod serde_words;
 mod showcase;
 mod showcase_gate;
 mod tokens;

@@ -446,7 +446,7 @@ async fn documented_schemas_match_real_traffic() {
         None,
     )
     .await;
-    assert_eq!(decisions["items"][0]["verdict"], "approve");
+    assert_eq!(decisions["items"][0]["decision"], "approve");
     for reviewer in ["rev2a", "rev2b"] {
         api.ok(
             reviewer,

@@ -210,6 +210,14 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
             .await?;
     }
     upload_files(&store, &custodian, &env.id, &environment_file).await?;
+    tre_api::inventory_check::check_state_change(
+        &store,
+        &tre_dispense::Sources::default(),
+        &custodian,
+        &env.id,
+        &EnvironmentCommand::Publish,
+    )
+    .await?;
     let env = store
         .configure_environment(&custodian, &env.id, EnvironmentCommand::Publish)
         .await?;
@@ -532,7 +540,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         let detail = if decision.is_object() {
             format!(
                 "{} stage {} -> {to}",
-                decision["verdict"].as_str().unwrap_or(""),
+                decision["decision"].as_str().unwrap_or(""),
                 decision["stage"].as_u64().unwrap_or(0) + 1
             )
         } else {

@@ -16,6 +16,7 @@ mod envfile;
 mod fixtures;
 mod jobs;
 mod projects;
+mod requests;
 mod serve;
 mod showcase;
 mod users;
@@ -95,7 +96,13 @@ enum Command {
     /// Inspect and retry jobs.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
-    /// Watch, show and retry project dispenses.
+    /// Access requests, as researchers make them.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
+    /// The review queue and decisions, as reviewers make them.
+    #[command(subcommand)]
+    Reviews(requests::ReviewsCommand),
+    /// Create projects; watch, show and retry their dispenses; read their data.
     #[command(subcommand)]
     Projects(projects::ProjectsCommand),
     /// Benchmarks that print figures.
@@ -154,6 +161,14 @@ pub(crate) struct Acting {
     /// user's permissions and records them in the audit log).
     #[arg(long = "as", value_name = "USER")]
     pub(crate) acting_as: String,
+}
+
+/// `--as` where it may be left out (the operator's view then).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MaybeActing {
+    /// The user to act as: what they may see, as they see it.
+    #[arg(long = "as", value_name = "USER")]
+    pub(crate) acting_as: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -230,6 +245,13 @@ enum EnvCommand {
     },
     /// The environments the user may discover.
     List {
+        #[command(flatten)]
+        acting: Acting,
+    },
+    /// The projects made from an environment (its admins): state, dispense
+    /// progress, failure reason, who has access until when; never data.
+    Projects {
+        id: String,
         #[command(flatten)]
         acting: Acting,
     },
@@ -514,7 +536,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 limit,
             };
             for event in store.audit_events(&caller, &query).await.map_err(explain)? {
-                println!("{}", serde_json::to_string(&event)?);
+                let entry = tre_domain::audit::AuditEntry::from(event);
+                println!("{}", serde_json::to_string(&entry)?);
             }
         }
         Command::Showcase { id, acting } => {
@@ -534,6 +557,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(BenchCommand::Lists(args)) => bench_lists::run(args).await?,
         Command::Bench(BenchCommand::ProjectData(args)) => bench_project_data::run(args).await?,
         Command::Bench(BenchCommand::Load(args)) => bench_load::run(args).await?,
+        Command::Requests(command) => {
+            let store = open(&settings).await?;
+            let done = requests::run(&store, command).await;
+            store.close().await;
+            done?;
+        }
+        Command::Reviews(command) => {
+            let store = open(&settings).await?;
+            let done = requests::review(&store, command).await;
+            store.close().await;
+            done?;
+        }
         Command::Projects(command) => {
             let store = open(&settings).await?;
             let done = projects::run(&store, &settings, command).await;
@@ -684,6 +719,25 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 (None, None) => return Err(anyhow!("--file or --location")),
             };
             return env_files::upload(store, &caller, EnvironmentId(id), from, wait).await;
+        }
+        EnvCommand::Projects { id, acting } => {
+            let caller = caller(store, &acting).await?;
+            let id = EnvironmentId(id);
+            let mut cursor = String::new();
+            loop {
+                let page = store
+                    .environment_projects(&caller, &id, &cursor, 100)
+                    .await
+                    .map_err(explain)?;
+                for overview in &page.items {
+                    println!("{}", projects::overview_line(overview));
+                }
+                match page.next_cursor {
+                    Some(next) => cursor = next,
+                    None => break,
+                }
+            }
+            return Ok(());
         }
         EnvCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;

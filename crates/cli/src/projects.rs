@@ -16,15 +16,30 @@ use crate::config::Settings;
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectsCommand {
-    /// A project with its dispense progress and manifest (JSON).
-    Show { id: String },
+    /// Create the project of an approved request (its owner or a
+    /// collaborator); prints its id last. Dispensing starts at once.
+    Create {
+        /// The approved request's id.
+        request: String,
+        #[command(flatten)]
+        acting: crate::Acting,
+    },
+    /// A project with its dispense progress and manifest (JSON); with
+    /// --as, as that member sees it (operators leave it out).
+    Show {
+        id: String,
+        #[command(flatten)]
+        acting: crate::MaybeActing,
+    },
     /// Follow a dispense with a progress bar until the project is ready
-    /// (exit 0) or failed (exit 1).
+    /// (exit 0) or failed (exit 1); with --as, as that member.
     Watch {
         id: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3_600)]
         timeout_s: u64,
+        #[command(flatten)]
+        acting: crate::MaybeActing,
     },
     /// Resume a failed dispense: a new round runs the unfinished units
     /// (platform admins; audited under --as).
@@ -129,15 +144,33 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
 pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -> Result<()> {
     match command {
         ProjectsCommand::Workspaces { command } => workspaces(store, command).await?,
-        ProjectsCommand::Show { id } => {
+        ProjectsCommand::Create { request, acting } => {
+            let caller = crate::caller(store, &acting).await?;
+            let project = store
+                .create_project(&caller, &tre_domain::RequestId(request))
+                .await
+                .map_err(crate::explain)?;
+            println!(
+                "created project of request {} ({})",
+                project.request_id, project.state
+            );
+            println!("{}", project.id);
+        }
+        ProjectsCommand::Show { id, acting } => {
             let id = ProjectId(id);
+            member_only(store, &acting, &id).await?;
             let project = store.system_project(&id).await?;
             let progress = store.dispense_progress(&id).await?;
             let manifest = store.dispense_manifest(&id).await?;
             let out = json!({"project": project, "progress": progress, "manifest": manifest});
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
-        ProjectsCommand::Watch { id, timeout_s } => {
+        ProjectsCommand::Watch {
+            id,
+            timeout_s,
+            acting,
+        } => {
+            member_only(store, &acting, &ProjectId(id.clone())).await?;
             let project = watch(store, &ProjectId(id), Duration::from_secs(timeout_s)).await?;
             if project.state != ProjectState::Ready {
                 bail!(
@@ -398,4 +431,42 @@ pub fn human_bytes(bytes: u64) -> String {
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
     }
+}
+
+/// One project as its environment's admins see it, on one line: id, state,
+/// units done, members, the request and when access ends, and why the
+/// dispense failed (if it did).
+pub fn overview_line(overview: &tre_store::ProjectOverview) -> String {
+    let p = &overview.project;
+    let members: Vec<&str> = p.members.iter().map(|m| m.as_str()).collect();
+    let mut line = format!(
+        "{}\t{}\tunits {}/{}\tmembers {}\t{:?} ({})",
+        p.id,
+        p.state,
+        overview.progress.units_done,
+        overview.progress.units_total,
+        members.join(","),
+        overview.access.request_title,
+        overview.access.collections.join(", "),
+    );
+    if let Some(failure) = &p.failure {
+        line.push_str(&format!("\tfailed: {failure}"));
+    }
+    if let Some(retrying) = &overview.progress.retrying {
+        line.push_str(&format!("\tretrying: {retrying}"));
+    }
+    line
+}
+
+/// With `--as`, the user must be one who sees the project (its members);
+/// without, the operator's view (database access).
+async fn member_only(store: &Store, acting: &crate::MaybeActing, id: &ProjectId) -> Result<()> {
+    if let Some(name) = &acting.acting_as {
+        let acting = crate::Acting {
+            acting_as: name.clone(),
+        };
+        let caller = crate::caller(store, &acting).await?;
+        store.project(&caller, id).await.map_err(crate::explain)?;
+    }
+    Ok(())
 }

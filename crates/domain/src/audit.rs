@@ -33,6 +33,47 @@ pub struct AuditEvent {
     pub hash: String,
 }
 
+/// An audit event as the API and the CLI answer it: `details` is the
+/// object the event records (its stored text, the one hashed, is that
+/// object written compactly, as `serde_json` writes it).
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct AuditEntry {
+    pub seq: i64,
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub environment_id: String,
+    pub details: serde_json::Value,
+    pub trace_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<AuditEvent> for AuditEntry {
+    fn from(event: AuditEvent) -> Self {
+        // stored by tre as JSON; text that is not (cannot happen) is kept
+        // as a string rather than lost
+        let details = serde_json::from_str(&event.details)
+            .unwrap_or(serde_json::Value::String(event.details));
+        Self {
+            seq: event.seq,
+            at: event.at,
+            actor: event.actor,
+            action: event.action,
+            object_type: event.object_type,
+            object_id: event.object_id,
+            environment_id: event.environment_id,
+            details,
+            trace_id: event.trace_id,
+            prev_hash: event.prev_hash,
+            hash: event.hash,
+        }
+    }
+}
+
 /// The hash of an event's contents chained to `prev_hash`, hex-encoded.
 /// Fields are length-prefixed so that no two different events hash alike.
 #[allow(clippy::too_many_arguments)]

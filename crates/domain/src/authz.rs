@@ -55,11 +55,15 @@ pub enum Action {
     RevokeRequest,
     CreateProject,
     ViewProject,
+    /// A project's state, dispense progress, failure and who has access,
+    /// never its data: its members, and the admins of its environment (the
+    /// custodian must know a dispense failed).
+    OverseeProject,
     ReadProjectData,
 }
 
 impl Action {
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::CreateEnvironment,
         Self::ManageUsers,
         Self::ViewAudit,
@@ -77,6 +81,7 @@ impl Action {
         Self::RevokeRequest,
         Self::CreateProject,
         Self::ViewProject,
+        Self::OverseeProject,
         Self::ReadProjectData,
     ];
 }
@@ -128,6 +133,12 @@ fn can_see_environment(actor: &Actor, env: &Environment) -> bool {
         || (env.state != EnvironmentState::Draft && env.is_authorized_user(actor))
 }
 
+/// A platform admin who created the environment still sees it (not its
+/// showcase, nor its requests) once handed over to its admins.
+fn created(actor: &Actor, env: &Environment) -> bool {
+    actor.platform_admin && env.created_by.as_ref() == Some(&actor.id)
+}
+
 fn can_see_request(actor: &Actor, env: &Environment, request: &AccessRequest) -> bool {
     request.is_requester(&actor.id)
         || (request.state != RequestState::Draft
@@ -156,14 +167,18 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
                 conceal("environment not found")
             },
         ),
-        (A::DiscoverEnvironment | A::ViewShowcase, Object::Environment(env)) => allow_if(
+        (A::DiscoverEnvironment, Object::Environment(env)) => allow_if(
+            can_see_environment(actor, env) || created(actor, env),
+            conceal("environment not found"),
+        ),
+        (A::ViewShowcase, Object::Environment(env)) => allow_if(
             can_see_environment(actor, env),
             conceal("environment not found"),
         ),
         (A::ConfigureEnvironment | A::ChangeEnvironmentState, Object::Environment(env)) => {
             if env.is_admin(&actor.id) {
                 Ok(())
-            } else if can_see_environment(actor, env) {
+            } else if can_see_environment(actor, env) || created(actor, env) {
                 deny("only the environment's admins may configure it or change its state")
             } else {
                 conceal("environment not found")
@@ -193,6 +208,17 @@ pub fn authorize(actor: &Actor, action: Action, object: &Object<'_>) -> Result<(
             },
         ) => allow_if(
             project.members.contains(&actor.id) && environment.is_authorized_user(actor),
+            conceal("project not found"),
+        ),
+        (
+            A::OverseeProject,
+            Object::Project {
+                environment,
+                project,
+            },
+        ) => allow_if(
+            environment.is_admin(&actor.id)
+                || (project.members.contains(&actor.id) && environment.is_authorized_user(actor)),
             conceal("project not found"),
         ),
         (
@@ -649,7 +675,11 @@ mod tests {
     fn project_matrix() {
         let env = env_with_cast();
         let project = project_in(&env);
-        let actions = [Action::ViewProject, Action::ReadProjectData];
+        let actions = [
+            Action::ViewProject,
+            Action::ReadProjectData,
+            Action::OverseeProject,
+        ];
         assert_eq!(
             row(
                 &actions,
@@ -658,8 +688,9 @@ mod tests {
                     project: &project
                 }
             ),
-            // the default policy: only the project's workspaces read data
-            ["HHHHHYYHHH", "HHHHHFFHHH"]
+            // the default policy: only the project's workspaces read data;
+            // the environment's admin oversees it, without seeing it
+            ["HHHHHYYHHH", "HHHHHFFHHH", "HYHHHYYHHH"]
         );
         for (download, read) in [
             (crate::DownloadPolicy::Members, "HHHHHYYHHH"),
@@ -688,8 +719,31 @@ mod tests {
                     project: &project
                 }
             ),
-            ["HHHHHHYHHH", "HHHHHHFHHH"]
+            ["HHHHHHYHHH", "HHHHHHFHHH", "HYHHHHYHHH"]
         );
+    }
+
+    /// The platform admin who created an environment still finds it once
+    /// handed over, and nothing more: not its showcase, not its settings.
+    #[test]
+    fn the_creator_sees_what_they_created_and_nothing_more() {
+        let mut env = env_with_cast();
+        env.created_by = Some("platform".into());
+        let platform = actor("platform");
+        let object = Object::Environment(&env);
+        assert!(authorize(&platform, Action::DiscoverEnvironment, &object).is_ok());
+        for action in [
+            Action::ViewShowcase,
+            Action::ConfigureEnvironment,
+            Action::ChangeEnvironmentState,
+            Action::CreateRequest,
+        ] {
+            assert!(authorize(&platform, action, &object).is_err(), "{action:?}");
+        }
+        // another platform admin does not
+        let mut other = actor("platform");
+        other.id = "platform2".into();
+        assert!(authorize(&other, Action::DiscoverEnvironment, &object).is_err());
     }
 
     /// A workspace sees its own project and reads its data unless the
@@ -792,7 +846,10 @@ mod tests {
             ),
             Object::Request { .. } => REQUEST_ACTIONS.contains(&action),
             Object::Project { .. } => {
-                matches!(action, Action::ViewProject | Action::ReadProjectData)
+                matches!(
+                    action,
+                    Action::ViewProject | Action::ReadProjectData | Action::OverseeProject
+                )
             }
         };
         for action in Action::ALL {

@@ -397,7 +397,29 @@ fn required_literal(
 }
 
 fn literal(value: &Value, field_type: FieldType, path: &str) -> Result<Literal, DomainError> {
-    let mismatch = || err(path, format!("expected a {} value", field_type.as_str()));
+    let mismatch = || {
+        let wanted = match field_type {
+            FieldType::Integer => "a whole number",
+            FieldType::Float => "a number",
+            FieldType::Boolean => "true or false",
+            FieldType::String => "a text",
+            FieldType::Date => "a date as YYYY-MM-DD",
+            FieldType::Other => "nothing: the field cannot be filtered on",
+        };
+        let given = match value {
+            Value::String(s) => format!("the text {s:?}"),
+            Value::Array(_) => "a list".to_owned(),
+            Value::Object(_) => "an object".to_owned(),
+            other => other.to_string(),
+        };
+        err(
+            path,
+            format!(
+                "the field is {}: expected {wanted}, got {given}",
+                field_type.as_str()
+            ),
+        )
+    };
     if value.is_null() {
         return Err(err(
             path,

@@ -281,6 +281,10 @@ pub struct Environment {
     pub inventory: Option<Inventory>,
     /// A new version staged during maintenance, made current on reactivate.
     pub staged_inventory: Option<Inventory>,
+    /// Who created it (a platform admin, who may still see it after
+    /// handing it over; none for environments created before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<UserId>,
 }
 
 /// A change an environment admin makes.
@@ -468,6 +472,7 @@ impl Environment {
             source: Some(new.source),
             inventory: None,
             staged_inventory: None,
+            created_by: Some(creator.clone()),
         })
     }
 

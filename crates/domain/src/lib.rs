@@ -53,7 +53,7 @@ pub use inventory_definition::{
 pub use job::{JobEvent, JobState};
 pub use people::{Actor, Principal};
 pub use pipeline::{
-    DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, Vote, tally,
+    DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, StageRef, Vote, tally,
 };
 pub use policy_change::{Loosening, PoliciesPatch};
 pub use project::{OBJECT_PATH, Project, ProjectCommand, ProjectState, check_object_path};

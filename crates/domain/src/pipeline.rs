@@ -88,7 +88,30 @@ pub struct ReviewPipeline {
     pub stages: Vec<ReviewStage>,
 }
 
+/// A stage as a decision names it: by its id (`"dac"`), or by its 0-based
+/// index as the request's state shows it (`0`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum StageRef {
+    Index(usize),
+    Id(String),
+}
+
 impl ReviewPipeline {
+    /// The index of the stage `stage` names; `field` names it in the error.
+    pub fn stage_index(&self, stage: &StageRef, field: &str) -> Result<usize, DomainError> {
+        match stage {
+            StageRef::Index(i) => Ok(*i),
+            StageRef::Id(id) => self.stages.iter().position(|s| s.id == *id).ok_or_else(|| {
+                let ids: Vec<&str> = self.stages.iter().map(|s| s.id.as_str()).collect();
+                DomainError::invalid(
+                    field,
+                    format!("no stage {id:?}; the stages are {}", ids.join(", ")),
+                )
+            }),
+        }
+    }
+
     /// Checks that stage ids are unique and names and rules are well formed.
     /// Allowed in draft with missing reviewers; see [`Self::validate_for_publish`].
     pub fn validate(&self) -> Result<(), DomainError> {

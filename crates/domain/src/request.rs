@@ -168,6 +168,8 @@ pub struct Decision {
     pub stage: usize,
     pub stage_id: String,
     pub reviewer: UserId,
+    /// approve, reject or return (the name the decision's body gives it).
+    #[serde(rename = "decision", alias = "verdict")]
     pub verdict: Verdict,
     #[serde(rename = "final")]
     pub is_final: bool,

@@ -370,6 +370,15 @@ impl Store {
                     })
                     .collect();
                 self.ensure_users_exist(&users, field).await?;
+                let groups: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| match m {
+                        Principal::Group(g) => Some(g.clone()),
+                        Principal::User(_) => None,
+                    })
+                    .collect();
+                self.ensure_groups_in_use(groups.iter().map(String::as_str), field)
+                    .await?;
             }
             _ => {}
         }

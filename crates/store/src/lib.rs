@@ -32,6 +32,7 @@ mod notifications;
 mod ops;
 mod outbox;
 mod project_data;
+mod project_overview;
 mod projects;
 mod requests;
 mod showcase;
@@ -64,6 +65,7 @@ pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
+pub use project_overview::{ProjectGrant, ProjectOverview};
 pub use requests::HistoryEntry;
 pub use showcase::{
     EarlierCohort, LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery,

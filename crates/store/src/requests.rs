@@ -384,6 +384,34 @@ impl Store {
             .await
     }
 
+    /// [`Store::decide`] with the stage named by its id or its index: an
+    /// id is resolved against the request's pipeline once the caller may
+    /// decide the request (stage ids are not told to anyone else).
+    pub async fn decide_stage(
+        &self,
+        caller: &Caller,
+        id: &RequestId,
+        stage: &tre_domain::StageRef,
+        mut input: DecisionInput,
+    ) -> Result<AccessRequest, StoreError> {
+        if let tre_domain::StageRef::Id(_) = stage {
+            let loaded = self.read_request_in_environment(id).await?;
+            authorize(
+                &caller.actor,
+                Action::DecideRequest,
+                &Object::Request {
+                    environment: &loaded.env,
+                    request: &loaded.stored.request,
+                },
+            )
+            .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
+            input.stage = loaded.env.pipeline.stage_index(stage, "stage")?;
+        } else if let tre_domain::StageRef::Index(i) = stage {
+            input.stage = *i;
+        }
+        self.decide(caller, id, input).await
+    }
+
     /// Moves an approved request past its end date to `expired` (the
     /// scheduler's job; acts as `system`).
     pub async fn expire_request(
@@ -541,7 +569,7 @@ impl Store {
         }
         if let Some(d) = &transition.decision {
             details["decision"] = json!({
-                "stage": d.stage, "stage_id": d.stage_id, "verdict": d.verdict,
+                "stage": d.stage, "stage_id": d.stage_id, "decision": d.verdict,
                 "final": d.is_final, "comment": d.comment,
             });
         }

@@ -245,4 +245,41 @@ impl Store {
         }
         Ok(users)
     }
+
+    /// Groups named by `field` must have members: a mistyped group (one
+    /// nobody belongs to) would authorize nobody, silently.
+    pub(crate) async fn ensure_groups_in_use<'a>(
+        &self,
+        groups: impl IntoIterator<Item = &'a str>,
+        field: &str,
+    ) -> Result<(), StoreError> {
+        let groups: Vec<&str> = groups.into_iter().collect();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT groups_json FROM users")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut in_use = BTreeSet::new();
+        for row in rows {
+            let listed: Vec<String> = serde_json::from_str(&row).unwrap_or_default();
+            in_use.extend(listed);
+        }
+        if let Some(unknown) = groups.iter().find(|g| !in_use.contains(**g)) {
+            let known: Vec<&str> = in_use.iter().map(String::as_str).collect();
+            return Err(DomainError::Invalid {
+                field: field.into(),
+                message: format!(
+                    "no user is in group {unknown:?}: add users to it first (`tre users add NAME --group {unknown}`){}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", or name a group in use: {}", known.join(", "))
+                    }
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
 }

@@ -227,8 +227,8 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
     assert_eq!(store.list_environments(&member).await.unwrap().len(), 1);
     assert_eq!(
         store.list_environments(&w.platform).await.unwrap().len(),
-        1,
-        "platform admin sees only what it administers"
+        2,
+        "platform admin sees what it administers and what it created"
     );
 
     // configuration: admins only; members are refused, outsiders see nothing
@@ -246,12 +246,13 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
             .await,
         Err(StoreError::NotFound { .. })
     ));
-    // platform admins have no power inside an environment they do not administer
+    // platform admins have no power inside an environment they do not
+    // administer (the one who created it sees it, and is refused)
     assert!(matches!(
         store
             .configure_environment(&w.platform, &w.env, rename())
             .await,
-        Err(StoreError::NotFound { .. })
+        Err(StoreError::Forbidden(_))
     ));
     store
         .configure_environment(&w.admin, &w.env, rename())

@@ -34,7 +34,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 #[derive(JsonSchema)]
 #[allow(dead_code)]
 struct AuditPage {
-    items: Vec<tre_domain::audit::AuditEvent>,
+    items: Vec<tre_domain::audit::AuditEntry>,
     /// Pass as `after` for the next page; none when the page is empty.
     next_cursor: Option<i64>,
 }
@@ -64,7 +64,8 @@ async fn audit(
         after_seq: params.after.unwrap_or(0),
         limit: params.limit.unwrap_or(100),
     };
-    let items = state.store.audit_events(&caller, &query).await?;
-    let next = items.last().map(|e| e.seq);
+    let events = state.store.audit_events(&caller, &query).await?;
+    let next = events.last().map(|e| e.seq);
+    let items: Vec<tre_domain::audit::AuditEntry> = events.into_iter().map(Into::into).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
 }

@@ -8,8 +8,8 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::Serialize;
 use tre_domain::Project;
-use tre_domain::{ProjectId, RequestId};
-use tre_store::{DispenseProgress, Page as ListPage};
+use tre_domain::{EnvironmentId, ProjectId, RequestId};
+use tre_store::{DispenseProgress, Page as ListPage, ProjectOverview};
 
 use super::{Endpoint, Page, Result, body, created, limit, op};
 use crate::extract::Params;
@@ -43,7 +43,34 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             get(get_project),
         )
         .returns(body::<ProjectView>),
+        op(
+            M::GET,
+            "/v1/environments/{id}/projects",
+            "The projects made from an environment, for its admins: state, dispense progress, failure reason and who has access to what until when; never their data",
+            None,
+            get(environment_projects),
+        )
+        .returns(body::<ListPage<ProjectOverview>>)
+        .query::<Page>(),
     ]
+}
+
+async fn environment_projects(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Params(q): Params<Page>,
+) -> Result<Response> {
+    let page = state
+        .store
+        .environment_projects(
+            &caller,
+            &EnvironmentId(id),
+            q.cursor.as_deref().unwrap_or(""),
+            limit(q.limit)?,
+        )
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 async fn create_project(

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tre_domain::AccessRequest;
-use tre_domain::{DecisionInput, RequestId, Verdict};
+use tre_domain::{DecisionInput, RequestId, StageRef, Verdict};
 use tre_store::Page as ListPage;
 
 use super::{Endpoint, Items, Page, Result, body, created, limit, op};
@@ -49,11 +49,12 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
 }
 
 /// `{stage, decision: approve|reject|return, comment, final?}`; `stage` is
-/// the 0-based index the request shows in its `stage` field.
+/// the stage's id (`"dac"`) or its 0-based index (as the request's `stage`
+/// field shows it).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
-    stage: usize,
+    stage: StageRef,
     decision: Verdict,
     #[serde(default)]
     #[schemars(length(max = 20_000), regex(pattern = tre_domain::schema::TEXT))]
@@ -69,13 +70,16 @@ async fn decide(
     Body(body): Body<DecisionBody>,
 ) -> Result<Response> {
     let input = DecisionInput {
-        stage: body.stage,
+        stage: 0,
         verdict: body.decision,
         is_final: body.is_final,
         comment: body.comment,
     };
     Ok(created(
-        state.store.decide(&caller, &RequestId(id), input).await?,
+        state
+            .store
+            .decide_stage(&caller, &RequestId(id), &body.stage, input)
+            .await?,
     ))
 }
 

@@ -89,7 +89,10 @@ async fn authorization_matrix_over_http() {
             "AAFFFFFFF",
         ),
         (Method::GET, "/v1/environments".into(), None, "AAAAAAAAA"),
-        (Method::GET, e(""), None, "HHAAHAAHH"),
+        // its creator (a platform admin) still finds it once handed over
+        (Method::GET, e(""), None, "AHAAHAAHH"),
+        // the projects made from it: its admins oversee them
+        (Method::GET, e("/projects"), None, "FHAFHFFHH"),
         // the showcase of a private environment: its people only
         (Method::GET, e("/showcase"), None, "HHAAHAAHH"),
         // a chart: the same people (409 "computing" here too)
@@ -111,44 +114,44 @@ async fn authorization_matrix_over_http() {
             Method::PATCH,
             e(""),
             Some(json!({"name": "Biobank"})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
-        (Method::PUT, e("/inventory"), Some(inventory()), "HHAFHFFHH"),
+        (Method::PUT, e("/inventory"), Some(inventory()), "FHAFHFFHH"),
         // file inventories name locations in the source: its admins only
-        (Method::GET, e("/inventory/files"), None, "HHAFHFFHH"),
-        (Method::PUT, e("/pipeline"), Some(pipeline), "HHAFHFFHH"),
+        (Method::GET, e("/inventory/files"), None, "FHAFHFFHH"),
+        (Method::PUT, e("/pipeline"), Some(pipeline), "FHAFHFFHH"),
         (
             Method::PUT,
             e("/members"),
             Some(json!({"members": [{"group": "researchers"}]})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
         (
             Method::PUT,
             e("/admins"),
             Some(json!({"admins": ["admin"]})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
-        (Method::PUT, e("/policies"), Some(json!({})), "HHAFHFFHH"),
+        (Method::PUT, e("/policies"), Some(json!({})), "FHAFHFFHH"),
         (
             Method::PATCH,
             e("/policies"),
             Some(json!({"min_cell_size": 10})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
         (
             Method::PATCH,
             e("/members"),
             Some(json!({"add": [{"group": "researchers"}]})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
         (
             Method::PUT,
             e("/visibility"),
             Some(json!({"visibility": "private"})),
-            "HHAFHFFHH",
+            "FHAFHFFHH",
         ),
-        (Method::POST, e("/reactivate"), None, "HHAFHFFHH"),
+        (Method::POST, e("/reactivate"), None, "FHAFHFFHH"),
         (
             Method::POST,
             "/v1/requests".into(),

@@ -110,6 +110,27 @@ async fn errors_have_one_shape_and_change_nothing() {
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
         assert_eq!(answer["error"]["field"], field, "{answer}");
+        // in the user's words: no parser positions, no Rust type names
+        let message = answer["error"]["message"].as_str().unwrap();
+        for internal in [" at line ", "u32", "struct ", "`"] {
+            assert!(!message.contains(internal), "{message}");
+        }
+    }
+    // what was expected, and what was given
+    for (body, said) in [
+        (
+            json!({"environment_id": env, "title": "t", "duration_days": "ninety"}),
+            "expected a whole number (0 or more), got the text \"ninety\"",
+        ),
+        (
+            json!({"environment_id": env, "title": "t", "collections": ["demographics"], "cohort": {"field": "age", "op": "=", "value": "x"}}),
+            "the field is integer: expected a whole number, got the text \"x\"",
+        ),
+    ] {
+        let (_, answer) = api
+            .call("owner", Method::POST, "/v1/requests", Some(body))
+            .await;
+        assert_eq!(answer["error"]["message"], said, "{answer}");
     }
     let mut deep = json!({"field": "age", "op": "=", "value": 1});
     for _ in 0..40 {

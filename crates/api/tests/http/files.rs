@@ -40,7 +40,8 @@ async fn file_inventories_over_http() {
     for (who, status) in [
         ("owner", StatusCode::FORBIDDEN),
         ("outsider", StatusCode::NOT_FOUND),
-        ("platform", StatusCode::NOT_FOUND),
+        // its creator finds it, and may not change it
+        ("platform", StatusCode::FORBIDDEN),
         ("nobody", StatusCode::UNAUTHORIZED),
     ] {
         let response = upload(who, "text/tab-separated-values", good)

@@ -13,4 +13,5 @@ mod idempotency;
 mod inventory;
 mod lifecycle;
 mod operations;
+mod oversight;
 mod policies;

@@ -170,6 +170,20 @@ async fn members_are_added_and_removed_without_replacing_the_rest() {
     let api = Api::start().await;
     let env = published(&api).await;
     let members = format!("/v1/environments/{env}/members");
+    // a group someone is in
+    api.db
+        .store
+        .bootstrap_user(
+            tre_store::NewUser {
+                id: "cardiologist".into(),
+                platform_admin: false,
+                groups: ["cardiology".to_owned()].into(),
+                email: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
     let changed = api
         .ok(
             "admin",
@@ -207,6 +221,8 @@ async fn members_are_added_and_removed_without_replacing_the_rest() {
         (json!({"remove": [{"user": ""}]}), "remove"),
         // a user nobody knows
         (json!({"add": [{"user": "no-such-user"}]}), "add"),
+        // a mistyped group (nobody is in it): it would authorize nobody
+        (json!({"add": [{"group": "researcher"}]}), "add"),
     ] {
         let (status, answer) = api
             .call("admin", Method::PATCH, &members, Some(body.clone()))
@@ -215,6 +231,20 @@ async fn members_are_added_and_removed_without_replacing_the_rest() {
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
     assert_eq!(environment(&api, &env).await, before, "nothing written");
+    let (_, answer) = api
+        .call(
+            "admin",
+            Method::PATCH,
+            &members,
+            Some(json!({"add": [{"group": "researcher"}]})),
+        )
+        .await;
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no user is in group \"researcher\"")
+            && message.contains("cardiology, researchers"),
+        "{message}"
+    );
     api.db.finish().await;
 }
 
