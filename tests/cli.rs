@@ -1606,3 +1606,60 @@ fn researchers_and_reviewers_work_from_the_cli() {
     let _ = worker.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The custodian's quickstart in the README, exactly as written, in an
+/// empty folder with `tre` on the PATH: generated data standing for the
+/// custodian's own, a definition file, the dry run, create, publish, a
+/// worker, a request, a decision, a project dispensed and overseen.
+#[test]
+fn the_custodians_quickstart_in_the_readme_runs() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let script = readme
+        .split("<!-- quickstart -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the README has the quickstart block");
+    let dir = std::env::temp_dir().join(format!("tre-quickstart-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("quickstart.sh"), script).unwrap();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tre"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut command = Command::new("timeout");
+    command
+        .args(["300", "bash", "-eu", "-o", "pipefail", "quickstart.sh"])
+        .current_dir(&dir)
+        .env("PATH", path);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRE_") {
+            command.env_remove(key);
+        }
+    }
+    let out = command.output().unwrap();
+    let said = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{said}\n{}\nworker: {}",
+        stderr(&out),
+        std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default()
+    );
+    for expected in [
+        "ready to publish: nothing is missing",
+        "patients publishes 3 field(s): participant_id, sex, year_of_birth",
+        "is active (private)",
+        "is checking",
+        "is approved",
+    ] {
+        assert!(said.contains(expected), "{expected}: {said}");
+    }
+    // the custodian's view of the project: ready, with its request
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("\tready\t") && last.contains("Sex by birth year"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
