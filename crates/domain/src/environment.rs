@@ -299,6 +299,8 @@ pub enum EnvironmentCommand {
     /// (current in draft, staged in maintenance).
     SetFiles(FileInventoryRef),
     SetPipeline(ReviewPipeline),
+    /// Changes the stages named (name, reviewers, rule), the others kept.
+    PatchPipeline(crate::PipelinePatch),
     SetMembers(BTreeSet<Principal>),
     /// Adds and removes authorized users and groups, the others kept.
     ChangeMembers {
@@ -323,6 +325,7 @@ impl EnvironmentCommand {
             Self::SetInventory(_) => "environment.set_inventory",
             Self::SetFiles(_) => "environment.set_files",
             Self::SetPipeline(_) => "environment.set_pipeline",
+            Self::PatchPipeline(_) => "environment.change_pipeline",
             Self::SetMembers(_) => "environment.set_members",
             Self::ChangeMembers { .. } => "environment.change_members",
             Self::SetAdmins(_) => "environment.set_admins",
@@ -590,6 +593,10 @@ impl Environment {
                     ));
                 }
                 next.pipeline = pipeline;
+            }
+            (C::PatchPipeline(patch), _) => {
+                let pipeline = patch.apply(&self.pipeline)?;
+                return self.apply(C::SetPipeline(pipeline));
             }
             (C::SetMembers(members), _) => {
                 check_groups("members", &members)?;

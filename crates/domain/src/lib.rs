@@ -27,6 +27,7 @@ mod inventory_definition;
 mod job;
 mod people;
 mod pipeline;
+mod pipeline_change;
 mod policy_change;
 mod project;
 pub mod redact;
@@ -55,6 +56,7 @@ pub use people::{Actor, Principal};
 pub use pipeline::{
     DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, StageRef, Vote, tally,
 };
+pub use pipeline_change::{PipelinePatch, StagePatch};
 pub use policy_change::{Loosening, PoliciesPatch};
 pub use project::{OBJECT_PATH, Project, ProjectCommand, ProjectState, check_object_path};
 pub use request::{

@@ -33,6 +33,7 @@ fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
             json!({"file_inventory": files.id, "files": files.files, "bytes": files.bytes})
         }
         EnvironmentCommand::SetPipeline(pipeline) => json!({"stages": pipeline.stages}),
+        EnvironmentCommand::PatchPipeline(patch) => json!({"changed": patch.stages}),
         EnvironmentCommand::SetMembers(members) => json!({"members": members}),
         EnvironmentCommand::ChangeMembers { add, remove } => json!({"add": add, "remove": remove}),
         EnvironmentCommand::SetAdmins(admins) => json!({"admins": admins}),
@@ -350,6 +351,15 @@ impl Store {
                     self.ensure_users_exist(
                         &stage.reviewers,
                         &format!("pipeline.stages[{i}].reviewers"),
+                    )
+                    .await?;
+                }
+            }
+            EnvironmentCommand::PatchPipeline(patch) => {
+                for (i, stage) in patch.stages.iter().enumerate() {
+                    self.ensure_users_exist(
+                        &stage.add_reviewers,
+                        &format!("stages[{i}].add_reviewers"),
                     )
                     .await?;
                 }

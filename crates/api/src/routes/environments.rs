@@ -13,8 +13,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tre_domain::Environment;
 use tre_domain::{
-    EnvironmentCommand, EnvironmentId, InventoryDefinition, NewEnvironment, Policies,
-    PoliciesPatch, Principal, ReviewPipeline, UserId, Visibility,
+    EnvironmentCommand, EnvironmentId, InventoryDefinition, NewEnvironment, PipelinePatch,
+    Policies, PoliciesPatch, Principal, ReviewPipeline, UserId, Visibility,
 };
 use tre_store::Page as ListPage;
 
@@ -76,6 +76,15 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             put(put_pipeline),
         )
         .if_match(IfMatchUse::Required)
+        .returns(body::<Environment>),
+        op(
+            M::PATCH,
+            "/v1/environments/{id}/pipeline",
+            "Change the stages named (name, reviewers added and removed, rule), the others kept",
+            Some(body::<PipelinePatch>),
+            patch(patch_pipeline),
+        )
+        .if_match(IfMatchUse::Optional)
         .returns(body::<Environment>),
         op(
             M::PUT,
@@ -281,6 +290,23 @@ async fn put_pipeline(
         id,
         EnvironmentCommand::SetPipeline(pipeline),
         Some(required(on)?),
+    )
+    .await
+}
+
+async fn patch_pipeline(
+    State(state): State<AppState>,
+    Allowed(caller, _): Allowed<ConfiguresEnvironment>,
+    Path(id): Path<String>,
+    IfMatch(on): IfMatch,
+    Body(change): Body<PipelinePatch>,
+) -> Result<Response> {
+    configure_on(
+        &state,
+        &caller,
+        id,
+        EnvironmentCommand::PatchPipeline(change),
+        on,
     )
     .await
 }

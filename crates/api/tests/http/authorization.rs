@@ -141,6 +141,12 @@ async fn authorization_matrix_over_http() {
         ),
         (
             Method::PATCH,
+            e("/pipeline"),
+            Some(json!({"stages": [{"stage": "committee", "add_reviewers": ["rev1"]}]})),
+            "FHAFHFFHH",
+        ),
+        (
+            Method::PATCH,
             e("/members"),
             Some(json!({"add": [{"group": "researchers"}]})),
             "FHAFHFFHH",

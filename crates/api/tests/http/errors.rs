@@ -323,7 +323,7 @@ async fn bad_bodies_everywhere() {
             }
         }
     }
-    assert_eq!(checked, 21, "endpoints with bodies");
+    assert_eq!(checked, 22, "endpoints with bodies");
     assert_eq!(
         api.db.store.verify_audit().await.unwrap().head_seq,
         before,

@@ -280,3 +280,70 @@ async fn a_quorum_beyond_its_reviewers_is_refused_when_set() {
     assert_eq!(environment(&api, &env).await, before, "nothing written");
     api.db.finish().await;
 }
+
+/// A partial pipeline change: the stage named changes, the rest stays; a
+/// change that would leave a quorum out of reach, name a stage that does
+/// not exist, or make an admin a reviewer is refused, naming the field, and
+/// writes nothing; on a stale revision, 412.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_change_touches_only_the_stage_named() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let pipeline = format!("/v1/environments/{env}/pipeline");
+    let read = api.revision("admin", &env).await;
+    let changed = api
+        .ok(
+            "admin",
+            Method::PATCH,
+            &pipeline,
+            Some(json!({"stages": [{"stage": "committee", "add_reviewers": ["rev2a"]}]})),
+        )
+        .await;
+    let stages = &changed["pipeline"]["stages"];
+    assert_eq!(stages[0]["reviewers"], json!(["rev1", "rev2a"]));
+    assert_eq!(stages[0]["rule"], "any", "kept");
+    assert_eq!(stages[1]["reviewers"], json!(["rev2a", "rev2b"]), "kept");
+    assert_eq!(stages[1]["rule"], json!({"quorum": 2}), "kept");
+
+    let before = environment(&api, &env).await;
+    for (body, field) in [
+        // quorum 2 with one reviewer left
+        (
+            json!({"stages": [{"stage": "custodian", "remove_reviewers": ["rev2b"]}]}),
+            "pipeline.stages[1].rule",
+        ),
+        (json!({"stages": [{"stage": "dac"}]}), "stages[0].stage"),
+        // a published pipeline's stages are frozen: only reviewers change
+        (
+            json!({"stages": [{"stage": "committee", "rule": "all"}]}),
+            "pipeline.stages",
+        ),
+        (
+            json!({"stages": [{"stage": 0, "add_reviewers": ["admin"]}]}),
+            "pipeline.stages[0].reviewers",
+        ),
+        (
+            json!({"stages": [{"stage": 0, "add_reviewers": ["nobody-here"]}]}),
+            "stages[0].add_reviewers",
+        ),
+    ] {
+        let (status, answer) = api
+            .call("admin", Method::PATCH, &pipeline, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    // on the revision read before the first change
+    let (status, _, _) = api
+        .call_with(
+            "admin",
+            Method::PATCH,
+            &pipeline,
+            Some(json!({"stages": [{"stage": "committee", "rule": "all"}]})),
+            &[("if-match", read)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(environment(&api, &env).await, before, "nothing written");
+    api.db.finish().await;
+}
