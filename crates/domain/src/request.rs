@@ -490,17 +490,27 @@ impl AccessRequest {
 
     /// Whether `stage` is the stage now open for decisions. A decision that
     /// arrives after its stage closed is a conflict, not a permission issue.
-    pub fn check_stage_open(&self, stage: usize) -> Result<(), DomainError> {
+    /// Stages are named by their ids in `pipeline` (with their index).
+    pub fn check_stage_open(
+        &self,
+        stage: usize,
+        pipeline: &crate::ReviewPipeline,
+    ) -> Result<(), DomainError> {
+        let named = |i: usize| match pipeline.stages.get(i) {
+            Some(s) => format!("stage {:?} ({i})", s.id),
+            None => format!("stage {i}"),
+        };
         match self.state {
             RequestState::InReview { stage: open } if open == stage => Ok(()),
             RequestState::InReview { stage: open } => Err(DomainError::Conflict(format!(
-                "stage {} is not open for decisions: the request is at stage {}",
-                stage + 1,
-                open + 1
+                "{} is not open for decisions: the request waits at {}",
+                named(stage),
+                named(open)
             ))),
             state => Err(DomainError::Conflict(format!(
-                "stage {} is closed: the request is {state}",
-                stage + 1
+                "{} is closed: the request is {}",
+                named(stage),
+                state.name()
             ))),
         }
     }
@@ -612,7 +622,7 @@ impl AccessRequest {
                 }
             }
             (RequestCommand::Decide(input), S::InReview { stage }) => {
-                self.check_stage_open(input.stage)?;
+                self.check_stage_open(input.stage, &env.pipeline)?;
                 let pipeline_stage = env.pipeline.stages.get(stage).ok_or_else(|| {
                     DomainError::Conflict(format!("the pipeline has no stage {}", stage + 1))
                 })?;
@@ -1209,7 +1219,7 @@ pub(crate) mod tests {
         // stage 1 closed: deciding it again is a conflict naming the stages
         let err = w.decide("rev1", 0, Verdict::Approve, false).unwrap_err();
         assert!(
-            matches!(&err, DomainError::Conflict(m) if m.contains("stage 1 is not open")),
+            matches!(&err, DomainError::Conflict(m) if m.contains("stage \"committee\" (0) is not open for decisions: the request waits at stage \"custodian\" (1)")),
             "{err}"
         );
         w.decide("rev2a", 1, Verdict::Approve, false).unwrap();
@@ -1228,16 +1238,17 @@ pub(crate) mod tests {
     #[test]
     fn stages_close_for_good() {
         let w = in_state("approved");
-        let err = w.request.check_stage_open(1).unwrap_err();
+        let pipeline = &w.env.pipeline;
+        let err = w.request.check_stage_open(1, pipeline).unwrap_err();
         assert!(
-            matches!(&err, DomainError::Conflict(m) if m.contains("closed: the request is approved")),
+            matches!(&err, DomainError::Conflict(m) if m.contains("stage \"custodian\" (1) is closed: the request is approved")),
             "{err}"
         );
         let w = in_state("in_review");
-        assert!(w.request.check_stage_open(0).is_ok());
+        assert!(w.request.check_stage_open(0, pipeline).is_ok());
         assert!(matches!(
-            w.request.check_stage_open(1),
-            Err(DomainError::Conflict(_))
+            w.request.check_stage_open(1, pipeline),
+            Err(DomainError::Conflict(m)) if m.contains("not open for decisions: the request waits at stage \"committee\" (0)")
         ));
     }
 

@@ -523,7 +523,7 @@ impl Store {
                 && !request.is_requester(&caller.actor.id)
                 && authorize(&caller.actor, Action::ViewRequest, &object).is_ok()
             {
-                request.check_stage_open(input.stage)?;
+                request.check_stage_open(input.stage, &env.pipeline)?;
             }
         }
         if let Some((caller, action)) = authorized {
