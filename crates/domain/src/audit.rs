@@ -39,8 +39,10 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub seq: i64,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (what the hash covers).
     pub at: i64,
+    /// The same moment as RFC 3339 text.
+    pub time: crate::Timestamp,
     pub actor: String,
     pub action: String,
     pub object_type: String,
@@ -61,6 +63,7 @@ impl From<AuditEvent> for AuditEntry {
         Self {
             seq: event.seq,
             at: event.at,
+            time: crate::Timestamp(event.at),
             actor: event.actor,
             action: event.action,
             object_type: event.object_type,

@@ -15,7 +15,7 @@ use crate::{Caller, DispenseProgress, Store, StoreError, docs};
 pub struct ProjectGrant {
     pub request_title: String,
     pub collections: Vec<String>,
-    /// When the access ends (epoch milliseconds).
+    /// When the access ends.
     pub expires_at: Option<Timestamp>,
 }
 

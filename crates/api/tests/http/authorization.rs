@@ -401,7 +401,11 @@ async fn tokens_and_disabled_users_over_http() {
         .call("owner", Method::DELETE, &format!("/v1/tokens/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(revoked["revoked_at"].is_number());
+    assert!(
+        revoked["revoked_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     let (status, _) = api.call("laptop", Method::GET, "/v1/requests", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // disabled by a platform admin (only): every token of theirs refused

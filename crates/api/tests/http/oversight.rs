@@ -146,6 +146,11 @@ async fn audit_details_are_objects_that_still_verify() {
     assert!(items.len() >= 4, "{page}");
     for event in items {
         assert!(event["details"].is_object(), "{event}");
+        assert_eq!(
+            tre_domain::Timestamp::parse_rfc3339(event["time"].as_str().unwrap()),
+            Some(tre_domain::Timestamp(event["at"].as_i64().unwrap())),
+            "{event}"
+        );
         let text = |k: &str| event[k].as_str().unwrap().to_owned();
         let hash = tre_domain::audit::event_hash(
             event["seq"].as_i64().unwrap(),
