@@ -464,7 +464,11 @@ fn environments_from_a_definition_file() {
             "{ dataset = \"participants\", field = \"townsend_index\" }",
             "{ dataset = \"participants\", field = \"income\" }",
         )
-        .replace("name = \"bmi\",", "name = \"bmi\", type = \"string\",");
+        .replace("name = \"bmi\",", "name = \"bmi\", type = \"string\",")
+        .replace(
+            "reviewers = [\"carol\", \"bob\"]",
+            "reviewers = [\"carol\", \"bobby\"]",
+        );
     std::fs::write(&bad_file, text).unwrap();
     let before = ok(tre(&url, &["env", "list", "--as", "ops"]));
     let bad = tre(
@@ -504,6 +508,7 @@ fn environments_from_a_definition_file() {
     for expected in [
         "inventory.datasets[0].fields[7].type: declared string",
         "inventory.collections[1].fields[0].field: dataset \"participants\" has no field \"income\"",
+        "pipeline.stages[0].reviewers: no user \"bobby\"",
     ] {
         assert!(
             stderr(&dry).contains(expected),

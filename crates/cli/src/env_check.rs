@@ -55,6 +55,16 @@ pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Res
             None => None,
         };
         for command in definition.commands_with(inventory, check.id.is_none())? {
+            // the people it names: users that exist, groups with members
+            if let Err(e) = store.check_people(&command).await {
+                match e {
+                    tre_store::StoreError::Domain(e) => problems.push(Problem {
+                        field: e.field().unwrap_or("environment").to_owned(),
+                        message: e.message(),
+                    }),
+                    other => return Err(explain(other)),
+                }
+            }
             match env.apply(command) {
                 Ok(next) => env = next,
                 Err(e) => problems.push(Problem {
@@ -78,13 +88,18 @@ pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Res
     }
     let declared_inventory = definition.as_ref().is_some_and(|d| d.inventory.is_some());
     for problem in env.publish_problems() {
-        // an inventory with problems is not missing
+        // an inventory with problems is not missing; a section refused
+        // above is not missing either (its own problem says why)
         let unresolved = declared_inventory && problem.field == "inventory";
-        if !unresolved && !problems.iter().any(|p| p.field == problem.field) {
+        let explained = problems.iter().any(|p| p.field.starts_with(&problem.field));
+        if !unresolved && !explained {
             problems.push(problem);
         }
     }
-    println!("environment {} ({}), {}", env.name, env.id, env.state);
+    match &check.id {
+        Some(_) => println!("environment {} ({}), {}", env.name, env.id, env.state),
+        None => println!("environment {} as the file would create it", env.name),
+    }
     if let Some(summary) = summary {
         println!("{summary}");
     }

@@ -49,6 +49,62 @@ fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
 }
 
 impl Store {
+    /// Whether the users a configuration command names exist and the
+    /// groups it names have members (a mistyped group would authorize
+    /// nobody): the check a change makes first, for dry runs too.
+    pub async fn check_people(&self, command: &EnvironmentCommand) -> Result<(), StoreError> {
+        match command {
+            EnvironmentCommand::SetAdmins(admins) => {
+                self.ensure_users_exist(admins, "admins").await?;
+            }
+            EnvironmentCommand::SetPipeline(pipeline) => {
+                for (i, stage) in pipeline.stages.iter().enumerate() {
+                    self.ensure_users_exist(
+                        &stage.reviewers,
+                        &format!("pipeline.stages[{i}].reviewers"),
+                    )
+                    .await?;
+                }
+            }
+            EnvironmentCommand::PatchPipeline(patch) => {
+                for (i, stage) in patch.stages.iter().enumerate() {
+                    self.ensure_users_exist(
+                        &stage.add_reviewers,
+                        &format!("stages[{i}].add_reviewers"),
+                    )
+                    .await?;
+                }
+            }
+            EnvironmentCommand::SetMembers(members)
+            | EnvironmentCommand::ChangeMembers { add: members, .. } => {
+                let field = match command {
+                    EnvironmentCommand::ChangeMembers { .. } => "add",
+                    _ => "members",
+                };
+                // collected first: a closure held across the await would make the
+                // future's `Send` bound not general enough for axum handlers
+                let users: Vec<UserId> = members
+                    .iter()
+                    .filter_map(|m| match m {
+                        Principal::User(u) => Some(u.clone()),
+                        Principal::Group(_) => None,
+                    })
+                    .collect();
+                self.ensure_users_exist(&users, field).await?;
+                let groups: Vec<String> = members
+                    .iter()
+                    .filter_map(|m| match m {
+                        Principal::Group(g) => Some(g.clone()),
+                        Principal::User(_) => None,
+                    })
+                    .collect();
+                self.ensure_groups_in_use(groups.iter().map(String::as_str), field)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
     pub(crate) async fn load_environment<'e, E>(
         &self,
         executor: E,
@@ -342,56 +398,7 @@ impl Store {
         self.authorized_environment(caller, id, action).await?;
         // Users named by the command must exist; checked outside the write
         // transaction (users are never deleted).
-        match &command {
-            EnvironmentCommand::SetAdmins(admins) => {
-                self.ensure_users_exist(admins, "admins").await?;
-            }
-            EnvironmentCommand::SetPipeline(pipeline) => {
-                for (i, stage) in pipeline.stages.iter().enumerate() {
-                    self.ensure_users_exist(
-                        &stage.reviewers,
-                        &format!("pipeline.stages[{i}].reviewers"),
-                    )
-                    .await?;
-                }
-            }
-            EnvironmentCommand::PatchPipeline(patch) => {
-                for (i, stage) in patch.stages.iter().enumerate() {
-                    self.ensure_users_exist(
-                        &stage.add_reviewers,
-                        &format!("stages[{i}].add_reviewers"),
-                    )
-                    .await?;
-                }
-            }
-            EnvironmentCommand::SetMembers(members)
-            | EnvironmentCommand::ChangeMembers { add: members, .. } => {
-                let field = match &command {
-                    EnvironmentCommand::ChangeMembers { .. } => "add",
-                    _ => "members",
-                };
-                // collected first: a closure held across the await would make the
-                // future's `Send` bound not general enough for axum handlers
-                let users: Vec<UserId> = members
-                    .iter()
-                    .filter_map(|m| match m {
-                        Principal::User(u) => Some(u.clone()),
-                        Principal::Group(_) => None,
-                    })
-                    .collect();
-                self.ensure_users_exist(&users, field).await?;
-                let groups: Vec<String> = members
-                    .iter()
-                    .filter_map(|m| match m {
-                        Principal::Group(g) => Some(g.clone()),
-                        Principal::User(_) => None,
-                    })
-                    .collect();
-                self.ensure_groups_in_use(groups.iter().map(String::as_str), field)
-                    .await?;
-            }
-            _ => {}
-        }
+        self.check_people(&command).await?;
         self.retrying(|| async {
             let mut tx = self.begin().await?;
             let (env, version) = self.load_environment(&mut *tx, id).await?;
