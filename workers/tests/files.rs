@@ -606,6 +606,24 @@ async fn bad_file_inventories_are_refused_whole() {
     let env = store.system_environment(&w.env).await.unwrap();
     assert!(env.staged_inventory.is_none(), "no version was made");
     assert_eq!(version_before(&env), before);
+    // the admin is told why in their inbox; a researcher is not
+    let mut told = None;
+    for _ in 0..400 {
+        let inbox = store.inbox(&"admin".into(), 20).await.unwrap();
+        if let Some(note) = inbox.into_iter().find(|n| n.kind == "files_rejected") {
+            told = Some(note);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let note = told.expect("the admin is told the upload was rejected");
+    assert!(
+        note.body.contains(&status.id) && note.body.contains("missing.txt"),
+        "{}",
+        note.body
+    );
+    let owner_inbox = store.inbox(&"owner".into(), 20).await.unwrap();
+    assert!(owner_inbox.iter().all(|n| n.kind != "files_rejected"));
     // the admins see it (after the first); a researcher does not
     assert_eq!(
         store

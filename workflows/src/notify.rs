@@ -567,6 +567,18 @@ impl Notifier {
                 ),
                 None,
             ),
+            AdminAlert::FilesRejected {
+                file_inventory,
+                reason,
+            } => (
+                "files_rejected",
+                format!("A file inventory of {:?} was rejected", env.name),
+                format!(
+                    "File inventory {file_inventory} was checked against the source and rejected; nothing of it was kept: {reason}. Put it right and upload it again (`tre env files {}`).",
+                    env.id
+                ),
+                None,
+            ),
             AdminAlert::StageOutOfReach {
                 request, stage_id, ..
             } => (

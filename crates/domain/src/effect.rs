@@ -47,6 +47,12 @@ pub enum AdminAlert {
     /// job died): members see no showcase and cannot use the cohort builder
     /// until the source is put right and the job retried.
     ShowcaseFailed { version: u32, reason: String },
+    /// An uploaded file inventory was rejected by its check (bad rows, or
+    /// the check itself failed): nothing of it was kept.
+    FilesRejected {
+        file_inventory: String,
+        reason: String,
+    },
 }
 
 impl AdminAlert {
@@ -60,6 +66,9 @@ impl AdminAlert {
             Self::ReviewerDisabled { reviewer, .. } => format!("reviewer_disabled:{reviewer}"),
             Self::PoliciesLoosened { by, .. } => format!("policies_loosened:{by}"),
             Self::ShowcaseFailed { version, .. } => format!("showcase_failed:{version}"),
+            Self::FilesRejected { file_inventory, .. } => {
+                format!("files_rejected:{file_inventory}")
+            }
         }
     }
 }

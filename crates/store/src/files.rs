@@ -438,6 +438,16 @@ impl Store {
             .bind(file_inventory)
             .execute(&mut *tx)
             .await?;
+        // the admins are told why, in the same transaction
+        let alert = Effect::AlertAdmins {
+            environment: EnvironmentId(environment.clone()),
+            raised_at: at,
+            alert: tre_domain::AdminAlert::FilesRejected {
+                file_inventory: file_inventory.to_owned(),
+                reason: problems.to_error("files").message(),
+            },
+        };
+        outbox::enqueue(&mut tx, &[alert], "system", at).await?;
         audit::append(
             &mut tx,
             AuditRecord {
