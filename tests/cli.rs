@@ -42,6 +42,16 @@ fn tre(database_url: &str, args: &[&str]) -> Output {
     command.output().unwrap()
 }
 
+/// `tre args` on `database_url`, its projects' objects under `objects`.
+fn tre_with_store(database_url: &str, objects: &Path, args: &[&str]) -> Output {
+    tre_command()
+        .args(args)
+        .env("TRE_DATABASE_URL", database_url)
+        .env("TRE_OBJECT_STORE", objects)
+        .output()
+        .unwrap()
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -1383,14 +1393,7 @@ async fn no_secret_reaches_any_output() {
 fn members_list_and_read_project_objects_from_the_cli() {
     let (dir, url) = sqlite_url();
     let objects = dir.join("objects");
-    let run = |args: &[&str]| {
-        let mut command = tre_command();
-        command
-            .args(args)
-            .env("TRE_DATABASE_URL", &url)
-            .env("TRE_OBJECT_STORE", &objects);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| tre_with_store(&url, &objects, args);
     let demo = ok(run(&["demo"]));
     let project = demo
         .split("bob creates project ")
@@ -1441,14 +1444,7 @@ fn members_list_and_read_project_objects_from_the_cli() {
 fn researchers_and_reviewers_work_from_the_cli() {
     let (dir, url) = sqlite_url();
     let objects = dir.join("objects");
-    let run = |args: &[&str]| {
-        let mut command = tre_command();
-        command
-            .args(args)
-            .env("TRE_DATABASE_URL", &url)
-            .env("TRE_OBJECT_STORE", &objects);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| tre_with_store(&url, &objects, args);
     let demo = ok(run(&["demo"]));
     let env = demo
         .split("created \"Synthetic Biobank\" (")

@@ -392,6 +392,29 @@ pub(crate) fn explain(err: StoreError) -> anyhow::Error {
     }
 }
 
+/// Prints every page of a listing, one line per item (`next` reads the
+/// page after a cursor; the first cursor is empty).
+pub(crate) async fn print_pages<T, Next, Page>(
+    mut next: Next,
+    line: impl Fn(&T) -> String,
+) -> Result<()>
+where
+    Next: FnMut(String) -> Page,
+    Page: Future<Output = Result<tre_store::Page<T>, StoreError>>,
+{
+    let mut cursor = String::new();
+    loop {
+        let page = next(cursor).await.map_err(explain)?;
+        for item in &page.items {
+            println!("{}", line(item));
+        }
+        match page.next_cursor {
+            Some(after) => cursor = after,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Problems one a line, each naming its field.
 pub(crate) fn listed(problems: &[tre_domain::Problem]) -> String {
     problems
@@ -722,21 +745,14 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         }
         EnvCommand::Projects { id, acting } => {
             let caller = caller(store, &acting).await?;
-            let id = EnvironmentId(id);
-            let mut cursor = String::new();
-            loop {
-                let page = store
-                    .environment_projects(&caller, &id, &cursor, 100)
-                    .await
-                    .map_err(explain)?;
-                for overview in &page.items {
-                    println!("{}", projects::overview_line(overview));
-                }
-                match page.next_cursor {
-                    Some(next) => cursor = next,
-                    None => break,
-                }
-            }
+            let (caller, id) = (&caller, &EnvironmentId(id));
+            print_pages(
+                move |cursor| async move {
+                    store.environment_projects(caller, id, &cursor, 100).await
+                },
+                projects::overview_line,
+            )
+            .await?;
             return Ok(());
         }
         EnvCommand::Show { id, acting } => {

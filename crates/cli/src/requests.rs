@@ -13,7 +13,7 @@ use tre_domain::{
 };
 use tre_store::{RequestRole, Store};
 
-use crate::{Acting, caller, explain};
+use crate::{Acting, caller, explain, print_pages};
 
 /// What a request asks for, as flags (all optional when editing).
 #[derive(Debug, clap::Args)]
@@ -230,20 +230,14 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
                 RoleArg::Collaborator => RequestRole::Collaborator,
                 RoleArg::Reviewer => RequestRole::Reviewer,
             });
-            let mut cursor = String::new();
-            loop {
-                let page = store
-                    .list_requests(&caller, role, state.as_deref(), &cursor, 100)
-                    .await
-                    .map_err(explain)?;
-                for request in &page.items {
-                    println!("{}", line(request));
-                }
-                match page.next_cursor {
-                    Some(next) => cursor = next,
-                    None => break,
-                }
-            }
+            let (caller, state) = (&caller, state.as_deref());
+            print_pages(
+                move |cursor| async move {
+                    store.list_requests(caller, role, state, &cursor, 100).await
+                },
+                line,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -264,20 +258,12 @@ pub async fn review(store: &Store, command: ReviewsCommand) -> Result<()> {
     match command {
         ReviewsCommand::Queue { acting } => {
             let caller = caller(store, &acting).await?;
-            let mut cursor = String::new();
-            loop {
-                let page = store
-                    .review_queue(&caller, &cursor, 100)
-                    .await
-                    .map_err(explain)?;
-                for request in &page.items {
-                    println!("{}", line(request));
-                }
-                match page.next_cursor {
-                    Some(next) => cursor = next,
-                    None => break,
-                }
-            }
+            let caller = &caller;
+            print_pages(
+                move |cursor| async move { store.review_queue(caller, &cursor, 100).await },
+                line,
+            )
+            .await?;
         }
         ReviewsCommand::Decide {
             id,
