@@ -5,8 +5,11 @@
 //! | pool | jobs | default concurrency |
 //! |---|---|---|
 //! | `notify` | `notify_reviewers`, `stage_reminder`, `notify_owner`, `alert_admins` | 8 |
-//! | `review` | `schedule_expiry`, `revoke_projects` | 4 |
-//! | `dispense` | `count_cohort`, `dispense` (plan), `dispense_unit`, `finish_dispense`, `deprovision` (the jobs that read source data or write project data) | 2 |
+//! | `review` | `schedule_expiry`, `revoke_projects`, `retally_stage` | 4 |
+//! | `dispense` | `count_cohort`, `dispense` (plan), `dispense_unit`, `finish_dispense`, `deprovision`, `compute_showcase`, `check_files` (the jobs that read source data or write project data) | 2 |
+//!
+//! (A test holds this table and the README's autoscaling query to
+//! [`policies`].)
 //!
 //! Operators scale each pool separately: `tre worker --pools notify
 //! --concurrency 16` on some machines, `--pools dispense` on others.
@@ -285,5 +288,68 @@ mod tests {
         let mut stray = policies();
         stray.push(policy("reindex", Pool::Review, 1, 1, 1, 1));
         assert!(check_registry(&stray).unwrap_err().contains("reindex"));
+    }
+
+    /// The kinds of each pool, by the policies.
+    fn kinds_of(pool: Pool) -> std::collections::BTreeSet<String> {
+        policies()
+            .into_iter()
+            .filter(|p| p.pool == pool)
+            .map(|p| p.kind.to_owned())
+            .collect()
+    }
+
+    /// The job kinds quoted (with `q`) in `text`.
+    fn quoted(text: &str, q: char) -> std::collections::BTreeSet<String> {
+        let known: Vec<String> = policies().iter().map(|p| p.kind.to_owned()).collect();
+        text.split(q)
+            .skip(1)
+            .step_by(2)
+            .filter(|t| known.iter().any(|k| k == t))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The pool table above and the README's autoscaling query name each
+    /// pool's kinds as the policies do (they had drifted).
+    #[test]
+    fn the_documented_pools_are_the_policies() {
+        let source = include_str!("lib.rs");
+        for (pool, name) in [
+            (Pool::Notify, "notify"),
+            (Pool::Review, "review"),
+            (Pool::Dispense, "dispense"),
+        ] {
+            let row = source
+                .lines()
+                .find(|l| l.starts_with(&format!("//! | `{name}` |")))
+                .unwrap_or_else(|| panic!("no row for {name}"));
+            let listed = row.split('|').nth(2).unwrap();
+            assert_eq!(
+                quoted(listed, '`'),
+                kinds_of(pool),
+                "the table's {name} row"
+            );
+        }
+        let readme = include_str!("../../README.md");
+        let query = readme
+            .split("AND kind IN (")
+            .nth(1)
+            .and_then(|rest| rest.split(");").next())
+            .expect("the README's dispense pool query");
+        assert_eq!(
+            quoted(query, '\''),
+            kinds_of(Pool::Dispense),
+            "README query"
+        );
+        let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        let others = flat
+            .split("(the notify pool: ")
+            .nth(1)
+            .and_then(|rest| rest.split(").").next())
+            .expect("the README's other pools");
+        let (notify, review) = others.split_once("; the review pool: ").unwrap();
+        assert_eq!(quoted(notify, '`'), kinds_of(Pool::Notify), "README notify");
+        assert_eq!(quoted(review, '`'), kinds_of(Pool::Review), "README review");
     }
 }
