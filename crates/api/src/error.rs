@@ -121,23 +121,25 @@ impl From<StoreError> for ApiError {
             StoreError::Domain(DomainError::Invalid { field, message }) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
             }
-            StoreError::Domain(e @ DomainError::InvalidAll { .. }) => {
-                let message = e.to_string();
-                let DomainError::InvalidAll { problems } = e else {
-                    unreachable!("matched above")
-                };
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-                    .with_problems(problems)
-            }
+
             StoreError::Domain(DomainError::Incomplete { field, message }) => {
                 Self::new(StatusCode::CONFLICT, "incomplete", message).with_field(field)
             }
-            StoreError::Domain(e @ DomainError::NotReady { .. }) => {
+            // several problems at once: bad input (422), or not ready (409)
+            StoreError::Domain(
+                e @ (DomainError::InvalidAll { .. } | DomainError::NotReady { .. }),
+            ) => {
                 let message = e.to_string();
-                let DomainError::NotReady { problems } = e else {
-                    unreachable!("matched above")
+                let (status, code, problems) = match e {
+                    DomainError::InvalidAll { problems } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "invalid", problems)
+                    }
+                    DomainError::NotReady { problems } => {
+                        (StatusCode::CONFLICT, "incomplete", problems)
+                    }
+                    _ => unreachable!("matched above"),
                 };
-                Self::new(StatusCode::CONFLICT, "incomplete", message).with_problems(problems)
+                Self::new(status, code, message).with_problems(problems)
             }
             StoreError::Domain(e @ DomainError::InvalidTransition { .. }) => {
                 Self::new(StatusCode::CONFLICT, "invalid_state", e.to_string())

@@ -29,19 +29,43 @@ pub async fn resolved_inventory(
         .map_err(|problems| StoreError::Domain(DomainError::InvalidAll { problems }))
 }
 
+/// Applies `command` to environment `id` as `caller` (on revision `on`
+/// when named), a publish or a reactivation after [`check_state_change`]:
+/// the one way every face (the routes, the CLI, the demo) changes an
+/// environment. The new environment with its revision.
+pub async fn configure_checked(
+    store: &Store,
+    sources: &Sources,
+    caller: &Caller,
+    id: &EnvironmentId,
+    command: EnvironmentCommand,
+    on: Option<i64>,
+) -> Result<(Environment, i64), StoreError> {
+    check_state_change(store, sources, caller, id, &command).await?;
+    store
+        .configure_environment_at(caller, id, command, on)
+        .await
+}
+
 /// Whether `command` (a publish, a reactivation) may change the state of
 /// environment `id`, as far as its source goes: the inventory that will be
 /// current must still resolve to itself. When it does not, the refusal
 /// ([`DomainError::NotReady`]) names every problem, the source's and the
 /// rest the change needs. Other commands and states are left to the change
-/// itself.
-pub async fn check_state_change(
+/// itself (nothing is read for them).
+async fn check_state_change(
     store: &Store,
     sources: &Sources,
     caller: &Caller,
     id: &EnvironmentId,
     command: &EnvironmentCommand,
 ) -> Result<(), StoreError> {
+    if !matches!(
+        command,
+        EnvironmentCommand::Publish | EnvironmentCommand::Reactivate
+    ) {
+        return Ok(());
+    }
     let (env, _) = store
         .environment_for(caller, id, Action::ChangeEnvironmentState)
         .await?;
@@ -60,11 +84,7 @@ pub async fn check_state_change(
         return Ok(());
     };
     if let Err(DomainError::NotReady { problems: others }) = env.apply(command.clone()) {
-        for other in others {
-            if !problems.iter().any(|p: &Problem| p.field == other.field) {
-                problems.push(other);
-            }
-        }
+        Problem::add_new(&mut problems, others);
     }
     Err(StoreError::Domain(DomainError::NotReady { problems }))
 }

@@ -210,17 +210,15 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
             .await?;
     }
     upload_files(&store, &custodian, &env.id, &environment_file).await?;
-    tre_api::inventory_check::check_state_change(
+    let (env, _) = tre_api::inventory_check::configure_checked(
         &store,
         &tre_dispense::Sources::default(),
         &custodian,
         &env.id,
-        &EnvironmentCommand::Publish,
+        EnvironmentCommand::Publish,
+        None,
     )
     .await?;
-    let env = store
-        .configure_environment(&custodian, &env.id, EnvironmentCommand::Publish)
-        .await?;
     let inventory = env
         .inventory
         .as_ref()

@@ -74,11 +74,12 @@ pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Res
             }
         }
     }
-    // the inventory that will be current, still as its files are
+    // the inventory that will be current, still as its files are (the
+    // file's own was resolved above)
+    let declared_inventory = definition.as_ref().is_some_and(|d| d.inventory.is_some());
     let current = env.staged_inventory.as_ref().or(env.inventory.as_ref());
-    let mut summary = None;
-    if let Some(inventory) = current {
-        summary = Some(published(inventory));
+    let summary = current.map(published);
+    if let (Some(inventory), false) = (current, declared_inventory) {
         resolved(
             &source,
             &InventoryDefinition::from(inventory),
@@ -86,7 +87,6 @@ pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Res
         )
         .await;
     }
-    let declared_inventory = definition.as_ref().is_some_and(|d| d.inventory.is_some());
     for problem in env.publish_problems() {
         // an inventory with problems is not missing; a section refused
         // above is not missing either (its own problem says why)
@@ -123,11 +123,7 @@ async fn resolved(
     match tre_dispense::schema::resolve_inventory(source, definition).await {
         Ok(inventory) => Some(inventory),
         Err(found) => {
-            for problem in found {
-                if !problems.iter().any(|p| p.field == problem.field) {
-                    problems.push(problem);
-                }
-            }
+            Problem::add_new(problems, found);
             None
         }
     }

@@ -42,7 +42,7 @@ use serde::Deserialize;
 use tre_dispense::Source;
 use tre_domain::{
     EnvironmentCommand, Inventory, InventoryDefinition, NewEnvironment, Policies, Principal,
-    Problem, ReviewPipeline, StoreRoot, UserId, Visibility,
+    ReviewPipeline, StoreRoot, UserId, Visibility,
 };
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +126,9 @@ impl EnvironmentFile {
             Some(definition) => Some(
                 tre_dispense::schema::resolve_inventory(source, definition)
                     .await
-                    .map_err(|problems| anyhow!("{}", described(&problems)))?,
+                    .map_err(|problems| {
+                        anyhow!("the inventory does not hold:\n{}", crate::listed(&problems))
+                    })?,
             ),
         };
         self.commands_with(inventory, creating)
@@ -172,15 +174,6 @@ impl EnvironmentFile {
     }
 }
 
-/// Problems as the CLI lists them: one a line, each naming its field.
-pub fn described(problems: &[Problem]) -> String {
-    let mut out = String::from("the inventory does not hold:");
-    for p in problems {
-        out.push_str(&format!("\n  {}: {}", p.field, p.message));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,7 +188,7 @@ mod tests {
         let definition = file.inventory.as_ref().unwrap();
         let inventory = tre_dispense::schema::resolve_inventory(&source, definition)
             .await
-            .unwrap_or_else(|p| panic!("{}", described(&p)));
+            .unwrap_or_else(|p| panic!("{}", crate::listed(&p)));
         for dataset in &inventory.datasets {
             let columns = tre_dispense::schema::source_fields(&source, &dataset.locations[0])
                 .await

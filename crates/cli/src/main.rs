@@ -33,7 +33,7 @@ use tre_store::{AuditQuery, Caller, Store, StoreError};
 
 use crate::config::{FlagSettings, Settings};
 use crate::envfile::EnvironmentFile;
-use tre_api::inventory_check::check_state_change;
+use tre_api::inventory_check::configure_checked;
 use tre_dispense::Sources;
 
 #[derive(Debug, Parser)]
@@ -639,14 +639,9 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 .create_environment(&caller, new)
                 .await
                 .map_err(explain)?;
+            let sources = Sources::default();
             for command in commands {
-                if matches!(command, EnvironmentCommand::Publish) {
-                    check_state_change(store, &Sources::default(), &caller, &env.id, &command)
-                        .await
-                        .map_err(explain)?;
-                }
-                env = store
-                    .configure_environment(&caller, &env.id, command)
+                (env, _) = configure_checked(store, &sources, &caller, &env.id, command, None)
                     .await
                     .map_err(explain)?;
             }
@@ -766,14 +761,16 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         }
     };
     let caller = caller(store, &acting).await?;
-    let id = EnvironmentId(id);
-    check_state_change(store, &Sources::default(), &caller, &id, &command)
-        .await
-        .map_err(explain)?;
-    let env = store
-        .configure_environment(&caller, &id, command)
-        .await
-        .map_err(explain)?;
+    let (env, _) = configure_checked(
+        store,
+        &Sources::default(),
+        &caller,
+        &EnvironmentId(id),
+        command,
+        None,
+    )
+    .await
+    .map_err(explain)?;
     println!(
         "environment {} is {} ({})",
         env.id,

@@ -65,6 +65,18 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// Adds each of `more` to `problems` unless one of the same field is
+    /// there already (two checks of one thing name it once).
+    pub fn add_new(problems: &mut Vec<Problem>, more: impl IntoIterator<Item = Problem>) {
+        for problem in more {
+            if !problems.iter().any(|p| p.field == problem.field) {
+                problems.push(problem);
+            }
+        }
+    }
+}
+
 impl DomainError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {

@@ -291,10 +291,10 @@ impl Store {
         action: Action,
     ) -> Result<(Environment, i64), StoreError> {
         let (env, revision) = self.load_environment(&self.pool, id).await?;
-        for action in [Action::DiscoverEnvironment, action] {
-            authorize(&caller.actor, action, &Object::Environment(&env))
-                .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        }
+        // an action on an environment the caller may not see is concealed
+        // by the rule itself (see `authorize`)
+        authorize(&caller.actor, action, &Object::Environment(&env))
+            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
         Ok((env, revision))
     }
 
@@ -305,13 +305,9 @@ impl Store {
         caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<(Environment, i64), StoreError> {
-        let (env, revision) = self.load_environment(&self.pool, id).await?;
-        authorize(
-            &caller.actor,
-            Action::DiscoverEnvironment,
-            &Object::Environment(&env),
-        )
-        .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        let (env, revision) = self
+            .environment_for(caller, id, Action::DiscoverEnvironment)
+            .await?;
         Ok((env.seen_by(&caller.actor), revision))
     }
 
@@ -323,10 +319,9 @@ impl Store {
         id: &EnvironmentId,
         action: Action,
     ) -> Result<Environment, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, id).await?;
-        authorize(&caller.actor, action, &Object::Environment(&env))
-            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        Ok(env)
+        self.environment_for(caller, id, action)
+            .await
+            .map(|(env, _)| env)
     }
 
     /// Every environment (system use: no authorization).

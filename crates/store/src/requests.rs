@@ -394,21 +394,22 @@ impl Store {
         stage: &tre_domain::StageRef,
         mut input: DecisionInput,
     ) -> Result<AccessRequest, StoreError> {
-        if let tre_domain::StageRef::Id(_) = stage {
-            let loaded = self.read_request_in_environment(id).await?;
-            authorize(
-                &caller.actor,
-                Action::DecideRequest,
-                &Object::Request {
-                    environment: &loaded.env,
-                    request: &loaded.stored.request,
-                },
-            )
-            .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
-            input.stage = loaded.env.pipeline.stage_index(stage, "stage")?;
-        } else if let tre_domain::StageRef::Index(i) = stage {
-            input.stage = *i;
-        }
+        input.stage = match stage {
+            tre_domain::StageRef::Index(i) => *i,
+            tre_domain::StageRef::Id(_) => {
+                let loaded = self.read_request_in_environment(id).await?;
+                authorize(
+                    &caller.actor,
+                    Action::DecideRequest,
+                    &Object::Request {
+                        environment: &loaded.env,
+                        request: &loaded.stored.request,
+                    },
+                )
+                .map_err(|d| StoreError::denied("request", id.as_str(), d))?;
+                loaded.env.pipeline.stage_index(stage, "stage")?
+            }
+        };
         self.decide(caller, id, input).await
     }
 

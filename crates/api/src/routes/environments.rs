@@ -21,7 +21,7 @@ use tre_store::Page as ListPage;
 use super::{Endpoint, IfMatchUse, Page, Result, body, created, limit, op};
 use crate::extract::{IfMatch, Params, required, with_revision};
 use crate::guard::{Allowed, ConfiguresEnvironment, CreatesEnvironments};
-use crate::inventory_check::{check_state_change, resolved_inventory};
+use crate::inventory_check::{configure_checked, resolved_inventory};
 use crate::{AppState, Auth, Body};
 
 pub(super) fn endpoints() -> Vec<Endpoint> {
@@ -212,10 +212,15 @@ async fn configure_on(
     command: EnvironmentCommand,
     on: Option<i64>,
 ) -> Result<Response> {
-    let (env, revision) = state
-        .store
-        .configure_environment_at(caller, &EnvironmentId(id), command, on)
-        .await?;
+    let (env, revision) = configure_checked(
+        &state.store,
+        state.showcase.sources(),
+        caller,
+        &EnvironmentId(id),
+        command,
+        on,
+    )
+    .await?;
     Ok(with_revision(env, revision))
 }
 
@@ -447,16 +452,7 @@ async fn publish(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let command = EnvironmentCommand::Publish;
-    check_state_change(
-        &state.store,
-        state.showcase.sources(),
-        &caller,
-        &EnvironmentId(id.clone()),
-        &command,
-    )
-    .await?;
-    configure(&state, &caller, id, command).await
+    configure(&state, &caller, id, EnvironmentCommand::Publish).await
 }
 
 async fn maintenance(
@@ -472,14 +468,5 @@ async fn reactivate(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let command = EnvironmentCommand::Reactivate;
-    check_state_change(
-        &state.store,
-        state.showcase.sources(),
-        &caller,
-        &EnvironmentId(id.clone()),
-        &command,
-    )
-    .await?;
-    configure(&state, &caller, id, command).await
+    configure(&state, &caller, id, EnvironmentCommand::Reactivate).await
 }
