@@ -31,7 +31,7 @@ use tre_testkit::{
 
 mod common;
 
-use common::{dispense_options, settled, start, temp_store};
+use common::{dispense_options, settled, start, temp_store, told};
 
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
@@ -607,16 +607,7 @@ async fn bad_file_inventories_are_refused_whole() {
     assert!(env.staged_inventory.is_none(), "no version was made");
     assert_eq!(version_before(&env), before);
     // the admin is told why in their inbox; a researcher is not
-    let mut told = None;
-    for _ in 0..400 {
-        let inbox = store.inbox(&"admin".into(), 20).await.unwrap();
-        if let Some(note) = inbox.into_iter().find(|n| n.kind == "files_rejected") {
-            told = Some(note);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let note = told.expect("the admin is told the upload was rejected");
+    let note = told(store, "admin", "files_rejected").await;
     assert!(
         note.body.contains(&status.id) && note.body.contains("missing.txt"),
         "{}",

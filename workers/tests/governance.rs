@@ -25,7 +25,7 @@ use tre_testkit::{
 
 mod common;
 
-use common::{dispense_options, settled, start, temp_store};
+use common::{dispense_options, settled, start, temp_store, told};
 
 const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -51,19 +51,6 @@ async fn configure(store: &Store, w: &World, command: EnvironmentCommand) {
         .configure_environment(&w.admin, &w.env, command)
         .await
         .unwrap();
-}
-
-/// The first notification of `kind` in `user`'s inbox, once the job that
-/// sends it has run.
-async fn told(store: &Store, user: &str, kind: &str) -> tre_store::Notification {
-    for _ in 0..400 {
-        let inbox = store.inbox(&user.into(), 10).await.unwrap();
-        if let Some(note) = inbox.into_iter().find(|n| n.kind == kind) {
-            return note;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("{user} was never told {kind}");
 }
 
 async fn objects(dest: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {

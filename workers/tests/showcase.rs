@@ -24,7 +24,7 @@ use tre_testkit::{
 
 mod common;
 
-use common::{dispense_options, start, temp_store};
+use common::{dispense_options, start, temp_store, told};
 
 const STOP_WITHIN: Duration = Duration::from_secs(20);
 
@@ -373,16 +373,7 @@ async fn a_showcase_that_cannot_be_computed_tells_its_admins_why(store: &Store) 
         "{told_member}"
     );
     // the admin is told in their inbox, with what to do
-    let mut note = None;
-    for _ in 0..400 {
-        let inbox = store.inbox(&"admin".into(), 10).await.unwrap();
-        if let Some(found) = inbox.into_iter().find(|n| n.kind == "showcase_failed") {
-            note = Some(found);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let note = note.expect("the admin is told");
+    let note = told(store, "admin", "showcase_failed").await;
     assert!(note.body.contains("participants.parquet"), "{}", note.body);
     assert!(note.body.contains("tre env check"), "{}", note.body);
     let owner_inbox = store.inbox(&"owner".into(), 10).await.unwrap();

@@ -386,45 +386,28 @@ impl Environment {
                 }
             }
         }
-        if let Err(e) = self.pipeline.validate() {
-            let field = e.field().unwrap_or("pipeline").to_owned();
-            problem(&field, e.message());
-        }
-        if self.pipeline.stages.is_empty() {
-            problem(
-                "pipeline.stages",
-                "at least one review stage is required (PUT /v1/environments/{id}/pipeline)"
-                    .to_owned(),
-            );
-        }
-        for (i, stage) in self.pipeline.stages.iter().enumerate() {
-            if stage.reviewers.is_empty() {
-                problem(
-                    &format!("pipeline.stages[{i}].reviewers"),
-                    format!("stage {:?} has no reviewers", stage.id),
-                );
-            } else if !stage.is_satisfiable() {
-                problem(
-                    &format!("pipeline.stages[{i}].rule"),
-                    format!(
-                        "stage {:?} needs {} approvals but has {} reviewer(s)",
-                        stage.id,
-                        stage.approvals_needed(),
-                        stage.reviewers.len()
-                    ),
-                );
-            }
-        }
+        problems.extend(self.pipeline.publish_problems());
         if self.members.is_empty() {
-            problem(
-                "members",
-                "nobody may use the environment: add authorized users or groups (PATCH /v1/environments/{id}/members)".to_owned(),
-            );
+            problems.push(crate::Problem {
+                field: "members".to_owned(),
+                message: "nobody may use the environment: add authorized users or groups (PATCH /v1/environments/{id}/members)".to_owned(),
+            });
         }
         for p in &mut problems {
             p.message = p.message.replace("{id}", self.id.as_str());
         }
         problems
+    }
+
+    /// [`Environment::publish_problems`] as the refusal of a publish (or a
+    /// reactivation) when there are any.
+    fn ready_to_publish(&self) -> Result<(), DomainError> {
+        let problems = self.publish_problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::NotReady { problems })
+        }
     }
 }
 
@@ -643,10 +626,7 @@ impl Environment {
             }
             (C::SetVisibility(visibility), _) => next.visibility = visibility,
             (C::Publish, S::Draft) => {
-                let problems = self.publish_problems();
-                if !problems.is_empty() {
-                    return Err(DomainError::NotReady { problems });
-                }
+                self.ready_to_publish()?;
                 next.state = S::Active;
             }
             (C::EnterMaintenance, S::Active) => next.state = S::Maintenance,
@@ -656,10 +636,7 @@ impl Environment {
                 }
                 // what publishing needs still holds (members, reviewers,
                 // the staged inventory's files)
-                let problems = next.publish_problems();
-                if !problems.is_empty() {
-                    return Err(DomainError::NotReady { problems });
-                }
+                next.ready_to_publish()?;
                 next.state = S::Active;
             }
             (command, state) => {

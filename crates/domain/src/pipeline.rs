@@ -113,7 +113,7 @@ impl ReviewPipeline {
     }
 
     /// Checks that stage ids are unique and names and rules are well formed.
-    /// Allowed in draft with missing reviewers; see [`Self::validate_for_publish`].
+    /// Allowed in draft with missing reviewers; see [`Self::publish_problems`].
     pub fn validate(&self) -> Result<(), DomainError> {
         let mut ids = BTreeSet::new();
         for (i, stage) in self.stages.iter().enumerate() {
@@ -149,35 +149,47 @@ impl ReviewPipeline {
         Ok(())
     }
 
-    /// What publishing requires: at least one stage, every stage with at least
-    /// one reviewer and no more required approvals than reviewers.
-    pub fn validate_for_publish(&self) -> Result<(), DomainError> {
-        self.validate()?;
-        if self.stages.is_empty() {
-            return Err(DomainError::invalid(
-                "pipeline.stages",
-                "at least one review stage is required",
+    /// What publishing needs of the pipeline and it lacks, all of it: well
+    /// formed, at least one stage, each with reviewers enough for its rule.
+    pub fn publish_problems(&self) -> Vec<crate::Problem> {
+        let problem = |field: String, message: String| crate::Problem { field, message };
+        let mut problems = Vec::new();
+        if let Err(e) = self.validate() {
+            problems.push(problem(
+                e.field().unwrap_or("pipeline").to_owned(),
+                e.message(),
             ));
         }
-        for (i, stage) in self.stages.iter().enumerate() {
+        if self.stages.is_empty() {
+            problems.push(problem(
+                "pipeline.stages".to_owned(),
+                "at least one review stage is required (PUT /v1/environments/{id}/pipeline)"
+                    .to_owned(),
+            ));
+        }
+        // (a stage's rule the check above refused already is named once)
+        let stages = self.stages.iter().enumerate().filter_map(|(i, stage)| {
             if stage.reviewers.is_empty() {
-                return Err(DomainError::invalid(
+                Some(problem(
                     format!("pipeline.stages[{i}].reviewers"),
-                    "every stage needs at least one reviewer",
-                ));
-            }
-            if !stage.is_satisfiable() {
-                return Err(DomainError::invalid(
+                    format!("stage {:?} has no reviewers", stage.id),
+                ))
+            } else if !stage.is_satisfiable() {
+                Some(problem(
                     format!("pipeline.stages[{i}].rule"),
                     format!(
-                        "quorum of {} exceeds the {} reviewers",
+                        "stage {:?} needs {} approvals but has {} reviewer(s)",
+                        stage.id,
                         stage.approvals_needed(),
                         stage.reviewers.len()
                     ),
-                ));
+                ))
+            } else {
+                None
             }
-        }
-        Ok(())
+        });
+        crate::Problem::add_new(&mut problems, stages);
+        problems
     }
 
     /// Same stages (ids, names, rules, order), whatever the reviewers: the
@@ -393,21 +405,24 @@ mod tests {
     fn publish_requires_reviewers_and_satisfiable_rules() {
         let empty = ReviewPipeline::default();
         assert_eq!(
-            empty.validate_for_publish().unwrap_err().field(),
+            empty.publish_problems().first().map(|p| p.field.as_str()),
             Some("pipeline.stages")
         );
         let no_reviewers = ReviewPipeline {
             stages: vec![stage(Any, &[])],
         };
         assert_eq!(
-            no_reviewers.validate_for_publish().unwrap_err().field(),
+            no_reviewers
+                .publish_problems()
+                .first()
+                .map(|p| p.field.as_str()),
             Some("pipeline.stages[0].reviewers")
         );
         let quorum = ReviewPipeline {
             stages: vec![stage(Quorum(3), &["a", "b"])],
         };
         assert_eq!(
-            quorum.validate_for_publish().unwrap_err().field(),
+            quorum.publish_problems().first().map(|p| p.field.as_str()),
             Some("pipeline.stages[0].rule")
         );
         let zero = ReviewPipeline {

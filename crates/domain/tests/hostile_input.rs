@@ -175,7 +175,7 @@ fn inventories_pipelines_and_file_inventories_never_panic() {
         }
         if let Ok(pipeline) = serde_json::from_value::<ReviewPipeline>(value(&mut rng, 4)) {
             let _ = pipeline.validate();
-            let _ = pipeline.validate_for_publish();
+            let _ = pipeline.publish_problems();
         }
     }
     // file inventories: random bytes of TSV-ish text

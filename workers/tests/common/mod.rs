@@ -109,3 +109,17 @@ impl Running {
         self.metrics
     }
 }
+
+/// The first notification of `kind` in `user`'s inbox, once the job that
+/// sends it has run.
+#[allow(dead_code)] // not every test file looks in an inbox
+pub async fn told(store: &Store, user: &str, kind: &str) -> tre_store::Notification {
+    for _ in 0..400 {
+        let inbox = store.inbox(&user.into(), 10).await.unwrap();
+        if let Some(note) = inbox.into_iter().find(|n| n.kind == kind) {
+            return note;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{user} was never told {kind}");
+}
