@@ -36,6 +36,7 @@ pub mod schema;
 pub mod showcase;
 pub mod storage;
 pub mod summary;
+mod timestamp;
 
 pub use authz::{Action, Denied, Object, authorize, request_view};
 pub use effect::{AdminAlert, Effect};
@@ -44,7 +45,7 @@ pub use environment::{
     Visibility,
 };
 pub use error::{DomainError, Problem};
-pub use ids::{EnvironmentId, ProjectId, RequestId, Timestamp, UserId};
+pub use ids::{EnvironmentId, ProjectId, RequestId, UserId};
 pub use inventory::{
     BinEdge, DataCollection, Dataset, Field, FieldRef, FieldType, Inventory, ShowcaseBins,
 };
@@ -64,3 +65,4 @@ pub use request::{
     RequestContext, RequestState, RequestTransition, RequestUpdate, Verdict,
 };
 pub use storage::StoreRoot;
+pub use timestamp::Timestamp;
