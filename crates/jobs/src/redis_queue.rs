@@ -61,7 +61,7 @@ pub struct RedisQueueOptions {
     /// holds what it fetched until its tasks take it, so a fetch of its
     /// concurrency keeps a worker of short jobs busy between polls (a fetch
     /// of 10 for 16 tasks: 3,100-3,800 no-op jobs/s through the durable path
-    /// in `tre bench queue`; of 16: 4,100-5,100) while a worker of long jobs
+    /// in `tre-bench queue`; of 16: 4,100-5,100) while a worker of long jobs
     /// holds back at most that many from the rest of its fleet.
     pub batch_size: Option<usize>,
     /// How often an idle worker looks for work at first; it backs off while

@@ -528,7 +528,7 @@ impl Store {
 
     /// Benchmarks only: logs answered cohort-builder queries of `user` in
     /// bulk, each with the sets it released, without audit events (what
-    /// `tre bench showcase` starts from: an environment with a long
+    /// `tre-bench showcase` starts from: an environment with a long
     /// history). Never called on a request path.
     pub async fn seed_showcase_answers(
         &self,

@@ -1,4 +1,4 @@
-//! `tre bench load`: simulated researchers and reviewers over several
+//! `tre-bench load`: simulated researchers and reviewers over several
 //! environments, for a bounded time, against a running stack (`scripts/stack
 //! up`; its env file says where). Each researcher, in a loop: discovers
 //! environments, creates and submits a request (with an idempotency key),
@@ -22,7 +22,7 @@ use tre_domain::{
 };
 use tre_store::{NewUser, Store};
 
-use crate::envfile::EnvironmentFile;
+use tre_cli::envfile::EnvironmentFile;
 
 #[derive(Debug, Args)]
 pub struct LoadBenchArgs {
@@ -101,7 +101,7 @@ impl LoadClient {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url).bearer_auth(token);
         if method == reqwest::Method::POST {
-            request = request.header("idempotency-key", format!("load-{}", crate::uuid_like()));
+            request = request.header("idempotency-key", format!("load-{}", tre_cli::uuid_like()));
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -146,15 +146,14 @@ async fn environments(
     n: usize,
     group: &str,
 ) -> Result<Vec<LoadEnvironment>> {
-    let file = crate::demo::environment_file()?;
+    let file = tre_cli::demo::environment_file()?;
     let definition = EnvironmentFile::read(&file)?;
-    let (ops, _) = crate::bench_api::user(store, &format!("load-ops-{run}"), true, &[]).await?;
-    let (admin, _) =
-        crate::bench_api::user(store, &format!("load-admin-{run}"), false, &[]).await?;
+    let (ops, _) = crate::api::user(store, &format!("load-ops-{run}"), true, &[]).await?;
+    let (admin, _) = crate::api::user(store, &format!("load-admin-{run}"), false, &[]).await?;
     let mut made = Vec::new();
     for e in 0..n {
         let reviewer_id = format!("load-rev{e}-{run}");
-        let (_, reviewer) = crate::bench_api::user(store, &reviewer_id, false, &[]).await?;
+        let (_, reviewer) = crate::api::user(store, &reviewer_id, false, &[]).await?;
         let mut new = definition.new_environment(&file, None)?;
         new.name = format!("Load {e} ({run})");
         new.admins = [admin.actor.id.clone()].into();
@@ -298,7 +297,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         );
     };
     let store = Store::open(database_url).await?;
-    let run = crate::uuid_like();
+    let run = tre_cli::uuid_like();
     let group = format!("load-researchers-{run}");
     eprintln!(
         "setting up {} environments and {} researchers...",
@@ -373,8 +372,8 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
     let calls = latencies.len();
     let errors = seen.errors.lock().expect("lock").clone();
     let (p50, p99) = (
-        crate::bench::percentile(&latencies, 0.5),
-        crate::bench::percentile(&latencies, 0.99),
+        crate::queue::percentile(&latencies, 0.5),
+        crate::queue::percentile(&latencies, 0.99),
     );
     let rps = calls as f64 / requests_window.as_secs_f64();
     let jobs_s = (done_after - done_before) as f64 / elapsed;

@@ -1,4 +1,4 @@
-//! `tre bench lists`: the lists people page through, at size: 5,000
+//! `tre-bench lists`: the lists people page through, at size: 5,000
 //! environments (each reviewed by one of 500 reviewers, members by group,
 //! one in twenty public) and 100,000 requests (20 per environment, in
 //! review), on a scratch database. Measures over HTTP (a server in this
@@ -18,7 +18,7 @@ use tre_domain::{
 };
 use tre_store::{Caller, Store};
 
-use crate::bench_api::{scratch_store, user};
+use crate::api::{scratch_store, user};
 
 #[derive(Debug, Args)]
 pub struct ListsBenchArgs {
@@ -52,7 +52,7 @@ async fn environment(store: &Store, platform: &Caller, admin: &Caller, i: usize)
             },
         )
         .await?;
-    let inventory = crate::bench_api::bench_inventory()?;
+    let inventory = crate::api::bench_inventory()?;
     let pipeline: ReviewPipeline = serde_json::from_value(json!({
         "stages": [{"id": "s1", "name": "Committee", "reviewers": [format!("rev{}", i % REVIEWERS)], "rule": "any"}]
     }))?;
@@ -74,8 +74,8 @@ async fn environment(store: &Store, platform: &Caller, admin: &Caller, i: usize)
 fn p99(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     (
-        crate::bench::percentile(&samples, 0.5),
-        crate::bench::percentile(&samples, 0.99),
+        crate::queue::percentile(&samples, 0.5),
+        crate::queue::percentile(&samples, 0.99),
     )
 }
 
@@ -156,7 +156,7 @@ pub async fn run(args: ListsBenchArgs) -> Result<()> {
         tx.commit().await?;
     }
     println!(
-        "tre bench lists: {} environments, {copied} requests on {} (made in {:.0} s)",
+        "tre-bench lists: {} environments, {copied} requests on {} (made in {:.0} s)",
         environments.len(),
         if url.starts_with("sqlite") {
             "SQLite"

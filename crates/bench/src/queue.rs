@@ -1,4 +1,4 @@
-//! `tre bench queue`: throughput and latency of no-op jobs, measured two ways:
+//! `tre-bench queue`: throughput and latency of no-op jobs, measured two ways:
 //! - the queue path alone (apalis on Redis: push -> worker -> ack), and
 //! - tre's durable path (SQL outbox -> relay -> Redis -> SQL claim -> no-op ->
 //!   SQL completion), which is what every real job pays.
@@ -23,7 +23,7 @@ use tre_jobs::{
 };
 use tre_store::{ClaimedJob, Store};
 
-use crate::bench_dispense::median;
+use crate::dispense::median;
 
 #[derive(Debug, Args)]
 pub struct QueueBenchArgs {
@@ -542,7 +542,7 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-pub async fn queue(settings: &crate::config::Settings, args: QueueBenchArgs) -> Result<()> {
+pub async fn queue(settings: &tre_cli::config::Settings, args: QueueBenchArgs) -> Result<()> {
     let url = args
         .redis
         .clone()
@@ -558,7 +558,7 @@ pub async fn queue(settings: &crate::config::Settings, args: QueueBenchArgs) -> 
         .with_context(|| format!("--redis: cannot connect to {url}"))?,
     );
     println!(
-        "tre bench queue against {url} ({} cores)",
+        "tre-bench queue against {url} ({} cores)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let measured = measure_queue(&queue, &args).await;
@@ -569,7 +569,7 @@ pub async fn queue(settings: &crate::config::Settings, args: QueueBenchArgs) -> 
     measured
 }
 
-/// The runs of `tre bench queue`, on a queue of the bench's own.
+/// The runs of `tre-bench queue`, on a queue of the bench's own.
 async fn measure_queue(queue: &Arc<RedisQueue>, args: &QueueBenchArgs) -> Result<()> {
     println!(
         "queue path (apalis on Redis: push -> worker -> ack), {} no-op jobs:",

@@ -1,5 +1,5 @@
-//! `tre bench showcase`: the showcase of the synthetic biobank of
-//! `tre bench dispense` (250,000 participants per unit of scale): every
+//! `tre-bench showcase`: the showcase of the synthetic biobank of
+//! `tre-bench dispense` (250,000 participants per unit of scale): every
 //! showcase aggregate computed by tre (load, record keys, counts, bins) next
 //! to DuckDB computing the same counts and histograms from the same file
 //! (when `python3` has it), then cohort-builder queries (select, count,
@@ -15,8 +15,8 @@ use tre_dispense::showcase::{Selection, ShowcaseColumns};
 use tre_domain::showcase::Distribution;
 use tre_domain::{Dataset, FieldRef, Inventory};
 
-use crate::bench::percentile;
-use crate::bench_dispense::{generate, median, peak_rss_mb, python_seconds};
+use crate::dispense::{generate, median, peak_rss_mb, python_seconds};
+use crate::queue::percentile;
 
 #[derive(Debug, Args)]
 pub struct ShowcaseBenchArgs {

@@ -1,4 +1,4 @@
-//! `tre bench dispense`: a ~10% cohort with half the fields of a generated
+//! `tre-bench dispense`: a ~10% cohort with half the fields of a generated
 //! biobank, dispensed by tre's engine (cohort, units on every core, writes,
 //! manifest) into a local folder, next to DuckDB and polars doing the same
 //! semi-join extraction on the same files (when `python3` has them).
@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use crate::projects::human_bytes;
+use tre_cli::human_bytes;
 
 #[derive(Debug, Args)]
 pub struct DispenseBenchArgs {
@@ -143,15 +143,16 @@ pub(crate) fn python_seconds(
         .ok()
 }
 
-/// Generates the synthetic biobank into `data` with `tre fixtures
-/// generate` (this binary), `events` primary-care events per participant.
+/// Generates the synthetic biobank into `data` with `tre-bench
+/// generate-fixtures` (this binary, in a process of its own), `events`
+/// primary-care events per participant.
 pub(crate) fn generate(data: &Path, participants: usize, events: u64) -> Result<()> {
     println!(
         "generating {participants} participants, ~{events} events each, into {}",
         data.display()
     );
     let status = Command::new(std::env::current_exe()?)
-        .args(["fixtures", "generate", "--participants"])
+        .args(["generate-fixtures", "--participants"])
         .arg(participants.to_string())
         .arg("--events-per-participant")
         .arg(events.to_string())

@@ -1,4 +1,4 @@
-//! `tre bench project-data`: how fast a member's workspace gets a project's
+//! `tre-bench project-data`: how fast a member's workspace gets a project's
 //! data through tre. A ready project on a scratch database whose manifest
 //! lists one large object in a local folder store: the object streamed
 //! through `tre serve` (a server in this process, over HTTP) to `curl` (and
@@ -22,7 +22,7 @@ use tre_domain::{
 };
 use tre_store::{Caller, NewPlan, Store};
 
-use crate::bench_api::{environment, scratch_store};
+use crate::api::{environment, scratch_store};
 
 #[derive(Debug, Args)]
 pub struct ProjectDataBenchArgs {
@@ -300,17 +300,17 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
     }
     latencies.sort();
     let (p50, p99) = (
-        crate::bench::percentile(&latencies, 0.5),
-        crate::bench::percentile(&latencies, 0.99),
+        crate::queue::percentile(&latencies, 0.5),
+        crate::queue::percentile(&latencies, 0.99),
     );
-    let in_process = crate::bench_dispense::median(&mut tre_mb_s);
-    let cat = crate::bench_dispense::median(&mut cat_mb_s);
+    let in_process = crate::dispense::median(&mut tre_mb_s);
+    let cat = crate::dispense::median(&mut cat_mb_s);
     // the figure reported is curl's, a client in its own process as a
     // researcher's would be (reqwest's when curl is not installed)
     let tre = if curl_mb_s_runs.is_empty() {
         in_process
     } else {
-        crate::bench_dispense::median(&mut curl_mb_s_runs)
+        crate::dispense::median(&mut curl_mb_s_runs)
     };
     println!(
         "streamed through tre serve: {tre:.0} MiB/s (reqwest here {in_process:.0}), cat: {cat:.0} MiB/s ({:.0}%; target >= 80%)",
@@ -319,7 +319,7 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
     let bare = if bare_mb_s.is_empty() {
         0.0
     } else {
-        let bare = crate::bench_dispense::median(&mut bare_mb_s);
+        let bare = crate::dispense::median(&mut bare_mb_s);
         println!(
             "the same file from a bare sendfile HTTP server (no parsing, no checks) to curl: {bare:.0} MiB/s; tre streams at {:.0}% of it (HTTP over loopback, not tre, is what stays below cat here)",
             100.0 * tre / bare

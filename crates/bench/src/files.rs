@@ -1,4 +1,4 @@
-//! `tre bench files`: bulk files of mixed sizes (many small, a few of
+//! `tre-bench files`: bulk files of mixed sizes (many small, a few of
 //! several hundred MB) dispensed by tre's file copy (the production path:
 //! units of a plan, each file streamed, hashed and checked against its
 //! registered SHA-256, large ones in resumable 16 MiB parts through the
@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use tre_dispense::files::{FileCopy, NoLog};
 use tre_dispense::{PlannedFile, Pseudonymiser, Source};
 
-use crate::bench_dispense::peak_rss_mb;
-use crate::projects::human_bytes;
+use crate::dispense::peak_rss_mb;
+use tre_cli::human_bytes;
 
 #[derive(Debug, Args)]
 pub struct FilesBenchArgs {

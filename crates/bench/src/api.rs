@@ -1,4 +1,4 @@
-//! `tre bench api`: submissions over real HTTP against an API served in
+//! `tre-bench api`: submissions over real HTTP against an API served in
 //! this process on a scratch database: each iteration is `POST /v1/requests`
 //! then `POST /v1/requests/{id}/submit`, at rising concurrency. Figures, not
 //! assertions: run it on a release build.
@@ -214,7 +214,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         .pool_max_idle_per_host(256)
         .build()?;
     println!(
-        "tre bench api: POST /v1/requests + submit over HTTP{} against {} ({} cores here), {} s per level",
+        "tre-bench api: POST /v1/requests + submit over HTTP{} against {} ({} cores here), {} s per level",
         if args.idempotency_keys {
             " with idempotency keys"
         } else {
@@ -285,8 +285,8 @@ pub async fn run(args: ApiBenchArgs) -> Result<()> {
         latencies.sort();
         let rate = latencies.len() as f64 / elapsed;
         let (p50, p99) = (
-            crate::bench::percentile(&latencies, 0.5),
-            crate::bench::percentile(&latencies, 0.99),
+            crate::queue::percentile(&latencies, 0.5),
+            crate::queue::percentile(&latencies, 0.99),
         );
         println!(
             "  {level:>3} clients: {rate:>7.0} submissions/s  p50 {p50:>7.2} ms  p99 {p99:>7.2} ms"
