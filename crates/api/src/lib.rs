@@ -10,19 +10,16 @@
 mod chart;
 mod error;
 mod extract;
-mod files;
 mod guard;
 mod idempotency;
 pub mod inventory_check;
 mod linger;
 mod metrics;
 mod openapi;
-mod ops;
 mod routes;
 mod serde_words;
 mod showcase;
 mod showcase_gate;
-mod tokens;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use crate::routes::all_endpoints;
+use crate::routes::{Access, all_endpoints};
 
 /// The document.
 pub fn spec() -> Value {
@@ -128,7 +128,7 @@ pub fn spec() -> Value {
             }));
             operation["parameters"] = Value::Array(params);
         }
-        if !e.auth {
+        if e.access == Access::Public {
             operation["security"] = json!([]);
         }
         let entry = paths
@@ -179,7 +179,7 @@ fn path_params(path: &str) -> impl Iterator<Item = &str> {
 /// A route's own list, given after, says more where it has more to say.
 fn common_errors(e: &crate::routes::Endpoint) -> Vec<(u16, &'static str)> {
     let mut errors = Vec::new();
-    if e.auth {
+    if e.access == Access::BearerToken {
         errors.push((401, "unauthorized: no bearer token, or one that is unknown, expired, revoked or of a disabled user"));
         errors.push((403, "forbidden: the caller may not do this"));
         errors.push((
@@ -204,10 +204,10 @@ fn common_errors(e: &crate::routes::Endpoint) -> Vec<(u16, &'static str)> {
         errors.push((413, "too large: the body is over the limit"));
         errors.push((415, "unsupported media type"));
     }
-    if e.method != axum::http::Method::GET && e.auth {
+    if e.method != axum::http::Method::GET && e.access == Access::BearerToken {
         errors.push((409, "conflict: the object's state does not allow this, it is not ready (`incomplete`), or (POST) a call with this Idempotency-Key is still being answered"));
     }
-    if e.method == axum::http::Method::POST && e.auth {
+    if e.method == axum::http::Method::POST && e.access == Access::BearerToken {
         errors.push((422, "invalid, or `idempotency_key_reused`: this Idempotency-Key was used for a different call"));
     }
     if e.if_match != crate::routes::IfMatchUse::None {

@@ -19,11 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tre_dispense::Sources;
@@ -31,14 +27,10 @@ use tre_dispense::showcase::{ShowcaseColumns, first_conflict};
 use tre_domain::disclosure::{DisclosureRules, Released};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
-use tre_store::{
-    Caller, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView,
-};
+use tre_store::{Caller, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource};
 
-use crate::guard::{Allowed, ViewsShowcase};
-use crate::routes::{Endpoint, PathForm, body, op};
 use crate::showcase_gate::{Answer, Compared};
-use crate::{ApiError, AppState, Auth, Body};
+use crate::{ApiError, AppState};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -46,53 +38,6 @@ type Result<T> = std::result::Result<T, ApiError>;
 const MAX_FIELDS: usize = 20;
 /// Inventory versions whose columns stay loaded (the newest used).
 const CACHED_VERSIONS: usize = 8;
-
-pub(crate) fn endpoints() -> Vec<Endpoint> {
-    vec![
-        op(
-            Method::GET,
-            "/v1/environments/{id}/showcase",
-            "The data showcase: aggregates of the showcase fields, disclosure-controlled (authorized users)",
-            None,
-            get(get_showcase),
-        )
-        .returns(body::<ShowcaseView>)
-        .errors(&[(404, "no such environment, or the caller may not see it")]),
-        op(
-            Method::POST,
-            "/v1/environments/{id}/showcase/query",
-            "The cohort builder: a cohort's size and distributions, disclosure-controlled; refused when too close to an earlier cohort (409 too_close) or too frequent (429)",
-            Some(body::<CohortQuery>),
-            post(query),
-        )
-        .returns(body::<CohortAnswer>)
-        .errors(&[
-            (404, "no such environment, or the caller may not see it"),
-            (409, "too_close: the cohort, or a cell asked of it, is within the minimum cell size of numbers already released (the showcase itself, or an earlier answer of the environment's cohort builder, whoever asked it); computing: the showcase is not computed yet; no_showcase: no inventory"),
-            (422, "invalid: a filter or field that is not a showcase field of the cohort dataset"),
-            (429, "rate_limited: more queries this minute than the policy allows (Retry-After)"),
-            (503, "unavailable: the environment's data cannot be read just now (Retry-After); showcase_failed: the current version's showcase could not be computed (the reason, for the environment's admins)"),
-        ]),
-        op(
-            Method::GET,
-            "/v1/environments/{id}/showcase/fields/{file}",
-            "A showcase field's chart as SVG (`{file}` is `{dataset}.{field}.svg`), drawn from the released numbers only",
-            None,
-            get(chart),
-        )
-        .svg()
-        .errors(&[
-            (404, "no such environment or showcase field, or the caller may not see it"),
-            (409, "computing: the showcase is not computed yet (Retry-After)"),
-            (422, "invalid: the file is not {dataset}.{field}.svg"),
-        ])
-        .path_forms(&[PathForm {
-            name: "file",
-            pattern: r"^[^.]+\.[^/]+\.svg$",
-            max_length: None,
-        }]),
-    ]
-}
 
 /// A cohort-builder query.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -235,7 +180,7 @@ impl ShowcaseCache {
     }
 }
 
-fn no_showcase() -> ApiError {
+pub(crate) fn no_showcase() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "no_showcase",
@@ -251,60 +196,6 @@ pub(crate) fn source_unavailable(e: tre_dispense::DispenseError) -> ApiError {
         "the environment's data cannot be read just now; try again shortly",
     )
     .retry_after(5)
-}
-
-async fn get_showcase(
-    State(state): State<AppState>,
-    Auth(caller): Auth,
-    Path(id): Path<String>,
-) -> Result<Response> {
-    Ok(Json(state.store.showcase(&caller, &EnvironmentId(id)).await?).into_response())
-}
-
-async fn chart(
-    State(state): State<AppState>,
-    Auth(caller): Auth,
-    Path((id, file)): Path<(String, String)>,
-) -> Result<Response> {
-    let id = EnvironmentId(id);
-    let env = state.store.showcase_environment(&caller, &id).await?;
-    let view = state
-        .store
-        .released_showcase(&env, &caller.actor.id)
-        .await?;
-    let field = file
-        .strip_suffix(".svg")
-        .and_then(|name| name.split_once('.'))
-        .ok_or_else(|| {
-            invalid(
-                "file",
-                "expected {dataset}.{field}.svg, e.g. participants.sex.svg".to_owned(),
-            )
-        })?;
-    let Some(showcase) = view.showcase else {
-        return Err(ApiError::computing(
-            "the showcase is being computed; try again shortly",
-        ));
-    };
-    let released = showcase
-        .fields
-        .iter()
-        .find(|f| f.dataset == field.0 && f.field == field.1)
-        .ok_or_else(|| ApiError::not_found(&format!("showcase field {}.{}", field.0, field.1)))?;
-    let rules = DisclosureRules::of(&env.policies);
-    let note = format!(
-        "counts perturbed and rounded to {}; cells under {} suppressed",
-        rules.rounding_base, rules.min_cell_size
-    );
-    let svg = crate::chart::svg(released, showcase.version, &note).map_err(|e| {
-        tracing::error!(error = %e, "a chart could not be drawn");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the chart could not be drawn",
-        )
-    })?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 /// The showcase fields of the cohort dataset that a query may use.
@@ -355,15 +246,6 @@ async fn record(
         )
         .await?;
     Ok(())
-}
-
-async fn query(
-    State(state): State<AppState>,
-    Allowed(caller, _): Allowed<ViewsShowcase>,
-    Path(id): Path<String>,
-    Body(asked): Body<CohortQuery>,
-) -> Result<Response> {
-    Ok(Json(ask(&state, &caller, &EnvironmentId(id), asked).await?).into_response())
 }
 
 /// Asks the cohort builder of environment `id` as `caller`: what the
@@ -573,6 +455,6 @@ fn end_turn(turn: Option<tre_store::GateTurn>) {
     }
 }
 
-fn invalid(field: &str, message: String) -> ApiError {
+pub(crate) fn invalid(field: &str, message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message).with_field(field)
 }

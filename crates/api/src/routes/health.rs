@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use super::{Endpoint, op};
+use super::{Endpoint, public};
 use tre_store::Store;
 
 use crate::{AppState, QueueHealth};
@@ -15,26 +15,23 @@ use crate::{AppState, QueueHealth};
 pub(super) fn endpoints() -> Vec<Endpoint> {
     use Method as M;
     vec![
-        op(M::GET, "/healthz", "The process is up", None, get(healthz)),
-        op(
+        public(M::GET, "/healthz", "The process is up", get(healthz)),
+        public(
             M::GET,
             "/readyz",
             "The database (and queue) answer",
-            None,
             get(readyz),
         ),
-        op(
+        public(
             M::GET,
             "/openapi.json",
             "This document",
-            None,
             get(crate::openapi::document),
         ),
-        op(
+        public(
             M::GET,
             "/metrics",
             "Prometheus metrics",
-            None,
             get(crate::metrics::page),
         )
         .text(),

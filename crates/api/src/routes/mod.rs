@@ -1,15 +1,21 @@
-//! The `/v1` routes, one module per resource, each declaring its own
-//! endpoints. Each handler authenticates, parses and calls the store.
+//! Every route of the API, one module per resource, each declaring its own
+//! endpoints: whether it needs a token ([`Access`]), what it takes and
+//! answers. Each handler authenticates, parses and calls the store, which
+//! authorizes.
 
 mod audit;
 mod environments;
+mod files;
 pub(crate) mod health;
 mod jobs;
 mod notifications;
+mod ops;
 mod project_data;
 mod projects;
 mod requests;
 mod reviews;
+mod showcase;
+mod tokens;
 mod workspaces;
 
 use axum::http::Method;
@@ -34,8 +40,9 @@ pub(crate) struct Endpoint {
     pub(crate) body: Option<BodySchema>,
     /// The JSON Schema of its success answer (else: an object).
     pub(crate) response: Option<BodySchema>,
-    /// Whether it needs a bearer token.
-    pub(crate) auth: bool,
+    /// Who may call it at all (what a route does with the caller is its
+    /// handler's, through the application's authorization).
+    pub(crate) access: Access,
     /// It answers an SVG image, not JSON.
     pub(crate) svg: bool,
     /// It answers plain text (Prometheus' format), not JSON.
@@ -62,6 +69,18 @@ pub(crate) struct PathForm {
     pub(crate) max_length: Option<u32>,
 }
 
+/// Whether a route needs a bearer token. Stated by the constructor of
+/// each route ([`op`] or [`public`]), never inferred from its path; a test
+/// calls every route without a token and holds each to what it states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone, without a token: liveness, readiness, this document and
+    /// the metrics page (which name no person and no data).
+    Public,
+    /// A valid bearer token: 401 without one, before anything else.
+    BearerToken,
+}
+
 /// Whether a route takes the revision its change is made on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum IfMatchUse {
@@ -80,7 +99,30 @@ pub(crate) fn body<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// An operation that needs a bearer token (its handler takes [`crate::Auth`]
+/// or [`crate::guard::Allowed`]).
 pub(crate) fn op(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<BodySchema>,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    endpoint(Access::BearerToken, method, path, summary, body, handler)
+}
+
+/// An operation anyone may call without a token (see [`Access::Public`]).
+pub(crate) fn public(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    endpoint(Access::Public, method, path, summary, None, handler)
+}
+
+fn endpoint(
+    access: Access,
     method: Method,
     path: &'static str,
     summary: &'static str,
@@ -89,7 +131,7 @@ pub(crate) fn op(
 ) -> Endpoint {
     Endpoint {
         if_match: IfMatchUse::None,
-        auth: !matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/metrics"),
+        access,
         method,
         path,
         summary,
@@ -174,10 +216,10 @@ pub(crate) fn all_endpoints() -> Vec<Endpoint> {
     all.extend(audit::endpoints());
     all.extend(jobs::endpoints());
     all.extend(notifications::endpoints());
-    all.extend(crate::showcase::endpoints());
-    all.extend(crate::files::endpoints());
-    all.extend(crate::tokens::endpoints());
-    all.extend(crate::ops::endpoints());
+    all.extend(showcase::endpoints());
+    all.extend(files::endpoints());
+    all.extend(tokens::endpoints());
+    all.extend(ops::endpoints());
     all
 }
 

@@ -492,3 +492,60 @@ async fn no_oracle_for_user_names_and_no_unbounded_metrics() {
     assert!(metrics.contains("method=\"other\""), "{metrics}");
     api.db.finish().await;
 }
+
+/// Every route of the API document, called without a token: each one the
+/// document says needs a token answers 401 (with the error shape) and no
+/// other, and each public one answers without one. Whether a route needs a
+/// token is stated where the route is declared; this holds the routes'
+/// behaviour to it, whatever a handler extracts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_the_token_its_document_states() {
+    let api = Api::start().await;
+    let env = published(&api).await;
+    let (request, project) = in_review_and_project(&api, &env).await;
+    let spec = tre_api::openapi();
+    let (mut public, mut guarded, mut failures) = (0, 0, Vec::new());
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let id = if path.starts_with("/v1/requests") {
+            &request
+        } else if path.starts_with("/v1/projects") {
+            &project
+        } else {
+            &env
+        };
+        let mut url = path.replace("{id}", id);
+        for (param, value) in [
+            ("{pool}", "notify"),
+            ("{file}", "participants.sex.svg"),
+            ("{path}", "manifest.json"),
+            ("{name}", "w1"),
+            ("{file_inventory}", "f1"),
+        ] {
+            url = url.replace(param, value);
+        }
+        assert!(!url.contains('{'), "{path}: a parameter left unfilled");
+        for (method, operation) in item.as_object().unwrap() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let body = operation.get("requestBody").map(|_| json!({}));
+            let (status, answer) = api.call("nobody", method.clone(), &url, body).await;
+            if operation["security"] == json!([]) {
+                public += 1;
+                if status == StatusCode::UNAUTHORIZED || status.is_server_error() {
+                    failures.push(format!("{method} {path} is public but answered {status}"));
+                }
+            } else {
+                guarded += 1;
+                if status != StatusCode::UNAUTHORIZED || answer["error"]["code"] != "unauthorized" {
+                    let answer: String = answer.to_string().chars().take(200).collect();
+                    failures.push(format!(
+                        "{method} {path} needs a token but answered {status} {answer}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_eq!(public, 4, "healthz, readyz, openapi.json, metrics");
+    assert!(guarded >= 55, "{guarded} routes need a token");
+    api.db.finish().await;
+}

@@ -15,8 +15,8 @@ use tre_domain::UserId;
 use tre_domain::authz::Action;
 use tre_store::{Caller, NewToken, Permission, Target, TokenActor, TokenInfo, UserStatus};
 
+use super::{Endpoint, body, op};
 use crate::extract::Params;
-use crate::routes::{Endpoint, body, op};
 use crate::{ApiError, AppState, Auth, Body};
 
 type Result<T> = std::result::Result<T, ApiError>;

@@ -15,9 +15,9 @@ use tre_domain::{Action, JobState, Object, authorize};
 use tre_jobs::{FleetLoad, Pool};
 use tre_store::{BulkOutcome, Caller, JobFilter, OutboxJob, Page as ListPage, StoreError};
 
+use super::{Endpoint, body, op};
 use crate::extract::Params;
 use crate::guard::{Allowed, OperatesJobs};
-use crate::routes::{Endpoint, body, op};
 use crate::{ApiError, AppState, Auth, Body};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -201,7 +201,7 @@ async fn list_jobs(
             &caller,
             &filter,
             q.cursor.as_deref().unwrap_or(""),
-            crate::routes::limit(q.limit)?,
+            super::limit(q.limit)?,
         )
         .await?;
     Ok(Json(page).into_response())

@@ -18,9 +18,9 @@ use tre_domain::EnvironmentId;
 use tre_domain::files::parse_tsv;
 use tre_store::FileInventoryStatus;
 
+use super::{Endpoint, body, op};
 use crate::extract::WithinLimit;
 use crate::guard::{Allowed, ConfiguresEnvironment};
-use crate::routes::{Endpoint, body, op};
 use crate::{ApiError, AppState, Auth};
 
 type Result<T> = std::result::Result<T, ApiError>;
