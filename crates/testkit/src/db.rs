@@ -1,0 +1,88 @@
+//! A database of the test's own: a SQLite file or a PostgreSQL database,
+//! migrated, removed when the test finishes.
+
+use tre_store::Store;
+
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A database of the test's own.
+pub struct TestDb {
+    pub store: Store,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(std::path::PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+/// The admin connection for creating test databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TRE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(format!("tre-test-{}", unique()));
+        let url = format!("sqlite://{}/tre.db", dir.display());
+        let store = Store::open(&url).await.expect("open sqlite");
+        Self {
+            store,
+            url,
+            cleanup: Cleanup::Sqlite(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database; `None` (with a message) when no server
+    /// answers and `CI` is not set.
+    pub async fn postgres() -> Option<Self> {
+        use sqlx::Connection;
+        let admin_url = postgres_admin_url();
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL test: no server at {admin_url} ({e}); set CI=1 to make this a failure"
+                );
+                return None;
+            }
+            Err(e) => panic!("PostgreSQL is required when CI is set: {admin_url}: {e}"),
+        };
+        let name = format!("tre_test_{}", unique());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("a database url");
+        let url = format!("{base}/{name}");
+        let store = Store::open(&url).await.expect("open postgres");
+        Some(Self {
+            store,
+            url,
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+
+    pub async fn finish(self) {
+        self.store.close().await;
+        match self.cleanup {
+            Cleanup::Sqlite(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            }
+        }
+    }
+}
