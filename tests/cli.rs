@@ -842,7 +842,7 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     })
     .await;
     assert_eq!(
-        store.job(&key).await.unwrap().unwrap().state,
+        store.jobs().job(&key).await.unwrap().unwrap().state,
         tre_domain::JobState::Running
     );
     first.signal("-KILL");
@@ -850,10 +850,10 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
 
     let second = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
     wait_for("another worker finishes the job", 60, || async {
-        store.job(&key).await.unwrap().unwrap().state == tre_domain::JobState::Done
+        store.jobs().job(&key).await.unwrap().unwrap().state == tre_domain::JobState::Done
     })
     .await;
-    let job = store.job(&key).await.unwrap().unwrap();
+    let job = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(job.attempts, 2, "the killed attempt counts");
     // at-least-once towards the receiver (same delivery id twice, which
     // receivers deduplicate), exactly once in the store
@@ -932,7 +932,7 @@ async fn sigterm_drains_in_flight_jobs() {
     .await
     .unwrap();
     assert!(status.success(), "{status:?}");
-    let job = store.job(&key).await.unwrap().unwrap();
+    let job = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(
         (job.state.as_str(), job.attempts),
         ("done", 1),
@@ -1294,6 +1294,7 @@ async fn no_secret_reaches_any_output() {
             let key = key.clone();
             async move {
                 store
+                    .jobs()
                     .job(&key)
                     .await
                     .unwrap()
@@ -1304,7 +1305,14 @@ async fn no_secret_reaches_any_output() {
     };
     // first the webhook fails (rev1 has no email address)...
     wait_for("the webhook failed", 60, failed_on("webhook")).await;
-    let webhook_error = store.job(&key).await.unwrap().unwrap().last_error.unwrap();
+    let webhook_error = store
+        .jobs()
+        .job(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
     outputs.push(("the job's webhook error", webhook_error));
     // ...then the email, once rev1 has an address
     sqlx::query("UPDATE users SET email = 'rev1@example.org' WHERE id = 'rev1'")
@@ -1314,7 +1322,14 @@ async fn no_secret_reaches_any_output() {
     wait_for("the email failed", 60, failed_on("smtp")).await;
     let _ = worker.kill();
     let _ = worker.wait();
-    let smtp_error = store.job(&key).await.unwrap().unwrap().last_error.unwrap();
+    let smtp_error = store
+        .jobs()
+        .job(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_error
+        .unwrap();
     outputs.push(("the job's smtp error", smtp_error));
     let deliveries = store.deliveries(&key).await.unwrap();
     assert!(!deliveries.is_empty());

@@ -842,6 +842,7 @@ async fn unit_job(
     unit: usize,
 ) -> Option<tre_store::OutboxJob> {
     store
+        .jobs()
         .job(&format!("dispense_unit:{project}:{round}:{unit}"))
         .await
         .unwrap()
@@ -964,6 +965,7 @@ async fn a_retry_while_the_failed_round_still_copies_finishes_the_project() {
             Some(Done)
         );
         let finish = store
+            .jobs()
             .job(&format!("finish_dispense:{}:1", project.id))
             .await
             .unwrap()

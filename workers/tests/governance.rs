@@ -130,7 +130,7 @@ async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store
     .await;
     // every job done (the first alert's, and any the tightening made)
     for _ in 0..400 {
-        let counts = store.job_counts().await.unwrap();
+        let counts = store.jobs().job_counts().await.unwrap();
         if counts.pending + counts.queued + counts.running == 0 {
             break;
         }
@@ -458,6 +458,7 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
         let removal = format!("deprovision:{}", project.id);
         for _ in 0..400 {
             if store
+                .jobs()
                 .job(&removal)
                 .await
                 .unwrap()
@@ -468,7 +469,7 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         assert_eq!(
-            store.job(&removal).await.unwrap().unwrap().state,
+            store.jobs().job(&removal).await.unwrap().unwrap().state,
             tre_domain::JobState::Done
         );
         assert!(objects(&dest, project.id.as_str()).await.is_empty());

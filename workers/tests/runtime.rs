@@ -218,13 +218,14 @@ async fn retries_and_dead_letters(store: &Store) {
     let key = format!("notify_reviewers:{}:1:0", request.id);
     eventually("the job is dead", || async {
         store
+            .jobs()
             .job(&key)
             .await
             .unwrap()
             .is_some_and(|j| j.state == tre_domain::JobState::Dead)
     })
     .await;
-    let job = store.job(&key).await.unwrap().unwrap();
+    let job = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(job.attempts, 3);
     let error = job.last_error.unwrap();
     assert!(
@@ -258,10 +259,10 @@ async fn retries_and_dead_letters(store: &Store) {
         .unwrap();
     let key2 = format!("notify_reviewers:{}:1:1", request.id);
     eventually("the job is dead", || async {
-        store.job(&key2).await.unwrap().unwrap().state == tre_domain::JobState::Dead
+        store.jobs().job(&key2).await.unwrap().unwrap().state == tre_domain::JobState::Dead
     })
     .await;
-    let job = store.job(&key2).await.unwrap().unwrap();
+    let job = store.jobs().job(&key2).await.unwrap().unwrap();
     assert_eq!(job.attempts, 1);
     assert!(job.last_error.unwrap().starts_with("permanent: webhook"));
     worker.stop(STOP_WITHIN).await;
@@ -272,18 +273,21 @@ async fn retries_and_dead_letters(store: &Store) {
     let healthy = WebhookReceiver::start(vec![], Duration::ZERO).await;
     assert!(
         store
+            .jobs()
             .retry_dead_job(&key, tre_domain::Timestamp(0))
             .await
             .unwrap()
     );
     assert!(
         store
+            .jobs()
             .retry_dead_job(&key2, tre_domain::Timestamp(0))
             .await
             .unwrap()
     );
     assert!(
         !store
+            .jobs()
             .retry_dead_job(&key2, tre_domain::Timestamp(0))
             .await
             .unwrap(),
@@ -296,7 +300,7 @@ async fn retries_and_dead_letters(store: &Store) {
     );
     for k in [&key, &key2] {
         eventually("the retried job is done", || async {
-            store.job(k).await.unwrap().unwrap().state == tre_domain::JobState::Done
+            store.jobs().job(k).await.unwrap().unwrap().state == tre_domain::JobState::Done
         })
         .await;
     }
@@ -377,9 +381,14 @@ async fn redis_flushall_and_restart_lose_no_work() {
     // six jobs handed to Redis (five counts and the published inventory's
     // showcase), then Redis loses them all
     submit(5).await;
-    let relay = Relay::new(store.clone(), queue.clone(), &options.policies, 100);
+    let relay = Relay::new(
+        Arc::new(store.jobs()),
+        queue.clone(),
+        &options.policies,
+        100,
+    );
     assert_eq!(relay.run_once().await.unwrap(), 6);
-    assert_eq!(store.job_counts().await.unwrap().queued, 6);
+    assert_eq!(store.jobs().job_counts().await.unwrap().queued, 6);
     let mut conn = queue.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -393,7 +402,7 @@ async fn redis_flushall_and_restart_lose_no_work() {
     // each lost count, once run, asks the reviewers: eleven jobs in all
     eventually(
         "the six lost jobs (and what they led to) are done",
-        || async { store.job_counts().await.unwrap().done == 11 },
+        || async { store.jobs().job_counts().await.unwrap().done == 11 },
     )
     .await;
 
@@ -401,7 +410,7 @@ async fn redis_flushall_and_restart_lose_no_work() {
     redis.restart();
     submit(3).await;
     eventually("the three new submissions' jobs are done", || async {
-        store.job_counts().await.unwrap().done == 17
+        store.jobs().job_counts().await.unwrap().done == 17
     })
     .await;
     let metrics = worker.stop(STOP_WITHIN).await;
@@ -416,7 +425,7 @@ async fn redis_flushall_and_restart_lose_no_work() {
     assert_eq!(deliveries.len(), 8);
     assert_eq!(metrics.get("notify_reviewers", "succeeded"), 8);
     assert_eq!(metrics.get("count_cohort", "succeeded"), 8);
-    let counts = store.job_counts().await.unwrap();
+    let counts = store.jobs().job_counts().await.unwrap();
     assert_eq!(
         (counts.pending, counts.queued, counts.running, counts.dead),
         (0, 0, 0, 0)
@@ -632,7 +641,7 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
         .await
         .unwrap();
     eventually("the first count again is done", || async {
-        store.job_counts().await.unwrap().pending == 0
+        store.jobs().job_counts().await.unwrap().pending == 0
     })
     .await;
     let still = store.system_request(&request.id).await.unwrap();
@@ -763,7 +772,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         .unwrap();
     let project = store.create_project(&w.owner, &request.id).await.unwrap();
     let key = format!("schedule_expiry:{}", request.id);
-    let job = store.job(&key).await.unwrap().unwrap();
+    let job = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(
         job.due_at,
         approved.expires_at.unwrap().0,
@@ -777,7 +786,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        store.job(&key).await.unwrap().unwrap().state,
+        store.jobs().job(&key).await.unwrap().unwrap().state,
         tre_domain::JobState::Pending,
         "not before its time"
     );
@@ -789,6 +798,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     sqlx_update(store, &doc).await;
     assert!(
         store
+            .jobs()
             .retry_dead_job(&key, tre_domain::Timestamp(0))
             .await
             .is_ok()
@@ -816,6 +826,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     let deprovision = format!("deprovision:{}", project.id);
     eventually("its data are removed", || async {
         store
+            .jobs()
             .job(&deprovision)
             .await
             .unwrap()
@@ -873,9 +884,9 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
         .unwrap();
     let stage1 = format!("stage_reminder:{}:1:0", request.id);
     let stage2 = format!("stage_reminder:{}:1:1", request.id);
-    let due = store.job(&stage2).await.unwrap().unwrap().due_at;
+    let due = store.jobs().job(&stage2).await.unwrap().unwrap().due_at;
     assert!(
-        due >= store.job(&stage1).await.unwrap().unwrap().due_at,
+        due >= store.jobs().job(&stage1).await.unwrap().unwrap().due_at,
         "each stage its own deadline"
     );
     // 72 hours pass
@@ -890,7 +901,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
     );
     for key in [&stage1, &stage2] {
         eventually("the reminder ran", || async {
-            store.job(key).await.unwrap().unwrap().state == tre_domain::JobState::Done
+            store.jobs().job(key).await.unwrap().unwrap().state == tre_domain::JobState::Done
         })
         .await;
     }
@@ -969,7 +980,7 @@ async fn notifications_are_emailed_through_smtp() {
     eventually("the owner's email", || async { sink.mails().len() == 2 }).await;
     let approved = format!("notify_owner:{}:1:approved", request.id);
     eventually("the owner's job is done", || async {
-        store.job(&approved).await.unwrap().unwrap().state == tre_domain::JobState::Done
+        store.jobs().job(&approved).await.unwrap().unwrap().state == tre_domain::JobState::Done
     })
     .await;
     worker.stop(STOP_WITHIN).await;
@@ -1039,7 +1050,7 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let key = format!("count_cohort:{}:1", request.id);
-    let held = store.job(&key).await.unwrap().unwrap();
+    let held = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(
         (held.state, held.attempts),
         (tre_domain::JobState::Pending, 0),

@@ -330,7 +330,11 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         seen: seen.clone(),
     };
     let before = store.system_gauges(tre_store::now()).await?;
-    let done_before = store.job_counts().await?.get(tre_domain::JobState::Done);
+    let done_before = store
+        .jobs()
+        .job_counts()
+        .await?
+        .get(tre_domain::JobState::Done);
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -365,7 +369,11 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
     };
     let elapsed = started.elapsed().as_secs_f64();
     let after = store.system_gauges(tre_store::now()).await?;
-    let done_after = store.job_counts().await?.get(tre_domain::JobState::Done);
+    let done_after = store
+        .jobs()
+        .job_counts()
+        .await?
+        .get(tre_domain::JobState::Done);
 
     let mut latencies = seen.latencies.lock().expect("lock").clone();
     latencies.sort();

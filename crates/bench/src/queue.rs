@@ -271,7 +271,7 @@ async fn durable_run(
         shutdown,
         Duration::from_secs(5),
     ));
-    let before = store.job_counts().await?.done;
+    let before = store.jobs().job_counts().await?.done;
     let started = Instant::now();
     for first in (0..jobs).step_by(1_000) {
         let batch: Vec<(&str, String, serde_json::Value, Timestamp)> = (first
@@ -285,7 +285,7 @@ async fn durable_run(
                 )
             })
             .collect();
-        store.enqueue_jobs(&batch).await?;
+        store.jobs().enqueue_jobs(&batch).await?;
     }
     while ran.load(Ordering::Relaxed) < jobs {
         if started.elapsed() > Duration::from_secs(600) {
@@ -295,7 +295,7 @@ async fn durable_run(
     }
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
     loop {
-        let done = store.job_counts().await?.done;
+        let done = store.jobs().job_counts().await?.done;
         if (done - before) as usize >= jobs {
             break;
         }
@@ -372,6 +372,7 @@ async fn takeover(store: &Store) -> Result<f64> {
     let started = Arc::new(Mutex::new(Vec::new()));
     let key = format!("takeover:{}", namespace());
     store
+        .jobs()
         .enqueue_job("bench_noop", &key, &serde_json::json!({}), Timestamp(0))
         .await?;
     let doomed = bench_executor(
@@ -394,8 +395,12 @@ async fn takeover(store: &Store) -> Result<f64> {
     // the fleet: a reconciler and another worker that receives the job
     // again once it is handed back
     let queue: Arc<dyn JobQueue> = Arc::new(tre_jobs::EmbeddedQueue::default());
-    let reconciler =
-        tre_jobs::Reconciler::new(store.clone(), queue, &[BENCH_POLICY], options.requeue_after);
+    let reconciler = tre_jobs::Reconciler::new(
+        Arc::new(store.jobs()),
+        queue,
+        &[BENCH_POLICY],
+        options.requeue_after,
+    );
     let survivor = bench_executor(
         store,
         options.lease,

@@ -84,7 +84,7 @@ async fn person(
 /// Waits for a job to finish, then says what it left in people's inboxes.
 async fn after_job(store: &Store, key: &str, people: &[&str]) -> Result<()> {
     for _ in 0..400 {
-        match store.job(key).await?.map(|j| j.state) {
+        match store.jobs().job(key).await?.map(|j| j.state) {
             Some(tre_domain::JobState::Done) => {
                 for person in people {
                     let inbox = store.inbox(&(*person).into(), 1).await?;

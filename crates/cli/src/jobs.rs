@@ -197,12 +197,13 @@ pub async fn run(store: &Store, command: JobsCommand) -> Result<()> {
             }
         }
         JobsCommand::Stats => {
-            let load = FleetLoad::read(store, &tre_workers::policies(), tre_store::now()).await?;
+            let load =
+                FleetLoad::read(&store.jobs(), &tre_workers::policies(), tre_store::now()).await?;
             let stats = serde_json::json!({
-                "states": store.job_counts().await?,
+                "states": store.jobs().job_counts().await?,
                 "pools": load.pools,
                 "unrunnable": load.unrunnable,
-                "paused": store.paused_pools().await?,
+                "paused": store.jobs().paused_pools().await?,
             });
             println!("{stats}");
         }

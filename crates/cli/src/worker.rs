@@ -132,8 +132,8 @@ pub async fn queue(settings: &Settings) -> Result<Arc<dyn JobQueue>> {
 type WorkerPages = (Arc<Metrics>, Store, tre_api::QueueHealth);
 
 async fn metrics_page(State((metrics, store, _)): State<WorkerPages>) -> String {
-    let depth = store.job_counts().await.unwrap_or_default();
-    let load = FleetLoad::read(&store, &tre_workers::policies(), tre_store::now())
+    let depth = store.jobs().job_counts().await.unwrap_or_default();
+    let load = FleetLoad::read(&store.jobs(), &tre_workers::policies(), tre_store::now())
         .await
         .ok();
     metrics.render(&depth, load.as_ref())

@@ -17,7 +17,7 @@ use tre_domain::Timestamp;
 use tre_store::{ClaimedJob, FailOutcome, Store, StoreError, now};
 
 use crate::batch::Batcher;
-use crate::{JobError, JobPolicy, Metrics, Pool};
+use crate::{JobError, JobPolicy, JobStore, Metrics, Pool};
 
 /// What a handler gets besides the job.
 #[derive(Debug, Clone)]
@@ -103,6 +103,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs jobs for the handlers registered with it.
 pub struct Executor {
     ctx: JobContext,
+    /// The jobs' persistence (claims, leases, outcomes).
+    jobs: Arc<dyn JobStore>,
     policies: HashMap<&'static str, JobPolicy>,
     handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
     /// How long a running job's lease lasts; renewed every third of it.
@@ -135,7 +137,7 @@ const BATCH: usize = 64;
 /// The batching loops of one worker's claims and completions. A batch that
 /// fails (the database went away) is redone one call at a time, so each
 /// caller gets its own error to judge.
-fn batchers(store: &Store, worker: &str, lease: Duration) -> (Claims, Completions) {
+fn batchers(store: &Arc<dyn JobStore>, worker: &str, lease: Duration) -> (Claims, Completions) {
     let lease_ms = lease.as_millis() as i64;
     let (store_c, worker_c) = (store.clone(), worker.to_owned());
     let claims = Batcher::spawn(BATCH, move |keys: Vec<String>| {
@@ -197,9 +199,11 @@ impl Executor {
         lease: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (claims, completions) = batchers(&store, &worker, lease);
+        let jobs: Arc<dyn JobStore> = Arc::new(store.jobs());
+        let (claims, completions) = batchers(&jobs, &worker, lease);
         Self {
-            pauses: crate::Pauses::new(store.clone()),
+            pauses: crate::Pauses::new(jobs.clone()),
+            jobs,
             claims,
             completions,
             recording: Arc::default(),
@@ -226,8 +230,9 @@ impl Executor {
         &self.ctx.worker
     }
 
-    pub fn store(&self) -> &Store {
-        &self.ctx.store
+    /// The jobs' persistence this executor claims and records through.
+    pub fn jobs(&self) -> &Arc<dyn JobStore> {
+        &self.jobs
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -251,12 +256,7 @@ impl Executor {
             loop {
                 tokio::time::sleep(beat).await;
                 let until = Timestamp(now().0 + self.lease.as_millis() as i64);
-                match self
-                    .ctx
-                    .store
-                    .extend_lease(key, &self.ctx.worker, until)
-                    .await
-                {
+                match self.jobs.extend_lease(key, &self.ctx.worker, until).await {
                     Ok(true) => {}
                     Ok(false) => warn!(job = key, "lease lost while running"),
                     Err(e) => warn!(job = key, error = %e, "could not renew the lease"),
@@ -345,7 +345,7 @@ impl Executor {
             self.metrics.count(kind, "paused");
             return ExecOutcome::Skipped;
         }
-        let store = &self.ctx.store;
+        let store = &self.jobs;
         let claimed = match patiently("claim the job", || async {
             self.claims
                 .call(key.to_owned())

@@ -20,6 +20,7 @@
 mod batch;
 mod error;
 mod executor;
+mod job_store;
 mod load;
 mod metrics;
 mod pauses;
@@ -30,6 +31,7 @@ mod runtime;
 
 pub use error::{JobError, QueueError};
 pub use executor::{ExecOutcome, Executor, JobContext, JobHandler};
+pub use job_store::JobStore;
 pub use load::{FleetLoad, PoolLoad, UnrunnableKind};
 pub use metrics::Metrics;
 pub use pauses::Pauses;

@@ -7,7 +7,9 @@ use std::fmt::Write;
 
 use serde::Serialize;
 use tre_domain::Timestamp;
-use tre_store::{Store, StoreError};
+use tre_store::StoreError;
+
+use crate::JobStore;
 
 use crate::{JobPolicy, Pool};
 
@@ -37,7 +39,7 @@ pub struct FleetLoad {
 impl FleetLoad {
     /// Reads the due work from the store, sorted into `policies`' pools.
     pub async fn read(
-        store: &Store,
+        store: &dyn JobStore,
         policies: &[JobPolicy],
         now: Timestamp,
     ) -> Result<Self, StoreError> {

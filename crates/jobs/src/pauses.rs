@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
-use tre_store::Store;
 
-use crate::Pool;
+use crate::{JobStore, Pool};
 
 /// How long this process trusts the paused set it read.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -21,7 +20,7 @@ type Read = Option<(Instant, BTreeSet<String>)>;
 /// The paused pools, as this process last read them.
 #[derive(Clone)]
 pub struct Pauses {
-    store: Store,
+    store: Arc<dyn JobStore>,
     read: Arc<Mutex<Read>>,
 }
 
@@ -32,7 +31,7 @@ impl std::fmt::Debug for Pauses {
 }
 
 impl Pauses {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Arc<dyn JobStore>) -> Self {
         Self {
             store,
             read: Arc::default(),

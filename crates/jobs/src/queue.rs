@@ -146,7 +146,7 @@ async fn run_pool(
         let keys: Vec<String> = in_flight.lock().expect("lock").values().cloned().collect();
         running.abort_all();
         for key in keys {
-            match executor.store().release_job(&key, executor.worker()).await {
+            match executor.jobs().release_job(&key, executor.worker()).await {
                 Ok(true) => warn!(job = %key, "released unfinished job at shutdown"),
                 Ok(false) => {}
                 Err(e) => {

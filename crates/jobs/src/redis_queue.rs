@@ -316,7 +316,7 @@ impl JobQueue for RedisQueue {
                 .cloned()
                 .collect();
             for key in left {
-                if let Err(e) = executor.store().release_job(&key, executor.worker()).await {
+                if let Err(e) = executor.jobs().release_job(&key, executor.worker()).await {
                     warn!(job = %key, error = %e, "could not release job; its lease will expire");
                 }
             }

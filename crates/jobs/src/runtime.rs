@@ -11,6 +11,8 @@ use tracing::{debug, info, warn};
 use tre_domain::Timestamp;
 use tre_store::{Store, now};
 
+use crate::JobStore;
+
 use crate::queue::JobMessage;
 use crate::{JobPolicy, JobQueue, Pool, Shutdown};
 
@@ -77,7 +79,7 @@ impl Default for RuntimeOptions {
 /// Hands due outbox jobs to the queue.
 #[derive(Clone)]
 pub struct Relay {
-    store: Store,
+    store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     policies: Arc<Vec<JobPolicy>>,
     batch: u32,
@@ -92,7 +94,12 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(store: Store, queue: Arc<dyn JobQueue>, policies: &[JobPolicy], batch: u32) -> Self {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        queue: Arc<dyn JobQueue>,
+        policies: &[JobPolicy],
+        batch: u32,
+    ) -> Self {
         Self {
             pauses: crate::Pauses::new(store.clone()),
             store,
@@ -186,7 +193,7 @@ impl Relay {
 /// queue message was lost.
 #[derive(Clone)]
 pub struct Reconciler {
-    store: Store,
+    store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     policies: Arc<Vec<JobPolicy>>,
     requeue_after: Duration,
@@ -202,7 +209,7 @@ impl std::fmt::Debug for Reconciler {
 
 impl Reconciler {
     pub fn new(
-        store: Store,
+        store: Arc<dyn JobStore>,
         queue: Arc<dyn JobQueue>,
         policies: &[JobPolicy],
         requeue_after: Duration,
@@ -327,15 +334,16 @@ pub async fn spawn_maintenance(
     metrics: Arc<crate::Metrics>,
     shutdown: Shutdown,
 ) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
+    let jobs: Arc<dyn JobStore> = Arc::new(store.jobs());
     if !queue.is_durable() {
-        let recovered = store.requeue_all_queued(now()).await?;
+        let recovered = jobs.requeue_all_queued(now()).await?;
         if recovered > 0 {
             info!(target: "tre::reconciler", recovered, "embedded queue starting: handed back jobs queued before");
         }
     }
-    let relay = Relay::new(store.clone(), queue.clone(), policies, options.relay_batch)
+    let relay = Relay::new(jobs.clone(), queue.clone(), policies, options.relay_batch)
         .with_max_queued_per_pool(options.max_queued_per_pool);
-    let reconciler = Reconciler::new(store.clone(), queue, policies, options.requeue_after);
+    let reconciler = Reconciler::new(jobs, queue, policies, options.requeue_after);
     let queue_metrics = metrics.clone();
     let cleaner = Cleaner::new(store, options, metrics);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);

@@ -195,6 +195,7 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
     let store = &db.store;
     for i in 0..30 {
         store
+            .jobs()
             .enqueue_job(
                 "dispense",
                 &format!("dispense:p{i}"),
@@ -217,16 +218,25 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
         backoff_base: Duration::from_secs(1),
         backoff_max: Duration::from_secs(10),
     }];
-    let relay = tre_jobs::Relay::new(store.clone(), queue.clone(), &policies, 100)
-        .with_max_queued_per_pool(10);
-    let reconciler =
-        tre_jobs::Reconciler::new(store.clone(), queue.clone(), &policies, Duration::ZERO);
+    let relay = tre_jobs::Relay::new(
+        std::sync::Arc::new(store.jobs()),
+        queue.clone(),
+        &policies,
+        100,
+    )
+    .with_max_queued_per_pool(10);
+    let reconciler = tre_jobs::Reconciler::new(
+        std::sync::Arc::new(store.jobs()),
+        queue.clone(),
+        &policies,
+        Duration::ZERO,
+    );
     let data_hash = queue.apalis_config(Pool::Dispense).job_data_hash();
     let mut conn = queue.connection();
     for _cycle in 0..5 {
         relay.run_once().await.unwrap();
         assert_eq!(
-            store.job_counts().await.unwrap().queued,
+            store.jobs().job_counts().await.unwrap().queued,
             10,
             "at most 10 handed over"
         );

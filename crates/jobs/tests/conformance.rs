@@ -146,7 +146,7 @@ async fn enqueue(store: &Store, n: usize) -> Vec<String> {
         .iter()
         .map(|k| (KIND, k.clone(), serde_json::json!({}), Timestamp(0)))
         .collect();
-    store.enqueue_jobs(&jobs).await.unwrap();
+    store.jobs().enqueue_jobs(&jobs).await.unwrap();
     let mut sorted = keys;
     sorted.sort();
     sorted
@@ -224,7 +224,7 @@ where
 }
 
 async fn done(store: &Store) -> i64 {
-    store.job_counts().await.unwrap().done
+    store.jobs().job_counts().await.unwrap().done
 }
 
 async fn dispatched_jobs_run_once_each(queue: Arc<dyn JobQueue>, db: &TestDb) {
@@ -281,6 +281,7 @@ async fn a_lost_message_is_recovered(queue: Arc<dyn JobQueue>, db: &TestDb) {
     for key in &keys {
         assert!(
             store
+                .jobs()
                 .mark_queued(key, Timestamp(tre_store::now().0 - 10_000))
                 .await
                 .unwrap()
@@ -307,7 +308,7 @@ async fn a_paused_pool_waits_for_its_resume(queue: Arc<dyn JobQueue>, db: &TestD
     let keys = enqueue(store, 5).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(recorder.runs().is_empty(), "nothing runs while paused");
-    assert_eq!(store.job_counts().await.unwrap().running, 0);
+    assert_eq!(store.jobs().job_counts().await.unwrap().running, 0);
     store
         .set_pool_paused(&platform, "review", false)
         .await
@@ -344,7 +345,7 @@ async fn shutdown_releases_what_it_cannot_finish(queue: Arc<dyn JobQueue>, db: &
     })
     .await;
     served.stop().await;
-    let job = store.job(&keys[0]).await.unwrap().unwrap();
+    let job = store.jobs().job(&keys[0]).await.unwrap().unwrap();
     assert_eq!(
         (job.state, job.attempts),
         (JobState::Pending, 1),

@@ -108,6 +108,7 @@ fn executor(store: &Store, handler: &TestHandler, lease: Duration, max_attempts:
 async fn enqueue(store: &Store, key: &str) {
     assert!(
         store
+            .jobs()
             .enqueue_job("test", key, &serde_json::json!({}), Timestamp(0))
             .await
             .unwrap()
@@ -126,13 +127,14 @@ async fn a_job_whose_last_worker_died_is_dead_lettered_with_its_follow_up() {
     enqueue(store, "test:1").await;
     for _ in 0..2 {
         let claimed = store
+            .jobs()
             .claim_job("test:1", "doomed-worker", 0, now())
             .await
             .unwrap()
             .expect("claimable");
         assert!(claimed.attempt <= 2);
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.recover_orphaned(now()).await.unwrap(), 1);
+        assert_eq!(store.jobs().recover_orphaned(now()).await.unwrap(), 1);
     }
     let handler = TestHandler::new(Behaviour::Succeed);
     let outcome = executor(store, &handler, Duration::from_secs(3), 2)
@@ -143,7 +145,7 @@ async fn a_job_whose_last_worker_died_is_dead_lettered_with_its_follow_up() {
     let dead = handler.dead.lock().unwrap().clone();
     assert_eq!(dead.len(), 1, "the follow-up ran once");
     assert!(dead[0].1.contains("all 2 attempts used"), "{}", dead[0].1);
-    let job = store.job("test:1").await.unwrap().unwrap();
+    let job = store.jobs().job("test:1").await.unwrap().unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Dead, 2));
     assert!(
         job.last_error.unwrap().contains("worker lost its lease"),
@@ -164,7 +166,7 @@ async fn a_panic_is_a_recorded_failed_attempt() {
     let executor = executor(store, &handler, Duration::from_secs(3), 2);
     let first = executor.execute("test:panics", "test").await;
     assert!(matches!(first, ExecOutcome::Retrying(_)), "{first:?}");
-    let job = store.job("test:panics").await.unwrap().unwrap();
+    let job = store.jobs().job("test:panics").await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Pending);
     assert!(
         job.last_error
@@ -191,7 +193,7 @@ async fn a_heartbeat_keeps_a_long_job_s_short_lease() {
     let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(1_500)));
     let executor = executor(store, &handler, Duration::from_millis(450), 3);
     let reconciler = Reconciler::new(
-        store.clone(),
+        Arc::new(store.jobs()),
         Arc::new(EmbeddedQueue::default()),
         &[policy(3)],
         Duration::from_secs(60),
@@ -210,7 +212,7 @@ async fn a_heartbeat_keeps_a_long_job_s_short_lease() {
     let outcome = executor.execute("test:long", "test").await;
     assert_eq!(outcome, ExecOutcome::Succeeded);
     assert_eq!(watching.await.unwrap(), 0, "never taken for orphaned");
-    let job = store.job("test:long").await.unwrap().unwrap();
+    let job = store.jobs().job("test:long").await.unwrap().unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Done, 1));
     assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
     db.finish().await;
@@ -237,8 +239,13 @@ async fn a_message_lost_after_delivery_is_dispatched_again() {
             .unwrap(),
     );
     let policies = [policy(3)];
-    let relay = Relay::new(store.clone(), queue.clone(), &policies, 100);
-    let reconciler = Reconciler::new(store.clone(), queue.clone(), &policies, Duration::ZERO);
+    let relay = Relay::new(Arc::new(store.jobs()), queue.clone(), &policies, 100);
+    let reconciler = Reconciler::new(
+        Arc::new(store.jobs()),
+        queue.clone(),
+        &policies,
+        Duration::ZERO,
+    );
     assert_eq!(relay.run_once().await.unwrap(), 3);
     assert_eq!(queue.backlog(Pool::Review).await.unwrap(), 3);
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -282,7 +289,7 @@ async fn a_message_lost_after_delivery_is_dispatched_again() {
         tokio::spawn(queue.serve(Pool::Review, 2, executor, shutdown, Duration::from_secs(5)));
     let mut done = 0;
     for _ in 0..400 {
-        done = store.job_counts().await.unwrap().done;
+        done = store.jobs().job_counts().await.unwrap().done;
         if done == 3 {
             break;
         }
@@ -311,12 +318,13 @@ async fn due_work_per_pool_and_unrunnable_kinds_are_reported() {
     ] {
         assert!(
             store
+                .jobs()
                 .enqueue_job(kind, key, &serde_json::json!({}), Timestamp(due))
                 .await
                 .unwrap()
         );
     }
-    let load = tre_jobs::FleetLoad::read(store, &[policy(3)], now)
+    let load = tre_jobs::FleetLoad::read(&store.jobs(), &[policy(3)], now)
         .await
         .unwrap();
     let review = load.pools.iter().find(|l| l.pool == Pool::Review).unwrap();

@@ -26,6 +26,7 @@ fn policy(kind: &'static str, pool: Pool) -> JobPolicy {
 async fn enqueue(store: &Store, kind: &str, key: &str, due: i64) {
     assert!(
         store
+            .jobs()
             .enqueue_job(kind, key, &serde_json::json!({}), Timestamp(due))
             .await
             .unwrap()
@@ -46,7 +47,8 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
         enqueue(store, "notify_test", &format!("n:{i:02}"), 1_000 + i).await;
     }
     let queue: Arc<dyn JobQueue> = Arc::new(EmbeddedQueue::default());
-    let relay = Relay::new(store.clone(), queue.clone(), &policies, 8).with_max_queued_per_pool(8);
+    let relay =
+        Relay::new(Arc::new(store.jobs()), queue.clone(), &policies, 8).with_max_queued_per_pool(8);
     assert_eq!(
         relay.run_once().await.unwrap(),
         8,
@@ -59,7 +61,7 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
     assert_eq!(relay.run_once().await.unwrap(), 1, "the dispense job");
     assert_eq!(queue.backlog(Pool::Dispense).await.unwrap(), 1);
     assert_eq!(queue.backlog(Pool::Notify).await.unwrap(), 8, "still full");
-    let counts = store.job_counts().await.unwrap();
+    let counts = store.jobs().job_counts().await.unwrap();
     assert_eq!((counts.queued, counts.pending), (9, 32));
     // a paused pool holds its own jobs, and only those
     let operator = tre_testkit::user(store, "ops", true, &[]).await;
@@ -68,8 +70,8 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
         .await
         .unwrap();
     enqueue(store, "dispense_test", "d:2", 2_001).await;
-    let relay =
-        Relay::new(store.clone(), queue.clone(), &policies, 8).with_max_queued_per_pool(100);
+    let relay = Relay::new(Arc::new(store.jobs()), queue.clone(), &policies, 8)
+        .with_max_queued_per_pool(100);
     assert_eq!(relay.run_once().await.unwrap(), 8, "notifications only");
     assert_eq!(queue.backlog(Pool::Dispense).await.unwrap(), 1);
     assert_eq!(queue.backlog(Pool::Notify).await.unwrap(), 16);
@@ -90,7 +92,7 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
     let mut expected: Vec<String> = (0..16).map(|i| format!("n:{i:02}")).collect();
     expected.insert(0, "d:1".into());
     assert_eq!(keys, expected);
-    assert_eq!(store.job_counts().await.unwrap().pending, 24 + 1);
+    assert_eq!(store.jobs().job_counts().await.unwrap().pending, 24 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

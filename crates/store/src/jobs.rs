@@ -17,7 +17,9 @@ use serde::Serialize;
 use sqlx::Row;
 use tre_domain::{JobEvent, JobState, Timestamp};
 
-use crate::{Store, StoreError};
+use sqlx::AnyPool;
+
+use crate::{Backend, Store, StoreError};
 
 /// The state `event` leads to (the store only runs transitions the state
 /// machine has).
@@ -28,11 +30,65 @@ fn target(event: JobEvent) -> &'static str {
         .as_str()
 }
 
+/// The job runtime's persistence: the outbox as the queue of record, and
+/// the pools operators paused. It needs none of the governance tables: on
+/// a database of its own [`SqlJobStore::open`] makes just its tables
+/// (`migrations/jobs.sql`); beside the governance it serves,
+/// [`Store::jobs`] shares the store's pool, so that commands write their
+/// jobs in their own transactions.
+#[derive(Debug, Clone)]
+pub struct SqlJobStore {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+}
+
+/// The tables and indexes of the job runtime, each made only when missing:
+/// the same as the store's migrations leave them (a test compares them).
+const JOB_TABLES: &str = include_str!("../migrations/jobs.sql");
+
+impl SqlJobStore {
+    /// Connects to `url` (a SQLite file, made when missing, or PostgreSQL)
+    /// and makes the job tables that are missing; nothing else.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Store::connect(&crate::StoreOptions::new(url)).await?;
+        let jobs = store.jobs();
+        jobs.make_tables().await?;
+        Ok(jobs)
+    }
+
+    /// Makes the job tables and indexes that are missing.
+    pub async fn make_tables(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(JOB_TABLES))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool (every handle sharing it).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Store {
+    /// The job runtime's persistence on this store's database and pool.
+    pub fn jobs(&self) -> SqlJobStore {
+        SqlJobStore {
+            pool: self.pool.clone(),
+            backend: self.backend,
+        }
+    }
+}
+
 /// The separator of keys passed as one text to PostgreSQL (no job key
 /// holds a control character).
 const KEY_SEPARATOR: char = '\u{1f}';
 
-impl Store {
+impl SqlJobStore {
     /// How a statement on many jobs names them: the `FROM` clause and the
     /// condition to add to it, and the one text to bind as `$n` (one
     /// parameter keeps one statement text, prepared once, whatever the
@@ -47,7 +103,7 @@ impl Store {
     /// its planner looks an `IN` list up by key where it scans for a join.
     fn keyed(&self, n: usize, keys: &[String]) -> Keyed {
         match self.backend {
-            crate::Backend::Postgres => Keyed {
+            Backend::Postgres => Keyed {
                 from: format!(
                     " FROM (SELECT job_key AS key FROM outbox \
                       WHERE job_key = ANY(string_to_array(${n}, chr(31))) \
@@ -56,7 +112,7 @@ impl Store {
                 condition: "outbox.job_key = k.key".into(),
                 bound: keys.join(&KEY_SEPARATOR.to_string()),
             },
-            crate::Backend::Sqlite => Keyed {
+            Backend::Sqlite => Keyed {
                 from: String::new(),
                 condition: format!("outbox.job_key IN (SELECT value FROM json_each(${n}))"),
                 bound: serde_json::to_string(keys).expect("keys serialize"),
@@ -65,7 +121,7 @@ impl Store {
     }
 }
 
-/// See [`Store::keyed`].
+/// See [`SqlJobStore::keyed`].
 struct Keyed {
     from: String,
     condition: String,
@@ -86,7 +142,7 @@ fn source(event: JobEvent) -> &'static str {
     }
 }
 
-/// A pending job that is due (see [`Store::due_jobs`]).
+/// A pending job that is due (see [`SqlJobStore::due_jobs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueJob {
     pub key: String,
@@ -172,7 +228,7 @@ impl JobCounts {
     }
 }
 
-impl Store {
+impl SqlJobStore {
     /// Pending jobs that are due, with their attempts so far: what the relay
     /// hands to the queue. For each `(kind, most)` the oldest `most` due jobs
     /// of that kind, each kind read from its own range of the pending index
@@ -284,7 +340,7 @@ impl Store {
     /// not due, or unknown: the message is then a no-op. A job whose attempts
     /// were used up (its worker died on the last) is leased all the same,
     /// with an `attempt` above `max_attempts`: the caller dead-letters it
-    /// through [`Store::fail_job`], running the kind's follow-up, instead of
+    /// through [`SqlJobStore::fail_job`], running the kind's follow-up, instead of
     /// running it.
     pub async fn claim_job(
         &self,
@@ -325,7 +381,7 @@ impl Store {
     }
 
     /// Leases every job of `keys` that is due and free, in one statement
-    /// (see [`Store::claim_job`]): the claimed ones, in no particular
+    /// (see [`SqlJobStore::claim_job`]): the claimed ones, in no particular
     /// order; a key that is done, leased elsewhere, not due or unknown is
     /// left out.
     pub async fn claim_jobs(
@@ -546,7 +602,7 @@ impl Store {
     }
 
     /// Dead-letters a job claimed with its attempts used up (see
-    /// [`Store::claim_job`]): the claim's attempt is taken back, and the
+    /// [`SqlJobStore::claim_job`]): the claim's attempt is taken back, and the
     /// last attempt's error kept with why it was given up.
     pub async fn give_up_exhausted(
         &self,

@@ -59,7 +59,7 @@ pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared
 pub use gate_turn::GateTurn;
 pub use gauges::{STALL_AFTER_MS, SystemGauges};
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
-pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts};
+pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts, SqlJobStore};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};

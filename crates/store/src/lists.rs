@@ -325,6 +325,7 @@ impl Store {
             .await?;
         match row {
             Some(r) if r.try_get::<String, _>(0)? == caller.actor.id.as_str() => self
+                .jobs()
                 .job(key)
                 .await?
                 .ok_or_else(|| StoreError::not_found("job", key)),

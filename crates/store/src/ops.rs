@@ -313,16 +313,6 @@ impl Store {
         self.commit(tx).await
     }
 
-    /// The pools paused now.
-    pub async fn paused_pools(&self) -> Result<BTreeSet<String>, StoreError> {
-        sqlx::query("SELECT pool FROM pool_controls WHERE paused <> 0")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| Ok(row.try_get(0)?))
-            .collect()
-    }
-
     /// Removes, in batches of `batch`, finished jobs (done or discarded)
     /// finished before `jobs_before`, delivery log rows older than
     /// `deliveries_before` and idempotency keys older than `keys_before`.
@@ -385,5 +375,17 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+}
+
+impl crate::SqlJobStore {
+    /// The pools paused now.
+    pub async fn paused_pools(&self) -> Result<BTreeSet<String>, StoreError> {
+        sqlx::query("SELECT pool FROM pool_controls WHERE paused <> 0")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get(0)?))
+            .collect()
     }
 }

@@ -9,7 +9,7 @@ use sqlx::Row;
 use tre_domain::{Effect, JobState, Timestamp};
 
 use crate::writes::Insert;
-use crate::{Store, StoreError, Tx};
+use crate::{SqlJobStore, Store, StoreError, Tx};
 
 /// One stored job.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
@@ -99,7 +99,9 @@ impl Store {
         .await?;
         rows.iter().map(job_from_row).collect()
     }
+}
 
+impl SqlJobStore {
     /// Enqueues a job of any kind under a caller-chosen idempotency key;
     /// false when a job with that key exists already. (Commands enqueue
     /// their effects themselves; this is for other services and tools.)

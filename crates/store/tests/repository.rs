@@ -1199,30 +1199,35 @@ async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
     let old = tre_domain::Timestamp(now.0 - 10 * 86_400_000);
     for i in 0..5 {
         store
+            .jobs()
             .enqueue_job("notify_owner", &format!("old:{i}"), &json!({}), old)
             .await
             .unwrap();
     }
     store
+        .jobs()
         .enqueue_job("notify_owner", "young", &json!({}), now)
         .await
         .unwrap();
     store
+        .jobs()
         .enqueue_job("notify_owner", "dead", &json!({}), old)
         .await
         .unwrap();
     for key in ["old:0", "old:1", "old:2", "old:3", "old:4", "young", "dead"] {
         store
+            .jobs()
             .claim_job(key, "w", 60_000, now)
             .await
             .unwrap()
             .unwrap();
     }
     for key in ["old:0", "old:1", "old:2", "old:3", "old:4"] {
-        assert!(store.complete_job(key, "w", old).await.unwrap());
+        assert!(store.jobs().complete_job(key, "w", old).await.unwrap());
     }
-    assert!(store.complete_job("young", "w", now).await.unwrap());
+    assert!(store.jobs().complete_job("young", "w", now).await.unwrap());
     store
+        .jobs()
         .fail_job("dead", "w", "permanent: gone", None, old)
         .await
         .unwrap();
@@ -1488,6 +1493,7 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
     // the finish the last completion queued is the project's round's
     assert!(
         store
+            .jobs()
             .job(&format!("finish_dispense:{}:0", project.id))
             .await
             .unwrap()

@@ -25,11 +25,41 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Whether a test database gets the store's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Every migration of the store (governance, audit, jobs).
+    Migrated,
+    /// Nothing: for parts that make their own tables (the job runtime's
+    /// `SqlJobStore`), to show they need no other.
+    Empty,
+}
+
+async fn connect(url: &str, schema: Schema) -> Store {
+    match schema {
+        Schema::Migrated => Store::open(url).await.expect("open the test database"),
+        Schema::Empty => Store::connect(&tre_store::StoreOptions::new(url))
+            .await
+            .expect("connect to the test database"),
+    }
+}
+
 impl TestDb {
     pub async fn sqlite() -> Self {
+        Self::sqlite_with(Schema::Migrated).await
+    }
+
+    /// A fresh PostgreSQL database, migrated; `None` (with a message) when
+    /// no server answers and `CI` is not set.
+    pub async fn postgres() -> Option<Self> {
+        Self::postgres_with(Schema::Migrated).await
+    }
+
+    /// A fresh SQLite file with the schema of `schema`.
+    pub async fn sqlite_with(schema: Schema) -> Self {
         let dir = std::env::temp_dir().join(format!("tre-test-{}", unique()));
         let url = format!("sqlite://{}/tre.db", dir.display());
-        let store = Store::open(&url).await.expect("open sqlite");
+        let store = connect(&url, schema).await;
         Self {
             store,
             url,
@@ -37,9 +67,9 @@ impl TestDb {
         }
     }
 
-    /// A fresh PostgreSQL database; `None` (with a message) when no server
-    /// answers and `CI` is not set.
-    pub async fn postgres() -> Option<Self> {
+    /// A fresh PostgreSQL database with the schema of `schema`; `None`
+    /// (with a message) when no server answers and `CI` is not set.
+    pub async fn postgres_with(schema: Schema) -> Option<Self> {
         use sqlx::Connection;
         let admin_url = postgres_admin_url();
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
@@ -59,7 +89,7 @@ impl TestDb {
             .expect("create database");
         let (base, _) = admin_url.rsplit_once('/').expect("a database url");
         let url = format!("{base}/{name}");
-        let store = Store::open(&url).await.expect("open postgres");
+        let store = connect(&url, schema).await;
         Some(Self {
             store,
             url,

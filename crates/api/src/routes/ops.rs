@@ -279,12 +279,12 @@ async fn resume(
 async fn stats(State(state): State<AppState>, Auth(caller): Auth) -> Result<Response> {
     authorize(&caller.actor, Action::OperateJobs, &Object::Platform)
         .map_err(|d| ApiError::from(StoreError::Forbidden(d)))?;
-    let load = FleetLoad::read(&state.store, &state.policies, tre_store::now()).await?;
+    let load = FleetLoad::read(&state.store.jobs(), &state.policies, tre_store::now()).await?;
     Ok(Json(json!({
-        "states": state.store.job_counts().await?,
+        "states": state.store.jobs().job_counts().await?,
         "pools": load.pools,
         "unrunnable": load.unrunnable,
-        "paused": state.store.paused_pools().await?,
+        "paused": state.store.jobs().paused_pools().await?,
     }))
     .into_response())
 }

@@ -60,7 +60,7 @@ async fn operators_find_count_retry_discard_and_pause() {
     let store = &api.db.store;
     for i in 0..3 {
         store
-            .enqueue_job(
+            .jobs().enqueue_job(
                 "dispense_unit",
                 &format!("dispense_unit:proj-{i}:0:0"),
                 &json!({"kind": "dispense_unit", "project": format!("proj-{i}"), "round": 0, "unit": 0}),
@@ -70,6 +70,7 @@ async fn operators_find_count_retry_discard_and_pause() {
             .unwrap();
     }
     store
+        .jobs()
         .enqueue_job(
             "notify_owner",
             "notify_owner:r:1:approved",
@@ -81,10 +82,12 @@ async fn operators_find_count_retry_discard_and_pause() {
     // two of the units died
     for key in ["dispense_unit:proj-0:0:0", "dispense_unit:proj-1:0:0"] {
         store
+            .jobs()
             .claim_job(key, "w", 60_000, tre_store::now())
             .await
             .unwrap();
         store
+            .jobs()
             .fail_job(key, "w", "permanent: disk full", None, tre_store::now())
             .await
             .unwrap();
@@ -131,7 +134,7 @@ async fn operators_find_count_retry_discard_and_pause() {
         (dry["matched"].as_u64(), dry["changed"].as_u64()),
         (Some(2), Some(0))
     );
-    assert_eq!(store.job_counts().await.unwrap().dead, 2);
+    assert_eq!(store.jobs().job_counts().await.unwrap().dead, 2);
     let retried = api
         .ok(
             "platform",
@@ -142,6 +145,7 @@ async fn operators_find_count_retry_discard_and_pause() {
         .await;
     assert_eq!(retried["changed"], 1);
     let job = store
+        .jobs()
         .job("dispense_unit:proj-0:0:0")
         .await
         .unwrap()
@@ -161,6 +165,7 @@ async fn operators_find_count_retry_discard_and_pause() {
     assert_eq!(discarded["changed"], 1);
     assert_eq!(
         store
+            .jobs()
             .job("dispense_unit:proj-1:0:0")
             .await
             .unwrap()
