@@ -188,18 +188,22 @@ pub fn executor(
         notifier = notifier.with_email(email)?;
     }
     let mut executor = Executor::new(
-        store,
+        Arc::new(store.jobs()),
         worker_name(),
         &options.policies,
         options.runtime.lease,
         metrics,
     );
-    executor.register(Arc::new(RequestWorkflow::new(notifier)));
+    executor.register(Arc::new(RequestWorkflow::new(store.clone(), notifier)));
     if let Some(dispense) = &options.dispense {
-        executor.register(Arc::new(CohortCounter::new(dispense.sources.clone())));
-        executor.register(Arc::new(DispenseWorkflow::new(dispense.clone())));
-        executor.register(Arc::new(ShowcaseComputer::new(dispense.sources.clone())));
-        executor.register(Arc::new(FileChecker::new(dispense.sources.clone())));
+        let sources = || dispense.sources.clone();
+        executor.register(Arc::new(CohortCounter::new(store.clone(), sources())));
+        executor.register(Arc::new(DispenseWorkflow::new(
+            store.clone(),
+            dispense.clone(),
+        )));
+        executor.register(Arc::new(ShowcaseComputer::new(store.clone(), sources())));
+        executor.register(Arc::new(FileChecker::new(store, sources())));
     }
     Ok(executor)
 }

@@ -13,7 +13,9 @@ use tre_dispense::Sources;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{AccessRequest, CohortCount, Effect, Environment, RequestId, RequestState};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{Caller, ClaimedJob, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource};
+use tre_store::{
+    Caller, ClaimedJob, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store,
+};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::{already_done, not_handled, payload};
@@ -21,14 +23,15 @@ use crate::{already_done, not_handled, payload};
 /// The handler of `count_cohort` jobs.
 #[derive(Debug, Clone)]
 pub struct CohortCounter {
+    store: Store,
     sources: Sources,
 }
 
 impl CohortCounter {
     pub const KINDS: [&'static str; 1] = ["count_cohort"];
 
-    pub fn new(sources: Sources) -> Self {
-        Self { sources }
+    pub fn new(store: Store, sources: Sources) -> Self {
+        Self { store, sources }
     }
 
     /// The number of participants the request's filter selects, as the
@@ -37,7 +40,7 @@ impl CohortCounter {
     /// environment's query log.
     async fn size(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         env: &Environment,
         request: &AccessRequest,
         job_key: &str,
@@ -57,7 +60,7 @@ impl CohortCounter {
             .map_err(dispense_error)?;
         // the reviewers' selection summary: participants, and the rows of
         // each selected dataset that dispensing would write
-        let secret = ctx.store.showcase_secret(&env.id).await?;
+        let secret = store.showcase_secret(&env.id).await?;
         let membership = tre_dispense::Membership::new(&keys);
         let mut datasets = Vec::new();
         for selected in request.selection.iter().flat_map(|s| &s.datasets) {
@@ -83,8 +86,7 @@ impl CohortCounter {
             .map(|s| s.files.clone())
             .unwrap_or_default();
         let entries = match &inventory.files {
-            Some(registered) if !approved_files.is_empty() => ctx
-                .store
+            Some(registered) if !approved_files.is_empty() => store
                 .inventory_files_of(&registered.id, &approved_files)
                 .await?
                 .into_iter()
@@ -101,9 +103,7 @@ impl CohortCounter {
             datasets,
             files,
         };
-        ctx.store
-            .save_selection_counts(&request.id, &counts)
-            .await?;
+        store.save_selection_counts(&request.id, &counts).await?;
         // the minimum cohort size is checked on the count the rules release
         // (perturbed and rounded, as the cohort builder would show it), not
         // on the true one: the owner learns which way it went
@@ -118,7 +118,7 @@ impl CohortCounter {
         };
         // ... and what the owner learns is in the environment's query log
         let owner = Caller::new(tre_domain::Actor::user(request.owner.as_str()), job_key);
-        ctx.store
+        store
             .record_showcase_query(
                 &owner,
                 &ShowcaseQuery {
@@ -139,14 +139,13 @@ impl CohortCounter {
     }
 
     async fn record(
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         request: &RequestId,
         round: u32,
         count: CohortCount,
     ) -> Result<(), JobError> {
-        match ctx
-            .store
+        match store
             .record_cohort_count(request, round, count, &job.key)
             .await
         {
@@ -162,25 +161,22 @@ impl CohortCounter {
 
     async fn count(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         id: &RequestId,
         round: u32,
     ) -> Result<(), JobError> {
-        let request = ctx.store.system_request(id).await?;
+        let request = store.system_request(id).await?;
         if request.state != RequestState::Checking || request.round != round {
             return Ok(());
         }
-        let env = ctx
-            .store
-            .system_environment(&request.environment_id)
-            .await?;
-        let count = match self.size(ctx, &env, &request, &job.key).await {
+        let env = store.system_environment(&request.environment_id).await?;
+        let count = match self.size(store, &env, &request, &job.key).await {
             Ok(size) => CohortCount::Counted(size),
             Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),
             Err(transient) => return Err(transient),
         };
-        Self::record(ctx, job, id, round, count).await
+        Self::record(store, job, id, round, count).await
     }
 }
 
@@ -192,12 +188,13 @@ impl JobHandler for CohortCounter {
     fn handle<'a>(
         &'a self,
         job: &'a ClaimedJob,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             match payload(job)? {
                 Effect::CountCohort { request, round } => {
-                    self.count(ctx, job, &request, round).await
+                    self.count(store, job, &request, round).await
                 }
                 other => Err(not_handled(&other, "a cohort count")),
             }
@@ -210,14 +207,15 @@ impl JobHandler for CohortCounter {
         &'a self,
         job: &'a ClaimedJob,
         message: &'a str,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             let Ok(Effect::CountCohort { request, round }) = payload(job) else {
                 return;
             };
             let count = CohortCount::Failed(format!("the cohort could not be counted: {message}"));
-            if let Err(e) = Self::record(ctx, job, &request, round, count).await {
+            if let Err(e) = Self::record(store, job, &request, round, count).await {
                 warn!(request = %request, error = %e, "could not return the request to its owner");
             }
         })

@@ -86,6 +86,7 @@ struct Loaded {
 
 /// Handlers of the dispensing jobs.
 pub struct DispenseWorkflow {
+    store: Store,
     config: DispenseConfig,
     plans: Mutex<HashMap<ProjectId, Arc<Loaded>>>,
 }
@@ -124,8 +125,9 @@ impl DispenseWorkflow {
         "deprovision",
     ];
 
-    pub fn new(config: DispenseConfig) -> Self {
+    pub fn new(store: Store, config: DispenseConfig) -> Self {
         Self {
+            store,
             config,
             plans: Mutex::new(HashMap::new()),
         }
@@ -134,11 +136,11 @@ impl DispenseWorkflow {
     /// The project, if a job of `round` should still act on it: not once
     /// it is revoked, expired or ready, nor for a round a retry replaced.
     async fn live(
-        ctx: &JobContext,
+        store: &Store,
         id: &ProjectId,
         round: u32,
     ) -> Result<Option<tre_domain::Project>, JobError> {
-        let project = ctx.store.system_project(id).await?;
+        let project = store.system_project(id).await?;
         let live = !matches!(
             project.state,
             ProjectState::Revoked | ProjectState::Expired | ProjectState::Ready
@@ -151,11 +153,11 @@ impl DispenseWorkflow {
     /// before its end date. If not, the project is revoked or expired
     /// (which queues the removal of its data) and `false` is returned.
     async fn still_approved(
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<bool, JobError> {
-        let request = ctx.store.system_request(&project.request_id).await?;
+        let request = store.system_request(&project.request_id).await?;
         let ended = request.expires_at.is_none_or(|end| tre_store::now() >= end);
         let command = match request.state {
             RequestState::Approved if !ended => return Ok(true),
@@ -168,29 +170,28 @@ impl DispenseWorkflow {
             state = %request.state,
             "the request no longer allows data: ending the project instead of dispensing"
         );
-        move_project(ctx, &project.id, command, &job.key).await?;
+        move_project(store, &project.id, command, &job.key).await?;
         Ok(false)
     }
 
     async fn plan(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         id: &ProjectId,
         round: u32,
     ) -> Result<(), JobError> {
-        let store = &ctx.store;
-        let Some(project) = Self::live(ctx, id, round).await? else {
+        let Some(project) = Self::live(store, id, round).await? else {
             return Ok(());
         };
-        if !Self::still_approved(ctx, job, &project).await? {
+        if !Self::still_approved(store, job, &project).await? {
             return Ok(());
         }
         if project.state == ProjectState::Provisioning {
-            move_project(ctx, id, ProjectCommand::StartDispensing, &job.key).await?;
+            move_project(store, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
         if !store.dispense_planned(id).await? {
-            self.make_plan(ctx, job, &project).await?;
+            self.make_plan(store, job, &project).await?;
         }
         let queued = store.queue_dispense_units(id, round).await?;
         info!(project = %id, units = queued, round, "dispense queued");
@@ -199,11 +200,10 @@ impl DispenseWorkflow {
 
     async fn make_plan(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<(), JobError> {
-        let store = &ctx.store;
         let request = store.system_request(&project.request_id).await?;
         let env = store.system_environment(&project.environment_id).await?;
         let inventory = env
@@ -294,12 +294,11 @@ impl DispenseWorkflow {
     }
 
     /// The stored plan, decoded (cached per worker).
-    async fn loaded(&self, ctx: &JobContext, id: &ProjectId) -> Result<Arc<Loaded>, JobError> {
+    async fn loaded(&self, store: &Store, id: &ProjectId) -> Result<Arc<Loaded>, JobError> {
         if let Some(hit) = self.plans.lock().expect("not poisoned").get(id) {
             return Ok(hit.clone());
         }
-        let stored = ctx
-            .store
+        let stored = store
             .dispense_plan(id)
             .await?
             .ok_or_else(|| JobError::Permanent(format!("project {id} has no dispense plan")))?;
@@ -314,8 +313,7 @@ impl DispenseWorkflow {
         } else {
             None
         };
-        let env = ctx
-            .store
+        let env = store
             .system_environment(&tre_domain::EnvironmentId(plan.environment.clone()))
             .await?;
         let loaded = Arc::new(Loaded {
@@ -334,19 +332,18 @@ impl DispenseWorkflow {
 
     async fn unit(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         id: &ProjectId,
         round: u32,
         index: u32,
     ) -> Result<(), JobError> {
-        let store = &ctx.store;
         // exactly one job works a unit: the one of the round it belongs to
         match store.take_dispense_unit(id, index, round).await? {
             UnitTake::Work => {}
             UnitTake::Done => return Ok(()),
             UnitTake::Superseded(why) => return Err(JobError::Superseded(why)),
         }
-        let loaded = self.loaded(ctx, id).await?;
+        let loaded = self.loaded(store, id).await?;
         let unit = loaded
             .plan
             .units
@@ -397,19 +394,18 @@ impl DispenseWorkflow {
 
     async fn finish(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         id: &ProjectId,
         round: u32,
     ) -> Result<(), JobError> {
-        let store = &ctx.store;
-        let Some(project) = Self::live(ctx, id, round).await? else {
+        let Some(project) = Self::live(store, id, round).await? else {
             return Ok(());
         };
-        if !Self::still_approved(ctx, job, &project).await? {
+        if !Self::still_approved(store, job, &project).await? {
             return Ok(());
         }
-        let loaded = self.loaded(ctx, id).await?;
+        let loaded = self.loaded(store, id).await?;
         let outputs = store.dispense_checkpoints(id).await?;
         let (manifest, sha) = tre_dispense::finish(
             &self.config.dest,
@@ -421,34 +417,34 @@ impl DispenseWorkflow {
         .map_err(dispense_error)?;
         let manifest_json = serde_json::to_value(&manifest).expect("manifests serialize");
         store.save_manifest(id, &manifest_json, &sha).await?;
-        move_project(ctx, id, ProjectCommand::MarkReady, &job.key).await?;
+        move_project(store, id, ProjectCommand::MarkReady, &job.key).await?;
         info!(project = %id, rows = manifest.rows(), bytes = manifest.bytes(), "project ready");
         Ok(())
     }
 
     async fn deprovision(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         id: &ProjectId,
     ) -> Result<(), JobError> {
         // uploads a dead unit left unfinished go first: they hold bytes
         // no listing shows
         if let Some(multipart) = &self.config.multipart {
-            for (unit, recorded) in ctx.store.unit_uploads(id).await? {
+            for (unit, recorded) in store.unit_uploads(id).await? {
                 let state: UploadState =
                     serde_json::from_str(&recorded).map_err(|e| corrupt("upload", e))?;
                 multipart
                     .abort(id.as_str(), &state)
                     .await
                     .map_err(dispense_error)?;
-                ctx.store.save_unit_upload(id, unit, None).await?;
+                store.save_unit_upload(id, unit, None).await?;
             }
         }
         let removed = tre_dispense::deprovision(&self.config.dest, id.as_str())
             .await
             .map_err(dispense_error)?;
-        ctx.store
+        store
             .audit_project_event(
                 id,
                 "project.data_removed",
@@ -503,20 +499,21 @@ impl JobHandler for DispenseWorkflow {
     fn handle<'a>(
         &'a self,
         job: &'a ClaimedJob,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             match payload(job)? {
-                Effect::Dispense { project, round } => self.plan(ctx, job, &project, round).await,
+                Effect::Dispense { project, round } => self.plan(store, job, &project, round).await,
                 Effect::DispenseUnit {
                     project,
                     round,
                     unit,
-                } => self.unit(ctx, &project, round, unit).await,
+                } => self.unit(store, &project, round, unit).await,
                 Effect::FinishDispense { project, round } => {
-                    self.finish(ctx, job, &project, round).await
+                    self.finish(store, job, &project, round).await
                 }
-                Effect::Deprovision { project } => self.deprovision(ctx, job, &project).await,
+                Effect::Deprovision { project } => self.deprovision(store, job, &project).await,
                 other => Err(not_handled(&other, "a dispensing job")),
             }
         })
@@ -527,9 +524,10 @@ impl JobHandler for DispenseWorkflow {
         &'a self,
         job: &'a ClaimedJob,
         message: &'a str,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             let project = match payload(job) {
                 Ok(Effect::DispenseUnit {
                     project,
@@ -537,7 +535,7 @@ impl JobHandler for DispenseWorkflow {
                     unit,
                 }) => {
                     // the unit is free for a retry to take over
-                    if let Err(e) = ctx.store.release_dispense_unit(&project, unit, round).await {
+                    if let Err(e) = store.release_dispense_unit(&project, unit, round).await {
                         warn!(project = %project, unit, error = %e, "could not release the unit");
                     }
                     project
@@ -549,7 +547,7 @@ impl JobHandler for DispenseWorkflow {
             };
             let reason = format!("{}: {message}", job.kind);
             let failed = ProjectCommand::MarkFailed { reason };
-            if let Err(e) = move_project(ctx, &project, failed, &job.key).await {
+            if let Err(e) = move_project(store, &project, failed, &job.key).await {
                 warn!(project = %project, error = %e, "could not mark the project failed");
             }
         })

@@ -18,7 +18,7 @@ use tre_dispense::{DispenseError, Membership, Source, Sources};
 use tre_domain::files::{FileProblems, check_entries};
 use tre_domain::{Effect, EnvironmentId};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, declared_of};
+use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, Store, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::{not_handled, payload};
@@ -31,6 +31,7 @@ const OBJECTS_AT_ONCE: usize = 16;
 /// The handler of `check_files` jobs.
 #[derive(Debug, Clone)]
 pub struct FileChecker {
+    store: Store,
     sources: Sources,
 }
 
@@ -43,18 +44,17 @@ enum Row {
 impl FileChecker {
     pub const KINDS: [&'static str; 1] = ["check_files"];
 
-    pub fn new(sources: Sources) -> Self {
-        Self { sources }
+    pub fn new(store: Store, sources: Sources) -> Self {
+        Self { store, sources }
     }
 
     async fn check(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         environment: &EnvironmentId,
         file_inventory: &str,
     ) -> Result<(), JobError> {
-        let store = &ctx.store;
         let status = store.system_file_inventory(file_inventory).await?;
         if status.state != FileInventoryState::Checking {
             return Ok(());
@@ -218,14 +218,15 @@ impl JobHandler for FileChecker {
     fn handle<'a>(
         &'a self,
         job: &'a ClaimedJob,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             match payload(job)? {
                 Effect::CheckFiles {
                     environment,
                     file_inventory,
-                } => self.check(ctx, job, &environment, &file_inventory).await,
+                } => self.check(store, job, &environment, &file_inventory).await,
                 other => Err(not_handled(&other, "a file inventory check")),
             }
         })
@@ -237,14 +238,14 @@ impl JobHandler for FileChecker {
         &'a self,
         job: &'a ClaimedJob,
         message: &'a str,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             if let Ok(Effect::CheckFiles { file_inventory, .. }) = payload(job) {
                 let mut problems = FileProblems::default();
                 problems.push(1, format!("the check failed: {message}"));
-                if let Err(e) = ctx
-                    .store
+                if let Err(e) = store
                     .reject_file_inventory(&file_inventory, &problems, &job.key)
                     .await
                 {

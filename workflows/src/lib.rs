@@ -31,7 +31,7 @@ use tre_domain::{
     DomainError, Effect, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState,
 };
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::{ClaimedJob, StoreError};
+use tre_store::{ClaimedJob, Store, StoreError};
 
 pub use cohort::CohortCounter;
 pub use dispense::{DEFAULT_UNIT_BYTES, DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
@@ -42,12 +42,13 @@ pub use showcase::ShowcaseComputer;
 /// Handlers of the request workflow.
 #[derive(Debug, Clone)]
 pub struct RequestWorkflow {
+    store: Store,
     notifier: Notifier,
 }
 
 impl RequestWorkflow {
-    pub fn new(notifier: Notifier) -> Self {
-        Self { notifier }
+    pub fn new(store: Store, notifier: Notifier) -> Self {
+        Self { store, notifier }
     }
 
     pub const KINDS: [&'static str; 7] = [
@@ -80,20 +81,20 @@ fn already_done(e: &StoreError) -> bool {
 /// Moves a project for the job runtime; a move that already happened (or
 /// can no longer happen) counts as done.
 async fn move_project(
-    ctx: &JobContext,
+    store: &Store,
     project: &ProjectId,
     command: ProjectCommand,
     trace_id: &str,
 ) -> Result<(), StoreError> {
-    match ctx.store.project_command(project, command, trace_id).await {
+    match store.project_command(project, command, trace_id).await {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-async fn expire(ctx: &JobContext, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
-    match ctx.store.expire_request(request, &job.key).await {
+async fn expire(store: &Store, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
+    match store.expire_request(request, &job.key).await {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         // not yet due (clocks differ): try again later
@@ -105,17 +106,13 @@ async fn expire(ctx: &JobContext, job: &ClaimedJob, request: &RequestId) -> Resu
 /// Counts a stage's votes again; a stage that can still pass, or that was
 /// decided meanwhile, leaves nothing to do.
 async fn retally(
-    ctx: &JobContext,
+    store: &Store,
     job: &ClaimedJob,
     request: &RequestId,
     round: u32,
     stage: usize,
 ) -> Result<(), JobError> {
-    match ctx
-        .store
-        .retally_request(request, round, stage, &job.key)
-        .await
-    {
+    match store.retally_request(request, round, stage, &job.key).await {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         Err(StoreError::Domain(DomainError::Conflict(_))) => Ok(()),
@@ -124,21 +121,21 @@ async fn retally(
 }
 
 async fn revoke_projects(
-    ctx: &JobContext,
+    store: &Store,
     job: &ClaimedJob,
     request: &RequestId,
 ) -> Result<(), JobError> {
-    let Some(project) = ctx.store.system_project_of_request(request).await? else {
+    let Some(project) = store.system_project_of_request(request).await? else {
         return Ok(());
     };
-    let command = match ctx.store.system_request(request).await?.state {
+    let command = match store.system_request(request).await?.state {
         RequestState::Expired => ProjectCommand::Expire,
         _ => ProjectCommand::Revoke,
     };
     if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
         return Ok(());
     }
-    Ok(move_project(ctx, &project.id, command, &job.key).await?)
+    Ok(move_project(store, &project.id, command, &job.key).await?)
 }
 
 impl JobHandler for RequestWorkflow {
@@ -149,9 +146,10 @@ impl JobHandler for RequestWorkflow {
     fn handle<'a>(
         &'a self,
         job: &'a ClaimedJob,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             match payload(job)? {
                 Effect::NotifyReviewers {
                     request,
@@ -159,7 +157,7 @@ impl JobHandler for RequestWorkflow {
                     stage,
                 } => {
                     self.notifier
-                        .reviewers(ctx, job, &request, round, stage)
+                        .reviewers(store, job, &request, round, stage)
                         .await
                 }
                 Effect::StageReminder {
@@ -167,27 +165,31 @@ impl JobHandler for RequestWorkflow {
                     round,
                     stage,
                     ..
-                } => self.notifier.remind(ctx, job, &request, round, stage).await,
+                } => {
+                    self.notifier
+                        .remind(store, job, &request, round, stage)
+                        .await
+                }
                 Effect::NotifyOwner {
                     request,
                     round,
                     outcome,
                 } => {
                     self.notifier
-                        .owner(ctx, job, &request, round, &outcome)
+                        .owner(store, job, &request, round, &outcome)
                         .await
                 }
                 Effect::AlertAdmins {
                     environment, alert, ..
-                } => self.notifier.admins(ctx, job, &environment, &alert).await,
-                Effect::ScheduleExpiry { request, .. } => expire(ctx, job, &request).await,
-                Effect::RevokeProjects { request } => revoke_projects(ctx, job, &request).await,
+                } => self.notifier.admins(store, job, &environment, &alert).await,
+                Effect::ScheduleExpiry { request, .. } => expire(store, job, &request).await,
+                Effect::RevokeProjects { request } => revoke_projects(store, job, &request).await,
                 Effect::RetallyStage {
                     request,
                     round,
                     stage,
                     ..
-                } => retally(ctx, job, &request, round, stage).await,
+                } => retally(store, job, &request, round, stage).await,
                 other => Err(not_handled(&other, "a request workflow job")),
             }
         })

@@ -26,8 +26,8 @@ use tre_domain::{
     AccessRequest, AdminAlert, Environment, EnvironmentId, RequestId, RequestState, ReviewStage,
     UserId,
 };
-use tre_jobs::{JobContext, JobError};
-use tre_store::{ClaimedJob, Delivery, Notification, now};
+use tre_jobs::JobError;
+use tre_store::{ClaimedJob, Delivery, Notification, Store, now};
 
 /// Where webhooks go. Every field documents its default. `Debug` shows
 /// neither the secret nor more of the url than where it points.
@@ -114,19 +114,16 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 /// The request, its environment and the stage, while `stage` of `round` is
 /// the one open for decisions; `None` once it has closed.
 async fn open_stage(
-    ctx: &JobContext,
+    store: &Store,
     request_id: &RequestId,
     round: u32,
     stage: usize,
 ) -> Result<Option<(AccessRequest, Environment, ReviewStage)>, JobError> {
-    let request = ctx.store.system_request(request_id).await?;
+    let request = store.system_request(request_id).await?;
     if request.round != round || request.state != (RequestState::InReview { stage }) {
         return Ok(None);
     }
-    let env = ctx
-        .store
-        .system_environment(&request.environment_id)
-        .await?;
+    let env = store.system_environment(&request.environment_id).await?;
     let pipeline_stage =
         env.pipeline.stages.get(stage).cloned().ok_or_else(|| {
             JobError::Permanent(format!("the pipeline has no stage {}", stage + 1))
@@ -178,7 +175,7 @@ impl Notifier {
     /// Emails one recipient once: a delivery that already succeeded is skipped.
     async fn email(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         user: &UserId,
         message: &Message<'_>,
@@ -186,11 +183,11 @@ impl Notifier {
         let Some(email) = &self.email else {
             return Ok(());
         };
-        let Some(address) = ctx.store.user(user.as_str()).await?.and_then(|u| u.email) else {
+        let Some(address) = store.user(user.as_str()).await?.and_then(|u| u.email) else {
             return Ok(());
         };
         let key = format!("{}:{user}:email", job.key);
-        if ctx.store.was_delivered(&key).await? {
+        if store.was_delivered(&key).await? {
             return Ok(());
         }
         let to: Mailbox = match address.parse() {
@@ -224,7 +221,7 @@ impl Notifier {
                 ("failed", e.to_string(), Some(error))
             }
         };
-        ctx.store
+        store
             .record_delivery(&Delivery {
                 key,
                 attempt: 0,
@@ -240,14 +237,14 @@ impl Notifier {
 
     async fn inbox(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         users: &[UserId],
         request: Option<&RequestId>,
         message: Message<'_>,
     ) -> Result<(), JobError> {
         for user in users {
-            ctx.store
+            store
                 .add_notification(&Notification {
                     key: format!("{}:{user}", job.key),
                     user_id: user.clone(),
@@ -259,7 +256,7 @@ impl Notifier {
                     read_at: None,
                 })
                 .await?;
-            self.email(ctx, job, user, &message).await?;
+            self.email(store, job, user, &message).await?;
         }
         Ok(())
     }
@@ -267,7 +264,7 @@ impl Notifier {
     /// POSTs one event, once: a delivery that already succeeded is skipped.
     async fn webhook(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         event: &str,
         data: serde_json::Value,
@@ -276,7 +273,7 @@ impl Notifier {
             return Ok(());
         };
         let key = format!("{}:webhook", job.key);
-        if ctx.store.was_delivered(&key).await? {
+        if store.was_delivered(&key).await? {
             return Ok(());
         }
         let body = serde_json::to_vec(&json!({"event": event, "delivery": key, "data": data}))
@@ -327,7 +324,7 @@ impl Notifier {
                 )
             }
         };
-        ctx.store
+        store
             .record_delivery(&Delivery {
                 key,
                 attempt: 0,
@@ -351,7 +348,7 @@ impl Notifier {
     /// has nobody who may decide it.
     pub async fn reviewers(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
@@ -359,7 +356,7 @@ impl Notifier {
     ) -> Result<(), JobError> {
         // a stage that closed before we got here: nothing to ask
         let Some((request, env, pipeline_stage)) =
-            open_stage(ctx, request_id, round, stage).await?
+            open_stage(store, request_id, round, stage).await?
         else {
             return Ok(());
         };
@@ -385,11 +382,11 @@ impl Notifier {
                 subject: &subject,
                 body: &body,
             };
-            self.inbox(ctx, job, &admins, Some(&request.id), message)
+            self.inbox(store, job, &admins, Some(&request.id), message)
                 .await?;
             return self
                 .webhook(
-                    ctx,
+                    store,
                     job,
                     "stage_blocked",
                     json!({"request": request.id, "stage": pipeline_stage.id, "admins": admins}),
@@ -408,10 +405,10 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &reviewers, Some(&request.id), message)
+        self.inbox(store, job, &reviewers, Some(&request.id), message)
             .await?;
         self.webhook(
-            ctx,
+            store,
             job,
             "review_requested",
             json!({"request": request.id, "environment": env.id, "round": round, "stage": pipeline_stage.id, "reviewers": reviewers}),
@@ -423,7 +420,7 @@ impl Notifier {
     /// is still open (the review SLA has passed).
     pub async fn remind(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
@@ -431,12 +428,11 @@ impl Notifier {
     ) -> Result<(), JobError> {
         // a stage decided in time: nobody to remind
         let Some((request, env, pipeline_stage)) =
-            open_stage(ctx, request_id, round, stage).await?
+            open_stage(store, request_id, round, stage).await?
         else {
             return Ok(());
         };
-        let decided: Vec<UserId> = ctx
-            .store
+        let decided: Vec<UserId> = store
             .system_decisions(request_id)
             .await?
             .into_iter()
@@ -465,10 +461,10 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &waiting, Some(&request.id), message)
+        self.inbox(store, job, &waiting, Some(&request.id), message)
             .await?;
         self.webhook(
-            ctx,
+            store,
             job,
             "review_reminder",
             json!({"request": request.id, "round": round, "stage": pipeline_stage.id, "reviewers": waiting}),
@@ -479,12 +475,12 @@ impl Notifier {
     /// Tells an environment's admins about something that needs them.
     pub async fn admins(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         environment: &EnvironmentId,
         alert: &AdminAlert,
     ) -> Result<(), JobError> {
-        let env = ctx.store.system_environment(environment).await?;
+        let env = store.system_environment(environment).await?;
         // the admin who made a change is not told of it
         let admins: Vec<UserId> = env
             .admins
@@ -595,9 +591,9 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &admins, request, message).await?;
+        self.inbox(store, job, &admins, request, message).await?;
         self.webhook(
-            ctx,
+            store,
             job,
             kind,
             json!({"environment": environment, "alert": alert, "admins": admins}),
@@ -608,13 +604,13 @@ impl Notifier {
     /// Tells owner and collaborators how a round ended.
     pub async fn owner(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
         outcome: &str,
     ) -> Result<(), JobError> {
-        let request = ctx.store.system_request(request_id).await?;
+        let request = store.system_request(request_id).await?;
         let mut people: Vec<UserId> = vec![request.owner.clone()];
         people.extend(request.collaborators.iter().cloned());
         let subject = match outcome {
@@ -634,8 +630,7 @@ impl Notifier {
             }
             "approved" => "You may now create the project.".to_owned(),
             "cohort_too_small" => {
-                let minimum = ctx
-                    .store
+                let minimum = store
                     .system_environment(&request.environment_id)
                     .await?
                     .policies
@@ -653,10 +648,10 @@ impl Notifier {
             subject: &subject,
             body: &body,
         };
-        self.inbox(ctx, job, &people, Some(&request.id), message)
+        self.inbox(store, job, &people, Some(&request.id), message)
             .await?;
         self.webhook(
-            ctx,
+            store,
             job,
             &format!("request_{outcome}"),
             json!({"request": request.id, "round": round, "outcome": outcome, "recipients": people}),

@@ -13,7 +13,7 @@ use tre_dispense::Sources;
 use tre_dispense::showcase::ShowcaseColumns;
 use tre_domain::{Effect, EnvironmentId};
 use tre_jobs::{JobContext, JobError, JobHandler};
-use tre_store::ClaimedJob;
+use tre_store::{ClaimedJob, Store};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::{not_handled, payload};
@@ -21,39 +21,40 @@ use crate::{not_handled, payload};
 /// The handler of `compute_showcase` jobs.
 #[derive(Debug, Clone)]
 pub struct ShowcaseComputer {
+    store: Store,
     sources: Sources,
 }
 
 impl ShowcaseComputer {
     pub const KINDS: [&'static str; 1] = ["compute_showcase"];
 
-    pub fn new(sources: Sources) -> Self {
-        Self { sources }
+    pub fn new(store: Store, sources: Sources) -> Self {
+        Self { store, sources }
     }
 
     async fn compute(
         &self,
-        ctx: &JobContext,
+        store: &Store,
         environment: &EnvironmentId,
         version: u32,
     ) -> Result<(), JobError> {
-        let env = ctx.store.system_environment(environment).await?;
+        let env = store.system_environment(environment).await?;
         let Some(inventory) = env.inventory.as_ref().filter(|i| i.version == version) else {
             info!(%environment, version, "showcase version no longer current: skipped");
             return Ok(());
         };
-        if let Some(done) = ctx.store.showcase_aggregates(environment, version).await?
+        if let Some(done) = store.showcase_aggregates(environment, version).await?
             && done.version == version
         {
             return Ok(());
         }
-        let secret = ctx.store.showcase_secret(environment).await?;
+        let secret = store.showcase_secret(environment).await?;
         let source = source_of(&self.sources, &env)?;
         let columns = ShowcaseColumns::load(&source, inventory, &secret)
             .await
             .map_err(dispense_error)?;
         let aggregates = columns.aggregate_all();
-        ctx.store
+        store
             .save_showcase_aggregates(environment, &aggregates)
             .await?;
         info!(%environment, version, participants = columns.rows(), fields = aggregates.fields.len(), "showcase computed");
@@ -69,14 +70,15 @@ impl JobHandler for ShowcaseComputer {
     fn handle<'a>(
         &'a self,
         job: &'a ClaimedJob,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             match payload(job)? {
                 Effect::ComputeShowcase {
                     environment,
                     version,
-                } => self.compute(ctx, &environment, version).await,
+                } => self.compute(store, &environment, version).await,
                 other => Err(not_handled(&other, "a showcase computation")),
             }
         })
@@ -90,15 +92,15 @@ impl JobHandler for ShowcaseComputer {
         &'a self,
         job: &'a ClaimedJob,
         message: &'a str,
-        ctx: &'a JobContext,
+        _ctx: &'a JobContext,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
+            let store = &self.store;
             if let Ok(Effect::ComputeShowcase {
                 environment,
                 version,
             }) = payload(job)
-                && let Err(e) = ctx
-                    .store
+                && let Err(e) = store
                     .record_showcase_failure(&environment, version, message)
                     .await
             {

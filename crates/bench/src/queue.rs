@@ -220,7 +220,7 @@ const BENCH_POLICY: JobPolicy = JobPolicy {
 
 fn bench_executor(store: &Store, lease: Duration, handler: Arc<dyn JobHandler>) -> Arc<Executor> {
     let mut executor = Executor::new(
-        store.clone(),
+        Arc::new(store.jobs()),
         format!("bench-{}", namespace()),
         &[BENCH_POLICY],
         lease,

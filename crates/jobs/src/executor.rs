@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tracing::{Instrument, info, info_span, warn};
 use tre_domain::Timestamp;
-use tre_store::{ClaimedJob, FailOutcome, Store, StoreError, now};
+use tre_store::{ClaimedJob, FailOutcome, StoreError, now};
 
 use crate::batch::Batcher;
 use crate::{JobError, JobPolicy, JobStore, Metrics, Pool};
 
-/// What a handler gets besides the job.
+/// What a handler gets besides the job. (What a handler works on, a store
+/// or a client, it holds itself: the runtime knows nothing of it.)
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    pub store: Store,
     /// The worker's unique name (host, pid, random): the lease owner.
     pub worker: String,
 }
@@ -192,14 +192,14 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
+    /// An executor claiming and recording through `jobs` as `worker`.
     pub fn new(
-        store: Store,
+        jobs: Arc<dyn JobStore>,
         worker: String,
         policies: &[JobPolicy],
         lease: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let jobs: Arc<dyn JobStore> = Arc::new(store.jobs());
         let (claims, completions) = batchers(&jobs, &worker, lease);
         Self {
             pauses: crate::Pauses::new(jobs.clone()),
@@ -207,7 +207,7 @@ impl Executor {
             claims,
             completions,
             recording: Arc::default(),
-            ctx: JobContext { store, worker },
+            ctx: JobContext { worker },
             policies: policies.iter().map(|p| (p.kind, p.clone())).collect(),
             handlers: HashMap::new(),
             lease,

@@ -127,7 +127,7 @@ impl Recorder {
 
 fn executor(store: &Store, recorder: &Recorder) -> Arc<Executor> {
     let mut executor = Executor::new(
-        store.clone(),
+        Arc::new(store.jobs()),
         format!("conformance-{}", tre_testkit::unique()),
         &[policy()],
         Duration::from_secs(3),

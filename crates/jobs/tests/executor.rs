@@ -95,7 +95,7 @@ fn policy(max_attempts: i64) -> JobPolicy {
 
 fn executor(store: &Store, handler: &TestHandler, lease: Duration, max_attempts: i64) -> Executor {
     let mut executor = Executor::new(
-        store.clone(),
+        Arc::new(store.jobs()),
         format!("worker-{}", tre_testkit::unique()),
         &[policy(max_attempts)],
         lease,
