@@ -77,11 +77,7 @@ async fn run(cli: Cli) -> Result<()> {
         config: cli.config,
         ..FlagSettings::default()
     };
-    let settings = Settings::load(&flags, |k| std::env::var(k).ok())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
-        .with_writer(std::io::stderr)
-        .init();
+    let settings = Settings::load_and_log(&flags)?;
     match cli.command {
         BenchCommand::Queue(args) => queue::queue(&settings, args).await,
         BenchCommand::Api(args) => api::run(args).await,

@@ -205,6 +205,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// [`Settings::load`] from the process environment, then logging to
+    /// stderr at the configured level: how every binary of tre starts.
+    pub fn load_and_log(flags: &FlagSettings) -> Result<Self> {
+        let settings = Self::load(flags, |k| std::env::var(k).ok())?;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
+            .with_writer(std::io::stderr)
+            .init();
+        Ok(settings)
+    }
+
     /// [`Settings::token_max_days`], checked by `validate`.
     pub fn token_max_days(&self) -> u32 {
         self.token_max_days.parse().unwrap_or(90)

@@ -422,11 +422,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         object_store: cli.object_store.clone(),
         redis_url: cli.redis_url.clone(),
     };
-    let settings = Settings::load(&flags, |k| std::env::var(k).ok())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
-        .with_writer(std::io::stderr)
-        .init();
+    let settings = Settings::load_and_log(&flags)?;
     match cli.command {
         Command::Config => {
             println!("database_url = {:?}", redact_url(&settings.database_url));
