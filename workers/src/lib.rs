@@ -1,6 +1,7 @@
-//! Worker pools: which job kinds each pool runs, its default concurrency and
-//! each kind's limits, and [`run`], the worker process used by `tre worker`
-//! and by `tre demo` (embedded).
+//! Worker pools: which job kinds each pool runs (each kind's pool and
+//! limits are declared with its type, in `tre_workflows::kinds`), each
+//! pool's default concurrency, the handlers' registration, and [`run`], the
+//! worker process used by `tre worker` and by `tre demo` (embedded).
 //!
 //! | pool | jobs | default concurrency |
 //! |---|---|---|
@@ -15,7 +16,6 @@
 //! --concurrency 16` on some machines, `--pools dispense` on others.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::info;
 use tre_jobs::{
@@ -23,6 +23,11 @@ use tre_jobs::{
     worker_name,
 };
 use tre_store::Store;
+use tre_workflows::kinds::{
+    AlertAdmins, CheckFiles, ComputeShowcase, CountCohort, Deprovision, Dispense, DispenseUnit,
+    FinishDispense, NotifyOwner, NotifyReviewers, RetallyStage, RevokeProjects, ScheduleExpiry,
+    StageReminder,
+};
 use tre_workflows::{
     CohortCounter, DispenseConfig, DispenseWorkflow, EmailConfig, FileChecker, Notifier,
     RequestWorkflow, ShowcaseComputer, WebhookConfig,
@@ -54,59 +59,17 @@ pub const POOLS: [PoolSpec; 3] = [
     },
 ];
 
-const fn policy(
-    kind: &'static str,
-    pool: Pool,
-    max_attempts: i64,
-    timeout_s: u64,
-    base_ms: u64,
-    max_s: u64,
-) -> JobPolicy {
-    JobPolicy {
-        kind,
-        pool,
-        max_attempts,
-        timeout: Duration::from_secs(timeout_s),
-        backoff_base: Duration::from_millis(base_ms),
-        backoff_max: Duration::from_secs(max_s),
-    }
-}
-
-/// Every job kind's policy.
+/// Every job kind's policy, declared with the kind's type
+/// ([`tre_workflows::kinds`]).
 pub fn policies() -> Vec<JobPolicy> {
-    vec![
-        policy("notify_reviewers", Pool::Notify, 8, 30, 1_000, 600),
-        policy("stage_reminder", Pool::Notify, 8, 30, 1_000, 600),
-        policy("notify_owner", Pool::Notify, 8, 30, 1_000, 600),
-        policy("alert_admins", Pool::Notify, 8, 30, 1_000, 600),
-        policy("count_cohort", Pool::Dispense, 10, 600, 2_000, 600),
-        policy("schedule_expiry", Pool::Review, 20, 30, 5_000, 3_600),
-        policy("revoke_projects", Pool::Review, 20, 60, 5_000, 3_600),
-        policy("retally_stage", Pool::Review, 20, 30, 1_000, 600),
-        policy("dispense", Pool::Dispense, 10, 600, 2_000, 600),
-        policy("dispense_unit", Pool::Dispense, 10, 3_600, 1_000, 300),
-        policy("finish_dispense", Pool::Dispense, 10, 600, 1_000, 300),
-        policy("deprovision", Pool::Dispense, 10, 600, 10_000, 1_800),
-        policy("compute_showcase", Pool::Dispense, 10, 1_800, 5_000, 600),
-        policy("check_files", Pool::Dispense, 10, 3_600, 5_000, 600),
-    ]
+    tre_workflows::kinds::policies()
 }
 
-/// The kinds each handler of this build runs.
-fn handled_kinds() -> Vec<(&'static str, &'static [&'static str])> {
-    vec![
-        ("request workflow", &RequestWorkflow::KINDS),
-        ("cohort counter", &CohortCounter::KINDS),
-        ("dispense workflow", &DispenseWorkflow::KINDS),
-        ("showcase computer", &ShowcaseComputer::KINDS),
-        ("file checker", &FileChecker::KINDS),
-    ]
-}
-
-/// Checks the registry of job kinds: every kind an effect can be
-/// ([`tre_domain::Effect::KINDS`]) has exactly one policy and exactly one
-/// handler, and nothing has a policy or a handler without being a kind.
-/// Errors name the kind.
+/// Checks the policies against the job kinds: every kind an effect can be
+/// ([`tre_domain::Effect::KINDS`]) has exactly one policy, and nothing has
+/// a policy without being a kind. Errors name the kind. (Each kind has at
+/// most one handler, which the executor holds to as handlers register; a
+/// worker refuses to serve a pool it has no handler of a kind for.)
 pub fn check_registry(policies: &[JobPolicy]) -> Result<(), String> {
     let kinds = tre_domain::Effect::KINDS;
     for kind in kinds {
@@ -115,26 +78,9 @@ pub fn check_registry(policies: &[JobPolicy]) -> Result<(), String> {
             0 => return Err(format!("job kind {kind} has no policy")),
             n => return Err(format!("job kind {kind} has {n} policies")),
         }
-        let handlers: Vec<&str> = handled_kinds()
-            .into_iter()
-            .filter(|(_, handled)| handled.contains(&kind))
-            .map(|(name, _)| name)
-            .collect();
-        if handlers.len() != 1 {
-            return Err(format!(
-                "job kind {kind} has {} handlers ({})",
-                handlers.len(),
-                handlers.join(", ")
-            ));
-        }
     }
     if let Some(stray) = policies.iter().find(|p| !kinds.contains(&p.kind)) {
         return Err(format!("policy for {}, which is no job kind", stray.kind));
-    }
-    for (name, handled) in handled_kinds() {
-        if let Some(stray) = handled.iter().find(|k| !kinds.contains(k)) {
-            return Err(format!("the {name} handles {stray}, which is no job kind"));
-        }
     }
     Ok(())
 }
@@ -194,16 +140,25 @@ pub fn executor(
         options.runtime.lease,
         metrics,
     );
-    executor.register(Arc::new(RequestWorkflow::new(store.clone(), notifier)));
+    let requests = Arc::new(RequestWorkflow::new(store.clone(), notifier));
+    executor.handle::<NotifyReviewers, _>(requests.clone());
+    executor.handle::<StageReminder, _>(requests.clone());
+    executor.handle::<NotifyOwner, _>(requests.clone());
+    executor.handle::<AlertAdmins, _>(requests.clone());
+    executor.handle::<ScheduleExpiry, _>(requests.clone());
+    executor.handle::<RevokeProjects, _>(requests.clone());
+    executor.handle::<RetallyStage, _>(requests);
     if let Some(dispense) = &options.dispense {
         let sources = || dispense.sources.clone();
-        executor.register(Arc::new(CohortCounter::new(store.clone(), sources())));
-        executor.register(Arc::new(DispenseWorkflow::new(
-            store.clone(),
-            dispense.clone(),
-        )));
-        executor.register(Arc::new(ShowcaseComputer::new(store.clone(), sources())));
-        executor.register(Arc::new(FileChecker::new(store, sources())));
+        executor.handle::<CountCohort, _>(Arc::new(CohortCounter::new(store.clone(), sources())));
+        let dispensing = Arc::new(DispenseWorkflow::new(store.clone(), dispense.clone()));
+        executor.handle::<Dispense, _>(dispensing.clone());
+        executor.handle::<DispenseUnit, _>(dispensing.clone());
+        executor.handle::<FinishDispense, _>(dispensing.clone());
+        executor.handle::<Deprovision, _>(dispensing);
+        let showcase = ShowcaseComputer::new(store.clone(), sources());
+        executor.handle::<ComputeShowcase, _>(Arc::new(showcase));
+        executor.handle::<CheckFiles, _>(Arc::new(FileChecker::new(store, sources())));
     }
     Ok(executor)
 }
@@ -278,7 +233,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_job_kind_has_one_policy_and_one_handler() {
+    fn every_job_kind_has_one_policy() {
         check_registry(&policies()).unwrap();
         let mut missing = policies();
         missing.retain(|p| p.kind != "count_cohort");
@@ -290,7 +245,7 @@ mod tests {
         twice.push(twice[0].clone());
         assert!(check_registry(&twice).unwrap_err().contains("2 policies"));
         let mut stray = policies();
-        stray.push(policy("reindex", Pool::Review, 1, 1, 1, 1));
+        stray.push(JobPolicy::new("reindex", Pool::Review, 1, 1, 1, 1));
         assert!(check_registry(&stray).unwrap_err().contains("reindex"));
     }
 

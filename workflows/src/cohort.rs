@@ -5,20 +5,18 @@
 //! reason. The count is a job because it reads individual-level rows, which
 //! the API never does on a request path.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tracing::{info, warn};
 use tre_dispense::Sources;
 use tre_domain::disclosure::DisclosureRules;
-use tre_domain::{AccessRequest, CohortCount, Effect, Environment, RequestId, RequestState};
-use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_domain::{AccessRequest, CohortCount, Environment, RequestId, RequestState};
+use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
 use tre_store::{
     Caller, ClaimedJob, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store,
 };
 
+use crate::already_done;
 use crate::dispense::{dispense_error, source_of};
-use crate::{already_done, not_handled, payload};
+use crate::kinds::CountCohort;
 
 /// The handler of `count_cohort` jobs.
 #[derive(Debug, Clone)]
@@ -28,8 +26,6 @@ pub struct CohortCounter {
 }
 
 impl CohortCounter {
-    pub const KINDS: [&'static str; 1] = ["count_cohort"];
-
     pub fn new(store: Store, sources: Sources) -> Self {
         Self { store, sources }
     }
@@ -180,24 +176,16 @@ impl CohortCounter {
     }
 }
 
-impl JobHandler for CohortCounter {
-    fn kinds(&self) -> Vec<&'static str> {
-        Self::KINDS.to_vec()
-    }
-
-    fn handle<'a>(
+impl Handler<CountCohort> for CohortCounter {
+    fn run<'a>(
         &'a self,
+        args: CountCohort,
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let store = &self.store;
-            match payload(job)? {
-                Effect::CountCohort { request, round } => {
-                    self.count(store, job, &request, round).await
-                }
-                other => Err(not_handled(&other, "a cohort count")),
-            }
+            self.count(&self.store, job, &args.request, args.round)
+                .await
         })
     }
 
@@ -205,17 +193,15 @@ impl JobHandler for CohortCounter {
     /// than leave it waiting in `checking`.
     fn on_dead<'a>(
         &'a self,
+        args: CountCohort,
         job: &'a ClaimedJob,
         message: &'a str,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> HandlerFuture<'a, ()> {
         Box::pin(async move {
-            let store = &self.store;
-            let Ok(Effect::CountCohort { request, round }) = payload(job) else {
-                return;
-            };
+            let CountCohort { request, round } = args;
             let count = CohortCount::Failed(format!("the cohort could not be counted: {message}"));
-            if let Err(e) = Self::record(store, job, &request, round, count).await {
+            if let Err(e) = Self::record(&self.store, job, &request, round, count).await {
                 warn!(request = %request, error = %e, "could not return the request to its owner");
             }
         })

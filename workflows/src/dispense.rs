@@ -26,11 +26,12 @@ use tre_dispense::{
     UnitJob,
 };
 use tre_domain::redact::Secret;
-use tre_domain::{Effect, Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
-use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_domain::{Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
+use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
 use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store, UnitTake};
 
-use crate::{move_project, not_handled, payload};
+use crate::kinds::{Deprovision, Dispense, DispenseUnit, FinishDispense};
+use crate::move_project;
 
 /// Where dispensing reads and writes, and how it splits the work.
 #[derive(Clone)]
@@ -118,13 +119,6 @@ fn corrupt(what: &str, e: serde_json::Error) -> JobError {
 }
 
 impl DispenseWorkflow {
-    pub const KINDS: [&'static str; 4] = [
-        "dispense",
-        "dispense_unit",
-        "finish_dispense",
-        "deprovision",
-    ];
-
     pub fn new(store: Store, config: DispenseConfig) -> Self {
         Self {
             store,
@@ -491,65 +485,108 @@ impl UploadLog for UnitUploads<'_> {
     }
 }
 
-impl JobHandler for DispenseWorkflow {
-    fn kinds(&self) -> Vec<&'static str> {
-        Self::KINDS.to_vec()
+impl DispenseWorkflow {
+    /// A dispensing job that died fails its project, with the reason.
+    async fn fail_project(&self, job: &ClaimedJob, project: &ProjectId, message: &str) {
+        let reason = format!("{}: {message}", job.kind);
+        let failed = ProjectCommand::MarkFailed { reason };
+        if let Err(e) = move_project(&self.store, project, failed, &job.key).await {
+            warn!(project = %project, error = %e, "could not mark the project failed");
+        }
     }
+}
 
-    fn handle<'a>(
+impl Handler<Dispense> for DispenseWorkflow {
+    fn run<'a>(
         &'a self,
+        args: Dispense,
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
-        Box::pin(async move {
-            let store = &self.store;
-            match payload(job)? {
-                Effect::Dispense { project, round } => self.plan(store, job, &project, round).await,
-                Effect::DispenseUnit {
-                    project,
-                    round,
-                    unit,
-                } => self.unit(store, &project, round, unit).await,
-                Effect::FinishDispense { project, round } => {
-                    self.finish(store, job, &project, round).await
-                }
-                Effect::Deprovision { project } => self.deprovision(store, job, &project).await,
-                other => Err(not_handled(&other, "a dispensing job")),
-            }
-        })
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
+        Box::pin(async move { self.plan(&self.store, job, &args.project, args.round).await })
     }
 
-    /// A dispensing job that dies fails its project, with the reason.
     fn on_dead<'a>(
         &'a self,
+        args: Dispense,
         job: &'a ClaimedJob,
         message: &'a str,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> HandlerFuture<'a, ()> {
+        Box::pin(async move { self.fail_project(job, &args.project, message).await })
+    }
+}
+
+impl Handler<DispenseUnit> for DispenseWorkflow {
+    fn run<'a>(
+        &'a self,
+        args: DispenseUnit,
+        _job: &'a ClaimedJob,
+        _ctx: &'a JobContext,
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let store = &self.store;
-            let project = match payload(job) {
-                Ok(Effect::DispenseUnit {
-                    project,
-                    round,
-                    unit,
-                }) => {
-                    // the unit is free for a retry to take over
-                    if let Err(e) = store.release_dispense_unit(&project, unit, round).await {
-                        warn!(project = %project, unit, error = %e, "could not release the unit");
-                    }
-                    project
-                }
-                Ok(Effect::Dispense { project, .. } | Effect::FinishDispense { project, .. }) => {
-                    project
-                }
-                _ => return,
-            };
-            let reason = format!("{}: {message}", job.kind);
-            let failed = ProjectCommand::MarkFailed { reason };
-            if let Err(e) = move_project(store, &project, failed, &job.key).await {
-                warn!(project = %project, error = %e, "could not mark the project failed");
-            }
+            self.unit(&self.store, &args.project, args.round, args.unit)
+                .await
         })
+    }
+
+    /// The unit is freed for a retry to take over, and the project fails.
+    fn on_dead<'a>(
+        &'a self,
+        args: DispenseUnit,
+        job: &'a ClaimedJob,
+        message: &'a str,
+        _ctx: &'a JobContext,
+    ) -> HandlerFuture<'a, ()> {
+        Box::pin(async move {
+            let DispenseUnit {
+                project,
+                round,
+                unit,
+            } = args;
+            if let Err(e) = self
+                .store
+                .release_dispense_unit(&project, unit, round)
+                .await
+            {
+                warn!(project = %project, unit, error = %e, "could not release the unit");
+            }
+            self.fail_project(job, &project, message).await;
+        })
+    }
+}
+
+impl Handler<FinishDispense> for DispenseWorkflow {
+    fn run<'a>(
+        &'a self,
+        args: FinishDispense,
+        job: &'a ClaimedJob,
+        _ctx: &'a JobContext,
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            self.finish(&self.store, job, &args.project, args.round)
+                .await
+        })
+    }
+
+    fn on_dead<'a>(
+        &'a self,
+        args: FinishDispense,
+        job: &'a ClaimedJob,
+        message: &'a str,
+        _ctx: &'a JobContext,
+    ) -> HandlerFuture<'a, ()> {
+        Box::pin(async move { self.fail_project(job, &args.project, message).await })
+    }
+}
+
+impl Handler<Deprovision> for DispenseWorkflow {
+    fn run<'a>(
+        &'a self,
+        args: Deprovision,
+        job: &'a ClaimedJob,
+        _ctx: &'a JobContext,
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
+        Box::pin(async move { self.deprovision(&self.store, job, &args.project).await })
     }
 }

@@ -9,19 +9,16 @@
 //! row rejects the whole upload, listing the first ones; otherwise it
 //! becomes part of a new inventory version.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use futures::StreamExt;
 use tracing::info;
 use tre_dispense::{DispenseError, Membership, Source, Sources};
+use tre_domain::EnvironmentId;
 use tre_domain::files::{FileProblems, check_entries};
-use tre_domain::{Effect, EnvironmentId};
-use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
 use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, Store, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
-use crate::{not_handled, payload};
+use crate::kinds::CheckFiles;
 
 /// Rows read from SQL at a time.
 const PAGE_ROWS: u32 = 2_000;
@@ -42,8 +39,6 @@ enum Row {
 }
 
 impl FileChecker {
-    pub const KINDS: [&'static str; 1] = ["check_files"];
-
     pub fn new(store: Store, sources: Sources) -> Self {
         Self { store, sources }
     }
@@ -210,25 +205,16 @@ async fn check_row(
     }
 }
 
-impl JobHandler for FileChecker {
-    fn kinds(&self) -> Vec<&'static str> {
-        Self::KINDS.to_vec()
-    }
-
-    fn handle<'a>(
+impl Handler<CheckFiles> for FileChecker {
+    fn run<'a>(
         &'a self,
+        args: CheckFiles,
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let store = &self.store;
-            match payload(job)? {
-                Effect::CheckFiles {
-                    environment,
-                    file_inventory,
-                } => self.check(store, job, &environment, &file_inventory).await,
-                other => Err(not_handled(&other, "a file inventory check")),
-            }
+            self.check(&self.store, job, &args.environment, &args.file_inventory)
+                .await
         })
     }
 
@@ -236,21 +222,21 @@ impl JobHandler for FileChecker {
     /// would stay `checking` for ever).
     fn on_dead<'a>(
         &'a self,
+        args: CheckFiles,
         job: &'a ClaimedJob,
         message: &'a str,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> HandlerFuture<'a, ()> {
         Box::pin(async move {
-            let store = &self.store;
-            if let Ok(Effect::CheckFiles { file_inventory, .. }) = payload(job) {
-                let mut problems = FileProblems::default();
-                problems.push(1, format!("the check failed: {message}"));
-                if let Err(e) = store
-                    .reject_file_inventory(&file_inventory, &problems, &job.key)
-                    .await
-                {
-                    tracing::warn!(file_inventory, error = %e, "could not reject the file inventory");
-                }
+            let file_inventory = args.file_inventory;
+            let mut problems = FileProblems::default();
+            problems.push(1, format!("the check failed: {message}"));
+            if let Err(e) = self
+                .store
+                .reject_file_inventory(&file_inventory, &problems, &job.key)
+                .await
+            {
+                tracing::warn!(file_inventory, error = %e, "could not reject the file inventory");
             }
         })
     }

@@ -20,17 +20,12 @@
 mod cohort;
 mod dispense;
 mod files;
+pub mod kinds;
 mod notify;
 mod showcase;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use serde::Deserialize;
-use tre_domain::{
-    DomainError, Effect, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState,
-};
-use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_domain::{DomainError, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState};
+use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
 use tre_store::{ClaimedJob, Store, StoreError};
 
 pub use cohort::CohortCounter;
@@ -50,29 +45,10 @@ impl RequestWorkflow {
     pub fn new(store: Store, notifier: Notifier) -> Self {
         Self { store, notifier }
     }
-
-    pub const KINDS: [&'static str; 7] = [
-        "notify_reviewers",
-        "stage_reminder",
-        "notify_owner",
-        "alert_admins",
-        "schedule_expiry",
-        "revoke_projects",
-        "retally_stage",
-    ];
 }
 
 /// The error of a handler given a job of a kind it does not handle (the
 /// registry test keeps this from happening).
-pub(crate) fn not_handled(effect: &Effect, what: &str) -> JobError {
-    JobError::Permanent(format!("{} is not {what}", effect.kind()))
-}
-
-fn payload(job: &ClaimedJob) -> Result<Effect, JobError> {
-    Effect::deserialize(&job.payload)
-        .map_err(|e| JobError::Permanent(format!("unreadable job payload: {e}")))
-}
-
 /// A state change that already happened (or can no longer happen) is done.
 fn already_done(e: &StoreError) -> bool {
     matches!(e, StoreError::Domain(DomainError::InvalidTransition { .. }))
@@ -138,60 +114,65 @@ async fn revoke_projects(
     Ok(move_project(store, &project.id, command, &job.key).await?)
 }
 
-impl JobHandler for RequestWorkflow {
-    fn kinds(&self) -> Vec<&'static str> {
-        Self::KINDS.to_vec()
-    }
-
-    fn handle<'a>(
-        &'a self,
-        job: &'a ClaimedJob,
-        _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
-        Box::pin(async move {
-            let store = &self.store;
-            match payload(job)? {
-                Effect::NotifyReviewers {
-                    request,
-                    round,
-                    stage,
-                } => {
-                    self.notifier
-                        .reviewers(store, job, &request, round, stage)
-                        .await
-                }
-                Effect::StageReminder {
-                    request,
-                    round,
-                    stage,
-                    ..
-                } => {
-                    self.notifier
-                        .remind(store, job, &request, round, stage)
-                        .await
-                }
-                Effect::NotifyOwner {
-                    request,
-                    round,
-                    outcome,
-                } => {
-                    self.notifier
-                        .owner(store, job, &request, round, &outcome)
-                        .await
-                }
-                Effect::AlertAdmins {
-                    environment, alert, ..
-                } => self.notifier.admins(store, job, &environment, &alert).await,
-                Effect::ScheduleExpiry { request, .. } => expire(store, job, &request).await,
-                Effect::RevokeProjects { request } => revoke_projects(store, job, &request).await,
-                Effect::RetallyStage {
-                    request,
-                    round,
-                    stage,
-                    ..
-                } => retally(store, job, &request, round, stage).await,
-                other => Err(not_handled(&other, "a request workflow job")),
+/// Implements [`Handler`] of kind `$args` for the request workflow: the
+/// arguments bound by the pattern, then the work.
+macro_rules! request_job {
+    ($args:ident { $($field:ident),* }, |$store:ident, $job:ident, $this:ident| $work:expr) => {
+        impl Handler<kinds::$args> for RequestWorkflow {
+            fn run<'a>(
+                &'a self,
+                args: kinds::$args,
+                $job: &'a ClaimedJob,
+                _ctx: &'a JobContext,
+            ) -> HandlerFuture<'a, Result<(), JobError>> {
+                Box::pin(async move {
+                    let kinds::$args { $($field,)* .. } = args;
+                    let ($store, $this) = (&self.store, self);
+                    $work.await
+                })
             }
-        })
-    }
+        }
+    };
 }
+
+request_job!(
+    NotifyReviewers {
+        request,
+        round,
+        stage
+    },
+    |store, job, this| { this.notifier.reviewers(store, job, &request, round, stage) }
+);
+request_job!(
+    StageReminder {
+        request,
+        round,
+        stage
+    },
+    |store, job, this| { this.notifier.remind(store, job, &request, round, stage) }
+);
+request_job!(
+    NotifyOwner {
+        request,
+        round,
+        outcome
+    },
+    |store, job, this| { this.notifier.owner(store, job, &request, round, &outcome) }
+);
+request_job!(AlertAdmins { environment, alert }, |store, job, this| {
+    this.notifier.admins(store, job, &environment, &alert)
+});
+request_job!(ScheduleExpiry { request }, |store, job, _this| {
+    expire(store, job, &request)
+});
+request_job!(RevokeProjects { request }, |store, job, _this| {
+    revoke_projects(store, job, &request)
+});
+request_job!(
+    RetallyStage {
+        request,
+        round,
+        stage
+    },
+    |store, job, _this| { retally(store, job, &request, round, stage) }
+);

@@ -5,18 +5,15 @@
 //! one's job is on its way); a retried job writes the same numbers, and the
 //! first write wins.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tracing::info;
 use tre_dispense::Sources;
 use tre_dispense::showcase::ShowcaseColumns;
-use tre_domain::{Effect, EnvironmentId};
-use tre_jobs::{JobContext, JobError, JobHandler};
+use tre_domain::EnvironmentId;
+use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
 use tre_store::{ClaimedJob, Store};
 
 use crate::dispense::{dispense_error, source_of};
-use crate::{not_handled, payload};
+use crate::kinds::ComputeShowcase;
 
 /// The handler of `compute_showcase` jobs.
 #[derive(Debug, Clone)]
@@ -26,8 +23,6 @@ pub struct ShowcaseComputer {
 }
 
 impl ShowcaseComputer {
-    pub const KINDS: [&'static str; 1] = ["compute_showcase"];
-
     pub fn new(store: Store, sources: Sources) -> Self {
         Self { store, sources }
     }
@@ -62,25 +57,16 @@ impl ShowcaseComputer {
     }
 }
 
-impl JobHandler for ShowcaseComputer {
-    fn kinds(&self) -> Vec<&'static str> {
-        Self::KINDS.to_vec()
-    }
-
-    fn handle<'a>(
+impl Handler<ComputeShowcase> for ShowcaseComputer {
+    fn run<'a>(
         &'a self,
-        job: &'a ClaimedJob,
+        args: ComputeShowcase,
+        _job: &'a ClaimedJob,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>> {
+    ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let store = &self.store;
-            match payload(job)? {
-                Effect::ComputeShowcase {
-                    environment,
-                    version,
-                } => self.compute(store, &environment, version).await,
-                other => Err(not_handled(&other, "a showcase computation")),
-            }
+            self.compute(&self.store, &args.environment, args.version)
+                .await
         })
     }
 
@@ -90,19 +76,20 @@ impl JobHandler for ShowcaseComputer {
     /// only).
     fn on_dead<'a>(
         &'a self,
-        job: &'a ClaimedJob,
+        args: ComputeShowcase,
+        _job: &'a ClaimedJob,
         message: &'a str,
         _ctx: &'a JobContext,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> HandlerFuture<'a, ()> {
         Box::pin(async move {
-            let store = &self.store;
-            if let Ok(Effect::ComputeShowcase {
+            let ComputeShowcase {
                 environment,
                 version,
-            }) = payload(job)
-                && let Err(e) = store
-                    .record_showcase_failure(&environment, version, message)
-                    .await
+            } = args;
+            if let Err(e) = self
+                .store
+                .record_showcase_failure(&environment, version, message)
+                .await
             {
                 tracing::warn!(%environment, version, error = %e, "could not record the showcase's failure");
             }

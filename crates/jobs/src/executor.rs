@@ -222,7 +222,8 @@ impl Executor {
                 self.policies.contains_key(kind),
                 "no policy for job kind {kind}"
             );
-            self.handlers.insert(kind, handler.clone());
+            let earlier = self.handlers.insert(kind, handler.clone());
+            assert!(earlier.is_none(), "job kind {kind} has two handlers");
         }
     }
 
