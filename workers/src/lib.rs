@@ -15,6 +15,8 @@
 //! Operators scale each pool separately: `tre worker --pools notify
 //! --concurrency 16` on some machines, `--pools dispense` on others.
 
+mod retention;
+
 use std::sync::Arc;
 
 use tracing::info;
@@ -193,12 +195,13 @@ pub async fn run(
     if options.maintenance {
         tasks.extend(
             spawn_maintenance(
-                store,
+                Arc::new(store.jobs()),
                 queue.clone(),
                 &options.policies,
                 &options.runtime,
                 metrics,
                 shutdown.clone(),
+                retention::governance(&store, &options.runtime),
             )
             .await?,
         );

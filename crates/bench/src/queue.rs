@@ -256,12 +256,13 @@ async fn durable_run(
     };
     let queue: Arc<dyn JobQueue> = queue;
     let maintenance = spawn_maintenance(
-        store.clone(),
+        Arc::new(store.jobs()),
         queue.clone(),
         &policies,
         &options,
         Arc::new(Metrics::default()),
         shutdown.clone(),
+        Vec::new(),
     )
     .await?;
     let pool = tokio::spawn(queue.serve(

@@ -153,6 +153,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The pools an operator paused for the whole fleet.
     async fn paused_pools(&self) -> Result<BTreeSet<String>, StoreError>;
+
+    /// Removes finished jobs (done, discarded) finished before `before`,
+    /// in batches of `batch`; how many. Dead jobs stay.
+    async fn remove_finished(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -295,5 +299,9 @@ impl JobStore for SqlJobStore {
 
     async fn paused_pools(&self) -> Result<BTreeSet<String>, StoreError> {
         SqlJobStore::paused_pools(self).await
+    }
+
+    async fn remove_finished(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
+        SqlJobStore::remove_finished(self, before, batch).await
     }
 }

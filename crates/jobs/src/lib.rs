@@ -28,6 +28,7 @@ mod pauses;
 mod policy;
 mod queue;
 mod redis_queue;
+mod retention;
 mod runtime;
 
 pub use error::{JobError, QueueError};
@@ -40,4 +41,5 @@ pub use pauses::Pauses;
 pub use policy::{JobPolicy, Pool};
 pub use queue::{EmbeddedQueue, JobMessage, JobQueue, Shutdown};
 pub use redis_queue::{RedisQueue, RedisQueueOptions, worker_name};
+pub use retention::{FinishedJobs, Retained};
 pub use runtime::{Cleaner, Reconciler, Relay, RuntimeOptions, spawn_maintenance};

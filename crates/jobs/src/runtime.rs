@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use tre_domain::Timestamp;
-use tre_store::{Store, now};
+use tre_store::now;
 
-use crate::JobStore;
+use crate::{FinishedJobs, JobStore, Retained};
 
 use crate::queue::JobMessage;
 use crate::{JobPolicy, JobQueue, Pool, Shutdown};
@@ -268,49 +268,42 @@ impl Reconciler {
     }
 }
 
-/// Removes finished jobs, old delivery log rows and expired idempotency
-/// keys, in batches, so the tables do not grow without end.
-#[derive(Debug, Clone)]
+/// Removes what its retentions let go, in batches, so the tables do not
+/// grow without end: finished jobs, and whatever else it was handed (see
+/// [`Retained`]).
+#[derive(Clone)]
 pub struct Cleaner {
-    store: Store,
-    options: RuntimeOptions,
+    retained: Vec<Arc<dyn Retained>>,
     metrics: Arc<crate::Metrics>,
+}
+
+impl std::fmt::Debug for Cleaner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tables: Vec<&str> = self.retained.iter().map(|r| r.table()).collect();
+        f.debug_struct("Cleaner").field("tables", &tables).finish()
+    }
 }
 
 /// Rows deleted per statement (each batch is its own short transaction).
 const CLEAN_BATCH: i64 = 1_000;
 
 impl Cleaner {
-    pub fn new(store: Store, options: &RuntimeOptions, metrics: Arc<crate::Metrics>) -> Self {
-        Self {
-            store,
-            options: options.clone(),
-            metrics,
-        }
+    pub fn new(retained: Vec<Arc<dyn Retained>>, metrics: Arc<crate::Metrics>) -> Self {
+        Self { retained, metrics }
     }
 
-    /// One pass: returns the rows removed (jobs, deliveries, keys).
-    pub async fn run_once(&self) -> Result<(u64, u64, u64), tre_store::StoreError> {
+    /// One pass: the rows removed, per table.
+    pub async fn run_once(&self) -> Result<Vec<(&'static str, u64)>, tre_store::StoreError> {
         let now = now().0;
-        let before = |retention: Duration| Timestamp(now - retention.as_millis() as i64);
-        let removed = self
-            .store
-            .clean(
-                before(self.options.job_retention),
-                before(self.options.delivery_retention),
-                before(self.options.idempotency_retention),
-                CLEAN_BATCH,
-            )
-            .await?;
-        for (table, n) in [
-            ("outbox", removed.0),
-            ("deliveries", removed.1),
-            ("idempotency_keys", removed.2),
-        ] {
-            self.metrics.removed(table, n);
+        let mut removed = Vec::with_capacity(self.retained.len());
+        for retained in &self.retained {
+            let before = Timestamp(now - retained.retention().as_millis() as i64);
+            let n = retained.remove_before(before, CLEAN_BATCH).await?;
+            self.metrics.removed(retained.table(), n);
+            removed.push((retained.table(), n));
         }
-        if removed != (0, 0, 0) {
-            info!(target: "tre::cleaner", jobs = removed.0, deliveries = removed.1, keys = removed.2, "removed what its retention let go");
+        if removed.iter().any(|(_, n)| *n > 0) {
+            info!(target: "tre::cleaner", ?removed, "removed what its retention let go");
         }
         Ok(removed)
     }
@@ -325,16 +318,17 @@ async fn tick(interval: Duration, shutdown: &mut Shutdown) -> bool {
 
 /// Starts the relay, the reconciler and the cleaner until shutdown. With a
 /// queue whose messages do not outlive the process, everything queued before
-/// is handed back first.
+/// is handed back first. The cleaner removes finished jobs, and `retained`
+/// besides (the process's other tables).
 pub async fn spawn_maintenance(
-    store: Store,
+    jobs: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     policies: &[JobPolicy],
     options: &RuntimeOptions,
     metrics: Arc<crate::Metrics>,
     shutdown: Shutdown,
+    mut retained: Vec<Arc<dyn Retained>>,
 ) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
-    let jobs: Arc<dyn JobStore> = Arc::new(store.jobs());
     if !queue.is_durable() {
         let recovered = jobs.requeue_all_queued(now()).await?;
         if recovered > 0 {
@@ -343,9 +337,16 @@ pub async fn spawn_maintenance(
     }
     let relay = Relay::new(jobs.clone(), queue.clone(), policies, options.relay_batch)
         .with_max_queued_per_pool(options.max_queued_per_pool);
+    retained.insert(
+        0,
+        Arc::new(FinishedJobs {
+            jobs: jobs.clone(),
+            retention: options.job_retention,
+        }),
+    );
     let reconciler = Reconciler::new(jobs, queue, policies, options.requeue_after);
     let queue_metrics = metrics.clone();
-    let cleaner = Cleaner::new(store, options, metrics);
+    let cleaner = Cleaner::new(retained, metrics);
     let (relay_every, reconcile_every) = (options.relay_interval, options.reconcile_interval);
     let clean_every = options.clean_interval;
     let mut stop = shutdown.clone();

@@ -175,12 +175,13 @@ async fn serve(
         ..RuntimeOptions::default()
     };
     let tasks = spawn_maintenance(
-        store.clone(),
+        Arc::new(store.jobs()),
         queue.clone(),
         &[policy()],
         &options,
         Arc::new(Metrics::default()),
         shutdown.clone(),
+        Vec::new(),
     )
     .await
     .unwrap();

@@ -324,57 +324,45 @@ impl Store {
         keys_before: Timestamp,
         batch: i64,
     ) -> Result<(u64, u64, u64), StoreError> {
-        let mut removed = (0, 0, 0);
-        loop {
-            // the finished jobs' partial index (migration 0011) names them
-            let sql = format!(
-                "DELETE FROM outbox WHERE job_key IN (SELECT job_key FROM outbox \
-                 WHERE state IN ('{}', '{}') AND finished_at < $1 LIMIT $2)",
-                JobState::Done.as_str(),
-                JobState::Discarded.as_str()
-            );
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(jobs_before.0)
-                .bind(batch)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            removed.0 += done;
-            if done < batch as u64 {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM deliveries WHERE (delivery_key, attempt) IN \
-                 (SELECT delivery_key, attempt FROM deliveries WHERE at < $1 LIMIT $2)",
-            )
-            .bind(deliveries_before.0)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            removed.1 += done;
-            if done < batch as u64 {
-                break;
-            }
-        }
-        loop {
-            let done = sqlx::query(
-                "DELETE FROM idempotency_keys WHERE (user_id, idempotency_key) IN \
-                 (SELECT user_id, idempotency_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
-            )
-            .bind(keys_before.0)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            removed.2 += done;
-            if done < batch as u64 {
-                break;
-            }
-        }
-        Ok(removed)
+        Ok((
+            self.jobs().remove_finished(jobs_before, batch).await?,
+            self.remove_deliveries(deliveries_before, batch).await?,
+            self.remove_idempotency_keys(keys_before, batch).await?,
+        ))
+    }
+
+    /// Removes delivery log rows (webhook and email attempts) older than
+    /// `before`, in batches of `batch`; how many.
+    pub async fn remove_deliveries(
+        &self,
+        before: Timestamp,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        delete_in_batches(
+            &self.pool,
+            "DELETE FROM deliveries WHERE (delivery_key, attempt) IN \
+             (SELECT delivery_key, attempt FROM deliveries WHERE at < $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await
+    }
+
+    /// Removes idempotency keys (and the answers kept for them) older than
+    /// `before`, in batches of `batch`; how many.
+    pub async fn remove_idempotency_keys(
+        &self,
+        before: Timestamp,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        delete_in_batches(
+            &self.pool,
+            "DELETE FROM idempotency_keys WHERE (user_id, idempotency_key) IN \
+             (SELECT user_id, idempotency_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+            before,
+            batch,
+        )
+        .await
     }
 }
 
@@ -387,5 +375,43 @@ impl crate::SqlJobStore {
             .iter()
             .map(|row| Ok(row.try_get(0)?))
             .collect()
+    }
+}
+
+impl crate::SqlJobStore {
+    /// Removes finished jobs (done or discarded) finished before `before`,
+    /// in batches of `batch`; how many. Dead ones stay for an operator.
+    pub async fn remove_finished(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
+        // the finished jobs' partial index (migration 0011) names them
+        let sql = format!(
+            "DELETE FROM outbox WHERE job_key IN (SELECT job_key FROM outbox \
+             WHERE state IN ('{}', '{}') AND finished_at < $1 LIMIT $2)",
+            JobState::Done.as_str(),
+            JobState::Discarded.as_str()
+        );
+        delete_in_batches(&self.pool, &sql, before, batch).await
+    }
+}
+
+/// Runs `delete` (binding `before` as $1 and `batch` as $2) until it
+/// removes fewer than `batch` rows: each batch its own short statement.
+async fn delete_in_batches(
+    pool: &sqlx::AnyPool,
+    delete: &str,
+    before: Timestamp,
+    batch: i64,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    loop {
+        let done = sqlx::query(sqlx::AssertSqlSafe(delete.to_owned()))
+            .bind(before.0)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        removed += done;
+        if done < batch.max(1) as u64 {
+            return Ok(removed);
+        }
     }
 }

@@ -1,0 +1,141 @@
+//! The governance's rows a worker's cleaner removes besides the runtime's
+//! finished jobs: the delivery log (webhook and email attempts) and
+//! idempotency keys with the answers kept for them, each past its
+//! retention (see [`RuntimeOptions`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tre_domain::Timestamp;
+use tre_jobs::{Retained, RuntimeOptions};
+use tre_store::{Store, StoreError};
+
+/// What the cleaner removes of `store`'s, by `options`' retentions.
+pub(crate) fn governance(store: &Store, options: &RuntimeOptions) -> Vec<Arc<dyn Retained>> {
+    vec![
+        Arc::new(DeliveryLog {
+            store: store.clone(),
+            retention: options.delivery_retention,
+        }),
+        Arc::new(IdempotencyKeys {
+            store: store.clone(),
+            retention: options.idempotency_retention,
+        }),
+    ]
+}
+
+/// Delivery log rows: how each webhook and email attempt went.
+struct DeliveryLog {
+    store: Store,
+    retention: Duration,
+}
+
+#[async_trait]
+impl Retained for DeliveryLog {
+    fn table(&self) -> &'static str {
+        "deliveries"
+    }
+
+    fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
+        self.store.remove_deliveries(before, batch).await
+    }
+}
+
+/// Idempotency keys: a retry later than their retention is a new call.
+struct IdempotencyKeys {
+    store: Store,
+    retention: Duration,
+}
+
+#[async_trait]
+impl Retained for IdempotencyKeys {
+    fn table(&self) -> &'static str {
+        "idempotency_keys"
+    }
+
+    fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
+        self.store.remove_idempotency_keys(before, batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tre_jobs::{Cleaner, FinishedJobs, Metrics};
+
+    /// A worker's cleaner removes, past their retentions, finished jobs,
+    /// delivery log rows and idempotency keys; younger ones and dead jobs
+    /// stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cleaner_removes_the_governances_rows_past_their_retention() {
+        let db = tre_testkit::TestDb::sqlite().await;
+        let store = &db.store;
+        let now = tre_store::now();
+        let old = Timestamp(now.0 - 10 * 86_400_000);
+        for (key, at) in [("d-old", old), ("d-young", now)] {
+            store
+                .record_delivery(&tre_store::Delivery {
+                    key: key.into(),
+                    attempt: 0,
+                    channel: "webhook".into(),
+                    target: "http://x".into(),
+                    status: "delivered".into(),
+                    detail: "200".into(),
+                    at: at.0,
+                })
+                .await
+                .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at) \
+             VALUES ('u', 'old', 'h', 201, '{}', $1), ('u', 'young', 'h', 201, '{}', $2)",
+        )
+        .bind(old.0)
+        .bind(now.0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let jobs = store.jobs();
+        for key in ["old", "dead"] {
+            jobs.enqueue_job("notify_owner", key, &serde_json::json!({}), old)
+                .await
+                .unwrap();
+            jobs.claim_job(key, "w", 60_000, old)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert!(jobs.complete_job("old", "w", old).await.unwrap());
+        jobs.fail_job("dead", "w", "permanent: gone", None, old)
+            .await
+            .unwrap();
+
+        let options = RuntimeOptions::default();
+        let mut retained: Vec<Arc<dyn Retained>> = vec![Arc::new(FinishedJobs {
+            jobs: Arc::new(jobs.clone()),
+            retention: options.job_retention,
+        })];
+        retained.extend(governance(store, &options));
+        let cleaner = Cleaner::new(retained, Arc::new(Metrics::default()));
+        assert_eq!(
+            cleaner.run_once().await.unwrap(),
+            [("outbox", 1), ("deliveries", 1), ("idempotency_keys", 1)]
+        );
+        assert_eq!(
+            cleaner.run_once().await.unwrap(),
+            [("outbox", 0), ("deliveries", 0), ("idempotency_keys", 0)],
+            "what is younger than its retention stays"
+        );
+        assert!(jobs.job("dead").await.unwrap().is_some(), "dead jobs stay");
+        db.finish().await;
+    }
+}
