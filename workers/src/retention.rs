@@ -81,29 +81,7 @@ mod tests {
         let store = &db.store;
         let now = tre_store::now();
         let old = Timestamp(now.0 - 10 * 86_400_000);
-        for (key, at) in [("d-old", old), ("d-young", now)] {
-            store
-                .record_delivery(&tre_store::Delivery {
-                    key: key.into(),
-                    attempt: 0,
-                    channel: "webhook".into(),
-                    target: "http://x".into(),
-                    status: "delivered".into(),
-                    detail: "200".into(),
-                    at: at.0,
-                })
-                .await
-                .unwrap();
-        }
-        sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at) \
-             VALUES ('u', 'old', 'h', 201, '{}', $1), ('u', 'young', 'h', 201, '{}', $2)",
-        )
-        .bind(old.0)
-        .bind(now.0)
-        .execute(store.pool())
-        .await
-        .unwrap();
+        tre_testkit::deliveries_and_keys(store, old, now).await;
         let jobs = store.jobs();
         for key in ["old", "dead"] {
             jobs.enqueue_job("notify_owner", key, &serde_json::json!({}), old)

@@ -1231,29 +1231,7 @@ async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
         .fail_job("dead", "w", "permanent: gone", None, old)
         .await
         .unwrap();
-    for (key, at) in [("d-old", old), ("d-young", now)] {
-        store
-            .record_delivery(&tre_store::Delivery {
-                key: key.into(),
-                attempt: 0,
-                channel: "webhook".into(),
-                target: "http://x".into(),
-                status: "delivered".into(),
-                detail: "200".into(),
-                at: at.0,
-            })
-            .await
-            .unwrap();
-    }
-    sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at) \
-         VALUES ('u', 'old', 'h', 201, '{}', $1), ('u', 'young', 'h', 201, '{}', $2)",
-    )
-    .bind(old.0)
-    .bind(now.0)
-    .execute(store.pool())
-    .await
-    .unwrap();
+    tre_testkit::deliveries_and_keys(store, old, now).await;
     let day_ago = tre_domain::Timestamp(now.0 - 86_400_000);
     let removed = store.clean(day_ago, day_ago, day_ago, 2).await.unwrap();
     assert_eq!(removed, (5, 1, 1), "five old jobs in batches of two");

@@ -254,3 +254,36 @@ pub fn selecting(cohort: serde_json::Value, collections: &[&str]) -> tre_domain:
         ..new_request()
     }
 }
+
+/// A delivery log row and an idempotency key at `old`, and one of each at
+/// `young`: for the cleaner's tests (`d-old`, `d-young`; keys `old`,
+/// `young` of user `u`).
+pub async fn deliveries_and_keys(
+    store: &Store,
+    old: tre_domain::Timestamp,
+    young: tre_domain::Timestamp,
+) {
+    for (key, at) in [("d-old", old), ("d-young", young)] {
+        store
+            .record_delivery(&tre_store::Delivery {
+                key: key.into(),
+                attempt: 0,
+                channel: "webhook".into(),
+                target: "http://x".into(),
+                status: "delivered".into(),
+                detail: "200".into(),
+                at: at.0,
+            })
+            .await
+            .expect("a delivery");
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, idempotency_key, request_hash, status, response, created_at) \
+         VALUES ('u', 'old', 'h', 201, '{}', $1), ('u', 'young', 'h', 201, '{}', $2)",
+    )
+    .bind(old.0)
+    .bind(young.0)
+    .execute(store.pool())
+    .await
+    .expect("idempotency keys");
+}
