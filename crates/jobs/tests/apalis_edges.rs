@@ -191,7 +191,7 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
-    let db = tre_testkit::TestDb::sqlite().await;
+    let db = tre_testkit::TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     for i in 0..30 {
         store

@@ -1,7 +1,8 @@
 //! The queue conformance suite: what every queue behind [`JobQueue`] must
 //! do, run against the embedded queue and against Redis (a private
 //! `redis-server`, a namespace per test), with the runtime around it on a
-//! real database. As River runs one suite against every driver.
+//! real database that holds only the runtime's own tables. As River runs
+//! one suite against every driver.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +25,7 @@ macro_rules! on_every_queue {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let db = tre_testkit::TestDb::sqlite().await;
+                    let db = tre_testkit::TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
                     let queue: std::sync::Arc<dyn tre_jobs::JobQueue> =
                         std::sync::Arc::new(tre_jobs::EmbeddedQueue::default());
                     super::$name(queue, &db).await;
@@ -37,7 +38,7 @@ macro_rules! on_every_queue {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(redis) = tre_testkit::TestRedis::start() else { return };
-                    let db = tre_testkit::TestDb::sqlite().await;
+                    let db = tre_testkit::TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
                     let mut options = tre_jobs::RedisQueueOptions::new(redis.url());
                     options.namespace = format!("conformance-{}", tre_testkit::unique());
                     let queue: std::sync::Arc<dyn tre_jobs::JobQueue> = std::sync::Arc::new(
@@ -299,21 +300,14 @@ async fn a_lost_message_is_recovered(queue: Arc<dyn JobQueue>, db: &TestDb) {
 
 async fn a_paused_pool_waits_for_its_resume(queue: Arc<dyn JobQueue>, db: &TestDb) {
     let store = &db.store;
-    let platform = tre_testkit::user(store, "platform", true, &[]).await;
-    store
-        .set_pool_paused(&platform, "review", true)
-        .await
-        .unwrap();
+    tre_testkit::set_pool_paused_row(store, "review", true).await;
     let recorder = Recorder::default();
     let served = serve(&queue, store, &recorder, 4, Duration::from_secs(5)).await;
     let keys = enqueue(store, 5).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(recorder.runs().is_empty(), "nothing runs while paused");
     assert_eq!(store.jobs().job_counts().await.unwrap().running, 0);
-    store
-        .set_pool_paused(&platform, "review", false)
-        .await
-        .unwrap();
+    tre_testkit::set_pool_paused_row(store, "review", false).await;
     until("every job done after the resume", || async {
         done(store).await == 5
     })

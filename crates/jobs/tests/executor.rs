@@ -122,7 +122,7 @@ async fn enqueue(store: &Store, key: &str) {
 /// `dispensing` for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_last_worker_died_is_dead_lettered_with_its_follow_up() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     enqueue(store, "test:1").await;
     for _ in 0..2 {
@@ -159,7 +159,7 @@ async fn a_job_whose_last_worker_died_is_dead_lettered_with_its_follow_up() {
 /// follow-up) on the last attempt; the worker carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_is_a_recorded_failed_attempt() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     enqueue(store, "test:panics").await;
     let handler = TestHandler::new(Behaviour::Panic);
@@ -187,7 +187,7 @@ async fn a_panic_is_a_recorded_failed_attempt() {
 /// reconciler running beside it never hands it on, and it completes once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_keeps_a_long_job_s_short_lease() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     enqueue(store, "test:long").await;
     let handler = TestHandler::new(Behaviour::Sleep(Duration::from_millis(1_500)));
@@ -228,7 +228,7 @@ async fn a_message_lost_after_delivery_is_dispatched_again() {
     let Some(redis) = TestRedis::start() else {
         return;
     };
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     for i in 0..3 {
         enqueue(store, &format!("test:{i}")).await;
@@ -307,7 +307,7 @@ async fn a_message_lost_after_delivery_is_dispatched_again() {
 /// in silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_work_per_pool_and_unrunnable_kinds_are_reported() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let store = &db.store;
     let now = now();
     for (key, kind, due) in [

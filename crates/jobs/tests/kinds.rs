@@ -67,7 +67,7 @@ fn executor(db: &TestDb) -> Executor {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_gets_its_kinds_arguments_and_a_bad_payload_dies_at_once() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let jobs = db.store.jobs();
     let greeter = Arc::new(Greeter::default());
     let mut executor = executor(&db);
@@ -110,7 +110,7 @@ async fn a_handler_gets_its_kinds_arguments_and_a_bad_payload_dies_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "job kind greet has two handlers")]
 async fn a_kind_has_one_handler() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     let mut executor = executor(&db);
     executor.handle::<Greet, _>(Arc::new(Greeter::default()));
     executor.handle::<Greet, _>(Arc::new(Greeter::default()));

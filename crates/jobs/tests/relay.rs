@@ -64,11 +64,7 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
     let counts = store.jobs().job_counts().await.unwrap();
     assert_eq!((counts.queued, counts.pending), (9, 32));
     // a paused pool holds its own jobs, and only those
-    let operator = tre_testkit::user(store, "ops", true, &[]).await;
-    store
-        .set_pool_paused(&operator, Pool::Dispense.as_str(), true)
-        .await
-        .unwrap();
+    tre_testkit::set_pool_paused_row(store, Pool::Dispense.as_str(), true).await;
     enqueue(store, "dispense_test", "d:2", 2_001).await;
     let relay = Relay::new(Arc::new(store.jobs()), queue.clone(), &policies, 8)
         .with_max_queued_per_pool(100);
@@ -97,14 +93,14 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_or_paused_pool_holds_back_only_its_own_jobs_sqlite() {
-    let db = TestDb::sqlite().await;
+    let db = TestDb::sqlite_with(tre_testkit::Schema::Jobs).await;
     a_full_pool_does_not_hold_back_another(&db.store).await;
     db.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_or_paused_pool_holds_back_only_its_own_jobs_postgres() {
-    let Some(db) = TestDb::postgres().await else {
+    let Some(db) = TestDb::postgres_with(tre_testkit::Schema::Jobs).await else {
         return;
     };
     a_full_pool_does_not_hold_back_another(&db.store).await;

@@ -33,6 +33,9 @@ pub enum Schema {
     /// Nothing: for parts that make their own tables (the job runtime's
     /// `SqlJobStore`), to show they need no other.
     Empty,
+    /// Only the job runtime's tables (`SqlJobStore::make_tables`): for the
+    /// runtime's tests, which need nothing of the governance.
+    Jobs,
 }
 
 async fn connect(url: &str, schema: Schema) -> Store {
@@ -41,6 +44,13 @@ async fn connect(url: &str, schema: Schema) -> Store {
         Schema::Empty => Store::connect(&tre_store::StoreOptions::new(url))
             .await
             .expect("connect to the test database"),
+        Schema::Jobs => {
+            let store = Store::connect(&tre_store::StoreOptions::new(url))
+                .await
+                .expect("connect to the test database");
+            store.jobs().make_tables().await.expect("the job tables");
+            store
+        }
     }
 }
 

@@ -287,3 +287,19 @@ pub async fn deliveries_and_keys(
     .await
     .expect("idempotency keys");
 }
+
+/// Pauses or resumes `pool` as an operator's `tre jobs pause` leaves it
+/// for the job runtime: its row in `pool_controls`. (The command itself,
+/// which authorizes and audits, is the governance's, tested with the API;
+/// this is for the runtime's tests, on a database of its tables only.)
+pub async fn set_pool_paused_row(store: &Store, pool: &str, paused: bool) {
+    sqlx::query(
+        "INSERT INTO pool_controls (pool, paused, changed_by, changed_at) VALUES ($1, $2, 'ops', 0) \
+         ON CONFLICT (pool) DO UPDATE SET paused = $2",
+    )
+    .bind(pool)
+    .bind(i64::from(paused))
+    .execute(store.pool())
+    .await
+    .expect("a pool control");
+}
