@@ -92,15 +92,13 @@ async fn run(cli: Cli) -> Result<()> {
             participants,
             events_per_participant,
         } => {
-            let mut written = fixtures::generate(&out, participants, fixtures::SEED)?;
-            if events_per_participant > 0 {
-                written.extend(fixtures::generate_events(
-                    &out,
-                    participants,
-                    events_per_participant,
-                    fixtures::SEED,
-                )?);
-            }
+            let written = fixtures::generate_biobank(
+                &out,
+                participants,
+                fixtures::SEED,
+                0,
+                events_per_participant,
+            )?;
             for path in written {
                 println!("wrote {}", path.display());
             }

@@ -176,6 +176,27 @@ pub fn generate_all(out: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// A synthetic biobank of `participants` from `seed` into `out`, as `tre
+/// fixtures generate` writes it: the tables, bulk files for every
+/// `files_every`th participant (0: none) and about `events` primary-care
+/// events per participant (0: none); the paths written.
+pub fn generate_biobank(
+    out: &Path,
+    participants: usize,
+    seed: u64,
+    files_every: usize,
+    events: u64,
+) -> Result<Vec<PathBuf>> {
+    let mut written = generate(out, participants, seed)?;
+    if files_every > 0 {
+        written.push(generate_files(out, participants, files_every, seed)?);
+    }
+    if events > 0 {
+        written.extend(generate_events(out, participants, events, seed)?);
+    }
+    Ok(written)
+}
+
 /// Writes the fixture files into `out` and returns their paths.
 pub fn generate(out: &Path, participants: usize, seed: u64) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -456,23 +456,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             events_per_participant,
             files_every,
         }) => {
-            let mut written = fixtures::generate(&out, participants, seed)?;
-            if files_every > 0 {
-                written.push(fixtures::generate_files(
-                    &out,
-                    participants,
-                    files_every,
-                    seed,
-                )?);
-            }
-            if events_per_participant > 0 {
-                written.extend(fixtures::generate_events(
-                    &out,
-                    participants,
-                    events_per_participant,
-                    seed,
-                )?);
-            }
+            let written = fixtures::generate_biobank(
+                &out,
+                participants,
+                seed,
+                files_every,
+                events_per_participant,
+            )?;
             for path in written {
                 println!("wrote {}", path.display());
             }

@@ -84,7 +84,7 @@ struct Typed<A, H> {
 /// The arguments of `job`, or why its payload is not them (permanent: a
 /// retry reads the same payload).
 fn decode<A: JobArgs>(job: &ClaimedJob) -> Result<A, JobError> {
-    serde_json::from_value(job.payload.clone()).map_err(|e| {
+    A::deserialize(&job.payload).map_err(|e| {
         JobError::Permanent(format!(
             "the payload of {} job {} is not its arguments: {e}",
             A::KIND,

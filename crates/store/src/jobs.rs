@@ -64,10 +64,6 @@ impl SqlJobStore {
         Ok(())
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// Closes the pool (every handle sharing it).
     pub async fn close(&self) {
         self.pool.close().await;

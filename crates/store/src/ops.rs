@@ -313,24 +313,6 @@ impl Store {
         self.commit(tx).await
     }
 
-    /// Removes, in batches of `batch`, finished jobs (done or discarded)
-    /// finished before `jobs_before`, delivery log rows older than
-    /// `deliveries_before` and idempotency keys older than `keys_before`.
-    /// Returns how many rows of each went: (jobs, deliveries, keys).
-    pub async fn clean(
-        &self,
-        jobs_before: Timestamp,
-        deliveries_before: Timestamp,
-        keys_before: Timestamp,
-        batch: i64,
-    ) -> Result<(u64, u64, u64), StoreError> {
-        Ok((
-            self.jobs().remove_finished(jobs_before, batch).await?,
-            self.remove_deliveries(deliveries_before, batch).await?,
-            self.remove_idempotency_keys(keys_before, batch).await?,
-        ))
-    }
-
     /// Removes delivery log rows (webhook and email attempts) older than
     /// `before`, in batches of `batch`; how many.
     pub async fn remove_deliveries(

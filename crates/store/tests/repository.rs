@@ -1191,6 +1191,16 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
     assert_audit_intact(a).await;
 }
 
+/// What a cleaner removes past `before`, in batches of `batch`: finished
+/// jobs, delivery log rows, idempotency keys.
+async fn clean(store: &Store, before: tre_domain::Timestamp, batch: i64) -> (u64, u64, u64) {
+    (
+        store.jobs().remove_finished(before, batch).await.unwrap(),
+        store.remove_deliveries(before, batch).await.unwrap(),
+        store.remove_idempotency_keys(before, batch).await.unwrap(),
+    )
+}
+
 /// Finished jobs past their retention go (dead ones stay for an operator),
 /// old delivery log rows and expired idempotency keys too; in batches, and
 /// nothing younger is touched.
@@ -1233,7 +1243,7 @@ async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
         .unwrap();
     tre_testkit::deliveries_and_keys(store, old, now).await;
     let day_ago = tre_domain::Timestamp(now.0 - 86_400_000);
-    let removed = store.clean(day_ago, day_ago, day_ago, 2).await.unwrap();
+    let removed = clean(store, day_ago, 2).await;
     assert_eq!(removed, (5, 1, 1), "five old jobs in batches of two");
     let left: Vec<String> = store
         .outbox_jobs(None, 100)
@@ -1249,10 +1259,7 @@ async fn the_cleaner_removes_what_retention_lets_go(store: &Store) {
         count(store, "SELECT COUNT(*) FROM idempotency_keys").await,
         1
     );
-    assert_eq!(
-        store.clean(day_ago, day_ago, day_ago, 2).await.unwrap(),
-        (0, 0, 0)
-    );
+    assert_eq!(clean(store, day_ago, 2).await, (0, 0, 0));
 }
 
 /// The key travels in the caller the command is given: the work and the key

@@ -39,19 +39,16 @@ pub enum Schema {
 }
 
 async fn connect(url: &str, schema: Schema) -> Store {
-    match schema {
-        Schema::Migrated => Store::open(url).await.expect("open the test database"),
-        Schema::Empty => Store::connect(&tre_store::StoreOptions::new(url))
-            .await
-            .expect("connect to the test database"),
-        Schema::Jobs => {
-            let store = Store::connect(&tre_store::StoreOptions::new(url))
-                .await
-                .expect("connect to the test database");
-            store.jobs().make_tables().await.expect("the job tables");
-            store
-        }
+    if schema == Schema::Migrated {
+        return Store::open(url).await.expect("open the test database");
     }
+    let store = Store::connect(&tre_store::StoreOptions::new(url))
+        .await
+        .expect("connect to the test database");
+    if schema == Schema::Jobs {
+        store.jobs().make_tables().await.expect("the job tables");
+    }
+    store
 }
 
 impl TestDb {
