@@ -265,7 +265,21 @@ impl Store {
         )
         .await?;
         self.commit(tx).await?;
-        self.system_file_inventory(&file_inventory).await
+        // what was committed, not a read after it: a worker may have
+        // checked it meanwhile, and the caller is told it is `checking`
+        Ok(FileInventoryStatus {
+            id: file_inventory,
+            environment_id: id.clone(),
+            state: FileInventoryState::Checking,
+            location: location.map(str::to_owned),
+            files: entries.len() as u64,
+            bytes,
+            problems: None,
+            inventory_version: None,
+            created_by: caller.actor.id.as_str().to_owned(),
+            created_at: at,
+            checked_at: None,
+        })
     }
 
     /// Stores the rows of a registered manifest once read (system use: the
