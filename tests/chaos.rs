@@ -18,10 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tre_jobs::JobState;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tre_domain::{JobState, ProjectState, RequestState, StoreRoot, UserId};
+use tre_domain::{ProjectState, RequestState, StoreRoot, UserId};
 use tre_store::{NewToken, Store, TokenActor};
 use tre_testkit::{
     BIOBANK, PrivatePostgres, S3Server, TestRedis, biobank_inventory, free_port, selecting, unique,
@@ -322,7 +323,7 @@ async fn job_census(store: &Store) -> Census {
         }
     };
     let count =
-        |keep: &dyn Fn(&tre_store::OutboxJob) -> bool| jobs.iter().filter(|j| keep(j)).count();
+        |keep: &dyn Fn(&tre_jobs::OutboxJob) -> bool| jobs.iter().filter(|j| keep(j)).count();
     Census {
         open: count(&|j| {
             !j.state.is_finished() && j.kind != "schedule_expiry" && j.kind != "stage_reminder"

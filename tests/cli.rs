@@ -843,14 +843,14 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     .await;
     assert_eq!(
         store.jobs().job(&key).await.unwrap().unwrap().state,
-        tre_domain::JobState::Running
+        tre_jobs::JobState::Running
     );
     first.signal("-KILL");
     drop(first);
 
     let second = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
     wait_for("another worker finishes the job", 60, || async {
-        store.jobs().job(&key).await.unwrap().unwrap().state == tre_domain::JobState::Done
+        store.jobs().job(&key).await.unwrap().unwrap().state == tre_jobs::JobState::Done
     })
     .await;
     let job = store.jobs().job(&key).await.unwrap().unwrap();

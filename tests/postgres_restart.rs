@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tre_jobs::JobState;
 
 use serde_json::{Value, json};
-use tre_domain::{JobState, ProjectState, RequestState};
+use tre_domain::{ProjectState, RequestState};
 use tre_jobs::{Metrics, RedisQueue, RedisQueueOptions, RuntimeOptions};
 use tre_store::Store;
 use tre_testkit::{

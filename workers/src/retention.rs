@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tre_domain::Timestamp;
-use tre_jobs::{Retained, RuntimeOptions};
-use tre_store::{Store, StoreError};
+use tre_jobs::{JobStoreError, Retained, RuntimeOptions};
+use tre_store::Store;
 
 /// What the cleaner removes of `store`'s, by `options`' retentions.
 pub(crate) fn governance(store: &Store, options: &RuntimeOptions) -> Vec<Arc<dyn Retained>> {
@@ -41,8 +41,8 @@ impl Retained for DeliveryLog {
         self.retention
     }
 
-    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
-        self.store.remove_deliveries(before, batch).await
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, JobStoreError> {
+        Ok(self.store.remove_deliveries(before, batch).await?)
     }
 }
 
@@ -62,8 +62,8 @@ impl Retained for IdempotencyKeys {
         self.retention
     }
 
-    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
-        self.store.remove_idempotency_keys(before, batch).await
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, JobStoreError> {
+        Ok(self.store.remove_idempotency_keys(before, batch).await?)
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tre_jobs::JobState;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -21,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tre_dispense::Manifest;
 use tre_domain::files::{FileCollection, parse_tsv};
-use tre_domain::{DataCollection, EnvironmentCommand, Inventory, JobState, ProjectState};
+use tre_domain::{DataCollection, EnvironmentCommand, Inventory, ProjectState};
 use tre_jobs::EmbeddedQueue;
 use tre_store::{FileInventoryState, FileInventoryStatus, Store, StoreError};
 use tre_testkit::{
@@ -840,7 +841,7 @@ async fn unit_job(
     project: &tre_domain::ProjectId,
     round: u32,
     unit: usize,
-) -> Option<tre_store::OutboxJob> {
+) -> Option<tre_jobs::OutboxJob> {
     store
         .jobs()
         .job(&format!("dispense_unit:{project}:{round}:{unit}"))
@@ -946,7 +947,7 @@ async fn a_retry_while_the_failed_round_still_copies_finishes_the_project() {
 
         // exactly one job worked each unit: the copy stayed with round 0's
         // job, which finished round 1; round 1 ran the other two
-        let state = |job: Option<tre_store::OutboxJob>| job.map(|j| j.state);
+        let state = |job: Option<tre_jobs::OutboxJob>| job.map(|j| j.state);
         use JobState::{Dead, Discarded, Done};
         assert_eq!(state(unit_job(store, &project.id, 0, a).await), Some(Dead));
         assert_eq!(state(unit_job(store, &project.id, 0, b).await), Some(Done));

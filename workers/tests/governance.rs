@@ -462,7 +462,7 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
                 .job(&removal)
                 .await
                 .unwrap()
-                .is_some_and(|j| j.state == tre_domain::JobState::Done)
+                .is_some_and(|j| j.state == tre_jobs::JobState::Done)
             {
                 break;
             }
@@ -470,7 +470,7 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
         }
         assert_eq!(
             store.jobs().job(&removal).await.unwrap().unwrap().state,
-            tre_domain::JobState::Done
+            tre_jobs::JobState::Done
         );
         assert!(objects(&dest, project.id.as_str()).await.is_empty());
     }

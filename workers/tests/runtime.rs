@@ -158,15 +158,15 @@ async fn workflow_by_jobs(store: &Store) {
     eventually("every due job is done", || async {
         let jobs = store.outbox_jobs(None, 100).await.unwrap();
         jobs.iter()
-            .all(|j| j.kind == "schedule_expiry" || j.state == tre_domain::JobState::Done)
+            .all(|j| j.kind == "schedule_expiry" || j.state == tre_jobs::JobState::Done)
     })
     .await;
     let jobs = store.outbox_jobs(None, 100).await.unwrap();
     for job in &jobs {
         let expected = if job.kind == "schedule_expiry" {
-            tre_domain::JobState::Pending
+            tre_jobs::JobState::Pending
         } else {
-            tre_domain::JobState::Done
+            tre_jobs::JobState::Done
         };
         assert_eq!(job.state, expected, "{job:?}");
         assert!(job.attempts <= 1, "{job:?}");
@@ -222,7 +222,7 @@ async fn retries_and_dead_letters(store: &Store) {
             .job(&key)
             .await
             .unwrap()
-            .is_some_and(|j| j.state == tre_domain::JobState::Dead)
+            .is_some_and(|j| j.state == tre_jobs::JobState::Dead)
     })
     .await;
     let job = store.jobs().job(&key).await.unwrap().unwrap();
@@ -259,7 +259,7 @@ async fn retries_and_dead_letters(store: &Store) {
         .unwrap();
     let key2 = format!("notify_reviewers:{}:1:1", request.id);
     eventually("the job is dead", || async {
-        store.jobs().job(&key2).await.unwrap().unwrap().state == tre_domain::JobState::Dead
+        store.jobs().job(&key2).await.unwrap().unwrap().state == tre_jobs::JobState::Dead
     })
     .await;
     let job = store.jobs().job(&key2).await.unwrap().unwrap();
@@ -300,7 +300,7 @@ async fn retries_and_dead_letters(store: &Store) {
     );
     for k in [&key, &key2] {
         eventually("the retried job is done", || async {
-            store.jobs().job(k).await.unwrap().unwrap().state == tre_domain::JobState::Done
+            store.jobs().job(k).await.unwrap().unwrap().state == tre_jobs::JobState::Done
         })
         .await;
     }
@@ -787,7 +787,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         store.jobs().job(&key).await.unwrap().unwrap().state,
-        tre_domain::JobState::Pending,
+        tre_jobs::JobState::Pending,
         "not before its time"
     );
     worker.stop(STOP_WITHIN).await;
@@ -830,7 +830,7 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
             .job(&deprovision)
             .await
             .unwrap()
-            .is_some_and(|j| j.state == tre_domain::JobState::Done)
+            .is_some_and(|j| j.state == tre_jobs::JobState::Done)
     })
     .await;
     let history = store.request_history(&w.owner, &request.id).await.unwrap();
@@ -901,7 +901,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
     );
     for key in [&stage1, &stage2] {
         eventually("the reminder ran", || async {
-            store.jobs().job(key).await.unwrap().unwrap().state == tre_domain::JobState::Done
+            store.jobs().job(key).await.unwrap().unwrap().state == tre_jobs::JobState::Done
         })
         .await;
     }
@@ -980,7 +980,7 @@ async fn notifications_are_emailed_through_smtp() {
     eventually("the owner's email", || async { sink.mails().len() == 2 }).await;
     let approved = format!("notify_owner:{}:1:approved", request.id);
     eventually("the owner's job is done", || async {
-        store.jobs().job(&approved).await.unwrap().unwrap().state == tre_domain::JobState::Done
+        store.jobs().job(&approved).await.unwrap().unwrap().state == tre_jobs::JobState::Done
     })
     .await;
     worker.stop(STOP_WITHIN).await;
@@ -1053,7 +1053,7 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
     let held = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(
         (held.state, held.attempts),
-        (tre_domain::JobState::Pending, 0),
+        (tre_jobs::JobState::Pending, 0),
         "held, never claimed"
     );
     assert_eq!(

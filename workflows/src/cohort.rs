@@ -9,10 +9,9 @@ use tracing::{info, warn};
 use tre_dispense::Sources;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{AccessRequest, CohortCount, Environment, RequestId, RequestState};
+use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{
-    Caller, ClaimedJob, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store,
-};
+use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store};
 
 use crate::already_done;
 use crate::dispense::{dispense_error, source_of};

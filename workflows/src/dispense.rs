@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use tre_jobs::ClaimedJob;
 
 use object_store::ObjectStore;
 use serde_json::json;
@@ -28,7 +29,7 @@ use tre_dispense::{
 use tre_domain::redact::Secret;
 use tre_domain::{Environment, ProjectCommand, ProjectId, ProjectState, RequestState};
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{ClaimedJob, NewPlan, PlannedUnit, Store, UnitTake};
+use tre_store::{NewPlan, PlannedUnit, Store, UnitTake};
 
 use crate::kinds::{Deprovision, Dispense, DispenseUnit, FinishDispense};
 use crate::move_project;

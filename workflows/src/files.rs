@@ -14,8 +14,9 @@ use tracing::info;
 use tre_dispense::{DispenseError, Membership, Source, Sources};
 use tre_domain::EnvironmentId;
 use tre_domain::files::{FileProblems, check_entries};
+use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{ClaimedJob, FileInventoryState, InventoryFile, Store, declared_of};
+use tre_store::{FileInventoryState, InventoryFile, Store, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::kinds::CheckFiles;

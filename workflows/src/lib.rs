@@ -25,8 +25,9 @@ mod notify;
 mod showcase;
 
 use tre_domain::{DomainError, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState};
+use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{ClaimedJob, Store, StoreError};
+use tre_store::{Store, StoreError};
 
 pub use cohort::CohortCounter;
 pub use dispense::{DEFAULT_UNIT_BYTES, DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};

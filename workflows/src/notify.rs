@@ -14,6 +14,7 @@
 //!   `"{timestamp}.{body}"` under the shared secret.
 
 use std::time::Duration;
+use tre_jobs::ClaimedJob;
 
 use hmac::{Hmac, KeyInit, Mac};
 use lettre::message::Mailbox;
@@ -27,7 +28,7 @@ use tre_domain::{
     UserId,
 };
 use tre_jobs::JobError;
-use tre_store::{ClaimedJob, Delivery, Notification, Store, now};
+use tre_store::{Delivery, Notification, Store, now};
 
 /// Where webhooks go. Every field documents its default. `Debug` shows
 /// neither the secret nor more of the url than where it points.

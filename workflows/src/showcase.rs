@@ -9,8 +9,9 @@ use tracing::info;
 use tre_dispense::Sources;
 use tre_dispense::showcase::ShowcaseColumns;
 use tre_domain::EnvironmentId;
+use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{ClaimedJob, Store};
+use tre_store::Store;
 
 use crate::dispense::{dispense_error, source_of};
 use crate::kinds::ComputeShowcase;

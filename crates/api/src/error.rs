@@ -106,6 +106,34 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The job runtime's store: unavailable as the store is, anything else
+/// an internal error.
+impl From<tre_jobs::JobStoreError> for ApiError {
+    fn from(e: tre_jobs::JobStoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is unavailable; try again shortly",
+            )
+            .retry_after(1);
+        }
+        error!(error = %e, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl From<tre_store::SqlJobError> for ApiError {
+    fn from(e: tre_store::SqlJobError) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

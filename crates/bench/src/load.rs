@@ -334,7 +334,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         .jobs()
         .job_counts()
         .await?
-        .get(tre_domain::JobState::Done);
+        .get(tre_jobs::JobState::Done);
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
@@ -373,7 +373,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         .jobs()
         .job_counts()
         .await?
-        .get(tre_domain::JobState::Done);
+        .get(tre_jobs::JobState::Done);
 
     let mut latencies = seen.latencies.lock().expect("lock").clone();
     latencies.sort();

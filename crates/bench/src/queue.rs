@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tre_jobs::ClaimedJob;
 
 use anyhow::{Context, Result};
 use apalis::prelude::*;
@@ -21,7 +22,7 @@ use tre_jobs::{
     Executor, JobContext, JobError, JobHandler, JobMessage, JobPolicy, JobQueue, Metrics, Pool,
     RedisQueue, RedisQueueOptions, RuntimeOptions, spawn_maintenance,
 };
-use tre_store::{ClaimedJob, Store};
+use tre_store::Store;
 
 use crate::dispense::median;
 

@@ -85,7 +85,7 @@ async fn person(
 async fn after_job(store: &Store, key: &str, people: &[&str]) -> Result<()> {
     for _ in 0..400 {
         match store.jobs().job(key).await?.map(|j| j.state) {
-            Some(tre_domain::JobState::Done) => {
+            Some(tre_jobs::JobState::Done) => {
                 for person in people {
                     let inbox = store.inbox(&(*person).into(), 1).await?;
                     if let Some(n) = inbox.first() {
@@ -98,7 +98,7 @@ async fn after_job(store: &Store, key: &str, people: &[&str]) -> Result<()> {
                 }
                 return Ok(());
             }
-            Some(tre_domain::JobState::Dead) => bail!("job {key} failed"),
+            Some(tre_jobs::JobState::Dead) => bail!("job {key} failed"),
             _ => tokio::time::sleep(Duration::from_millis(25)).await,
         }
     }

@@ -4,10 +4,10 @@
 //! match first, and ask before they change it (or take `--yes`).
 
 use std::io::{BufRead, IsTerminal, Write};
+use tre_jobs::JobState;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use tre_domain::JobState;
 use tre_jobs::{FleetLoad, Pool};
 use tre_store::{Caller, JobFilter, Store};
 

@@ -4,8 +4,9 @@
 //! [`Environment`], [`AccessRequest`] and [`Project`], the review
 //! [`ReviewPipeline`] and its stage rules, the [`authorize`] function that
 //! encodes who may do what (including separation of duties), the cohort
-//! filter language ([`cohort`]), the hash chain of the audit log
-//! ([`audit`]) and the lifecycle of a durable job ([`JobState`]).
+//! filter language ([`cohort`]) and the hash chain of the audit log
+//! ([`audit`]). How jobs run is the job runtime's (`tre-jobs`); the domain
+//! only names the [`Effect`]s a command asks for.
 //!
 //! A command takes the current state and returns the new state plus the
 //! [`Effect`]s to perform; adapters (the SQL store, the job runtime, the HTTP
@@ -24,7 +25,6 @@ pub mod files;
 mod ids;
 mod inventory;
 mod inventory_definition;
-mod job;
 mod people;
 mod pipeline;
 mod pipeline_change;
@@ -36,7 +36,6 @@ pub mod schema;
 pub mod showcase;
 pub mod storage;
 pub mod summary;
-mod timestamp;
 
 pub use authz::{Action, Denied, Object, authorize, request_view};
 pub use effect::{AdminAlert, Effect};
@@ -52,7 +51,6 @@ pub use inventory::{
 pub use inventory_definition::{
     DatasetDefinition, FieldDefinition, InventoryDefinition, LocationColumns, resolve_inventory,
 };
-pub use job::{JobEvent, JobState};
 pub use people::{Actor, Principal};
 pub use pipeline::{
     DecisionRule, ReviewPipeline, ReviewStage, ReviewerChange, StageOutcome, StageRef, Vote, tally,
@@ -65,4 +63,4 @@ pub use request::{
     RequestContext, RequestState, RequestTransition, RequestUpdate, Verdict,
 };
 pub use storage::StoreRoot;
-pub use timestamp::Timestamp;
+pub use tre_time::Timestamp;

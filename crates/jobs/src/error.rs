@@ -1,5 +1,4 @@
 use thiserror::Error;
-use tre_store::StoreError;
 
 /// How a job attempt failed; the type says whether to retry.
 #[derive(Debug, Clone, Error)]
@@ -18,13 +17,41 @@ pub enum JobError {
     Superseded(String),
 }
 
-impl From<StoreError> for JobError {
-    fn from(e: StoreError) -> Self {
+impl From<JobStoreError> for JobError {
+    fn from(e: JobStoreError) -> Self {
         if e.is_retryable() {
             Self::Transient(e.to_string())
         } else {
             Self::Permanent(e.to_string())
         }
+    }
+}
+
+/// Why the [`JobStore`](crate::JobStore) could not answer, and so whether
+/// trying again may help.
+#[derive(Debug, Clone, Error)]
+pub enum JobStoreError {
+    /// The database could not be reached or dropped the connection (a
+    /// restart, a failover, a pool exhausted): worth trying again once it
+    /// is back.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A concurrent writer held what the statement needed: worth trying
+    /// again at once.
+    #[error("{0}")]
+    Conflict(String),
+    /// Anything else: trying the same call again will not help.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobStoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Conflict(_))
     }
 }
 

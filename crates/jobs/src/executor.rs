@@ -11,10 +11,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{ClaimedJob, FailOutcome, JobStoreError};
 use futures::FutureExt;
 use tracing::{Instrument, info, info_span, warn};
-use tre_domain::Timestamp;
-use tre_store::{ClaimedJob, FailOutcome, StoreError, now};
+use tre_time::Timestamp;
+use tre_time::now;
 
 use crate::batch::Batcher;
 use crate::{JobError, JobPolicy, JobStore, Metrics, Pool};
@@ -72,10 +73,10 @@ const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs `call` until it succeeds, fails for another reason than an
 /// unavailable database, or [`DATABASE_PATIENCE`] runs out.
-async fn patiently<T, F, Fut>(what: &str, mut call: F) -> Result<T, StoreError>
+async fn patiently<T, F, Fut>(what: &str, mut call: F) -> Result<T, JobStoreError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, JobStoreError>>,
 {
     let deadline = Instant::now() + DATABASE_PATIENCE;
     let mut pause = Duration::from_millis(50);
@@ -127,9 +128,9 @@ struct Recording {
 }
 
 /// A worker's claims: a key in, the job (if it was free) out.
-type Claims = Batcher<String, Result<Option<ClaimedJob>, StoreError>>;
+type Claims = Batcher<String, Result<Option<ClaimedJob>, JobStoreError>>;
 /// A worker's completions: a key in, whether the lease still held out.
-type Completions = Batcher<String, Result<bool, StoreError>>;
+type Completions = Batcher<String, Result<bool, JobStoreError>>;
 
 /// Most claims or completions in one statement.
 const BATCH: usize = 64;
@@ -311,7 +312,9 @@ impl Executor {
                 .call(key.to_owned())
                 .await
                 .unwrap_or_else(|| {
-                    Err(StoreError::Config("the completion loop has stopped".into()))
+                    Err(JobStoreError::Failed(
+                        "the completion loop has stopped".into(),
+                    ))
                 })
         })
         .await
@@ -351,7 +354,7 @@ impl Executor {
             self.claims
                 .call(key.to_owned())
                 .await
-                .unwrap_or_else(|| Err(StoreError::Config("the claim loop has stopped".into())))
+                .unwrap_or_else(|| Err(JobStoreError::Failed("the claim loop has stopped".into())))
         })
         .await
         {
@@ -485,7 +488,7 @@ impl Executor {
         claimed: &ClaimedJob,
         kind: &str,
         message: String,
-        recorded: Result<FailOutcome, StoreError>,
+        recorded: Result<FailOutcome, JobStoreError>,
     ) -> ExecOutcome {
         match recorded {
             Ok(FailOutcome::RetryAt(at)) => {

@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ClaimedJob;
 use serde::de::DeserializeOwned;
-use tre_store::ClaimedJob;
 
 use crate::{Executor, JobContext, JobError, JobHandler, JobPolicy, Pool};
 

@@ -5,9 +5,9 @@
 
 use std::fmt::Write;
 
+use crate::JobStoreError;
 use serde::Serialize;
-use tre_domain::Timestamp;
-use tre_store::StoreError;
+use tre_time::Timestamp;
 
 use crate::JobStore;
 
@@ -42,7 +42,7 @@ impl FleetLoad {
         store: &dyn JobStore,
         policies: &[JobPolicy],
         now: Timestamp,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, JobStoreError> {
         let mut pools: Vec<PoolLoad> = Pool::ALL
             .iter()
             .map(|pool| PoolLoad {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::JobStoreError;
 use async_trait::async_trait;
-use tre_domain::Timestamp;
-use tre_store::StoreError;
+use tre_time::Timestamp;
 
 use crate::JobStore;
 
@@ -22,7 +22,7 @@ pub trait Retained: Send + Sync + 'static {
     fn retention(&self) -> Duration;
 
     /// Removes, in batches of `batch`, those older than `before`; how many.
-    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError>;
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, JobStoreError>;
 }
 
 /// Finished jobs (done, discarded): removed this long after they
@@ -43,7 +43,7 @@ impl Retained for FinishedJobs {
         self.retention
     }
 
-    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
+    async fn remove_before(&self, before: Timestamp, batch: i64) -> Result<u64, JobStoreError> {
         self.jobs.remove_finished(before, batch).await
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use tre_domain::Timestamp;
-use tre_store::now;
+use tre_time::Timestamp;
+use tre_time::now;
 
-use crate::{FinishedJobs, JobStore, Retained};
+use crate::{FinishedJobs, JobStore, JobStoreError, Retained};
 
 use crate::queue::JobMessage;
 use crate::{JobPolicy, JobQueue, Pool, Shutdown};
@@ -117,7 +117,7 @@ impl Relay {
     }
 
     /// One pass: returns how many jobs were handed over.
-    pub async fn run_once(&self) -> Result<usize, tre_store::StoreError> {
+    pub async fn run_once(&self) -> Result<usize, JobStoreError> {
         // what each pool may still take: the queue counts its own backlog
         // (cheap, and what the bound protects), SQL is not scanned for it
         let mut room: HashMap<Pool, i64> = HashMap::new();
@@ -229,7 +229,7 @@ impl Reconciler {
     }
 
     /// One pass: returns how many jobs were recovered.
-    pub async fn run_once(&self) -> Result<u64, tre_store::StoreError> {
+    pub async fn run_once(&self) -> Result<u64, JobStoreError> {
         let now = now();
         let mut recovered = self.store.recover_orphaned(now).await?;
         let cutoff = Timestamp(now.0 - self.requeue_after.as_millis() as i64);
@@ -293,7 +293,7 @@ impl Cleaner {
     }
 
     /// One pass: the rows removed, per table.
-    pub async fn run_once(&self) -> Result<Vec<(&'static str, u64)>, tre_store::StoreError> {
+    pub async fn run_once(&self) -> Result<Vec<(&'static str, u64)>, JobStoreError> {
         let now = now().0;
         let mut removed = Vec::with_capacity(self.retained.len());
         for retained in &self.retained {
@@ -328,7 +328,7 @@ pub async fn spawn_maintenance(
     metrics: Arc<crate::Metrics>,
     shutdown: Shutdown,
     mut retained: Vec<Arc<dyn Retained>>,
-) -> Result<Vec<JoinHandle<()>>, tre_store::StoreError> {
+) -> Result<Vec<JoinHandle<()>>, JobStoreError> {
     if !queue.is_durable() {
         let recovered = jobs.requeue_all_queued(now()).await?;
         if recovered > 0 {

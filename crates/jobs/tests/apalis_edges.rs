@@ -200,7 +200,7 @@ async fn a_pool_without_workers_keeps_a_bounded_backlog() {
                 "dispense",
                 &format!("dispense:p{i}"),
                 &serde_json::json!({}),
-                tre_domain::Timestamp(0),
+                tre_jobs::Timestamp(0),
             )
             .await
             .unwrap();

@@ -9,13 +9,14 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tre_jobs::{ClaimedJob, JobState};
 
-use tre_domain::{JobState, Timestamp};
+use tre_jobs::Timestamp;
 use tre_jobs::{
     EmbeddedQueue, Executor, JobContext, JobError, JobHandler, JobMessage, JobPolicy, JobQueue,
     Metrics, Pool, RedisQueue, RedisQueueOptions, RuntimeOptions, spawn_maintenance,
 };
-use tre_store::{ClaimedJob, Store};
+use tre_store::Store;
 use tre_testkit::{TestDb, TestRedis};
 
 /// Runs each behaviour on the embedded queue and on Redis.
@@ -284,7 +285,7 @@ async fn a_lost_message_is_recovered(queue: Arc<dyn JobQueue>, db: &TestDb) {
         assert!(
             store
                 .jobs()
-                .mark_queued(key, Timestamp(tre_store::now().0 - 10_000))
+                .mark_queued(key, Timestamp(tre_jobs::now().0 - 10_000))
                 .await
                 .unwrap()
         );

@@ -9,13 +9,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tre_jobs::{ClaimedJob, JobState};
 
-use tre_domain::{JobState, Timestamp};
+use tre_jobs::Timestamp;
+use tre_jobs::now;
 use tre_jobs::{
     EmbeddedQueue, ExecOutcome, Executor, JobContext, JobError, JobHandler, JobPolicy, JobQueue,
     Metrics, Pool, Reconciler, RedisQueue, RedisQueueOptions, Relay,
 };
-use tre_store::{ClaimedJob, Store, now};
+use tre_store::Store;
 use tre_testkit::{TestDb, TestRedis};
 
 /// What the test handler does on each attempt.

@@ -7,11 +7,12 @@
 //! worker's lease runs out.
 
 use std::collections::BTreeSet;
+use tre_jobs::{FailOutcome, JobState};
 
 use serde_json::json;
-use tre_domain::{JobState, Timestamp};
 use tre_jobs::JobStore;
-use tre_store::{FailOutcome, SqlJobStore};
+use tre_jobs::Timestamp;
+use tre_jobs_sql::SqlJobStore;
 use tre_testkit::TestDb;
 
 /// Runs each behaviour on a SQLite file and on a PostgreSQL database of its

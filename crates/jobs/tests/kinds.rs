@@ -5,14 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tre_jobs::{ClaimedJob, JobState};
 
 use serde::Deserialize;
-use tre_domain::{JobState, Timestamp};
+use tre_jobs::Timestamp;
 use tre_jobs::{
     ExecOutcome, Executor, Handler, HandlerFuture, JobArgs, JobContext, JobError, JobPolicy,
     Metrics, Pool,
 };
-use tre_store::ClaimedJob;
 use tre_testkit::TestDb;
 
 #[derive(Debug, Deserialize, PartialEq)]

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tre_jobs::JobState;
 
-use tre_domain::{JobState, Timestamp};
+use tre_jobs::Timestamp;
 use tre_jobs::{EmbeddedQueue, JobPolicy, JobQueue, Pool, Relay};
 use tre_store::{JobFilter, Store};
 use tre_testkit::TestDb;

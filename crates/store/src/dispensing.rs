@@ -276,7 +276,7 @@ impl Store {
             let working = row.try_get::<i64, _>("taken")? == 1
                 && job
                     .as_deref()
-                    .and_then(tre_domain::JobState::parse)
+                    .and_then(tre_jobs::JobState::parse)
                     .is_some_and(|state| !state.is_finished());
             if !working {
                 effects.push(Effect::DispenseUnit {

@@ -1,5 +1,7 @@
 use thiserror::Error;
 use tre_domain::{Denied, DomainError};
+use tre_jobs::{JobError, JobStoreError};
+use tre_jobs_sql::SqlJobError;
 
 /// Errors of the store. [`StoreError::is_retryable`] says whether trying the
 /// same call again may succeed.
@@ -75,47 +77,61 @@ impl StoreError {
     pub fn is_write_conflict(&self) -> bool {
         match self {
             Self::WriteConflict(_) => true,
-            Self::Database(sqlx::Error::Database(db)) => {
-                let code = db.code();
-                // PostgreSQL serialization_failure, deadlock_detected;
-                // SQLite BUSY (5) and LOCKED (6) with extended codes.
-                matches!(
-                    code.as_deref(),
-                    Some("40001" | "40P01" | "5" | "6" | "517" | "261" | "262")
-                ) || db.message().contains("database is locked")
-            }
+            Self::Database(e) => tre_jobs_sql::sql_conflict(e),
             _ => false,
         }
     }
 
-    /// The database could not be reached or dropped the connection: a
-    /// restart, a failover, a network cut, a pool exhausted under load.
-    /// PostgreSQL's connection exceptions (SQLSTATE class 08), its shutdown
-    /// and start-up refusals (57P01 to 57P03), too many connections (53300),
-    /// and the driver's I/O, TLS, protocol and pool errors. Worth retrying
-    /// once the database is back; never a verdict on the call itself.
+    /// The database could not be reached or dropped the connection (see
+    /// [`tre_jobs_sql::sql_unavailable`]): worth retrying once the
+    /// database is back; never a verdict on the call itself.
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Database(
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            Self::Database(sqlx::Error::Database(db)) => {
-                let code = db.code().unwrap_or_default();
-                code.starts_with("08")
-                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-            }
-            _ => false,
-        }
+        matches!(self, Self::Database(e) if tre_jobs_sql::sql_unavailable(e))
     }
 
     /// Whether a caller may retry the same call unchanged.
     pub fn is_retryable(&self) -> bool {
         self.is_write_conflict() || self.is_unavailable()
+    }
+}
+
+impl From<SqlJobError> for StoreError {
+    fn from(e: SqlJobError) -> Self {
+        match e {
+            SqlJobError::Database(e) => Self::Database(e),
+            SqlJobError::Corrupt { key, message } => Self::Corrupt {
+                object: "job",
+                id: key,
+                message,
+            },
+            SqlJobError::Config(message) => Self::Config(message),
+        }
+    }
+}
+
+/// The store as the job runtime sees it (the cleaner's retained rows):
+/// whether trying again may help.
+impl From<StoreError> for JobStoreError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::Unavailable(e.to_string())
+        } else if e.is_write_conflict() {
+            Self::Conflict(e.to_string())
+        } else {
+            Self::Failed(e.to_string())
+        }
+    }
+}
+
+/// A job's handler failed on the store: worth retrying when the store
+/// says a retry may succeed.
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            Self::Transient(e.to_string())
+        } else {
+            Self::Permanent(e.to_string())
+        }
     }
 }
 

@@ -26,7 +26,6 @@ mod files;
 mod gate_turn;
 mod gauges;
 mod idempotency;
-mod jobs;
 mod lists;
 mod notifications;
 mod ops;
@@ -43,13 +42,12 @@ mod users;
 mod workspaces;
 mod writes;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr};
-use tre_domain::{Actor, Timestamp};
+use sqlx::{AnyPool, SqlSafeStr};
+use tre_domain::Actor;
 
 pub use audit::{AuditQuery, AuditReport};
 pub use authorization::{Permission, Target};
@@ -59,11 +57,9 @@ pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared
 pub use gate_turn::GateTurn;
 pub use gauges::{STALL_AFTER_MS, SystemGauges};
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
-pub use jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts, SqlJobStore};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
-pub use outbox::OutboxJob;
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use project_overview::{ProjectGrant, ProjectOverview};
 pub use requests::HistoryEntry;
@@ -75,12 +71,8 @@ pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserSt
 pub use users::{NewUser, User};
 pub use workspaces::{NewWorkspace, Workspace};
 
-/// Which database the store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use tre_jobs_sql::SqlPool;
+pub use tre_jobs_sql::{Backend, SqlJobError, SqlJobStore};
 
 /// Who is calling, and the trace id recorded with every audit event the call
 /// causes (an HTTP request id, a job id, a CLI invocation id).
@@ -185,13 +177,7 @@ async fn migration_turn(file: &std::path::Path) -> Result<std::fs::File, StoreEr
     .map_err(|e| StoreError::Config(format!("migration lock beside the SQLite file: {e}")))
 }
 
-/// The wall clock as a [`Timestamp`]: the one clock every crate reads.
-pub fn now() -> Timestamp {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    Timestamp(millis)
-}
+pub use tre_time::now;
 
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -371,78 +357,18 @@ impl Store {
     /// Connects (creating the SQLite file and its folder when missing). Does
     /// not migrate: call [`Store::migrate`].
     pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
-        sqlx::any::install_default_drivers();
         let url = options.url.as_str();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else {
+        if Backend::of_url(url).is_none() {
             return Err(StoreError::Config(format!(
                 "database url must start with sqlite: or postgres:// (got {:?})",
                 tre_domain::redact::redact_url(url)
             )));
-        };
-        let mut url = url.to_owned();
-        let mut sqlite_file = None;
-        if backend == Backend::Sqlite {
-            let path = url
-                .trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:")
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            if path != ":memory:" && !path.is_empty() {
-                if let Some(parent) = std::path::Path::new(&path).parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        StoreError::Config(format!("cannot create {}: {e}", parent.display()))
-                    })?;
-                }
-                if !url.contains('?') {
-                    url.push_str("?mode=rwc");
-                }
-                sqlite_file = Some(std::path::PathBuf::from(&path));
-            }
         }
-        let connect_options: AnyConnectOptions = url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("invalid database url: {e}")))?;
-        let max = options.max_connections.unwrap_or(match backend {
-            Backend::Sqlite => 4,
-            Backend::Postgres => 10,
-        });
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(options.acquire_timeout)
-            // sqlx pings every connection as it goes back to the pool and
-            // drops the broken ones; pinging again before every use was a
-            // round trip per statement. A connection that sat idle for a
-            // while (across a database restart, say) is still tested first.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > Duration::from_secs(1) {
-                        return Ok(sqlx::Connection::ping(conn).await.is_ok());
-                    }
-                    Ok(true)
-                })
-            })
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the one writer; writers
-                        // wait for each other instead of failing at once.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(connect_options)
-            .await?;
+        let SqlPool {
+            pool,
+            backend,
+            sqlite_file,
+        } = SqlPool::connect(url, options.max_connections, options.acquire_timeout).await?;
         Ok(Self {
             pool,
             backend,
@@ -505,6 +431,11 @@ impl Store {
             tracing::warn!(error = %e, "audit events left for the next sealer");
         }
         self.pool.close().await;
+    }
+
+    /// The job runtime's persistence on this store's database and pool.
+    pub fn jobs(&self) -> SqlJobStore {
+        SqlJobStore::on_pool(self.pool.clone(), self.backend)
     }
 
     /// Begins a write transaction (see [`tx::begin`]).

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use tre_domain::{AccessRequest, Action, Environment, Object, Project, RequestState, authorize};
 
 use crate::requests::as_seen_by;
-use crate::{Caller, OutboxJob, Store, StoreError, docs};
+use crate::{Caller, Store, StoreError, docs};
+use tre_jobs::OutboxJob;
 
 /// Which of the caller's requests to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

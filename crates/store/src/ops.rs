@@ -4,17 +4,16 @@
 //! whole fleet. Platform admins only, and every change is in the audit log
 //! under the operator who made it.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::{Action, JobEvent, JobState, Object, Timestamp, authorize};
+use tre_domain::{Action, Object, Timestamp, authorize};
+use tre_jobs::{JobEvent, JobState, OutboxJob};
+use tre_jobs_sql::{delete_in_batches, job_from_row};
 
 use crate::audit::{self, AuditRecord};
-use crate::outbox::job_from_row;
 use crate::writes::{Arg, bind_all};
-use crate::{Caller, OutboxJob, Page, Store, StoreError, now};
+use crate::{Caller, Page, Store, StoreError, now};
 
 /// Which jobs an operator means. Every part is optional; together they
 /// narrow the set.
@@ -320,14 +319,14 @@ impl Store {
         before: Timestamp,
         batch: i64,
     ) -> Result<u64, StoreError> {
-        delete_in_batches(
+        Ok(delete_in_batches(
             &self.pool,
             "DELETE FROM deliveries WHERE (delivery_key, attempt) IN \
              (SELECT delivery_key, attempt FROM deliveries WHERE at < $1 LIMIT $2)",
             before,
             batch,
         )
-        .await
+        .await?)
     }
 
     /// Removes idempotency keys (and the answers kept for them) older than
@@ -337,63 +336,13 @@ impl Store {
         before: Timestamp,
         batch: i64,
     ) -> Result<u64, StoreError> {
-        delete_in_batches(
+        Ok(delete_in_batches(
             &self.pool,
             "DELETE FROM idempotency_keys WHERE (user_id, idempotency_key) IN \
              (SELECT user_id, idempotency_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
             before,
             batch,
         )
-        .await
-    }
-}
-
-impl crate::SqlJobStore {
-    /// The pools paused now.
-    pub async fn paused_pools(&self) -> Result<BTreeSet<String>, StoreError> {
-        sqlx::query("SELECT pool FROM pool_controls WHERE paused <> 0")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| Ok(row.try_get(0)?))
-            .collect()
-    }
-}
-
-impl crate::SqlJobStore {
-    /// Removes finished jobs (done or discarded) finished before `before`,
-    /// in batches of `batch`; how many. Dead ones stay for an operator.
-    pub async fn remove_finished(&self, before: Timestamp, batch: i64) -> Result<u64, StoreError> {
-        // the finished jobs' partial index (migration 0011) names them
-        let sql = format!(
-            "DELETE FROM outbox WHERE job_key IN (SELECT job_key FROM outbox \
-             WHERE state IN ('{}', '{}') AND finished_at < $1 LIMIT $2)",
-            JobState::Done.as_str(),
-            JobState::Discarded.as_str()
-        );
-        delete_in_batches(&self.pool, &sql, before, batch).await
-    }
-}
-
-/// Runs `delete` (binding `before` as $1 and `batch` as $2) until it
-/// removes fewer than `batch` rows: each batch its own short statement.
-async fn delete_in_batches(
-    pool: &sqlx::AnyPool,
-    delete: &str,
-    before: Timestamp,
-    batch: i64,
-) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    loop {
-        let done = sqlx::query(sqlx::AssertSqlSafe(delete.to_owned()))
-            .bind(before.0)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        removed += done;
-        if done < batch.max(1) as u64 {
-            return Ok(removed);
-        }
+        .await?)
     }
 }

@@ -114,20 +114,6 @@ impl Insert {
         Ok(())
     }
 
-    /// Runs the insert alone on the pool (a statement of its own); returns
-    /// the rows it inserted.
-    pub(crate) async fn execute_on(&self, pool: &sqlx::AnyPool) -> Result<u64, StoreError> {
-        if self.rows.is_empty() {
-            return Ok(0);
-        }
-        let (values, args) = self.values(1);
-        let sql = format!("{} {values} {}", self.head, self.tail);
-        Ok(bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), args)
-            .execute(pool)
-            .await?
-            .rows_affected())
-    }
-
     /// `VALUES (...), (...)` numbered from `$first`, and the arguments.
     fn values(&self, first: usize) -> (String, Vec<&Arg>) {
         let mut next = first;

@@ -519,7 +519,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // the outbox holds each job once, under its deterministic key
     let keys: BTreeSet<String> = store
-        .outbox_jobs(Some(tre_domain::JobState::Pending), 100)
+        .outbox_jobs(Some(tre_jobs::JobState::Pending), 100)
         .await
         .unwrap()
         .into_iter()
@@ -574,7 +574,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         Err(StoreError::NotFound { .. })
     ));
     let jobs = store
-        .outbox_jobs(Some(tre_domain::JobState::Pending), 100)
+        .outbox_jobs(Some(tre_jobs::JobState::Pending), 100)
         .await
         .unwrap();
     assert!(

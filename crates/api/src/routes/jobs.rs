@@ -19,7 +19,7 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
             None,
             get(get_job),
         )
-        .returns(body::<tre_store::OutboxJob>),
+        .returns(body::<tre_jobs::OutboxJob>),
     ]
 }
 

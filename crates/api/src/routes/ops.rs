@@ -11,9 +11,10 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tre_domain::{Action, JobState, Object, authorize};
+use tre_domain::{Action, Object, authorize};
 use tre_jobs::{FleetLoad, Pool};
-use tre_store::{BulkOutcome, Caller, JobFilter, OutboxJob, Page as ListPage, StoreError};
+use tre_jobs::{JobState, OutboxJob};
+use tre_store::{BulkOutcome, Caller, JobFilter, Page as ListPage, StoreError};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;

@@ -150,10 +150,7 @@ async fn operators_find_count_retry_discard_and_pause() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        (job.state, job.attempts),
-        (tre_domain::JobState::Pending, 0)
-    );
+    assert_eq!((job.state, job.attempts), (tre_jobs::JobState::Pending, 0));
     let discarded = api
         .ok(
             "platform",
@@ -171,7 +168,7 @@ async fn operators_find_count_retry_discard_and_pause() {
             .unwrap()
             .unwrap()
             .state,
-        tre_domain::JobState::Discarded
+        tre_jobs::JobState::Discarded
     );
     // pause a pool; the stats show it and each pool's due work
     let paused = api

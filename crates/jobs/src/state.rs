@@ -21,6 +21,7 @@
 //! | `discarded` | given up by an operator; never runs | nobody (the cleaner removes it after the retention) |
 //!
 //! SQL stores [`JobState::as_str`]; nothing else spells a state.
+//! `tre-jobs-sql` runs these transitions as conditional `UPDATE`s.
 
 use std::fmt;
 

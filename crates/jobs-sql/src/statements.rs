@@ -1,6 +1,7 @@
-//! The outbox as the job runtime's queue of record. Its states and who
-//! moves a job between them are [`JobState`]'s (see `tre_domain::job`);
-//! every state here is bound from that enum, never spelt.
+//! The statements of the job runtime on the outbox, its queue of record.
+//! Its states and who moves a job between them are [`JobState`]'s (see
+//! `tre_jobs::JobState`); every state here is bound from that enum, never
+//! spelt.
 //!
 //! Every transition is one conditional `UPDATE`, so at most one worker holds
 //! a job at a time on either database, whatever the queue delivers.
@@ -13,13 +14,11 @@
 //! state indexes instead, visiting every pending job for each key, and
 //! claims slowed from a millisecond to over a hundred.
 
-use serde::Serialize;
 use sqlx::Row;
-use tre_domain::{JobEvent, JobState, Timestamp};
+use tre_jobs::{ClaimedJob, DueJob, FailOutcome, JobCounts, JobEvent, JobState};
+use tre_time::Timestamp;
 
-use sqlx::AnyPool;
-
-use crate::{Backend, Store, StoreError};
+use crate::{Backend, SqlJobError, SqlJobStore, decode_payload};
 
 /// The state `event` leads to (the store only runs transitions the state
 /// machine has).
@@ -28,56 +27,6 @@ fn target(event: JobEvent) -> &'static str {
     from.after(event)
         .expect("a source state of the event")
         .as_str()
-}
-
-/// The job runtime's persistence: the outbox as the queue of record, and
-/// the pools operators paused. It needs none of the governance tables: on
-/// a database of its own [`SqlJobStore::open`] makes just its tables
-/// (`migrations/jobs.sql`); beside the governance it serves,
-/// [`Store::jobs`] shares the store's pool, so that commands write their
-/// jobs in their own transactions.
-#[derive(Debug, Clone)]
-pub struct SqlJobStore {
-    pub(crate) pool: AnyPool,
-    pub(crate) backend: Backend,
-}
-
-/// The tables and indexes of the job runtime, each made only when missing:
-/// the same as the store's migrations leave them (a test compares them).
-const JOB_TABLES: &str = include_str!("../migrations/jobs.sql");
-
-impl SqlJobStore {
-    /// Connects to `url` (a SQLite file, made when missing, or PostgreSQL)
-    /// and makes the job tables that are missing; nothing else.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let store = Store::connect(&crate::StoreOptions::new(url)).await?;
-        let jobs = store.jobs();
-        jobs.make_tables().await?;
-        Ok(jobs)
-    }
-
-    /// Makes the job tables and indexes that are missing.
-    pub async fn make_tables(&self) -> Result<(), StoreError> {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(JOB_TABLES))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Closes the pool (every handle sharing it).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl Store {
-    /// The job runtime's persistence on this store's database and pool.
-    pub fn jobs(&self) -> SqlJobStore {
-        SqlJobStore {
-            pool: self.pool.clone(),
-            backend: self.backend,
-        }
-    }
 }
 
 /// The separator of keys passed as one text to PostgreSQL (no job key
@@ -138,92 +87,6 @@ fn source(event: JobEvent) -> &'static str {
     }
 }
 
-/// A pending job that is due (see [`SqlJobStore::due_jobs`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueJob {
-    pub key: String,
-    pub kind: String,
-    /// Attempts made so far.
-    pub attempts: i64,
-    pub due_at: Timestamp,
-}
-
-/// A job a worker has leased.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClaimedJob {
-    pub key: String,
-    pub kind: String,
-    pub payload: serde_json::Value,
-    /// This attempt's number, from 1. Above the kind's `max_attempts` when
-    /// the claim found the attempts used up (a worker died on the last one):
-    /// the job is then dead-lettered without running.
-    pub attempt: i64,
-    pub lease_until: i64,
-    /// The previous attempt's error, if any.
-    pub last_error: Option<String>,
-}
-
-/// What happened to a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailOutcome {
-    /// Back to `pending`, due again at this time.
-    RetryAt(Timestamp),
-    /// Given up.
-    Dead,
-    /// The worker no longer held the lease (another took over); nothing written.
-    LeaseLost,
-}
-
-/// Jobs per state (queue depth for metrics and operators).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct JobCounts {
-    pub pending: i64,
-    pub queued: i64,
-    pub running: i64,
-    pub done: i64,
-    pub dead: i64,
-    pub discarded: i64,
-}
-
-impl JobCounts {
-    /// The count of one state.
-    pub fn get(&self, state: JobState) -> i64 {
-        match state {
-            JobState::Pending => self.pending,
-            JobState::Queued => self.queued,
-            JobState::Running => self.running,
-            JobState::Done => self.done,
-            JobState::Dead => self.dead,
-            JobState::Discarded => self.discarded,
-        }
-    }
-
-    fn slot(&mut self, state: JobState) -> &mut i64 {
-        match state {
-            JobState::Pending => &mut self.pending,
-            JobState::Queued => &mut self.queued,
-            JobState::Running => &mut self.running,
-            JobState::Done => &mut self.done,
-            JobState::Dead => &mut self.dead,
-            JobState::Discarded => &mut self.discarded,
-        }
-    }
-
-    /// The counts as the Prometheus gauge `tre_jobs_queue_depth{state}`.
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::from(
-            "# HELP tre_jobs_queue_depth Jobs in the outbox by state.\n# TYPE tre_jobs_queue_depth gauge\n",
-        );
-        for state in JobState::ALL {
-            out.push_str(&format!(
-                "tre_jobs_queue_depth{{state=\"{state}\"}} {}\n",
-                self.get(state)
-            ));
-        }
-        out
-    }
-}
-
 impl SqlJobStore {
     /// Pending jobs that are due, with their attempts so far: what the relay
     /// hands to the queue. For each `(kind, most)` the oldest `most` due jobs
@@ -233,7 +96,7 @@ impl SqlJobStore {
         &self,
         now: Timestamp,
         kinds: &[(&str, u32)],
-    ) -> Result<Vec<DueJob>, StoreError> {
+    ) -> Result<Vec<DueJob>, SqlJobError> {
         if kinds.is_empty() {
             return Ok(Vec::new());
         }
@@ -268,7 +131,7 @@ impl SqlJobStore {
                     due_at: Timestamp(r.try_get(3)?),
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, SqlJobError>>()?;
         due.sort_by(|a, b| (a.due_at, &a.key).cmp(&(b.due_at, &b.key)));
         Ok(due)
     }
@@ -276,7 +139,10 @@ impl SqlJobStore {
     /// Per kind, the jobs due and not yet taken by a worker (pending or
     /// queued, due by `now`) and when the oldest of them fell due: the load
     /// a pool's workers have to catch up with.
-    pub async fn due_by_kind(&self, now: Timestamp) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    pub async fn due_by_kind(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, i64, i64)>, SqlJobError> {
         // each state from its own index, added up per kind
         let mut by_kind: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         for state in JobState::sources(JobEvent::Claim) {
@@ -303,7 +169,7 @@ impl SqlJobStore {
     }
 
     /// How many jobs of each kind are queued but not yet claimed.
-    pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn queued_by_kind(&self) -> Result<Vec<(String, i64)>, SqlJobError> {
         let sql = format!(
             "SELECT kind, COUNT(*) FROM outbox WHERE state = {} GROUP BY kind",
             lit(JobState::Queued)
@@ -318,7 +184,7 @@ impl SqlJobStore {
 
     /// Records that a pending job was handed to the queue. False when a
     /// worker already took it (or it is no longer pending).
-    pub async fn mark_queued(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+    pub async fn mark_queued(&self, key: &str, now: Timestamp) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, dispatched_at = $2, updated_at = $2 WHERE job_key = $3 AND (state || '') = $4",
         )
@@ -344,7 +210,7 @@ impl SqlJobStore {
         worker: &str,
         lease_ms: i64,
         now: Timestamp,
-    ) -> Result<Option<ClaimedJob>, StoreError> {
+    ) -> Result<Option<ClaimedJob>, SqlJobError> {
         let [from_a, from_b] = JobState::sources(JobEvent::Claim) else {
             unreachable!("a claim takes pending and queued jobs")
         };
@@ -369,7 +235,7 @@ impl SqlJobStore {
         Ok(Some(ClaimedJob {
             key: key.to_owned(),
             kind: row.try_get("kind")?,
-            payload: crate::docs::decode("job", key, &payload)?,
+            payload: decode_payload(key, &payload)?,
             attempt: row.try_get("attempts")?,
             lease_until: row.try_get("lease_until")?,
             last_error: row.try_get("last_error")?,
@@ -386,7 +252,7 @@ impl SqlJobStore {
         worker: &str,
         lease_ms: i64,
         now: Timestamp,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+    ) -> Result<Vec<ClaimedJob>, SqlJobError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -418,7 +284,7 @@ impl SqlJobStore {
                 let key: String = row.try_get("job_key")?;
                 let payload: String = row.try_get("payload")?;
                 Ok(ClaimedJob {
-                    payload: crate::docs::decode("job", &key, &payload)?,
+                    payload: decode_payload(&key, &payload)?,
                     key,
                     kind: row.try_get("kind")?,
                     attempt: row.try_get("attempts")?,
@@ -436,7 +302,7 @@ impl SqlJobStore {
         keys: &[String],
         worker: &str,
         now: Timestamp,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<String>, SqlJobError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -469,7 +335,7 @@ impl SqlJobStore {
         &self,
         keys: &[String],
         now: Timestamp,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, SqlJobError> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -498,7 +364,7 @@ impl SqlJobStore {
         key: &str,
         worker: &str,
         until: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET lease_until = $1 WHERE job_key = $2 AND (state || '') = $3 AND lease_owner = $4",
         )
@@ -517,7 +383,7 @@ impl SqlJobStore {
         key: &str,
         worker: &str,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, lease_owner = NULL, lease_until = NULL \
              WHERE job_key = $3 AND (state || '') = $4 AND lease_owner = $5",
@@ -542,7 +408,7 @@ impl SqlJobStore {
         error: &str,
         retry_at: Option<Timestamp>,
         now: Timestamp,
-    ) -> Result<FailOutcome, StoreError> {
+    ) -> Result<FailOutcome, SqlJobError> {
         let error: String = error.chars().take(4000).collect();
         let (event, due) = match retry_at {
             Some(at) => (JobEvent::Retry, at),
@@ -580,7 +446,7 @@ impl SqlJobStore {
         worker: &str,
         why: &str,
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, last_error = $2, finished_at = $3, updated_at = $3, \
              lease_owner = NULL, lease_until = NULL \
@@ -606,7 +472,7 @@ impl SqlJobStore {
         worker: &str,
         why: &str,
         now: Timestamp,
-    ) -> Result<FailOutcome, StoreError> {
+    ) -> Result<FailOutcome, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, attempts = attempts - 1, last_error = $2, finished_at = $3, updated_at = $3, \
              lease_owner = NULL, lease_until = NULL \
@@ -630,7 +496,7 @@ impl SqlJobStore {
     /// Hands back to `pending` the jobs whose lease ran out (their worker
     /// died or lost the database): another worker takes them at once.
     /// Returns how many.
-    pub async fn recover_orphaned(&self, now: Timestamp) -> Result<u64, StoreError> {
+    pub async fn recover_orphaned(&self, now: Timestamp) -> Result<u64, SqlJobError> {
         let sql = format!(
             "UPDATE outbox SET state = $1, updated_at = $2, lease_owner = NULL, lease_until = NULL, \
              last_error = 'worker lost its lease (crashed, stopped or cut off mid-job)' \
@@ -651,7 +517,7 @@ impl SqlJobStore {
         &self,
         kinds: &[&str],
         queued_before: Timestamp,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<String>, SqlJobError> {
         let mut stale = Vec::new();
         for kind in kinds {
             let sql = format!(
@@ -671,7 +537,7 @@ impl SqlJobStore {
     }
 
     /// Hands a queued job back to `pending` (its message was lost).
-    pub async fn requeue_lost(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+    pub async fn requeue_lost(&self, key: &str, now: Timestamp) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, updated_at = $2 WHERE job_key = $3 AND (state || '') = $4",
         )
@@ -686,7 +552,7 @@ impl SqlJobStore {
 
     /// Hands every queued job back to `pending`: a queue whose messages do
     /// not outlive its process (the embedded one) lost them all.
-    pub async fn requeue_all_queued(&self, now: Timestamp) -> Result<u64, StoreError> {
+    pub async fn requeue_all_queued(&self, now: Timestamp) -> Result<u64, SqlJobError> {
         let sql = format!(
             "UPDATE outbox SET state = $1, updated_at = $2 WHERE state = {}",
             lit(JobState::sources(JobEvent::Lost)[0])
@@ -702,7 +568,7 @@ impl SqlJobStore {
     /// Gives back a job this worker holds but did not finish (graceful
     /// shutdown): `pending` again at once. The interrupted attempt counts,
     /// so a job that keeps outliving shutdowns still runs out of attempts.
-    pub async fn release_job(&self, key: &str, worker: &str) -> Result<bool, StoreError> {
+    pub async fn release_job(&self, key: &str, worker: &str) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, lease_owner = NULL, lease_until = NULL \
              WHERE job_key = $2 AND (state || '') = $3 AND lease_owner = $4",
@@ -717,25 +583,24 @@ impl SqlJobStore {
     }
 
     /// Jobs per state.
-    pub async fn job_counts(&self) -> Result<JobCounts, StoreError> {
+    pub async fn job_counts(&self) -> Result<JobCounts, SqlJobError> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM outbox GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
         let mut counts = JobCounts::default();
         for row in rows {
             let state: String = row.try_get(0)?;
-            let state = JobState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                object: "job state",
-                id: state.clone(),
+            let state = JobState::parse(&state).ok_or_else(|| SqlJobError::Corrupt {
+                key: format!("(state {state:?})"),
                 message: "not a job state".into(),
             })?;
-            *counts.slot(state) = row.try_get(1)?;
+            counts.set(state, row.try_get(1)?);
         }
         Ok(counts)
     }
 
     /// Puts a dead job back to `pending` with fresh attempts (operators).
-    pub async fn retry_dead_job(&self, key: &str, now: Timestamp) -> Result<bool, StoreError> {
+    pub async fn retry_dead_job(&self, key: &str, now: Timestamp) -> Result<bool, SqlJobError> {
         let done = sqlx::query(
             "UPDATE outbox SET state = $1, attempts = 0, due_at = $2, updated_at = $2, finished_at = NULL \
              WHERE job_key = $3 AND (state || '') = $4",
@@ -754,22 +619,16 @@ impl SqlJobStore {
 mod tests {
     use super::*;
 
-    /// The partial indexes of migrations 0011 and 0017 name each state as the enum
-    /// spells it, so the statements' literals (from the enum) match them.
+    /// The partial indexes name each state as the enum spells it, so the
+    /// statements' literals (from the enum) match them. (`jobs.sql` makes
+    /// them as the store's migrations 0011 and 0017 leave them: the store's
+    /// `tests/job_tables.rs` compares the two.)
     #[test]
     fn partial_indexes_name_states_as_the_enum_spells_them() {
-        // each index as the last migration that made it left it
-        let migrations = [
-            include_str!("../migrations/0017_pending_by_kind.sql"),
-            include_str!("../migrations/0011_outbox_by_state.sql"),
-        ];
         let index = |name: &str| {
-            migrations
-                .iter()
-                .find_map(|m| {
-                    m.lines()
-                        .find(|l| l.starts_with(&format!("CREATE INDEX {name} ")))
-                })
+            crate::JOB_TABLES
+                .lines()
+                .find(|l| l.starts_with(&format!("CREATE INDEX IF NOT EXISTS {name} ")))
                 .unwrap_or_else(|| panic!("no index {name}"))
         };
         for (name, state) in [

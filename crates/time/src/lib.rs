@@ -1,16 +1,26 @@
-//! A moment in time as the domain holds it ([`Timestamp`]), and its RFC
-//! 3339 text.
+//! The one clock of tre: a moment ([`Timestamp`]), its RFC 3339 text, and
+//! [`now`], the wall clock every crate reads. The governance domain and the
+//! job runtime share it and nothing else.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 /// A moment, as milliseconds since the Unix epoch, UTC. The domain never
-/// reads a clock: callers pass `now` in. Written as RFC 3339 text
+/// reads a clock: callers pass [`now`] in. Written as RFC 3339 text
 /// (`2026-12-07T17:45:00.123Z`) wherever it is serialized; read from that
 /// text (any offset) or from epoch milliseconds (documents stored before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
+
+/// The wall clock as a [`Timestamp`].
+pub fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp(millis)
+}
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
