@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tre_jobs::JobState;
+use tre_testkit::UseCases;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -661,7 +662,11 @@ async fn every_fault_at_once_loses_nothing() {
     for (request, project) in &projects {
         let id = tre_domain::ProjectId::from(project.as_str());
         let r = store
-            .system_request(&tre_domain::RequestId::from(request.as_str()))
+            .app()
+            .request(
+                &tre_testkit::System::new("test"),
+                &tre_domain::RequestId::from(request.as_str()),
+            )
             .await
             .unwrap();
         assert_eq!(r.state, RequestState::Approved, "{r:?}");

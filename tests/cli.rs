@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use tre_testkit::UseCases;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -831,6 +832,7 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     let first = WorkerProcess::start(&db.url, &redis.url(), &receiver.url, &lease);
 
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -902,6 +904,7 @@ async fn sigterm_drains_in_flight_jobs() {
         &["--drain-ms", "10000", "--metrics-listen", &listen],
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -1283,6 +1286,7 @@ async fn no_secret_reaches_any_output() {
         .spawn()
         .unwrap();
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();

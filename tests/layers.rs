@@ -137,3 +137,43 @@ fn the_rule_refuses_the_runtime_importing_governance() {
     assert!(!jobs.1.contains("tre-store") && !jobs.1.contains("tre-domain"));
     assert_eq!(jobs.1, BTreeSet::from(["tre-time".to_owned()]));
 }
+
+/// Only the job runtime acts as the `System` (counting cohorts, expiring
+/// access, reading without a person's authorization): no face that serves
+/// people (the HTTP API, the `tre` commands) makes one, so no person's call
+/// can reach what only the runtime may do.
+#[test]
+fn no_face_of_people_acts_as_the_system() {
+    for face in ["crates/api/src", "crates/cli/src"] {
+        for file in rust_files(&root().join(face)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                assert!(
+                    !code.contains("System::new") && !code.contains("tre_app::System"),
+                    "{}:{}: a face of people acts as the System",
+                    file.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    assert!(
+        !files.is_empty() || dir.ends_with("routes"),
+        "{}",
+        dir.display()
+    );
+    files
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tre_jobs::JobState;
+use tre_testkit::UseCases;
 
 use serde_json::{Value, json};
 use tre_domain::{ProjectState, RequestState};
@@ -142,6 +143,7 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     let mut waiting = Vec::new();
     for _ in 0..4 {
         let request = store
+            .app()
             .create_request(
                 &w.owner,
                 &w.env,
@@ -153,6 +155,7 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
             .await
             .unwrap();
         store
+            .app()
             .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
             .await
             .unwrap();
@@ -280,7 +283,12 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     assert_eq!(project.state, ProjectState::Ready, "{project:?}");
     for id in &waiting {
         assert_eq!(
-            store.system_request(id).await.unwrap().state,
+            store
+                .app()
+                .request(&tre_testkit::System::new("test"), id)
+                .await
+                .unwrap()
+                .state,
             RequestState::InReview { stage: 1 }
         );
     }

@@ -20,6 +20,7 @@ mod retention;
 use std::sync::Arc;
 
 use tracing::info;
+use tre_app::App;
 use tre_jobs::{
     Executor, JobPolicy, JobQueue, Metrics, Pool, RuntimeOptions, Shutdown, spawn_maintenance,
     worker_name,
@@ -142,7 +143,9 @@ pub fn executor(
         options.runtime.lease,
         metrics,
     );
-    let requests = Arc::new(RequestWorkflow::new(store.clone(), notifier));
+    // the use cases the handlers run, on the store they work on
+    let app = App::new(store.clone());
+    let requests = Arc::new(RequestWorkflow::new(app.clone(), notifier));
     executor.handle::<NotifyReviewers, _>(requests.clone());
     executor.handle::<StageReminder, _>(requests.clone());
     executor.handle::<NotifyOwner, _>(requests.clone());
@@ -152,8 +155,8 @@ pub fn executor(
     executor.handle::<RetallyStage, _>(requests);
     if let Some(dispense) = &options.dispense {
         let sources = || dispense.sources.clone();
-        executor.handle::<CountCohort, _>(Arc::new(CohortCounter::new(store.clone(), sources())));
-        let dispensing = Arc::new(DispenseWorkflow::new(store.clone(), dispense.clone()));
+        executor.handle::<CountCohort, _>(Arc::new(CohortCounter::new(app.clone(), sources())));
+        let dispensing = Arc::new(DispenseWorkflow::new(app, dispense.clone()));
         executor.handle::<Dispense, _>(dispensing.clone());
         executor.handle::<DispenseUnit, _>(dispensing.clone());
         executor.handle::<FinishDispense, _>(dispensing.clone());

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tre_testkit::UseCases;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
@@ -570,6 +571,7 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
 
     // revocation: the request is revoked, its project deprovisioned
     store
+        .app()
         .request_command(
             &w.admin,
             &a.request_id,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tre_jobs::JobState;
+use tre_testkit::UseCases;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
@@ -251,6 +252,7 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         // the reviewers' summary: the cohort's files per collection, under
         // the disclosure rules; its owner is shown no count
         let mine = store
+            .app()
             .selection_summary(&w.owner, &request.id)
             .await
             .unwrap()
@@ -263,15 +265,17 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         );
         assert_eq!(mine.cohort.count, None);
         let summary = store
+            .app()
             .selection_summary(&tre_testkit::caller("rev1"), &request.id)
             .await
             .unwrap()
             .unwrap();
         assert!(!summary.counts_withheld);
         // nor the request's size; reviewers see the released count
-        let as_owner = store.request(&w.owner, &request.id).await.unwrap();
+        let as_owner = store.app().request(&w.owner, &request.id).await.unwrap();
         assert_eq!(as_owner.cohort_size, None);
         let as_reviewer = store
+            .app()
             .request(&tre_testkit::caller("rev1"), &request.id)
             .await
             .unwrap();

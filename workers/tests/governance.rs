@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tre_testkit::UseCases;
 
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -197,10 +198,12 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
         ..new_request()
     };
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, aged_30())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -219,10 +222,12 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
     )
     .await;
     let small = store
+        .app()
         .create_request(&w.owner, &w.env, aged_30())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &small.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -244,7 +249,10 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
         .collect();
     assert!(asked.is_empty(), "no reviewer saw it: {asked:?}");
     assert!(matches!(
-        store.decide(&caller("rev1"), &small.id, approve(0)).await,
+        store
+            .app()
+            .decide(&caller("rev1"), &small.id, approve(0))
+            .await,
         Err(tre_store::StoreError::Domain(_))
     ));
 
@@ -254,10 +262,12 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
     missing.datasets[0].locations = vec!["withdrawn/participants.parquet".into()];
     let broken = world_at(store, small_source(), missing, &["rev1"], &["rev2"], 1).await;
     let request = store
+        .app()
         .create_request(&broken.owner, &broken.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&broken.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -266,6 +276,7 @@ async fn small_cohorts_go_back_to_their_owner_before_any_reviewer(store: &Store)
         RequestState::InRevision
     );
     let history = store
+        .app()
         .request_history(&broken.owner, &request.id)
         .await
         .unwrap();
@@ -355,7 +366,7 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
     assert!(!columns.contains(&"townsend_index"), "{columns:?}");
     // what admins read of the plan: its version and a digest, no fields,
     // no cohort size
-    let approved = store.request(&w.owner, &request.id).await.unwrap();
+    let approved = store.app().request(&w.owner, &request.id).await.unwrap();
     let events = store
         .audit_events(
             &w.admin,
@@ -427,7 +438,11 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
             json!({"field": "sex", "op": "=", "value": "M"}),
             &["baseline"],
         );
-        let request = store.create_request(&w.owner, &w.env, new).await.unwrap();
+        let request = store
+            .app()
+            .create_request(&w.owner, &w.env, new)
+            .await
+            .unwrap();
         // no worker runs yet: the count is given
         submit_counted(store, &w.owner, &request.id, 2_500).await;
         approve_both_stages(store, &request.id).await;
@@ -435,10 +450,18 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
     }
     // before any worker runs: one request is revoked without its job (the
     // race a guarded creation now prevents), the other's end date passes
-    let mut revoked = store.system_request(&projects[0].request_id).await.unwrap();
+    let mut revoked = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &projects[0].request_id)
+        .await
+        .unwrap();
     revoked.state = RequestState::Revoked;
     rewrite(store, &revoked).await;
-    let mut ended = store.system_request(&projects[1].request_id).await.unwrap();
+    let mut ended = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &projects[1].request_id)
+        .await
+        .unwrap();
     ended.expires_at = Some(tre_domain::Timestamp(tre_store::now().0 - 1));
     rewrite(store, &ended).await;
 

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tre_testkit::UseCases;
 
 use common::{dispense_options, settled, start, temp_store};
 use reqwest::{Client, StatusCode, redirect};
@@ -459,6 +460,7 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
 
         // revoked: gone at once, for listing and reading
         store
+            .app()
             .request_command(
                 &w.admin,
                 &project.request_id,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tre_testkit::UseCases;
 
 use tre_domain::{DecisionInput, RequestCommand, RequestState, Verdict};
 use tre_jobs::{EmbeddedQueue, Executor, Metrics, RedisQueue, RedisQueueOptions, Relay};
@@ -113,10 +114,12 @@ async fn workflow_by_jobs(store: &Store) {
     );
 
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -130,6 +133,7 @@ async fn workflow_by_jobs(store: &Store) {
     );
 
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
@@ -140,10 +144,12 @@ async fn workflow_by_jobs(store: &Store) {
         .await;
     }
     store
+        .app()
         .decide(&caller("rev2a"), &request.id, decide(1))
         .await
         .unwrap();
     store
+        .app()
         .decide(&caller("rev2c"), &request.id, decide(1))
         .await
         .unwrap();
@@ -208,10 +214,12 @@ async fn retries_and_dead_letters(store: &Store) {
         fast_options(Some(&failing)),
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -254,6 +262,7 @@ async fn retries_and_dead_letters(store: &Store) {
         fast_options(Some(&refusing)),
     );
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
@@ -368,10 +377,12 @@ async fn redis_flushall_and_restart_lose_no_work() {
         async move {
             for _ in 0..n {
                 let r = store
+                    .app()
                     .create_request(&w.owner, &w.env, new_request())
                     .await
                     .unwrap();
                 store
+                    .app()
                     .request_command(&w.owner, &r.id, RequestCommand::Submit)
                     .await
                     .unwrap();
@@ -445,6 +456,7 @@ async fn concurrent_claims_run_a_job_once() {
     let receiver = WebhookReceiver::start(vec![], Duration::from_millis(100)).await;
     let options = fast_options(Some(&receiver));
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -501,10 +513,12 @@ async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let request = store
+            .app()
             .create_request(&w.owner, &w.env, new_request())
             .await
             .unwrap();
         store
+            .app()
             .request_command(&w.owner, &request.id, RequestCommand::Submit)
             .await
             .unwrap();
@@ -512,10 +526,12 @@ async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
         ids.push(request.id);
     }
     store
+        .app()
         .decide(&caller("rev1"), &ids[0], decide(0))
         .await
         .unwrap();
     store
+        .app()
         .decide(&caller("rev2a"), &ids[0], decide(1))
         .await
         .unwrap();
@@ -600,11 +616,13 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
         fast_options(None),
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     submit_counted(store, &w.owner, &request.id, 100).await;
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
@@ -614,10 +632,12 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
         ..decide(1)
     };
     store
+        .app()
         .decide(&caller("rev2a"), &request.id, returned)
         .await
         .unwrap();
     let waiting = store
+        .app()
         .decide(&caller("rev2b"), &request.id, decide(1))
         .await
         .unwrap();
@@ -644,7 +664,11 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
         store.jobs().job_counts().await.unwrap().pending == 0
     })
     .await;
-    let still = store.system_request(&request.id).await.unwrap();
+    let still = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &request.id)
+        .await
+        .unwrap();
     assert_eq!(still.state, RequestState::InReview { stage: 1 });
     // rev2c and rev2d leave: two approvals are out of reach
     store
@@ -652,7 +676,13 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
         .await
         .unwrap();
     eventually("the request goes back to its owner", || async {
-        store.system_request(&request.id).await.unwrap().state == RequestState::InRevision
+        store
+            .app()
+            .request(&tre_testkit::System::new("test"), &request.id)
+            .await
+            .unwrap()
+            .state
+            == RequestState::InRevision
     })
     .await;
     eventually("the admins are told why", || async {
@@ -695,6 +725,7 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
     assert_eq!(retallied[0].actor, "system");
     // and nobody can ask for a count again over the API's store calls
     let err = store
+        .app()
         .request_command(
             &w.admin,
             &request.id,
@@ -723,10 +754,12 @@ async fn blocked_stage_alerts_admins() {
         fast_options(None),
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -758,15 +791,18 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     let store = &db.store;
     let w = world(store, &["rev1"], &["rev2a"], 1).await;
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     submit_counted(store, &w.owner, &request.id, 100).await;
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
     let approved = store
+        .app()
         .decide(&caller("rev2a"), &request.id, decide(1))
         .await
         .unwrap();
@@ -793,7 +829,11 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     worker.stop(STOP_WITHIN).await;
 
     // let time pass: the end date is now in the past
-    let mut doc = store.system_request(&request.id).await.unwrap();
+    let mut doc = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &request.id)
+        .await
+        .unwrap();
     doc.expires_at = Some(tre_domain::Timestamp(1));
     sqlx_update(store, &doc).await;
     assert!(
@@ -815,7 +855,13 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         fast_options(None),
     );
     eventually("the request expires", || async {
-        store.system_request(&request.id).await.unwrap().state == RequestState::Expired
+        store
+            .app()
+            .request(&tre_testkit::System::new("test"), &request.id)
+            .await
+            .unwrap()
+            .state
+            == RequestState::Expired
     })
     .await;
     eventually("its project is expired", || async {
@@ -833,7 +879,11 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
             .is_some_and(|j| j.state == tre_jobs::JobState::Done)
     })
     .await;
-    let history = store.request_history(&w.owner, &request.id).await.unwrap();
+    let history = store
+        .app()
+        .request_history(&w.owner, &request.id)
+        .await
+        .unwrap();
     assert_eq!(history.last().unwrap().action, "request.expire");
     assert_eq!(history.last().unwrap().actor, "system");
     assert_eq!(history.last().unwrap().details["to"]["state"], "expired");
@@ -870,15 +920,18 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
         .await
         .unwrap();
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     submit_counted(store, &w.owner, &request.id, 100).await;
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
     store
+        .app()
         .decide(&caller("rev2a"), &request.id, decide(1))
         .await
         .unwrap();
@@ -961,19 +1014,23 @@ async fn notifications_are_emailed_through_smtp() {
     });
     let worker = start(store, Arc::new(EmbeddedQueue::default()), options);
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
     eventually("the reviewer's email", || async { sink.mails().len() == 1 }).await;
     store
+        .app()
         .decide(&caller("rev1"), &request.id, decide(0))
         .await
         .unwrap();
     store
+        .app()
         .decide(&caller("rev2a"), &request.id, decide(1))
         .await
         .unwrap();
@@ -1041,10 +1098,12 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
         fast_options(None),
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -1057,7 +1116,12 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
         "held, never claimed"
     );
     assert_eq!(
-        store.system_request(&request.id).await.unwrap().state,
+        store
+            .app()
+            .request(&tre_testkit::System::new("test"), &request.id)
+            .await
+            .unwrap()
+            .state,
         RequestState::Checking
     );
     store

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tre_testkit::UseCases;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type};
@@ -414,6 +415,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     );
     let women = serde_json::json!({"field": "sex", "op": "=", "value": "F"});
     let request = store
+        .app()
         .create_request(
             &w.owner,
             &w.env,
@@ -422,6 +424,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
         .await
         .unwrap();
@@ -459,6 +462,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     // the requesters are shown the selection, never a count (their sizes
     // come from the cohort builder, behind its gate)
     let owners = store
+        .app()
         .selection_summary(&w.owner, &request.id)
         .await
         .unwrap()
@@ -469,6 +473,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     assert_eq!(owners.collections.len(), 2);
     let reviewer = tre_testkit::user(store, "rev1", false, &[]).await;
     let summary = store
+        .app()
         .selection_summary(&reviewer, &request.id)
         .await
         .unwrap()
@@ -501,6 +506,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     let summaries = store.summaries_for(&queue.items).await.unwrap();
     assert_eq!(summaries.get(&request.id), Some(&summary));
     let admin_view = store
+        .app()
         .selection_summary(&w.admin, &request.id)
         .await
         .unwrap()
@@ -510,6 +516,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     assert!(admin_view.datasets.iter().all(|d| d.fields.is_empty()));
     assert!(
         store
+            .app()
             .selection_summary(&w.outsider, &request.id)
             .await
             .is_err()

@@ -6,6 +6,7 @@
 //! the API never does on a request path.
 
 use tracing::{info, warn};
+use tre_app::{App, System};
 use tre_dispense::Sources;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{AccessRequest, CohortCount, Environment, RequestId, RequestState};
@@ -20,13 +21,13 @@ use crate::kinds::CountCohort;
 /// The handler of `count_cohort` jobs.
 #[derive(Debug, Clone)]
 pub struct CohortCounter {
-    store: Store,
+    app: App,
     sources: Sources,
 }
 
 impl CohortCounter {
-    pub fn new(store: Store, sources: Sources) -> Self {
-        Self { store, sources }
+    pub fn new(app: App, sources: Sources) -> Self {
+        Self { app, sources }
     }
 
     /// The number of participants the request's filter selects, as the
@@ -134,14 +135,15 @@ impl CohortCounter {
     }
 
     async fn record(
-        store: &Store,
+        &self,
         job: &ClaimedJob,
         request: &RequestId,
         round: u32,
         count: CohortCount,
     ) -> Result<(), JobError> {
-        match store
-            .record_cohort_count(request, round, count, &job.key)
+        match self
+            .app
+            .record_cohort_count(&System::new(&job.key), request, round, count)
             .await
         {
             Ok(next) => {
@@ -154,14 +156,9 @@ impl CohortCounter {
         }
     }
 
-    async fn count(
-        &self,
-        store: &Store,
-        job: &ClaimedJob,
-        id: &RequestId,
-        round: u32,
-    ) -> Result<(), JobError> {
-        let request = store.system_request(id).await?;
+    async fn count(&self, job: &ClaimedJob, id: &RequestId, round: u32) -> Result<(), JobError> {
+        let store = self.app.store();
+        let request = self.app.request(&System::new(&job.key), id).await?;
         if request.state != RequestState::Checking || request.round != round {
             return Ok(());
         }
@@ -171,7 +168,7 @@ impl CohortCounter {
             Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),
             Err(transient) => return Err(transient),
         };
-        Self::record(store, job, id, round, count).await
+        self.record(job, id, round, count).await
     }
 }
 
@@ -182,10 +179,7 @@ impl Handler<CountCohort> for CohortCounter {
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
-            self.count(&self.store, job, &args.request, args.round)
-                .await
-        })
+        Box::pin(async move { self.count(job, &args.request, args.round).await })
     }
 
     /// A count that kept failing returns the request to its owner rather
@@ -200,7 +194,7 @@ impl Handler<CountCohort> for CohortCounter {
         Box::pin(async move {
             let CountCohort { request, round } = args;
             let count = CohortCount::Failed(format!("the cohort could not be counted: {message}"));
-            if let Err(e) = Self::record(&self.store, job, &request, round, count).await {
+            if let Err(e) = self.record(job, &request, round, count).await {
                 warn!(request = %request, error = %e, "could not return the request to its owner");
             }
         })

@@ -21,6 +21,7 @@ use tre_jobs::ClaimedJob;
 use object_store::ObjectStore;
 use serde_json::json;
 use tracing::{info, warn};
+use tre_app::{App, System};
 use tre_dispense::files::{FileCopy, Multipart, UploadLog, UploadState};
 use tre_dispense::{
     CohortKeys, DispenseError, DispensePlan, Membership, PlanInput, Pseudonymiser, Source, Sources,
@@ -88,6 +89,7 @@ struct Loaded {
 
 /// Handlers of the dispensing jobs.
 pub struct DispenseWorkflow {
+    app: App,
     store: Store,
     config: DispenseConfig,
     plans: Mutex<HashMap<ProjectId, Arc<Loaded>>>,
@@ -120,9 +122,10 @@ fn corrupt(what: &str, e: serde_json::Error) -> JobError {
 }
 
 impl DispenseWorkflow {
-    pub fn new(store: Store, config: DispenseConfig) -> Self {
+    pub fn new(app: App, config: DispenseConfig) -> Self {
         Self {
-            store,
+            store: app.store().clone(),
+            app,
             config,
             plans: Mutex::new(HashMap::new()),
         }
@@ -148,11 +151,15 @@ impl DispenseWorkflow {
     /// before its end date. If not, the project is revoked or expired
     /// (which queues the removal of its data) and `false` is returned.
     async fn still_approved(
-        store: &Store,
+        &self,
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<bool, JobError> {
-        let request = store.system_request(&project.request_id).await?;
+        let store = self.app.store();
+        let request = self
+            .app
+            .request(&System::new(&job.key), &project.request_id)
+            .await?;
         let ended = request.expires_at.is_none_or(|end| tre_store::now() >= end);
         let command = match request.state {
             RequestState::Approved if !ended => return Ok(true),
@@ -179,7 +186,7 @@ impl DispenseWorkflow {
         let Some(project) = Self::live(store, id, round).await? else {
             return Ok(());
         };
-        if !Self::still_approved(store, job, &project).await? {
+        if !self.still_approved(job, &project).await? {
             return Ok(());
         }
         if project.state == ProjectState::Provisioning {
@@ -199,7 +206,10 @@ impl DispenseWorkflow {
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<(), JobError> {
-        let request = store.system_request(&project.request_id).await?;
+        let request = self
+            .app
+            .request(&System::new(&job.key), &project.request_id)
+            .await?;
         let env = store.system_environment(&project.environment_id).await?;
         let inventory = env
             .inventory
@@ -397,7 +407,7 @@ impl DispenseWorkflow {
         let Some(project) = Self::live(store, id, round).await? else {
             return Ok(());
         };
-        if !Self::still_approved(store, job, &project).await? {
+        if !self.still_approved(job, &project).await? {
             return Ok(());
         }
         let loaded = self.loaded(store, id).await?;

@@ -24,6 +24,7 @@ pub mod kinds;
 mod notify;
 mod showcase;
 
+use tre_app::{App, System};
 use tre_domain::{DomainError, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState};
 use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
@@ -38,13 +39,13 @@ pub use showcase::ShowcaseComputer;
 /// Handlers of the request workflow.
 #[derive(Debug, Clone)]
 pub struct RequestWorkflow {
-    store: Store,
+    app: App,
     notifier: Notifier,
 }
 
 impl RequestWorkflow {
-    pub fn new(store: Store, notifier: Notifier) -> Self {
-        Self { store, notifier }
+    pub fn new(app: App, notifier: Notifier) -> Self {
+        Self { app, notifier }
     }
 }
 
@@ -70,8 +71,8 @@ async fn move_project(
     }
 }
 
-async fn expire(store: &Store, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
-    match store.expire_request(request, &job.key).await {
+async fn expire(app: &App, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
+    match app.expire_request(&System::new(&job.key), request).await {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         // not yet due (clocks differ): try again later
@@ -83,13 +84,16 @@ async fn expire(store: &Store, job: &ClaimedJob, request: &RequestId) -> Result<
 /// Counts a stage's votes again; a stage that can still pass, or that was
 /// decided meanwhile, leaves nothing to do.
 async fn retally(
-    store: &Store,
+    app: &App,
     job: &ClaimedJob,
     request: &RequestId,
     round: u32,
     stage: usize,
 ) -> Result<(), JobError> {
-    match store.retally_request(request, round, stage, &job.key).await {
+    match app
+        .retally_request(&System::new(&job.key), request, round, stage)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         Err(StoreError::Domain(DomainError::Conflict(_))) => Ok(()),
@@ -97,15 +101,12 @@ async fn retally(
     }
 }
 
-async fn revoke_projects(
-    store: &Store,
-    job: &ClaimedJob,
-    request: &RequestId,
-) -> Result<(), JobError> {
+async fn revoke_projects(app: &App, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
+    let store = app.store();
     let Some(project) = store.system_project_of_request(request).await? else {
         return Ok(());
     };
-    let command = match store.system_request(request).await?.state {
+    let command = match app.request(&System::new(&job.key), request).await?.state {
         RequestState::Expired => ProjectCommand::Expire,
         _ => ProjectCommand::Revoke,
     };
@@ -118,7 +119,7 @@ async fn revoke_projects(
 /// Implements [`Handler`] of kind `$args` for the request workflow: the
 /// arguments bound by the pattern, then the work.
 macro_rules! request_job {
-    ($args:ident { $($field:ident),* }, |$store:ident, $job:ident, $this:ident| $work:expr) => {
+    ($args:ident { $($field:ident),* }, |$app:ident, $job:ident, $this:ident| $work:expr) => {
         impl Handler<kinds::$args> for RequestWorkflow {
             fn run<'a>(
                 &'a self,
@@ -128,7 +129,7 @@ macro_rules! request_job {
             ) -> HandlerFuture<'a, Result<(), JobError>> {
                 Box::pin(async move {
                     let kinds::$args { $($field,)* .. } = args;
-                    let ($store, $this) = (&self.store, self);
+                    let ($app, $this) = (&self.app, self);
                     $work.await
                 })
             }
@@ -142,7 +143,7 @@ request_job!(
         round,
         stage
     },
-    |store, job, this| { this.notifier.reviewers(store, job, &request, round, stage) }
+    |app, job, this| { this.notifier.reviewers(app, job, &request, round, stage) }
 );
 request_job!(
     StageReminder {
@@ -150,7 +151,7 @@ request_job!(
         round,
         stage
     },
-    |store, job, this| { this.notifier.remind(store, job, &request, round, stage) }
+    |app, job, this| { this.notifier.remind(app, job, &request, round, stage) }
 );
 request_job!(
     NotifyOwner {
@@ -158,16 +159,16 @@ request_job!(
         round,
         outcome
     },
-    |store, job, this| { this.notifier.owner(store, job, &request, round, &outcome) }
+    |app, job, this| { this.notifier.owner(app, job, &request, round, &outcome) }
 );
-request_job!(AlertAdmins { environment, alert }, |store, job, this| {
-    this.notifier.admins(store, job, &environment, &alert)
+request_job!(AlertAdmins { environment, alert }, |app, job, this| {
+    this.notifier.admins(app.store(), job, &environment, &alert)
 });
-request_job!(ScheduleExpiry { request }, |store, job, _this| {
-    expire(store, job, &request)
+request_job!(ScheduleExpiry { request }, |app, job, _this| {
+    expire(app, job, &request)
 });
-request_job!(RevokeProjects { request }, |store, job, _this| {
-    revoke_projects(store, job, &request)
+request_job!(RevokeProjects { request }, |app, job, _this| {
+    revoke_projects(app, job, &request)
 });
 request_job!(
     RetallyStage {
@@ -175,5 +176,5 @@ request_job!(
         round,
         stage
     },
-    |store, job, _this| { retally(store, job, &request, round, stage) }
+    |app, job, _this| { retally(app, job, &request, round, stage) }
 );

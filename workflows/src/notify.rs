@@ -22,6 +22,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 use tracing::info;
+use tre_app::{App, System};
 use tre_domain::redact::{redact_url, url_origin};
 use tre_domain::{
     AccessRequest, AdminAlert, Environment, EnvironmentId, RequestId, RequestState, ReviewStage,
@@ -115,12 +116,14 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 /// The request, its environment and the stage, while `stage` of `round` is
 /// the one open for decisions; `None` once it has closed.
 async fn open_stage(
-    store: &Store,
+    app: &App,
+    system: &System,
     request_id: &RequestId,
     round: u32,
     stage: usize,
 ) -> Result<Option<(AccessRequest, Environment, ReviewStage)>, JobError> {
-    let request = store.system_request(request_id).await?;
+    let store = app.store();
+    let request = app.request(system, request_id).await?;
     if request.round != round || request.state != (RequestState::InReview { stage }) {
         return Ok(None);
     }
@@ -349,15 +352,16 @@ impl Notifier {
     /// has nobody who may decide it.
     pub async fn reviewers(
         &self,
-        store: &Store,
+        app: &App,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
         stage: usize,
     ) -> Result<(), JobError> {
+        let (store, system) = (app.store(), System::new(&job.key));
         // a stage that closed before we got here: nothing to ask
         let Some((request, env, pipeline_stage)) =
-            open_stage(store, request_id, round, stage).await?
+            open_stage(app, &system, request_id, round, stage).await?
         else {
             return Ok(());
         };
@@ -421,20 +425,21 @@ impl Notifier {
     /// is still open (the review SLA has passed).
     pub async fn remind(
         &self,
-        store: &Store,
+        app: &App,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
         stage: usize,
     ) -> Result<(), JobError> {
+        let (store, system) = (app.store(), System::new(&job.key));
         // a stage decided in time: nobody to remind
         let Some((request, env, pipeline_stage)) =
-            open_stage(store, request_id, round, stage).await?
+            open_stage(app, &system, request_id, round, stage).await?
         else {
             return Ok(());
         };
-        let decided: Vec<UserId> = store
-            .system_decisions(request_id)
+        let decided: Vec<UserId> = app
+            .decisions(&system, request_id)
             .await?
             .into_iter()
             .filter(|d| d.round == round && d.stage == stage)
@@ -605,13 +610,14 @@ impl Notifier {
     /// Tells owner and collaborators how a round ended.
     pub async fn owner(
         &self,
-        store: &Store,
+        app: &App,
         job: &ClaimedJob,
         request_id: &RequestId,
         round: u32,
         outcome: &str,
     ) -> Result<(), JobError> {
-        let request = store.system_request(request_id).await?;
+        let store = app.store();
+        let request = app.request(&System::new(&job.key), request_id).await?;
         let mut people: Vec<UserId> = vec![request.owner.clone()];
         people.extend(request.collaborators.iter().cloned());
         let subject = match outcome {

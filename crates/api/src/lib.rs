@@ -48,6 +48,9 @@ pub type QueueHealth = std::sync::Arc<
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// The use cases every route goes through (so far those of access
+    /// requests; the others are still the store's).
+    pub app: tre_app::App,
     pub store: Store,
     /// Checks the job queue for `/readyz`; none when this process has no
     /// queue to answer for.
@@ -77,6 +80,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(store: Store) -> Self {
         Self {
+            app: tre_app::App::new(store.clone()),
             store,
             queue_health: None,
             metrics: std::sync::Arc::default(),

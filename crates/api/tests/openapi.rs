@@ -8,6 +8,7 @@ mod support;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::*;
+use tre_testkit::UseCases;
 
 /// `/openapi.json` documents every operation, each documented operation is
 /// routed, and what is not routed answers in the one error shape.
@@ -370,11 +371,12 @@ async fn documented_schemas_match_real_traffic() {
     // request as reviewers see it: with its resolved selection
     api.db
         .store
+        .app()
         .record_cohort_count(
+            &tre_testkit::System::new("test"),
             &tre_domain::RequestId(id.to_owned()),
             1,
             tre_domain::CohortCount::Counted(100),
-            "test",
         )
         .await
         .unwrap();

@@ -106,7 +106,7 @@ pub async fn run(args: ListsBenchArgs) -> Result<()> {
     }
     // one request made and reviewed through the store, then copied in SQL
     // into every environment (its id and environment rewritten in its doc)
-    let template = store
+    let template = tre_app::App::new(store.clone())
         .create_request(
             &researcher,
             &tre_domain::EnvironmentId::from(environments[0].as_str()),
@@ -120,11 +120,16 @@ pub async fn run(args: ListsBenchArgs) -> Result<()> {
             },
         )
         .await?;
-    store
+    tre_app::App::new(store.clone())
         .request_command(&researcher, &template.id, RequestCommand::Submit)
         .await?;
-    store
-        .record_cohort_count(&template.id, 1, CohortCount::Counted(500), "bench")
+    tre_app::App::new(store.clone())
+        .record_cohort_count(
+            &tre_app::System::new("bench"),
+            &template.id,
+            1,
+            CohortCount::Counted(500),
+        )
         .await?;
     let (old_id, old_env) = (template.id.to_string(), environments[0].clone());
     let mut copied = 0usize;

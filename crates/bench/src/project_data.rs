@@ -141,7 +141,7 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
         )
         .await?;
     // an approved request and its project, as the governance flow makes them
-    let request = store
+    let request = tre_app::App::new(store.clone())
         .create_request(
             &researcher,
             &env,
@@ -155,13 +155,18 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
         )
         .await?;
     let id: RequestId = request.id.clone();
-    store
+    tre_app::App::new(store.clone())
         .request_command(&researcher, &id, RequestCommand::Submit)
         .await?;
-    store
-        .record_cohort_count(&id, 1, CohortCount::Counted(100), "bench")
+    tre_app::App::new(store.clone())
+        .record_cohort_count(
+            &tre_app::System::new("bench"),
+            &id,
+            1,
+            CohortCount::Counted(100),
+        )
         .await?;
-    store
+    tre_app::App::new(store.clone())
         .decide(
             &reviewer,
             &id,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use tre_app::App;
 use tre_domain::{
     AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, ProjectState, RequestCommand,
     RequestUpdate, Verdict,
@@ -126,6 +127,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     }
     let environment_file = environment_file()?;
     let store = crate::open_checked(settings).await?;
+    let app = App::new(store.clone());
     let trace = format!("demo-{}", std::process::id());
     println!(
         "tre demo on {}, jobs on the {} queue{}\n",
@@ -272,7 +274,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         {"field": "age_at_recruitment", "op": "between", "low": 40, "high": 69},
         {"field": "bmi", "op": ">=", "value": 30},
     ]});
-    let draft = store
+    let draft = app
         .create_request(
             &alice,
             &env.id,
@@ -293,7 +295,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         )
         .await?;
     println!("   alice drafted {} with cohort {cohort}", draft.id);
-    let bad = store
+    let bad = app
         .request_command(
             &alice,
             &draft.id,
@@ -306,7 +308,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     if let Err(StoreError::Domain(e)) = bad {
         println!("   a filter on an unknown field is refused: {e}");
     }
-    let one = store
+    let one = app
         .request_command(
             &alice,
             &draft.id,
@@ -319,7 +321,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     if let Err(StoreError::Domain(e)) = one {
         println!("   so is a cohort of one picked by the participant key: {e}");
     }
-    let request = store
+    let request = app
         .request_command(&alice, &draft.id, RequestCommand::Submit)
         .await?;
     println!(
@@ -328,7 +330,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     );
     let id = request.id.clone();
     after_job(&store, &format!("count_cohort:{id}:1"), &[]).await?;
-    let request = store.request(&alice, &id).await?;
+    let request = app.request(&alice, &id).await?;
     println!(
         "     {} participants, at least the environment's minimum of {}: {}",
         request.cohort_size.unwrap_or(0),
@@ -359,7 +361,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     println!("     (bob reviews for this stage too, but as alice's collaborator he is not asked)");
 
     println!("\n5. Review, round 1");
-    match store
+    match app
         .decide(&bob, &request.id, decide(0, Verdict::Approve, ""))
         .await
     {
@@ -368,7 +370,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         }
         other => bail!("separation of duties failed: {other:?}"),
     }
-    let r = store
+    let r = app
         .decide(
             &carol,
             &request.id,
@@ -376,11 +378,11 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         )
         .await?;
     println!("   carol approves stage 1: {}", show(&r));
-    let r = store
+    let r = app
         .decide(&dave, &request.id, decide(1, Verdict::Approve, ""))
         .await?;
     println!("   dave approves stage 2: {}", show(&r));
-    let r = store
+    let r = app
         .decide(
             &erin,
             &request.id,
@@ -392,7 +394,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         )
         .await?;
     println!("   erin returns it: {}", show(&r));
-    let r = store
+    let r = app
         .decide(
             &frank,
             &request.id,
@@ -413,17 +415,16 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         {"field": "bmi", "op": ">=", "value": 30},
         {"field": "diabetes", "op": "=", "value": false},
     ]});
-    store
-        .request_command(
-            &alice,
-            &request.id,
-            RequestCommand::Update(RequestUpdate {
-                cohort: Some(narrowed),
-                ..Default::default()
-            }),
-        )
-        .await?;
-    let r = store
+    app.request_command(
+        &alice,
+        &request.id,
+        RequestCommand::Update(RequestUpdate {
+            cohort: Some(narrowed),
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let r = app
         .request_command(&alice, &request.id, RequestCommand::Submit)
         .await?;
     println!(
@@ -433,11 +434,11 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     after_job(&store, &format!("count_cohort:{id}:2"), &[]).await?;
 
     println!("\n7. Review, round 2");
-    let r = store
+    let r = app
         .decide(&carol, &request.id, decide(0, Verdict::Approve, ""))
         .await?;
     println!("   carol approves stage 1: {}", show(&r));
-    let r = store
+    let r = app
         .decide(
             &erin,
             &request.id,
@@ -445,7 +446,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         )
         .await?;
     println!("   erin approves stage 2: {}", show(&r));
-    let r = store
+    let r = app
         .decide(&frank, &request.id, decide(1, Verdict::Approve, ""))
         .await?;
     println!("   frank approves stage 2: {}", show(&r));
@@ -455,7 +456,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         &["alice", "bob"],
     )
     .await?;
-    match store
+    match app
         .decide(&dave, &request.id, decide(1, Verdict::Approve, ""))
         .await
     {
@@ -532,7 +533,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         crate::projects::human_bytes(read.bytes)
     );
     println!("\n9. History and audit");
-    for entry in store.request_history(&alice, &request.id).await? {
+    for entry in app.request_history(&alice, &request.id).await? {
         let to = entry.details["to"]["state"].as_str().unwrap_or("");
         let decision = &entry.details["decision"];
         let detail = if decision.is_object() {

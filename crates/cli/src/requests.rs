@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Subcommand, ValueEnum};
+use tre_app::App;
 use tre_domain::{
     AccessRequest, DecisionInput, EnvironmentId, NewRequest, RequestCommand, RequestId,
     RequestUpdate, StageRef, UserId, Verdict,
@@ -160,6 +161,7 @@ fn line(request: &AccessRequest) -> String {
 }
 
 pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
+    let app = App::new(store.clone());
     match command {
         RequestsCommand::Create {
             environment,
@@ -179,7 +181,7 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
                 collaborators: users(collaborators),
                 duration_days: fields.days.unwrap_or(0),
             };
-            let request = store
+            let request = app
                 .create_request(&caller, &EnvironmentId(environment), new)
                 .await
                 .map_err(explain)?;
@@ -213,7 +215,7 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
         }
         RequestsCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;
-            let request = store
+            let request = app
                 .request(&caller, &RequestId(id))
                 .await
                 .map_err(explain)?;
@@ -245,8 +247,9 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
 
 /// Applies `command` to request `id` as `--as`; prints the new state.
 async fn apply(store: &Store, acting: &Acting, id: String, command: RequestCommand) -> Result<()> {
+    let app = App::new(store.clone());
     let caller = caller(store, acting).await?;
-    let request = store
+    let request = app
         .request_command(&caller, &RequestId(id), command)
         .await
         .map_err(explain)?;
@@ -255,6 +258,7 @@ async fn apply(store: &Store, acting: &Acting, id: String, command: RequestComma
 }
 
 pub async fn review(store: &Store, command: ReviewsCommand) -> Result<()> {
+    let app = App::new(store.clone());
     match command {
         ReviewsCommand::Queue { acting } => {
             let caller = caller(store, &acting).await?;
@@ -288,7 +292,7 @@ pub async fn review(store: &Store, command: ReviewsCommand) -> Result<()> {
                 is_final,
                 comment,
             };
-            let request = store
+            let request = app
                 .decide_stage(&caller, &RequestId(id), &stage, input)
                 .await
                 .map_err(explain)

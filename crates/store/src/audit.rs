@@ -28,18 +28,18 @@ use crate::writes::Insert;
 use crate::{Backend, Caller, Store, StoreError, Tx};
 
 /// What an audit event says happened.
-pub(crate) struct AuditRecord<'a> {
-    pub(crate) actor: &'a str,
-    pub(crate) action: &'a str,
-    pub(crate) object_type: &'static str,
-    pub(crate) object_id: &'a str,
-    pub(crate) environment_id: &'a str,
-    pub(crate) details: Value,
-    pub(crate) trace_id: &'a str,
+pub struct AuditRecord<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub object_type: &'static str,
+    pub object_id: &'a str,
+    pub environment_id: &'a str,
+    pub details: Value,
+    pub trace_id: &'a str,
     /// The idempotency key of the HTTP call that does this work, claimed in
     /// the same transaction; none for work no call with a key does (jobs,
     /// the CLI). See `Caller::with_idempotency`.
-    pub(crate) claim: Option<&'a crate::IdempotencyClaim>,
+    pub claim: Option<&'a crate::IdempotencyClaim>,
 }
 
 /// The insert of one event into `audit_pending`.

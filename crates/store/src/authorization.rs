@@ -51,7 +51,7 @@ impl Store {
                 .await
                 .map(drop),
             Target::Request(id) => {
-                let loaded = self.read_request_in_environment(id).await?;
+                let loaded = self.request_in_environment(id).await?;
                 let (request, env) = (&loaded.stored.request, &*loaded.env);
                 let decided = match permission {
                     Permission::To(action) => authz::authorize(

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub(crate) struct Recent<V> {
+pub struct Recent<V> {
     entries: Mutex<HashMap<String, (V, Instant)>>,
     ttl: Duration,
     /// Most entries kept; a full cache starts again empty.
@@ -16,7 +16,7 @@ pub(crate) struct Recent<V> {
 }
 
 impl<V: Clone> Recent<V> {
-    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             entries: Mutex::default(),
             ttl,
@@ -28,14 +28,14 @@ impl<V: Clone> Recent<V> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<V> {
+    pub fn get(&self, key: &str) -> Option<V> {
         self.entries()
             .get(key)
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(value, _)| value.clone())
     }
 
-    pub(crate) fn put(&self, key: String, value: V) {
+    pub fn put(&self, key: String, value: V) {
         let mut entries = self.entries();
         if entries.len() >= self.capacity {
             entries.clear();
@@ -43,11 +43,11 @@ impl<V: Clone> Recent<V> {
         entries.insert(key, (value, Instant::now()));
     }
 
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         self.entries().clear();
     }
 
-    pub(crate) fn forget(&self, key: &str) {
+    pub fn forget(&self, key: &str) {
         self.entries().remove(key);
     }
 }

@@ -621,7 +621,7 @@ impl Store {
     }
 
     /// A project without authorization (system use; see
-    /// [`Store::system_request`]).
+    /// [`Store::system_environment`]).
     pub async fn system_project(&self, id: &ProjectId) -> Result<tre_domain::Project, StoreError> {
         Ok(self.load_project(id).await?.0)
     }

@@ -122,23 +122,13 @@ impl Store {
         .await
     }
 
-    /// An environment as this store read it in the last 10 s, with its
-    /// version and whether it is that copy (rather than read now). For
-    /// commands whose writes are guarded by that version (see
-    /// [`Store::create_request`]): a stale copy makes the write fail, never
-    /// succeed on old facts. (Every change through the store bumps the
-    /// version; the 10 s bound is for edits made by hand in SQL.)
-    pub(crate) async fn cached_environment(
+    /// An environment as stored, and its version: what a command whose
+    /// write is guarded by that version decides on.
+    pub async fn environment_with_version(
         &self,
         id: &EnvironmentId,
-    ) -> Result<(std::sync::Arc<Environment>, i64, bool), StoreError> {
-        if let Some((env, version)) = self.environments.get(id.as_str()) {
-            return Ok((env, version, true));
-        }
-        let (env, version) = self.load_environment(&self.pool, id).await?;
-        let env = std::sync::Arc::new(env);
-        self.environments.put(id.0.clone(), (env.clone(), version));
-        Ok((env, version, false))
+    ) -> Result<(Environment, i64), StoreError> {
+        self.load_environment(&self.pool, id).await
     }
 
     pub(crate) async fn save_environment(

@@ -56,7 +56,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn not_found(object: &'static str, id: impl Into<String>) -> Self {
+    pub fn not_found(object: &'static str, id: impl Into<String>) -> Self {
         Self::NotFound {
             object,
             id: id.into(),
@@ -64,7 +64,7 @@ impl StoreError {
     }
 
     /// Refusals that must not reveal the object become "not found".
-    pub(crate) fn denied(object: &'static str, id: &str, denied: Denied) -> Self {
+    pub fn denied(object: &'static str, id: &str, denied: Denied) -> Self {
         if denied.conceal {
             Self::not_found(object, id)
         } else {

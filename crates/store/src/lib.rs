@@ -49,8 +49,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, SqlSafeStr};
 use tre_domain::Actor;
 
+pub use audit::AuditRecord;
 pub use audit::{AuditQuery, AuditReport};
 pub use authorization::{Permission, Target};
+pub use cache::Recent;
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan, UnitTake};
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
@@ -62,7 +64,7 @@ pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use project_overview::{ProjectGrant, ProjectOverview};
-pub use requests::HistoryEntry;
+pub use requests::{HistoryEntry, RequestChange, RequestInEnvironment, StoredRequest};
 pub use showcase::{
     EarlierCohort, LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery,
     ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView,
@@ -132,17 +134,11 @@ pub struct Store {
     sealer: std::sync::Arc<audit::Sealer>,
     /// Actors by token hash (see [`Store::authenticate`]).
     /// Actors of tokens seen, with their tokens' expiry (see `tokens`).
-    tokens_cache: std::sync::Arc<cache::Recent<(Actor, Option<i64>)>>,
+    tokens_cache: std::sync::Arc<Recent<(Actor, Option<i64>)>>,
     /// The revocation counter as last read (see `tokens`).
     auth_epoch: std::sync::Arc<tokens::AuthEpoch>,
     /// The longest lifetime of new tokens, in days.
     token_max_days: u32,
-    /// Environments by id, with their version (see
-    /// [`Store::create_request`]).
-    environments: std::sync::Arc<cache::Recent<(std::sync::Arc<tre_domain::Environment>, i64)>>,
-    /// Requests by id, as last written or read by a command here (see
-    /// `requests`).
-    requests: std::sync::Arc<cache::Recent<std::sync::Arc<requests::Stored>>>,
     /// Where project data is dispensed (see [`Store::with_output_root`]).
     output_root: Option<std::sync::Arc<tre_domain::StoreRoot>>,
     /// The SQLite file, when the store is one: migrations take a lock
@@ -179,7 +175,8 @@ async fn migration_turn(file: &std::path::Path) -> Result<std::fs::File, StoreEr
 
 pub use tre_time::now;
 
-pub(crate) fn new_id() -> String {
+/// A new id: a time-ordered UUID (v7).
+pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
@@ -373,14 +370,12 @@ impl Store {
             pool,
             backend,
             sealer: Default::default(),
-            tokens_cache: std::sync::Arc::new(cache::Recent::new(
+            tokens_cache: std::sync::Arc::new(Recent::new(
                 users::TOKEN_CACHE_TTL,
                 users::TOKEN_CACHE_SIZE,
             )),
             auth_epoch: std::sync::Arc::default(),
             token_max_days: DEFAULT_TOKEN_MAX_DAYS,
-            environments: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(10), 1000)),
-            requests: std::sync::Arc::new(cache::Recent::new(Duration::from_secs(60), 10_000)),
             output_root: None,
             sqlite_file,
             write_turn: WriteTurn::default(),
@@ -443,9 +438,9 @@ impl Store {
         tx::begin(&self.pool, self.backend, &self.write_turn).await
     }
 
-    /// Runs a command transaction, retrying it from scratch (with jittered
+    /// Runs a command's attempt, retrying it from scratch (with jittered
     /// exponential backoff) when a concurrent writer got there first.
-    pub(crate) async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    pub async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,

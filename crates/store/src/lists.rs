@@ -6,9 +6,10 @@ use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
 
-use tre_domain::{AccessRequest, Action, Environment, Object, Project, RequestState, authorize};
+use tre_domain::{
+    AccessRequest, Action, Environment, Object, Project, RequestState, authorize, request_view,
+};
 
-use crate::requests::as_seen_by;
 use crate::{Caller, Store, StoreError, docs};
 use tre_jobs::OutboxJob;
 
@@ -46,6 +47,17 @@ pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String
     let next_cursor = (items.len() > limit).then(|| id(&items[limit - 1]));
     items.truncate(limit);
     Page { items, next_cursor }
+}
+
+/// The request as `caller` may see it ([`request_view`]).
+fn as_seen_by(
+    caller: &Caller,
+    env: &Environment,
+    request: AccessRequest,
+) -> Result<AccessRequest, StoreError> {
+    let id = request.id.clone();
+    request_view(&caller.actor, env, request)
+        .map_err(|d| StoreError::denied("request", id.as_str(), d))
 }
 
 impl Store {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use sqlx::Row;
-use tre_domain::{AccessRequest, Environment, EnvironmentId, Project, RequestId, UserId};
+use tre_domain::{Environment, EnvironmentId, Project, RequestId, UserId};
 
 use crate::{Store, StoreError};
 
@@ -134,12 +134,8 @@ impl Store {
     }
 
     /// The job runtime reads objects without a user: these loaders skip
-    /// authorization and must never serve a person's call.
-    pub async fn system_request(&self, id: &RequestId) -> Result<AccessRequest, StoreError> {
-        Ok(self.load_request(&self.pool, id).await?.0)
-    }
-
-    /// See [`Store::system_request`].
+    /// authorization and must never serve a person's call. (A request is
+    /// read as the `System` through the application: `App::request`.)
     pub async fn system_environment(&self, id: &EnvironmentId) -> Result<Environment, StoreError> {
         Ok(self.load_environment(&self.pool, id).await?.0)
     }

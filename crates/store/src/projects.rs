@@ -45,7 +45,7 @@ impl Store {
     ) -> Result<Project, StoreError> {
         self.retrying(|| async {
             // never a cached copy: this decides who receives data
-            let loaded = self.read_request_in_environment(request_id).await?;
+            let loaded = self.request_in_environment(request_id).await?;
             let (request, env) = (&loaded.stored.request, &loaded.env);
             authorize(
                 &caller.actor,
@@ -111,21 +111,17 @@ impl Store {
                 trace_id: &caller.trace_id,
                 claim: caller.idempotency.as_ref(),
             };
-            let written = self
-                .write(
-                    Writes::new(audit, at)
-                        .guard(Guard::Changes(guard), format!("request {request_id}"))
-                        .insert(row)
-                        .insert(outbox::insert(
-                            std::slice::from_ref(&effect),
-                            caller.actor.id.as_str(),
-                            at,
-                        )),
-                )
-                .await;
-            // the request changed: this process's copy of it is stale
-            self.requests.forget(request_id.as_str());
-            written?;
+            self.write(
+                Writes::new(audit, at)
+                    .guard(Guard::Changes(guard), format!("request {request_id}"))
+                    .insert(row)
+                    .insert(outbox::insert(
+                        std::slice::from_ref(&effect),
+                        caller.actor.id.as_str(),
+                        at,
+                    )),
+            )
+            .await?;
             Ok(project)
         })
         .await

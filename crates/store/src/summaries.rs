@@ -1,6 +1,7 @@
 //! The reviewers' selection summary: the true counts of each submission
-//! round, written by the cohort count job, and read back released under the
-//! environment's disclosure rules by those who may see the request.
+//! round, written by the cohort count job, and read back (released under
+//! the environment's disclosure rules by the application, for those who
+//! may see the request).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use tre_domain::disclosure::DisclosureRules;
 use tre_domain::summary::{self, SelectionCounts, SelectionSummary};
 use tre_domain::{AccessRequest, EnvironmentId, RequestId};
 
-use crate::{Caller, Store, StoreError, now};
+use crate::{Store, StoreError, now};
 
 impl Store {
     /// Records a round's counts; the first write wins (a retried job
@@ -33,45 +34,30 @@ impl Store {
         Ok(())
     }
 
-    /// The selection summary of the request's current round, for those who
-    /// may see the request (owner, collaborators, reviewers, the
-    /// environment's admins; the admins without the selection's fields;
-    /// the owner and collaborators without any count).
-    /// `None` until the round's cohort is counted.
-    pub async fn selection_summary(
+    /// The true counts of a submission round, as the cohort count job
+    /// recorded them; `None` until it has.
+    pub async fn selection_counts(
         &self,
-        caller: &Caller,
         id: &RequestId,
-    ) -> Result<Option<SelectionSummary>, StoreError> {
-        let request = self.request(caller, id).await?;
+        round: u32,
+    ) -> Result<Option<SelectionCounts>, StoreError> {
         let row =
             sqlx::query("SELECT body FROM request_summaries WHERE request_id = $1 AND round = $2")
                 .bind(id.as_str())
-                .bind(i64::from(request.round))
+                .bind(i64::from(round))
                 .fetch_optional(&self.pool)
                 .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let body: String = row.try_get(0)?;
-        let counts: SelectionCounts =
-            serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
                 object: "selection summary",
                 id: id.to_string(),
                 message: e.to_string(),
-            })?;
-        let env = self.system_environment(&request.environment_id).await?;
-        let released = summary::release(
-            &counts,
-            request.selection.as_ref(),
-            &DisclosureRules::of(&env.policies),
-        );
-        // the requesters' counts come from the cohort builder's gate only
-        Ok(Some(if request.is_requester(&caller.actor.id) {
-            released.without_counts()
-        } else {
-            released
-        }))
+            })
     }
 
     /// The summaries of the current rounds of `requests`, which the caller

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tre_testkit::UseCases;
 
 use serde_json::{Value, json};
 use tre_domain::{
@@ -48,6 +49,7 @@ fn approve(stage: usize) -> DecisionInput {
 /// no worker runs here) and approved.
 async fn approved(store: &Store, w: &World) -> AccessRequest {
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -86,6 +88,7 @@ async fn pending_job_keys(store: &Store) -> Vec<String> {
 async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store: &Store) {
     let w = governed(store).await;
     let draft = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -99,10 +102,16 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
         cohort: Some(Value::Null),
         ..Default::default()
     });
-    let reason = forbidden(store.request_command(&w.owner, &draft.id, wider).await);
+    let reason = forbidden(
+        store
+            .app()
+            .request_command(&w.owner, &draft.id, wider)
+            .await,
+    );
     assert!(reason.contains("authorized user"), "{reason}");
     forbidden(
         store
+            .app()
             .request_command(&w.owner, &draft.id, RequestCommand::Submit)
             .await,
     );
@@ -140,10 +149,11 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
     );
     // what they may still do: see their request, and withdraw the draft
     assert_eq!(
-        store.request(&w.owner, &draft.id).await.unwrap().id,
+        store.app().request(&w.owner, &draft.id).await.unwrap().id,
         draft.id
     );
     let withdrawn = store
+        .app()
         .request_command(&w.owner, &draft.id, RequestCommand::Withdraw)
         .await
         .unwrap();
@@ -153,7 +163,12 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
     set_members(store, &w, &[Principal::Group("researchers".into())]).await;
     let project = store.create_project(&w.owner, &granted.id).await.unwrap();
     assert_eq!(
-        store.request(&w.owner, &granted.id).await.unwrap().project,
+        store
+            .app()
+            .request(&w.owner, &granted.id)
+            .await
+            .unwrap()
+            .project,
         Some(project.id)
     );
 }
@@ -161,6 +176,7 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
 async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(store: &Store) {
     let w = governed(store).await;
     let draft = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -180,6 +196,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
 
     // a submission naming them is refused, and nothing changes
     let err = store
+        .app()
         .request_command(&w.owner, &draft.id, RequestCommand::Submit)
         .await
         .unwrap_err();
@@ -189,7 +206,12 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
         "{err}"
     );
     assert_eq!(
-        store.request(&w.owner, &draft.id).await.unwrap().state,
+        store
+            .app()
+            .request(&w.owner, &draft.id)
+            .await
+            .unwrap()
+            .state,
         RequestState::Draft
     );
     // they drop out of the project at once; the owner keeps it
@@ -211,6 +233,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
     );
     // without them, the submission goes through
     store
+        .app()
         .request_command(
             &w.owner,
             &draft.id,
@@ -219,6 +242,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
         .await
         .unwrap();
     let submitted = store
+        .app()
         .request_command(&w.owner, &draft.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -229,7 +253,11 @@ async fn no_project_past_the_end_date(store: &Store) {
     let w = governed(store).await;
     let granted = approved(store, &w).await;
     // the end date passes; the expiry job has not run yet
-    let mut doc = store.system_request(&granted.id).await.unwrap();
+    let mut doc = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &granted.id)
+        .await
+        .unwrap();
     doc.expires_at = Some(tre_domain::Timestamp(tre_store::now().0 - 1));
     sqlx::query("UPDATE requests SET doc = $1 WHERE id = $2")
         .bind(serde_json::to_string(&doc).unwrap())
@@ -289,6 +317,7 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
         let (store, admin, id) = (store.clone(), w.admin.clone(), granted.id.clone());
         tokio::spawn(async move {
             store
+                .app()
                 .request_command(
                     &admin,
                     &id,
@@ -336,7 +365,11 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
             assert_eq!(found.map(|p| p.id), Some(project.id));
         }
     }
-    let request = store.system_request(&granted.id).await.unwrap();
+    let request = store
+        .app()
+        .request(&tre_testkit::System::new("test"), &granted.id)
+        .await
+        .unwrap();
     assert_eq!(request.state, RequestState::Revoked);
     let project = store.system_project_of_request(&granted.id).await.unwrap();
     assert_eq!(
@@ -355,6 +388,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
     let w = governed(store).await;
     user(store, "rev3", false, &[]).await;
     let waiting = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -390,7 +424,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
         "{err}"
     );
     // the admin cannot decide, and never saw the selection
-    forbidden(store.decide(&w.admin, &waiting.id, approve(0)).await);
+    forbidden(store.app().decide(&w.admin, &waiting.id, approve(0)).await);
     // a reviewer change on the open stage is audited and alerts the admins
     store
         .configure_environment(&w.admin, &w.env, pipeline(&["rev1", "rev3"], &["rev2"]))
@@ -444,11 +478,16 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
 async fn what_admins_read_never_shows_a_selection(store: &Store) {
     let w = governed(store).await;
     let granted = approved(store, &w).await;
-    let full = store.request(&caller("rev2"), &granted.id).await.unwrap();
+    let full = store
+        .app()
+        .request(&caller("rev2"), &granted.id)
+        .await
+        .unwrap();
     assert!(full.selection.is_some(), "reviewers see what they approve");
     assert_eq!(full.cohort_size, Some(100));
     // attack: the admin reads the selection from a command's answer
     let answer = store
+        .app()
         .request_command(
             &w.admin,
             &granted.id,
@@ -550,8 +589,9 @@ async fn dataset_locations_stay_inside_the_source_root(store: &Store) {
 
 async fn cohorts_are_selected_on_allowed_fields_only(store: &Store) {
     let w = governed(store).await;
+    let app = store.app();
     let create = |cohort: Value, collections: &[&str]| {
-        store.create_request(
+        app.create_request(
             &w.owner,
             &w.env,
             NewRequest {
@@ -591,6 +631,7 @@ async fn cohorts_are_selected_on_allowed_fields_only(store: &Store) {
     .await
     .unwrap();
     let err = store
+        .app()
         .request_command(
             &w.owner,
             &ok.id,
@@ -606,7 +647,7 @@ async fn cohorts_are_selected_on_allowed_fields_only(store: &Store) {
         "{err}"
     );
     assert_eq!(
-        store.request(&w.owner, &ok.id).await.unwrap().cohort,
+        store.app().request(&w.owner, &ok.id).await.unwrap().cohort,
         json!({"field": "sex", "op": "=", "value": "F"})
     );
     let _: RequestId = ok.id;

@@ -4,6 +4,7 @@
 //! never shows more than the rule allows.
 
 use std::collections::BTreeSet;
+use tre_testkit::UseCases;
 
 use tre_domain::{
     DecisionRule, EnvironmentCommand, Principal, RequestCommand, ReviewPipeline, Visibility,
@@ -128,6 +129,7 @@ async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(sto
     let mut submitted = Vec::new();
     for _ in 0..7 {
         let request = store
+            .app()
             .create_request(&w.owner, &w.env, new_request())
             .await
             .unwrap();
@@ -135,6 +137,7 @@ async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(sto
         submitted.push(request.id.to_string());
     }
     let draft = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -157,6 +160,7 @@ async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(sto
     assert_eq!(second.items.len(), 3);
     assert!(second.next_cursor.is_none());
     store
+        .app()
         .request_command(
             &rev1,
             &tre_domain::RequestId::from(submitted[0].as_str()),

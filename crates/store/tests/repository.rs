@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tre_testkit::UseCases;
 
 use serde_json::json;
 use tre_domain::{
@@ -285,10 +286,12 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         .unwrap();
     assert_eq!(env.state, EnvironmentState::Maintenance);
     let err = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     let err = store
+        .app()
         .request_command(&w.owner, &err.id, RequestCommand::Submit)
         .await
         .unwrap_err();
@@ -380,6 +383,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
         caller("rev2c"),
     );
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -388,7 +392,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // reviewers cannot see a draft
     assert!(matches!(
-        store.request(&rev1, &id).await,
+        store.app().request(&rev1, &id).await,
         Err(StoreError::NotFound { .. })
     ));
     let r = submit_counted(store, &w.owner, &id, 100).await;
@@ -396,21 +400,25 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // round 1: stage 1 approves, stage 2 returns (two votes against of three)
     store
+        .app()
         .decide(&rev1, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap();
     let r = store
+        .app()
         .decide(&rev2a, &id, decision(1, Verdict::Return, false))
         .await
         .unwrap();
     assert_eq!(r.state, RequestState::InReview { stage: 1 });
     let r = store
+        .app()
         .decide(&rev2b, &id, decision(1, Verdict::Return, false))
         .await
         .unwrap();
     assert_eq!(r.state, RequestState::InRevision);
     // a decision after the stage closed is refused
     let err = store
+        .app()
         .decide(&rev2c, &id, decision(1, Verdict::Approve, false))
         .await
         .unwrap_err();
@@ -421,6 +429,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // the owner revises and resubmits: round 2 restarts at stage 1
     store
+        .app()
         .request_command(
             &w.owner,
             &id,
@@ -434,14 +443,17 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
     let r = submit_counted(store, &w.owner, &id, 100).await;
     assert_eq!((r.state, r.round), (RequestState::InReview { stage: 0 }, 2));
     store
+        .app()
         .decide(&rev1, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap();
     store
+        .app()
         .decide(&rev2a, &id, decision(1, Verdict::Approve, false))
         .await
         .unwrap();
     let r = store
+        .app()
         .decide(&rev2c, &id, decision(1, Verdict::Approve, false))
         .await
         .unwrap();
@@ -449,7 +461,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
     assert!(r.expires_at.unwrap().0 > r.approved_at.unwrap().0);
 
     // every decision kept, in order
-    let decisions = store.decisions(&w.owner, &id).await.unwrap();
+    let decisions = store.app().decisions(&w.owner, &id).await.unwrap();
     let summary: Vec<(u32, usize, &str, &str)> = decisions
         .iter()
         .map(|d| (d.round, d.stage, d.reviewer.as_str(), d.verdict.as_str()))
@@ -468,7 +480,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
     assert_eq!(decisions[1].comment, "Please narrow the cohort");
 
     // history reads as the story of the request
-    let history = store.request_history(&w.collab, &id).await.unwrap();
+    let history = store.app().request_history(&w.collab, &id).await.unwrap();
     let actions: Vec<(&str, &str)> = history
         .iter()
         .map(|h| (h.actor.as_str(), h.action.as_str()))
@@ -498,7 +510,7 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
     assert_eq!(history[5].details["to"]["state"], "in_revision");
     assert_eq!(history[11].details["to"]["state"], "approved");
     // the log binds what was approved without showing it
-    let approved = store.request(&w.owner, &id).await.unwrap();
+    let approved = store.app().request(&w.owner, &id).await.unwrap();
     assert_eq!(
         history[11].details["selection"],
         json!(approved.selection_digest())
@@ -509,11 +521,17 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
     );
 
     // the admin sees the request but not its data selection
-    let seen = store.request(&w.admin, &id).await.unwrap();
+    let seen = store.app().request(&w.admin, &id).await.unwrap();
     assert_eq!(seen.cohort, json!({"redacted": true}));
     assert!(seen.collections.is_empty());
     assert_eq!(
-        store.request(&rev1, &id).await.unwrap().collections.len(),
+        store
+            .app()
+            .request(&rev1, &id)
+            .await
+            .unwrap()
+            .collections
+            .len(),
         2
     );
 
@@ -605,6 +623,7 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
     // collab is also a stage-1 reviewer
     let w = world(store, &["rev1", "collab"], &["rev2a", "rev2b"], 1).await;
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -613,6 +632,7 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
 
     // the collaborator is an assigned reviewer, and still may not review
     let err = store
+        .app()
         .decide(&w.collab, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap_err();
@@ -622,21 +642,25 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
     );
     // nor may the owner, the admin, the outsider or a reviewer of another stage
     let err = store
+        .app()
         .decide(&w.owner, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Forbidden(_)), "{err}");
     let err = store
+        .app()
         .decide(&w.admin, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Forbidden(_)), "{err}");
     let err = store
+        .app()
         .decide(&w.outsider, &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     let err = store
+        .app()
         .decide(&caller("rev2a"), &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap_err();
@@ -645,21 +669,25 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
 
     // collaborators cannot submit or withdraw; only the owner
     let err = store
+        .app()
         .request_command(&w.collab, &id, RequestCommand::Withdraw)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Forbidden(_)), "{err}");
 
     store
+        .app()
         .decide(&caller("rev1"), &id, decision(0, Verdict::Approve, false))
         .await
         .unwrap();
     let r = store
+        .app()
         .decide(&caller("rev2b"), &id, decision(1, Verdict::Reject, true))
         .await
         .unwrap();
     assert_eq!(r.state, RequestState::Rejected);
     let err = store
+        .app()
         .request_command(&w.owner, &id, RequestCommand::Submit)
         .await
         .unwrap_err();
@@ -740,6 +768,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
     ];
     for (new, field) in cases {
         let err = store
+            .app()
             .create_request(&w.owner, &w.env, new)
             .await
             .unwrap_err();
@@ -750,6 +779,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
     }
     // an outsider cannot create one, and learns nothing
     let err = store
+        .app()
         .create_request(&w.outsider, &w.env, new_request())
         .await
         .unwrap_err();
@@ -757,6 +787,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
     // SQL metacharacters and unicode are stored verbatim
     let tricky = "Robert'); DROP TABLE requests;-- ✓ 研究";
     let r = store
+        .app()
         .create_request(
             &w.owner,
             &w.env,
@@ -767,9 +798,13 @@ async fn invalid_input_changes_nothing(store: &Store) {
         )
         .await
         .unwrap();
-    assert_eq!(store.request(&w.owner, &r.id).await.unwrap().title, tricky);
+    assert_eq!(
+        store.app().request(&w.owner, &r.id).await.unwrap().title,
+        tricky
+    );
     // a bad edit of the saved draft leaves it as it was
     let err = store
+        .app()
         .request_command(
             &w.owner,
             &r.id,
@@ -785,7 +820,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
         "{err}"
     );
     assert_eq!(
-        store.request(&w.owner, &r.id).await.unwrap().cohort,
+        store.app().request(&w.owner, &r.id).await.unwrap().cohort,
         new_request().cohort
     );
     let after = (
@@ -804,6 +839,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
     );
     // unknown ids are not found
     let err = store
+        .app()
         .request(&w.owner, &RequestId("nope".into()))
         .await
         .unwrap_err();
@@ -814,6 +850,7 @@ async fn invalid_input_changes_nothing(store: &Store) {
 async fn audit_log_is_append_only_and_tampering_is_found(store: &Store) {
     let w = world(store, &["rev1"], &["rev2a", "rev2b"], 1).await;
     store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -864,6 +901,7 @@ async fn concurrent_decisions_count_once(store: &Store) {
     let store = Arc::new(store.clone());
     for _round in 0..3 {
         let request = store
+            .app()
             .create_request(&w.owner, &w.env, new_request())
             .await
             .unwrap();
@@ -878,6 +916,7 @@ async fn concurrent_decisions_count_once(store: &Store) {
                     let id = id.clone();
                     tokio::spawn(async move {
                         store
+                            .app()
                             .decide(&caller(r), &id, decision(stage, Verdict::Approve, false))
                             .await
                     })
@@ -900,16 +939,16 @@ async fn concurrent_decisions_count_once(store: &Store) {
         const S1: &[&str] = &["a1", "a2", "a3", "a4", "a5"];
         const S2: &[&str] = &["b1", "b2", "b3", "b4"];
         assert_eq!(race(S1, 0).await, 1, "any: exactly one approval counts");
-        let r = store.request(&w.owner, &id).await.unwrap();
+        let r = store.app().request(&w.owner, &id).await.unwrap();
         assert_eq!(r.state, RequestState::InReview { stage: 1 });
         assert_eq!(
             race(S2, 1).await,
             2,
             "quorum(2): exactly two approvals count"
         );
-        let r = store.request(&w.owner, &id).await.unwrap();
+        let r = store.app().request(&w.owner, &id).await.unwrap();
         assert_eq!(r.state, RequestState::Approved);
-        let decisions = store.decisions(&w.owner, &id).await.unwrap();
+        let decisions = store.app().decisions(&w.owner, &id).await.unwrap();
         assert_eq!(decisions.iter().filter(|d| d.stage == 0).count(), 1);
         assert_eq!(decisions.iter().filter(|d| d.stage == 1).count(), 2);
         let jobs = store.outbox_jobs(None, 1000).await.unwrap();
@@ -935,29 +974,37 @@ async fn expiry_and_revocation(store: &Store) {
         async move {
             submit_counted(&store, &owner, &id, 100).await;
             store
+                .app()
                 .decide(&caller("rev1"), &id, decision(0, Verdict::Approve, false))
                 .await
                 .unwrap();
             store
+                .app()
                 .decide(&caller("rev2a"), &id, decision(1, Verdict::Approve, false))
                 .await
                 .unwrap()
         }
     };
     let r = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     let r = approve(r.id).await;
     assert_eq!(r.state, RequestState::Approved);
     // not yet due
-    let err = store.expire_request(&r.id, "scheduler").await.unwrap_err();
+    let err = store
+        .app()
+        .expire_request(&tre_testkit::System::new("scheduler"), &r.id)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, StoreError::Domain(DomainError::Conflict(_))),
         "{err}"
     );
     // people cannot expire requests
     let err = store
+        .app()
         .request_command(&w.admin, &r.id, RequestCommand::Expire)
         .await
         .unwrap_err();
@@ -967,10 +1014,14 @@ async fn expiry_and_revocation(store: &Store) {
         reason: reason.into(),
     };
     assert!(matches!(
-        store.request_command(&w.owner, &r.id, revoke("x")).await,
+        store
+            .app()
+            .request_command(&w.owner, &r.id, revoke("x"))
+            .await,
         Err(StoreError::Forbidden(_))
     ));
     let err = store
+        .app()
         .request_command(&w.admin, &r.id, revoke(""))
         .await
         .unwrap_err();
@@ -979,6 +1030,7 @@ async fn expiry_and_revocation(store: &Store) {
         "{err}"
     );
     let revoked = store
+        .app()
         .request_command(&w.admin, &r.id, revoke("Data breach reported"))
         .await
         .unwrap();
@@ -988,7 +1040,7 @@ async fn expiry_and_revocation(store: &Store) {
         jobs.iter()
             .any(|j| j.key == format!("revoke_projects:{}", r.id))
     );
-    let history = store.request_history(&w.owner, &r.id).await.unwrap();
+    let history = store.app().request_history(&w.owner, &r.id).await.unwrap();
     assert_eq!(
         history.last().unwrap().details["reason"],
         "Data breach reported"
@@ -997,6 +1049,7 @@ async fn expiry_and_revocation(store: &Store) {
 
     // expiry is due once the expiry time has passed: make it so in the stored doc
     let r2 = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -1009,9 +1062,13 @@ async fn expiry_and_revocation(store: &Store) {
         .execute(store.pool())
         .await
         .unwrap();
-    let expired = store.expire_request(&r2.id, "scheduler").await.unwrap();
+    let expired = store
+        .app()
+        .expire_request(&tre_testkit::System::new("scheduler"), &r2.id)
+        .await
+        .unwrap();
     assert_eq!(expired.state, RequestState::Expired);
-    let history = store.request_history(&w.owner, &r2.id).await.unwrap();
+    let history = store.app().request_history(&w.owner, &r2.id).await.unwrap();
     assert_eq!(history.last().unwrap().actor, "system");
     assert_eq!(history.last().unwrap().action, "request.expire");
     assert_audit_intact(store).await;
@@ -1040,10 +1097,12 @@ async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
             let mut ids = Vec::new();
             for _ in 0..5 {
                 let r = store
+                    .app()
                     .create_request(&owner, &env, new_request())
                     .await
                     .unwrap();
                 store
+                    .app()
                     .request_command(&owner, &r.id, RequestCommand::Submit)
                     .await
                     .unwrap();
@@ -1101,6 +1160,7 @@ async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
     );
     for id in &ids {
         let actions: Vec<String> = other
+            .app()
             .request_history(&w.owner, id)
             .await
             .unwrap()
@@ -1112,17 +1172,21 @@ async fn audit_events_are_sealed_off_the_commit_path(db: &tre_testkit::TestDb) {
     other.close().await;
 }
 
-/// Each store keeps the requests and environments its commands last wrote or
-/// read; another process's change must still win over those copies.
+/// Each process's application keeps the requests and environments its
+/// commands last wrote or read; another process's change must still win
+/// over those copies.
 async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
-    let a = &db.store;
-    let w = world(a, &["rev1"], &["rev2a", "rev2b"], 1).await;
+    let store_a = &db.store;
+    let w = world(store_a, &["rev1"], &["rev2a", "rev2b"], 1).await;
+    // one App per process, held across its calls: its copies are kept
+    let a = tre_testkit::App::new(store_a.clone());
     let r = a
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
     // process b submits the draft that process a just wrote (and keeps)
-    let b = Store::open(&db.url).await.unwrap();
+    let store_b = Store::open(&db.url).await.unwrap();
+    let b = tre_testkit::App::new(store_b.clone());
     b.request_command(&w.owner, &r.id, RequestCommand::Submit)
         .await
         .unwrap();
@@ -1150,10 +1214,11 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
                 .collect(),
         )
     };
-    b.configure_environment(&w.admin, &w.env, members(&[]))
+    store_b
+        .configure_environment(&w.admin, &w.env, members(&[]))
         .await
         .unwrap();
-    let before = count(a, "SELECT COUNT(*) FROM requests").await;
+    let before = count(store_a, "SELECT COUNT(*) FROM requests").await;
     let err = a
         .create_request(&w.owner, &w.env, new_request())
         .await
@@ -1162,9 +1227,13 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         matches!(err, StoreError::Forbidden(_) | StoreError::NotFound { .. }),
         "{err}"
     );
-    assert_eq!(count(a, "SELECT COUNT(*) FROM requests").await, before);
+    assert_eq!(
+        count(store_a, "SELECT COUNT(*) FROM requests").await,
+        before
+    );
     // and once b lets them back, a's refusal is not kept: it reads again
-    b.configure_environment(&w.admin, &w.env, members(&["researchers"]))
+    store_b
+        .configure_environment(&w.admin, &w.env, members(&["researchers"]))
         .await
         .unwrap();
     let r2 = a
@@ -1172,7 +1241,8 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         .await
         .unwrap();
     // b puts the environment into maintenance: a's submission is refused
-    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
+    store_b
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();
     let err = a
@@ -1181,14 +1251,15 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         .unwrap_err();
     assert!(matches!(err, StoreError::Domain(_)), "{err}");
     // back in service, a's earlier refusal is not kept either
-    b.configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
+    store_b
+        .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
         .await
         .unwrap();
     a.request_command(&w.owner, &r2.id, RequestCommand::Submit)
         .await
         .unwrap();
-    b.close().await;
-    assert_audit_intact(a).await;
+    store_b.close().await;
+    assert_audit_intact(store_a).await;
 }
 
 /// What a cleaner removes past `before`, in batches of `batch`: finished
@@ -1275,6 +1346,7 @@ async fn a_callers_idempotency_key_commits_with_its_work(store: &Store) {
     };
     let first = w.owner.clone().with_idempotency(Some(claim("first")));
     let made = store
+        .app()
         .create_request(&first, &w.env, new_request())
         .await
         .unwrap();
@@ -1296,6 +1368,7 @@ async fn a_callers_idempotency_key_commits_with_its_work(store: &Store) {
     let requests = count(store, "SELECT COUNT(*) FROM requests").await;
     let second = w.owner.clone().with_idempotency(Some(claim("second")));
     let err = store
+        .app()
         .create_request(&second, &w.env, new_request())
         .await
         .unwrap_err();
@@ -1306,11 +1379,13 @@ async fn a_callers_idempotency_key_commits_with_its_work(store: &Store) {
     );
     // the same call (its nonce) may do more work under its key
     store
+        .app()
         .create_request(&first, &w.env, new_request())
         .await
         .unwrap();
     let keys = count(store, "SELECT COUNT(*) FROM idempotency_keys").await;
     store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();
@@ -1356,6 +1431,7 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
 
     let w = world(store, &["rev1"], &["rev2"], 1).await;
     let r = store
+        .app()
         .create_request(&w.owner, &w.env, new_request())
         .await
         .unwrap();

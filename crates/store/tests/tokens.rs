@@ -5,6 +5,7 @@
 //! process keeps authenticating.
 
 use std::time::{Duration, Instant};
+use tre_testkit::UseCases;
 
 use tre_domain::UserId;
 use tre_store::{NewToken, Store, StoreError, TokenActor};
@@ -200,15 +201,23 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
 async fn disabling_a_reviewer_stops_their_tokens_and_tells_the_admins(store: &Store) {
     let w = tre_testkit::world(store, &["rev1"], &["rev2"], 1).await;
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, tre_testkit::new_request())
         .await
         .unwrap();
     store
+        .app()
         .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
         .await
         .unwrap();
     store
-        .record_cohort_count(&request.id, 1, tre_domain::CohortCount::Counted(500), "t")
+        .app()
+        .record_cohort_count(
+            &tre_testkit::System::new("t"),
+            &request.id,
+            1,
+            tre_domain::CohortCount::Counted(500),
+        )
         .await
         .unwrap();
     let ops = user(store, "ops", true, &[]).await;

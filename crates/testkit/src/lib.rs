@@ -10,6 +10,7 @@ mod redis;
 mod s3;
 mod slow_writes;
 mod smtp;
+mod use_cases;
 mod webhook;
 mod world;
 
@@ -20,6 +21,8 @@ pub use redis::*;
 pub use s3::*;
 pub use slow_writes::SlowWrites;
 pub use smtp::*;
+pub use tre_app::{App, System};
+pub use use_cases::UseCases;
 pub use webhook::*;
 pub use world::*;
 

@@ -10,6 +10,8 @@ use tre_domain::{
 };
 use tre_store::{Caller, NewUser, Store};
 
+use crate::UseCases;
+
 use crate::fixtures::{fixtures_source, inventory, small_source};
 
 pub fn caller(id: &str) -> Caller {
@@ -159,12 +161,19 @@ pub async fn submit_counted(
     count: u64,
 ) -> AccessRequest {
     let submitted = store
+        .app()
         .request_command(caller, id, tre_domain::RequestCommand::Submit)
         .await
         .expect("submit");
     assert_eq!(submitted.state, RequestState::Checking);
     store
-        .record_cohort_count(id, submitted.round, CohortCount::Counted(count), "test")
+        .app()
+        .record_cohort_count(
+            &crate::System::new("test"),
+            id,
+            submitted.round,
+            CohortCount::Counted(count),
+        )
         .await
         .expect("record the cohort count")
 }
@@ -173,7 +182,11 @@ pub async fn submit_counted(
 /// submitted request out of `checking`; returns it.
 pub async fn counted(store: &Store, id: &RequestId) -> AccessRequest {
     for _ in 0..1200 {
-        let request = store.system_request(id).await.expect("request");
+        let request = store
+            .app()
+            .request(&crate::System::new("test"), id)
+            .await
+            .expect("request");
         if request.state != RequestState::Checking {
             return request;
         }
@@ -195,6 +208,7 @@ pub async fn approve_both_stages(store: &Store, id: &RequestId) -> AccessRequest
         };
         request = Some(
             store
+                .app()
                 .decide(&caller(reviewer), id, decision)
                 .await
                 .expect("approve"),
@@ -214,10 +228,12 @@ pub async fn approved_request(
     new: tre_domain::NewRequest,
 ) -> AccessRequest {
     let request = store
+        .app()
         .create_request(&w.owner, &w.env, new)
         .await
         .expect("create request");
     store
+        .app()
         .request_command(&w.owner, &request.id, tre_domain::RequestCommand::Submit)
         .await
         .expect("submit");

@@ -146,10 +146,7 @@ async fn create_request(
     };
     let new: NewRequest = crate::parse(&serde_json::to_vec(&body).expect("a map serializes"))?;
     Ok(created(
-        state
-            .store
-            .create_request(&caller, &environment, new)
-            .await?,
+        state.app.create_request(&caller, &environment, new).await?,
     ))
 }
 
@@ -158,7 +155,7 @@ async fn get_request(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(state.store.request(&caller, &RequestId(id)).await?).into_response())
+    Ok(Json(state.app.request(&caller, &RequestId(id)).await?).into_response())
 }
 
 async fn command(
@@ -169,7 +166,7 @@ async fn command(
 ) -> Result<Response> {
     Ok(Json(
         state
-            .store
+            .app
             .request_command(caller, &RequestId(id), command)
             .await?,
     )
@@ -253,11 +250,7 @@ async fn request_summary(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    match state
-        .store
-        .selection_summary(&caller, &RequestId(id))
-        .await?
-    {
+    match state.app.selection_summary(&caller, &RequestId(id)).await? {
         Some(summary) => Ok(Json(summary).into_response()),
         None => Err(ApiError::computing(
             "the summary is made when the submitted cohort is counted; try again shortly",
@@ -271,7 +264,7 @@ async fn request_history(
     Path(id): Path<String>,
 ) -> Result<Response> {
     Ok(
-        Json(json!({"items": state.store.request_history(&caller, &RequestId(id)).await?}))
+        Json(json!({"items": state.app.request_history(&caller, &RequestId(id)).await?}))
             .into_response(),
     )
 }

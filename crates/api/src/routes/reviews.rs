@@ -77,7 +77,7 @@ async fn decide(
     };
     Ok(created(
         state
-            .store
+            .app
             .decide_stage(&caller, &RequestId(id), &body.stage, input)
             .await?,
     ))
@@ -88,10 +88,7 @@ async fn decisions(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(
-        Json(json!({"items": state.store.decisions(&caller, &RequestId(id)).await?}))
-            .into_response(),
-    )
+    Ok(Json(json!({"items": state.app.decisions(&caller, &RequestId(id)).await?})).into_response())
 }
 
 /// Requests waiting on a stage the caller reviews and has not decided,

@@ -4,6 +4,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tre_store::NewUser;
+use tre_testkit::UseCases;
 
 use crate::support::*;
 
@@ -319,6 +320,7 @@ async fn authorization_matrix_over_http() {
     assert!(
         api.db
             .store
+            .app()
             .decisions(
                 &tre_testkit::caller("owner"),
                 &tre_domain::RequestId(r.clone())

@@ -2,6 +2,7 @@
 //! naming the caller.
 
 use std::collections::BTreeSet;
+use tre_testkit::UseCases;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -55,6 +56,7 @@ async fn idempotency_keys_and_request_ids() {
     let events = api
         .db
         .store
+        .app()
         .request_history(
             &tre_testkit::caller("owner"),
             &tre_domain::RequestId(id.into()),

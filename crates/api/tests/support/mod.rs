@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use tre_testkit::UseCases;
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
@@ -194,11 +195,12 @@ impl Api {
         let round = submitted["round"].as_u64().unwrap() as u32;
         self.db
             .store
+            .app()
             .record_cohort_count(
+                &tre_testkit::System::new("test"),
                 &tre_domain::RequestId(id.to_owned()),
                 round,
                 tre_domain::CohortCount::Counted(100),
-                "test",
             )
             .await
             .unwrap();

@@ -1,0 +1,58 @@
+//! The application layer of tre: its use cases, the one place every face
+//! (the HTTP API, the CLI, the job handlers) goes through, so that who may
+//! do what is decided once.
+//!
+//! A use case authorizes its caller with the pure domain
+//! (`tre_domain::authorize`), applies the domain's command, and hands the
+//! outcome to the store, which writes it, its jobs and its audit event in
+//! one transaction. A person calls as a [`Caller`]; the job runtime, acting
+//! on what the governance already decided, as the [`System`]: a type, not
+//! a `system_` prefix, so that a person's call can never reach what only
+//! the runtime may do.
+//!
+//! So far: access requests ([`App::create_request`],
+//! [`App::request_command`], [`App::decide_stage`], the runtime's
+//! [`App::record_cohort_count`], [`App::expire_request`] and
+//! [`App::retally_request`], and the reads of a request, its decisions,
+//! history and selection summary). The other resources' use cases are
+//! still the store's (see `docs/architecture.md`).
+
+mod acting;
+mod requests;
+
+pub use acting::{System, Who};
+pub use tre_store::{Caller, StoreError};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tre_domain::Environment;
+use tre_store::{Recent, Store, StoredRequest};
+
+/// The use cases, on a store. Clones share the store and the copies of
+/// what commands decide on.
+#[derive(Debug, Clone)]
+pub struct App {
+    store: Store,
+    /// Environments by id, with their version, as a command here last read
+    /// them (see [`App::create_request`]).
+    environments: Arc<Recent<(Arc<Environment>, i64)>>,
+    /// Requests by id, as a command here last wrote or read them (see
+    /// `requests`).
+    requests: Arc<Recent<Arc<StoredRequest>>>,
+}
+
+impl App {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            environments: Arc::new(Recent::new(Duration::from_secs(10), 1000)),
+            requests: Arc::new(Recent::new(Duration::from_secs(60), 10_000)),
+        }
+    }
+
+    /// The store the use cases write through.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
