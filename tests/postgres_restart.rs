@@ -139,7 +139,11 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
         selecting(Value::Null, &["baseline", "hospital"]),
     )
     .await;
-    let project = store.create_project(&w.owner, &everyone.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &everyone.id)
+        .await
+        .unwrap();
     let mut waiting = Vec::new();
     for _ in 0..4 {
         let request = store

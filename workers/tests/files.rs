@@ -326,7 +326,11 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         );
         assert_eq!(summary.files[1].bytes, None);
 
-        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let project = store
+            .app()
+            .create_project(&w.owner, &request.id)
+            .await
+            .unwrap();
         let project = settled(store, &project).await;
         assert_eq!(project.state, ProjectState::Ready, "{label}: {project:?}");
         let progress = store.dispense_progress(&project.id).await.unwrap();
@@ -435,7 +439,11 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
         let mut changed = original.clone();
         changed[original.len() - 10] ^= 0x20;
         std::fs::write(bulk.data.join(&location), &changed).unwrap();
-        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let project = store
+            .app()
+            .create_project(&w.owner, &request.id)
+            .await
+            .unwrap();
         let failed = settled(store, &project).await;
         assert_eq!(failed.state, ProjectState::Failed, "{label}: {failed:?}");
         let reason = failed.failure.clone().unwrap();
@@ -470,7 +478,11 @@ async fn a_changed_source_file_fails_its_unit_and_a_retry_after_repair_succeeds(
 
         // repaired, then retried by an operator: only the unfinished units run
         std::fs::write(bulk.data.join(&location), &original).unwrap();
-        store.retry_project(&w.platform, &project.id).await.unwrap();
+        store
+            .app()
+            .retry_project(&w.platform, &project.id)
+            .await
+            .unwrap();
         let ready = settled(store, &project).await;
         assert_eq!(ready.state, ProjectState::Ready, "{label}: {ready:?}");
         let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
@@ -812,7 +824,11 @@ async fn a_source_in_the_project_bucket_is_copied_by_the_server() {
     assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
     let request = approved_request(store, &w, selecting(json!(null), &["everything"])).await;
     let before = s3.copies.load(Ordering::SeqCst);
-    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &request.id)
+        .await
+        .unwrap();
     let project = settled(store, &project).await;
     assert_eq!(project.state, ProjectState::Ready, "{project:?}");
     let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
@@ -899,7 +915,11 @@ async fn a_retry_while_the_failed_round_still_copies_finishes_the_project() {
         changed[(10 << 20) + 3] ^= 0x01;
         std::fs::write(bulk.data.join(&changing.0), &changed).unwrap();
 
-        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let project = store
+            .app()
+            .create_project(&w.owner, &request.id)
+            .await
+            .unwrap();
         let failed = settled(store, &project).await;
         assert_eq!(failed.state, ProjectState::Failed, "{failed:?}");
         let stored = store.dispense_plan(&project.id).await.unwrap().unwrap();
@@ -945,7 +965,11 @@ async fn a_retry_while_the_failed_round_still_copies_finishes_the_project() {
 
         // repaired and retried at once, while the copy goes on
         std::fs::write(bulk.data.join(&changing.0), &changing.1).unwrap();
-        store.retry_project(&w.platform, &project.id).await.unwrap();
+        store
+            .app()
+            .retry_project(&w.platform, &project.id)
+            .await
+            .unwrap();
         let ready = settled(store, &project).await;
         assert_eq!(ready.state, ProjectState::Ready, "{ready:?}");
 
@@ -1075,7 +1099,11 @@ async fn a_full_disk_is_retried_with_its_reason_and_a_refused_write_fails_at_onc
         assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
 
         let request = approved_request(store, &w, selecting(json!(null), &["everything"])).await;
-        let project = store.create_project(&w.owner, &request.id).await.unwrap();
+        let project = store
+            .app()
+            .create_project(&w.owner, &request.id)
+            .await
+            .unwrap();
         // the disk fills: the project keeps dispensing, saying why it waits
         let mut progress = store.dispense_progress(&project.id).await.unwrap();
         for _ in 0..1000 {
@@ -1132,7 +1160,11 @@ async fn a_full_disk_is_retried_with_its_reason_and_a_refused_write_fails_at_onc
             .is_ok_and(|s| s.success());
         if frozen {
             let second = approved_request(store, &w, selecting(json!(null), &["scans"])).await;
-            let project = store.create_project(&w.owner, &second.id).await.unwrap();
+            let project = store
+                .app()
+                .create_project(&w.owner, &second.id)
+                .await
+                .unwrap();
             let failed = settled(store, &project).await;
             assert_eq!(failed.state, ProjectState::Failed, "{failed:?}");
             let reason = failed.failure.unwrap();

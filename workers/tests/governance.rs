@@ -345,7 +345,11 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
     });
     configure(store, &w, EnvironmentCommand::SetInventory(widened)).await;
     configure(store, &w, EnvironmentCommand::Reactivate).await;
-    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &request.id)
+        .await
+        .unwrap();
     assert_eq!(
         project.inventory_version, 2,
         "dispensed from the new release"
@@ -398,7 +402,11 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
     });
     configure(store, &w, EnvironmentCommand::SetInventory(without_bmi)).await;
     configure(store, &w, EnvironmentCommand::Reactivate).await;
-    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &request.id)
+        .await
+        .unwrap();
     let failed = settled(store, &project).await;
     assert_eq!(failed.state, ProjectState::Failed);
     let reason = failed.failure.unwrap();
@@ -446,7 +454,13 @@ async fn dispensing_stops_when_the_request_no_longer_allows_it(store: &Store) {
         // no worker runs yet: the count is given
         submit_counted(store, &w.owner, &request.id, 2_500).await;
         approve_both_stages(store, &request.id).await;
-        projects.push(store.create_project(&w.owner, &request.id).await.unwrap());
+        projects.push(
+            store
+                .app()
+                .create_project(&w.owner, &request.id)
+                .await
+                .unwrap(),
+        );
     }
     // before any worker runs: one request is revoked without its job (the
     // race a guarded creation now prevents), the other's end date passes

@@ -806,7 +806,11 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
         .decide(&caller("rev2a"), &request.id, decide(1))
         .await
         .unwrap();
-    let project = store.create_project(&w.owner, &request.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &request.id)
+        .await
+        .unwrap();
     let key = format!("schedule_expiry:{}", request.id);
     let job = store.jobs().job(&key).await.unwrap().unwrap();
     assert_eq!(
@@ -865,7 +869,12 @@ async fn expiry_runs_when_due_and_revokes_the_project() {
     })
     .await;
     eventually("its project is expired", || async {
-        store.project(&w.owner, &project.id).await.unwrap().state
+        store
+            .app()
+            .project(&w.owner, &project.id)
+            .await
+            .unwrap()
+            .state
             == tre_domain::ProjectState::Expired
     })
     .await;

@@ -155,7 +155,6 @@ impl DispenseWorkflow {
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<bool, JobError> {
-        let store = self.app.store();
         let request = self
             .app
             .request(&System::new(&job.key), &project.request_id)
@@ -172,7 +171,7 @@ impl DispenseWorkflow {
             state = %request.state,
             "the request no longer allows data: ending the project instead of dispensing"
         );
-        move_project(store, &project.id, command, &job.key).await?;
+        move_project(&self.app, &project.id, command, &job.key).await?;
         Ok(false)
     }
 
@@ -190,7 +189,7 @@ impl DispenseWorkflow {
             return Ok(());
         }
         if project.state == ProjectState::Provisioning {
-            move_project(store, id, ProjectCommand::StartDispensing, &job.key).await?;
+            move_project(&self.app, id, ProjectCommand::StartDispensing, &job.key).await?;
         }
         if !store.dispense_planned(id).await? {
             self.make_plan(store, job, &project).await?;
@@ -422,7 +421,7 @@ impl DispenseWorkflow {
         .map_err(dispense_error)?;
         let manifest_json = serde_json::to_value(&manifest).expect("manifests serialize");
         store.save_manifest(id, &manifest_json, &sha).await?;
-        move_project(store, id, ProjectCommand::MarkReady, &job.key).await?;
+        move_project(&self.app, id, ProjectCommand::MarkReady, &job.key).await?;
         info!(project = %id, rows = manifest.rows(), bytes = manifest.bytes(), "project ready");
         Ok(())
     }
@@ -501,7 +500,7 @@ impl DispenseWorkflow {
     async fn fail_project(&self, job: &ClaimedJob, project: &ProjectId, message: &str) {
         let reason = format!("{}: {message}", job.kind);
         let failed = ProjectCommand::MarkFailed { reason };
-        if let Err(e) = move_project(&self.store, project, failed, &job.key).await {
+        if let Err(e) = move_project(&self.app, project, failed, &job.key).await {
             warn!(project = %project, error = %e, "could not mark the project failed");
         }
     }

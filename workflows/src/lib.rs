@@ -28,7 +28,7 @@ use tre_app::{App, System};
 use tre_domain::{DomainError, ProjectCommand, ProjectId, ProjectState, RequestId, RequestState};
 use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{Store, StoreError};
+use tre_store::StoreError;
 
 pub use cohort::CohortCounter;
 pub use dispense::{DEFAULT_UNIT_BYTES, DEFAULT_UNIT_ROWS, DispenseConfig, DispenseWorkflow};
@@ -59,12 +59,15 @@ fn already_done(e: &StoreError) -> bool {
 /// Moves a project for the job runtime; a move that already happened (or
 /// can no longer happen) counts as done.
 async fn move_project(
-    store: &Store,
+    app: &App,
     project: &ProjectId,
     command: ProjectCommand,
     trace_id: &str,
 ) -> Result<(), StoreError> {
-    match store.project_command(project, command, trace_id).await {
+    match app
+        .project_command(&System::new(trace_id), project, command)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if already_done(&e) => Ok(()),
         Err(e) => Err(e),
@@ -113,7 +116,7 @@ async fn revoke_projects(app: &App, job: &ClaimedJob, request: &RequestId) -> Re
     if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
         return Ok(());
     }
-    Ok(move_project(store, &project.id, command, &job.key).await?)
+    Ok(move_project(app, &project.id, command, &job.key).await?)
 }
 
 /// Implements [`Handler`] of kind `$args` for the request workflow: the

@@ -18,6 +18,7 @@
 //! still the store's (see `docs/architecture.md`).
 
 mod acting;
+mod projects;
 mod requests;
 
 pub use acting::{System, Who};

@@ -178,7 +178,9 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
             },
         )
         .await?;
-    let project = store.create_project(&researcher, &id).await?;
+    let project = tre_app::App::new(store.clone())
+        .create_project(&researcher, &id)
+        .await?;
     // its data: one large object, written here in place of a dispense
     let objects = dir.join("objects");
     let path = "data/people/part-00000.parquet";
@@ -208,7 +210,9 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
         )
         .await?;
     for command in [ProjectCommand::StartDispensing, ProjectCommand::MarkReady] {
-        store.project_command(&project.id, command, "bench").await?;
+        tre_app::App::new(store.clone())
+            .project_command(&tre_app::System::new("bench"), &project.id, command)
+            .await?;
     }
 
     // tre serve on the folder

@@ -465,11 +465,11 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     }
 
     println!("\n8. Project");
-    match store.create_project(&custodian, &request.id).await {
+    match app.create_project(&custodian, &request.id).await {
         Err(e) => println!("   the custodian cannot create it: {e}"),
         Ok(_) => bail!("an admin created a project"),
     }
-    let project = store.create_project(&bob, &request.id).await?;
+    let project = app.create_project(&bob, &request.id).await?;
     println!(
         "   bob creates project {}: {} from inventory version {}, members {}",
         project.id,

@@ -146,7 +146,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
         ProjectsCommand::Workspaces { command } => workspaces(store, command).await?,
         ProjectsCommand::Create { request, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            let project = store
+            let project = tre_app::App::new(store.clone())
                 .create_project(&caller, &tre_domain::RequestId(request))
                 .await
                 .map_err(crate::explain)?;
@@ -190,7 +190,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
         ProjectsCommand::Retry { id, acting } => {
             let id = ProjectId(id);
             let caller = crate::caller(store, &acting).await?;
-            let project = store
+            let project = tre_app::App::new(store.clone())
                 .retry_project(&caller, &id)
                 .await
                 .map_err(crate::explain)?;
@@ -466,7 +466,10 @@ async fn member_only(store: &Store, acting: &crate::MaybeActing, id: &ProjectId)
             acting_as: name.clone(),
         };
         let caller = crate::caller(store, &acting).await?;
-        store.project(&caller, id).await.map_err(crate::explain)?;
+        tre_app::App::new(store.clone())
+            .project(&caller, id)
+            .await
+            .map_err(crate::explain)?;
     }
     Ok(())
 }

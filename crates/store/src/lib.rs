@@ -64,6 +64,7 @@ pub use notifications::{Delivery, Notification};
 pub use ops::{BulkOutcome, JobFilter};
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use project_overview::{ProjectGrant, ProjectOverview};
+pub use projects::{NewProject, ProjectMove};
 pub use requests::{HistoryEntry, RequestChange, RequestInEnvironment, StoredRequest};
 pub use showcase::{
     EarlierCohort, LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery,

@@ -115,9 +115,10 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
             .request_command(&w.owner, &draft.id, RequestCommand::Submit)
             .await,
     );
-    forbidden(store.create_project(&w.owner, &granted.id).await);
+    forbidden(store.app().create_project(&w.owner, &granted.id).await);
     // ...nor through a collaborator who still is authorized
     let err = store
+        .app()
         .create_project(&w.collab, &granted.id)
         .await
         .unwrap_err();
@@ -161,7 +162,11 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
 
     // taken back in, the owner may act again
     set_members(store, &w, &[Principal::Group("researchers".into())]).await;
-    let project = store.create_project(&w.owner, &granted.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &granted.id)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .app()
@@ -181,7 +186,11 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
         .await
         .unwrap();
     let granted = approved(store, &w).await;
-    let project = store.create_project(&w.owner, &granted.id).await.unwrap();
+    let project = store
+        .app()
+        .create_project(&w.owner, &granted.id)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .list_projects(&w.collab, "", 10)
@@ -216,7 +225,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
     );
     // they drop out of the project at once; the owner keeps it
     assert!(matches!(
-        store.project(&w.collab, &project.id).await,
+        store.app().project(&w.collab, &project.id).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(
@@ -228,7 +237,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
             .is_empty()
     );
     assert_eq!(
-        store.project(&w.owner, &project.id).await.unwrap().id,
+        store.app().project(&w.owner, &project.id).await.unwrap().id,
         project.id
     );
     // without them, the submission goes through
@@ -266,6 +275,7 @@ async fn no_project_past_the_end_date(store: &Store) {
         .await
         .unwrap();
     let err = store
+        .app()
         .create_project(&w.owner, &granted.id)
         .await
         .unwrap_err();
@@ -310,7 +320,7 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
 
     let creating = {
         let (store, owner, id) = (store.clone(), w.owner.clone(), granted.id.clone());
-        tokio::spawn(async move { store.create_project(&owner, &id).await })
+        tokio::spawn(async move { store.app().create_project(&owner, &id).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let revoking = {

@@ -561,34 +561,34 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // projects: requesters create one, once; admins and outsiders cannot see it
     assert!(matches!(
-        store.create_project(&w.admin, &id).await,
+        store.app().create_project(&w.admin, &id).await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
-        store.create_project(&w.outsider, &id).await,
+        store.app().create_project(&w.outsider, &id).await,
         Err(StoreError::NotFound { .. })
     ));
-    let project = store.create_project(&w.collab, &id).await.unwrap();
+    let project = store.app().create_project(&w.collab, &id).await.unwrap();
     assert_eq!(
         project.members,
         BTreeSet::from(["owner".into(), "collab".into()])
     );
     assert_eq!(project.inventory_version, 1);
-    let err = store.create_project(&w.owner, &id).await.unwrap_err();
+    let err = store.app().create_project(&w.owner, &id).await.unwrap_err();
     assert!(
         matches!(err, StoreError::Domain(DomainError::Conflict(_))),
         "{err}"
     );
     assert_eq!(
-        store.project(&w.owner, &project.id).await.unwrap().id,
+        store.app().project(&w.owner, &project.id).await.unwrap().id,
         project.id
     );
     assert!(matches!(
-        store.project(&w.admin, &project.id).await,
+        store.app().project(&w.admin, &project.id).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.project(&rev1, &project.id).await,
+        store.app().project(&rev1, &project.id).await,
         Err(StoreError::NotFound { .. })
     ));
     let jobs = store
@@ -603,16 +603,22 @@ async fn two_stage_review_return_resubmit_approve_and_project(store: &Store) {
 
     // the job runtime moves the project
     let p = store
+        .app()
         .project_command(
+            &tre_testkit::System::new("job-1"),
             &project.id,
             tre_domain::ProjectCommand::StartDispensing,
-            "job-1",
         )
         .await
         .unwrap();
     assert_eq!(p.state, ProjectState::Dispensing);
     let p = store
-        .project_command(&project.id, tre_domain::ProjectCommand::MarkReady, "job-1")
+        .app()
+        .project_command(
+            &tre_testkit::System::new("job-1"),
+            &project.id,
+            tre_domain::ProjectCommand::MarkReady,
+        )
         .await
         .unwrap();
     assert_eq!(p.state, ProjectState::Ready);
@@ -693,7 +699,7 @@ async fn final_rejection_and_separation_of_duties(store: &Store) {
         .unwrap_err();
     assert_invalid_transition(&err);
     assert!(matches!(
-        store.create_project(&w.owner, &id).await,
+        store.app().create_project(&w.owner, &id).await,
         Err(StoreError::Domain(_))
     ));
     let jobs = store.outbox_jobs(None, 100).await.unwrap();
@@ -1437,7 +1443,7 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
         .unwrap();
     submit_counted(store, &w.owner, &r.id, 100).await;
     tre_testkit::approve_both_stages(store, &r.id).await;
-    let project = store.create_project(&w.owner, &r.id).await.unwrap();
+    let project = store.app().create_project(&w.owner, &r.id).await.unwrap();
     let units = [0, 1].map(|unit| tre_store::PlannedUnit {
         unit,
         source_rows: 10,
@@ -1464,10 +1470,11 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
         UnitTake::Superseded(why) if why.contains("provisioning")
     ));
     store
+        .app()
         .project_command(
+            &tre_testkit::System::new("test"),
             &project.id,
             tre_domain::ProjectCommand::StartDispensing,
-            "test",
         )
         .await
         .unwrap();

@@ -257,6 +257,7 @@ pub async fn approved_project(
 ) -> tre_domain::Project {
     let request = approved_request(store, w, selecting(cohort, collections)).await;
     store
+        .app()
         .create_project(&w.owner, &request.id)
         .await
         .expect("create project")

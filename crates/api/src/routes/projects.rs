@@ -79,7 +79,7 @@ async fn create_project(
     Path(id): Path<String>,
 ) -> Result<Response> {
     Ok(created(
-        state.store.create_project(&caller, &RequestId(id)).await?,
+        state.app.create_project(&caller, &RequestId(id)).await?,
     ))
 }
 
@@ -100,7 +100,7 @@ async fn get_project(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let id = ProjectId(id);
-    let project = state.store.project(&caller, &id).await?;
+    let project = state.app.project(&caller, &id).await?;
     let progress = state.store.dispense_progress(&id).await?;
     let manifest = state.store.dispense_manifest(&id).await?;
     Ok(Json(ProjectView {

@@ -8,6 +8,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tre_domain::{ProjectCommand, ProjectId};
+use tre_testkit::UseCases;
 
 use crate::support::{Api, in_review_and_project, inventory, published};
 
@@ -21,17 +22,23 @@ async fn admins_oversee_their_environments_projects_without_their_data() {
     let _ = api
         .db
         .store
-        .project_command(&id, ProjectCommand::StartDispensing, "test")
+        .app()
+        .project_command(
+            &tre_testkit::System::new("test"),
+            &id,
+            ProjectCommand::StartDispensing,
+        )
         .await;
     api.db
         .store
+        .app()
         .project_command(
+            &tre_testkit::System::new("test"),
             &id,
             ProjectCommand::MarkFailed {
                 reason: "dispense_unit: participants.parquet is not in the environment's source"
                     .into(),
             },
-            "test",
         )
         .await
         .unwrap();
