@@ -501,7 +501,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
     // the reviewers see it whole; the admins see the counts, not the
     // selection; outsiders nothing
     // and in their queue, beside the request
-    let queue = store.review_queue(&reviewer, "", 50).await.unwrap();
+    let queue = store.app().review_queue(&reviewer, "", 50).await.unwrap();
     assert_eq!(queue.items.len(), 1);
     let summaries = store.summaries_for(&queue.items).await.unwrap();
     assert_eq!(summaries.get(&request.id), Some(&summary));

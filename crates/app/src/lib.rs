@@ -14,10 +14,16 @@
 //! [`App::request_command`], [`App::decide_stage`], the runtime's
 //! [`App::record_cohort_count`], [`App::expire_request`] and
 //! [`App::retally_request`], and the reads of a request, its decisions,
-//! history and selection summary). The other resources' use cases are
-//! still the store's (see `docs/architecture.md`).
+//! history and selection summary); projects ([`App::create_project`],
+//! [`App::project`], the runtime's [`App::project_command`], an
+//! operator's [`App::retry_project`]); and the lists people page through
+//! ([`App::list_requests`], [`App::review_queue`],
+//! [`App::environments_page`], [`App::list_projects`], [`App::job_for`]).
+//! The other resources' use cases are still the store's (see
+//! `docs/architecture.md`).
 
 mod acting;
+mod lists;
 mod projects;
 mod requests;
 

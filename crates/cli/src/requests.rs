@@ -161,7 +161,7 @@ fn line(request: &AccessRequest) -> String {
 }
 
 pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
-    let app = App::new(store.clone());
+    let app = &App::new(store.clone());
     match command {
         RequestsCommand::Create {
             environment,
@@ -235,7 +235,7 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
             let (caller, state) = (&caller, state.as_deref());
             print_pages(
                 move |cursor| async move {
-                    store.list_requests(caller, role, state, &cursor, 100).await
+                    app.list_requests(caller, role, state, &cursor, 100).await
                 },
                 line,
             )
@@ -258,13 +258,13 @@ async fn apply(store: &Store, acting: &Acting, id: String, command: RequestComma
 }
 
 pub async fn review(store: &Store, command: ReviewsCommand) -> Result<()> {
-    let app = App::new(store.clone());
+    let app = &App::new(store.clone());
     match command {
         ReviewsCommand::Queue { acting } => {
             let caller = caller(store, &acting).await?;
             let caller = &caller;
             print_pages(
-                move |cursor| async move { store.review_queue(caller, &cursor, 100).await },
+                move |cursor| async move { app.review_queue(caller, &cursor, 100).await },
                 line,
             )
             .await?;

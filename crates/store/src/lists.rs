@@ -1,16 +1,15 @@
-//! Lists for people: a user's requests by role, their review queue, their
-//! projects, and the jobs their calls started. Ordered by id (time-ordered
-//! UUIDs), paged with `after` (the last id seen) and `limit`.
+//! What lists for people are made of: the candidates SQL chooses, through
+//! the participants table and the list index, ordered by id (time-ordered
+//! UUIDs) from `after` (the last id seen). Which of them a person sees is
+//! the application's (`tre-app`), which asks the domain's rules of each.
 
 use serde::Serialize;
 use sqlx::Row;
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
-use tre_domain::{
-    AccessRequest, Action, Environment, Object, Project, RequestState, authorize, request_view,
-};
+use tre_domain::{AccessRequest, Actor, Environment, Project};
 
-use crate::{Caller, Store, StoreError, docs};
+use crate::{Store, StoreError, docs};
 use tre_jobs::OutboxJob;
 
 /// Which of the caller's requests to list.
@@ -43,21 +42,18 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The first `limit` of `items` (fetched one over), with the cursor of
+    /// the next page when there is one: the id of the last item kept.
+    pub fn cut(items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Self {
+        page(items, limit, id)
+    }
+}
+
 pub(crate) fn page<T>(mut items: Vec<T>, limit: usize, id: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = (items.len() > limit).then(|| id(&items[limit - 1]));
     items.truncate(limit);
     Page { items, next_cursor }
-}
-
-/// The request as `caller` may see it ([`request_view`]).
-fn as_seen_by(
-    caller: &Caller,
-    env: &Environment,
-    request: AccessRequest,
-) -> Result<AccessRequest, StoreError> {
-    let id = request.id.clone();
-    request_view(&caller.actor, env, request)
-        .map_err(|d| StoreError::denied("request", id.as_str(), d))
 }
 
 impl Store {
@@ -88,84 +84,106 @@ impl Store {
             .collect()
     }
 
-    /// The caller's requests in `role` (all roles when none), optionally in
-    /// one state (`draft`, `in_review`, ...), each as the caller may see it.
-    pub async fn list_requests(
+    /// Up to `limit + 1` requests `user` takes part in (as owner or
+    /// collaborator when `role` says which; either when none), optionally
+    /// in one state (`draft`, `in_review`, ...), by id from `after`.
+    pub async fn participant_requests(
         &self,
-        caller: &Caller,
+        user: &str,
         role: Option<RequestRole>,
         state: Option<&str>,
         after: &str,
         limit: usize,
-    ) -> Result<Page<AccessRequest>, StoreError> {
-        let me = caller.actor.id.as_str();
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let role_filter = match role {
+            Some(RequestRole::Owner) => " AND p.role = 'owner'",
+            Some(RequestRole::Collaborator) => " AND p.role = 'collaborator'",
+            _ => "",
+        };
         let state_filter = if state.is_some() {
             " AND r.state = $4"
         } else {
             ""
         };
-        let mut found = Vec::new();
-        if matches!(
-            role,
-            None | Some(RequestRole::Owner | RequestRole::Collaborator)
-        ) {
-            let role_filter = match role {
-                Some(RequestRole::Owner) => " AND p.role = 'owner'",
-                Some(RequestRole::Collaborator) => " AND p.role = 'collaborator'",
-                _ => "",
-            };
-            let sql = format!(
-                "SELECT DISTINCT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
-                 WHERE p.user_id = $1 AND r.id > $2{role_filter}{state_filter} ORDER BY r.id LIMIT $3"
-            );
-            found.extend(self.requests_page(sql, me, after, limit, state).await?);
-        }
-        if matches!(role, None | Some(RequestRole::Reviewer)) {
-            let sql = format!(
-                "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
-                 ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
-                 WHERE r.state <> 'draft' AND r.id > $2{state_filter} ORDER BY r.id LIMIT $3"
-            );
-            for request in self.requests_page(sql, me, after, limit, state).await? {
-                if !found.iter().any(|r: &AccessRequest| r.id == request.id) {
-                    found.push(request);
-                }
-            }
-        }
-        found.retain(|r| state.is_none_or(|s| r.state.name() == s));
-        found.sort_by(|a, b| a.id.cmp(&b.id));
-        found.truncate(limit + 1);
-        // each as `request()` shows it (redactions apply), loading each
-        // environment once
-        let mut environments = BTreeMap::new();
-        let mut visible = Vec::new();
-        for request in found {
-            if !environments.contains_key(&request.environment_id) {
-                let (env, _) = self
-                    .load_environment(&self.pool, &request.environment_id)
-                    .await?;
-                environments.insert(request.environment_id.clone(), env);
-            }
-            visible.push(as_seen_by(
-                caller,
-                &environments[&request.environment_id],
-                request,
-            )?);
-        }
-        Ok(page(visible, limit, |r| r.id.to_string()))
+        let sql = format!(
+            "SELECT DISTINCT r.id, r.doc FROM requests r JOIN request_participants p ON p.request_id = r.id \
+             WHERE p.user_id = $1 AND r.id > $2{role_filter}{state_filter} ORDER BY r.id LIMIT $3"
+        );
+        self.requests_page(sql, user, after, limit, state).await
     }
 
-    /// The resource center, by id from `after`: environments the caller may
-    /// discover (its admins always; once published, its named members,
-    /// members of its groups, everyone when public), chosen, ordered and
-    /// cut in SQL through the list index.
-    pub async fn environments_page(
+    /// Up to `limit + 1` submitted requests of the environments where
+    /// `user` reviews a stage (per the list index), optionally in one
+    /// state, by id from `after`.
+    pub async fn requests_where_reviewer(
         &self,
-        caller: &Caller,
+        user: &str,
+        state: Option<&str>,
         after: &str,
         limit: usize,
-    ) -> Result<Page<Environment>, StoreError> {
-        let groups: Vec<&String> = caller.actor.groups.iter().collect();
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let state_filter = if state.is_some() {
+            " AND r.state = $4"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
+             ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
+             WHERE r.state <> 'draft' AND r.id > $2{state_filter} ORDER BY r.id LIMIT $3"
+        );
+        self.requests_page(sql, user, after, limit, state).await
+    }
+
+    /// Up to `limit + 1` requests in review in the environments where
+    /// `user` reviews a stage (per the list index), by id from `after`: a
+    /// review queue's candidates.
+    pub async fn requests_in_review_where_reviewer(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let sql = "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
+                   ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
+                   WHERE r.state = 'in_review' AND r.id > $2 ORDER BY r.id LIMIT $3"
+            .to_owned();
+        self.requests_page(sql, user, after, limit, None).await
+    }
+
+    /// The (request, round, stage) `reviewer` decided, of the requests with
+    /// ids after `after` up to `last`: one statement for a page.
+    pub async fn stages_decided_by(
+        &self,
+        reviewer: &str,
+        after: &str,
+        last: &str,
+    ) -> Result<HashSet<(String, i64, i64)>, StoreError> {
+        sqlx::query(
+            "SELECT request_id, round, stage FROM decisions \
+             WHERE reviewer_id = $1 AND request_id > $2 AND request_id <= $3",
+        )
+        .bind(reviewer)
+        .bind(after)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+    }
+
+    /// Up to `limit + 1` environments the list index says `actor` may
+    /// discover (its admins always; once published, its named members,
+    /// members of its groups, everyone when public), by id from `after`.
+    /// Chosen, ordered and cut in SQL; the rules still decide on each.
+    pub async fn discoverable_environments(
+        &self,
+        actor: &Actor,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Environment>, StoreError> {
+        let groups: Vec<&String> = actor.groups.iter().collect();
         let group_params: Vec<String> = (0..groups.len()).map(|i| format!("${}", i + 4)).collect();
         let by_group = if groups.is_empty() {
             String::new()
@@ -184,165 +202,57 @@ impl Store {
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after)
-            .bind(caller.actor.id.as_str())
+            .bind(actor.id.as_str())
             .bind(limit as i64 + 1);
         for group in groups {
             query = query.bind(group.as_str());
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            let env: Environment = docs::decode("environment", &id, &row.try_get::<String, _>(1)?)?;
-            // the index chose; the rule decides (a stale row never shows more)
-            if authorize(
-                &caller.actor,
-                Action::DiscoverEnvironment,
-                &Object::Environment(&env),
-            )
-            .is_ok()
-            {
-                found.push(env.seen_by(&caller.actor));
-            }
-        }
-        Ok(page(found, limit, |e| e.id.to_string()))
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                docs::decode("environment", &id, &row.try_get::<String, _>(1)?)
+            })
+            .collect()
     }
 
-    /// The caller's review queue: requests waiting on a stage the caller
-    /// reviews and has not decided in this round, by id from `after`. The
-    /// candidates come in pages from SQL (requests in review in the
-    /// environments the caller reviews, through the list index), with the
-    /// caller's decisions on each page read in one statement.
-    pub async fn review_queue(
+    /// The projects of the requests `user` takes part in, by id from
+    /// `after`.
+    pub async fn participant_projects(
         &self,
-        caller: &Caller,
+        user: &str,
         after: &str,
-        limit: usize,
-    ) -> Result<Page<AccessRequest>, StoreError> {
-        let me = caller.actor.id.as_str();
-        let batch = (limit + 1).max(50);
-        let mut queue = Vec::new();
-        let mut cursor = after.to_owned();
-        let mut environments: BTreeMap<tre_domain::EnvironmentId, Environment> = BTreeMap::new();
-        while queue.len() <= limit {
-            let sql = "SELECT r.id, r.doc FROM requests r JOIN environment_index i \
-                       ON i.environment_id = r.environment_id AND i.kind = 'reviewer' AND i.principal = $1 \
-                       WHERE r.state = 'in_review' AND r.id > $2 ORDER BY r.id LIMIT $3"
-                .to_owned();
-            let candidates = self
-                .requests_page(sql, me, &cursor, batch - 1, None)
-                .await?;
-            let Some(last) = candidates.last() else { break };
-            let last = last.id.to_string();
-            // the caller's decisions on this page of requests
-            let decided: std::collections::HashSet<(String, i64, i64)> = sqlx::query(
-                "SELECT request_id, round, stage FROM decisions \
-                 WHERE reviewer_id = $1 AND request_id > $2 AND request_id <= $3",
-            )
-            .bind(me)
-            .bind(&cursor)
-            .bind(&last)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, StoreError>>()?;
-            let exhausted = candidates.len() < batch;
-            for request in candidates {
-                if !environments.contains_key(&request.environment_id) {
-                    let (env, _) = self
-                        .load_environment(&self.pool, &request.environment_id)
-                        .await?;
-                    environments.insert(request.environment_id.clone(), env);
-                }
-                let env = &environments[&request.environment_id];
-                let object = Object::Request {
-                    environment: env,
-                    request: &request,
-                };
-                if authorize(&caller.actor, Action::DecideRequest, &object).is_err() {
-                    continue;
-                }
-                let RequestState::InReview { stage } = request.state else {
-                    continue;
-                };
-                let key = (
-                    request.id.to_string(),
-                    i64::from(request.round),
-                    stage as i64,
-                );
-                if !decided.contains(&key) {
-                    queue.push(as_seen_by(caller, env, request)?);
-                }
-            }
-            cursor = last;
-            if exhausted {
-                break;
-            }
-        }
-        queue.truncate(limit + 1);
-        Ok(page(queue, limit, |r| r.id.to_string()))
-    }
-
-    /// The projects the caller is a member of (while an authorized user of
-    /// each one's environment).
-    pub async fn list_projects(
-        &self,
-        caller: &Caller,
-        after: &str,
-        limit: usize,
-    ) -> Result<Page<Project>, StoreError> {
+    ) -> Result<Vec<Project>, StoreError> {
         let rows = sqlx::query(
             "SELECT pr.id, pr.doc FROM projects pr JOIN request_participants p ON p.request_id = pr.request_id \
              WHERE p.user_id = $1 AND pr.id > $2 ORDER BY pr.id",
         )
-        .bind(caller.actor.id.as_str())
+        .bind(user)
         .bind(after)
         .fetch_all(&self.pool)
         .await?;
-        let projects: Vec<Project> = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
                 let doc: String = r.try_get(1)?;
                 docs::decode("project", &id, &doc)
             })
-            .collect::<Result<_, StoreError>>()?;
-        let mut environments = BTreeMap::new();
-        let mut visible = Vec::new();
-        for project in projects {
-            if !environments.contains_key(&project.environment_id) {
-                let (env, _) = self
-                    .load_environment(&self.pool, &project.environment_id)
-                    .await?;
-                environments.insert(project.environment_id.clone(), env);
-            }
-            let object = Object::Project {
-                environment: &environments[&project.environment_id],
-                project: &project,
-            };
-            if authorize(&caller.actor, Action::ViewProject, &object).is_ok() {
-                visible.push(project);
-            }
-        }
-        let mut projects = visible;
-        projects.truncate(limit + 1);
-        Ok(page(projects, limit, |p| p.id.to_string()))
+            .collect()
     }
 
-    /// A job, for the user whose call created it (anyone else: not found).
-    pub async fn job_for(&self, caller: &Caller, key: &str) -> Result<OutboxJob, StoreError> {
+    /// A job and who started it (empty: the system).
+    pub async fn job_and_creator(
+        &self,
+        key: &str,
+    ) -> Result<Option<(OutboxJob, String)>, StoreError> {
         let row = sqlx::query("SELECT created_by FROM outbox WHERE job_key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(r) if r.try_get::<String, _>(0)? == caller.actor.id.as_str() => self
-                .jobs()
-                .job(key)
-                .await?
-                .ok_or_else(|| StoreError::not_found("job", key)),
-            _ => Err(StoreError::not_found("job", key)),
-        }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let creator: String = row.try_get(0)?;
+        Ok(self.jobs().job(key).await?.map(|job| (job, creator)))
     }
 }

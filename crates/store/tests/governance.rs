@@ -193,6 +193,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
         .unwrap();
     assert_eq!(
         store
+            .app()
             .list_projects(&w.collab, "", 10)
             .await
             .unwrap()
@@ -230,6 +231,7 @@ async fn a_collaborator_taken_out_stops_the_submission_and_leaves_the_project(st
     ));
     assert!(
         store
+            .app()
             .list_projects(&w.collab, "", 10)
             .await
             .unwrap()

@@ -21,7 +21,11 @@ async fn names(store: &Store, caller: &tre_store::Caller) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut cursor = String::new();
     loop {
-        let page = store.environments_page(caller, &cursor, 2).await.unwrap();
+        let page = store
+            .app()
+            .environments_page(caller, &cursor, 2)
+            .await
+            .unwrap();
         for env in &page.items {
             assert!(out.insert(env.id.to_string()), "no repeats across pages");
         }
@@ -105,6 +109,7 @@ async fn all(store: &Store, caller: &tre_store::Caller, role: RequestRole) -> Ve
     let mut cursor = String::new();
     loop {
         let page = store
+            .app()
             .list_requests(caller, Some(role), None, &cursor, 3)
             .await
             .unwrap();
@@ -121,7 +126,7 @@ async fn queue(
     caller: &tre_store::Caller,
     after: String,
 ) -> tre_store::Page<tre_domain::AccessRequest> {
-    store.review_queue(caller, &after, 4).await.unwrap()
+    store.app().review_queue(caller, &after, 4).await.unwrap()
 }
 
 async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(store: &Store) {

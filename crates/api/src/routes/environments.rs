@@ -181,7 +181,7 @@ async fn list_environments(
     Params(page): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store
+        .app
         .environments_page(
             &caller,
             page.cursor.as_deref().unwrap_or(""),

@@ -29,5 +29,5 @@ async fn get_job(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(state.store.job_for(&caller, &id).await?).into_response())
+    Ok(Json(state.app.job_for(&caller, &id).await?).into_response())
 }

@@ -117,7 +117,7 @@ async fn list_projects(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store
+        .app
         .list_projects(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
         .await?;
     Ok(Json(page).into_response())

@@ -339,7 +339,7 @@ async fn list_requests(
         .with_field("state"));
     }
     let page = state
-        .store
+        .app
         .list_requests(
             &caller,
             role,

@@ -109,7 +109,7 @@ async fn review_queue(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store
+        .app
         .review_queue(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
         .await?;
     let mut summaries = state.store.summaries_for(&page.items).await?;
