@@ -1098,6 +1098,7 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
     let store = &db.store;
     let w = world(store, &["rev1"], &["rev2a"], 1).await;
     store
+        .app()
         .set_pool_paused(&w.platform, "dispense", true)
         .await
         .unwrap();
@@ -1134,6 +1135,7 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
         RequestState::Checking
     );
     store
+        .app()
         .set_pool_paused(&w.platform, "dispense", false)
         .await
         .unwrap();
@@ -1142,6 +1144,7 @@ async fn a_paused_pool_runs_nothing_until_resumed() {
     // only platform admins pause
     assert!(
         store
+            .app()
             .set_pool_paused(&w.admin, "notify", true)
             .await
             .is_err()

@@ -24,6 +24,7 @@
 
 mod acting;
 mod lists;
+mod operations;
 mod projects;
 mod requests;
 

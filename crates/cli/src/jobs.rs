@@ -151,9 +151,13 @@ async fn change(store: &Store, caller: &Caller, change: &Change, retry: bool) ->
     };
     let count = async |dry: bool| {
         if retry {
-            store.retry_jobs(caller, &filter, dry).await
+            tre_app::App::new(store.clone())
+                .retry_jobs(caller, &filter, dry)
+                .await
         } else {
-            store.discard_jobs(caller, &filter, dry).await
+            tre_app::App::new(store.clone())
+                .discard_jobs(caller, &filter, dry)
+                .await
         }
     };
     let preview = count(true).await.map_err(crate::explain)?;
@@ -187,7 +191,7 @@ pub async fn run(store: &Store, command: JobsCommand) -> Result<()> {
                 bail!("--limit: must be between 1 and 10000");
             }
             let page = store
-                .system_list_jobs(&filter.build(None)?, &after, limit)
+                .jobs_matching(&filter.build(None)?, &after, limit)
                 .await?;
             for job in &page.items {
                 println!("{}", serde_json::to_string(job)?);
@@ -224,7 +228,7 @@ pub async fn run(store: &Store, command: JobsCommand) -> Result<()> {
 async fn pause(store: &Store, pool: &str, acting: &Acting, paused: bool) -> Result<()> {
     let pool = Pool::parse(pool).ok_or_else(|| anyhow!("expected notify, review or dispense"))?;
     let caller = crate::caller(store, acting).await?;
-    store
+    tre_app::App::new(store.clone())
         .set_pool_paused(&caller, pool.as_str(), paused)
         .await
         .map_err(crate::explain)?;

@@ -78,7 +78,7 @@ async fn a_full_pool_does_not_hold_back_another(store: &Store) {
         ..JobFilter::default()
     };
     let mut keys: Vec<String> = store
-        .system_list_jobs(&queued, "", 100)
+        .jobs_matching(&queued, "", 100)
         .await
         .unwrap()
         .items

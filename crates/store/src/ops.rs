@@ -1,13 +1,14 @@
-//! Operator controls over the job runtime: find jobs by state, kind, age
-//! and payload text; retry or discard many at once (counted first, so a
-//! caller can show what it would touch); pause and resume a pool for the
-//! whole fleet. Platform admins only, and every change is in the audit log
-//! under the operator who made it.
+//! What operators' controls over the job runtime write: jobs found by
+//! state, kind, age and payload text; many retried or discarded at once
+//! (counted first, so a caller can show what it would touch); a pool
+//! paused or resumed for the whole fleet. Every change is in the audit log
+//! under the operator who made it; who may make one is the application's
+//! (`tre-app`, `operations.rs`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::{Action, Object, Timestamp, authorize};
+use tre_domain::Timestamp;
 use tre_jobs::{JobEvent, JobState, OutboxJob};
 use tre_jobs_sql::{delete_in_batches, job_from_row};
 
@@ -112,27 +113,11 @@ fn clause(filter: &JobFilter, states: &[JobState], first: usize) -> (String, Vec
     (sql, args)
 }
 
-fn operator(caller: &Caller) -> Result<(), StoreError> {
-    authorize(&caller.actor, Action::OperateJobs, &Object::Platform).map_err(StoreError::Forbidden)
-}
-
 impl Store {
-    /// Jobs matching `filter`, by key from `after`, `limit` at a time
-    /// (platform admins).
-    pub async fn list_jobs(
-        &self,
-        caller: &Caller,
-        filter: &JobFilter,
-        after: &str,
-        limit: usize,
-    ) -> Result<Page<OutboxJob>, StoreError> {
-        operator(caller)?;
-        self.system_list_jobs(filter, after, limit).await
-    }
-
-    /// [`Store::list_jobs`] for tools with database access (the CLI): no
-    /// caller, no authorization.
-    pub async fn system_list_jobs(
+    /// Jobs matching `filter`, by key from `after`, `limit` at a time.
+    /// (Who may list them is the application's; the CLI, a tool with the
+    /// database's access, asks here directly.)
+    pub async fn jobs_matching(
         &self,
         filter: &JobFilter,
         after: &str,
@@ -169,37 +154,22 @@ impl Store {
             .collect()
     }
 
-    /// Puts dead jobs matching `filter` back to `pending` with fresh
-    /// attempts, or only counts them when `dry_run` (platform admins;
-    /// audited under the caller).
-    pub async fn retry_jobs(
-        &self,
-        caller: &Caller,
-        filter: &JobFilter,
-        dry_run: bool,
-    ) -> Result<BulkOutcome, StoreError> {
-        self.bulk(caller, filter, dry_run, JobEvent::Revive).await
-    }
-
-    /// Gives up pending, queued or dead jobs matching `filter` (they never
-    /// run), or only counts them when `dry_run` (platform admins; audited).
-    pub async fn discard_jobs(
-        &self,
-        caller: &Caller,
-        filter: &JobFilter,
-        dry_run: bool,
-    ) -> Result<BulkOutcome, StoreError> {
-        self.bulk(caller, filter, dry_run, JobEvent::Discard).await
-    }
-
-    async fn bulk(
+    /// Applies `event` (an operator's `Revive` or `Discard`) to the jobs
+    /// matching `filter` it applies to, or only counts them when `dry_run`;
+    /// audited under `caller`, with what matched and changed, in the same
+    /// transaction. (Who may is the application's.)
+    pub async fn change_jobs(
         &self,
         caller: &Caller,
         filter: &JobFilter,
         dry_run: bool,
         event: JobEvent,
     ) -> Result<BulkOutcome, StoreError> {
-        operator(caller)?;
+        if !matches!(event, JobEvent::Revive | JobEvent::Discard) {
+            return Err(StoreError::Config(format!(
+                "{event:?} is not an operator's change"
+            )));
+        }
         let keys = self.matching_keys(filter, event).await?;
         let sample: Vec<String> = keys.iter().take(20).cloned().collect();
         if dry_run || keys.is_empty() {
@@ -272,16 +242,15 @@ impl Store {
         })
     }
 
-    /// Pauses or resumes a pool for every worker of the fleet: a paused
-    /// pool's jobs are neither dispatched nor claimed (those running finish).
-    /// Platform admins; audited.
-    pub async fn set_pool_paused(
+    /// Records a pool paused or resumed for every worker of the fleet,
+    /// audited under `caller` in the same transaction. (Who may is the
+    /// application's.)
+    pub async fn save_pool_paused(
         &self,
         caller: &Caller,
         pool: &str,
         paused: bool,
     ) -> Result<(), StoreError> {
-        operator(caller)?;
         let at = now();
         let mut tx = self.begin().await?;
         sqlx::query(

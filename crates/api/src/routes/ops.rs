@@ -197,7 +197,7 @@ async fn list_jobs(
         q.payload,
     )?;
     let page = state
-        .store
+        .app
         .list_jobs(
             &caller,
             &filter,
@@ -220,9 +220,9 @@ async fn bulk(state: &AppState, caller: &Caller, body: BulkBody, retry: bool) ->
         body.payload_contains,
     )?;
     let outcome = if retry {
-        state.store.retry_jobs(caller, &filter, dry_run).await?
+        state.app.retry_jobs(caller, &filter, dry_run).await?
     } else {
-        state.store.discard_jobs(caller, &filter, dry_run).await?
+        state.app.discard_jobs(caller, &filter, dry_run).await?
     };
     Ok(Json(outcome).into_response())
 }
@@ -251,7 +251,7 @@ async fn set_paused(
 ) -> Result<Response> {
     let pool = Pool::parse(pool).ok_or_else(|| ApiError::not_found(&format!("pool {pool}")))?;
     state
-        .store
+        .app
         .set_pool_paused(caller, pool.as_str(), paused)
         .await?;
     Ok(Json(PoolState {
