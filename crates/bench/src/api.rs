@@ -78,6 +78,8 @@ pub(crate) async fn scratch_store(
     let store = Store::open(&url)
         .await
         .with_context(|| format!("cannot open {url}"))?;
+    // as `tre serve` does: this process chains its audit events
+    store.start_audit_sealer();
     Ok((store, dir, url))
 }
 

@@ -297,6 +297,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         );
     };
     let store = Store::open(database_url).await?;
+    store.start_audit_sealer();
     let run = tre_cli::uuid_like();
     let group = format!("load-researchers-{run}");
     eprintln!(

@@ -354,6 +354,7 @@ async fn through_the_api(
     let store = tre_store::Store::open(&url)
         .await
         .with_context(|| format!("cannot open {url}"))?;
+    store.start_audit_sealer();
     let user = |id: String, admin: bool, group: Option<&str>| {
         let store = store.clone();
         let groups = group.into_iter().map(String::from).collect();
@@ -490,6 +491,8 @@ async fn through_the_api(
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 let store = tre_store::Store::open(&url).await?;
+                // as `tre serve` does: this process chains its audit events
+                store.start_audit_sealer();
                 tre_api::serve(listener, tre_api::AppState::new(store.clone()), async {
                     let _ = stopped.await;
                 })

@@ -402,6 +402,8 @@ async fn open(settings: &Settings) -> Result<Store> {
             redact_url(&settings.database_url)
         )
     })?;
+    // this process chains the audit events its commands write
+    store.start_audit_sealer();
     Ok(store
         .with_output_root(settings.output_root()?)
         .with_token_max_days(settings.token_max_days()))

@@ -5,10 +5,12 @@
 //! command waits on another's. The **sealer** then moves committed events
 //! into `audit_events` in batches, oldest first: under the `audit_head` lock
 //! it numbers them, chains each to the one before by its hash, and deletes
-//! them from `audit_pending`, in one transaction. Every process that writes
-//! runs a sealer task (woken after each commit, and once a second for events
-//! a crashed process left); readers of the log seal first, so they see
-//! every event committed before they asked.
+//! them from `audit_pending`, in one transaction. Every process that serves
+//! or works runs a sealer task, which its binary starts
+//! ([`Store::start_audit_sealer`]); each commit wakes it, and it looks once
+//! a second for events a crashed process left. Readers of the log seal
+//! first, so they see every event committed before they asked; a closing
+//! store seals what is left.
 //!
 //! Events of one object keep their order: a command on an object starts
 //! after the one before it committed, so its pending row is newer.
@@ -239,12 +241,24 @@ impl Store {
         Ok(())
     }
 
+    /// Wakes this process's sealer, if it runs, for events just committed
+    /// (a commit never starts one: see [`Store::start_audit_sealer`]).
     pub(crate) fn audit_written(&self) {
+        self.sealer.wake.notify_one();
+    }
+
+    /// Starts this process's audit sealer on the current tokio runtime
+    /// (once: again only when the runtime it ran on ended). The binary
+    /// starts it when it opens the store; it then chains what every commit
+    /// here wakes it for, and once a second what other processes left. It
+    /// stops within a tick of the last clone of the store going away.
+    /// Without one, events wait in `audit_pending` for a reader of the log
+    /// (each seals first), another process's sealer, or [`Store::close`].
+    pub fn start_audit_sealer(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let mut task = self.sealer.task.lock().unwrap_or_else(|e| e.into_inner());
-        // (re)started when missing: a runtime that ended took it along
         if task.as_ref().is_none_or(|t| t.is_finished()) {
             *task = Some(runtime.spawn(seal_loop(
                 self.pool.clone(),
@@ -253,8 +267,6 @@ impl Store {
                 Arc::downgrade(&self.sealer),
             )));
         }
-        drop(task);
-        self.sealer.wake.notify_one();
     }
 
     /// Chains every committed pending event now; how many. Readers of the

@@ -40,7 +40,10 @@ pub enum Schema {
 
 async fn connect(url: &str, schema: Schema) -> Store {
     if schema == Schema::Migrated {
-        return Store::open(url).await.expect("open the test database");
+        let store = Store::open(url).await.expect("open the test database");
+        // as the binary does when it opens the store
+        store.start_audit_sealer();
+        return store;
     }
     let store = Store::connect(&tre_store::StoreOptions::new(url))
         .await
