@@ -17,6 +17,8 @@
 
 mod retention;
 
+pub use retention::Retentions;
+
 use std::sync::Arc;
 
 use tracing::info;
@@ -99,6 +101,9 @@ pub struct WorkerOptions {
     /// several relays only duplicate messages, which claims make harmless).
     pub maintenance: bool,
     pub runtime: RuntimeOptions,
+    /// How long the cleaner keeps the governance's rows (delivery log,
+    /// idempotency keys). Default: [`Retentions::default`].
+    pub retentions: Retentions,
     /// Default: [`policies`].
     pub policies: Vec<JobPolicy>,
     /// Default: none (inbox only).
@@ -117,6 +122,7 @@ impl Default for WorkerOptions {
             concurrency: None,
             maintenance: true,
             runtime: RuntimeOptions::default(),
+            retentions: Retentions::default(),
             policies: policies(),
             webhook: None,
             email: None,
@@ -204,7 +210,7 @@ pub async fn run(
                 &options.runtime,
                 metrics,
                 shutdown.clone(),
-                retention::governance(&store, &options.runtime),
+                retention::governance(&store, &options.retentions),
             )
             .await?,
         );

@@ -1,26 +1,48 @@
 //! The governance's rows a worker's cleaner removes besides the runtime's
 //! finished jobs: the delivery log (webhook and email attempts) and
 //! idempotency keys with the answers kept for them, each past its
-//! retention (see [`RuntimeOptions`]).
+//! retention (see [`Retentions`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tre_domain::Timestamp;
-use tre_jobs::{JobStoreError, Retained, RuntimeOptions};
+use tre_jobs::{JobStoreError, Retained};
 use tre_store::Store;
 
-/// What the cleaner removes of `store`'s, by `options`' retentions.
-pub(crate) fn governance(store: &Store, options: &RuntimeOptions) -> Vec<Arc<dyn Retained>> {
+/// How long the governance's rows are kept before a worker's cleaner
+/// removes them. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct Retentions {
+    /// Delivery log rows (webhook and email attempts) are removed this long
+    /// after the attempt. Default: 7 days.
+    pub deliveries: Duration,
+    /// Idempotency keys (and the answers kept for them) are removed this
+    /// long after their call: a retry later than that is a new call.
+    /// Default: 24 hours.
+    pub idempotency_keys: Duration,
+}
+
+impl Default for Retentions {
+    fn default() -> Self {
+        Self {
+            deliveries: Duration::from_secs(7 * 86_400),
+            idempotency_keys: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// What the cleaner removes of `store`'s, by `retentions`.
+pub(crate) fn governance(store: &Store, retentions: &Retentions) -> Vec<Arc<dyn Retained>> {
     vec![
         Arc::new(DeliveryLog {
             store: store.clone(),
-            retention: options.delivery_retention,
+            retention: retentions.deliveries,
         }),
         Arc::new(IdempotencyKeys {
             store: store.clone(),
-            retention: options.idempotency_retention,
+            retention: retentions.idempotency_keys,
         }),
     ]
 }
@@ -97,12 +119,12 @@ mod tests {
             .await
             .unwrap();
 
-        let options = RuntimeOptions::default();
+        let options = tre_jobs::RuntimeOptions::default();
         let mut retained: Vec<Arc<dyn Retained>> = vec![Arc::new(FinishedJobs {
             jobs: Arc::new(jobs.clone()),
             retention: options.job_retention,
         })];
-        retained.extend(governance(store, &options));
+        retained.extend(governance(store, &Retentions::default()));
         let cleaner = Cleaner::new(retained, Arc::new(Metrics::default()));
         assert_eq!(
             cleaner.run_once().await.unwrap(),

@@ -16,7 +16,7 @@ use tre_jobs::{
     RuntimeOptions,
 };
 use tre_store::Store;
-use tre_workers::WorkerOptions;
+use tre_workers::{Retentions, WorkerOptions};
 use tre_workflows::{DispenseConfig, EmailConfig, WebhookConfig};
 
 use crate::config::Settings;
@@ -195,12 +195,14 @@ pub async fn run(settings: &Settings, args: WorkerArgs) -> Result<()> {
         runtime: RuntimeOptions {
             lease: Duration::from_millis(args.lease_ms),
             job_retention: Duration::from_secs(args.job_retention_hours * 3_600),
-            delivery_retention: Duration::from_secs(args.delivery_retention_hours * 3_600),
-            idempotency_retention: Duration::from_secs(args.idempotency_retention_hours * 3_600),
             requeue_after: Duration::from_millis(args.requeue_after_ms),
             reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
             drain: Duration::from_millis(args.drain_ms),
             ..RuntimeOptions::default()
+        },
+        retentions: Retentions {
+            deliveries: Duration::from_secs(args.delivery_retention_hours * 3_600),
+            idempotency_keys: Duration::from_secs(args.idempotency_retention_hours * 3_600),
         },
         policies,
         webhook: webhook(settings),

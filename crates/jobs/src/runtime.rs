@@ -49,13 +49,6 @@ pub struct RuntimeOptions {
     /// Finished jobs (done, discarded) are removed this long after they
     /// finished; dead ones stay for an operator. Default: 7 days.
     pub job_retention: Duration,
-    /// Delivery log rows (webhook and email attempts) are removed this long
-    /// after the attempt. Default: 7 days.
-    pub delivery_retention: Duration,
-    /// Idempotency keys (and the answers kept for them) are removed this
-    /// long after their call: a retry later than that is a new call.
-    /// Default: 24 hours.
-    pub idempotency_retention: Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -70,8 +63,6 @@ impl Default for RuntimeOptions {
             drain: Duration::from_secs(30),
             clean_interval: Duration::from_secs(60),
             job_retention: Duration::from_secs(7 * 86_400),
-            delivery_retention: Duration::from_secs(7 * 86_400),
-            idempotency_retention: Duration::from_secs(86_400),
         }
     }
 }
