@@ -11,9 +11,10 @@ use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
+use tre_app::{Permission, Target};
 use tre_domain::authz::Action;
 use tre_domain::{EnvironmentId, ProjectId, RequestId};
-use tre_store::{Caller, Permission, Target};
+use tre_store::Caller;
 
 use crate::{ApiError, AppState, Auth};
 
@@ -45,30 +46,23 @@ impl<G: Guard> FromRequestParts<AppState> for Allowed<G> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Auth(caller) = Auth::from_request_parts(parts, state).await?;
-        let store = &state.store;
+        let app = &state.app;
         let permission = G::PERMISSION;
         match G::NAMED {
-            Named::Platform => {
-                store
-                    .authorize(&caller, Target::Platform, permission)
-                    .await?
-            }
+            Named::Platform => app.authorize(&caller, Target::Platform, permission).await?,
             Named::Environment => {
                 let id = EnvironmentId(path_id(parts, state).await?);
-                store
-                    .authorize(&caller, Target::Environment(&id), permission)
+                app.authorize(&caller, Target::Environment(&id), permission)
                     .await?;
             }
             Named::Request => {
                 let id = RequestId(path_id(parts, state).await?);
-                store
-                    .authorize(&caller, Target::Request(&id), permission)
+                app.authorize(&caller, Target::Request(&id), permission)
                     .await?;
             }
             Named::Project => {
                 let id = ProjectId(path_id(parts, state).await?);
-                store
-                    .authorize(&caller, Target::Project(&id), permission)
+                app.authorize(&caller, Target::Project(&id), permission)
                     .await?;
             }
         }

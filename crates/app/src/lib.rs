@@ -18,17 +18,21 @@
 //! [`App::project`], the runtime's [`App::project_command`], an
 //! operator's [`App::retry_project`]); and the lists people page through
 //! ([`App::list_requests`], [`App::review_queue`],
-//! [`App::environments_page`], [`App::list_projects`], [`App::job_for`]).
+//! [`App::environments_page`], [`App::list_projects`], [`App::job_for`]);
+//! operators' controls; and [`App::authorize`], the check the HTTP API
+//! makes on a route's path before it reads a body.
 //! The other resources' use cases are still the store's (see
 //! `docs/architecture.md`).
 
 mod acting;
+mod authorization;
 mod lists;
 mod operations;
 mod projects;
 mod requests;
 
 pub use acting::{System, Who};
+pub use authorization::{Permission, Target};
 pub use tre_store::{Caller, StoreError};
 
 use std::sync::Arc;

@@ -16,7 +16,6 @@
 //! The store never reads individual-level data.
 
 mod audit;
-mod authorization;
 mod cache;
 mod dispensing;
 mod docs;
@@ -51,7 +50,6 @@ use tre_domain::Actor;
 
 pub use audit::AuditRecord;
 pub use audit::{AuditQuery, AuditReport};
-pub use authorization::{Permission, Target};
 pub use cache::Recent;
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan, UnitTake};
 pub use error::StoreError;

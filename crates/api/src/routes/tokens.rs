@@ -11,9 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tre_app::{Permission, Target};
 use tre_domain::UserId;
 use tre_domain::authz::Action;
-use tre_store::{Caller, NewToken, Permission, Target, TokenActor, TokenInfo, UserStatus};
+use tre_store::{Caller, NewToken, TokenActor, TokenInfo, UserStatus};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;
@@ -135,7 +136,7 @@ impl FromRequestParts<AppState> for TokenFor {
         let user = whose.user(&caller)?;
         if user != caller.actor.id {
             state
-                .store
+                .app
                 .authorize(
                     &caller,
                     Target::Platform,

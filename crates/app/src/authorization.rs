@@ -8,7 +8,9 @@
 use tre_domain::authz::{self, Action, Object};
 use tre_domain::{EnvironmentId, ProjectId, RequestId};
 
-use crate::{Caller, Store, StoreError};
+use tre_store::{Caller, StoreError};
+
+use crate::App;
 
 /// What an action is about, by id.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +32,7 @@ pub enum Permission {
     AttemptDecision,
 }
 
-impl Store {
+impl App {
     /// Whether `caller` may do `permission` on `target`: `NotFound` when
     /// they may not know it exists, `Forbidden` otherwise.
     pub async fn authorize(
@@ -46,12 +48,15 @@ impl Store {
         match target {
             Target::Platform => authz::authorize(&caller.actor, action, &Object::Platform)
                 .map_err(StoreError::Forbidden),
-            Target::Environment(id) => self
-                .authorized_environment(caller, id, action)
-                .await
-                .map(drop),
+            Target::Environment(id) => {
+                let (env, _) = self.store.environment_with_version(id).await?;
+                // an action on an environment the caller may not see is
+                // concealed by the rule itself (see `authorize`)
+                authz::authorize(&caller.actor, action, &Object::Environment(&env))
+                    .map_err(|d| StoreError::denied("environment", id.as_str(), d))
+            }
             Target::Request(id) => {
-                let loaded = self.request_in_environment(id).await?;
+                let loaded = self.store.request_in_environment(id).await?;
                 let (request, env) = (&loaded.stored.request, &*loaded.env);
                 let decided = match permission {
                     Permission::To(action) => authz::authorize(
@@ -68,7 +73,18 @@ impl Store {
                 };
                 decided.map_err(|d| StoreError::denied("request", id.as_str(), d))
             }
-            Target::Project(id) => self.project_for(caller, id, action).await.map(drop),
+            Target::Project(id) => {
+                let (project, environment) = self.store.project_in_environment(id).await?;
+                authz::authorize(
+                    &caller.actor,
+                    action,
+                    &Object::Project {
+                        environment: &environment,
+                        project: &project,
+                    },
+                )
+                .map_err(|d| StoreError::denied("project", id.as_str(), d))
+            }
         }
     }
 }
