@@ -3,6 +3,7 @@
 //! local HTTP receiver for webhooks, and a published environment with the
 //! usual cast.
 
+mod assertions;
 mod db;
 mod fixtures;
 mod postgres;
@@ -14,6 +15,7 @@ mod use_cases;
 mod webhook;
 mod world;
 
+pub use assertions::{assert_audit_intact, assert_invalid_transition, count_rows};
 pub use db::*;
 pub use fixtures::*;
 pub use postgres::*;
