@@ -90,7 +90,6 @@ struct Loaded {
 /// Handlers of the dispensing jobs.
 pub struct DispenseWorkflow {
     app: App,
-    store: Store,
     config: DispenseConfig,
     plans: Mutex<HashMap<ProjectId, Arc<Loaded>>>,
 }
@@ -124,7 +123,6 @@ fn corrupt(what: &str, e: serde_json::Error) -> JobError {
 impl DispenseWorkflow {
     pub fn new(app: App, config: DispenseConfig) -> Self {
         Self {
-            store: app.store().clone(),
             app,
             config,
             plans: Mutex::new(HashMap::new()),
@@ -513,7 +511,10 @@ impl Handler<Dispense> for DispenseWorkflow {
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
-        Box::pin(async move { self.plan(&self.store, job, &args.project, args.round).await })
+        Box::pin(async move {
+            self.plan(self.app.store(), job, &args.project, args.round)
+                .await
+        })
     }
 
     fn on_dead<'a>(
@@ -535,7 +536,7 @@ impl Handler<DispenseUnit> for DispenseWorkflow {
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            self.unit(&self.store, &args.project, args.round, args.unit)
+            self.unit(self.app.store(), &args.project, args.round, args.unit)
                 .await
         })
     }
@@ -555,7 +556,8 @@ impl Handler<DispenseUnit> for DispenseWorkflow {
                 unit,
             } = args;
             if let Err(e) = self
-                .store
+                .app
+                .store()
                 .release_dispense_unit(&project, unit, round)
                 .await
             {
@@ -574,7 +576,7 @@ impl Handler<FinishDispense> for DispenseWorkflow {
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            self.finish(&self.store, job, &args.project, args.round)
+            self.finish(self.app.store(), job, &args.project, args.round)
                 .await
         })
     }
@@ -597,6 +599,6 @@ impl Handler<Deprovision> for DispenseWorkflow {
         job: &'a ClaimedJob,
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
-        Box::pin(async move { self.deprovision(&self.store, job, &args.project).await })
+        Box::pin(async move { self.deprovision(self.app.store(), job, &args.project).await })
     }
 }

@@ -40,7 +40,7 @@ impl FromRequestParts<AppState> for Auth {
         let actor = match parts.extensions.get::<Authenticated>() {
             Some(known) => known.0.clone(),
             None => state
-                .store
+                .store()
                 .authenticate(token)
                 .await?
                 .ok_or_else(ApiError::unauthorized)?,

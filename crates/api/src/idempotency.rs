@@ -52,7 +52,7 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
     // the key belongs to the caller; without a valid token the handler answers 401
     let token = bearer(req.headers()).map(str::to_owned);
     let actor = match token {
-        Some(t) => match state.store.authenticate(&t).await {
+        Some(t) => match state.store().authenticate(&t).await {
             Ok(Some(actor)) => actor,
             Ok(None) => return next.run(req).await,
             Err(e) => return ApiError::from(e).into_response(),
@@ -116,7 +116,7 @@ pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Nex
         }
     };
     if let Err(e) = state
-        .store
+        .store()
         .finish_idempotent(&claim, parts.status.as_u16(), &recordable(&body), now())
         .await
     {
@@ -151,7 +151,7 @@ const ANSWER_GRACE_MS: i64 = 10_000;
 /// The answer owed to a call whose key was used before, if it was.
 async fn earlier_answer(state: &AppState, claim: &IdempotencyClaim) -> Option<Response> {
     let start = state
-        .store
+        .store()
         .start_idempotent(&claim.user, &claim.key, &claim.request_hash)
         .await;
     match start {

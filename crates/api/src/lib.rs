@@ -49,9 +49,9 @@ pub type QueueHealth = std::sync::Arc<
 #[derive(Clone)]
 pub struct AppState {
     /// The use cases every route goes through (so far those of access
-    /// requests; the others are still the store's).
+    /// requests, projects, lists and operators; the others are still the
+    /// store's, reached through [`AppState::store`]).
     pub app: tre_app::App,
-    pub store: Store,
     /// Checks the job queue for `/readyz`; none when this process has no
     /// queue to answer for.
     pub queue_health: Option<QueueHealth>,
@@ -71,17 +71,21 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("store", &self.store)
+            .field("store", self.store())
             .field("queue_health", &self.queue_health.is_some())
             .finish()
     }
 }
 
 impl AppState {
+    /// The store the use cases write through.
+    pub fn store(&self) -> &Store {
+        self.app.store()
+    }
+
     pub fn new(store: Store) -> Self {
         Self {
-            app: tre_app::App::new(store.clone()),
-            store,
+            app: tre_app::App::new(store),
             queue_health: None,
             metrics: std::sync::Arc::default(),
             policies: std::sync::Arc::default(),

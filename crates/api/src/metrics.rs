@@ -139,10 +139,10 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
         gate.queries_evaluated.load(Ordering::Relaxed),
         gate.own_cohorts_evaluated.load(Ordering::Relaxed),
     );
-    if let Ok(depth) = state.store.jobs().job_counts().await {
+    if let Ok(depth) = state.store().jobs().job_counts().await {
         out.push_str(&depth.to_prometheus());
     }
-    if let Ok(gauges) = state.store.system_gauges(tre_store::now()).await {
+    if let Ok(gauges) = state.store().system_gauges(tre_store::now()).await {
         out.push_str(&gauges.to_prometheus());
     }
     let (database, queue) = crate::routes::health::dependencies(&state).await;

@@ -144,7 +144,7 @@ impl ShowcaseCache {
         if let Some(found) = self.aggregates.get(&key) {
             return Ok(Some(found));
         }
-        let Some(full) = state.store.showcase_aggregates(env, version).await? else {
+        let Some(full) = state.store().showcase_aggregates(env, version).await? else {
             return Ok(None);
         };
         if full.version != version {
@@ -168,7 +168,7 @@ impl ShowcaseCache {
             return Ok(columns);
         }
         let root = env.source.as_ref().ok_or_else(no_showcase)?;
-        let secret = state.store.showcase_secret(&env.id).await?;
+        let secret = state.store().showcase_secret(&env.id).await?;
         let source = self.sources.get(root).map_err(source_unavailable)?;
         let columns = Arc::new(
             ShowcaseColumns::load(&source, inventory, &secret)
@@ -229,7 +229,7 @@ async fn record(
     cohort_sketch: Option<&[u32]>,
 ) -> Result<()> {
     state
-        .store
+        .store()
         .record_showcase_query(
             caller,
             &ShowcaseQuery {
@@ -260,9 +260,9 @@ pub async fn ask(
     // minute, read at once (the count is looked at only once authorized)
     let minute_ago = Timestamp(tre_store::now().0 - 60_000);
     let (env, recent) = tokio::try_join!(
-        state.store.showcase_environment(caller, id),
+        state.store().showcase_environment(caller, id),
         state
-            .store
+            .store()
             .showcase_queries_since(&caller.actor.id, id, minute_ago)
     )?;
     let (allowed, dataset) = queryable(&env)?;
@@ -315,7 +315,7 @@ pub async fn ask(
         Some(full) => full,
         None => {
             if let Some(reason) = state
-                .store
+                .store()
                 .showcase_failure(&env, version, &caller.actor.id)
                 .await?
             {
@@ -387,7 +387,7 @@ pub async fn ask(
             .await?;
     }
     if !close {
-        turn = Some(state.store.showcase_gate_turn(&env.id).await?);
+        turn = Some(state.store().showcase_gate_turn(&env.id).await?);
         close = answer
             .too_close_to_earlier(state, caller, &mut compared)
             .await?;

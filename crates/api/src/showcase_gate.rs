@@ -79,7 +79,7 @@ impl Answer<'_> {
         let size = self.selection.len();
         let margin = self.rules.min_cell_size.saturating_sub(1);
         Ok(state
-            .store
+            .store()
             .earlier_showcase_cohorts(
                 &caller.actor.id,
                 &self.env.id,
@@ -110,7 +110,7 @@ impl Answer<'_> {
             return Ok(Vec::new());
         }
         Ok(state
-            .store
+            .store()
             .released_sets_near(&self.env.id, self.version, &merged)
             .await?)
     }
@@ -197,7 +197,7 @@ impl Answer<'_> {
             return Ok(false);
         }
         let mut seen = BTreeSet::new();
-        for earlier in state.store.logged_queries(&candidates).await? {
+        for earlier in state.store().logged_queries(&candidates).await? {
             // the same question asked again has the same answer
             if earlier.cohort == self.asked.cohort && earlier.fields == self.asked.fields {
                 continue;

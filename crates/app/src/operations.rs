@@ -1,11 +1,11 @@
 //! Operators' controls over the job runtime: find jobs, retry or discard
-//! many at once, pause and resume a pool for the whole fleet. Platform
+//! many at once ([`JobChange`]), pause and resume a pool for the whole fleet. Platform
 //! admins only (`Action::OperateJobs`); every change is audited under the
 //! operator by the store, in the change's transaction.
 
 use tre_domain::{Action, Object, authorize};
-use tre_jobs::{JobEvent, OutboxJob};
-use tre_store::{BulkOutcome, Caller, JobFilter, Page, StoreError};
+use tre_jobs::OutboxJob;
+use tre_store::{BulkOutcome, Caller, JobChange, JobFilter, Page, StoreError};
 
 use crate::App;
 
@@ -26,31 +26,19 @@ impl App {
         self.store.jobs_matching(filter, after, limit).await
     }
 
-    /// Puts dead jobs matching `filter` back to `pending` with fresh
-    /// attempts, or only counts them when `dry_run`.
-    pub async fn retry_jobs(
+    /// Applies `change` (retry dead jobs with fresh attempts, or discard
+    /// pending, queued or dead ones) to the jobs matching `filter`, or only
+    /// counts them when `dry_run`.
+    pub async fn change_jobs(
         &self,
         caller: &Caller,
         filter: &JobFilter,
         dry_run: bool,
+        change: JobChange,
     ) -> Result<BulkOutcome, StoreError> {
         operator(caller)?;
         self.store
-            .change_jobs(caller, filter, dry_run, JobEvent::Revive)
-            .await
-    }
-
-    /// Gives up pending, queued or dead jobs matching `filter` (they never
-    /// run), or only counts them when `dry_run`.
-    pub async fn discard_jobs(
-        &self,
-        caller: &Caller,
-        filter: &JobFilter,
-        dry_run: bool,
-    ) -> Result<BulkOutcome, StoreError> {
-        operator(caller)?;
-        self.store
-            .change_jobs(caller, filter, dry_run, JobEvent::Discard)
+            .change_jobs(caller, filter, dry_run, change)
             .await
     }
 

@@ -9,7 +9,7 @@ use tre_jobs::JobState;
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use tre_jobs::{FleetLoad, Pool};
-use tre_store::{Caller, JobFilter, Store};
+use tre_store::{Caller, JobChange, JobFilter, Store};
 
 use crate::Acting;
 
@@ -142,24 +142,14 @@ fn confirm(question: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-async fn change(store: &Store, caller: &Caller, change: &Change, retry: bool) -> Result<()> {
+async fn change(store: &Store, caller: &Caller, change: &Change, kind: JobChange) -> Result<()> {
     let filter = change.filter.build(change.key.as_deref())?;
-    let (verb, done) = if retry {
-        ("retry", "pending again")
-    } else {
-        ("discard", "discarded")
+    let (verb, done) = match kind {
+        JobChange::Retry => ("retry", "pending again"),
+        JobChange::Discard => ("discard", "discarded"),
     };
-    let count = async |dry: bool| {
-        if retry {
-            tre_app::App::new(store.clone())
-                .retry_jobs(caller, &filter, dry)
-                .await
-        } else {
-            tre_app::App::new(store.clone())
-                .discard_jobs(caller, &filter, dry)
-                .await
-        }
-    };
+    let app = tre_app::App::new(store.clone());
+    let count = async |dry: bool| app.change_jobs(caller, &filter, dry, kind).await;
     let preview = count(true).await.map_err(crate::explain)?;
     println!("{} job(s) match", preview.matched);
     for key in &preview.sample {
@@ -213,11 +203,11 @@ pub async fn run(store: &Store, command: JobsCommand) -> Result<()> {
         }
         JobsCommand::Retry(retry) => {
             let caller = crate::caller(store, &retry.acting).await?;
-            change(store, &caller, &retry, true).await?;
+            change(store, &caller, &retry, JobChange::Retry).await?;
         }
         JobsCommand::Discard(discard) => {
             let caller = crate::caller(store, &discard.acting).await?;
-            change(store, &caller, &discard, false).await?;
+            change(store, &caller, &discard, JobChange::Discard).await?;
         }
         JobsCommand::Pause { pool, acting } => pause(store, &pool, &acting, true).await?,
         JobsCommand::Resume { pool, acting } => pause(store, &pool, &acting, false).await?,

@@ -197,7 +197,7 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
                     .then(|| fields.collections.iter().cloned().collect()),
                 duration_days: fields.days,
             };
-            apply(store, &acting, id, RequestCommand::Update(update)).await?;
+            apply(app, &acting, id, RequestCommand::Update(update)).await?;
         }
         RequestsCommand::Collaborators {
             id,
@@ -205,13 +205,13 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
             acting,
         } => {
             let set = RequestCommand::SetCollaborators(users(collaborators));
-            apply(store, &acting, id, set).await?;
+            apply(app, &acting, id, set).await?;
         }
         RequestsCommand::Submit { id, acting } => {
-            apply(store, &acting, id, RequestCommand::Submit).await?;
+            apply(app, &acting, id, RequestCommand::Submit).await?;
         }
         RequestsCommand::Withdraw { id, acting } => {
-            apply(store, &acting, id, RequestCommand::Withdraw).await?;
+            apply(app, &acting, id, RequestCommand::Withdraw).await?;
         }
         RequestsCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;
@@ -246,9 +246,8 @@ pub async fn run(store: &Store, command: RequestsCommand) -> Result<()> {
 }
 
 /// Applies `command` to request `id` as `--as`; prints the new state.
-async fn apply(store: &Store, acting: &Acting, id: String, command: RequestCommand) -> Result<()> {
-    let app = App::new(store.clone());
-    let caller = caller(store, acting).await?;
+async fn apply(app: &App, acting: &Acting, id: String, command: RequestCommand) -> Result<()> {
+    let caller = caller(app.store(), acting).await?;
     let request = app
         .request_command(&caller, &RequestId(id), command)
         .await

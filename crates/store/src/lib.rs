@@ -59,7 +59,7 @@ pub use gauges::{STALL_AFTER_MS, SystemGauges};
 pub use idempotency::{IdempotencyClaim, IdempotentStart};
 pub use lists::{Page, RequestRole};
 pub use notifications::{Delivery, Notification};
-pub use ops::{BulkOutcome, JobFilter};
+pub use ops::{BulkOutcome, JobChange, JobFilter};
 pub use project_data::{ObjectRead, ProjectAccess, ProjectObject};
 pub use project_overview::{ProjectGrant, ProjectOverview};
 pub use projects::{NewProject, ProjectMove};

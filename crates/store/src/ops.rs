@@ -35,6 +35,25 @@ pub struct JobFilter {
     pub payload_contains: Option<String>,
 }
 
+/// What an operator does to many jobs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobChange {
+    /// Dead jobs back to `pending`, with fresh attempts.
+    Retry,
+    /// Pending, queued or dead jobs given up: they never run.
+    Discard,
+}
+
+impl JobChange {
+    /// The job's event this change is.
+    fn event(self) -> JobEvent {
+        match self {
+            Self::Retry => JobEvent::Revive,
+            Self::Discard => JobEvent::Discard,
+        }
+    }
+}
+
 /// What a bulk change matched, and (unless a dry run) changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct BulkOutcome {
@@ -154,22 +173,18 @@ impl Store {
             .collect()
     }
 
-    /// Applies `event` (an operator's `Revive` or `Discard`) to the jobs
-    /// matching `filter` it applies to, or only counts them when `dry_run`;
-    /// audited under `caller`, with what matched and changed, in the same
-    /// transaction. (Who may is the application's.)
+    /// Applies `change` to the jobs matching `filter` it applies to, or
+    /// only counts them when `dry_run`; audited under `caller`, with what
+    /// matched and changed, in the same transaction. (Who may is the
+    /// application's.)
     pub async fn change_jobs(
         &self,
         caller: &Caller,
         filter: &JobFilter,
         dry_run: bool,
-        event: JobEvent,
+        change: JobChange,
     ) -> Result<BulkOutcome, StoreError> {
-        if !matches!(event, JobEvent::Revive | JobEvent::Discard) {
-            return Err(StoreError::Config(format!(
-                "{event:?} is not an operator's change"
-            )));
-        }
+        let event = change.event();
         let keys = self.matching_keys(filter, event).await?;
         let sample: Vec<String> = keys.iter().take(20).cloned().collect();
         if dry_run || keys.is_empty() {
@@ -183,12 +198,12 @@ impl Store {
         let mut tx = self.begin().await?;
         let mut changed = 0;
         for key in &keys {
-            let sql = match event {
-                JobEvent::Revive => {
+            let sql = match change {
+                JobChange::Retry => {
                     "UPDATE outbox SET state = $1, attempts = 0, due_at = $2, updated_at = $2, finished_at = NULL \
                      WHERE job_key = $3 AND (state || '') = $4"
                 }
-                _ => {
+                JobChange::Discard => {
                     "UPDATE outbox SET state = $1, finished_at = $2, updated_at = $2, \
                      last_error = COALESCE(last_error, '') || ' (discarded by an operator)' \
                      WHERE job_key = $3 AND (state || '') = $4"
@@ -215,9 +230,9 @@ impl Store {
                 .await?
                 .rows_affected();
         }
-        let action = match event {
-            JobEvent::Revive => "jobs.retry",
-            _ => "jobs.discard",
+        let action = match change {
+            JobChange::Retry => "jobs.retry",
+            JobChange::Discard => "jobs.discard",
         };
         audit::append(
             &mut tx,

@@ -47,7 +47,7 @@ const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether the database and the queue answer, now.
 pub(crate) async fn dependencies(state: &AppState) -> (bool, bool) {
-    readiness_of(&state.store, state.queue_health.as_ref()).await
+    readiness_of(state.store(), state.queue_health.as_ref()).await
 }
 
 /// Whether `store` and the queue `health` asks (none: nothing to ask)
@@ -84,5 +84,5 @@ pub async fn readiness(store: &Store, health: Option<&QueueHealth>) -> Response 
 
 /// Ready when the database and the queue both answer, now.
 async fn readyz(State(state): State<AppState>) -> Response {
-    readiness(&state.store, state.queue_health.as_ref()).await
+    readiness(state.store(), state.queue_health.as_ref()).await
 }

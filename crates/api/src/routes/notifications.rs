@@ -44,7 +44,7 @@ async fn notifications(
     Params(q): Params<InboxQuery>,
 ) -> Result<Response> {
     let items = state
-        .store
+        .store()
         .inbox(&caller.actor.id, limit(q.limit)? as u32)
         .await?;
     Ok(Json(json!({"items": items})).into_response())

@@ -14,7 +14,7 @@ use serde_json::json;
 use tre_domain::{Action, Object, authorize};
 use tre_jobs::{FleetLoad, Pool};
 use tre_jobs::{JobState, OutboxJob};
-use tre_store::{BulkOutcome, Caller, JobFilter, Page as ListPage, StoreError};
+use tre_store::{BulkOutcome, Caller, JobChange, JobFilter, Page as ListPage, StoreError};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;
@@ -208,7 +208,12 @@ async fn list_jobs(
     Ok(Json(page).into_response())
 }
 
-async fn bulk(state: &AppState, caller: &Caller, body: BulkBody, retry: bool) -> Result<Response> {
+async fn bulk(
+    state: &AppState,
+    caller: &Caller,
+    body: BulkBody,
+    change: JobChange,
+) -> Result<Response> {
     let dry_run = body.dry_run;
     let filter = filter(
         state,
@@ -219,11 +224,10 @@ async fn bulk(state: &AppState, caller: &Caller, body: BulkBody, retry: bool) ->
         body.older_than_s,
         body.payload_contains,
     )?;
-    let outcome = if retry {
-        state.app.retry_jobs(caller, &filter, dry_run).await?
-    } else {
-        state.app.discard_jobs(caller, &filter, dry_run).await?
-    };
+    let outcome = state
+        .app
+        .change_jobs(caller, &filter, dry_run, change)
+        .await?;
     Ok(Json(outcome).into_response())
 }
 
@@ -232,7 +236,7 @@ async fn retry_jobs(
     Allowed(caller, _): Allowed<OperatesJobs>,
     Body(body): Body<BulkBody>,
 ) -> Result<Response> {
-    bulk(&state, &caller, body, true).await
+    bulk(&state, &caller, body, JobChange::Retry).await
 }
 
 async fn discard_jobs(
@@ -240,7 +244,7 @@ async fn discard_jobs(
     Allowed(caller, _): Allowed<OperatesJobs>,
     Body(body): Body<BulkBody>,
 ) -> Result<Response> {
-    bulk(&state, &caller, body, false).await
+    bulk(&state, &caller, body, JobChange::Discard).await
 }
 
 async fn set_paused(
@@ -280,12 +284,12 @@ async fn resume(
 async fn stats(State(state): State<AppState>, Auth(caller): Auth) -> Result<Response> {
     authorize(&caller.actor, Action::OperateJobs, &Object::Platform)
         .map_err(|d| ApiError::from(StoreError::Forbidden(d)))?;
-    let load = FleetLoad::read(&state.store.jobs(), &state.policies, tre_store::now()).await?;
+    let load = FleetLoad::read(&state.store().jobs(), &state.policies, tre_store::now()).await?;
     Ok(Json(json!({
-        "states": state.store.jobs().job_counts().await?,
+        "states": state.store().jobs().job_counts().await?,
         "pools": load.pools,
         "unrunnable": load.unrunnable,
-        "paused": state.store.jobs().paused_pools().await?,
+        "paused": state.store().jobs().paused_pools().await?,
     }))
     .into_response())
 }

@@ -73,7 +73,10 @@ async fn access(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let items = state.store.project_access(&caller, &ProjectId(id)).await?;
+    let items = state
+        .store()
+        .project_access(&caller, &ProjectId(id))
+        .await?;
     Ok(Json(serde_json::json!({"items": items})).into_response())
 }
 
@@ -84,7 +87,7 @@ async fn list_objects(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store
+        .store()
         .project_objects(
             &caller,
             &ProjectId(id),
@@ -109,7 +112,7 @@ async fn read_object(
     // authorized, checked against the manifest and audited, or refused
     // (before anything else, so that no answer tells an outsider more)
     let read = state
-        .store
+        .store()
         .read_project_object(&caller, &project, &path)
         .await?;
     let reader = state

@@ -62,7 +62,7 @@ async fn environment_projects(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store
+        .store()
         .environment_projects(
             &caller,
             &EnvironmentId(id),
@@ -101,8 +101,8 @@ async fn get_project(
 ) -> Result<Response> {
     let id = ProjectId(id);
     let project = state.app.project(&caller, &id).await?;
-    let progress = state.store.dispense_progress(&id).await?;
-    let manifest = state.store.dispense_manifest(&id).await?;
+    let progress = state.store().dispense_progress(&id).await?;
+    let manifest = state.store().dispense_manifest(&id).await?;
     Ok(Json(ProjectView {
         project,
         progress,

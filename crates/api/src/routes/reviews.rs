@@ -112,7 +112,7 @@ async fn review_queue(
         .app
         .review_queue(&caller, q.cursor.as_deref().unwrap_or(""), limit(q.limit)?)
         .await?;
-    let mut summaries = state.store.summaries_for(&page.items).await?;
+    let mut summaries = state.store().summaries_for(&page.items).await?;
     let items: Vec<ReviewItem> = page
         .items
         .into_iter()

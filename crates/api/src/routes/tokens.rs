@@ -156,7 +156,7 @@ async fn list(
     let user = whose.user(&caller)?;
     Ok(Json(
         state
-            .store
+            .store()
             .tokens(TokenActor::Caller(&caller), &user)
             .await?,
     ))
@@ -169,7 +169,7 @@ async fn create(
     Body(new): Body<NewToken>,
 ) -> Result<Response> {
     let (token, secret) = state
-        .store
+        .store()
         .create_token(TokenActor::Caller(&caller), &user, new)
         .await?;
     Ok((
@@ -190,7 +190,7 @@ async fn revoke(
 ) -> Result<Json<TokenInfo>> {
     Ok(Json(
         state
-            .store
+            .store()
             .revoke_token(TokenActor::Caller(&caller), &id)
             .await?,
     ))
@@ -220,7 +220,7 @@ async fn set_disabled(
 ) -> Result<Json<UserStatus>> {
     Ok(Json(
         state
-            .store
+            .store()
             .set_user_disabled(TokenActor::Caller(caller), &UserId(id), disabled)
             .await?,
     ))
