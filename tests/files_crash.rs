@@ -16,7 +16,8 @@ use tre_domain::files::{FileCollection, parse_tsv};
 use tre_domain::{DataCollection, EnvironmentCommand, ProjectState, StoreRoot};
 use tre_store::FileInventoryState;
 use tre_testkit::{
-    BIOBANK, S3Server, TestDb, approved_project, biobank_inventory, fixtures_data, unique, world_at,
+    BIOBANK, S3Server, TestDb, UseCases, approved_project, biobank_inventory, fixtures_data,
+    unique, world_at,
 };
 
 // the crash tests' helpers; this one generates no biobank
@@ -106,6 +107,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     }
     assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
     store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::Publish)
         .await
         .unwrap();

@@ -385,6 +385,7 @@ async fn dispensed_rows_and_columns_equal_an_independent_computation() {
         // the engine's edge cases include an empty cohort and a handful:
         // this custodian sets no minimum cohort size
         store
+            .app()
             .configure_environment(
                 &w.admin,
                 &w.env,

@@ -167,6 +167,7 @@ async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
         == tre_domain::EnvironmentState::Draft;
     if !draft {
         store
+            .app()
             .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
             .await
             .unwrap();
@@ -184,6 +185,7 @@ async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
         EnvironmentCommand::Reactivate
     };
     store
+        .app()
         .configure_environment(&w.admin, &w.env, next)
         .await
         .unwrap();
@@ -234,7 +236,7 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         let env = store.system_environment(&w.env).await.unwrap();
         let files = env.inventory.as_ref().unwrap().files.clone().unwrap();
         // the counts are the admins'; researchers see the kinds of files only
-        let seen = store.environment(&w.owner, &w.env).await.unwrap();
+        let seen = store.app().environment(&w.owner, &w.env).await.unwrap();
         let inventory = seen.inventory.unwrap();
         assert!(inventory.files.is_none() && inventory.file_collections.len() == 2);
         assert_eq!(files.id, status.id);
@@ -548,6 +550,7 @@ async fn bad_file_inventories_are_refused_whole() {
         "{err}"
     );
     store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();
@@ -708,6 +711,7 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
     // its first files are checked in the draft, which is then published
     register(store, &w, &bulk.tsv()).await;
     store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();

@@ -49,6 +49,7 @@ fn approve(stage: usize) -> DecisionInput {
 
 async fn configure(store: &Store, w: &World, command: EnvironmentCommand) {
     store
+        .app()
         .configure_environment(&w.admin, &w.env, command)
         .await
         .unwrap();

@@ -130,6 +130,7 @@ async fn read(api: &Api, who: &str, project: &str, path: &str) -> Vec<u8> {
 
 async fn set_download(store: &Store, w: &tre_testkit::World, download: DownloadPolicy) {
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,

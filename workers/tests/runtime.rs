@@ -537,6 +537,7 @@ async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
         .unwrap();
     // the owner leaves; then stage 1 gains a reviewer while ids[1] waits there
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -547,6 +548,7 @@ async fn admins_are_alerted_when_an_owner_leaves_and_reviewers_change() {
         .await
         .unwrap();
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -653,6 +655,7 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
     // a change that leaves the stage within reach changes nothing
     tre_testkit::user(store, "rev2d", false, &[]).await;
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -672,6 +675,7 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
     assert_eq!(still.state, RequestState::InReview { stage: 1 });
     // rev2c and rev2d leave: two approvals are out of reach
     store
+        .app()
         .configure_environment(&w.admin, &w.env, pipeline(&["rev2a", "rev2b"]))
         .await
         .unwrap();
@@ -921,6 +925,7 @@ async fn review_sla_reminds_reviewers_who_have_not_decided() {
         ..tre_domain::Policies::default()
     };
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,

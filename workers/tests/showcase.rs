@@ -202,6 +202,7 @@ async fn showcase_aggregates_equal_an_independent_count_and_release_only_what_th
     // a strict custodian: cells under 400 (of 5,000 participants) are small,
     // so every rule has cells to work on
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -227,7 +228,7 @@ async fn showcase_aggregates_equal_an_independent_count_and_release_only_what_th
     assert_independent(&aggregates, &secret);
 
     // what is released is the rules applied to the true numbers, nothing else
-    let env = store.environment(&w.admin, &w.env).await.unwrap();
+    let env = store.app().environment(&w.admin, &w.env).await.unwrap();
     let rules = DisclosureRules::of(&env.policies);
     let released = view.showcase.clone().expect("computed");
     assert_eq!(released, release(&aggregates, &rules));
@@ -299,6 +300,7 @@ async fn a_new_inventory_version_is_computed_while_the_old_numbers_stay_served(s
         EnvironmentCommand::Reactivate,
     ] {
         store
+            .app()
             .configure_environment(&w.admin, &w.env, command)
             .await
             .unwrap();
@@ -456,7 +458,7 @@ async fn reviewers_see_a_selection_summary_counted_from_the_data(store: &Store) 
             }
         }
     }
-    let env = store.environment(&w.admin, &w.env).await.unwrap();
+    let env = store.app().environment(&w.admin, &w.env).await.unwrap();
     let rules = DisclosureRules::of(&env.policies);
 
     // the requesters are shown the selection, never a count (their sizes

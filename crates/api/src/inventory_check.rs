@@ -4,24 +4,25 @@
 //! since). The one path every face takes (the HTTP routes and the CLI);
 //! only Parquet footers are read, never rows.
 
+use tre_app::App;
 use tre_dispense::Sources;
 use tre_domain::{
     Action, DomainError, Environment, EnvironmentCommand, EnvironmentId, EnvironmentState,
     Inventory, InventoryDefinition, Problem,
 };
-use tre_store::{Caller, Store, StoreError};
+use tre_store::{Caller, StoreError};
 
 /// `definition` resolved against the source of environment `id`, which
 /// `caller` configures; a definition with problems is refused with all of
 /// them ([`DomainError::InvalidAll`]).
 pub async fn resolved_inventory(
-    store: &Store,
+    app: &App,
     sources: &Sources,
     caller: &Caller,
     id: &EnvironmentId,
     definition: &InventoryDefinition,
 ) -> Result<Inventory, StoreError> {
-    let (env, _) = store
+    let (env, _) = app
         .environment_for(caller, id, Action::ConfigureEnvironment)
         .await?;
     resolve(sources, &env, definition)
@@ -34,17 +35,15 @@ pub async fn resolved_inventory(
 /// the one way every face (the routes, the CLI, the demo) changes an
 /// environment. The new environment with its revision.
 pub async fn configure_checked(
-    store: &Store,
+    app: &App,
     sources: &Sources,
     caller: &Caller,
     id: &EnvironmentId,
     command: EnvironmentCommand,
     on: Option<i64>,
 ) -> Result<(Environment, i64), StoreError> {
-    check_state_change(store, sources, caller, id, &command).await?;
-    store
-        .configure_environment_at(caller, id, command, on)
-        .await
+    check_state_change(app, sources, caller, id, &command).await?;
+    app.configure_environment_at(caller, id, command, on).await
 }
 
 /// Whether `command` (a publish, a reactivation) may change the state of
@@ -54,7 +53,7 @@ pub async fn configure_checked(
 /// rest the change needs. Other commands and states are left to the change
 /// itself (nothing is read for them).
 async fn check_state_change(
-    store: &Store,
+    app: &App,
     sources: &Sources,
     caller: &Caller,
     id: &EnvironmentId,
@@ -66,7 +65,7 @@ async fn check_state_change(
     ) {
         return Ok(());
     }
-    let (env, _) = store
+    let (env, _) = app
         .environment_for(caller, id, Action::ChangeEnvironmentState)
         .await?;
     let next = match (command, env.state) {

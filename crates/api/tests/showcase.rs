@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tre_dispense::showcase::ShowcaseColumns;
 use tre_domain::{EnvironmentCommand, FieldRef, Policies};
 use tre_store::{AuditQuery, NewUser, Store};
-use tre_testkit::{BIOBANK, TestDb, biobank_inventory, fixtures_data, world_with};
+use tre_testkit::{BIOBANK, TestDb, UseCases, biobank_inventory, fixtures_data, world_with};
 
 struct Server {
     base: String,
@@ -534,6 +534,7 @@ async fn bad_questions_outsiders_and_floods_are_refused() {
     // a custodian allowing 3 queries a minute
     let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
     db.store
+        .app()
         .configure_environment(
             &admin,
             &tre_domain::EnvironmentId(env.clone()),
@@ -576,6 +577,7 @@ async fn charts_show_the_released_numbers_only() {
     // a strict custodian, so that some bars are suppressed
     let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
     db.store
+        .app()
         .configure_environment(
             &admin,
             &tre_domain::EnvironmentId(env.clone()),

@@ -10,7 +10,9 @@
 //! a `system_` prefix, so that a person's call can never reach what only
 //! the runtime may do.
 //!
-//! So far: access requests ([`App::create_request`],
+//! So far: environments ([`App::create_environment`],
+//! [`App::configure_environment_at`], the resource center's
+//! [`App::list_environments`] and the reads of one); access requests ([`App::create_request`],
 //! [`App::request_command`], [`App::decide_stage`], the runtime's
 //! [`App::record_cohort_count`], [`App::expire_request`] and
 //! [`App::retally_request`], and the reads of a request, its decisions,
@@ -26,6 +28,7 @@
 
 mod acting;
 mod authorization;
+mod environments;
 mod lists;
 mod operations;
 mod projects;

@@ -46,7 +46,8 @@ async fn the_resource_center_follows_the_rules_as_they_change(store: &Store) {
     assert!(!names(store, &w.outsider).await.contains(&env));
     assert!(!names(store, &stranger).await.contains(&env));
     // a group added: its members see it; public: everyone signed in
-    let configure = |command| store.configure_environment(&w.admin, &w.env, command);
+    let app = store.app();
+    let configure = |command| app.configure_environment(&w.admin, &w.env, command);
     configure(EnvironmentCommand::SetMembers(BTreeSet::from([
         Principal::Group("researchers".into()),
         Principal::Group("visitors".into()),
@@ -76,6 +77,7 @@ async fn the_resource_center_follows_the_rules_as_they_change(store: &Store) {
     let mut drafts = BTreeSet::new();
     for i in 0..5 {
         let draft = store
+            .app()
             .create_environment(
                 &w.platform,
                 tre_domain::NewEnvironment {
@@ -183,6 +185,7 @@ async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(sto
     // rev1 leaves the pipeline: neither list shows them anything
     user(store, "rev3", false, &[]).await;
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,

@@ -598,6 +598,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         )
     };
     store_b
+        .app()
         .configure_environment(&w.admin, &w.env, members(&[]))
         .await
         .unwrap();
@@ -616,6 +617,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
     );
     // and once b lets them back, a's refusal is not kept: it reads again
     store_b
+        .app()
         .configure_environment(&w.admin, &w.env, members(&["researchers"]))
         .await
         .unwrap();
@@ -625,6 +627,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
         .unwrap();
     // b puts the environment into maintenance: a's submission is refused
     store_b
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();
@@ -635,6 +638,7 @@ async fn no_process_decides_on_a_stale_copy(db: &tre_testkit::TestDb) {
     assert!(matches!(err, StoreError::Domain(_)), "{err}");
     // back in service, a's earlier refusal is not kept either
     store_b
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
         .await
         .unwrap();

@@ -101,7 +101,7 @@ pub(crate) async fn environment(store: &Store) -> Result<(String, String)> {
     let (admin, _) = user(store, "bench-admin", false, &[]).await?;
     user(store, "bench-reviewer", false, &[]).await?;
     let (_, token) = user(store, "bench-researcher", false, &["bench"]).await?;
-    let env = store
+    let env = tre_app::App::new(store.clone())
         .create_environment(
             &platform,
             NewEnvironment {
@@ -123,7 +123,7 @@ pub(crate) async fn environment(store: &Store) -> Result<(String, String)> {
         EnvironmentCommand::SetMembers([Principal::Group("bench".into())].into()),
         EnvironmentCommand::Publish,
     ] {
-        store
+        tre_app::App::new(store.clone())
             .configure_environment(&admin, &env.id, command)
             .await?;
     }

@@ -41,7 +41,7 @@ const REVIEWERS: usize = 500;
 /// Environment `i`: reviewer `rev{i % 500}`, members group `g{i % 10}`,
 /// public when `i % 20 == 0`.
 async fn environment(store: &Store, platform: &Caller, admin: &Caller, i: usize) -> Result<String> {
-    let env = store
+    let env = tre_app::App::new(store.clone())
         .create_environment(
             platform,
             NewEnvironment {
@@ -66,7 +66,9 @@ async fn environment(store: &Store, platform: &Caller, admin: &Caller, i: usize)
         commands.push(EnvironmentCommand::SetVisibility(Visibility::Public));
     }
     for command in commands {
-        store.configure_environment(admin, &env.id, command).await?;
+        tre_app::App::new(store.clone())
+            .configure_environment(admin, &env.id, command)
+            .await?;
     }
     Ok(env.id.0)
 }
@@ -215,7 +217,9 @@ pub async fn run(args: ListsBenchArgs) -> Result<()> {
     let mut samples = Vec::new();
     for _ in 0..args.calls.min(30) {
         let t = Instant::now();
-        let mut all = store.list_environments(&researcher).await?;
+        let mut all = tre_app::App::new(store.clone())
+            .list_environments(&researcher)
+            .await?;
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all.truncate(51);
         samples.push(t.elapsed());

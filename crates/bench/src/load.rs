@@ -158,7 +158,9 @@ async fn environments(
         new.name = format!("Load {e} ({run})");
         new.admins = [admin.actor.id.clone()].into();
         let source = tre_dispense::Source::open(&new.source)?;
-        let env = store.create_environment(&ops, new).await?;
+        let env = tre_app::App::new(store.clone())
+            .create_environment(&ops, new)
+            .await?;
         for command in definition.commands(&source, true).await? {
             let command = match command {
                 // no bulk files: the load is requests and table dispenses
@@ -182,11 +184,11 @@ async fn environments(
                 }
                 other => other,
             };
-            store
+            tre_app::App::new(store.clone())
                 .configure_environment(&admin, &env.id, command)
                 .await?;
         }
-        store
+        tre_app::App::new(store.clone())
             .configure_environment(&admin, &env.id, EnvironmentCommand::Publish)
             .await?;
         made.push(LoadEnvironment {

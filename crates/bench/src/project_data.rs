@@ -129,7 +129,7 @@ pub async fn run(args: ProjectDataBenchArgs) -> Result<()> {
     let admin = caller(&store, "bench-admin").await?;
     let researcher = caller(&store, "bench-researcher").await?;
     let reviewer = caller(&store, "bench-reviewer").await?;
-    store
+    tre_app::App::new(store.clone())
         .configure_environment(
             &admin,
             &env,

@@ -384,7 +384,7 @@ async fn through_the_api(
                 .1,
         );
     }
-    let env = store
+    let env = tre_app::App::new(store.clone())
         .create_environment(
             &platform,
             NewEnvironment {
@@ -410,7 +410,7 @@ async fn through_the_api(
         }),
         EnvironmentCommand::Publish,
     ] {
-        store
+        tre_app::App::new(store.clone())
             .configure_environment(&admin, &env.id, command)
             .await?;
     }

@@ -197,7 +197,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     let definition = EnvironmentFile::read(&environment_file)?;
     let new = definition.new_environment(&environment_file, None)?;
     let source = tre_dispense::Source::open(&new.source)?;
-    let env = store.create_environment(&platform, new).await?;
+    let env = app.create_environment(&platform, new).await?;
     println!(
         "   platform-ops created {:?} ({}) in draft, admin: custodian, its data in {}",
         env.name,
@@ -207,13 +207,12 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
             .map_or_else(String::new, ToString::to_string)
     );
     for command in definition.commands(&source, true).await? {
-        store
-            .configure_environment(&custodian, &env.id, command)
+        app.configure_environment(&custodian, &env.id, command)
             .await?;
     }
     upload_files(&store, &custodian, &env.id, &environment_file).await?;
     let (env, _) = tre_api::inventory_check::configure_checked(
-        &store,
+        &app,
         &tre_dispense::Sources::default(),
         &custodian,
         &env.id,
@@ -255,13 +254,13 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
     );
 
     println!("3. Resource center");
-    let visible = store.list_environments(&alice).await?;
+    let visible = app.list_environments(&alice).await?;
     println!(
         "   alice can discover {} environment(s), including {:?}",
         visible.len(),
         env.name
     );
-    let outsider = store.list_environments(&carol).await?;
+    let outsider = app.list_environments(&carol).await?;
     println!(
         "   carol (not an authorized user) can discover {} of them\n",
         outsider.iter().filter(|e| e.id == env.id).count()

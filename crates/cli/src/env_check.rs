@@ -7,9 +7,10 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
+use tre_app::App;
 use tre_dispense::Source;
 use tre_domain::{Action, Environment, EnvironmentId, Inventory, InventoryDefinition, Problem};
-use tre_store::{Caller, Store};
+use tre_store::Caller;
 
 use crate::envfile::EnvironmentFile;
 use crate::{explain, listed};
@@ -24,11 +25,11 @@ pub(crate) struct Check<'a> {
 
 /// Prints what the environment would be, and either "ready to publish" or
 /// every problem (an error: the exit status is 1).
-pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Result<()> {
+pub(crate) async fn run(app: &App, caller: &Caller, check: Check<'_>) -> Result<()> {
     let definition = check.file.map(EnvironmentFile::read).transpose()?;
     let mut env = match (&check.id, &definition, check.file) {
         (Some(id), _, _) => {
-            let (env, _) = store
+            let (env, _) = app
                 .environment_for(caller, id, Action::ConfigureEnvironment)
                 .await
                 .map_err(explain)?;
@@ -56,7 +57,7 @@ pub(crate) async fn run(store: &Store, caller: &Caller, check: Check<'_>) -> Res
         };
         for command in definition.commands_with(inventory, check.id.is_none())? {
             // the people it names: users that exist, groups with members
-            if let Err(e) = store.check_people(&command).await {
+            if let Err(e) = app.check_people(&command).await {
                 match e {
                     tre_store::StoreError::Domain(e) => problems.push(Problem {
                         field: e.field().unwrap_or("environment").to_owned(),

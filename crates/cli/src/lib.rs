@@ -28,6 +28,7 @@ use tre_store::{AuditQuery, Caller, Store, StoreError};
 use crate::config::{FlagSettings, Settings};
 use crate::envfile::EnvironmentFile;
 use tre_api::inventory_check::configure_checked;
+use tre_app::App;
 use tre_dispense::Sources;
 
 pub use projects::human_bytes;
@@ -558,6 +559,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
+    let app = &App::new(store.clone());
     let state_change =
         |id: String, acting: Acting, command: EnvironmentCommand| (id, acting, command);
     let (id, acting, command) = match command {
@@ -584,13 +586,13 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
             if !admins.is_empty() {
                 commands.push(EnvironmentCommand::SetAdmins(admins));
             }
-            let mut env = store
+            let mut env = app
                 .create_environment(&caller, new)
                 .await
                 .map_err(explain)?;
             let sources = Sources::default();
             for command in commands {
-                (env, _) = configure_checked(store, &sources, &caller, &env.id, command, None)
+                (env, _) = configure_checked(app, &sources, &caller, &env.id, command, None)
                     .await
                     .map_err(explain)?;
             }
@@ -617,13 +619,13 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 file: file.as_deref(),
                 source: source.as_deref(),
             };
-            return env_check::run(store, &caller, check).await;
+            return env_check::run(app, &caller, check).await;
         }
         EnvCommand::Configure { id, file, acting } => {
             let caller = caller(store, &acting).await?;
             let definition = EnvironmentFile::read(&file)?;
             let id = EnvironmentId(id);
-            let env = store.environment(&caller, &id).await.map_err(explain)?;
+            let env = app.environment(&caller, &id).await.map_err(explain)?;
             let root = env.source.ok_or_else(|| {
                 anyhow!(
                     "--as {}: only the environment's admins configure it (and see where its data lives)",
@@ -633,8 +635,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
             let source = tre_dispense::Source::open(&root)?;
             for command in definition.commands(&source, false).await? {
                 let action = command.action();
-                store
-                    .configure_environment(&caller, &id, command)
+                app.configure_environment(&caller, &id, command)
                     .await
                     .map_err(explain)?;
                 println!("applied {action}");
@@ -661,7 +662,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         }
         EnvCommand::List { acting } => {
             let caller = caller(store, &acting).await?;
-            for env in store.list_environments(&caller).await.map_err(explain)? {
+            for env in app.list_environments(&caller).await.map_err(explain)? {
                 println!(
                     "{}\t{}\t{}\t{}",
                     env.id,
@@ -701,7 +702,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
         }
         EnvCommand::Show { id, acting } => {
             let caller = caller(store, &acting).await?;
-            let env = store
+            let env = app
                 .environment(&caller, &EnvironmentId(id))
                 .await
                 .map_err(explain)?;
@@ -711,7 +712,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
     };
     let caller = caller(store, &acting).await?;
     let (env, _) = configure_checked(
-        store,
+        app,
         &Sources::default(),
         &caller,
         &EnvironmentId(id),

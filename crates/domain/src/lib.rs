@@ -20,6 +20,7 @@ pub mod disclosure;
 pub mod dispense;
 mod effect;
 mod environment;
+pub mod environment_change;
 mod error;
 pub mod files;
 mod ids;

@@ -1,16 +1,33 @@
-//! Environments: creation by platform admins, configuration and state changes
-//! by their admins, discovery by their authorized users.
+//! Environments as stored: their documents, guarded by a version, and the
+//! list index of who may find and review each. Who may create, configure
+//! or discover one is the application's (`tre-app`); what a change sets off
+//! beyond itself is the domain's (`tre_domain::environment_change`), read
+//! here in the change's own transaction.
 
-use serde_json::json;
 use sqlx::{Executor, Row};
 use tre_domain::{
-    AccessRequest, Action, Actor, AdminAlert, DomainError, Effect, Environment, EnvironmentCommand,
-    EnvironmentId, NewEnvironment, Object, Principal, RequestId, RequestState, StoreRoot,
-    Timestamp, UserId, authorize,
+    AccessRequest, Action, Actor, DomainError, Effect, Environment, EnvironmentId, Object,
+    Principal, RequestId, RequestState, StoreRoot, Timestamp, UserId, authorize,
+    environment_change,
 };
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
+use crate::{Caller, Store, StoreError, Tx, docs, now, outbox};
+
+/// A change to an environment, decided by the application: written only if
+/// the environment is still at `version`, with the effects it queues (the
+/// ones the requests it touches owe are added here, read in the same
+/// transaction) and its audit event.
+pub struct EnvironmentChange<'a> {
+    pub before: &'a Environment,
+    pub next: &'a Environment,
+    pub version: i64,
+    pub effects: Vec<Effect>,
+    /// Who started the jobs the change queues.
+    pub created_by: &'a str,
+    pub audit: AuditRecord<'a>,
+    pub at: Timestamp,
+}
 
 /// The refusal of a source root that overlaps the project output store.
 fn overlaps_output(output: &StoreRoot, source: &StoreRoot) -> String {
@@ -19,92 +36,7 @@ fn overlaps_output(output: &StoreRoot, source: &StoreRoot) -> String {
     )
 }
 
-/// A summary of a command for the audit log: what changed, never data.
-fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
-    match command {
-        EnvironmentCommand::UpdateDetails { name, description } => {
-            json!({"name": name, "description_changed": description.is_some()})
-        }
-        EnvironmentCommand::SetInventory(inventory) => json!({
-            "datasets": inventory.datasets.iter().map(|d| &d.name).collect::<Vec<_>>(),
-            "collections": inventory.collections.iter().map(|c| &c.name).collect::<Vec<_>>(),
-        }),
-        EnvironmentCommand::SetFiles(files) => {
-            json!({"file_inventory": files.id, "files": files.files, "bytes": files.bytes})
-        }
-        EnvironmentCommand::SetPipeline(pipeline) => json!({"stages": pipeline.stages}),
-        EnvironmentCommand::PatchPipeline(patch) => json!({"changed": patch.stages}),
-        EnvironmentCommand::SetMembers(members) => json!({"members": members}),
-        EnvironmentCommand::ChangeMembers { add, remove } => json!({"add": add, "remove": remove}),
-        EnvironmentCommand::SetAdmins(admins) => json!({"admins": admins}),
-        EnvironmentCommand::SetPolicies(policies) => json!({"policies": policies}),
-        EnvironmentCommand::PatchPolicies(patch) => json!({"changed": patch}),
-        EnvironmentCommand::SetVisibility(v) => json!({"visibility": v}),
-        EnvironmentCommand::Publish
-        | EnvironmentCommand::EnterMaintenance
-        | EnvironmentCommand::Reactivate => {
-            json!({})
-        }
-    }
-}
-
 impl Store {
-    /// Whether the users a configuration command names exist and the
-    /// groups it names have members (a mistyped group would authorize
-    /// nobody): the check a change makes first, for dry runs too.
-    pub async fn check_people(&self, command: &EnvironmentCommand) -> Result<(), StoreError> {
-        match command {
-            EnvironmentCommand::SetAdmins(admins) => {
-                self.ensure_users_exist(admins, "admins").await?;
-            }
-            EnvironmentCommand::SetPipeline(pipeline) => {
-                for (i, stage) in pipeline.stages.iter().enumerate() {
-                    self.ensure_users_exist(
-                        &stage.reviewers,
-                        &format!("pipeline.stages[{i}].reviewers"),
-                    )
-                    .await?;
-                }
-            }
-            EnvironmentCommand::PatchPipeline(patch) => {
-                for (i, stage) in patch.stages.iter().enumerate() {
-                    self.ensure_users_exist(
-                        &stage.add_reviewers,
-                        &format!("stages[{i}].add_reviewers"),
-                    )
-                    .await?;
-                }
-            }
-            EnvironmentCommand::SetMembers(members)
-            | EnvironmentCommand::ChangeMembers { add: members, .. } => {
-                let field = match command {
-                    EnvironmentCommand::ChangeMembers { .. } => "add",
-                    _ => "members",
-                };
-                // collected first: a closure held across the await would make the
-                // future's `Send` bound not general enough for axum handlers
-                let users: Vec<UserId> = members
-                    .iter()
-                    .filter_map(|m| match m {
-                        Principal::User(u) => Some(u.clone()),
-                        Principal::Group(_) => None,
-                    })
-                    .collect();
-                self.ensure_users_exist(&users, field).await?;
-                let groups: Vec<String> = members
-                    .iter()
-                    .filter_map(|m| match m {
-                        Principal::Group(g) => Some(g.clone()),
-                        Principal::User(_) => None,
-                    })
-                    .collect();
-                self.ensure_groups_in_use(groups.iter().map(String::as_str), field)
-                    .await?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
     pub(crate) async fn load_environment<'e, E>(
         &self,
         executor: E,
@@ -175,7 +107,7 @@ impl Store {
     }
 
     /// Declares where project data is dispensed: no environment's source
-    /// root may overlap it, which [`Store::create_environment`] refuses and
+    /// root may overlap it, which [`Store::check_source_root`] refuses and
     /// [`Store::check_output_root`] checks at start-up.
     pub fn with_output_root(mut self, root: StoreRoot) -> Self {
         self.output_root = Some(std::sync::Arc::new(root));
@@ -214,19 +146,13 @@ impl Store {
         }
     }
 
-    /// Creates an environment in `draft` (platform admins only), with the
-    /// source root its data lives in.
-    pub async fn create_environment(
+    /// Writes a new environment, its list index and its audit event.
+    pub async fn insert_environment(
         &self,
-        caller: &Caller,
-        new: NewEnvironment,
-    ) -> Result<Environment, StoreError> {
-        authorize(&caller.actor, Action::CreateEnvironment, &Object::Platform)
-            .map_err(StoreError::Forbidden)?;
-        self.check_source_root(&new.source)?;
-        self.ensure_users_exist(&new.admins, "admins").await?;
-        let env = Environment::create(EnvironmentId(new_id()), &caller.actor.id, new)?;
-        let at = now();
+        env: &Environment,
+        audit: AuditRecord<'_>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO environments (id, name, state, visibility, doc, version, created_at, updated_at) \
@@ -236,82 +162,30 @@ impl Store {
         .bind(&env.name)
         .bind(env.state.as_str())
         .bind(env.visibility.as_str())
-        .bind(docs::encode(&env))
+        .bind(docs::encode(env))
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
-        write_index(&mut tx, &env).await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: caller.actor.id.as_str(),
-                action: "environment.create",
-                object_type: "environment",
-                object_id: env.id.as_str(),
-                environment_id: env.id.as_str(),
-                details: json!({"name": env.name, "admins": env.admins, "source": env.source}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
-            },
-            at,
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(env)
-    }
-
-    /// An environment the caller may discover, as they may see it
-    /// ([`Environment::seen_by`]).
-    pub async fn environment(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-    ) -> Result<Environment, StoreError> {
-        self.environment_at(caller, id).await.map(|(env, _)| env)
-    }
-
-    /// The environment `caller` means to `action` (configure it, change its
-    /// state), with its revision, or the refusal the change itself would
-    /// get: for what must be prepared before the change (an inventory
-    /// checked against the source).
-    pub async fn environment_for(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        action: Action,
-    ) -> Result<(Environment, i64), StoreError> {
-        let (env, revision) = self.load_environment(&self.pool, id).await?;
-        // an action on an environment the caller may not see is concealed
-        // by the rule itself (see `authorize`)
-        authorize(&caller.actor, action, &Object::Environment(&env))
-            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        Ok((env, revision))
-    }
-
-    /// [`Store::environment`] with its revision (what a change made on
-    /// what was read names: see [`Store::configure_environment_at`]).
-    pub async fn environment_at(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-    ) -> Result<(Environment, i64), StoreError> {
-        let (env, revision) = self
-            .environment_for(caller, id, Action::DiscoverEnvironment)
-            .await?;
-        Ok((env.seen_by(&caller.actor), revision))
+        write_index(&mut tx, env).await?;
+        audit::append(&mut tx, audit, at).await?;
+        self.commit(tx).await
     }
 
     /// The environment, if the caller may do `action` on it (else not
-    /// found or forbidden, as [`authorize`] says); unredacted.
+    /// found or forbidden, as [`authorize`] says); unredacted: for the use
+    /// cases still here until they move to `tre-app`.
     pub(crate) async fn authorized_environment(
         &self,
         caller: &Caller,
         id: &EnvironmentId,
         action: Action,
     ) -> Result<Environment, StoreError> {
-        self.environment_for(caller, id, action)
-            .await
-            .map(|(env, _)| env)
+        let (env, _) = self.load_environment(&self.pool, id).await?;
+        // an action on an environment the caller may not see is concealed
+        // by the rule itself (see `authorize`)
+        authorize(&caller.actor, action, &Object::Environment(&env))
+            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
+        Ok(env)
     }
 
     /// Every environment (system use: no authorization).
@@ -328,206 +202,83 @@ impl Store {
             .collect()
     }
 
-    /// The resource center: every environment the caller may discover, by name.
-    pub async fn list_environments(&self, caller: &Caller) -> Result<Vec<Environment>, StoreError> {
+    /// Every environment, by name (then id).
+    pub async fn environments_by_name(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY name, id")
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            let doc: String = row.try_get(1)?;
-            let env = docs::decode("environment", &id, &doc)?;
-            if authorize(
-                &caller.actor,
-                Action::DiscoverEnvironment,
-                &Object::Environment(&env),
-            )
-            .is_ok()
-            {
-                out.push(env.seen_by(&caller.actor));
-            }
-        }
-        Ok(out)
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                let doc: String = row.try_get(1)?;
+                docs::decode("environment", &id, &doc)
+            })
+            .collect()
     }
 
-    /// Configures an environment or changes its state (its admins only).
-    pub async fn configure_environment(
+    /// Writes a change decided on the environment at `change.version`
+    /// ([`StoreError::WriteConflict`] when it moved since), with the effects
+    /// the requests it touches owe (`environment_change::change_alerts`,
+    /// read in this transaction) before the change's own, and its audit
+    /// event.
+    pub async fn save_environment_change(
         &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        command: EnvironmentCommand,
-    ) -> Result<Environment, StoreError> {
-        self.configure_environment_at(caller, id, command, None)
-            .await
-            .map(|(env, _)| env)
-    }
-
-    /// [`Store::configure_environment`] on the environment's revision
-    /// `expected` (what the caller read): [`StoreError::Stale`] when it
-    /// changed since. The new environment with its revision.
-    pub async fn configure_environment_at(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        command: EnvironmentCommand,
-        expected: Option<i64>,
-    ) -> Result<(Environment, i64), StoreError> {
-        // Only someone who may make the change learns whether the users it
-        // names exist (else anyone signed in could probe for user names).
-        let action = if command.changes_state() {
-            Action::ChangeEnvironmentState
+        change: EnvironmentChange<'_>,
+    ) -> Result<(), StoreError> {
+        let EnvironmentChange {
+            before,
+            next,
+            version,
+            effects,
+            created_by,
+            audit,
+            at,
+        } = change;
+        let mut tx = self.begin().await?;
+        Self::save_environment(&mut tx, next, version).await?;
+        let approved = if environment_change::owners_may_lose_access(before, next) {
+            approved_owners(&mut tx, &next.id).await?
         } else {
-            Action::ConfigureEnvironment
+            Vec::new()
         };
-        self.authorized_environment(caller, id, action).await?;
-        // Users named by the command must exist; checked outside the write
-        // transaction (users are never deleted).
-        self.check_people(&command).await?;
-        self.retrying(|| async {
-            let mut tx = self.begin().await?;
-            let (env, version) = self.load_environment(&mut *tx, id).await?;
-            if let Some(expected) = expected
-                && expected != version
-            {
-                return Err(StoreError::Stale {
-                    object: "environment",
-                    id: id.to_string(),
-                    expected,
-                    current: version,
-                });
-            }
-            let action = if command.changes_state() {
-                Action::ChangeEnvironmentState
-            } else {
-                Action::ConfigureEnvironment
-            };
-            authorize(&caller.actor, action, &Object::Environment(&env))
-                .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-            let next = env.apply(command.clone())?;
-            Self::save_environment(&mut tx, &next, version).await?;
-            let at = now();
-            let mut effects = Self::admin_alerts(&mut tx, &env, &next, at).await?;
-            effects.extend(showcase_due(&env, &next));
-            // a disclosure policy loosened: audited, and the other admins told
-            let loosened = env.policies.loosenings(&next.policies);
-            if !loosened.is_empty() {
-                effects.push(Effect::AlertAdmins {
-                    environment: next.id.clone(),
-                    raised_at: at,
-                    alert: AdminAlert::PoliciesLoosened {
-                        by: caller.actor.id.clone(),
-                        loosened: loosened.clone(),
-                    },
-                });
-            }
-            outbox::enqueue(&mut tx, &effects, caller.actor.id.as_str(), at).await?;
-            let mut details = audit_details(&command);
-            if command.changes_state() {
-                details = json!({"from": env.state, "to": next.state});
-            }
-            if !loosened.is_empty() {
-                details["loosened"] = json!(loosened);
-            }
-            let reviewer_changes = env.pipeline.reviewer_changes(&next.pipeline);
-            if !reviewer_changes.is_empty() {
-                details["reviewer_changes"] = json!(reviewer_changes);
-            }
-            audit::append(
-                &mut tx,
-                AuditRecord {
-                    actor: caller.actor.id.as_str(),
-                    action: command.action(),
-                    object_type: "environment",
-                    object_id: id.as_str(),
-                    environment_id: id.as_str(),
-                    details,
-                    trace_id: &caller.trace_id,
-                    claim: caller.idempotency.as_ref(),
-                },
-                at,
-            )
-            .await?;
-            self.commit(tx).await?;
-            Ok((next, version + 1))
-        })
-        .await
+        let waiting = if environment_change::reviewers_changed(before, next) {
+            in_review(&mut tx, &next.id).await?
+        } else {
+            Vec::new()
+        };
+        let mut queued = environment_change::change_alerts(before, next, &approved, &waiting, at);
+        queued.extend(effects);
+        outbox::enqueue(&mut tx, &queued, created_by, at).await?;
+        audit::append(&mut tx, audit, at).await?;
+        self.commit(tx).await
     }
+}
 
-    /// What a change from `before` to `after` must tell the environment's
-    /// admins: owners of approved requests who are no longer authorized
-    /// users, and reviewers changed on a stage where requests wait; and,
-    /// for each request waiting at such a stage, a job that counts its
-    /// votes again (a stage out of reach closes as returned).
-    async fn admin_alerts(
-        tx: &mut Tx,
-        before: &Environment,
-        after: &Environment,
-        at: Timestamp,
-    ) -> Result<Vec<Effect>, StoreError> {
-        let alert = |alert| Effect::AlertAdmins {
-            environment: after.id.clone(),
-            raised_at: at,
-            alert,
+/// The owners of the environment's approved requests, each with the request.
+async fn approved_owners(
+    tx: &mut Tx,
+    environment: &EnvironmentId,
+) -> Result<Vec<(RequestId, Actor)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT r.id, u.id AS owner, u.platform_admin, u.groups_json FROM requests r \
+         JOIN users u ON u.id = r.owner_id WHERE r.environment_id = $1 AND r.state = 'approved' ORDER BY r.id",
+    )
+    .bind(environment.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let owner: String = row.try_get("owner")?;
+        let groups: String = row.try_get("groups_json")?;
+        let actor = Actor {
+            groups: docs::decode("user", &owner, &groups)?,
+            id: UserId(owner),
+            platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
+            workspace_of: None,
         };
-        let mut alerts = Vec::new();
-        if before.members != after.members || before.visibility != after.visibility {
-            let rows = sqlx::query(
-                "SELECT r.id, u.id AS owner, u.platform_admin, u.groups_json FROM requests r \
-                 JOIN users u ON u.id = r.owner_id WHERE r.environment_id = $1 AND r.state = 'approved' ORDER BY r.id",
-            )
-            .bind(after.id.as_str())
-            .fetch_all(&mut **tx)
-            .await?;
-            for row in rows {
-                let owner: String = row.try_get("owner")?;
-                let groups: String = row.try_get("groups_json")?;
-                let actor = Actor {
-                    groups: docs::decode("user", &owner, &groups)?,
-                    id: UserId(owner),
-                    platform_admin: row.try_get::<i64, _>("platform_admin")? != 0,
-                    workspace_of: None,
-                };
-                if before.is_authorized_user(&actor) && !after.is_authorized_user(&actor) {
-                    alerts.push(alert(AdminAlert::OwnerRemoved {
-                        request: RequestId(row.try_get(0)?),
-                        owner: actor.id,
-                    }));
-                }
-            }
-        }
-        let changes = before.pipeline.reviewer_changes(&after.pipeline);
-        if !changes.is_empty() {
-            let mut waiting = vec![0u32; after.pipeline.stages.len()];
-            for (stage, request) in in_review(tx, &after.id).await? {
-                if let Some(n) = waiting.get_mut(stage) {
-                    *n += 1;
-                    // its votes, counted again with the new reviewers
-                    if changes.iter().any(|c| c.stage == stage) {
-                        alerts.push(Effect::RetallyStage {
-                            request: request.id.clone(),
-                            round: request.round,
-                            stage,
-                            at,
-                        });
-                    }
-                }
-            }
-            for change in changes {
-                let waiting = waiting.get(change.stage).copied().unwrap_or(0);
-                if waiting > 0 {
-                    alerts.push(alert(AdminAlert::ReviewersChanged {
-                        stage: change.stage,
-                        stage_id: change.stage_id,
-                        added: change.added,
-                        removed: change.removed,
-                        waiting,
-                    }));
-                }
-            }
-        }
-        Ok(alerts)
+        out.push((RequestId(row.try_get(0)?), actor));
     }
+    Ok(out)
 }
 
 /// The environment's requests waiting in review, each with its stage.
@@ -586,20 +337,4 @@ async fn write_index(tx: &mut Tx, env: &Environment) -> Result<(), StoreError> {
         .await?;
     }
     Ok(())
-}
-
-/// The showcase job a change makes due: when an inventory version becomes
-/// the current one of an active environment (publish, reactivate with a
-/// staged inventory). Its key names the version, so a version is computed
-/// once however often the environment comes back to it.
-fn showcase_due(before: &Environment, after: &Environment) -> Option<Effect> {
-    let version = |e: &Environment| e.inventory.as_ref().map(|i| i.version);
-    let active = |e: &Environment| e.state == tre_domain::EnvironmentState::Active;
-    let current = version(after)?;
-    (active(after) && (!active(before) || version(before) != Some(current))).then(|| {
-        Effect::ComputeShowcase {
-            environment: after.id.clone(),
-            version: current,
-        }
-    })
 }

@@ -52,6 +52,7 @@ pub use audit::AuditRecord;
 pub use audit::{AuditQuery, AuditReport};
 pub use cache::Recent;
 pub use dispensing::{DispenseProgress, NewPlan, PlannedUnit, StoredPlan, UnitTake};
+pub use environments::EnvironmentChange;
 pub use error::StoreError;
 pub use files::{FileInventoryState, FileInventoryStatus, InventoryFile, declared_of};
 pub use gate_turn::GateTurn;

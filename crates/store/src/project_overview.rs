@@ -38,8 +38,8 @@ impl Store {
         after: &str,
         limit: usize,
     ) -> Result<Page<ProjectOverview>, StoreError> {
-        let (env, _) = self
-            .environment_for(caller, id, Action::ConfigureEnvironment)
+        let env = self
+            .authorized_environment(caller, id, Action::ConfigureEnvironment)
             .await?;
         let rows = sqlx::query(
             "SELECT p.id, p.doc, r.doc AS request FROM projects p JOIN requests r ON r.id = p.request_id \

@@ -225,7 +225,7 @@ impl Store {
     }
 
     /// Fails with a validation error naming `field` unless every user exists.
-    pub(crate) async fn ensure_users_exist<'a>(
+    pub async fn ensure_users_exist<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a UserId>,
         field: &str,
@@ -248,7 +248,7 @@ impl Store {
 
     /// Groups named by `field` must have members: a mistyped group (one
     /// nobody belongs to) would authorize nobody, silently.
-    pub(crate) async fn ensure_groups_in_use<'a>(
+    pub async fn ensure_groups_in_use<'a>(
         &self,
         groups: impl IntoIterator<Item = &'a str>,
         field: &str,

@@ -59,6 +59,7 @@ async fn approved(store: &Store, w: &World) -> AccessRequest {
 
 async fn set_members(store: &Store, w: &World, members: &[Principal]) {
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -415,6 +416,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
     };
     // attack: the admin makes themselves a reviewer of the open stage
     let err = store
+        .app()
         .configure_environment(&w.admin, &w.env, pipeline(&["rev1", "admin"], &["rev2"]))
         .await
         .unwrap_err();
@@ -424,6 +426,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
     );
     // ...and a reviewer made an admin
     let err = store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -439,6 +442,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
     forbidden(store.app().decide(&w.admin, &waiting.id, approve(0)).await);
     // a reviewer change on the open stage is audited and alerts the admins
     store
+        .app()
         .configure_environment(&w.admin, &w.env, pipeline(&["rev1", "rev3"], &["rev2"]))
         .await
         .unwrap();
@@ -472,6 +476,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
     assert!(alerts[0].ends_with("reviewers_changed:0"), "{alerts:?}");
     // a change to a stage where nothing waits is audited, not alerted
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -552,8 +557,9 @@ async fn what_admins_read_never_shows_a_selection(store: &Store) {
 
 async fn dataset_locations_stay_inside_the_source_root(store: &Store) {
     let w = world(store, &["rev1"], &["rev2"], 1).await;
-    let before = store.environment(&w.admin, &w.env).await.unwrap();
+    let before = store.app().environment(&w.admin, &w.env).await.unwrap();
     store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();
@@ -574,6 +580,7 @@ async fn dataset_locations_stay_inside_the_source_root(store: &Store) {
         let mut bad = inventory();
         bad.datasets[1].locations = vec![location.into()];
         let err = store
+            .app()
             .configure_environment(&w.admin, &w.env, EnvironmentCommand::SetInventory(bad))
             .await
             .unwrap_err();
@@ -582,11 +589,11 @@ async fn dataset_locations_stay_inside_the_source_root(store: &Store) {
             "{location}: {err}"
         );
     }
-    let after = store.environment(&w.admin, &w.env).await.unwrap();
+    let after = store.app().environment(&w.admin, &w.env).await.unwrap();
     assert_eq!(after.staged_inventory, None, "nothing staged");
     assert_eq!(after.inventory, before.inventory);
     // where the data lives is the admins' to see, not researchers'
-    let member = store.environment(&w.owner, &w.env).await.unwrap();
+    let member = store.app().environment(&w.owner, &w.env).await.unwrap();
     assert_eq!(member.source, None);
     assert!(
         member

@@ -143,6 +143,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
 
     // only platform admins create environments
     let err = store
+        .app()
         .create_environment(
             &w.admin,
             NewEnvironment {
@@ -157,18 +158,30 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
     assert!(matches!(err, StoreError::Forbidden(_)));
 
     // discovery: admins and authorized users, not outsiders (who get not-found)
-    let env = store.environment(&member, &w.env).await.unwrap();
+    let env = store.app().environment(&member, &w.env).await.unwrap();
     assert_eq!(env.state, EnvironmentState::Active);
     assert_eq!(env.inventory.as_ref().unwrap().version, 1);
-    assert_eq!(store.list_environments(&member).await.unwrap().len(), 1);
-    assert_eq!(store.list_environments(&w.outsider).await.unwrap().len(), 0);
+    assert_eq!(
+        store.app().list_environments(&member).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store
+            .app()
+            .list_environments(&w.outsider)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
     assert!(matches!(
-        store.environment(&w.outsider, &w.env).await,
+        store.app().environment(&w.outsider, &w.env).await,
         Err(StoreError::NotFound { .. })
     ));
 
     // a second environment in draft is invisible to members
     let draft = store
+        .app()
         .create_environment(
             &w.platform,
             NewEnvironment {
@@ -181,9 +194,17 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         .await
         .unwrap();
     assert_eq!(draft.admins, BTreeSet::from(["platform".into()]));
-    assert_eq!(store.list_environments(&member).await.unwrap().len(), 1);
     assert_eq!(
-        store.list_environments(&w.platform).await.unwrap().len(),
+        store.app().list_environments(&member).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store
+            .app()
+            .list_environments(&w.platform)
+            .await
+            .unwrap()
+            .len(),
         2,
         "platform admin sees what it administers and what it created"
     );
@@ -194,11 +215,15 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         description: None,
     };
     assert!(matches!(
-        store.configure_environment(&member, &w.env, rename()).await,
+        store
+            .app()
+            .configure_environment(&member, &w.env, rename())
+            .await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store
+            .app()
             .configure_environment(&w.outsider, &w.env, rename())
             .await,
         Err(StoreError::NotFound { .. })
@@ -207,17 +232,20 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
     // administer (the one who created it sees it, and is refused)
     assert!(matches!(
         store
+            .app()
             .configure_environment(&w.platform, &w.env, rename())
             .await,
         Err(StoreError::Forbidden(_))
     ));
     store
+        .app()
         .configure_environment(&w.admin, &w.env, rename())
         .await
         .unwrap();
 
     // unknown users in configuration are named
     let err = store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -237,6 +265,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
 
     // maintenance stages a new inventory; reactivate makes it current
     let env = store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::EnterMaintenance)
         .await
         .unwrap();
@@ -253,6 +282,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         .unwrap_err();
     assert_invalid_transition(&err);
     store
+        .app()
         .configure_environment(
             &w.admin,
             &w.env,
@@ -261,11 +291,13 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         .await
         .unwrap();
     let env = store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::Reactivate)
         .await
         .unwrap();
     assert_eq!(env.inventory.unwrap().version, 2);
     let err = store
+        .app()
         .configure_environment(&w.admin, &w.env, EnvironmentCommand::Publish)
         .await
         .unwrap_err();

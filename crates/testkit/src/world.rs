@@ -93,6 +93,7 @@ pub async fn world_at(
         user(store, r, false, &[]).await;
     }
     let env = store
+        .app()
         .create_environment(
             &platform,
             NewEnvironment {
@@ -116,6 +117,7 @@ pub async fn world_at(
     ];
     for command in configure {
         store
+            .app()
             .configure_environment(&admin, &env.id, command)
             .await
             .expect("configure");
@@ -125,6 +127,7 @@ pub async fn world_at(
     let configured = store.system_environment(&env.id).await.expect("stored");
     if configured.publish_problems().is_empty() {
         store
+            .app()
             .configure_environment(&admin, &env.id, EnvironmentCommand::Publish)
             .await
             .expect("publish");

@@ -170,9 +170,7 @@ async fn create_environment(
     Allowed(caller, _): Allowed<CreatesEnvironments>,
     Body(new): Body<NewEnvironment>,
 ) -> Result<Response> {
-    Ok(created(
-        state.store().create_environment(&caller, new).await?,
-    ))
+    Ok(created(state.app.create_environment(&caller, new).await?))
 }
 
 /// The resource center: environments the caller may discover, by id,
@@ -199,7 +197,7 @@ async fn get_environment(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let (env, revision) = state
-        .store()
+        .app
         .environment_at(&caller, &EnvironmentId(id))
         .await?;
     Ok(with_revision(env, revision))
@@ -215,7 +213,7 @@ async fn configure_on(
     on: Option<i64>,
 ) -> Result<Response> {
     let (env, revision) = configure_checked(
-        state.store(),
+        &state.app,
         state.showcase.sources(),
         caller,
         &EnvironmentId(id),
@@ -268,7 +266,7 @@ async fn put_inventory(
     Body(definition): Body<InventoryDefinition>,
 ) -> Result<Response> {
     let inventory = resolved_inventory(
-        state.store(),
+        &state.app,
         state.showcase.sources(),
         &caller,
         &EnvironmentId(id.clone()),
