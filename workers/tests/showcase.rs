@@ -62,7 +62,7 @@ fn inventory() -> Inventory {
 
 async fn computed(store: &Store, w: &World, version: u32) -> ShowcaseView {
     for _ in 0..800 {
-        let view = store.showcase(&w.owner, &w.env).await.unwrap();
+        let view = store.app().showcase(&w.owner, &w.env).await.unwrap();
         if !view.computing && view.current_version == version {
             return view;
         }
@@ -276,7 +276,7 @@ async fn showcase_aggregates_equal_an_independent_count_and_release_only_what_th
     );
 
     // outsiders learn nothing, not even that it exists
-    assert!(store.showcase(&w.outsider, &w.env).await.is_err());
+    assert!(store.app().showcase(&w.outsider, &w.env).await.is_err());
     let _ = std::fs::remove_dir_all(folder);
 }
 
@@ -305,7 +305,7 @@ async fn a_new_inventory_version_is_computed_while_the_old_numbers_stay_served(s
             .await
             .unwrap();
     }
-    let meanwhile = store.showcase(&w.owner, &w.env).await.unwrap();
+    let meanwhile = store.app().showcase(&w.owner, &w.env).await.unwrap();
     assert_eq!(meanwhile.current_version, 2);
     assert!(meanwhile.computing, "being computed");
     assert_eq!(meanwhile.showcase, first.showcase, "version 1 still served");
@@ -353,7 +353,7 @@ async fn a_showcase_that_cannot_be_computed_tells_its_admins_why(store: &Store) 
     );
     let mut seen = None;
     for _ in 0..800 {
-        let view = store.showcase(&w.admin, &w.env).await.unwrap();
+        let view = store.app().showcase(&w.admin, &w.env).await.unwrap();
         if view.failed.is_some() {
             seen = Some(view);
             break;
@@ -368,7 +368,7 @@ async fn a_showcase_that_cannot_be_computed_tells_its_admins_why(store: &Store) 
         "{reason}"
     );
     // a member learns that it failed, not where the data lives
-    let member_view = store.showcase(&w.owner, &w.env).await.unwrap();
+    let member_view = store.app().showcase(&w.owner, &w.env).await.unwrap();
     let told_member = member_view.failed.unwrap();
     assert!(!told_member.contains("parquet"), "{told_member}");
     assert!(

@@ -260,7 +260,7 @@ pub async fn ask(
     // minute, read at once (the count is looked at only once authorized)
     let minute_ago = Timestamp(tre_store::now().0 - 60_000);
     let (env, recent) = tokio::try_join!(
-        state.store().showcase_environment(caller, id),
+        state.app.showcase_environment(caller, id),
         state
             .store()
             .showcase_queries_since(&caller.actor.id, id, minute_ago)
@@ -315,7 +315,7 @@ pub async fn ask(
         Some(full) => full,
         None => {
             if let Some(reason) = state
-                .store()
+                .app
                 .showcase_failure(&env, version, &caller.actor.id)
                 .await?
             {

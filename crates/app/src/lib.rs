@@ -10,7 +10,8 @@
 //! a `system_` prefix, so that a person's call can never reach what only
 //! the runtime may do.
 //!
-//! So far: environments ([`App::create_environment`],
+//! So far: the data showcase's reads ([`App::showcase`]), a person's
+//! [`App::inbox`]; environments ([`App::create_environment`],
 //! [`App::configure_environment_at`], the resource center's
 //! [`App::list_environments`] and the reads of one); access requests ([`App::create_request`],
 //! [`App::request_command`], [`App::decide_stage`], the runtime's
@@ -29,10 +30,12 @@
 mod acting;
 mod authorization;
 mod environments;
+mod inbox;
 mod lists;
 mod operations;
 mod projects;
 mod requests;
+mod showcase;
 
 pub use acting::{System, Who};
 pub use authorization::{Permission, Target};

@@ -266,7 +266,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         outsider.iter().filter(|e| e.id == env.id).count()
     );
 
-    show_showcase(&store, &alice, &env.id).await?;
+    show_showcase(&app, &alice, &env.id).await?;
 
     println!("4. Access request");
     let cohort = json!({"and": [
@@ -603,24 +603,16 @@ async fn upload_files(
 
 /// Step 3b: the showcase alice sees before asking, the cohort builder, and
 /// a differencing attempt it refuses.
-async fn show_showcase(
-    store: &Store,
-    alice: &Caller,
-    env: &tre_domain::EnvironmentId,
-) -> Result<()> {
+async fn show_showcase(app: &App, alice: &Caller, env: &tre_domain::EnvironmentId) -> Result<()> {
     println!("   the data showcase, computed by a job when the inventory was published:");
-    let environment = store.showcase_environment(alice, env).await?;
-    let mut view = store
-        .released_showcase(&environment, &alice.actor.id)
-        .await?;
+    let environment = app.showcase_environment(alice, env).await?;
+    let mut view = app.released_showcase(&environment, &alice.actor.id).await?;
     for _ in 0..600 {
         if !view.computing {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        view = store
-            .released_showcase(&environment, &alice.actor.id)
-            .await?;
+        view = app.released_showcase(&environment, &alice.actor.id).await?;
     }
     let rules = tre_domain::disclosure::DisclosureRules::of(&environment.policies);
     if let Some(showcase) = view.showcase.as_mut() {
@@ -635,7 +627,7 @@ async fn show_showcase(
             println!("     {line}");
         }
     }
-    let state = tre_api::AppState::new(store.clone());
+    let state = tre_api::AppState::new(app.store().clone());
     let obese_diabetics = json!({"and": [
         {"field": "bmi", "op": ">=", "value": 30},
         {"field": "diabetes", "op": "=", "value": true},

@@ -3,6 +3,7 @@
 //! answers), one table per field.
 
 use anyhow::Result;
+use tre_app::App;
 use tre_domain::EnvironmentId;
 use tre_domain::disclosure::{DisclosureRules, Released};
 use tre_store::{ShowcaseView, Store};
@@ -12,11 +13,12 @@ use crate::{Acting, caller, explain};
 pub async fn print(store: &Store, id: String, acting: &Acting) -> Result<()> {
     let caller = caller(store, acting).await?;
     let id = EnvironmentId(id);
-    let env = store
+    let app = App::new(store.clone());
+    let env = app
         .showcase_environment(&caller, &id)
         .await
         .map_err(explain)?;
-    let view = store
+    let view = app
         .released_showcase(&env, &caller.actor.id)
         .await
         .map_err(explain)?;

@@ -6,9 +6,8 @@
 use serde::Serialize;
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::disclosure::DisclosureRules;
-use tre_domain::showcase::{self, Showcase, ShowcaseAggregates};
-use tre_domain::{Action, AdminAlert, Effect, Environment, EnvironmentId, Timestamp, UserId};
+use tre_domain::showcase::{Showcase, ShowcaseAggregates};
+use tre_domain::{AdminAlert, Effect, EnvironmentId, Timestamp, UserId};
 
 use crate::audit::AuditRecord;
 use crate::writes::{Arg, Insert, Writes};
@@ -237,69 +236,21 @@ impl Store {
         .transpose()
     }
 
-    /// The environment's showcase as the caller may see it: released under
-    /// its disclosure rules, never a true count.
-    pub async fn showcase(
+    /// Why version `version` of the environment's showcase could not be
+    /// computed (the dead job's reason, for its admins only: see
+    /// `App::showcase_failure`); None when it did not fail.
+    pub async fn showcase_failure_reason(
         &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-    ) -> Result<ShowcaseView, StoreError> {
-        let env = self.showcase_environment(caller, id).await?;
-        self.released_showcase(&env, &caller.actor.id).await
-    }
-
-    /// The showcase of `env`, released under its rules, for `viewer`, whom
-    /// the environment was loaded for by [`Store::showcase_environment`].
-    pub async fn released_showcase(
-        &self,
-        env: &Environment,
-        viewer: &UserId,
-    ) -> Result<ShowcaseView, StoreError> {
-        let id = &env.id;
-        let current_version = env.inventory.as_ref().map_or(0, |i| i.version);
-        let aggregates = self.showcase_aggregates(id, current_version).await?;
-        let rules = DisclosureRules::of(&env.policies);
-        let pending = aggregates
-            .as_ref()
-            .is_none_or(|a| a.version != current_version);
-        let failed = if pending && current_version > 0 {
-            self.showcase_failure(env, current_version, viewer).await?
-        } else {
-            None
-        };
-        Ok(ShowcaseView {
-            environment: id.clone(),
-            current_version,
-            computing: pending && failed.is_none(),
-            showcase: aggregates.map(|a| showcase::release(&a, &rules)),
-            failed,
-        })
-    }
-
-    /// Why version `version` of `env`'s showcase could not be computed, as
-    /// `viewer` may know it: the job's reason for the environment's admins,
-    /// only that it failed for everyone else. None when it did not fail.
-    pub async fn showcase_failure(
-        &self,
-        env: &Environment,
+        environment: &EnvironmentId,
         version: u32,
-        viewer: &UserId,
     ) -> Result<Option<String>, StoreError> {
-        let reason: Option<String> = sqlx::query_scalar(
+        Ok(sqlx::query_scalar(
             "SELECT reason FROM showcase_failures WHERE environment_id = $1 AND version = $2",
         )
-        .bind(env.id.as_str())
+        .bind(environment.as_str())
         .bind(i64::from(version))
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(reason.map(|reason| {
-            if env.is_admin(viewer) {
-                reason
-            } else {
-                "the showcase could not be computed; the environment's admins have been told"
-                    .to_owned()
-            }
-        }))
+        .await?)
     }
 
     /// Records that version `version` of `environment`'s showcase could not
@@ -337,16 +288,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// The environment whose showcase the caller may query.
-    pub async fn showcase_environment(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-    ) -> Result<Environment, StoreError> {
-        self.authorized_environment(caller, id, Action::ViewShowcase)
-            .await
     }
 
     /// How many queries `user` made of the environment's showcase since

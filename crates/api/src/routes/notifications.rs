@@ -43,9 +43,6 @@ async fn notifications(
     Auth(caller): Auth,
     Params(q): Params<InboxQuery>,
 ) -> Result<Response> {
-    let items = state
-        .store()
-        .inbox(&caller.actor.id, limit(q.limit)? as u32)
-        .await?;
+    let items = state.app.inbox(&caller, limit(q.limit)? as u32).await?;
     Ok(Json(json!({"items": items})).into_response())
 }

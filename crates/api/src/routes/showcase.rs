@@ -68,7 +68,7 @@ async fn get_showcase(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    Ok(Json(state.store().showcase(&caller, &EnvironmentId(id)).await?).into_response())
+    Ok(Json(state.app.showcase(&caller, &EnvironmentId(id)).await?).into_response())
 }
 
 async fn chart(
@@ -77,11 +77,8 @@ async fn chart(
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response> {
     let id = EnvironmentId(id);
-    let env = state.store().showcase_environment(&caller, &id).await?;
-    let view = state
-        .store()
-        .released_showcase(&env, &caller.actor.id)
-        .await?;
+    let env = state.app.showcase_environment(&caller, &id).await?;
+    let view = state.app.released_showcase(&env, &caller.actor.id).await?;
     let field = file
         .strip_suffix(".svg")
         .and_then(|name| name.split_once('.'))
