@@ -90,6 +90,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     // the custodian registers the files (the environment is a draft until
     // they are checked); the worker checks them
     let mut status = store
+        .app()
         .upload_file_inventory(&w.admin, &w.env, &parse_tsv(&tsv).unwrap())
         .await
         .unwrap();
@@ -101,6 +102,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
         status = store
+            .app()
             .file_inventory(&w.admin, &w.env, &status.id)
             .await
             .unwrap();

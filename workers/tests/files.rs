@@ -174,6 +174,7 @@ async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
     }
     let entries = parse_tsv(tsv).unwrap();
     let status = store
+        .app()
         .upload_file_inventory(&w.admin, &w.env, &entries)
         .await
         .unwrap();
@@ -195,7 +196,11 @@ async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
 /// Waits for the check of file inventory `id`.
 async fn checked(store: &Store, w: &World, id: String) -> FileInventoryStatus {
     for _ in 0..1200 {
-        let status = store.file_inventory(&w.admin, &w.env, &id).await.unwrap();
+        let status = store
+            .app()
+            .file_inventory(&w.admin, &w.env, &id)
+            .await
+            .unwrap();
         if status.state != FileInventoryState::Checking {
             return status;
         }
@@ -539,6 +544,7 @@ async fn bad_file_inventories_are_refused_whole() {
     // active: files are part of a version, staged only in maintenance
     let entries = parse_tsv(&good).unwrap();
     let err = store
+        .app()
         .upload_file_inventory(&w.admin, &w.env, &entries)
         .await
         .unwrap_err();
@@ -557,6 +563,7 @@ async fn bad_file_inventories_are_refused_whole() {
     // only its admins: not a researcher, not a platform admin
     for caller in [&w.owner, &w.outsider, &w.platform] {
         let err = store
+            .app()
             .upload_file_inventory(caller, &w.env, &entries)
             .await
             .unwrap_err();
@@ -569,6 +576,7 @@ async fn bad_file_inventories_are_refused_whole() {
     let mut undeclared = good.clone();
     undeclared.push_str("1000001\tgenomes\traw/x.vcf\t3\t\n");
     let err = store
+        .app()
         .upload_file_inventory(&w.admin, &w.env, &parse_tsv(&undeclared).unwrap())
         .await
         .unwrap_err()
@@ -581,6 +589,7 @@ async fn bad_file_inventories_are_refused_whole() {
     );
     assert_eq!(
         store
+            .app()
             .file_inventories(&w.admin, &w.env)
             .await
             .unwrap()
@@ -599,6 +608,7 @@ async fn bad_file_inventories_are_refused_whole() {
     bad.push_str("1000004\tnotes\tescape.txt\t1\t\n");
     let entries = parse_tsv(&bad).unwrap();
     let status = store
+        .app()
         .upload_file_inventory(&w.admin, &w.env, &entries)
         .await
         .unwrap();
@@ -638,13 +648,20 @@ async fn bad_file_inventories_are_refused_whole() {
     // the admins see it (after the first); a researcher does not
     assert_eq!(
         store
+            .app()
             .file_inventories(&w.admin, &w.env)
             .await
             .unwrap()
             .len(),
         2
     );
-    assert!(store.file_inventories(&w.owner, &w.env).await.is_err());
+    assert!(
+        store
+            .app()
+            .file_inventories(&w.owner, &w.env)
+            .await
+            .is_err()
+    );
     running.stop(STOP_WITHIN).await;
     db.finish().await;
     let _ = std::fs::remove_dir_all(folder);
@@ -717,6 +734,7 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
         .unwrap();
     for location in ["manifest.tsv", "manifest.parquet"] {
         let status = store
+            .app()
             .register_file_inventory(&w.admin, &w.env, location)
             .await
             .unwrap();
@@ -740,6 +758,7 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
         assert_eq!(staged.files.unwrap().id, status.id);
     }
     let status = store
+        .app()
         .register_file_inventory(&w.admin, &w.env, "bad.tsv")
         .await
         .unwrap();
@@ -752,6 +771,7 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
         "{problems:?}"
     );
     let status = store
+        .app()
         .register_file_inventory(&w.admin, &w.env, "nowhere.tsv")
         .await
         .unwrap();

@@ -10,7 +10,8 @@
 //! a `system_` prefix, so that a person's call can never reach what only
 //! the runtime may do.
 //!
-//! So far: the data showcase's reads ([`App::showcase`]), a person's
+//! So far: file inventories ([`App::upload_file_inventory`]); the data
+//! showcase's reads ([`App::showcase`]), a person's
 //! [`App::inbox`]; environments ([`App::create_environment`],
 //! [`App::configure_environment_at`], the resource center's
 //! [`App::list_environments`] and the reads of one); access requests ([`App::create_request`],
@@ -30,6 +31,7 @@
 mod acting;
 mod authorization;
 mod environments;
+mod files;
 mod inbox;
 mod lists;
 mod operations;

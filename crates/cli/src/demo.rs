@@ -210,7 +210,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         app.configure_environment(&custodian, &env.id, command)
             .await?;
     }
-    upload_files(&store, &custodian, &env.id, &environment_file).await?;
+    upload_files(&app, &custodian, &env.id, &environment_file).await?;
     let (env, _) = tre_api::inventory_check::configure_checked(
         &app,
         &tre_dispense::Sources::default(),
@@ -571,7 +571,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
 /// Step 2b: the custodian registers the bulk files (the fixtures' file
 /// inventory), and the embedded worker checks them against the source.
 async fn upload_files(
-    store: &Store,
+    app: &App,
     custodian: &Caller,
     env: &tre_domain::EnvironmentId,
     environment_file: &Path,
@@ -585,11 +585,9 @@ async fn upload_files(
         .with_context(|| format!("{}: the fixtures' file inventory", tsv.display()))?;
     let entries = tre_domain::files::parse_tsv(&text)
         .map_err(|p| anyhow::anyhow!("{}", p.to_error("files")))?;
-    let status = store
-        .upload_file_inventory(custodian, env, &entries)
-        .await?;
+    let status = app.upload_file_inventory(custodian, env, &entries).await?;
     let status =
-        crate::env_files::checked(store, custodian, env, status, Duration::from_secs(30)).await?;
+        crate::env_files::checked(app, custodian, env, status, Duration::from_secs(30)).await?;
     if status.state != tre_store::FileInventoryState::Ready {
         bail!("the fixtures' file inventory was not accepted: {status:?}");
     }

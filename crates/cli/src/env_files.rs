@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tre_app::App;
 use tre_domain::EnvironmentId;
 use tre_domain::files::parse_tsv;
-use tre_store::{Caller, FileInventoryState, FileInventoryStatus, Store, StoreError};
+use tre_store::{Caller, FileInventoryState, FileInventoryStatus, StoreError};
 
 use crate::explain;
 
@@ -20,7 +21,7 @@ pub enum From {
 }
 
 pub async fn upload(
-    store: &Store,
+    app: &App,
     caller: &Caller,
     id: EnvironmentId,
     from: From,
@@ -40,9 +41,9 @@ pub async fn upload(
             };
             let entries =
                 parsed.map_err(|problems| explain(StoreError::from(problems.to_error("files"))))?;
-            store.upload_file_inventory(caller, &id, &entries).await
+            app.upload_file_inventory(caller, &id, &entries).await
         }
-        From::Source(location) => store.register_file_inventory(caller, &id, &location).await,
+        From::Source(location) => app.register_file_inventory(caller, &id, &location).await,
     }
     .map_err(explain)?;
     println!(
@@ -52,13 +53,13 @@ pub async fn upload(
         status.bytes,
         status.state.as_str()
     );
-    let status = checked(store, caller, &id, status, Duration::from_secs(wait)).await?;
+    let status = checked(app, caller, &id, status, Duration::from_secs(wait)).await?;
     report(&status)
 }
 
 /// The file inventory once its check is over, or as it is after `wait`.
 pub async fn checked(
-    store: &Store,
+    app: &App,
     caller: &Caller,
     id: &EnvironmentId,
     mut status: FileInventoryStatus,
@@ -67,7 +68,7 @@ pub async fn checked(
     let deadline = Instant::now() + wait;
     while status.state == FileInventoryState::Checking && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        status = store
+        status = app
             .file_inventory(caller, id, &status.id)
             .await
             .map_err(explain)?;

@@ -686,7 +686,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
                 (None, Some(location)) => env_files::From::Source(location),
                 (None, None) => return Err(anyhow!("--file or --location")),
             };
-            return env_files::upload(store, &caller, EnvironmentId(id), from, wait).await;
+            return env_files::upload(app, &caller, EnvironmentId(id), from, wait).await;
         }
         EnvCommand::Projects { id, acting } => {
             let caller = caller(store, &acting).await?;

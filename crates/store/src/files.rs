@@ -8,15 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::files::{
-    FileCollectionCount, FileEntry, FileInventoryRef, FileProblems, check_entries,
-};
-use tre_domain::{
-    Action, DomainError, Effect, EnvironmentCommand, EnvironmentId, EnvironmentState, Timestamp,
-};
+use tre_domain::files::{FileCollectionCount, FileEntry, FileInventoryRef, FileProblems};
+use tre_domain::{Effect, EnvironmentCommand, EnvironmentId, Timestamp};
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, new_id, now, outbox};
+use crate::{Store, StoreError, Tx, new_id, now, outbox};
 
 /// Where an uploaded file inventory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -142,84 +138,21 @@ fn entry(row: &sqlx::any::AnyRow) -> Result<InventoryFile, StoreError> {
 }
 
 impl Store {
-    /// Stores an uploaded file inventory (its admins only, in draft or
-    /// maintenance) once every row passes the checks text allows
-    /// ([`check_entries`] against the newest inventory's file collections),
-    /// and queues the job that checks it against the source. One bad row
-    /// refuses it all, naming the first ones by line.
-    pub async fn upload_file_inventory(
+    /// Stores a new file inventory of environment `id` (`checking`) with
+    /// `entries` (none when registered from `location` in the source),
+    /// queues its check and writes `audit`, in one transaction: what the
+    /// application admitted (`App::upload_file_inventory`). The audit's
+    /// details gain the inventory's id, location, files and bytes.
+    pub async fn insert_file_inventory(
         &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        entries: &[(u64, FileEntry)],
-    ) -> Result<FileInventoryStatus, StoreError> {
-        let env = self.admitted_files(caller, id).await?;
-        let mut problems = FileProblems::default();
-        check_entries(entries, &declared_of(&env), &mut problems);
-        if !problems.is_empty() {
-            return Err(problems.to_error("files").into());
-        }
-        self.begin_file_inventory(caller, id, None, entries).await
-    }
-
-    /// Registers a file inventory kept in the environment's source (TSV,
-    /// or Parquet when `location` ends with `.parquet`; its admins only, in
-    /// draft or maintenance): the `check_files` job reads it, checks its
-    /// rows as an upload's, and goes on as for one.
-    pub async fn register_file_inventory(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        location: &str,
-    ) -> Result<FileInventoryStatus, StoreError> {
-        self.admitted_files(caller, id).await?;
-        tre_domain::storage::check_location("location", location)?;
-        self.begin_file_inventory(caller, id, Some(location), &[])
-            .await
-    }
-
-    /// The environment, if the caller may give it files now: its admins,
-    /// in draft or maintenance, once it has an inventory.
-    async fn admitted_files(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-    ) -> Result<tre_domain::Environment, StoreError> {
-        let env = self
-            .authorized_environment(caller, id, Action::ConfigureEnvironment)
-            .await?;
-        if !matches!(
-            env.state,
-            EnvironmentState::Draft | EnvironmentState::Maintenance
-        ) {
-            return Err(DomainError::InvalidTransition {
-                object: "environment",
-                action: "set_files",
-                state: env.state.to_string(),
-            }
-            .into());
-        }
-        if env.latest_inventory().is_none() {
-            return Err(DomainError::invalid(
-                "inventory",
-                "set the inventory (with its file collections) before its files",
-            )
-            .into());
-        }
-        Ok(env)
-    }
-
-    /// Stores a new file inventory (`checking`) with `entries`, queues its
-    /// check and audits it.
-    async fn begin_file_inventory(
-        &self,
-        caller: &Caller,
         id: &EnvironmentId,
         location: Option<&str>,
         entries: &[(u64, FileEntry)],
+        mut audit: AuditRecord<'_>,
     ) -> Result<FileInventoryStatus, StoreError> {
         let file_inventory = new_id();
         let bytes: u64 = entries.iter().map(|(_, e)| e.size).sum();
+        let created_by = audit.actor;
         let at = now();
         let mut tx = self.begin().await?;
         sqlx::query(
@@ -232,7 +165,7 @@ impl Store {
         .bind(location)
         .bind(entries.len() as i64)
         .bind(bytes as i64)
-        .bind(caller.actor.id.as_str())
+        .bind(created_by)
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
@@ -245,25 +178,12 @@ impl Store {
                 environment: id.clone(),
                 file_inventory: file_inventory.clone(),
             }],
-            caller.actor.id.as_str(),
+            created_by,
             at,
         )
         .await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: caller.actor.id.as_str(),
-                action: "environment.upload_files",
-                object_type: "environment",
-                object_id: id.as_str(),
-                environment_id: id.as_str(),
-                details: json!({"file_inventory": file_inventory, "location": location, "files": entries.len(), "bytes": bytes}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
-            },
-            at,
-        )
-        .await?;
+        audit.details = json!({"file_inventory": file_inventory, "location": location, "files": entries.len(), "bytes": bytes});
+        audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await?;
         // what was committed, not a read after it: a worker may have
         // checked it meanwhile, and the caller is told it is `checking`
@@ -276,7 +196,7 @@ impl Store {
             bytes,
             problems: None,
             inventory_version: None,
-            created_by: caller.actor.id.as_str().to_owned(),
+            created_by: created_by.to_owned(),
             created_at: at,
             checked_at: None,
         })
@@ -308,15 +228,11 @@ impl Store {
         Ok(())
     }
 
-    /// The environment's uploaded file inventories, newest first (its
-    /// admins only: rows name locations in the source).
-    pub async fn file_inventories(
+    /// The environment's file inventories, newest first (the newest 100).
+    pub async fn environment_file_inventories(
         &self,
-        caller: &Caller,
         id: &EnvironmentId,
     ) -> Result<Vec<FileInventoryStatus>, StoreError> {
-        self.authorized_environment(caller, id, Action::ConfigureEnvironment)
-            .await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {STATUS_COLUMNS} FROM file_inventories WHERE environment_id = $1 \
              ORDER BY created_at DESC, id DESC LIMIT 100"
@@ -325,22 +241,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(status).collect()
-    }
-
-    /// One uploaded file inventory of the environment (its admins only).
-    pub async fn file_inventory(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        file_inventory: &str,
-    ) -> Result<FileInventoryStatus, StoreError> {
-        self.authorized_environment(caller, id, Action::ConfigureEnvironment)
-            .await?;
-        let found = self.system_file_inventory(file_inventory).await?;
-        if found.environment_id != *id {
-            return Err(StoreError::not_found("file inventory", file_inventory));
-        }
-        Ok(found)
     }
 
     /// A file inventory (system use).

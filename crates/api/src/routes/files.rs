@@ -115,7 +115,7 @@ async fn upload(
             let entries = parsed
                 .map_err(|problems| tre_store::StoreError::from(problems.to_error("files")))?;
             let status = state
-                .store()
+                .app
                 .upload_file_inventory(&caller, &EnvironmentId(id), &entries)
                 .await?;
             return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
@@ -123,7 +123,7 @@ async fn upload(
         Some("application/json") => {
             let source: FileInventorySource = crate::extract::parse(&bytes)?;
             let status = state
-                .store()
+                .app
                 .register_file_inventory(&caller, &EnvironmentId(id), &source.location)
                 .await?;
             return Ok((StatusCode::ACCEPTED, Json(status)).into_response());
@@ -149,7 +149,7 @@ async fn upload(
     let entries = parse_tsv(text)
         .map_err(|problems| tre_store::StoreError::from(problems.to_error("files")))?;
     let status = state
-        .store()
+        .app
         .upload_file_inventory(&caller, &EnvironmentId(id), &entries)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
@@ -162,7 +162,7 @@ async fn list(
 ) -> Result<Json<Vec<FileInventoryStatus>>> {
     Ok(Json(
         state
-            .store()
+            .app
             .file_inventories(&caller, &EnvironmentId(id))
             .await?,
     ))
@@ -175,7 +175,7 @@ async fn one(
 ) -> Result<Json<FileInventoryStatus>> {
     Ok(Json(
         state
-            .store()
+            .app
             .file_inventory(&caller, &EnvironmentId(id), &file_inventory)
             .await?,
     ))
