@@ -24,7 +24,8 @@ use tre_testkit::UseCases;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tre_domain::{ProjectState, RequestState, StoreRoot, UserId};
-use tre_store::{NewToken, Store, TokenActor};
+use tre_store::{NewToken, Store};
+use tre_testkit::TokenActor;
 use tre_testkit::{
     BIOBANK, PrivatePostgres, S3Server, TestRedis, biobank_inventory, free_port, selecting, unique,
     world_at,
@@ -377,6 +378,7 @@ async fn every_fault_at_once_loses_nothing() {
     let mut tokens = std::collections::BTreeMap::new();
     for who in ["owner", "rev1", "rev2"] {
         let (_, token) = store
+            .app()
             .create_token(
                 TokenActor::Operator { trace_id: "chaos" },
                 &UserId::from(who),

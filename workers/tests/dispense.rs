@@ -587,6 +587,7 @@ async fn survives_s3_faults_pseudonyms_differ_and_revocation_removes_data() {
     for _ in 0..2400 {
         let left: Vec<_> = direct.list(Some(&prefix)).try_collect().await.unwrap();
         let audit = store
+            .app()
             .audit_events(
                 &w.platform,
                 &tre_store::AuditQuery {

@@ -291,6 +291,7 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         // what the owner learnt (the minimum size was reached) is in the
         // environment's query log, as the owner's, without a count
         let events = store
+            .app()
             .audit_events(
                 &w.admin,
                 &tre_store::AuditQuery {

@@ -157,6 +157,7 @@ async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store
 
     // the audit log names what was loosened, and only then
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &AuditQuery {
@@ -373,6 +374,7 @@ async fn a_project_receives_what_was_approved_never_a_widened_collection(store: 
     // no cohort size
     let approved = store.app().request(&w.owner, &request.id).await.unwrap();
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &AuditQuery {

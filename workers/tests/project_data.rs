@@ -21,7 +21,8 @@ use tre_domain::{
     DownloadPolicy, EnvironmentCommand, Policies, ProjectState, RequestCommand, UserId,
 };
 use tre_jobs::EmbeddedQueue;
-use tre_store::{NewToken, Store, TokenActor};
+use tre_store::{NewToken, Store};
+use tre_testkit::TokenActor;
 use tre_testkit::{
     BIOBANK, S3_ACCESS_KEY, S3_SECRET_KEY, S3Server, TestDb, approved_project, biobank_inventory,
     fixtures_data, world_with,
@@ -38,6 +39,7 @@ impl Api {
         let mut tokens = BTreeMap::new();
         for user in users {
             let (_, token) = store
+                .app()
                 .create_token(
                     TokenActor::Operator { trace_id: "test" },
                     &UserId((*user).into()),
@@ -401,6 +403,7 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
 
         // every read is in the audit log, with its object and URL expiry
         let events = store
+            .app()
             .audit_events(
                 &w.platform,
                 &tre_store::AuditQuery {

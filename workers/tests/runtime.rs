@@ -707,6 +707,7 @@ async fn removing_the_reviewer_a_stage_waits_for_returns_the_request() {
     })
     .await;
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &tre_store::AuditQuery {

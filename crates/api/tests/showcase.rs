@@ -337,6 +337,7 @@ async fn a_differencing_attack_learns_nothing_and_is_audited() {
     let admin = tre_testkit::user(&db.store, "admin", false, &[]).await;
     let events = db
         .store
+        .app()
         .audit_events(
             &admin,
             &AuditQuery {

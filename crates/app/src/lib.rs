@@ -10,7 +10,11 @@
 //! a `system_` prefix, so that a person's call can never reach what only
 //! the runtime may do.
 //!
-//! So far: file inventories ([`App::upload_file_inventory`]); the data
+//! So far: people and their tokens ([`App::create_user`],
+//! [`App::revoke_token`], [`App::set_user_disabled`]), the audit log's
+//! readers ([`App::audit_events`]); a project's data ([`App::read_project_object`]) and
+//! workspaces ([`App::create_workspace`]), what its environment's admins
+//! oversee of projects ([`App::environment_projects`]); file inventories ([`App::upload_file_inventory`]); the data
 //! showcase's reads ([`App::showcase`]), a person's
 //! [`App::inbox`]; environments ([`App::create_environment`],
 //! [`App::configure_environment_at`], the resource center's
@@ -29,18 +33,24 @@
 //! `docs/architecture.md`).
 
 mod acting;
+mod audit;
 mod authorization;
 mod environments;
 mod files;
 mod inbox;
 mod lists;
 mod operations;
+mod people;
+mod project_data;
+mod project_overview;
 mod projects;
 mod requests;
 mod showcase;
+mod workspaces;
 
 pub use acting::{System, Who};
 pub use authorization::{Permission, Target};
+pub use people::TokenActor;
 pub use tre_store::{Caller, StoreError};
 
 use std::sync::Arc;

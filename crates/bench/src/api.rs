@@ -330,9 +330,9 @@ async fn revocation_under_load(
     clients: usize,
 ) -> Result<Duration> {
     let other = Store::open(url).await?;
-    let operator = || tre_store::TokenActor::Operator { trace_id: "bench" };
+    let operator = || tre_app::TokenActor::Operator { trace_id: "bench" };
     let researcher = tre_domain::UserId::from("bench-researcher");
-    let (victim, secret) = other
+    let (victim, secret) = tre_app::App::new(other.clone())
         .create_token(
             operator(),
             &researcher,
@@ -380,7 +380,9 @@ async fn revocation_under_load(
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    other.revoke_token(operator(), &victim.id).await?;
+    tre_app::App::new(other.clone())
+        .revoke_token(operator(), &victim.id)
+        .await?;
     let revoked = Instant::now();
     let refused_at = tokio::time::timeout(Duration::from_secs(30), refused)
         .await

@@ -92,9 +92,9 @@ pub async fn run(args: ListsBenchArgs) -> Result<()> {
     }
     let (researcher, researcher_token) =
         user(&store, "bench-researcher", false, &["g0", "g1", "g2"]).await?;
-    let (_, reviewer_token) = store
+    let (_, reviewer_token) = tre_app::App::new(store.clone())
         .create_token(
-            tre_store::TokenActor::Operator { trace_id: "bench" },
+            tre_app::TokenActor::Operator { trace_id: "bench" },
             &"rev0".into(),
             tre_store::NewToken {
                 name: "bench".into(),

@@ -507,7 +507,7 @@ pub async fn run(settings: &Settings, embedded_worker: bool) -> Result<()> {
         .files()
         .next()
         .ok_or_else(|| anyhow::anyhow!("a project without tables"))?;
-    match store
+    match app
         .read_project_object(&carol, &project.id, &table.path)
         .await
     {

@@ -516,7 +516,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 after_seq: after,
                 limit,
             };
-            for event in store.audit_events(&caller, &query).await.map_err(explain)? {
+            for event in App::new(store.clone())
+                .audit_events(&caller, &query)
+                .await
+                .map_err(explain)?
+            {
                 let entry = tre_domain::audit::AuditEntry::from(event);
                 println!("{}", serde_json::to_string(&entry)?);
             }
@@ -693,7 +697,7 @@ async fn env_command(store: &Store, command: EnvCommand) -> Result<()> {
             let (caller, id) = (&caller, &EnvironmentId(id));
             print_pages(
                 move |cursor| async move {
-                    store.environment_projects(caller, id, &cursor, 100).await
+                    app.environment_projects(caller, id, &cursor, 100).await
                 },
                 projects::overview_line,
             )

@@ -101,7 +101,7 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
     match command {
         WorkspacesCommand::Add { id, name, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            let (workspace, token, secret) = store
+            let (workspace, token, secret) = tre_app::App::new(store.clone())
                 .create_workspace(&caller, &ProjectId(id), tre_store::NewWorkspace { name })
                 .await
                 .map_err(crate::explain)?;
@@ -116,7 +116,7 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
         }
         WorkspacesCommand::List { id, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            for w in store
+            for w in tre_app::App::new(store.clone())
                 .workspaces(&caller, &ProjectId(id))
                 .await
                 .map_err(crate::explain)?
@@ -131,7 +131,7 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
         }
         WorkspacesCommand::Revoke { id, name, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            store
+            tre_app::App::new(store.clone())
                 .revoke_workspace(&caller, &ProjectId(id), &name)
                 .await
                 .map_err(crate::explain)?;
@@ -203,7 +203,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
             let caller = crate::caller(store, &acting).await?;
             let mut cursor = String::new();
             loop {
-                let page = store
+                let page = tre_app::App::new(store.clone())
                     .project_objects(&caller, &ProjectId(id.clone()), &cursor, 200)
                     .await
                     .map_err(crate::explain)?;
@@ -290,7 +290,7 @@ pub(crate) async fn read_object(
     use object_store::ObjectStoreExt;
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncWriteExt;
-    let read = store
+    let read = tre_app::App::new(store.clone())
         .read_project_object(caller, id, path)
         .await
         .map_err(crate::explain)?;

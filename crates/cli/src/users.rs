@@ -2,8 +2,9 @@
 //! (direct database access; audited as `operator`).
 
 use anyhow::Result;
+use tre_app::{App, TokenActor};
 use tre_domain::UserId;
-use tre_store::{NewToken, NewUser, Store, TokenActor};
+use tre_store::{NewToken, NewUser, Store};
 
 use crate::{TokenCommand, UsersCommand, explain, trace_id};
 
@@ -65,7 +66,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Token(TokenCommand::Create { user, name, days }) => {
-            let (token, secret) = store
+            let (token, secret) = App::new(store.clone())
                 .create_token(operator(), &UserId(user), NewToken { name, days })
                 .await
                 .map_err(explain)?;
@@ -80,7 +81,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
         }
         UsersCommand::Token(TokenCommand::List { user }) => {
             println!("id\tname\tcreated_at\texpires_at\tlast_used_at\trevoked_at");
-            for t in store
+            for t in App::new(store.clone())
                 .tokens(operator(), &UserId(user))
                 .await
                 .map_err(explain)?
@@ -97,21 +98,21 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Token(TokenCommand::Revoke { user, id }) => {
-            let token = store
+            let token = App::new(store.clone())
                 .tokens(operator(), &UserId(user.clone()))
                 .await
                 .map_err(explain)?
                 .into_iter()
                 .find(|t| t.id == id)
                 .ok_or_else(|| anyhow::anyhow!("{user} has no token {id}"))?;
-            store
+            App::new(store.clone())
                 .revoke_token(operator(), &token.id)
                 .await
                 .map_err(explain)?;
             println!("revoked token {} ({}) of {user}", token.id, token.name);
         }
         UsersCommand::Disable { name } => {
-            let status = store
+            let status = App::new(store.clone())
                 .set_user_disabled(operator(), &UserId(name.clone()), true)
                 .await
                 .map_err(explain)?;
@@ -121,7 +122,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             );
         }
         UsersCommand::Enable { name } => {
-            store
+            App::new(store.clone())
                 .set_user_disabled(operator(), &UserId(name.clone()), false)
                 .await
                 .map_err(explain)?;

@@ -6,13 +6,12 @@
 
 use sqlx::{Executor, Row};
 use tre_domain::{
-    AccessRequest, Action, Actor, DomainError, Effect, Environment, EnvironmentId, Object,
-    Principal, RequestId, RequestState, StoreRoot, Timestamp, UserId, authorize,
-    environment_change,
+    AccessRequest, Actor, DomainError, Effect, Environment, EnvironmentId, Principal, RequestId,
+    RequestState, StoreRoot, Timestamp, UserId, environment_change,
 };
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, Tx, docs, now, outbox};
+use crate::{Store, StoreError, Tx, docs, now, outbox};
 
 /// A change to an environment, decided by the application: written only if
 /// the environment is still at `version`, with the effects it queues (the
@@ -169,23 +168,6 @@ impl Store {
         write_index(&mut tx, env).await?;
         audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await
-    }
-
-    /// The environment, if the caller may do `action` on it (else not
-    /// found or forbidden, as [`authorize`] says); unredacted: for the use
-    /// cases still here until they move to `tre-app`.
-    pub(crate) async fn authorized_environment(
-        &self,
-        caller: &Caller,
-        id: &EnvironmentId,
-        action: Action,
-    ) -> Result<Environment, StoreError> {
-        let (env, _) = self.load_environment(&self.pool, id).await?;
-        // an action on an environment the caller may not see is concealed
-        // by the rule itself (see `authorize`)
-        authorize(&caller.actor, action, &Object::Environment(&env))
-            .map_err(|d| StoreError::denied("environment", id.as_str(), d))?;
-        Ok(env)
     }
 
     /// Every environment (system use: no authorization).

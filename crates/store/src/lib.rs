@@ -69,9 +69,9 @@ pub use showcase::{
     EarlierCohort, LoggedQuery, LoggedSet, ReleasedSet, SeededAnswer, ShowcaseQuery,
     ShowcaseQueryOutcome, ShowcaseQuerySource, ShowcaseView,
 };
-pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenActor, TokenInfo, UserStatus};
+pub use tokens::{DEFAULT_TOKEN_MAX_DAYS, NewToken, TokenInfo, UserStatus, check_token_name};
 pub use users::{NewUser, User};
-pub use workspaces::{NewWorkspace, Workspace};
+pub use workspaces::{NewWorkspace, Workspace, check_workspace_name};
 
 use tre_jobs_sql::SqlPool;
 pub use tre_jobs_sql::{Backend, SqlJobError, SqlJobStore};

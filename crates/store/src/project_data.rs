@@ -1,17 +1,17 @@
-//! A project's dispensed data as its members reach it: the objects its
-//! manifest lists (nothing else is ever named or served), and every read
-//! authorized under the environment's `download` policy and audited. A
-//! project that ended (revoked, expired) is gone: 410 at once.
+//! A project's dispensed data as stored: the objects its manifest lists
+//! (nothing else is ever named or served), the audit event of each read,
+//! and who read how much. Who may list or read them is the application's
+//! (`tre-app`: the environment's `download` policy, a project that ended is
+//! gone).
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Row;
-use tre_domain::{Action, Object, ProjectId, ProjectState, authorize, check_object_path};
+use tre_domain::{ProjectId, Timestamp};
 
 use crate::audit::AuditRecord;
-use crate::lists::{Page, page};
 use crate::writes::Writes;
-use crate::{Caller, Store, StoreError, now};
+use crate::{Store, StoreError};
 
 /// One object of a project, as its manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -82,25 +82,9 @@ fn objects_of(manifest: &Value, manifest_sha256: &str) -> Vec<ProjectObject> {
 }
 
 impl Store {
-    /// Who read how much of the project's data, for the environment's
-    /// admins (and platform admins): the project's reads in the audit log,
-    /// counted per reader. Others learn nothing (as for the audit log).
-    pub async fn project_access(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-    ) -> Result<Vec<ProjectAccess>, StoreError> {
-        // a workspace, like anyone who is not an admin, learns nothing
-        let (project, _) = self.load_project(id).await?;
-        let (environment, _) = self
-            .load_environment(&self.pool, &project.environment_id)
-            .await?;
-        authorize(
-            &caller.actor,
-            Action::ViewAudit,
-            &Object::Environment(&environment),
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
+    /// Who read how much of the project's data: the project's reads in the
+    /// audit log, counted per reader, by reader.
+    pub async fn project_reads(&self, id: &ProjectId) -> Result<Vec<ProjectAccess>, StoreError> {
         // sealed and still pending events: one statement, one snapshot
         let rows = sqlx::query(
             "SELECT actor, details, at FROM audit_events \
@@ -136,90 +120,9 @@ impl Store {
         Ok(per_reader.into_values().collect())
     }
 
-    /// The project's objects, `limit` at a time after `cursor` (a path):
-    /// for its members. Gone once the project ended; a conflict before its
-    /// data is ready.
-    pub async fn project_objects(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-        cursor: &str,
-        limit: usize,
-    ) -> Result<Page<ProjectObject>, StoreError> {
-        let objects = self
-            .readable_objects(caller, id, Action::ViewProject)
-            .await?
-            .0;
-        let after: Vec<ProjectObject> = objects
-            .into_iter()
-            .filter(|o| o.path.as_str() > cursor)
-            .take(limit + 1)
-            .collect();
-        Ok(page(after, limit, |o| o.path.clone()))
-    }
-
-    /// Authorizes reading one object of the project under the environment's
-    /// `download` policy and records the read in the audit log (who, which
-    /// object, its size, how long its URL lives) before anything is served.
-    pub async fn read_project_object(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-        path: &str,
-    ) -> Result<ObjectRead, StoreError> {
-        check_object_path(path)?;
-        let (objects, url_minutes, environment) = self
-            .readable_objects(caller, id, Action::ReadProjectData)
-            .await?;
-        let object = objects
-            .into_iter()
-            .find(|o| o.path == path)
-            .ok_or_else(|| StoreError::not_found("object", path))?;
-        let at = now();
-        let expires_at = at.0 + i64::from(url_minutes) * 60_000;
-        let audit = AuditRecord {
-            actor: caller.actor.id.as_str(),
-            action: "project.object_read",
-            object_type: "project",
-            object_id: id.as_str(),
-            environment_id: environment.as_str(),
-            details: json!({
-                "object": object.path,
-                "bytes": object.bytes,
-                "url_expires_at": expires_at,
-            }),
-            trace_id: &caller.trace_id,
-            claim: caller.idempotency.as_ref(),
-        };
-        self.write(Writes::new(audit, at)).await?;
-        Ok(ObjectRead {
-            object,
-            url_minutes,
-        })
-    }
-
-    /// The objects of a project the caller may `action` on, with the
-    /// environment's URL lifetime and id.
-    async fn readable_objects(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-        action: Action,
-    ) -> Result<(Vec<ProjectObject>, u32, tre_domain::EnvironmentId), StoreError> {
-        // membership first: who may not know the project learns nothing,
-        // not even that it ended
-        let (project, environment) = self.project_for(caller, id, Action::ViewProject).await?;
-        Store::not_ended(&project)?;
-        match project.state {
-            ProjectState::Ready => {}
-            other => {
-                return Err(tre_domain::DomainError::Conflict(format!(
-                    "the project's data is not ready (state {other})"
-                ))
-                .into());
-            }
-        }
-        crate::projects::may(caller, action, &environment, &project)?;
+    /// Every object the manifest of a dispensed project lists, in path
+    /// order, the manifest included; a corrupt-data error when it has none.
+    pub async fn manifest_objects(&self, id: &ProjectId) -> Result<Vec<ProjectObject>, StoreError> {
         let Some((manifest, sha)) = self.manifest_with_sha256(id).await? else {
             return Err(StoreError::Corrupt {
                 object: "project",
@@ -227,10 +130,16 @@ impl Store {
                 message: "ready without a manifest".into(),
             });
         };
-        Ok((
-            objects_of(&manifest, &sha),
-            environment.policies.access_url_minutes,
-            environment.id.clone(),
-        ))
+        Ok(objects_of(&manifest, &sha))
+    }
+
+    /// Writes the audit event of a read of a project's object, before
+    /// anything is served.
+    pub async fn record_object_read(
+        &self,
+        audit: AuditRecord<'_>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(Writes::new(audit, at)).await
     }
 }

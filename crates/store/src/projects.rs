@@ -1,33 +1,12 @@
 //! Projects as stored: a new project written with its request and its
 //! dispense job; a project's moves with their jobs. Who may create, see
-//! or move one is the application's (`tre-app`); `project_for` and `may`
-//! serve the store's remaining use cases on projects (workspaces, data).
+//! or move one is the application's (`tre-app`).
 
-use tre_domain::{
-    AccessRequest, Action, Effect, Object, Project, ProjectId, ProjectState, Timestamp, authorize,
-};
+use tre_domain::{AccessRequest, Effect, Project, ProjectId, ProjectState, Timestamp};
 
 use crate::audit::{self, AuditRecord};
 use crate::writes::{Guard, Insert, Statement, Writes};
-use crate::{Caller, Store, StoreError, StoredRequest, docs, outbox};
-
-/// Whether `caller` may do `action` on `project` of `environment`.
-pub(crate) fn may(
-    caller: &Caller,
-    action: Action,
-    environment: &tre_domain::Environment,
-    project: &Project,
-) -> Result<(), StoreError> {
-    authorize(
-        &caller.actor,
-        action,
-        &Object::Project {
-            environment,
-            project,
-        },
-    )
-    .map_err(|d| StoreError::denied("project", project.id.as_str(), d))
-}
+use crate::{Store, StoreError, StoredRequest, docs, outbox};
 
 /// A new project, as its creation writes it: the project, its request as
 /// it records the project (`request_after`), decided on `request_before`,
@@ -162,33 +141,5 @@ impl Store {
             id.as_str(),
         )
         .await
-    }
-
-    /// A project and its environment, once `caller` may do `action` on it.
-    pub(crate) async fn project_for(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-        action: Action,
-    ) -> Result<(Project, tre_domain::Environment), StoreError> {
-        let (project, _) = self.load_project(id).await?;
-        let (environment, _) = self
-            .load_environment(&self.pool, &project.environment_id)
-            .await?;
-        may(caller, action, &environment, &project)?;
-        Ok((project, environment))
-    }
-
-    /// Refuses a project that ended (revoked, expired): what it held is no
-    /// longer served nor managed.
-    pub(crate) fn not_ended(project: &Project) -> Result<(), StoreError> {
-        if matches!(project.state, ProjectState::Revoked | ProjectState::Expired) {
-            return Err(StoreError::Gone {
-                object: "project",
-                id: project.id.to_string(),
-                state: project.state.to_string(),
-            });
-        }
-        Ok(())
     }
 }

@@ -18,13 +18,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::{
-    Action, Actor, AdminAlert, DomainError, Effect, Object, Timestamp, UserId, authorize,
-};
+use tre_domain::{Actor, AdminAlert, DomainError, Effect, Timestamp, UserId};
 
 use crate::audit::{self, AuditRecord};
 use crate::users::{hash_token, new_token};
-use crate::{Caller, Store, StoreError, Tx, docs, new_id, now, outbox};
+use crate::{Store, StoreError, Tx, docs, new_id, now, outbox};
 
 /// How often, at most, a process reads the revocation counter.
 pub const EPOCH_CHECK_MS: i64 = 250;
@@ -100,49 +98,10 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenInfo, StoreError> {
     })
 }
 
-/// Who acts on tokens: a signed-in caller (authorized here) or the
-/// operator with direct database access (the `tre` CLI).
-pub enum TokenActor<'a> {
-    Caller(&'a Caller),
-    Operator { trace_id: &'a str },
-}
-
-impl TokenActor<'_> {
-    fn id(&self) -> &str {
-        match self {
-            Self::Caller(c) => c.actor.id.as_str(),
-            Self::Operator { .. } => "operator",
-        }
-    }
-
-    fn trace_id(&self) -> &str {
-        match self {
-            Self::Caller(c) => &c.trace_id,
-            Self::Operator { trace_id } => trace_id,
-        }
-    }
-
-    fn claim(&self) -> Option<&crate::IdempotencyClaim> {
-        match self {
-            Self::Caller(c) => c.idempotency.as_ref(),
-            Self::Operator { .. } => None,
-        }
-    }
-
-    /// Anyone may act on their own tokens; on another user's, platform
-    /// admins (and the operator) only.
-    fn may_act_for(&self, user: &UserId) -> Result<(), StoreError> {
-        match self {
-            Self::Operator { .. } => Ok(()),
-            Self::Caller(c) if c.actor.id == *user => Ok(()),
-            Self::Caller(c) => authorize(&c.actor, Action::ManageUsers, &Object::Platform)
-                .map_err(StoreError::Forbidden),
-        }
-    }
-}
-
 /// Checks a token name: 1 to 64 characters, no control characters.
-fn check_name(name: &str) -> Result<(), DomainError> {
+/// Refuses a token name that is empty, longer than 64 characters or has
+/// control characters.
+pub fn check_token_name(name: &str) -> Result<(), DomainError> {
     if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(DomainError::invalid(
             "name",
@@ -203,15 +162,15 @@ impl Store {
         Ok((info, secret))
     }
 
-    /// Makes a token for `user`; returns it and its secret (shown once).
-    pub async fn create_token(
+    /// Writes a new token for `user` with `audit` (whose details name it);
+    /// returns it and its secret (shown once). Not found when there is no
+    /// such user.
+    pub async fn insert_user_token(
         &self,
-        actor: TokenActor<'_>,
         user: &UserId,
         new: NewToken,
+        mut audit: AuditRecord<'_>,
     ) -> Result<(TokenInfo, String), StoreError> {
-        actor.may_act_for(user)?;
-        check_name(&new.name)?;
         if self.user(user.as_str()).await?.is_none() {
             return Err(StoreError::not_found("user", user.as_str()));
         }
@@ -220,32 +179,14 @@ impl Store {
         let (info, secret) = self
             .insert_token(&mut tx, user.as_str(), &new.name, new.days, at)
             .await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: actor.id(),
-                action: "token.create",
-                object_type: "user",
-                object_id: user.as_str(),
-                environment_id: "",
-                details: json!({"token": info.id, "name": info.name, "expires_at": info.expires_at}),
-                trace_id: actor.trace_id(),
-                claim: actor.claim(),
-            },
-            at,
-        )
-        .await?;
+        audit.details = json!({"token": info.id, "name": info.name, "expires_at": info.expires_at});
+        audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await?;
         Ok((info, secret))
     }
 
     /// The tokens of `user`, newest first (revoked and expired ones too).
-    pub async fn tokens(
-        &self,
-        actor: TokenActor<'_>,
-        user: &UserId,
-    ) -> Result<Vec<TokenInfo>, StoreError> {
-        actor.may_act_for(user)?;
+    pub async fn user_tokens(&self, user: &UserId) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
         )))
@@ -255,52 +196,35 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Revokes a token: every API process refuses it within a second. A
-    /// token of someone else is unknown to a caller who may not act for
-    /// them (not found, so ids cannot be probed). Revoking twice changes
-    /// nothing.
-    pub async fn revoke_token(
-        &self,
-        actor: TokenActor<'_>,
-        token: &str,
-    ) -> Result<TokenInfo, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    /// A token, if there is one with that id.
+    pub async fn token(&self, id: &str) -> Result<Option<TokenInfo>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
         )))
-        .bind(token)
+        .bind(id)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| StoreError::not_found("token", token))?;
-        let info = token_from_row(&row)?;
-        if actor.may_act_for(&info.user_id).is_err() {
-            return Err(StoreError::not_found("token", token));
-        }
-        if info.revoked_at.is_some() {
-            return Ok(info);
-        }
+        .as_ref()
+        .map(token_from_row)
+        .transpose()
+    }
+
+    /// Revokes token `info` with `audit`: every API process refuses it
+    /// within a second, this one at once.
+    pub async fn save_token_revocation(
+        &self,
+        info: TokenInfo,
+        audit: AuditRecord<'_>,
+    ) -> Result<TokenInfo, StoreError> {
         let at = now();
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(at.0)
-            .bind(token)
+            .bind(&info.id)
             .execute(&mut *tx)
             .await?;
         bump_epoch(&mut tx).await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: actor.id(),
-                action: "token.revoke",
-                object_type: "user",
-                object_id: info.user_id.as_str(),
-                environment_id: "",
-                details: json!({"token": info.id, "name": info.name}),
-                trace_id: actor.trace_id(),
-                claim: actor.claim(),
-            },
-            at,
-        )
-        .await?;
+        audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await?;
         self.tokens_cache.clear();
         Ok(TokenInfo {
@@ -309,26 +233,18 @@ impl Store {
         })
     }
 
-    /// Disables a user (platform admins, or the operator): every token of
+    /// Disables `user` (or enables them again, `disabled = false`) with
+    /// `audit` (its action and details are set here): every token of
     /// theirs stops working within a second, and the admins of each
     /// environment whose pipeline they review are told, with the requests
-    /// waiting at their stages. `disabled = false` enables them again.
-    pub async fn set_user_disabled(
+    /// waiting at their stages. Nothing changes, nor is audited, when they
+    /// already are so.
+    pub async fn save_user_disabled(
         &self,
-        actor: TokenActor<'_>,
         user: &UserId,
         disabled: bool,
+        mut audit: AuditRecord<'_>,
     ) -> Result<UserStatus, StoreError> {
-        if let TokenActor::Caller(c) = &actor {
-            authorize(&c.actor, Action::ManageUsers, &Object::Platform)
-                .map_err(StoreError::Forbidden)?;
-            if c.actor.id == *user && disabled {
-                return Err(DomainError::Conflict(
-                    "a platform admin cannot disable themselves".into(),
-                )
-                .into());
-            }
-        }
         if self.user(user.as_str()).await?.is_none() {
             return Err(StoreError::not_found("user", user.as_str()));
         }
@@ -354,27 +270,15 @@ impl Store {
             if disabled {
                 let alerts = reviewer_alerts(&mut tx, user, at).await?;
                 alerted = alerts.len() as u32;
-                outbox::enqueue(&mut tx, &alerts, actor.id(), at).await?;
+                outbox::enqueue(&mut tx, &alerts, audit.actor, at).await?;
             }
-            audit::append(
-                &mut tx,
-                AuditRecord {
-                    actor: actor.id(),
-                    action: if disabled {
-                        "user.disable"
-                    } else {
-                        "user.enable"
-                    },
-                    object_type: "user",
-                    object_id: user.as_str(),
-                    environment_id: "",
-                    details: json!({"alerted_environments": alerted}),
-                    trace_id: actor.trace_id(),
-                    claim: actor.claim(),
-                },
-                at,
-            )
-            .await?;
+            audit.action = if disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            };
+            audit.details = json!({"alerted_environments": alerted});
+            audit::append(&mut tx, audit, at).await?;
         }
         self.commit(tx).await?;
         self.tokens_cache.clear();

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
-use tre_domain::{Action, Actor, DomainError, Object, UserId, authorize};
+use tre_domain::{Actor, DomainError, UserId};
 
 use crate::audit::{self, AuditRecord};
-use crate::{Caller, Store, StoreError, now};
+use crate::{Store, StoreError, now};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewUser {
@@ -121,19 +121,6 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
 }
 
 impl Store {
-    /// Creates a user on behalf of a platform admin; returns the user and
-    /// their API token, which is not stored and cannot be shown again.
-    pub async fn create_user(
-        &self,
-        caller: &Caller,
-        new: NewUser,
-    ) -> Result<(User, String), StoreError> {
-        authorize(&caller.actor, Action::ManageUsers, &Object::Platform)
-            .map_err(StoreError::Forbidden)?;
-        self.insert_user(caller.actor.id.as_str(), &caller.trace_id, new)
-            .await
-    }
-
     /// Creates a user as the operator (someone with direct database access,
     /// e.g. through the `tre` CLI): how the first platform admin is made.
     pub async fn bootstrap_user(
@@ -144,7 +131,10 @@ impl Store {
         self.insert_user("operator", trace_id, new).await
     }
 
-    async fn insert_user(
+    /// Writes a new user, with their first API token ("initial", the
+    /// longest lifetime allowed; returned, never stored) and the audit
+    /// event of `actor`'s act.
+    pub async fn insert_user(
         &self,
         actor: &str,
         trace_id: &str,

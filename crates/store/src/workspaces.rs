@@ -1,19 +1,20 @@
-//! A project's workspaces: the compute its members register to analyse the
-//! data. Each is a service identity bound to that one project (its tokens
-//! see the project and read its data as the environment's `download`
-//! policy allows, and reach nothing else: `tre_domain::authz`), made,
-//! listed and revoked by the project's members, every act audited, and all
-//! ended in the same transaction as the project's revocation or expiry.
+//! A project's workspaces as stored: the compute its members register to
+//! analyse the data. Each is a service identity bound to that one project
+//! (its tokens see the project and read its data as the environment's
+//! `download` policy allows, and reach nothing else: `tre_domain::authz`),
+//! written with its first token and audit event, and all ended in the same
+//! transaction as the project's revocation or expiry. Who may make, list
+//! or revoke them is the application's (`tre-app`: the project's members).
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
-use tre_domain::{Action, DomainError, ProjectId, Timestamp, UserId};
+use tre_domain::{DomainError, ProjectId, Timestamp, UserId};
 
 use crate::audit::{self, AuditRecord};
 use crate::tokens::{TokenInfo, bump_epoch};
 use crate::users::{hash_token, new_token};
-use crate::{Caller, Store, StoreError, Tx, now};
+use crate::{Store, StoreError, Tx, now};
 
 /// One workspace of a project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -39,7 +40,8 @@ pub struct NewWorkspace {
     pub name: String,
 }
 
-fn check_workspace_name(name: &str) -> Result<(), DomainError> {
+/// Refuses a workspace name that is not 1 to 20 of `A-Z a-z 0-9 _ -`.
+pub fn check_workspace_name(name: &str) -> Result<(), DomainError> {
     let ok = (1..=20).contains(&name.len())
         && name
             .chars()
@@ -104,34 +106,17 @@ async fn disable_revoked(
 }
 
 impl Store {
-    /// Checks that a person (not a workspace) who is a member of the live
-    /// project acts; returns the project's environment id.
-    async fn member_of_live_project(
+    /// Writes workspace `new` of project `id` made by `audit`'s actor: its
+    /// identity, its first token (returned with its secret, shown once) and
+    /// `audit`, whose details name them; a conflict when the project has a
+    /// workspace of that name.
+    pub async fn insert_workspace(
         &self,
-        caller: &Caller,
-        id: &ProjectId,
-    ) -> Result<String, StoreError> {
-        let (project, _) = self.project_for(caller, id, Action::ViewProject).await?;
-        if caller.actor.workspace_of.is_some() {
-            return Err(StoreError::Forbidden(tre_domain::Denied {
-                reason: "a workspace cannot manage workspaces",
-                conceal: false,
-            }));
-        }
-        Store::not_ended(&project)?;
-        Ok(project.environment_id.to_string())
-    }
-
-    /// Registers a workspace for the project (its members); returns it and
-    /// its first token (shown once).
-    pub async fn create_workspace(
-        &self,
-        caller: &Caller,
         id: &ProjectId,
         new: NewWorkspace,
+        mut audit: AuditRecord<'_>,
     ) -> Result<(Workspace, TokenInfo, String), StoreError> {
-        check_workspace_name(&new.name)?;
-        let environment = self.member_of_live_project(caller, id).await?;
+        let created_by = UserId(audit.actor.to_owned());
         let at = now();
         let user = format!("ws.{}.{}", new.name, id.as_str());
         let mut tx = self.begin().await?;
@@ -153,7 +138,7 @@ impl Store {
         .bind(id.as_str())
         .bind(&new.name)
         .bind(&user)
-        .bind(caller.actor.id.as_str())
+        .bind(created_by.as_str())
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
@@ -167,40 +152,22 @@ impl Store {
         let (token, secret) = self
             .insert_token(&mut tx, &user, "workspace", None, at)
             .await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: caller.actor.id.as_str(),
-                action: "project.workspace_create",
-                object_type: "project",
-                object_id: id.as_str(),
-                environment_id: &environment,
-                details: json!({"workspace": new.name, "identity": user, "token": token.id}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
-            },
-            at,
-        )
-        .await?;
+        audit.details = json!({"workspace": new.name, "identity": user, "token": token.id});
+        audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await?;
         let workspace = Workspace {
             project_id: id.clone(),
             name: new.name,
             user_id: UserId(user),
-            created_by: caller.actor.id.clone(),
+            created_by,
             created_at: at,
             revoked_at: None,
         };
         Ok((workspace, token, secret))
     }
 
-    /// The project's workspaces, revoked ones too (its members).
-    pub async fn workspaces(
-        &self,
-        caller: &Caller,
-        id: &ProjectId,
-    ) -> Result<Vec<Workspace>, StoreError> {
-        self.member_of_live_project(caller, id).await?;
+    /// The project's workspaces, revoked ones too, by name.
+    pub async fn project_workspaces(&self, id: &ProjectId) -> Result<Vec<Workspace>, StoreError> {
         let rows = sqlx::query(
             "SELECT project_id, name, user_id, created_by, created_at, revoked_at FROM workspaces \
              WHERE project_id = $1 ORDER BY name",
@@ -211,15 +178,15 @@ impl Store {
         rows.iter().map(workspace_from_row).collect()
     }
 
-    /// Revokes a workspace (its members): every API process refuses its
-    /// tokens within a second. Revoking twice changes nothing.
-    pub async fn revoke_workspace(
+    /// Revokes workspace `name` of project `id` with `audit`: its identity
+    /// is disabled and every API process refuses its tokens within a
+    /// second. Revoking twice changes nothing (nor audits again).
+    pub async fn save_workspace_revocation(
         &self,
-        caller: &Caller,
         id: &ProjectId,
         name: &str,
+        audit: AuditRecord<'_>,
     ) -> Result<Workspace, StoreError> {
-        let environment = self.member_of_live_project(caller, id).await?;
         let at = now();
         let mut tx = self.begin().await?;
         let row = sqlx::query(
@@ -242,21 +209,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         disable_revoked(&mut tx, id, at).await?;
-        audit::append(
-            &mut tx,
-            AuditRecord {
-                actor: caller.actor.id.as_str(),
-                action: "project.workspace_revoke",
-                object_type: "project",
-                object_id: id.as_str(),
-                environment_id: &environment,
-                details: json!({"workspace": name}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
-            },
-            at,
-        )
-        .await?;
+        audit::append(&mut tx, audit, at).await?;
         self.commit(tx).await?;
         workspace.revoked_at = Some(at);
         Ok(workspace)

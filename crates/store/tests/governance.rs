@@ -447,6 +447,7 @@ async fn admins_configure_reviewers_decide_nobody_does_both(store: &Store) {
         .await
         .unwrap();
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &AuditQuery {
@@ -520,6 +521,7 @@ async fn what_admins_read_never_shows_a_selection(store: &Store) {
     assert_eq!((answer.selection, answer.cohort_size), (None, None));
     // ...or from the audit log: digests only, the same one throughout
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &AuditQuery {

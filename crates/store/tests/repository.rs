@@ -62,6 +62,7 @@ async fn users_and_tokens(store: &Store) {
 
     let root = Caller::new(actor, "t");
     let (alice, alice_token) = store
+        .app()
         .create_user(
             &root,
             NewUser {
@@ -79,6 +80,7 @@ async fn users_and_tokens(store: &Store) {
 
     // only platform admins manage users
     let err = store
+        .app()
         .create_user(
             &alice,
             NewUser {
@@ -308,6 +310,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
 
     // state changes are in the audit log with actor and trace id
     let events = store
+        .app()
         .audit_events(
             &w.admin,
             &AuditQuery {
@@ -337,6 +340,7 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
     assert_eq!(events[4].trace_id, "test-admin");
     assert!(matches!(
         store
+            .app()
             .audit_events(
                 &member,
                 &AuditQuery {
@@ -348,11 +352,15 @@ async fn environment_lifecycle_and_discovery(store: &Store) {
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
-        store.audit_events(&w.admin, &AuditQuery::default()).await,
+        store
+            .app()
+            .audit_events(&w.admin, &AuditQuery::default())
+            .await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(
         store
+            .app()
             .audit_events(&w.platform, &AuditQuery::default())
             .await
             .unwrap()

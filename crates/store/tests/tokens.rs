@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tre_testkit::UseCases;
 
 use tre_domain::UserId;
-use tre_store::{NewToken, Store, StoreError, TokenActor};
+use tre_store::{NewToken, Store, StoreError};
+use tre_testkit::TokenActor;
 use tre_testkit::{TestDb, user};
 
 tre_testkit::on_both_backends!(
@@ -29,6 +30,7 @@ fn named(name: &str) -> NewToken {
 async fn tokens_are_named_listed_expire_and_are_stored_hashed(store: &Store) {
     let alice = user(store, "alice", false, &[]).await;
     let (laptop, secret) = store
+        .app()
         .create_token(TokenActor::Caller(&alice), &alice.actor.id, named("laptop"))
         .await
         .unwrap();
@@ -40,6 +42,7 @@ async fn tokens_are_named_listed_expire_and_are_stored_hashed(store: &Store) {
     let expires = laptop.expires_at.unwrap().0 - laptop.created_at.0;
     assert_eq!(expires, 90 * 86_400_000);
     let err = store
+        .app()
         .create_token(
             TokenActor::Caller(&alice),
             &alice.actor.id,
@@ -54,6 +57,7 @@ async fn tokens_are_named_listed_expire_and_are_stored_hashed(store: &Store) {
     for bad in ["", "   ", "a\nb", &"x".repeat(65)] {
         assert!(
             store
+                .app()
                 .create_token(TokenActor::Caller(&alice), &alice.actor.id, named(bad))
                 .await
                 .is_err(),
@@ -62,6 +66,7 @@ async fn tokens_are_named_listed_expire_and_are_stored_hashed(store: &Store) {
     }
     // listed with the one made at creation, never with a secret
     let listed = store
+        .app()
         .tokens(TokenActor::Caller(&alice), &alice.actor.id)
         .await
         .unwrap();
@@ -96,21 +101,25 @@ async fn tokens_are_named_listed_expire_and_are_stored_hashed(store: &Store) {
     assert!(store.authenticate(&secret).await.unwrap().is_none());
     // revoked: refused, and listed as revoked; twice changes nothing
     let (_, other) = store
+        .app()
         .create_token(TokenActor::Caller(&alice), &alice.actor.id, named("ci"))
         .await
         .unwrap();
     let ci = &store
+        .app()
         .tokens(TokenActor::Caller(&alice), &alice.actor.id)
         .await
         .unwrap()[0];
     assert!(store.authenticate(&other).await.unwrap().is_some());
     let revoked = store
+        .app()
         .revoke_token(TokenActor::Caller(&alice), &ci.id)
         .await
         .unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(store.authenticate(&other).await.unwrap().is_none());
     let again = store
+        .app()
         .revoke_token(TokenActor::Caller(&alice), &ci.id)
         .await
         .unwrap();
@@ -136,6 +145,7 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
     let mallory = user(store, "mallory", false, &[]).await;
     let ops = user(store, "ops", true, &[]).await;
     let (token, secret) = store
+        .app()
         .create_token(TokenActor::Caller(&alice), &alice.actor.id, named("laptop"))
         .await
         .unwrap();
@@ -143,21 +153,23 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
     // id of someone else is not found, so ids cannot be probed)
     let as_mallory = || TokenActor::Caller(&mallory);
     assert!(matches!(
-        store.tokens(as_mallory(), &alice.actor.id).await,
+        store.app().tokens(as_mallory(), &alice.actor.id).await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store
+            .app()
             .create_token(as_mallory(), &alice.actor.id, named("mine now"))
             .await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
-        store.revoke_token(as_mallory(), &token.id).await,
+        store.app().revoke_token(as_mallory(), &token.id).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         store
+            .app()
             .set_user_disabled(as_mallory(), &alice.actor.id, true)
             .await,
         Err(StoreError::Forbidden(_))
@@ -166,6 +178,7 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
     // a platform admin: anyone's, audited under their name
     assert_eq!(
         store
+            .app()
             .tokens(TokenActor::Caller(&ops), &alice.actor.id)
             .await
             .unwrap()
@@ -173,6 +186,7 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
         2
     );
     store
+        .app()
         .revoke_token(TokenActor::Caller(&ops), &token.id)
         .await
         .unwrap();
@@ -188,11 +202,13 @@ async fn only_holders_and_platform_admins_manage_tokens(store: &Store) {
     // nobody disables themselves by accident
     assert!(
         store
+            .app()
             .set_user_disabled(TokenActor::Caller(&ops), &ops.actor.id, true)
             .await
             .is_err()
     );
     let unknown = store
+        .app()
         .revoke_token(TokenActor::Caller(&ops), "no-such-token")
         .await;
     assert!(matches!(unknown, Err(StoreError::NotFound { .. })));
@@ -223,11 +239,13 @@ async fn disabling_a_reviewer_stops_their_tokens_and_tells_the_admins(store: &St
     let ops = user(store, "ops", true, &[]).await;
     let rev1 = UserId::from("rev1");
     let (_, secret) = store
+        .app()
         .create_token(TokenActor::Caller(&ops), &rev1, named("reviewing"))
         .await
         .unwrap();
     assert!(store.authenticate(&secret).await.unwrap().is_some());
     let status = store
+        .app()
         .set_user_disabled(TokenActor::Caller(&ops), &rev1, true)
         .await
         .unwrap();
@@ -248,6 +266,7 @@ async fn disabling_a_reviewer_stops_their_tokens_and_tells_the_admins(store: &St
     );
     // enabled again: the token works again (it was not revoked)
     store
+        .app()
         .set_user_disabled(TokenActor::Caller(&ops), &rev1, false)
         .await
         .unwrap();
@@ -261,6 +280,7 @@ async fn a_revocation_reaches_another_process_within_a_second(db: &TestDb) {
     let other = Store::open(&db.url).await.unwrap();
     let alice = user(store, "alice", false, &[]).await;
     let (token, secret) = store
+        .app()
         .create_token(TokenActor::Caller(&alice), &alice.actor.id, named("laptop"))
         .await
         .unwrap();
@@ -268,6 +288,7 @@ async fn a_revocation_reaches_another_process_within_a_second(db: &TestDb) {
         assert!(other.authenticate(&secret).await.unwrap().is_some());
     }
     store
+        .app()
         .revoke_token(TokenActor::Caller(&alice), &token.id)
         .await
         .unwrap();
@@ -288,11 +309,13 @@ async fn a_revocation_reaches_another_process_within_a_second(db: &TestDb) {
     );
     // and a disabled user's tokens, likewise
     let (_, second) = store
+        .app()
         .create_token(TokenActor::Caller(&alice), &alice.actor.id, named("phone"))
         .await
         .unwrap();
     assert!(other.authenticate(&second).await.unwrap().is_some());
     store
+        .app()
         .set_user_disabled(
             TokenActor::Operator { trace_id: "t" },
             &alice.actor.id,

@@ -23,7 +23,7 @@ pub use redis::*;
 pub use s3::*;
 pub use slow_writes::SlowWrites;
 pub use smtp::*;
-pub use tre_app::{App, System};
+pub use tre_app::{App, System, TokenActor};
 pub use use_cases::UseCases;
 pub use webhook::*;
 pub use world::*;

@@ -64,7 +64,7 @@ async fn audit(
         after_seq: params.after.unwrap_or(0),
         limit: params.limit.unwrap_or(100),
     };
-    let events = state.store().audit_events(&caller, &query).await?;
+    let events = state.app.audit_events(&caller, &query).await?;
     let next = events.last().map(|e| e.seq);
     let items: Vec<tre_domain::audit::AuditEntry> = events.into_iter().map(Into::into).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())

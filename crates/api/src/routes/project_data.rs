@@ -73,10 +73,7 @@ async fn access(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let items = state
-        .store()
-        .project_access(&caller, &ProjectId(id))
-        .await?;
+    let items = state.app.project_access(&caller, &ProjectId(id)).await?;
     Ok(Json(serde_json::json!({"items": items})).into_response())
 }
 
@@ -87,7 +84,7 @@ async fn list_objects(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store()
+        .app
         .project_objects(
             &caller,
             &ProjectId(id),
@@ -112,7 +109,7 @@ async fn read_object(
     // authorized, checked against the manifest and audited, or refused
     // (before anything else, so that no answer tells an outsider more)
     let read = state
-        .store()
+        .app
         .read_project_object(&caller, &project, &path)
         .await?;
     let reader = state

@@ -62,7 +62,7 @@ async fn environment_projects(
     Params(q): Params<Page>,
 ) -> Result<Response> {
     let page = state
-        .store()
+        .app
         .environment_projects(
             &caller,
             &EnvironmentId(id),

@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tre_app::TokenActor;
 use tre_app::{Permission, Target};
 use tre_domain::UserId;
 use tre_domain::authz::Action;
-use tre_store::{Caller, NewToken, TokenActor, TokenInfo, UserStatus};
+use tre_store::{Caller, NewToken, TokenInfo, UserStatus};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;
@@ -155,10 +156,7 @@ async fn list(
 ) -> Result<Json<Vec<TokenInfo>>> {
     let user = whose.user(&caller)?;
     Ok(Json(
-        state
-            .store()
-            .tokens(TokenActor::Caller(&caller), &user)
-            .await?,
+        state.app.tokens(TokenActor::Caller(&caller), &user).await?,
     ))
 }
 
@@ -169,7 +167,7 @@ async fn create(
     Body(new): Body<NewToken>,
 ) -> Result<Response> {
     let (token, secret) = state
-        .store()
+        .app
         .create_token(TokenActor::Caller(&caller), &user, new)
         .await?;
     Ok((
@@ -190,7 +188,7 @@ async fn revoke(
 ) -> Result<Json<TokenInfo>> {
     Ok(Json(
         state
-            .store()
+            .app
             .revoke_token(TokenActor::Caller(&caller), &id)
             .await?,
     ))
@@ -220,7 +218,7 @@ async fn set_disabled(
 ) -> Result<Json<UserStatus>> {
     Ok(Json(
         state
-            .store()
+            .app
             .set_user_disabled(TokenActor::Caller(caller), &UserId(id), disabled)
             .await?,
     ))

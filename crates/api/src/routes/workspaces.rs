@@ -76,7 +76,7 @@ async fn create(
     Body(new): Body<NewWorkspace>,
 ) -> Result<Response> {
     let (workspace, token, secret) = state
-        .store()
+        .app
         .create_workspace(&caller, &ProjectId(id), new)
         .await?;
     Ok((
@@ -96,7 +96,7 @@ async fn list(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let items = state.store().workspaces(&caller, &ProjectId(id)).await?;
+    let items = state.app.workspaces(&caller, &ProjectId(id)).await?;
     Ok(Json(serde_json::json!({"items": items})).into_response())
 }
 
@@ -107,7 +107,7 @@ async fn revoke(
 ) -> Result<Response> {
     Ok(Json(
         state
-            .store()
+            .app
             .revoke_workspace(&caller, &ProjectId(id), &name)
             .await?,
     )

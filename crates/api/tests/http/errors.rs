@@ -5,6 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::*;
+use tre_testkit::UseCases;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_have_one_shape_and_change_nothing() {
@@ -13,6 +14,7 @@ async fn errors_have_one_shape_and_change_nothing() {
     let before = api
         .db
         .store
+        .app()
         .audit_events(&tre_testkit::caller("platform"), &Default::default())
         .await;
     let url = format!("{}/v1/requests", api.base);
@@ -166,6 +168,7 @@ async fn errors_have_one_shape_and_change_nothing() {
     let after = api
         .db
         .store
+        .app()
         .audit_events(&tre_testkit::caller("platform"), &Default::default())
         .await;
     assert_eq!(before.map(|e| e.len()).ok(), after.map(|e| e.len()).ok());
