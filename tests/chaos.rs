@@ -626,7 +626,7 @@ async fn every_fault_at_once_loses_nothing() {
         let mut ready_count = 0;
         for (_, project) in &projects {
             let p = store
-                .system_project(&tre_domain::ProjectId::from(project.as_str()))
+                .project(&tre_domain::ProjectId::from(project.as_str()))
                 .await
                 .unwrap();
             assert_ne!(p.state, ProjectState::Failed, "{p:?}");

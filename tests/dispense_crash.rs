@@ -120,7 +120,7 @@ async fn another_worker_takes_over_a_sigkilled_worker_s_unit_and_the_result_equa
     };
     let at_kill = store.dispense_progress(&project.id).await.unwrap();
     assert_ne!(
-        store.system_project(&project.id).await.unwrap().state,
+        store.project(&project.id).await.unwrap().state,
         ProjectState::Ready
     );
     // the other worker starts each unit the killed one held

@@ -136,7 +136,7 @@ async fn a_sigkilled_large_copy_resumes_and_leaves_nothing_behind() {
     first.wait().unwrap();
     assert!(at_kill.parts.len() < 10, "killed mid-file: {at_kill:?}");
     assert_ne!(
-        store.system_project(&project.id).await.unwrap().state,
+        store.project(&project.id).await.unwrap().state,
         ProjectState::Ready
     );
 

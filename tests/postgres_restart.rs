@@ -257,11 +257,7 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
     // everything finishes within seconds of the database being back
     let mut settled = false;
     while back.elapsed() < Duration::from_secs(60) {
-        let done = store
-            .system_project(&project.id)
-            .await
-            .ok()
-            .map(|p| p.state);
+        let done = store.project(&project.id).await.ok().map(|p| p.state);
         let jobs = store.outbox_jobs(None, 10_000).await.unwrap_or_default();
         let open = jobs.iter().any(|j| {
             !j.state.is_finished() && j.kind != "schedule_expiry" && j.kind != "stage_reminder"
@@ -283,7 +279,7 @@ async fn a_postgres_restart_loses_nothing_and_the_api_never_answers_500() {
         "every job done within 60 s of the restart: {jobs:?}"
     );
     eprintln!("every job done {took:?} after the restart began");
-    let project = store.system_project(&project.id).await.unwrap();
+    let project = store.project(&project.id).await.unwrap();
     assert_eq!(project.state, ProjectState::Ready, "{project:?}");
     for id in &waiting {
         assert_eq!(

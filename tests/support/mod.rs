@@ -76,7 +76,7 @@ pub fn generated_biobank(root: &Path, participants: u32) -> std::path::PathBuf {
 pub async fn settled(store: &Store, id: &ProjectId, within: Duration) -> Project {
     let started = Instant::now();
     loop {
-        let p = store.system_project(id).await.unwrap();
+        let p = store.project(id).await.unwrap();
         if !matches!(
             p.state,
             ProjectState::Provisioning | ProjectState::Dispensing

@@ -162,14 +162,14 @@ pub fn executor(
     if let Some(dispense) = &options.dispense {
         let sources = || dispense.sources.clone();
         executor.handle::<CountCohort, _>(Arc::new(CohortCounter::new(app.clone(), sources())));
-        let dispensing = Arc::new(DispenseWorkflow::new(app, dispense.clone()));
+        let dispensing = Arc::new(DispenseWorkflow::new(app.clone(), dispense.clone()));
         executor.handle::<Dispense, _>(dispensing.clone());
         executor.handle::<DispenseUnit, _>(dispensing.clone());
         executor.handle::<FinishDispense, _>(dispensing.clone());
         executor.handle::<Deprovision, _>(dispensing);
-        let showcase = ShowcaseComputer::new(store.clone(), sources());
+        let showcase = ShowcaseComputer::new(app.clone(), sources());
         executor.handle::<ComputeShowcase, _>(Arc::new(showcase));
-        executor.handle::<CheckFiles, _>(Arc::new(FileChecker::new(store, sources())));
+        executor.handle::<CheckFiles, _>(Arc::new(FileChecker::new(app, sources())));
     }
     Ok(executor)
 }

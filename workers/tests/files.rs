@@ -163,8 +163,8 @@ impl Drop for Bulk {
 /// draft (its first files), then published; else in maintenance, then
 /// reactivated.
 async fn register(store: &Store, w: &World, tsv: &str) -> FileInventoryStatus {
-    let draft = store.system_environment(&w.env).await.unwrap().state
-        == tre_domain::EnvironmentState::Draft;
+    let draft =
+        store.environment(&w.env).await.unwrap().state == tre_domain::EnvironmentState::Draft;
     if !draft {
         store
             .app()
@@ -238,7 +238,7 @@ async fn a_cohort_receives_exactly_its_files_checked_and_without_ids() {
         let status = register(store, &w, &bulk.tsv()).await;
         assert_eq!(status.state, FileInventoryState::Ready, "{status:?}");
         assert_eq!(status.files, 72);
-        let env = store.system_environment(&w.env).await.unwrap();
+        let env = store.environment(&w.env).await.unwrap();
         let files = env.inventory.as_ref().unwrap().files.clone().unwrap();
         // the counts are the admins'; researchers see the kinds of files only
         let seen = store.app().environment(&w.owner, &w.env).await.unwrap();
@@ -540,7 +540,7 @@ async fn bad_file_inventories_are_refused_whole() {
     // its first files are checked in the draft, which is then published
     register(store, &w, &good).await;
     let version_before = |env: &tre_domain::Environment| env.inventory.as_ref().unwrap().version;
-    let before = version_before(&store.system_environment(&w.env).await.unwrap());
+    let before = version_before(&store.environment(&w.env).await.unwrap());
 
     // active: files are part of a version, staged only in maintenance
     let entries = parse_tsv(&good).unwrap();
@@ -634,7 +634,7 @@ async fn bad_file_inventories_are_refused_whole() {
             .is_empty(),
         "nothing of a rejected upload is kept"
     );
-    let env = store.system_environment(&w.env).await.unwrap();
+    let env = store.environment(&w.env).await.unwrap();
     assert!(env.staged_inventory.is_none(), "no version was made");
     assert_eq!(version_before(&env), before);
     // the admin is told why in their inbox; a researcher is not
@@ -751,7 +751,7 @@ async fn file_inventories_kept_in_the_source_are_read_from_there() {
         );
         assert_eq!(status.files, 14, "{location}");
         let staged = store
-            .system_environment(&w.env)
+            .environment(&w.env)
             .await
             .unwrap()
             .staged_inventory
@@ -1151,7 +1151,7 @@ async fn a_full_disk_is_retried_with_its_reason_and_a_refused_write_fails_at_onc
             !reason.contains(disk.path.to_str().unwrap()),
             "no paths: {reason}"
         );
-        let waiting = store.system_project(&project.id).await.unwrap();
+        let waiting = store.project(&project.id).await.unwrap();
         assert_eq!(waiting.state, ProjectState::Dispensing);
         assert!(progress.units_done < progress.units_total, "{progress:?}");
         // space is made: the same units finish, exactly

@@ -102,7 +102,7 @@ async fn a_loosened_policy_is_audited_and_told_to_the_other_admins(store: &Store
         }),
     )
     .await;
-    let env = store.system_environment(&w.env).await.unwrap();
+    let env = store.environment(&w.env).await.unwrap();
     assert_eq!(env.policies.min_cell_size, 3);
     assert_eq!(env.policies.review_sla_hours, Some(48), "kept");
     assert_eq!(

@@ -475,7 +475,7 @@ async fn members_reach_their_data_under_policy_and_nobody_else_does() {
             .await
             .unwrap();
         for _ in 0..400 {
-            if store.system_project(&project.id).await.unwrap().state == ProjectState::Revoked {
+            if store.project(&project.id).await.unwrap().state == ProjectState::Revoked {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -158,11 +158,15 @@ impl CohortCounter {
 
     async fn count(&self, job: &ClaimedJob, id: &RequestId, round: u32) -> Result<(), JobError> {
         let store = self.app.store();
-        let request = self.app.request(&System::new(&job.key), id).await?;
+        let system = System::new(&job.key);
+        let request = self.app.request(&system, id).await?;
         if request.state != RequestState::Checking || request.round != round {
             return Ok(());
         }
-        let env = store.system_environment(&request.environment_id).await?;
+        let env = self
+            .app
+            .environment(&system, &request.environment_id)
+            .await?;
         let count = match self.size(store, &env, &request, &job.key).await {
             Ok(size) => CohortCount::Counted(size),
             Err(JobError::Permanent(reason)) => CohortCount::Failed(reason),

@@ -136,7 +136,7 @@ impl DispenseWorkflow {
         id: &ProjectId,
         round: u32,
     ) -> Result<Option<tre_domain::Project>, JobError> {
-        let project = store.system_project(id).await?;
+        let project = store.project(id).await?;
         let live = !matches!(
             project.state,
             ProjectState::Revoked | ProjectState::Expired | ProjectState::Ready
@@ -207,7 +207,10 @@ impl DispenseWorkflow {
             .app
             .request(&System::new(&job.key), &project.request_id)
             .await?;
-        let env = store.system_environment(&project.environment_id).await?;
+        let env = self
+            .app
+            .environment(&System::new(&job.key), &project.environment_id)
+            .await?;
         let inventory = env
             .inventory
             .as_ref()
@@ -316,7 +319,7 @@ impl DispenseWorkflow {
             None
         };
         let env = store
-            .system_environment(&tre_domain::EnvironmentId(plan.environment.clone()))
+            .environment(&tre_domain::EnvironmentId(plan.environment.clone()))
             .await?;
         let loaded = Arc::new(Loaded {
             source: source_of(&self.config.sources, &env)?,

@@ -11,12 +11,13 @@
 
 use futures::StreamExt;
 use tracing::info;
+use tre_app::{App, System};
 use tre_dispense::{DispenseError, Membership, Source, Sources};
 use tre_domain::EnvironmentId;
 use tre_domain::files::{FileProblems, check_entries};
 use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{FileInventoryState, InventoryFile, Store, declared_of};
+use tre_store::{FileInventoryState, InventoryFile, declared_of};
 
 use crate::dispense::{dispense_error, source_of};
 use crate::kinds::CheckFiles;
@@ -29,7 +30,7 @@ const OBJECTS_AT_ONCE: usize = 16;
 /// The handler of `check_files` jobs.
 #[derive(Debug, Clone)]
 pub struct FileChecker {
-    store: Store,
+    app: App,
     sources: Sources,
 }
 
@@ -40,22 +41,25 @@ enum Row {
 }
 
 impl FileChecker {
-    pub fn new(store: Store, sources: Sources) -> Self {
-        Self { store, sources }
+    pub fn new(app: App, sources: Sources) -> Self {
+        Self { app, sources }
     }
 
     async fn check(
         &self,
-        store: &Store,
         job: &ClaimedJob,
         environment: &EnvironmentId,
         file_inventory: &str,
     ) -> Result<(), JobError> {
-        let status = store.system_file_inventory(file_inventory).await?;
+        let store = self.app.store();
+        let status = store.file_inventory_status(file_inventory).await?;
         if status.state != FileInventoryState::Checking {
             return Ok(());
         }
-        let env = store.system_environment(environment).await?;
+        let env = self
+            .app
+            .environment(&System::new(&job.key), environment)
+            .await?;
         let Some(inventory) = env.latest_inventory() else {
             let mut problems = FileProblems::default();
             problems.push(1, "the environment has no inventory any more");
@@ -214,7 +218,7 @@ impl Handler<CheckFiles> for FileChecker {
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            self.check(&self.store, job, &args.environment, &args.file_inventory)
+            self.check(job, &args.environment, &args.file_inventory)
                 .await
         })
     }
@@ -233,7 +237,8 @@ impl Handler<CheckFiles> for FileChecker {
             let mut problems = FileProblems::default();
             problems.push(1, format!("the check failed: {message}"));
             if let Err(e) = self
-                .store
+                .app
+                .store()
                 .reject_file_inventory(&file_inventory, &problems, &job.key)
                 .await
             {

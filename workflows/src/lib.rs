@@ -105,11 +105,11 @@ async fn retally(
 }
 
 async fn revoke_projects(app: &App, job: &ClaimedJob, request: &RequestId) -> Result<(), JobError> {
-    let store = app.store();
-    let Some(project) = store.system_project_of_request(request).await? else {
+    let system = System::new(&job.key);
+    let Some(project) = app.project_of_request(&system, request).await? else {
         return Ok(());
     };
-    let command = match app.request(&System::new(&job.key), request).await?.state {
+    let command = match app.request(&system, request).await?.state {
         RequestState::Expired => ProjectCommand::Expire,
         _ => ProjectCommand::Revoke,
     };
@@ -165,7 +165,7 @@ request_job!(
     |app, job, this| { this.notifier.owner(app, job, &request, round, &outcome) }
 );
 request_job!(AlertAdmins { environment, alert }, |app, job, this| {
-    this.notifier.admins(app.store(), job, &environment, &alert)
+    this.notifier.admins(app, job, &environment, &alert)
 });
 request_job!(ScheduleExpiry { request }, |app, job, _this| {
     expire(app, job, &request)

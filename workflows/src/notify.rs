@@ -122,12 +122,11 @@ async fn open_stage(
     round: u32,
     stage: usize,
 ) -> Result<Option<(AccessRequest, Environment, ReviewStage)>, JobError> {
-    let store = app.store();
     let request = app.request(system, request_id).await?;
     if request.round != round || request.state != (RequestState::InReview { stage }) {
         return Ok(None);
     }
-    let env = store.system_environment(&request.environment_id).await?;
+    let env = app.environment(system, &request.environment_id).await?;
     let pipeline_stage =
         env.pipeline.stages.get(stage).cloned().ok_or_else(|| {
             JobError::Permanent(format!("the pipeline has no stage {}", stage + 1))
@@ -481,12 +480,13 @@ impl Notifier {
     /// Tells an environment's admins about something that needs them.
     pub async fn admins(
         &self,
-        store: &Store,
+        app: &App,
         job: &ClaimedJob,
         environment: &EnvironmentId,
         alert: &AdminAlert,
     ) -> Result<(), JobError> {
-        let env = store.system_environment(environment).await?;
+        let store = app.store();
+        let env = app.environment(&System::new(&job.key), environment).await?;
         // the admin who made a change is not told of it
         let admins: Vec<UserId> = env
             .admins
@@ -637,8 +637,8 @@ impl Notifier {
             }
             "approved" => "You may now create the project.".to_owned(),
             "cohort_too_small" => {
-                let minimum = store
-                    .system_environment(&request.environment_id)
+                let minimum = app
+                    .environment(&System::new(&job.key), &request.environment_id)
                     .await?
                     .policies
                     .min_cohort_size;

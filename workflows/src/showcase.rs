@@ -6,12 +6,12 @@
 //! first write wins.
 
 use tracing::info;
+use tre_app::{App, System};
 use tre_dispense::Sources;
 use tre_dispense::showcase::ShowcaseColumns;
 use tre_domain::EnvironmentId;
 use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::Store;
 
 use crate::dispense::{dispense_error, source_of};
 use crate::kinds::ComputeShowcase;
@@ -19,22 +19,26 @@ use crate::kinds::ComputeShowcase;
 /// The handler of `compute_showcase` jobs.
 #[derive(Debug, Clone)]
 pub struct ShowcaseComputer {
-    store: Store,
+    app: App,
     sources: Sources,
 }
 
 impl ShowcaseComputer {
-    pub fn new(store: Store, sources: Sources) -> Self {
-        Self { store, sources }
+    pub fn new(app: App, sources: Sources) -> Self {
+        Self { app, sources }
     }
 
     async fn compute(
         &self,
-        store: &Store,
+        job: &ClaimedJob,
         environment: &EnvironmentId,
         version: u32,
     ) -> Result<(), JobError> {
-        let env = store.system_environment(environment).await?;
+        let store = self.app.store();
+        let env = self
+            .app
+            .environment(&System::new(&job.key), environment)
+            .await?;
         let Some(inventory) = env.inventory.as_ref().filter(|i| i.version == version) else {
             info!(%environment, version, "showcase version no longer current: skipped");
             return Ok(());
@@ -62,13 +66,10 @@ impl Handler<ComputeShowcase> for ShowcaseComputer {
     fn run<'a>(
         &'a self,
         args: ComputeShowcase,
-        _job: &'a ClaimedJob,
+        job: &'a ClaimedJob,
         _ctx: &'a JobContext,
     ) -> HandlerFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
-            self.compute(&self.store, &args.environment, args.version)
-                .await
-        })
+        Box::pin(async move { self.compute(job, &args.environment, args.version).await })
     }
 
     /// A computation that dies is recorded for the version, with its
@@ -88,7 +89,8 @@ impl Handler<ComputeShowcase> for ShowcaseComputer {
                 version,
             } = args;
             if let Err(e) = self
-                .store
+                .app
+                .store()
                 .record_showcase_failure(&environment, version, message)
                 .await
             {

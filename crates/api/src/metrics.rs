@@ -142,7 +142,7 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
     if let Ok(depth) = state.store().jobs().job_counts().await {
         out.push_str(&depth.to_prometheus());
     }
-    if let Ok(gauges) = state.store().system_gauges(tre_store::now()).await {
+    if let Ok(gauges) = state.store().gauges(tre_store::now()).await {
         out.push_str(&gauges.to_prometheus());
     }
     let (database, queue) = crate::routes::health::dependencies(&state).await;

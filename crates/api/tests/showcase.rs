@@ -143,7 +143,7 @@ async fn start_on(db: TestDb) -> Option<(TestDb, Server, String)> {
     });
     let w = world_with(store, inventory, &["rev1"], &["rev2"], 1).await;
     // what the compute_showcase job does
-    let env = store.system_environment(&w.env).await.unwrap();
+    let env = store.environment(&w.env).await.unwrap();
     let source = tre_dispense::Sources::default()
         .get(env.source.as_ref().unwrap())
         .unwrap();

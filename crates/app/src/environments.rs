@@ -8,7 +8,7 @@ use tre_domain::{
 };
 use tre_store::{AuditRecord, Caller, EnvironmentChange, StoreError};
 
-use crate::App;
+use crate::{App, Who};
 
 /// A summary of a command for the audit log: what changed, never data.
 fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
@@ -78,14 +78,17 @@ impl App {
         Ok(env)
     }
 
-    /// An environment the caller may discover, as they may see it
-    /// ([`Environment::seen_by`]).
-    pub async fn environment(
+    /// An environment as `who` may see it: a person one they may discover,
+    /// as [`Environment::seen_by`] them; the job runtime whole.
+    pub async fn environment<'a>(
         &self,
-        caller: &Caller,
+        who: impl Into<Who<'a>>,
         id: &EnvironmentId,
     ) -> Result<Environment, StoreError> {
-        self.environment_at(caller, id).await.map(|(env, _)| env)
+        match who.into() {
+            Who::Person(caller) => self.environment_at(caller, id).await.map(|(env, _)| env),
+            Who::System(_) => self.store.environment(id).await,
+        }
     }
 
     /// [`App::environment`] with its revision (what a change made on what

@@ -67,7 +67,7 @@ impl App {
     ) -> Result<FileInventoryStatus, StoreError> {
         self.environment_for(caller, id, Action::ConfigureEnvironment)
             .await?;
-        let found = self.store.system_file_inventory(file_inventory).await?;
+        let found = self.store.file_inventory_status(file_inventory).await?;
         if found.environment_id != *id {
             return Err(StoreError::not_found("file inventory", file_inventory));
         }

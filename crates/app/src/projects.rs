@@ -6,7 +6,7 @@ use serde_json::json;
 use tre_domain::{Action, Object, Project, ProjectCommand, ProjectId, RequestId, authorize};
 use tre_store::{AuditRecord, Caller, NewProject, ProjectMove, StoreError};
 
-use crate::{App, System};
+use crate::{App, System, Who};
 
 impl App {
     /// Creates the project of an approved request and enqueues its
@@ -88,9 +88,18 @@ impl App {
         created
     }
 
-    /// A project its members may see while authorized users of its
-    /// environment (nobody else, admins included).
-    pub async fn project(&self, caller: &Caller, id: &ProjectId) -> Result<Project, StoreError> {
+    /// A project as `who` may see it: a person, if a member while an
+    /// authorized user of its environment (nobody else, admins included);
+    /// the job runtime, any.
+    pub async fn project<'a>(
+        &self,
+        who: impl Into<Who<'a>>,
+        id: &ProjectId,
+    ) -> Result<Project, StoreError> {
+        let caller = match who.into() {
+            Who::Person(caller) => caller,
+            Who::System(_) => return self.store.project(id).await,
+        };
         let (project, environment) = self.store.project_in_environment(id).await?;
         authorize(
             &caller.actor,
@@ -102,6 +111,16 @@ impl App {
         )
         .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
         Ok(project)
+    }
+
+    /// The project of a request, if one was created: for the job runtime
+    /// (revoking or expiring it with its request).
+    pub async fn project_of_request(
+        &self,
+        _system: &System,
+        request: &RequestId,
+    ) -> Result<Option<Project>, StoreError> {
+        self.store.project_of_request(request).await
     }
 
     /// Moves a project for the job runtime: dispensing started or done,

@@ -332,7 +332,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         base: base.clone(),
         seen: seen.clone(),
     };
-    let before = store.system_gauges(tre_store::now()).await?;
+    let before = store.gauges(tre_store::now()).await?;
     let done_before = store
         .jobs()
         .job_counts()
@@ -359,7 +359,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
     let failed = loop {
         let (mut open, mut failed) = (0, 0);
         for id in &projects {
-            match store.system_project(id).await?.state {
+            match store.project(id).await?.state {
                 ProjectState::Ready => {}
                 ProjectState::Failed => failed += 1,
                 _ => open += 1,
@@ -371,7 +371,7 @@ pub async fn run(args: LoadBenchArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let after = store.system_gauges(tre_store::now()).await?;
+    let after = store.gauges(tre_store::now()).await?;
     let done_after = store
         .jobs()
         .job_counts()

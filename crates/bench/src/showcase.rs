@@ -415,7 +415,7 @@ async fn through_the_api(
             .await?;
     }
     // what the compute_showcase job does
-    let published = store.system_environment(&env.id).await?;
+    let published = store.environment(&env.id).await?;
     let source = tre_dispense::Source::folder(root.to_path_buf())?;
     let secret = store.showcase_secret(&env.id).await?;
     let current = published.inventory.as_ref().context("published")?;

@@ -159,7 +159,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
         ProjectsCommand::Show { id, acting } => {
             let id = ProjectId(id);
             member_only(store, &acting, &id).await?;
-            let project = store.system_project(&id).await?;
+            let project = store.project(&id).await?;
             let progress = store.dispense_progress(&id).await?;
             let manifest = store.dispense_manifest(&id).await?;
             let out = json!({"project": project, "progress": progress, "manifest": manifest});
@@ -336,7 +336,7 @@ pub async fn watch(store: &Store, id: &ProjectId, timeout: Duration) -> Result<P
             .expect("valid template"),
     );
     loop {
-        let project = store.system_project(id).await?;
+        let project = store.project(id).await?;
         let progress = store.dispense_progress(id).await?;
         bar.set_length(progress.units_total);
         bar.set_position(progress.units_done);

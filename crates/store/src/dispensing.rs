@@ -620,9 +620,9 @@ impl Store {
         Ok(())
     }
 
-    /// A project without authorization (system use; see
-    /// [`Store::system_environment`]).
-    pub async fn system_project(&self, id: &ProjectId) -> Result<tre_domain::Project, StoreError> {
+    /// A project as stored (who may see it is the application's:
+    /// `App::project`).
+    pub async fn project(&self, id: &ProjectId) -> Result<tre_domain::Project, StoreError> {
         Ok(self.load_project(id).await?.0)
     }
 }

@@ -170,7 +170,13 @@ impl Store {
         self.commit(tx).await
     }
 
-    /// Every environment (system use: no authorization).
+    /// An environment as stored (who may see it is the application's:
+    /// `App::environment`).
+    pub async fn environment(&self, id: &EnvironmentId) -> Result<Environment, StoreError> {
+        Ok(self.load_environment(&self.pool, id).await?.0)
+    }
+
+    /// Every environment, by id.
     pub(crate) async fn list_all_environments(&self) -> Result<Vec<Environment>, StoreError> {
         let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY id")
             .fetch_all(&self.pool)

@@ -243,8 +243,8 @@ impl Store {
         rows.iter().map(status).collect()
     }
 
-    /// A file inventory (system use).
-    pub async fn system_file_inventory(
+    /// A file inventory's status, whichever environment it is of.
+    pub async fn file_inventory_status(
         &self,
         file_inventory: &str,
     ) -> Result<FileInventoryStatus, StoreError> {
@@ -395,7 +395,7 @@ impl Store {
             .retrying(|| async {
                 let at = now();
                 let mut tx = self.begin().await?;
-                let current = self.system_file_inventory(file_inventory).await?;
+                let current = self.file_inventory_status(file_inventory).await?;
                 if current.state != FileInventoryState::Checking {
                     return Ok(None);
                 }
@@ -469,7 +469,7 @@ impl Store {
             self.reject_file_inventory(file_inventory, &problems, trace_id)
                 .await?;
         }
-        self.system_file_inventory(file_inventory).await
+        self.file_inventory_status(file_inventory).await
     }
 
     /// Moves a file inventory out of `checking`; the environment's id, or

@@ -68,7 +68,7 @@ impl SystemGauges {
 
 impl Store {
     /// The system's gauges as of `now`.
-    pub async fn system_gauges(&self, now: Timestamp) -> Result<SystemGauges, StoreError> {
+    pub async fn gauges(&self, now: Timestamp) -> Result<SystemGauges, StoreError> {
         let mut gauges = SystemGauges {
             projects: ProjectState::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
             ..SystemGauges::default()

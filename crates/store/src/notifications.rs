@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use sqlx::Row;
-use tre_domain::{Environment, EnvironmentId, Project, RequestId, UserId};
+use tre_domain::UserId;
 
 use crate::{Store, StoreError};
 
@@ -131,29 +131,5 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// The job runtime reads objects without a user: these loaders skip
-    /// authorization and must never serve a person's call. (A request is
-    /// read as the `System` through the application: `App::request`.)
-    pub async fn system_environment(&self, id: &EnvironmentId) -> Result<Environment, StoreError> {
-        Ok(self.load_environment(&self.pool, id).await?.0)
-    }
-
-    /// The project of a request, if one was created (system use).
-    pub async fn system_project_of_request(
-        &self,
-        id: &RequestId,
-    ) -> Result<Option<Project>, StoreError> {
-        let row = sqlx::query("SELECT id, doc FROM projects WHERE request_id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            let id: String = r.try_get(0)?;
-            let doc: String = r.try_get(1)?;
-            crate::docs::decode("project", &id, &doc)
-        })
-        .transpose()
     }
 }

@@ -2,7 +2,8 @@
 //! dispense job; a project's moves with their jobs. Who may create, see
 //! or move one is the application's (`tre-app`).
 
-use tre_domain::{AccessRequest, Effect, Project, ProjectId, ProjectState, Timestamp};
+use sqlx::Row;
+use tre_domain::{AccessRequest, Effect, Project, ProjectId, ProjectState, RequestId, Timestamp};
 
 use crate::audit::{self, AuditRecord};
 use crate::writes::{Guard, Insert, Statement, Writes};
@@ -141,5 +142,19 @@ impl Store {
             id.as_str(),
         )
         .await
+    }
+
+    /// The project of a request, if one was created (as stored: who may see it is the application's).
+    pub async fn project_of_request(&self, id: &RequestId) -> Result<Option<Project>, StoreError> {
+        let row = sqlx::query("SELECT id, doc FROM projects WHERE request_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let id: String = r.try_get(0)?;
+            let doc: String = r.try_get(1)?;
+            docs::decode("project", &id, &doc)
+        })
+        .transpose()
     }
 }

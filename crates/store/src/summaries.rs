@@ -99,7 +99,7 @@ impl Store {
                     message: e.to_string(),
                 })?;
             if !rules.contains_key(&request.environment_id) {
-                let env = self.system_environment(&request.environment_id).await?;
+                let env = self.environment(&request.environment_id).await?;
                 rules.insert(
                     request.environment_id.clone(),
                     DisclosureRules::of(&env.policies),

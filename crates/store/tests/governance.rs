@@ -129,7 +129,7 @@ async fn a_researcher_taken_out_of_the_environment_is_stopped_at_every_act(store
     );
     assert!(
         store
-            .system_project_of_request(&granted.id)
+            .project_of_request(&granted.id)
             .await
             .unwrap()
             .is_none()
@@ -288,7 +288,7 @@ async fn no_project_past_the_end_date(store: &Store) {
     );
     assert!(
         store
-            .system_project_of_request(&granted.id)
+            .project_of_request(&granted.id)
             .await
             .unwrap()
             .is_none()
@@ -351,7 +351,7 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
         assert_eq!(revoked.state, RequestState::Revoked);
         assert!(
             store
-                .system_project_of_request(&granted.id)
+                .project_of_request(&granted.id)
                 .await
                 .unwrap()
                 .is_none(),
@@ -374,7 +374,7 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
         if let Ok(project) = created {
             // created first: the revocation came after it, and its job
             // finds the project
-            let found = store.system_project_of_request(&granted.id).await.unwrap();
+            let found = store.project_of_request(&granted.id).await.unwrap();
             assert_eq!(found.map(|p| p.id), Some(project.id));
         }
     }
@@ -384,7 +384,7 @@ async fn project_creation_never_commits_beside_a_revocation(db: &tre_testkit::Te
         .await
         .unwrap();
     assert_eq!(request.state, RequestState::Revoked);
-    let project = store.system_project_of_request(&granted.id).await.unwrap();
+    let project = store.project_of_request(&granted.id).await.unwrap();
     assert_eq!(
         project.as_ref().map(|p| &p.id),
         request.project.as_ref(),

@@ -820,7 +820,7 @@ async fn stores_opening_a_fresh_sqlite_file_together_all_migrate() {
 /// and bytes, audit sealing): every project state present, units counted
 /// once when done, and no sealing lag without pending events.
 async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
-    let empty = store.system_gauges(tre_store::now()).await.unwrap();
+    let empty = store.gauges(tre_store::now()).await.unwrap();
     assert_eq!(empty.projects.len(), ProjectState::ALL.len());
     assert!(empty.projects.values().all(|n| *n == 0), "{empty:?}");
     assert_eq!((empty.units_done, empty.bytes_dispensed), (0, 0));
@@ -914,7 +914,7 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
         UnitTake::Superseded(why) if why.contains("was done by dispense round 0")
     ));
 
-    let gauges = store.system_gauges(tre_store::now()).await.unwrap();
+    let gauges = store.gauges(tre_store::now()).await.unwrap();
     assert_eq!(gauges.projects.values().sum::<i64>(), 1, "{gauges:?}");
     assert_eq!(gauges.projects["dispensing"], 1, "{gauges:?}");
     assert_eq!((gauges.units_done, gauges.bytes_dispensed), (1, 4_321));
@@ -939,9 +939,9 @@ async fn system_gauges_count_projects_and_dispensed_data(store: &Store) {
             .unwrap()
     );
     let soon = tre_store::now();
-    assert_eq!(store.system_gauges(soon).await.unwrap().dispense_stalled, 0);
+    assert_eq!(store.gauges(soon).await.unwrap().dispense_stalled, 0);
     let later = tre_domain::Timestamp(soon.0 + tre_store::STALL_AFTER_MS + 1_000);
-    let stalled = store.system_gauges(later).await.unwrap();
+    let stalled = store.gauges(later).await.unwrap();
     assert_eq!(stalled.dispense_stalled, 1, "{stalled:?}");
     assert!(
         stalled

@@ -124,7 +124,7 @@ pub async fn world_at(
     }
     // published, unless it declares file collections whose files are
     // still to be uploaded and checked (then the test publishes)
-    let configured = store.system_environment(&env.id).await.expect("stored");
+    let configured = store.environment(&env.id).await.expect("stored");
     if configured.publish_problems().is_empty() {
         store
             .app()

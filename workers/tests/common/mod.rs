@@ -62,7 +62,7 @@ pub fn temp_store(name: &str) -> (std::path::PathBuf, Arc<dyn ObjectStore>) {
 #[allow(dead_code)] // not every test file dispenses
 pub async fn settled(store: &Store, project: &Project) -> Project {
     for _ in 0..2400 {
-        let p = store.system_project(&project.id).await.unwrap();
+        let p = store.project(&project.id).await.unwrap();
         if !matches!(
             p.state,
             ProjectState::Provisioning | ProjectState::Dispensing
