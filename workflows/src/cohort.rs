@@ -6,13 +6,14 @@
 //! the API never does on a request path.
 
 use tracing::{info, warn};
+use tre_app::Caller;
 use tre_app::{App, System};
 use tre_dispense::Sources;
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{AccessRequest, CohortCount, Environment, RequestId, RequestState};
 use tre_jobs::ClaimedJob;
 use tre_jobs::{Handler, HandlerFuture, JobContext, JobError};
-use tre_store::{Caller, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store};
+use tre_store::{ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource, Store};
 
 use crate::already_done;
 use crate::dispense::{dispense_error, source_of};
@@ -116,7 +117,7 @@ impl CohortCounter {
         let owner = Caller::new(tre_domain::Actor::user(request.owner.as_str()), job_key);
         store
             .record_showcase_query(
-                &owner,
+                owner.audited(),
                 &ShowcaseQuery {
                     environment: &env.id,
                     version: inventory.version,

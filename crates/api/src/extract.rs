@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use tre_app::Caller;
 use tre_domain::Actor;
-use tre_store::Caller;
 
 use crate::{ApiError, AppState, RequestId};
 

@@ -11,10 +11,10 @@ use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
+use tre_app::Caller;
 use tre_app::{Permission, Target};
 use tre_domain::authz::Action;
 use tre_domain::{EnvironmentId, ProjectId, RequestId};
-use tre_store::Caller;
 
 use crate::{ApiError, AppState, Auth};
 

@@ -5,12 +5,13 @@
 //! only Parquet footers are read, never rows.
 
 use tre_app::App;
+use tre_app::Caller;
 use tre_dispense::Sources;
 use tre_domain::{
     Action, DomainError, Environment, EnvironmentCommand, EnvironmentId, EnvironmentState,
     Inventory, InventoryDefinition, Problem,
 };
-use tre_store::{Caller, StoreError};
+use tre_store::StoreError;
 
 /// `definition` resolved against the source of environment `id`, which
 /// `caller` configures; a definition with problems is refused with all of

@@ -22,12 +22,13 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tre_app::Caller;
 use tre_dispense::Sources;
 use tre_dispense::showcase::{ShowcaseColumns, first_conflict};
 use tre_domain::disclosure::{DisclosureRules, Released};
 use tre_domain::showcase::{ReleasedField, ShowcaseAggregates, release_field};
 use tre_domain::{Environment, EnvironmentId, FieldType, Timestamp};
-use tre_store::{Caller, ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource};
+use tre_store::{ReleasedSet, ShowcaseQuery, ShowcaseQueryOutcome, ShowcaseQuerySource};
 
 use crate::showcase_gate::{Answer, Compared};
 use crate::{ApiError, AppState};
@@ -231,7 +232,7 @@ async fn record(
     state
         .store()
         .record_showcase_query(
-            caller,
+            caller.audited(),
             &ShowcaseQuery {
                 environment: &env.id,
                 version,

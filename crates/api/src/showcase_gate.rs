@@ -16,13 +16,14 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
+use tre_app::Caller;
 use tre_dispense::showcase::{
     Members, Selection, ShowcaseColumns, first_conflict_between, sketch_distance,
 };
 use tre_domain::disclosure::{DisclosureRules, too_close};
 use tre_domain::showcase::ShowcaseAggregates;
 use tre_domain::{Dataset, Environment};
-use tre_store::{Caller, EarlierCohort, LoggedSet, ReleasedSet};
+use tre_store::{EarlierCohort, LoggedSet, ReleasedSet};
 
 use crate::showcase::{CohortQuery, source_unavailable};
 use crate::{ApiError, AppState};

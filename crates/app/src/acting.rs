@@ -2,7 +2,9 @@
 //! governance at every call) or the job runtime ([`System`]).
 
 use tre_domain::{AccessRequest, Environment, request_view};
-use tre_store::{Caller, StoreError};
+use tre_store::StoreError;
+
+use crate::Caller;
 
 /// The job runtime, acting on what the governance already decided:
 /// counting a cohort, expiring access, counting votes again. It is never a

@@ -3,9 +3,9 @@
 
 use tre_domain::audit::AuditEvent;
 use tre_domain::{Action, Object, authorize};
-use tre_store::{AuditQuery, Caller, StoreError};
+use tre_store::{AuditQuery, StoreError};
 
-use crate::App;
+use crate::{App, Caller};
 
 impl App {
     /// Audit events, oldest first, for those allowed to read them: of one

@@ -8,9 +8,9 @@
 use tre_domain::authz::{self, Action, Object};
 use tre_domain::{EnvironmentId, ProjectId, RequestId};
 
-use tre_store::{Caller, StoreError};
+use tre_store::StoreError;
 
-use crate::App;
+use crate::{App, Caller};
 
 /// What an action is about, by id.
 #[derive(Debug, Clone, Copy)]

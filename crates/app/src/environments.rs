@@ -6,9 +6,9 @@ use tre_domain::{
     Action, AdminAlert, Effect, Environment, EnvironmentCommand, EnvironmentId, NewEnvironment,
     Object, Principal, UserId, authorize, environment_change,
 };
-use tre_store::{AuditRecord, Caller, EnvironmentChange, StoreError};
+use tre_store::{AuditRecord, EnvironmentChange, StoreError};
 
-use crate::{App, Who};
+use crate::{App, Caller, Who};
 
 /// A summary of a command for the audit log: what changed, never data.
 fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {

@@ -5,9 +5,9 @@
 use serde_json::json;
 use tre_domain::files::{FileEntry, FileProblems, check_entries};
 use tre_domain::{Action, DomainError, Environment, EnvironmentId, EnvironmentState};
-use tre_store::{AuditRecord, Caller, FileInventoryStatus, StoreError, declared_of};
+use tre_store::{AuditRecord, FileInventoryStatus, StoreError, declared_of};
 
-use crate::App;
+use crate::{App, Caller};
 
 impl App {
     /// Stores an uploaded file inventory (its admins only, in draft or

@@ -1,9 +1,9 @@
 //! A person's inbox: what the governance told them (a reviewer's requests
 //! to review, a requester's decisions, an admin's alerts), newest first.
 
-use tre_store::{Caller, Notification, StoreError};
+use tre_store::{Notification, StoreError};
 
-use crate::App;
+use crate::{App, Caller};
 
 impl App {
     /// The caller's own notifications, newest first, at most `limit`:

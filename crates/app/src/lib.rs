@@ -35,6 +35,7 @@
 mod acting;
 mod audit;
 mod authorization;
+mod caller;
 mod environments;
 mod files;
 mod inbox;
@@ -50,8 +51,9 @@ mod workspaces;
 
 pub use acting::{System, Who};
 pub use authorization::{Permission, Target};
+pub use caller::Caller;
 pub use people::TokenActor;
-pub use tre_store::{Caller, StoreError};
+pub use tre_store::StoreError;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,9 +10,9 @@ use tre_domain::{
     AccessRequest, Action, Environment, EnvironmentId, Object, Project, RequestState, authorize,
 };
 use tre_jobs::OutboxJob;
-use tre_store::{Caller, Page, RequestRole, StoreError};
+use tre_store::{Page, RequestRole, StoreError};
 
-use crate::{App, Who};
+use crate::{App, Caller, Who};
 
 /// Environments read once per list.
 #[derive(Default)]

@@ -5,9 +5,9 @@
 
 use tre_domain::{Action, Object, authorize};
 use tre_jobs::OutboxJob;
-use tre_store::{BulkOutcome, Caller, JobChange, JobFilter, Page, StoreError};
+use tre_store::{BulkOutcome, JobChange, JobFilter, Page, StoreError};
 
-use crate::App;
+use crate::{App, Caller};
 
 fn operator(caller: &Caller) -> Result<(), StoreError> {
     authorize(&caller.actor, Action::OperateJobs, &Object::Platform).map_err(StoreError::Forbidden)
@@ -38,7 +38,7 @@ impl App {
     ) -> Result<BulkOutcome, StoreError> {
         operator(caller)?;
         self.store
-            .change_jobs(caller, filter, dry_run, change)
+            .change_jobs(caller.audited(), filter, dry_run, change)
             .await
     }
 
@@ -52,6 +52,8 @@ impl App {
         paused: bool,
     ) -> Result<(), StoreError> {
         operator(caller)?;
-        self.store.save_pool_paused(caller, pool, paused).await
+        self.store
+            .save_pool_paused(caller.audited(), pool, paused)
+            .await
     }
 }

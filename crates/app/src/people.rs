@@ -6,11 +6,11 @@
 use serde_json::json;
 use tre_domain::{Action, DomainError, Object, UserId, authorize};
 use tre_store::{
-    AuditRecord, Caller, IdempotencyClaim, NewToken, NewUser, StoreError, TokenInfo, User,
-    UserStatus, check_token_name,
+    AuditRecord, IdempotencyClaim, NewToken, NewUser, StoreError, TokenInfo, User, UserStatus,
+    check_token_name,
 };
 
-use crate::App;
+use crate::{App, Caller};
 
 /// Who acts on people and tokens: a person through the API, or the
 /// operator.

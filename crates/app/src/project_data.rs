@@ -8,9 +8,9 @@ use tre_domain::{
     Action, DomainError, Environment, Object, Project, ProjectId, ProjectState, authorize,
     check_object_path,
 };
-use tre_store::{AuditRecord, Caller, ObjectRead, Page, ProjectAccess, ProjectObject, StoreError};
+use tre_store::{AuditRecord, ObjectRead, Page, ProjectAccess, ProjectObject, StoreError};
 
-use crate::App;
+use crate::{App, Caller};
 
 /// Whether `caller` may do `action` on `project` of `environment`.
 pub(crate) fn may(

@@ -3,10 +3,10 @@
 //! until when; never the data, its manifest or its objects.
 
 use tre_domain::{Action, EnvironmentId};
-use tre_store::{Caller, Page, ProjectGrant, ProjectOverview, StoreError};
+use tre_store::{Page, ProjectGrant, ProjectOverview, StoreError};
 
-use crate::App;
 use crate::project_data::may;
+use crate::{App, Caller};
 
 impl App {
     /// The projects made from environment `id`, for its admins (anyone

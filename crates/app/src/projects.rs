@@ -4,9 +4,9 @@
 
 use serde_json::json;
 use tre_domain::{Action, Object, Project, ProjectCommand, ProjectId, RequestId, authorize};
-use tre_store::{AuditRecord, Caller, NewProject, ProjectMove, StoreError};
+use tre_store::{AuditRecord, NewProject, ProjectMove, StoreError};
 
-use crate::{App, System, Who};
+use crate::{App, Caller, System, Who};
 
 impl App {
     /// Creates the project of an approved request and enqueues its

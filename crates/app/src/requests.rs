@@ -21,11 +21,10 @@ use tre_domain::{
     StageRef, authorize,
 };
 use tre_store::{
-    AuditRecord, Caller, HistoryEntry, RequestChange, RequestInEnvironment, StoreError,
-    StoredRequest,
+    AuditRecord, HistoryEntry, RequestChange, RequestInEnvironment, StoreError, StoredRequest,
 };
 
-use crate::{App, System, Who};
+use crate::{App, Caller, System, Who};
 
 /// What a command on a request decides on, and whether it is this
 /// process's copy rather than read now.

@@ -3,9 +3,9 @@
 
 use tre_domain::disclosure::DisclosureRules;
 use tre_domain::{Action, Environment, EnvironmentId, UserId, showcase};
-use tre_store::{Caller, ShowcaseView, StoreError};
+use tre_store::{ShowcaseView, StoreError};
 
-use crate::App;
+use crate::{App, Caller};
 
 impl App {
     /// The environment whose showcase the caller may explore (its

@@ -6,11 +6,11 @@
 use serde_json::json;
 use tre_domain::{Action, Denied, ProjectId};
 use tre_store::{
-    AuditRecord, Caller, NewWorkspace, StoreError, TokenInfo, Workspace, check_workspace_name,
+    AuditRecord, NewWorkspace, StoreError, TokenInfo, Workspace, check_workspace_name,
 };
 
-use crate::App;
 use crate::project_data::not_ended;
+use crate::{App, Caller};
 
 impl App {
     /// Registers a workspace for the project (its members); returns it and

@@ -8,11 +8,12 @@ use std::collections::BTreeSet;
 use tre_testkit::UseCases;
 
 use serde_json::json;
+use tre_app::Caller;
 use tre_domain::{
     DecisionRule, DomainError, EnvironmentCommand, EnvironmentState, NewEnvironment, NewRequest,
     RequestCommand, RequestId, RequestUpdate, ReviewPipeline,
 };
-use tre_store::{AuditQuery, Caller, NewUser, Store, StoreError};
+use tre_store::{AuditQuery, NewUser, Store, StoreError};
 use tre_testkit::{
     assert_audit_intact, assert_invalid_transition, count_rows as count, fixtures_source,
     inventory, new_request, stage, user, world,

@@ -17,7 +17,7 @@ tre_testkit::on_both_backends!(
     reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps,
 );
 
-async fn names(store: &Store, caller: &tre_store::Caller) -> BTreeSet<String> {
+async fn names(store: &Store, caller: &tre_app::Caller) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut cursor = String::new();
     loop {
@@ -106,7 +106,7 @@ async fn the_resource_center_follows_the_rules_as_they_change(store: &Store) {
     assert_eq!(names(store, &stranger).await, BTreeSet::from([env]));
 }
 
-async fn all(store: &Store, caller: &tre_store::Caller, role: RequestRole) -> Vec<String> {
+async fn all(store: &Store, caller: &tre_app::Caller, role: RequestRole) -> Vec<String> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -125,7 +125,7 @@ async fn all(store: &Store, caller: &tre_store::Caller, role: RequestRole) -> Ve
 
 async fn queue(
     store: &Store,
-    caller: &tre_store::Caller,
+    caller: &tre_app::Caller,
     after: String,
 ) -> tre_store::Page<tre_domain::AccessRequest> {
     store.app().review_queue(caller, &after, 4).await.unwrap()
@@ -149,7 +149,7 @@ async fn reviewer_lists_and_queues_follow_the_pipeline_and_page_without_gaps(sto
         .await
         .unwrap();
     let rev1 = store.user("rev1").await.unwrap().unwrap();
-    let rev1 = tre_store::Caller::new(rev1.actor(), "t");
+    let rev1 = tre_app::Caller::new(rev1.actor(), "t");
     assert_eq!(
         all(store, &rev1, RequestRole::Reviewer).await,
         submitted,

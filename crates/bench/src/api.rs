@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
+use tre_app::Caller;
 use tre_domain::{EnvironmentCommand, Inventory, NewEnvironment, Principal, ReviewPipeline};
-use tre_store::{Caller, NewUser, Store};
+use tre_store::{NewUser, Store};
 
 #[derive(Debug, Args)]
 pub struct ApiBenchArgs {

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
+use tre_app::Caller;
 use tre_domain::{
     CohortCount, EnvironmentCommand, NewEnvironment, NewRequest, Principal, RequestCommand,
     ReviewPipeline, Visibility,
 };
-use tre_store::{Caller, Store};
+use tre_store::Store;
 
 use crate::api::{scratch_store, user};
 

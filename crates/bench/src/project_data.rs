@@ -15,12 +15,13 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tre_app::Caller;
 use tre_dispense::stores::ProjectReader;
 use tre_domain::{
     CohortCount, DecisionInput, EnvironmentCommand, EnvironmentId, NewRequest, Policies,
     ProjectCommand, RequestCommand, RequestId, Verdict,
 };
-use tre_store::{Caller, NewPlan, Store};
+use tre_store::{NewPlan, Store};
 
 use crate::api::{environment, scratch_store};
 

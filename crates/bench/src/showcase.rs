@@ -370,7 +370,7 @@ async fn through_the_api(
                     "bench",
                 )
                 .await?;
-            anyhow::Ok((tre_store::Caller::new(user.actor(), "bench"), token))
+            anyhow::Ok((tre_app::Caller::new(user.actor(), "bench"), token))
         }
     };
     let run = std::process::id();

@@ -13,12 +13,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tre_app::App;
+use tre_app::Caller;
 use tre_domain::{
     AccessRequest, DecisionInput, EnvironmentCommand, NewRequest, ProjectState, RequestCommand,
     RequestUpdate, Verdict,
 };
 use tre_jobs::{Metrics, RuntimeOptions};
-use tre_store::{Caller, NewUser, Store, StoreError};
+use tre_store::{NewUser, Store, StoreError};
 use tre_workers::WorkerOptions;
 
 use crate::config::Settings;

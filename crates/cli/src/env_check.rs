@@ -8,9 +8,9 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 use tre_app::App;
+use tre_app::Caller;
 use tre_dispense::Source;
 use tre_domain::{Action, Environment, EnvironmentId, Inventory, InventoryDefinition, Problem};
-use tre_store::Caller;
 
 use crate::envfile::EnvironmentFile;
 use crate::{explain, listed};

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tre_app::App;
+use tre_app::Caller;
 use tre_domain::EnvironmentId;
 use tre_domain::files::parse_tsv;
-use tre_store::{Caller, FileInventoryState, FileInventoryStatus, StoreError};
+use tre_store::{FileInventoryState, FileInventoryStatus, StoreError};
 
 use crate::explain;
 

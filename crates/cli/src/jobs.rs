@@ -8,8 +8,9 @@ use tre_jobs::JobState;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use tre_app::Caller;
 use tre_jobs::{FleetLoad, Pool};
-use tre_store::{Caller, JobChange, JobFilter, Store};
+use tre_store::{JobChange, JobFilter, Store};
 
 use crate::Acting;
 

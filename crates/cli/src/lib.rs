@@ -21,9 +21,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tre_app::Caller;
 use tre_domain::redact::{redact_url, url_origin};
 use tre_domain::{EnvironmentCommand, EnvironmentId, Visibility};
-use tre_store::{AuditQuery, Caller, Store, StoreError};
+use tre_store::{AuditQuery, Store, StoreError};
 
 use crate::config::{FlagSettings, Settings};
 use crate::envfile::EnvironmentFile;

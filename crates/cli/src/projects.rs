@@ -280,7 +280,7 @@ pub(crate) struct ObjectRead {
 pub(crate) async fn read_object(
     store: &Store,
     settings: &Settings,
-    caller: &tre_store::Caller,
+    caller: &tre_app::Caller,
     id: &ProjectId,
     path: &str,
     out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),

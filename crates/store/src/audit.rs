@@ -40,7 +40,7 @@ pub struct AuditRecord<'a> {
     pub trace_id: &'a str,
     /// The idempotency key of the HTTP call that does this work, claimed in
     /// the same transaction; none for work no call with a key does (jobs,
-    /// the CLI). See `Caller::with_idempotency`.
+    /// the CLI). See `tre-app`'s `Caller::with_idempotency`.
     pub claim: Option<&'a crate::IdempotencyClaim>,
 }
 

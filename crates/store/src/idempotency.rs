@@ -3,9 +3,9 @@
 //! The key is claimed **inside the transaction that does the work**: every
 //! command appends to the audit log in its transaction, and the append also
 //! inserts the caller's key (see [`claim_in`]) when the call carries one:
-//! the claim travels in the [`Caller`](crate::Caller) given to the command
-//! ([`Caller::with_idempotency`](crate::Caller::with_idempotency)), and from
-//! it in each audit record the command writes. The work and the key commit together or not at
+//! the claim travels in the application's `Caller` given to the command
+//! (`Caller::with_idempotency`), and from it in each audit record the
+//! command writes. The work and the key commit together or not at
 //! all, so a crash between them cannot leave work without its key (a retry
 //! would do it twice) nor a key without its work (a retry would be refused
 //! for ever); two concurrent calls with one key meet on the key's primary

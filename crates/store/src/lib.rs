@@ -76,31 +76,15 @@ pub use workspaces::{NewWorkspace, Workspace, check_workspace_name};
 use tre_jobs_sql::SqlPool;
 pub use tre_jobs_sql::{Backend, SqlJobError, SqlJobStore};
 
-/// Who is calling, and the trace id recorded with every audit event the call
-/// causes (an HTTP request id, a job id, a CLI invocation id).
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub actor: Actor,
-    pub trace_id: String,
-    /// The `Idempotency-Key` of the call, claimed in the transaction of
-    /// the work the call does (every audit record it writes carries it).
-    pub idempotency: Option<IdempotencyClaim>,
-}
-
-impl Caller {
-    pub fn new(actor: Actor, trace_id: impl Into<String>) -> Self {
-        Self {
-            actor,
-            trace_id: trace_id.into(),
-            idempotency: None,
-        }
-    }
-
-    /// The same caller, whose work claims `claim`'s key as it commits.
-    pub fn with_idempotency(mut self, claim: Option<IdempotencyClaim>) -> Self {
-        self.idempotency = claim;
-        self
-    }
+/// Whom a write is audited under: the acting user's id, the trace id of
+/// the call (an HTTP request id, a job id, a CLI invocation id), and the
+/// call's idempotency claim, committed with the work (`tre-app`'s `Caller`
+/// says who is calling).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditedBy<'a> {
+    pub actor: &'a str,
+    pub trace_id: &'a str,
+    pub claim: Option<&'a IdempotencyClaim>,
 }
 
 /// Connection settings. Every field documents its default.

@@ -14,7 +14,7 @@ use tre_jobs_sql::{delete_in_batches, job_from_row};
 
 use crate::audit::{self, AuditRecord};
 use crate::writes::{Arg, bind_all};
-use crate::{Caller, Page, Store, StoreError, now};
+use crate::{AuditedBy, Page, Store, StoreError, now};
 
 /// Which jobs an operator means. Every part is optional; together they
 /// narrow the set.
@@ -174,12 +174,12 @@ impl Store {
     }
 
     /// Applies `change` to the jobs matching `filter` it applies to, or
-    /// only counts them when `dry_run`; audited under `caller`, with what
+    /// only counts them when `dry_run`; audited under `by`, with what
     /// matched and changed, in the same transaction. (Who may is the
     /// application's.)
     pub async fn change_jobs(
         &self,
-        caller: &Caller,
+        by: AuditedBy<'_>,
         filter: &JobFilter,
         dry_run: bool,
         change: JobChange,
@@ -237,14 +237,14 @@ impl Store {
         audit::append(
             &mut tx,
             AuditRecord {
-                actor: caller.actor.id.as_str(),
+                actor: by.actor,
                 action,
                 object_type: "jobs",
                 object_id: "",
                 environment_id: "",
                 details: json!({"filter": filter, "matched": keys.len(), "changed": changed, "sample": sample}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
+                trace_id: by.trace_id,
+                claim: by.claim,
             },
             at,
         )
@@ -258,11 +258,11 @@ impl Store {
     }
 
     /// Records a pool paused or resumed for every worker of the fleet,
-    /// audited under `caller` in the same transaction. (Who may is the
+    /// audited under `by` in the same transaction. (Who may is the
     /// application's.)
     pub async fn save_pool_paused(
         &self,
-        caller: &Caller,
+        by: AuditedBy<'_>,
         pool: &str,
         paused: bool,
     ) -> Result<(), StoreError> {
@@ -274,21 +274,21 @@ impl Store {
         )
         .bind(pool)
         .bind(i64::from(paused))
-        .bind(caller.actor.id.as_str())
+        .bind(by.actor)
         .bind(at.0)
         .execute(&mut *tx)
         .await?;
         audit::append(
             &mut tx,
             AuditRecord {
-                actor: caller.actor.id.as_str(),
+                actor: by.actor,
                 action: if paused { "pool.pause" } else { "pool.resume" },
                 object_type: "pool",
                 object_id: pool,
                 environment_id: "",
                 details: json!({"paused": paused}),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
+                trace_id: by.trace_id,
+                claim: by.claim,
             },
             at,
         )

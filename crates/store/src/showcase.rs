@@ -11,7 +11,7 @@ use tre_domain::{AdminAlert, Effect, EnvironmentId, Timestamp, UserId};
 
 use crate::audit::AuditRecord;
 use crate::writes::{Arg, Insert, Writes};
-use crate::{Caller, Store, StoreError, new_id, now};
+use crate::{AuditedBy, Store, StoreError, new_id, now};
 
 /// What came of a cohort-builder query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -356,7 +356,7 @@ impl Store {
     /// a count.
     pub async fn record_showcase_query(
         &self,
-        caller: &Caller,
+        by: AuditedBy<'_>,
         query: &ShowcaseQuery<'_>,
     ) -> Result<(), StoreError> {
         let id = new_id();
@@ -378,7 +378,7 @@ impl Store {
                 Arg::from(id.as_str()),
                 Arg::from(query.environment.as_str()),
                 Arg::Int(i64::from(query.version)),
-                Arg::from(caller.actor.id.as_str()),
+                Arg::from(by.actor),
                 Arg::from(cohort.as_str()),
                 Arg::from(fields.as_str()),
                 Arg::NullableInt(size),
@@ -388,7 +388,7 @@ impl Store {
                 Arg::NullableText(cohort_sketch.clone()),
             ]);
             let audit = AuditRecord {
-                actor: caller.actor.id.as_str(),
+                actor: by.actor,
                 action: "showcase.query",
                 object_type: "environment",
                 object_id: query.environment.as_str(),
@@ -401,8 +401,8 @@ impl Store {
                     "outcome": query.outcome,
                     "source": query.source,
                 }),
-                trace_id: &caller.trace_id,
-                claim: caller.idempotency.as_ref(),
+                trace_id: by.trace_id,
+                claim: by.claim,
             };
             let mut sets = Insert::new(
                 "INSERT INTO showcase_released_sets (query_id, environment_id, version, size, sketch, fingerprint)",

@@ -4,11 +4,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tre_app::Caller;
 use tre_domain::{
     AccessRequest, Actor, CohortCount, DecisionRule, EnvironmentCommand, EnvironmentId, Inventory,
     NewEnvironment, Principal, RequestId, RequestState, ReviewPipeline, ReviewStage, StoreRoot,
 };
-use tre_store::{Caller, NewUser, Store};
+use tre_store::{NewUser, Store};
 
 use crate::UseCases;
 

@@ -207,7 +207,7 @@ async fn get_environment(
 /// new environment with its revision as ETag.
 async fn configure_on(
     state: &AppState,
-    caller: &tre_store::Caller,
+    caller: &tre_app::Caller,
     id: String,
     command: EnvironmentCommand,
     on: Option<i64>,
@@ -228,7 +228,7 @@ async fn configure_on(
 /// with its revision as ETag.
 async fn configure(
     state: &AppState,
-    caller: &tre_store::Caller,
+    caller: &tre_app::Caller,
     id: String,
     command: EnvironmentCommand,
 ) -> Result<Response> {

@@ -11,10 +11,11 @@ use axum::routing::{get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tre_app::Caller;
 use tre_domain::{Action, Object, authorize};
 use tre_jobs::{FleetLoad, Pool};
 use tre_jobs::{JobState, OutboxJob};
-use tre_store::{BulkOutcome, Caller, JobChange, JobFilter, Page as ListPage, StoreError};
+use tre_store::{BulkOutcome, JobChange, JobFilter, Page as ListPage, StoreError};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;

@@ -160,7 +160,7 @@ async fn get_request(
 
 async fn command(
     state: &AppState,
-    caller: &tre_store::Caller,
+    caller: &tre_app::Caller,
     id: String,
     command: RequestCommand,
 ) -> Result<Response> {

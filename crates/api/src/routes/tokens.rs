@@ -11,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tre_app::Caller;
 use tre_app::TokenActor;
 use tre_app::{Permission, Target};
 use tre_domain::UserId;
 use tre_domain::authz::Action;
-use tre_store::{Caller, NewToken, TokenInfo, UserStatus};
+use tre_store::{NewToken, TokenInfo, UserStatus};
 
 use super::{Endpoint, body, op};
 use crate::extract::Params;
