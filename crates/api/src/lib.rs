@@ -19,7 +19,6 @@ mod openapi;
 mod routes;
 mod serde_words;
 mod showcase;
-mod showcase_gate;
 
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ pub use error::ApiError;
 pub use extract::{Auth, Body, parse};
 pub use openapi::spec as openapi;
 pub use routes::health::readiness;
-pub use showcase::{CohortAnswer, CohortQuery, ShowcaseCache, ask as ask_showcase};
+pub use showcase::{CohortAnswer, CohortQuery, ask as ask_showcase};
 
 /// Largest request body accepted. 1 MiB: inventories with many fields fit.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -60,9 +59,9 @@ pub struct AppState {
     /// The job kinds' policies (their pools), for the operators' routes.
     /// Default: none (set by [`AppState::with_policies`]).
     pub policies: std::sync::Arc<Vec<tre_jobs::JobPolicy>>,
-    /// The cohort builder's columns, per inventory version. Default: read
-    /// from environments' sources as workers read them.
-    pub showcase: std::sync::Arc<ShowcaseCache>,
+    /// The cohort builder, with its columns per inventory version.
+    /// Default: read from environments' sources as workers read them.
+    pub showcase: std::sync::Arc<tre_app::CohortBuilder>,
     /// Where dispensed project data is read from (the workers' destination
     /// store). Default: none, and reads answer 503.
     pub project_data: Option<tre_dispense::stores::ProjectReader>,
@@ -84,19 +83,23 @@ impl AppState {
     }
 
     pub fn new(store: Store) -> Self {
+        let app = tre_app::App::new(store);
         Self {
-            app: tre_app::App::new(store),
+            showcase: std::sync::Arc::new(tre_app::CohortBuilder::new(
+                app.clone(),
+                tre_dispense::Sources::default(),
+            )),
+            app,
             queue_health: None,
             metrics: std::sync::Arc::default(),
             policies: std::sync::Arc::default(),
-            showcase: std::sync::Arc::new(ShowcaseCache::new(tre_dispense::Sources::default())),
             project_data: None,
         }
     }
 
     /// The cohort builder reads environments' sources through `sources`.
     pub fn with_sources(mut self, sources: tre_dispense::Sources) -> Self {
-        self.showcase = std::sync::Arc::new(ShowcaseCache::new(sources));
+        self.showcase = std::sync::Arc::new(tre_app::CohortBuilder::new(self.app.clone(), sources));
         self
     }
 

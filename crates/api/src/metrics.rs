@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -29,20 +29,6 @@ struct Histogram {
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     durations: Mutex<BTreeMap<String, Histogram>>,
-    /// What the showcase's disclosure gate did (see `crate::showcase`).
-    pub(crate) gate: GateCounters,
-}
-
-/// The showcase gate's work: answers checked against earlier ones, the
-/// earlier sets it read (those of about the same sizes), the earlier
-/// queries it had to evaluate again (their sketches were near), and the
-/// caller's own earlier cohorts evaluated again (likewise).
-#[derive(Debug, Default)]
-pub(crate) struct GateCounters {
-    pub(crate) checks: AtomicU64,
-    pub(crate) sets_read: AtomicU64,
-    pub(crate) queries_evaluated: AtomicU64,
-    pub(crate) own_cohorts_evaluated: AtomicU64,
 }
 
 pub(crate) async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -119,7 +105,7 @@ pub(crate) async fn page(State(state): State<AppState>) -> String {
             "tre_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
         );
     }
-    let gate = &state.metrics.gate;
+    let gate = state.showcase.counters();
     let _ = write!(
         out,
         "# HELP tre_showcase_gate_checks_total Cohort-builder answers compared with earlier answers.\n\

@@ -36,6 +36,7 @@ mod acting;
 mod audit;
 mod authorization;
 mod caller;
+mod cohort_builder;
 mod environments;
 mod files;
 mod inbox;
@@ -52,6 +53,9 @@ mod workspaces;
 pub use acting::{System, Who};
 pub use authorization::{Permission, Target};
 pub use caller::Caller;
+pub use cohort_builder::{
+    AskError, CohortAnswer, CohortBuilder, CohortQuery, GateCounters, ShowcaseCache,
+};
 pub use people::TokenActor;
 pub use tre_store::StoreError;
 

@@ -16,7 +16,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
-use tre_app::Caller;
 use tre_dispense::showcase::{
     Members, Selection, ShowcaseColumns, first_conflict_between, sketch_distance,
 };
@@ -25,10 +24,8 @@ use tre_domain::showcase::ShowcaseAggregates;
 use tre_domain::{Dataset, Environment};
 use tre_store::{EarlierCohort, LoggedSet, ReleasedSet};
 
-use crate::showcase::{CohortQuery, source_unavailable};
-use crate::{ApiError, AppState};
-
-type Result<T> = std::result::Result<T, ApiError>;
+use super::{CohortBuilder, CohortQuery, Result, source_unavailable};
+use crate::Caller;
 
 /// A new answer, as the gate compares it.
 pub(crate) struct Answer<'a> {
@@ -58,28 +55,31 @@ impl Answer<'_> {
     /// yet `compared`.
     pub(crate) async fn too_close_to_earlier(
         &self,
-        state: &AppState,
+        builder: &CohortBuilder,
         caller: &Caller,
         compared: &mut Compared,
     ) -> Result<bool> {
         // both reads at once (two round trips' time in one)
         let (own, logged) = tokio::try_join!(
-            self.own_cohorts_near(state, caller),
-            self.released_sets_near(state)
+            self.own_cohorts_near(builder, caller),
+            self.released_sets_near(builder)
         )?;
-        Ok(self.near_an_own_cohort(state, own, compared)?
-            || self.near_an_earlier_answer(state, logged, compared).await?)
+        Ok(self.near_an_own_cohort(builder, own, compared)?
+            || self
+                .near_an_earlier_answer(builder, logged, compared)
+                .await?)
     }
 
     /// The caller's earlier cohorts of about this size.
     async fn own_cohorts_near(
         &self,
-        state: &AppState,
+        builder: &CohortBuilder,
         caller: &Caller,
     ) -> Result<Vec<EarlierCohort>> {
         let size = self.selection.len();
         let margin = self.rules.min_cell_size.saturating_sub(1);
-        Ok(state
+        Ok(builder
+            .app
             .store()
             .earlier_showcase_cohorts(
                 &caller.actor.id,
@@ -92,7 +92,7 @@ impl Answer<'_> {
     }
 
     /// The sets earlier answers released of about the sizes of this one's.
-    async fn released_sets_near(&self, state: &AppState) -> Result<Vec<LoggedSet>> {
+    async fn released_sets_near(&self, builder: &CohortBuilder) -> Result<Vec<LoggedSet>> {
         let margin = self.rules.min_cell_size.saturating_sub(1);
         let mut windows: Vec<(u64, u64)> = self
             .sketches
@@ -110,7 +110,8 @@ impl Answer<'_> {
         if merged.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(state
+        Ok(builder
+            .app
             .store()
             .released_sets_near(&self.env.id, self.version, &merged)
             .await?)
@@ -119,7 +120,7 @@ impl Answer<'_> {
     /// Whether one of the caller's `earlier` cohorts is too close.
     fn near_an_own_cohort(
         &self,
-        state: &AppState,
+        builder: &CohortBuilder,
         earlier: Vec<EarlierCohort>,
         compared: &mut Compared,
     ) -> Result<bool> {
@@ -142,9 +143,8 @@ impl Answer<'_> {
             else {
                 continue;
             };
-            state
-                .metrics
-                .gate
+            builder
+                .counters
                 .own_cohorts_evaluated
                 .fetch_add(1, Ordering::Relaxed);
             let other = self
@@ -165,12 +165,12 @@ impl Answer<'_> {
     /// (each distinct one once) and compared set against set.
     async fn near_an_earlier_answer(
         &self,
-        state: &AppState,
+        builder: &CohortBuilder,
         logged: Vec<LoggedSet>,
         compared: &mut Compared,
     ) -> Result<bool> {
         let k = self.rules.min_cell_size;
-        let gate = &state.metrics.gate;
+        let gate = &builder.counters;
         // an earlier query's sets were all recorded with it: those read in
         // an earlier pass were all compared then
         let logged: Vec<_> = logged
@@ -198,7 +198,7 @@ impl Answer<'_> {
             return Ok(false);
         }
         let mut seen = BTreeSet::new();
-        for earlier in state.store().logged_queries(&candidates).await? {
+        for earlier in builder.app.store().logged_queries(&candidates).await? {
             // the same question asked again has the same answer
             if earlier.cohort == self.asked.cohort && earlier.fields == self.asked.fields {
                 continue;
