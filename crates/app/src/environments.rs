@@ -39,6 +39,18 @@ fn audit_details(command: &EnvironmentCommand) -> serde_json::Value {
     }
 }
 
+/// `env` as `caller` sees it, if they may discover it at all (the one
+/// rule of the resource center, whatever chose the environments).
+pub(crate) fn discovered(caller: &Caller, env: Environment) -> Option<Environment> {
+    authorize(
+        &caller.actor,
+        Action::DiscoverEnvironment,
+        &Object::Environment(&env),
+    )
+    .is_ok()
+    .then(|| env.seen_by(&caller.actor))
+}
+
 /// What a command asks of its environment's admins' rights: a change of
 /// state or of configuration.
 fn action_of(command: &EnvironmentCommand) -> Action {
@@ -130,15 +142,7 @@ impl App {
             .environments_by_name()
             .await?
             .into_iter()
-            .filter(|env| {
-                authorize(
-                    &caller.actor,
-                    Action::DiscoverEnvironment,
-                    &Object::Environment(env),
-                )
-                .is_ok()
-            })
-            .map(|env| env.seen_by(&caller.actor))
+            .filter_map(|env| discovered(caller, env))
             .collect())
     }
 

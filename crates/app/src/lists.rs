@@ -90,15 +90,7 @@ impl App {
             .await?
             .into_iter()
             // the index chose; the rule decides (a stale row never shows more)
-            .filter(|env| {
-                authorize(
-                    &caller.actor,
-                    Action::DiscoverEnvironment,
-                    &Object::Environment(env),
-                )
-                .is_ok()
-            })
-            .map(|env| env.seen_by(&caller.actor))
+            .filter_map(|env| crate::environments::discovered(caller, env))
             .collect();
         Ok(Page::cut(found, limit, |e| e.id.to_string()))
     }
