@@ -32,7 +32,7 @@ pub async fn resolved_inventory(
 }
 
 /// Applies `command` to environment `id` as `caller` (on revision `on`
-/// when named), a publish or a reactivation after [`check_state_change`]:
+/// when named), a publish or a reactivation after `check_state_change`:
 /// the one way every face (the routes, the CLI, the demo) changes an
 /// environment. The new environment with its revision.
 pub async fn configure_checked(

@@ -1,7 +1,7 @@
 //! The showcase's stored side: each environment's secret for record keys,
 //! and the true aggregates of each inventory version. Nothing here is
-//! released as it is: [`Store::showcase`] applies the environment's
-//! disclosure rules to what it reads.
+//! released as it is: the application (`App::showcase`, the cohort
+//! builder) applies the environment's disclosure rules to what it reads.
 
 use serde::Serialize;
 use serde_json::json;
