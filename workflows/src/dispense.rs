@@ -203,13 +203,11 @@ impl DispenseWorkflow {
         job: &ClaimedJob,
         project: &tre_domain::Project,
     ) -> Result<(), JobError> {
-        let request = self
-            .app
-            .request(&System::new(&job.key), &project.request_id)
-            .await?;
+        let system = System::new(&job.key);
+        let request = self.app.request(&system, &project.request_id).await?;
         let env = self
             .app
-            .environment(&System::new(&job.key), &project.environment_id)
+            .environment(&system, &project.environment_id)
             .await?;
         let inventory = env
             .inventory

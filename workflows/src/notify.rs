@@ -617,7 +617,8 @@ impl Notifier {
         outcome: &str,
     ) -> Result<(), JobError> {
         let store = app.store();
-        let request = app.request(&System::new(&job.key), request_id).await?;
+        let system = System::new(&job.key);
+        let request = app.request(&system, request_id).await?;
         let mut people: Vec<UserId> = vec![request.owner.clone()];
         people.extend(request.collaborators.iter().cloned());
         let subject = match outcome {
@@ -638,7 +639,7 @@ impl Notifier {
             "approved" => "You may now create the project.".to_owned(),
             "cohort_too_small" => {
                 let minimum = app
-                    .environment(&System::new(&job.key), &request.environment_id)
+                    .environment(&system, &request.environment_id)
                     .await?
                     .policies
                     .min_cohort_size;

@@ -156,8 +156,13 @@ impl App {
         if self.store.user(user.as_str()).await?.is_none() {
             return Err(StoreError::not_found("user", user.as_str()));
         }
+        let action = if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
         self.store
-            .save_user_disabled(user, disabled, actor.audit("user.disable", user))
+            .save_user_disabled(user, disabled, actor.audit(action, user))
             .await
     }
 }

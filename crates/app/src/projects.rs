@@ -96,21 +96,10 @@ impl App {
         who: impl Into<Who<'a>>,
         id: &ProjectId,
     ) -> Result<Project, StoreError> {
-        let caller = match who.into() {
-            Who::Person(caller) => caller,
-            Who::System(_) => return self.store.project(id).await,
-        };
-        let (project, environment) = self.store.project_in_environment(id).await?;
-        authorize(
-            &caller.actor,
-            Action::ViewProject,
-            &Object::Project {
-                environment: &environment,
-                project: &project,
-            },
-        )
-        .map_err(|d| StoreError::denied("project", id.as_str(), d))?;
-        Ok(project)
+        match who.into() {
+            Who::Person(caller) => Ok(self.project_for(caller, id, Action::ViewProject).await?.0),
+            Who::System(_) => self.store.project(id).await,
+        }
     }
 
     /// The project of a request, if one was created: for the job runtime

@@ -98,10 +98,11 @@ pub enum WorkspacesCommand {
 }
 
 async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
+    let app = tre_app::App::new(store.clone());
     match command {
         WorkspacesCommand::Add { id, name, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            let (workspace, token, secret) = tre_app::App::new(store.clone())
+            let (workspace, token, secret) = app
                 .create_workspace(&caller, &ProjectId(id), tre_store::NewWorkspace { name })
                 .await
                 .map_err(crate::explain)?;
@@ -116,7 +117,7 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
         }
         WorkspacesCommand::List { id, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            for w in tre_app::App::new(store.clone())
+            for w in app
                 .workspaces(&caller, &ProjectId(id))
                 .await
                 .map_err(crate::explain)?
@@ -131,8 +132,7 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
         }
         WorkspacesCommand::Revoke { id, name, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            tre_app::App::new(store.clone())
-                .revoke_workspace(&caller, &ProjectId(id), &name)
+            app.revoke_workspace(&caller, &ProjectId(id), &name)
                 .await
                 .map_err(crate::explain)?;
             println!("workspace {name} revoked: its token is refused from now on");
@@ -142,11 +142,12 @@ async fn workspaces(store: &Store, command: WorkspacesCommand) -> Result<()> {
 }
 
 pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -> Result<()> {
+    let app = tre_app::App::new(store.clone());
     match command {
         ProjectsCommand::Workspaces { command } => workspaces(store, command).await?,
         ProjectsCommand::Create { request, acting } => {
             let caller = crate::caller(store, &acting).await?;
-            let project = tre_app::App::new(store.clone())
+            let project = app
                 .create_project(&caller, &tre_domain::RequestId(request))
                 .await
                 .map_err(crate::explain)?;
@@ -190,7 +191,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
         ProjectsCommand::Retry { id, acting } => {
             let id = ProjectId(id);
             let caller = crate::caller(store, &acting).await?;
-            let project = tre_app::App::new(store.clone())
+            let project = app
                 .retry_project(&caller, &id)
                 .await
                 .map_err(crate::explain)?;
@@ -203,7 +204,7 @@ pub async fn run(store: &Store, settings: &Settings, command: ProjectsCommand) -
             let caller = crate::caller(store, &acting).await?;
             let mut cursor = String::new();
             loop {
-                let page = tre_app::App::new(store.clone())
+                let page = app
                     .project_objects(&caller, &ProjectId(id.clone()), &cursor, 200)
                     .await
                     .map_err(crate::explain)?;

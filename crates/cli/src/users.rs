@@ -15,6 +15,7 @@ fn when(at: Option<tre_domain::Timestamp>) -> String {
 pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
     let trace = trace_id();
     let operator = || TokenActor::Operator { trace_id: &trace };
+    let app = App::new(store.clone());
     match command {
         UsersCommand::Add {
             name,
@@ -66,7 +67,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Token(TokenCommand::Create { user, name, days }) => {
-            let (token, secret) = App::new(store.clone())
+            let (token, secret) = app
                 .create_token(operator(), &UserId(user), NewToken { name, days })
                 .await
                 .map_err(explain)?;
@@ -81,7 +82,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
         }
         UsersCommand::Token(TokenCommand::List { user }) => {
             println!("id\tname\tcreated_at\texpires_at\tlast_used_at\trevoked_at");
-            for t in App::new(store.clone())
+            for t in app
                 .tokens(operator(), &UserId(user))
                 .await
                 .map_err(explain)?
@@ -98,21 +99,20 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             }
         }
         UsersCommand::Token(TokenCommand::Revoke { user, id }) => {
-            let token = App::new(store.clone())
+            let token = app
                 .tokens(operator(), &UserId(user.clone()))
                 .await
                 .map_err(explain)?
                 .into_iter()
                 .find(|t| t.id == id)
                 .ok_or_else(|| anyhow::anyhow!("{user} has no token {id}"))?;
-            App::new(store.clone())
-                .revoke_token(operator(), &token.id)
+            app.revoke_token(operator(), &token.id)
                 .await
                 .map_err(explain)?;
             println!("revoked token {} ({}) of {user}", token.id, token.name);
         }
         UsersCommand::Disable { name } => {
-            let status = App::new(store.clone())
+            let status = app
                 .set_user_disabled(operator(), &UserId(name.clone()), true)
                 .await
                 .map_err(explain)?;
@@ -122,8 +122,7 @@ pub(crate) async fn run(store: &Store, command: UsersCommand) -> Result<()> {
             );
         }
         UsersCommand::Enable { name } => {
-            App::new(store.clone())
-                .set_user_disabled(operator(), &UserId(name.clone()), false)
+            app.set_user_disabled(operator(), &UserId(name.clone()), false)
                 .await
                 .map_err(explain)?;
             println!("enabled {name}");

@@ -178,23 +178,19 @@ impl Store {
 
     /// Every environment, by id.
     pub(crate) async fn list_all_environments(&self) -> Result<Vec<Environment>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0)?;
-                let doc: String = row.try_get(1)?;
-                docs::decode("environment", &id, &doc)
-            })
-            .collect()
+        self.environments_in("SELECT id, doc FROM environments ORDER BY id")
+            .await
     }
 
     /// Every environment, by name (then id).
     pub async fn environments_by_name(&self) -> Result<Vec<Environment>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc FROM environments ORDER BY name, id")
-            .fetch_all(&self.pool)
-            .await?;
+        self.environments_in("SELECT id, doc FROM environments ORDER BY name, id")
+            .await
+    }
+
+    /// The environments `sql` selects (their id and document), in its order.
+    async fn environments_in(&self, sql: &'static str) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get(0)?;

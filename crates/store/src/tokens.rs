@@ -234,11 +234,11 @@ impl Store {
     }
 
     /// Disables `user` (or enables them again, `disabled = false`) with
-    /// `audit` (its action and details are set here): every token of
-    /// theirs stops working within a second, and the admins of each
-    /// environment whose pipeline they review are told, with the requests
-    /// waiting at their stages. Nothing changes, nor is audited, when they
-    /// already are so.
+    /// `audit` (its details, how many environments were told, are set
+    /// here): every token of theirs stops working within a second, and the
+    /// admins of each environment whose pipeline they review are told, with
+    /// the requests waiting at their stages. Nothing changes, nor is
+    /// audited, when they already are so.
     pub async fn save_user_disabled(
         &self,
         user: &UserId,
@@ -272,11 +272,6 @@ impl Store {
                 alerted = alerts.len() as u32;
                 outbox::enqueue(&mut tx, &alerts, audit.actor, at).await?;
             }
-            audit.action = if disabled {
-                "user.disable"
-            } else {
-                "user.enable"
-            };
             audit.details = json!({"alerted_environments": alerted});
             audit::append(&mut tx, audit, at).await?;
         }

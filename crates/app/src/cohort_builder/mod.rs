@@ -330,25 +330,13 @@ impl CohortBuilder {
                 .too_close_to_earlier(self, caller, &mut compared)
                 .await?;
         }
-        if close {
-            record(
-                store,
-                caller,
-                &env,
-                version,
-                &asked,
-                Some(size),
-                ShowcaseQueryOutcome::TooClose,
-                &[],
-                Some(&cohort_sketch),
-            )
-            .await?;
-            end_turn(turn);
-            return Err(AskError::TooClose {
-                min_cell_size: rules.min_cell_size,
-            });
-        }
-
+        // recorded either way, before the turn ends; a refusal releases
+        // no set
+        let (outcome, released) = if close {
+            (ShowcaseQueryOutcome::TooClose, &[][..])
+        } else {
+            (ShowcaseQueryOutcome::Answered, &sketches[..])
+        };
         record(
             store,
             caller,
@@ -356,12 +344,17 @@ impl CohortBuilder {
             version,
             &asked,
             Some(size),
-            ShowcaseQueryOutcome::Answered,
-            &sketches,
+            outcome,
+            released,
             Some(&cohort_sketch),
         )
         .await?;
         end_turn(turn);
+        if close {
+            return Err(AskError::TooClose {
+                min_cell_size: rules.min_cell_size,
+            });
+        }
         Ok(CohortAnswer {
             environment: env.id.clone(),
             version,
